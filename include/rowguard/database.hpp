@@ -1,0 +1,110 @@
+#pragma once
+// rowguard::Database: a thread-safe, pooled handle on one SQL database, opened from a URL.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "rowguard/error.hpp"
+#include "rowguard/transaction.hpp"
+#include "rowguard/value.hpp"
+
+namespace rowguard {
+
+namespace detail {
+class Backend;
+}
+
+// How a Database is opened. Every field has a default; open() validates them all.
+struct Options {
+  // Most sessions open at once; an operation waits for a free one. Default: 8. REQUIRES: >= 1.
+  std::size_t pool_size = 8;
+  // How long an operation waits for a free session before Error(transient). Default: 30s.
+  std::chrono::milliseconds pool_wait{30'000};
+  // Shown in pg_stat_activity on PostgreSQL, unless the URL sets application_name. Default: "rowguard".
+  std::string application_name = "rowguard";
+  // Prefix of every rowguard table. Default: "rowguard_". REQUIRES: [a-z_][a-z0-9_]*, at most 40 bytes.
+  std::string table_prefix = "rowguard_";
+  // SQLite: how long a writer waits for the file's write lock before Error(conflict). Default: 5s.
+  std::chrono::milliseconds busy_timeout{5'000};
+  // PostgreSQL: how long a connection attempt may take. Default: 10s. REQUIRES: >= 1s.
+  std::chrono::seconds connect_timeout{10};
+};
+
+// Statistics of the session pool, for dashboards and tests.
+struct PoolStats {
+  std::size_t open = 0;         // sessions currently open (idle + borrowed)
+  std::size_t idle = 0;         // sessions waiting in the pool
+  std::uint64_t created = 0;    // sessions opened since the Database was opened
+  std::uint64_t discarded = 0;  // broken sessions dropped instead of being returned
+  std::uint64_t waits = 0;      // borrows that had to wait for a free session
+};
+
+// Thread-safety: a Database is safe for concurrent use from many threads without external
+// synchronisation; each call borrows a pooled session for its duration. Move-only.
+//
+// Example:
+//   auto db = rowguard::Database::open("sqlite:payments.db");
+//   db.migrate();
+//   auto now = db.now_ms();
+class Database {
+ public:
+  // Opens a database from a URL:
+  //   sqlite:PATH              a SQLite file (WAL, busy timeout, foreign keys on)
+  //   sqlite::memory:          one in-memory SQLite database shared by every session of this Database
+  //   postgresql://...         PostgreSQL through libpqxx (postgres:// and libpq keyword strings too)
+  //   soci+sqlite3:PATH        SQLite through SOCI
+  //   soci+postgresql://...    PostgreSQL through SOCI
+  // Opens one session at once, so a wrong path or an unreachable server fails here.
+  // Throws Error(invalid_argument) for a malformed URL or option, Error(transient) when the server
+  // cannot be reached. Messages never contain the URL's password.
+  static Database open(std::string_view url, Options options = {});
+
+  // For adapters (rowguard/soci.hpp, rowguard/postgres.hpp): wraps an already built backend.
+  explicit Database(std::shared_ptr<detail::Backend> backend);
+
+  Database(Database&&) noexcept;
+  Database& operator=(Database&&) noexcept;
+  ~Database();
+
+  // "sqlite", "postgres", "soci+sqlite3" or "soci+postgresql".
+  std::string_view backend_name() const noexcept;
+  // The URL with any password replaced by "***": safe to log.
+  const std::string& display_url() const noexcept;
+  const std::string& table_prefix() const noexcept;
+  const Options& options() const noexcept;
+
+  // Applies the missing schema migrations, one transaction per step; safe to run concurrently from
+  // several processes. Returns the number of steps applied. Error(schema_mismatch) when the
+  // database is newer than this library.
+  int migrate();
+  // The schema version recorded in the database; 0 when rowguard was never migrated there.
+  int schema_version();
+  // The schema version this library was built with.
+  static int library_schema_version() noexcept;
+  // Error(schema_mismatch) naming both numbers unless the database is at library_schema_version().
+  void require_schema();
+
+  // The database clock, in milliseconds since the Unix epoch. Leases and TTLs use only this clock.
+  std::int64_t now_ms();
+
+  // Runs one statement in autocommit mode. SQL uses $1, $2, ... placeholders on every backend;
+  // values are always bound, never spliced into the text.
+  Result exec(std::string_view sql, const std::vector<Value>& params = {});
+
+  // Starts a transaction on a pooled session; it rolls back unless committed.
+  Transaction begin(TxOptions options = {});
+
+  PoolStats pool_stats() const;
+
+  // For rowguard's own components.
+  detail::Backend& backend() const noexcept { return *backend_; }
+
+ private:
+  std::shared_ptr<detail::Backend> backend_;
+};
+
+}  // namespace rowguard

@@ -1,0 +1,7 @@
+#pragma once
+// Umbrella header: everything a service needs from rowguard.
+#include "rowguard/database.hpp"
+#include "rowguard/error.hpp"
+#include "rowguard/transaction.hpp"
+#include "rowguard/value.hpp"
+#include "rowguard/version.hpp"

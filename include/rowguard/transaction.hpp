@@ -1,0 +1,57 @@
+#pragma once
+// rowguard::Transaction: an RAII transaction on one pooled session.
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "rowguard/value.hpp"
+
+namespace rowguard {
+
+namespace detail {
+class SessionLease;
+}
+
+enum class Isolation { read_committed, repeatable_read, serializable };
+
+// Whether a transaction will write. SQLite begins write transactions IMMEDIATE (it takes the
+// write lock up front instead of failing at the first write); PostgreSQL adds READ ONLY.
+enum class TxAccess { read_write, read_only };
+
+struct TxOptions {
+  // Default: read_committed. SQLite always runs serializable.
+  Isolation isolation = Isolation::read_committed;
+  // Default: read_write.
+  TxAccess access = TxAccess::read_write;
+};
+
+// Thread-safety: a Transaction belongs to one thread at a time and must not be shared.
+// It is move-only; destruction rolls back an uncommitted transaction and never throws.
+//
+// Example:
+//   auto tx = db.begin();
+//   tx.exec("UPDATE orders SET state = $1 WHERE id = $2", {std::string("paid"), order_id});
+//   tx.commit();
+class Transaction {
+ public:
+  explicit Transaction(std::unique_ptr<detail::SessionLease> session, TxOptions options);
+  Transaction(Transaction&&) noexcept;
+  Transaction& operator=(Transaction&&) = delete;
+  ~Transaction();
+
+  // Runs one statement inside the transaction ($1, $2, ... placeholders, bound values).
+  Result exec(std::string_view sql, const std::vector<Value>& params = {});
+  // Error(in_doubt) when the connection broke while COMMIT was in flight.
+  void commit();
+  void rollback() noexcept;
+  bool active() const noexcept { return session_ != nullptr; }
+
+  // For rowguard's own components: the borrowed session.
+  detail::SessionLease& session();
+
+ private:
+  std::unique_ptr<detail::SessionLease> session_;
+};
+
+}  // namespace rowguard

@@ -1,0 +1,139 @@
+#pragma once
+// The narrow interface every backend implements: sessions that run bound statements, a dialect
+// that holds the SQL which differs between engines, and a bounded pool. No driver header here.
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rowguard/database.hpp"
+#include "rowguard/error.hpp"
+#include "rowguard/transaction.hpp"
+#include "rowguard/value.hpp"
+
+namespace rowguard::detail {
+
+// The SQL text that differs between engines. Features never branch on the backend; they ask this.
+// Thread-safety: immutable, shared by all sessions.
+class Dialect {
+ public:
+  virtual ~Dialect() = default;
+  // "sqlite" or "postgres": also the folder of the schema scripts.
+  virtual std::string_view name() const noexcept = 0;
+  // An expression for the database clock in integer milliseconds since the epoch. On PostgreSQL it
+  // reads clock_timestamp(), never now() (the transaction's start time).
+  virtual std::string now_ms() const = 0;
+  // An expression turning integer milliseconds into the engine's timestamp column type
+  // (timestamptz on PostgreSQL, integer milliseconds on SQLite), and back.
+  virtual std::string ms_to_timestamp(std::string_view ms_expr) const = 0;
+  virtual std::string timestamp_to_ms(std::string_view ts_expr) const = 0;
+  // How a bound Blob parameter enters SQL, and how a blob column leaves it (read it with Row::bytes).
+  virtual std::string blob_param(std::string_view param) const { return std::string(param); }
+  virtual std::string blob_column(std::string_view expr) const { return std::string(expr); }
+  // The statement that opens a transaction.
+  virtual std::string begin(const TxOptions& options) const = 0;
+  // One row, one integer column: 1 when the table named $1 exists (in the search path), else 0.
+  virtual std::string table_exists() const = 0;
+  // A statement run first in every migration step that serialises concurrent migrators, or "".
+  virtual std::string migration_lock() const { return {}; }
+};
+
+// One connection. Thread-safety: none; a session is used by one thread at a time (the pool's job).
+class Session {
+ public:
+  virtual ~Session() = default;
+  virtual const Dialect& dialect() const noexcept = 0;
+  // Runs one statement written with $1, $2, ... placeholders; prepared once per session and cached.
+  virtual Result exec(std::string_view sql, const std::vector<Value>& params) = 0;
+  // Runs a script of several statements with no parameters (the schema migrations).
+  virtual void exec_script(const std::string& script) = 0;
+  virtual void begin(const TxOptions& options);
+  virtual void commit();
+  virtual void rollback();
+
+  bool in_transaction() const noexcept { return in_transaction_; }
+  // A broken session is dropped by the pool instead of being reused.
+  bool broken() const noexcept { return broken_; }
+
+ protected:
+  bool in_transaction_ = false;
+  bool broken_ = false;
+};
+
+using SessionFactory = std::function<std::unique_ptr<Session>()>;
+
+class Pool;
+
+// A session borrowed from the pool; returns it on destruction (rolling back an open transaction),
+// or drops it when broken. Thread-safety: one thread at a time.
+class SessionLease {
+ public:
+  SessionLease(Pool& pool, std::unique_ptr<Session> session);
+  SessionLease(const SessionLease&) = delete;
+  SessionLease& operator=(const SessionLease&) = delete;
+  ~SessionLease();
+  Session& operator*() const noexcept { return *session_; }
+  Session* operator->() const noexcept { return session_.get(); }
+
+ private:
+  Pool& pool_;
+  std::unique_ptr<Session> session_;
+};
+
+// A bounded pool of sessions, opened lazily. Thread-safety: all members are safe to call concurrently.
+class Pool {
+ public:
+  Pool(SessionFactory factory, std::size_t max_sessions, std::chrono::milliseconds wait);
+  ~Pool();
+  // Waits up to the pool's wait time for a free session; Error(transient) when none frees up.
+  std::unique_ptr<SessionLease> borrow();
+  PoolStats stats() const;
+
+ private:
+  friend class SessionLease;
+  void give_back(std::unique_ptr<Session> session) noexcept;
+
+  SessionFactory factory_;
+  const std::size_t max_;
+  const std::chrono::milliseconds wait_;
+  mutable std::mutex mutex_;
+  std::condition_variable freed_;
+  std::vector<std::unique_ptr<Session>> idle_;
+  PoolStats stats_;
+};
+
+// What a Database holds: identity, options, dialect and pool. Thread-safety: safe for concurrent use.
+class Backend {
+ public:
+  Backend(std::string name, std::string display_url, Options options, std::shared_ptr<const Dialect> dialect,
+          SessionFactory factory);
+  const std::string& name() const noexcept { return name_; }
+  const std::string& display_url() const noexcept { return display_url_; }
+  const Options& options() const noexcept { return options_; }
+  const Dialect& dialect() const noexcept { return *dialect_; }
+  // Table name with the configured prefix: table("locks") == "rowguard_locks".
+  std::string table(std::string_view base) const { return options_.table_prefix + std::string(base); }
+  std::unique_ptr<SessionLease> borrow() { return pool_.borrow(); }
+  PoolStats stats() const { return pool_.stats(); }
+  // Keeps something alive as long as the backend (the anchor connection of an in-memory database).
+  void keep_alive(std::shared_ptr<void> anchor) { anchor_ = std::move(anchor); }
+
+ private:
+  std::string name_;
+  std::string display_url_;
+  Options options_;
+  std::shared_ptr<const Dialect> dialect_;
+  std::shared_ptr<void> anchor_;
+  Pool pool_;
+};
+
+// Validates options shared by every backend; Error(invalid_argument) naming the bad field.
+void validate_options(const Options& options);
+
+}  // namespace rowguard::detail

@@ -1,0 +1,128 @@
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "backend/sql_text.hpp"
+
+namespace rowguard::detail {
+
+void Session::begin(const TxOptions& options) {
+  exec(dialect().begin(options), {});
+  in_transaction_ = true;
+}
+
+void Session::commit() {
+  // Whatever happens to COMMIT, the transaction is over: a failed COMMIT has rolled back or is in doubt.
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{in_transaction_};
+  exec("COMMIT", {});
+}
+
+void Session::rollback() {
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{in_transaction_};
+  exec("ROLLBACK", {});
+}
+
+SessionLease::SessionLease(Pool& pool, std::unique_ptr<Session> session) : pool_(pool), session_(std::move(session)) {}
+
+SessionLease::~SessionLease() {
+  if (session_ && session_->in_transaction() && !session_->broken()) {
+    try {
+      session_->rollback();
+    } catch (...) {
+      // The session is broken now (the backend marked it); the pool drops it below.
+    }
+  }
+  pool_.give_back(std::move(session_));
+}
+
+Pool::Pool(SessionFactory factory, std::size_t max_sessions, std::chrono::milliseconds wait)
+    : factory_(std::move(factory)), max_(max_sessions), wait_(wait) {}
+
+Pool::~Pool() = default;
+
+std::unique_ptr<SessionLease> Pool::borrow() {
+  std::unique_lock lock(mutex_);
+  const auto deadline = std::chrono::steady_clock::now() + wait_;
+  bool waited = false;
+  while (idle_.empty() && stats_.open >= max_) {
+    if (!waited) {
+      waited = true;
+      ++stats_.waits;
+    }
+    if (freed_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() && stats_.open >= max_)
+      throw Error(ErrorKind::transient,
+                  fmt::format("no database session became free within {} ms (pool of {})", wait_.count(), max_));
+  }
+  if (!idle_.empty()) {
+    auto session = std::move(idle_.back());
+    idle_.pop_back();
+    --stats_.idle;
+    return std::make_unique<SessionLease>(*this, std::move(session));
+  }
+  ++stats_.open;  // reserve the slot, then connect without holding the lock
+  lock.unlock();
+  try {
+    auto session = factory_();
+    lock.lock();
+    ++stats_.created;
+    lock.unlock();
+    return std::make_unique<SessionLease>(*this, std::move(session));
+  } catch (...) {
+    lock.lock();
+    --stats_.open;
+    freed_.notify_one();
+    throw;
+  }
+}
+
+void Pool::give_back(std::unique_ptr<Session> session) noexcept {
+  {
+    std::lock_guard lock(mutex_);
+    if (session && !session->broken() && !session->in_transaction()) {
+      idle_.push_back(std::move(session));
+      ++stats_.idle;
+    } else {
+      --stats_.open;
+      ++stats_.discarded;
+    }
+  }
+  freed_.notify_one();
+  // A dropped session is closed here, outside the lock.
+}
+
+PoolStats Pool::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+Backend::Backend(std::string name, std::string display_url, Options options, std::shared_ptr<const Dialect> dialect,
+                 SessionFactory factory)
+    : name_(std::move(name)),
+      display_url_(std::move(display_url)),
+      options_(std::move(options)),
+      dialect_(std::move(dialect)),
+      pool_(std::move(factory), options_.pool_size, options_.pool_wait) {}
+
+void validate_options(const Options& options) {
+  auto bad = [](const std::string& what) { throw Error(ErrorKind::invalid_argument, what); };
+  if (options.pool_size < 1 || options.pool_size > 1000)
+    bad(fmt::format("pool_size must be between 1 and 1000, got {}", options.pool_size));
+  if (options.pool_wait.count() < 0) bad("pool_wait must not be negative");
+  if (options.busy_timeout.count() < 0 || options.busy_timeout.count() > 3'600'000)
+    bad(fmt::format("busy_timeout must be between 0 and 1h, got {} ms", options.busy_timeout.count()));
+  if (options.connect_timeout.count() < 1) bad("connect_timeout must be at least 1s");
+  if (!is_identifier(options.table_prefix, 40))
+    bad(fmt::format("table prefix '{}' is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)",
+                    options.table_prefix));
+  if (options.application_name.empty() || options.application_name.size() > 63)
+    bad("application_name must be 1 to 63 bytes");
+  for (const char c : options.application_name)
+    if (c < 0x20 || c > 0x7e) bad("application_name must be printable ASCII");
+}
+
+}  // namespace rowguard::detail

@@ -1,0 +1,51 @@
+#include <fmt/format.h>
+
+#include "backend/dialects.hpp"
+
+namespace rowguard::detail {
+namespace {
+
+// PostgreSQL: times are timestamptz; the clock is clock_timestamp(), which advances inside a
+// transaction, unlike now().
+class PostgresDialect final : public Dialect {
+ public:
+  explicit PostgresDialect(BlobTransport blobs) : blobs_(blobs) {}
+  std::string_view name() const noexcept override { return "postgres"; }
+  std::string now_ms() const override {
+    return "CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)";
+  }
+  std::string ms_to_timestamp(std::string_view ms_expr) const override {
+    return fmt::format("(TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')", ms_expr);
+  }
+  std::string timestamp_to_ms(std::string_view ts_expr) const override {
+    return fmt::format("CAST(floor(EXTRACT(EPOCH FROM {}) * 1000) AS bigint)", ts_expr);
+  }
+  std::string blob_param(std::string_view param) const override {
+    return blobs_ == BlobTransport::hex_text ? fmt::format("decode({}, 'hex')", param) : std::string(param);
+  }
+  std::string blob_column(std::string_view expr) const override {
+    return blobs_ == BlobTransport::hex_text ? fmt::format("encode({}, 'hex')", expr) : std::string(expr);
+  }
+  std::string table_exists() const override {
+    return "SELECT CASE WHEN to_regclass(CAST($1 AS text)) IS NULL THEN 0 ELSE 1 END";
+  }
+  std::string begin(const TxOptions& options) const override {
+    static constexpr const char* levels[] = {"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"};
+    return fmt::format("BEGIN ISOLATION LEVEL {}{}", levels[static_cast<int>(options.isolation)],
+                       options.access == TxAccess::read_only ? " READ ONLY" : "");
+  }
+  // Transaction-scoped, so it also works behind a transaction-pooling PgBouncer. $1 is the lock key.
+  std::string migration_lock() const override { // Wrapped so the statement returns a plain integer (SOCI cannot read a void column).
+    return "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS migration_lock"; }
+
+ private:
+  BlobTransport blobs_;
+};
+
+}  // namespace
+
+std::shared_ptr<const Dialect> postgres_dialect(BlobTransport blobs) {
+  return std::make_shared<PostgresDialect>(blobs);
+}
+
+}  // namespace rowguard::detail

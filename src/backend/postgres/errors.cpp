@@ -1,0 +1,65 @@
+#include <libpq-fe.h>
+
+#include <pqxx/except>
+
+#include <fmt/format.h>
+
+#include "backend/postgres/postgres.hpp"
+
+namespace rowguard::detail {
+
+ErrorKind kind_for_sqlstate(std::string_view s) noexcept {
+  if (s == "40001" || s == "40P01") return ErrorKind::conflict;  // serialization failure, deadlock
+  if (s == "55P03") return ErrorKind::conflict;                   // lock_not_available (NOWAIT, lock_timeout)
+  if (s == "40003") return ErrorKind::in_doubt;                   // statement_completion_unknown
+  if (s == "57014") return ErrorKind::transient;                  // statement timeout / cancel: rolled back
+  if (s.substr(0, 2) == "08") return ErrorKind::transient;        // connection exceptions
+  if (s == "57P01" || s == "57P02" || s == "57P03") return ErrorKind::transient;  // shutdown, crash, starting up
+  if (s.substr(0, 2) == "53") return ErrorKind::transient;        // too many connections, out of memory/disk
+  if (s == "25P03") return ErrorKind::transient;                  // idle_in_transaction_session_timeout
+  return ErrorKind::permanent;
+}
+
+bool outcome_unknown(StatementEffect effect, bool in_transaction) noexcept {
+  return effect == StatementEffect::commit || (!in_transaction && effect == StatementEffect::write);
+}
+
+void validate_conninfo(const std::string& conninfo, const std::string& password) {
+  char* message = nullptr;
+  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &message);
+  if (options == nullptr) {
+    const std::string text = message ? message : "out of memory";
+    PQfreemem(message);
+    throw Error(ErrorKind::invalid_argument,
+                scrub(fmt::format("malformed PostgreSQL connection string '{}': {}", redact(conninfo), text), password));
+  }
+  PQconninfoFree(options);
+}
+
+Error postgres_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
+                     const std::string& password) {
+  auto message = [&](std::string_view prefix) { return scrub(fmt::format("postgres: {}{}", prefix, e.what()), password); };
+  if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) {
+    connection_lost = true;
+    return Error(ErrorKind::in_doubt, message("outcome unknown: "), "40003");
+  }
+  if (dynamic_cast<const pqxx::broken_connection*>(&e)) {
+    connection_lost = true;
+    if (outcome_unknown(effect, in_transaction))
+      return Error(ErrorKind::in_doubt, message("connection lost, outcome unknown: "), "08006");
+    return Error(ErrorKind::transient, message("connection lost: "), "08006");
+  }
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    const std::string state = sql->sqlstate();
+    const ErrorKind kind = kind_for_sqlstate(state);
+    // An explicit error reply means the server aborted this statement: its outcome is known even
+    // when the server then closes the connection (57P01 admin shutdown).
+    if (state.substr(0, 2) == "08" || state.substr(0, 3) == "57P") connection_lost = true;
+    return Error(kind, message(""), state);
+  }
+  if (dynamic_cast<const pqxx::argument_error*>(&e) || dynamic_cast<const pqxx::conversion_error*>(&e))
+    return Error(ErrorKind::invalid_argument, message(""));
+  return Error(ErrorKind::permanent, message(""));
+}
+
+}  // namespace rowguard::detail

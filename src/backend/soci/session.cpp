@@ -1,0 +1,248 @@
+// SOCI's SQLite header wraps sqlite3.h in namespace sqlite_api, so this file must never include
+// <sqlite3.h> itself: it reaches SQLite only as sqlite_api::.
+#include <soci/soci.h>
+#include <soci/postgresql/soci-postgresql.h>
+#include <soci/sqlite3/soci-sqlite3.h>
+
+#include <libpq-fe.h>
+
+#include <fmt/format.h>
+
+#include "backend/dialects.hpp"
+#include "backend/postgres/postgres.hpp"
+#include "backend/soci/soci.hpp"
+#include "backend/soci/soci_errors.hpp"
+#include "backend/soci/statement.hpp"
+#include "backend/sqlite/sqlite.hpp"
+
+namespace rowguard::detail {
+
+namespace {
+
+bool is_sqlite(soci::session& sql) { return sql.get_backend_name() == "sqlite3"; }
+
+sqlite_api::sqlite3* sqlite_handle(soci::session& sql) {
+  return static_cast<soci::sqlite3_session_backend*>(sql.get_backend())->conn_;
+}
+
+PGconn* pg_handle(soci::session& sql) { return static_cast<soci::postgresql_session_backend*>(sql.get_backend())->conn_; }
+
+// rowguard_unhex(text) -> blob: SQLite 3.40 has no unhex(), and SOCI cannot bind a blob parameter,
+// so blobs travel as hex text and this turns them back into bytes inside SQLite.
+void unhex_function(sqlite_api::sqlite3_context* context, int, sqlite_api::sqlite3_value** argv) {
+  if (sqlite_api::sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+    sqlite_api::sqlite3_result_null(context);
+    return;
+  }
+  const auto* text = reinterpret_cast<const char*>(sqlite_api::sqlite3_value_text(argv[0]));
+  const int size = sqlite_api::sqlite3_value_bytes(argv[0]);
+  try {
+    const std::string bytes = from_hex(std::string_view(text ? text : "", static_cast<std::size_t>(size)));
+    sqlite_api::sqlite3_result_blob(context, bytes.data(), static_cast<int>(bytes.size()),
+                                    reinterpret_cast<sqlite_api::sqlite3_destructor_type>(-1));  // SQLITE_TRANSIENT
+  } catch (const std::exception& e) {
+    sqlite_api::sqlite3_result_error(context, e.what(), -1);
+  }
+}
+
+// How the adapter got its soci::session; each variant knows how to give it back.
+class SessionSource {
+ public:
+  virtual ~SessionSource() = default;
+  virtual soci::session& get() = 0;
+};
+
+class OwnedSession final : public SessionSource {
+ public:
+  explicit OwnedSession(std::unique_ptr<soci::session> s) : session_(std::move(s)) {}
+  soci::session& get() override { return *session_; }
+
+ private:
+  std::unique_ptr<soci::session> session_;
+};
+
+class BorrowedSession final : public SessionSource {
+ public:
+  explicit BorrowedSession(soci::session& s) : session_(s) {}
+  soci::session& get() override { return session_; }
+
+ private:
+  soci::session& session_;
+};
+
+class PooledSession final : public SessionSource {
+ public:
+  PooledSession(soci::connection_pool& pool, std::size_t position) : pool_(pool), position_(position) {}
+  ~PooledSession() override { pool_.give_back(position_); }
+  soci::session& get() override { return pool_.at(position_); }
+
+ private:
+  soci::connection_pool& pool_;
+  std::size_t position_;
+};
+
+class SociSession final : public Session {
+ public:
+  SociSession(std::unique_ptr<SessionSource> source, std::shared_ptr<const Dialect> dialect, std::string password,
+              const Options& options)
+      : source_(std::move(source)), sql_(source_->get()), dialect_(std::move(dialect)), password_(std::move(password)) {
+    statements_ = std::make_unique<SociStatements>(sql_);
+    if (is_sqlite(sql_)) {
+      sqlite_api::sqlite3* db = sqlite_handle(sql_);
+      sqlite_api::sqlite3_create_function_v2(db, "rowguard_unhex", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, nullptr,
+                                             unhex_function, nullptr, nullptr, nullptr);
+      sqlite_api::sqlite3_busy_timeout(db, static_cast<int>(options.busy_timeout.count()));
+      exec_script("PRAGMA foreign_keys = ON");
+    }
+  }
+
+  ~SociSession() override { statements_.reset(); }
+
+  const Dialect& dialect() const noexcept override { return *dialect_; }
+
+  Result exec(std::string_view sql, const std::vector<Value>& params) override {
+    return guarded(sql, [&] { return statements_->run(sql, params); });
+  }
+
+  // Scripts run through the native handle: SOCI prepares one statement at a time.
+  void exec_script(const std::string& script) override {
+    guarded(script, [&] {
+      if (is_sqlite(sql_)) {
+        char* message = nullptr;
+        const int rc = sqlite_api::sqlite3_exec(sqlite_handle(sql_), script.c_str(), nullptr, nullptr, &message);
+        if (rc != SQLITE_OK) {
+          const std::string text = message ? message : "script failed";
+          sqlite_api::sqlite3_free(message);
+          throw soci::sqlite3_soci_error(text, rc);
+        }
+      } else {
+        PGresult* r = PQexec(pg_handle(sql_), script.c_str());
+        const auto status = PQresultStatus(r);
+        if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+          const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+          const std::string text = PQerrorMessage(pg_handle(sql_));
+          const std::string code = state ? state : "08006";
+          PQclear(r);
+          throw soci::postgresql_soci_error(text, code.c_str());
+        }
+        PQclear(r);
+      }
+      return Result{};
+    });
+  }
+
+ private:
+  template <class Run>
+  Result guarded(std::string_view sql, Run&& run) {
+    if (broken_) throw Error(ErrorKind::transient, "soci: session is broken");
+    try {
+      return run();
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      bool lost = false;
+      Error error = soci_error(e, effect_of(sql), in_transaction_, lost, password_);
+      if (!is_sqlite(sql_) && PQstatus(pg_handle(sql_)) != CONNECTION_OK) lost = true;
+      if (lost) broken_ = true;
+      throw error;
+    }
+  }
+
+  std::unique_ptr<SessionSource> source_;
+  soci::session& sql_;
+  std::unique_ptr<SociStatements> statements_;
+  std::shared_ptr<const Dialect> dialect_;
+  std::string password_;
+};
+
+std::shared_ptr<const Dialect> dialect_for(soci::session& sql) {
+  return is_sqlite(sql) ? sqlite_dialect(BlobTransport::hex_text) : postgres_dialect(BlobTransport::hex_text);
+}
+
+std::string name_for(soci::session& sql) { return is_sqlite(sql) ? "soci+sqlite3" : "soci+postgresql"; }
+
+Error connect_error(const std::exception& e, const std::string& display, const std::string& password) {
+  const auto* lite = dynamic_cast<const soci::sqlite3_soci_error*>(&e);
+  const ErrorKind kind = lite ? kind_for_sqlite(lite->result()) : ErrorKind::transient;
+  return Error(kind == ErrorKind::permanent ? ErrorKind::permanent : ErrorKind::transient,
+               scrub(fmt::format("soci: cannot open {}: {}", display, e.what()), password));
+}
+
+}  // namespace
+
+std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options) {
+  const bool lite = url.engine == Engine::soci_sqlite3;
+  std::string connect;
+  if (lite) {
+    // SOCI's sqlite3 connect string: db=... quoted, timeout in seconds (we set the real busy timeout in ms).
+    std::string quoted;
+    for (const char c : url.target) {
+      if (c == '"' || c == '\\') quoted += '\\';
+      quoted += c;
+    }
+    connect = fmt::format("db=\"{}\"", quoted);
+  } else {
+    connect = with_conninfo_default(url.target, "application_name", options.application_name);
+    connect = with_conninfo_default(connect, "connect_timeout", std::to_string(options.connect_timeout.count()));
+    validate_conninfo(connect, url.password);
+  }
+  auto dialect = lite ? sqlite_dialect(BlobTransport::hex_text) : postgres_dialect(BlobTransport::hex_text);
+  auto factory = [lite, connect, dialect, options, display = url.display,
+                  password = url.password]() -> std::unique_ptr<Session> {
+    std::unique_ptr<soci::session> session;
+    try {
+      const soci::backend_factory& driver =
+          lite ? static_cast<const soci::backend_factory&>(soci::sqlite3) : soci::postgresql;
+      session = std::make_unique<soci::session>(driver, connect);
+    } catch (const std::exception& e) {
+      throw connect_error(e, display, password);
+    }
+    auto s = std::make_unique<SociSession>(std::make_unique<OwnedSession>(std::move(session)), dialect, password,
+                                           options);
+    if (lite) {
+      const Result mode = s->exec("PRAGMA journal_mode = WAL", {});
+      if (mode.rows.empty() || mode.rows[0].text(0) != "wal")
+        throw Error(ErrorKind::permanent, fmt::format("soci: {} could not be switched to WAL mode", display));
+      s->exec_script("PRAGMA synchronous = FULL");
+    }
+    return s;
+  };
+  return std::make_shared<Backend>(lite ? "soci+sqlite3" : "soci+postgresql", url.display, options, dialect, factory);
+}
+
+std::shared_ptr<Backend> open_soci(soci::session& session, const Options& options) {
+  Options one = options;
+  one.pool_size = 1;  // the service's session serves one rowguard operation at a time
+  auto dialect = dialect_for(session);
+  auto factory = [&session, dialect, one]() -> std::unique_ptr<Session> {
+    // A broken predecessor was dropped by the pool: give the service's session a fresh connection.
+    if (!is_sqlite(session) && PQstatus(pg_handle(session)) != CONNECTION_OK) session.reconnect();
+    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, std::string(), one);
+  };
+  return std::make_shared<Backend>(name_for(session), name_for(session) + " (service session)", one, dialect,
+                                   factory);
+}
+
+std::shared_ptr<Backend> open_soci(soci::connection_pool& pool, std::size_t pool_size, const Options& options) {
+  Options sized = options;
+  sized.pool_size = pool_size;
+  std::shared_ptr<const Dialect> dialect;
+  std::string name;
+  {
+    const std::size_t position = pool.lease();
+    PooledSession probe(pool, position);
+    dialect = dialect_for(probe.get());
+    name = name_for(probe.get());
+  }
+  auto factory = [&pool, dialect, sized]() -> std::unique_ptr<Session> {
+    std::size_t position = 0;
+    if (!pool.try_lease(position, static_cast<int>(sized.pool_wait.count())))
+      throw Error(ErrorKind::transient, "soci: no session of the service's connection pool became free");
+    auto source = std::make_unique<PooledSession>(pool, position);
+    if (!is_sqlite(source->get()) && PQstatus(pg_handle(source->get())) != CONNECTION_OK) source->get().reconnect();
+    return std::make_unique<SociSession>(std::move(source), dialect, std::string(), sized);
+  };
+  return std::make_shared<Backend>(name, name + " (service connection pool)", sized, dialect, factory);
+}
+
+}  // namespace rowguard::detail

@@ -1,0 +1,126 @@
+#include "backend/sql_text.hpp"
+
+#include <cctype>
+
+#include "rowguard/error.hpp"
+
+namespace rowguard::detail {
+
+std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style) {
+  if (style == PlaceholderStyle::dollar) return std::string(sql);
+  std::string out;
+  out.reserve(sql.size() + 8);
+  std::size_t i = 0;
+  const std::size_t n = sql.size();
+  auto copy_until = [&](std::size_t end) {
+    out.append(sql.substr(i, end - i));
+    i = end;
+  };
+  while (i < n) {
+    const char c = sql[i];
+    if (c == '\'' || c == '"') {  // literal or quoted identifier; a doubled quote stays inside
+      std::size_t j = i + 1;
+      while (j < n) {
+        if (sql[j] == c) {
+          if (j + 1 < n && sql[j + 1] == c) {
+            j += 2;
+            continue;
+          }
+          break;
+        }
+        ++j;
+      }
+      copy_until(j < n ? j + 1 : n);
+    } else if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+      const std::size_t end = sql.find('\n', i);
+      copy_until(end == std::string_view::npos ? n : end);
+    } else if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
+      const std::size_t end = sql.find("*/", i + 2);
+      copy_until(end == std::string_view::npos ? n : end + 2);
+    } else if (c == '$' && i + 1 < n && std::isdigit(static_cast<unsigned char>(sql[i + 1]))) {
+      std::size_t j = i + 1;
+      while (j < n && std::isdigit(static_cast<unsigned char>(sql[j]))) ++j;
+      out += style == PlaceholderStyle::question_numbered ? "?" : ":p";
+      out.append(sql.substr(i + 1, j - i - 1));
+      i = j;
+    } else {
+      out += c;
+      ++i;
+    }
+  }
+  return out;
+}
+
+namespace {
+std::string first_keyword(std::string_view sql) {
+  std::size_t i = 0;
+  while (i < sql.size()) {
+    if (std::isspace(static_cast<unsigned char>(sql[i])) || sql[i] == '(') {
+      ++i;
+    } else if (sql.substr(i, 2) == "--") {
+      const std::size_t end = sql.find('\n', i);
+      i = end == std::string_view::npos ? sql.size() : end;
+    } else {
+      break;
+    }
+  }
+  std::string word;
+  while (i < sql.size() && std::isalpha(static_cast<unsigned char>(sql[i])))
+    word += static_cast<char>(std::toupper(static_cast<unsigned char>(sql[i++])));
+  return word;
+}
+}  // namespace
+
+StatementEffect effect_of(std::string_view sql) {
+  const std::string word = first_keyword(sql);
+  if (word == "COMMIT" || word == "END") return StatementEffect::commit;
+  if (word == "SELECT" || word == "SHOW" || word == "VALUES" || word == "BEGIN" || word == "ROLLBACK" ||
+      word == "SAVEPOINT" || word == "RELEASE" || word == "PRAGMA" || word == "SET")
+    return StatementEffect::read;
+  return StatementEffect::write;
+}
+
+std::string to_hex(std::string_view bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(bytes.size() * 2, '0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    const auto b = static_cast<unsigned char>(bytes[i]);
+    out[2 * i] = digits[b >> 4];
+    out[2 * i + 1] = digits[b & 0x0f];
+  }
+  return out;
+}
+
+namespace {
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+}  // namespace
+
+std::string from_hex(std::string_view hex) {
+  if (hex.substr(0, 2) == "\\x") hex.remove_prefix(2);
+  if (hex.size() % 2 != 0) throw Error(ErrorKind::permanent, "hex-encoded blob has an odd length");
+  std::string out(hex.size() / 2, '\0');
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const int hi = hex_digit(hex[2 * i]);
+    const int lo = hex_digit(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) throw Error(ErrorKind::permanent, "hex-encoded blob has a non-hex digit");
+    out[i] = static_cast<char>(hi * 16 + lo);
+  }
+  return out;
+}
+
+bool is_identifier(std::string_view text, std::size_t max_length) {
+  if (text.empty() || text.size() > max_length) return false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const bool ok = (c >= 'a' && c <= 'z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace rowguard::detail

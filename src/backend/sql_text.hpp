@@ -1,0 +1,31 @@
+#pragma once
+// Helpers over SQL text and bytes that every backend shares.
+
+#include <string>
+#include <string_view>
+
+namespace rowguard::detail {
+
+// How a driver spells the n-th bound parameter. rowguard's SQL is written with $1, $2, ...
+enum class PlaceholderStyle {
+  dollar,            // $1   (libpq, unchanged)
+  question_numbered, // ?1   (sqlite3)
+  colon_named,       // :p1  (SOCI, bound by name)
+};
+
+// Rewrites $N placeholders outside string literals, quoted identifiers and comments.
+std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style);
+
+// What a statement can do to data; decides whether a connection lost mid-statement leaves the
+// outcome in doubt. Anything not plainly a read counts as a write (the safe side).
+enum class StatementEffect { read, write, commit };
+StatementEffect effect_of(std::string_view sql);
+
+std::string to_hex(std::string_view bytes);
+// Error(permanent) on an odd length or a non-hex digit; accepts an optional "\x" prefix (bytea text).
+std::string from_hex(std::string_view hex);
+
+// True for a usable SQL identifier fragment: [a-z_][a-z0-9_]* of at most max_length bytes.
+bool is_identifier(std::string_view text, std::size_t max_length);
+
+}  // namespace rowguard::detail

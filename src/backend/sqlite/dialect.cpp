@@ -1,0 +1,41 @@
+#include <fmt/format.h>
+
+#include "backend/dialects.hpp"
+
+namespace rowguard::detail {
+namespace {
+
+// SQLite: times are INTEGER milliseconds since the epoch; write transactions begin IMMEDIATE so a
+// writer queues on the busy timeout up front instead of failing at its first write.
+class SqliteDialect final : public Dialect {
+ public:
+  explicit SqliteDialect(BlobTransport blobs) : blobs_(blobs) {}
+  std::string_view name() const noexcept override { return "sqlite"; }
+  // 'now' is fixed for the duration of one sqlite3_step(), so both halves read the same instant.
+  std::string now_ms() const override {
+    return "(CAST(strftime('%s','now') AS INTEGER) * 1000 + CAST(substr(strftime('%f','now'), 4, 3) AS INTEGER))";
+  }
+  std::string ms_to_timestamp(std::string_view ms_expr) const override { return fmt::format("({})", ms_expr); }
+  std::string timestamp_to_ms(std::string_view ts_expr) const override { return fmt::format("({})", ts_expr); }
+  std::string blob_param(std::string_view param) const override {
+    return blobs_ == BlobTransport::hex_text ? fmt::format("rowguard_unhex({})", param) : std::string(param);
+  }
+  std::string blob_column(std::string_view expr) const override {
+    return blobs_ == BlobTransport::hex_text ? fmt::format("hex({})", expr) : std::string(expr);
+  }
+  std::string table_exists() const override {
+    return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
+  }
+  std::string begin(const TxOptions& options) const override {
+    return options.access == TxAccess::read_only ? "BEGIN DEFERRED" : "BEGIN IMMEDIATE";
+  }
+
+ private:
+  BlobTransport blobs_;
+};
+
+}  // namespace
+
+std::shared_ptr<const Dialect> sqlite_dialect(BlobTransport blobs) { return std::make_shared<SqliteDialect>(blobs); }
+
+}  // namespace rowguard::detail

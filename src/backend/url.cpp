@@ -1,0 +1,154 @@
+#include "backend/url.hpp"
+
+#include <cctype>
+#include <cstdlib>
+#include <regex>
+
+#include <fmt/format.h>
+
+#include "rowguard/error.hpp"
+
+namespace rowguard::detail {
+
+namespace {
+
+bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+
+bool is_uri(std::string_view conninfo) {
+  return starts_with(conninfo, "postgresql://") || starts_with(conninfo, "postgres://");
+}
+
+// libpq keyword strings start with "keyword =".
+bool looks_like_keywords(std::string_view s) {
+  static const std::regex keyword_start(R"(^\s*[A-Za-z_]+\s*=)");
+  return std::regex_search(s.begin(), s.end(), keyword_start);
+}
+
+std::string percent_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size()) {
+      const std::string hex(s.substr(i + 1, 2));
+      char* end = nullptr;
+      const long v = std::strtol(hex.c_str(), &end, 16);
+      if (end == hex.c_str() + 2) {
+        out += static_cast<char>(v);
+        i += 2;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+
+std::string find_password(std::string_view url) {
+  std::smatch m;
+  const std::string s(url);
+  static const std::regex userinfo(R"(^[a-z+]+://[^:/@?#]*:([^@/?#]*)@)");
+  if (std::regex_search(s, m, userinfo)) return percent_decode(m[1].str());
+  static const std::regex query(R"([?&]password=([^&#]*))");
+  if (std::regex_search(s, m, query)) return percent_decode(m[1].str());
+  static const std::regex keyword_quoted(R"((?:^|\s)password\s*=\s*'((?:[^'\\]|\\.)*)')");
+  if (std::regex_search(s, m, keyword_quoted)) return m[1].str();
+  static const std::regex keyword(R"((?:^|\s)password\s*=\s*([^\s']+))");
+  if (std::regex_search(s, m, keyword)) return m[1].str();
+  return {};
+}
+
+}  // namespace
+
+std::string redact(std::string_view url) {
+  std::string s(url);
+  s = std::regex_replace(s, std::regex(R"(^([a-z+]+://[^:/@?#]*:)[^@/?#]*@)"), "$1***@");
+  s = std::regex_replace(s, std::regex(R"(([?&]password=)[^&#]*)"), "$1***");
+  s = std::regex_replace(s, std::regex(R"(((?:^|\s)password\s*=\s*)'(?:[^'\\]|\\.)*')"), "$1***");
+  s = std::regex_replace(s, std::regex(R"(((?:^|\s)password\s*=\s*)[^\s'*][^\s']*)"), "$1***");
+  return s;
+}
+
+std::string scrub(std::string text, std::string_view secret) {
+  if (secret.empty()) return text;
+  std::size_t pos = 0;
+  while ((pos = text.find(secret, pos)) != std::string::npos) {
+    text.replace(pos, secret.size(), "***");
+    pos += 3;
+  }
+  return text;
+}
+
+ParsedUrl parse_url(std::string_view url) {
+  ParsedUrl parsed;
+  parsed.display = redact(url);
+  parsed.password = find_password(url);
+  if (url.empty())
+    throw Error(ErrorKind::invalid_argument,
+                "empty database URL; expected sqlite:PATH, sqlite::memory:, postgresql://..., "
+                "soci+sqlite3:PATH or soci+postgresql://...");
+  auto sqlite_path = [&](std::string_view rest) {
+    if (starts_with(rest, "//")) rest.remove_prefix(2);  // sqlite:///abs/path
+    if (rest.empty())
+      throw Error(ErrorKind::invalid_argument, fmt::format("database URL '{}' has no file path", parsed.display));
+    return std::string(rest);
+  };
+  if (url == "sqlite::memory:") {
+    parsed.engine = Engine::sqlite;
+    parsed.memory = true;
+    parsed.target = ":memory:";
+  } else if (starts_with(url, "sqlite:")) {
+    parsed.engine = Engine::sqlite;
+    parsed.target = sqlite_path(url.substr(7));
+  } else if (starts_with(url, "soci+sqlite3:")) {
+    parsed.engine = Engine::soci_sqlite3;
+    parsed.target = sqlite_path(url.substr(13));
+    if (parsed.target == ":memory:")
+      throw Error(ErrorKind::invalid_argument,
+                  "soci+sqlite3::memory: is not supported (each SOCI session would get its own empty database); "
+                  "use sqlite::memory: or a file");
+  } else if (starts_with(url, "soci+postgresql:") || starts_with(url, "soci+postgres:")) {
+    parsed.engine = Engine::soci_postgresql;
+    parsed.target = std::string(url.substr(5));
+    if (!is_uri(parsed.target)) {
+      parsed.target = std::string(url.substr(url.find(':') + 1));
+      if (!looks_like_keywords(parsed.target))
+        throw Error(ErrorKind::invalid_argument,
+                    fmt::format("database URL '{}' is neither soci+postgresql://... nor soci+postgresql:KEY=VALUE ...",
+                                parsed.display));
+    }
+  } else if (is_uri(url) || looks_like_keywords(url)) {
+    parsed.engine = Engine::postgres;
+    parsed.target = std::string(url);
+  } else {
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("unrecognised database URL '{}'; expected sqlite:PATH, sqlite::memory:, "
+                            "postgresql://..., a libpq keyword string, soci+sqlite3:PATH or soci+postgresql://...",
+                            parsed.display));
+  }
+  return parsed;
+}
+
+std::string with_conninfo_default(std::string conninfo, std::string_view key, std::string_view value) {
+  if (is_uri(conninfo)) {
+    const std::regex present(fmt::format(R"([?&]{}=)", key));
+    if (std::regex_search(conninfo, present)) return conninfo;
+    std::string encoded;
+    for (const char c : value) {
+      if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' || c == '~')
+        encoded += c;
+      else
+        encoded += fmt::format("%{:02X}", static_cast<unsigned char>(c));
+    }
+    conninfo += conninfo.find('?') == std::string::npos ? '?' : '&';
+    return conninfo + fmt::format("{}={}", key, encoded);
+  }
+  const std::regex present(fmt::format(R"((?:^|\s){}\s*=)", key));
+  if (std::regex_search(conninfo, present)) return conninfo;
+  std::string quoted;
+  for (const char c : value) {
+    if (c == '\'' || c == '\\') quoted += '\\';
+    quoted += c;
+  }
+  return conninfo + fmt::format(" {}='{}'", key, quoted);
+}
+
+}  // namespace rowguard::detail

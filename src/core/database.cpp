@@ -1,0 +1,138 @@
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "backend/url.hpp"
+#include "backend/sqlite/sqlite.hpp"
+#include "core/schema_scripts.hpp"
+#include "rowguard/database.hpp"
+#ifdef ROWGUARD_HAVE_POSTGRES
+#include "backend/postgres/postgres.hpp"
+#endif
+#ifdef ROWGUARD_HAVE_SOCI
+#include "backend/soci/soci.hpp"
+#endif
+
+namespace rowguard {
+
+namespace {
+std::shared_ptr<detail::Backend> open_backend(std::string_view url, const Options& options) {
+  detail::validate_options(options);
+  const detail::ParsedUrl parsed = detail::parse_url(url);
+  switch (parsed.engine) {
+    case detail::Engine::sqlite:
+      return detail::open_sqlite(parsed, options);
+    case detail::Engine::postgres:
+#ifdef ROWGUARD_HAVE_POSTGRES
+      return detail::open_postgres(parsed, options);
+#else
+      throw Error(ErrorKind::invalid_argument, "this rowguard was built without PostgreSQL (ROWGUARD_WITH_POSTGRES=OFF)");
+#endif
+    case detail::Engine::soci_sqlite3:
+    case detail::Engine::soci_postgresql:
+#ifdef ROWGUARD_HAVE_SOCI
+      return detail::open_soci(parsed, options);
+#else
+      throw Error(ErrorKind::invalid_argument, "this rowguard was built without SOCI (ROWGUARD_WITH_SOCI=OFF)");
+#endif
+  }
+  throw Error(ErrorKind::invalid_argument, "unsupported database URL");
+}
+
+// Borrows (and so opens) one session, so a wrong path or an unreachable server fails at open().
+Database checked(std::shared_ptr<detail::Backend> backend) {
+  { auto session = backend->borrow(); }
+  return Database(std::move(backend));
+}
+}  // namespace
+
+Database Database::open(std::string_view url, Options options) { return checked(open_backend(url, options)); }
+
+Database::Database(std::shared_ptr<detail::Backend> backend) : backend_(std::move(backend)) {}
+Database::Database(Database&&) noexcept = default;
+Database& Database::operator=(Database&&) noexcept = default;
+Database::~Database() = default;
+
+std::string_view Database::backend_name() const noexcept { return backend_->name(); }
+const std::string& Database::display_url() const noexcept { return backend_->display_url(); }
+const std::string& Database::table_prefix() const noexcept { return backend_->options().table_prefix; }
+const Options& Database::options() const noexcept { return backend_->options(); }
+PoolStats Database::pool_stats() const { return backend_->stats(); }
+
+int Database::library_schema_version() noexcept {
+  static const int latest = static_cast<int>(detail::migrations("sqlite").size());
+  return latest;
+}
+
+namespace {
+int recorded_version(detail::Session& session, const detail::Backend& backend) {
+  const std::string table = backend.table("schema_version");
+  if (session.exec(session.dialect().table_exists(), {table}).one().i64(0) == 0) return 0;
+  return static_cast<int>(
+      session.exec(fmt::format("SELECT CAST(COALESCE(MAX(version), 0) AS bigint) FROM {}", table), {}).one().i64(0));
+}
+
+Error newer_schema(int found, int expected) {
+  return Error(ErrorKind::schema_mismatch,
+               fmt::format("the database's rowguard schema is version {}, newer than this library's version {}; "
+                           "upgrade rowguard",
+                           found, expected));
+}
+}  // namespace
+
+int Database::migrate() {
+  auto& backend = *backend_;
+  const std::string dialect(backend.dialect().name());
+  const auto steps = detail::migrations(dialect);
+  const auto* version_table = detail::find_script(dialect, "000_schema_version");
+  if (!version_table) throw Error(ErrorKind::permanent, "schema script 000_schema_version is missing from the build");
+  const int latest = library_schema_version();
+  int applied = 0;
+  for (const auto& step : steps) {
+    auto session = backend.borrow();
+    (*session)->begin(TxOptions{});
+    const std::string lock = backend.dialect().migration_lock();
+    if (!lock.empty()) (*session)->exec(lock, {backend.table("migrate")});
+    if ((*session)->exec((*session)->dialect().table_exists(), {backend.table("schema_version")}).one().i64(0) == 0)
+      (*session)->exec_script(detail::with_prefix(version_table->sql, backend.options().table_prefix));
+    const int current = recorded_version(**session, backend);
+    if (current > latest) throw newer_schema(current, latest);
+    if (current >= step.version) {
+      (*session)->commit();
+      continue;
+    }
+    (*session)->exec_script(detail::with_prefix(step.script->sql, backend.options().table_prefix));
+    (*session)->commit();
+    ++applied;
+  }
+  return applied;
+}
+
+int Database::schema_version() {
+  auto session = backend_->borrow();
+  return recorded_version(**session, *backend_);
+}
+
+void Database::require_schema() {
+  const int found = schema_version();
+  const int expected = library_schema_version();
+  if (found > expected) throw newer_schema(found, expected);
+  if (found < expected)
+    throw Error(ErrorKind::schema_mismatch,
+                fmt::format("the database's rowguard schema is version {}, this library needs version {}; "
+                            "run `rowguard migrate`",
+                            found, expected));
+}
+
+std::int64_t Database::now_ms() {
+  auto session = backend_->borrow();
+  return (*session)->exec(fmt::format("SELECT {}", (*session)->dialect().now_ms()), {}).one().i64(0);
+}
+
+Result Database::exec(std::string_view sql, const std::vector<Value>& params) {
+  auto session = backend_->borrow();
+  return (*session)->exec(sql, params);
+}
+
+Transaction Database::begin(TxOptions options) { return Transaction(backend_->borrow(), options); }
+
+}  // namespace rowguard

@@ -1,0 +1,37 @@
+#pragma once
+// Shared pieces of the rowguard command-line tool: global options, output, exit codes.
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "rowguard/rowguard.hpp"
+
+namespace rowguard::cli {
+
+// Options every command sees.
+struct Globals {
+  std::string db;          // --db, else $ROWGUARD_DB, else sqlite:rowguard.db
+  std::string prefix = "rowguard_";
+  bool json = false;
+};
+
+// Opens the database named by the global options.
+Database open_database(const Globals& globals);
+
+// Prints one result: the JSON object with --json, else the text.
+void emit(const Globals& globals, const nlohmann::json& object, const std::string& text);
+
+// Parses "250ms", "30s", "5m", "1h" (whole numbers); Error(invalid_argument) otherwise.
+std::chrono::milliseconds parse_duration(const std::string& text);
+
+// The exit-code table printed by --help.
+std::string exit_code_help();
+
+// Registers each group of commands on the app; the callbacks run the command and may throw rowguard::Error.
+void add_schema_commands(CLI::App& app, Globals& globals);
+void add_demo_command(CLI::App& app, Globals& globals);
+
+}  // namespace rowguard::cli

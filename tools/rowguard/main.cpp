@@ -1,0 +1,47 @@
+// rowguard: the command-line tool. Exit codes are fixed for the whole tool (see exit_code_help()).
+#include <cstdlib>
+#include <iostream>
+
+#include "cli.hpp"
+
+int main(int argc, char** argv) {
+  using namespace rowguard;
+  CLI::App app{"rowguard: leases, version-checked balances and a read-through cache on your SQL database"};
+  app.footer(cli::exit_code_help());
+  app.require_subcommand(1);
+  app.fallthrough();
+
+  cli::Globals globals;
+  if (const char* env = std::getenv("ROWGUARD_DB"); env && *env) globals.db = env;
+  if (globals.db.empty()) globals.db = "sqlite:rowguard.db";
+  app.add_option("--db", globals.db,
+                 "Database URL: sqlite:PATH, sqlite::memory:, postgresql://..., soci+sqlite3:PATH, "
+                 "soci+postgresql://... (default: $ROWGUARD_DB, else sqlite:rowguard.db)");
+  app.add_option("--prefix", globals.prefix, "Table prefix (default: rowguard_)");
+  app.add_flag("--json", globals.json, "Print one JSON object per result");
+
+  cli::add_schema_commands(app, globals);
+  cli::add_demo_command(app, globals);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message
+    return 2;
+  } catch (const Error& e) {
+    if (globals.json)
+      std::cout << nlohmann::json{{"error", to_string(e.kind())}, {"message", e.what()}}.dump() << '\n';
+    std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
+    return exit_code(e.kind());
+  } catch (const std::exception& e) {
+    std::cerr << "rowguard: " << e.what() << '\n';
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,67 @@
+// migrate, schema, version.
+#include <iostream>
+
+#include "backend/sql_text.hpp"
+#include "cli.hpp"
+#include "core/schema_scripts.hpp"
+
+namespace rowguard::cli {
+
+void add_schema_commands(CLI::App& app, Globals& globals) {
+  auto* migrate = app.add_subcommand("migrate", "Apply the missing schema migrations (safe to run concurrently)");
+  migrate->callback([&globals] {
+    auto db = open_database(globals);
+    const int applied = db.migrate();
+    const int version = db.schema_version();
+    emit(globals, {{"applied", applied}, {"schema_version", version}, {"backend", db.backend_name()}},
+         fmt::format("applied {} migration(s); schema version {} ({})", applied, version, db.backend_name()));
+  });
+
+  auto* schema = app.add_subcommand("schema", "Print the schema DDL, as migrate would apply it");
+  static std::string dialect = "sqlite";
+  static bool roles = false;
+  schema->add_option("--dialect", dialect, "sqlite or postgres (default: sqlite)")
+      ->check(CLI::IsMember({"sqlite", "postgres"}));
+  schema->add_flag("--roles", roles, "Print schema/postgres/roles.sql (least-privilege roles) instead");
+  schema->callback([&globals] {
+    if (!detail::is_identifier(globals.prefix, 40))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("table prefix '{}' is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)",
+                              globals.prefix));
+    std::string out;
+    if (roles) {
+      if (dialect != "postgres") throw Error(ErrorKind::invalid_argument, "--roles needs --dialect postgres");
+      out = detail::with_prefix(detail::find_script("postgres", "roles")->sql, globals.prefix);
+    } else {
+      out = detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, globals.prefix);
+      for (const auto& step : detail::migrations(dialect))
+        out += "\n" + detail::with_prefix(step.script->sql, globals.prefix);
+    }
+    if (globals.json)
+      std::cout << nlohmann::json{{"dialect", dialect}, {"prefix", globals.prefix}, {"sql", out}}.dump() << '\n';
+    else
+      std::cout << out;
+  });
+
+  auto* version = app.add_subcommand("version", "Print the library version and the schema versions");
+  static bool with_db = false;
+  version->add_flag("--check-db", with_db, "Also read the schema version of --db (exit 11 when it differs)");
+  version->callback([&globals] {
+    nlohmann::json out{{"version", std::string(rowguard::version())},
+                       {"library_schema_version", Database::library_schema_version()}};
+    std::string text = fmt::format("rowguard {} (schema version {})", rowguard::version(),
+                                   Database::library_schema_version());
+    if (with_db) {
+      auto db = open_database(globals);
+      const int found = db.schema_version();
+      out["database_schema_version"] = found;
+      text += fmt::format("; database schema version {}", found);
+      emit(globals, out, text);
+      db.require_schema();
+      return;
+    }
+    emit(globals, out, text);
+  });
+}
+
+}  // namespace rowguard::cli
