@@ -1,13 +1,16 @@
 #include "backend/sql_text.hpp"
 
+#include <algorithm>
 #include <cctype>
 
 #include "rowguard/error.hpp"
 
 namespace rowguard::detail {
 
-std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style) {
-  if (style == PlaceholderStyle::dollar) return std::string(sql);
+namespace {
+// Copies sql, replacing each $N outside literals, quoted identifiers and comments by replace(N's digits).
+template <class Replace>
+std::string scan_placeholders(std::string_view sql, Replace&& replace) {
   std::string out;
   out.reserve(sql.size() + 8);
   std::size_t i = 0;
@@ -40,8 +43,7 @@ std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style) {
     } else if (c == '$' && i + 1 < n && std::isdigit(static_cast<unsigned char>(sql[i + 1]))) {
       std::size_t j = i + 1;
       while (j < n && std::isdigit(static_cast<unsigned char>(sql[j]))) ++j;
-      out += style == PlaceholderStyle::question_numbered ? "?" : ":p";
-      out.append(sql.substr(i + 1, j - i - 1));
+      out += replace(sql.substr(i + 1, j - i - 1));
       i = j;
     } else {
       out += c;
@@ -49,6 +51,22 @@ std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style) {
     }
   }
   return out;
+}
+}  // namespace
+
+std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style) {
+  if (style == PlaceholderStyle::dollar) return std::string(sql);
+  const char* mark = style == PlaceholderStyle::question_numbered ? "?" : ":p";
+  return scan_placeholders(sql, [&](std::string_view digits) { return mark + std::string(digits); });
+}
+
+std::size_t placeholder_count(std::string_view sql) {
+  std::size_t highest = 0;
+  scan_placeholders(sql, [&](std::string_view digits) {
+    highest = std::max<std::size_t>(highest, std::stoul(std::string(digits)));
+    return std::string();
+  });
+  return highest;
 }
 
 namespace {

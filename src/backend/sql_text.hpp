@@ -16,6 +16,9 @@ enum class PlaceholderStyle {
 // Rewrites $N placeholders outside string literals, quoted identifiers and comments.
 std::string rewrite_placeholders(std::string_view sql, PlaceholderStyle style);
 
+// The highest $N placeholder outside literals and comments (0 when there is none).
+std::size_t placeholder_count(std::string_view sql);
+
 // What a statement can do to data; decides whether a connection lost mid-statement leaves the
 // outcome in doubt. Anything not plainly a read counts as a write (the safe side).
 enum class StatementEffect { read, write, commit };

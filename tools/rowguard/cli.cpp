@@ -9,6 +9,9 @@ namespace rowguard::cli {
 Database open_database(const Globals& globals) {
   Options options;
   options.table_prefix = globals.prefix;
+  const auto timeout = parse_duration(globals.connect_timeout);
+  options.connect_timeout = std::chrono::duration_cast<std::chrono::seconds>(timeout);
+  if (options.connect_timeout.count() < 1) options.connect_timeout = std::chrono::seconds(1);
   return Database::open(globals.db, options);
 }
 

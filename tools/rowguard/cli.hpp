@@ -16,6 +16,7 @@ struct Globals {
   std::string db;          // --db, else $ROWGUARD_DB, else sqlite:rowguard.db
   std::string prefix = "rowguard_";
   bool json = false;
+  std::string connect_timeout = "10s";  // a duration: 250ms, 30s, 5m, 1h
 };
 
 // Opens the database named by the global options.

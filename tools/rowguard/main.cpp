@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
                  "soci+postgresql://... (default: $ROWGUARD_DB, else sqlite:rowguard.db)");
   app.add_option("--prefix", globals.prefix, "Table prefix (default: rowguard_)");
   app.add_flag("--json", globals.json, "Print one JSON object per result");
+  app.add_option("--connect-timeout", globals.connect_timeout,
+                 "How long connecting to PostgreSQL may take, e.g. 5s (default: 10s)");
 
   cli::add_schema_commands(app, globals);
   cli::add_demo_command(app, globals);

@@ -49,6 +49,12 @@ Error postgres_error(const std::exception& e, StatementEffect effect, bool in_tr
       return Error(ErrorKind::in_doubt, message("connection lost, outcome unknown: "), "08006");
     return Error(ErrorKind::transient, message("connection lost: "), "08006");
   }
+  // libpqxx 6.4 throws these without an SQLSTATE (they do not derive from sql_error): map by type.
+  if (dynamic_cast<const pqxx::serialization_failure*>(&e)) return Error(ErrorKind::conflict, message(""), "40001");
+  if (dynamic_cast<const pqxx::deadlock_detected*>(&e)) return Error(ErrorKind::conflict, message(""), "40P01");
+  if (dynamic_cast<const pqxx::statement_completion_unknown*>(&e))
+    return Error(ErrorKind::in_doubt, message("outcome unknown: "), "40003");
+  if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return Error(ErrorKind::conflict, message(""), "40000");
   if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
     const std::string state = sql->sqlstate();
     const ErrorKind kind = kind_for_sqlstate(state);

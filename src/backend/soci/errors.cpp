@@ -13,7 +13,7 @@
 namespace rowguard::detail {
 
 Error soci_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                 const std::string& password) {
+                 const std::string& password, int sqlite_extended_code) {
   const std::string message = scrub(fmt::format("soci: {}", e.what()), password);
   if (const auto* pg = dynamic_cast<const soci::postgresql_soci_error*>(&e)) {
     const std::string state = pg->sqlstate();
@@ -32,8 +32,10 @@ Error soci_error(const std::exception& e, StatementEffect effect, bool in_transa
     if (state.substr(0, 3) == "57P") connection_lost = true;
     return Error(kind_for_sqlstate(state), message, state);
   }
-  if (const auto* lite = dynamic_cast<const soci::sqlite3_soci_error*>(&e))
-    return Error(kind_for_sqlite(lite->result()), message, sqlstate_for_sqlite(lite->result()));
+  if (const auto* lite = dynamic_cast<const soci::sqlite3_soci_error*>(&e)) {
+    const int code = (sqlite_extended_code & 0xff) == (lite->result() & 0xff) ? sqlite_extended_code : lite->result();
+    return Error(kind_for_sqlite(code), message, sqlstate_for_sqlite(code));
+  }
   if (const auto* generic = dynamic_cast<const soci::soci_error*>(&e)) {
     if (generic->get_error_category() == soci::soci_error::connection_error) {
       connection_lost = true;

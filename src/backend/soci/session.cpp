@@ -141,7 +141,8 @@ class SociSession final : public Session {
       throw;
     } catch (const std::exception& e) {
       bool lost = false;
-      Error error = soci_error(e, effect_of(sql), in_transaction_, lost, password_);
+      const int extended = is_sqlite(sql_) ? sqlite_api::sqlite3_extended_errcode(sqlite_handle(sql_)) : 0;
+      Error error = soci_error(e, effect_of(sql), in_transaction_, lost, password_, extended);
       if (!is_sqlite(sql_) && PQstatus(pg_handle(sql_)) != CONNECTION_OK) lost = true;
       if (lost) broken_ = true;
       throw error;

@@ -7,6 +7,7 @@
 
 namespace rowguard::detail {
 // The SOCI exception in flight as a rowguard Error; sets connection_lost when the session is unusable.
+// sqlite_extended_code: the connection's sqlite3_extended_errcode(), since SOCI reports only the primary code.
 Error soci_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                 const std::string& password);
+                 const std::string& password, int sqlite_extended_code);
 }  // namespace rowguard::detail

@@ -84,6 +84,10 @@ Result SociStatements::run(std::string_view sql, const std::vector<Value>& param
     prepared->texts.assign(params.size(), std::string());
     prepared->indicators.assign(params.size(), soci::i_ok);
     prepared->rows = returns_rows(sql);
+    // SOCI leaves an unbound :pN as NULL; refuse the mismatch as the native drivers do.
+    if (const std::size_t wanted = placeholder_count(sql); wanted != params.size())
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("statement takes {} parameters, {} were given", wanted, params.size()));
     prepared->statement = std::make_unique<soci::statement>(session_);
     auto& st = *prepared->statement;
     for (std::size_t i = 0; i < params.size(); ++i) {
@@ -124,7 +128,9 @@ Result SociStatements::run(std::string_view sql, const std::vector<Value>& param
   Result result;
   auto& st = *p.statement;
   try {
-    bool got = st.execute(p.rows);
+    // execute(true) even without rows: SOCI's sqlite3 backend does not step a statement executed
+    // without data exchange.
+    bool got = st.execute(true);
     while (p.rows && got) {
       std::vector<Value> cells;
       cells.reserve(p.row.size());

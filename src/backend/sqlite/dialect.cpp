@@ -21,7 +21,9 @@ class SqliteDialect final : public Dialect {
     return blobs_ == BlobTransport::hex_text ? fmt::format("rowguard_unhex({})", param) : std::string(param);
   }
   std::string blob_column(std::string_view expr) const override {
-    return blobs_ == BlobTransport::hex_text ? fmt::format("hex({})", expr) : std::string(expr);
+    // hex(NULL) is '', so keep NULL apart from an empty blob.
+    return blobs_ == BlobTransport::hex_text ? fmt::format("CASE WHEN {0} IS NULL THEN NULL ELSE hex({0}) END", expr)
+                                             : std::string(expr);
   }
   std::string table_exists() const override {
     return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";

@@ -1,0 +1,26 @@
+# Installs the build into a scratch prefix and builds examples/quickstart.cpp out of tree with
+# find_package(rowguard CONFIG REQUIRED), then runs it.
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
+file(WRITE "${WORK_DIR}/consumer/CMakeLists.txt" "
+cmake_minimum_required(VERSION 3.25)
+project(rowguard_consumer CXX)
+find_package(rowguard CONFIG REQUIRED)
+add_executable(quickstart \"${SOURCE_DIR}/examples/quickstart.cpp\")
+target_link_libraries(quickstart PRIVATE rowguard::rowguard)
+")
+run(${CMAKE_COMMAND} -S "${WORK_DIR}/consumer" -B "${WORK_DIR}/consumer-build"
+    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
+run(${CMAKE_COMMAND} --build "${WORK_DIR}/consumer-build")
+run("${WORK_DIR}/consumer-build/quickstart" "sqlite:${WORK_DIR}/quickstart.db")
+if(NOT EXISTS "${WORK_DIR}/prefix/bin/rowguard" OR NOT EXISTS "${WORK_DIR}/prefix/share/rowguard/schema/postgres/roles.sql")
+  message(FATAL_ERROR "the CLI or the schema scripts were not installed")
+endif()
+message(STATUS "installed package builds and runs examples/quickstart.cpp")

@@ -1,0 +1,116 @@
+// Migrations: idempotent, safe under concurrency (threads and processes), and refusing newer schemas.
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "support.hpp"
+
+using namespace rowguard;
+using rowguard::test::TestDb;
+
+TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
+  TestDb t;
+  CHECK(t.db().schema_version() == 0);
+  CHECK_THROWS_AS(t.db().require_schema(), Error);
+  CHECK(t.db().migrate() == Database::library_schema_version());
+  CHECK(t.db().schema_version() == Database::library_schema_version());
+  CHECK_NOTHROW(t.db().require_schema());
+  CHECK(t.db().migrate() == 0);
+  const auto& d = t.db().backend().dialect();
+  for (const char* table : {"schema_version", "locks", "fences", "accounts", "transfers", "entries", "cache"}) {
+    INFO(table);
+    CHECK(t.db().exec(d.table_exists(), {t.db().table_prefix() + table}).one().i64(0) == 1);
+  }
+  // The CHECK constraints are there: a balance below its minimum is refused by the database itself.
+  const std::string now = d.ms_to_timestamp("0");
+  const Error e = [&] {
+    try {
+      t.db().exec(fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, created_at, updated_at) "
+                              "VALUES ('a', 'EUR', -1, 0, {}, {})",
+                              t.db().table_prefix(), now, now));
+    } catch (const Error& error) {
+      return error;
+    }
+    return Error(ErrorKind::permanent, "no error");
+  }();
+  CHECK(e.sqlstate().substr(0, 2) == "23");
+}
+
+TEST_CASE("concurrent migrations from several threads apply each step once", "[backend]") {
+  TestDb t;
+  std::vector<std::shared_ptr<Database>> handles;
+  for (int i = 0; i < 4; ++i) handles.push_back(t.another(t.options()));
+  std::atomic<int> applied{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (auto& h : handles)
+    threads.emplace_back([&, h] {
+      try {
+        applied += h->migrate();
+      } catch (const Error& e) {
+        ++failures;
+        UNSCOPED_INFO(e.what());
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(failures == 0);
+  CHECK(applied == Database::library_schema_version());
+  CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {}schema_version", t.db().table_prefix())).one().i64(0) ==
+        Database::library_schema_version());
+}
+
+TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend]") {
+  if (rowguard::test::is_memory()) {
+    // An in-memory database is private to its process; the thread test covers this backend.
+    TestDb t;
+    CHECK(t.db().migrate() == Database::library_schema_version());
+    return;
+  }
+  TestDb t;
+  std::vector<std::thread> procs;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i)
+    procs.emplace_back([&] {
+      if (rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "migrate"}) == 0) ++ok;
+    });
+  for (auto& p : procs) p.join();
+  CHECK(ok == 4);
+  CHECK(t.db().schema_version() == Database::library_schema_version());
+  CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {}schema_version", t.db().table_prefix())).one().i64(0) ==
+        Database::library_schema_version());
+}
+
+TEST_CASE("a database newer than the library is schema_mismatch naming both versions", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  t.db().exec(fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, '999_future')",
+                          t.db().table_prefix()));
+  for (const auto& call : std::vector<std::function<void()>>{[&] { t.db().migrate(); }, [&] { t.db().require_schema(); }}) {
+    try {
+      call();
+      FAIL("no schema_mismatch");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::schema_mismatch);
+      CHECK_THAT(e.what(), Catch::Contains("999") && Catch::Contains(std::to_string(Database::library_schema_version())));
+    }
+  }
+}
+
+TEST_CASE("table prefixes keep two installations apart in one database", "[backend]") {
+  Options a;
+  a.table_prefix = "alpha_";
+  TestDb t(a);
+  if (rowguard::test::is_memory()) {
+    // Each sqlite::memory: Database is its own database, so a second prefix cannot share it.
+    CHECK(t.db().migrate() == Database::library_schema_version());
+    return;
+  }
+  t.db().migrate();
+  Options b = t.options();
+  b.table_prefix = t.options().table_prefix + "beta_";  // unique per test on PostgreSQL too
+  auto other = t.another(b);
+  CHECK(other->schema_version() == 0);
+  other->migrate();
+  CHECK(other->schema_version() == Database::library_schema_version());
+}

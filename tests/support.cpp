@@ -1,0 +1,115 @@
+#include "support.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+namespace rowguard::test {
+
+namespace {
+std::string& current() {
+  static std::string name;
+  return name;
+}
+
+std::string unique_token() {
+  static std::atomic<unsigned> counter{0};
+  static const unsigned seed = std::random_device{}();
+  return fmt::format("{}_{:x}_{}", ::getpid(), seed & 0xffffff, counter.fetch_add(1));
+}
+
+struct ScratchRoot {
+  std::filesystem::path path;
+  ScratchRoot() {
+    path = std::filesystem::temp_directory_path() / fmt::format("rowguard-test-{}", unique_token());
+    std::filesystem::create_directories(path);
+  }
+  ~ScratchRoot() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+}  // namespace
+
+bool set_backend(const std::string& name) {
+  for (const char* known : {"sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3", "soci-postgresql"})
+    if (name == known) {
+      current() = name;
+      return true;
+    }
+  return false;
+}
+
+const std::string& backend() {
+  if (current().empty()) FAIL("this test needs --backend NAME");
+  return current();
+}
+
+bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgresql"; }
+bool is_memory() { return backend() == "sqlite-memory"; }
+
+std::string pg_url() {
+  const char* url = std::getenv("ROWGUARD_TEST_PG");
+  if (url == nullptr || *url == '\0')
+    FAIL("ROWGUARD_TEST_PG is not set: run the suite through scripts/test.sh (or scripts/pg-throwaway.sh -- ctest)");
+  return url;
+}
+
+std::filesystem::path scratch_dir() {
+  static ScratchRoot root;
+  auto dir = root.path / unique_token();
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+TestDb::TestDb(Options options) : options_(std::move(options)) {
+  const std::string& b = backend();
+  if (b == "sqlite-file")
+    url_ = "sqlite:" + (scratch_dir() / "test.db").string();
+  else if (b == "sqlite-memory")
+    url_ = "sqlite::memory:";
+  else if (b == "soci-sqlite3")
+    url_ = "soci+sqlite3:" + (scratch_dir() / "test.db").string();
+  else if (b == "postgres")
+    url_ = pg_url();
+  else
+    url_ = "soci+" + pg_url();
+  // On PostgreSQL every test gets its own tables through its own prefix.
+  if (is_postgres()) options_.table_prefix += "t" + unique_token() + "_";
+  primary_ = std::make_shared<Database>(Database::open(url_, options_));
+}
+
+std::shared_ptr<Database> TestDb::another(Options options) {
+  if (is_memory()) return primary_;
+  return std::make_shared<Database>(Database::open(url_, options));
+}
+
+std::string TestDb::blob_type() const { return is_postgres() ? "bytea" : "BLOB"; }
+
+int run_cli(const std::vector<std::string>& args, std::string* out) {
+  std::string command = ROWGUARD_CLI;
+  for (const auto& a : args) {
+    std::string quoted = "'";
+    for (const char c : a) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    command += " " + quoted + "'";
+  }
+  command += " 2>/dev/null";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string output;
+  char buffer[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  if (out) *out = output;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace rowguard::test

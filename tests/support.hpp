@@ -1,0 +1,49 @@
+#pragma once
+// Test support: the backend under test, fresh isolated databases, and running the CLI.
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "rowguard/rowguard.hpp"
+
+namespace rowguard::test {
+
+bool set_backend(const std::string& name);
+// "sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3" or "soci-postgresql".
+const std::string& backend();
+bool is_postgres();  // postgres or soci-postgresql
+bool is_memory();    // sqlite-memory: one Database is the whole database
+
+// The throwaway server's URL from $ROWGUARD_TEST_PG (scripts/pg-throwaway.sh sets it). Fails the
+// test, never skips it, when unset.
+std::string pg_url();
+
+// A new scratch directory under the system temp dir, removed at exit.
+std::filesystem::path scratch_dir();
+
+// A fresh database for one test: its own SQLite file, or its own table prefix on PostgreSQL.
+class TestDb {
+ public:
+  explicit TestDb(Options options = {});
+  Database& db() { return *primary_; }
+  // Another Database on the same data (for memory: the same object, since nothing else can see it).
+  std::shared_ptr<Database> another(Options options);
+  std::shared_ptr<Database> another() { return another(options_); }
+  const std::string& url() const { return url_; }
+  const Options& options() const { return options_; }
+  // An engine-specific column type for tests that create their own tables.
+  std::string blob_type() const;
+
+ private:
+  std::string url_;
+  Options options_;
+  std::shared_ptr<Database> primary_;
+};
+
+// Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout.
+int run_cli(const std::vector<std::string>& args, std::string* out = nullptr);
+
+}  // namespace rowguard::test

@@ -1,0 +1,167 @@
+// Tests that need no database server: URL parsing, redaction, SQL text helpers, exit codes, options.
+#include <catch2/catch.hpp>
+
+#include "backend/sql_text.hpp"
+#include "backend/url.hpp"
+#include "core/schema_scripts.hpp"
+#include "support.hpp"
+
+using namespace rowguard;
+using rowguard::detail::PlaceholderStyle;
+
+namespace {
+ErrorKind kind_of_open(const std::string& url, Options options = {}) {
+  try {
+    Database::open(url, options);
+  } catch (const Error& e) {
+    return e.kind();
+  }
+  FAIL("open(" << url << ") succeeded");
+  return ErrorKind::permanent;
+}
+
+std::string message_of_open(const std::string& url) {
+  try {
+    Database::open(url);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+}  // namespace
+
+TEST_CASE("placeholders are rewritten outside literals and comments", "[unit]") {
+  const std::string sql = "SELECT $1, '$2', \"$3\" -- $4\n, /* $5 */ $12 FROM t WHERE a = $2";
+  CHECK(detail::rewrite_placeholders(sql, PlaceholderStyle::question_numbered) ==
+        "SELECT ?1, '$2', \"$3\" -- $4\n, /* $5 */ ?12 FROM t WHERE a = ?2");
+  CHECK(detail::rewrite_placeholders(sql, PlaceholderStyle::colon_named) ==
+        "SELECT :p1, '$2', \"$3\" -- $4\n, /* $5 */ :p12 FROM t WHERE a = :p2");
+  CHECK(detail::rewrite_placeholders("SELECT 'it''s $1', $1", PlaceholderStyle::question_numbered) ==
+        "SELECT 'it''s $1', ?1");
+  CHECK(detail::rewrite_placeholders(sql, PlaceholderStyle::dollar) == sql);
+}
+
+TEST_CASE("statement effects decide what a lost connection means", "[unit]") {
+  using detail::StatementEffect;
+  CHECK(detail::effect_of("  select 1") == StatementEffect::read);
+  CHECK(detail::effect_of("-- note\nSELECT 1") == StatementEffect::read);
+  CHECK(detail::effect_of("UPDATE t SET a = 1") == StatementEffect::write);
+  CHECK(detail::effect_of("WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x") == StatementEffect::write);
+  CHECK(detail::effect_of("COMMIT") == StatementEffect::commit);
+}
+
+TEST_CASE("hex encoding round-trips every byte and rejects garbage", "[unit]") {
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  CHECK(detail::from_hex(detail::to_hex(all)) == all);
+  CHECK(detail::from_hex("\\x00ff") == std::string("\0\xff", 2));
+  CHECK_THROWS_AS(detail::from_hex("abc"), Error);
+  CHECK_THROWS_AS(detail::from_hex("zz"), Error);
+}
+
+TEST_CASE("passwords are redacted from every URL form", "[unit]") {
+  CHECK(detail::redact("postgresql://app:s3cret@db:5432/pay") == "postgresql://app:***@db:5432/pay");
+  CHECK(detail::redact("postgresql://db/pay?user=app&password=s3cret&sslmode=require") ==
+        "postgresql://db/pay?user=app&password=***&sslmode=require");
+  CHECK(detail::redact("host=db password=s3cret dbname=pay") == "host=db password=*** dbname=pay");
+  CHECK(detail::redact("host=db password='s3 cret' dbname=pay") == "host=db password=*** dbname=pay");
+  CHECK(detail::redact("soci+postgresql://app:s3cret@db/pay") == "soci+postgresql://app:***@db/pay");
+  CHECK(detail::parse_url("postgresql://app:s%33cret@db/pay").password == "s3cret");
+  CHECK(detail::scrub("failed for s3cret at s3cret", "s3cret") == "failed for *** at ***");
+}
+
+TEST_CASE("URLs select the engine", "[unit]") {
+  using detail::Engine;
+  CHECK(detail::parse_url("sqlite::memory:").memory);
+  CHECK(detail::parse_url("sqlite:/tmp/a.db").target == "/tmp/a.db");
+  CHECK(detail::parse_url("sqlite:///tmp/a.db").target == "/tmp/a.db");
+  CHECK(detail::parse_url("postgres://h/db").engine == Engine::postgres);
+  CHECK(detail::parse_url("host=/tmp dbname=x").engine == Engine::postgres);
+  CHECK(detail::parse_url("soci+sqlite3:/tmp/a.db").engine == Engine::soci_sqlite3);
+  CHECK(detail::parse_url("soci+postgresql://h/db").target == "postgresql://h/db");
+  CHECK(detail::parse_url("soci+postgresql:host=h dbname=db").target == "host=h dbname=db");
+}
+
+TEST_CASE("bad URLs and options are invalid_argument", "[unit]") {
+  CHECK(kind_of_open("") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("mysql://localhost/db") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("sqlite:") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("soci+sqlite3::memory:") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("postgresql://localhost/db?no_such_option=1") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("postgresql://[::1/db") == ErrorKind::invalid_argument);
+  CHECK(kind_of_open("soci+postgresql:not a url") == ErrorKind::invalid_argument);
+  for (const char* prefix : {"", "Bad_", "1abc_", "a-b_", "x;drop table y;", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno"}) {
+    Options options;
+    options.table_prefix = prefix;
+    INFO("prefix '" << prefix << "'");
+    CHECK(kind_of_open("sqlite::memory:", options) == ErrorKind::invalid_argument);
+  }
+  Options zero;
+  zero.pool_size = 0;
+  CHECK(kind_of_open("sqlite::memory:", zero) == ErrorKind::invalid_argument);
+  Options app;
+  app.application_name = "bad\nname";
+  CHECK(kind_of_open("sqlite::memory:", app) == ErrorKind::invalid_argument);
+}
+
+TEST_CASE("an unreachable server is transient and never shows the password", "[unit]") {
+  for (const std::string url : {"postgresql://app:s3cretpw@127.0.0.1:1/db?connect_timeout=2",
+                                "host=127.0.0.1 port=1 user=app password=s3cretpw connect_timeout=2",
+                                "soci+postgresql://app:s3cretpw@127.0.0.1:1/db?connect_timeout=2"}) {
+    INFO(url);
+    CHECK(kind_of_open(url) == ErrorKind::transient);
+    const std::string message = message_of_open(url);
+    CHECK_FALSE(message.empty());
+    CHECK(message.find("s3cretpw") == std::string::npos);
+  }
+}
+
+TEST_CASE("SQLite files: a missing directory and a read-only file", "[unit]") {
+  CHECK(kind_of_open("sqlite:/nonexistent-rowguard-dir/x.db") == ErrorKind::transient);
+  const auto path = (rowguard::test::scratch_dir() / "ro.db").string();
+  Database::open("sqlite:" + path).migrate();
+  auto ro = Database::open("sqlite:file:" + path + "?mode=ro");
+  CHECK(ro.schema_version() == Database::library_schema_version());
+  try {
+    ro.exec("INSERT INTO rowguard_fences (resource, last_token, updated_at) VALUES ($1, 1, 0)", {std::string("r")});
+    FAIL("a write to a read-only database succeeded");
+  } catch (const Error& e) {
+    CHECK(e.kind() == ErrorKind::permanent);
+    CHECK(e.sqlstate() == "25006");
+  }
+}
+
+TEST_CASE("every error kind has its fixed exit code", "[unit]") {
+  CHECK(exit_code(ErrorKind::permanent) == 1);
+  CHECK(exit_code(ErrorKind::invalid_argument) == 2);
+  CHECK(exit_code(ErrorKind::lock_busy) == 3);
+  CHECK(exit_code(ErrorKind::insufficient_funds) == 4);
+  CHECK(exit_code(ErrorKind::not_found) == 5);
+  CHECK(exit_code(ErrorKind::conflict) == 6);
+  CHECK(exit_code(ErrorKind::idempotency_mismatch) == 7);
+  CHECK(exit_code(ErrorKind::lock_lost) == 8);
+  CHECK(exit_code(ErrorKind::in_doubt) == 9);
+  CHECK(exit_code(ErrorKind::transient) == 10);
+  CHECK(exit_code(ErrorKind::schema_mismatch) == 11);
+  CHECK(exit_code(ErrorKind::currency_mismatch) == 12);
+  CHECK(to_string(ErrorKind::in_doubt) == "in_doubt");
+}
+
+TEST_CASE("schema scripts: both dialects have the same steps; prefixes replace whole identifiers", "[unit]") {
+  const auto lite = detail::migrations("sqlite");
+  const auto pg = detail::migrations("postgres");
+  REQUIRE(lite.size() == pg.size());
+  for (std::size_t i = 0; i < lite.size(); ++i) {
+    CHECK(lite[i].version == static_cast<int>(i + 1));
+    CHECK(lite[i].script->name == pg[i].script->name);
+  }
+  CHECK(Database::library_schema_version() == static_cast<int>(lite.size()));
+  CHECK(detail::with_prefix("CREATE TABLE rowguard_locks (x_rowguard_y int); -- rowguard_ ", "app_") ==
+        "CREATE TABLE app_locks (x_rowguard_y int); -- app_ ");
+  for (const char* table : {"schema_version", "locks", "fences", "accounts", "transfers", "entries", "cache"}) {
+    bool found = false;
+    for (const auto& script : detail::schema_scripts())
+      found = found || script.sql.find(std::string("rowguard_") + table + " (") != std::string_view::npos;
+    CHECK(found);
+  }
+}
