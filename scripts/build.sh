@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Configures and builds rowguard (library, CLI, tests) into build/. Extra arguments go to cmake.
+# Configures and builds rowguard into build/: everything, or only the targets named
+# (scripts/build.sh rowguard_cli). ROWGUARD_CMAKE_ARGS adds cmake options, e.g.
+# ROWGUARD_CMAKE_ARGS="-DROWGUARD_SANITIZE=ON".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-cmake --build build -j"$(nproc)"
+# shellcheck disable=SC2086
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo ${ROWGUARD_CMAKE_ARGS:-} >/dev/null
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+cmake --build build -j"$(nproc)" "${targets[@]}"

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/build.sh
+scripts/build.sh rowguard_cli
 exec build/tools/rowguard/rowguard --db "${ROWGUARD_DB:-sqlite:rowguard-demo.db}" demo "$@"
