@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "core/schema_scripts.hpp"
 #include "support.hpp"
 
 using namespace rowguard;
@@ -113,4 +114,40 @@ TEST_CASE("table prefixes keep two installations apart in one database", "[backe
   CHECK(other->schema_version() == 0);
   other->migrate();
   CHECK(other->schema_version() == Database::library_schema_version());
+}
+
+TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothing else", "[pg]") {
+  TestDb t;
+  t.db().migrate();
+  const std::string prefix = t.db().table_prefix();
+  {
+    auto session = t.db().backend().borrow();
+    (*session)->exec_script(detail::with_prefix(detail::find_script("postgres", "roles")->sql, prefix));
+  }
+  // Connect as the application role: same server, same database, other user.
+  std::string url = t.url();
+  const auto at = url.find("postgres@");
+  REQUIRE(at != std::string::npos);
+  url.replace(at, std::string("postgres@").size(), prefix + "app@");
+  Options options;
+  options.table_prefix = prefix;
+  auto app = Database::open(url, options);
+  CHECK(app.exec("SELECT current_user").one().text(0) == prefix + "app");
+  const auto& d = app.backend().dialect();
+  CHECK(app.exec(fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ('r', 1, {})", prefix,
+                             d.ms_to_timestamp("0")))
+            .affected == 1);
+  CHECK(app.exec(fmt::format("UPDATE {}fences SET last_token = 2", prefix)).affected == 1);
+  for (const std::string ddl : {fmt::format("CREATE TABLE {}evil (x int)", prefix),
+                                fmt::format("DROP TABLE {}fences", prefix),
+                                fmt::format("TRUNCATE {}fences", prefix)}) {
+    INFO(ddl);
+    try {
+      app.exec(ddl);
+      FAIL("the application role ran DDL");
+    } catch (const Error& e) {
+      CHECK(e.kind() == ErrorKind::permanent);
+      CHECK(e.sqlstate() == "42501");  // insufficient_privilege
+    }
+  }
 }

@@ -2,6 +2,8 @@
 #include <catch2/catch.hpp>
 
 #include "backend/sql_text.hpp"
+#include "backend/postgres/postgres.hpp"
+#include "backend/sqlite/sqlite.hpp"
 #include "backend/url.hpp"
 #include "core/schema_scripts.hpp"
 #include "support.hpp"
@@ -164,4 +166,33 @@ TEST_CASE("schema scripts: both dialects have the same steps; prefixes replace w
       found = found || script.sql.find(std::string("rowguard_") + table + " (") != std::string_view::npos;
     CHECK(found);
   }
+}
+
+TEST_CASE("error tables: SQLSTATEs and SQLite codes map onto kinds", "[unit]") {
+  const std::vector<std::pair<std::string, ErrorKind>> states = {
+      {"40001", ErrorKind::conflict},  {"40P01", ErrorKind::conflict},   {"55P03", ErrorKind::conflict},
+      {"40003", ErrorKind::in_doubt},  {"08006", ErrorKind::transient},  {"08001", ErrorKind::transient},
+      {"57P01", ErrorKind::transient}, {"57P03", ErrorKind::transient},  {"53300", ErrorKind::transient},
+      {"57014", ErrorKind::transient}, {"23505", ErrorKind::permanent},  {"42501", ErrorKind::permanent},
+      {"42P01", ErrorKind::permanent}, {"25006", ErrorKind::permanent},  {"22003", ErrorKind::permanent}};
+  for (const auto& [state, kind] : states) {
+    INFO(state);
+    CHECK(detail::kind_for_sqlstate(state) == kind);
+  }
+  // SQLite extended result codes (sqlite3.h): BUSY 5, LOCKED 6, READONLY 8, CANTOPEN 14,
+  // CONSTRAINT_UNIQUE 2067, CONSTRAINT_PRIMARYKEY 1555, CONSTRAINT_FOREIGNKEY 787, CONSTRAINT_CHECK 275.
+  CHECK(detail::kind_for_sqlite(5) == ErrorKind::conflict);
+  CHECK(detail::kind_for_sqlite(6) == ErrorKind::conflict);
+  CHECK(detail::kind_for_sqlite(8) == ErrorKind::permanent);
+  CHECK(detail::kind_for_sqlite(14) == ErrorKind::transient);
+  CHECK(detail::kind_for_sqlite(2067) == ErrorKind::permanent);
+  CHECK(detail::sqlstate_for_sqlite(2067) == "23505");
+  CHECK(detail::sqlstate_for_sqlite(1555) == "23505");
+  CHECK(detail::sqlstate_for_sqlite(787) == "23503");
+  CHECK(detail::sqlstate_for_sqlite(275) == "23514");
+  CHECK(detail::sqlstate_for_sqlite(8) == "25006");
+  CHECK(detail::outcome_unknown(detail::StatementEffect::commit, true));
+  CHECK(detail::outcome_unknown(detail::StatementEffect::write, false));
+  CHECK_FALSE(detail::outcome_unknown(detail::StatementEffect::write, true));
+  CHECK_FALSE(detail::outcome_unknown(detail::StatementEffect::read, false));
 }
