@@ -103,28 +103,37 @@ TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", 
   CHECK(t.db().pool_stats().created == 2);
 }
 
-TEST_CASE("a write whose connection dies mid-statement is in doubt, a read is transient", "[pg]") {
+TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg]") {
+  // The client sees the connection close without the statement's reply, so for a write it cannot
+  // know whether the server committed: in_doubt (never retried blindly). A read is just transient.
   Options one;
   one.pool_size = 1;
   TestDb t(one);
   t.db().migrate();
   auto admin = t.another(Options{});
-  const std::int64_t pid = t.db().exec("SELECT CAST(pg_backend_pid() AS bigint)").one().i64(0);
-  // The write is in flight (sleeping) when its backend is killed: the client cannot know whether it
-  // committed, so it must be in_doubt (or transient when the server said so before closing).
-  auto killer = std::async(std::launch::async, [&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    admin->exec("SELECT 1 FROM (SELECT pg_terminate_backend(CAST($1 AS integer))) AS k", {pid});
-  });
+  const std::string table = t.db().table_prefix() + "fences";
   const std::string write = fmt::format(
-      "INSERT INTO {}fences (resource, last_token, updated_at) SELECT 'x', 1, clock_timestamp() FROM pg_sleep(2)",
-      t.db().table_prefix());
-  const Error e = error_of([&] { t.db().exec(write); });
-  killer.get();
-  INFO(e.what());
-  CHECK((e.kind() == ErrorKind::in_doubt || e.kind() == ErrorKind::transient));
-  if (e.kind() == ErrorKind::in_doubt) CHECK_FALSE(e.retriable());
-  CHECK(t.db().exec("SELECT 1").one().i64(0) == 1);
+      "INSERT INTO {} (resource, last_token, updated_at) SELECT 'x', 1, clock_timestamp() FROM pg_sleep(2)", table);
+  const std::string read = "SELECT CAST(1 AS bigint) FROM pg_sleep(2)";
+  auto kill_during = [&](const std::string& sql) {
+    const std::int64_t pid = t.db().exec("SELECT CAST(pg_backend_pid() AS bigint)").one().i64(0);
+    auto killer = std::async(std::launch::async, [&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      admin->exec("SELECT 1 FROM (SELECT pg_terminate_backend(CAST($1 AS integer))) AS k", {pid});
+    });
+    const Error e = error_of([&] { t.db().exec(sql); });
+    killer.get();
+    return e;
+  };
+  const Error w = kill_during(write);
+  INFO(w.what());
+  CHECK(w.kind() == ErrorKind::in_doubt);
+  CHECK_FALSE(w.retriable());
+  const Error r = kill_during(read);
+  INFO(r.what());
+  CHECK(r.kind() == ErrorKind::transient);
+  CHECK(t.db().pool_stats().discarded == 2);
+  CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {}", table)).one().i64(0) == 0);  // the write was rolled back
 }
 
 TEST_CASE("PostgreSQL sessions carry application_name and cache prepared statements", "[pg]") {

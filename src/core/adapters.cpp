@@ -12,7 +12,7 @@
 namespace rowguard {
 
 #ifdef ROWGUARD_HAVE_POSTGRES
-Database from_pqxx(std::function<std::unique_ptr<pqxx::connection_base>()> factory, Options options) {
+Database from_pqxx(std::function<std::unique_ptr<pqxx::connection>()> factory, Options options) {
   detail::validate_options(options);
   return Database(detail::open_postgres(std::move(factory), options));
 }

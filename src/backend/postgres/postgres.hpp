@@ -11,13 +11,13 @@
 #include "backend/sql_text.hpp"
 #include "backend/url.hpp"
 
-namespace pqxx {
-class connection_base;
-}
+#include <pqxx/connection>
 
 namespace rowguard::detail {
 
-using PqxxFactory = std::function<std::unique_ptr<pqxx::connection_base>()>;
+// pqxx::connection_base has no virtual destructor in libpqxx 6.4: connections are always owned as
+// the concrete pqxx::connection.
+using PqxxFactory = std::function<std::unique_ptr<pqxx::connection>()>;
 
 // Opens the backend for postgresql://... or a libpq keyword string.
 std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& options);

@@ -17,7 +17,7 @@ namespace {
 // connection dies.
 class PgSession final : public Session {
  public:
-  PgSession(std::unique_ptr<pqxx::connection_base> connection, std::shared_ptr<const Dialect> dialect,
+  PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect,
             std::string password)
       : connection_(std::move(connection)), dialect_(std::move(dialect)), password_(std::move(password)) {
     // libpqxx 6.4 silently reconnects a broken connection ("reactivation"), which would hide the
@@ -65,7 +65,7 @@ class PgSession final : public Session {
     }
   }
 
-  std::unique_ptr<pqxx::connection_base> connection_;
+  std::unique_ptr<pqxx::connection> connection_;
   std::unique_ptr<pqxx::nontransaction> tx_;
   std::unique_ptr<PgStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
@@ -80,7 +80,7 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
   validate_conninfo(conninfo, url.password);
   auto dialect = postgres_dialect(BlobTransport::native);
   auto factory = [conninfo, dialect, password = url.password]() -> std::unique_ptr<Session> {
-    std::unique_ptr<pqxx::connection_base> connection;
+    std::unique_ptr<pqxx::connection> connection;
     try {
       connection = std::make_unique<pqxx::connection>(conninfo);
     } catch (const std::exception& e) {
@@ -99,7 +99,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
   if (!make_connection) throw Error(ErrorKind::invalid_argument, "the pqxx connection factory is empty");
   auto dialect = postgres_dialect(BlobTransport::native);
   auto factory = [make_connection, dialect]() -> std::unique_ptr<Session> {
-    std::unique_ptr<pqxx::connection_base> connection;
+    std::unique_ptr<pqxx::connection> connection;
     try {
       connection = make_connection();
     } catch (const Error&) {
