@@ -138,7 +138,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothi
                              d.ms_to_timestamp("0")))
             .affected == 1);
   CHECK(app.exec(fmt::format("UPDATE {}fences SET last_token = 2", prefix)).affected == 1);
-  for (const std::string ddl : {fmt::format("CREATE TABLE {}evil (x int)", prefix),
+  for (const std::string& ddl : {fmt::format("CREATE TABLE {}evil (x int)", prefix),
                                 fmt::format("DROP TABLE {}fences", prefix),
                                 fmt::format("TRUNCATE {}fences", prefix)}) {
     INFO(ddl);

@@ -102,6 +102,7 @@ class Database {
 
   // For rowguard's own components.
   detail::Backend& backend() const noexcept { return *backend_; }
+  const std::shared_ptr<detail::Backend>& shared_backend() const noexcept { return backend_; }
 
  private:
   std::shared_ptr<detail::Backend> backend_;

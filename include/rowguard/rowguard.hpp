@@ -2,6 +2,8 @@
 // Umbrella header: everything a service needs from rowguard.
 #include "rowguard/database.hpp"
 #include "rowguard/error.hpp"
+#include "rowguard/fence.hpp"
+#include "rowguard/locks.hpp"
 #include "rowguard/transaction.hpp"
 #include "rowguard/value.hpp"
 #include "rowguard/version.hpp"

@@ -13,13 +13,15 @@ CREATE TABLE rowguard_locks (
   expires_at  timestamptz,
   released_at timestamptz,
   renewals    bigint      NOT NULL DEFAULT 0,
-  waiters     integer     NOT NULL DEFAULT 0
+  waiters     integer     NOT NULL DEFAULT 0,
+  release_reason text
 ) WITH (fillfactor = 70);
 COMMENT ON TABLE rowguard_locks IS
   'rowguard: leases; one row per lock name, never deleted, so token is the fencing-token high-water mark';
 COMMENT ON COLUMN rowguard_locks.owner IS 'current or last holder (host:pid:random id); NULL if never held';
 COMMENT ON COLUMN rowguard_locks.token IS 'last fencing token issued for this name; only ever grows';
 COMMENT ON COLUMN rowguard_locks.expires_at IS 'lease end on the database clock (clock_timestamp()); NULL when released';
+COMMENT ON COLUMN rowguard_locks.release_reason IS 'why the last lease was force-released, if it was';
 COMMENT ON COLUMN rowguard_locks.waiters IS 'waiting processes, so a release sends NOTIFY only when someone listens';
 -- Sweeps and listings scan by expiry. Renewals change expires_at, so this index costs HOT on renew;
 -- it is partial (only live leases) to keep it small.

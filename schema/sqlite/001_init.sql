@@ -13,7 +13,8 @@ CREATE TABLE rowguard_locks (
   expires_at  INTEGER,                           -- lease end on the database clock; NULL when released
   released_at INTEGER,                           -- when the last lease was released (NULL while held)
   renewals    INTEGER NOT NULL DEFAULT 0,        -- renewals of the current lease
-  waiters     INTEGER NOT NULL DEFAULT 0         -- processes waiting, so a release notifies only when needed
+  waiters     INTEGER NOT NULL DEFAULT 0,        -- processes waiting, so a release notifies only when needed
+  release_reason TEXT                            -- why the last lease was force-released, if it was
 );
 -- Sweeps and "who holds what" listings scan by expiry.
 CREATE INDEX rowguard_locks_expires_at ON rowguard_locks (expires_at);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +34,15 @@ class Dialect {
   // (timestamptz on PostgreSQL, integer milliseconds on SQLite), and back.
   virtual std::string ms_to_timestamp(std::string_view ms_expr) const = 0;
   virtual std::string timestamp_to_ms(std::string_view ts_expr) const = 0;
+  // The database clock as the engine's timestamp column type (clock_timestamp() on PostgreSQL).
+  virtual std::string now_timestamp() const = 0;
+  // A timestamp expression plus a bound number of milliseconds.
+  virtual std::string timestamp_plus_ms(std::string_view ts_expr, std::string_view ms_param) const = 0;
+  // Appended to a SELECT that must hold the rows it read until commit against updates by others
+  // (" FOR SHARE" on PostgreSQL; "" on SQLite, where a write transaction already excludes writers).
+  virtual std::string share_lock() const { return {}; }
+  // Whether the engine has LISTEN/NOTIFY (pg_notify(channel, payload)).
+  virtual bool has_notify() const noexcept { return false; }
   // How a bound Blob parameter enters SQL, and how a blob column leaves it (read it with Row::bytes).
   virtual std::string blob_param(std::string_view param) const { return std::string(param); }
   virtual std::string blob_column(std::string_view expr) const { return std::string(expr); }
@@ -67,6 +77,19 @@ class Session {
 };
 
 using SessionFactory = std::function<std::unique_ptr<Session>()>;
+
+// Receives notifications on one dedicated direct connection (PostgreSQL LISTEN).
+// Thread-safety: used by one thread.
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // Waits up to timeout for a notification; returns its payload, or nothing on timeout.
+  // Error(transient) when the connection broke: notifications may have been missed.
+  virtual std::optional<std::string> wait(std::chrono::milliseconds timeout) = 0;
+};
+// Opens a listener on a channel (a validated identifier); empty when the backend has none
+// (SQLite, and connections handed in by the service, which rowguard cannot reopen).
+using ListenerFactory = std::function<std::unique_ptr<Listener>(const std::string& channel)>;
 
 class Pool;
 
@@ -123,6 +146,8 @@ class Backend {
   PoolStats stats() const { return pool_.stats(); }
   // Keeps something alive as long as the backend (the anchor connection of an in-memory database).
   void keep_alive(std::shared_ptr<void> anchor) { anchor_ = std::move(anchor); }
+  void set_listener_factory(ListenerFactory factory) { listener_factory_ = std::move(factory); }
+  const ListenerFactory& listener_factory() const noexcept { return listener_factory_; }
 
  private:
   std::string name_;
@@ -130,6 +155,7 @@ class Backend {
   Options options_;
   std::shared_ptr<const Dialect> dialect_;
   std::shared_ptr<void> anchor_;
+  ListenerFactory listener_factory_;
   Pool pool_;
 };
 

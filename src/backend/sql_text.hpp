@@ -28,6 +28,9 @@ std::string to_hex(std::string_view bytes);
 // Error(permanent) on an odd length or a non-hex digit; accepts an optional "\x" prefix (bytea text).
 std::string from_hex(std::string_view hex);
 
+// True when text is well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
+bool is_utf8(std::string_view text);
+
 // True for a usable SQL identifier fragment: [a-z_][a-z0-9_]* of at most max_length bytes.
 bool is_identifier(std::string_view text, std::size_t max_length);
 

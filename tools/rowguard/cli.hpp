@@ -34,5 +34,7 @@ std::string exit_code_help();
 // Registers each group of commands on the app; the callbacks run the command and may throw rowguard::Error.
 void add_schema_commands(CLI::App& app, Globals& globals);
 void add_demo_command(CLI::App& app, Globals& globals);
+// exit_status: set by commands that pass a child's exit code through (lock run).
+void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 
 }  // namespace rowguard::cli

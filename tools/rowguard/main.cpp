@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
 
   cli::add_schema_commands(app, globals);
   cli::add_demo_command(app, globals);
+  int exit_status = 0;
+  cli::add_lock_commands(app, globals, exit_status);
 
   try {
     app.parse(argc, argv);
@@ -45,5 +47,5 @@ int main(int argc, char** argv) {
     std::cerr << "rowguard: " << e.what() << '\n';
     return 1;
   }
-  return 0;
+  return exit_status;
 }

@@ -26,6 +26,12 @@ class PostgresDialect final : public Dialect {
   std::string blob_column(std::string_view expr) const override {
     return blobs_ == BlobTransport::hex_text ? fmt::format("encode({}, 'hex')", expr) : std::string(expr);
   }
+  std::string now_timestamp() const override { return "clock_timestamp()"; }
+  std::string timestamp_plus_ms(std::string_view ts_expr, std::string_view ms_param) const override {
+    return fmt::format("({} + CAST({} AS bigint) * INTERVAL '1 millisecond')", ts_expr, ms_param);
+  }
+  std::string share_lock() const override { return " FOR SHARE"; }
+  bool has_notify() const noexcept override { return true; }
   std::string table_exists() const override {
     return "SELECT CASE WHEN to_regclass(CAST($1 AS text)) IS NULL THEN 0 ELSE 1 END";
   }

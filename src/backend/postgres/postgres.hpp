@@ -24,6 +24,10 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
 // Wraps connections made by the service's own factory (rowguard/postgres.hpp).
 std::shared_ptr<Backend> open_postgres(PqxxFactory factory, const Options& options);
 
+// A LISTEN connection made with libpq from a connection string (used by both the native and the
+// SOCI PostgreSQL backends).
+ListenerFactory libpq_listener_factory(std::string conninfo, std::string password);
+
 // The one place SQLSTATEs become error kinds (the SOCI adapter's PostgreSQL side uses it too).
 ErrorKind kind_for_sqlstate(std::string_view sqlstate) noexcept;
 

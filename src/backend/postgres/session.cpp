@@ -92,7 +92,9 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
     }
     return std::make_unique<PgSession>(std::move(connection), dialect, password);
   };
-  return std::make_shared<Backend>("postgres", url.display, options, dialect, factory);
+  auto backend = std::make_shared<Backend>("postgres", url.display, options, dialect, factory);
+  backend->set_listener_factory(libpq_listener_factory(conninfo, url.password));
+  return backend;
 }
 
 std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Options& options) {

@@ -208,7 +208,10 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
     }
     return s;
   };
-  return std::make_shared<Backend>(lite ? "soci+sqlite3" : "soci+postgresql", url.display, options, dialect, factory);
+  auto backend =
+      std::make_shared<Backend>(lite ? "soci+sqlite3" : "soci+postgresql", url.display, options, dialect, factory);
+  if (!lite) backend->set_listener_factory(libpq_listener_factory(connect, url.password));
+  return backend;
 }
 
 std::shared_ptr<Backend> open_soci(soci::session& session, const Options& options) {

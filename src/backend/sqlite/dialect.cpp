@@ -25,6 +25,10 @@ class SqliteDialect final : public Dialect {
     return blobs_ == BlobTransport::hex_text ? fmt::format("CASE WHEN {0} IS NULL THEN NULL ELSE hex({0}) END", expr)
                                              : std::string(expr);
   }
+  std::string now_timestamp() const override { return now_ms(); }
+  std::string timestamp_plus_ms(std::string_view ts_expr, std::string_view ms_param) const override {
+    return fmt::format("({} + {})", ts_expr, ms_param);
+  }
   std::string table_exists() const override {
     return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
   }

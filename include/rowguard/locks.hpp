@@ -1,0 +1,170 @@
+#pragma once
+// rowguard::Locks: leases on named rows with expiry, fencing tokens that only ever grow,
+// blocking waits, heartbeats, guarded writes and semaphores.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "rowguard/database.hpp"
+#include "rowguard/transaction.hpp"
+
+namespace rowguard {
+
+class Locks;
+
+// What a lease knows about itself.
+//   held      acquired and, as far as this process knows, not yet expired
+//   released  released by its owner (a repeated release answers released too)
+//   lost      taken over, expired, or force-released: the holder must stop
+//   unknown   a renew or release whose reply was lost; valid() still runs out at the local deadline
+enum class LeaseState { held, released, lost, unknown };
+
+std::string_view to_string(LeaseState state) noexcept;
+
+// How a lease is kept alive in the background.
+struct HeartbeatOptions {
+  // Renew every interval. Default: ttl / 3.
+  std::optional<std::chrono::milliseconds> interval;
+  // Called once, from the heartbeat thread, when a renewal finds the lease lost or the local
+  // deadline passes without a successful renewal. Must not block for long.
+  std::function<void()> on_lost;
+};
+
+// A held lock. Thread-safety: a Lease may be used from several threads (its heartbeat thread
+// renews it); state()/valid()/token() are safe to call concurrently with renew() and release().
+// Move-only; destruction releases the lease (best effort) and never throws.
+//
+// Example:
+//   if (auto lease = locks.try_acquire("nightly-payout", 30s)) {
+//     auto tx = db.begin();
+//     lease->guard(tx);  // the transaction fails unless the lease is still ours
+//     ...
+//     tx.commit();
+//   }
+class Lease {
+ public:
+  Lease(Lease&&) noexcept;
+  Lease& operator=(Lease&&) noexcept;
+  ~Lease();
+
+  const std::string& name() const noexcept;
+  const std::string& owner() const noexcept;
+  // The fencing token: strictly greater than every token issued for this name before.
+  std::int64_t token() const noexcept;
+  LeaseState state() const noexcept;
+  // True while the lease is held and its local deadline (measured on this process's monotonic
+  // clock from before the acquire or last renew was sent, minus a safety margin) has not passed.
+  bool valid() const noexcept;
+  // Time left until the local deadline (zero when it has passed).
+  std::chrono::milliseconds remaining() const noexcept;
+
+  // Extends the lease to ttl from now on the database clock. Error(lock_lost) when it was taken
+  // over, expired or force-released; Error(in_doubt) -> state unknown when the reply was lost.
+  void renew(std::chrono::milliseconds ttl);
+  // Releases the lease. Safe to repeat. Error(lock_lost) when it was no longer ours.
+  void release();
+
+  // Inside the caller's transaction on the same database: fails the transaction with
+  // Error(lock_lost) unless the lease is still held with this token, and holds the lock row (FOR
+  // SHARE on PostgreSQL; the write lock on SQLite) so a takeover waits for this commit.
+  void guard(Transaction& tx) const;
+
+  // Starts renewing in the background (see HeartbeatOptions); stops on release or destruction.
+  void start_heartbeat(HeartbeatOptions options = {});
+
+  // Stops managing the lease: the heartbeat stops and destruction no longer releases it. It stays
+  // held until its ttl runs out, unless renewed or released by (name, owner, token) through Locks.
+  void detach() noexcept;
+
+  struct State;  // defined in src/core; opaque to users
+  explicit Lease(std::shared_ptr<State> state);
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+struct LockOptions {
+  // Longest ttl a lease may ask for. Default: 24h.
+  std::chrono::milliseconds max_ttl{std::chrono::hours(24)};
+  // A readable owner prefix shown to DBAs; default "host:pid". A random 128-bit id always follows.
+  std::string owner_prefix;
+  // Poll interval while waiting when no notification arrives (jittered). Default: 250ms.
+  std::chrono::milliseconds poll_interval{250};
+};
+
+// One row of `rowguard lock list`.
+struct LockInfo {
+  std::string name;
+  std::string owner;          // current or last holder; empty if never held
+  std::int64_t token = 0;
+  bool held = false;          // unexpired
+  std::int64_t acquired_at_ms = 0;
+  std::int64_t expires_in_ms = 0;  // 0 when not held
+  std::int64_t renewals = 0;
+  std::int64_t waiters = 0;
+  std::string release_reason; // set by force_release
+};
+
+// Hands out leases. Thread-safety: safe for concurrent use; one per Database is enough.
+class Locks {
+ public:
+  explicit Locks(Database& db, LockOptions options = {});
+  Locks(Locks&&) noexcept;
+  ~Locks();
+
+  // One statement; never blocks (a row held by another transaction's guard counts as busy).
+  // Returns nothing when the lock is held by someone else. An owner that already holds it gets
+  // the same token back (so an acquire whose reply was lost can be retried with the same owner).
+  std::optional<Lease> try_acquire(std::string_view name, std::chrono::milliseconds ttl,
+                                   std::optional<std::string> owner = std::nullopt);
+  // Waits up to `wait` (cancellable through stop). On PostgreSQL a release wakes waiters through
+  // LISTEN/NOTIFY; otherwise, and as a fallback, a waiter sleeps until the holder's expiry on the
+  // database clock or the jittered poll interval. Error(lock_busy) when the wait ran out.
+  Lease acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
+                std::stop_token stop = {}, std::optional<std::string> owner = std::nullopt);
+
+  // Renew or release a lease known only by (name, owner, token), e.g. from the CLI.
+  void renew(std::string_view name, std::string_view owner, std::int64_t token, std::chrono::milliseconds ttl);
+  void release(std::string_view name, std::string_view owner, std::int64_t token);
+
+  std::vector<LockInfo> list();
+  // Ends whoever holds name, raising its token so the evicted holder's guard fails at once.
+  // Error(not_found) when the lock never existed.
+  void force_release(std::string_view name, std::string_view reason);
+  // Clears holder fields of leases expired for longer than `older_than`; never deletes a row or
+  // lowers a token. Returns the number of rows cleared.
+  std::int64_t sweep(std::chrono::milliseconds older_than);
+
+  // A new owner id: "<prefix>:<32 hex digits>".
+  std::string new_owner() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;  // shared with the leases it made
+};
+
+// At most `permits` concurrent holders of `name`; each permit has its own lease and token.
+// Thread-safety: as Locks.
+class Semaphore {
+ public:
+  // Error(invalid_argument) when permits < 1 or > 10000, or the name is invalid.
+  Semaphore(Locks& locks, std::string name, int permits);
+  std::optional<Lease> try_acquire(std::chrono::milliseconds ttl);
+  Lease acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, std::stop_token stop = {});
+  int permits() const noexcept { return permits_; }
+
+ private:
+  Locks& locks_;
+  std::string name_;
+  int permits_;
+};
+
+}  // namespace rowguard

@@ -1,0 +1,246 @@
+#include <fmt/format.h>
+
+#include "core/lease_state.hpp"
+
+namespace rowguard {
+
+std::string_view to_string(LeaseState state) noexcept {
+  switch (state) {
+    case LeaseState::held: return "held";
+    case LeaseState::released: return "released";
+    case LeaseState::lost: return "lost";
+    case LeaseState::unknown: return "unknown";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::time_point sent,
+                                                     std::chrono::milliseconds ttl) {
+  const auto margin = std::clamp(ttl / 10, std::chrono::milliseconds(1), std::chrono::milliseconds(5000));
+  return sent + ttl - margin;
+}
+
+namespace {
+// Why (name, owner, token) matched nothing: released by this owner already, or lost.
+Error lost_or_released(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+                       bool& released) {
+  released = false;
+  const Result s = locks.run(locks.sql.state, {name});
+  if (s.rows.empty()) return Error(ErrorKind::lock_lost, fmt::format("lock '{}' does not exist", name));
+  const Row& row = s.rows[0];
+  const bool same = !row.is_null(0) && row.text(0) == owner && row.i64(1) == token;
+  if (same && row.is_null(2)) {
+    released = true;
+    return Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was already released", name));
+  }
+  if (same)
+    return Error(ErrorKind::lock_lost, fmt::format("lease on '{}' (token {}) expired before it was renewed or released",
+                                                   name, token));
+  const auto reason = row.opt_text(4);
+  return Error(ErrorKind::lock_lost,
+               fmt::format("lease on '{}' (token {}) was lost: the lock is now at token {}{}", name, token, row.i64(1),
+                           reason ? fmt::format(" (force-released: {})", *reason) : std::string()));
+}
+}  // namespace
+
+void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+                 std::chrono::milliseconds ttl) {
+  const Result r = locks.run(locks.sql.renew, {name, owner, token, static_cast<std::int64_t>(ttl.count())});
+  if (!r.rows.empty()) return;
+  bool released = false;
+  throw lost_or_released(locks, name, owner, token, released);
+}
+
+void release_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
+  const Result r = locks.run(locks.sql.release, {name, owner, token});
+  if (!r.rows.empty()) {
+    locks.wake(name);  // waiters in this process
+    return;
+  }
+  bool released = false;
+  Error e = lost_or_released(locks, name, owner, token, released);
+  if (!released) throw e;  // a repeated release answers released
+}
+
+}  // namespace detail
+
+Lease::Lease(std::shared_ptr<State> state) : state_(std::move(state)) {}
+Lease::Lease(Lease&&) noexcept = default;
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    Lease old(std::move(*this));  // releases what this held
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+namespace {
+// Stops the heartbeat and waits for it, unless called from the heartbeat itself (on_lost).
+void stop_heartbeat(Lease::State& s) {
+  s.heartbeat.request_stop();
+  s.heartbeat_wakeup.notify_all();
+  if (!s.heartbeat.joinable()) return;
+  if (s.heartbeat.get_id() == std::this_thread::get_id())
+    s.heartbeat.detach();  // on_lost released or dropped the lease: the thread ends right after it
+  else
+    s.heartbeat.join();
+}
+}  // namespace
+
+Lease::~Lease() {
+  if (!state_) return;
+  stop_heartbeat(*state_);
+  bool held = false;
+  {
+    std::lock_guard lock(state_->mutex);
+    held = state_->state == LeaseState::held || state_->state == LeaseState::unknown;
+  }
+  if (!held) return;
+  try {
+    release();
+  } catch (...) {
+    // Best effort: an unreleased lease expires at its ttl.
+  }
+}
+
+namespace {
+bool state_valid(const Lease::State& s);
+void renew_state(Lease::State& s, std::chrono::milliseconds ttl);
+Lease::State& checked(const std::shared_ptr<Lease::State>& s) {
+  if (!s) throw Error(ErrorKind::invalid_argument, "this Lease was moved from");
+  return *s;
+}
+}  // namespace
+
+const std::string& Lease::name() const noexcept { return state_->name; }
+const std::string& Lease::owner() const noexcept { return state_->owner; }
+std::int64_t Lease::token() const noexcept { return state_->token; }
+
+LeaseState Lease::state() const noexcept {
+  if (!state_) return LeaseState::released;
+  std::lock_guard lock(state_->mutex);
+  return state_->state;
+}
+
+bool Lease::valid() const noexcept { return state_ && state_valid(*state_); }
+
+std::chrono::milliseconds Lease::remaining() const noexcept {
+  if (!valid()) return std::chrono::milliseconds::zero();
+  std::lock_guard lock(state_->mutex);
+  return std::chrono::duration_cast<std::chrono::milliseconds>(state_->deadline - std::chrono::steady_clock::now());
+}
+
+namespace {
+void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
+  s.locks->validate_ttl(ttl);
+  {
+    std::lock_guard lock(s.mutex);
+    if (s.state == LeaseState::released || s.state == LeaseState::lost)
+      throw Error(ErrorKind::lock_lost, fmt::format("lease on '{}' is {}", s.name, to_string(s.state)));
+  }
+  const auto sent = std::chrono::steady_clock::now();
+  try {
+    detail::renew_lease(*s.locks, s.name, s.owner, s.token, ttl);
+  } catch (const Error& e) {
+    std::lock_guard lock(s.mutex);
+    const bool live = s.state == LeaseState::held || s.state == LeaseState::unknown;
+    if (live && e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
+    if (live && e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    throw;
+  }
+  std::lock_guard lock(s.mutex);
+  if (s.state == LeaseState::released) return;  // released meanwhile by another thread
+  s.state = LeaseState::held;
+  s.ttl = ttl;
+  s.deadline = detail::local_deadline(sent, ttl);
+}
+
+bool state_valid(const Lease::State& s) {
+  std::lock_guard lock(s.mutex);
+  const bool live = s.state == LeaseState::held || s.state == LeaseState::unknown;
+  return live && std::chrono::steady_clock::now() < s.deadline;
+}
+}  // namespace
+
+void Lease::renew(std::chrono::milliseconds ttl) { renew_state(checked(state_), ttl); }
+
+void Lease::release() {
+  State& s = checked(state_);
+  {
+    std::lock_guard lock(s.mutex);
+    if (s.state == LeaseState::released) return;
+    if (s.state == LeaseState::lost)
+      throw Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was lost before release", s.name));
+  }
+  stop_heartbeat(s);
+  try {
+    detail::release_lease(*s.locks, s.name, s.owner, s.token);
+  } catch (const Error& e) {
+    std::lock_guard lock(s.mutex);
+    if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
+    if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    throw;
+  }
+  std::lock_guard lock(s.mutex);
+  s.state = LeaseState::released;
+}
+
+void Lease::detach() noexcept {
+  if (!state_) return;
+  stop_heartbeat(*state_);
+  state_.reset();
+}
+
+void Lease::guard(Transaction& tx) const {
+  const State& s = checked(state_);
+  if (tx.exec(s.locks->sql.guard, {s.name, s.owner, s.token}).rows.empty())
+    throw Error(ErrorKind::lock_lost,
+                fmt::format("guard: lease on '{}' (token {}) is no longer held; the transaction must not commit", s.name,
+                            s.token));
+}
+
+void Lease::start_heartbeat(HeartbeatOptions options) {
+  State& s = checked(state_);
+  if (s.heartbeat.joinable()) throw Error(ErrorKind::invalid_argument, "the heartbeat is already running");
+  const auto interval = options.interval.value_or(std::max(s.ttl / 3, std::chrono::milliseconds(1)));
+  if (interval <= std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, "heartbeat interval must be positive");
+  // The thread only uses the State, which outlives it (the Lease joins it before letting go).
+  // The thread uses only the State, which outlives it: the Lease joins it before letting go.
+  s.heartbeat = std::jthread([&s, interval, on_lost = std::move(options.on_lost)](std::stop_token stop) {
+    auto lost = [&] {
+      if (!on_lost) return;
+      try {
+        on_lost();
+      } catch (...) {
+        // A throwing callback must not take the process down from a background thread.
+      }
+    };
+    for (;;) {
+      {
+        std::mutex m;
+        std::unique_lock lock(m);
+        s.heartbeat_wakeup.wait_for(lock, stop, interval, [] { return false; });
+      }
+      if (stop.stop_requested()) return;
+      try {
+        renew_state(s, s.ttl);
+      } catch (const Error& e) {
+        if (e.kind() == ErrorKind::lock_lost) return lost();
+        // transient, conflict or in doubt: try again next tick while the local deadline allows.
+      }
+      if (!state_valid(s)) {
+        {
+          std::lock_guard lock(s.mutex);
+          if (s.state == LeaseState::held) s.state = LeaseState::unknown;
+        }
+        return lost();
+      }
+    }
+  });
+}
+
+}  // namespace rowguard

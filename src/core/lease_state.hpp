@@ -1,0 +1,45 @@
+#pragma once
+// A lease's shared state and the renew/release statements behind Lease and Locks.
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "core/locks_impl.hpp"
+#include "rowguard/locks.hpp"
+
+namespace rowguard {
+
+struct Lease::State {
+  std::shared_ptr<Locks::Impl> locks;
+  std::string name;
+  std::string owner;
+  std::int64_t token = 0;
+  std::chrono::milliseconds ttl{0};
+
+  mutable std::mutex mutex;
+  LeaseState state = LeaseState::held;
+  std::chrono::steady_clock::time_point deadline;
+
+  std::condition_variable_any heartbeat_wakeup;
+  std::jthread heartbeat;  // last: stopped and joined before the rest is destroyed
+};
+
+namespace detail {
+
+// The local deadline of a lease of ttl whose statement was sent at `sent`: a tenth of the ttl
+// (at least 1 ms, at most 5 s) short of it, for clock-rate differences and scheduling.
+std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::time_point sent,
+                                                     std::chrono::milliseconds ttl);
+
+// One statement each. Error(lock_lost) when the lease is not (or no longer) this owner's with this
+// token; a repeated release of a released lease succeeds. Returns the new expiry / nothing.
+void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+                 std::chrono::milliseconds ttl);
+void release_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+
+}  // namespace detail
+}  // namespace rowguard

@@ -1,0 +1,83 @@
+#include "core/lock_statements.hpp"
+
+#include <fmt/format.h>
+
+namespace rowguard::detail {
+
+LockStatements::LockStatements(const Dialect& d, const std::string& t, const std::string& channel) {
+  const std::string now = d.now_timestamp();
+  const std::string now_ms = d.now_ms();
+  const std::string live = fmt::format("l.expires_at IS NOT NULL AND l.expires_at > {}", now);
+  const std::string same_live = fmt::format("(l.owner = excluded.owner AND {})", live);
+  const bool pg = d.has_notify();
+
+  // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
+  // back. The token grows on every new lease and stays for the same owner's live lease, so a
+  // retried acquire gets its own token back. On PostgreSQL the probe locks the row NOWAIT first:
+  // a row held by another transaction's guard (FOR SHARE) fails fast with 55P03 instead of blocking.
+  const std::string values =
+      pg ? fmt::format("SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
+                       "LEFT JOIN probe ON true WHERE true",
+                       now, d.timestamp_plus_ms(now, "$3"))
+         : fmt::format("VALUES ($1, $2, 1, {0}, {1}, NULL, 0, 0, NULL)", now, d.timestamp_plus_ms(now, "$3"));
+  acquire = fmt::format(
+      "{probe}INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
+      "release_reason) {values} "
+      "ON CONFLICT (name) DO UPDATE SET "
+      "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
+      "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
+      "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
+      "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
+      "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
+      "RETURNING token, {expires}, {now_ms}",
+      fmt::arg("probe", pg ? fmt::format("WITH probe AS (SELECT name FROM {} WHERE name = $1 FOR UPDATE NOWAIT) ", t)
+                           : std::string()),
+      fmt::arg("t", t), fmt::arg("values", values), fmt::arg("same_live", same_live), fmt::arg("now", now),
+      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
+
+  const std::string mine = fmt::format("name = $1 AND owner = $2 AND token = $3 AND expires_at > {}", now);
+  renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {} RETURNING {}", t,
+                      d.timestamp_plus_ms(now, "$4"), mine, d.timestamp_to_ms("expires_at"));
+
+  const std::string release_update =
+      fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING name, waiters", t, now, mine);
+  // NOTIFY only when someone waits: it takes a cluster-wide lock at commit.
+  release = pg ? fmt::format("WITH r AS ({}), n AS (SELECT pg_notify('{}', name) FROM r WHERE waiters > 0) "
+                             "SELECT CAST(waiters AS bigint), (SELECT count(*) FROM n) FROM r",
+                             release_update, channel)
+               : fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING waiters, 0", t, now,
+                             mine);
+
+  state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",
+                      d.timestamp_to_ms("expires_at"), now_ms, t);
+  guard = fmt::format("SELECT token FROM {} WHERE {}{}", t, mine, d.share_lock());
+
+  if (pg) {
+    // NOWAIT: a waiter that cannot register (the row is held by a guard) just polls.
+    add_waiter = fmt::format(
+        "WITH probe AS (SELECT name FROM {0} WHERE name = $1 FOR UPDATE NOWAIT) "
+        "UPDATE {0} SET waiters = waiters + 1 FROM probe WHERE {0}.name = probe.name",
+        t);
+    remove_waiter = fmt::format(
+        "UPDATE {} SET waiters = CASE WHEN waiters > 0 THEN waiters - 1 ELSE 0 END WHERE name = $1", t);
+  }
+
+  list = fmt::format(
+      "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
+      "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
+      "CAST(waiters AS bigint), COALESCE(release_reason, '') FROM {t} ORDER BY name",
+      fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
+      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t));
+
+  // Raising the token makes the evicted holder's guard, renew and release fail at once.
+  force_release = fmt::format(
+      "UPDATE {} SET expires_at = NULL, released_at = {}, token = token + 1, release_reason = $2 WHERE name = $1 "
+      "RETURNING token",
+      t, now);
+  sweep = fmt::format(
+      "UPDATE {} SET owner = NULL, acquired_at = NULL, expires_at = NULL, renewals = 0, waiters = 0 "
+      "WHERE expires_at IS NOT NULL AND expires_at < {}",
+      t, d.timestamp_plus_ms(now, "$1"));  // $1 is the negated age
+}
+
+}  // namespace rowguard::detail

@@ -1,0 +1,35 @@
+#pragma once
+// The SQL of every lock operation, built once per Locks from the dialect and the table prefix.
+// Each operation is one autocommit statement, so it also works behind a transaction pooler.
+
+#include <string>
+
+#include "backend/backend.hpp"
+
+namespace rowguard::detail {
+
+struct LockStatements {
+  // $1 name, $2 owner, $3 ttl ms -> (token, expires_at ms, now ms); no row when held by another.
+  std::string acquire;
+  // $1 name, $2 owner, $3 token, $4 ttl ms -> (expires_at ms); no row when lost.
+  std::string renew;
+  // $1 name, $2 owner, $3 token -> (waiters, notified); no row when lost or already released.
+  std::string release;
+  // $1 name -> (owner, token, expires_at ms or NULL, now ms, release_reason).
+  std::string state;
+  // $1 name, $2 owner, $3 token -> one row while held (and locks it FOR SHARE on PostgreSQL).
+  std::string guard;
+  // $1 name: register / unregister a waiter so a release sends NOTIFY (PostgreSQL only).
+  std::string add_waiter;
+  std::string remove_waiter;
+  // -> (name, owner, token, held, acquired ms, expires in ms, renewals, waiters, reason)
+  std::string list;
+  // $1 name, $2 reason -> (token)
+  std::string force_release;
+  // $1 = -(older-than ms) -> rows cleared
+  std::string sweep;
+
+  LockStatements(const Dialect& dialect, const std::string& table, const std::string& channel);
+};
+
+}  // namespace rowguard::detail

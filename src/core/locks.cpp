@@ -1,0 +1,313 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "backend/sql_text.hpp"
+#include "core/lease_state.hpp"
+#include "core/locks_impl.hpp"
+
+namespace rowguard {
+
+namespace {
+constexpr std::size_t max_name_bytes = 255;
+constexpr std::size_t max_owner_bytes = 200;
+
+std::string default_owner_prefix() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+  return fmt::format("{}:{}", host, ::getpid());
+}
+
+std::chrono::milliseconds jittered(std::chrono::milliseconds base) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_int_distribution<long long> spread(base.count() * 3 / 4, base.count() * 5 / 4 + 1);
+  return std::chrono::milliseconds(spread(rng));
+}
+}  // namespace
+
+Locks::Impl::Impl(std::shared_ptr<detail::Backend> b, LockOptions o)
+    : backend(std::move(b)),
+      options(std::move(o)),
+      table(backend->table("locks")),
+      channel(backend->table("locks")),
+      sql(backend->dialect(), table, channel),
+      owner_prefix(options.owner_prefix.empty() ? default_owner_prefix() : options.owner_prefix),
+      wake_prefix(backend->display_url() + "|" + table + "|") {
+  if (options.max_ttl <= std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, "LockOptions::max_ttl must be positive");
+  if (options.poll_interval < std::chrono::milliseconds(1))
+    throw Error(ErrorKind::invalid_argument, "LockOptions::poll_interval must be at least 1ms");
+  validate_owner(owner_prefix);
+}
+
+Locks::Impl::~Impl() { listener.request_stop(); }
+
+Result Locks::Impl::run(const std::string& statement, const std::vector<Value>& params) {
+  auto session = backend->borrow();
+  return (*session)->exec(statement, params);
+}
+
+void Locks::Impl::validate_name(std::string_view name) const {
+  if (name.empty()) throw Error(ErrorKind::invalid_argument, "lock name must not be empty");
+  if (name.size() > max_name_bytes)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("lock name is {} bytes; the maximum is {}", name.size(), max_name_bytes));
+  if (!detail::is_utf8(name)) throw Error(ErrorKind::invalid_argument, "lock name is not valid UTF-8");
+}
+
+void Locks::Impl::validate_ttl(std::chrono::milliseconds ttl) const {
+  if (ttl <= std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, fmt::format("lease ttl must be positive, got {} ms", ttl.count()));
+  if (ttl > options.max_ttl)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("lease ttl {} ms exceeds the maximum of {} ms", ttl.count(), options.max_ttl.count()));
+}
+
+void Locks::Impl::validate_owner(std::string_view owner) const {
+  if (owner.empty() || owner.size() > max_owner_bytes || !detail::is_utf8(owner))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("lock owner must be 1 to {} bytes of UTF-8", max_owner_bytes));
+}
+
+namespace {
+// Generations of lock names in this process: a release, a force-release or a NOTIFY bumps one and
+// wakes the waiters of that name in every Locks of the process.
+struct WakeHub {
+  std::mutex mutex;
+  std::condition_variable_any changed;
+  std::unordered_map<std::string, std::uint64_t> generations;
+  std::uint64_t epoch = 0;  // bumped by wake_all(): every waiter re-checks
+};
+WakeHub& hub() {
+  static WakeHub h;
+  return h;
+}
+}  // namespace
+
+std::uint64_t Locks::Impl::generation(const std::string& name) {
+  auto& h = hub();
+  std::lock_guard lock(h.mutex);
+  return h.generations[wake_prefix + name] + h.epoch;
+}
+
+void Locks::Impl::wake(const std::string& name) {
+  auto& h = hub();
+  {
+    std::lock_guard lock(h.mutex);
+    ++h.generations[wake_prefix + name];
+  }
+  h.changed.notify_all();
+}
+
+void Locks::Impl::wake_all() {
+  auto& h = hub();
+  {
+    std::lock_guard lock(h.mutex);
+    ++h.epoch;
+  }
+  h.changed.notify_all();
+}
+
+void Locks::Impl::wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
+                                  const std::stop_token& stop) {
+  auto& h = hub();
+  const std::string key = wake_prefix + name;
+  std::unique_lock lock(h.mutex);
+  h.changed.wait_for(lock, stop, timeout, [&] { return h.generations[key] + h.epoch != seen; });
+}
+
+bool Locks::Impl::ensure_listener() {
+  if (!backend->listener_factory()) return false;
+  {
+    std::lock_guard lock(mutex);
+    if (!listener_started) {
+      listener_started = true;
+      listener = std::jthread([this](std::stop_token stop) {
+        while (!stop.stop_requested()) {
+          try {
+            auto l = backend->listener_factory()(channel);
+            listener_connected = true;
+            wake_all();  // anything sent while we were not listening is lost: everyone re-checks
+            while (!stop.stop_requested())
+              if (auto payload = l->wait(std::chrono::milliseconds(200))) wake(*payload);
+          } catch (const std::exception&) {
+            listener_connected = false;
+            wake_all();
+            std::mutex m;
+            std::unique_lock pause(m);
+            std::condition_variable_any().wait_for(pause, stop, std::chrono::seconds(1), [] { return false; });
+          }
+        }
+        listener_connected = false;
+      });
+    }
+  }
+  return listener_connected;
+}
+
+Locks::Locks(Database& db, LockOptions options) : impl_(std::make_shared<Impl>(db.shared_backend(), std::move(options))) {}
+Locks::Locks(Locks&&) noexcept = default;
+Locks::~Locks() = default;
+
+std::string Locks::new_owner() const {
+  std::random_device rd;
+  std::string id;
+  for (int i = 0; i < 4; ++i) id += fmt::format("{:08x}", rd());
+  return fmt::format("{}:{}", impl_->owner_prefix, id);
+}
+
+std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::milliseconds ttl,
+                                        std::optional<std::string> owner) {
+  impl_->validate_name(name);
+  impl_->validate_ttl(ttl);
+  if (owner) impl_->validate_owner(*owner);
+  const std::string who = owner ? *owner : new_owner();
+  const auto sent = std::chrono::steady_clock::now();
+  Result r;
+  try {
+    r = impl_->run(impl_->sql.acquire, {std::string(name), who, static_cast<std::int64_t>(ttl.count())});
+  } catch (const Error& e) {
+    if (e.sqlstate() == "55P03") return std::nullopt;  // the row is held by another transaction's guard
+    throw;
+  }
+  if (r.rows.empty()) return std::nullopt;
+  auto state = std::make_shared<Lease::State>();
+  state->locks = impl_;
+  state->name = std::string(name);
+  state->owner = who;
+  state->token = r.rows[0].i64(0);
+  state->ttl = ttl;
+  state->deadline = detail::local_deadline(sent, ttl);
+  return Lease(std::move(state));
+}
+
+Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
+                     std::stop_token stop, std::optional<std::string> owner) {
+  impl_->validate_name(name);
+  impl_->validate_ttl(ttl);
+  if (wait < std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, "wait must not be negative");
+  if (!owner) owner = new_owner();
+  const std::string key(name);
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  bool registered = false;
+  struct Unregister {
+    Impl& impl;
+    const std::string& key;
+    bool& registered;
+    ~Unregister() {
+      if (!registered) return;
+      try {
+        impl.run(impl.sql.remove_waiter, {key});
+      } catch (...) {
+        // A stale waiter count only costs an unneeded NOTIFY.
+      }
+    }
+  } unregister{*impl_, key, registered};
+
+  for (;;) {
+    const std::uint64_t seen = impl_->generation(key);
+    if (auto lease = try_acquire(name, ttl, owner)) return std::move(*lease);
+    const auto now = std::chrono::steady_clock::now();
+    if (stop.stop_requested()) throw Error(ErrorKind::lock_busy, fmt::format("waiting for lock '{}' was cancelled", key));
+    if (now >= deadline)
+      throw Error(ErrorKind::lock_busy,
+                  fmt::format("lock '{}' was not acquired within {} ms", key, wait.count()));
+    const bool notified = impl_->ensure_listener();
+    if (notified && !registered && !impl_->sql.add_waiter.empty()) {
+      try {
+        registered = impl_->run(impl_->sql.add_waiter, {key}).affected == 1;
+      } catch (const Error& e) {
+        if (e.sqlstate() != "55P03") throw;
+      }
+      if (registered) continue;  // the holder may have released before it could see us: try again
+    }
+    // Sleep until the holder's lease expires on the database clock (expiry notifies nobody), or a
+    // release wakes us, or the poll interval passes (the only path without notifications).
+    auto sleep = notified ? impl_->options.poll_interval * 4 : jittered(impl_->options.poll_interval);
+    const Result s = impl_->run(impl_->sql.state, {key});
+    if (!s.rows.empty() && !s.rows[0].is_null(2)) {
+      const auto expires_in = std::chrono::milliseconds(std::max<std::int64_t>(0, s.rows[0].i64(2) - s.rows[0].i64(3)));
+      sleep = std::min(sleep, expires_in + std::chrono::milliseconds(1));
+    } else if (!s.rows.empty()) {
+      sleep = std::min(sleep, jittered(std::chrono::milliseconds(5)));  // free but contended: retry soon
+    }
+    sleep = std::min(sleep, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
+                                std::chrono::milliseconds(1));
+    impl_->wait_for_change(key, seen, sleep, stop);
+  }
+}
+
+void Locks::renew(std::string_view name, std::string_view owner, std::int64_t token, std::chrono::milliseconds ttl) {
+  impl_->validate_name(name);
+  impl_->validate_owner(owner);
+  impl_->validate_ttl(ttl);
+  detail::renew_lease(*impl_, std::string(name), std::string(owner), token, ttl);
+}
+
+void Locks::release(std::string_view name, std::string_view owner, std::int64_t token) {
+  impl_->validate_name(name);
+  impl_->validate_owner(owner);
+  detail::release_lease(*impl_, std::string(name), std::string(owner), token);
+}
+
+std::vector<LockInfo> Locks::list() {
+  std::vector<LockInfo> out;
+  for (const auto& row : impl_->run(impl_->sql.list, {}).rows)
+    out.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5), row.i64(6),
+                           row.i64(7), row.text(8)});
+  return out;
+}
+
+void Locks::force_release(std::string_view name, std::string_view reason) {
+  impl_->validate_name(name);
+  if (reason.empty() || reason.size() > 1000 || !detail::is_utf8(reason))
+    throw Error(ErrorKind::invalid_argument, "force-release needs a reason of 1 to 1000 bytes of UTF-8");
+  const Result r = impl_->run(impl_->sql.force_release, {std::string(name), std::string(reason)});
+  if (r.rows.empty()) throw Error(ErrorKind::not_found, fmt::format("lock '{}' does not exist", name));
+  impl_->wake(std::string(name));
+}
+
+std::int64_t Locks::sweep(std::chrono::milliseconds older_than) {
+  if (older_than < std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, "sweep age must not be negative");
+  return impl_->run(impl_->sql.sweep, {static_cast<std::int64_t>(-older_than.count())}).affected;
+}
+
+Semaphore::Semaphore(Locks& locks, std::string name, int permits)
+    : locks_(locks), name_(std::move(name)), permits_(permits) {
+  if (permits < 1 || permits > 10000)
+    throw Error(ErrorKind::invalid_argument, fmt::format("a semaphore needs 1 to 10000 permits, got {}", permits));
+  if (name_.empty() || name_.size() + 6 > max_name_bytes || !detail::is_utf8(name_))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("semaphore name must be 1 to {} bytes of UTF-8", max_name_bytes - 6));
+}
+
+std::optional<Lease> Semaphore::try_acquire(std::chrono::milliseconds ttl) {
+  // Start at a random permit so holders spread out instead of all probing permit 0 first.
+  thread_local std::mt19937 rng{std::random_device{}()};
+  const int first = std::uniform_int_distribution<int>(0, permits_ - 1)(rng);
+  for (int i = 0; i < permits_; ++i) {
+    const int permit = (first + i) % permits_;
+    if (auto lease = locks_.try_acquire(fmt::format("{}#{}", name_, permit), ttl)) return lease;
+  }
+  return std::nullopt;
+}
+
+Lease Semaphore::acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, std::stop_token stop) {
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    if (auto lease = try_acquire(ttl)) return std::move(*lease);
+    if (stop.stop_requested() || std::chrono::steady_clock::now() >= deadline)
+      throw Error(ErrorKind::lock_busy, fmt::format("no permit of semaphore '{}' within {} ms", name_, wait.count()));
+    std::this_thread::sleep_for(std::min(jittered(std::chrono::milliseconds(50)),
+                                         std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             deadline - std::chrono::steady_clock::now()) +
+                                             std::chrono::milliseconds(1)));
+  }
+}
+
+}  // namespace rowguard
