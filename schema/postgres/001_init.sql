@@ -4,7 +4,8 @@
 
 -- Leases. One row per lock name, never deleted: the row is the fencing-token high-water mark.
 -- Heartbeats update rows often: fillfactor 70 leaves room on each page so those updates stay HOT
--- (no index touched: no indexed column changes on renew) and the table does not bloat.
+-- (heap-only: renew changes only unindexed columns, which is why expires_at has no index; listings
+-- and sweeps scan this small table instead) and the table does not bloat.
 CREATE TABLE rowguard_locks (
   name        text        PRIMARY KEY,
   owner       text,
@@ -23,9 +24,6 @@ COMMENT ON COLUMN rowguard_locks.token IS 'last fencing token issued for this na
 COMMENT ON COLUMN rowguard_locks.expires_at IS 'lease end on the database clock (clock_timestamp()); NULL when released';
 COMMENT ON COLUMN rowguard_locks.release_reason IS 'why the last lease was force-released, if it was';
 COMMENT ON COLUMN rowguard_locks.waiters IS 'waiting processes, so a release sends NOTIFY only when someone listens';
--- Sweeps and listings scan by expiry. Renewals change expires_at, so this index costs HOT on renew;
--- it is partial (only live leases) to keep it small.
-CREATE INDEX rowguard_locks_expires_at ON rowguard_locks (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE rowguard_fences (
   resource   text        PRIMARY KEY,

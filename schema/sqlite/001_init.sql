@@ -16,8 +16,8 @@ CREATE TABLE rowguard_locks (
   waiters     INTEGER NOT NULL DEFAULT 0,        -- processes waiting, so a release notifies only when needed
   release_reason TEXT                            -- why the last lease was force-released, if it was
 );
--- Sweeps and "who holds what" listings scan by expiry.
-CREATE INDEX rowguard_locks_expires_at ON rowguard_locks (expires_at);
+-- No index on expires_at: renewals change it, and an index would turn every heartbeat into an
+-- index update too (on PostgreSQL it would stop updates being HOT). Listings and sweeps scan.
 
 -- Fences for resources outside the database: the highest token seen per resource.
 -- A write carrying a lower token is rejected (UPDATE ... WHERE last_token < :token).

@@ -43,7 +43,7 @@ Locks::Impl::Impl(std::shared_ptr<detail::Backend> b, LockOptions o)
   validate_owner(owner_prefix);
 }
 
-Locks::Impl::~Impl() { listener.request_stop(); }
+Locks::Impl::~Impl() = default;
 
 Result Locks::Impl::run(const std::string& statement, const std::vector<Value>& params) {
   auto session = backend->borrow();
@@ -85,6 +85,24 @@ WakeHub& hub() {
   static WakeHub h;
   return h;
 }
+
+void wake_key(const std::string& key) {
+  auto& h = hub();
+  {
+    std::lock_guard lock(h.mutex);
+    ++h.generations[key];
+  }
+  h.changed.notify_all();
+}
+
+void wake_everyone() {
+  auto& h = hub();
+  {
+    std::lock_guard lock(h.mutex);
+    ++h.epoch;
+  }
+  h.changed.notify_all();
+}
 }  // namespace
 
 std::uint64_t Locks::Impl::generation(const std::string& name) {
@@ -93,23 +111,9 @@ std::uint64_t Locks::Impl::generation(const std::string& name) {
   return h.generations[wake_prefix + name] + h.epoch;
 }
 
-void Locks::Impl::wake(const std::string& name) {
-  auto& h = hub();
-  {
-    std::lock_guard lock(h.mutex);
-    ++h.generations[wake_prefix + name];
-  }
-  h.changed.notify_all();
-}
+void Locks::Impl::wake(const std::string& name) { wake_key(wake_prefix + name); }
 
-void Locks::Impl::wake_all() {
-  auto& h = hub();
-  {
-    std::lock_guard lock(h.mutex);
-    ++h.epoch;
-  }
-  h.changed.notify_all();
-}
+void Locks::Impl::wake_all() { wake_everyone(); }
 
 void Locks::Impl::wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
                                   const std::stop_token& stop) {
@@ -119,33 +123,48 @@ void Locks::Impl::wait_for_change(const std::string& name, std::uint64_t seen, s
   h.changed.wait_for(lock, stop, timeout, [&] { return h.generations[key] + h.epoch != seen; });
 }
 
+struct Locks::Impl::ListenerThread {
+  std::atomic<bool> connected{false};
+  std::jthread thread;  // last: joined before the rest is destroyed
+
+  // Shared by every Locks with the same wake prefix (database and table), so it keeps only that.
+  ListenerThread(const detail::ListenerFactory& factory, const std::string& channel, const std::string& prefix) {
+    thread = std::jthread([this, factory, channel, prefix](std::stop_token stop) {
+      while (!stop.stop_requested()) {
+        try {
+          auto l = factory(channel);
+          connected = true;
+          wake_everyone();  // anything sent while we were not listening is lost: everyone re-checks
+          while (!stop.stop_requested())
+            if (auto payload = l->wait(std::chrono::milliseconds(200))) wake_key(prefix + *payload);
+        } catch (const std::exception&) {
+          connected = false;
+          wake_everyone();
+          std::mutex m;
+          std::unique_lock pause(m);
+          std::condition_variable_any().wait_for(pause, stop, std::chrono::seconds(1), [] { return false; });
+        }
+      }
+      connected = false;
+    });
+  }
+};
+
 bool Locks::Impl::ensure_listener() {
   if (!backend->listener_factory()) return false;
-  {
-    std::lock_guard lock(mutex);
-    if (!listener_started) {
-      listener_started = true;
-      listener = std::jthread([this](std::stop_token stop) {
-        while (!stop.stop_requested()) {
-          try {
-            auto l = backend->listener_factory()(channel);
-            listener_connected = true;
-            wake_all();  // anything sent while we were not listening is lost: everyone re-checks
-            while (!stop.stop_requested())
-              if (auto payload = l->wait(std::chrono::milliseconds(200))) wake(*payload);
-          } catch (const std::exception&) {
-            listener_connected = false;
-            wake_all();
-            std::mutex m;
-            std::unique_lock pause(m);
-            std::condition_variable_any().wait_for(pause, stop, std::chrono::seconds(1), [] { return false; });
-          }
-        }
-        listener_connected = false;
-      });
+  std::lock_guard lock(mutex);
+  if (!listener) {
+    static std::mutex registry_mutex;
+    static std::unordered_map<std::string, std::weak_ptr<ListenerThread>> registry;
+    std::lock_guard registry_lock(registry_mutex);
+    auto& slot = registry[wake_prefix];
+    listener = slot.lock();
+    if (!listener) {
+      listener = std::make_shared<ListenerThread>(backend->listener_factory(), channel, wake_prefix);
+      slot = listener;
     }
   }
-  return listener_connected;
+  return listener->connected;
 }
 
 Locks::Locks(Database& db, LockOptions options) : impl_(std::make_shared<Impl>(db.shared_backend(), std::move(options))) {}

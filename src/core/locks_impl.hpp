@@ -45,10 +45,11 @@ struct Locks::Impl {
   // Wake-ups are process-wide (every Locks on the same database and table shares them), keyed by
   // "<database url>|<table>|<name>".
   std::string wake_prefix;
-  std::mutex mutex;  // guards listener_started
-  bool listener_started = false;
-  std::atomic<bool> listener_connected{false};
-  std::jthread listener;  // last: joined before the rest is destroyed
+  // The process's LISTEN connection for this database and channel, shared by every Locks on it;
+  // started by the first wait that needs it, stopped with the last Locks.
+  struct ListenerThread;
+  std::mutex mutex;  // guards listener
+  std::shared_ptr<ListenerThread> listener;
 };
 
 }  // namespace rowguard
