@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -102,7 +103,8 @@ int run_cli(const std::vector<std::string>& args, std::string* out) {
   }
   command += " 2>/dev/null";
   FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
+  // No Catch2 assertion here: run_cli is called from worker threads, and Catch2 is not thread-safe.
+  if (pipe == nullptr) throw std::runtime_error("popen failed for " + command);
   std::string output;
   char buffer[4096];
   std::size_t n = 0;
