@@ -185,10 +185,7 @@ TEST_CASE("locks: mutual exclusion across threads (no lost update, never two hol
 }
 
 TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend]") {
-  if (rowguard::test::is_memory()) {
-    SUCCEED("an in-memory database is private to its process; the thread test covers it");
-    return;
-  }
+  if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();
   const auto file = rowguard::test::scratch_dir() / "counter";
@@ -364,10 +361,7 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
 
 TEST_CASE("cli: lock acquire/renew/release exit codes", "[backend]") {
   TestDb t;
-  if (rowguard::test::is_memory()) {
-    SUCCEED("each CLI process would get its own in-memory database");
-    return;
-  }
+  if (!rowguard::test::processes_share_database()) return;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -436,10 +430,7 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 }  // namespace
 
 TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend]") {
-  if (rowguard::test::is_memory()) {
-    SUCCEED("an in-memory database is private to its process");
-    return;
-  }
+  if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "crashy", "1s");
@@ -451,10 +442,7 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
 }
 
 TEST_CASE("locks: a holder stopped past its ttl is taken over; after SIGCONT it learns it lost", "[backend]") {
-  if (rowguard::test::is_memory()) {
-    SUCCEED("an in-memory database is private to its process");
-    return;
-  }
+  if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "paused", "1s");

@@ -56,6 +56,12 @@ const std::string& backend() {
 bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgresql"; }
 bool is_memory() { return backend() == "sqlite-memory"; }
 
+bool processes_share_database() {
+  if (!is_memory()) return true;
+  SUCCEED("an in-memory database is private to its process; the thread tests cover this backend");
+  return false;
+}
+
 std::string pg_url() {
   const char* url = std::getenv("ROWGUARD_TEST_PG");
   if (url == nullptr || *url == '\0')

@@ -16,6 +16,9 @@ bool set_backend(const std::string& name);
 const std::string& backend();
 bool is_postgres();  // postgres or soci-postgresql
 bool is_memory();    // sqlite-memory: one Database is the whole database
+// False on sqlite-memory, whose database is private to one process: multi-process tests record
+// that (SUCCEED with the reason) and return; the thread tests cover that backend.
+bool processes_share_database();
 
 // The throwaway server's URL from $ROWGUARD_TEST_PG (scripts/pg-throwaway.sh sets it). Fails the
 // test, never skips it, when unset.
