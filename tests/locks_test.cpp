@@ -456,3 +456,29 @@ TEST_CASE("locks: a holder stopped past its ttl is taken over; after SIGCONT it 
   CHECK(lease.valid());
   lease.release();
 }
+
+TEST_CASE("locks: `lock run` forwards SIGTERM to the command and exits with its code", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string prefix = t.db().table_prefix();
+    ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "lock", "run", "signals",
+            "--ttl", "10s", "--", "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  Locks probe(t.db());
+  bool held = false;
+  for (int i = 0; i < 250 && !held; ++i) {
+    for (const auto& l : probe.list()) held = held || (l.name == "signals" && l.held);
+    if (!held) std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(held);
+  std::this_thread::sleep_for(200ms);  // let sh install its trap
+  ::kill(pid, SIGTERM);
+  CHECK(wait_exit(pid, 10s) == 42);
+  CHECK(probe.try_acquire("signals", 1s));  // released when the command ended
+}
