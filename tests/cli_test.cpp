@@ -61,5 +61,7 @@ TEST_CASE("cli: the demo runs on an SQLite file", "[unit]") {
   REQUIRE(run_cli({"--db", "sqlite:" + path, "--json", "demo"}, &out) == 0);
   const auto json = nlohmann::json::parse(out);
   CHECK(json.at("schema_version") == Database::library_schema_version());
-  CHECK(json.at("clock_reads") == 200);
+  CHECK(json.at("ok") == true);
+  CHECK(json.at("lease_turns") == 20);
+  CHECK(json.at("tokens_strictly_increasing") == true);
 }
