@@ -142,11 +142,11 @@ TEST_CASE("locks: a heartbeat keeps a lease alive and reports its loss", "[backe
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
-  auto lease = locks.try_acquire("hb", 300ms);
+  auto lease = locks.try_acquire("hb", 600ms);
   REQUIRE(lease);
   std::atomic<bool> lost{false};
   lease->start_heartbeat({std::nullopt, [&] { lost = true; }});
-  std::this_thread::sleep_for(900ms);  // three ttls
+  std::this_thread::sleep_for(1800ms);  // three ttls
   CHECK(lease->valid());
   CHECK_FALSE(locks.try_acquire("hb", 1s));
   locks.force_release("hb", "test eviction");
