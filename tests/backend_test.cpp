@@ -141,3 +141,25 @@ TEST_CASE("every session of one Database sees the same data", "[backend]") {
   for (auto& r : readers) r.join();
   CHECK(seen == 4);
 }
+
+TEST_CASE("64-bit integers survive every read path, including SOCI's sqlite3 backend", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  const std::int64_t big = 5'000'000'000'123;  // past 32 bits, like a millisecond timestamp
+  t.db().exec(fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ('r', $1, {})",
+                          t.db().table_prefix(), t.db().backend().dialect().ms_to_timestamp("$2")),
+              {big, big});
+  const Row row = t.db()
+                      .exec(fmt::format("SELECT last_token, {} FROM {}fences",
+                                        t.db().backend().dialect().timestamp_to_ms("updated_at"), t.db().table_prefix()))
+                      .one();
+  CHECK(row.i64(0) == big);
+  CHECK(row.i64(1) == big);
+  if (rowguard::test::backend() == "soci-sqlite3") {
+    // A service's own column declared INTEGER would be truncated by SOCI: rowguard refuses it.
+    t.db().exec(fmt::format("CREATE TABLE {}narrow (n INTEGER)", t.db().table_prefix()));
+    t.db().exec(fmt::format("INSERT INTO {}narrow VALUES ($1)", t.db().table_prefix()), {big});
+    CHECK_THROWS_AS(t.db().exec(fmt::format("SELECT n FROM {}narrow", t.db().table_prefix())), Error);
+    CHECK(t.db().exec(fmt::format("SELECT n + 0 FROM {}narrow", t.db().table_prefix())).one().i64(0) == big);
+  }
+}

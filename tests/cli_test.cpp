@@ -46,7 +46,7 @@ TEST_CASE("cli: schema prints either dialect with any prefix", "[unit]") {
   CHECK_THAT(out, Catch::Contains("CREATE TABLE pay_locks") && Catch::Contains("fillfactor"));
   CHECK(out.find("rowguard_locks") == std::string::npos);
   REQUIRE(run_cli({"schema"}, &out) == 0);
-  CHECK_THAT(out, Catch::Contains("CREATE TABLE rowguard_accounts") && Catch::Contains("INTEGER"));
+  CHECK_THAT(out, Catch::Contains("CREATE TABLE rowguard_accounts") && Catch::Contains("BIGINT"));
   REQUIRE(run_cli({"schema", "--dialect", "postgres", "--roles"}, &out) == 0);
   CHECK_THAT(out, Catch::Contains("rowguard_app"));
   CHECK(run_cli({"schema", "--dialect", "oracle"}) == 2);

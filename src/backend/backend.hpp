@@ -41,6 +41,9 @@ class Dialect {
   // Appended to a SELECT that must hold the rows it read until commit against updates by others
   // (" FOR SHARE" on PostgreSQL; "" on SQLite, where a write transaction already excludes writers).
   virtual std::string share_lock() const { return {}; }
+  // The value for a new row's id in an INSERT ... VALUES list: DEFAULT (bigserial) on PostgreSQL,
+  // MAX(id) + 1 on SQLite, where every write transaction holds the database's write lock.
+  virtual std::string next_id(std::string_view table) const = 0;
   // Whether the engine has LISTEN/NOTIFY (pg_notify(channel, payload)).
   virtual bool has_notify() const noexcept { return false; }
   // How a bound Blob parameter enters SQL, and how a blob column leaves it (read it with Row::bytes).

@@ -29,10 +29,17 @@ char kind_of(const Value& v) {
   return 'b';
 }
 
-Value cell(const soci::row& row, std::size_t i) {
+Value cell(const soci::row& row, std::size_t i, bool sqlite) {
   if (row.get_indicator(i) == soci::i_null) return nullptr;
   switch (row.get_properties(i).get_data_type()) {
     case soci::dt_integer:
+      // SOCI's sqlite3 backend reads a column declared INTEGER as a 32-bit int and truncates
+      // larger values without a word: refuse rather than return a wrong number.
+      if (sqlite)
+        throw Error(ErrorKind::permanent,
+                    fmt::format("soci+sqlite3: column '{}' is declared INTEGER, which SOCI reads as 32 bits; declare "
+                                "it BIGINT (or select an expression such as col + 0)",
+                                row.get_properties(i).get_name()));
       return static_cast<std::int64_t>(row.get<int>(i));
     case soci::dt_long_long:
       return static_cast<std::int64_t>(row.get<long long>(i));
@@ -65,7 +72,8 @@ struct SociStatements::Prepared {
   std::unique_ptr<soci::statement> statement;
 };
 
-SociStatements::SociStatements(soci::session& session) : session_(session) {}
+SociStatements::SociStatements(soci::session& session)
+    : session_(session), sqlite_(session.get_backend_name() == "sqlite3") {}
 SociStatements::~SociStatements() { clear(); }
 void SociStatements::clear() noexcept { cache_.clear(); }
 
@@ -134,7 +142,7 @@ Result SociStatements::run(std::string_view sql, const std::vector<Value>& param
     while (p.rows && got) {
       std::vector<Value> cells;
       cells.reserve(p.row.size());
-      for (std::size_t c = 0; c < p.row.size(); ++c) cells.push_back(cell(p.row, c));
+      for (std::size_t c = 0; c < p.row.size(); ++c) cells.push_back(cell(p.row, c, sqlite_));
       result.rows.emplace_back(std::move(cells), /*hex_text_blobs=*/true);
       got = st.fetch();
     }

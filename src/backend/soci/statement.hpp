@@ -28,6 +28,7 @@ class SociStatements {
  private:
   struct Prepared;
   soci::session& session_;
+  bool sqlite_;
   std::unordered_map<std::string, std::unique_ptr<Prepared>> cache_;
 };
 

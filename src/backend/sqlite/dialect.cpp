@@ -29,6 +29,9 @@ class SqliteDialect final : public Dialect {
   std::string timestamp_plus_ms(std::string_view ts_expr, std::string_view ms_param) const override {
     return fmt::format("({} + {})", ts_expr, ms_param);
   }
+  std::string next_id(std::string_view table) const override {
+    return fmt::format("(SELECT COALESCE(MAX(id), 0) + 1 FROM {})", table);
+  }
   std::string table_exists() const override {
     return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
   }

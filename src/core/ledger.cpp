@@ -1,0 +1,334 @@
+#include "rowguard/ledger.hpp"
+
+#include <limits>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "backend/sql_text.hpp"
+#include "core/retrying.hpp"
+#include "rowguard/money.hpp"
+
+namespace rowguard {
+
+std::string_view to_string(TransferStatus status) noexcept {
+  return status == TransferStatus::ok ? "ok" : "insufficient_funds";
+}
+
+namespace detail {
+void validate(const RetryPolicy& p) {
+  if (p.attempts < 1 || p.initial_backoff.count() < 0 || p.max_backoff < p.initial_backoff || p.deadline.count() <= 0)
+    throw Error(ErrorKind::invalid_argument,
+                "RetryPolicy needs attempts >= 1, 0 <= initial_backoff <= max_backoff and a positive deadline");
+}
+}  // namespace detail
+
+namespace {
+constexpr std::size_t max_id_bytes = 128;
+constexpr std::size_t max_key_bytes = 255;
+
+void check_text(std::string_view value, std::string_view what, std::size_t max) {
+  if (value.empty() || value.size() > max || !detail::is_utf8(value))
+    throw Error(ErrorKind::invalid_argument, fmt::format("{} must be 1 to {} bytes of UTF-8", what, max));
+}
+
+void check_currency(std::string_view currency) {
+  const bool ok = currency.size() == 3 && std::all_of(currency.begin(), currency.end(), [](char c) {
+                    return c >= 'A' && c <= 'Z';
+                  });
+  if (!ok)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("currency '{}' is not an ISO 4217 code (three capital letters, e.g. EUR)", currency));
+}
+
+void check_amount(std::int64_t amount) {
+  if (amount <= 0)
+    throw Error(ErrorKind::invalid_argument, fmt::format("amount must be a positive number of minor units, got {}", amount));
+}
+
+// What a keyed request asks for; compared field by field with the stored record of its key.
+struct Request {
+  std::string kind;  // transfer, deposit, withdrawal
+  std::optional<std::string> from;
+  std::optional<std::string> to;
+  std::int64_t amount = 0;
+  std::string key;
+};
+}  // namespace
+
+struct Ledger::Impl {
+  std::shared_ptr<detail::Backend> backend;
+  LedgerOptions options;
+  std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
+      record_sql, entry_sql;
+  mutable std::mutex stats_mutex;
+  LedgerStats stats;
+
+  Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backend(std::move(b)), options(std::move(o)) {
+    detail::validate(options.retry);
+    const auto& d = backend->dialect();
+    const std::string acc = backend->table("accounts");
+    const std::string tr = backend->table("transfers");
+    const std::string en = backend->table("entries");
+    const std::string now = d.now_timestamp();
+    const std::string for_update = d.has_notify() ? " FOR UPDATE" : "";  // PostgreSQL row locks; SQLite has the write lock
+    open_sql = fmt::format(
+        "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
+        "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
+        acc, fmt::arg("now", now));
+    get_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} WHERE id = $1", acc);
+    list_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} ORDER BY id", acc);
+    find_key_sql = fmt::format(
+        "SELECT id, kind, from_account, to_account, amount, currency, outcome FROM {} WHERE idempotency_key = $1", tr);
+    // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
+    lock_one_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id = $1{}", acc, for_update);
+    lock_two_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id IN ($1, $2) ORDER BY id{}",
+                               acc, for_update);
+    // Relative, conditional updates: never a value read earlier.
+    debit_sql = fmt::format(
+        "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
+        "WHERE id = $1 AND balance - $2 >= min_balance",
+        acc, now);
+    credit_sql =
+        fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+    record_sql = fmt::format(
+        "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, created_at) "
+        "VALUES ({}, $1, $2, $3, $4, $5, $6, $7, {}) RETURNING id",
+        tr, d.next_id(tr), now);
+    entry_sql = fmt::format(
+        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
+        d.next_id(en), now);
+  }
+
+  template <class F>
+  void count(F&& f) {
+    std::lock_guard lock(stats_mutex);
+    f(stats);
+  }
+
+  TransferResult apply(const Request& request);
+  std::optional<TransferResult> replay(Transaction& tx, const Request& request);
+};
+
+namespace {
+Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
+
+Account account_of(const Row& r) { return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4)}; }
+}  // namespace
+
+std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
+  const Result found = tx.exec(find_key_sql, {request.key});
+  if (found.empty()) return std::nullopt;
+  const Row& r = found.rows[0];
+  auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
+    throw Error(ErrorKind::idempotency_mismatch,
+                fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
+                            request.key, field, stored, asked));
+  };
+  auto show = [](const std::optional<std::string>& s) { return s ? "'" + *s + "'" : std::string("outside"); };
+  if (r.opt_text(2) != request.from) differs("from", show(r.opt_text(2)), show(request.from));
+  if (r.opt_text(3) != request.to) differs("to", show(r.opt_text(3)), show(request.to));
+  if (r.i64(4) != request.amount) differs("amount", std::to_string(r.i64(4)), std::to_string(request.amount));
+  if (r.text(1) != request.kind) differs("kind", r.text(1), request.kind);
+  TransferResult result;
+  result.transfer_id = r.i64(0);
+  result.replayed = true;
+  result.status = r.text(6) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  return result;
+}
+
+TransferResult Ledger::Impl::apply(const Request& request) {
+  auto attempt = [&]() -> TransferResult {
+    Transaction tx = Transaction(backend->borrow(), TxOptions{});
+    if (auto earlier = replay(tx, request)) {
+      tx.rollback();
+      count([](LedgerStats& s) { ++s.replays; });
+      return *earlier;
+    }
+    const bool two = request.from && request.to;
+    const Result locked = two ? tx.exec(lock_two_sql, {*request.from, *request.to})
+                              : tx.exec(lock_one_sql, {request.from ? *request.from : *request.to});
+    auto find = [&](const std::string& id) -> const Row* {
+      for (const auto& row : locked.rows)
+        if (row.text(0) == id) return &row;
+      return nullptr;
+    };
+    const Row* from = request.from ? find(*request.from) : nullptr;
+    const Row* to = request.to ? find(*request.to) : nullptr;
+    if (request.from && !from) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+    if (request.to && !to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
+    if (from && to && from->text(1) != to->text(1))
+      throw Error(ErrorKind::currency_mismatch,
+                  fmt::format("account '{}' is in {} and '{}' in {}", *request.from, from->text(1), *request.to,
+                              to->text(1)));
+    const std::string currency = (from ? from : to)->text(1);
+    // Checked arithmetic on the locked values: no balance may leave int64.
+    if (to && !checked_add(to->i64(2), request.amount))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
+    const auto left = from ? checked_sub(from->i64(2), request.amount) : std::nullopt;
+    const bool funded = !from || (left && *left >= from->i64(3));
+    const std::string outcome = funded ? "ok" : "insufficient_funds";
+    if (funded) {
+      if (from && tx.exec(debit_sql, {*request.from, request.amount}).affected != 1)
+        throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
+      if (to) tx.exec(credit_sql, {*request.to, request.amount});
+    }
+    TransferResult result;
+    result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
+    result.transfer_id = tx.exec(record_sql, {request.key, request.kind, opt(request.from), opt(request.to),
+                                              request.amount, currency, outcome})
+                             .one()
+                             .i64(0);
+    if (funded) {
+      if (from) tx.exec(entry_sql, {result.transfer_id, *request.from, -request.amount});
+      if (to) tx.exec(entry_sql, {result.transfer_id, *request.to, request.amount});
+    }
+    tx.commit();
+    return result;
+  };
+  // The key makes retries safe even when a commit's outcome was lost: the retry finds the record.
+  // A unique violation on the key means a concurrent request with it won: retry to read its record.
+  TransferResult result = detail::with_retries(
+      options.retry, detail::RetryIn::conflicts_and_in_doubt,
+      [&] {
+        try {
+          return attempt();
+        } catch (const Error& e) {
+          if (e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
+          throw;
+        }
+      },
+      [&](const Error&) { count([](LedgerStats& s) { ++s.conflicts, ++s.retries; }); });
+  if (!result.replayed)
+    count([&](LedgerStats& s) { ++(result.ok() ? s.transfers_ok : s.transfers_rejected); });
+  return result;
+}
+
+Ledger::Ledger(Database& db, LedgerOptions options)
+    : impl_(std::make_unique<Impl>(db.shared_backend(), std::move(options))) {}
+Ledger::~Ledger() = default;
+
+void Ledger::open(std::string_view id, std::string_view currency, std::int64_t min_balance) {
+  check_text(id, "account id", max_id_bytes);
+  check_currency(currency);
+  if (min_balance > 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("min_balance must be 0 or negative (an overdraft limit), got {}", min_balance));
+  auto session = impl_->backend->borrow();
+  (*session)->exec(impl_->open_sql, {std::string(id), std::string(currency), min_balance});
+}
+
+Account Ledger::get(std::string_view id) {
+  check_text(id, "account id", max_id_bytes);
+  auto session = impl_->backend->borrow();
+  const Result r = (*session)->exec(impl_->get_sql, {std::string(id)});
+  if (r.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
+  return account_of(r.rows[0]);
+}
+
+std::vector<Account> Ledger::list() {
+  auto session = impl_->backend->borrow();
+  std::vector<Account> out;
+  for (const auto& row : (*session)->exec(impl_->list_sql, {}).rows) out.push_back(account_of(row));
+  return out;
+}
+
+TransferResult Ledger::deposit(std::string_view account, std::int64_t amount, std::string_view key) {
+  check_text(account, "account id", max_id_bytes);
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  return impl_->apply({"deposit", std::nullopt, std::string(account), amount, std::string(key)});
+}
+
+TransferResult Ledger::withdraw(std::string_view account, std::int64_t amount, std::string_view key) {
+  check_text(account, "account id", max_id_bytes);
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  return impl_->apply({"withdrawal", std::string(account), std::nullopt, amount, std::string(key)});
+}
+
+TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
+  check_text(from, "source account id", max_id_bytes);
+  check_text(to, "destination account id", max_id_bytes);
+  if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer from '{}' to itself", from));
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  return impl_->apply({"transfer", std::string(from), std::string(to), amount, std::string(key)});
+}
+
+TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
+                                         std::string_view key) {
+  const TransferResult r = transfer(from, to, amount, key);
+  if (!r.ok())
+    throw Error(ErrorKind::insufficient_funds,
+                fmt::format("'{}' cannot pay {} without going below its minimum (transfer {})", from, amount,
+                            r.transfer_id));
+  return r;
+}
+
+CheckReport Ledger::check() {
+  const std::string acc = impl_->backend->table("accounts");
+  const std::string tr = impl_->backend->table("transfers");
+  const std::string en = impl_->backend->table("entries");
+  CheckReport report;
+  // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
+  Transaction tx(impl_->backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_only});
+  for (const auto& r :
+       tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(e.total, 0) FROM {} a LEFT JOIN "
+                           "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
+                           "ON e.account_id = a.id WHERE a.balance <> COALESCE(e.total, 0) ORDER BY a.id",
+                           acc, en))
+           .rows)
+    report.violations.push_back({"balance_mismatch", r.text(0),
+                                 fmt::format("balance {} but its entries add up to {}", r.i64(1), r.i64(2))});
+  for (const auto& r :
+       tx.exec(fmt::format("SELECT id, balance, min_balance FROM {} WHERE balance < min_balance ORDER BY id", acc)).rows)
+    report.violations.push_back(
+        {"below_minimum", r.text(0), fmt::format("balance {} is below its minimum {}", r.i64(1), r.i64(2))});
+  for (const auto& r :
+       tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
+                           "GROUP BY t.id HAVING SUM(e.amount) <> 0",
+                           tr, en))
+           .rows)
+    report.violations.push_back({"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
+  for (const auto& r : tx.exec(fmt::format(
+                              "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
+                              "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
+                              tr, en))
+                           .rows)
+    report.violations.push_back({"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
+  // Per currency: the balances add up to deposits minus withdrawals.
+  const auto totals = tx.exec(fmt::format(
+      "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
+      "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr}) c "
+      "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
+      "ON b.currency = c.currency "
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'deposit' AND "
+      "outcome = 'ok' GROUP BY currency) d ON d.currency = c.currency "
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'withdrawal' AND "
+      "outcome = 'ok' GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
+      fmt::arg("acc", acc), fmt::arg("tr", tr)));
+  for (const auto& r : totals.rows) {
+    const auto expected = checked_sub(r.i64(2), r.i64(3));
+    if (!expected || *expected != r.i64(1))
+      report.violations.push_back({"total_mismatch", "",
+                                   fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}",
+                                               r.text(0), r.i64(1), r.i64(2), r.i64(3))});
+    const auto sum = checked_add(report.total_balance, r.i64(1));
+    if (!sum) throw Error(ErrorKind::permanent, "the sum of all balances overflows a 64-bit integer");
+    report.total_balance = *sum;
+  }
+  report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
+  report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
+  tx.commit();
+  return report;
+}
+
+LedgerStats Ledger::stats() const {
+  std::lock_guard lock(impl_->stats_mutex);
+  return impl_->stats;
+}
+
+}  // namespace rowguard
