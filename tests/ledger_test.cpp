@@ -1,4 +1,8 @@
 // The ledger: accounts, transfers with idempotency keys, and a journal that always adds up.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <random>
 #include <set>
@@ -233,4 +237,136 @@ TEST_CASE("ledger: a bank under concurrent random transfers conserves money at e
   for (const auto& a : l.list()) CHECK(a.balance >= a.min_balance);
   WARN(fmt::format("{}: {} ok, {} rejected, {} retries, {} snapshots", rowguard::test::backend(), ok_ids.size(),
                    rejected_ids.size(), l.stats().retries, snapshots.load()));
+}
+
+TEST_CASE("ledger: a batch applies items independently and linked chains as a whole", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  for (const char* id : {"a", "b", "c"}) l.open(id, "EUR");
+  l.deposit("a", 1'000, "d");
+  const auto results = l.transfer_batch({
+      {"a", "b", 100, "k1", false},     // alone: ok
+      {"a", "c", 5'000, "k2", false},   // alone: rejected, recorded
+      {"a", "b", 200, "k3", true},      // chain k3+k4: k4 fails, so k3 is undone
+      {"b", "zzz", 50, "k4", false},
+      {"a", "c", 300, "k5", true},      // chain k5+k6: both ok
+      {"c", "b", 100, "k6", false},
+  });
+  REQUIRE(results.size() == 6);
+  CHECK(results[0].ok());
+  CHECK(results[1].result.status == TransferStatus::insufficient_funds);
+  CHECK_FALSE(results[1].error);
+  CHECK(results[2].error == ErrorKind::not_found);
+  CHECK(results[3].error == ErrorKind::not_found);
+  CHECK(results[4].ok());
+  CHECK(results[5].ok());
+  CHECK(l.get("a").balance == 600);
+  CHECK(l.get("b").balance == 200);
+  CHECK(l.get("c").balance == 200);
+  // The failed chain recorded nothing: its keys are free for a corrected retry.
+  CHECK_FALSE(l.transfer("a", "b", 200, "k3").replayed);
+  CHECK(l.check().ok());
+  CHECK(kind_of([&] { l.transfer_batch({}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.transfer_batch({{"a", "b", 1, "x", true}}); }) == ErrorKind::invalid_argument);
+}
+
+TEST_CASE("ledger: reversals refund at most the original, once per key", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("customer", "EUR");
+  l.open("shop", "EUR");
+  l.deposit("customer", 1'000, "d");
+  l.transfer("customer", "shop", 800, "order-9");
+  CHECK(l.reverse("order-9", 300, "refund-1").ok());
+  CHECK(l.reverse("order-9", 300, "refund-1").replayed);
+  CHECK(l.reverse("order-9", 500, "refund-2").ok());
+  CHECK(kind_of([&] { l.reverse("order-9", 1, "refund-3"); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.reverse("no-such-order", 1, "refund-4"); }) == ErrorKind::not_found);
+  CHECK(l.get("customer").balance == 1'000);
+  CHECK(l.get("shop").balance == 0);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: update() is a version-checked read-modify-write that retries conflicts", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("acct", "EUR");
+  std::atomic<int> calls{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      l.update("acct", [&, i](Account& a) {
+        ++calls;
+        a.min_balance = -100 * (i + 1);
+      });
+    });
+  for (auto& th : threads) th.join();
+  const Account a = l.get("acct");
+  CHECK(a.version == 4);  // each update applied exactly once
+  CHECK(calls >= 4);
+  CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.balance = 1'000'000; }); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.min_balance = 5; }); }) == ErrorKind::invalid_argument);
+  CHECK(l.get("acct").balance == 0);
+}
+
+TEST_CASE("ledger: pruned keys keep their transfers and become reusable", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("a", "EUR");
+  l.deposit("a", 10, "old-key");
+  CHECK(l.prune_keys(std::chrono::hours(1)) == 0);  // too young
+  std::this_thread::sleep_for(std::chrono::milliseconds(10));  // created_at must be strictly older
+  CHECK(l.prune_keys(std::chrono::milliseconds(0)) == 1);
+  CHECK_FALSE(l.deposit("a", 10, "old-key").replayed);
+  CHECK(l.get("a").balance == 20);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: processes moving money through the CLI, one killed mid-run, conserve it", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  Bank b;
+  auto& l = b.ledger;
+  for (int a = 0; a < 3; ++a) {
+    l.open(fmt::format("p{}", a), "EUR");
+    l.deposit(fmt::format("p{}", a), 500, fmt::format("seed{}", a));
+  }
+  const auto dir = rowguard::test::scratch_dir();
+  const std::string prefix = b.t.db().table_prefix();
+  // Each worker process runs random transfers; every transfer is retried once with the same key,
+  // as a client that lost its reply would. One worker is killed with SIGKILL part-way.
+  auto script = [&](int w) {
+    return fmt::format(
+        "for i in $(seq 1 15); do f=p$(( (i + {w}) % 3 )); t=p$(( (i + {w} + 1) % 3 )); "
+        "'{cli}' --db '{url}' --prefix '{prefix}' transfer $f $t $(( i * 7 + {w} )) --key w{w}-$i >/dev/null 2>&1; "
+        "'{cli}' --db '{url}' --prefix '{prefix}' transfer $f $t $(( i * 7 + {w} )) --key w{w}-$i >/dev/null 2>&1; "
+        "done",
+        fmt::arg("w", w), fmt::arg("cli", ROWGUARD_CLI), fmt::arg("url", b.t.url()), fmt::arg("prefix", prefix));
+  };
+  std::vector<pid_t> pids;
+  for (int w = 0; w < 3; ++w) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::execl("/bin/sh", "sh", "-c", script(w).c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    pids.push_back(pid);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(pids[0], SIGKILL);  // the shell dies; a transfer it started may be cut mid-flight
+  for (const pid_t pid : pids) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+  }
+  const CheckReport r = l.check();
+  for (const auto& v : r.violations) UNSCOPED_INFO(v.what << " " << v.account << ": " << v.detail);
+  CHECK(r.ok());
+  CHECK(r.total_balance == 1'500);
+  // Every key was applied at most once: one transfer row per key, never two.
+  CHECK(b.t.db()
+            .exec(fmt::format("SELECT count(*) FROM (SELECT idempotency_key FROM {}transfers GROUP BY idempotency_key "
+                              "HAVING count(*) > 1) AS d",
+                              prefix))
+            .one()
+            .i64(0) == 0);
 }

@@ -3,7 +3,10 @@
 // transfers with idempotency keys, and a journal that always adds up.
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -51,6 +54,25 @@ struct CheckReport {
   bool ok() const noexcept { return violations.empty(); }
 };
 
+// One transfer of a batch. Consecutive items with linked = true, together with the first item
+// after them, form a chain that succeeds or fails as a whole; other items stand alone.
+struct BatchItem {
+  std::string from;
+  std::string to;
+  std::int64_t amount = 0;
+  std::string key;
+  bool linked = false;
+};
+
+// The outcome of one batch item: a result, or the error that item met (nothing of it, or of its
+// chain, was written; a failed chain records nothing under its keys, so they can be retried).
+struct BatchResult {
+  TransferResult result;
+  std::optional<ErrorKind> error;  // set when the item (or another item of its chain) failed
+  std::string message;
+  bool ok() const noexcept { return !error && result.ok(); }
+};
+
 // Counters kept in process since the Ledger was made.
 struct LedgerStats {
   std::uint64_t transfers_ok = 0;
@@ -96,6 +118,26 @@ class Ledger {
   // As transfer(), but Error(insufficient_funds) instead of a rejected result.
   TransferResult transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
                                    std::string_view key);
+
+  // Many transfers in one transaction, a result per item (see BatchItem for linked chains).
+  // Error(invalid_argument) for an empty batch or more than 10000 items.
+  std::vector<BatchResult> transfer_batch(const std::vector<BatchItem>& items);
+
+  // Refunds all or part of the transfer recorded under original_key, as a new transfer (kind
+  // "reversal") from its destination back to its source. The refunds of one transfer never add up
+  // to more than it: Error(invalid_argument) otherwise; Error(not_found) when there is no such
+  // applied transfer. The refund itself may be rejected for insufficient funds, like a transfer.
+  TransferResult reverse(std::string_view original_key, std::int64_t amount, std::string_view key);
+
+  // The version-checked read-modify-write: reads the account, lets fn change it, writes it back
+  // only if its version is still the one read (UPDATE ... WHERE version = :read), and retries on
+  // conflict under the RetryPolicy. fn may change min_balance only (balances move through
+  // transfers, so the journal always adds up); it may run more than once. Returns what was written.
+  Account update(std::string_view id, const std::function<void(Account&)>& fn);
+
+  // Forgets idempotency keys older than the given age (their transfers stay; the key becomes NULL
+  // and may be used again). Keys are kept forever unless this is called. Returns how many.
+  std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
   // Verifies: every balance equals the sum of its entries; the sum of balances equals deposits
   // minus withdrawals; no balance is below its minimum. Reads one consistent snapshot.

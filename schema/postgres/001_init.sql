@@ -48,7 +48,7 @@ COMMENT ON COLUMN rowguard_accounts.min_balance IS 'lowest allowed balance; nega
 
 CREATE TABLE rowguard_transfers (
   id              bigserial   PRIMARY KEY,
-  idempotency_key text        NOT NULL UNIQUE,
+  idempotency_key text        UNIQUE,
   kind            text        NOT NULL CHECK (kind IN ('transfer', 'deposit', 'withdrawal', 'reversal')),
   from_account    text        REFERENCES rowguard_accounts (id),
   to_account      text        REFERENCES rowguard_accounts (id),
@@ -60,6 +60,7 @@ CREATE TABLE rowguard_transfers (
 );
 COMMENT ON TABLE rowguard_transfers IS
   'rowguard: one row per transfer, deposit, withdrawal or rejected keyed request; from/to NULL = outside world';
+COMMENT ON COLUMN rowguard_transfers.idempotency_key IS 'the request''s key; NULL once pruned (ledger prune-keys), after which it may be reused';
 COMMENT ON COLUMN rowguard_transfers.outcome IS 'ok, or the recorded rejection (e.g. insufficient_funds) a retry replays';
 CREATE INDEX rowguard_transfers_reverses ON rowguard_transfers (reverses) WHERE reverses IS NOT NULL;
 

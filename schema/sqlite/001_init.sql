@@ -47,7 +47,7 @@ CREATE TABLE rowguard_accounts (
 -- is kept so a retry with the same key returns the same answer). from/to NULL = the outside world.
 CREATE TABLE rowguard_transfers (
   id              BIGINT  PRIMARY KEY,
-  idempotency_key TEXT    NOT NULL UNIQUE,
+  idempotency_key TEXT    UNIQUE,                 -- NULL once pruned (`rowguard ledger prune-keys`)
   kind            TEXT    NOT NULL CHECK (kind IN ('transfer', 'deposit', 'withdrawal', 'reversal')),
   from_account    TEXT    REFERENCES rowguard_accounts (id),
   to_account      TEXT    REFERENCES rowguard_accounts (id),

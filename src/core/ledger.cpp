@@ -54,6 +54,7 @@ struct Request {
   std::optional<std::string> to;
   std::int64_t amount = 0;
   std::string key;
+  std::int64_t reverses = 0;  // for a reversal: the transfer it refunds
 };
 }  // namespace
 
@@ -61,7 +62,7 @@ struct Ledger::Impl {
   std::shared_ptr<detail::Backend> backend;
   LedgerOptions options;
   std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
-      record_sql, entry_sql;
+      record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 
@@ -93,9 +94,21 @@ struct Ledger::Impl {
     credit_sql =
         fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
     record_sql = fmt::format(
-        "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, created_at) "
-        "VALUES ({}, $1, $2, $3, $4, $5, $6, $7, {}) RETURNING id",
+        "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
+        "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, {}) RETURNING id",
         tr, d.next_id(tr), now);
+    // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
+    lock_original_sql = fmt::format(
+        "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
+        "outcome = 'ok'{}",
+        tr, for_update);
+    refunded_sql = fmt::format(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
+    update_sql = fmt::format(
+        "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
+        now);
+    prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
+                            tr, d.timestamp_plus_ms(now, "$1"));
     entry_sql = fmt::format(
         "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
         d.next_id(en), now);
@@ -107,8 +120,27 @@ struct Ledger::Impl {
     f(stats);
   }
 
+  // One request inside the caller's transaction: replay, or lock, check, move and record.
+  TransferResult apply_in(Transaction& tx, const Request& request);
+  // apply_in in a transaction of its own, under the retry policy.
   TransferResult apply(const Request& request);
   std::optional<TransferResult> replay(Transaction& tx, const Request& request);
+  template <class Op>
+  auto retrying(Op&& op) {
+    // The key makes retries safe even when a commit's outcome was lost: the retry finds the record.
+    // A unique violation on the key means a concurrent request with it won: retry to read its record.
+    return detail::with_retries(
+        options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] {
+          try {
+            return op();
+          } catch (const Error& e) {
+            if (e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
+            throw;
+          }
+        },
+        [&](const Error&) { count([](LedgerStats& st) { ++st.conflicts, ++st.retries; }); });
+  }
 };
 
 namespace {
@@ -138,71 +170,61 @@ std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Reques
   return result;
 }
 
-TransferResult Ledger::Impl::apply(const Request& request) {
-  auto attempt = [&]() -> TransferResult {
-    Transaction tx = Transaction(backend->borrow(), TxOptions{});
-    if (auto earlier = replay(tx, request)) {
-      tx.rollback();
-      count([](LedgerStats& s) { ++s.replays; });
-      return *earlier;
-    }
-    const bool two = request.from && request.to;
-    const Result locked = two ? tx.exec(lock_two_sql, {*request.from, *request.to})
-                              : tx.exec(lock_one_sql, {request.from ? *request.from : *request.to});
-    auto find = [&](const std::string& id) -> const Row* {
-      for (const auto& row : locked.rows)
-        if (row.text(0) == id) return &row;
-      return nullptr;
-    };
-    const Row* from = request.from ? find(*request.from) : nullptr;
-    const Row* to = request.to ? find(*request.to) : nullptr;
-    if (request.from && !from) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
-    if (request.to && !to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
-    if (from && to && from->text(1) != to->text(1))
-      throw Error(ErrorKind::currency_mismatch,
-                  fmt::format("account '{}' is in {} and '{}' in {}", *request.from, from->text(1), *request.to,
-                              to->text(1)));
-    const std::string currency = (from ? from : to)->text(1);
-    // Checked arithmetic on the locked values: no balance may leave int64.
-    if (to && !checked_add(to->i64(2), request.amount))
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
-    const auto left = from ? checked_sub(from->i64(2), request.amount) : std::nullopt;
-    const bool funded = !from || (left && *left >= from->i64(3));
-    const std::string outcome = funded ? "ok" : "insufficient_funds";
-    if (funded) {
-      if (from && tx.exec(debit_sql, {*request.from, request.amount}).affected != 1)
-        throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
-      if (to) tx.exec(credit_sql, {*request.to, request.amount});
-    }
-    TransferResult result;
-    result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    result.transfer_id = tx.exec(record_sql, {request.key, request.kind, opt(request.from), opt(request.to),
-                                              request.amount, currency, outcome})
-                             .one()
-                             .i64(0);
-    if (funded) {
-      if (from) tx.exec(entry_sql, {result.transfer_id, *request.from, -request.amount});
-      if (to) tx.exec(entry_sql, {result.transfer_id, *request.to, request.amount});
-    }
-    tx.commit();
-    return result;
+TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
+  if (auto earlier = replay(tx, request)) {
+    count([](LedgerStats& st) { ++st.replays; });
+    return *earlier;
+  }
+  const bool two = request.from && request.to;
+  const Result locked = two ? tx.exec(lock_two_sql, {*request.from, *request.to})
+                            : tx.exec(lock_one_sql, {request.from ? *request.from : *request.to});
+  auto find = [&](const std::string& id) -> const Row* {
+    for (const auto& row : locked.rows)
+      if (row.text(0) == id) return &row;
+    return nullptr;
   };
-  // The key makes retries safe even when a commit's outcome was lost: the retry finds the record.
-  // A unique violation on the key means a concurrent request with it won: retry to read its record.
-  TransferResult result = detail::with_retries(
-      options.retry, detail::RetryIn::conflicts_and_in_doubt,
-      [&] {
-        try {
-          return attempt();
-        } catch (const Error& e) {
-          if (e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
-          throw;
-        }
-      },
-      [&](const Error&) { count([](LedgerStats& s) { ++s.conflicts, ++s.retries; }); });
-  if (!result.replayed)
-    count([&](LedgerStats& s) { ++(result.ok() ? s.transfers_ok : s.transfers_rejected); });
+  const Row* from = request.from ? find(*request.from) : nullptr;
+  const Row* to = request.to ? find(*request.to) : nullptr;
+  if (request.from && !from) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+  if (request.to && !to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
+  if (from && to && from->text(1) != to->text(1))
+    throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
+                                                          from->text(1), *request.to, to->text(1)));
+  const std::string currency = (from ? from : to)->text(1);
+  // Checked arithmetic on the locked values: no balance may leave int64.
+  if (to && !checked_add(to->i64(2), request.amount))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
+  const auto left = from ? checked_sub(from->i64(2), request.amount) : std::nullopt;
+  const bool funded = !from || (left && *left >= from->i64(3));
+  if (funded) {
+    if (from && tx.exec(debit_sql, {*request.from, request.amount}).affected != 1)
+      throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
+    if (to) tx.exec(credit_sql, {*request.to, request.amount});
+  }
+  TransferResult result;
+  result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  result.transfer_id =
+      tx.exec(record_sql, {request.key, request.kind, opt(request.from), opt(request.to), request.amount, currency,
+                           std::string(funded ? "ok" : "insufficient_funds"),
+                           request.reverses ? Value(request.reverses) : Value(nullptr)})
+          .one()
+          .i64(0);
+  if (funded) {
+    if (from) tx.exec(entry_sql, {result.transfer_id, *request.from, -request.amount});
+    if (to) tx.exec(entry_sql, {result.transfer_id, *request.to, request.amount});
+  }
+  return result;
+}
+
+TransferResult Ledger::Impl::apply(const Request& request) {
+  TransferResult result = retrying([&] {
+    Transaction tx(backend->borrow(), TxOptions{});
+    TransferResult r = apply_in(tx, request);
+    tx.commit();
+    return r;
+  });
+  if (!result.replayed) count([&](LedgerStats& st) { ++(result.ok() ? st.transfers_ok : st.transfers_rejected); });
   return result;
 }
 
@@ -266,6 +288,125 @@ TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view
                 fmt::format("'{}' cannot pay {} without going below its minimum (transfer {})", from, amount,
                             r.transfer_id));
   return r;
+}
+
+std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& items) {
+  if (items.empty() || items.size() > 10'000)
+    throw Error(ErrorKind::invalid_argument, fmt::format("a batch needs 1 to 10000 items, got {}", items.size()));
+  if (items.back().linked)
+    throw Error(ErrorKind::invalid_argument, "the last batch item is linked to nothing (a chain ends with an unlinked item)");
+  std::vector<BatchResult> results;
+  impl_->retrying([&] {
+    results.assign(items.size(), BatchResult{});
+    Transaction tx(impl_->backend->borrow(), TxOptions{});
+    std::size_t start = 0;
+    while (start < items.size()) {
+      std::size_t end = start;  // the chain is items[start..end]
+      while (items[end].linked) ++end;
+      tx.exec("SAVEPOINT rowguard_chain");
+      std::optional<std::size_t> failed;
+      for (std::size_t i = start; i <= end && !failed; ++i) {
+        const BatchItem& item = items[i];
+        try {
+          check_text(item.from, "source account id", max_id_bytes);
+          check_text(item.to, "destination account id", max_id_bytes);
+          if (item.from == item.to) throw Error(ErrorKind::invalid_argument, "a transfer from an account to itself");
+          check_amount(item.amount);
+          check_text(item.key, "idempotency key", max_key_bytes);
+          results[i].result = impl_->apply_in(tx, {"transfer", item.from, item.to, item.amount, item.key});
+          // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
+          if (start != end && !results[i].result.ok())
+            throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
+        } catch (const Error& e) {
+          if (e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt)
+            throw;  // the whole batch is retried
+          results[i].error = e.kind();
+          results[i].message = e.what();
+          failed = i;
+        }
+      }
+      if (failed) {
+        tx.exec("ROLLBACK TO SAVEPOINT rowguard_chain");
+        for (std::size_t i = start; i <= end; ++i) {
+          if (i == *failed) continue;
+          results[i].result = TransferResult{};
+          results[i].error = results[*failed].error;  // the chain failed as a whole
+          results[i].message = fmt::format("not applied: item {} of its linked chain failed", *failed);
+        }
+      }
+      tx.exec("RELEASE SAVEPOINT rowguard_chain");
+      start = end + 1;
+    }
+    tx.commit();
+    return 0;
+  });
+  for (const auto& r : results)
+    if (!r.error && !r.result.replayed)
+      impl_->count([&](LedgerStats& st) { ++(r.result.ok() ? st.transfers_ok : st.transfers_rejected); });
+  return results;
+}
+
+TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amount, std::string_view key) {
+  check_text(original_key, "original idempotency key", max_key_bytes);
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  auto& impl = *impl_;
+  TransferResult result = impl.retrying([&] {
+    Transaction tx(impl.backend->borrow(), TxOptions{});
+    const Result original = tx.exec(impl.lock_original_sql, {std::string(original_key)});
+    if (original.empty())
+      throw Error(ErrorKind::not_found, fmt::format("no applied transfer has the key '{}'", original_key));
+    const Row& o = original.rows[0];
+    Request request{"reversal", o.text(2), o.text(1), amount, std::string(key), o.i64(0)};
+    if (auto earlier = impl.replay(tx, request)) {
+      impl.count([](LedgerStats& st) { ++st.replays; });
+      return *earlier;
+    }
+    const std::int64_t refunded = tx.exec(impl.refunded_sql, {o.i64(0)}).one().i64(0);
+    const auto total = checked_add(refunded, amount);
+    if (!total || *total > o.i64(3))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("refunds of transfer '{}' would reach {} of its {} ({} refunded already)", original_key,
+                              total ? *total : refunded, o.i64(3), refunded));
+    TransferResult r = impl.apply_in(tx, request);
+    tx.commit();
+    return r;
+  });
+  if (!result.replayed) impl.count([&](LedgerStats& st) { ++(result.ok() ? st.transfers_ok : st.transfers_rejected); });
+  return result;
+}
+
+Account Ledger::update(std::string_view id, const std::function<void(Account&)>& fn) {
+  check_text(id, "account id", max_id_bytes);
+  if (!fn) throw Error(ErrorKind::invalid_argument, "update needs a function");
+  auto& impl = *impl_;
+  return detail::with_retries(
+      impl.options.retry, detail::RetryIn::conflicts,
+      [&] {
+        Account read = get(id);
+        Account want = read;
+        fn(want);
+        if (want.id != read.id || want.currency != read.currency || want.balance != read.balance ||
+            want.version != read.version)
+          throw Error(ErrorKind::invalid_argument,
+                      "update may change min_balance only; balances move through transfers");
+        if (want.min_balance > 0 || want.min_balance > want.balance)
+          throw Error(ErrorKind::invalid_argument,
+                      fmt::format("min_balance {} must be <= 0 and <= the balance {}", want.min_balance, want.balance));
+        auto session = impl.backend->borrow();
+        if ((*session)->exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
+          throw Error(ErrorKind::conflict, fmt::format("account '{}' changed since version {} was read", read.id,
+                                                       read.version));
+        want.version = read.version + 1;
+        return want;
+      },
+      [&](const Error&) { impl.count([](LedgerStats& st) { ++st.conflicts, ++st.retries; }); });
+}
+
+std::int64_t Ledger::prune_keys(std::chrono::milliseconds older_than) {
+  if (older_than.count() < 0) throw Error(ErrorKind::invalid_argument, "prune age must not be negative");
+  auto session = impl_->backend->borrow();
+  return (*session)->exec(impl_->prune_sql, {static_cast<std::int64_t>(-older_than.count())}).affected;
 }
 
 CheckReport Ledger::check() {

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   cli::add_demo_command(app, globals);
   int exit_status = 0;
   cli::add_lock_commands(app, globals, exit_status);
+  cli::add_ledger_commands(app, globals);
 
   try {
     app.parse(argc, argv);

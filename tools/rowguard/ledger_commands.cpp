@@ -1,0 +1,121 @@
+// rowguard account open|show|list, deposit, withdraw, transfer, ledger check
+#include <iostream>
+#include <random>
+
+#include "cli.hpp"
+
+namespace rowguard::cli {
+
+namespace {
+struct LedgerArgs {
+  std::string id, from, to, key, currency = "EUR";
+  std::int64_t amount = 0;
+  std::int64_t min_balance = 0;
+};
+
+nlohmann::json account_json(const Account& a) {
+  return {{"id", a.id}, {"currency", a.currency}, {"balance", a.balance}, {"min_balance", a.min_balance},
+          {"version", a.version}};
+}
+
+// A new idempotency key for a command given none; printed so the user can retry with it.
+std::string fresh_key() {
+  std::random_device rd;
+  return fmt::format("cli-{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
+}
+
+// Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
+void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what) {
+  emit(globals,
+       {{"transfer_id", r.transfer_id}, {"status", std::string(to_string(r.status))}, {"replayed", r.replayed},
+        {"key", key}},
+       fmt::format("{} {}{} (transfer {}, key {}{})", what, r.ok() ? "done" : "rejected: ",
+                   r.ok() ? "" : to_string(r.status), r.transfer_id, key, r.replayed ? ", replayed" : ""));
+  if (!r.ok())
+    throw Error(ErrorKind::insufficient_funds, fmt::format("{} rejected: insufficient funds (transfer {})", what, r.transfer_id));
+}
+}  // namespace
+
+void add_ledger_commands(CLI::App& app, Globals& globals) {
+  static LedgerArgs a;
+  auto* account = app.add_subcommand("account", "Accounts: open, show, list");
+  account->require_subcommand(1);
+  auto* open = account->add_subcommand("open", "Open an account");
+  open->add_option("id", a.id, "Account id")->required();
+  open->add_option("--currency", a.currency, "ISO 4217 code (default EUR)");
+  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)");
+  open->callback([&globals] {
+    auto db = open_database(globals);
+    Ledger ledger(db);
+    ledger.open(a.id, a.currency, a.min_balance);
+    emit(globals, account_json(ledger.get(a.id)), fmt::format("opened {} in {}", a.id, a.currency));
+  });
+  auto* show = account->add_subcommand("show", "Show an account (exit 5 when there is none)");
+  show->add_option("id", a.id, "Account id")->required();
+  show->callback([&globals] {
+    auto db = open_database(globals);
+    const Account acc = Ledger(db).get(a.id);
+    emit(globals, account_json(acc),
+         fmt::format("{} {} {} (min {}, version {})", acc.id, acc.balance, acc.currency, acc.min_balance, acc.version));
+  });
+  auto* list = account->add_subcommand("list", "List every account");
+  list->callback([&globals] {
+    auto db = open_database(globals);
+    for (const auto& acc : Ledger(db).list())
+      emit(globals, account_json(acc),
+           fmt::format("{:<24} {:>18} {} (min {}, version {})", acc.id, acc.balance, acc.currency, acc.min_balance,
+                       acc.version));
+  });
+
+  auto keyed = [](CLI::App* cmd) {
+    cmd->add_option("--key", a.key, "Idempotency key (default: a new one, printed; retry with it)");
+  };
+  auto* deposit = app.add_subcommand("deposit", "Deposit AMOUNT minor units into ID from outside");
+  deposit->add_option("id", a.id, "Account id")->required();
+  deposit->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  keyed(deposit);
+  deposit->callback([&globals] {
+    auto db = open_database(globals);
+    const std::string key = a.key.empty() ? fresh_key() : a.key;
+    report(globals, Ledger(db).deposit(a.id, a.amount, key), key, "deposit");
+  });
+  auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
+  withdraw->add_option("id", a.id, "Account id")->required();
+  withdraw->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  keyed(withdraw);
+  withdraw->callback([&globals] {
+    auto db = open_database(globals);
+    const std::string key = a.key.empty() ? fresh_key() : a.key;
+    report(globals, Ledger(db).withdraw(a.id, a.amount, key), key, "withdrawal");
+  });
+  auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
+  transfer->add_option("from", a.from, "Source account")->required();
+  transfer->add_option("to", a.to, "Destination account")->required();
+  transfer->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  keyed(transfer);
+  transfer->callback([&globals] {
+    auto db = open_database(globals);
+    const std::string key = a.key.empty() ? fresh_key() : a.key;
+    report(globals, Ledger(db).transfer(a.from, a.to, a.amount, key), key, "transfer");
+  });
+
+  auto* ledger = app.add_subcommand("ledger", "Ledger maintenance");
+  ledger->require_subcommand(1);
+  auto* check = ledger->add_subcommand("check", "Verify the invariants (exit 0 when all hold, 1 with the report)");
+  check->callback([&globals] {
+    auto db = open_database(globals);
+    const CheckReport r = Ledger(db).check();
+    nlohmann::json violations = nlohmann::json::array();
+    for (const auto& v : r.violations) violations.push_back({{"what", v.what}, {"account", v.account}, {"detail", v.detail}});
+    std::string text = fmt::format("{} accounts, {} entries, total {}: {}", r.accounts, r.entries, r.total_balance,
+                                   r.ok() ? "every invariant holds" : "VIOLATIONS");
+    for (const auto& v : r.violations) text += fmt::format("\n  {} {}: {}", v.what, v.account, v.detail);
+    emit(globals,
+         {{"ok", r.ok()}, {"accounts", r.accounts}, {"entries", r.entries}, {"total_balance", r.total_balance},
+          {"violations", violations}},
+         text);
+    if (!r.ok()) throw Error(ErrorKind::permanent, fmt::format("{} ledger invariant(s) violated", r.violations.size()));
+  });
+}
+
+}  // namespace rowguard::cli
