@@ -65,3 +65,42 @@ TEST_CASE("cli: the demo runs on an SQLite file", "[unit]") {
   CHECK(json.at("lease_turns") == 20);
   CHECK(json.at("tokens_strictly_increasing") == true);
 }
+
+TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    args.insert(args.begin(), base.begin(), base.end());
+    return run_cli(args, out);
+  };
+  std::string out;
+  CHECK(cli({"account", "open", "alice"}) == 0);
+  CHECK(cli({"account", "open", "bob", "--currency", "EUR", "--min-balance", "-100"}) == 0);
+  CHECK(cli({"account", "open", "yen", "--currency", "JPY"}) == 0);
+  CHECK(cli({"account", "open", "bad", "--currency", "euro"}) == 2);
+  CHECK(cli({"deposit", "alice", "1000", "--key", "d1"}) == 0);
+  REQUIRE(cli({"transfer", "alice", "bob", "250"}, &out) == 0);
+  const auto generated = nlohmann::json::parse(out);
+  CHECK(generated.at("key").get<std::string>().rfind("cli-", 0) == 0);  // a key was made and printed
+  CHECK(cli({"transfer", "alice", "bob", "250", "--key", generated.at("key")}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("replayed") == true);
+  CHECK(cli({"transfer", "alice", "bob", "99999"}) == 4);
+  CHECK(cli({"withdraw", "alice", "99999"}) == 4);
+  CHECK(cli({"transfer", "alice", "nobody", "1"}) == 5);
+  CHECK(cli({"account", "show", "nobody"}) == 5);
+  CHECK(cli({"transfer", "alice", "bob", "251", "--key", generated.at("key")}) == 7);
+  CHECK(cli({"transfer", "alice", "yen", "1"}) == 12);
+  CHECK(cli({"transfer", "alice", "bob", "0"}) == 2);
+  CHECK(cli({"transfer", "alice", "bob", "1.5"}) == 2);
+  REQUIRE(cli({"account", "show", "alice"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("balance") == 750);
+  REQUIRE(cli({"ledger", "check"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("ok") == true);
+  CHECK(cli({"ledger", "prune-keys", "--older-than", "1h"}) == 0);
+  // Break an invariant behind the library's back: check reports it and exits 1.
+  t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance + 1 WHERE id = 'bob'", t.db().table_prefix()));
+  REQUIRE(cli({"ledger", "check"}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("balance_mismatch"));
+}

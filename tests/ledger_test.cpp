@@ -370,3 +370,62 @@ TEST_CASE("ledger: processes moving money through the CLI, one killed mid-run, c
             .one()
             .i64(0) == 0);
 }
+
+TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retried keys apply once", "[pg]") {
+  Options options;
+  options.pool_size = 4;
+  // Its own application_name, so the killer never touches the sessions of tests running beside it.
+  options.application_name = fmt::format("rowguard-kill-{}", ::getpid());
+  TestDb t(options);
+  t.db().migrate();
+  LedgerOptions lo;
+  lo.retry.attempts = 100;
+  lo.retry.deadline = std::chrono::seconds(60);
+  Ledger l(t.db(), lo);
+  for (int a = 0; a < 3; ++a) {
+    l.open(fmt::format("k{}", a), "EUR");
+    l.deposit(fmt::format("k{}", a), 10'000, fmt::format("seed{}", a));
+  }
+  auto admin = t.another(Options{});
+  std::atomic<bool> done{false};
+  std::atomic<int> kills{0};
+  std::thread killer([&] {
+    while (!done) {
+      // Terminate every session of this test's application_name except the admin's own.
+      kills += static_cast<int>(admin
+                                    ->exec("SELECT CAST(count(pg_terminate_backend(pid)) AS bigint) FROM pg_stat_activity "
+                                           "WHERE application_name = $1 AND state = 'active'",
+                                           {options.application_name})
+                                    .one()
+                                    .i64(0));
+      std::this_thread::sleep_for(std::chrono::milliseconds(7));
+    }
+  });
+  std::vector<std::thread> workers;
+  std::atomic<int> failed{0};
+  for (int w = 0; w < 3; ++w)
+    workers.emplace_back([&, w] {
+      for (int i = 0; i < 40; ++i) {
+        const std::string key = fmt::format("tk{}-{}", w, i);
+        // A caller that gets an error retries with the same key, as the docs say.
+        for (int attempt = 0; attempt < 20; ++attempt) {
+          try {
+            l.transfer(fmt::format("k{}", w), fmt::format("k{}", (w + 1) % 3), 1 + i, key);
+            break;
+          } catch (const Error& e) {
+            if (attempt == 19) ++failed;
+          }
+        }
+      }
+    });
+  for (auto& th : workers) th.join();
+  done = true;
+  killer.join();
+  WARN(fmt::format("{}: {} sessions terminated mid-run, {} transfers given up", rowguard::test::backend(), kills.load(),
+                   failed.load()));
+  const CheckReport r = l.check();
+  CHECK(r.ok());
+  CHECK(r.total_balance == 30'000);
+  const std::string tr = t.db().table_prefix() + "transfers";
+  CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {} WHERE kind = 'transfer'", tr)).one().i64(0) == 120 - failed);
+}

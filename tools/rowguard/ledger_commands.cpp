@@ -116,6 +116,14 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
          text);
     if (!r.ok()) throw Error(ErrorKind::permanent, fmt::format("{} ledger invariant(s) violated", r.violations.size()));
   });
+  static std::string older_than;
+  auto* prune = ledger->add_subcommand("prune-keys", "Forget idempotency keys older than DUR (transfers stay)");
+  prune->add_option("--older-than", older_than, "Age, e.g. 90d is not accepted: use hours, 2160h")->required();
+  prune->callback([&globals] {
+    auto db = open_database(globals);
+    const auto n = Ledger(db).prune_keys(parse_duration(older_than));
+    emit(globals, {{"pruned", n}}, fmt::format("pruned {} key(s)", n));
+  });
 }
 
 }  // namespace rowguard::cli
