@@ -63,6 +63,8 @@ struct Ledger::Impl {
   LedgerOptions options;
   std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
       record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
+  // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere).
+  std::string one_statement_transfer_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 
@@ -107,12 +109,56 @@ struct Ledger::Impl {
     update_sql = fmt::format(
         "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
         now);
+    if (d.has_notify()) one_statement_transfer_sql = one_statement_transfer(acc, tr, en);
     prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
                             tr, d.timestamp_plus_ms(now, "$1"));
     entry_sql = fmt::format(
         "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
         d.next_id(en), now);
   }
+
+  // One data-modifying statement: replay check, both rows locked in key order, a debit whose own
+  // WHERE holds the funds condition (numeric, so no overflow can raise), a credit only if the debit
+  // happened, the record of the outcome under the key, and the entries only for an ok record.
+  // (A first version decided funds from the locked CTE's values and broke the CHECK constraint
+  // under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
+  static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en) {
+    return fmt::format(
+        "WITH prior AS (SELECT id, kind, from_account, to_account, amount, outcome FROM {tr} "
+        "WHERE idempotency_key = CAST($4 AS text)), "
+        // Both rows locked in key order first (no deadlocks), and only for a new key.
+        "locked AS (SELECT id, currency, balance FROM {acc} "
+        "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id FOR UPDATE), "
+        "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
+        "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
+        "allowed AS (SELECT src.currency, "
+        "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
+        "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
+        // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
+        "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
+        "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
+        "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) >= a.min_balance RETURNING a.id), "
+        // The credit runs only if the debit happened: never money from nowhere.
+        "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
+        "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
+        "RETURNING a.id), "
+        "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
+        "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
+        "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
+        "clock_timestamp() FROM allowed al WHERE al.overflow = 0 RETURNING id, outcome), "
+        "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
+        "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
+        "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
+        "WHERE rec.outcome = 'ok' RETURNING 1) "
+        "SELECT (SELECT id FROM prior), (SELECT kind FROM prior), (SELECT from_account FROM prior), "
+        "(SELECT to_account FROM prior), (SELECT amount FROM prior), (SELECT outcome FROM prior), "
+        "(SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
+        "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
+        "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)",
+        fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en));
+  }
+
+  TransferResult transfer_in_one_statement(const Request& request);
 
   template <class F>
   void count(F&& f) {
@@ -217,7 +263,51 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   return result;
 }
 
+TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
+  auto session = backend->borrow();
+  const Row row = (*session)
+                      ->exec(one_statement_transfer_sql, {*request.from, *request.to, request.amount, request.key})
+                      .one();
+  if (!row.is_null(0)) {  // the key was seen: compare and replay, as in replay()
+    auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
+                              request.key, field, stored, asked));
+    };
+    auto show = [](const std::optional<std::string>& s) { return s ? "'" + *s + "'" : std::string("outside"); };
+    if (row.opt_text(2) != request.from) differs("from", show(row.opt_text(2)), show(request.from));
+    if (row.opt_text(3) != request.to) differs("to", show(row.opt_text(3)), show(request.to));
+    if (row.i64(4) != request.amount) differs("amount", std::to_string(row.i64(4)), std::to_string(request.amount));
+    if (row.text(1) != request.kind) differs("kind", row.text(1), request.kind);
+    count([](LedgerStats& st) { ++st.replays; });
+    TransferResult r;
+    r.transfer_id = row.i64(0);
+    r.replayed = true;
+    r.status = row.text(5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+    return r;
+  }
+  if (row.is_null(6)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+  if (row.is_null(7)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
+  if (row.text(6) != row.text(7))
+    throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
+                                                          row.text(6), *request.to, row.text(7)));
+  if (row.i64(8) != 0)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
+  TransferResult r;
+  r.transfer_id = row.i64(9);
+  r.status = row.text(10) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  if (r.ok() && row.i64(11) != 4)
+    throw Error(ErrorKind::permanent, fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(11)));
+  return r;
+}
+
 TransferResult Ledger::Impl::apply(const Request& request) {
+  if (!one_statement_transfer_sql.empty() && request.kind == "transfer") {
+    TransferResult result = retrying([&] { return transfer_in_one_statement(request); });
+    if (!result.replayed) count([&](LedgerStats& st) { ++(result.ok() ? st.transfers_ok : st.transfers_rejected); });
+    return result;
+  }
   TransferResult result = retrying([&] {
     Transaction tx(backend->borrow(), TxOptions{});
     TransferResult r = apply_in(tx, request);
