@@ -83,7 +83,7 @@ struct Ledger::Impl {
     get_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} WHERE id = $1", acc);
     list_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} ORDER BY id", acc);
     find_key_sql = fmt::format(
-        "SELECT id, kind, from_account, to_account, amount, currency, outcome FROM {} WHERE idempotency_key = $1", tr);
+        "SELECT id, kind, from_account, to_account, amount, outcome FROM {} WHERE idempotency_key = $1", tr);
     // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
     lock_one_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id = $1{}", acc, for_update);
     lock_two_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id IN ($1, $2) ORDER BY id{}",
@@ -195,10 +195,10 @@ Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nu
 Account account_of(const Row& r) { return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4)}; }
 }  // namespace
 
-std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
-  const Result found = tx.exec(find_key_sql, {request.key});
-  if (found.empty()) return std::nullopt;
-  const Row& r = found.rows[0];
+namespace {
+// The recorded request under a key (id, kind, from, to, amount, outcome) answering a new request
+// with that key: the original result, or Error(idempotency_mismatch) naming the first difference.
+TransferResult replay_of(const Row& r, const Request& request) {
   auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
     throw Error(ErrorKind::idempotency_mismatch,
                 fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
@@ -212,8 +212,15 @@ std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Reques
   TransferResult result;
   result.transfer_id = r.i64(0);
   result.replayed = true;
-  result.status = r.text(6) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  result.status = r.text(5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
   return result;
+}
+}  // namespace
+
+std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
+  const Result found = tx.exec(find_key_sql, {request.key});
+  if (found.empty()) return std::nullopt;
+  return replay_of(found.rows[0], request);
 }
 
 TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
@@ -268,23 +275,9 @@ TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
   const Row row = (*session)
                       ->exec(one_statement_transfer_sql, {*request.from, *request.to, request.amount, request.key})
                       .one();
-  if (!row.is_null(0)) {  // the key was seen: compare and replay, as in replay()
-    auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
-      throw Error(ErrorKind::idempotency_mismatch,
-                  fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
-                              request.key, field, stored, asked));
-    };
-    auto show = [](const std::optional<std::string>& s) { return s ? "'" + *s + "'" : std::string("outside"); };
-    if (row.opt_text(2) != request.from) differs("from", show(row.opt_text(2)), show(request.from));
-    if (row.opt_text(3) != request.to) differs("to", show(row.opt_text(3)), show(request.to));
-    if (row.i64(4) != request.amount) differs("amount", std::to_string(row.i64(4)), std::to_string(request.amount));
-    if (row.text(1) != request.kind) differs("kind", row.text(1), request.kind);
+  if (!row.is_null(0)) {  // the key was seen
     count([](LedgerStats& st) { ++st.replays; });
-    TransferResult r;
-    r.transfer_id = row.i64(0);
-    r.replayed = true;
-    r.status = row.text(5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    return r;
+    return replay_of(row, request);
   }
   if (row.is_null(6)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
   if (row.is_null(7)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
