@@ -227,27 +227,46 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     }
   } unregister{*impl_, key, registered};
 
+  // A failure the wait can ride out: a conflict, a lost connection (the pool reconnects), or an
+  // acquire whose reply was lost (retrying with the same owner returns the same token).
+  std::string last_failure;
+  auto survivable = [&](const Error& e) {
+    const bool ok = e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient ||
+                    e.kind() == ErrorKind::in_doubt;
+    if (ok) last_failure = e.what();
+    return ok;
+  };
   for (;;) {
     const std::uint64_t seen = impl_->generation(key);
-    if (auto lease = try_acquire(name, ttl, owner)) return std::move(*lease);
+    try {
+      if (auto lease = try_acquire(name, ttl, owner)) return std::move(*lease);
+    } catch (const Error& e) {
+      if (!survivable(e)) throw;
+    }
     const auto now = std::chrono::steady_clock::now();
     if (stop.stop_requested()) throw Error(ErrorKind::lock_busy, fmt::format("waiting for lock '{}' was cancelled", key));
     if (now >= deadline)
       throw Error(ErrorKind::lock_busy,
-                  fmt::format("lock '{}' was not acquired within {} ms", key, wait.count()));
+                  fmt::format("lock '{}' was not acquired within {} ms{}", key, wait.count(),
+                              last_failure.empty() ? "" : " (last failure: " + last_failure + ")"));
     const bool notified = impl_->ensure_listener();
     if (notified && !registered && !impl_->sql.add_waiter.empty()) {
       try {
         registered = impl_->run(impl_->sql.add_waiter, {key}).affected == 1;
       } catch (const Error& e) {
-        if (e.sqlstate() != "55P03") throw;
+        if (!survivable(e)) throw;  // 55P03 (a guard holds the row) is a conflict: just poll
       }
       if (registered) continue;  // the holder may have released before it could see us: try again
     }
     // Sleep until the holder's lease expires on the database clock (expiry notifies nobody), or a
     // release wakes us, or the poll interval passes (the only path without notifications).
     auto sleep = notified ? impl_->options.poll_interval * 4 : jittered(impl_->options.poll_interval);
-    const Result s = impl_->run(impl_->sql.state, {key});
+    Result s;
+    try {
+      s = impl_->run(impl_->sql.state, {key});
+    } catch (const Error& e) {
+      if (!survivable(e)) throw;
+    }
     if (!s.rows.empty() && !s.rows[0].is_null(2)) {
       const auto expires_in = std::chrono::milliseconds(std::max<std::int64_t>(0, s.rows[0].i64(2) - s.rows[0].i64(3)));
       sleep = std::min(sleep, expires_in + std::chrono::milliseconds(1));
