@@ -79,7 +79,7 @@ struct WakeHub {
   std::mutex mutex;
   std::condition_variable_any changed;
   std::unordered_map<std::string, std::uint64_t> generations;
-  std::uint64_t epoch = 0;  // bumped by wake_all(): every waiter re-checks
+  std::uint64_t epoch = 0;  // bumped by wake_everyone(): every waiter re-checks
 };
 WakeHub& hub() {
   static WakeHub h;
@@ -113,7 +113,6 @@ std::uint64_t Locks::Impl::generation(const std::string& name) {
 
 void Locks::Impl::wake(const std::string& name) { wake_key(wake_prefix + name); }
 
-void Locks::Impl::wake_all() { wake_everyone(); }
 
 void Locks::Impl::wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
                                   const std::stop_token& stop) {

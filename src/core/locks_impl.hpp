@@ -28,7 +28,6 @@ struct Locks::Impl {
   // In-process wake-ups: a release in this process, or a NOTIFY, bumps the name's generation.
   std::uint64_t generation(const std::string& name);
   void wake(const std::string& name);
-  void wake_all();
   // Waits until the generation of name moves past seen, or timeout. Returns early on stop.
   void wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
                        const std::stop_token& stop);
