@@ -1,5 +1,6 @@
 #pragma once
 // Umbrella header: everything a service needs from rowguard.
+#include "rowguard/cache.hpp"
 #include "rowguard/database.hpp"
 #include "rowguard/error.hpp"
 #include "rowguard/fence.hpp"

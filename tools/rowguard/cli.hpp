@@ -37,5 +37,6 @@ void add_demo_command(CLI::App& app, Globals& globals);
 // exit_status: set by commands that pass a child's exit code through (lock run).
 void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
+void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
 
 }  // namespace rowguard::cli

@@ -1,0 +1,96 @@
+#pragma once
+// rowguard::Cache: a read-through cache table in the same database as the data, so an
+// invalidation commits in the same transaction as the write that makes a value stale.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "rowguard/database.hpp"
+#include "rowguard/transaction.hpp"
+
+namespace rowguard {
+
+struct CacheOptions {
+  // Longest key. Default: 1024 bytes of UTF-8. REQUIRES: 1..4096.
+  std::size_t max_key_bytes = 1024;
+  // Largest value. Default: 1 MiB.
+  std::size_t max_value_bytes = 1 << 20;
+  // Each stored TTL is shortened by a random fraction up to this, so keys loaded together do not
+  // all expire together. Default: 0.05 (up to 5%). REQUIRES: 0 <= jitter < 1.
+  double ttl_jitter = 0.05;
+  // The cross-process loader lease: a loader that dies frees the key after this. Default: 30s.
+  std::chrono::milliseconds load_lease_ttl{30'000};
+  // How long get_or_load waits for another process's loader before Error(lock_busy). Default: 60s.
+  std::chrono::milliseconds load_wait{60'000};
+  // sweep() deletes rows expired longer ago than this (tombstones keep in-flight loads honest
+  // meanwhile). Default: 1h.
+  std::chrono::milliseconds sweep_grace{3'600'000};
+};
+
+// What a loader returns: a value, or nothing ("absent", cached only when negative_ttl is set).
+using CacheLoader = std::function<std::optional<std::string>()>;
+
+struct LoadOptions {
+  // How long a cached "absent" lives; unset: absence is not cached. Default: unset.
+  std::optional<std::chrono::milliseconds> negative_ttl;
+};
+
+// Counters kept in process since the Cache was made.
+struct CacheStats {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t loads = 0;          // loader calls in this process
+  std::uint64_t load_failures = 0;  // loader calls that threw
+  std::uint64_t waits = 0;          // calls that waited for another thread's or process's loader
+  std::uint64_t stale_skipped = 0;  // loaded values not stored: an invalidation came first
+  std::uint64_t evictions = 0;      // rows deleted by sweep()
+};
+
+// Thread-safety: safe for concurrent use. Reads never write: no hit counters or LRU updates in the table.
+//
+// Example:
+//   rowguard::Cache cache(db);
+//   auto balance = cache.get_or_load("balance:alice", 30s, [&] { return load_balance("alice"); });
+//   auto tx = db.begin();  ...write...;  cache.invalidate(tx, "balance:alice");  tx.commit();
+class Cache {
+ public:
+  explicit Cache(Database& db, CacheOptions options = {});
+  ~Cache();
+
+  // The live value, or nothing when absent, expired or cached as absent.
+  std::optional<std::string> get(std::string_view key);
+  // Stores a value for ttl (jittered). Makes any load in flight for the key stale.
+  void put(std::string_view key, std::string_view value, std::chrono::milliseconds ttl);
+  void put(Transaction& tx, std::string_view key, std::string_view value, std::chrono::milliseconds ttl);
+  // Drops the key; inside tx it takes effect when tx commits, and not at all if it rolls back.
+  void invalidate(std::string_view key);
+  void invalidate(Transaction& tx, std::string_view key);
+  // Drops every key that starts with prefix; returns how many rows it touched.
+  std::int64_t invalidate_prefix(std::string_view prefix);
+
+  // A hit returns the stored value. On a miss exactly one loader runs per key at a time, across
+  // threads (single flight) and processes (a lease on the key); the others wait and get its value.
+  // A loader that throws stores nothing: waiters in this process get its exception, other
+  // processes take their own turn. The result is stored only if no invalidation or put happened
+  // since the load began, so a slow loader never writes back a stale value.
+  std::optional<std::string> get_or_load(std::string_view key, std::chrono::milliseconds ttl, const CacheLoader& loader,
+                                         LoadOptions options = {});
+
+  // Deletes rows expired longer than sweep_grace ago, oldest first, at most batch rows per
+  // statement until none is left; returns how many.
+  std::int64_t sweep(std::int64_t batch = 1000);
+
+  CacheStats stats() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rowguard

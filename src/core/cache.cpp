@@ -1,0 +1,289 @@
+#include "rowguard/cache.hpp"
+
+#include <future>
+#include <mutex>
+#include <random>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "backend/sql_text.hpp"
+#include "rowguard/locks.hpp"
+
+namespace rowguard {
+
+namespace {
+// A cached row as read: nothing when there is no row.
+struct Entry {
+  std::optional<std::string> value;  // nullopt with live = a cached "absent"
+  bool live = false;
+  std::int64_t generation = 0;
+};
+
+std::size_t code_points(std::string_view utf8) {
+  std::size_t n = 0;
+  for (const char c : utf8) n += (static_cast<unsigned char>(c) & 0xc0) != 0x80;
+  return n;
+}
+
+// The lease guarding one key's loader. Lock names stop at 255 bytes: long keys use a hash, and a
+// collision only makes two keys share a loader lease (serialised loads), never a wrong value.
+std::string lease_name(std::string_view key) {
+  if (key.size() <= 200) return fmt::format("cache:{}", key);
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+  for (const char c : key) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  return fmt::format("cache:{}#{:016x}", key.substr(0, 160), h);
+}
+}  // namespace
+
+struct Cache::Impl {
+  std::shared_ptr<detail::Backend> backend;
+  CacheOptions options;
+  Locks locks;
+  std::string read_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql;
+
+  std::mutex mutex;  // guards flights and stats
+  std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
+  CacheStats stats;
+
+  Impl(Database& db, CacheOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db) {
+    if (options.max_key_bytes < 1 || options.max_key_bytes > 4096)
+      throw Error(ErrorKind::invalid_argument, "CacheOptions::max_key_bytes must be 1 to 4096");
+    if (!(options.ttl_jitter >= 0.0 && options.ttl_jitter < 1.0))
+      throw Error(ErrorKind::invalid_argument, "CacheOptions::ttl_jitter must be in [0, 1)");
+    if (options.load_lease_ttl.count() <= 0 || options.load_wait.count() < 0 || options.sweep_grace.count() < 0)
+      throw Error(ErrorKind::invalid_argument, "CacheOptions durations must not be negative (lease ttl positive)");
+    const auto& d = backend->dialect();
+    const std::string t = backend->table("cache");
+    const std::string now = d.now_timestamp();
+    const std::string epoch = d.ms_to_timestamp("0");
+    read_sql = fmt::format(
+        "SELECT {}, CASE WHEN expires_at > {} THEN 1 ELSE 0 END, generation FROM {} WHERE key = $1",
+        d.blob_column("value"), now, t);
+    // A put, like an invalidation, bumps the generation: any load in flight is now stale.
+    put_sql = fmt::format(
+        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
+        "VALUES ($1, {v}, {exp}, 1, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = excluded.size_bytes, "
+        "updated_at = excluded.updated_at",
+        fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
+        fmt::arg("now", now));
+    // A loader's write-back: only while the generation is still the one seen when the load began.
+    store_sql = fmt::format(
+        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
+        "VALUES ($1, {v}, {exp}, $5, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, updated_at = excluded.updated_at "
+        "WHERE c.generation = $5 RETURNING generation",
+        fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
+        fmt::arg("now", now));
+    // Invalidation leaves an expired tombstone with a higher generation, even for a key never
+    // cached, so a load that began before it cannot store afterwards.
+    invalidate_sql = fmt::format(
+        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
+        "VALUES ($1, NULL, {epoch}, 1, 0, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = NULL, "
+        "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = 0, "
+        "updated_at = excluded.updated_at",
+        fmt::arg("t", t), fmt::arg("epoch", epoch), fmt::arg("now", now));
+    invalidate_prefix_sql = fmt::format(
+        "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
+        "WHERE substr(key, 1, $2) = $1",
+        t, epoch, now);
+    // Expired rows by the expires_at index, in bounded batches that never hold long locks.
+    sweep_sql = fmt::format(
+        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} ORDER BY expires_at LIMIT $2)", t,
+        d.timestamp_plus_ms(now, "$1"));
+  }
+
+  void check_key(std::string_view key) const {
+    if (key.empty() || key.size() > options.max_key_bytes || !detail::is_utf8(key))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("cache key must be 1 to {} bytes of UTF-8", options.max_key_bytes));
+  }
+  void check_value(std::string_view value) const {
+    if (value.size() > options.max_value_bytes)
+      throw Error(ErrorKind::invalid_argument, fmt::format("cache value is {} bytes; the maximum is {}", value.size(),
+                                                           options.max_value_bytes));
+  }
+  static void check_ttl(std::chrono::milliseconds ttl) {
+    if (ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("cache ttl must be positive, got {} ms", ttl.count()));
+  }
+  std::int64_t jittered(std::chrono::milliseconds ttl) const {
+    if (options.ttl_jitter == 0.0) return ttl.count();
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const auto cut = static_cast<std::int64_t>(static_cast<double>(ttl.count()) * options.ttl_jitter *
+                                               std::uniform_real_distribution<double>(0.0, 1.0)(rng));
+    return std::max<std::int64_t>(1, ttl.count() - cut);
+  }
+
+  template <class F>
+  void count(F&& f) {
+    std::lock_guard lock(mutex);
+    f(stats);
+  }
+
+  std::optional<Entry> read(std::string_view key) {
+    auto session = backend->borrow();
+    const Result r = (*session)->exec(read_sql, {std::string(key)});
+    if (r.empty()) return std::nullopt;
+    const Row& row = r.rows[0];
+    Entry e;
+    if (!row.is_null(0)) e.value = row.bytes(0);
+    e.live = row.i64(1) != 0;
+    e.generation = row.i64(2);
+    return e;
+  }
+
+  std::optional<std::string> load(const std::string& key, std::chrono::milliseconds ttl, const CacheLoader& loader,
+                                  const LoadOptions& load_options);
+};
+
+std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono::milliseconds ttl,
+                                             const CacheLoader& loader, const LoadOptions& load_options) {
+  // One loader per key across processes: the lease. Whoever waited for it looks again first.
+  std::optional<Lease> lease = locks.try_acquire(lease_name(key), options.load_lease_ttl);
+  if (!lease) {
+    count([](CacheStats& s) { ++s.waits; });
+    lease = locks.acquire(lease_name(key), options.load_lease_ttl, options.load_wait);
+  }
+  const auto seen = read(key);
+  if (seen && seen->live) {
+    count([](CacheStats& s) { ++s.hits; });
+    return seen->value;
+  }
+  const std::int64_t generation = seen ? seen->generation : 0;
+  count([](CacheStats& s) { ++s.loads; });
+  std::optional<std::string> value;
+  try {
+    value = loader();
+  } catch (...) {
+    count([](CacheStats& s) { ++s.load_failures; });
+    throw;  // the lease is released on the way out: other processes take their own turn
+  }
+  if (value) check_value(*value);
+  if (value || load_options.negative_ttl) {
+    const auto keep = value ? ttl : *load_options.negative_ttl;
+    auto session = backend->borrow();
+    const Result stored = (*session)->exec(
+        store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), static_cast<std::int64_t>(value ? value->size() : 0),
+                    jittered(keep), generation});
+    if (stored.empty()) count([](CacheStats& s) { ++s.stale_skipped; });
+  }
+  lease->release();
+  return value;
+}
+
+Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {}
+Cache::~Cache() = default;
+
+std::optional<std::string> Cache::get(std::string_view key) {
+  impl_->check_key(key);
+  const auto e = impl_->read(key);
+  const bool hit = e && e->live;
+  impl_->count([&](CacheStats& s) { ++(hit ? s.hits : s.misses); });
+  return hit ? e->value : std::nullopt;
+}
+
+void Cache::put(std::string_view key, std::string_view value, std::chrono::milliseconds ttl) {
+  impl_->check_key(key);
+  impl_->check_value(value);
+  Impl::check_ttl(ttl);
+  auto session = impl_->backend->borrow();
+  (*session)->exec(impl_->put_sql, {std::string(key), Blob{std::string(value)},
+                                    static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
+}
+
+void Cache::put(Transaction& tx, std::string_view key, std::string_view value, std::chrono::milliseconds ttl) {
+  impl_->check_key(key);
+  impl_->check_value(value);
+  Impl::check_ttl(ttl);
+  tx.exec(impl_->put_sql,
+          {std::string(key), Blob{std::string(value)}, static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
+}
+
+void Cache::invalidate(std::string_view key) {
+  impl_->check_key(key);
+  auto session = impl_->backend->borrow();
+  (*session)->exec(impl_->invalidate_sql, {std::string(key)});
+}
+
+void Cache::invalidate(Transaction& tx, std::string_view key) {
+  impl_->check_key(key);
+  tx.exec(impl_->invalidate_sql, {std::string(key)});
+}
+
+std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
+  impl_->check_key(prefix);
+  auto session = impl_->backend->borrow();
+  return (*session)
+      ->exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
+      .affected;
+}
+
+std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono::milliseconds ttl,
+                                              const CacheLoader& loader, LoadOptions options) {
+  impl_->check_key(key);
+  Impl::check_ttl(ttl);
+  if (options.negative_ttl) Impl::check_ttl(*options.negative_ttl);
+  if (!loader) throw Error(ErrorKind::invalid_argument, "get_or_load needs a loader");
+  if (const auto e = impl_->read(key); e && e->live) {
+    impl_->count([](CacheStats& s) { ++s.hits; });
+    return e->value;
+  }
+  impl_->count([](CacheStats& s) { ++s.misses; });
+  // Single flight in this process: the first caller loads, the others wait for its result.
+  const std::string k(key);
+  std::promise<std::optional<std::string>> promise;
+  std::shared_future<std::optional<std::string>> flight;
+  bool leader = false;
+  {
+    std::lock_guard lock(impl_->mutex);
+    auto it = impl_->flights.find(k);
+    if (it == impl_->flights.end()) {
+      flight = promise.get_future().share();
+      impl_->flights.emplace(k, flight);
+      leader = true;
+    } else {
+      flight = it->second;
+      ++impl_->stats.waits;
+    }
+  }
+  if (!leader) return flight.get();  // rethrows the leader's exception
+  struct Land {
+    Impl& impl;
+    const std::string& key;
+    ~Land() {
+      std::lock_guard lock(impl.mutex);
+      impl.flights.erase(key);
+    }
+  } land{*impl_, k};
+  try {
+    auto value = impl_->load(k, ttl, loader, options);
+    promise.set_value(value);
+    return value;
+  } catch (...) {
+    promise.set_exception(std::current_exception());
+    throw;
+  }
+}
+
+std::int64_t Cache::sweep(std::int64_t batch) {
+  if (batch < 1) throw Error(ErrorKind::invalid_argument, "sweep batch must be positive");
+  std::int64_t total = 0;
+  for (;;) {
+    auto session = impl_->backend->borrow();
+    const std::int64_t n =
+        (*session)->exec(impl_->sweep_sql, {static_cast<std::int64_t>(-impl_->options.sweep_grace.count()), batch}).affected;
+    total += n;
+    if (n < batch) break;
+  }
+  impl_->count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total); });
+  return total;
+}
+
+CacheStats Cache::stats() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->stats;
+}
+
+}  // namespace rowguard
