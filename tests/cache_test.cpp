@@ -247,3 +247,50 @@ TEST_CASE("cache: bad keys, values and ttls are invalid_argument and write nothi
   const std::string long_key(1024, 'k');  // the maximum is allowed; its lease name is hashed
   CHECK(cache.get_or_load(long_key, 1s, [] { return std::optional<std::string>("v"); }) == "v");
 }
+
+TEST_CASE("cache: stale-while-revalidate serves the old value while another caller refreshes", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  CacheOptions options;
+  options.ttl_jitter = 0;
+  Cache cache(t.db(), options);
+  int loads = 0;
+  auto loader = [&] { return std::optional<std::string>(fmt::format("v{}", ++loads)); };
+  LoadOptions swr;
+  swr.stale_for = 10s;
+  CHECK(cache.get_or_load("quote", 100ms, loader, swr) == "v1");
+  std::this_thread::sleep_for(200ms);  // expired, within stale_for
+  // Someone else is refreshing it (holds the key's loader lease): the stale value comes back at once.
+  Locks locks(t.db());
+  auto refresher = locks.try_acquire("cache:quote", 10s);
+  REQUIRE(refresher);
+  CHECK(cache.get_or_load("quote", 100ms, loader, swr) == "v1");
+  CHECK(loads == 1);
+  CHECK(cache.stats().stale_served == 1);
+  refresher->release();
+  // Nobody refreshing: this caller refreshes and gets the new value.
+  CHECK(cache.get_or_load("quote", 10s, loader, swr) == "v2");
+  CHECK(cache.get("quote") == "v2");
+  // Without stale_for an expired value is a plain miss.
+  cache.put("plain", "old", 50ms);
+  std::this_thread::sleep_for(100ms);
+  CHECK(cache.get_or_load("plain", 10s, [] { return std::optional<std::string>("new"); }) == "new");
+}
+
+TEST_CASE("cache: early refresh (XFetch) reloads a hot key before it expires, one caller at a time", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db());
+  int loads = 0;
+  auto loader = [&] { return std::optional<std::string>(fmt::format("v{}", ++loads)); };
+  LoadOptions xfetch;
+  xfetch.early_refresh = true;
+  xfetch.beta = 0.0;  // never early
+  CHECK(cache.get_or_load("hot", 60s, loader, xfetch) == "v1");
+  CHECK(cache.get_or_load("hot", 60s, loader, xfetch) == "v1");
+  CHECK(loads == 1);
+  xfetch.beta = 1e12;  // always early: the value is refreshed although it is live
+  CHECK(cache.get_or_load("hot", 60s, loader, xfetch) == "v2");
+  CHECK(cache.stats().early_refreshes == 1);
+  CHECK(cache.get("hot") == "v2");
+}

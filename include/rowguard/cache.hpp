@@ -38,6 +38,15 @@ using CacheLoader = std::function<std::optional<std::string>()>;
 struct LoadOptions {
   // How long a cached "absent" lives; unset: absence is not cached. Default: unset.
   std::optional<std::chrono::milliseconds> negative_ttl;
+  // Stale-while-revalidate: a value past its ttl but within stale_for is returned at once, unless
+  // this caller is the one that gets to refresh it (then it loads and returns the new value).
+  // Default: unset (an expired value is a miss).
+  std::optional<std::chrono::milliseconds> stale_for;
+  // Probabilistic early refresh (XFetch): a hit refreshes early with a probability that grows as
+  // expiry nears, scaled by how long the last load took and by beta, so hot keys are refreshed by
+  // one caller before they expire instead of by all of them at once. Default: off; beta 1.0.
+  bool early_refresh = false;
+  double beta = 1.0;
 };
 
 // Counters kept in process since the Cache was made.
@@ -49,6 +58,8 @@ struct CacheStats {
   std::uint64_t waits = 0;          // calls that waited for another thread's or process's loader
   std::uint64_t stale_skipped = 0;  // loaded values not stored: an invalidation came first
   std::uint64_t evictions = 0;      // rows deleted by sweep()
+  std::uint64_t stale_served = 0;   // expired values returned within stale_for while another caller refreshed
+  std::uint64_t early_refreshes = 0;
 };
 
 // Thread-safety: safe for concurrent use. Reads never write: no hit counters or LRU updates in the table.

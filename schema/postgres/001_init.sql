@@ -83,9 +83,11 @@ CREATE TABLE rowguard_cache (
   expires_at timestamptz NOT NULL,
   generation bigint      NOT NULL DEFAULT 0,
   size_bytes bigint      NOT NULL DEFAULT 0,
+  load_ms    bigint      NOT NULL DEFAULT 0,
   created_at timestamptz NOT NULL,
   updated_at timestamptz NOT NULL
 );
+COMMENT ON COLUMN rowguard_cache.load_ms IS 'how long the last load took; early refresh (XFetch) scales with it';
 COMMENT ON TABLE rowguard_cache IS
   'rowguard: read-through cache; generation is bumped by invalidation so stale loader write-backs are refused';
 COMMENT ON COLUMN rowguard_cache.value IS 'NULL with a live row is a cached "absent" (negative caching)';

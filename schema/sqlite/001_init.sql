@@ -79,6 +79,7 @@ CREATE TABLE rowguard_cache (
   expires_at BIGINT  NOT NULL,
   generation BIGINT  NOT NULL DEFAULT 0,
   size_bytes BIGINT  NOT NULL DEFAULT 0,
+  load_ms    BIGINT  NOT NULL DEFAULT 0,        -- how long the last load took (early refresh, XFetch)
   created_at BIGINT  NOT NULL,
   updated_at BIGINT  NOT NULL
 );

@@ -1,6 +1,8 @@
 #include "rowguard/cache.hpp"
 
+#include <cmath>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <random>
 #include <unordered_map>
@@ -19,6 +21,8 @@ struct Entry {
   std::optional<std::string> value;  // nullopt with live = a cached "absent"
   bool live = false;
   std::int64_t generation = 0;
+  std::int64_t expires_in_ms = 0;  // negative once expired
+  std::int64_t load_ms = 0;
 };
 
 std::size_t code_points(std::string_view utf8) {
@@ -59,8 +63,8 @@ struct Cache::Impl {
     const std::string now = d.now_timestamp();
     const std::string epoch = d.ms_to_timestamp("0");
     read_sql = fmt::format(
-        "SELECT {}, CASE WHEN expires_at > {} THEN 1 ELSE 0 END, generation FROM {} WHERE key = $1",
-        d.blob_column("value"), now, t);
+        "SELECT {}, CASE WHEN expires_at > {} THEN 1 ELSE 0 END, generation, {} - {}, load_ms FROM {} WHERE key = $1",
+        d.blob_column("value"), now, d.timestamp_to_ms("expires_at"), d.now_ms(), t);
     // A put, like an invalidation, bumps the generation: any load in flight is now stale.
     put_sql = fmt::format(
         "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
@@ -71,10 +75,10 @@ struct Cache::Impl {
         fmt::arg("now", now));
     // A loader's write-back: only while the generation is still the one seen when the load began.
     store_sql = fmt::format(
-        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
-        "VALUES ($1, {v}, {exp}, $5, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-        "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, updated_at = excluded.updated_at "
-        "WHERE c.generation = $5 RETURNING generation",
+        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, load_ms, created_at, updated_at) "
+        "VALUES ($1, {v}, {exp}, $5, $3, $6, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, load_ms = excluded.load_ms, "
+        "updated_at = excluded.updated_at WHERE c.generation = $5 RETURNING generation",
         fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
         fmt::arg("now", now));
     // Invalidation leaves an expired tombstone with a higher generation, even for a key never
@@ -131,11 +135,28 @@ struct Cache::Impl {
     if (!row.is_null(0)) e.value = row.bytes(0);
     e.live = row.i64(1) != 0;
     e.generation = row.i64(2);
+    e.expires_in_ms = row.i64(3);
+    e.load_ms = row.i64(4);
     return e;
   }
 
   std::optional<std::string> load(const std::string& key, std::chrono::milliseconds ttl, const CacheLoader& loader,
                                   const LoadOptions& load_options);
+  // Loads and stores under a lease this caller already holds.
+  std::optional<std::string> load_holding(Lease& lease, const std::string& key, std::int64_t generation,
+                                          std::chrono::milliseconds ttl, const CacheLoader& loader,
+                                          const LoadOptions& load_options);
+  // A refresh that must not wait: the key's lease now, or nothing (someone else is refreshing).
+  std::optional<Lease> try_lease(const std::string& key) { return locks.try_acquire(lease_name(key), options.load_lease_ttl); }
+
+  // XFetch: refresh early with probability rising as expiry nears (gap = -load_ms * beta * ln U).
+  static bool refresh_early(const Entry& e, const LoadOptions& o) {
+    if (!o.early_refresh || o.beta <= 0.0) return false;
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const double u = std::uniform_real_distribution<double>(std::numeric_limits<double>::min(), 1.0)(rng);
+    const double gap = -static_cast<double>(std::max<std::int64_t>(e.load_ms, 1)) * o.beta * std::log(u);
+    return gap >= static_cast<double>(e.expires_in_ms);
+  }
 };
 
 std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono::milliseconds ttl,
@@ -151,25 +172,32 @@ std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono
     count([](CacheStats& s) { ++s.hits; });
     return seen->value;
   }
-  const std::int64_t generation = seen ? seen->generation : 0;
+  return load_holding(*lease, key, seen ? seen->generation : 0, ttl, loader, load_options);
+}
+
+std::optional<std::string> Cache::Impl::load_holding(Lease& lease, const std::string& key, std::int64_t generation,
+                                                     std::chrono::milliseconds ttl, const CacheLoader& loader,
+                                                     const LoadOptions& load_options) {
   count([](CacheStats& s) { ++s.loads; });
   std::optional<std::string> value;
+  const auto started = std::chrono::steady_clock::now();
   try {
     value = loader();
   } catch (...) {
     count([](CacheStats& s) { ++s.load_failures; });
     throw;  // the lease is released on the way out: other processes take their own turn
   }
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   if (value) check_value(*value);
   if (value || load_options.negative_ttl) {
     const auto keep = value ? ttl : *load_options.negative_ttl;
     auto session = backend->borrow();
     const Result stored = (*session)->exec(
         store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), static_cast<std::int64_t>(value ? value->size() : 0),
-                    jittered(keep), generation});
+                    jittered(keep), generation, static_cast<std::int64_t>(took.count())});
     if (stored.empty()) count([](CacheStats& s) { ++s.stale_skipped; });
   }
-  lease->release();
+  lease.release();
   return value;
 }
 
@@ -226,8 +254,26 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   Impl::check_ttl(ttl);
   if (options.negative_ttl) Impl::check_ttl(*options.negative_ttl);
   if (!loader) throw Error(ErrorKind::invalid_argument, "get_or_load needs a loader");
-  if (const auto e = impl_->read(key); e && e->live) {
+  if (options.stale_for && options.stale_for->count() < 0)
+    throw Error(ErrorKind::invalid_argument, "stale_for must not be negative");
+  const auto e = impl_->read(key);
+  if (e && e->live) {
     impl_->count([](CacheStats& s) { ++s.hits; });
+    if (Impl::refresh_early(*e, options)) {
+      if (auto lease = impl_->try_lease(std::string(key))) {  // one caller refreshes; the rest keep hitting
+        impl_->count([](CacheStats& s) { ++s.early_refreshes; });
+        return impl_->load_holding(*lease, std::string(key), e->generation, ttl, loader, options);
+      }
+    }
+    return e->value;
+  }
+  if (e && options.stale_for && e->value && -e->expires_in_ms <= options.stale_for->count()) {
+    // Stale but within stale_for: refresh if nobody else is, else serve the old value at once.
+    if (auto lease = impl_->try_lease(std::string(key))) {
+      impl_->count([](CacheStats& s) { ++s.misses; });
+      return impl_->load_holding(*lease, std::string(key), e->generation, ttl, loader, options);
+    }
+    impl_->count([](CacheStats& s) { ++s.stale_served; });
     return e->value;
   }
   impl_->count([](CacheStats& s) { ++s.misses; });
