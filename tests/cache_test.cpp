@@ -228,6 +228,27 @@ TEST_CASE("cache: sweep deletes long-expired rows in batches", "[backend]") {
   CHECK(cache.stats().evictions == 25);
 }
 
+TEST_CASE("cache: sweep enforces row and byte bounds, oldest writes first", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  CacheOptions options;
+  options.max_rows = 10;
+  Cache cache(t.db(), options);
+  for (int i = 0; i < 30; ++i) {
+    cache.put(fmt::format("k{:02}", i), std::string(100, 'x'), 60s);
+    std::this_thread::sleep_for(2ms);  // distinct write times
+  }
+  CHECK(cache.sweep(7) == 20);
+  CHECK(cache.table_stats().rows == 10);
+  CHECK_FALSE(cache.get("k00"));  // the oldest went
+  CHECK(cache.get("k29"));
+  CacheOptions by_bytes;
+  by_bytes.max_bytes = 350;
+  Cache small(t.db(), by_bytes);
+  CHECK(small.sweep() >= 6);
+  CHECK(small.table_stats().bytes <= 350);
+}
+
 TEST_CASE("cache: bad keys, values and ttls are invalid_argument and write nothing", "[backend]") {
   TestDb t;
   t.db().migrate();

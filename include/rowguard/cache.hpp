@@ -30,6 +30,17 @@ struct CacheOptions {
   // sweep() deletes rows expired longer ago than this (tombstones keep in-flight loads honest
   // meanwhile). Default: 1h.
   std::chrono::milliseconds sweep_grace{3'600'000};
+  // Size bounds enforced by sweep(): after expired rows, the least recently written rows go until
+  // at most max_rows rows and max_bytes value bytes remain. 0 = no bound. Default: 0 and 0.
+  std::int64_t max_rows = 0;
+  std::int64_t max_bytes = 0;
+};
+
+// What the table holds, counted by Cache::table_stats() (a scan: for dashboards, not hot paths).
+struct CacheTableStats {
+  std::int64_t rows = 0;
+  std::int64_t live_rows = 0;
+  std::int64_t bytes = 0;
 };
 
 // What a loader returns: a value, or nothing ("absent", cached only when negative_ttl is set).
@@ -92,9 +103,12 @@ class Cache {
   std::optional<std::string> get_or_load(std::string_view key, std::chrono::milliseconds ttl, const CacheLoader& loader,
                                          LoadOptions options = {});
 
-  // Deletes rows expired longer than sweep_grace ago, oldest first, at most batch rows per
-  // statement until none is left; returns how many.
+  // Deletes rows expired longer than sweep_grace ago, oldest first, then (when max_rows or
+  // max_bytes is set) the least recently written rows until the table is within its bounds; at most
+  // batch rows per statement, so no statement holds locks for long. Returns how many.
   std::int64_t sweep(std::int64_t batch = 1000);
+
+  CacheTableStats table_stats();
 
   CacheStats stats() const;
 

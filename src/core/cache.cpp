@@ -45,7 +45,7 @@ struct Cache::Impl {
   std::shared_ptr<detail::Backend> backend;
   CacheOptions options;
   Locks locks;
-  std::string read_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql;
+  std::string read_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql, evict_sql, table_stats_sql;
 
   std::mutex mutex;  // guards flights and stats
   std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
@@ -97,6 +97,14 @@ struct Cache::Impl {
     sweep_sql = fmt::format(
         "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} ORDER BY expires_at LIMIT $2)", t,
         d.timestamp_plus_ms(now, "$1"));
+    evict_sql = fmt::format(
+        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} ORDER BY updated_at LIMIT $1)", t);
+    table_stats_sql = fmt::format(
+        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN expires_at > {} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(size_bytes), 0) AS bigint) FROM {}",
+        now, t);
+    if (options.max_rows < 0 || options.max_bytes < 0)
+      throw Error(ErrorKind::invalid_argument, "CacheOptions::max_rows and max_bytes must not be negative");
   }
 
   void check_key(std::string_view key) const {
@@ -323,8 +331,31 @@ std::int64_t Cache::sweep(std::int64_t batch) {
     total += n;
     if (n < batch) break;
   }
+  // Then the size bounds, least recently written first, a batch at a time.
+  const auto& o = impl_->options;
+  while (o.max_rows > 0 || o.max_bytes > 0) {
+    const CacheTableStats now = table_stats();
+    std::int64_t excess = 0;
+    if (o.max_rows > 0 && now.rows > o.max_rows) excess = now.rows - o.max_rows;
+    if (o.max_bytes > 0 && now.bytes > o.max_bytes && now.rows > 0) {
+      // Rows to drop for the bytes, assuming average-sized rows; the loop re-measures.
+      const std::int64_t average = std::max<std::int64_t>(1, now.bytes / now.rows);
+      excess = std::max(excess, (now.bytes - o.max_bytes + average - 1) / average);
+    }
+    if (excess <= 0) break;
+    auto session = impl_->backend->borrow();
+    const std::int64_t n = (*session)->exec(impl_->evict_sql, {std::min(excess, batch)}).affected;
+    total += n;
+    if (n == 0) break;
+  }
   impl_->count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total); });
   return total;
+}
+
+CacheTableStats Cache::table_stats() {
+  auto session = impl_->backend->borrow();
+  const Row r = (*session)->exec(impl_->table_stats_sql, {}).one();
+  return CacheTableStats{r.i64(0), r.i64(1), r.i64(2)};
 }
 
 CacheStats Cache::stats() const {

@@ -108,6 +108,14 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
     }
   });
 
+  auto* stats = cache->add_subcommand("stats", "Rows, live rows and value bytes in the cache table");
+  stats->callback([&globals] {
+    auto db = open_database(globals);
+    const auto s = Cache(db).table_stats();
+    emit(globals, {{"rows", s.rows}, {"live_rows", s.live_rows}, {"bytes", s.bytes}},
+         fmt::format("{} rows ({} live), {} value bytes", s.rows, s.live_rows, s.bytes));
+  });
+
   auto* sweep = cache->add_subcommand("sweep", "Delete long-expired rows in bounded batches");
   sweep->add_option("--batch", batch, "Rows per statement (default 1000)");
   sweep->callback([&globals] {
