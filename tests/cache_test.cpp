@@ -13,23 +13,8 @@
 
 using namespace rowguard;
 using namespace std::chrono_literals;
+using rowguard::test::kind_of;
 using rowguard::test::TestDb;
-
-namespace {
-ErrorKind kind_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.kind();
-  }
-  FAIL("no rowguard::Error was thrown");
-  return ErrorKind::permanent;
-}
-
-std::int64_t cache_rows(Database& db) {
-  return db.exec(fmt::format("SELECT count(*) FROM {}cache", db.table_prefix())).one().i64(0);
-}
-}  // namespace
 
 TEST_CASE("cache: put, get, expiry, binary values and invalidation", "[backend]") {
   TestDb t;
@@ -223,7 +208,7 @@ TEST_CASE("cache: sweep deletes long-expired rows in batches", "[backend]") {
   cache.put("fresh", "y", 60s);
   std::this_thread::sleep_for(150ms);
   CHECK(cache.sweep(10) == 25);
-  CHECK(cache_rows(t.db()) == 1);
+  CHECK(rowguard::test::rows_in(t.db(), "cache") == 1);
   CHECK(cache.get("fresh") == "y");
   CHECK(cache.stats().evictions == 25);
 }
@@ -264,7 +249,7 @@ TEST_CASE("cache: bad keys, values and ttls are invalid_argument and write nothi
         ErrorKind::invalid_argument);
   CHECK(kind_of([&] { cache.get_or_load("k", 1s, [] { return std::optional<std::string>(std::string(17, 'v')); }); }) ==
         ErrorKind::invalid_argument);
-  CHECK(cache_rows(t.db()) == 0);
+  CHECK(rowguard::test::rows_in(t.db(), "cache") == 0);
   const std::string long_key(1024, 'k');  // the maximum is allowed; its lease name is hashed
   CHECK(cache.get_or_load(long_key, 1s, [] { return std::optional<std::string>("v"); }) == "v");
 }

@@ -14,24 +14,11 @@
 #include "support.hpp"
 
 using namespace rowguard;
+using rowguard::test::kind_of;
+using rowguard::test::rows_in;
 using rowguard::test::TestDb;
 
 namespace {
-ErrorKind kind_of(const std::function<void()>& f, std::string* message = nullptr) {
-  try {
-    f();
-  } catch (const Error& e) {
-    if (message) *message = e.what();
-    return e.kind();
-  }
-  FAIL("no rowguard::Error was thrown");
-  return ErrorKind::permanent;
-}
-
-std::int64_t rows_in(Database& db, const char* table) {
-  return db.exec(fmt::format("SELECT count(*) FROM {}{}", db.table_prefix(), table)).one().i64(0);
-}
-
 struct Bank {
   TestDb t;
   Ledger ledger;

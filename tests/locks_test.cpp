@@ -17,23 +17,8 @@
 
 using namespace rowguard;
 using namespace std::chrono_literals;
+using rowguard::test::kind_of;
 using rowguard::test::TestDb;
-
-namespace {
-std::int64_t lock_rows(Database& db) {
-  return db.exec(fmt::format("SELECT count(*) FROM {}locks", db.table_prefix())).one().i64(0);
-}
-
-ErrorKind kind_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.kind();
-  }
-  FAIL("no rowguard::Error was thrown");
-  return ErrorKind::permanent;
-}
-}  // namespace
 
 TEST_CASE("locks: one holder at a time; another owner gets nothing; tokens grow on release", "[backend]") {
   TestDb t;
@@ -354,7 +339,7 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
   CHECK(kind_of([&] { locks.acquire("ok", 10s, -1ms); }) == ErrorKind::invalid_argument);
   CHECK(kind_of([&] { locks.force_release("ok", ""); }) == ErrorKind::invalid_argument);
   CHECK(kind_of([&] { locks.force_release("never-existed", "why"); }) == ErrorKind::not_found);
-  CHECK(lock_rows(t.db()) == 0);
+  CHECK(rowguard::test::rows_in(t.db(), "locks") == 0);
   CHECK(locks.try_acquire(std::string(255, 'x'), 10s));  // the maximum is allowed
   CHECK(locks.try_acquire("zürich-€", 10s));
 }

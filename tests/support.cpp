@@ -100,6 +100,21 @@ std::shared_ptr<Database> TestDb::another(Options options) {
 
 std::string TestDb::blob_type() const { return is_postgres() ? "bytea" : "BLOB"; }
 
+std::int64_t rows_in(Database& db, const char* table) {
+  return db.exec(fmt::format("SELECT count(*) FROM {}{}", db.table_prefix(), table)).one().i64(0);
+}
+
+ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (message) *message = e.what();
+    return e.kind();
+  }
+  FAIL("no rowguard::Error was thrown");
+  return ErrorKind::permanent;
+}
+
 int run_cli(const std::vector<std::string>& args, std::string* out) {
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {

@@ -2,6 +2,7 @@
 // Test support: the backend under test, fresh isolated databases, and running the CLI.
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,6 +46,13 @@ class TestDb {
   Options options_;
   std::shared_ptr<Database> primary_;
 };
+
+// The kind of the rowguard::Error f throws (its message into *message); fails the test when f
+// throws nothing.
+ErrorKind kind_of(const std::function<void()>& f, std::string* message = nullptr);
+
+// Rows in one of rowguard's tables ("locks", "cache", ...) under db's prefix.
+std::int64_t rows_in(Database& db, const char* table);
 
 // Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout.
 int run_cli(const std::vector<std::string>& args, std::string* out = nullptr);
