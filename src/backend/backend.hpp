@@ -41,6 +41,12 @@ class Dialect {
   // Appended to a SELECT that must hold the rows it read until commit against updates by others
   // (" FOR SHARE" on PostgreSQL; "" on SQLite, where a write transaction already excludes writers).
   virtual std::string share_lock() const { return {}; }
+  // Appended to a SELECT that locks the rows it reads for update (" FOR UPDATE" on PostgreSQL;
+  // "" on SQLite). Empty means the engine has no row locks (and so no NOWAIT).
+  virtual std::string for_update() const { return {}; }
+  // Whether INSERT/UPDATE/DELETE may stand in a WITH clause (PostgreSQL), so a multi-step write
+  // can be one statement and one round trip.
+  virtual bool has_writable_ctes() const noexcept { return false; }
   // The value for a new row's id in an INSERT ... VALUES list: DEFAULT (bigserial) on PostgreSQL,
   // MAX(id) + 1 on SQLite, where every write transaction holds the database's write lock.
   virtual std::string next_id(std::string_view table) const = 0;

@@ -75,7 +75,7 @@ struct Ledger::Impl {
     const std::string tr = backend->table("transfers");
     const std::string en = backend->table("entries");
     const std::string now = d.now_timestamp();
-    const std::string for_update = d.has_notify() ? " FOR UPDATE" : "";  // PostgreSQL row locks; SQLite has the write lock
+    const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
     open_sql = fmt::format(
         "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
         "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
@@ -109,7 +109,7 @@ struct Ledger::Impl {
     update_sql = fmt::format(
         "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
         now);
-    if (d.has_notify()) one_statement_transfer_sql = one_statement_transfer(acc, tr, en);
+    if (d.has_writable_ctes()) one_statement_transfer_sql = one_statement_transfer(acc, tr, en);
     prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
                             tr, d.timestamp_plus_ms(now, "$1"));
     entry_sql = fmt::format(

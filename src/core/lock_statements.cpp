@@ -9,14 +9,16 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   const std::string now_ms = d.now_ms();
   const std::string live = fmt::format("l.expires_at IS NOT NULL AND l.expires_at > {}", now);
   const std::string same_live = fmt::format("(l.owner = excluded.owner AND {})", live);
-  const bool pg = d.has_notify();
+  // The NOWAIT probe needs row locks; the notifying release and the waiter count need NOTIFY.
+  const bool row_locks = !d.for_update().empty();
+  const bool notify = d.has_notify();
 
   // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
   // back. The token grows on every new lease and stays for the same owner's live lease, so a
   // retried acquire gets its own token back. On PostgreSQL the probe locks the row NOWAIT first:
   // a row held by another transaction's guard (FOR SHARE) fails fast with 55P03 instead of blocking.
   const std::string values =
-      pg ? fmt::format("SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
+      row_locks ? fmt::format("SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
                        "LEFT JOIN probe ON true WHERE true",
                        now, d.timestamp_plus_ms(now, "$3"))
          : fmt::format("VALUES ($1, $2, 1, {0}, {1}, NULL, 0, 0, NULL)", now, d.timestamp_plus_ms(now, "$3"));
@@ -30,7 +32,8 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
       "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
       "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
       "RETURNING token, {expires}, {now_ms}",
-      fmt::arg("probe", pg ? fmt::format("WITH probe AS (SELECT name FROM {} WHERE name = $1 FOR UPDATE NOWAIT) ", t)
+      fmt::arg("probe", row_locks ? fmt::format("WITH probe AS (SELECT name FROM {} WHERE name = $1{} NOWAIT) ", t,
+                                                d.for_update())
                            : std::string()),
       fmt::arg("t", t), fmt::arg("values", values), fmt::arg("same_live", same_live), fmt::arg("now", now),
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
@@ -42,7 +45,7 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   const std::string release_update =
       fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING name, waiters", t, now, mine);
   // NOTIFY only when someone waits: it takes a cluster-wide lock at commit.
-  release = pg ? fmt::format("WITH r AS ({}), n AS (SELECT pg_notify('{}', name) FROM r WHERE waiters > 0) "
+  release = notify ? fmt::format("WITH r AS ({}), n AS (SELECT pg_notify('{}', name) FROM r WHERE waiters > 0) "
                              "SELECT CAST(waiters AS bigint), (SELECT count(*) FROM n) FROM r",
                              release_update, channel)
                : fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING waiters, 0", t, now,
@@ -52,7 +55,7 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
                       d.timestamp_to_ms("expires_at"), now_ms, t);
   guard = fmt::format("SELECT token FROM {} WHERE {}{}", t, mine, d.share_lock());
 
-  if (pg) {
+  if (notify) {
     // NOWAIT: a waiter that cannot register (the row is held by a guard) just polls.
     add_waiter = fmt::format(
         "WITH probe AS (SELECT name FROM {0} WHERE name = $1 FOR UPDATE NOWAIT) "

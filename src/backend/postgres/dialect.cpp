@@ -31,6 +31,8 @@ class PostgresDialect final : public Dialect {
     return fmt::format("({} + CAST({} AS bigint) * INTERVAL '1 millisecond')", ts_expr, ms_param);
   }
   std::string share_lock() const override { return " FOR SHARE"; }
+  std::string for_update() const override { return " FOR UPDATE"; }
+  bool has_writable_ctes() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
   std::string next_id(std::string_view) const override { return "DEFAULT"; }
   std::string table_exists() const override {
