@@ -1,5 +1,9 @@
 // The read-through cache: hits, misses, one loader per key across threads and processes,
 // stale write-backs refused, transactional invalidation.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <fstream>
 #include <future>
@@ -8,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "support.hpp"
 
@@ -132,6 +137,38 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.get_or_load("orphan", 30s, [] { return std::optional<std::string>("loaded"); }) == "loaded");
   CHECK(std::chrono::steady_clock::now() - start >= 400ms);
   CHECK(cache.stats().waits == 1);
+}
+
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl; the next caller loads", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  // `cache fetch` with a loader that never finishes, holding a 1s loader lease.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string prefix = t.db().table_prefix();
+    ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "cache", "fetch",
+            "killed-key", "--lease", "1s", "--", "sleep", "30", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  Locks probe(t.db());
+  bool loading = false;
+  for (int i = 0; i < 250 && !loading; ++i) {
+    for (const auto& l : probe.list()) loading = loading || (l.name == "cache:killed-key" && l.held);
+    if (!loading) std::this_thread::sleep_for(20ms);
+  }
+  REQUIRE(loading);
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  Cache cache(t.db());
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(cache.get_or_load("killed-key", 30s, [] { return std::optional<std::string>("loaded here"); }) ==
+        "loaded here");
+  CHECK(std::chrono::steady_clock::now() - start < 10s);  // released within the lease ttl, not load_wait
+  CHECK(cache.stats().loads == 1);
+  CHECK(cache.get("killed-key") == "loaded here");
 }
 
 TEST_CASE("cache: a slow loader never writes back a value an invalidation made stale", "[backend]") {
@@ -299,4 +336,245 @@ TEST_CASE("cache: early refresh (XFetch) reloads a hot key before it expires, on
   CHECK(cache.get_or_load("hot", 60s, loader, xfetch) == "v2");
   CHECK(cache.stats().early_refreshes == 1);
   CHECK(cache.get("hot") == "v2");
+}
+
+namespace {
+CacheOptions with_local_tier(std::chrono::milliseconds ttl) {
+  CacheOptions o;
+  o.local_max_bytes = 1 << 20;
+  o.local_ttl = ttl;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("cache: the in-process tier drops a key when this process's invalidation commits, not before or on rollback",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(60s));
+  cache.put("k", "v1", 60s);
+  CHECK(cache.get("k") == "v1");  // read from the table, kept in process
+  CHECK(cache.get("k") == "v1");
+  CHECK(cache.stats().local_hits == 1);
+  // Another process's write reaches this tier only when its copy expires: the documented bound.
+  auto elsewhere_db = t.another();
+  Cache elsewhere(*elsewhere_db);
+  elsewhere.put("k", "v2", 60s);
+  CHECK(cache.get("k") == "v1");
+  {
+    auto tx = t.db().begin();
+    cache.invalidate(tx, "k");
+    CHECK(cache.get("k") == "v1");  // not before the commit
+    tx.rollback();
+  }
+  CHECK(cache.get("k") == "v1");  // nor after a rollback
+  {
+    auto tx = t.db().begin();
+    cache.put(tx, "other", "x", 60s);
+    cache.invalidate(tx, "k");
+    tx.commit();
+  }
+  CHECK_FALSE(cache.get("k"));  // dropped at commit, and the table has the tombstone
+  CHECK(cache.get("other") == "x");
+}
+
+TEST_CASE("cache: the in-process tier keeps a copy for at most local_ttl", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(300ms));
+  cache.put("k", "v1", 60s);
+  CHECK(cache.get("k") == "v1");
+  auto elsewhere_db = t.another();
+  Cache(*elsewhere_db).put("k", "v2", 60s);
+  CHECK(cache.get("k") == "v1");
+  std::this_thread::sleep_for(400ms);
+  CHECK(cache.get("k") == "v2");
+  // Nor past the value's own expiry in the table.
+  Cache longer(t.db(), with_local_tier(60s));
+  longer.put("brief", "b", 200ms);
+  CHECK(longer.get("brief") == "b");
+  std::this_thread::sleep_for(300ms);
+  CHECK_FALSE(longer.get("brief"));
+}
+
+TEST_CASE("cache: once this process's write has committed, no reader gets an older value from the in-process tier",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(60s));  // a stale copy would outlive the test
+  cache.put("counter", "0", 60s);
+  std::atomic<int> completed{0};  // the last write whose put (or commit) has returned
+  std::atomic<bool> stop{false};
+  std::atomic<int> stale{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 4; ++r)
+    readers.emplace_back([&] {
+      while (!stop) {
+        const int floor = completed;
+        const auto v = cache.get("counter");
+        if (!v || std::stoi(*v) < floor) ++stale;
+      }
+    });
+  constexpr int writes = 150;
+  for (int i = 1; i <= writes; ++i) {
+    if (i % 2) {
+      cache.put("counter", std::to_string(i), 60s);
+    } else {
+      auto tx = t.db().begin();
+      cache.put(tx, "counter", std::to_string(i), 60s);
+      tx.commit();
+    }
+    completed = i;
+  }
+  stop = true;
+  for (auto& r : readers) r.join();
+  CHECK(stale == 0);
+  CHECK(cache.get("counter") == std::to_string(writes));
+  CHECK(cache.stats().local_hits > 0);
+}
+
+TEST_CASE("cache: a load overtaken by this process's invalidation is kept neither in the table nor in process",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(60s));
+  for (const LoadScope scope : {LoadScope::all_processes, LoadScope::this_process}) {
+    LoadOptions o;
+    o.scope = scope;
+    const auto v = cache.get_or_load(
+        "balance",
+        30s,
+        [&] {
+          cache.invalidate("balance");  // a transfer commits while the old balance is being loaded
+          return std::optional<std::string>("old");
+        },
+        o);
+    CHECK(v == "old");
+    CHECK_FALSE(cache.get("balance"));
+  }
+  CHECK(cache.stats().stale_skipped == 2);
+}
+
+TEST_CASE("cache: the in-process tier stays within its byte bound, least recently used out first", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  CacheOptions o = with_local_tier(60s);
+  o.local_max_bytes = 4096;
+  Cache cache(t.db(), o);
+  for (int i = 0; i < 40; ++i) {
+    cache.put(fmt::format("k{}", i), std::string(200, 'x'), 60s);
+    CHECK(cache.get(fmt::format("k{}", i)));
+    CHECK(cache.get("k0"));  // k0 stays recently used
+  }
+  const auto s = cache.stats();
+  CHECK(s.local_bytes <= 4096);
+  CHECK(s.local_evictions > 0);
+  const auto before = cache.stats().local_hits;
+  CHECK(cache.get("k0"));
+  CHECK(cache.stats().local_hits == before + 1);
+}
+
+TEST_CASE("cache: this_process scope runs one loader per process without a lease", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db());
+  std::atomic<int> loads{0};
+  LoadOptions o;
+  o.scope = LoadScope::this_process;
+  std::vector<std::future<std::optional<std::string>>> callers;
+  for (int i = 0; i < 8; ++i)
+    callers.push_back(std::async(std::launch::async, [&] {
+      return cache.get_or_load("cheap", 30s, [&] {
+        ++loads;
+        std::this_thread::sleep_for(100ms);
+        return std::optional<std::string>("v");
+      }, o);
+    }));
+  for (auto& c : callers) CHECK(c.get() == "v");
+  CHECK(loads == 1);
+  CHECK(rowguard::test::rows_in(t.db(), "locks") == 0);  // no loader lease was taken
+}
+
+TEST_CASE("cache: sweep_every sweeps on a background thread", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  CacheOptions o;
+  o.sweep_grace = 0ms;
+  o.sweep_every = 50ms;
+  Cache cache(t.db(), o);
+  for (int i = 0; i < 20; ++i) cache.put(fmt::format("brief-{}", i), "x", 10ms);
+  cache.put("kept", "y", 60s);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (rowguard::test::rows_in(t.db(), "cache") > 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  CHECK(rowguard::test::rows_in(t.db(), "cache") == 1);
+  CHECK(cache.stats().evictions == 20);
+  CHECK(cache.get("kept") == "y");
+}
+
+TEST_CASE("cache: the ledger reads accounts through the cache; a committed transfer drops them, a rolled-back one leaves them",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(60s));
+  LedgerOptions lo;
+  lo.cache = &cache;
+  lo.cache_ttl = 60s;
+  Ledger ledger(t.db(), lo);
+  ledger.open("alice", "EUR");
+  ledger.open("bob", "EUR");
+  ledger.deposit("alice", 1'000, "d1");
+  CHECK(ledger.get("alice").balance == 1'000);
+  CHECK(ledger.get("bob").balance == 0);
+  CHECK(cache.get("ledger:account:alice"));  // cached
+  const auto loads = cache.stats().loads;
+  CHECK(ledger.get("alice").balance == 1'000);
+  CHECK(cache.stats().loads == loads);  // answered from the cache
+  // A committed transfer (the one-statement transfer on PostgreSQL) drops both cached accounts.
+  REQUIRE(ledger.transfer("alice", "bob", 300, "t1").ok());
+  CHECK_FALSE(cache.get("ledger:account:alice"));
+  CHECK_FALSE(cache.get("ledger:account:bob"));
+  CHECK(ledger.get("alice").balance == 700);
+  CHECK(ledger.get("bob").balance == 300);
+  // A rejected transfer changes nothing and keeps the cached copies.
+  CHECK(ledger.transfer("alice", "bob", 5'000, "t2").status == TransferStatus::insufficient_funds);
+  CHECK(cache.get("ledger:account:alice"));
+  // A batch whose chain fails rolls back its first transfer, and with it that transfer's invalidation.
+  const auto results = ledger.transfer_batch({{"alice", "bob", 100, "b1", true}, {"bob", "nobody", 1, "b2"}});
+  CHECK(results[1].error == ErrorKind::not_found);
+  CHECK(cache.get("ledger:account:alice"));
+  CHECK(ledger.get("alice").balance == 700);
+  // Deposits, reversals and min_balance updates drop them too.
+  ledger.deposit("alice", 50, "d2");
+  CHECK(ledger.get("alice").balance == 750);
+  ledger.reverse("t1", 100, "r1");
+  CHECK(ledger.get("alice").balance == 850);
+  CHECK(ledger.get("bob").balance == 200);
+  ledger.update("bob", [](Account& a) { a.min_balance = -10; });
+  CHECK(ledger.get("bob").min_balance == -10);
+  CHECK(kind_of([&] { ledger.get("nobody"); }) == ErrorKind::not_found);
+  CHECK(ledger.check().ok());
+}
+
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db());  // no in-process tier: another process's change must be seen at once
+  LedgerOptions lo;
+  lo.cache = &cache;
+  lo.cache_ttl = 60s;
+  Ledger ledger(t.db(), lo);
+  ledger.open("alice", "EUR");
+  ledger.open("bob", "EUR");
+  ledger.deposit("alice", 1'000, "d1");
+  CHECK(ledger.get("alice").balance == 1'000);
+  const std::string prefix = t.db().table_prefix();
+  CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", prefix, "transfer", "alice", "bob", "400"}) == 0);
+  CHECK(ledger.get("alice").balance == 600);
+  std::string out;
+  CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", prefix, "--json", "account", "show", "bob"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out)["balance"] == 400);
+  CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", prefix, "deposit", "bob", "1"}) == 0);
+  CHECK(ledger.get("bob").balance == 401);
 }

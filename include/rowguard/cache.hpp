@@ -34,6 +34,17 @@ struct CacheOptions {
   // at most max_rows rows and max_bytes value bytes remain. 0 = no bound. Default: 0 and 0.
   std::int64_t max_rows = 0;
   std::int64_t max_bytes = 0;
+  // When positive, sweep() runs on a background thread this often (failures are counted in
+  // CacheStats::sweep_failures and tried again next time). Default: 0 (never; call sweep() yourself).
+  std::chrono::milliseconds sweep_every{0};
+  // The in-process tier: a bounded LRU in front of the table holding up to this many bytes (keys,
+  // values and about 128 bytes of bookkeeping per entry). Default: 0 (off).
+  std::size_t local_max_bytes = 0;
+  // How long the in-process tier keeps a value (never past its expiry in the table). Invalidations
+  // made through this Cache drop local copies when they commit; those made by other processes (or
+  // other Cache objects) reach this tier only when its copy expires, so this is how stale a read
+  // can be. Default: 1s. REQUIRES: > 0 when the tier is on.
+  std::chrono::milliseconds local_ttl{1000};
 };
 
 // What the table holds, counted by Cache::table_stats() (a scan: for dashboards, not hot paths).
@@ -46,7 +57,17 @@ struct CacheTableStats {
 // What a loader returns: a value, or nothing ("absent", cached only when negative_ttl is set).
 using CacheLoader = std::function<std::optional<std::string>()>;
 
+// Where get_or_load keeps loads of one key to one at a time.
+enum class LoadScope {
+  all_processes,  // a lease on the key in the locks table: one loader anywhere
+  this_process,   // single flight in this process only: for loaders cheaper than the lease's writes
+};
+
 struct LoadOptions {
+  // Default: all_processes. this_process skips the lease (one write each to take and release it):
+  // right for a loader that is a single indexed read, such as the ledger's account loader.
+  // Either way the generation check keeps a value an invalidation overtook out of the table.
+  LoadScope scope = LoadScope::all_processes;
   // How long a cached "absent" lives; unset: absence is not cached. Default: unset.
   std::optional<std::chrono::milliseconds> negative_ttl;
   // Stale-while-revalidate: a value past its ttl but within stale_for is returned at once, unless
@@ -71,6 +92,11 @@ struct CacheStats {
   std::uint64_t evictions = 0;      // rows deleted by sweep()
   std::uint64_t stale_served = 0;   // expired values returned within stale_for while another caller refreshed
   std::uint64_t early_refreshes = 0;
+  std::uint64_t local_hits = 0;       // hits answered by the in-process tier (also counted in hits)
+  std::uint64_t local_evictions = 0;  // in-process entries pushed out by its byte bound
+  std::uint64_t local_bytes = 0;      // bytes the in-process tier holds now
+  std::uint64_t bytes_stored = 0;     // value bytes written by put() and by loads
+  std::uint64_t sweep_failures = 0;   // background sweeps that failed (see sweep_every)
 };
 
 // Thread-safety: safe for concurrent use. Reads never write: no hit counters or LRU updates in the table.
@@ -94,6 +120,9 @@ class Cache {
   void invalidate(Transaction& tx, std::string_view key);
   // Drops every key that starts with prefix; returns how many rows it touched.
   std::int64_t invalidate_prefix(std::string_view prefix);
+  // Drops key from this process's in-process tier only, for a write made outside this Cache whose
+  // invalidation has committed (the ledger's one-statement transfer uses it). Call it after commit.
+  void forget_local(std::string_view key);
 
   // A hit returns the stored value. On a miss exactly one loader runs per key at a time, across
   // threads (single flight) and processes (a lease on the key); the others wait and get its value.

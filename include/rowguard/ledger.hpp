@@ -82,8 +82,19 @@ struct LedgerStats {
   std::uint64_t retries = 0;
 };
 
+class Cache;
+
 struct LedgerOptions {
   RetryPolicy retry;  // conflicts (and transient failures before commit) are retried under this
+  // Reads accounts through this cache (it must outlive the Ledger): get() keeps each account for
+  // cache_ttl under the key "ledger:account:<id>", and every change the ledger makes drops the
+  // cached copies of the accounts it changed in the same transaction (inside the one-statement
+  // transfer on PostgreSQL). Every Ledger that writes the accounts must use a cache too; one that
+  // does not leaves cached copies stale for up to cache_ttl. update() and check() always read the
+  // table. Default: none (get() reads the table).
+  Cache* cache = nullptr;
+  // Default: 5s. REQUIRES: > 0.
+  std::chrono::milliseconds cache_ttl{5000};
 };
 
 // Thread-safety: safe for concurrent use; every call runs in its own transaction on a pooled
@@ -102,7 +113,7 @@ class Ledger {
 
   // Error(invalid_argument) for a bad id or currency, Error(permanent, 23505) when it exists.
   void open(std::string_view id, std::string_view currency, std::int64_t min_balance = 0);
-  // Error(not_found) when there is no such account.
+  // Error(not_found) when there is no such account. Through LedgerOptions::cache when set.
   Account get(std::string_view id);
   std::vector<Account> list();
 

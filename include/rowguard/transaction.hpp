@@ -1,6 +1,7 @@
 #pragma once
 // rowguard::Transaction: an RAII transaction on one pooled session.
 
+#include <functional>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -47,11 +48,19 @@ class Transaction {
   void rollback() noexcept;
   bool active() const noexcept { return session_ != nullptr; }
 
+  // Runs f after COMMIT succeeds, and also when its outcome is lost (Error(in_doubt)), since the
+  // change may have committed; never after a rollback. For dropping in-process copies of what the
+  // transaction changed (the cache's in-process tier uses it). f must not throw.
+  void on_commit(std::function<void()> f);
+
   // For rowguard's own components: the borrowed session.
   detail::SessionLease& session();
 
  private:
+  void run_commit_hooks() noexcept;
+
   std::unique_ptr<detail::SessionLease> session_;
+  std::vector<std::function<void()>> on_commit_;
 };
 
 }  // namespace rowguard

@@ -1,19 +1,35 @@
 #include "rowguard/cache.hpp"
 
 #include <cmath>
+#include <condition_variable>
 #include <future>
 #include <limits>
 #include <mutex>
 #include <random>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
 #include "backend/sql_text.hpp"
+#include "core/cache_local.hpp"
+#include "core/cache_sql.hpp"
 #include "rowguard/locks.hpp"
 
 namespace rowguard {
+
+std::string detail::cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
+  const auto& d = backend.dialect();
+  const std::string now = d.now_timestamp();
+  return fmt::format(
+      "INSERT INTO {t} AS c (key, expires_at, generation, size_bytes, created_at, updated_at) "
+      "SELECT {key}, {epoch}, 1, 0, {now}, {now} {tail} ON CONFLICT (key) DO UPDATE SET value = NULL, "
+      "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = 0, "
+      "updated_at = excluded.updated_at",
+      fmt::arg("t", backend.table("cache")), fmt::arg("key", key_expr), fmt::arg("epoch", d.ms_to_timestamp("0")),
+      fmt::arg("now", now), fmt::arg("tail", tail));
+}
 
 namespace {
 // A cached row as read: nothing when there is no row.
@@ -50,6 +66,14 @@ struct Cache::Impl {
   std::mutex mutex;  // guards flights and stats
   std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
   CacheStats stats;
+  // Shared with commit hooks, which may run after the Cache is gone.
+  std::shared_ptr<detail::LocalTier> local;
+
+  // The background sweeper (sweep_every): stopped and joined by ~Cache before anything else goes.
+  std::mutex sweeper_mutex;
+  std::condition_variable sweeper_wake;
+  bool stopping = false;
+  std::thread sweeper;
 
   Impl(Database& db, CacheOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db) {
     if (options.max_key_bytes < 1 || options.max_key_bytes > 4096)
@@ -83,12 +107,7 @@ struct Cache::Impl {
         fmt::arg("now", now));
     // Invalidation leaves an expired tombstone with a higher generation, even for a key never
     // cached, so a load that began before it cannot store afterwards.
-    invalidate_sql = fmt::format(
-        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
-        "VALUES ($1, NULL, {epoch}, 1, 0, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = NULL, "
-        "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = 0, "
-        "updated_at = excluded.updated_at",
-        fmt::arg("t", t), fmt::arg("epoch", epoch), fmt::arg("now", now));
+    invalidate_sql = detail::cache_invalidate_sql(*backend, "CAST($1 AS text)", "WHERE 1 = 1");
     invalidate_prefix_sql = fmt::format(
         "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
         "WHERE substr(key, 1, $2) = $1",
@@ -105,6 +124,61 @@ struct Cache::Impl {
         now, t);
     if (options.max_rows < 0 || options.max_bytes < 0)
       throw Error(ErrorKind::invalid_argument, "CacheOptions::max_rows and max_bytes must not be negative");
+    if (options.sweep_every.count() < 0)
+      throw Error(ErrorKind::invalid_argument, "CacheOptions::sweep_every must not be negative");
+    if (options.local_max_bytes > 0) {
+      if (options.local_ttl.count() <= 0)
+        throw Error(ErrorKind::invalid_argument, "CacheOptions::local_ttl must be positive when the in-process tier is on");
+      local = std::make_shared<detail::LocalTier>(options.local_max_bytes, options.local_ttl);
+    }
+  }
+
+  // Starts the background sweeper; separate from the constructor so ~Cache can always join it.
+  void start_sweeper() {
+    if (options.sweep_every.count() == 0) return;
+    sweeper = std::thread([this] {
+      std::unique_lock lock(sweeper_mutex);
+      while (!sweeper_wake.wait_for(lock, options.sweep_every, [this] { return stopping; })) {
+        lock.unlock();
+        try {
+          sweep(1000);
+        } catch (...) {
+          count([](CacheStats& s) { ++s.sweep_failures; });
+        }
+        lock.lock();
+      }
+    });
+  }
+
+  void stop_sweeper() {
+    {
+      std::lock_guard lock(sweeper_mutex);
+      stopping = true;
+    }
+    sweeper_wake.notify_all();
+    if (sweeper.joinable()) sweeper.join();
+  }
+
+  std::int64_t sweep(std::int64_t batch);
+  CacheTableStats table_stats();
+
+  // The in-process tier, when on: a fresh local copy of key, or nothing.
+  std::optional<std::optional<std::string>> local_get(std::string_view key) {
+    if (!local) return std::nullopt;
+    auto found = local->get(key);
+    if (found) count([](CacheStats& s) { ++s.hits, ++s.local_hits; });
+    return found;
+  }
+  std::uint64_t local_stamp(std::string_view key) { return local ? local->stamp(key) : 0; }
+  void local_fill(std::string_view key, const Entry& e, std::uint64_t stamp) {
+    if (local && e.live) local->fill(key, e.value, e.generation, std::chrono::milliseconds(e.expires_in_ms), stamp);
+  }
+  // After an invalidation or put made through this Cache commits; inside a transaction, at its commit.
+  void local_drop(std::string_view key) {
+    if (local) local->drop(key);
+  }
+  void local_drop_at_commit(Transaction& tx, std::string_view key) {
+    if (local) tx.on_commit([tier = local, k = std::string(key)] { tier->drop(k); });
   }
 
   void check_key(std::string_view key) const {
@@ -148,12 +222,14 @@ struct Cache::Impl {
     return e;
   }
 
+  // stamp: the in-process tier's stamp taken before this caller first read the table;
+  // seen_generation: the generation that read found (0 for no row).
   std::optional<std::string> load(const std::string& key, std::chrono::milliseconds ttl, const CacheLoader& loader,
-                                  const LoadOptions& load_options);
-  // Loads and stores under a lease this caller already holds.
-  std::optional<std::string> load_holding(Lease& lease, const std::string& key, std::int64_t generation,
+                                  const LoadOptions& load_options, std::uint64_t stamp, std::int64_t seen_generation);
+  // Loads and stores; lease: the key's loader lease, or null under LoadScope::this_process.
+  std::optional<std::string> load_holding(Lease* lease, const std::string& key, std::int64_t generation,
                                           std::chrono::milliseconds ttl, const CacheLoader& loader,
-                                          const LoadOptions& load_options);
+                                          const LoadOptions& load_options, std::uint64_t stamp);
   // A refresh that must not wait: the key's lease now, or nothing (someone else is refreshing).
   std::optional<Lease> try_lease(const std::string& key) { return locks.try_acquire(lease_name(key), options.load_lease_ttl); }
 
@@ -168,7 +244,11 @@ struct Cache::Impl {
 };
 
 std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono::milliseconds ttl,
-                                             const CacheLoader& loader, const LoadOptions& load_options) {
+                                             const CacheLoader& loader, const LoadOptions& load_options,
+                                             std::uint64_t stamp, std::int64_t seen_generation) {
+  // Without a lease the generation of the caller's miss is the one the store must still find.
+  if (load_options.scope == LoadScope::this_process)
+    return load_holding(nullptr, key, seen_generation, ttl, loader, load_options, stamp);
   // One loader per key across processes: the lease. Whoever waited for it looks again first.
   std::optional<Lease> lease = locks.try_acquire(lease_name(key), options.load_lease_ttl);
   if (!lease) {
@@ -178,14 +258,15 @@ std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono
   const auto seen = read(key);
   if (seen && seen->live) {
     count([](CacheStats& s) { ++s.hits; });
+    local_fill(key, *seen, stamp);
     return seen->value;
   }
-  return load_holding(*lease, key, seen ? seen->generation : 0, ttl, loader, load_options);
+  return load_holding(&*lease, key, seen ? seen->generation : 0, ttl, loader, load_options, stamp);
 }
 
-std::optional<std::string> Cache::Impl::load_holding(Lease& lease, const std::string& key, std::int64_t generation,
+std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::string& key, std::int64_t generation,
                                                      std::chrono::milliseconds ttl, const CacheLoader& loader,
-                                                     const LoadOptions& load_options) {
+                                                     const LoadOptions& load_options, std::uint64_t stamp) {
   count([](CacheStats& s) { ++s.loads; });
   std::optional<std::string> value;
   const auto started = std::chrono::steady_clock::now();
@@ -198,25 +279,35 @@ std::optional<std::string> Cache::Impl::load_holding(Lease& lease, const std::st
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   if (value) check_value(*value);
   if (value || load_options.negative_ttl) {
-    const auto keep = value ? ttl : *load_options.negative_ttl;
+    const auto keep = jittered(value ? ttl : *load_options.negative_ttl);
+    const auto size = static_cast<std::int64_t>(value ? value->size() : 0);
     auto session = backend->borrow();
-    const Result stored = (*session)->exec(
-        store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), static_cast<std::int64_t>(value ? value->size() : 0),
-                    jittered(keep), generation, static_cast<std::int64_t>(took.count())});
-    if (stored.empty()) count([](CacheStats& s) { ++s.stale_skipped; });
+    const Result stored = (*session)->exec(store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), size, keep,
+                                                       generation, static_cast<std::int64_t>(took.count())});
+    if (stored.empty()) {
+      count([](CacheStats& s) { ++s.stale_skipped; });
+    } else {
+      count([&](CacheStats& s) { s.bytes_stored += static_cast<std::uint64_t>(size); });
+      if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
+    }
   }
-  lease.release();
+  if (lease) lease->release();
   return value;
 }
 
-Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {}
-Cache::~Cache() = default;
+Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {
+  impl_->start_sweeper();
+}
+Cache::~Cache() { impl_->stop_sweeper(); }
 
 std::optional<std::string> Cache::get(std::string_view key) {
   impl_->check_key(key);
+  if (auto local = impl_->local_get(key)) return *local;
+  const auto stamp = impl_->local_stamp(key);
   const auto e = impl_->read(key);
   const bool hit = e && e->live;
   impl_->count([&](CacheStats& s) { ++(hit ? s.hits : s.misses); });
+  if (hit) impl_->local_fill(key, *e, stamp);
   return hit ? e->value : std::nullopt;
 }
 
@@ -227,6 +318,8 @@ void Cache::put(std::string_view key, std::string_view value, std::chrono::milli
   auto session = impl_->backend->borrow();
   (*session)->exec(impl_->put_sql, {std::string(key), Blob{std::string(value)},
                                     static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
+  impl_->count([&](CacheStats& s) { s.bytes_stored += value.size(); });
+  impl_->local_drop(key);
 }
 
 void Cache::put(Transaction& tx, std::string_view key, std::string_view value, std::chrono::milliseconds ttl) {
@@ -235,26 +328,35 @@ void Cache::put(Transaction& tx, std::string_view key, std::string_view value, s
   Impl::check_ttl(ttl);
   tx.exec(impl_->put_sql,
           {std::string(key), Blob{std::string(value)}, static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
+  impl_->count([&](CacheStats& s) { s.bytes_stored += value.size(); });
+  impl_->local_drop_at_commit(tx, key);
 }
 
 void Cache::invalidate(std::string_view key) {
   impl_->check_key(key);
   auto session = impl_->backend->borrow();
   (*session)->exec(impl_->invalidate_sql, {std::string(key)});
+  impl_->local_drop(key);
 }
 
 void Cache::invalidate(Transaction& tx, std::string_view key) {
   impl_->check_key(key);
   tx.exec(impl_->invalidate_sql, {std::string(key)});
+  impl_->local_drop_at_commit(tx, key);
 }
 
 std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   impl_->check_key(prefix);
   auto session = impl_->backend->borrow();
-  return (*session)
-      ->exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
-      .affected;
+  const std::int64_t n =
+      (*session)
+          ->exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
+          .affected;
+  if (impl_->local) impl_->local->drop_prefix(prefix);
+  return n;
 }
+
+void Cache::forget_local(std::string_view key) { impl_->local_drop(key); }
 
 std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono::milliseconds ttl,
                                               const CacheLoader& loader, LoadOptions options) {
@@ -264,22 +366,25 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   if (!loader) throw Error(ErrorKind::invalid_argument, "get_or_load needs a loader");
   if (options.stale_for && options.stale_for->count() < 0)
     throw Error(ErrorKind::invalid_argument, "stale_for must not be negative");
+  if (auto local = impl_->local_get(key)) return *local;
+  const auto stamp = impl_->local_stamp(key);
   const auto e = impl_->read(key);
   if (e && e->live) {
     impl_->count([](CacheStats& s) { ++s.hits; });
     if (Impl::refresh_early(*e, options)) {
       if (auto lease = impl_->try_lease(std::string(key))) {  // one caller refreshes; the rest keep hitting
         impl_->count([](CacheStats& s) { ++s.early_refreshes; });
-        return impl_->load_holding(*lease, std::string(key), e->generation, ttl, loader, options);
+        return impl_->load_holding(&*lease, std::string(key), e->generation, ttl, loader, options, stamp);
       }
     }
+    impl_->local_fill(key, *e, stamp);
     return e->value;
   }
   if (e && options.stale_for && e->value && -e->expires_in_ms <= options.stale_for->count()) {
     // Stale but within stale_for: refresh if nobody else is, else serve the old value at once.
     if (auto lease = impl_->try_lease(std::string(key))) {
       impl_->count([](CacheStats& s) { ++s.misses; });
-      return impl_->load_holding(*lease, std::string(key), e->generation, ttl, loader, options);
+      return impl_->load_holding(&*lease, std::string(key), e->generation, ttl, loader, options, stamp);
     }
     impl_->count([](CacheStats& s) { ++s.stale_served; });
     return e->value;
@@ -312,7 +417,7 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     }
   } land{*impl_, k};
   try {
-    auto value = impl_->load(k, ttl, loader, options);
+    auto value = impl_->load(k, ttl, loader, options, stamp, e ? e->generation : 0);
     promise.set_value(value);
     return value;
   } catch (...) {
@@ -321,46 +426,57 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   }
 }
 
-std::int64_t Cache::sweep(std::int64_t batch) {
+std::int64_t Cache::sweep(std::int64_t batch) { return impl_->sweep(batch); }
+
+std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   if (batch < 1) throw Error(ErrorKind::invalid_argument, "sweep batch must be positive");
   std::int64_t total = 0;
   for (;;) {
-    auto session = impl_->backend->borrow();
+    auto session = backend->borrow();
     const std::int64_t n =
-        (*session)->exec(impl_->sweep_sql, {static_cast<std::int64_t>(-impl_->options.sweep_grace.count()), batch}).affected;
+        (*session)->exec(sweep_sql, {static_cast<std::int64_t>(-options.sweep_grace.count()), batch}).affected;
     total += n;
     if (n < batch) break;
   }
   // Then the size bounds, least recently written first, a batch at a time.
-  const auto& o = impl_->options;
-  while (o.max_rows > 0 || o.max_bytes > 0) {
+  while (options.max_rows > 0 || options.max_bytes > 0) {
     const CacheTableStats now = table_stats();
     std::int64_t excess = 0;
-    if (o.max_rows > 0 && now.rows > o.max_rows) excess = now.rows - o.max_rows;
-    if (o.max_bytes > 0 && now.bytes > o.max_bytes && now.rows > 0) {
+    if (options.max_rows > 0 && now.rows > options.max_rows) excess = now.rows - options.max_rows;
+    if (options.max_bytes > 0 && now.bytes > options.max_bytes && now.rows > 0) {
       // Rows to drop for the bytes, assuming average-sized rows; the loop re-measures.
       const std::int64_t average = std::max<std::int64_t>(1, now.bytes / now.rows);
-      excess = std::max(excess, (now.bytes - o.max_bytes + average - 1) / average);
+      excess = std::max(excess, (now.bytes - options.max_bytes + average - 1) / average);
     }
     if (excess <= 0) break;
-    auto session = impl_->backend->borrow();
-    const std::int64_t n = (*session)->exec(impl_->evict_sql, {std::min(excess, batch)}).affected;
+    auto session = backend->borrow();
+    const std::int64_t n = (*session)->exec(evict_sql, {std::min(excess, batch)}).affected;
     total += n;
     if (n == 0) break;
   }
-  impl_->count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total); });
+  count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total); });
   return total;
 }
 
-CacheTableStats Cache::table_stats() {
-  auto session = impl_->backend->borrow();
-  const Row r = (*session)->exec(impl_->table_stats_sql, {}).one();
+CacheTableStats Cache::table_stats() { return impl_->table_stats(); }
+
+CacheTableStats Cache::Impl::table_stats() {
+  auto session = backend->borrow();
+  const Row r = (*session)->exec(table_stats_sql, {}).one();
   return CacheTableStats{r.i64(0), r.i64(1), r.i64(2)};
 }
 
 CacheStats Cache::stats() const {
-  std::lock_guard lock(impl_->mutex);
-  return impl_->stats;
+  CacheStats out;
+  {
+    std::lock_guard lock(impl_->mutex);
+    out = impl_->stats;
+  }
+  if (impl_->local) {
+    out.local_bytes = impl_->local->bytes();
+    out.local_evictions = impl_->local->evictions();
+  }
+  return out;
 }
 
 }  // namespace rowguard

@@ -1,5 +1,7 @@
 #include "rowguard/ledger.hpp"
 
+#include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <mutex>
 
@@ -7,7 +9,9 @@
 
 #include "backend/backend.hpp"
 #include "backend/sql_text.hpp"
+#include "core/cache_sql.hpp"
 #include "core/retrying.hpp"
+#include "rowguard/cache.hpp"
 #include "rowguard/money.hpp"
 
 namespace rowguard {
@@ -70,6 +74,7 @@ struct Ledger::Impl {
 
   Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backend(std::move(b)), options(std::move(o)) {
     detail::validate(options.retry);
+    if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
     const auto& d = backend->dialect();
     const std::string acc = backend->table("accounts");
     const std::string tr = backend->table("transfers");
@@ -109,7 +114,17 @@ struct Ledger::Impl {
     update_sql = fmt::format(
         "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
         now);
-    if (d.has_writable_ctes()) one_statement_transfer_sql = one_statement_transfer(acc, tr, en);
+    if (d.has_writable_ctes()) {
+      // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
+      const std::string invalidate =
+          options.cache ? fmt::format(", invalidated AS ({})",
+                                      detail::cache_invalidate_sql(
+                                          *backend, "x.k",
+                                          "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
+                                          "WHERE EXISTS (SELECT 1 FROM debit)"))
+                        : std::string();
+      one_statement_transfer_sql = one_statement_transfer(acc, tr, en, invalidate);
+    }
     prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
                             tr, d.timestamp_plus_ms(now, "$1"));
     entry_sql = fmt::format(
@@ -122,7 +137,9 @@ struct Ledger::Impl {
   // happened, the record of the outcome under the key, and the entries only for an ok record.
   // (A first version decided funds from the locked CTE's values and broke the CHECK constraint
   // under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
-  static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en) {
+  // extra_ctes: more data-modifying CTEs, each starting with ", name AS (".
+  static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
+                                            const std::string& extra_ctes) {
     return fmt::format(
         "WITH prior AS (SELECT id, kind, from_account, to_account, amount, outcome FROM {tr} "
         "WHERE idempotency_key = CAST($4 AS text)), "
@@ -149,14 +166,23 @@ struct Ledger::Impl {
         "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
         "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
         "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
-        "WHERE rec.outcome = 'ok' RETURNING 1) "
+        "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
         "SELECT (SELECT id FROM prior), (SELECT kind FROM prior), (SELECT from_account FROM prior), "
         "(SELECT to_account FROM prior), (SELECT amount FROM prior), (SELECT outcome FROM prior), "
         "(SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
         "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
         "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)",
-        fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en));
+        fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("extra", extra_ctes));
   }
+
+  // The cache key of an account's cached copy.
+  static std::string cache_key(std::string_view id) { return fmt::format("ledger:account:{}", id); }
+  // Drops the cached copies of accounts this transaction changes, when it commits.
+  void invalidate(Transaction& tx, const std::optional<std::string>& id) {
+    if (options.cache && id) options.cache->invalidate(tx, cache_key(*id));
+  }
+  // The account row itself, never a cached copy.
+  std::optional<Account> read(std::string_view id);
 
   TransferResult transfer_in_one_statement(const Request& request);
 
@@ -266,15 +292,39 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   if (funded) {
     if (from) tx.exec(entry_sql, {result.transfer_id, *request.from, -request.amount});
     if (to) tx.exec(entry_sql, {result.transfer_id, *request.to, request.amount});
+    invalidate(tx, request.from);
+    invalidate(tx, request.to);
   }
   return result;
 }
 
 TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
-  auto session = backend->borrow();
-  const Row row = (*session)
-                      ->exec(one_statement_transfer_sql, {*request.from, *request.to, request.amount, request.key})
-                      .one();
+  std::vector<Value> params{*request.from, *request.to, request.amount, request.key};
+  auto run = [&] {
+    auto session = backend->borrow();
+    return (*session)->exec(one_statement_transfer_sql, params).one();
+  };
+  std::optional<Row> got;
+  if (options.cache) {
+    // Keys in order, so two transfers between the same accounts take the cache rows in one order.
+    std::string low = cache_key(*request.from), high = cache_key(*request.to);
+    if (high < low) std::swap(low, high);
+    params.emplace_back(low);
+    params.emplace_back(high);
+    // The statement was its own transaction: once it committed (or its outcome was lost), drop
+    // this process's in-process copies of both accounts.
+    try {
+      got = run();
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::in_doubt) options.cache->forget_local(low), options.cache->forget_local(high);
+      throw;
+    }
+    options.cache->forget_local(low);
+    options.cache->forget_local(high);
+  } else {
+    got = run();
+  }
+  const Row& row = *got;
   if (!row.is_null(0)) {  // the key was seen
     count([](LedgerStats& st) { ++st.replays; });
     return replay_of(row, request);
@@ -325,12 +375,55 @@ void Ledger::open(std::string_view id, std::string_view currency, std::int64_t m
   (*session)->exec(impl_->open_sql, {std::string(id), std::string(currency), min_balance});
 }
 
+std::optional<Account> Ledger::Impl::read(std::string_view id) {
+  auto session = backend->borrow();
+  const Result r = (*session)->exec(get_sql, {std::string(id)});
+  if (r.empty()) return std::nullopt;
+  return account_of(r.rows[0]);
+}
+
+namespace {
+// An account's cached copy: "currency balance min_balance version" (the id is in the key).
+std::string encode(const Account& a) {
+  return fmt::format("{} {} {} {}", a.currency, a.balance, a.min_balance, a.version);
+}
+
+Account decode(std::string_view id, const std::string& cached) {
+  Account a;
+  a.id = std::string(id);
+  char currency[4] = {};
+  long long balance = 0, min_balance = 0, version = 0;
+  if (std::sscanf(cached.c_str(), "%3s %lld %lld %lld", currency, &balance, &min_balance, &version) != 4)
+    throw Error(ErrorKind::permanent, fmt::format("the cached copy of account '{}' is malformed: '{}'", id, cached));
+  a.currency = currency;
+  a.balance = balance;
+  a.min_balance = min_balance;
+  a.version = version;
+  return a;
+}
+}  // namespace
+
 Account Ledger::get(std::string_view id) {
   check_text(id, "account id", max_id_bytes);
-  auto session = impl_->backend->borrow();
-  const Result r = (*session)->exec(impl_->get_sql, {std::string(id)});
-  if (r.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
-  return account_of(r.rows[0]);
+  auto& impl = *impl_;
+  if (impl.options.cache) {
+    // A missing account is not cached (no negative ttl): opening it must be seen at once.
+    // The loader is one indexed read: cheaper than a cross-process loader lease.
+    LoadOptions one_per_process;
+    one_per_process.scope = LoadScope::this_process;
+    const auto cached = impl.options.cache->get_or_load(
+        Impl::cache_key(id), impl.options.cache_ttl,
+        [&] {
+          const auto a = impl.read(id);
+          return a ? std::optional<std::string>(encode(*a)) : std::nullopt;
+        },
+        one_per_process);
+    if (!cached) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
+    return decode(id, *cached);
+  }
+  const auto a = impl.read(id);
+  if (!a) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
+  return *a;
 }
 
 std::vector<Account> Ledger::list() {
@@ -466,7 +559,9 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
   return detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
       [&] {
-        Account read = get(id);
+        const auto found = impl.read(id);
+        if (!found) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
+        const Account read = *found;
         Account want = read;
         fn(want);
         if (want.id != read.id || want.currency != read.currency || want.balance != read.balance ||
@@ -476,10 +571,12 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
         if (want.min_balance > 0 || want.min_balance > want.balance)
           throw Error(ErrorKind::invalid_argument,
                       fmt::format("min_balance {} must be <= 0 and <= the balance {}", want.min_balance, want.balance));
-        auto session = impl.backend->borrow();
-        if ((*session)->exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
+        Transaction tx(impl.backend->borrow(), TxOptions{});
+        if (tx.exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
           throw Error(ErrorKind::conflict, fmt::format("account '{}' changed since version {} was read", read.id,
                                                        read.version));
+        impl.invalidate(tx, read.id);
+        tx.commit();
         want.version = read.version + 1;
         return want;
       },

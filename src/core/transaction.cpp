@@ -20,12 +20,29 @@ Result Transaction::exec(std::string_view sql, const std::vector<Value>& params)
 void Transaction::commit() {
   if (!session_) throw Error(ErrorKind::invalid_argument, "transaction is already committed or rolled back");
   auto session = std::move(session_);  // returned to the pool whatever COMMIT does
-  (*session)->commit();
+  try {
+    (*session)->commit();
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::in_doubt) run_commit_hooks();
+    throw;
+  }
+  run_commit_hooks();
+}
+
+void Transaction::on_commit(std::function<void()> f) {
+  if (!session_) throw Error(ErrorKind::invalid_argument, "transaction is already committed or rolled back");
+  on_commit_.push_back(std::move(f));
+}
+
+void Transaction::run_commit_hooks() noexcept {
+  auto hooks = std::move(on_commit_);
+  for (auto& hook : hooks) hook();
 }
 
 void Transaction::rollback() noexcept {
   if (!session_) return;
   auto session = std::move(session_);
+  on_commit_.clear();
   try {
     (*session)->rollback();
   } catch (...) {

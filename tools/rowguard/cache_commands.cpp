@@ -90,11 +90,16 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
   fetch->add_option("key", key, "Cache key")->required();
   fetch->add_option("--ttl", ttl, "Time to live of a loaded value (default 60s)");
   fetch->add_option("--wait", wait, "How long to wait for another process's loader (default 60s)");
+  static std::string lease = "30s";
+  fetch->add_option("--lease", lease,
+                    "Loader lease: if this process dies while CMD runs, others load after this (default 30s; a CMD "
+                    "running longer may be joined by a second loader)");
   fetch->add_option("command", command, "CMD [ARGS...] after --")->required();
   fetch->callback([&globals, &exit_status] {
     auto db = open_database(globals);
     CacheOptions options;
     options.load_wait = parse_duration(wait);
+    options.load_lease_ttl = parse_duration(lease);
     Cache cache(db, options);
     try {
       const auto v = cache.get_or_load(key, parse_duration(ttl), [] { return std::optional(run_capture(command)); });

@@ -1,6 +1,8 @@
 // rowguard demo: the README's first command. A payment simulation on an embedded SQLite file by
 // default: workers move money between accounts (some hot, some overdraft attempts, some retried
-// idempotency keys), a nightly-settlement job runs under a lease, and the ledger check ends it.
+// idempotency keys), showing each payer's balance read through the cache table first, a
+// nightly-settlement job runs under a lease, and the ledger check ends it, with a check that every
+// cached balance equals its account row.
 #include <unistd.h>
 
 #include <atomic>
@@ -19,6 +21,7 @@ struct DemoArgs {
   int workers = 4;
   int accounts = 20;
   int seconds = 5;
+  bool no_cache = false;
 };
 
 std::string run_id() {
@@ -33,15 +36,22 @@ void add_demo_command(CLI::App& app, Globals& globals) {
   demo->add_option("--workers", a.workers, "Concurrent workers (default: 4)")->check(CLI::Range(1, 64));
   demo->add_option("--accounts", a.accounts, "Accounts (default: 20)")->check(CLI::Range(2, 10000));
   demo->add_option("--seconds", a.seconds, "How long the workers run (default: 5)")->check(CLI::Range(1, 600));
+  demo->add_flag("--no-cache", a.no_cache, "Read balances from the account rows instead of through the cache");
   demo->callback([&globals] {
     Options options;
     options.table_prefix = globals.prefix;
     options.pool_size = static_cast<std::size_t>(a.workers) + 2;
     auto db = Database::open(globals.db, options);
     const int applied = db.migrate();
+    // Balances are read through the cache (with an in-process tier); every transfer drops the
+    // cached copies of its two accounts in its own transaction.
+    CacheOptions co;
+    co.local_max_bytes = 1 << 20;
+    Cache cache(db, co);
     LedgerOptions lo;
     lo.retry.attempts = 1000;
     lo.retry.deadline = std::chrono::seconds(60);
+    if (!a.no_cache) lo.cache = &cache;
     Ledger ledger(db, lo);
 
     // Accounts are opened once per database; a rerun reuses them (their seed deposits replay).
@@ -57,7 +67,7 @@ void add_demo_command(CLI::App& app, Globals& globals) {
 
     const std::string run = run_id();
     std::atomic<bool> stop{false};
-    std::atomic<std::int64_t> ok{0}, rejected{0}, replays{0}, failures{0};
+    std::atomic<std::int64_t> ok{0}, rejected{0}, replays{0}, failures{0}, balance_reads{0};
     std::vector<std::thread> workers;
     const auto start = std::chrono::steady_clock::now();
     for (int w = 0; w < a.workers; ++w)
@@ -87,6 +97,11 @@ void add_demo_command(CLI::App& app, Globals& globals) {
             key = fmt::format("demo-{}-{}-{}", run, w, n);
           }
           try {
+            // Balances are read more often than they change: the payer's app shows its balance, and
+            // two other customers look at theirs.
+            (void)ledger.get(from).balance;
+            for (int look = 0; look < 2; ++look) (void)ledger.get(fmt::format("demo-{:04}", rng() % a.accounts)).balance;
+            balance_reads += 3;
             const auto r = ledger.transfer(from, to, amount, key);
             if (r.replayed) ++replays;
             else if (r.ok()) ++ok;
@@ -132,7 +147,20 @@ void add_demo_command(CLI::App& app, Globals& globals) {
 
     const CheckReport report = ledger.check();
     const LedgerStats stats = ledger.stats();
-    const bool all_good = report.ok() && increasing && failures == 0;
+    const CacheStats cs = cache.stats();
+    // Transactional invalidation: no cached balance may differ from its row once writes stop.
+    bool cache_coherent = true;
+    for (const auto& row : ledger.list()) {
+      const Account cached = ledger.get(row.id);
+      if (cached.balance != row.balance || cached.version != row.version) {
+        cache_coherent = false;
+        std::cerr << fmt::format("  cached {} shows {} (version {}), the row {} (version {})\n", row.id, cached.balance,
+                                 cached.version, row.balance, row.version);
+      }
+    }
+    const auto reads = balance_reads.load();
+    const double hit_ratio = reads ? static_cast<double>(cs.hits) / static_cast<double>(reads) : 0.0;
+    const bool all_good = report.ok() && increasing && failures == 0 && cache_coherent;
     nlohmann::json out{{"backend", db.backend_name()},
                        {"url", db.display_url()},
                        {"migrations_applied", applied},
@@ -149,6 +177,12 @@ void add_demo_command(CLI::App& app, Globals& globals) {
                        {"total_balance", report.total_balance},
                        {"ledger_ok", report.ok()},
                        {"lease_tokens_increasing", increasing},
+                       {"balance_reads", reads},
+                       {"balance_reads_cached", !a.no_cache},
+                       {"cache_hits", cs.hits},
+                       {"cache_local_hits", cs.local_hits},
+                       {"cache_loads", cs.loads},
+                       {"cache_coherent", cache_coherent},
                        {"ok", all_good}};
     emit(globals, out,
          fmt::format("rowguard demo on {} ({}), {} workers, {:.1f}s\n"
@@ -158,11 +192,14 @@ void add_demo_command(CLI::App& app, Globals& globals) {
                      "  conflicts / retries    {:>10} / {}\n"
                      "  failures               {:>10}\n"
                      "  accounts / total       {:>10} / {} minor units\n"
+                     "  balance reads          {:>10}   ({:.0f}% cache hits, {} in process; {} loads)\n"
+                     "  cached = stored        {:>10}\n"
                      "  settlement lease       {:>10} turns, tokens strictly increasing: {}\n"
                      "  ledger check           {:>10}",
                      db.display_url(), db.backend_name(), a.workers, secs, ok.load(), ok.load() / secs,
                      rejected.load(), replays.load(), stats.conflicts, stats.retries, failures.load(), report.accounts,
-                     report.total_balance, tokens.size(), increasing ? "yes" : "NO",
+                     report.total_balance, reads, hit_ratio * 100.0, cs.local_hits, cs.loads,
+                     cache_coherent ? "yes" : "NO", tokens.size(), increasing ? "yes" : "NO",
                      report.ok() ? "every invariant holds" : "VIOLATED"));
     for (const auto& v : report.violations) std::cerr << "  " << v.what << " " << v.account << ": " << v.detail << '\n';
     if (!all_good) throw Error(ErrorKind::permanent, "the demo's invariants failed");

@@ -18,6 +18,20 @@ nlohmann::json account_json(const Account& a) {
           {"version", a.version}};
 }
 
+// The CLI's ledger reads accounts through the cache table, and its changes drop the cached copies
+// in their own transactions, so services that cache accounts (LedgerOptions::cache) never keep a
+// balance an operator changed from the shell.
+struct CachedLedger {
+  Cache cache;
+  Ledger ledger;
+  explicit CachedLedger(Database& db) : cache(db), ledger(db, with_cache(cache)) {}
+  static LedgerOptions with_cache(Cache& cache) {
+    LedgerOptions options;
+    options.cache = &cache;
+    return options;
+  }
+};
+
 // A new idempotency key for a command given none; printed so the user can retry with it.
 std::string fresh_key() {
   std::random_device rd;
@@ -46,15 +60,15 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)");
   open->callback([&globals] {
     auto db = open_database(globals);
-    Ledger ledger(db);
-    ledger.open(a.id, a.currency, a.min_balance);
-    emit(globals, account_json(ledger.get(a.id)), fmt::format("opened {} in {}", a.id, a.currency));
+    CachedLedger l(db);
+    l.ledger.open(a.id, a.currency, a.min_balance);
+    emit(globals, account_json(l.ledger.get(a.id)), fmt::format("opened {} in {}", a.id, a.currency));
   });
-  auto* show = account->add_subcommand("show", "Show an account (exit 5 when there is none)");
+  auto* show = account->add_subcommand("show", "Show an account, read through the cache (exit 5 when there is none)");
   show->add_option("id", a.id, "Account id")->required();
   show->callback([&globals] {
     auto db = open_database(globals);
-    const Account acc = Ledger(db).get(a.id);
+    const Account acc = CachedLedger(db).ledger.get(a.id);
     emit(globals, account_json(acc),
          fmt::format("{} {} {} (min {}, version {})", acc.id, acc.balance, acc.currency, acc.min_balance, acc.version));
   });
@@ -77,7 +91,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   deposit->callback([&globals] {
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, Ledger(db).deposit(a.id, a.amount, key), key, "deposit");
+    report(globals, CachedLedger(db).ledger.deposit(a.id, a.amount, key), key, "deposit");
   });
   auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
   withdraw->add_option("id", a.id, "Account id")->required();
@@ -86,7 +100,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   withdraw->callback([&globals] {
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, Ledger(db).withdraw(a.id, a.amount, key), key, "withdrawal");
+    report(globals, CachedLedger(db).ledger.withdraw(a.id, a.amount, key), key, "withdrawal");
   });
   auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
@@ -96,7 +110,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   transfer->callback([&globals] {
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, Ledger(db).transfer(a.from, a.to, a.amount, key), key, "transfer");
+    report(globals, CachedLedger(db).ledger.transfer(a.from, a.to, a.amount, key), key, "transfer");
   });
 
   auto* ledger = app.add_subcommand("ledger", "Ledger maintenance");
