@@ -8,6 +8,7 @@ packages=(
   libsqlite3-dev libpqxx-dev libpq-dev libsoci-dev libboost-dev libfmt-dev
   catch2 libcli11-dev nlohmann-json3-dev
   postgresql-15 postgresql-client-15 pgbouncer
+  libhiredis-dev redis-server
 )
 
 missing=()

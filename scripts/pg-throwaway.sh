@@ -5,9 +5,11 @@
 #
 #   scripts/pg-throwaway.sh                 print the URL and wait until Ctrl-C
 #   scripts/pg-throwaway.sh -- CMD ARGS...  run CMD with ROWGUARD_TEST_PG set to the URL; exit with its code
+#   scripts/pg-throwaway.sh --durable -- CMD  the same with PostgreSQL's default durability (benchmarks)
 #
-# Settings: fsync=off and synchronous_commit=off (a throwaway test server: durability is not
-# what is tested here), max_connections=300, max_prepared_transactions=50.
+# Settings: fsync=off, synchronous_commit=off and full_page_writes=off (a throwaway test server:
+# durability is not what is tested here; --durable keeps PostgreSQL's defaults for all three),
+# max_connections=300, max_prepared_transactions=50.
 set -euo pipefail
 
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -16,6 +18,8 @@ if [[ ! -x "$PG_BIN/initdb" ]]; then
   exit 1
 fi
 
+durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+if [[ "${1:-}" == "--durable" ]]; then durability=""; shift; fi
 if [[ "${1:-}" == "--" ]]; then shift; fi
 
 as_postgres() {
@@ -46,8 +50,8 @@ started=0
 for attempt in 1 2 3 4 5 6 7 8; do
   port=$(( 20000 + (RANDOM * 7 + $$ + attempt * 977) % 40000 ))
   if as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-      -o "-k $dir -p $port -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-          -c full_page_writes=off -c max_connections=300 -c max_prepared_transactions=50" start >/dev/null 2>&1; then
+      -o "-k $dir -p $port -c listen_addresses=127.0.0.1 $durability \
+          -c max_connections=300 -c max_prepared_transactions=50" start >/dev/null 2>&1; then
     started=1
     break
   fi
