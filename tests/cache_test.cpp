@@ -139,17 +139,18 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl; the next caller loads", "[backend]") {
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend]") {
   if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();
-  // `cache fetch` with a loader that never finishes, holding a 1s loader lease.
+  // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
+  // open for longer would stall ctest), holding a 1 s loader lease.
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
     const std::string prefix = t.db().table_prefix();
     ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "cache", "fetch",
-            "killed-key", "--lease", "1s", "--", "sleep", "30", static_cast<char*>(nullptr));
+            "killed-key", "--lease", "1s", "--", "sleep", "5", static_cast<char*>(nullptr));
     ::_exit(127);
   }
   Locks probe(t.db());
@@ -512,7 +513,7 @@ TEST_CASE("cache: sweep_every sweeps on a background thread", "[backend]") {
   CHECK(cache.get("kept") == "y");
 }
 
-TEST_CASE("cache: the ledger reads accounts through the cache; a committed transfer drops them, a rolled-back one leaves them",
+TEST_CASE("cache: the ledger reads accounts through the cache: a committed transfer drops them, a rolled-back one leaves them",
           "[backend]") {
   TestDb t;
   t.db().migrate();

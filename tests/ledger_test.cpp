@@ -73,7 +73,7 @@ TEST_CASE("ledger: insufficient funds are rejected, recorded under the key, and 
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: a repeated key changes nothing; other parameters are idempotency_mismatch", "[backend]") {
+TEST_CASE("ledger: a repeated key changes nothing, other parameters are idempotency_mismatch", "[backend]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");

@@ -20,7 +20,7 @@ using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::TestDb;
 
-TEST_CASE("locks: one holder at a time; another owner gets nothing; tokens grow on release", "[backend]") {
+TEST_CASE("locks: one holder at a time, another owner gets nothing, tokens grow on release", "[backend]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -426,7 +426,7 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
   CHECK(lease.token() == 2);
 }
 
-TEST_CASE("locks: a holder stopped past its ttl is taken over; after SIGCONT it learns it lost", "[backend]") {
+TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend]") {
   if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();

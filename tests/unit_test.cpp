@@ -149,7 +149,7 @@ TEST_CASE("every error kind has its fixed exit code", "[unit]") {
   CHECK(to_string(ErrorKind::in_doubt) == "in_doubt");
 }
 
-TEST_CASE("schema scripts: both dialects have the same steps; prefixes replace whole identifiers", "[unit]") {
+TEST_CASE("schema scripts: both dialects have the same steps, and prefixes replace whole identifiers", "[unit]") {
   const auto lite = detail::migrations("sqlite");
   const auto pg = detail::migrations("postgres");
   REQUIRE(lite.size() == pg.size());
