@@ -184,7 +184,12 @@ struct Ledger::Impl {
   // The account row itself, never a cached copy.
   std::optional<Account> read(std::string_view id);
 
+  // The one-statement transfer (PostgreSQL): on its own, as one autocommit round trip, or inside a
+  // batch's transaction. A refused request (unknown account, currency, overflow) writes nothing.
   TransferResult transfer_in_one_statement(const Request& request);
+  TransferResult transfer_in_one_statement(Transaction& tx, const Request& request);
+  std::vector<Value> one_statement_params(const Request& request) const;
+  TransferResult one_statement_outcome(const Row& row, const Request& request);
 
   template <class F>
   void count(F&& f) {
@@ -298,36 +303,54 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   return result;
 }
 
-TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
+std::vector<Value> Ledger::Impl::one_statement_params(const Request& request) const {
   std::vector<Value> params{*request.from, *request.to, request.amount, request.key};
-  auto run = [&] {
-    auto session = backend->borrow();
-    return (*session)->exec(one_statement_transfer_sql, params).one();
-  };
-  std::optional<Row> got;
   if (options.cache) {
     // Keys in order, so two transfers between the same accounts take the cache rows in one order.
     std::string low = cache_key(*request.from), high = cache_key(*request.to);
     if (high < low) std::swap(low, high);
-    params.emplace_back(low);
-    params.emplace_back(high);
-    // The statement was its own transaction: once it committed (or its outcome was lost), drop
-    // this process's in-process copies of both accounts.
-    try {
-      got = run();
-    } catch (const Error& e) {
-      if (e.kind() == ErrorKind::in_doubt) options.cache->forget_local(low), options.cache->forget_local(high);
-      throw;
-    }
-    options.cache->forget_local(low);
-    options.cache->forget_local(high);
-  } else {
-    got = run();
+    params.emplace_back(std::move(low));
+    params.emplace_back(std::move(high));
   }
-  const Row& row = *got;
-  if (!row.is_null(0)) {  // the key was seen
+  return params;
+}
+
+TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
+  const std::vector<Value> params = one_statement_params(request);
+  auto forget_local = [&] {
+    if (options.cache)
+      options.cache->forget_local(std::get<std::string>(params[4])),
+          options.cache->forget_local(std::get<std::string>(params[5]));
+  };
+  std::optional<Row> row;
+  try {
+    auto session = backend->borrow();
+    row = (*session)->exec(one_statement_transfer_sql, params).one();
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::in_doubt) forget_local();  // it may have committed
+    throw;
+  }
+  // The statement was its own transaction and has committed: drop this process's copies.
+  forget_local();
+  return one_statement_outcome(*row, request);
+}
+
+TransferResult Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Request& request) {
+  const std::vector<Value> params = one_statement_params(request);
+  const Row row = tx.exec(one_statement_transfer_sql, params).one();
+  if (options.cache)
+    tx.on_commit([cache = options.cache, a = std::get<std::string>(params[4]), b = std::get<std::string>(params[5])] {
+      cache->forget_local(a);
+      cache->forget_local(b);
+    });
+  return one_statement_outcome(row, request);
+}
+
+TransferResult Ledger::Impl::one_statement_outcome(const Row& row, const Request& request) {
+  if (!row.is_null(0)) {  // the key was seen: its original outcome, or idempotency_mismatch
+    const TransferResult replayed = replay_of(row, request);
     count([](LedgerStats& st) { ++st.replays; });
-    return replay_of(row, request);
+    return replayed;
   }
   if (row.is_null(6)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
   if (row.is_null(7)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
@@ -479,7 +502,12 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
     while (start < items.size()) {
       std::size_t end = start;  // the chain is items[start..end]
       while (items[end].linked) ++end;
-      tx.exec("SAVEPOINT rowguard_chain");
+      // With the one-statement transfer a standalone item that fails has written nothing (its
+      // statement refuses rather than raises), so only chains need a savepoint: one round trip
+      // per standalone item.
+      const bool one_statement = !impl_->one_statement_transfer_sql.empty();
+      const bool savepoint = start != end || !one_statement;
+      if (savepoint) tx.exec("SAVEPOINT rowguard_chain");
       std::optional<std::size_t> failed;
       for (std::size_t i = start; i <= end && !failed; ++i) {
         const BatchItem& item = items[i];
@@ -489,19 +517,22 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
           if (item.from == item.to) throw Error(ErrorKind::invalid_argument, "a transfer from an account to itself");
           check_amount(item.amount);
           check_text(item.key, "idempotency key", max_key_bytes);
-          results[i].result = impl_->apply_in(tx, {"transfer", item.from, item.to, item.amount, item.key});
+          const Request request{"transfer", item.from, item.to, item.amount, item.key};
+          results[i].result =
+              one_statement ? impl_->transfer_in_one_statement(tx, request) : impl_->apply_in(tx, request);
           // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
           if (start != end && !results[i].result.ok())
             throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
         } catch (const Error& e) {
           if (e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt)
             throw;  // the whole batch is retried
+          if (!savepoint && !e.sqlstate().empty()) throw;  // the server aborted the transaction: no item commits
           results[i].error = e.kind();
           results[i].message = e.what();
           failed = i;
         }
       }
-      if (failed) {
+      if (failed && savepoint) {
         tx.exec("ROLLBACK TO SAVEPOINT rowguard_chain");
         for (std::size_t i = start; i <= end; ++i) {
           if (i == *failed) continue;
@@ -510,7 +541,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
           results[i].message = fmt::format("not applied: item {} of its linked chain failed", *failed);
         }
       }
-      tx.exec("RELEASE SAVEPOINT rowguard_chain");
+      if (savepoint) tx.exec("RELEASE SAVEPOINT rowguard_chain");
       start = end + 1;
     }
     tx.commit();
