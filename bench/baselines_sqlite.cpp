@@ -66,8 +66,8 @@ class Connection {
   std::vector<sqlite3_stmt*> statements_;
 };
 
-constexpr const char* now_ms =
-    "(CAST(strftime('%s','now') AS INTEGER) * 1000 + CAST(substr(strftime('%f','now'), 4, 3) AS INTEGER))";
+// The database clock in milliseconds, written as rowguard's SQLite dialect writes it.
+constexpr const char* now_ms = "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 }  // namespace
 
 Op sqlite_raw_transfer(const std::string& path, const Tables& t, const Accounts& accounts, const std::string& run, int client) {
