@@ -13,7 +13,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target rowguard-bench
 mkdir -p bench/out
 bench/with-redis.sh -- scripts/pg-throwaway.sh -- bash -c \
-  'build/bench/rowguard-bench "$@" --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=off" --json bench/out/fsync-off.json' \
+  'build/bench/rowguard-bench "$@" --processes --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=off" --json bench/out/fsync-off.json' \
   _ "${args[@]}"
 bench/with-redis.sh -- scripts/pg-throwaway.sh --durable -- bash -c \
   'build/bench/rowguard-bench "$@" --backend postgres --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=on (defaults)" \

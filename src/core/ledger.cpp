@@ -624,58 +624,64 @@ CheckReport Ledger::check() {
   const std::string acc = impl_->backend->table("accounts");
   const std::string tr = impl_->backend->table("transfers");
   const std::string en = impl_->backend->table("entries");
-  CheckReport report;
-  // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
-  Transaction tx(impl_->backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_only});
-  for (const auto& r :
-       tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(e.total, 0) FROM {} a LEFT JOIN "
-                           "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
-                           "ON e.account_id = a.id WHERE a.balance <> COALESCE(e.total, 0) ORDER BY a.id",
-                           acc, en))
-           .rows)
-    report.violations.push_back({"balance_mismatch", r.text(0),
-                                 fmt::format("balance {} but its entries add up to {}", r.i64(1), r.i64(2))});
-  for (const auto& r :
-       tx.exec(fmt::format("SELECT id, balance, min_balance FROM {} WHERE balance < min_balance ORDER BY id", acc)).rows)
-    report.violations.push_back(
-        {"below_minimum", r.text(0), fmt::format("balance {} is below its minimum {}", r.i64(1), r.i64(2))});
-  for (const auto& r :
-       tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
-                           "GROUP BY t.id HAVING SUM(e.amount) <> 0",
-                           tr, en))
-           .rows)
-    report.violations.push_back({"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
-  for (const auto& r : tx.exec(fmt::format(
-                              "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
-                              "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
-                              tr, en))
-                           .rows)
-    report.violations.push_back({"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
-  // Per currency: the balances add up to deposits minus withdrawals.
-  const auto totals = tx.exec(fmt::format(
-      "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
-      "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr}) c "
-      "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
-      "ON b.currency = c.currency "
-      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'deposit' AND "
-      "outcome = 'ok' GROUP BY currency) d ON d.currency = c.currency "
-      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'withdrawal' AND "
-      "outcome = 'ok' GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
-      fmt::arg("acc", acc), fmt::arg("tr", tr)));
-  for (const auto& r : totals.rows) {
-    const auto expected = checked_sub(r.i64(2), r.i64(3));
-    if (!expected || *expected != r.i64(1))
-      report.violations.push_back({"total_mismatch", "",
-                                   fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}",
-                                               r.text(0), r.i64(1), r.i64(2), r.i64(3))});
-    const auto sum = checked_add(report.total_balance, r.i64(1));
-    if (!sum) throw Error(ErrorKind::permanent, "the sum of all balances overflows a 64-bit integer");
-    report.total_balance = *sum;
-  }
-  report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
-  report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
-  tx.commit();
-  return report;
+  // Read-only, so a lost connection or a lost COMMIT reply is simply read again.
+  return detail::with_retries(
+      impl_->options.retry, detail::RetryIn::conflicts_and_in_doubt,
+      [&] {
+        CheckReport report;
+        // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
+        Transaction tx(impl_->backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_only});
+        for (const auto& r :
+             tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(e.total, 0) FROM {} a LEFT JOIN "
+                                 "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
+                                 "ON e.account_id = a.id WHERE a.balance <> COALESCE(e.total, 0) ORDER BY a.id",
+                                 acc, en))
+                 .rows)
+          report.violations.push_back({"balance_mismatch", r.text(0),
+                                       fmt::format("balance {} but its entries add up to {}", r.i64(1), r.i64(2))});
+        for (const auto& r :
+             tx.exec(fmt::format("SELECT id, balance, min_balance FROM {} WHERE balance < min_balance ORDER BY id", acc)).rows)
+          report.violations.push_back(
+              {"below_minimum", r.text(0), fmt::format("balance {} is below its minimum {}", r.i64(1), r.i64(2))});
+        for (const auto& r :
+             tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
+                                 "GROUP BY t.id HAVING SUM(e.amount) <> 0",
+                                 tr, en))
+                 .rows)
+          report.violations.push_back({"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
+        for (const auto& r : tx.exec(fmt::format(
+                                    "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
+                                    "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
+                                    tr, en))
+                                 .rows)
+          report.violations.push_back({"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
+        // Per currency: the balances add up to deposits minus withdrawals.
+        const auto totals = tx.exec(fmt::format(
+            "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
+            "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr}) c "
+            "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
+            "ON b.currency = c.currency "
+            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'deposit' AND "
+            "outcome = 'ok' GROUP BY currency) d ON d.currency = c.currency "
+            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'withdrawal' AND "
+            "outcome = 'ok' GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
+            fmt::arg("acc", acc), fmt::arg("tr", tr)));
+        for (const auto& r : totals.rows) {
+          const auto expected = checked_sub(r.i64(2), r.i64(3));
+          if (!expected || *expected != r.i64(1))
+            report.violations.push_back({"total_mismatch", "",
+                                         fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}",
+                                                     r.text(0), r.i64(1), r.i64(2), r.i64(3))});
+          const auto sum = checked_add(report.total_balance, r.i64(1));
+          if (!sum) throw Error(ErrorKind::permanent, "the sum of all balances overflows a 64-bit integer");
+          report.total_balance = *sum;
+        }
+        report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
+        report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
+        tx.commit();
+        return report;
+      },
+      [](const Error&) {});
 }
 
 LedgerStats Ledger::stats() const {
