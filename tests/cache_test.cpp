@@ -145,21 +145,8 @@ TEST_CASE("cache: a loader process killed mid-load frees the key at its lease tt
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
   // open for longer would stall ctest), holding a 1 s loader lease.
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const std::string prefix = t.db().table_prefix();
-    ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "cache", "fetch",
-            "killed-key", "--lease", "1s", "--", "sleep", "5", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  Locks probe(t.db());
-  bool loading = false;
-  for (int i = 0; i < 250 && !loading; ++i) {
-    for (const auto& l : probe.list()) loading = loading || (l.name == "cache:killed-key" && l.held);
-    if (!loading) std::this_thread::sleep_for(20ms);
-  }
-  REQUIRE(loading);
+  const pid_t pid = rowguard::test::start_cli_holding(
+      t, {"cache", "fetch", "killed-key", "--lease", "1s", "--", "sleep", "5"}, "cache:killed-key");
   ::kill(pid, SIGKILL);
   int status = 0;
   ::waitpid(pid, &status, 0);

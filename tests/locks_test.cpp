@@ -382,22 +382,7 @@ TEST_CASE("cli: lock acquire/renew/release exit codes", "[backend]") {
 namespace {
 // Starts `rowguard lock run NAME --ttl TTL -- sleep 30` in the background and waits until it holds.
 pid_t start_holder(TestDb& t, const std::string& name, const std::string& ttl) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const std::string prefix = t.db().table_prefix();
-    ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "lock", "run",
-            name.c_str(), "--ttl", ttl.c_str(), "--", "sleep", "30", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  Locks probe(t.db());
-  for (int i = 0; i < 250; ++i) {
-    for (const auto& l : probe.list())
-      if (l.name == name && l.held) return pid;
-    std::this_thread::sleep_for(20ms);
-  }
-  FAIL("the holder process never acquired the lock");
-  return pid;
+  return rowguard::test::start_cli_holding(t, {"lock", "run", name, "--ttl", ttl, "--", "sleep", "30"}, name);
 }
 
 int wait_exit(pid_t pid, std::chrono::seconds limit) {
@@ -446,22 +431,10 @@ TEST_CASE("locks: `lock run` forwards SIGTERM to the command and exits with its 
   if (!rowguard::test::processes_share_database()) return;
   TestDb t;
   t.db().migrate();
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const std::string prefix = t.db().table_prefix();
-    ::execl(ROWGUARD_CLI, ROWGUARD_CLI, "--db", t.url().c_str(), "--prefix", prefix.c_str(), "lock", "run", "signals",
-            "--ttl", "10s", "--", "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done",
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  const pid_t pid = rowguard::test::start_cli_holding(
+      t, {"lock", "run", "signals", "--ttl", "10s", "--", "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done"},
+      "signals");
   Locks probe(t.db());
-  bool held = false;
-  for (int i = 0; i < 250 && !held; ++i) {
-    for (const auto& l : probe.list()) held = held || (l.name == "signals" && l.held);
-    if (!held) std::this_thread::sleep_for(20ms);
-  }
-  REQUIRE(held);
   std::this_thread::sleep_for(200ms);  // let sh install its trap
   ::kill(pid, SIGTERM);
   CHECK(wait_exit(pid, 10s) == 42);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -133,6 +134,28 @@ int run_cli(const std::vector<std::string>& args, std::string* out) {
   const int status = ::pclose(pipe);
   if (out) *out = output;
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
+  std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::execv(ROWGUARD_CLI, argv.data());
+    ::_exit(127);
+  }
+  Locks probe(t.db());
+  for (int i = 0; i < 250; ++i) {
+    for (const auto& l : probe.list())
+      if (l.name == held && l.held) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  FAIL(fmt::format("the CLI process never took the lock '{}'", held));
+  return pid;
 }
 
 }  // namespace rowguard::test

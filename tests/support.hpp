@@ -57,4 +57,8 @@ std::int64_t rows_in(Database& db, const char* table);
 // Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout.
 int run_cli(const std::vector<std::string>& args, std::string* out = nullptr);
 
+// Starts the rowguard CLI on t's database (--db, --prefix, then args) in a child process and waits
+// until the lock named held is held; returns the child's pid. FAILs when it never is.
+int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held);
+
 }  // namespace rowguard::test
