@@ -111,15 +111,16 @@ struct Variant {
   std::string name;
   ClientFactory make;
   Mode mode = Mode::threads;
+  double per_op = 1;  // units of work per operation (100 for a batch of 100 transfers)
 };
 
 // Runs the variants in alternating rounds (so drift hits all alike) and records a row each.
 void compare(Report& report, const Settings& s, const std::string& backend, const std::string& group, int clients,
-             const std::vector<Variant>& variants, const std::string& baseline, double per_op = 1) {
+             const std::vector<Variant>& variants, const std::string& baseline) {
   std::vector<Row> rows(variants.size());
   for (std::size_t v = 0; v < variants.size(); ++v) {
     rows[v].backend = backend, rows[v].group = group, rows[v].variant = variants[v].name;
-    rows[v].clients = clients, rows[v].baseline = baseline, rows[v].per_op = per_op;
+    rows[v].clients = clients, rows[v].baseline = baseline, rows[v].per_op = variants[v].per_op;
     rows[v].mode = variants[v].mode == Mode::threads ? "threads" : "processes";
   }
   for (int round = 0; round < s.rounds; ++round)
@@ -356,6 +357,10 @@ void run_postgres(Report& report, const Settings& s) {
   const std::string run = run_nonce();
   const Accounts pool = account_pool(s.accounts);
   const Accounts hot_pair{"hot-a", "hot-b"};
+  // --redis HOST:PORT, when given: the Redis rows of the lock and cache workloads.
+  const auto colon = s.redis.rfind(':');
+  const std::string host = s.redis.substr(0, colon);
+  const int port = s.redis.empty() ? 0 : std::stoi(s.redis.substr(colon + 1));
   std::cerr << "postgres: seeding " << s.accounts << " accounts and " << s.keys << " cache keys\n";
   seed(url, s);
   pg_create_shedlock_table(url);
@@ -387,9 +392,9 @@ void run_postgres(Report& report, const Settings& s) {
     }
   if (wanted(s, "batch")) {
     compare(report, s, "postgres", "batch", 1,
-            {{"transfer_batch(100)", rowguard_batch(url, pool, run)}, {"single transfers", rowguard_transfer(url, pool, run)}},
+            {{"transfer_batch(100)", rowguard_batch(url, pool, run), Mode::threads, 100},
+             {"single transfers", rowguard_transfer(url, pool, run)}},
             "single transfers");
-    report.rows[report.rows.size() - 2].per_op = 100;  // transfers per batch
     report.check("postgres transfer_batch(100) / single transfers",
                  ratio(report, "postgres", "batch", "transfer_batch(100)", "single transfers", 1), 10.0, ">= 10x");
   }
@@ -400,9 +405,6 @@ void run_postgres(Report& report, const Settings& s) {
                              {"shedlock-style", [&](int client) { return pg_shedlock(url, run, client); }},
                              {"advisory lock", [&](int client) { return pg_advisory_lock(url, client); }}};
       if (!s.redis.empty()) {
-        const auto colon = s.redis.rfind(':');
-        const std::string host = s.redis.substr(0, colon);
-        const int port = std::stoi(s.redis.substr(colon + 1));
         v.push_back({"redis SET NX PX", [=](int client) { return redis_lock(host, port, run, client); }});
       }
       compare(report, s, "postgres", "lock", c, v, "raw libpqxx upsert");
@@ -430,9 +432,6 @@ void run_postgres(Report& report, const Settings& s) {
       std::vector<Variant> v{{"rowguard get (table)", rowguard_cache_get(url, s)},
                              {"raw libpqxx pk select", [&](int) { return pg_raw_cache_get(url, tables, s.keys); }}};
       if (!s.redis.empty()) {
-        const auto colon = s.redis.rfind(':');
-        const std::string host = s.redis.substr(0, colon);
-        const int port = std::stoi(s.redis.substr(colon + 1));
         redis_fill(host, port, s.keys, std::string(100, 'v'));
         v.push_back({"redis GET", [=](int) { return redis_get(host, port, s.keys); }});
       }
@@ -478,9 +477,9 @@ void run_sqlite(Report& report, const Settings& s) {
     }
   if (wanted(s, "batch")) {
     compare(report, s, "sqlite", "batch", 1,
-            {{"transfer_batch(100)", rowguard_batch(url, pool, run)}, {"single transfers", rowguard_transfer(url, pool, run)}},
+            {{"transfer_batch(100)", rowguard_batch(url, pool, run), Mode::threads, 100},
+             {"single transfers", rowguard_transfer(url, pool, run)}},
             "single transfers");
-    report.rows[report.rows.size() - 2].per_op = 100;
   }
   if (wanted(s, "lock"))
     for (int c : s.clients) {
