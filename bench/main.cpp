@@ -10,6 +10,8 @@
 //   cache      Cache::get table hit | raw primary-key SELECT | Redis GET; in-process tier ns per hit
 //   hot        16 clients on 2 accounts: rowguard vs pessimistic, every transfer must succeed
 //   scaling    transfers and pgbench at 1, 2, 4, 8, 16 clients
+//   pooler     rowguard transfer, lock and cache get straight to PostgreSQL and through a
+//              transaction-pooling PgBouncer (--pgbouncer): what the pooler mode costs
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +43,7 @@ struct Settings {
   std::string backends = "sqlite,postgres";
   std::string pg_url;
   std::string redis;  // host:port
+  std::string pgbouncer;  // URL of a transaction-pooling PgBouncer in front of pg_url
   std::vector<int> clients{1, 4};
   double seconds = 5;
   int rounds = 3;
@@ -452,6 +455,21 @@ void run_postgres(Report& report, const Settings& s) {
     report.check(fmt::format("postgres hot pair, {} clients: rowguard / pessimistic", hot_clients),
                  ratio(report, "postgres", "hot", "rowguard", "pessimistic 7-stmt", hot_clients), 1.0, ">= 1x");
   }
+  if (wanted(s, "pooler") && !s.pgbouncer.empty())
+    for (int c : s.clients) {
+      // Unnamed statements (parse + bind + execute in each round trip) and PgBouncer's extra hop.
+      compare(report, s, "postgres", "pooler transfer", c,
+              {{"rowguard direct", rowguard_transfer(url, pool, run)},
+               {"rowguard via PgBouncer", rowguard_transfer(s.pgbouncer, pool, run)}},
+              "rowguard direct");
+      compare(report, s, "postgres", "pooler lock", c,
+              {{"rowguard direct", rowguard_lock(url, run)}, {"rowguard via PgBouncer", rowguard_lock(s.pgbouncer, run + "b")}},
+              "rowguard direct");
+      compare(report, s, "postgres", "pooler cache", c,
+              {{"rowguard direct", rowguard_cache_get(url, s)},
+               {"rowguard via PgBouncer", rowguard_cache_get(s.pgbouncer, s)}},
+              "rowguard direct");
+    }
   if (wanted(s, "scaling"))
     for (int c : s.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4, 8, 16}) {
       compare(report, s, "postgres", "scaling", c, {{"rowguard", rowguard_transfer(url, pool, run)}}, "");
@@ -515,18 +533,22 @@ int main(int argc, char** argv) {
   Settings s;
   if (const char* pg = std::getenv("ROWGUARD_TEST_PG")) s.pg_url = pg;
   if (const char* redis = std::getenv("ROWGUARD_BENCH_REDIS")) s.redis = redis;
+  if (const char* bouncer = std::getenv("ROWGUARD_TEST_PGBOUNCER")) s.pgbouncer = bouncer;
   std::string clients = "1,4";
   CLI::App app("rowguard-bench: rowguard against its baselines on the same server, as ratios");
   app.add_option("--backend", s.backends, "sqlite, postgres, or both comma-separated (default both)");
   app.add_option("--pg", s.pg_url, "PostgreSQL URL (default $ROWGUARD_TEST_PG)");
   app.add_option("--redis", s.redis,
                  "HOST:PORT of a redis-server for the Redis rows (default $ROWGUARD_BENCH_REDIS; none: no Redis rows)");
+  app.add_option("--pgbouncer", s.pgbouncer,
+                 "URL of a transaction-pooling PgBouncer in front of --pg, with rowguard_pooling=transaction "
+                 "(default $ROWGUARD_TEST_PGBOUNCER; none: no pooler rows)");
   app.add_option("--clients", clients, "Client counts, comma-separated (default 1,4)");
   app.add_option("--seconds", s.seconds, "Seconds per measurement (default 5)");
   app.add_option("--rounds", s.rounds, "Alternating rounds per comparison; the median counts (default 3)");
   app.add_flag("--quick", s.quick, "Smoke run: 0.5 s, 1 round, clients 1,2, fewer hand-offs");
   app.add_flag("--processes", s.processes, "Also run the transfer comparison with clients as processes");
-  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,lock,handoff,cache,hot,scaling");
+  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,lock,handoff,cache,hot,scaling,pooler");
   app.add_option("--json", s.json_path, "Write the results as JSON to this file");
   app.add_flag("--sane", s.sane,
                "Exit 1 unless every row measured more than 0 ops/s and rowguard's rows met no errors (CI smoke)");

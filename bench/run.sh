@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole comparison in one go: installs what is missing, builds rowguard-bench, starts
-# redis-server and a throwaway PostgreSQL with fsync=off, runs every workload (SQLite too), then
+# redis-server and a throwaway PostgreSQL with fsync=off (and PgBouncer in front of it), runs every workload (SQLite too), then
 # again against a PostgreSQL with its default durability (fsync on). JSON goes to bench/out/.
 #   bench/run.sh            the full run (about 25 minutes on 2 cores)
 #   bench/run.sh --quick    a smoke run, under two minutes
@@ -12,7 +12,7 @@ scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)" --target rowguard-bench
 mkdir -p bench/out
-bench/with-redis.sh -- scripts/pg-throwaway.sh -- bash -c \
+bench/with-redis.sh -- scripts/pg-throwaway.sh --pgbouncer -- bash -c \
   'build/bench/rowguard-bench "$@" --processes --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=off" --json bench/out/fsync-off.json' \
   _ "${args[@]}"
 bench/with-redis.sh -- scripts/pg-throwaway.sh --durable -- bash -c \

@@ -6,6 +6,11 @@
 #   scripts/pg-throwaway.sh                 print the URL and wait until Ctrl-C
 #   scripts/pg-throwaway.sh -- CMD ARGS...  run CMD with ROWGUARD_TEST_PG set to the URL; exit with its code
 #   scripts/pg-throwaway.sh --durable -- CMD  the same with PostgreSQL's default durability (benchmarks)
+#   scripts/pg-throwaway.sh --pgbouncer -- CMD  also start PgBouncer in transaction pooling mode in
+#                                           front of it: ROWGUARD_TEST_PGBOUNCER is its URL
+#
+# Exported to CMD: ROWGUARD_TEST_PG (URL), ROWGUARD_TEST_PG_SOCKET (socket dir), ROWGUARD_TEST_PGDATA
+# and ROWGUARD_TEST_PG_BIN (for tests that restart the server), ROWGUARD_TEST_PGBOUNCER (--pgbouncer).
 #
 # Settings: fsync=off, synchronous_commit=off and full_page_writes=off (a throwaway test server:
 # durability is not what is tested here; --durable keeps PostgreSQL's defaults for all three),
@@ -19,8 +24,15 @@ if [[ ! -x "$PG_BIN/initdb" ]]; then
 fi
 
 durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-if [[ "${1:-}" == "--durable" ]]; then durability=""; shift; fi
-if [[ "${1:-}" == "--" ]]; then shift; fi
+pgbouncer=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --durable) durability=""; shift ;;
+    --pgbouncer) pgbouncer=1; shift ;;
+    --) shift; break ;;
+    *) echo "pg-throwaway: unknown option $1 (expected --durable, --pgbouncer, -- CMD)" >&2; exit 2 ;;
+  esac
+done
 
 as_postgres() {
   if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -33,6 +45,9 @@ chmod 700 "$dir"
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [[ -f "$dir/pgbouncer.pid" ]]; then
+    kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+  fi
   if [[ -f "$dir/data/postmaster.pid" ]]; then
     as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
   fi
@@ -66,7 +81,56 @@ as_postgres "$PG_BIN/createdb" -h "$dir" -p "$port" -U postgres rowguard_test
 url="postgresql://postgres@127.0.0.1:$port/rowguard_test"
 export ROWGUARD_TEST_PG="$url"
 export ROWGUARD_TEST_PG_SOCKET="$dir"
+export ROWGUARD_TEST_PGDATA="$dir/data"
+export ROWGUARD_TEST_PG_BIN="$PG_BIN"
 echo "pg-throwaway: PostgreSQL 15 running at $url (socket dir $dir)" >&2
+
+if [[ "$pgbouncer" == 1 ]]; then
+  command -v pgbouncer >/dev/null || { echo "pg-throwaway: pgbouncer not found (scripts/install-deps.sh)" >&2; exit 1; }
+  # Transaction pooling: a server connection is the client's only for one transaction, so session
+  # state (named prepared statements, LISTEN, session advisory locks) does not survive between them.
+  echo '"postgres" ""' >"$dir/userlist.txt"
+  started=0
+  for attempt in 1 2 3 4 5 6 7 8; do
+    bport=$(( 20000 + (RANDOM * 11 + $$ + attempt * 1231) % 40000 ))
+    cat >"$dir/pgbouncer.ini" <<EOF
+[databases]
+rowguard_test = host=127.0.0.1 port=$port dbname=rowguard_test user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = trust
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = 40
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+EOF
+    [[ "$(id -u)" == 0 ]] && chown postgres:postgres "$dir/pgbouncer.ini" "$dir/userlist.txt"
+    rm -f "$dir/pgbouncer.pid"
+    if as_postgres pgbouncer -d "$dir/pgbouncer.ini" >>"$dir/pgbouncer.out" 2>&1; then
+      for _ in $(seq 1 50); do
+        if "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$bport" -U postgres -d rowguard_test -c 'SELECT 1' >/dev/null 2>&1; then
+          started=1
+          break
+        fi
+        sleep 0.1
+      done
+    fi
+    [[ "$started" == 1 ]] && break
+    if [[ -f "$dir/pgbouncer.pid" ]]; then kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true; fi
+  done
+  if [[ "$started" != 1 ]]; then
+    echo "pg-throwaway: PgBouncer did not start; its log:" >&2
+    cat "$dir/pgbouncer.out" "$dir/pgbouncer.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+  export ROWGUARD_TEST_PGBOUNCER="postgresql://postgres@127.0.0.1:$bport/rowguard_test?rowguard_pooling=transaction"
+  echo "pg-throwaway: PgBouncer (transaction pooling) at $ROWGUARD_TEST_PGBOUNCER" >&2
+fi
 
 if [[ $# -gt 0 ]]; then
   set +e
@@ -76,5 +140,6 @@ if [[ $# -gt 0 ]]; then
   exit "$rc"
 fi
 echo "$url"
+if [[ "$pgbouncer" == 1 ]]; then echo "$ROWGUARD_TEST_PGBOUNCER"; fi
 echo "pg-throwaway: press Ctrl-C to stop it" >&2
 while true; do sleep 3600; done

@@ -82,7 +82,7 @@ TEST_CASE("concurrent writers: the loser gets conflict", "[backend]") {
   CHECK(other->exec(fmt::format("SELECT last_token FROM {} WHERE resource = 'r'", table)).one().i64(0) == 2);
 }
 
-TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", "[pg]") {
+TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", "[pg][direct]") {
   Options one;
   one.pool_size = 1;
   TestDb t(one);
@@ -103,7 +103,7 @@ TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", 
   CHECK(t.db().pool_stats().created == 2);
 }
 
-TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg]") {
+TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg][direct]") {
   // The client sees the connection close without the statement's reply, so for a write it cannot
   // know whether the server committed: in_doubt (never retried blindly). A read is just transient.
   Options one;

@@ -116,7 +116,7 @@ TEST_CASE("table prefixes keep two installations apart in one database", "[backe
   CHECK(other->schema_version() == Database::library_schema_version());
 }
 
-TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothing else", "[pg]") {
+TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothing else", "[pg][direct]") {
   TestDb t;
   t.db().migrate();
   const std::string prefix = t.db().table_prefix();

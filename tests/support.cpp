@@ -41,7 +41,7 @@ struct ScratchRoot {
 }  // namespace
 
 bool set_backend(const std::string& name) {
-  for (const char* known : {"sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3", "soci-postgresql"})
+  for (const char* known : {"sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3", "soci-postgresql", "pgbouncer"})
     if (name == known) {
       current() = name;
       return true;
@@ -54,7 +54,8 @@ const std::string& backend() {
   return current();
 }
 
-bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgresql"; }
+bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgresql" || is_pgbouncer(); }
+bool is_pgbouncer() { return backend() == "pgbouncer"; }
 bool is_memory() { return backend() == "sqlite-memory"; }
 
 bool processes_share_database() {
@@ -67,6 +68,13 @@ std::string pg_url() {
   const char* url = std::getenv("ROWGUARD_TEST_PG");
   if (url == nullptr || *url == '\0')
     FAIL("ROWGUARD_TEST_PG is not set: run the suite through scripts/test.sh (or scripts/pg-throwaway.sh -- ctest)");
+  return url;
+}
+
+std::string pgbouncer_url() {
+  const char* url = std::getenv("ROWGUARD_TEST_PGBOUNCER");
+  if (url == nullptr || *url == '\0')
+    FAIL("ROWGUARD_TEST_PGBOUNCER is not set: run the suite through scripts/test.sh (pg-throwaway.sh --pgbouncer)");
   return url;
 }
 
@@ -87,6 +95,8 @@ TestDb::TestDb(Options options) : options_(std::move(options)) {
     url_ = "soci+sqlite3:" + (scratch_dir() / "test.db").string();
   else if (b == "postgres")
     url_ = pg_url();
+  else if (b == "pgbouncer")
+    url_ = pgbouncer_url();
   else
     url_ = "soci+" + pg_url();
   // On PostgreSQL every test gets its own tables through its own prefix.

@@ -15,7 +15,8 @@ namespace rowguard::test {
 bool set_backend(const std::string& name);
 // "sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3" or "soci-postgresql".
 const std::string& backend();
-bool is_postgres();  // postgres or soci-postgresql
+bool is_postgres();  // postgres, soci-postgresql or pgbouncer (PostgreSQL behind a transaction-pooling PgBouncer)
+bool is_pgbouncer();
 bool is_memory();    // sqlite-memory: one Database is the whole database
 // False on sqlite-memory, whose database is private to one process: multi-process tests record
 // that (SUCCEED with the reason) and return; the thread tests cover that backend.
@@ -24,6 +25,7 @@ bool processes_share_database();
 // The throwaway server's URL from $ROWGUARD_TEST_PG (scripts/pg-throwaway.sh sets it). Fails the
 // test, never skips it, when unset.
 std::string pg_url();
+std::string pgbouncer_url();  // ROWGUARD_TEST_PGBOUNCER
 
 // A new scratch directory under the system temp dir, removed at exit.
 std::filesystem::path scratch_dir();

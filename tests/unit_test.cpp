@@ -84,6 +84,29 @@ TEST_CASE("URLs select the engine", "[unit]") {
   CHECK(detail::parse_url("soci+postgresql:host=h dbname=db").target == "host=h dbname=db");
 }
 
+TEST_CASE("rowguard_pooling=transaction is taken out of the URL before libpq sees it", "[unit]") {
+  const auto uri = detail::parse_url("postgresql://app@db:6432/pay?sslmode=require&rowguard_pooling=transaction&x=1");
+  CHECK(uri.transaction_pooling);
+  CHECK(uri.target == "postgresql://app@db:6432/pay?sslmode=require&x=1");
+  const auto only = detail::parse_url("postgresql://db/pay?rowguard_pooling=transaction");
+  CHECK(only.transaction_pooling);
+  CHECK(only.target == "postgresql://db/pay");
+  const auto keywords = detail::parse_url("host=db rowguard_pooling=transaction dbname=pay");
+  CHECK(keywords.transaction_pooling);
+  CHECK(keywords.target == "host=db  dbname=pay");
+  const auto session = detail::parse_url("postgresql://db/pay?rowguard_pooling=session");
+  CHECK_FALSE(session.transaction_pooling);
+  CHECK(session.target == "postgresql://db/pay");
+  CHECK_FALSE(detail::parse_url("postgresql://db/pay").transaction_pooling);
+  std::string message;
+  CHECK(test::kind_of([] { detail::parse_url("postgresql://db/pay?rowguard_pooling=statement"); }, &message) ==
+        ErrorKind::invalid_argument);
+  CHECK(message.find("'session' or 'transaction'") != std::string::npos);
+  // SOCI prepares named statements, which a transaction pooler loses between transactions.
+  CHECK(test::kind_of([] { detail::parse_url("soci+postgresql://db/pay?rowguard_pooling=transaction"); }, &message) ==
+        ErrorKind::invalid_argument);
+}
+
 TEST_CASE("bad URLs and options are invalid_argument", "[unit]") {
   CHECK(kind_of_open("") == ErrorKind::invalid_argument);
   CHECK(kind_of_open("mysql://localhost/db") == ErrorKind::invalid_argument);

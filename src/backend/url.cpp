@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <optional>
 #include <regex>
 
 #include <fmt/format.h>
@@ -54,6 +55,51 @@ std::string find_password(std::string_view url) {
   static const std::regex keyword(R"((?:^|\s)password\s*=\s*([^\s']+))");
   if (std::regex_search(s, m, keyword)) return m[1].str();
   return {};
+}
+
+// Removes rowguard's own option `key` from a libpq URI query or keyword string (libpq rejects
+// keys it does not know) and returns its value, if it was there.
+std::optional<std::string> take_option(std::string& conninfo, std::string_view key) {
+  std::optional<std::string> value;
+  if (is_uri(conninfo)) {
+    const auto q = conninfo.find('?');
+    if (q == std::string::npos) return value;
+    std::string kept;
+    std::size_t start = q + 1;
+    while (start <= conninfo.size()) {
+      auto end = conninfo.find('&', start);
+      if (end == std::string::npos) end = conninfo.size();
+      const std::string_view pair(conninfo.data() + start, end - start);
+      if (pair.substr(0, key.size() + 1) == fmt::format("{}=", key))
+        value = percent_decode(pair.substr(key.size() + 1));
+      else if (!pair.empty())
+        kept += (kept.empty() ? "" : "&") + std::string(pair);
+      start = end + 1;
+    }
+    conninfo = conninfo.substr(0, q) + (kept.empty() ? "" : "?" + kept);
+    return value;
+  }
+  const std::regex keyword(fmt::format(R"((^|\s){}\s*=\s*([^\s']*))", key));
+  std::smatch m;
+  if (std::regex_search(conninfo, m, keyword)) {
+    value = m[2].str();
+    conninfo = m.prefix().str() + m[1].str() + m.suffix().str();
+  }
+  return value;
+}
+
+// rowguard_pooling=session (the default) or transaction.
+void take_pooling_option(ParsedUrl& parsed) {
+  const auto pooling = take_option(parsed.target, "rowguard_pooling");
+  if (!pooling || *pooling == "session") return;
+  if (*pooling != "transaction")
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("rowguard_pooling must be 'session' or 'transaction', got '{}'", *pooling));
+  if (parsed.engine != Engine::postgres)
+    throw Error(ErrorKind::invalid_argument,
+                "rowguard_pooling=transaction needs the libpqxx backend (postgresql://...): SOCI prepares named "
+                "statements, which a transaction-pooling PgBouncer does not keep");
+  parsed.transaction_pooling = true;
 }
 
 }  // namespace
@@ -124,6 +170,7 @@ ParsedUrl parse_url(std::string_view url) {
                             "postgresql://..., a libpq keyword string, soci+sqlite3:PATH or soci+postgresql://...",
                             parsed.display));
   }
+  if (parsed.engine == Engine::postgres || parsed.engine == Engine::soci_postgresql) take_pooling_option(parsed);
   return parsed;
 }
 

@@ -15,6 +15,9 @@ struct ParsedUrl {
   bool memory = false;       // sqlite::memory:
   std::string password;      // the password found in the URL, if any: scrubbed from every message
   std::string display;       // the URL with the password replaced by ***
+  // rowguard_pooling=transaction: the server is reached through a transaction-pooling PgBouncer,
+  // so nothing may rely on session state (named prepared statements, LISTEN). Taken out of target.
+  bool transaction_pooling = false;
 };
 
 // Error(invalid_argument) for an empty URL, an unknown scheme or an empty path.

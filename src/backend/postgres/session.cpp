@@ -18,7 +18,7 @@ namespace {
 class PgSession final : public Session {
  public:
   PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect,
-            std::string password)
+            std::string password, bool unnamed_statements)
       : connection_(std::move(connection)), dialect_(std::move(dialect)), password_(std::move(password)) {
     // libpqxx 6.4 silently reconnects a broken connection ("reactivation"), which would hide the
     // break from the pool and lose the transaction's context: turn that off.
@@ -27,7 +27,7 @@ class PgSession final : public Session {
     connection_->inhibit_reactivation(true);
 #pragma GCC diagnostic pop
     tx_ = std::make_unique<pqxx::nontransaction>(*connection_, "rowguard");
-    statements_ = std::make_unique<PgStatements>(*connection_);
+    statements_ = std::make_unique<PgStatements>(*connection_, unnamed_statements);
   }
 
   ~PgSession() override {
@@ -79,7 +79,8 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
   conninfo = with_conninfo_default(conninfo, "connect_timeout", std::to_string(options.connect_timeout.count()));
   validate_conninfo(conninfo, url.password);
   auto dialect = postgres_dialect(BlobTransport::native);
-  auto factory = [conninfo, dialect, password = url.password]() -> std::unique_ptr<Session> {
+  const bool pooled = url.transaction_pooling;
+  auto factory = [conninfo, dialect, password = url.password, pooled]() -> std::unique_ptr<Session> {
     std::unique_ptr<pqxx::connection> connection;
     try {
       connection = std::make_unique<pqxx::connection>(conninfo);
@@ -90,10 +91,12 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
                   scrub(fmt::format("postgres: cannot connect to {}: {}", redact(conninfo), e.what()), password),
                   error.sqlstate());
     }
-    return std::make_unique<PgSession>(std::move(connection), dialect, password);
+    return std::make_unique<PgSession>(std::move(connection), dialect, password, pooled);
   };
   auto backend = std::make_shared<Backend>("postgres", url.display, options, dialect, factory);
-  backend->set_listener_factory(libpq_listener_factory(conninfo, url.password));
+  // Behind a transaction pooler LISTEN would register on whichever server connection the pooler
+  // picked and be lost at the next transaction: waiters poll instead.
+  if (!pooled) backend->set_listener_factory(libpq_listener_factory(conninfo, url.password));
   return backend;
 }
 
@@ -111,7 +114,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
     }
     if (!connection || !connection->is_open())
       throw Error(ErrorKind::transient, "postgres: the connection factory returned no open connection");
-    return std::make_unique<PgSession>(std::move(connection), dialect, std::string());
+    return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false);
   };
   return std::make_shared<Backend>("postgres", "postgresql (connection factory)", options, dialect, factory);
 }

@@ -32,7 +32,7 @@ Value cell(const pqxx::field& field, pqxx::oid type) {
 }
 }  // namespace
 
-PgStatements::PgStatements(pqxx::connection_base& connection) : connection_(connection) {}
+PgStatements::PgStatements(pqxx::connection_base& connection, bool unnamed) : connection_(connection), unnamed_(unnamed) {}
 
 const std::string& PgStatements::name_for(std::string_view sql) {
   const auto hit = names_.find(std::string(sql));
@@ -62,9 +62,9 @@ Result PgStatements::run(pqxx::transaction_base& tx, std::string_view sql, const
     pointers[i] = storage[i].c_str();
   }
   const pqxx::result r =
-      params.empty() && is_transaction_control(sql)
-          ? tx.exec(std::string(sql))
-          : tx.exec_prepared(name_for(sql), pqxx::prepare::make_dynamic_params(pointers));
+      params.empty() && is_transaction_control(sql) ? tx.exec(std::string(sql))
+      : unnamed_ ? tx.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(pointers))
+                 : tx.exec_prepared(name_for(sql), pqxx::prepare::make_dynamic_params(pointers));
 
   Result result;
   result.affected = static_cast<std::int64_t>(r.affected_rows());
