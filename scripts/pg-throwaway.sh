@@ -142,4 +142,5 @@ fi
 echo "$url"
 if [[ "$pgbouncer" == 1 ]]; then echo "$ROWGUARD_TEST_PGBOUNCER"; fi
 echo "pg-throwaway: press Ctrl-C to stop it" >&2
-while true; do sleep 3600; done
+# wait, not a foreground sleep: bash runs the TERM trap only once the foreground command ends.
+while true; do sleep 3600 & wait $!; done

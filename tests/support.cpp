@@ -85,7 +85,8 @@ std::filesystem::path scratch_dir() {
   return dir;
 }
 
-TestDb::TestDb(Options options) : options_(std::move(options)) {
+TestDb::TestDb(Options options, const std::function<std::string(const std::string&)>& route)
+    : options_(std::move(options)) {
   const std::string& b = backend();
   if (b == "sqlite-file")
     url_ = "sqlite:" + (scratch_dir() / "test.db").string();
@@ -99,6 +100,7 @@ TestDb::TestDb(Options options) : options_(std::move(options)) {
     url_ = pgbouncer_url();
   else
     url_ = "soci+" + pg_url();
+  if (route) url_ = route(url_);
   // On PostgreSQL every test gets its own tables through its own prefix.
   if (is_postgres()) options_.table_prefix += "t" + unique_token() + "_";
   primary_ = std::make_shared<Database>(Database::open(url_, options_));
@@ -126,14 +128,14 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
   return ErrorKind::permanent;
 }
 
-int run_cli(const std::vector<std::string>& args, std::string* out) {
+int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
     std::string quoted = "'";
     for (const char c : a) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
     command += " " + quoted + "'";
   }
-  command += " 2>/dev/null";
+  command += with_stderr ? " 2>&1" : " 2>/dev/null";
   FILE* pipe = ::popen(command.c_str(), "r");
   // No Catch2 assertion here: run_cli is called from worker threads, and Catch2 is not thread-safe.
   if (pipe == nullptr) throw std::runtime_error("popen failed for " + command);

@@ -33,7 +33,8 @@ std::filesystem::path scratch_dir();
 // A fresh database for one test: its own SQLite file, or its own table prefix on PostgreSQL.
 class TestDb {
  public:
-  explicit TestDb(Options options = {});
+  // route: rewrites the backend's URL (e.g. to go through the fault proxy).
+  explicit TestDb(Options options = {}, const std::function<std::string(const std::string&)>& route = {});
   Database& db() { return *primary_; }
   // Another Database on the same data (for memory: the same object, since nothing else can see it).
   std::shared_ptr<Database> another(Options options);
@@ -56,8 +57,9 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message = nullptr
 // Rows in one of rowguard's tables ("locks", "cache", ...) under db's prefix.
 std::int64_t rows_in(Database& db, const char* table);
 
-// Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout.
-int run_cli(const std::vector<std::string>& args, std::string* out = nullptr);
+// Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout (and
+// stderr after it with with_stderr).
+int run_cli(const std::vector<std::string>& args, std::string* out = nullptr, bool with_stderr = false);
 
 // Starts the rowguard CLI on t's database (--db, --prefix, then args) in a child process and waits
 // until the lock named held is held; returns the child's pid. FAILs when it never is.

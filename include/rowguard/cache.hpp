@@ -112,6 +112,8 @@ class Cache {
 
   // The live value, or nothing when absent, expired or cached as absent.
   std::optional<std::string> get(std::string_view key);
+  // The longest ttl a value may be given: one year (a longer one is invalid_argument, as is zero or less).
+  static constexpr std::chrono::milliseconds max_ttl{366LL * 24 * 3600 * 1000};
   // Stores a value for ttl (jittered). Makes any load in flight for the key stale.
   void put(std::string_view key, std::string_view value, std::chrono::milliseconds ttl);
   void put(Transaction& tx, std::string_view key, std::string_view value, std::chrono::milliseconds ttl);

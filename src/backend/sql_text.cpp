@@ -132,12 +132,13 @@ std::string from_hex(std::string_view hex) {
   return out;
 }
 
-bool is_utf8(std::string_view text) {
+bool is_text(std::string_view text) {
   std::size_t i = 0;
   while (i < text.size()) {
     const auto c = static_cast<unsigned char>(text[i]);
     std::size_t extra = 0;
     std::uint32_t cp = 0;
+    if (c == 0) return false;
     if (c < 0x80) {
       ++i;
       continue;

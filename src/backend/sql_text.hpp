@@ -28,8 +28,10 @@ std::string to_hex(std::string_view bytes);
 // Error(permanent) on an odd length or a non-hex digit; accepts an optional "\x" prefix (bytea text).
 std::string from_hex(std::string_view hex);
 
-// True when text is well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
-bool is_utf8(std::string_view text);
+// True when text is well-formed UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF)
+// without a NUL byte: what names, keys and ids must be. PostgreSQL text cannot hold NUL, and SOCI
+// would silently cut a bound string at one, so it is refused everywhere alike.
+bool is_text(std::string_view text);
 
 // True for a usable SQL identifier fragment: [a-z_][a-z0-9_]* of at most max_length bytes.
 bool is_identifier(std::string_view text, std::size_t max_length);

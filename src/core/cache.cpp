@@ -185,9 +185,9 @@ struct Cache::Impl {
   }
 
   void check_key(std::string_view key) const {
-    if (key.empty() || key.size() > options.max_key_bytes || !detail::is_utf8(key))
+    if (key.empty() || key.size() > options.max_key_bytes || !detail::is_text(key))
       throw Error(ErrorKind::invalid_argument,
-                  fmt::format("cache key must be 1 to {} bytes of UTF-8", options.max_key_bytes));
+                  fmt::format("cache key must be 1 to {} bytes of UTF-8 without NUL", options.max_key_bytes));
   }
   void check_value(std::string_view value) const {
     if (value.size() > options.max_value_bytes)
@@ -195,7 +195,9 @@ struct Cache::Impl {
                                                            options.max_value_bytes));
   }
   static void check_ttl(std::chrono::milliseconds ttl) {
-    if (ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("cache ttl must be positive, got {} ms", ttl.count()));
+    if (ttl.count() <= 0 || ttl > Cache::max_ttl)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("cache ttl must be 1 ms to {} ms (366 days), got {} ms", Cache::max_ttl.count(), ttl.count()));
   }
   std::int64_t jittered(std::chrono::milliseconds ttl) const {
     if (options.ttl_jitter == 0.0) return ttl.count();

@@ -20,8 +20,8 @@ Fence::Fence(Database& db) : backend_(db.shared_backend()) {
 
 namespace {
 void validate(std::string_view resource, std::int64_t token) {
-  if (resource.empty() || resource.size() > 1000 || !detail::is_utf8(resource))
-    throw Error(ErrorKind::invalid_argument, "fence resource must be 1 to 1000 bytes of UTF-8");
+  if (resource.empty() || resource.size() > 1000 || !detail::is_text(resource))
+    throw Error(ErrorKind::invalid_argument, "fence resource must be 1 to 1000 bytes of UTF-8 without NUL");
   if (token < 1) throw Error(ErrorKind::invalid_argument, fmt::format("fencing token must be positive, got {}", token));
 }
 }  // namespace

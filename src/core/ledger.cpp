@@ -33,8 +33,8 @@ constexpr std::size_t max_id_bytes = 128;
 constexpr std::size_t max_key_bytes = 255;
 
 void check_text(std::string_view value, std::string_view what, std::size_t max) {
-  if (value.empty() || value.size() > max || !detail::is_utf8(value))
-    throw Error(ErrorKind::invalid_argument, fmt::format("{} must be 1 to {} bytes of UTF-8", what, max));
+  if (value.empty() || value.size() > max || !detail::is_text(value))
+    throw Error(ErrorKind::invalid_argument, fmt::format("{} must be 1 to {} bytes of UTF-8 without NUL", what, max));
 }
 
 void check_currency(std::string_view currency) {

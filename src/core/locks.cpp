@@ -1,4 +1,8 @@
+#include <sys/random.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <random>
@@ -55,7 +59,7 @@ void Locks::Impl::validate_name(std::string_view name) const {
   if (name.size() > max_name_bytes)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("lock name is {} bytes; the maximum is {}", name.size(), max_name_bytes));
-  if (!detail::is_utf8(name)) throw Error(ErrorKind::invalid_argument, "lock name is not valid UTF-8");
+  if (!detail::is_text(name)) throw Error(ErrorKind::invalid_argument, "lock name is not valid UTF-8 or holds a NUL byte");
 }
 
 void Locks::Impl::validate_ttl(std::chrono::milliseconds ttl) const {
@@ -67,9 +71,9 @@ void Locks::Impl::validate_ttl(std::chrono::milliseconds ttl) const {
 }
 
 void Locks::Impl::validate_owner(std::string_view owner) const {
-  if (owner.empty() || owner.size() > max_owner_bytes || !detail::is_utf8(owner))
+  if (owner.empty() || owner.size() > max_owner_bytes || !detail::is_text(owner))
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("lock owner must be 1 to {} bytes of UTF-8", max_owner_bytes));
+                fmt::format("lock owner must be 1 to {} bytes of UTF-8 without NUL", max_owner_bytes));
 }
 
 namespace {
@@ -171,22 +175,18 @@ Locks::Locks(Locks&&) noexcept = default;
 Locks::~Locks() = default;
 
 std::string Locks::new_owner() const {
-  // 128 random bits per owner from a per-thread generator seeded with 128 bits of random_device:
-  // opening random_device on every acquire was measurable next to a lock's round trips. Reseeded
-  // when the process id changes, so a forked child never repeats its parent's ids.
-  struct Generator {
-    pid_t pid = 0;
-    std::mt19937_64 rng;
-  };
-  thread_local Generator gen;
-  if (gen.pid != ::getpid()) {
-    std::random_device rd;
-    std::seed_seq seed{rd(), rd(), rd(), rd()};
-    gen.rng.seed(seed);
-    gen.pid = ::getpid();
+  // 128 bits from the kernel's CSPRNG (getrandom(2), no file to open): an owner id is the lease's
+  // credential for renew and release, so it must not be predictable from ids seen before, as a
+  // seeded mt19937 stream would be.
+  std::uint64_t bits[2];
+  std::size_t got = 0;
+  while (got < sizeof bits) {
+    const ssize_t n = ::getrandom(reinterpret_cast<char*>(bits) + got, sizeof bits - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw Error(ErrorKind::permanent, fmt::format("getrandom failed: {}", std::strerror(errno)));
+    got += static_cast<std::size_t>(n);
   }
-  const std::uint64_t high = gen.rng(), low = gen.rng();
-  return fmt::format("{}:{:016x}{:016x}", impl_->owner_prefix, high, low);
+  return fmt::format("{}:{:016x}{:016x}", impl_->owner_prefix, bits[0], bits[1]);
 }
 
 std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::milliseconds ttl,
@@ -313,8 +313,8 @@ std::vector<LockInfo> Locks::list() {
 
 void Locks::force_release(std::string_view name, std::string_view reason) {
   impl_->validate_name(name);
-  if (reason.empty() || reason.size() > 1000 || !detail::is_utf8(reason))
-    throw Error(ErrorKind::invalid_argument, "force-release needs a reason of 1 to 1000 bytes of UTF-8");
+  if (reason.empty() || reason.size() > 1000 || !detail::is_text(reason))
+    throw Error(ErrorKind::invalid_argument, "force-release needs a reason of 1 to 1000 bytes of UTF-8 without NUL");
   const Result r = impl_->run(impl_->sql.force_release, {std::string(name), std::string(reason)});
   if (r.rows.empty()) throw Error(ErrorKind::not_found, fmt::format("lock '{}' does not exist", name));
   impl_->wake(std::string(name));
@@ -330,9 +330,9 @@ Semaphore::Semaphore(Locks& locks, std::string name, int permits)
     : locks_(locks), name_(std::move(name)), permits_(permits) {
   if (permits < 1 || permits > 10000)
     throw Error(ErrorKind::invalid_argument, fmt::format("a semaphore needs 1 to 10000 permits, got {}", permits));
-  if (name_.empty() || name_.size() + 6 > max_name_bytes || !detail::is_utf8(name_))
+  if (name_.empty() || name_.size() + 6 > max_name_bytes || !detail::is_text(name_))
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("semaphore name must be 1 to {} bytes of UTF-8", max_name_bytes - 6));
+                fmt::format("semaphore name must be 1 to {} bytes of UTF-8 without NUL", max_name_bytes - 6));
 }
 
 std::optional<Lease> Semaphore::try_acquire(std::chrono::milliseconds ttl) {

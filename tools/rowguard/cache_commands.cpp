@@ -122,7 +122,7 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
   });
 
   auto* sweep = cache->add_subcommand("sweep", "Delete long-expired rows in bounded batches");
-  sweep->add_option("--batch", batch, "Rows per statement (default 1000)");
+  sweep->add_option("--batch", batch, "Rows per statement (default 1000)")->check(decimal());
   sweep->callback([&globals] {
     auto db = open_database(globals);
     const auto n = Cache(db).sweep(batch);

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <charconv>
 #include <regex>
 
 namespace rowguard::cli {
@@ -32,6 +33,20 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   const std::string unit = m[2].str();
   const long long factor = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : 3'600'000;
   return std::chrono::milliseconds(n * factor);
+}
+
+const CLI::Validator& decimal() {
+  static const CLI::Validator v(
+      [](std::string& text) -> std::string {
+        static const std::regex pattern(R"(^-?[0-9]{1,19}$)");
+        std::int64_t value = 0;
+        const bool digits = std::regex_match(text, pattern);
+        if (digits && std::from_chars(text.data(), text.data() + text.size(), value).ec == std::errc())
+          return {};
+        return fmt::format("'{}' is not a whole decimal number within 64 bits", text);
+      },
+      "DECIMAL");
+  return v;
 }
 
 std::string exit_code_help() {

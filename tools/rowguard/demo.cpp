@@ -33,9 +33,9 @@ std::string run_id() {
 void add_demo_command(CLI::App& app, Globals& globals) {
   auto* demo = app.add_subcommand("demo", "Run the payment demo on an embedded SQLite file (or --db); under a minute");
   static DemoArgs a;
-  demo->add_option("--workers", a.workers, "Concurrent workers (default: 4)")->check(CLI::Range(1, 64));
-  demo->add_option("--accounts", a.accounts, "Accounts (default: 20)")->check(CLI::Range(2, 10000));
-  demo->add_option("--seconds", a.seconds, "How long the workers run (default: 5)")->check(CLI::Range(1, 600));
+  demo->add_option("--workers", a.workers, "Concurrent workers (default: 4)")->check(decimal())->check(CLI::Range(1, 64));
+  demo->add_option("--accounts", a.accounts, "Accounts (default: 20)")->check(decimal())->check(CLI::Range(2, 10000));
+  demo->add_option("--seconds", a.seconds, "How long the workers run (default: 5)")->check(decimal())->check(CLI::Range(1, 600));
   demo->add_flag("--no-cache", a.no_cache, "Read balances from the account rows instead of through the cache");
   demo->callback([&globals] {
     Options options;

@@ -57,7 +57,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   auto* open = account->add_subcommand("open", "Open an account");
   open->add_option("id", a.id, "Account id")->required();
   open->add_option("--currency", a.currency, "ISO 4217 code (default EUR)");
-  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)");
+  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)")->check(decimal());
   open->callback([&globals] {
     auto db = open_database(globals);
     CachedLedger l(db);
@@ -86,7 +86,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   };
   auto* deposit = app.add_subcommand("deposit", "Deposit AMOUNT minor units into ID from outside");
   deposit->add_option("id", a.id, "Account id")->required();
-  deposit->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  deposit->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
   keyed(deposit);
   deposit->callback([&globals] {
     auto db = open_database(globals);
@@ -95,7 +95,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   });
   auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
   withdraw->add_option("id", a.id, "Account id")->required();
-  withdraw->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  withdraw->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
   keyed(withdraw);
   withdraw->callback([&globals] {
     auto db = open_database(globals);
@@ -105,7 +105,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
   transfer->add_option("to", a.to, "Destination account")->required();
-  transfer->add_option("amount", a.amount, "Minor units (> 0)")->required();
+  transfer->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
   keyed(transfer);
   transfer->callback([&globals] {
     auto db = open_database(globals);

@@ -142,7 +142,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* renew = lock->add_subcommand("renew", "Extend a lease (exit 8 when it was lost)");
   renew->add_option("name", a.name, "Lock name")->required();
   renew->add_option("--owner", a.owner, "Owner id")->required();
-  renew->add_option("--token", a.token, "Fencing token")->required();
+  renew->add_option("--token", a.token, "Fencing token")->required()->check(decimal());
   renew->add_option("--ttl", a.ttl, "New lease length from now (default 30s)");
   renew->callback([&globals] {
     auto db = open_database(globals);
@@ -153,7 +153,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* release = lock->add_subcommand("release", "Release a lease (exit 8 when it was lost)");
   release->add_option("name", a.name, "Lock name")->required();
   release->add_option("--owner", a.owner, "Owner id")->required();
-  release->add_option("--token", a.token, "Fencing token")->required();
+  release->add_option("--token", a.token, "Fencing token")->required()->check(decimal());
   release->callback([&globals] {
     auto db = open_database(globals);
     Locks(db).release(a.name, a.owner, a.token);

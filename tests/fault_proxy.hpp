@@ -1,0 +1,58 @@
+#pragma once
+// A TCP proxy of the test suite's own, between the client and PostgreSQL (or PgBouncer), that can
+// delay, stall and cut connections on command: network faults without network namespaces, which
+// need capabilities CI may not have.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace rowguard::test {
+
+class FaultProxy {
+ public:
+  // Listens on a free loopback port and forwards every connection to 127.0.0.1:target_port.
+  explicit FaultProxy(int target_port);
+  ~FaultProxy();
+  FaultProxy(const FaultProxy&) = delete;
+  FaultProxy& operator=(const FaultProxy&) = delete;
+
+  int port() const noexcept { return port_; }
+  // Every chunk forwarded from now on waits this long first (0: none).
+  void set_delay(int ms) { delay_ms_ = ms; }
+  // While stalled nothing is forwarded in either direction; connections stay open.
+  void set_stalled(bool stalled);
+  // Closes every open connection (both sides) at once; new connections are still accepted.
+  void cut_all();
+  std::uint64_t connections() const noexcept { return accepted_; }
+  std::uint64_t cuts() const noexcept { return cut_; }
+
+ private:
+  void accept_loop();
+  void pump(int from, int to, int& pumping);
+
+  int target_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> delay_ms_{0};
+  std::atomic<std::uint64_t> accepted_{0}, cut_{0};
+  std::mutex mutex_;
+  std::condition_variable resumed_;
+  bool stalled_ = false;
+  std::set<int> open_;  // sockets of live connections, both sides
+  std::thread acceptor_;
+  std::vector<std::thread> pumps_;
+};
+
+// url with its 127.0.0.1 port replaced by port (URI form, any query kept).
+std::string via_port(const std::string& url, int port);
+// The port of a 127.0.0.1 URL.
+int port_of(const std::string& url);
+
+}  // namespace rowguard::test

@@ -1,0 +1,167 @@
+// Faults injected into real servers while the bank, lock and cache workloads run; each test ends
+// by checking the workloads' invariants (tests/fault_workloads.hpp). The CI mode runs each for a
+// few seconds; scripts/soak.sh runs them for minutes ($ROWGUARD_FAULT_SECONDS).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <random>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "fault_proxy.hpp"
+#include "fault_workloads.hpp"
+#include "support.hpp"
+
+using namespace rowguard;
+using namespace rowguard::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Runs the three workloads side by side while `fault` runs on its own thread until they finish;
+// then checks every invariant.
+void under_fault(TestDb& t, const std::string& tag, std::chrono::seconds duration,
+                 const std::function<void(const std::atomic<bool>& done)>& fault) {
+  t.db().migrate();
+  ErrorTally errors;
+  std::atomic<bool> done{false};
+  BankReport bank;
+  LockReport locks;
+  CacheReport cache;
+  std::thread faults([&] { fault(done); });
+  std::thread b([&] { bank = run_bank(t.db(), tag + "b", 6, 3, duration, errors); });
+  std::thread l([&] { locks = run_locks(t.db(), tag + "l", 3, duration, errors); });
+  std::thread c([&] { cache = run_cache(t.db(), tag + "c", 2, duration, errors); });
+  b.join();
+  l.join();
+  c.join();
+  done = true;
+  faults.join();
+  WARN(fmt::format("{}: bank {} acknowledged, {} given up, {} retries; locks {} holds, {} stale fenced writes "
+                   "rejected; cache {} reads, {} loads; errors: {}",
+                   backend(), bank.acknowledged, bank.given_up, bank.retries, locks.holds,
+                   locks.stale_writes_rejected, cache.reads, cache.loads, errors.summary()));
+  INFO("first unexpected error: " << errors.first_unexpected);
+  CHECK(errors.first_unexpected.empty());
+  // Bank: nothing lost, nothing doubled.
+  CHECK(bank.check_ok);
+  CHECK(bank.total == bank.expected_total);
+  CHECK(bank.acknowledged > 0);
+  CHECK(bank.missing == 0);
+  CHECK(bank.unexplained == 0);
+  CHECK(bank.journal_transfers >= bank.acknowledged);
+  CHECK(bank.journal_transfers <= bank.acknowledged + bank.given_up);
+  // Locks: never two holders, tokens only grow.
+  CHECK(locks.holds > 0);
+  CHECK(locks.overlaps == 0);
+  CHECK(locks.tokens_out_of_order == 0);
+  // Cache: only values the loader made for that key, and it still works afterwards.
+  CHECK(cache.wrong_values == 0);
+  CHECK(cache.final_reads_ok);
+}
+
+int shell(const std::string& command) {
+  const int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("faults: sessions killed at random by pg_terminate_backend during transfers, locks and cache loads",
+          "[pg]") {
+  Options options;
+  options.pool_size = 8;
+  // Its own application_name, so the killer never touches the sessions of tests running beside it.
+  options.application_name = fmt::format("rowguard-faults-{}", ::getpid());
+  TestDb t(options);
+  auto admin = t.another(Options{});
+  std::atomic<int> kills{0};
+  under_fault(t, "kill", fault_duration(6), [&](const std::atomic<bool>& done) {
+    std::mt19937 rng(42);
+    while (!done) {
+      try {
+        kills += static_cast<int>(
+            admin
+                ->exec("SELECT CAST(count(pg_terminate_backend(pid)) AS bigint) FROM (SELECT pid FROM "
+                       "pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid() ORDER BY random() "
+                       "LIMIT 1) AS victim",
+                       {options.application_name})
+                .one()
+                .i64(0));
+      } catch (const Error&) {
+        // Behind PgBouncer the admin's own server connection can be the victim: go on.
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 60));
+    }
+  });
+  WARN(fmt::format("{}: {} sessions terminated", backend(), kills.load()));
+  CHECK(kills > 0);
+}
+
+// Runs only under its own throwaway server (tests/CMakeLists.txt), which it restarts.
+TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during transfers, locks and cache loads",
+          "[.restart]") {
+  const char* data = std::getenv("ROWGUARD_TEST_PGDATA");
+  const char* bin = std::getenv("ROWGUARD_TEST_PG_BIN");
+  if (data == nullptr || bin == nullptr)
+    FAIL("ROWGUARD_TEST_PGDATA / ROWGUARD_TEST_PG_BIN are not set: this test restarts its server and runs "
+         "only under its own scripts/pg-throwaway.sh (ctest -L faults)");
+  TestDb t;
+  int restarts = 0, failed = 0;
+  under_fault(t, "restart", fault_duration(8), [&](const std::atomic<bool>& done) {
+    const std::string as_postgres = ::getuid() == 0 ? "runuser -u postgres -- " : "";
+    const std::string restart =
+        fmt::format("{}{}/pg_ctl -D {} -l {}/../server.log -m fast -w -t 60 restart >/dev/null 2>&1", as_postgres,
+                    bin, data, data);
+    std::this_thread::sleep_for(1500ms);  // the workloads are under way
+    while (!done) {
+      (shell(restart) == 0 ? restarts : failed) += 1;
+      for (int i = 0; i < 25 && !done; ++i) std::this_thread::sleep_for(100ms);
+    }
+  });
+  WARN(fmt::format("{}: {} restarts", backend(), restarts));
+  CHECK(restarts > 0);
+  CHECK(failed == 0);
+}
+
+TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during transfers, locks and cache loads",
+          "[pg]") {
+  std::unique_ptr<FaultProxy> proxy;
+  TestDb t(Options{}, [&](const std::string& url) {
+    proxy = std::make_unique<FaultProxy>(port_of(url));
+    return via_port(url, proxy->port());
+  });
+  int cuts = 0, stalls = 0, delays = 0;
+  under_fault(t, "net", fault_duration(6), [&](const std::atomic<bool>& done) {
+    std::mt19937 rng(7);
+    std::this_thread::sleep_for(300ms);
+    while (!done) {
+      switch (rng() % 3) {
+        case 0:  // a cut: every connection dies at once, mid-statement or idle
+          proxy->cut_all();
+          ++cuts;
+          break;
+        case 1:  // a stall shorter than the lease ttl: everything waits, then goes on
+          proxy->set_stalled(true);
+          std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 400));
+          proxy->set_stalled(false);
+          ++stalls;
+          break;
+        default:  // a slow network for a while
+          proxy->set_delay(static_cast<int>(1 + rng() % 20));
+          std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 300));
+          proxy->set_delay(0);
+          ++delays;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 250));
+    }
+  });
+  WARN(fmt::format("{}: {} cuts, {} stalls, {} slow periods, {} connections through the proxy", backend(), cuts,
+                   stalls, delays, proxy->connections()));
+  CHECK(cuts > 0);
+  CHECK(proxy->connections() > 1);  // the pool reconnected after cuts
+}
