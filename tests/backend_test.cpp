@@ -163,3 +163,19 @@ TEST_CASE("64-bit integers survive every read path, including SOCI's sqlite3 bac
     CHECK(t.db().exec(fmt::format("SELECT n + 0 FROM {}narrow", t.db().table_prefix())).one().i64(0) == big);
   }
 }
+
+TEST_CASE("a transaction outlives the Database object it began on", "[backend]") {
+  // The backend is shared: the session must still go back to a live pool (this was a
+  // use-after-free before SessionLease kept the backend alive).
+  TestDb t;
+  t.db().migrate();
+  std::optional<Transaction> tx;
+  {
+    auto other = t.another();
+    tx.emplace(other->begin());
+  }
+  CHECK(tx->exec("SELECT CAST(1 AS bigint)").one().i64(0) == 1);
+  tx->commit();
+  auto again = t.another()->begin();
+  again.rollback();
+}

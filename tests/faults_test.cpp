@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <future>
 #include <cstdlib>
 #include <random>
 #include <thread>
@@ -164,4 +165,60 @@ TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during tr
                    stalls, delays, proxy->connections()));
   CHECK(cuts > 0);
   CHECK(proxy->connections() > 1);  // the pool reconnected after cuts
+}
+
+TEST_CASE("faults: a server-side statement timeout is transient and a lock timeout a conflict, and nothing applies",
+          "[pg]") {
+  TestDb t;
+  t.db().migrate();
+  Ledger ledger(t.db());
+  ledger.open("st-a", "EUR");
+  ledger.open("st-b", "EUR");
+  ledger.deposit("st-a", 1'000, "st-seed");
+  const std::string accounts = t.db().table_prefix() + "accounts";
+  std::string message;
+  {
+    // statement_timeout cancels the statement (57014): the transaction is rolled back, so it is
+    // safe to retry: transient.
+    auto tx = t.db().begin();
+    tx.exec("SET LOCAL statement_timeout = 200");
+    tx.exec(fmt::format("UPDATE {} SET balance = balance - 1 WHERE id = 'st-a'", accounts));
+    const Error e = [&] {
+      try {
+        tx.exec("SELECT CAST(1 AS bigint) FROM pg_sleep(3)");
+      } catch (const Error& e) {
+        return e;
+      }
+      FAIL("the statement was not cancelled");
+      return Error(ErrorKind::permanent, "");
+    }();
+    CHECK(e.kind() == ErrorKind::transient);
+    CHECK(e.sqlstate() == "57014");
+  }
+  CHECK(ledger.get("st-a").balance == 1'000);
+  {
+    // lock_timeout (55P03) while another transaction holds the row: a conflict, retried by the
+    // ledger's policy; the holder's work is untouched.
+    auto holder = t.db().begin();
+    holder.exec(fmt::format("SELECT id FROM {} WHERE id = 'st-a' FOR UPDATE", accounts));
+    auto other = t.another()->begin();
+    other.exec("SET LOCAL lock_timeout = 100");
+    CHECK(kind_of([&] { other.exec(fmt::format("UPDATE {} SET balance = 0 WHERE id = 'st-a'", accounts)); },
+                  &message) == ErrorKind::conflict);
+    INFO(message);
+    other.rollback();
+    holder.commit();
+  }
+  CHECK(ledger.get("st-a").balance == 1'000);
+  // The ledger waits out a row lock held for a while and then applies the transfer once.
+  {
+    auto holder = t.db().begin();
+    holder.exec(fmt::format("SELECT id FROM {} WHERE id = 'st-b' FOR UPDATE", accounts));
+    auto transfer = std::async(std::launch::async, [&] { return ledger.transfer("st-a", "st-b", 10, "st-t"); });
+    std::this_thread::sleep_for(300ms);
+    holder.commit();
+    CHECK(transfer.get().ok());
+  }
+  CHECK(ledger.get("st-b").balance == 10);
+  CHECK(ledger.check().ok());
 }

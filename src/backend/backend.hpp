@@ -112,10 +112,14 @@ class SessionLease {
   ~SessionLease();
   Session& operator*() const noexcept { return *session_; }
   Session* operator->() const noexcept { return session_.get(); }
+  // Keeps the pool's owner alive while the session is out: a Transaction may outlive the Database
+  // object it began on (the backend is shared), and must still return its session to a live pool.
+  void keep_owner(std::shared_ptr<const void> owner) noexcept { owner_ = std::move(owner); }
 
  private:
   Pool& pool_;
   std::unique_ptr<Session> session_;
+  std::shared_ptr<const void> owner_;  // destroyed after ~SessionLease has given the session back
 };
 
 // A bounded pool of sessions, opened lazily. Thread-safety: all members are safe to call concurrently.
@@ -141,7 +145,7 @@ class Pool {
 };
 
 // What a Database holds: identity, options, dialect and pool. Thread-safety: safe for concurrent use.
-class Backend {
+class Backend : public std::enable_shared_from_this<Backend> {
  public:
   Backend(std::string name, std::string display_url, Options options, std::shared_ptr<const Dialect> dialect,
           SessionFactory factory);
@@ -151,7 +155,11 @@ class Backend {
   const Dialect& dialect() const noexcept { return *dialect_; }
   // Table name with the configured prefix: table("locks") == "rowguard_locks".
   std::string table(std::string_view base) const { return options_.table_prefix + std::string(base); }
-  std::unique_ptr<SessionLease> borrow() { return pool_.borrow(); }
+  std::unique_ptr<SessionLease> borrow() {
+    auto lease = pool_.borrow();
+    lease->keep_owner(weak_from_this().lock());
+    return lease;
+  }
   PoolStats stats() const { return pool_.stats(); }
   // Keeps something alive as long as the backend (the anchor connection of an in-memory database).
   void keep_alive(std::shared_ptr<void> anchor) { anchor_ = std::move(anchor); }
