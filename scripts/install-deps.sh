@@ -9,6 +9,7 @@ packages=(
   catch2 libcli11-dev nlohmann-json3-dev
   postgresql-15 postgresql-client-15 pgbouncer
   libhiredis-dev redis-server
+  clang-14 libclang-rt-14-dev
 )
 
 missing=()

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "support.hpp"
 
@@ -167,7 +168,17 @@ TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 
     CHECK(run({"lock", "acquire", text, "--ttl", "1s"}) == 2);
     CHECK(run({"transfer", "a", "b", "1", "--key", text}) == 2);
   }
+  // --json never aborts on bytes that are not UTF-8: an echoed bad argument is replaced, a binary
+  // cache value comes back as base64 (it used to abort the dump with exit 134).
+  std::string out;
+  CHECK(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "acquire", "l", "--ttl",
+                 bad_utf8},
+                &out) == 2);
+  CHECK(nlohmann::json::parse(out).at("error") == "invalid_argument");
   CHECK(snapshot(t.db()) == before);
+  Cache(t.db()).put("binary", std::string("ok\xff", 3), 60s);
+  CHECK(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "cache", "get", "binary"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("value_base64") == "b2v/");
 }
 
 TEST_CASE("hostile: SQLite read-only and full databases fail clearly and keep their data", "[unit]") {

@@ -105,11 +105,15 @@ void take_pooling_option(ParsedUrl& parsed) {
 }  // namespace
 
 std::string redact(std::string_view url) {
+  static const std::regex userinfo(R"(^([a-z+]+://[^:/@?#]*:)[^@/?#]*@)");
+  static const std::regex query(R"(([?&]password=)[^&#]*)");
+  static const std::regex keyword_quoted(R"(((?:^|\s)password\s*=\s*)'(?:[^'\\]|\\.)*')");
+  static const std::regex keyword(R"(((?:^|\s)password\s*=\s*)[^\s'*][^\s']*)");
   std::string s(url);
-  s = std::regex_replace(s, std::regex(R"(^([a-z+]+://[^:/@?#]*:)[^@/?#]*@)"), "$1***@");
-  s = std::regex_replace(s, std::regex(R"(([?&]password=)[^&#]*)"), "$1***");
-  s = std::regex_replace(s, std::regex(R"(((?:^|\s)password\s*=\s*)'(?:[^'\\]|\\.)*')"), "$1***");
-  s = std::regex_replace(s, std::regex(R"(((?:^|\s)password\s*=\s*)[^\s'*][^\s']*)"), "$1***");
+  s = std::regex_replace(s, userinfo, "$1***@");
+  s = std::regex_replace(s, query, "$1***");
+  s = std::regex_replace(s, keyword_quoted, "$1***");
+  s = std::regex_replace(s, keyword, "$1***");
   return s;
 }
 

@@ -60,9 +60,11 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
     auto db = open_database(globals);
     const auto v = Cache(db).get(key);
     if (!v) throw Error(ErrorKind::not_found, fmt::format("cache key '{}' is absent or expired", key));
-    if (globals.json)
-      std::cout << nlohmann::json{{"key", key}, {"value", *v}}.dump() << '\n';
-    else
+    if (globals.json) {
+      nlohmann::json out{{"key", key}};
+      json_bytes(out, "value", *v);
+      std::cout << json_line(out) << '\n';
+    } else
       std::cout << *v;
   });
 
@@ -103,9 +105,11 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
     Cache cache(db, options);
     try {
       const auto v = cache.get_or_load(key, parse_duration(ttl), [] { return std::optional(run_capture(command)); });
-      if (globals.json)
-        std::cout << nlohmann::json{{"key", key}, {"value", v.value_or("")}}.dump() << '\n';
-      else
+      if (globals.json) {
+        nlohmann::json out{{"key", key}};
+        json_bytes(out, "value", v.value_or(""));
+        std::cout << json_line(out) << '\n';
+      } else
         std::cout << v.value_or("");
     } catch (const ChildFailed& failed) {
       std::cerr << "rowguard: the loader command failed; nothing was cached\n";

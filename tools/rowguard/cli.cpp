@@ -1,9 +1,9 @@
 #include "cli.hpp"
 
+#include "backend/sql_text.hpp"
+
 #include <cstdlib>
 #include <iostream>
-#include <charconv>
-#include <regex>
 
 namespace rowguard::cli {
 
@@ -16,38 +16,42 @@ Database open_database(const Globals& globals) {
   return Database::open(globals.db, options);
 }
 
+std::string json_line(const nlohmann::json& object) {
+  return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+void json_bytes(nlohmann::json& object, const std::string& name, const std::string& bytes) {
+  if (detail::is_text(bytes) || bytes.empty()) {
+    object[name] = bytes;
+    return;
+  }
+  static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const auto n = (std::uint32_t(std::uint8_t(bytes[i])) << 16) | (std::uint32_t(std::uint8_t(bytes[i + 1])) << 8) |
+                   std::uint8_t(bytes[i + 2]);
+    for (int shift : {18, 12, 6, 0}) out += alphabet[(n >> shift) & 63];
+  }
+  if (const std::size_t rest = bytes.size() - i; rest > 0) {
+    std::uint32_t n = std::uint32_t(std::uint8_t(bytes[i])) << 16;
+    if (rest == 2) n |= std::uint32_t(std::uint8_t(bytes[i + 1])) << 8;
+    out += alphabet[(n >> 18) & 63];
+    out += alphabet[(n >> 12) & 63];
+    out += rest == 2 ? alphabet[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+  object[name + "_base64"] = out;
+}
+
 void emit(const Globals& globals, const nlohmann::json& object, const std::string& text) {
   if (globals.json)
-    std::cout << object.dump() << '\n';
+    std::cout << json_line(object) << '\n';
   else
     std::cout << text << '\n';
 }
 
-std::chrono::milliseconds parse_duration(const std::string& text) {
-  static const std::regex pattern(R"(^([0-9]{1,12})(ms|s|m|h)$)");
-  std::smatch m;
-  if (!std::regex_match(text, m, pattern))
-    throw Error(ErrorKind::invalid_argument,
-                "invalid duration '" + text + "': expected a whole number with ms, s, m or h (250ms, 30s, 5m, 1h)");
-  const long long n = std::stoll(m[1].str());
-  const std::string unit = m[2].str();
-  const long long factor = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : 3'600'000;
-  return std::chrono::milliseconds(n * factor);
-}
 
-const CLI::Validator& decimal() {
-  static const CLI::Validator v(
-      [](std::string& text) -> std::string {
-        static const std::regex pattern(R"(^-?[0-9]{1,19}$)");
-        std::int64_t value = 0;
-        const bool digits = std::regex_match(text, pattern);
-        if (digits && std::from_chars(text.data(), text.data() + text.size(), value).ec == std::errc())
-          return {};
-        return fmt::format("'{}' is not a whole decimal number within 64 bits", text);
-      },
-      "DECIMAL");
-  return v;
-}
 
 std::string exit_code_help() {
   return R"(Exit codes:

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "args.hpp"
 #include "rowguard/rowguard.hpp"
 
 namespace rowguard::cli {
@@ -22,15 +23,15 @@ struct Globals {
 // Opens the database named by the global options.
 Database open_database(const Globals& globals);
 
+// One JSON line. Invalid UTF-8 in a string (an echoed bad argument in an error message) becomes
+// U+FFFD instead of aborting the dump: data that may be binary goes through json_bytes instead.
+std::string json_line(const nlohmann::json& object);
+// Sets object[name] to bytes when they are UTF-8 text, else object[name + "_base64"] to their
+// base64 form, so a binary cache value is never altered in --json output.
+void json_bytes(nlohmann::json& object, const std::string& name, const std::string& bytes);
+
 // Prints one result: the JSON object with --json, else the text.
 void emit(const Globals& globals, const nlohmann::json& object, const std::string& text);
-
-// Parses "250ms", "30s", "5m", "1h" (whole numbers); Error(invalid_argument) otherwise.
-std::chrono::milliseconds parse_duration(const std::string& text);
-
-// CLI11 would also read 0x10, 0b11, 1e3 or " 7" as numbers: amounts, tokens and counts are plain
-// decimal digits (an optional '-'), within 64 bits, or a usage error (exit 2).
-const CLI::Validator& decimal();
 
 // The exit-code table printed by --help.
 std::string exit_code_help();

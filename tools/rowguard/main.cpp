@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const Error& e) {
     if (globals.json)
-      std::cout << nlohmann::json{{"error", to_string(e.kind())}, {"message", e.what()}}.dump() << '\n';
+      std::cout << cli::json_line({{"error", to_string(e.kind())}, {"message", e.what()}}) << '\n';
     std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
     return exit_code(e.kind());
   } catch (const std::exception& e) {

@@ -38,7 +38,7 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
         out += "\n" + detail::with_prefix(step.script->sql, globals.prefix);
     }
     if (globals.json)
-      std::cout << nlohmann::json{{"dialect", dialect}, {"prefix", globals.prefix}, {"sql", out}}.dump() << '\n';
+      std::cout << json_line({{"dialect", dialect}, {"prefix", globals.prefix}, {"sql", out}}) << '\n';
     else
       std::cout << out;
   });
