@@ -418,7 +418,13 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
       ++impl_->stats.waits;
     }
   }
-  if (!leader) return flight.get();  // rethrows the leader's exception
+  if (!leader) {
+    try {
+      return flight.get();  // rethrows the leader's exception
+    } catch (const Error& e) {
+      throw Error(e);  // each waiter its own copy, for the same reason as below
+    }
+  }
   struct Land {
     Impl& impl;
     const std::string& key;
@@ -431,8 +437,13 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     auto value = impl_->load(k, ttl, loader, options, stamp, e ? e->generation : 0);
     promise.set_value(value);
     return value;
+  } catch (const Error& e) {
+    // The waiters get a copy: the exception this thread rethrows is never shared with them (its
+    // reference count lives in uninstrumented libstdc++, which ThreadSanitizer cannot follow).
+    promise.set_exception(std::make_exception_ptr(Error(e)));
+    throw;
   } catch (...) {
-    promise.set_exception(std::current_exception());
+    promise.set_exception(std::current_exception());  // the loader's own exception type
     throw;
   }
 }

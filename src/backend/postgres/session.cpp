@@ -81,9 +81,12 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
   auto dialect = postgres_dialect(BlobTransport::native);
   const bool pooled = url.transaction_pooling;
   auto factory = [conninfo, dialect, password = url.password, pooled]() -> std::unique_ptr<Session> {
-    std::unique_ptr<pqxx::connection> connection;
+    // The session's own set-up talks to the server too (libpqxx opens its transaction object), and a
+    // connection can be killed between connecting and that: both fail the same way.
     try {
-      connection = std::make_unique<pqxx::connection>(conninfo);
+      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, password, pooled);
+    } catch (const Error&) {
+      throw;
     } catch (const std::exception& e) {
       bool lost = false;
       Error error = postgres_error(e, StatementEffect::read, false, lost, password);
@@ -91,7 +94,6 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
                   scrub(fmt::format("postgres: cannot connect to {}: {}", redact(conninfo), e.what()), password),
                   error.sqlstate());
     }
-    return std::make_unique<PgSession>(std::move(connection), dialect, password, pooled);
   };
   auto backend = std::make_shared<Backend>("postgres", url.display, options, dialect, factory);
   // Behind a transaction pooler LISTEN would register on whichever server connection the pooler
@@ -114,7 +116,11 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
     }
     if (!connection || !connection->is_open())
       throw Error(ErrorKind::transient, "postgres: the connection factory returned no open connection");
-    return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false);
+    try {
+      return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false);
+    } catch (const std::exception& e) {  // killed between the factory and the session's set-up
+      throw Error(ErrorKind::transient, fmt::format("postgres: the new connection broke: {}", e.what()));
+    }
   };
   return std::make_shared<Backend>("postgres", "postgresql (connection factory)", options, dialect, factory);
 }
