@@ -50,6 +50,7 @@ struct LockReport {
   int holds = 0;
   int overlaps = 0;
   int tokens_out_of_order = 0;
+  int fence_wrong = 0;  // the fence's high-water mark is not the newest committed token
   int stale_writes_rejected = 0;
   int stale_writes_admitted = 0;
 };

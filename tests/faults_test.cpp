@@ -2,6 +2,7 @@
 // by checking the workloads' invariants (tests/fault_workloads.hpp). The CI mode runs each for a
 // few seconds; scripts/soak.sh runs them for minutes ($ROWGUARD_FAULT_SECONDS).
 #include <sys/wait.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <atomic>
@@ -60,6 +61,7 @@ void under_fault(TestDb& t, const std::string& tag, std::chrono::seconds duratio
   CHECK(locks.holds > 0);
   CHECK(locks.overlaps == 0);
   CHECK(locks.tokens_out_of_order == 0);
+  CHECK(locks.fence_wrong == 0);
   // Cache: only values the loader made for that key, and it still works afterwards.
   CHECK(cache.wrong_values == 0);
   CHECK(cache.final_reads_ok);
@@ -221,4 +223,59 @@ TEST_CASE("faults: a server-side statement timeout is transient and a lock timeo
   }
   CHECK(ledger.get("st-b").balance == 10);
   CHECK(ledger.check().ok());
+}
+
+TEST_CASE("faults: a lock holder paused with SIGSTOP past its ttl has its stale writes refused by the fence",
+          "[backend]") {
+  if (!processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  int to_child[2], to_parent[2];
+  REQUIRE(::pipe(to_child) == 0);
+  REQUIRE(::pipe(to_parent) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The holder: its own connections, no Catch2. Exit 0 when its late write was refused.
+    int code = 3;
+    try {
+      auto db = Database::open(t.url(), t.options());
+      Locks locks(db);
+      Fence fence(db);
+      auto lease = locks.try_acquire("paused", 1s);
+      if (lease && fence.admit("ledger-file", lease->token())) {
+        char c = 'r';
+        (void)!::write(to_parent[1], &c, 1);
+        (void)!::read(to_child[0], &c, 1);  // paused here by SIGSTOP, resumed by SIGCONT
+        code = fence.admit("ledger-file", lease->token()) ? 1 : 0;  // the stale write
+        auto tx = db.begin();
+        try {
+          fence.guard(tx, "ledger-file", lease->token());
+          code = 1;
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::lock_lost) code = 2;
+        }
+        lease->detach();
+      }
+    } catch (...) {
+      code = 4;
+    }
+    ::_exit(code);
+  }
+  char c = 0;
+  REQUIRE(::read(to_parent[0], &c, 1) == 1);
+  ::kill(child, SIGSTOP);
+  Locks locks(t.db());
+  Fence fence(t.db());
+  auto lease = locks.acquire("paused", 30s, 10s);  // after the paused holder's lease expired
+  CHECK(lease.token() == 2);
+  CHECK(fence.admit("ledger-file", lease.token()));
+  ::kill(child, SIGCONT);
+  REQUIRE(::write(to_child[1], &c, 1) == 1);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);  // its write with token 1 was refused, after token 2 had written
+  CHECK(fence.highest("ledger-file") == 2);
+  for (int fd : {to_child[0], to_child[1], to_parent[0], to_parent[1]}) ::close(fd);
 }

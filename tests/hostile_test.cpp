@@ -2,6 +2,7 @@
 // documented kind (or exit code) and leaves the database as it was. docs/reliability.md keeps the
 // table of these inputs with their results.
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
 
@@ -181,7 +182,8 @@ TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 
   CHECK(nlohmann::json::parse(out).at("value_base64") == "b2v/");
 }
 
-TEST_CASE("hostile: SQLite read-only and full databases fail clearly and keep their data", "[unit]") {
+TEST_CASE("hostile: SQLite files that are read-only, full or not a database fail clearly and keep their data",
+          "[unit]") {
   // The native SQLite backend's own file: read-only through a URI filename, full through
   // max_page_count (what SQLite reports on a full disk).
   const auto dir = scratch_dir();
@@ -193,6 +195,17 @@ TEST_CASE("hostile: SQLite read-only and full databases fail clearly and keep th
     ledger.open("a", "EUR");
     ledger.open("b", "EUR");
     ledger.deposit("a", 1'000, "seed");
+  }
+  {
+    // A file that is not a database at all (or was overwritten): a clear error, at open or first use.
+    const std::string garbage = (dir / "garbage.db").string();
+    std::FILE* f = std::fopen(garbage.c_str(), "wb");
+    REQUIRE(f != nullptr);
+    for (int i = 0; i < 4096; ++i) std::fputc((i * 131 + 7) & 0xff, f);
+    std::fclose(f);
+    std::string message;
+    CHECK(kind_of([&] { Database::open("sqlite:" + garbage).migrate(); }, &message) == ErrorKind::permanent);
+    CHECK(message.find("not a database") != std::string::npos);
   }
   {
     auto ro = Database::open("sqlite:file:" + path + "?mode=ro");
