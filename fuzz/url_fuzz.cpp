@@ -21,8 +21,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return 0;  // rejected with rowguard's own error: fine
   }
   // A password of a few characters may also occur elsewhere in the URL by chance; longer ones
-  // must not survive redaction.
-  if (parsed.password.size() >= 6 && url.find(parsed.password) == url.rfind(parsed.password) &&
+  // must not survive redaction. (One that contains "***" can be rebuilt by the redaction itself:
+  // the password "st=db password=*** db" of "host=db password='st=db password=*** db'" reads
+  // again in "host=db password=*** dbname", so such passwords are not checked.)
+  if (parsed.password.size() >= 6 && parsed.password.find('*') == std::string::npos &&
+      url.find(parsed.password) == url.rfind(parsed.password) &&
       parsed.display.find(parsed.password) != std::string::npos)
     std::abort();
   if (parsed.engine == detail::Engine::postgres) {
