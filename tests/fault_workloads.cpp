@@ -67,7 +67,7 @@ std::string ErrorTally::summary() {
 }
 
 BankReport run_bank(Database& db, const std::string& tag, int accounts, int workers, std::chrono::seconds duration,
-                    ErrorTally& errors) {
+                    ErrorTally& errors, const std::function<void()>& quiet) {
   LedgerOptions lo;
   lo.retry.attempts = 50;
   lo.retry.deadline = 30s;
@@ -122,6 +122,7 @@ BankReport run_bank(Database& db, const std::string& tag, int accounts, int work
       }
     });
   for (auto& t : threads) t.join();
+  quiet();
 
   BankReport r;
   r.acknowledged = static_cast<int>(acknowledged.size());
@@ -147,7 +148,7 @@ BankReport run_bank(Database& db, const std::string& tag, int accounts, int work
 }
 
 LockReport run_locks(Database& db, const std::string& tag, int workers, std::chrono::seconds duration,
-                     ErrorTally& errors) {
+                     ErrorTally& errors, const std::function<void()>& quiet) {
   Locks locks(db);
   Fence fence(db);
   const std::string name = tag + "-lock", resource = tag + "-resource";
@@ -205,6 +206,7 @@ LockReport run_locks(Database& db, const std::string& tag, int workers, std::chr
       }
     });
   for (auto& t : threads) t.join();
+  quiet();
 
   LockReport r;
   r.holds = static_cast<int>(intervals.size());
@@ -223,7 +225,7 @@ LockReport run_locks(Database& db, const std::string& tag, int workers, std::chr
 }
 
 CacheReport run_cache(Database& db, const std::string& tag, int workers, std::chrono::seconds duration,
-                      ErrorTally& errors) {
+                      ErrorTally& errors, const std::function<void()>& quiet) {
   CacheOptions co;
   co.load_lease_ttl = 2s;
   co.load_wait = 10s;
@@ -259,6 +261,7 @@ CacheReport run_cache(Database& db, const std::string& tag, int workers, std::ch
       }
     });
   for (auto& t : threads) t.join();
+  quiet();
 
   CacheReport r;
   r.reads = reads;

@@ -3,6 +3,7 @@
 // cut), and the invariant each one checks afterwards. Shared by the fault tests and the soak mode.
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -14,6 +15,10 @@ namespace rowguard::test {
 // How long a fault test runs its workloads: `ci` seconds, or $ROWGUARD_FAULT_SECONDS (the soak mode,
 // scripts/soak.sh) when set.
 std::chrono::seconds fault_duration(int ci);
+
+// Each workload calls quiet() when its work is done and before its checks: the caller stops the
+// faults there, so the checks read a settled database (a soak's ledger check over minutes of
+// entries takes long enough to be killed again and again otherwise).
 
 // Error kinds seen by the workloads, for the report and for the "never permanent" checks.
 struct ErrorTally {
@@ -41,7 +46,7 @@ struct BankReport {
   int unexplained = 0; // in the journal but never sent
 };
 BankReport run_bank(Database& db, const std::string& tag, int accounts, int workers, std::chrono::seconds duration,
-                    ErrorTally& errors);
+                    ErrorTally& errors, const std::function<void()>& quiet);
 
 // Threads contending for one lock. A holder records the interval during which its lease was valid
 // by its own (conservative) clock, and writes through a Fence with its token. Then: no two
@@ -55,7 +60,7 @@ struct LockReport {
   int stale_writes_admitted = 0;
 };
 LockReport run_locks(Database& db, const std::string& tag, int workers, std::chrono::seconds duration,
-                     ErrorTally& errors);
+                     ErrorTally& errors, const std::function<void()>& quiet);
 
 // get_or_load on a few keys from several threads, with invalidations. Every value returned is one
 // the loader produced for that key, and after the run every key still loads and reads back.
@@ -66,6 +71,6 @@ struct CacheReport {
   bool final_reads_ok = false;
 };
 CacheReport run_cache(Database& db, const std::string& tag, int workers, std::chrono::seconds duration,
-                      ErrorTally& errors);
+                      ErrorTally& errors, const std::function<void()>& quiet);
 
 }  // namespace rowguard::test

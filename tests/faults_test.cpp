@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <exception>
+#include <latch>
+#include <mutex>
 #include <future>
 #include <cstdlib>
 #include <random>
@@ -34,15 +37,46 @@ void under_fault(TestDb& t, const std::string& tag, std::chrono::seconds duratio
   BankReport bank;
   LockReport locks;
   CacheReport cache;
-  std::thread faults([&] { fault(done); });
-  std::thread b([&] { bank = run_bank(t.db(), tag + "b", 6, 3, duration, errors); });
-  std::thread l([&] { locks = run_locks(t.db(), tag + "l", 3, duration, errors); });
-  std::thread c([&] { cache = run_cache(t.db(), tag + "c", 2, duration, errors); });
+  // The faults run until all three workloads have done their work, and stop before their checks.
+  std::latch work_done(3);
+  std::promise<void> stopped;
+  const std::shared_future<void> faults_stopped = stopped.get_future().share();
+  std::thread faults([&] {
+    fault(done);
+    stopped.set_value();
+  });
+  std::thread stopper([&] {
+    work_done.wait();
+    done = true;
+  });
+  std::mutex failed_mutex;
+  std::exception_ptr failed;  // a workload's exception, rethrown here rather than ending the process
+  auto workload = [&](auto body) {
+    return std::thread([&, body] {
+      bool quieted = false;
+      const std::function<void()> quiet = [&] {
+        quieted = true;
+        work_done.count_down();
+        faults_stopped.wait();
+      };
+      try {
+        body(quiet);
+      } catch (...) {
+        std::lock_guard lock(failed_mutex);
+        if (!failed) failed = std::current_exception();
+      }
+      if (!quieted) work_done.count_down();
+    });
+  };
+  std::thread b = workload([&](const auto& q) { bank = run_bank(t.db(), tag + "b", 6, 3, duration, errors, q); });
+  std::thread l = workload([&](const auto& q) { locks = run_locks(t.db(), tag + "l", 3, duration, errors, q); });
+  std::thread c = workload([&](const auto& q) { cache = run_cache(t.db(), tag + "c", 2, duration, errors, q); });
   b.join();
   l.join();
   c.join();
-  done = true;
+  stopper.join();
   faults.join();
+  if (failed) std::rethrow_exception(failed);
   WARN(fmt::format("{}: bank {} acknowledged, {} given up, {} retries; locks {} holds, {} stale fenced writes "
                    "rejected; cache {} reads, {} loads; errors: {}",
                    backend(), bank.acknowledged, bank.given_up, bank.retries, locks.holds,
