@@ -170,6 +170,7 @@ TEST_CASE("every error kind has its fixed exit code", "[unit]") {
   CHECK(exit_code(ErrorKind::transient) == 10);
   CHECK(exit_code(ErrorKind::schema_mismatch) == 11);
   CHECK(exit_code(ErrorKind::currency_mismatch) == 12);
+  CHECK(exit_code(ErrorKind::hold_closed) == 13);
   CHECK(to_string(ErrorKind::in_doubt) == "in_doubt");
 }
 

@@ -19,6 +19,7 @@ enum class ErrorKind {
   currency_mismatch,     // a transfer between accounts of different currencies
   idempotency_mismatch,  // an idempotency key reused with other parameters
   invalid_argument,      // bad input: nothing was written
+  hold_closed,           // a hold that was voided, expired or captured cannot be captured (or voided) now
   schema_mismatch,       // the database's schema version is not the one this library expects
   permanent,             // anything else: retrying will not help
 };

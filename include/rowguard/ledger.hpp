@@ -23,6 +23,9 @@ struct Account {
   std::int64_t balance = 0;       // minor units (cents)
   std::int64_t min_balance = 0;   // a negative minimum allows an overdraft
   std::int64_t version = 0;       // +1 on every change
+  std::int64_t held = 0;          // reserved by holds that are open and not yet expired
+  // What a payment may take: balance - held, never below min_balance.
+  std::int64_t available() const noexcept { return balance - held; }
 };
 
 enum class TransferStatus {
@@ -82,6 +85,37 @@ struct LedgerStats {
   std::uint64_t retries = 0;
 };
 
+// Where a hold stands. Only `held` reserves money; every other state is final.
+enum class HoldState {
+  held,      // reserving amount on the source until captured, voided or expired
+  captured,  // posted as a transfer of `captured` (<= amount); the rest was released
+  voided,    // released by void_hold()
+  expired,   // its timeout passed on the database clock before capture
+  rejected,  // refused for insufficient funds (recorded under its key, like a rejected transfer)
+};
+
+std::string_view to_string(HoldState state) noexcept;
+
+struct Hold {
+  std::int64_t id = 0;
+  std::string key;  // empty once pruned
+  std::string from;
+  std::string to;
+  std::int64_t amount = 0;    // reserved, minor units
+  std::string currency;
+  HoldState state = HoldState::held;
+  std::int64_t captured = 0;     // the amount posted by capture()
+  std::int64_t transfer_id = 0;  // the capture's transfer, 0 when not captured
+  std::int64_t expires_in_ms = 0;  // from now on the database clock; <= 0 once past its timeout
+};
+
+struct HoldResult {
+  TransferStatus status = TransferStatus::ok;  // ok, or insufficient_funds (the available amount)
+  std::int64_t hold_id = 0;
+  bool replayed = false;  // the key was seen before: this is the original outcome, nothing changed
+  bool ok() const noexcept { return status == TransferStatus::ok; }
+};
+
 class Cache;
 
 struct LedgerOptions {
@@ -133,6 +167,30 @@ class Ledger {
   // Many transfers in one transaction, a result per item (see BatchItem for linked chains).
   // Error(invalid_argument) for an empty batch or more than 10000 items.
   std::vector<BatchResult> transfer_batch(const std::vector<BatchItem>& items);
+
+  // Reserves amount on `from` for a later capture to `to`: the source's available amount drops at
+  // once, its balance only when captured. The hold stops counting at its timeout on the database
+  // clock, whether or not a sweep has closed it. Idempotent on key like transfer(); a hold that
+  // would take the available amount below the minimum comes back as insufficient_funds and is
+  // recorded under the key. Errors as transfer(), plus invalid_argument for a timeout outside
+  // (0, 366 days].
+  HoldResult hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                  std::chrono::milliseconds timeout);
+  // Posts an open hold as a transfer of amount (default: all of it; REQUIRES 0 < amount <= held)
+  // and releases the rest. The capture's transfer is recorded under key (default
+  // "hold:<id>:capture"). Capturing a captured hold again with the same amount and key replays the
+  // original result; Error(idempotency_mismatch) otherwise. Error(hold_closed) when the hold was
+  // voided or has expired, Error(not_found) when there is no such hold or it was rejected.
+  TransferResult capture(std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
+                         std::string_view key = {});
+  // Releases an open hold. Idempotent: voiding a voided or expired hold changes nothing and returns
+  // it. Error(hold_closed) for a captured hold, Error(not_found) for no such hold or a rejected one.
+  Hold void_hold(std::int64_t hold_id);
+  // Error(not_found) when there is no such hold.
+  Hold get_hold(std::int64_t hold_id);
+  // Closes holds past their timeout (state expired), releasing what they still count in
+  // accounts.held. Only tidies: an expired hold has already stopped reserving money. Returns how many.
+  std::int64_t sweep_holds();
 
   // Refunds all or part of the transfer recorded under original_key, as a new transfer (kind
   // "reversal") from its destination back to its source. The refunds of one transfer never add up

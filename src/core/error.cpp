@@ -14,6 +14,7 @@ std::string_view to_string(ErrorKind kind) noexcept {
     case ErrorKind::currency_mismatch: return "currency_mismatch";
     case ErrorKind::idempotency_mismatch: return "idempotency_mismatch";
     case ErrorKind::invalid_argument: return "invalid_argument";
+    case ErrorKind::hold_closed: return "hold_closed";
     case ErrorKind::schema_mismatch: return "schema_mismatch";
     case ErrorKind::permanent: return "permanent";
   }
@@ -33,6 +34,7 @@ int exit_code(ErrorKind kind) noexcept {
     case ErrorKind::transient: return 10;
     case ErrorKind::schema_mismatch: return 11;
     case ErrorKind::currency_mismatch: return 12;
+    case ErrorKind::hold_closed: return 13;
     case ErrorKind::permanent: return 1;
   }
   return 1;

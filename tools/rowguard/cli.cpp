@@ -61,7 +61,7 @@ std::string exit_code_help() {
   3  lock busy / not acquired in time     10  database unreachable or transient failure
   4  insufficient funds                   11  schema version mismatch
   5  not found                            12  currency mismatch
-  6  conflict after all retries
+  6  conflict after all retries         13  hold closed (voided, expired or captured)
 Commands that run a child pass its exit code through (128+N when it dies from signal N).)";
 }
 
