@@ -107,3 +107,52 @@ TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
   REQUIRE(cli({"ledger", "check"}, &out) == 1);
   CHECK_THAT(out, Catch::Contains("balance_mismatch"));
 }
+
+TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds]") {
+  if (!rowguard::test::processes_share_database()) return;
+  TestDb t;
+  t.db().migrate();
+  const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr, bool json = true) {
+    args.insert(args.begin(), base.begin(), base.end());
+    if (json) args.insert(args.begin(), "--json");
+    return run_cli(args, out);
+  };
+  std::string out;
+  REQUIRE(cli({"account", "open", "card"}) == 0);
+  REQUIRE(cli({"account", "open", "shop"}) == 0);
+  REQUIRE(cli({"deposit", "card", "1000", "--key", "d"}) == 0);
+  REQUIRE(cli({"hold", "card", "shop", "600", "--key", "auth", "--timeout", "10m"}, &out) == 0);
+  const std::int64_t id = nlohmann::json::parse(out).at("hold_id");
+  REQUIRE(cli({"hold", "card", "shop", "600", "--key", "auth", "--timeout", "10m"}, &out, false) == 0);
+  CHECK(out == fmt::format("{}\n", id));  // without --json: the id alone, for scripts
+  CHECK(cli({"hold", "card", "shop", "401", "--key", "short", "--timeout", "10m"}) == 4);
+  CHECK(cli({"transfer", "card", "shop", "401"}) == 4);  // below the available amount: exit 4
+  CHECK(cli({"hold", "card", "shop", "1", "--timeout", "0s"}) == 2);
+  CHECK(cli({"hold", "card", "shop", "1"}) == 2);  // --timeout is required
+  CHECK(cli({"hold", "card", "shop", "0x10", "--timeout", "1m"}) == 2);
+  CHECK(cli({"hold", "card", "nobody", "1", "--timeout", "1m"}) == 5);
+  REQUIRE(cli({"account", "show", "card"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("available") == 400);
+  CHECK(cli({"capture", std::to_string(id), "601"}) == 2);
+  REQUIRE(cli({"capture", std::to_string(id), "500"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("status") == "ok");
+  REQUIRE(cli({"capture", std::to_string(id), "500"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("replayed") == true);
+  CHECK(cli({"capture", std::to_string(id), "400"}) == 7);
+  CHECK(cli({"void", std::to_string(id)}) == 13);
+  CHECK(cli({"capture", "999999"}) == 5);
+  REQUIRE(cli({"hold", "card", "shop", "100", "--key", "v", "--timeout", "10m"}, &out) == 0);
+  const std::string voided = std::to_string(nlohmann::json::parse(out).at("hold_id").get<std::int64_t>());
+  REQUIRE(cli({"void", voided}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("state") == "voided");
+  CHECK(cli({"void", voided}) == 0);
+  CHECK(cli({"capture", voided}) == 13);
+  REQUIRE(cli({"hold-show", voided}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("state") == "voided");
+  REQUIRE(cli({"ledger", "sweep-holds"}, &out) == 0);
+  REQUIRE(cli({"ledger", "check"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("ok") == true);
+  REQUIRE(cli({"account", "show", "shop"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("balance") == 500);
+}

@@ -44,7 +44,7 @@ struct TransferResult {
 
 // One violation found by Ledger::check().
 struct Violation {
-  std::string what;     // "balance_mismatch", "below_minimum", "total_mismatch"
+  std::string what;     // "balance_mismatch", "below_minimum", "total_mismatch", "held_mismatch", ...
   std::string account;  // empty for ledger-wide violations
   std::string detail;
 };
@@ -80,6 +80,8 @@ struct BatchResult {
 struct LedgerStats {
   std::uint64_t transfers_ok = 0;
   std::uint64_t transfers_rejected = 0;  // insufficient funds
+  std::uint64_t holds_ok = 0;
+  std::uint64_t holds_rejected = 0;      // insufficient funds
   std::uint64_t replays = 0;             // repeated idempotency keys answered from the record
   std::uint64_t conflicts = 0;           // conflicts and transient failures met (each was retried)
   std::uint64_t retries = 0;
@@ -209,7 +211,9 @@ class Ledger {
   std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
   // Verifies: every balance equals the sum of its entries; the sum of balances equals deposits
-  // minus withdrawals; no balance is below its minimum. Reads one consistent snapshot.
+  // minus withdrawals; no available amount (balance - held) is below its minimum; every account's
+  // held equals the sum of its open holds; every captured hold has its transfer. Reads one
+  // consistent snapshot.
   CheckReport check();
 
   LedgerStats stats() const;

@@ -41,8 +41,8 @@ class Dialect {
   // Appended to a SELECT that must hold the rows it read until commit against updates by others
   // (" FOR SHARE" on PostgreSQL; "" on SQLite, where a write transaction already excludes writers).
   virtual std::string share_lock() const { return {}; }
-  // Appended to a SELECT that locks the rows it reads for update (" FOR UPDATE" on PostgreSQL;
-  // "" on SQLite). Empty means the engine has no row locks (and so no NOWAIT).
+  // Appended to a SELECT that locks the rows it reads for update (" FOR NO KEY UPDATE" on
+  // PostgreSQL; "" on SQLite). Empty means the engine has no row locks (and so no NOWAIT).
   virtual std::string for_update() const { return {}; }
   // Whether INSERT/UPDATE/DELETE may stand in a WITH clause (PostgreSQL), so a multi-step write
   // can be one statement and one round trip.

@@ -7,14 +7,12 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
-#include "core/cache_sql.hpp"
-#include "core/retrying.hpp"
-#include "rowguard/cache.hpp"
+#include "core/ledger_impl.hpp"
 #include "rowguard/money.hpp"
 
 namespace rowguard {
+
+using namespace detail::ledger;
 
 std::string_view to_string(TransferStatus status) noexcept {
   return status == TransferStatus::ok ? "ok" : "insufficient_funds";
@@ -28,207 +26,125 @@ void validate(const RetryPolicy& p) {
 }
 }  // namespace detail
 
+
+Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backend(std::move(b)), options(std::move(o)) {
+  detail::validate(options.retry);
+  if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
+  const auto& d = backend->dialect();
+  const std::string acc = backend->table("accounts");
+  const std::string tr = backend->table("transfers");
+  const std::string en = backend->table("entries");
+  const std::string now = d.now_timestamp();
+  const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
+  open_sql = fmt::format(
+      "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
+      "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
+      acc, fmt::arg("now", now));
+  // held as a reader sees it: the open holds not yet past their timeout (accounts.held also counts
+  // expired holds no one has closed yet).
+  const std::string holds = backend->table("holds");
+  const std::string live_held = fmt::format(
+      "CASE WHEN a.held = 0 THEN 0 ELSE (SELECT CAST(COALESCE(SUM(h.amount), 0) AS bigint) FROM {} h "
+      "WHERE h.from_account = a.id AND h.state = 'held' AND h.expires_at > {}) END",
+      holds, now);
+  get_sql = fmt::format("SELECT a.id, a.currency, a.balance, a.min_balance, a.version, {} FROM {} a WHERE a.id = $1",
+                        live_held, acc);
+  list_sql = fmt::format("SELECT a.id, a.currency, a.balance, a.min_balance, a.version, {} FROM {} a ORDER BY a.id",
+                         live_held, acc);
+  find_key_sql = fmt::format(
+      "SELECT id, kind, from_account, to_account, amount, outcome FROM {} WHERE idempotency_key = $1", tr);
+  // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
+  lock_one_sql =
+      fmt::format("SELECT id, currency, balance, min_balance, held FROM {} WHERE id = $1{}", acc, for_update);
+  lock_two_sql = fmt::format(
+      "SELECT id, currency, balance, min_balance, held FROM {} WHERE id IN ($1, $2) ORDER BY id{}", acc, for_update);
+  // Relative, conditional updates: never a value read earlier.
+  debit_sql = fmt::format(
+      "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
+      "WHERE id = $1 AND balance - $2 - held >= min_balance",
+      acc, now);
+  credit_sql =
+      fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+  record_sql = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
+      "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, {}) RETURNING id",
+      tr, d.next_id(tr), now);
+  // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
+  lock_original_sql = fmt::format(
+      "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
+      "outcome = 'ok'{}",
+      tr, for_update);
+  refunded_sql = fmt::format(
+      "SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
+  update_sql = fmt::format(
+      "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
+      now);
+  if (d.has_writable_ctes()) {
+    // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
+    const std::string invalidate =
+        options.cache ? fmt::format(", invalidated AS ({})",
+                                    detail::cache_invalidate_sql(
+                                        *backend, "x.k",
+                                        "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
+                                        "WHERE EXISTS (SELECT 1 FROM debit)"))
+                      : std::string();
+    one_statement_transfer_sql = one_statement_transfer(acc, tr, en, invalidate);
+  }
+  prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
+                          tr, d.timestamp_plus_ms(now, "$1"));
+  entry_sql = fmt::format(
+      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
+      d.next_id(en), now);
+  init_hold_statements();
+}
+
+std::string Ledger::Impl::one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
+                                          const std::string& extra_ctes) {
+  return fmt::format(
+      "WITH prior AS (SELECT id, kind, from_account, to_account, amount, outcome FROM {tr} "
+      "WHERE idempotency_key = CAST($4 AS text)), "
+      // Both rows locked in key order first (no deadlocks), and only for a new key.
+      "locked AS (SELECT id, currency, balance, held FROM {acc} "
+      "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id "
+      "FOR NO KEY UPDATE), "
+      "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
+      "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
+      "allowed AS (SELECT src.currency, "
+      "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
+      "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
+      // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
+      "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
+      "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
+      "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) - a.held >= a.min_balance RETURNING a.id), "
+      // The credit runs only if the debit happened: never money from nowhere.
+      "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
+      "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
+      "RETURNING a.id), "
+      "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
+      "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
+      "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
+      "clock_timestamp() FROM allowed al WHERE al.overflow = 0 "
+      // Short while holding holds: record nothing, the caller decides after closing expired ones.
+      "AND (EXISTS (SELECT 1 FROM debit) OR (SELECT held FROM src) = 0) RETURNING id, outcome), "
+      "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
+      "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
+      "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
+      "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
+      "SELECT (SELECT id FROM prior), (SELECT kind FROM prior), (SELECT from_account FROM prior), "
+      "(SELECT to_account FROM prior), (SELECT amount FROM prior), (SELECT outcome FROM prior), "
+      "(SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
+      "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
+      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)",
+      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("extra", extra_ctes));
+}
+
 namespace {
-constexpr std::size_t max_id_bytes = 128;
-constexpr std::size_t max_key_bytes = 255;
-
-void check_text(std::string_view value, std::string_view what, std::size_t max) {
-  if (value.empty() || value.size() > max || !detail::is_text(value))
-    throw Error(ErrorKind::invalid_argument, fmt::format("{} must be 1 to {} bytes of UTF-8 without NUL", what, max));
+Account account_of(const Row& r) {
+  return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4), r.i64(5)};
 }
-
-void check_currency(std::string_view currency) {
-  const bool ok = currency.size() == 3 && std::all_of(currency.begin(), currency.end(), [](char c) {
-                    return c >= 'A' && c <= 'Z';
-                  });
-  if (!ok)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("currency '{}' is not an ISO 4217 code (three capital letters, e.g. EUR)", currency));
-}
-
-void check_amount(std::int64_t amount) {
-  if (amount <= 0)
-    throw Error(ErrorKind::invalid_argument, fmt::format("amount must be a positive number of minor units, got {}", amount));
-}
-
-// What a keyed request asks for; compared field by field with the stored record of its key.
-struct Request {
-  std::string kind;  // transfer, deposit, withdrawal
-  std::optional<std::string> from;
-  std::optional<std::string> to;
-  std::int64_t amount = 0;
-  std::string key;
-  std::int64_t reverses = 0;  // for a reversal: the transfer it refunds
-};
 }  // namespace
 
-struct Ledger::Impl {
-  std::shared_ptr<detail::Backend> backend;
-  LedgerOptions options;
-  std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
-      record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
-  // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere).
-  std::string one_statement_transfer_sql;
-  mutable std::mutex stats_mutex;
-  LedgerStats stats;
-
-  Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backend(std::move(b)), options(std::move(o)) {
-    detail::validate(options.retry);
-    if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
-    const auto& d = backend->dialect();
-    const std::string acc = backend->table("accounts");
-    const std::string tr = backend->table("transfers");
-    const std::string en = backend->table("entries");
-    const std::string now = d.now_timestamp();
-    const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
-    open_sql = fmt::format(
-        "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
-        "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
-        acc, fmt::arg("now", now));
-    get_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} WHERE id = $1", acc);
-    list_sql = fmt::format("SELECT id, currency, balance, min_balance, version FROM {} ORDER BY id", acc);
-    find_key_sql = fmt::format(
-        "SELECT id, kind, from_account, to_account, amount, outcome FROM {} WHERE idempotency_key = $1", tr);
-    // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
-    lock_one_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id = $1{}", acc, for_update);
-    lock_two_sql = fmt::format("SELECT id, currency, balance, min_balance FROM {} WHERE id IN ($1, $2) ORDER BY id{}",
-                               acc, for_update);
-    // Relative, conditional updates: never a value read earlier.
-    debit_sql = fmt::format(
-        "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
-        "WHERE id = $1 AND balance - $2 >= min_balance",
-        acc, now);
-    credit_sql =
-        fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
-    record_sql = fmt::format(
-        "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
-        "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, {}) RETURNING id",
-        tr, d.next_id(tr), now);
-    // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
-    lock_original_sql = fmt::format(
-        "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
-        "outcome = 'ok'{}",
-        tr, for_update);
-    refunded_sql = fmt::format(
-        "SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
-    update_sql = fmt::format(
-        "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
-        now);
-    if (d.has_writable_ctes()) {
-      // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
-      const std::string invalidate =
-          options.cache ? fmt::format(", invalidated AS ({})",
-                                      detail::cache_invalidate_sql(
-                                          *backend, "x.k",
-                                          "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
-                                          "WHERE EXISTS (SELECT 1 FROM debit)"))
-                        : std::string();
-      one_statement_transfer_sql = one_statement_transfer(acc, tr, en, invalidate);
-    }
-    prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
-                            tr, d.timestamp_plus_ms(now, "$1"));
-    entry_sql = fmt::format(
-        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-        d.next_id(en), now);
-  }
-
-  // One data-modifying statement: replay check, both rows locked in key order, a debit whose own
-  // WHERE holds the funds condition (numeric, so no overflow can raise), a credit only if the debit
-  // happened, the record of the outcome under the key, and the entries only for an ok record.
-  // (A first version decided funds from the locked CTE's values and broke the CHECK constraint
-  // under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
-  // extra_ctes: more data-modifying CTEs, each starting with ", name AS (".
-  static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
-                                            const std::string& extra_ctes) {
-    return fmt::format(
-        "WITH prior AS (SELECT id, kind, from_account, to_account, amount, outcome FROM {tr} "
-        "WHERE idempotency_key = CAST($4 AS text)), "
-        // Both rows locked in key order first (no deadlocks), and only for a new key.
-        "locked AS (SELECT id, currency, balance FROM {acc} "
-        "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id FOR UPDATE), "
-        "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
-        "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
-        "allowed AS (SELECT src.currency, "
-        "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
-        "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
-        // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
-        "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
-        "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
-        "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) >= a.min_balance RETURNING a.id), "
-        // The credit runs only if the debit happened: never money from nowhere.
-        "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
-        "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
-        "RETURNING a.id), "
-        "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
-        "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
-        "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
-        "clock_timestamp() FROM allowed al WHERE al.overflow = 0 RETURNING id, outcome), "
-        "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
-        "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
-        "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
-        "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
-        "SELECT (SELECT id FROM prior), (SELECT kind FROM prior), (SELECT from_account FROM prior), "
-        "(SELECT to_account FROM prior), (SELECT amount FROM prior), (SELECT outcome FROM prior), "
-        "(SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
-        "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
-        "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)",
-        fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("extra", extra_ctes));
-  }
-
-  // The cache key of an account's cached copy.
-  static std::string cache_key(std::string_view id) { return fmt::format("ledger:account:{}", id); }
-  // Drops the cached copies of accounts this transaction changes, when it commits.
-  void invalidate(Transaction& tx, const std::optional<std::string>& id) {
-    if (options.cache && id) options.cache->invalidate(tx, cache_key(*id));
-  }
-  // The account row itself, never a cached copy.
-  std::optional<Account> read(std::string_view id);
-
-  // The one-statement transfer (PostgreSQL): on its own, as one autocommit round trip, or inside a
-  // batch's transaction. A refused request (unknown account, currency, overflow) writes nothing.
-  TransferResult transfer_in_one_statement(const Request& request);
-  TransferResult transfer_in_one_statement(Transaction& tx, const Request& request);
-  std::vector<Value> one_statement_params(const Request& request) const;
-  TransferResult one_statement_outcome(const Row& row, const Request& request);
-
-  template <class F>
-  void count(F&& f) {
-    std::lock_guard lock(stats_mutex);
-    f(stats);
-  }
-
-  // One request inside the caller's transaction: replay, or lock, check, move and record.
-  TransferResult apply_in(Transaction& tx, const Request& request);
-  // apply_in in a transaction of its own, under the retry policy.
-  TransferResult apply(const Request& request);
-  std::optional<TransferResult> replay(Transaction& tx, const Request& request);
-  template <class Op>
-  auto retrying(Op&& op) {
-    // The key makes retries safe even when a commit's outcome was lost: the retry finds the record.
-    // A unique violation on the key means a concurrent request with it won: retry to read its record.
-    return detail::with_retries(
-        options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] {
-          try {
-            return op();
-          } catch (const Error& e) {
-            if (e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
-            throw;
-          }
-        },
-        [&](const Error&) { count([](LedgerStats& st) { ++st.conflicts, ++st.retries; }); });
-  }
-};
-
-namespace {
-Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
-
-Account account_of(const Row& r) { return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4)}; }
-}  // namespace
-
-namespace {
-// The recorded request under a key (id, kind, from, to, amount, outcome) answering a new request
-// with that key: the original result, or Error(idempotency_mismatch) naming the first difference.
+namespace detail::ledger {
 TransferResult replay_of(const Row& r, const Request& request) {
   auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
     throw Error(ErrorKind::idempotency_mismatch,
@@ -246,7 +162,7 @@ TransferResult replay_of(const Row& r, const Request& request) {
   result.status = r.text(5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
   return result;
 }
-}  // namespace
+}  // namespace detail::ledger
 
 std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
   const Result found = tx.exec(find_key_sql, {request.key});
@@ -279,8 +195,11 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   if (to && !checked_add(to->i64(2), request.amount))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
-  const auto left = from ? checked_sub(from->i64(2), request.amount) : std::nullopt;
-  const bool funded = !from || (left && *left >= from->i64(3));
+  // Funds are the available amount: balance - held. held may still count holds past their timeout:
+  // only when they are what stands in the way are they closed, so a payment never waits for a sweep.
+  bool funded = !from || fits(from->i64(2), from->i64(4), from->i64(3), request.amount);
+  if (!funded && from->i64(4) > 0)
+    funded = fits(from->i64(2), from->i64(4) - release_expired(tx, *request.from), from->i64(3), request.amount);
   if (funded) {
     if (from && tx.exec(debit_sql, {*request.from, request.amount}).affected != 1)
       throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
@@ -315,7 +234,13 @@ std::vector<Value> Ledger::Impl::one_statement_params(const Request& request) co
   return params;
 }
 
-TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
+bool Ledger::Impl::fits(std::int64_t balance, std::int64_t held, std::int64_t min_balance, std::int64_t amount) {
+  const auto left = checked_sub(balance, amount);
+  const auto available = left ? checked_sub(*left, held) : std::nullopt;
+  return available && *available >= min_balance;
+}
+
+std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(const Request& request) {
   const std::vector<Value> params = one_statement_params(request);
   auto forget_local = [&] {
     if (options.cache)
@@ -335,7 +260,7 @@ TransferResult Ledger::Impl::transfer_in_one_statement(const Request& request) {
   return one_statement_outcome(*row, request);
 }
 
-TransferResult Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Request& request) {
+std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Request& request) {
   const std::vector<Value> params = one_statement_params(request);
   const Row row = tx.exec(one_statement_transfer_sql, params).one();
   if (options.cache)
@@ -346,7 +271,7 @@ TransferResult Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Re
   return one_statement_outcome(row, request);
 }
 
-TransferResult Ledger::Impl::one_statement_outcome(const Row& row, const Request& request) {
+std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row, const Request& request) {
   if (!row.is_null(0)) {  // the key was seen: its original outcome, or idempotency_mismatch
     const TransferResult replayed = replay_of(row, request);
     count([](LedgerStats& st) { ++st.replays; });
@@ -360,6 +285,7 @@ TransferResult Ledger::Impl::one_statement_outcome(const Row& row, const Request
   if (row.i64(8) != 0)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
+  if (row.is_null(9)) return std::nullopt;  // short while holding holds: apply_in decides
   TransferResult r;
   r.transfer_id = row.i64(9);
   r.status = row.text(10) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
@@ -370,7 +296,13 @@ TransferResult Ledger::Impl::one_statement_outcome(const Row& row, const Request
 
 TransferResult Ledger::Impl::apply(const Request& request) {
   if (!one_statement_transfer_sql.empty() && request.kind == "transfer") {
-    TransferResult result = retrying([&] { return transfer_in_one_statement(request); });
+    TransferResult result = retrying([&] {
+      if (auto r = transfer_in_one_statement(request)) return *r;
+      Transaction tx(backend->borrow(), TxOptions{});
+      TransferResult r = apply_in(tx, request);
+      tx.commit();
+      return r;
+    });
     if (!result.replayed) count([&](LedgerStats& st) { ++(result.ok() ? st.transfers_ok : st.transfers_rejected); });
     return result;
   }
@@ -406,22 +338,24 @@ std::optional<Account> Ledger::Impl::read(std::string_view id) {
 }
 
 namespace {
-// An account's cached copy: "currency balance min_balance version" (the id is in the key).
+// An account's cached copy: "currency balance min_balance version held" (the id is in the key).
+// held is as of the load: a hold that expires later still shows until the copy does (cache_ttl).
 std::string encode(const Account& a) {
-  return fmt::format("{} {} {} {}", a.currency, a.balance, a.min_balance, a.version);
+  return fmt::format("{} {} {} {} {}", a.currency, a.balance, a.min_balance, a.version, a.held);
 }
 
 Account decode(std::string_view id, const std::string& cached) {
   Account a;
   a.id = std::string(id);
   char currency[4] = {};
-  long long balance = 0, min_balance = 0, version = 0;
-  if (std::sscanf(cached.c_str(), "%3s %lld %lld %lld", currency, &balance, &min_balance, &version) != 4)
+  long long balance = 0, min_balance = 0, version = 0, held = 0;
+  if (std::sscanf(cached.c_str(), "%3s %lld %lld %lld %lld", currency, &balance, &min_balance, &version, &held) != 5)
     throw Error(ErrorKind::permanent, fmt::format("the cached copy of account '{}' is malformed: '{}'", id, cached));
   a.currency = currency;
   a.balance = balance;
   a.min_balance = min_balance;
   a.version = version;
+  a.held = held;
   return a;
 }
 }  // namespace
@@ -518,8 +452,9 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
           check_amount(item.amount);
           check_text(item.key, "idempotency key", max_key_bytes);
           const Request request{"transfer", item.from, item.to, item.amount, item.key};
-          results[i].result =
-              one_statement ? impl_->transfer_in_one_statement(tx, request) : impl_->apply_in(tx, request);
+          std::optional<TransferResult> decided;
+          if (one_statement) decided = impl_->transfer_in_one_statement(tx, request);
+          results[i].result = decided ? *decided : impl_->apply_in(tx, request);
           // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
           if (start != end && !results[i].result.ok())
             throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
@@ -596,13 +531,18 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
         Account want = read;
         fn(want);
         if (want.id != read.id || want.currency != read.currency || want.balance != read.balance ||
-            want.version != read.version)
+            want.version != read.version || want.held != read.held)
           throw Error(ErrorKind::invalid_argument,
                       "update may change min_balance only; balances move through transfers");
-        if (want.min_balance > 0 || want.min_balance > want.balance)
+        if (want.min_balance > 0 || want.min_balance > want.available())
           throw Error(ErrorKind::invalid_argument,
-                      fmt::format("min_balance {} must be <= 0 and <= the balance {}", want.min_balance, want.balance));
+                      fmt::format("min_balance {} must be <= 0 and <= the available amount {}", want.min_balance,
+                                  want.available()));
         Transaction tx(impl.backend->borrow(), TxOptions{});
+        // Holds past their timeout still count in accounts.held, which the table's CHECK compares
+        // with min_balance: close them first.
+        const Result locked = tx.exec(impl.lock_one_sql, {read.id});
+        if (!locked.empty() && locked.rows[0].i64(4) > 0) impl.release_expired(tx, read.id);
         if (tx.exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
           throw Error(ErrorKind::conflict, fmt::format("account '{}' changed since version {} was read", read.id,
                                                        read.version));
@@ -624,6 +564,7 @@ CheckReport Ledger::check() {
   const std::string acc = impl_->backend->table("accounts");
   const std::string tr = impl_->backend->table("transfers");
   const std::string en = impl_->backend->table("entries");
+  const std::string holds = impl_->backend->table("holds");
   // Read-only, so a lost connection or a lost COMMIT reply is simply read again.
   return detail::with_retries(
       impl_->options.retry, detail::RetryIn::conflicts_and_in_doubt,
@@ -639,10 +580,33 @@ CheckReport Ledger::check() {
                  .rows)
           report.violations.push_back({"balance_mismatch", r.text(0),
                                        fmt::format("balance {} but its entries add up to {}", r.i64(1), r.i64(2))});
+        // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
+        for (const auto& r : tx.exec(fmt::format("SELECT id, balance, held, min_balance FROM {} WHERE balance < "
+                                                 "min_balance OR balance - held < min_balance ORDER BY id",
+                                                 acc))
+                                 .rows)
+          report.violations.push_back({"below_minimum", r.text(0),
+                                       fmt::format("balance {} minus held {} is below its minimum {}", r.i64(1),
+                                                   r.i64(2), r.i64(3))});
+        // accounts.held is the sum of the account's open holds (expired ones included until closed).
         for (const auto& r :
-             tx.exec(fmt::format("SELECT id, balance, min_balance FROM {} WHERE balance < min_balance ORDER BY id", acc)).rows)
+             tx.exec(fmt::format("SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
+                                 "(SELECT from_account, CAST(SUM(amount) AS bigint) AS total FROM {} WHERE state = "
+                                 "'held' GROUP BY from_account) h ON h.from_account = a.id "
+                                 "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
+                                 acc, holds))
+                 .rows)
+          report.violations.push_back({"held_mismatch", r.text(0),
+                                       fmt::format("held {} but its open holds add up to {}", r.i64(1), r.i64(2))});
+        // A captured hold has exactly its capture: an applied transfer of the captured amount.
+        for (const auto& r :
+             tx.exec(fmt::format("SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
+                                 "h.state = 'captured' AND (t.id IS NULL OR t.amount <> h.captured OR t.outcome <> "
+                                 "'ok' OR t.hold_id IS NULL OR t.hold_id <> h.id) ORDER BY h.id",
+                                 holds, tr))
+                 .rows)
           report.violations.push_back(
-              {"below_minimum", r.text(0), fmt::format("balance {} is below its minimum {}", r.i64(1), r.i64(2))});
+              {"capture_mismatch", "", fmt::format("captured hold {} has no matching transfer", r.i64(0))});
         for (const auto& r :
              tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
                                  "GROUP BY t.id HAVING SUM(e.amount) <> 0",

@@ -33,6 +33,25 @@ void json_bytes(nlohmann::json& object, const std::string& name, const std::stri
 // Prints one result: the JSON object with --json, else the text.
 void emit(const Globals& globals, const nlohmann::json& object, const std::string& text);
 
+// The CLI's ledger reads accounts through the cache table, and its changes drop the cached copies
+// in their own transactions, so services that cache accounts (LedgerOptions::cache) never keep a
+// balance an operator changed from the shell.
+struct CachedLedger {
+  Cache cache;
+  Ledger ledger;
+  explicit CachedLedger(Database& db) : cache(db), ledger(db, with_cache(cache)) {}
+  static LedgerOptions with_cache(Cache& cache) {
+    LedgerOptions options;
+    options.cache = &cache;
+    return options;
+  }
+};
+
+// A new idempotency key for a command given none; printed so the user can retry with it.
+std::string fresh_key();
+// Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
+void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what);
+
 // The exit-code table printed by --help.
 std::string exit_code_help();
 
@@ -42,6 +61,7 @@ void add_demo_command(CLI::App& app, Globals& globals);
 // exit_status: set by commands that pass a child's exit code through (lock run).
 void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
+void add_hold_commands(CLI::App& app, Globals& globals);
 void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
 
 }  // namespace rowguard::cli

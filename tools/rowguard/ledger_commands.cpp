@@ -14,31 +14,17 @@ struct LedgerArgs {
 };
 
 nlohmann::json account_json(const Account& a) {
-  return {{"id", a.id}, {"currency", a.currency}, {"balance", a.balance}, {"min_balance", a.min_balance},
-          {"version", a.version}};
+  return {{"id", a.id},           {"currency", a.currency},       {"balance", a.balance}, {"held", a.held},
+          {"available", a.available()}, {"min_balance", a.min_balance}, {"version", a.version}};
 }
 
-// The CLI's ledger reads accounts through the cache table, and its changes drop the cached copies
-// in their own transactions, so services that cache accounts (LedgerOptions::cache) never keep a
-// balance an operator changed from the shell.
-struct CachedLedger {
-  Cache cache;
-  Ledger ledger;
-  explicit CachedLedger(Database& db) : cache(db), ledger(db, with_cache(cache)) {}
-  static LedgerOptions with_cache(Cache& cache) {
-    LedgerOptions options;
-    options.cache = &cache;
-    return options;
-  }
-};
+}  // namespace
 
-// A new idempotency key for a command given none; printed so the user can retry with it.
 std::string fresh_key() {
   std::random_device rd;
   return fmt::format("cli-{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
 }
 
-// Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
 void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what) {
   emit(globals,
        {{"transfer_id", r.transfer_id}, {"status", std::string(to_string(r.status))}, {"replayed", r.replayed},
@@ -48,7 +34,6 @@ void report(const Globals& globals, const TransferResult& r, const std::string& 
   if (!r.ok())
     throw Error(ErrorKind::insufficient_funds, fmt::format("{} rejected: insufficient funds (transfer {})", what, r.transfer_id));
 }
-}  // namespace
 
 void add_ledger_commands(CLI::App& app, Globals& globals) {
   static LedgerArgs a;
@@ -70,15 +55,16 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     auto db = open_database(globals);
     const Account acc = CachedLedger(db).ledger.get(a.id);
     emit(globals, account_json(acc),
-         fmt::format("{} {} {} (min {}, version {})", acc.id, acc.balance, acc.currency, acc.min_balance, acc.version));
+         fmt::format("{} {} {} (held {}, available {}, min {}, version {})", acc.id, acc.balance, acc.currency,
+                     acc.held, acc.available(), acc.min_balance, acc.version));
   });
   auto* list = account->add_subcommand("list", "List every account");
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& acc : Ledger(db).list())
       emit(globals, account_json(acc),
-           fmt::format("{:<24} {:>18} {} (min {}, version {})", acc.id, acc.balance, acc.currency, acc.min_balance,
-                       acc.version));
+           fmt::format("{:<24} {:>18} {} (held {}, min {}, version {})", acc.id, acc.balance, acc.currency, acc.held,
+                       acc.min_balance, acc.version));
   });
 
   auto keyed = [](CLI::App* cmd) {
@@ -129,6 +115,13 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
           {"violations", violations}},
          text);
     if (!r.ok()) throw Error(ErrorKind::permanent, fmt::format("{} ledger invariant(s) violated", r.violations.size()));
+  });
+  auto* sweep = ledger->add_subcommand(
+      "sweep-holds", "Close holds past their timeout (they stopped reserving money at their timeout already)");
+  sweep->callback([&globals] {
+    auto db = open_database(globals);
+    const auto n = Ledger(db).sweep_holds();
+    emit(globals, {{"closed", n}}, fmt::format("closed {} expired hold(s)", n));
   });
   static std::string older_than;
   auto* prune = ledger->add_subcommand("prune-keys", "Forget idempotency keys older than DUR (transfers stay)");

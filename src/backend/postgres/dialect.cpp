@@ -31,7 +31,11 @@ class PostgresDialect final : public Dialect {
     return fmt::format("({} + CAST({} AS bigint) * INTERVAL '1 millisecond')", ts_expr, ms_param);
   }
   std::string share_lock() const override { return " FOR SHARE"; }
-  std::string for_update() const override { return " FOR UPDATE"; }
+  // The rows are locked to change columns that are no key, so the mode is NO KEY UPDATE, which is
+  // also what such an UPDATE takes. FOR UPDATE would block the KEY SHARE lock a foreign-key check
+  // takes: a hold on A -> B would then wait for a transfer holding B, which waits for A (deadlocks
+  // measured in the holds concurrency test, each costing deadlock_timeout).
+  std::string for_update() const override { return " FOR NO KEY UPDATE"; }
   bool has_writable_ctes() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
   std::string next_id(std::string_view) const override { return "DEFAULT"; }

@@ -1,0 +1,305 @@
+// Holds: authorise now (reserve part of the available amount), capture or void later.
+//
+// Lock order, the same everywhere so nothing deadlocks: the account row(s) first, in key order,
+// then the hold rows. A hold's state changes only under its source account's row lock, so once a
+// capture or void holds that lock it reads the hold's state as final.
+#include <fmt/format.h>
+
+#include "core/ledger_impl.hpp"
+#include "rowguard/money.hpp"
+
+namespace rowguard {
+
+using namespace detail::ledger;
+
+std::string_view to_string(HoldState state) noexcept {
+  switch (state) {
+    case HoldState::held: return "held";
+    case HoldState::captured: return "captured";
+    case HoldState::voided: return "voided";
+    case HoldState::expired: return "expired";
+    case HoldState::rejected: return "rejected";
+  }
+  return "held";
+}
+
+namespace {
+constexpr auto max_hold_timeout = std::chrono::hours(24 * 366);
+
+HoldState hold_state(const std::string& s) {
+  for (auto state : {HoldState::held, HoldState::captured, HoldState::voided, HoldState::expired, HoldState::rejected})
+    if (to_string(state) == s) return state;
+  throw Error(ErrorKind::permanent, fmt::format("a hold has the unknown state '{}'", s));
+}
+
+// A row of hold_read_sql.
+Hold hold_of(const Row& r) {
+  Hold h;
+  h.id = r.i64(0);
+  h.key = r.opt_text(1).value_or("");
+  h.from = r.text(2);
+  h.to = r.text(3);
+  h.amount = r.i64(4);
+  h.currency = r.text(5);
+  h.state = hold_state(r.text(6));
+  h.captured = r.i64(7);
+  h.transfer_id = r.is_null(8) ? 0 : r.i64(8);
+  h.expires_in_ms = r.i64(9);
+  return h;
+}
+
+// Open by state, closed in fact: past its timeout on the database clock.
+bool past_timeout(const Hold& h) { return h.state == HoldState::held && h.expires_in_ms <= 0; }
+
+void check_hold_id(std::int64_t id) {
+  if (id <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("a hold id is a positive number, got {}", id));
+}
+}  // namespace
+
+void Ledger::Impl::init_hold_statements() {
+  const auto& d = backend->dialect();
+  const std::string acc = backend->table("accounts");
+  const std::string tr = backend->table("transfers");
+  const std::string holds = backend->table("holds");
+  const std::string now = d.now_timestamp();
+  expire_sql = fmt::format(
+      "UPDATE {} SET state = 'expired', closed_at = {now} WHERE from_account = $1 AND state = 'held' AND "
+      "expires_at <= {now} RETURNING amount",
+      holds, fmt::arg("now", now));
+  // Closing an expired hold changes no amount a reader sees (reads leave expired holds out): no
+  // version bump, so it never fails a concurrent update()'s version check.
+  unhold_sql = fmt::format("UPDATE {} SET held = held - $2 WHERE id = $1", acc);
+  hold_add_sql = fmt::format(
+      "UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+  hold_find_key_sql =
+      fmt::format("SELECT id, from_account, to_account, amount, state FROM {} WHERE idempotency_key = $1", holds);
+  hold_read_sql = fmt::format(
+      "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
+      "transfer_id, {} - {} FROM {} WHERE id = $1",
+      d.timestamp_to_ms("expires_at"), d.now_ms(), holds);
+  hold_lock_sql = hold_read_sql + d.for_update();
+  hold_insert_sql = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, from_account, to_account, amount, currency, state, expires_at, "
+      "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}) RETURNING id",
+      holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now);
+  hold_close_sql = fmt::format(
+      "UPDATE {} SET state = $2, captured = $3, transfer_id = $4, closed_at = {} WHERE id = $1 AND state = 'held'",
+      holds, now);
+  capture_debit_sql = fmt::format(
+      "UPDATE {} SET balance = balance - $2, held = held - $3, version = version + 1, updated_at = {} "
+      "WHERE id = $1 AND held >= $3",
+      acc, now);
+  capture_record_sql = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
+      "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
+      tr, d.next_id(tr), now);
+  expired_accounts_sql =
+      fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
+}
+
+std::int64_t Ledger::Impl::release_expired(Transaction& tx, const std::string& account, std::int64_t* closed) {
+  std::int64_t released = 0;
+  const Result rows = tx.exec(expire_sql, {account});
+  if (closed) *closed = static_cast<std::int64_t>(rows.rows.size());
+  for (const auto& row : rows.rows) {
+    const auto sum = checked_add(released, row.i64(0));
+    if (!sum) throw Error(ErrorKind::permanent, fmt::format("the expired holds of '{}' overflow int64", account));
+    released = *sum;
+  }
+  if (released > 0) tx.exec(unhold_sql, {account, released});
+  return released;
+}
+
+HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                        std::chrono::milliseconds timeout) {
+  check_text(from, "source account id", max_id_bytes);
+  check_text(to, "destination account id", max_id_bytes);
+  if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a hold from '{}' to itself", from));
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  if (timeout.count() <= 0 || timeout > max_hold_timeout)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
+  auto& impl = *impl_;
+  const std::string source(from), destination(to), k(key);
+  HoldResult result = impl.retrying([&] {
+    Transaction tx(impl.backend->borrow(), TxOptions{});
+    if (const Result prior = tx.exec(impl.hold_find_key_sql, {k}); !prior.empty()) {
+      const Row& r = prior.rows[0];
+      auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
+        throw Error(ErrorKind::idempotency_mismatch,
+                    fmt::format("idempotency key '{}' was used for another hold: {} differs (recorded {}, asked {})",
+                                k, field, stored, asked));
+      };
+      if (r.text(1) != source) differs("from", r.text(1), source);
+      if (r.text(2) != destination) differs("to", r.text(2), destination);
+      if (r.i64(3) != amount) differs("amount", std::to_string(r.i64(3)), std::to_string(amount));
+      HoldResult replayed;
+      replayed.hold_id = r.i64(0);
+      replayed.replayed = true;
+      replayed.status = r.text(4) == "rejected" ? TransferStatus::insufficient_funds : TransferStatus::ok;
+      return replayed;
+    }
+    // Only the source is locked: many holds towards one merchant account must not queue on it.
+    const Result locked = tx.exec(impl.lock_one_sql, {source});
+    if (locked.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", source));
+    const Result target = tx.exec(impl.get_sql, {destination});
+    if (target.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", destination));
+    const Row& src = locked.rows[0];
+    if (src.text(1) != target.rows[0].text(1))
+      throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", source, src.text(1),
+                                                            destination, target.rows[0].text(1)));
+    std::int64_t held = src.i64(4);
+    if (!checked_add(held, amount))
+      throw Error(ErrorKind::invalid_argument, fmt::format("the amount held on '{}' would overflow int64", source));
+    bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
+    if (!funded && held > 0) funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
+    if (funded) tx.exec(impl.hold_add_sql, {source, amount});
+    HoldResult r;
+    r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
+    r.hold_id = tx.exec(impl.hold_insert_sql, {k, source, destination, amount, src.text(1),
+                                               std::string(funded ? "held" : "rejected"),
+                                               static_cast<std::int64_t>(timeout.count())})
+                    .one()
+                    .i64(0);
+    if (funded) impl.invalidate(tx, source);
+    tx.commit();
+    return r;
+  });
+  if (!result.replayed) impl.count([&](LedgerStats& st) { ++(result.ok() ? st.holds_ok : st.holds_rejected); });
+  return result;
+}
+
+TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t> amount, std::string_view key) {
+  check_hold_id(hold_id);
+  if (amount) check_amount(*amount);
+  const std::string k = key.empty() ? fmt::format("hold:{}:capture", hold_id) : std::string(key);
+  check_text(k, "idempotency key", max_key_bytes);
+  auto& impl = *impl_;
+  TransferResult result = impl.retrying([&] {
+    Transaction tx(impl.backend->borrow(), TxOptions{});
+    const Result found = tx.exec(impl.hold_read_sql, {hold_id});
+    if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+    const Hold first = hold_of(found.rows[0]);
+    if (first.state == HoldState::rejected)
+      throw Error(ErrorKind::not_found, fmt::format("hold {} was rejected for insufficient funds: nothing to capture", hold_id));
+    const std::int64_t take = amount.value_or(first.amount);
+    if (take > first.amount)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("hold {} reserves {}: cannot capture {}", hold_id, first.amount, take));
+    // Accounts first (key order), then the hold: its state is final once its source is locked.
+    const Result locked = tx.exec(impl.lock_two_sql, {first.from, first.to});
+    const Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
+    const Request request{"transfer", h.from, h.to, take, k};
+    if (h.state == HoldState::captured) {
+      const Result prior = tx.exec(impl.find_key_sql, {k});
+      if (prior.empty() || prior.rows[0].i64(0) != h.transfer_id)
+        throw Error(ErrorKind::idempotency_mismatch,
+                    fmt::format("hold {} was captured already by transfer {}, not under the key '{}'", hold_id,
+                                h.transfer_id, k));
+      TransferResult replayed = replay_of(prior.rows[0], request);  // idempotency_mismatch if the amount differs
+      impl.count([](LedgerStats& st) { ++st.replays; });
+      return replayed;
+    }
+    if (h.state == HoldState::voided || h.state == HoldState::expired || past_timeout(h))
+      throw Error(ErrorKind::hold_closed,
+                  fmt::format("hold {} {}: it no longer reserves anything to capture", hold_id,
+                              h.state == HoldState::voided ? "was voided" : "has expired"));
+    if (!tx.exec(impl.find_key_sql, {k}).empty())
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("idempotency key '{}' was used for another request, not a capture of hold {}", k, hold_id));
+    const Row* to = nullptr;
+    for (const auto& row : locked.rows)
+      if (row.text(0) == h.to) to = &row;
+    if (!to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", h.to));
+    if (!checked_add(to->i64(2), take))
+      throw Error(ErrorKind::invalid_argument, fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
+    // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
+    if (tx.exec(impl.capture_debit_sql, {h.from, take, h.amount}).affected != 1)
+      throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
+    tx.exec(impl.credit_sql, {h.to, take});
+    TransferResult r;
+    r.transfer_id = tx.exec(impl.capture_record_sql, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
+    tx.exec(impl.entry_sql, {r.transfer_id, h.from, -take});
+    tx.exec(impl.entry_sql, {r.transfer_id, h.to, take});
+    if (tx.exec(impl.hold_close_sql, {hold_id, std::string("captured"), take, r.transfer_id}).affected != 1)
+      throw Error(ErrorKind::conflict, fmt::format("hold {} changed under its account's lock", hold_id));
+    impl.invalidate(tx, h.from);
+    impl.invalidate(tx, h.to);
+    tx.commit();
+    return r;
+  });
+  if (!result.replayed) impl.count([](LedgerStats& st) { ++st.transfers_ok; });
+  return result;
+}
+
+Hold Ledger::void_hold(std::int64_t hold_id) {
+  check_hold_id(hold_id);
+  auto& impl = *impl_;
+  return impl.retrying([&] {
+    Transaction tx(impl.backend->borrow(), TxOptions{});
+    const Result found = tx.exec(impl.hold_read_sql, {hold_id});
+    if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+    const std::string from = found.rows[0].text(2);
+    tx.exec(impl.lock_one_sql, {from});
+    Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
+    switch (h.state) {
+      case HoldState::rejected:
+        throw Error(ErrorKind::not_found, fmt::format("hold {} was rejected for insufficient funds: nothing to void", hold_id));
+      case HoldState::captured:
+        throw Error(ErrorKind::hold_closed,
+                    fmt::format("hold {} was captured by transfer {}: refund it with a reversal instead", hold_id,
+                                h.transfer_id));
+      case HoldState::voided:
+      case HoldState::expired:
+        return h;  // released already: voiding again changes nothing
+      case HoldState::held:
+        break;
+    }
+    // A hold past its timeout had stopped reserving money before this call: record that truth.
+    const bool expired = past_timeout(h);
+    if (expired) {
+      impl.release_expired(tx, from);
+    } else {
+      tx.exec(impl.hold_close_sql, {hold_id, std::string("voided"), std::int64_t{0}, Value(nullptr)});
+      tx.exec(impl.hold_add_sql, {from, -h.amount});
+      impl.invalidate(tx, from);
+    }
+    tx.commit();
+    h.state = expired ? HoldState::expired : HoldState::voided;
+    return h;
+  });
+}
+
+Hold Ledger::get_hold(std::int64_t hold_id) {
+  check_hold_id(hold_id);
+  auto session = impl_->backend->borrow();
+  const Result found = (*session)->exec(impl_->hold_read_sql, {hold_id});
+  if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+  Hold h = hold_of(found.rows[0]);
+  if (past_timeout(h)) h.state = HoldState::expired;  // as it stands, whether or not a sweep closed it
+  return h;
+}
+
+std::int64_t Ledger::sweep_holds() {
+  auto& impl = *impl_;
+  std::vector<std::string> accounts;
+  {
+    auto session = impl.backend->borrow();
+    for (const auto& row : (*session)->exec(impl.expired_accounts_sql, {}).rows) accounts.push_back(row.text(0));
+  }
+  std::int64_t closed = 0;
+  for (const auto& account : accounts) {
+    closed += impl.retrying([&] {
+      Transaction tx(impl.backend->borrow(), TxOptions{});
+      tx.exec(impl.lock_one_sql, {account});
+      std::int64_t n = 0;
+      impl.release_expired(tx, account, &n);
+      tx.commit();
+      return n;
+    });
+  }
+  return closed;
+}
+
+}  // namespace rowguard

@@ -1,0 +1,258 @@
+// Holds: authorise (reserve the available amount), then capture or void; expiry on the database clock.
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "support.hpp"
+
+using namespace rowguard;
+using namespace std::chrono_literals;
+using rowguard::test::kind_of;
+using rowguard::test::TestDb;
+
+namespace {
+struct Shop {
+  TestDb t;
+  Ledger ledger;
+  Shop() : ledger((t.db().migrate(), t.db())) {
+    ledger.open("card", "EUR");
+    ledger.open("shop", "EUR");
+    ledger.deposit("card", 10'000, "salary");
+  }
+};
+}  // namespace
+
+TEST_CASE("holds: a hold reserves the available amount, a partial capture moves it and releases the rest",
+          "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  const HoldResult h = l.hold("card", "shop", 6'000, "auth-1", 60s);
+  REQUIRE(h.ok());
+  CHECK_FALSE(h.replayed);
+  Account card = l.get("card");
+  CHECK(card.balance == 10'000);
+  CHECK(card.held == 6'000);
+  CHECK(card.available() == 4'000);
+  CHECK(l.get_hold(h.hold_id).state == HoldState::held);
+  CHECK(l.get_hold(h.hold_id).expires_in_ms > 50'000);
+
+  // What is held cannot be paid twice: a transfer or a hold past the available amount is refused.
+  CHECK(l.transfer("card", "shop", 4'001, "too-much").status == TransferStatus::insufficient_funds);
+  CHECK(l.hold("card", "shop", 4'001, "auth-too-much", 60s).status == TransferStatus::insufficient_funds);
+  CHECK(l.transfer("card", "shop", 1'000, "coffee").ok());
+
+  const TransferResult captured = l.capture(h.hold_id, 5'000);
+  REQUIRE(captured.ok());
+  card = l.get("card");
+  CHECK(card.balance == 4'000);  // 10000 - 1000 - 5000
+  CHECK(card.held == 0);         // the unused 1000 of the hold is released
+  CHECK(l.get("shop").balance == 6'000);
+  const Hold closed = l.get_hold(h.hold_id);
+  CHECK(closed.state == HoldState::captured);
+  CHECK(closed.captured == 5'000);
+  CHECK(closed.transfer_id == captured.transfer_id);
+  const CheckReport report = l.check();
+  CHECK(report.ok());
+  CHECK(report.total_balance == 10'000);
+  CHECK(l.stats().holds_ok == 1);
+  CHECK(l.stats().holds_rejected == 1);
+}
+
+TEST_CASE("holds: keys replay holds and captures; closed holds say so; bad input writes nothing", "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  const HoldResult h = l.hold("card", "shop", 3'000, "auth", 60s);
+  const HoldResult again = l.hold("card", "shop", 3'000, "auth", 60s);
+  CHECK(again.replayed);
+  CHECK(again.hold_id == h.hold_id);
+  CHECK(l.get("card").held == 3'000);
+  CHECK(kind_of([&] { l.hold("card", "shop", 3'001, "auth", 60s); }) == ErrorKind::idempotency_mismatch);
+  CHECK(kind_of([&] { l.hold("shop", "card", 3'000, "auth", 60s); }) == ErrorKind::idempotency_mismatch);
+
+  // A rejected hold is recorded under its key and replayed, like a rejected transfer.
+  const HoldResult rejected = l.hold("card", "shop", 9'000, "big", 60s);
+  CHECK(rejected.status == TransferStatus::insufficient_funds);
+  l.deposit("card", 100'000, "bonus");
+  CHECK(l.hold("card", "shop", 9'000, "big", 60s).status == TransferStatus::insufficient_funds);
+  CHECK(kind_of([&] { l.capture(rejected.hold_id); }) == ErrorKind::not_found);
+  CHECK(kind_of([&] { l.void_hold(rejected.hold_id); }) == ErrorKind::not_found);
+
+  CHECK(kind_of([&] { l.capture(h.hold_id, 3'001); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.capture(h.hold_id, 0); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.capture(123'456); }) == ErrorKind::not_found);
+  CHECK(kind_of([&] { l.capture(-1); }) == ErrorKind::invalid_argument);
+  l.transfer("card", "shop", 1, "taken-key");
+  CHECK(kind_of([&] { l.capture(h.hold_id, std::nullopt, "taken-key"); }) == ErrorKind::idempotency_mismatch);
+
+  const TransferResult first = l.capture(h.hold_id);  // the whole hold, under hold:<id>:capture
+  const TransferResult replay = l.capture(h.hold_id);
+  CHECK(replay.replayed);
+  CHECK(replay.transfer_id == first.transfer_id);
+  CHECK(kind_of([&] { l.capture(h.hold_id, 2'000); }) == ErrorKind::idempotency_mismatch);
+  CHECK(kind_of([&] { l.capture(h.hold_id, std::nullopt, "other-key"); }) == ErrorKind::idempotency_mismatch);
+  CHECK(kind_of([&] { l.void_hold(h.hold_id); }) == ErrorKind::hold_closed);
+  CHECK(l.get("shop").balance == 3'001);
+
+  const HoldResult v = l.hold("card", "shop", 500, "auth-2", 60s);
+  CHECK(l.void_hold(v.hold_id).state == HoldState::voided);
+  CHECK(l.void_hold(v.hold_id).state == HoldState::voided);  // idempotent
+  CHECK(kind_of([&] { l.capture(v.hold_id); }) == ErrorKind::hold_closed);
+  CHECK(l.get("card").held == 0);
+
+  const auto before = l.check();
+  CHECK(kind_of([&] { l.hold("card", "card", 1, "self", 60s); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.hold("card", "shop", 0, "zero", 60s); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.hold("card", "shop", 1, "no-time", 0s); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.hold("card", "shop", 1, "forever", std::chrono::hours(24 * 367)); }) ==
+        ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { l.hold("card", "nobody", 1, "lost", 60s); }) == ErrorKind::not_found);
+  CHECK(kind_of([&] { l.hold("nobody", "shop", 1, "lost", 60s); }) == ErrorKind::not_found);
+  CHECK(kind_of([&] { l.hold("card", "shop", 1, std::string("nul\0key", 7), 60s); }) == ErrorKind::invalid_argument);
+  l.open("usd", "USD");
+  CHECK(kind_of([&] { l.hold("card", "usd", 1, "fx", 60s); }) == ErrorKind::currency_mismatch);
+  CHECK(l.check().entries == before.entries);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("holds: an expired hold stops counting at its timeout, before any sweep", "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  const HoldResult h = l.hold("card", "shop", 8'000, "short", 300ms);
+  const HoldResult longer = l.hold("card", "shop", 1'000, "long", 60s);
+  CHECK(l.get("card").available() == 1'000);
+  std::this_thread::sleep_for(500ms);
+  // Readers leave it out at once; the ledger closes it only when it stands in a payment's way.
+  CHECK(l.get("card").held == 1'000);
+  CHECK(l.get_hold(h.hold_id).state == HoldState::expired);
+  CHECK(l.transfer("card", "shop", 9'000, "all-but-the-long-hold").ok());
+  CHECK(l.get("card").balance == 1'000);
+  CHECK(kind_of([&] { l.capture(h.hold_id); }) == ErrorKind::hold_closed);
+  CHECK(l.void_hold(h.hold_id).state == HoldState::expired);
+  CHECK(l.capture(longer.hold_id).ok());
+  CHECK(l.get("card").balance == 0);
+  CHECK(l.check().ok());
+
+  // A hold also makes room for another hold, and the sweep tidies what nobody needed.
+  l.deposit("card", 1'000, "top-up");
+  const HoldResult a = l.hold("card", "shop", 1'000, "a", 200ms);
+  std::this_thread::sleep_for(300ms);
+  CHECK(l.hold("card", "shop", 1'000, "b", 200ms).ok());
+  CHECK(l.get_hold(a.hold_id).state == HoldState::expired);
+  std::this_thread::sleep_for(300ms);
+  CHECK(l.sweep_holds() == 1);
+  CHECK(l.sweep_holds() == 0);
+  CHECK(l.get("card").held == 0);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("holds: a cached account shows holds as they are placed and released", "[backend][holds]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db());
+  LedgerOptions options;
+  options.cache = &cache;
+  Ledger l(t.db(), options);
+  l.open("card", "EUR");
+  l.open("shop", "EUR");
+  l.deposit("card", 1'000, "d");
+  CHECK(l.get("card").available() == 1'000);  // now cached
+  const HoldResult h = l.hold("card", "shop", 400, "h", 60s);
+  CHECK(l.get("card").available() == 600);
+  l.void_hold(h.hold_id);
+  CHECK(l.get("card").available() == 1'000);
+}
+
+TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers never spend held money twice",
+          "[backend][holds]") {
+  Options options;
+  options.pool_size = 8;
+  TestDb t(options);
+  t.db().migrate();
+  LedgerOptions lo;
+  lo.retry.attempts = 200;
+  lo.retry.deadline = std::chrono::seconds(60);
+  Ledger l(t.db(), lo);
+  const int accounts = 3;
+  for (int a = 0; a < accounts; ++a) {
+    l.open(fmt::format("acct-{}", a), "EUR", a == 0 ? -500 : 0);
+    l.deposit(fmt::format("acct-{}", a), 2'000, fmt::format("seed-{}", a));
+  }
+  std::atomic<bool> done{false};
+  std::atomic<int> bad_snapshots{0};
+  std::thread reader([&] {
+    while (!done) {
+      const CheckReport r = l.check();
+      if (!r.ok() || r.total_balance != 6'000) ++bad_snapshots;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::mutex mutex;
+  std::map<std::int64_t, int> captures;  // hold id -> successful (non-replayed) captures
+  std::atomic<int> errors{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w)
+    workers.emplace_back([&, w] {
+      std::mt19937 rng(777 + w);  // seeded: a failure can be replayed
+      std::vector<std::pair<std::int64_t, std::int64_t>> mine;  // hold id, amount
+      for (int i = 0; i < 40; ++i) {
+        const int from = rng() % accounts;
+        const int to = (from + 1 + rng() % (accounts - 1)) % accounts;
+        const std::int64_t amount = 1 + rng() % 900;
+        const auto src = fmt::format("acct-{}", from), dst = fmt::format("acct-{}", to);
+        try {
+          switch (rng() % 4) {
+            case 0: {
+              const auto timeout = std::chrono::milliseconds(rng() % 2 ? 50 + rng() % 100 : 60'000);
+              const HoldResult h = l.hold(src, dst, amount, fmt::format("h{}-{}", w, i), timeout);
+              if (h.ok()) mine.emplace_back(h.hold_id, amount);
+              break;
+            }
+            case 1:
+              if (!mine.empty()) {
+                const auto [id, held] = mine[rng() % mine.size()];
+                try {
+                  const auto r = l.capture(id, 1 + static_cast<std::int64_t>(rng() % held));
+                  std::lock_guard lock(mutex);
+                  if (!r.replayed) ++captures[id];
+                } catch (const Error& e) {
+                  if (e.kind() != ErrorKind::hold_closed && e.kind() != ErrorKind::idempotency_mismatch) throw;
+                }
+              }
+              break;
+            case 2:
+              if (!mine.empty()) {
+                try {
+                  l.void_hold(mine[rng() % mine.size()].first);
+                } catch (const Error& e) {
+                  if (e.kind() != ErrorKind::hold_closed) throw;
+                }
+              }
+              break;
+            default:
+              l.transfer(src, dst, amount, fmt::format("t{}-{}", w, i));
+          }
+        } catch (const Error& e) {
+          ++errors;
+          UNSCOPED_INFO(e.what());
+        }
+      }
+    });
+  for (auto& w : workers) w.join();
+  done = true;
+  reader.join();
+  CHECK(errors == 0);
+  CHECK(bad_snapshots == 0);
+  for (const auto& [id, n] : captures) CHECK(n == 1);
+  l.sweep_holds();
+  const CheckReport report = l.check();
+  CHECK(report.ok());
+  CHECK(report.total_balance == 6'000);
+  for (const auto& a : l.list()) CHECK(a.available() >= a.min_balance);
+  WARN(fmt::format("{}: {} captures, {} retries", rowguard::test::backend(), captures.size(), l.stats().retries));
+}
