@@ -214,6 +214,25 @@ ClientFactory rowguard_transfer(const std::string& url, const Accounts& accounts
   };
 }
 
+// Workload "payment": one payment authorised, then captured: hold() then capture(), two
+// transactions where a plain transfer is one.
+ClientFactory rowguard_hold_capture(const std::string& url, const Accounts& accounts, const std::string& run) {
+  return [=](int client) -> Op {
+    auto db = std::shared_ptr<rowguard::Database>(open_db(url));
+    auto ledger = std::make_shared<rowguard::Ledger>(*db);
+    auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
+    const std::string nonce = run_nonce();
+    return [=](std::uint64_t i) {
+      const auto [from, to] = pick_pair(*rng, accounts);
+      const auto h = ledger->hold(from, to, static_cast<std::int64_t>(1 + (*rng)() % 100),
+                                  fmt::format("rgh-{}-{}-{}-{}", run, nonce, client, i), 10min);
+      if (!h.ok()) throw std::runtime_error("hold rejected");
+      ledger->capture(h.hold_id);
+      (void)db;
+    };
+  };
+}
+
 ClientFactory rowguard_batch(const std::string& url, const Accounts& accounts, const std::string& run) {
   return [=](int client) -> Op {
     auto db = std::shared_ptr<rowguard::Database>(open_db(url));
@@ -401,6 +420,11 @@ void run_postgres(Report& report, const Settings& s) {
     report.check("postgres transfer_batch(100) / single transfers",
                  ratio(report, "postgres", "batch", "transfer_batch(100)", "single transfers", 1), 10.0, ">= 10x");
   }
+  if (wanted(s, "payment"))
+    for (int c : s.clients)
+      compare(report, s, "postgres", "payment", c,
+              {{"transfer", rowguard_transfer(url, pool, run)}, {"hold + capture", rowguard_hold_capture(url, pool, run)}},
+              "transfer");
   if (wanted(s, "lock"))
     for (int c : s.clients) {
       std::vector<Variant> v{{"rowguard", rowguard_lock(url, run)},
@@ -499,6 +523,11 @@ void run_sqlite(Report& report, const Settings& s) {
              {"single transfers", rowguard_transfer(url, pool, run)}},
             "single transfers");
   }
+  if (wanted(s, "payment"))
+    for (int c : s.clients)
+      compare(report, s, "sqlite", "payment", c,
+              {{"transfer", rowguard_transfer(url, pool, run)}, {"hold + capture", rowguard_hold_capture(url, pool, run)}},
+              "transfer");
   if (wanted(s, "lock"))
     for (int c : s.clients) {
       compare(report, s, "sqlite", "lock", c,
@@ -548,7 +577,7 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", s.rounds, "Alternating rounds per comparison; the median counts (default 3)");
   app.add_flag("--quick", s.quick, "Smoke run: 0.5 s, 1 round, clients 1,2, fewer hand-offs");
   app.add_flag("--processes", s.processes, "Also run the transfer comparison with clients as processes");
-  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,lock,handoff,cache,hot,scaling,pooler");
+  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,payment,lock,handoff,cache,hot,scaling,pooler");
   app.add_option("--json", s.json_path, "Write the results as JSON to this file");
   app.add_flag("--sane", s.sane,
                "Exit 1 unless every row measured more than 0 ops/s and rowguard's rows met no errors (CI smoke)");

@@ -24,7 +24,9 @@ std::string snapshot(Database& db) {
                           "SELECT (SELECT count(*) FROM {0}locks), (SELECT count(*) FROM {0}accounts), "
                           "(SELECT count(*) FROM {0}transfers), (SELECT count(*) FROM {0}entries), "
                           "(SELECT count(*) FROM {0}cache), (SELECT count(*) FROM {0}fences), "
-                          "(SELECT CAST(COALESCE(SUM(balance), 0) AS bigint) FROM {0}accounts)",
+                          "(SELECT count(*) FROM {0}holds), "
+                          "(SELECT CAST(COALESCE(SUM(balance), 0) AS bigint) FROM {0}accounts), "
+                          "(SELECT CAST(COALESCE(SUM(held), 0) AS bigint) FROM {0}accounts)",
                           p))
                       .one();
   std::string s;
@@ -59,6 +61,10 @@ TEST_CASE("hostile: names, keys and ids with NUL, broken UTF-8 or oversize are i
     CHECK(kind_of([&] { ledger.open(bad, "EUR"); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { ledger.transfer("src", bad, 1, "k1"); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { ledger.transfer("src", "dst", 1, bad); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { ledger.hold("src", bad, 1, "k1", 10s); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { ledger.hold("src", "dst", 1, bad, 10s); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { ledger.capture(1, std::nullopt, bad.empty() ? std::string(300, 'k') : bad); }) ==
+          ErrorKind::invalid_argument);
     CHECK(kind_of([&] { cache.put(bad, "v", 10s); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { cache.get(bad); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { fence.admit(bad, 1); }) == ErrorKind::invalid_argument);
@@ -105,7 +111,17 @@ TEST_CASE("hostile: extreme amounts, overflowing balances and bad durations chan
     INFO("ttl " << ttl.count() << " ms");
     CHECK(kind_of([&] { locks.try_acquire("l", ttl); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { cache.put("k", "v", ttl); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { ledger.hold("a", "b", 1, "h", ttl); }) == ErrorKind::invalid_argument);
   }
+  // Holds: amounts and ids out of range, and a hold larger than anything the account has.
+  for (const std::int64_t amount : {std::int64_t{0}, std::int64_t{-1}, min})
+    CHECK(kind_of([&] { ledger.hold("a", "b", amount, "h", 1min); }) == ErrorKind::invalid_argument);
+  for (const std::int64_t id : {std::int64_t{0}, std::int64_t{-1}, min}) {
+    CHECK(kind_of([&] { ledger.capture(id); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { ledger.void_hold(id); }) == ErrorKind::invalid_argument);
+  }
+  CHECK(kind_of([&] { ledger.capture(max); }) == ErrorKind::not_found);
+  CHECK(kind_of([&] { ledger.capture(max, min); }) == ErrorKind::invalid_argument);
   CHECK(snapshot(t.db()) == before);
   CHECK(ledger.check().ok());
 }
