@@ -105,7 +105,15 @@ BankReport run_bank(Database& db, const std::string& tag, int accounts, int work
         const auto give_up = Clock::now() + 60s;
         for (;;) {
           try {
-            ledger.transfer(account(tag, from), account(tag, to), amount, key);
+            if (i % 4 == 3) {
+              // Every fourth payment is a hold and its capture, whose transfer is recorded under
+              // the key: both steps replay their first outcome when sent again.
+              const HoldResult h = ledger.hold(account(tag, from), account(tag, to), amount, key + "-hold", 120s);
+              if (!h.ok()) break;  // rejected: nothing reserved, nothing journaled under the key
+              ledger.capture(h.hold_id, std::nullopt, key);
+            } else {
+              ledger.transfer(account(tag, from), account(tag, to), amount, key);
+            }
             std::lock_guard lock(mutex);
             acknowledged.insert(key);
             break;
