@@ -6,7 +6,7 @@ CREATE TABLE rowguard_sagas (
   type       TEXT    NOT NULL,
   payload    TEXT    NOT NULL,
   state      TEXT    NOT NULL CHECK (state IN ('running', 'compensating', 'completed', 'compensated')),
-  step       INTEGER NOT NULL DEFAULT 0,   -- the step being run, or being compensated
+  step       BIGINT  NOT NULL DEFAULT 0,   -- the step being run, or being compensated
   error      TEXT,                          -- why it is compensating, or the last compensation error
   owner      TEXT,
   created_at BIGINT  NOT NULL,
@@ -16,12 +16,12 @@ CREATE INDEX rowguard_sagas_unresolved ON rowguard_sagas (updated_at) WHERE stat
 
 CREATE TABLE rowguard_saga_steps (
   saga_id    TEXT    NOT NULL REFERENCES rowguard_sagas (id),
-  step       INTEGER NOT NULL,
+  step       BIGINT  NOT NULL,
   name       TEXT    NOT NULL,
   state      TEXT    NOT NULL CHECK (state IN ('started', 'done', 'failed', 'compensating', 'compensated')),
   result     TEXT,                          -- what the action returned
   error      TEXT,
-  attempts   INTEGER NOT NULL DEFAULT 0,
+  attempts   BIGINT  NOT NULL DEFAULT 0,
   started_at BIGINT  NOT NULL,
   updated_at BIGINT  NOT NULL,
   PRIMARY KEY (saga_id, step)
