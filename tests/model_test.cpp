@@ -1,4 +1,4 @@
-// Model-based test: random sequences of ledger, lock and cache operations run against the real
+// Model-based test: random sequences of ledger, hold, lock and cache operations run against the real
 // backend and against a small in-memory model of what the docs promise, compared after every step.
 #include <map>
 #include <optional>
@@ -30,6 +30,19 @@ struct Model {
   };
   std::map<std::string, LockRow> locks;
   std::map<std::string, std::string> cache;
+  struct HoldRow {
+    std::string from, to, key;
+    std::int64_t amount = 0, captured = 0;
+    HoldState state = HoldState::held;
+  };
+  std::map<std::int64_t, HoldRow> holds;         // by hold id
+  std::map<std::string, std::int64_t> hold_keys;  // hold key -> id
+  std::int64_t held(const std::string& account) const {
+    std::int64_t sum = 0;
+    for (const auto& [id, h] : holds)
+      if (h.from == account && h.state == HoldState::held) sum += h.amount;
+    return sum;
+  }
 };
 
 // The outcome of one money movement, or the kind of the error it raised.
@@ -68,7 +81,7 @@ Outcome expect_movement(Model& m, const std::string& kind, const std::string& fr
   }
   if ((!from.empty() && !m.balances.count(from)) || (!to.empty() && !m.balances.count(to)))
     return {ErrorKind::not_found};
-  const bool enough = from.empty() || m.balances[from] >= amount;  // min_balance 0
+  const bool enough = from.empty() || m.balances[from] - m.held(from) >= amount;  // the available amount; min 0
   if (enough) {
     if (!from.empty()) m.balances[from] -= amount;
     if (!to.empty()) m.balances[to] += amount;
@@ -80,7 +93,7 @@ Outcome expect_movement(Model& m, const std::string& kind, const std::string& fr
 
 }  // namespace
 
-TEST_CASE("model: random ledger, lock and cache operations agree with the model at every step", "[backend]") {
+TEST_CASE("model: random ledger, hold, lock and cache operations agree with the model at every step", "[backend]") {
   TestDb t;
   t.db().migrate();
   Ledger ledger(t.db());
@@ -92,9 +105,9 @@ TEST_CASE("model: random ledger, lock and cache operations agree with the model 
   std::mt19937 rng(20261122);
   auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
   auto key = [&] { return fmt::format("key{}", rng() % 40); };  // a small pool: keys are often reused
-  constexpr int steps = 600;
+  constexpr int steps = 800;
   for (int step = 0; step < steps; ++step) {
-    const int op = static_cast<int>(rng() % 12);
+    const int op = static_cast<int>(rng() % 15);
     INFO("step " << step << ", operation " << op);
     switch (op) {
       case 0: {  // open
@@ -139,7 +152,94 @@ TEST_CASE("model: random ledger, lock and cache operations agree with the model 
         break;
       }
       case 6: {  // read every open account's balance
-        for (const auto& [id, balance] : m.balances) CHECK(ledger.get(id).balance == balance);
+        for (const auto& [id, balance] : m.balances) {
+          const Account a = ledger.get(id);
+          CHECK(a.balance == balance);
+          CHECK(a.held == m.held(id));
+        }
+        break;
+      }
+      case 12: {  // hold (keys from their own small pool; holds never expire here: 1 h)
+        const std::string from = pick(accounts);
+        std::string to = pick(accounts);
+        while (to == from) to = pick(accounts);
+        const std::string k = fmt::format("hold{}", rng() % 20);
+        const std::int64_t amount = 1 + rng() % 400;
+        Outcome want;
+        if (const auto seen = m.hold_keys.find(k); seen != m.hold_keys.end()) {
+          const auto& h = m.holds[seen->second];
+          if (h.from != from || h.to != to || h.amount != amount)
+            want = {ErrorKind::idempotency_mismatch};
+          else
+            want = {std::nullopt, h.state == HoldState::rejected ? TransferStatus::insufficient_funds : TransferStatus::ok, true};
+        } else if (!m.balances.count(from) || !m.balances.count(to)) {
+          want = {ErrorKind::not_found};
+        } else {
+          const bool enough = m.balances[from] - m.held(from) >= amount;
+          want = {std::nullopt, enough ? TransferStatus::ok : TransferStatus::insufficient_funds, false};
+        }
+        HoldResult got;
+        const Outcome real = [&]() -> Outcome {
+          try {
+            got = ledger.hold(from, to, amount, k, 1h);
+            return {std::nullopt, got.status, got.replayed};
+          } catch (const Error& e) {
+            return {e.kind()};
+          }
+        }();
+        CHECK(real == want);
+        if (!want.error && !want.replayed && !real.error) {
+          m.holds[got.hold_id] = {from, to, k, amount, 0,
+                                  want.status == TransferStatus::ok ? HoldState::held : HoldState::rejected};
+          m.hold_keys[k] = got.hold_id;
+        }
+        break;
+      }
+      case 13: {  // capture all or part of a known hold (or of one that does not exist)
+        if (m.holds.empty()) break;
+        auto it = m.holds.begin();
+        std::advance(it, rng() % m.holds.size());
+        const std::int64_t id = rng() % 8 == 0 ? 999'999 : it->first;
+        auto& h = it->second;
+        const std::optional<std::int64_t> take =
+            rng() % 2 ? std::nullopt : std::optional<std::int64_t>(1 + static_cast<std::int64_t>(rng() % (h.amount + 50)));
+        const std::int64_t amount = take.value_or(h.amount);
+        Outcome want;
+        if (id != it->first || h.state == HoldState::rejected) want = {ErrorKind::not_found};
+        else if (amount > h.amount) want = {ErrorKind::invalid_argument};
+        else if (h.state == HoldState::captured)
+          want = amount == h.captured ? Outcome{std::nullopt, TransferStatus::ok, true} : Outcome{ErrorKind::idempotency_mismatch};
+        else if (h.state == HoldState::voided) want = {ErrorKind::hold_closed};
+        else want = {std::nullopt, TransferStatus::ok, false};
+        CHECK(outcome_of([&] { return ledger.capture(id, take); }) == want);
+        if (!want.error && !want.replayed) {
+          m.balances[h.from] -= amount;
+          m.balances[h.to] += amount;
+          h.state = HoldState::captured;
+          h.captured = amount;
+        }
+        break;
+      }
+      case 14: {  // void a known hold
+        if (m.holds.empty()) break;
+        auto it = m.holds.begin();
+        std::advance(it, rng() % m.holds.size());
+        auto& h = it->second;
+        std::optional<ErrorKind> want;
+        if (h.state == HoldState::rejected) want = ErrorKind::not_found;
+        else if (h.state == HoldState::captured) want = ErrorKind::hold_closed;
+        std::optional<HoldState> state;
+        const auto kind = [&]() -> std::optional<ErrorKind> {
+          try {
+            state = ledger.void_hold(it->first).state;
+            return std::nullopt;
+          } catch (const Error& e) {
+            return e.kind();
+          }
+        }();
+        CHECK(kind == want);
+        if (!want) CHECK(state == HoldState::voided);
+        if (!want) h.state = HoldState::voided;
         break;
       }
       case 7: {  // try_acquire by one of two owners
