@@ -64,7 +64,7 @@ TEST_CASE("holds: a hold reserves the available amount, a partial capture moves 
   CHECK(l.stats().holds_rejected == 1);
 }
 
-TEST_CASE("holds: keys replay holds and captures; closed holds say so; bad input writes nothing", "[backend][holds]") {
+TEST_CASE("holds: keys replay holds and captures while closed holds and bad input change nothing", "[backend][holds]") {
   Shop s;
   auto& l = s.ledger;
   const HoldResult h = l.hold("card", "shop", 3'000, "auth", 60s);
