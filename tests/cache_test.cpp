@@ -100,15 +100,22 @@ TEST_CASE("cache: a loader that throws releases its waiters with the error and s
   t.db().migrate();
   Cache cache(t.db());
   std::atomic<int> loads{0};
+  std::atomic<int> arrived{0};
   auto failing = [&] {
     ++loads;
-    std::this_thread::sleep_for(100ms);
+    // Fail only once every caller is inside get_or_load and has had time to start waiting: a
+    // caller that arrives after the failure rightly loads again, and on a loaded machine (or with
+    // a cold pool opening connections) a fixed 100 ms was not always enough for all four to arrive.
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (arrived < 4 && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(5ms);
+    std::this_thread::sleep_for(300ms);
     throw std::runtime_error("upstream down");
     return std::optional<std::string>();
   };
   std::vector<std::future<bool>> callers;
   for (int i = 0; i < 4; ++i)
     callers.push_back(std::async(std::launch::async, [&] {
+      ++arrived;
       try {
         cache.get_or_load("flaky", 30s, failing);
       } catch (const std::runtime_error&) {
