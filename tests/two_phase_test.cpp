@@ -548,3 +548,40 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
     CHECK(d.rows[0].text(0) == "commit");
   }
 }
+
+TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg]") {
+  TwoBanks w;
+  w.la.open("alice", "EUR");
+  w.lb.open("bob", "EUR");
+  w.la.deposit("alice", 1'000, "seed");
+  const std::string log = "t" + std::to_string(::getpid());
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    std::vector<std::string> all{"--db", w.t.url(), "--prefix", w.a().table_prefix(), "--json"};
+    all.insert(all.end(), args.begin(), args.end());
+    for (const std::string& p : {"a=" + w.t.url(), "b=" + w.url_b}) all.insert(all.end(), {"--participant", p});
+    all.insert(all.end(), {"--log-name", log});
+    return rowguard::test::run_cli(all, out, true);
+  };
+  std::string out;
+  CHECK(cli({"2pc", "transfer", "a:alice", "b:bob", "250", "--key", "cli-1"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"status\":\"ok\""));
+  CHECK(cli({"2pc", "transfer", "a:alice", "b:bob", "250", "--key", "cli-1"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"replayed\":true"));
+  CHECK(cli({"2pc", "transfer", "a:alice", "b:bob", "5000", "--key", "cli-2"}) == 4);  // insufficient funds
+  CHECK(cli({"2pc", "transfer", "alice", "b:bob", "5", "--key", "cli-3"}) == 2);
+  CHECK(w.balance(w.la, "alice") == 750);
+  CHECK(w.balance(w.lb, "bob") == 250);
+  // A coordinator crashes after its PREPAREs: in doubt until the grace has passed.
+  TwoPhaseOptions o;
+  o.on_step = [](TwoPhaseStep s, const std::string&) {
+    if (s == TwoPhaseStep::prepared) throw Crash{};
+  };
+  CHECK_THROWS_AS(w.coordinator(o).transfer("a", "alice", "b", "bob", 100, "crashed"), Crash);
+  CHECK(cli({"2pc", "recover"}, &out) == 9);
+  CHECK_THAT(out, Catch::Contains("\"in_doubt\":2"));
+  CHECK(cli({"2pc", "recover", "--grace", "0s"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"rolled_back\":2"));
+  CHECK(w.prepared_left() == 0);
+  CHECK(w.balance(w.la, "alice") == 750);
+  w.check_both();
+}
