@@ -132,6 +132,8 @@ class TwoPhase {
   // is rethrown. Error(conflict) when recovery aborted the gid first (the coordinator took longer
   // than recovery_grace): nothing committed, safe to run again. Error(in_doubt) when the decision
   // could not be written or read back: recover() settles it (commit if the row made it, else abort).
+  // PostgreSQL detects deadlocks only inside one database: work that locks rows in several
+  // participants must lock them in one global order (transfer() does), or set lock_timeout.
   TwoPhaseResult run(const std::function<void(GlobalTransaction&)>& work);
 
   // Moves amount from an account in one participant to an account in another: a withdrawal leg in
