@@ -9,6 +9,8 @@
 //   handoff    holder in another process releases, waiter acquires: LISTEN/NOTIFY vs 100 ms polling
 //   cache      Cache::get table hit | raw primary-key SELECT | Redis GET; in-process tier ns per hit
 //   hot        16 clients on 2 accounts: rowguard vs pessimistic, every transfer must succeed
+//   2pc        TwoPhase::transfer between accounts in two databases of one server | a transfer
+//              inside one database (same run, same accounts): what two-phase commit costs
 //   scaling    transfers and pgbench at 1, 2, 4, 8, 16 clients
 //   pooler     rowguard transfer, lock and cache get straight to PostgreSQL and through a
 //              transaction-pooling PgBouncer (--pgbouncer): what the pooler mode costs
@@ -233,6 +235,56 @@ ClientFactory rowguard_hold_capture(const std::string& url, const Accounts& acco
   };
 }
 
+// Workload "2pc": a transfer between the same account pool in two databases (alternating
+// directions), by two-phase commit: PREPARE on both, the decision row, COMMIT PREPARED on both.
+ClientFactory rowguard_two_phase_transfer(const std::string& url, const std::string& url_b, const Accounts& accounts,
+                                          const std::string& run) {
+  return [=](int client) -> Op {
+    auto a = std::shared_ptr<rowguard::Database>(open_db(url));
+    auto b = std::shared_ptr<rowguard::Database>(open_db(url_b));
+    rowguard::TwoPhaseOptions o;
+    o.log_name = "bench";
+    o.retry.attempts = 10'000;
+    o.retry.deadline = 120s;
+    auto tp = std::make_shared<rowguard::TwoPhase>(
+        *a, std::vector<std::pair<std::string, rowguard::Database*>>{{"a", a.get()}, {"b", b.get()}}, o);
+    auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
+    const std::string nonce = run_nonce();
+    return [=](std::uint64_t i) {
+      const auto [from, to] = pick_pair(*rng, accounts);
+      const bool ab = (*rng)() % 2 == 0;
+      const auto amount = static_cast<std::int64_t>(1 + (*rng)() % 100);
+      const std::string key = fmt::format("rg2-{}-{}-{}-{}", run, nonce, client, i);
+      const auto r = ab ? tp->transfer("a", from, "b", to, amount, key) : tp->transfer("b", from, "a", to, amount, key);
+      if (!r.ok()) throw std::runtime_error("2pc transfer rejected");
+      (void)a, (void)b;
+    };
+  };
+}
+
+// The second database of the "2pc" workload, on the same server as url: made once, then seeded
+// like the first. Returns its URL.
+std::string two_phase_database(const std::string& url, const Settings& s) {
+  const std::string name = "rowguard_bench_2pc";
+  {
+    pqxx::connection c(url);
+    pqxx::nontransaction n(c);
+    try {
+      n.exec("CREATE DATABASE " + name);
+    } catch (const pqxx::sql_error& e) {
+      if (std::string(e.what()).find("already exists") == std::string::npos) throw;
+    }
+  }
+  // postgresql://host:port/DB?query -> the same with the new database name.
+  const auto scheme = url.find("://");
+  const auto slash = url.find('/', scheme == std::string::npos ? 0 : scheme + 3);
+  if (slash == std::string::npos) throw std::runtime_error("2pc workload: cannot find the database name in the URL");
+  const auto query = url.find('?', slash);
+  const std::string url_b = url.substr(0, slash + 1) + name + (query == std::string::npos ? "" : url.substr(query));
+  seed(url_b, s);
+  return url_b;
+}
+
 ClientFactory rowguard_batch(const std::string& url, const Accounts& accounts, const std::string& run) {
   return [=](int client) -> Op {
     auto db = std::shared_ptr<rowguard::Database>(open_db(url));
@@ -425,6 +477,17 @@ void run_postgres(Report& report, const Settings& s) {
       compare(report, s, "postgres", "payment", c,
               {{"transfer", rowguard_transfer(url, pool, run)}, {"hold + capture", rowguard_hold_capture(url, pool, run)}},
               "transfer");
+  if (wanted(s, "2pc")) {
+    const std::string url_b = two_phase_database(url, s);
+    for (int c : s.clients) {
+      compare(report, s, "postgres", "2pc", c,
+              {{"transfer", rowguard_transfer(url, pool, run)},
+               {"2pc transfer", rowguard_two_phase_transfer(url, url_b, pool, run)}},
+              "transfer");
+      report.check(fmt::format("postgres 2pc transfer / one-database transfer, {} client(s) (informational)", c),
+                   ratio(report, "postgres", "2pc", "2pc transfer", "transfer", c), 0.0, "measured");
+    }
+  }
   if (wanted(s, "lock"))
     for (int c : s.clients) {
       std::vector<Variant> v{{"rowguard", rowguard_lock(url, run)},
@@ -577,7 +640,7 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", s.rounds, "Alternating rounds per comparison; the median counts (default 3)");
   app.add_flag("--quick", s.quick, "Smoke run: 0.5 s, 1 round, clients 1,2, fewer hand-offs");
   app.add_flag("--processes", s.processes, "Also run the transfer comparison with clients as processes");
-  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,payment,lock,handoff,cache,hot,scaling,pooler");
+  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,payment,2pc,lock,handoff,cache,hot,scaling,pooler");
   app.add_option("--json", s.json_path, "Write the results as JSON to this file");
   app.add_flag("--sane", s.sane,
                "Exit 1 unless every row measured more than 0 ops/s and rowguard's rows met no errors (CI smoke)");

@@ -96,6 +96,8 @@ if [[ "$pgbouncer" == 1 ]]; then
     cat >"$dir/pgbouncer.ini" <<EOF
 [databases]
 rowguard_test = host=127.0.0.1 port=$port dbname=rowguard_test user=postgres
+; any other database of the server (the two-phase commit tests make a second one)
+* = host=127.0.0.1 port=$port user=postgres
 
 [pgbouncer]
 listen_addr = 127.0.0.1

@@ -50,6 +50,17 @@ TEST_CASE("statement effects decide what a lost connection means", "[unit]") {
   CHECK(detail::effect_of("UPDATE t SET a = 1") == StatementEffect::write);
   CHECK(detail::effect_of("WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x") == StatementEffect::write);
   CHECK(detail::effect_of("COMMIT") == StatementEffect::commit);
+  // A prepared transaction outlives its connection: a lost PREPARE or COMMIT PREPARED is in doubt.
+  CHECK(detail::effect_of("PREPARE TRANSACTION 'g'") == StatementEffect::commit);
+  CHECK(detail::effect_of("COMMIT PREPARED 'g'") == StatementEffect::commit);
+}
+
+TEST_CASE("global transaction ids are checked strictly, since they are spliced into the statement", "[unit]") {
+  CHECK_NOTHROW(detail::check_gid("rowguard:default:0123abcdef:eu-1_x"));
+  CHECK_NOTHROW(detail::check_gid(std::string(200, 'a')));
+  for (const std::string& bad : {std::string(), std::string(201, 'a'), std::string("a'b"), std::string("a b"),
+                                std::string("a\\b"), std::string("a;b"), std::string("\xc3\xa9")})
+    CHECK_THROWS_AS(detail::check_gid(bad), Error);
 }
 
 TEST_CASE("hex encoding round-trips every byte and rejects garbage", "[unit]") {

@@ -156,6 +156,14 @@ class Ledger {
   // Money from / to the outside world, recorded as transfers with one side NULL.
   TransferResult deposit(std::string_view account, std::int64_t amount, std::string_view key);
   TransferResult withdraw(std::string_view account, std::int64_t amount, std::string_view key);
+  // The same inside the caller's transaction, recorded with global_txid set: one leg of a transfer
+  // between databases (rowguard::TwoPhase, two_phase.hpp), tied to its other leg by that id.
+  // REQUIRES: tx is a transaction on this ledger's database. No retries and no commit (the caller
+  // owns tx); the key still makes the leg idempotent (a replay returns the original outcome).
+  TransferResult deposit(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
+                         std::string_view global_txid);
+  TransferResult withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
+                          std::string_view global_txid);
   // Moves amount atomically: both balances, the journal entries and the idempotency record commit
   // together or not at all. A key seen before with the same parameters returns the original result
   // and changes nothing; with other parameters it is Error(idempotency_mismatch) naming the first

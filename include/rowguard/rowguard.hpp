@@ -9,5 +9,6 @@
 #include "rowguard/money.hpp"
 #include "rowguard/retry.hpp"
 #include "rowguard/transaction.hpp"
+#include "rowguard/two_phase.hpp"
 #include "rowguard/value.hpp"
 #include "rowguard/version.hpp"

@@ -46,6 +46,15 @@ class Transaction {
   // Error(in_doubt) when the connection broke while COMMIT was in flight.
   void commit();
   void rollback() noexcept;
+  // Two-phase commit, phase one (PostgreSQL): PREPARE TRANSACTION under gid. The transaction ends
+  // here but stays on the server, holding its locks, until COMMIT PREPARED or ROLLBACK PREPARED
+  // from any session of the database (rowguard::TwoPhase does both, and its recover()). gid must be
+  // 1 to 200 characters of [A-Za-z0-9:_-]: PREPARE TRANSACTION takes no bind parameters, so the
+  // id is written into the statement as a literal and is validated strictly instead.
+  // Error(invalid_argument, SQLSTATE 0A000) on SQLite, which has no prepared transactions;
+  // Error(in_doubt) when the connection broke during PREPARE (it may be prepared). The on_commit
+  // hooks run here, since the transaction may now commit from elsewhere.
+  void prepare(std::string_view gid);
   bool active() const noexcept { return session_ != nullptr; }
 
   // Runs f after COMMIT succeeds, and also when its outcome is lost (Error(in_doubt)), since the

@@ -61,7 +61,18 @@ class Dialect {
   virtual std::string table_exists() const = 0;
   // A statement run first in every migration step that serialises concurrent migrators, or "".
   virtual std::string migration_lock() const { return {}; }
+  // Whether the engine has prepared transactions (PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED)
+  // for two-phase commit. PostgreSQL does (with max_prepared_transactions > 0); SQLite does not.
+  virtual bool has_prepared_transactions() const noexcept { return false; }
 };
+
+// Error(invalid_argument) unless gid is a usable global transaction id: 1 to 200 bytes (PostgreSQL's
+// limit) of [A-Za-z0-9:_-]. PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED take the id
+// as a literal, never as a bound parameter, so it is spliced into the text: this check is what
+// makes that safe (no quote, backslash or space can get in).
+void check_gid(std::string_view gid);
+// Error(invalid_argument, SQLSTATE 0A000) naming the backend when its engine has no prepared transactions.
+void require_prepared_transactions(const Dialect& dialect, std::string_view what);
 
 // One connection. Thread-safety: none; a session is used by one thread at a time (the pool's job).
 class Session {
@@ -75,6 +86,15 @@ class Session {
   virtual void begin(const TxOptions& options);
   virtual void commit();
   virtual void rollback();
+  // Two-phase commit, phase one: PREPARE TRANSACTION 'gid' ends the open transaction, which stays
+  // on the server, locks and all, under gid until finish_prepared(). After a lost connection its
+  // outcome is in doubt (Error(in_doubt)): the transaction may be prepared.
+  void prepare(std::string_view gid);
+  // Phase two, outside any transaction, on any session of the same database: COMMIT PREPARED or
+  // ROLLBACK PREPARED. Returns false when no prepared transaction has that gid (already finished,
+  // or never prepared). Error(conflict, 55000) while another session is finishing it or it is still
+  // being prepared.
+  bool finish_prepared(std::string_view gid, bool commit);
 
   bool in_transaction() const noexcept { return in_transaction_; }
   // A broken session is dropped by the pool instead of being reused.

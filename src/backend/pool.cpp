@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
@@ -25,6 +27,70 @@ void Session::rollback() {
     ~Done() { flag = false; }
   } done{in_transaction_};
   exec("ROLLBACK", {});
+}
+
+void check_gid(std::string_view gid) {
+  const bool ok = !gid.empty() && gid.size() <= 200 && std::all_of(gid.begin(), gid.end(), [](char c) {
+                    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ':' ||
+                           c == '_' || c == '-';
+                  });
+  if (!ok)
+    throw Error(ErrorKind::invalid_argument,
+                "a global transaction id must be 1 to 200 characters of A-Z, a-z, 0-9, ':', '_' and '-'");
+}
+
+void require_prepared_transactions(const Dialect& dialect, std::string_view what) {
+  if (!dialect.has_prepared_transactions())
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("{}: two-phase commit is not supported on {} (it has no prepared transactions); "
+                            "use PostgreSQL",
+                            what, dialect.name()),
+                "0A000");
+}
+
+void Session::prepare(std::string_view gid) {
+  require_prepared_transactions(dialect(), "prepare");
+  check_gid(gid);
+  if (!in_transaction_) throw Error(ErrorKind::invalid_argument, "prepare needs an open transaction");
+  // Prepared or not, the session's transaction is over (a failed PREPARE rolls back).
+  struct Done {
+    bool& flag;
+    ~Done() { flag = false; }
+  } done{in_transaction_};
+  // The simple query protocol: PREPARE TRANSACTION takes no bind parameters, and a gid used once
+  // would only fill the session's statement cache. In a transaction that an error has aborted,
+  // PostgreSQL answers PREPARE TRANSACTION with a plain ROLLBACK and no error: the SELECT before it
+  // fails there instead (25P02), so a prepare that returns has prepared.
+  try {
+    exec_script(fmt::format("SELECT 1; PREPARE TRANSACTION '{}'", gid));
+  } catch (const Error& e) {
+    if (broken_ && (e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt))
+      throw Error(ErrorKind::in_doubt,
+                  fmt::format("the connection was lost during PREPARE TRANSACTION '{}': it may be prepared ({})", gid,
+                              e.what()),
+                  e.sqlstate());
+    if (!broken_) {
+      try {
+        exec_script("ROLLBACK");  // ends an aborted transaction; a mere warning when none is open
+      } catch (...) {
+        // The session is broken now and the pool drops it.
+      }
+    }
+    throw;
+  }
+}
+
+bool Session::finish_prepared(std::string_view gid, bool commit) {
+  require_prepared_transactions(dialect(), "finish_prepared");
+  check_gid(gid);
+  try {
+    exec_script(fmt::format("{} PREPARED '{}'", commit ? "COMMIT" : "ROLLBACK", gid));
+  } catch (const Error& e) {
+    if (e.sqlstate() == "42704") return false;  // undefined_object: no prepared transaction has that gid
+    if (e.sqlstate() == "55000") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());  // busy
+    throw;
+  }
+  return true;
 }
 
 SessionLease::SessionLease(Pool& pool, std::unique_ptr<Session> session) : pool_(pool), session_(std::move(session)) {}

@@ -92,7 +92,8 @@ std::string first_keyword(std::string_view sql) {
 
 StatementEffect effect_of(std::string_view sql) {
   const std::string word = first_keyword(sql);
-  if (word == "COMMIT" || word == "END") return StatementEffect::commit;
+  // PREPARE TRANSACTION makes the transaction outlive the connection: a lost reply leaves it in doubt.
+  if (word == "COMMIT" || word == "END" || word == "PREPARE") return StatementEffect::commit;
   if (word == "SELECT" || word == "SHOW" || word == "VALUES" || word == "BEGIN" || word == "ROLLBACK" ||
       word == "SAVEPOINT" || word == "RELEASE" || word == "PRAGMA" || word == "SET")
     return StatementEffect::read;

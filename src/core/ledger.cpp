@@ -67,7 +67,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backen
       fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
   record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
-      "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, {}) RETURNING id",
+      "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
       tr, d.next_id(tr), now);
   // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
   lock_original_sql = fmt::format(
@@ -210,7 +210,7 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   result.transfer_id =
       tx.exec(record_sql, {request.key, request.kind, opt(request.from), opt(request.to), request.amount, currency,
                            std::string(funded ? "ok" : "insufficient_funds"),
-                           request.reverses ? Value(request.reverses) : Value(nullptr)})
+                           request.reverses ? Value(request.reverses) : Value(nullptr), opt(request.global_txid)})
           .one()
           .i64(0);
   if (funded) {
@@ -402,6 +402,29 @@ TransferResult Ledger::withdraw(std::string_view account, std::int64_t amount, s
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
   return impl_->apply({"withdrawal", std::string(account), std::nullopt, amount, std::string(key)});
+}
+
+namespace {
+void check_leg(std::string_view account, std::int64_t amount, std::string_view key, std::string_view global_txid) {
+  check_text(account, "account id", max_id_bytes);
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  detail::check_gid(global_txid);
+}
+}  // namespace
+
+TransferResult Ledger::deposit(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
+                               std::string_view global_txid) {
+  check_leg(account, amount, key, global_txid);
+  return impl_->apply_in(tx, {"deposit", std::nullopt, std::string(account), amount, std::string(key), 0,
+                              std::string(global_txid)});
+}
+
+TransferResult Ledger::withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
+                                std::string_view global_txid) {
+  check_leg(account, amount, key, global_txid);
+  return impl_->apply_in(tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0,
+                              std::string(global_txid)});
 }
 
 TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {

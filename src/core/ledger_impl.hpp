@@ -48,6 +48,7 @@ struct Request {
   std::int64_t amount = 0;
   std::string key;
   std::int64_t reverses = 0;  // for a reversal: the transfer it refunds
+  std::optional<std::string> global_txid = std::nullopt;  // a leg of a two-phase-commit transaction
 };
 
 // A bound value, or NULL for the outside world.

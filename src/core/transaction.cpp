@@ -29,6 +29,20 @@ void Transaction::commit() {
   run_commit_hooks();
 }
 
+void Transaction::prepare(std::string_view gid) {
+  if (!session_) throw Error(ErrorKind::invalid_argument, "transaction is already committed or rolled back");
+  detail::require_prepared_transactions((*session_)->dialect(), "Transaction::prepare");
+  detail::check_gid(gid);
+  auto session = std::move(session_);  // returned to the pool: the prepared transaction no longer needs it
+  try {
+    (*session)->prepare(gid);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::in_doubt) run_commit_hooks();
+    throw;
+  }
+  run_commit_hooks();
+}
+
 void Transaction::on_commit(std::function<void()> f) {
   if (!session_) throw Error(ErrorKind::invalid_argument, "transaction is already committed or rolled back");
   on_commit_.push_back(std::move(f));

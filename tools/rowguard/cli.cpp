@@ -62,7 +62,9 @@ std::string exit_code_help() {
   4  insufficient funds                   11  schema version mismatch
   5  not found                            12  currency mismatch
   6  conflict after all retries         13  hold closed (voided, expired or captured)
-Commands that run a child pass its exit code through (128+N when it dies from signal N).)";
+Commands that run a child pass its exit code through (128+N when it dies from signal N).
+2pc recover exits 9 while prepared transactions stay in doubt (undecided and younger than --grace,
+busy, or on a participant it could not reach): run it again later.)";
 }
 
 }  // namespace rowguard::cli

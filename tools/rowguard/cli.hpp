@@ -63,5 +63,6 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
 void add_hold_commands(CLI::App& app, Globals& globals);
 void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
+void add_two_phase_commands(CLI::App& app, Globals& globals);
 
 }  // namespace rowguard::cli

@@ -38,6 +38,7 @@ class PostgresDialect final : public Dialect {
   std::string for_update() const override { return " FOR NO KEY UPDATE"; }
   bool has_writable_ctes() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
+  bool has_prepared_transactions() const noexcept override { return true; }
   std::string next_id(std::string_view) const override { return "DEFAULT"; }
   std::string table_exists() const override {
     return "SELECT CASE WHEN to_regclass(CAST($1 AS text)) IS NULL THEN 0 ELSE 1 END";

@@ -1,0 +1,470 @@
+#include "rowguard/two_phase.hpp"
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "core/ledger_impl.hpp"
+#include "core/retrying.hpp"
+
+namespace rowguard {
+
+using namespace detail::ledger;
+
+std::string_view to_string(TwoPhaseStep step) noexcept {
+  switch (step) {
+    case TwoPhaseStep::prepared: return "prepared";
+    case TwoPhaseStep::decided: return "decided";
+    case TwoPhaseStep::committed_one: return "committed_one";
+    case TwoPhaseStep::finished: return "finished";
+  }
+  return "unknown";
+}
+
+namespace {
+
+bool is_name(std::string_view s) {
+  return !s.empty() && s.size() <= 40 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+         });
+}
+
+// 128 bits straight from std::random_device (the kernel's generator) for every gid: a seeded
+// engine would hand the same sequence to every process forked after seeding it, and two
+// coordinators with one gid would finish each other's prepared transactions (the kill test forks).
+std::string random_hex() {
+  std::random_device rd;
+  return fmt::format("{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
+}
+
+// Thrown out of a transfer's work when its key turned up in the source database meanwhile (a
+// concurrent request with the key committed first): the run is rolled back and the replay read.
+struct KeySeenMeanwhile {};
+
+}  // namespace
+
+GlobalTransaction::~GlobalTransaction() = default;
+
+Transaction& GlobalTransaction::operator[](std::string_view participant) {
+  for (auto& [name, tx] : transactions_)
+    if (name == participant) return tx;
+  throw Error(ErrorKind::invalid_argument, fmt::format("no participant is named '{}'", participant));
+}
+
+struct TwoPhase::Impl {
+  Database& log;
+  std::vector<std::pair<std::string, Database*>> participants;
+  TwoPhaseOptions options;
+  std::string prefix;  // "rowguard:<log_name>:"
+  std::string decisions;  // the log's <prefix>global_transactions
+  std::map<std::string, std::unique_ptr<Ledger>, std::less<>> ledgers;
+
+  Database& db(std::string_view name) const {
+    for (const auto& [n, d] : participants)
+      if (n == name) return *d;
+    throw Error(ErrorKind::invalid_argument, fmt::format("no participant is named '{}'", name));
+  }
+
+  std::string names() const {
+    std::string out;
+    for (const auto& [n, d] : participants) out += (out.empty() ? "" : ",") + n;
+    return out;
+  }
+
+  void step(TwoPhaseStep s, const std::string& gid) const {
+    if (options.on_step) options.on_step(s, gid);
+  }
+
+  // Writes decision for gid unless one is there, and returns the one that stands: whichever of a
+  // coordinator's 'commit' and recovery's 'abort' committed first. Both statements are idempotent,
+  // so a lost reply is simply retried.
+  std::string decide(const std::string& gid, const std::string& decision, const std::string& who) {
+    return detail::with_retries(
+        options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] {
+          log.exec(fmt::format("INSERT INTO {} (gid, decision, participants, decided_at) VALUES ($1, $2, $3, "
+                               "clock_timestamp()) ON CONFLICT (gid) DO NOTHING",
+                               decisions),
+                   {gid, decision, who});
+          const Result r = log.exec(fmt::format("SELECT decision FROM {} WHERE gid = $1", decisions), {gid});
+          if (r.empty()) throw Error(ErrorKind::transient, fmt::format("the decision row of {} was not found", gid));
+          return r.rows[0].text(0);
+        },
+        [](const Error&) {});
+  }
+
+  std::optional<std::string> decision_of(const std::string& gid) {
+    const Result r = detail::with_retries(
+        options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] { return log.exec(fmt::format("SELECT decision FROM {} WHERE gid = $1", decisions), {gid}); },
+        [](const Error&) {});
+    if (r.empty()) return std::nullopt;
+    return r.rows[0].text(0);
+  }
+
+  // COMMIT or ROLLBACK PREPARED of one leg; false when it was not (or no longer) prepared.
+  bool finish(Database& d, const std::string& leg, bool commit) {
+    return detail::with_retries(
+        options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] {
+          auto session = d.backend().borrow();
+          return (*session)->finish_prepared(leg, commit);
+        },
+        [](const Error&) {});
+  }
+
+  void mark_finished(const std::string& gid) {
+    log.exec(fmt::format("UPDATE {} SET finished_at = clock_timestamp() WHERE gid = $1 AND finished_at IS NULL",
+                         decisions),
+             {gid});
+  }
+
+  // Best effort, before any decision: what is not rolled back here, recovery presumes aborted.
+  void roll_back(const std::string& gid, const std::vector<std::string>& prepared) noexcept {
+    for (const auto& name : prepared) {
+      try {
+        finish(db(name), gid + ":" + name, false);
+      } catch (...) {
+        // Left prepared: recover() rolls it back once older than recovery_grace.
+      }
+    }
+  }
+};
+
+TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>> participants,
+                   TwoPhaseOptions options)
+    : impl_(std::make_unique<Impl>(Impl{log, std::move(participants), std::move(options), {}, {}, {}})) {
+  auto& impl = *impl_;
+  detail::validate(impl.options.retry);
+  if (!is_name(impl.options.log_name))
+    throw Error(ErrorKind::invalid_argument, "TwoPhaseOptions::log_name must be 1 to 40 characters of [A-Za-z0-9_-]");
+  if (impl.options.recovery_grace.count() < 0)
+    throw Error(ErrorKind::invalid_argument, "TwoPhaseOptions::recovery_grace must not be negative");
+  if (impl.participants.empty()) throw Error(ErrorKind::invalid_argument, "a two-phase commit needs participants");
+  detail::require_prepared_transactions(log.backend().dialect(), "TwoPhase (the decision log)");
+  std::set<std::string> seen;
+  for (const auto& [name, d] : impl.participants) {
+    if (!is_name(name))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("participant name '{}' must be 1 to 40 characters of [A-Za-z0-9_-]", name));
+    if (!seen.insert(name).second)
+      throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' is named twice", name));
+    if (d == nullptr) throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' has no Database", name));
+    detail::require_prepared_transactions(d->backend().dialect(), fmt::format("TwoPhase (participant '{}')", name));
+    impl.ledgers.emplace(name, std::make_unique<Ledger>(*d));
+  }
+  impl.prefix = fmt::format("rowguard:{}:", impl.options.log_name);
+  impl.decisions = log.backend().table("global_transactions");
+}
+
+TwoPhase::~TwoPhase() = default;
+
+const TwoPhaseOptions& TwoPhase::options() const noexcept { return impl_->options; }
+
+TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work) {
+  if (!work) throw Error(ErrorKind::invalid_argument, "run needs a function");
+  auto& impl = *impl_;
+  GlobalTransaction global(impl.prefix + random_hex());
+  const std::string& gid = global.gid();
+  global.transactions_.reserve(impl.participants.size());
+  for (const auto& [name, d] : impl.participants) global.transactions_.emplace_back(name, d->begin(impl.options.transaction));
+  work(global);  // an exception here rolls every transaction back (their destructors)
+
+  // Phase one. A failure rolls back what was prepared, and the one whose PREPARE may have gone through.
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<std::string> prepared;
+  for (auto& [name, tx] : global.transactions_) {
+    try {
+      tx.prepare(gid + ":" + name);
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::in_doubt) prepared.push_back(name);
+      impl.roll_back(gid, prepared);
+      throw;
+    }
+    prepared.push_back(name);
+  }
+  impl.step(TwoPhaseStep::prepared, gid);
+  if (std::chrono::steady_clock::now() - started >= impl.options.recovery_grace) {
+    impl.roll_back(gid, prepared);
+    throw Error(ErrorKind::conflict,
+                fmt::format("{}: preparing took longer than recovery_grace ({} ms), which recovery may already have "
+                            "aborted: rolled back",
+                            gid, impl.options.recovery_grace.count()));
+  }
+
+  // The decision: durable in the log before any COMMIT PREPARED.
+  std::string decision;
+  try {
+    decision = impl.decide(gid, "commit", impl.names());
+  } catch (const Error& e) {
+    throw Error(ErrorKind::in_doubt,
+                fmt::format("{}: the commit decision could not be logged or read back; recover() settles it "
+                            "(commit if the decision row was written, else abort): {}",
+                            gid, e.what()),
+                e.sqlstate());
+  }
+  if (decision != "commit") {
+    impl.roll_back(gid, prepared);
+    throw Error(ErrorKind::conflict,
+                fmt::format("{}: recovery aborted this transaction before the coordinator decided (it took longer "
+                            "than recovery_grace): rolled back",
+                            gid));
+  }
+  impl.step(TwoPhaseStep::decided, gid);
+
+  // Phase two: committed whatever happens now; what does not get through, recover() finishes.
+  TwoPhaseResult result{gid, 0};
+  for (const auto& [name, d] : impl.participants) {
+    try {
+      impl.finish(*d, gid + ":" + name, true);  // false: recovery committed it already
+      impl.step(TwoPhaseStep::committed_one, gid);
+    } catch (const Error&) {
+      ++result.unfinished;
+    }
+  }
+  if (result.unfinished == 0) {
+    try {
+      impl.mark_finished(gid);
+      impl.step(TwoPhaseStep::finished, gid);
+    } catch (const Error&) {
+      // Only bookkeeping: recover() marks it when it finds nothing prepared under the gid.
+    }
+  }
+  return result;
+}
+
+TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_view from_account,
+                                          std::string_view to_db, std::string_view to_account, std::int64_t amount,
+                                          std::string_view key) {
+  auto& impl = *impl_;
+  Database& source = impl.db(from_db);
+  Database& target = impl.db(to_db);
+  if (from_db == to_db)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a transfer within participant '{}' needs no two-phase commit: use Ledger::transfer", from_db));
+  check_text(from_account, "source account id", max_id_bytes);
+  check_text(to_account, "destination account id", max_id_bytes);
+  check_amount(amount);
+  check_text(key, "idempotency key", max_key_bytes);
+  Ledger& withdrawals = *impl.ledgers.find(from_db)->second;
+  Ledger& deposits = *impl.ledgers.find(to_db)->second;
+  const std::string src_transfers = source.backend().table("transfers");
+  const std::string dst_transfers = target.backend().table("transfers");
+  const Request withdrawal{"withdrawal", std::string(from_account), std::nullopt, amount, std::string(key), 0, {}};
+
+  // A key seen before: the original outcome (both legs committed together, so the source's record
+  // tells it), and the deposit leg found by the global transaction id.
+  auto replay = [&]() -> std::optional<TwoPhaseTransferResult> {
+    const Result found = source.exec(
+        fmt::format("SELECT id, kind, from_account, to_account, amount, outcome, global_txid FROM {} WHERE "
+                    "idempotency_key = $1",
+                    src_transfers),
+        {std::string(key)});
+    if (found.empty()) return std::nullopt;
+    const TransferResult original = replay_of(found.rows[0], withdrawal);
+    TwoPhaseTransferResult r;
+    r.status = original.status;
+    r.withdrawal_id = original.transfer_id;
+    r.replayed = true;
+    if (const auto gid = found.rows[0].opt_text(6)) {
+      r.gid = *gid;
+      const Result leg = target.exec(
+          fmt::format("SELECT id FROM {} WHERE global_txid = $1 AND kind = 'deposit'", dst_transfers), {*gid});
+      if (!leg.empty()) r.deposit_id = leg.rows[0].i64(0);
+    }
+    return r;
+  };
+
+  return detail::with_retries(
+      impl.options.retry, detail::RetryIn::conflicts,
+      [&]() -> TwoPhaseTransferResult {
+        if (auto earlier = replay()) return *earlier;
+        TwoPhaseTransferResult r;
+        try {
+          const TwoPhaseResult done = run([&](GlobalTransaction& g) {
+            Transaction& out = g[from_db];
+            Transaction& in = g[to_db];
+            // Both account rows are locked first, in one order across all databases (participant name,
+            // then account id): PostgreSQL detects deadlocks only inside one database, and two
+            // transfers in opposite directions locking source then destination would wait for each
+            // other across two databases forever.
+            auto lock = [](Transaction& tx, Database& d, std::string_view account) {
+              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}", d.backend().table("accounts"),
+                                                   d.backend().dialect().for_update()),
+                                       {std::string(account)});
+              if (c.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
+              return c.rows[0].text(0);
+            };
+            std::string from_currency, to_currency;
+            if (std::pair(from_db, from_account) < std::pair(to_db, to_account)) {
+              from_currency = lock(out, source, from_account);
+              to_currency = lock(in, target, to_account);
+            } else {
+              to_currency = lock(in, target, to_account);
+              from_currency = lock(out, source, from_account);
+            }
+            if (from_currency != to_currency)
+              throw Error(ErrorKind::currency_mismatch,
+                          fmt::format("account '{}' is in {} and '{}' in {}", from_account, from_currency, to_account,
+                                      to_currency));
+            const TransferResult w = withdrawals.withdraw(out, from_account, amount, key, g.gid());
+            if (w.replayed) throw KeySeenMeanwhile{};
+            r.status = w.status;
+            r.withdrawal_id = w.transfer_id;
+            if (!w.ok()) return;  // the rejection is recorded under the key in the source only
+            const TransferResult d = deposits.deposit(in, to_account, amount, key, g.gid());
+            if (d.replayed)
+              throw Error(ErrorKind::idempotency_mismatch,
+                          fmt::format("idempotency key '{}' was already used in participant '{}' (transfer {})", key,
+                                      to_db, d.transfer_id));
+            r.deposit_id = d.transfer_id;
+          });
+          r.gid = done.gid;
+          r.unfinished = done.unfinished;
+          return r;
+        } catch (const KeySeenMeanwhile&) {
+          throw Error(ErrorKind::conflict, fmt::format("idempotency key '{}' was recorded meanwhile", key));
+        } catch (const Error& e) {
+          // A concurrent request with the same key won the unique index: retry to read its record.
+          if (e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
+          throw;
+        }
+      },
+      [](const Error&) {});
+}
+
+RecoveryReport TwoPhase::recover() {
+  auto& impl = *impl_;
+  RecoveryReport report;
+  // Unfinished decisions are read before the participants are listed: a 'commit' row is written
+  // only after every leg is prepared, so each of its legs is then either listed or already done.
+  struct Open {
+    std::string decision;
+    std::vector<std::string> participants;
+  };
+  std::map<std::string, Open> open;
+  for (const auto& row :
+       impl.log
+           .exec(fmt::format("SELECT gid, decision, participants FROM {} WHERE finished_at IS NULL AND "
+                             "left(gid, length($1)) = $1",
+                             impl.decisions),
+                 {impl.prefix})
+           .rows) {
+    Open o{row.text(1), {}};
+    const std::string list = row.text(2);
+    std::size_t start = 0;
+    while (start <= list.size()) {
+      const std::size_t comma = std::min(list.find(',', start), list.size());
+      if (comma > start) o.participants.push_back(list.substr(start, comma - start));
+      start = comma + 1;
+    }
+    open.emplace(row.text(0), std::move(o));
+  }
+
+  // Every prepared leg of this log name, per global gid.
+  struct Leg {
+    std::string participant;
+    std::int64_t age_ms = 0;
+  };
+  std::map<std::string, std::vector<Leg>> legs;
+  std::set<std::string> unreachable;
+  for (const auto& [name, d] : impl.participants) {
+    try {
+      const std::string suffix = ":" + name;
+      const Result r = d->exec(
+          "SELECT gid, CAST(floor(EXTRACT(EPOCH FROM (clock_timestamp() - prepared)) * 1000) AS bigint) "
+          "FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1 "
+          "AND right(gid, length($2)) = $2 ORDER BY gid",
+          {impl.prefix, suffix});
+      for (const auto& row : r.rows) {
+        const std::string leg = row.text(0);
+        legs[leg.substr(0, leg.size() - suffix.size())].push_back({name, row.i64(1)});
+      }
+    } catch (const Error& e) {
+      unreachable.insert(name);
+      ++report.in_doubt;
+      report.errors.push_back(fmt::format("participant '{}': {}", name, e.what()));
+    }
+  }
+
+  std::set<std::string> unsettled;  // gids with a leg left in doubt
+  for (const auto& [gid, its] : legs) {
+    std::optional<std::string> decision;
+    try {
+      decision = impl.decision_of(gid);
+      if (!decision) {
+        std::int64_t oldest = 0;
+        for (const auto& leg : its) oldest = std::max(oldest, leg.age_ms);
+        if (oldest >= impl.options.recovery_grace.count()) {
+          // Presumed abort, logged first: a coordinator still running then reads 'abort' and rolls
+          // back instead of committing. If it wrote 'commit' first, that decision stands.
+          std::string who;
+          for (const auto& leg : its) who += (who.empty() ? "" : ",") + leg.participant;
+          decision = impl.decide(gid, "abort", who);
+          if (!open.count(gid)) open.emplace(gid, Open{*decision, {}});
+        }
+      }
+    } catch (const Error& e) {
+      report.errors.push_back(fmt::format("decision log: {}", e.what()));
+    }
+    if (!decision) {
+      report.in_doubt += static_cast<std::int64_t>(its.size());
+      unsettled.insert(gid);
+      continue;
+    }
+    const bool commit = *decision == "commit";
+    for (const auto& leg : its) {
+      try {
+        if (impl.finish(impl.db(leg.participant), gid + ":" + leg.participant, commit))
+          ++(commit ? report.committed : report.rolled_back);
+      } catch (const Error& e) {
+        ++report.in_doubt;
+        unsettled.insert(gid);
+        report.errors.push_back(fmt::format("participant '{}': {}", leg.participant, e.what()));
+      }
+    }
+  }
+
+  // A decision is finished once none of its participants holds a leg. Rows whose participants this
+  // recovery does not know (or could not reach) are left for one that does.
+  for (auto& [gid, o] : open) {
+    if (unsettled.count(gid)) continue;
+    bool known = true;
+    for (const auto& name : o.participants) {
+      const bool ours = std::any_of(impl.participants.begin(), impl.participants.end(),
+                                    [&](const auto& p) { return p.first == name; });
+      if (!ours || unreachable.count(name)) known = false;
+    }
+    if (!known) continue;
+    try {
+      impl.mark_finished(gid);
+      ++report.finished;
+    } catch (const Error& e) {
+      report.errors.push_back(fmt::format("decision log: {}", e.what()));
+    }
+  }
+  return report;
+}
+
+std::int64_t TwoPhase::prune(std::chrono::milliseconds older_than) {
+  auto& impl = *impl_;
+  if (older_than < impl.options.recovery_grace)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("prune age {} ms is below recovery_grace ({} ms): a coordinator could still decide a gid "
+                            "whose row it would delete",
+                            older_than.count(), impl.options.recovery_grace.count()));
+  const auto& d = impl.log.backend().dialect();
+  return impl.log
+      .exec(fmt::format("DELETE FROM {} WHERE finished_at IS NOT NULL AND finished_at < {} AND left(gid, length($2)) = $2",
+                        impl.decisions, d.timestamp_plus_ms(d.now_timestamp(), "$1")),
+            {static_cast<std::int64_t>(-older_than.count()), impl.prefix})
+      .affected;
+}
+
+}  // namespace rowguard
