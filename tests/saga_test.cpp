@@ -320,9 +320,11 @@ TEST_CASE("sagas: a failing compensation leaves the saga compensating until reco
   Sagas sagas(t.db(), quick());
   std::atomic<bool> refund_works{false};
   std::atomic<int> refunds{0};
+  std::string own_result;
   sagas.define("pay", {{"charge", [](StepContext&) { return std::string("charged"); },
-                        [&](StepContext&) {
+                        [&](StepContext& c) {
                           ++refunds;
+                          own_result = c.result_of("charge") ? *c.result_of("charge") : "none";
                           if (!refund_works) throw std::runtime_error("refund service down");
                         }},
                        {"ship", [](StepContext&) -> std::string { throw std::runtime_error("out of stock"); }, {}}});
@@ -332,6 +334,7 @@ TEST_CASE("sagas: a failing compensation leaves the saga compensating until reco
   CHECK(o.failed_step == "ship");
   CHECK_THAT(o.error, Catch::Contains("refund service down"));
   CHECK(refunds == 2);  // compensation_retry.attempts
+  CHECK(own_result == "charged");  // a compensation sees its own step's result
   auto info = sagas.get("P");
   CHECK(info->state == SagaState::compensating);
   CHECK(info->step == 0);

@@ -36,7 +36,8 @@ struct StepContext {
   std::string step;      // this step's name
   int index = 0;         // 0-based position of the step in the saga
   int attempt = 1;       // 1 on the first try in this process; retries and resumed runs count on
-  // The results of the steps before this one that completed, in order: (name, result).
+  // The results of the steps before this one that completed, in order: (name, result); in a
+  // compensation, also this step's own result when its action completed.
   std::vector<std::pair<std::string, std::string>> results;
 
   // The stable key to pass to whatever the action changes: "<saga id>:<step>". The same on every

@@ -276,7 +276,8 @@ struct Driver {
     info.owner = lease.owner();
   }
 
-  StepContext context(int i, int attempt) const {
+  // own_result: a compensation also sees its own step's result, when its action completed.
+  StepContext context(int i, int attempt, bool own_result = false) const {
     StepContext c;
     c.saga_id = info.id;
     c.saga_type = info.type;
@@ -285,7 +286,7 @@ struct Driver {
     c.index = i;
     c.attempt = attempt;
     for (const auto& [j, row] : rows)
-      if (j < i && row.state == StepState::done) c.results.emplace_back(row.name, row.result.value_or(""));
+      if ((j < i || (own_result && j == i)) && row.result) c.results.emplace_back(row.name, *row.result);
     return c;
   }
 
@@ -379,7 +380,7 @@ struct Driver {
       found->second.state = StepState::compensating;
       std::string error;
       if (const auto& undo = steps[j].compensation) {
-        StepContext ctx = context(j, 1);
+        StepContext ctx = context(j, 1, true);
         try {
           detail::with_retries(
               impl.options.compensation_retry, detail::RetryIn::conflicts_and_in_doubt,
