@@ -8,6 +8,7 @@
 #include "rowguard/locks.hpp"
 #include "rowguard/money.hpp"
 #include "rowguard/retry.hpp"
+#include "rowguard/saga.hpp"
 #include "rowguard/transaction.hpp"
 #include "rowguard/two_phase.hpp"
 #include "rowguard/value.hpp"

@@ -2,8 +2,15 @@
 
 #include "backend/sql_text.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
+
+extern char** environ;
 
 namespace rowguard::cli {
 
@@ -52,6 +59,37 @@ void emit(const Globals& globals, const nlohmann::json& object, const std::strin
 }
 
 
+int run_shell(const std::string& command, const std::vector<std::string>& extra) {
+  // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e; ++e) {
+    const std::string_view entry(*e);
+    bool replaced = false;
+    for (const auto& x : extra)
+      if (const auto eq = x.find('='); entry.substr(0, eq + 1) == std::string_view(x).substr(0, eq + 1)) replaced = true;
+    if (!replaced) env_storage.emplace_back(entry);
+  }
+  env_storage.insert(env_storage.end(), extra.begin(), extra.end());
+  std::vector<char*> envp;
+  for (auto& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string sh = "/bin/sh", dash_c = "-c", cmd = command;
+  char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
+  std::cout.flush();
+  const pid_t child = ::fork();
+  if (child < 0) throw Error(ErrorKind::permanent, fmt::format("fork failed: {}", std::strerror(errno)));
+  if (child == 0) {
+    ::dup2(2, 1);
+    ::execve(argv[0], argv, envp.data());
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(child, &status, 0) < 0)
+    if (errno != EINTR) throw Error(ErrorKind::permanent, fmt::format("waitpid failed: {}", std::strerror(errno)));
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
 
 std::string exit_code_help() {
   return R"(Exit codes:

@@ -52,6 +52,11 @@ std::string fresh_key();
 // Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
 void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what);
 
+// Runs `/bin/sh -c command` with the environment plus `extra` ("NAME=value" entries, replacing
+// any of the same name), its stdout sent to rowguard's stderr so --json output stays parseable;
+// returns its exit code, or 128+N when it died from signal N.
+int run_shell(const std::string& command, const std::vector<std::string>& extra);
+
 // The exit-code table printed by --help.
 std::string exit_code_help();
 
@@ -63,6 +68,8 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
 void add_hold_commands(CLI::App& app, Globals& globals);
 void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
+// exit_status: 1 when a saga ended compensated or unresolved, 3 when recover left busy ones.
+void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_two_phase_commands(CLI::App& app, Globals& globals);
 
 }  // namespace rowguard::cli

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   cli::add_ledger_commands(app, globals);
   cli::add_hold_commands(app, globals);
   cli::add_cache_commands(app, globals, exit_status);
+  cli::add_saga_commands(app, globals, exit_status);
   cli::add_two_phase_commands(app, globals);
 
   try {

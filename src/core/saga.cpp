@@ -1,0 +1,611 @@
+// Sagas: steps with compensations whose progress is committed before and after every step.
+//
+// One coordinator drives a saga at a time: it holds the lease "saga:<id>" (renewed by a heartbeat)
+// and every write of the saga's rows runs in its own transaction behind lease.guard(), so a
+// coordinator that lost its lease can never write over the one that took the saga over.
+#include "rowguard/saga.hpp"
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "backend/backend.hpp"
+#include "backend/sql_text.hpp"
+#include "core/retrying.hpp"
+#include "rowguard/locks.hpp"
+
+namespace rowguard {
+
+namespace {
+constexpr std::size_t max_id_bytes = 128;
+constexpr std::size_t max_step_bytes = 64;
+constexpr std::size_t max_sagas_listed = 100'000;
+
+void check_name(std::string_view value, std::string_view what, std::size_t max) {
+  if (value.empty() || value.size() > max || !detail::is_text(value))
+    throw Error(ErrorKind::invalid_argument, fmt::format("{} must be 1 to {} bytes of UTF-8 without NUL", what, max));
+}
+
+void check_steps(std::string_view type, const std::vector<SagaStep>& steps) {
+  if (steps.empty()) throw Error(ErrorKind::invalid_argument, fmt::format("saga type '{}' has no steps", type));
+  if (steps.size() > 10'000)
+    throw Error(ErrorKind::invalid_argument, fmt::format("saga type '{}' has more than 10000 steps", type));
+  std::set<std::string_view> seen;
+  for (const auto& s : steps) {
+    check_name(s.name, "a saga step name", max_step_bytes);
+    if (s.name.find(':') != std::string::npos)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("saga step name '{}' contains ':', which separates the parts of its keys", s.name));
+    if (!seen.insert(s.name).second)
+      throw Error(ErrorKind::invalid_argument, fmt::format("saga type '{}' has two steps named '{}'", type, s.name));
+    if (!s.action) throw Error(ErrorKind::invalid_argument, fmt::format("saga step '{}' has no action", s.name));
+  }
+}
+
+StepState step_state_from(std::string_view name) {
+  for (auto s : {StepState::started, StepState::done, StepState::failed, StepState::compensating,
+                 StepState::compensated})
+    if (to_string(s) == name) return s;
+  throw Error(ErrorKind::permanent, fmt::format("a saga step has the unknown state '{}'", name));
+}
+
+bool final_state(SagaState s) { return s == SagaState::completed || s == SagaState::compensated; }
+
+std::string lease_name(std::string_view id) { return fmt::format("saga:{}", id); }
+
+// The message of whatever an action or compensation threw.
+std::string describe(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& x) {
+    return fmt::format("{}: {}", to_string(x.kind()), x.what());
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
+}
+}  // namespace
+
+std::string_view to_string(SagaState state) noexcept {
+  switch (state) {
+    case SagaState::running: return "running";
+    case SagaState::compensating: return "compensating";
+    case SagaState::completed: return "completed";
+    case SagaState::compensated: return "compensated";
+  }
+  return "running";
+}
+
+std::string_view to_string(StepState state) noexcept {
+  switch (state) {
+    case StepState::started: return "started";
+    case StepState::done: return "done";
+    case StepState::failed: return "failed";
+    case StepState::compensating: return "compensating";
+    case StepState::compensated: return "compensated";
+  }
+  return "started";
+}
+
+SagaState saga_state_from(std::string_view name) {
+  for (auto s : {SagaState::running, SagaState::compensating, SagaState::completed, SagaState::compensated})
+    if (to_string(s) == name) return s;
+  throw Error(ErrorKind::invalid_argument,
+              fmt::format("'{}' is not a saga state (running, compensating, completed, compensated)", name));
+}
+
+const std::string* StepContext::result_of(std::string_view name) const {
+  for (const auto& [n, r] : results)
+    if (n == name) return &r;
+  return nullptr;
+}
+
+struct Sagas::Impl {
+  using Definition = std::function<std::vector<SagaStep>(const std::string&)>;
+  std::shared_ptr<detail::Backend> backend;
+  SagaOptions options;
+  Locks locks;
+  std::mutex definitions_mutex;
+  std::map<std::string, Definition, std::less<>> definitions;
+  std::string read_sql, steps_sql, insert_sql, set_sql, step_insert_sql, step_restart_sql, step_done_sql,
+      step_failed_sql, step_state_sql, unresolved_sql, list_sql;
+
+  Impl(Database& db, SagaOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db, lock_options(options)) {
+    const auto& d = backend->dialect();
+    const std::string t = backend->table("sagas");
+    const std::string s = backend->table("saga_steps");
+    const std::string now = d.now_timestamp();
+    list_sql = fmt::format("SELECT id, type, payload, state, step, error, owner, {}, {} FROM {}",
+                           d.timestamp_to_ms("created_at"), d.timestamp_to_ms("updated_at"), t);
+    read_sql = list_sql + " WHERE id = $1";
+    steps_sql = fmt::format("SELECT step, name, state, result, error, attempts FROM {} WHERE saga_id = $1 ORDER BY step", s);
+    insert_sql = fmt::format(
+        "INSERT INTO {} (id, type, payload, state, step, owner, created_at, updated_at) "
+        "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now})",
+        t, fmt::arg("now", now));
+    set_sql = fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1", t, now);
+    step_insert_sql = fmt::format(
+        "INSERT INTO {} (saga_id, step, name, state, attempts, started_at, updated_at) "
+        "VALUES ($1, $2, $3, 'started', 1, {now}, {now})",
+        s, fmt::arg("now", now));
+    step_restart_sql = fmt::format(
+        "UPDATE {} SET state = 'started', attempts = attempts + 1, updated_at = {} WHERE saga_id = $1 AND step = $2", s, now);
+    step_done_sql = fmt::format(
+        "UPDATE {} SET state = 'done', result = $3, error = NULL, attempts = attempts + $4, updated_at = {} "
+        "WHERE saga_id = $1 AND step = $2",
+        s, now);
+    step_failed_sql = fmt::format(
+        "UPDATE {} SET state = 'failed', error = $3, attempts = attempts + $4, updated_at = {} "
+        "WHERE saga_id = $1 AND step = $2",
+        s, now);
+    step_state_sql = fmt::format("UPDATE {} SET state = $3, updated_at = {} WHERE saga_id = $1 AND step = $2", s, now);
+    unresolved_sql =
+        fmt::format("SELECT id, type FROM {} WHERE state IN ('running', 'compensating') ORDER BY updated_at, id", t);
+  }
+
+  static LockOptions lock_options(const SagaOptions& o) {
+    if (o.lease_ttl < std::chrono::milliseconds(100))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("SagaOptions::lease_ttl must be at least 100ms, got {} ms", o.lease_ttl.count()));
+    if (o.heartbeat_interval && (*o.heartbeat_interval <= std::chrono::milliseconds::zero() ||
+                                 *o.heartbeat_interval >= o.lease_ttl))
+      throw Error(ErrorKind::invalid_argument, "SagaOptions::heartbeat_interval must be positive and below lease_ttl");
+    detail::validate(o.retry);
+    detail::validate(o.compensation_retry);
+    LockOptions l;
+    l.owner_prefix = o.owner_prefix;
+    if (l.max_ttl < o.lease_ttl) l.max_ttl = o.lease_ttl;
+    return l;
+  }
+
+  std::optional<Definition> definition(std::string_view type) {
+    std::lock_guard lock(definitions_mutex);
+    auto it = definitions.find(type);
+    if (it == definitions.end()) return std::nullopt;
+    return it->second;
+  }
+
+  static SagaInfo info_of(const Row& r) {
+    SagaInfo i;
+    i.id = r.text(0);
+    i.type = r.text(1);
+    i.payload = r.text(2);
+    i.state = saga_state_from(r.text(3));
+    i.step = static_cast<int>(r.i64(4));
+    i.error = r.opt_text(5).value_or("");
+    i.owner = r.opt_text(6).value_or("");
+    i.created_at_ms = r.i64(7);
+    i.updated_at_ms = r.i64(8);
+    return i;
+  }
+
+  std::optional<SagaInfo> read(std::string_view id, bool with_steps) {
+    auto session = backend->borrow();
+    const Result r = (*session)->exec(read_sql, {std::string(id)});
+    if (r.empty()) return std::nullopt;
+    SagaInfo info = info_of(r.rows[0]);
+    if (with_steps) {
+      for (const auto& row : (*session)->exec(steps_sql, {std::string(id)}).rows) {
+        SagaStepInfo s;
+        s.index = static_cast<int>(row.i64(0));
+        s.name = row.text(1);
+        s.state = step_state_from(row.text(2));
+        s.result = row.opt_text(3);
+        s.error = row.opt_text(4).value_or("");
+        s.attempts = row.i64(5);
+        info.steps.push_back(std::move(s));
+      }
+    }
+    return info;
+  }
+
+  // The outcome a saga's rows record: the failed step is the last one begun.
+  static SagaOutcome outcome_of(const SagaInfo& info) {
+    SagaOutcome o;
+    o.id = info.id;
+    o.state = info.state;
+    if (info.state == SagaState::compensating || info.state == SagaState::compensated) {
+      if (!info.steps.empty()) {
+        o.failed_step = info.steps.back().name;
+        o.error = info.steps.back().error;
+      }
+      if (info.state == SagaState::compensating && !info.error.empty()) o.error = info.error;
+    }
+    return o;
+  }
+
+  // Takes the saga's lease with a new owner id and starts its heartbeat; empty when a live
+  // coordinator holds it. *lost turns true when the heartbeat finds the lease gone.
+  std::optional<Lease> take(std::string_view id, const std::shared_ptr<std::atomic<bool>>& lost) {
+    auto lease = locks.try_acquire(lease_name(id), options.lease_ttl, locks.new_owner());
+    if (!lease) return std::nullopt;
+    HeartbeatOptions h;
+    h.interval = options.heartbeat_interval;
+    h.on_lost = [lost] { *lost = true; };
+    lease->start_heartbeat(std::move(h));
+    return lease;
+  }
+
+  SagaOutcome drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
+                    const std::shared_ptr<std::atomic<bool>>& lost);
+};
+
+// One coordinator driving one saga: its rows in memory, written through on every change.
+namespace {
+struct Driver {
+  Sagas::Impl& impl;
+  SagaInfo& info;
+  const std::vector<SagaStep>& steps;
+  Lease& lease;
+  std::shared_ptr<std::atomic<bool>> lost;
+  std::map<int, SagaStepInfo> rows;
+
+  void check_lease() const {
+    if (*lost || !lease.valid())
+      throw Error(ErrorKind::lock_lost,
+                  fmt::format("saga '{}': the coordinator's lease '{}' was lost; the saga is left for recover()",
+                              info.id, lease.name()));
+  }
+
+  // One committed transaction, behind the lease's guard. Retried on conflicts and lost commits:
+  // every write sets absolute values, so repeating one that did commit changes nothing more
+  // (except an attempts counter).
+  template <class F>
+  void write(F&& f) {
+    detail::with_retries(
+        impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] {
+          Transaction tx(impl.backend->borrow(), TxOptions{});
+          lease.guard(tx);
+          f(tx);
+          tx.commit();
+        },
+        [](const Error&) {});
+  }
+
+  void set_saga(Transaction& tx, SagaState state, int step, const std::string& error) {
+    tx.exec(impl.set_sql, {info.id, std::string(to_string(state)), std::int64_t{step},
+                           error.empty() ? Value(nullptr) : Value(error), lease.owner()});
+    info.state = state;
+    info.step = step;
+    info.error = error;
+    info.owner = lease.owner();
+  }
+
+  // own_result: a compensation also sees its own step's result, when its action completed.
+  StepContext context(int i, int attempt, bool own_result = false) const {
+    StepContext c;
+    c.saga_id = info.id;
+    c.saga_type = info.type;
+    c.payload = info.payload;
+    c.step = steps[i].name;
+    c.index = i;
+    c.attempt = attempt;
+    for (const auto& [j, row] : rows)
+      if ((j < i || (own_result && j == i)) && row.result) c.results.emplace_back(row.name, *row.result);
+    return c;
+  }
+
+  // The rows must be the definition's steps, in order: a definition changed under a running saga
+  // would otherwise compensate the wrong step.
+  void check_rows() const {
+    for (const auto& [i, row] : rows)
+      if (i < 0 || static_cast<std::size_t>(i) >= steps.size() || steps[i].name != row.name)
+        throw Error(ErrorKind::permanent,
+                    fmt::format("saga '{}' recorded step {} as '{}', but its type '{}' defines {}", info.id, i, row.name,
+                                info.type,
+                                static_cast<std::size_t>(i) < steps.size() ? "'" + steps[i].name + "' there"
+                                                                           : std::string("fewer steps")));
+  }
+
+  std::string failure() const { return rows.empty() ? std::string() : rows.rbegin()->second.error; }
+
+  void run_forward() {
+    const int n = static_cast<int>(steps.size());
+    for (int i = info.step; i < n && info.state == SagaState::running; ++i) {
+      auto found = rows.find(i);
+      if (found != rows.end() && found->second.state == StepState::done) continue;
+      check_lease();
+      const bool existed = found != rows.end();
+      const std::int64_t before = existed ? found->second.attempts : 0;
+      write([&](Transaction& tx) {
+        if (existed)
+          tx.exec(impl.step_restart_sql, {info.id, std::int64_t{i}});
+        else
+          tx.exec(impl.step_insert_sql, {info.id, std::int64_t{i}, steps[i].name});
+        set_saga(tx, SagaState::running, i, {});
+      });
+      SagaStepInfo& row = rows[i];
+      row.index = i;
+      row.name = steps[i].name;
+      row.state = StepState::started;
+      row.attempts = before + 1;
+
+      int attempt = static_cast<int>(row.attempts);
+      std::int64_t retries = 0;
+      StepContext ctx = context(i, attempt);
+      std::string result;
+      std::string error;
+      try {
+        result = detail::with_retries(
+            impl.options.retry, detail::RetryIn::conflicts_and_in_doubt, [&] { return steps[i].action(ctx); },
+            [&](const Error&) {
+              check_lease();
+              ++retries;
+              ctx.attempt = ++attempt;
+            });
+      } catch (const Error& e) {
+        if (e.kind() == ErrorKind::lock_lost && (*lost || !lease.valid())) throw;
+        error = describe(std::current_exception());
+      } catch (...) {
+        error = describe(std::current_exception());
+      }
+      check_lease();
+      if (error.empty()) {
+        const bool last = i + 1 == n;
+        write([&](Transaction& tx) {
+          tx.exec(impl.step_done_sql, {info.id, std::int64_t{i}, result, retries});
+          set_saga(tx, last ? SagaState::completed : SagaState::running, last ? i : i + 1, {});
+        });
+        row.state = StepState::done;
+        row.result = result;
+      } else {
+        write([&](Transaction& tx) {
+          tx.exec(impl.step_failed_sql, {info.id, std::int64_t{i}, error, retries});
+          set_saga(tx, SagaState::compensating, i, fmt::format("step '{}' failed: {}", steps[i].name, error));
+        });
+        row.state = StepState::failed;
+        row.error = error;
+      }
+      row.attempts += retries;
+    }
+  }
+
+  // Compensates from the saga's step down to the first: the failed step too (its action may have
+  // applied in part), then every completed step in reverse order.
+  void compensate() {
+    const std::string why = failure();
+    for (int j = info.step; j >= 0; --j) {
+      auto found = rows.find(j);
+      if (found == rows.end() || found->second.state == StepState::compensated) continue;
+      check_lease();
+      write([&](Transaction& tx) {
+        tx.exec(impl.step_state_sql, {info.id, std::int64_t{j}, std::string("compensating")});
+        set_saga(tx, SagaState::compensating, j, info.error);
+      });
+      found->second.state = StepState::compensating;
+      std::string error;
+      if (const auto& undo = steps[j].compensation) {
+        StepContext ctx = context(j, 1, true);
+        try {
+          detail::with_retries(
+              impl.options.compensation_retry, detail::RetryIn::conflicts_and_in_doubt,
+              [&] {
+                try {
+                  undo(ctx);
+                } catch (const Error& e) {
+                  if (e.retriable() || e.kind() == ErrorKind::in_doubt) throw;
+                  throw Error(ErrorKind::transient, describe(std::current_exception()));
+                } catch (...) {
+                  throw Error(ErrorKind::transient, describe(std::current_exception()));
+                }
+              },
+              [&](const Error&) {
+                check_lease();
+                ++ctx.attempt;
+              });
+        } catch (const Error& e) {
+          if (e.kind() == ErrorKind::lock_lost) throw;
+          error = e.what();
+        }
+      }
+      check_lease();
+      if (!error.empty()) {
+        write([&](Transaction& tx) {
+          set_saga(tx, SagaState::compensating, j,
+                   fmt::format("compensation of step '{}' failed: {}", steps[j].name, error));
+        });
+        return;
+      }
+      write([&](Transaction& tx) {
+        tx.exec(impl.step_state_sql, {info.id, std::int64_t{j}, std::string("compensated")});
+        if (j == 0)
+          set_saga(tx, SagaState::compensated, 0, why);
+        else
+          set_saga(tx, SagaState::compensating, j - 1, info.error);
+      });
+      found->second.state = StepState::compensated;
+    }
+    if (info.state == SagaState::compensating) {
+      // Nothing was left to compensate (no step had begun).
+      write([&](Transaction& tx) { set_saga(tx, SagaState::compensated, 0, why); });
+    }
+  }
+};
+}  // namespace
+
+SagaOutcome Sagas::Impl::drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
+                               const std::shared_ptr<std::atomic<bool>>& lost) {
+  Driver d{*this, info, steps, lease, lost, {}};
+  for (auto& s : info.steps) d.rows[s.index] = s;
+  d.check_rows();
+  if (info.state == SagaState::running) d.run_forward();
+  if (info.state == SagaState::compensating) d.compensate();
+  info.steps.clear();
+  for (auto& [i, row] : d.rows) info.steps.push_back(row);
+  return outcome_of(info);
+}
+
+Sagas::Sagas(Database& db, SagaOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {}
+Sagas::~Sagas() = default;
+
+void Sagas::define(std::string_view type, std::vector<SagaStep> steps) {
+  check_name(type, "a saga type", max_id_bytes);
+  check_steps(type, steps);
+  std::lock_guard lock(impl_->definitions_mutex);
+  impl_->definitions[std::string(type)] = [steps = std::move(steps)](const std::string&) { return steps; };
+}
+
+void Sagas::define_by_payload(std::string_view type,
+                              std::function<std::vector<SagaStep>(const std::string& payload)> fn) {
+  check_name(type, "a saga type", max_id_bytes);
+  if (!fn) throw Error(ErrorKind::invalid_argument, fmt::format("saga type '{}' has no step function", type));
+  std::lock_guard lock(impl_->definitions_mutex);
+  impl_->definitions[std::string(type)] = std::move(fn);
+}
+
+SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_view payload) {
+  auto& impl = *impl_;
+  check_name(id, "a saga id", max_id_bytes);
+  check_name(type, "a saga type", max_id_bytes);
+  if (!detail::is_text(payload))
+    throw Error(ErrorKind::invalid_argument, "a saga payload must be UTF-8 text without NUL");
+  const auto def = impl.definition(type);
+  if (!def) throw Error(ErrorKind::invalid_argument, fmt::format("no saga type '{}' is defined", type));
+  const std::string p(payload);
+  std::vector<SagaStep> steps = (*def)(p);
+  check_steps(type, steps);
+
+  auto matches = [&](const SagaInfo& info) {
+    if (info.type != type)
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("saga '{}' exists with type '{}', not '{}'", id, info.type, type));
+    if (info.payload != payload)
+      throw Error(ErrorKind::idempotency_mismatch, fmt::format("saga '{}' exists with another payload", id));
+  };
+
+  auto lost = std::make_shared<std::atomic<bool>>(false);
+  auto lease = impl.take(id, lost);
+  if (!lease) {
+    if (auto info = impl.read(id, true)) {
+      matches(*info);
+      if (final_state(info->state)) {
+        SagaOutcome o = Impl::outcome_of(*info);
+        o.replayed = true;
+        return o;
+      }
+    }
+    throw Error(ErrorKind::lock_busy, fmt::format("saga '{}' is being driven by another coordinator", id));
+  }
+
+  std::optional<SagaInfo> info = impl.read(id, true);
+  if (info) {
+    matches(*info);
+    if (final_state(info->state)) {
+      SagaOutcome o = Impl::outcome_of(*info);
+      o.replayed = true;
+      lease->release();
+      return o;
+    }
+  } else {
+    detail::with_retries(
+        impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] {
+          Transaction tx(impl.backend->borrow(), TxOptions{});
+          lease->guard(tx);
+          // A retry after a lost commit finds the row its first attempt wrote.
+          if (tx.exec(impl.read_sql, {std::string(id)}).empty())
+            tx.exec(impl.insert_sql, {std::string(id), std::string(type), p, lease->owner()});
+          tx.commit();
+        },
+        [](const Error&) {});
+    info = impl.read(id, true);
+    if (!info) throw Error(ErrorKind::permanent, fmt::format("saga '{}' vanished after it was written", id));
+    matches(*info);
+  }
+  SagaOutcome outcome = impl.drive(std::move(*info), steps, *lease, lost);
+  try {
+    lease->release();
+  } catch (const Error&) {
+    // The saga's rows are written; a lease that expired at the very end changes nothing.
+  }
+  return outcome;
+}
+
+SagaRecovery Sagas::recover() {
+  auto& impl = *impl_;
+  SagaRecovery report;
+  std::vector<std::string> ids;
+  {
+    auto session = impl.backend->borrow();
+    for (const auto& row : (*session)->exec(impl.unresolved_sql, {}).rows) {
+      // A saga of a type this process does not define belongs to another service: left alone.
+      if (impl.definition(row.text(1)))
+        ids.push_back(row.text(0));
+      else
+        ++report.undefined;
+    }
+  }
+  for (const auto& id : ids) {
+    auto lost = std::make_shared<std::atomic<bool>>(false);
+    std::optional<Lease> lease;
+    try {
+      lease = impl.take(id, lost);
+    } catch (const Error& e) {
+      report.unresolved.emplace_back(id, e.what());
+      continue;
+    }
+    if (!lease) {
+      ++report.busy;
+      continue;
+    }
+    try {
+      auto info = impl.read(id, true);
+      if (!info || final_state(info->state)) continue;  // finished between the query and the lease
+      const auto def = impl.definition(info->type);
+      if (!def) {
+        report.unresolved.emplace_back(id, fmt::format("no saga type '{}' is defined here", info->type));
+        continue;
+      }
+      auto steps = (*def)(info->payload);
+      check_steps(info->type, steps);
+      const SagaOutcome o = impl.drive(std::move(*info), steps, *lease, lost);
+      if (o.state == SagaState::completed)
+        ++report.completed;
+      else if (o.state == SagaState::compensated)
+        ++report.compensated;
+      else
+        report.unresolved.emplace_back(id, o.error);
+    } catch (const std::exception& e) {
+      report.unresolved.emplace_back(id, e.what());
+    }
+    try {
+      lease->release();
+    } catch (const Error&) {
+    }
+  }
+  return report;
+}
+
+std::vector<SagaInfo> Sagas::list(const SagaFilter& filter) {
+  if (filter.limit < 1 || filter.limit > static_cast<std::int64_t>(max_sagas_listed))
+    throw Error(ErrorKind::invalid_argument, fmt::format("a saga list limit must be 1 to {}", max_sagas_listed));
+  if (!filter.type.empty()) check_name(filter.type, "a saga type", max_id_bytes);
+  std::string sql = impl_->list_sql;
+  std::vector<Value> params;
+  if (filter.state) {
+    params.emplace_back(std::string(to_string(*filter.state)));
+    sql += fmt::format(" WHERE state = ${}", params.size());
+  }
+  if (!filter.type.empty()) {
+    params.emplace_back(filter.type);
+    sql += fmt::format(" {} type = ${}", params.size() == 1 ? "WHERE" : "AND", params.size());
+  }
+  params.emplace_back(filter.limit);
+  sql += fmt::format(" ORDER BY created_at, id LIMIT ${}", params.size());
+  auto session = impl_->backend->borrow();
+  std::vector<SagaInfo> out;
+  for (const auto& row : (*session)->exec(sql, params).rows) out.push_back(Impl::info_of(row));
+  return out;
+}
+
+std::optional<SagaInfo> Sagas::get(std::string_view id) {
+  check_name(id, "a saga id", max_id_bytes);
+  return impl_->read(id, true);
+}
+
+}  // namespace rowguard

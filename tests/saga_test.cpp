@@ -1,0 +1,534 @@
+// Sagas: steps with compensations, persisted before and after each step, recovered after a crash.
+#include <signal.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "support.hpp"
+
+using namespace rowguard;
+using namespace std::chrono_literals;
+using rowguard::test::kind_of;
+using rowguard::test::run_cli;
+using rowguard::test::TestDb;
+
+namespace {
+
+// What the steps did, in order: "do:<key>" and "undo:<key>".
+struct Journal {
+  std::mutex mutex;
+  std::vector<std::string> events;
+  void add(std::string e) {
+    std::lock_guard lock(mutex);
+    events.push_back(std::move(e));
+  }
+  std::vector<std::string> all() {
+    std::lock_guard lock(mutex);
+    return events;
+  }
+};
+
+// Steps named by `names`; the step named `failing` throws.
+std::vector<SagaStep> journal_steps(Journal& j, std::vector<std::string> names, std::string failing = {}) {
+  std::vector<SagaStep> steps;
+  for (const auto& name : names) {
+    steps.push_back({name,
+                     [&j, name, failing](StepContext& c) -> std::string {
+                       j.add("do:" + c.idempotency_key());
+                       if (name == failing) throw std::runtime_error("provider said no");
+                       return "result-of-" + name;
+                     },
+                     [&j](StepContext& c) { j.add("undo:" + c.compensation_key()); }});
+  }
+  return steps;
+}
+
+SagaOptions quick(std::chrono::milliseconds ttl = 1s) {
+  SagaOptions o;
+  o.lease_ttl = ttl;
+  o.compensation_retry.attempts = 2;
+  o.compensation_retry.initial_backoff = 1ms;
+  o.compensation_retry.max_backoff = 2ms;
+  return o;
+}
+
+// Leaves a saga as a coordinator that died would: its rows as given, and its lease held for ttl.
+void write_crashed(Database& db, const std::string& id, const std::string& type, const std::string& state, int step,
+                   const std::vector<std::tuple<std::string, std::string, std::string>>& step_rows,
+                   std::chrono::milliseconds ttl) {
+  const std::string p = db.table_prefix();
+  const std::string now = db.backend().dialect().now_timestamp();
+  db.exec(fmt::format("INSERT INTO {}sagas (id, type, payload, state, step, owner, created_at, updated_at) "
+                      "VALUES ($1, $2, '', $3, $4, 'dead', {now}, {now})",
+                      p, fmt::arg("now", now)),
+          {id, type, state, std::int64_t{step}});
+  std::int64_t i = 0;
+  for (const auto& [name, st, result] : step_rows) {
+    db.exec(fmt::format("INSERT INTO {}saga_steps (saga_id, step, name, state, result, attempts, started_at, "
+                        "updated_at) VALUES ($1, $2, $3, $4, $5, 1, {now}, {now})",
+                        p, fmt::arg("now", now)),
+            {id, i++, name, st, result.empty() ? Value(nullptr) : Value(result)});
+  }
+  Locks locks(db);
+  auto lease = locks.try_acquire("saga:" + id, ttl);
+  REQUIRE(lease);
+  lease->detach();  // the coordinator is gone; its lease runs out at its ttl
+}
+
+std::vector<std::string> step_states(const SagaInfo& info) {
+  std::vector<std::string> out;
+  for (const auto& s : info.steps) out.emplace_back(to_string(s.state));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("sagas: every step completes in order, sees earlier results and a stable key", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  std::vector<std::string> seen;
+  auto step = [&](std::string name) {
+    return SagaStep{name, [&seen, name](StepContext& c) {
+                      seen.push_back(fmt::format("{} {} {} {}", c.index, c.idempotency_key(), c.results.size(),
+                                                 c.result_of("a") ? *c.result_of("a") : "-"));
+                      return name + "!";
+                    },
+                    {}};
+  };
+  sagas.define("order", {step("a"), step("b"), step("c")});
+  const SagaOutcome o = sagas.run("order", "o-1", R"({"amount":5})");
+  CHECK(o.state == SagaState::completed);
+  CHECK(o.done());
+  CHECK_FALSE(o.replayed);
+  CHECK(o.failed_step.empty());
+  CHECK(seen == std::vector<std::string>{"0 o-1:a 0 -", "1 o-1:b 1 a!", "2 o-1:c 2 a!"});
+
+  const auto info = sagas.get("o-1");
+  REQUIRE(info);
+  CHECK(info->state == SagaState::completed);
+  CHECK(info->type == "order");
+  CHECK(info->payload == R"({"amount":5})");
+  CHECK(info->error.empty());
+  CHECK_FALSE(info->owner.empty());
+  CHECK(step_states(*info) == std::vector<std::string>{"done", "done", "done"});
+  CHECK(info->steps[1].result == "b!");
+  CHECK(info->steps[1].attempts == 1);
+  CHECK_FALSE(sagas.get("o-2"));
+  // The coordinator let its lease go: nothing is left held.
+  for (const auto& l : Locks(t.db()).list()) CHECK_FALSE(l.held);
+}
+
+TEST_CASE("sagas: a failed step is compensated, then the completed steps in reverse", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  Journal j;
+  sagas.define("order", journal_steps(j, {"create", "hold", "provider", "capture"}, "provider"));
+  const SagaOutcome o = sagas.run("order", "o-7", "{}");
+  CHECK(o.state == SagaState::compensated);
+  CHECK(o.failed_step == "provider");
+  CHECK_THAT(o.error, Catch::Contains("provider said no"));
+  CHECK(j.all() == std::vector<std::string>{"do:o-7:create", "do:o-7:hold", "do:o-7:provider",
+                                            "undo:o-7:provider:undo", "undo:o-7:hold:undo", "undo:o-7:create:undo"});
+  const auto info = sagas.get("o-7");
+  REQUIRE(info);
+  CHECK(info->state == SagaState::compensated);
+  CHECK(info->step == 0);
+  CHECK_THAT(info->error, Catch::Contains("provider said no"));
+  CHECK(step_states(*info) == std::vector<std::string>{"compensated", "compensated", "compensated"});
+  CHECK_THAT(info->steps[2].error, Catch::Contains("provider said no"));
+  CHECK(info->steps[0].result == "result-of-create");  // kept for the record
+  CHECK(sagas.list({SagaState::compensated, "", 10}).size() == 1);
+  CHECK(sagas.list({SagaState::completed, "", 10}).empty());
+  CHECK(sagas.list({std::nullopt, "order", 10}).size() == 1);
+}
+
+TEST_CASE("sagas: a finished id returns its stored outcome, another payload or type is a mismatch",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  Journal j;
+  sagas.define("ok", journal_steps(j, {"a", "b"}));
+  sagas.define("bad", journal_steps(j, {"a", "b"}, "b"));
+  CHECK(sagas.run("ok", "s1", "p").state == SagaState::completed);
+  CHECK(sagas.run("bad", "s2", "p").state == SagaState::compensated);
+  const auto done = j.all().size();
+
+  const SagaOutcome again = sagas.run("ok", "s1", "p");
+  CHECK(again.replayed);
+  CHECK(again.state == SagaState::completed);
+  const SagaOutcome again2 = sagas.run("bad", "s2", "p");
+  CHECK(again2.replayed);
+  CHECK(again2.state == SagaState::compensated);
+  CHECK(again2.failed_step == "b");
+  CHECK_THAT(again2.error, Catch::Contains("provider said no"));
+  CHECK(j.all().size() == done);  // nothing ran again
+
+  CHECK(kind_of([&] { sagas.run("ok", "s1", "other payload"); }) == ErrorKind::idempotency_mismatch);
+  CHECK(kind_of([&] { sagas.run("bad", "s1", "p"); }) == ErrorKind::idempotency_mismatch);
+  CHECK(j.all().size() == done);
+}
+
+TEST_CASE("sagas: retriable errors retry the action with the same key, other errors fail the step",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  std::vector<std::string> keys;
+  sagas.define("flaky", {{"call",
+                          [&](StepContext& c) -> std::string {
+                            keys.push_back(fmt::format("{}#{}", c.idempotency_key(), c.attempt));
+                            if (keys.size() < 3) throw Error(ErrorKind::transient, "connection reset");
+                            return "ok";
+                          },
+                          {}}});
+  CHECK(sagas.run("flaky", "f1", "").state == SagaState::completed);
+  CHECK(keys == std::vector<std::string>{"f1:call#1", "f1:call#2", "f1:call#3"});
+  CHECK(sagas.get("f1")->steps.at(0).attempts == 3);
+}
+
+TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to compensation", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Journal j;
+  Sagas sagas(t.db(), quick());
+  sagas.define("order", journal_steps(j, {"s0", "s1", "s2"}));
+  // A: died inside s1 (s1 'started'); B: died compensating after s1 failed.
+  write_crashed(t.db(), "A", "order", "running", 1, {{"s0", "done", "r0"}, {"s1", "started", ""}}, 1s);
+  write_crashed(t.db(), "B", "order", "compensating", 1, {{"s0", "done", "r0"}, {"s1", "failed", ""}}, 1s);
+
+  // Their leases have not run out: a live coordinator could still be driving them.
+  SagaRecovery early = sagas.recover();
+  CHECK(early.busy == 2);
+  CHECK(early.completed + early.compensated == 0);
+  CHECK_FALSE(early.ok());
+  CHECK(kind_of([&] { sagas.run("order", "A", ""); }) == ErrorKind::lock_busy);
+  CHECK(j.all().empty());
+
+  std::this_thread::sleep_for(1100ms);
+  const SagaRecovery r = sagas.recover();
+  CHECK(r.completed == 1);
+  CHECK(r.compensated == 1);
+  CHECK(r.busy == 0);
+  CHECK(r.unresolved.empty());
+  CHECK(r.ok());
+  // A: s1 runs again with its same key (it may have applied before the crash), s0 does not; B:
+  // the failed s1 and then s0 are compensated.
+  auto events = j.all();
+  std::sort(events.begin(), events.end());
+  CHECK(events == std::vector<std::string>{"do:A:s1", "do:A:s2", "undo:B:s0:undo", "undo:B:s1:undo"});
+  CHECK(sagas.get("A")->state == SagaState::completed);
+  CHECK(step_states(*sagas.get("A")) == std::vector<std::string>{"done", "done", "done"});
+  CHECK(sagas.get("A")->steps[1].attempts == 2);
+  CHECK(sagas.get("B")->state == SagaState::compensated);
+  CHECK(step_states(*sagas.get("B")) == std::vector<std::string>{"compensated", "compensated"});
+  CHECK(sagas.recover().ok());  // nothing left
+}
+
+TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga]") {
+  if (!rowguard::test::processes_share_database()) return;  // covered by the rows-written test above
+  TestDb t;
+  t.db().migrate();
+  Journal j;
+  const auto marker = rowguard::test::scratch_dir() / "ran";
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    try {
+      Database db = Database::open(t.url(), t.options());
+      Sagas child(db, quick());
+      child.define("order", {{"s0", [](StepContext&) { return std::string("r0"); }, {}},
+                             {"s1",
+                              [&](StepContext& c) -> std::string {
+                                std::ofstream(marker) << c.idempotency_key();
+                                ::_exit(0);  // the coordinator dies inside the step
+                              },
+                              {}},
+                             {"s2", [](StepContext&) { return std::string("r2"); }, {}}});
+      child.run("order", "K", "");
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  std::string key;
+  std::ifstream(marker) >> key;
+  CHECK(key == "K:s1");
+
+  Sagas sagas(t.db(), quick());
+  sagas.define("order", journal_steps(j, {"s0", "s1", "s2"}));
+  const auto before = sagas.get("K");
+  REQUIRE(before);
+  CHECK(before->state == SagaState::running);
+  CHECK(before->step == 1);
+  CHECK(step_states(*before) == std::vector<std::string>{"done", "started"});
+  SagaRecovery r;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  do {
+    r = sagas.recover();
+    if (r.completed) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  CHECK(r.completed == 1);
+  CHECK(j.all() == std::vector<std::string>{"do:K:s1", "do:K:s2"});
+  CHECK(sagas.get("K")->state == SagaState::completed);
+}
+
+TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or another run", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick(2s));
+  std::promise<void> entered, go;
+  auto go_future = go.get_future().share();
+  sagas.define("slow", {{"wait",
+                         [&](StepContext&) {
+                           entered.set_value();
+                           go_future.wait();
+                           return std::string("ok");
+                         },
+                         {}}});
+  auto running = std::async(std::launch::async, [&] { return sagas.run("slow", "L", ""); });
+  entered.get_future().wait();
+  const SagaRecovery r = sagas.recover();
+  CHECK(r.busy == 1);
+  CHECK(r.completed == 0);
+  CHECK(kind_of([&] { sagas.run("slow", "L", ""); }) == ErrorKind::lock_busy);
+  go.set_value();
+  CHECK(running.get().state == SagaState::completed);
+  CHECK(sagas.recover().ok());
+}
+
+TEST_CASE("sagas: a failing compensation leaves the saga compensating until recover succeeds", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  std::atomic<bool> refund_works{false};
+  std::atomic<int> refunds{0};
+  std::string own_result;
+  sagas.define("pay", {{"charge", [](StepContext&) { return std::string("charged"); },
+                        [&](StepContext& c) {
+                          ++refunds;
+                          own_result = c.result_of("charge") ? *c.result_of("charge") : "none";
+                          if (!refund_works) throw std::runtime_error("refund service down");
+                        }},
+                       {"ship", [](StepContext&) -> std::string { throw std::runtime_error("out of stock"); }, {}}});
+  const SagaOutcome o = sagas.run("pay", "P", "");
+  CHECK(o.state == SagaState::compensating);
+  CHECK_FALSE(o.done());
+  CHECK(o.failed_step == "ship");
+  CHECK_THAT(o.error, Catch::Contains("refund service down"));
+  CHECK(refunds == 2);  // compensation_retry.attempts
+  CHECK(own_result == "charged");  // a compensation sees its own step's result
+  auto info = sagas.get("P");
+  CHECK(info->state == SagaState::compensating);
+  CHECK(info->step == 0);
+  CHECK_THAT(info->error, Catch::Contains("compensation of step 'charge' failed"));
+  CHECK(step_states(*info) == std::vector<std::string>{"compensating", "compensated"});
+  CHECK(sagas.list({SagaState::compensating, "", 10}).size() == 1);
+
+  SagaRecovery r = sagas.recover();
+  REQUIRE(r.unresolved.size() == 1);
+  CHECK(r.unresolved[0].first == "P");
+  CHECK_THAT(r.unresolved[0].second, Catch::Contains("refund service down"));
+
+  refund_works = true;
+  r = sagas.recover();
+  CHECK(r.compensated == 1);
+  CHECK(r.ok());
+  info = sagas.get("P");
+  CHECK(info->state == SagaState::compensated);
+  CHECK_THAT(info->error, Catch::Contains("out of stock"));
+  const SagaOutcome stored = sagas.run("pay", "P", "");
+  CHECK(stored.replayed);
+  CHECK(stored.state == SagaState::compensated);
+  CHECK(stored.failed_step == "ship");
+}
+
+TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes the saga", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  Locks locks(t.db());
+  std::atomic<int> calls{0};
+  bool evict = true;
+  sagas.define("evicted", {{"a",
+                            [&](StepContext& c) {
+                              ++calls;
+                              if (evict) locks.force_release("saga:" + c.saga_id, "test: operator took it away");
+                              return std::string("a");
+                            },
+                            {}},
+                           {"b", [](StepContext&) { return std::string("b"); }, {}}});
+  CHECK(kind_of([&] { sagas.run("evicted", "E", ""); }) == ErrorKind::lock_lost);
+  CHECK(sagas.get("E")->state == SagaState::running);
+  CHECK(step_states(*sagas.get("E")) == std::vector<std::string>{"started"});  // the done-write was refused
+  evict = false;
+  const SagaRecovery r = sagas.recover();
+  CHECK(r.completed == 1);
+  CHECK(calls == 2);  // at least once: the step ran again under its key
+  CHECK(sagas.get("E")->state == SagaState::completed);
+}
+
+TEST_CASE("sagas: bad ids, types, step names and definitions are invalid_argument and write nothing",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  auto act = [](StepContext&) { return std::string(); };
+  CHECK(kind_of([&] { sagas.define("", {{"a", act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define(std::string(129, 't'), {{"a", act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {{"", act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {{"a:b", act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {{std::string(65, 's'), act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {{"a", act, {}}, {"a", act, {}}}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {{"a", {}, {}}}); }) == ErrorKind::invalid_argument);
+  sagas.define("t", {{std::string(64, 's'), act, {}}});
+  CHECK(kind_of([&] { sagas.run("t", "", ""); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.run("t", std::string(129, 'i'), ""); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.run("t", std::string("a\0b", 3), ""); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.run("t", "x", std::string("\xff")); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.run("undefined", "x", ""); }) == ErrorKind::invalid_argument);
+  sagas.define_by_payload("dyn", [](const std::string&) { return std::vector<SagaStep>{}; });
+  CHECK(kind_of([&] { sagas.run("dyn", "x", ""); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.list({std::nullopt, "", 0}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([] { saga_state_from("paid"); }) == ErrorKind::invalid_argument);
+  SagaOptions bad;
+  bad.lease_ttl = 10ms;
+  CHECK(kind_of([&] { Sagas s(t.db(), bad); }) == ErrorKind::invalid_argument);
+  CHECK(rowguard::test::rows_in(t.db(), "sagas") == 0);
+  CHECK(rowguard::test::rows_in(t.db(), "saga_steps") == 0);
+  CHECK(sagas.run("t", std::string(128, 'i'), "").state == SagaState::completed);
+}
+
+TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga]") {
+  TestDb t;
+  if (!rowguard::test::processes_share_database()) return;  // the CLI's in-memory database is its own
+  t.db().migrate();
+  const auto dir = rowguard::test::scratch_dir();
+  const std::string log = (dir / "saga.log").string();
+  const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    args.insert(args.begin(), base.begin(), base.end());
+    return run_cli(args, out);
+  };
+  auto append = [&](const std::string& what) {
+    return fmt::format("echo {}:$ROWGUARD_SAGA_ID:$ROWGUARD_STEP:$ROWGUARD_IDEMPOTENCY_KEY >> '{}'", what, log);
+  };
+  std::string out;
+  CHECK(cli({"saga", "run", "c1", "--step", "a=" + append("do"), "--undo", "a=" + append("undo"), "--step",
+             "b=" + append("do")},
+            &out) == 0);
+  CHECK_THAT(out, Catch::Contains("completed"));
+  // b fails: b's own undo, then a's.
+  CHECK(cli({"saga", "run", "c2", "--step", "a=" + append("do"), "--undo", "a=" + append("undo"), "--step",
+             "b=" + append("do") + " && exit 5", "--undo", "b=" + append("undo")}) == 1);
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  CHECK(lines == std::vector<std::string>{"do:c1:a:c1:a", "do:c1:b:c1:b", "do:c2:a:c2:a", "do:c2:b:c2:b",
+                                          "undo:c2:b:c2:b:undo", "undo:c2:a:c2:a:undo"});
+  // The same id with other steps is an idempotency mismatch; the same steps replay.
+  CHECK(cli({"saga", "run", "c1", "--step", "a=true"}) == 7);
+  CHECK(cli({"saga", "run", "c1", "--step", "a=" + append("do"), "--undo", "a=" + append("undo"), "--step",
+             "b=" + append("do")}) == 0);
+  CHECK(cli({"saga", "run", "c3", "--step", "a:b=true"}) == 2);
+  CHECK(cli({"saga", "run", "c3", "--undo", "a=true"}) == 2);
+
+  CHECK(cli({"--json", "saga", "show", "c2"}, &out) == 0);
+  const auto shown = nlohmann::json::parse(out);
+  CHECK(shown.at("state") == "compensated");
+  CHECK(shown.at("steps").size() == 2);
+  CHECK(shown.at("steps")[1].at("state") == "compensated");
+  CHECK(cli({"saga", "show", "nope"}) == 5);
+  CHECK(cli({"--json", "saga", "list", "--state", "completed"}, &out) == 0);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  CHECK(cli({"saga", "list", "--state", "paid"}) == 2);
+
+  // An undo that fails leaves the saga compensating: recover exits 1 until it can finish it.
+  const std::string flag = (dir / "refund-ok").string();
+  CHECK(cli({"saga", "run", "c4", "--step", "a=true", "--undo", "a=test -e '" + flag + "'", "--step", "b=false"}) == 1);
+  CHECK(cli({"--json", "saga", "list", "--state", "compensating"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"c4\""));
+  CHECK(cli({"saga", "recover"}) == 1);
+  std::ofstream(flag) << "ok";
+  CHECK(cli({"--json", "saga", "recover"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("compensated") == 1);
+  CHECK(cli({"saga", "recover"}) == 0);
+}
+
+namespace {
+// Starts examples/payment_order with args; its output goes to /dev/null.
+pid_t start_payment_order(const std::vector<std::string>& args) {
+  std::vector<std::string> storage = {ROWGUARD_PAYMENT_ORDER};
+  storage.insert(storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int wait_for(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
+}
+}  // namespace
+
+TEST_CASE("sagas: payment orders with coordinators killed at random end paid once or cancelled cleanly",
+          "[backend][saga]") {
+  if (rowguard::test::backend() != "sqlite-file") return;  // the example runs on an SQLite file of its own
+  const std::string url = "sqlite:" + (rowguard::test::scratch_dir() / "orders.db").string();
+  REQUIRE(wait_for(start_payment_order({url, "setup"})) == 0);
+  std::mt19937 rng(20261201);
+  int crashed = 0, killed = 0;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<pid_t> workers;
+    for (int w = 0; w < 3; ++w)
+      workers.push_back(start_payment_order({url, "run", std::to_string(round * 10 + w + 1), "4", "0.02"}));
+    // One coordinator of each round is killed with SIGKILL at a random moment (it may be done).
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 250)(rng)));
+    ::kill(workers[round % 3], SIGKILL);
+    for (const pid_t pid : workers) {
+      const int rc = wait_for(pid);
+      if (rc == 99) ++crashed;
+      if (rc == 128 + SIGKILL) ++killed;
+      CHECK((rc == 0 || rc == 99 || rc == 128 + SIGKILL));
+    }
+  }
+  UNSCOPED_INFO("coordinators crashed inside a step: " << crashed << ", killed: " << killed);
+  CHECK(crashed + killed > 0);
+  CHECK(wait_for(start_payment_order({url, "recover"})) == 0);
+  CHECK(wait_for(start_payment_order({url, "check"})) == 0);
+  // Both outcomes happened: the provider declines and times out at random.
+  auto db = Database::open(url);
+  Sagas sagas(db);
+  CHECK_FALSE(sagas.list({SagaState::completed, "payment_order", 1000}).empty());
+  CHECK_FALSE(sagas.list({SagaState::compensated, "payment_order", 1000}).empty());
+  CHECK(sagas.list({SagaState::running, "", 1000}).empty());
+  CHECK(sagas.list({SagaState::compensating, "", 1000}).empty());
+}
