@@ -9,6 +9,7 @@
 //   handoff    holder in another process releases, waiter acquires: LISTEN/NOTIFY vs 100 ms polling
 //   cache      Cache::get table hit | raw primary-key SELECT | Redis GET; in-process tier ns per hit
 //   hot        16 clients on 2 accounts: rowguard vs pessimistic, every transfer must succeed
+//   payment    hold + capture | the same as a two-step saga | one transfer
 //   2pc        TwoPhase::transfer between accounts in two databases of one server | a transfer
 //              inside one database (same run, same accounts): what two-phase commit costs
 //   scaling    transfers and pgbench at 1, 2, 4, 8, 16 clients
@@ -25,6 +26,7 @@
 #include <iostream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -230,6 +232,48 @@ ClientFactory rowguard_hold_capture(const std::string& url, const Accounts& acco
                                   fmt::format("rgh-{}-{}-{}-{}", run, nonce, client, i), 10min);
       if (!h.ok()) throw std::runtime_error("hold rejected");
       ledger->capture(h.hold_id);
+      (void)db;
+    };
+  };
+}
+
+// Workload "payment", third row: the same hold and capture as the two steps of a saga (the hold's
+// compensation voids it), so the row shows what persisting the saga's progress and holding its
+// lease cost on top of the ledger calls.
+ClientFactory rowguard_saga_hold_capture(const std::string& url, const Accounts& accounts, const std::string& run) {
+  return [=](int client) -> Op {
+    auto db = std::shared_ptr<rowguard::Database>(open_db(url));
+    auto ledger = std::make_shared<rowguard::Ledger>(*db);
+    auto sagas = std::make_shared<rowguard::Sagas>(*db);
+    auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
+    const std::string nonce = run_nonce();
+    // The payload names the accounts and the amount: "FROM TO AMOUNT".
+    sagas->define(
+        "bench_payment",
+        {{"hold",
+          [ledger](rowguard::StepContext& c) {
+            std::istringstream in(c.payload);
+            std::string from, to;
+            std::int64_t amount = 0;
+            in >> from >> to >> amount;
+            const auto h = ledger->hold(from, to, amount, c.idempotency_key(), 10min);
+            if (!h.ok()) throw std::runtime_error("hold rejected");
+            return std::to_string(h.hold_id);
+          },
+          [ledger](rowguard::StepContext& c) {
+            if (const auto* id = c.result_of("hold")) ledger->void_hold(std::stoll(*id));
+          }},
+         {"capture",
+          [ledger](rowguard::StepContext& c) {
+            ledger->capture(std::stoll(*c.result_of("hold")), std::nullopt, c.idempotency_key());
+            return std::string();
+          },
+          {}}});
+    return [=](std::uint64_t i) {
+      const auto [from, to] = pick_pair(*rng, accounts);
+      const auto outcome = sagas->run("bench_payment", fmt::format("rgs-{}-{}-{}-{}", run, nonce, client, i),
+                                      fmt::format("{} {} {}", from, to, 1 + (*rng)() % 100));
+      if (outcome.state != rowguard::SagaState::completed) throw std::runtime_error("saga: " + outcome.error);
       (void)db;
     };
   };
@@ -475,7 +519,9 @@ void run_postgres(Report& report, const Settings& s) {
   if (wanted(s, "payment"))
     for (int c : s.clients)
       compare(report, s, "postgres", "payment", c,
-              {{"transfer", rowguard_transfer(url, pool, run)}, {"hold + capture", rowguard_hold_capture(url, pool, run)}},
+              {{"transfer", rowguard_transfer(url, pool, run)},
+               {"hold + capture", rowguard_hold_capture(url, pool, run)},
+               {"saga: hold, capture", rowguard_saga_hold_capture(url, pool, run)}},
               "transfer");
   if (wanted(s, "2pc")) {
     const std::string url_b = two_phase_database(url, s);
@@ -589,7 +635,9 @@ void run_sqlite(Report& report, const Settings& s) {
   if (wanted(s, "payment"))
     for (int c : s.clients)
       compare(report, s, "sqlite", "payment", c,
-              {{"transfer", rowguard_transfer(url, pool, run)}, {"hold + capture", rowguard_hold_capture(url, pool, run)}},
+              {{"transfer", rowguard_transfer(url, pool, run)},
+               {"hold + capture", rowguard_hold_capture(url, pool, run)},
+               {"saga: hold, capture", rowguard_saga_hold_capture(url, pool, run)}},
               "transfer");
   if (wanted(s, "lock"))
     for (int c : s.clients) {
