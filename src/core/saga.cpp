@@ -111,8 +111,8 @@ struct Sagas::Impl {
   Locks locks;
   std::mutex definitions_mutex;
   std::map<std::string, Definition, std::less<>> definitions;
-  std::string read_sql, steps_sql, insert_sql, set_sql, step_insert_sql, step_restart_sql, step_done_sql,
-      step_failed_sql, step_state_sql, unresolved_sql, list_sql;
+  std::string read_sql, steps_sql, insert_sql, set_sql, step_start_sql, step_done_sql, step_failed_sql,
+      step_state_sql, unresolved_sql, list_sql;
 
   Impl(Database& db, SagaOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db, lock_options(options)) {
     const auto& d = backend->dialect();
@@ -128,12 +128,14 @@ struct Sagas::Impl {
         "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now})",
         t, fmt::arg("now", now));
     set_sql = fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1", t, now);
-    step_insert_sql = fmt::format(
-        "INSERT INTO {} (saga_id, step, name, state, attempts, started_at, updated_at) "
-        "VALUES ($1, $2, $3, 'started', 1, {now}, {now})",
+    // A step begun for the first time, or again (after a crash, or a retry whose first commit went
+    // through unseen): one upsert, so the write is safe to repeat.
+    step_start_sql = fmt::format(
+        "INSERT INTO {} AS st (saga_id, step, name, state, attempts, started_at, updated_at) "
+        "VALUES ($1, $2, $3, 'started', 1, {now}, {now}) "
+        "ON CONFLICT (saga_id, step) DO UPDATE SET state = 'started', attempts = st.attempts + 1, "
+        "updated_at = excluded.updated_at",
         s, fmt::arg("now", now));
-    step_restart_sql = fmt::format(
-        "UPDATE {} SET state = 'started', attempts = attempts + 1, updated_at = {} WHERE saga_id = $1 AND step = $2", s, now);
     step_done_sql = fmt::format(
         "UPDATE {} SET state = 'done', result = $3, error = NULL, attempts = attempts + $4, updated_at = {} "
         "WHERE saga_id = $1 AND step = $2",
@@ -310,13 +312,9 @@ struct Driver {
       auto found = rows.find(i);
       if (found != rows.end() && found->second.state == StepState::done) continue;
       check_lease();
-      const bool existed = found != rows.end();
-      const std::int64_t before = existed ? found->second.attempts : 0;
+      const std::int64_t before = found != rows.end() ? found->second.attempts : 0;
       write([&](Transaction& tx) {
-        if (existed)
-          tx.exec(impl.step_restart_sql, {info.id, std::int64_t{i}});
-        else
-          tx.exec(impl.step_insert_sql, {info.id, std::int64_t{i}, steps[i].name});
+        tx.exec(impl.step_start_sql, {info.id, std::int64_t{i}, steps[i].name});
         set_saga(tx, SagaState::running, i, {});
       });
       SagaStepInfo& row = rows[i];
@@ -513,9 +511,13 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
           tx.commit();
         },
         [](const Error&) {});
-    info = impl.read(id, true);
-    if (!info) throw Error(ErrorKind::permanent, fmt::format("saga '{}' vanished after it was written", id));
-    matches(*info);
+    // No need to read back what was just written: only a holder of the lease writes these rows.
+    info.emplace();
+    info->id = id;
+    info->type = type;
+    info->payload = p;
+    info->state = SagaState::running;
+    info->owner = lease->owner();
   }
   SagaOutcome outcome = impl.drive(std::move(*info), steps, *lease, lost);
   try {

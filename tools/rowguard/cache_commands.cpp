@@ -42,8 +42,8 @@ std::string run_capture(std::vector<std::string> args) {
   int status = 0;
   while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
   }
-  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return out;
-  throw ChildFailed{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status)};
+  if (const int code = child_exit_code(status); code != 0) throw ChildFailed{code};
+  return out;
 }
 }  // namespace
 

@@ -59,17 +59,28 @@ void emit(const Globals& globals, const nlohmann::json& object, const std::strin
 }
 
 
-int run_shell(const std::string& command, const std::vector<std::string>& extra) {
-  // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
-  std::vector<std::string> env_storage;
+std::vector<std::string> child_environment(const std::vector<std::string>& extra) {
+  std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     const std::string_view entry(*e);
     bool replaced = false;
     for (const auto& x : extra)
       if (const auto eq = x.find('='); entry.substr(0, eq + 1) == std::string_view(x).substr(0, eq + 1)) replaced = true;
-    if (!replaced) env_storage.emplace_back(entry);
+    if (!replaced) env.emplace_back(entry);
   }
-  env_storage.insert(env_storage.end(), extra.begin(), extra.end());
+  env.insert(env.end(), extra.begin(), extra.end());
+  return env;
+}
+
+int child_exit_code(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+int run_shell(const std::string& command, const std::vector<std::string>& extra) {
+  // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
+  std::vector<std::string> env_storage = child_environment(extra);
   std::vector<char*> envp;
   for (auto& e : env_storage) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -86,9 +97,7 @@ int run_shell(const std::string& command, const std::vector<std::string>& extra)
   int status = 0;
   while (::waitpid(child, &status, 0) < 0)
     if (errno != EINTR) throw Error(ErrorKind::permanent, fmt::format("waitpid failed: {}", std::strerror(errno)));
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  return child_exit_code(status);
 }
 
 std::string exit_code_help() {

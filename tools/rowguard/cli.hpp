@@ -52,6 +52,12 @@ std::string fresh_key();
 // Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
 void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what);
 
+// The environment for a child process: rowguard's own, with each "NAME=value" of extra replacing
+// any entry of that name. Built before fork(), since the child may only make async-signal-safe calls.
+std::vector<std::string> child_environment(const std::vector<std::string>& extra);
+// A waitpid() status as an exit code: the child's own, or 128+N when it died from signal N.
+int child_exit_code(int status);
+
 // Runs `/bin/sh -c command` with the environment plus `extra` ("NAME=value" entries, replacing
 // any of the same name), its stdout sent to rowguard's stderr so --json output stays parseable;
 // returns its exit code, or 128+N when it died from signal N.

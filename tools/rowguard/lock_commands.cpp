@@ -13,8 +13,6 @@
 
 #include "cli.hpp"
 
-extern char** environ;
-
 namespace rowguard::cli {
 
 namespace {
@@ -41,17 +39,9 @@ int run_child(Lease& lease, const std::vector<std::string>& command) {
   lease.start_heartbeat(heartbeat);
 
   // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e; ++e) {
-    const std::string_view entry(*e);
-    if (entry.rfind("ROWGUARD_FENCING_TOKEN=", 0) == 0 || entry.rfind("ROWGUARD_LOCK_OWNER=", 0) == 0 ||
-        entry.rfind("ROWGUARD_LOCK_NAME=", 0) == 0)
-      continue;
-    env_storage.emplace_back(entry);
-  }
-  env_storage.push_back(fmt::format("ROWGUARD_FENCING_TOKEN={}", lease.token()));
-  env_storage.push_back("ROWGUARD_LOCK_OWNER=" + lease.owner());
-  env_storage.push_back("ROWGUARD_LOCK_NAME=" + lease.name());
+  std::vector<std::string> env_storage =
+      child_environment({fmt::format("ROWGUARD_FENCING_TOKEN={}", lease.token()), "ROWGUARD_LOCK_OWNER=" + lease.owner(),
+                         "ROWGUARD_LOCK_NAME=" + lease.name()});
   std::vector<char*> envp;
   for (auto& e : env_storage) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -109,9 +99,7 @@ int run_child(Lease& lease, const std::vector<std::string>& command) {
     std::cerr << "rowguard: " << e.what() << '\n';
     return exit_code(e.kind());
   }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  return child_exit_code(status);
 }
 
 }  // namespace
