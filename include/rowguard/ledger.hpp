@@ -120,6 +120,88 @@ struct HoldResult {
 
 class Cache;
 
+// ---- History and point-in-time balances (src/core/history.cpp) ----
+
+enum class TransferKind { transfer, deposit, withdrawal, reversal };
+std::string_view to_string(TransferKind kind) noexcept;
+
+// One journal row: a signed change of one account's balance.
+struct JournalEntry {
+  std::int64_t id = 0;
+  std::string account;
+  std::int64_t amount = 0;  // minor units; negative = money left the account
+};
+
+// One row of <prefix>transfers, with its journal entries when the call says so.
+struct TransferRecord {
+  std::int64_t id = 0;
+  std::optional<std::string> key;   // absent once pruned (prune_keys)
+  TransferKind kind = TransferKind::transfer;
+  std::optional<std::string> from;  // absent = the outside world (a deposit)
+  std::optional<std::string> to;    // absent = the outside world (a withdrawal)
+  std::int64_t amount = 0;          // minor units, > 0
+  std::string currency;
+  std::string outcome;              // "ok" (applied) or "insufficient_funds" (rejected, no entries)
+  std::optional<std::int64_t> reverses;  // for a reversal: the transfer it refunds
+  std::optional<std::int64_t> hold_id;   // for a hold's capture
+  std::optional<std::string> global_txid;  // for a leg of a two-phase transfer
+  std::int64_t created_at_ms = 0;   // database clock, milliseconds since the Unix epoch (UTC)
+  std::vector<JournalEntry> entries;
+};
+
+enum class HistoryOrder { newest_first, oldest_first };
+
+// One page of an account's history. Keyset-paginated: pass the previous page's `next` as
+// `after`; never OFFSET, so a page costs the same however deep it is.
+struct HistoryQuery {
+  std::optional<std::int64_t> after;  // a cursor: a transfer id from HistoryPage::next
+  int limit = 100;                    // REQUIRES: 1..1000, else Error(invalid_argument)
+  HistoryOrder order = HistoryOrder::newest_first;
+  std::optional<std::int64_t> since_ms;  // only transfers created at or after this (epoch ms)
+  std::optional<std::int64_t> until_ms;  // only transfers created before this (epoch ms)
+};
+
+// One line of an account's history: a transfer that moved its balance.
+struct HistoryItem {
+  TransferRecord transfer;         // with all its entries
+  std::int64_t change = 0;         // the account's own signed change in this transfer
+};
+
+struct HistoryPage {
+  std::vector<HistoryItem> items;
+  std::optional<std::int64_t> next;  // pass as HistoryQuery::after for the next page; absent at the end
+};
+
+// The ledger-wide list of transfers (status page, audits), newest first, keyset-paginated.
+struct TransferQuery {
+  std::optional<std::int64_t> before;  // a cursor: only ids below it (TransferPage::next)
+  int limit = 100;                     // REQUIRES: 1..1000
+  std::optional<std::string> account;  // only transfers from or to this account
+  bool include_entries = false;
+};
+
+struct TransferPage {
+  std::vector<TransferRecord> items;
+  std::optional<std::int64_t> next;
+};
+
+// ---- Archival of old journal rows (src/core/archive.cpp, docs/operations.md) ----
+
+struct ArchiveOptions {
+  // A cutoff later than now minus min_age is refused (Error(invalid_argument)): recent rows are
+  // still needed for replays of idempotency keys and for reconciliation. Default: 30 days.
+  std::chrono::milliseconds min_age{std::chrono::hours(24 * 30)};
+  bool dry_run = false;  // count what would move, change nothing
+};
+
+struct ArchiveReport {
+  std::int64_t cutoff_ms = 0;
+  std::int64_t transfers = 0;  // moved out of the live tables (or that would be, dry_run)
+  std::int64_t entries = 0;
+  std::int64_t accounts = 0;   // accounts whose opening balance changed
+  bool dry_run = false;
+};
+
 struct LedgerOptions {
   RetryPolicy retry;  // conflicts (and transient failures before commit) are retried under this
   // Reads accounts through this cache (it must outlive the Ledger): get() keeps each account for
@@ -218,11 +300,32 @@ class Ledger {
   // and may be used again). Keys are kept forever unless this is called. Returns how many.
   std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
-  // Verifies: every balance equals the sum of its entries; the sum of balances equals deposits
+  // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; the sum of balances equals deposits
   // minus withdrawals; no available amount (balance - held) is below its minimum; every account's
   // held equals the sum of its open holds; every captured hold has its transfer. Reads one
   // consistent snapshot.
   CheckReport check();
+
+  // An account's transfers that moved its balance (applied ones; rejections have no entries),
+  // with their entries. Error(not_found) for no such account, invalid_argument for a bad query.
+  HistoryPage history(std::string_view account, const HistoryQuery& query = {});
+  // One transfer with its entries, by id or by idempotency key. Error(not_found) when there is none
+  // (an archived transfer is not found: it left the live tables).
+  TransferRecord find_transfer(std::int64_t id);
+  TransferRecord find_transfer_by_key(std::string_view key);
+  // Transfers of the whole ledger (or one account), newest first, including rejected ones.
+  TransferPage transfers(const TransferQuery& query = {});
+  // The account's balance just before at_ms (epoch ms, database clock): its opening balance plus
+  // its entries created before at_ms. Error(invalid_argument) when at_ms falls before the account's
+  // archived history (opening balance as_of), Error(not_found) for no such account.
+  std::int64_t balance_at(std::string_view account, std::int64_t at_ms);
+
+  // Moves the transfers and entries created before cutoff_ms into <prefix>transfers_archive /
+  // <prefix>entries_archive, carrying their sums forward into <prefix>opening_balances and
+  // <prefix>archived_totals in the same transaction, so check() and balance_at() stay valid.
+  // Transfers still referenced by a live row (an open hold's capture, a reversal after the cutoff,
+  // a prepared two-phase leg) are kept. See ArchiveOptions for refusals.
+  ArchiveReport archive(std::int64_t cutoff_ms, const ArchiveOptions& options = {});
 
   LedgerStats stats() const;
 

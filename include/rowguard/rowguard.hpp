@@ -6,6 +6,8 @@
 #include "rowguard/fence.hpp"
 #include "rowguard/ledger.hpp"
 #include "rowguard/locks.hpp"
+#include "rowguard/log.hpp"
+#include "rowguard/metrics.hpp"
 #include "rowguard/money.hpp"
 #include "rowguard/retry.hpp"
 #include "rowguard/saga.hpp"
