@@ -44,6 +44,12 @@ if(ROWGUARD_BUILD_TOOLS)
   if(NOT nlohmann_json_FOUND)
     rowguard_missing("nlohmann-json" "nlohmann-json3-dev")
   endif()
+  # rowguard serve. Debian's httplib.h declares only; the code is in libcpp-httplib, built with
+  # TLS and compression, and its pkg-config file carries the macros the header must see to match it.
+  pkg_check_modules(HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+  if(NOT HTTPLIB_FOUND)
+    rowguard_missing("cpp-httplib (for rowguard serve)" "libcpp-httplib-dev")
+  endif()
 endif()
 
 if(ROWGUARD_BUILD_TESTS)

@@ -6,10 +6,11 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   libsqlite3-dev libpqxx-dev libpq-dev libsoci-dev libboost-dev libfmt-dev
-  catch2 libcli11-dev nlohmann-json3-dev
+  catch2 libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   postgresql-15 postgresql-client-15 pgbouncer
   libhiredis-dev redis-server
   clang-14 libclang-rt-14-dev
+  chromium  # the status page test loads `rowguard serve`'s page in headless Chromium
 )
 
 missing=()

@@ -110,6 +110,7 @@ struct LockInfo {
   std::int64_t renewals = 0;
   std::int64_t waiters = 0;
   std::string release_reason; // set by force_release
+  bool expired = false;       // the last lease ran out unreleased (its holder died or stopped renewing)
 };
 
 // Hands out leases. Thread-safety: safe for concurrent use; one per Database is enough.

@@ -68,7 +68,8 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   list = fmt::format(
       "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
       "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
-      "CAST(waiters AS bigint), COALESCE(release_reason, '') FROM {t} ORDER BY name",
+      "CAST(waiters AS bigint), COALESCE(release_reason, ''), "
+      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} THEN 1 ELSE 0 END FROM {t} ORDER BY name",
       fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t));
 

@@ -307,7 +307,7 @@ std::vector<LockInfo> Locks::list() {
   std::vector<LockInfo> out;
   for (const auto& row : impl_->run(impl_->sql.list, {}).rows)
     out.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5), row.i64(6),
-                           row.i64(7), row.text(8)});
+                           row.i64(7), row.text(8), row.i64(9) != 0});
   return out;
 }
 

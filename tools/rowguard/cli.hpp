@@ -77,5 +77,6 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
 // exit_status: 1 when a saga ended compensated or unresolved, 3 when recover left busy ones.
 void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_two_phase_commands(CLI::App& app, Globals& globals);
+void add_serve_command(CLI::App& app, Globals& globals);
 
 }  // namespace rowguard::cli

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   cli::add_cache_commands(app, globals, exit_status);
   cli::add_saga_commands(app, globals, exit_status);
   cli::add_two_phase_commands(app, globals);
+  cli::add_serve_command(app, globals);
 
   try {
     app.parse(argc, argv);

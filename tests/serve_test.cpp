@@ -1,0 +1,304 @@
+// rowguard serve: /metrics in Prometheus text format, /healthz, and the status page as headless
+// Chromium renders it. The server runs in this process (so every backend, in-memory SQLite too,
+// is served); one CLI test runs `rowguard serve` itself.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "status_server.hpp"
+#include "support.hpp"
+
+using namespace rowguard;
+using namespace std::chrono_literals;
+using rowguard::test::TestDb;
+
+namespace {
+
+// A StatusServer on a free loopback port, serving from its own thread for the test's lifetime.
+struct RunningServer {
+  cli::StatusServer server;
+  int port = 0;
+  std::thread thread;
+  RunningServer(Database& db, cli::StatusOptions options = {}) : server(db, options) {
+    port = server.bind("127.0.0.1", 0);
+    thread = std::thread([this] { server.run(); });
+  }
+  ~RunningServer() {
+    server.stop();
+    thread.join();
+  }
+  std::string url() const { return fmt::format("http://127.0.0.1:{}/", port); }
+};
+
+httplib::Result get(int port, const std::string& path) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(30, 0);
+  return client.Get(path.c_str());
+}
+
+// One sample of the exposition: name, labels, value.
+struct Sample {
+  std::string name;
+  std::map<std::string, std::string> labels;
+  double value = 0;
+};
+
+// Parses Prometheus text format 0.0.4 strictly enough to catch what a scraper rejects: every
+// sample belongs to a family announced by HELP and TYPE lines before it, names and label names
+// are valid, label values are quoted with only \\, \" and \n escapes, and values are numbers.
+std::vector<Sample> parse_exposition(const std::string& text) {
+  static const std::regex help(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .*)");
+  static const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
+  static const std::regex sample(R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+))");
+  static const std::regex label(R"(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\\\|\\"|\\n)*)\",?)");
+  std::map<std::string, std::string> types;
+  std::set<std::string> helped;
+  std::vector<Sample> samples;
+  std::istringstream lines(text);
+  std::string line;
+  REQUIRE(!text.empty());
+  REQUIRE(text.back() == '\n');
+  while (std::getline(lines, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, help)) {
+      CHECK(helped.insert(m[1]).second);  // one HELP per family
+      continue;
+    }
+    if (std::regex_match(line, m, type)) {
+      CHECK(helped.count(m[1]) == 1);
+      CHECK(types.emplace(m[1], m[2]).second);
+      continue;
+    }
+    INFO(line);
+    REQUIRE(std::regex_match(line, m, sample));
+    Sample s;
+    s.name = m[1];
+    std::string family = s.name;
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (!types.count(family) && family.size() > std::strlen(suffix) &&
+          family.compare(family.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
+        family = family.substr(0, family.size() - std::strlen(suffix));
+    CHECK(types.count(family) == 1);  // announced before its first sample
+    std::string labels = m[3];
+    std::smatch lm;
+    while (!labels.empty()) {
+      REQUIRE(std::regex_search(labels, lm, label, std::regex_constants::match_continuous));
+      s.labels[lm[1]] = lm[2];
+      labels = lm.suffix();
+    }
+    const std::string value = m[4];
+    if (value != "+Inf" && value != "-Inf" && value != "NaN") {
+      std::size_t used = 0;
+      s.value = std::stod(value, &used);
+      CHECK(used == value.size());
+    }
+    samples.push_back(std::move(s));
+  }
+  return samples;
+}
+
+double value_of(const std::vector<Sample>& samples, const std::string& name,
+                const std::map<std::string, std::string>& labels = {}) {
+  for (const auto& s : samples)
+    if (s.name == name && s.labels == labels) return s.value;
+  FAIL("no sample " << name);
+  return 0;
+}
+
+// Fills t's database with something of everything the page shows: a held lock with a hostile
+// name and owner, an expired one, a released one, transfers and a cache row.
+void populate(Database& db, Locks& locks, std::optional<Lease>& held) {
+  Ledger ledger(db);
+  ledger.open("alice", "EUR");
+  ledger.open("bob", "EUR");
+  ledger.open("carol", "USD");
+  ledger.deposit("alice", 10'000, "dep-1");
+  ledger.deposit("carol", 700, "dep-2");
+  ledger.transfer("alice", "bob", 2'500, "pay-1");
+  CHECK(ledger.transfer("bob", "alice", 99'999, "pay-2").status == TransferStatus::insufficient_funds);
+  held = locks.try_acquire("<script>alert(1)</script>", 60s, "<b>owner</b>");
+  REQUIRE(held);
+  auto expiring = locks.try_acquire("nightly-payout", 50ms);
+  REQUIRE(expiring);
+  expiring->detach();
+  locks.try_acquire("released-one", 60s)->release();
+  Cache cache(db);
+  cache.put("fx:EURUSD", "1.0842", 1h);
+  const auto start = db.now_ms();
+  while (db.now_ms() < start + 120) std::this_thread::sleep_for(10ms);  // the 50 ms lease runs out
+}
+
+}  // namespace
+
+TEST_CASE("serve: /metrics is Prometheus text with this process's counters and the database-wide view",
+          "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  std::optional<Lease> held;
+  populate(t.db(), locks, held);
+  RunningServer server(t.db());
+
+  auto res = get(server.port, "/metrics");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->get_header_value("Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
+  const auto samples = parse_exposition(res->body);
+  CHECK(value_of(samples, "rowguard_db_up") == 1);
+  CHECK(value_of(samples, "rowguard_db_schema_version") == Database::library_schema_version());
+  CHECK(value_of(samples, "rowguard_db_locks", {{"state", "held"}}) == 1);
+  CHECK(value_of(samples, "rowguard_db_locks", {{"state", "expired"}}) == 1);
+  CHECK(value_of(samples, "rowguard_db_locks", {{"state", "released"}}) == 1);
+  CHECK(value_of(samples, "rowguard_db_accounts", {{"currency", "EUR"}}) == 2);
+  CHECK(value_of(samples, "rowguard_db_balance_minor_units", {{"currency", "EUR"}}) == 10'000);
+  CHECK(value_of(samples, "rowguard_db_balance_minor_units", {{"currency", "USD"}}) == 700);
+  CHECK(value_of(samples, "rowguard_db_ledger_check_ok") == 1);
+  CHECK(value_of(samples, "rowguard_db_ledger_entries") == 4);
+  CHECK(value_of(samples, "rowguard_db_cache_rows", {{"state", "live"}}) == 1);
+  CHECK(value_of(samples, "rowguard_db_cache_bytes") == 6);
+
+  // A broken invariant shows at the next check, by kind (check_every is 1s here).
+  RunningServer fresh(t.db(), cli::StatusOptions{.check_every = 1s});
+  CHECK(value_of(parse_exposition(get(fresh.port, "/metrics")->body), "rowguard_db_ledger_check_ok") == 1);
+  t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance + 1 WHERE id = 'bob'", t.db().table_prefix()));
+  std::this_thread::sleep_for(1100ms);
+  const auto broken = parse_exposition(get(fresh.port, "/metrics")->body);
+  CHECK(value_of(broken, "rowguard_db_ledger_check_ok") == 0);
+  CHECK(value_of(broken, "rowguard_db_ledger_check_violations", {{"kind", "balance_mismatch"}}) == 1);
+
+  // Only GET, and only these paths.
+  httplib::Client client("127.0.0.1", server.port);
+  CHECK(client.Post("/metrics", "x", "text/plain")->status >= 400);
+  CHECK(get(server.port, "/../etc/passwd")->status == 404);
+}
+
+TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database is newer", "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  RunningServer server(t.db());
+  auto ok = get(server.port, "/healthz");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+  const auto body = nlohmann::json::parse(ok->body);
+  CHECK(body.at("status") == "ok");
+  CHECK(body.at("schema_version") == Database::library_schema_version());
+
+  t.db().exec(fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, 'future')", t.db().table_prefix()));
+  auto bad = get(server.port, "/healthz");
+  REQUIRE(bad);
+  CHECK(bad->status == 503);
+  CHECK(nlohmann::json::parse(bad->body).at("error") == "schema_mismatch");
+}
+
+TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, recent transfers and the cache",
+          "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  std::optional<Lease> held;
+  populate(t.db(), locks, held);
+  RunningServer server(t.db(), cli::StatusOptions{.refresh = 7s});
+
+  // --dump-dom prints the DOM after the page has loaded: what a browser shows, scripts included.
+  const auto profile = rowguard::test::scratch_dir() / "chromium";
+  const std::string command =
+      fmt::format("timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir='{}' "
+                  "--dump-dom '{}' 2>/dev/null",
+                  profile.string(), server.url());
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string dom;
+  char buffer[4096];
+  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) dom.append(buffer, n);
+  const int status = ::pclose(pipe);
+  INFO(dom);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);  // 127: chromium is not installed (scripts/install-deps.sh)
+
+  CHECK_THAT(dom, Catch::Contains("<title>rowguard status</title>"));
+  CHECK_THAT(dom, Catch::Contains(R"(<meta http-equiv="refresh" content="7">)"));
+  CHECK_THAT(dom, Catch::Contains("database up"));
+  CHECK_THAT(dom, Catch::Contains(R"(class="ok">ledger check: ok (3 accounts, 4 entries)"));
+  // Locks: the held one first; the hostile name and owner are text, never markup.
+  CHECK_THAT(dom, Catch::Contains("1 held, 1 expired, 3 rows"));
+  CHECK_THAT(dom, Catch::Contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><td>held</td><td>&lt;b&gt;owner&lt;/b&gt;"));
+  CHECK_THAT(dom, Catch::Contains("<td>nightly-payout</td><td>expired</td>"));
+  CHECK(dom.find("<script>alert") == std::string::npos);
+  CHECK(dom.find("released-one") == std::string::npos);  // released locks are only counted
+  // Recent transfers, newest first: the rejected one, the transfer, the deposits.
+  const auto rejected = dom.find("<td>bob</td><td>alice</td><td class=\"n\">99999 EUR</td><td>insufficient_funds</td>");
+  const auto paid = dom.find("<td>alice</td><td>bob</td><td class=\"n\">2500 EUR</td><td>ok</td>");
+  CHECK(rejected != std::string::npos);
+  CHECK(paid != std::string::npos);
+  CHECK(rejected < paid);
+  CHECK_THAT(dom, Catch::Contains("<td>outside</td><td>carol</td><td class=\"n\">700 USD</td>"));
+  CHECK_THAT(dom, Catch::Contains("1 rows: 1 live, 0 expired; 6 bytes"));
+}
+
+TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  if (!rowguard::test::processes_share_database()) {
+    SUCCEED("an in-memory database is private to this process: the in-process server tests cover it");
+    return;
+  }
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  std::vector<std::string> args{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix(), "--json",
+                                "serve", "--listen", "127.0.0.1:0"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    ::close(out[0]);
+    ::close(out[1]);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string line;
+  char c;
+  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(out[0]);
+  INFO(line);
+  const auto url = nlohmann::json::parse(line).at("listening").get<std::string>();
+  const int port = std::stoi(url.substr(url.rfind(':') + 1));
+  auto health = get(port, "/healthz");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  ::kill(child, SIGTERM);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+
+  // Usage errors exit 2: a malformed address, a port already taken.
+  const std::vector<std::string> base{"--db", t.url(), "--prefix", t.db().table_prefix(), "serve"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto all = base;
+    all.insert(all.end(), extra.begin(), extra.end());
+    return all;
+  };
+  CHECK(rowguard::test::run_cli(with({"--listen", "localhost"})) == 2);
+  CHECK(rowguard::test::run_cli(with({"--listen", "127.0.0.1:99999"})) == 2);
+  CHECK(rowguard::test::run_cli(with({"--refresh", "0s"})) == 2);
+  RunningServer taken(t.db());
+  CHECK(rowguard::test::run_cli(with({"--listen", fmt::format("127.0.0.1:{}", taken.port)})) == 2);
+}

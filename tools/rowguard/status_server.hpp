@@ -1,0 +1,62 @@
+#pragma once
+// The HTTP side of `rowguard serve`: Prometheus metrics, a health check and a read-only status page
+// for one database. Kept apart from the command so tests can run it in process on every backend.
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "rowguard/rowguard.hpp"
+
+namespace rowguard::cli {
+
+struct StatusOptions {
+  // How often the status page reloads itself. Default: 5s. REQUIRES: >= 1s.
+  std::chrono::seconds refresh{5};
+  // Ledger::check() reads every account and entry, so /metrics and the page reuse its last report
+  // for this long. Default: 60s. REQUIRES: >= 1s.
+  std::chrono::seconds check_every{60};
+  // Rows the page shows. Defaults: 20 recent transfers, 100 locks (held, expired or waited for).
+  std::size_t recent_transfers = 20;
+  std::size_t locks_shown = 100;
+};
+
+// Serves GET /metrics, /healthz and / over HTTP/1.1 on one address until stop().
+// Thread-safety: run() blocks its caller; stop() and the render functions may be called from any
+// thread. Every request reads the database through its own pooled session; nothing it shows comes
+// from the client, and nothing secret leaves it (the URL is shown with its password masked).
+//
+// Example:
+//   StatusServer server(db, {});
+//   int port = server.bind("127.0.0.1", 0);
+//   std::thread t([&] { server.run(); });
+//   ... server.stop(); t.join();
+class StatusServer {
+ public:
+  StatusServer(Database& db, StatusOptions options);
+  ~StatusServer();
+  StatusServer(const StatusServer&) = delete;
+  StatusServer& operator=(const StatusServer&) = delete;
+
+  // Binds host:port (port 0 picks a free one) and returns the port. Error(invalid_argument) when
+  // the address cannot be bound.
+  int bind(const std::string& host, int port);
+  // Answers requests until stop(). REQUIRES: bind() succeeded.
+  void run();
+  void stop();
+
+  // The responses themselves: the Prometheus text of this process's metrics and the database-wide
+  // view; the health check as (HTTP status, JSON body); the HTML page.
+  std::string metrics_text();
+  std::pair<int, std::string> health();
+  std::string status_page();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace rowguard::cli
