@@ -21,6 +21,53 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   return std::chrono::milliseconds(n * factor);
 }
 
+std::int64_t parse_time(const std::string& text) {
+  using namespace std::chrono;
+  static const std::regex epoch(R"(^@(-?[0-9]{1,15})$)");
+  static const std::regex iso(
+      R"(^([0-9]{4})-([0-9]{2})-([0-9]{2})(?:T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,3}))?(Z|([+-])([0-9]{2}):([0-9]{2})))?$)");
+  std::smatch m;
+  if (std::regex_match(text, m, epoch)) return std::stoll(m[1].str());
+  const auto bad = [&](std::string_view why) {
+    return Error(ErrorKind::invalid_argument,
+                 fmt::format("invalid time '{}': {} (expected 2026-01-31, 2026-01-31T12:30:00Z, "
+                             "2026-01-31T12:30:00+02:00 or @EPOCH_MS)",
+                             text, why));
+  };
+  if (!std::regex_match(text, m, iso)) throw bad("not a date");
+  const int y = std::stoi(m[1].str());
+  const unsigned mo = static_cast<unsigned>(std::stoi(m[2].str()));
+  const unsigned d = static_cast<unsigned>(std::stoi(m[3].str()));
+  const year_month_day date{year{y}, month{mo}, day{d}};
+  if (y < 1 || !date.ok()) throw bad("no such day");
+  std::int64_t ms = duration_cast<milliseconds>(sys_days{date}.time_since_epoch()).count();
+  if (m[4].matched) {
+    const int hh = std::stoi(m[4].str()), mm = std::stoi(m[5].str()), ss = std::stoi(m[6].str());
+    if (hh > 23 || mm > 59 || ss > 59) throw bad("no such time of day");
+    std::string frac = m[7].matched ? m[7].str() : "0";
+    while (frac.size() < 3) frac += '0';
+    ms += ((hh * 60LL + mm) * 60LL + ss) * 1000LL + std::stoll(frac);
+    if (m[9].matched) {
+      const int oh = std::stoi(m[10].str()), om = std::stoi(m[11].str());
+      if (oh > 23 || om > 59) throw bad("no such offset");
+      const std::int64_t offset = (oh * 60LL + om) * 60'000LL;
+      ms += m[9].str() == "+" ? -offset : offset;
+    }
+  }
+  return ms;
+}
+
+std::string format_time(std::int64_t epoch_ms) {
+  using namespace std::chrono;
+  const sys_time<milliseconds> t{milliseconds{epoch_ms}};
+  const auto day_start = floor<days>(t);
+  const year_month_day date{day_start};
+  const hh_mm_ss<milliseconds> tod{t - day_start};
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", static_cast<int>(date.year()),
+                     static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()), tod.hours().count(),
+                     tod.minutes().count(), tod.seconds().count(), tod.subseconds().count());
+}
+
 const CLI::Validator& decimal() {
   static const CLI::Validator v(
       [](std::string& text) -> std::string {

@@ -3,6 +3,7 @@
 // them alone.
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -15,5 +16,12 @@ std::chrono::milliseconds parse_duration(const std::string& text);
 // CLI11 would also read 0x10, 0b11, 1e3 or " 7" as numbers: amounts, tokens and counts are plain
 // decimal digits (an optional '-'), within 64 bits, or a usage error (exit 2).
 const CLI::Validator& decimal();
+
+// A point in time as epoch milliseconds (UTC). Accepts "2026-01-31" (midnight UTC),
+// "2026-01-31T12:30:00Z", "2026-01-31T12:30:00.250Z", an offset instead of Z ("+02:00"), or
+// "@1767225600000" (epoch ms). Years 1 to 9999; Error(invalid_argument) otherwise.
+std::int64_t parse_time(const std::string& text);
+// Formats epoch ms as "2026-01-31T12:30:00.250Z" (always UTC, always milliseconds).
+std::string format_time(std::int64_t epoch_ms);
 
 }  // namespace rowguard::cli
