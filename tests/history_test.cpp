@@ -1,5 +1,9 @@
 // Ledger history, transfer lookup and point-in-time balances, checked against a model of what
 // the test applied.
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <thread>
@@ -368,4 +372,92 @@ TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][hist
   CHECK(cli({"ledger", "history", "a", "--limit", "0x10"}) == 2);
   CHECK(cli({"ledger", "balance-at", "nobody", "2026-01-01"}) == 5);
   CHECK(cli({"ledger", "history", "nobody"}) == 5);
+}
+
+// Not run by default: `rowguard_tests "[history-bench]" --backend postgres` under
+// scripts/pg-throwaway.sh. 200k transfers over 1000 accounts, written by one bulk SQL insert (with
+// their entries and matching balances), one hot account in about 10% of them; then each query is
+// timed over repeated runs. The figures are in docs/ledger.md.
+TEST_CASE("history: query cost on 200k transfers (PostgreSQL)", "[.][history-bench]") {
+  if (!rowguard::test::is_postgres()) return;
+  TestDb t;
+  t.db().migrate();
+  const std::string p = t.db().table_prefix();
+  const auto started = std::chrono::steady_clock::now();
+  t.db().exec(fmt::format(
+      "INSERT INTO {p}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
+      "SELECT 'acc' || g, 'EUR', 0, -9000000000000, 0, now(), now() FROM generate_series(1, 1000) g",
+      fmt::arg("p", p)));
+  t.db().exec(fmt::format(
+      "INSERT INTO {p}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
+      "created_at) SELECT g, 'k' || g, 'transfer', 'acc' || f, 'acc' || ((f + g % 999) % 1000 + 1), 1 + g % 100, "
+      "'EUR', CASE WHEN g % 50 = 0 THEN 'insufficient_funds' ELSE 'ok' END, "
+      "now() - (200000 - g) * INTERVAL '10 milliseconds' "
+      "FROM (SELECT g, CASE WHEN g % 10 = 0 THEN 1 ELSE 1 + (g * 7919) % 1000 END AS f "
+      "FROM generate_series(1, 200000) g) s",
+      fmt::arg("p", p)));
+  t.db().exec(fmt::format("SELECT setval(pg_get_serial_sequence('{p}transfers', 'id'), 200000)", fmt::arg("p", p)));
+  t.db().exec(fmt::format(
+      "INSERT INTO {p}entries (transfer_id, account_id, amount, created_at) SELECT id, a, m, c FROM ("
+      "SELECT id, from_account AS a, -amount AS m, created_at AS c, 0 AS side FROM {p}transfers WHERE outcome = 'ok' "
+      "UNION ALL SELECT id, to_account, amount, created_at, 1 FROM {p}transfers WHERE outcome = 'ok') x "
+      "ORDER BY id, side",
+      fmt::arg("p", p)));
+  t.db().exec(fmt::format(
+      "UPDATE {p}accounts a SET balance = s.total FROM (SELECT account_id, SUM(amount) AS total FROM {p}entries "
+      "GROUP BY account_id) s WHERE s.account_id = a.id",
+      fmt::arg("p", p)));
+  for (const char* table : {"accounts", "transfers", "entries"}) t.db().exec(fmt::format("ANALYZE {}{}", p, table));
+  const auto loaded = std::chrono::steady_clock::now();
+  Ledger l(t.db());
+  REQUIRE(l.check().ok());
+  const std::int64_t hot_entries = t.db().exec(fmt::format("SELECT count(*) FROM {}entries WHERE account_id = 'acc1'", p)).one().i64(0);
+  // A cursor deep in the hot account's history: the entry 10 000 from its newest.
+  const std::int64_t deep = t.db()
+                                .exec(fmt::format("SELECT id FROM {}entries WHERE account_id = 'acc1' ORDER BY id DESC "
+                                                  "LIMIT 1 OFFSET 10000",
+                                                  p))
+                                .one()
+                                .i64(0);
+  const std::int64_t now_ms = l.find_transfer(200'000).created_at_ms + 1;
+  auto time = [&](const char* what, const std::function<void()>& f) {
+    constexpr int runs = 200;
+    f();  // prepared and cached
+    std::vector<double> us;
+    for (int i = 0; i < runs; ++i) {
+      const auto s = std::chrono::steady_clock::now();
+      f();
+      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s).count());
+    }
+    std::sort(us.begin(), us.end());
+    WARN(fmt::format("{:<52} median {:>8.0f} us   p90 {:>8.0f} us", what, us[runs / 2], us[runs * 9 / 10]));
+  };
+  HistoryQuery first;
+  HistoryQuery deep_page;
+  deep_page.after = deep;
+  HistoryQuery windowed;
+  windowed.since_ms = now_ms - 1'000'000;  // the last 1000 s: the newest half
+  windowed.until_ms = now_ms - 500'000;
+  TransferQuery by_hot;
+  by_hot.account = "acc1";
+  TransferQuery by_hot_deep = by_hot;
+  by_hot_deep.before = 100'000;
+  TransferQuery by_cold;
+  by_cold.account = "acc500";
+  TransferQuery everything;
+  everything.include_entries = true;
+  WARN(fmt::format("setup: 200000 transfers, 1000 accounts, acc1 has {} entries; bulk load took {} ms",
+                   hot_entries, std::chrono::duration_cast<std::chrono::milliseconds>(loaded - started).count()));
+  time("history acc1, first page of 100", [&] { CHECK(l.history("acc1", first).items.size() == 100); });
+  time("history acc1, page of 100 after 10000 entries", [&] { CHECK(l.history("acc1", deep_page).items.size() == 100); });
+  time("history acc1, 100 in a window 500 s back", [&] { CHECK(l.history("acc1", windowed).items.size() == 100); });
+  time("history acc500 (cold), first page of 100", [&] { CHECK(!l.history("acc500", first).items.empty()); });
+  time("transfers --account acc1, first page of 100", [&] { CHECK(l.transfers(by_hot).items.size() == 100); });
+  time("transfers --account acc1, page before id 100000", [&] { CHECK(l.transfers(by_hot_deep).items.size() == 100); });
+  time("transfers --account acc500 (cold), first page", [&] { CHECK(!l.transfers(by_cold).items.empty()); });
+  time("transfers, whole ledger, 100 with entries", [&] { CHECK(l.transfers(everything).items.size() == 100); });
+  time("find_transfer_by_key", [&] { CHECK(l.find_transfer_by_key("k123456").id == 123456); });
+  time("balance_at acc1 (hot), now", [&] { CHECK(l.balance_at("acc1", now_ms) == l.get("acc1").balance); });
+  time("balance_at acc1 (hot), 1000 s back", [&] { l.balance_at("acc1", now_ms - 1'000'000); });
+  time("balance_at acc500 (cold), now", [&] { CHECK(l.balance_at("acc500", now_ms) == l.get("acc500").balance); });
 }
