@@ -113,15 +113,16 @@ struct HistorySql {
   std::string account_exists() const { return fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc); }
 
   // The account's existence, its opening balance and as_of (NULL without one), and the sum of its
-  // live entries whose transfer was created before $2. $1 account.
+  // live entries created before $2. $1 account. The entries' own time, not a join with their
+  // transfers: PostgreSQL hashes a join over the whole transfers table (measured 117 ms against
+  // 12 ms on 200k transfers), and opening_balances.as_of is an entry time too.
   std::string balance_at() const {
     return fmt::format(
         "SELECT (SELECT count(*) FROM {acc} WHERE id = $1), (SELECT balance FROM {ob} WHERE account_id = $1), "
         "(SELECT {as_of} FROM {ob} WHERE account_id = $1), "
-        "(SELECT CAST(COALESCE(SUM(e.amount), 0) AS bigint) FROM {en} e JOIN {tr} t ON t.id = e.transfer_id "
-        "WHERE e.account_id = $1 AND t.created_at < {at})",
+        "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
         fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
-        fmt::arg("tr", tr), fmt::arg("at", ts("$2")));
+        fmt::arg("at", ts("$2")));
   }
 };
 
