@@ -67,18 +67,26 @@ struct HistorySql {
   std::string ts(std::string_view param) const { return d.ms_to_timestamp(param); }
 
   // One page of an account's journal (by entry id: one entry per account per transfer), each with
-  // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 since, $4 until, $5 limit.
-  std::string history(bool newest_first) const {
+  // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 limit; with a time
+  // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
+  // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
+  // account's entries: measured 118 ms against 0.1 ms for a hot account).
+  std::string history(bool newest_first, bool window) const {
     const char* cmp = newest_first ? "<" : ">";
     const char* dir = newest_first ? "DESC" : "ASC";
+    const std::string page =
+        window ? fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                             "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
+                             "t.created_at < {} ORDER BY e.id {} LIMIT $5",
+                             en, tr, cmp, ts("$3"), ts("$4"), dir)
+               : fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                             "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
+                             en, cmp, dir);
     return fmt::format(
-        "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM "
-        "(SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {en} e JOIN {tr} t ON t.id = e.transfer_id "
-        "WHERE e.account_id = $1 AND e.id {cmp} $2 AND t.created_at >= {since} AND t.created_at < {until} "
-        "ORDER BY e.id {dir} LIMIT $5) p "
+        "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
         "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
-        fmt::arg("cols", columns), fmt::arg("en", en), fmt::arg("tr", tr), fmt::arg("cmp", cmp),
-        fmt::arg("dir", dir), fmt::arg("since", ts("$3")), fmt::arg("until", ts("$4")));
+        fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en),
+        fmt::arg("dir", dir));
   }
 
   // One transfer with its entries (none for a rejected one). $1 id or key.
@@ -173,10 +181,14 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
   const bool newest = query.order == HistoryOrder::newest_first;
   const std::int64_t cursor = query.after.value_or(newest ? std::numeric_limits<std::int64_t>::max() : 0);
   const HistorySql sql(*impl_->backend);
-  auto session = impl_->backend->borrow();
   // One row more than the page: whether there is a next page, without a count.
-  const Result result = (*session)->exec(sql.history(newest), {std::string(account), cursor, since, until,
-                                                               static_cast<std::int64_t>(query.limit) + 1});
+  const std::int64_t fetch = static_cast<std::int64_t>(query.limit) + 1;
+  const bool window = query.since_ms || query.until_ms;
+  std::vector<Value> params{std::string(account), cursor};
+  if (window) params.insert(params.end(), {since, until});
+  params.emplace_back(fetch);
+  auto session = impl_->backend->borrow();
+  const Result result = (*session)->exec(sql.history(newest, window), params);
   HistoryPage page;
   std::int64_t last_entry = 0;
   for (const auto& row : result.rows) {
