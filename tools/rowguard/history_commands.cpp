@@ -64,10 +64,12 @@ bool all_digits(const std::string& s) {
 void add_history_commands(CLI::App& app, Globals& globals) {
   static HistoryArgs a;
   auto* ledger = app.get_subcommand("ledger");
-  auto limit = [](CLI::App* cmd) {
+  // --limit and the cursor option of a paged command; returns the cursor's option (set or not).
+  auto paged = [](CLI::App* cmd, const std::string& cursor) {
     cmd->add_option("--limit", a.limit, "Items per page, 1 to 1000 (default 100)")
         ->check(decimal())
         ->check(CLI::Range(1, 1000));
+    return cmd->add_option(cursor, a.cursor, "Cursor: the 'next' of the previous page")->check(decimal());
   };
 
   auto* history = ledger->add_subcommand(
@@ -75,8 +77,7 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   history->add_option("id", a.id, "Account id")->required();
   history->add_option("--since", a.since, "Only transfers created at or after TIME (2026-01-31, ISO-8601 or @epoch-ms)");
   history->add_option("--until", a.until, "Only transfers created before TIME");
-  limit(history);
-  auto* after = history->add_option("--after", a.cursor, "Cursor: the 'next' of the previous page")->check(decimal());
+  auto* after = paged(history, "--after");
   history->add_flag("--oldest-first", a.oldest_first, "Oldest first instead");
   history->callback([&globals, after] {
     HistoryQuery q;
@@ -118,8 +119,7 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   auto* transfers = ledger->add_subcommand(
       "transfers", "The ledger's transfers, rejected ones too, newest first, one page (exit 5 for an unknown --account)");
   transfers->add_option("--account", a.account, "Only transfers from or to this account");
-  limit(transfers);
-  auto* before = transfers->add_option("--before", a.cursor, "Cursor: the 'next' of the previous page")->check(decimal());
+  auto* before = paged(transfers, "--before");
   transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");
   transfers->callback([&globals, before] {
     TransferQuery q;
