@@ -151,10 +151,11 @@ struct TransferRecord {
 
 enum class HistoryOrder { newest_first, oldest_first };
 
-// One page of an account's history. Keyset-paginated: pass the previous page's `next` as
-// `after`; never OFFSET, so a page costs the same however deep it is.
+// One page of an account's history, in the order of its journal entries (one per transfer).
+// Keyset-paginated: pass the previous page's `next` as `after`; never OFFSET, so a page costs the
+// same however deep it is.
 struct HistoryQuery {
-  std::optional<std::int64_t> after;  // a cursor: a transfer id from HistoryPage::next
+  std::optional<std::int64_t> after;  // a cursor: HistoryPage::next (the id of the account's entry that ended a page)
   int limit = 100;                    // REQUIRES: 1..1000, else Error(invalid_argument)
   HistoryOrder order = HistoryOrder::newest_first;
   std::optional<std::int64_t> since_ms;  // only transfers created at or after this (epoch ms)

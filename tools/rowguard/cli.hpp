@@ -72,6 +72,8 @@ void add_demo_command(CLI::App& app, Globals& globals);
 // exit_status: set by commands that pass a child's exit code through (lock run).
 void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
+// ledger history|show|transfers|balance-at. REQUIRES: add_ledger_commands ran first (the ledger group).
+void add_history_commands(CLI::App& app, Globals& globals);
 void add_hold_commands(CLI::App& app, Globals& globals);
 void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
 // exit_status: 1 when a saga ended compensated or unresolved, 3 when recover left busy ones.

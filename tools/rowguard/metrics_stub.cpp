@@ -1,4 +1,4 @@
-// TEMPORARY local stub until the metrics and history branches merge. Never commit.
+// TEMPORARY local stub until the metrics branch merges. Never commit.
 #include "rowguard/metrics.hpp"
 #include "rowguard/ledger.hpp"
 #include <fmt/format.h>
@@ -16,6 +16,4 @@ std::string to_prometheus(const MetricsSnapshot& s) {
   }
   return out;
 }
-std::string_view to_string(TransferKind) noexcept { return "transfer"; }
-TransferPage Ledger::transfers(const TransferQuery&) { return {}; }
 }

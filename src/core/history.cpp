@@ -1,0 +1,267 @@
+// Ledger history, transfer lookup and point-in-time balances: read-only queries over the journal.
+// Every call is one statement (one round trip, one snapshot), keyset-paginated where it pages.
+#include <algorithm>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "core/ledger_impl.hpp"
+#include "rowguard/ledger.hpp"
+#include "rowguard/money.hpp"
+
+namespace rowguard {
+
+using namespace detail::ledger;
+
+std::string_view to_string(TransferKind kind) noexcept {
+  switch (kind) {
+    case TransferKind::deposit: return "deposit";
+    case TransferKind::withdrawal: return "withdrawal";
+    case TransferKind::reversal: return "reversal";
+    case TransferKind::transfer: break;
+  }
+  return "transfer";
+}
+
+namespace {
+constexpr int max_page = 1000;
+// Years 1 to 9999 in epoch ms: any bound outside is clamped first, so a PostgreSQL timestamp built
+// from it can never overflow (and SQLite compares the same range).
+constexpr std::int64_t min_time_ms = -62'135'596'800'000;  // 0001-01-01T00:00:00Z
+constexpr std::int64_t max_time_ms = 253'402'300'799'999;  // 9999-12-31T23:59:59.999Z
+
+std::int64_t clamp_time(std::int64_t ms) { return std::clamp(ms, min_time_ms, max_time_ms); }
+
+void check_limit(int limit) {
+  if (limit < 1 || limit > max_page)
+    throw Error(ErrorKind::invalid_argument, fmt::format("a page holds 1 to {} items, asked for {}", max_page, limit));
+}
+
+void check_cursor(const std::optional<std::int64_t>& cursor) {
+  if (cursor && *cursor < 1)
+    throw Error(ErrorKind::invalid_argument, fmt::format("a cursor is a positive id, got {}", *cursor));
+}
+
+TransferKind kind_of(const std::string& kind) {
+  if (kind == "deposit") return TransferKind::deposit;
+  if (kind == "withdrawal") return TransferKind::withdrawal;
+  if (kind == "reversal") return TransferKind::reversal;
+  return TransferKind::transfer;
+}
+
+// The SQL of this file, with the table prefix and the dialect's timestamps; built per call (a few
+// string formats, nothing next to the round trip) so Ledger::Impl stays the transfers' own.
+struct HistorySql {
+  std::string acc, tr, en, ob;
+  std::string columns;  // a transfer row: 12 columns, t.id first
+  const detail::Dialect& d;
+
+  explicit HistorySql(const detail::Backend& backend)
+      : acc(backend.table("accounts")), tr(backend.table("transfers")), en(backend.table("entries")),
+        ob(backend.table("opening_balances")), d(backend.dialect()) {
+    columns = fmt::format(
+        "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
+        "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
+        d.timestamp_to_ms("t.created_at"));
+  }
+  std::string ts(std::string_view param) const { return d.ms_to_timestamp(param); }
+
+  // One page of an account's journal (by entry id: one entry per account per transfer), each with
+  // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 limit; with a time
+  // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
+  // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
+  // account's entries: measured 118 ms against 0.1 ms for a hot account).
+  std::string history(bool newest_first, bool window) const {
+    const char* cmp = newest_first ? "<" : ">";
+    const char* dir = newest_first ? "DESC" : "ASC";
+    const std::string page =
+        window ? fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                             "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
+                             "t.created_at < {} ORDER BY e.id {} LIMIT $5",
+                             en, tr, cmp, ts("$3"), ts("$4"), dir)
+               : fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                             "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
+                             en, cmp, dir);
+    return fmt::format(
+        "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
+        "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
+        fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en),
+        fmt::arg("dir", dir));
+  }
+
+  // One transfer with its entries (none for a rejected one). $1 id or key.
+  std::string find(bool by_key) const {
+    return fmt::format(
+        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
+        "ORDER BY x.id",
+        columns, tr, en, by_key ? "t.idempotency_key" : "t.id");
+  }
+
+  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account. With an
+  // account, the two indexed arms (from, to) each stop at limit rows before they are merged.
+  std::string transfers(bool by_account, bool with_entries) const {
+    const std::string page =
+        by_account
+            ? fmt::format(
+                  "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC LIMIT $2) f "
+                  "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
+                  "LIMIT $2) g",
+                  fmt::arg("tr", tr))
+            : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
+    // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
+    const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
+    if (!with_entries)
+      return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
+    return fmt::format(
+        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+        "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
+        columns, tr, en, ids);
+  }
+
+  std::string account_exists() const { return fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc); }
+
+  // The account's existence, its opening balance and as_of (NULL without one), and the sum of its
+  // live entries created before $2. $1 account. The entries' own time, not a join with their
+  // transfers: PostgreSQL hashes a join over the whole transfers table (measured 117 ms against
+  // 12 ms on 200k transfers), and opening_balances.as_of is an entry time too.
+  std::string balance_at() const {
+    return fmt::format(
+        "SELECT (SELECT count(*) FROM {acc} WHERE id = $1), (SELECT balance FROM {ob} WHERE account_id = $1), "
+        "(SELECT {as_of} FROM {ob} WHERE account_id = $1), "
+        "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
+        fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
+        fmt::arg("at", ts("$2")));
+  }
+};
+
+// A transfer from the 12 columns of HistorySql::columns.
+TransferRecord record_of(const Row& r) {
+  TransferRecord t;
+  t.id = r.i64(0);
+  t.key = r.opt_text(1);
+  t.kind = kind_of(r.text(2));
+  t.from = r.opt_text(3);
+  t.to = r.opt_text(4);
+  t.amount = r.i64(5);
+  t.currency = r.text(6);
+  t.outcome = r.text(7);
+  t.reverses = r.opt_i64(8);
+  t.hold_id = r.opt_i64(9);
+  t.global_txid = r.opt_text(10);
+  t.created_at_ms = r.i64(11);
+  return t;
+}
+
+// Appends the entry in columns first.. (id, account, amount) when the row has one (LEFT JOIN).
+void add_entry(TransferRecord& t, const Row& r, std::size_t first) {
+  if (!r.is_null(first)) t.entries.push_back({r.i64(first), r.text(first + 1), r.i64(first + 2)});
+}
+
+// Rows of transfers with their entries, one or more per transfer in transfer order.
+std::vector<TransferRecord> records_of(const Result& result, bool with_entries) {
+  std::vector<TransferRecord> out;
+  for (const auto& row : result.rows) {
+    if (out.empty() || out.back().id != row.i64(0)) out.push_back(record_of(row));
+    if (with_entries) add_entry(out.back(), row, 12);
+  }
+  return out;
+}
+
+}  // namespace
+
+HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query) {
+  check_text(account, "account id", max_id_bytes);
+  check_limit(query.limit);
+  check_cursor(query.after);
+  const std::int64_t since = clamp_time(query.since_ms.value_or(min_time_ms));
+  const std::int64_t until = std::clamp(query.until_ms.value_or(max_time_ms + 1), min_time_ms, max_time_ms + 1);
+  if (query.since_ms && query.until_ms && *query.since_ms > *query.until_ms)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("since ({}) is after until ({})", *query.since_ms, *query.until_ms));
+  const bool newest = query.order == HistoryOrder::newest_first;
+  const std::int64_t cursor = query.after.value_or(newest ? std::numeric_limits<std::int64_t>::max() : 0);
+  const HistorySql sql(*impl_->backend);
+  // One row more than the page: whether there is a next page, without a count.
+  const std::int64_t fetch = static_cast<std::int64_t>(query.limit) + 1;
+  const bool window = query.since_ms || query.until_ms;
+  std::vector<Value> params{std::string(account), cursor};
+  if (window) params.insert(params.end(), {since, until});
+  params.emplace_back(fetch);
+  auto session = impl_->backend->borrow();
+  const Result result = (*session)->exec(sql.history(newest, window), params);
+  HistoryPage page;
+  std::int64_t last_entry = 0;
+  for (const auto& row : result.rows) {
+    const std::int64_t entry = row.i64(12);
+    if (page.items.empty() || entry != last_entry) {
+      if (page.items.size() == static_cast<std::size_t>(query.limit)) {
+        page.next = last_entry;  // the limit+1st exists: the page ends at the last one kept
+        break;
+      }
+      page.items.push_back({record_of(row), row.i64(13)});
+      last_entry = entry;
+    }
+    add_entry(page.items.back().transfer, row, 14);
+  }
+  if (page.items.empty() && (*session)->exec(sql.account_exists(), {std::string(account)}).one().i64(0) == 0)
+    throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
+  return page;
+}
+
+TransferRecord Ledger::find_transfer(std::int64_t id) {
+  if (id < 1) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer id is positive, got {}", id));
+  auto session = impl_->backend->borrow();
+  auto found = records_of((*session)->exec(HistorySql(*impl_->backend).find(false), {id}), true);
+  if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no transfer {}", id));
+  return std::move(found.front());
+}
+
+TransferRecord Ledger::find_transfer_by_key(std::string_view key) {
+  check_text(key, "idempotency key", max_key_bytes);
+  auto session = impl_->backend->borrow();
+  auto found = records_of((*session)->exec(HistorySql(*impl_->backend).find(true), {std::string(key)}), true);
+  if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("no transfer has the key '{}'", key));
+  return std::move(found.front());
+}
+
+TransferPage Ledger::transfers(const TransferQuery& query) {
+  check_limit(query.limit);
+  check_cursor(query.before);
+  if (query.account) check_text(*query.account, "account id", max_id_bytes);
+  const HistorySql sql(*impl_->backend);
+  std::vector<Value> params{query.before.value_or(std::numeric_limits<std::int64_t>::max()),
+                            static_cast<std::int64_t>(query.limit) + 1};
+  if (query.account) params.emplace_back(*query.account);
+  auto session = impl_->backend->borrow();
+  TransferPage page;
+  page.items = records_of((*session)->exec(sql.transfers(query.account.has_value(), query.include_entries), params),
+                          query.include_entries);
+  if (page.items.size() > static_cast<std::size_t>(query.limit)) {
+    page.items.resize(query.limit);
+    page.next = page.items.back().id;
+  }
+  if (page.items.empty() && query.account &&
+      (*session)->exec(sql.account_exists(), {*query.account}).one().i64(0) == 0)
+    throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *query.account));
+  return page;
+}
+
+std::int64_t Ledger::balance_at(std::string_view account, std::int64_t at_ms) {
+  check_text(account, "account id", max_id_bytes);
+  // Past year 9999 every live entry counts: the clamped bound is one past the last millisecond.
+  const std::int64_t at = at_ms > max_time_ms ? max_time_ms + 1 : clamp_time(at_ms);
+  auto session = impl_->backend->borrow();
+  const Row row = (*session)->exec(HistorySql(*impl_->backend).balance_at(), {std::string(account), at}).one();
+  if (row.i64(0) == 0) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
+  const std::int64_t opening = row.opt_i64(1).value_or(0);
+  if (const auto as_of = row.opt_i64(2); as_of && at_ms < *as_of)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("the history of '{}' before {} ms was archived: balances before it are not known", account,
+                            *as_of));
+  const auto balance = checked_add(opening, row.i64(3));
+  if (!balance)
+    throw Error(ErrorKind::permanent, fmt::format("the balance of '{}' at {} overflows a 64-bit integer", account, at_ms));
+  return *balance;
+}
+
+}  // namespace rowguard

@@ -1,0 +1,155 @@
+// rowguard ledger history|show|transfers|balance-at: read-only queries over the journal.
+#include <algorithm>
+
+#include "cli.hpp"
+
+namespace rowguard::cli {
+
+namespace {
+struct HistoryArgs {
+  std::string id, id_or_key, key, since, until, time, account;
+  int limit = 100;
+  std::int64_t cursor = 0;
+  bool oldest_first = false;
+  bool entries = false;
+};
+
+nlohmann::json opt_json(const std::optional<std::string>& s) { return s ? nlohmann::json(*s) : nlohmann::json(); }
+nlohmann::json opt_json(const std::optional<std::int64_t>& n) { return n ? nlohmann::json(*n) : nlohmann::json(); }
+
+nlohmann::json transfer_json(const TransferRecord& t, bool with_entries) {
+  nlohmann::json j = {{"id", t.id},
+                      {"key", opt_json(t.key)},
+                      {"kind", std::string(to_string(t.kind))},
+                      {"from", opt_json(t.from)},
+                      {"to", opt_json(t.to)},
+                      {"amount", t.amount},
+                      {"currency", t.currency},
+                      {"outcome", t.outcome},
+                      {"reverses", opt_json(t.reverses)},
+                      {"hold_id", opt_json(t.hold_id)},
+                      {"global_txid", opt_json(t.global_txid)},
+                      {"created_at", format_time(t.created_at_ms)},
+                      {"created_at_ms", t.created_at_ms}};
+  if (with_entries) {
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& e : t.entries) entries.push_back({{"id", e.id}, {"account", e.account}, {"amount", e.amount}});
+    j["entries"] = std::move(entries);
+  }
+  return j;
+}
+
+// "2026-01-31T12:30:00.250Z  #42 transfer 2500 EUR alice -> bob ok (key order-77)"
+std::string transfer_line(const TransferRecord& t) {
+  return fmt::format("{}  #{} {} {} {} {} -> {} {}{}", format_time(t.created_at_ms), t.id, to_string(t.kind), t.amount,
+                     t.currency, t.from.value_or("(outside)"), t.to.value_or("(outside)"), t.outcome,
+                     t.key ? fmt::format(" (key {})", *t.key) : std::string());
+}
+
+std::string entries_lines(const TransferRecord& t) {
+  std::string text;
+  for (const auto& e : t.entries) text += fmt::format("\n    entry {} {} {:+}", e.id, e.account, e.amount);
+  return text;
+}
+
+std::string next_line(const std::optional<std::int64_t>& next, std::string_view option) {
+  return next ? fmt::format("\nmore: {} {}", option, *next) : std::string("\n(end)");
+}
+
+bool all_digits(const std::string& s) {
+  return !s.empty() && s.size() <= 18 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+}  // namespace
+
+void add_history_commands(CLI::App& app, Globals& globals) {
+  static HistoryArgs a;
+  auto* ledger = app.get_subcommand("ledger");
+  // --limit and the cursor option of a paged command; returns the cursor's option (set or not).
+  auto paged = [](CLI::App* cmd, const std::string& cursor) {
+    cmd->add_option("--limit", a.limit, "Items per page, 1 to 1000 (default 100)")
+        ->check(decimal())
+        ->check(CLI::Range(1, 1000));
+    return cmd->add_option(cursor, a.cursor, "Cursor: the 'next' of the previous page")->check(decimal());
+  };
+
+  auto* history = ledger->add_subcommand(
+      "history", "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
+  history->add_option("id", a.id, "Account id")->required();
+  history->add_option("--since", a.since, "Only transfers created at or after TIME (2026-01-31, ISO-8601 or @epoch-ms)");
+  history->add_option("--until", a.until, "Only transfers created before TIME");
+  auto* after = paged(history, "--after");
+  history->add_flag("--oldest-first", a.oldest_first, "Oldest first instead");
+  history->callback([&globals, after] {
+    HistoryQuery q;
+    q.limit = a.limit;
+    q.order = a.oldest_first ? HistoryOrder::oldest_first : HistoryOrder::newest_first;
+    if (after->count()) q.after = a.cursor;
+    if (!a.since.empty()) q.since_ms = parse_time(a.since);
+    if (!a.until.empty()) q.until_ms = parse_time(a.until);
+    auto db = open_database(globals);
+    const HistoryPage page = Ledger(db).history(a.id, q);
+    nlohmann::json items = nlohmann::json::array();
+    std::string text = fmt::format("history of {} ({} item(s))", a.id, page.items.size());
+    for (const auto& item : page.items) {
+      auto j = transfer_json(item.transfer, true);
+      j["change"] = item.change;
+      items.push_back(std::move(j));
+      text += fmt::format("\n{:+} {}", item.change, transfer_line(item.transfer));
+    }
+    emit(globals, {{"account", a.id}, {"items", items}, {"next", opt_json(page.next)}},
+         text + next_line(page.next, "--after"));
+  });
+
+  auto* show = ledger->add_subcommand(
+      "show", "One transfer with its entries, by id (digits) or idempotency key (exit 5 when there is none)");
+  auto* positional = show->add_option("id_or_key", a.id_or_key, "Transfer id, or its idempotency key");
+  auto* by_key = show->add_option("--key", a.key, "Look up this idempotency key (even one made of digits)");
+  positional->excludes(by_key);
+  show->callback([&globals, positional, by_key] {
+    if (!positional->count() && !by_key->count())
+      throw Error(ErrorKind::invalid_argument, "ledger show needs a transfer id, a key, or --key KEY");
+    auto db = open_database(globals);
+    Ledger ledger(db);
+    const TransferRecord t = by_key->count()              ? ledger.find_transfer_by_key(a.key)
+                             : all_digits(a.id_or_key) ? ledger.find_transfer(std::stoll(a.id_or_key))
+                                                       : ledger.find_transfer_by_key(a.id_or_key);
+    emit(globals, transfer_json(t, true), transfer_line(t) + entries_lines(t));
+  });
+
+  auto* transfers = ledger->add_subcommand(
+      "transfers", "The ledger's transfers, rejected ones too, newest first, one page (exit 5 for an unknown --account)");
+  transfers->add_option("--account", a.account, "Only transfers from or to this account");
+  auto* before = paged(transfers, "--before");
+  transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");
+  transfers->callback([&globals, before] {
+    TransferQuery q;
+    q.limit = a.limit;
+    q.include_entries = a.entries;
+    if (before->count()) q.before = a.cursor;
+    if (!a.account.empty()) q.account = a.account;
+    auto db = open_database(globals);
+    const TransferPage page = Ledger(db).transfers(q);
+    nlohmann::json items = nlohmann::json::array();
+    std::string text = fmt::format("{} transfer(s)", page.items.size());
+    for (const auto& t : page.items) {
+      items.push_back(transfer_json(t, a.entries));
+      text += "\n" + transfer_line(t) + (a.entries ? entries_lines(t) : std::string());
+    }
+    emit(globals, {{"items", items}, {"next", opt_json(page.next)}}, text + next_line(page.next, "--before"));
+  });
+
+  auto* balance_at = ledger->add_subcommand(
+      "balance-at", "ID's balance just before TIME, from its opening balance and journal (exit 5 for no such account)");
+  balance_at->add_option("id", a.id, "Account id")->required();
+  balance_at->add_option("time", a.time, "2026-01-31, 2026-01-31T12:30:00Z, an offset instead of Z, or @epoch-ms")
+      ->required();
+  balance_at->callback([&globals] {
+    const std::int64_t at = parse_time(a.time);
+    auto db = open_database(globals);
+    const std::int64_t balance = Ledger(db).balance_at(a.id, at);
+    emit(globals, {{"account", a.id}, {"at", format_time(at)}, {"at_ms", at}, {"balance", balance}},
+         fmt::format("{} {} at {}", a.id, balance, format_time(at)));
+  });
+}
+
+}  // namespace rowguard::cli
