@@ -50,9 +50,6 @@ class Dialect {
   // The value for a new row's id in an INSERT ... VALUES list: DEFAULT (bigserial) on PostgreSQL,
   // MAX(id) + 1 on SQLite, where every write transaction holds the database's write lock.
   virtual std::string next_id(std::string_view table) const = 0;
-  // The same for a table whose old rows an archive moves to `archive` (transfers, entries): on
-  // SQLite the id stays above the archived ones too, so an id is never issued twice.
-  virtual std::string next_id_above(std::string_view table, std::string_view) const { return next_id(table); }
   // Whether the engine has LISTEN/NOTIFY (pg_notify(channel, payload)).
   virtual bool has_notify() const noexcept { return false; }
   // How a bound Blob parameter enters SQL, and how a blob column leaves it (read it with Row::bytes).

@@ -68,7 +68,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backen
   record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
       "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-      tr, d.next_id_above(tr, backend->table("transfers_archive")), now);
+      tr, detail::ledger::next_id_above_archive(d, tr, backend->table("transfers_archive")), now);
   // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
   lock_original_sql = fmt::format(
       "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
@@ -94,7 +94,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backen
                           tr, d.timestamp_plus_ms(now, "$1"));
   entry_sql = fmt::format(
       "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-      d.next_id_above(en, backend->table("entries_archive")), now);
+      detail::ledger::next_id_above_archive(d, en, backend->table("entries_archive")), now);
   init_hold_statements();
 }
 

@@ -34,11 +34,6 @@ class SqliteDialect final : public Dialect {
   std::string next_id(std::string_view table) const override {
     return fmt::format("(SELECT COALESCE(MAX(id), 0) + 1 FROM {})", table);
   }
-  std::string next_id_above(std::string_view table, std::string_view archive) const override {
-    return fmt::format("(SELECT MAX(m) + 1 FROM (SELECT COALESCE(MAX(id), 0) AS m FROM {} UNION ALL "
-                       "SELECT COALESCE(MAX(id), 0) FROM {}))",
-                       table, archive);
-  }
   std::string table_exists() const override {
     return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
   }
