@@ -23,12 +23,16 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
   s.now = fmt::format("SELECT {}", d.now_ms());
   // A transfer that must stay live: created at or after the cutoff, the capture of a hold (holds
   // are never archived and point at it), or a leg of a two-phase transaction not yet finished.
-  const std::string stays = fmt::format(
-      "(m.created_at >= {cut} OR EXISTS (SELECT 1 FROM {holds} h WHERE h.transfer_id = m.id) OR "
-      "(m.global_txid IS NOT NULL AND EXISTS (SELECT 1 FROM {gt} g WHERE g.gid = m.global_txid AND "
-      "g.finished_at IS NULL)))",
-      fmt::arg("cut", cut), fmt::arg("holds", backend.table("holds")),
-      fmt::arg("gt", backend.table("global_transactions")));
+  // (The decision log exists only where two-phase commit does: PostgreSQL.)
+  const std::string unfinished_leg =
+      d.has_prepared_transactions()
+          ? fmt::format(" OR (m.global_txid IS NOT NULL AND EXISTS (SELECT 1 FROM {} g WHERE g.gid = m.global_txid "
+                        "AND g.finished_at IS NULL))",
+                        backend.table("global_transactions"))
+          : std::string();
+  const std::string stays =
+      fmt::format("(m.created_at >= {} OR EXISTS (SELECT 1 FROM {} h WHERE h.transfer_id = m.id){})", cut,
+                  backend.table("holds"), unfinished_leg);
   // A transfer and its reversals move together or not at all: a reversal points at its original
   // (a foreign key), and reverse() sums the live refunds of an original, which must all be there.
   const std::string movable = fmt::format(
@@ -103,9 +107,9 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
         const std::int64_t now_ms = tx.exec(sql.now, {}).one().i64(0);
         if (cutoff_ms > now_ms - options.min_age.count())
           throw Error(ErrorKind::invalid_argument,
-                      fmt::format("archive cutoff {} is less than min_age {}ms before the database clock ({}): "
-                                  "recent transfers are still needed for replays and reconciliation",
-                                  cutoff_ms, options.min_age.count(), now_ms));
+                      fmt::format("archive cutoff {} (epoch ms) is later than the database clock {} minus min_age "
+                                  "{}ms: recent transfers are still needed for replays and reconciliation",
+                                  cutoff_ms, now_ms, options.min_age.count()));
         ArchiveReport report;
         report.cutoff_ms = cutoff_ms;
         report.dry_run = options.dry_run;
