@@ -22,7 +22,7 @@ INSERT INTO ${prefix}accounts (id, currency, balance, min_balance, created_at, u
 INSERT INTO ${prefix}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, created_at)
   SELECT g, 'k' || g, 'transfer', 'acc' || (g % 100), 'acc' || ((g + 1) % 100), 1, 'EUR', 'ok',
          now() - interval '90 days' + g * (interval '90 days' / $n) FROM generate_series(1, $n) g;
-SELECT setval('${prefix}transfers_id_seq', $n);
+SELECT setval('${prefix}transfers_id_seq', $n) AS last_id \gset
 INSERT INTO ${prefix}entries (transfer_id, account_id, amount, created_at)
   SELECT t.id, x.account, x.amount, t.created_at FROM ${prefix}transfers t,
          LATERAL (VALUES (t.from_account, -1), (t.to_account, 1)) x(account, amount);
