@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -366,4 +368,55 @@ TEST_CASE("partitioning: create_partitions is idempotent and moves rows out of t
                                    "partitions", "--ahead", "6"},
                                   &out) == 0);
   CHECK(nlohmann::json::parse(out)["created"] == 2);
+}
+
+TEST_CASE("archive: concurrent refunds of old transfers never split a transfer from its refunds",
+          "[backend][archive]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("a", "EUR");
+  l.open("b", "EUR");
+  constexpr int n = 20;
+  b.age(l.deposit("a", 100'000, "dep").transfer_id, 60);
+  for (int i = 0; i < n; ++i) b.age(l.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
+  const std::int64_t cutoff = b.now_ms() - 45 * day_ms;
+  // One thread refunds every old transfer while another archives them; each refund either finds
+  // its original live (and keeps it live) or finds it archived (not_found).
+  std::vector<ErrorKind> refund_errors(n, ErrorKind::permanent);
+  std::vector<bool> refunded(n, false);
+  std::optional<ArchiveReport> report;
+  std::optional<ErrorKind> archive_error;
+  std::thread refunds([&] {
+    for (int i = 0; i < n; ++i) {
+      try {
+        refunded[i] = l.reverse(fmt::format("o-{}", i), 100, fmt::format("r-{}", i)).ok();
+      } catch (const Error& e) {
+        refund_errors[i] = e.kind();
+      }
+    }
+  });
+  std::thread archiver([&] {
+    try {
+      report = l.archive(cutoff);
+    } catch (const Error& e) {
+      archive_error = e.kind();
+    }
+  });
+  refunds.join();
+  archiver.join();
+  if (archive_error) CHECK(*archive_error == ErrorKind::conflict);  // retries exhausted: nothing moved
+  for (int i = 0; i < n; ++i) {
+    INFO("transfer o-" << i);
+    const std::int64_t archived = b.count(fmt::format("SELECT count(*) FROM {} WHERE idempotency_key = 'o-{}'",
+                                                      b.table("transfers_archive"), i));
+    if (refunded[i]) {
+      CHECK(archived == 0);  // refunded after the cutoff: it stays live with its refund
+    } else {
+      CHECK(refund_errors[i] == ErrorKind::not_found);
+      CHECK(archived == 1);
+    }
+  }
+  require_clean(l);
+  CHECK(b.journal_sums() == b.balances());
+  CHECK(l.archive(cutoff).transfers == 0);  // what stayed is still referenced by a live refund
 }
