@@ -44,7 +44,9 @@ struct TransferResult {
 
 // One violation found by Ledger::check().
 struct Violation {
-  std::string what;     // "balance_mismatch", "below_minimum", "total_mismatch", "held_mismatch", ...
+  // "balance_mismatch", "below_minimum", "total_mismatch", "held_mismatch", "opening_mismatch"
+  // (an opening balance differs from the archived entries it carries forward), ...
+  std::string what;
   std::string account;  // empty for ledger-wide violations
   std::string detail;
 };
@@ -200,6 +202,10 @@ struct ArchiveReport {
   std::int64_t transfers = 0;  // moved out of the live tables (or that would be, dry_run)
   std::int64_t entries = 0;
   std::int64_t accounts = 0;   // accounts whose opening balance changed
+  // Created before the cutoff but kept live: still referenced by a hold (its capture), by a
+  // reversal after the cutoff (or kept with its original), or a leg of an unfinished two-phase
+  // transaction. A later archive moves them once nothing refers to them.
+  std::int64_t kept = 0;
   bool dry_run = false;
 };
 

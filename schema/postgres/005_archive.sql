@@ -31,4 +31,39 @@ CREATE TABLE rowguard_archives (
 COMMENT ON TABLE rowguard_archives IS
   'rowguard: one row per archive run; rows created before the latest cutoff are no longer in the live tables';
 
+-- The archived journal: the same columns as the live tables, no foreign keys (the rows they pointed
+-- at may be archived too, or their holds kept live), so a DBA can export and truncate them.
+CREATE TABLE rowguard_transfers_archive (
+  id              bigint      PRIMARY KEY,
+  idempotency_key text,
+  kind            text        NOT NULL,
+  from_account    text,
+  to_account      text,
+  amount          bigint      NOT NULL,
+  currency        char(3)     NOT NULL,
+  outcome         text        NOT NULL,
+  reverses        bigint,
+  created_at      timestamptz NOT NULL,
+  hold_id         bigint,
+  global_txid     text
+);
+COMMENT ON TABLE rowguard_transfers_archive IS
+  'rowguard: transfers moved out of rowguard_transfers by an archive run; their keys are no longer recognised';
+
+CREATE TABLE rowguard_entries_archive (
+  id          bigint      PRIMARY KEY,
+  transfer_id bigint      NOT NULL,
+  account_id  text        NOT NULL,
+  amount      bigint      NOT NULL,
+  created_at  timestamptz NOT NULL
+);
+COMMENT ON TABLE rowguard_entries_archive IS
+  'rowguard: journal entries moved out of rowguard_entries with their transfers; they add up to rowguard_opening_balances';
+CREATE INDEX rowguard_entries_archive_account ON rowguard_entries_archive (account_id);
+
+-- Archiving deletes transfers: the foreign key from holds is checked per deleted row, by this index.
+CREATE INDEX rowguard_holds_transfer ON rowguard_holds (transfer_id) WHERE transfer_id IS NOT NULL;
+-- Archiving selects the transfers created before its cutoff.
+CREATE INDEX rowguard_transfers_created_at ON rowguard_transfers (created_at);
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (5, '005_archive');

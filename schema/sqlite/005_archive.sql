@@ -26,4 +26,37 @@ CREATE TABLE rowguard_archives (
   archived_at BIGINT NOT NULL
 );
 
+-- The archived journal: the same columns as the live tables, no foreign keys (the rows they pointed
+-- at may be archived too, or their holds kept live), so a DBA can export and delete them.
+-- Their keys are no longer recognised by the ledger.
+CREATE TABLE rowguard_transfers_archive (
+  id              BIGINT  PRIMARY KEY,
+  idempotency_key TEXT,
+  kind            TEXT    NOT NULL,
+  from_account    TEXT,
+  to_account      TEXT,
+  amount          BIGINT  NOT NULL,
+  currency        TEXT    NOT NULL,
+  outcome         TEXT    NOT NULL,
+  reverses        BIGINT,
+  created_at      BIGINT  NOT NULL,
+  hold_id         BIGINT,
+  global_txid     TEXT
+);
+
+-- Journal entries moved with their transfers; per account they add up to the opening balance.
+CREATE TABLE rowguard_entries_archive (
+  id          BIGINT  PRIMARY KEY,
+  transfer_id BIGINT  NOT NULL,
+  account_id  TEXT    NOT NULL,
+  amount      BIGINT  NOT NULL,
+  created_at  BIGINT  NOT NULL
+);
+CREATE INDEX rowguard_entries_archive_account ON rowguard_entries_archive (account_id);
+
+-- Archiving deletes transfers: the foreign key from holds is checked per deleted row, by this index.
+CREATE INDEX rowguard_holds_transfer ON rowguard_holds (transfer_id) WHERE transfer_id IS NOT NULL;
+-- Archiving selects the transfers created before its cutoff.
+CREATE INDEX rowguard_transfers_created_at ON rowguard_transfers (created_at);
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (5, '005_archive');

@@ -92,7 +92,7 @@ void Ledger::Impl::init_hold_statements() {
   capture_record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
       "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
-      tr, d.next_id(tr), now);
+      tr, detail::ledger::next_id_above_archive(d, tr, backend->table("transfers_archive")), now);
   expired_accounts_sql =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
 }

@@ -68,7 +68,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backen
   record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
       "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-      tr, d.next_id(tr), now);
+      tr, detail::ledger::next_id_above_archive(d, tr, backend->table("transfers_archive")), now);
   // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
   lock_original_sql = fmt::format(
       "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
@@ -94,7 +94,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backen
                           tr, d.timestamp_plus_ms(now, "$1"));
   entry_sql = fmt::format(
       "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-      d.next_id(en), now);
+      detail::ledger::next_id_above_archive(d, en, backend->table("entries_archive")), now);
   init_hold_statements();
 }
 
@@ -588,6 +588,9 @@ CheckReport Ledger::check() {
   const std::string tr = impl_->backend->table("transfers");
   const std::string en = impl_->backend->table("entries");
   const std::string holds = impl_->backend->table("holds");
+  const std::string ob = impl_->backend->table("opening_balances");
+  const std::string ea = impl_->backend->table("entries_archive");
+  const std::string at = impl_->backend->table("archived_totals");
   // Read-only, so a lost connection or a lost COMMIT reply is simply read again.
   return detail::with_retries(
       impl_->options.retry, detail::RetryIn::conflicts_and_in_doubt,
@@ -596,13 +599,31 @@ CheckReport Ledger::check() {
         // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
         Transaction tx(impl_->backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_only});
         for (const auto& r :
-             tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(e.total, 0) FROM {} a LEFT JOIN "
+             tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
+                                 "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
                                  "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
-                                 "ON e.account_id = a.id WHERE a.balance <> COALESCE(e.total, 0) ORDER BY a.id",
-                                 acc, en))
+                                 "ON e.account_id = a.id "
+                                 "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
+                                 acc, ob, en))
                  .rows)
-          report.violations.push_back({"balance_mismatch", r.text(0),
-                                       fmt::format("balance {} but its entries add up to {}", r.i64(1), r.i64(2))});
+          report.violations.push_back(
+              {"balance_mismatch", r.text(0),
+               fmt::format("balance {} but its opening balance {} plus its entries {} differ", r.i64(1), r.i64(2),
+                           r.i64(3))});
+        // An opening balance is what the account's archived entries add up to (while the archive
+        // tables still hold them: a DBA may export and empty them, which this then cannot see).
+        for (const auto& r : tx.exec(fmt::format(
+                                         "SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
+                                         "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
+                                         "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
+                                         "o.account_id = x.account_id WHERE o.account_id IS NULL OR o.balance <> "
+                                         "x.total OR o.entries <> x.n ORDER BY x.account_id",
+                                         ea, ob))
+                                 .rows)
+          report.violations.push_back(
+              {"opening_mismatch", r.text(0),
+               fmt::format("opening balance {} of {} entries but its archived entries add up to {} in {}", r.i64(3),
+                           r.i64(4), r.i64(1), r.i64(2))});
         // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
         for (const auto& r : tx.exec(fmt::format("SELECT id, balance, held, min_balance FROM {} WHERE balance < "
                                                  "min_balance OR balance - held < min_balance ORDER BY id",
@@ -645,14 +666,17 @@ CheckReport Ledger::check() {
         // Per currency: the balances add up to deposits minus withdrawals.
         const auto totals = tx.exec(fmt::format(
             "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
-            "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr}) c "
+            "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr} UNION SELECT currency FROM {at}) c "
             "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
             "ON b.currency = c.currency "
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'deposit' AND "
-            "outcome = 'ok' GROUP BY currency) d ON d.currency = c.currency "
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM {tr} WHERE kind = 'withdrawal' AND "
-            "outcome = 'ok' GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
-            fmt::arg("acc", acc), fmt::arg("tr", tr)));
+            // Archived transfers count through their carried-forward totals.
+            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+            "WHERE kind = 'deposit' AND outcome = 'ok' UNION ALL SELECT currency, deposits FROM {at}) dd "
+            "GROUP BY currency) d ON d.currency = c.currency "
+            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+            "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
+            "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
+            fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at)));
         for (const auto& r : totals.rows) {
           const auto expected = checked_sub(r.i64(2), r.i64(3));
           if (!expected || *expected != r.i64(1))

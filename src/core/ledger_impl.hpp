@@ -51,6 +51,13 @@ struct Request {
   std::optional<std::string> global_txid = std::nullopt;  // a leg of a two-phase-commit transaction
 };
 
+// A new transfer's or entry's id, above the archived ones too (archive.cpp moves old rows out):
+// SQLite's next_id is MAX(id) + 1 over the table given, here the largest ids of the live and the
+// archive table (two index lookups); PostgreSQL's sequence never goes back anyway.
+inline std::string next_id_above_archive(const detail::Dialect& d, const std::string& live, const std::string& archive) {
+  return d.next_id(fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT MAX(id) FROM {})", live, archive));
+}
+
 // A bound value, or NULL for the outside world.
 inline Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
 

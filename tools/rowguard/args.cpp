@@ -1,6 +1,7 @@
 #include "args.hpp"
 
 #include <charconv>
+#include <limits>
 #include <regex>
 
 #include <fmt/format.h>
@@ -10,14 +11,18 @@
 namespace rowguard::cli {
 
 std::chrono::milliseconds parse_duration(const std::string& text) {
-  static const std::regex pattern(R"(^([0-9]{1,12})(ms|s|m|h)$)");
+  static const std::regex pattern(R"(^([0-9]{1,12})(ms|s|m|h|d)$)");
   std::smatch m;
   if (!std::regex_match(text, m, pattern))
     throw Error(ErrorKind::invalid_argument,
-                "invalid duration '" + text + "': expected a whole number with ms, s, m or h (250ms, 30s, 5m, 1h)");
+                "invalid duration '" + text + "': expected a whole number with ms, s, m, h or d (250ms, 30s, 5m, 1h, 30d)");
   const long long n = std::stoll(m[1].str());
   const std::string unit = m[2].str();
-  const long long factor = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : 3'600'000;
+  const long long factor =
+      unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : 86'400'000;
+  // 12 digits of days would overflow 64-bit milliseconds.
+  if (n > std::numeric_limits<long long>::max() / factor)
+    throw Error(ErrorKind::invalid_argument, "invalid duration '" + text + "': too long");
   return std::chrono::milliseconds(n * factor);
 }
 

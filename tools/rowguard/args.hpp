@@ -10,7 +10,7 @@
 
 namespace rowguard::cli {
 
-// Parses "250ms", "30s", "5m", "1h" (whole numbers); Error(invalid_argument) otherwise.
+// Parses "250ms", "30s", "5m", "1h", "30d" (whole numbers); Error(invalid_argument) otherwise.
 std::chrono::milliseconds parse_duration(const std::string& text);
 
 // CLI11 would also read 0x10, 0b11, 1e3 or " 7" as numbers: amounts, tokens and counts are plain

@@ -75,6 +75,8 @@ void add_ledger_commands(CLI::App& app, Globals& globals);
 // ledger history|show|transfers|balance-at. REQUIRES: add_ledger_commands ran first (the ledger group).
 void add_history_commands(CLI::App& app, Globals& globals);
 void add_hold_commands(CLI::App& app, Globals& globals);
+// ledger archive, ledger partitions. REQUIRES: add_ledger_commands ran first (it makes "ledger").
+void add_archive_commands(CLI::App& app, Globals& globals);
 void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status);
 // exit_status: 1 when a saga ended compensated or unresolved, 3 when recover left busy ones.
 void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status);

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   cli::add_lock_commands(app, globals, exit_status);
   cli::add_ledger_commands(app, globals);
   cli::add_history_commands(app, globals);
+  cli::add_archive_commands(app, globals);  // under "ledger": after add_ledger_commands
   cli::add_hold_commands(app, globals);
   cli::add_cache_commands(app, globals, exit_status);
   cli::add_saga_commands(app, globals, exit_status);

@@ -20,9 +20,14 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
   auto* schema = app.add_subcommand("schema", "Print the schema DDL, as migrate would apply it");
   static std::string dialect = "sqlite";
   static bool roles = false;
+  static bool partitioning = false;
   schema->add_option("--dialect", dialect, "sqlite or postgres (default: sqlite)")
       ->check(CLI::IsMember({"sqlite", "postgres"}));
   schema->add_flag("--roles", roles, "Print schema/postgres/roles.sql (least-privilege roles) instead");
+  schema->add_flag("--partitioning", partitioning,
+                   "Print schema/postgres/partitioning.sql (monthly partitions of transfers and entries, a DBA "
+                   "script; docs/operations.md) instead")
+      ->excludes("--roles");
   schema->callback([&globals] {
     if (!detail::is_identifier(globals.prefix, 40))
       throw Error(ErrorKind::invalid_argument,
@@ -32,6 +37,9 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
     if (roles) {
       if (dialect != "postgres") throw Error(ErrorKind::invalid_argument, "--roles needs --dialect postgres");
       out = detail::with_prefix(detail::find_script("postgres", "roles")->sql, globals.prefix);
+    } else if (partitioning) {
+      if (dialect != "postgres") throw Error(ErrorKind::invalid_argument, "--partitioning needs --dialect postgres");
+      out = detail::with_prefix(detail::find_script("postgres", "partitioning")->sql, globals.prefix);
     } else {
       out = detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, globals.prefix);
       for (const auto& step : detail::migrations(dialect))
