@@ -55,7 +55,7 @@ void log(LogLevel level, std::string_view component, std::string_view message, c
 }  // namespace detail
 
 void set_log_handler(LogHandler handler, LogLevel min_level) {
-  std::shared_ptr<const Installed> old;
+  std::shared_ptr<const detail::Installed> old;
   {
     std::lock_guard lock(detail::installed_mutex());
     old = std::move(detail::installed());
