@@ -184,23 +184,13 @@ std::string number(double v) {
   return fmt::format("{}", v);
 }
 
-std::string escape_label_value(std::string_view s) {
+// HELP text escapes backslash and newline; label values also the double quote.
+std::string escape(std::string_view s, bool label_value) {
   std::string out;
   out.reserve(s.size());
   for (const char c : s) {
     if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
-  }
-  return out;
-}
-
-std::string escape_help(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (const char c : s) {
-    if (c == '\\') out += "\\\\";
+    else if (c == '"' && label_value) out += "\\\"";
     else if (c == '\n') out += "\\n";
     else out += c;
   }
@@ -217,7 +207,7 @@ std::string label_set(const MetricLabels& labels, std::string_view extra_name = 
     first = false;
     out += n;
     out += "=\"";
-    out += escape_label_value(v);
+    out += escape(v, true);
     out += '"';
   };
   for (const auto& [n, v] : labels) add(n, v);
@@ -241,7 +231,7 @@ std::string to_prometheus(const MetricsSnapshot& snapshot) {
   for (const auto& f : snapshot.families) {
     if (!detail::metrics::valid_metric_name(f.name))
       throw std::invalid_argument(fmt::format("'{}' is not a Prometheus metric name", f.name));
-    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", f.name, escape_help(f.help), f.name,
+    fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", f.name, escape(f.help, false), f.name,
                    type_name(f.type));
     for (const auto& s : f.series) {
       for (const auto& [n, v] : s.labels)
