@@ -379,3 +379,40 @@ TEST_CASE("metrics: a pool borrow is counted and open sessions show in the gauge
   CHECK(after.value("rowguard_pool_sessions_idle") >= 1);
   CHECK(after.value("rowguard_pool_sessions_idle") <= after.value("rowguard_pool_sessions_open"));
 }
+
+TEST_CASE("metrics: a blocking acquire that waits is counted and timed once", "[backend][metrics]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto held = locks.try_acquire("metrics-wait", std::chrono::seconds(30));
+  REQUIRE(held);
+  const auto before = metrics();
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    held->release();
+  });
+  Lease lease = locks.acquire("metrics-wait", std::chrono::seconds(30), std::chrono::seconds(20));
+  releaser.join();
+  const auto after = metrics();
+  CHECK(delta(before, after, "rowguard_lock_waits_total") == 1);
+  CHECK(delta(before, after, "rowguard_lock_wait_seconds") == 1);
+  CHECK(delta(before, after, "rowguard_lock_acquires_total", {{"result", "acquired"}}) == 1);
+  CHECK(delta(before, after, "rowguard_lock_acquires_total", {{"result", "busy"}}) >= 1);
+}
+
+TEST_CASE("metrics: a borrow that finds the pool exhausted waits and times out, and is counted", "[backend][metrics]") {
+  Options options;
+  options.pool_size = 1;
+  options.pool_wait = std::chrono::milliseconds(50);
+  TestDb t(options);
+  t.db().migrate();
+  Locks locks(t.db());
+  Transaction tx = t.db().begin();  // holds the only session
+  const auto before = metrics();
+  CHECK(test::kind_of([&] { locks.list(); }) == ErrorKind::transient);
+  const auto after = metrics();
+  CHECK(delta(before, after, "rowguard_pool_waits_total") == 1);
+  CHECK(delta(before, after, "rowguard_pool_wait_seconds") == 1);
+  CHECK(delta(before, after, "rowguard_pool_timeouts_total") == 1);
+  CHECK(delta(before, after, "rowguard_pool_borrows_total") == 0);
+}
