@@ -416,3 +416,34 @@ TEST_CASE("metrics: a borrow that finds the pool exhausted waits and times out, 
   CHECK(delta(before, after, "rowguard_pool_timeouts_total") == 1);
   CHECK(delta(before, after, "rowguard_pool_borrows_total") == 0);
 }
+
+TEST_CASE("metrics: saga runs are counted by event and a compensation is logged", "[backend][metrics]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db());
+  auto step = [](std::string name, bool fails) {
+    return SagaStep{name,
+                    [fails](StepContext&) -> std::string {
+                      if (fails) throw std::runtime_error("provider said no");
+                      return "done";
+                    },
+                    [](StepContext&) {}};
+  };
+  sagas.define("m-ok", {step("a", false), step("b", false)});
+  sagas.define("m-bad", {step("a", false), step("b", true)});
+  CapturedLogs logs;
+  const auto before = metrics();
+  CHECK(sagas.run("m-ok", "m-s1", "p").state == SagaState::completed);
+  CHECK(sagas.run("m-bad", "m-s2", "p").state == SagaState::compensated);
+  CHECK(sagas.run("m-ok", "m-s1", "p").replayed);  // a replay starts nothing
+  const auto after = metrics();
+  auto events = [&](const char* event) { return delta(before, after, "rowguard_sagas_total", {{"event", event}}); };
+  CHECK(events("started") == 2);
+  CHECK(events("completed") == 1);
+  CHECK(events("compensated") == 1);
+  CHECK(events("compensation_failed") == 0);
+  const LogFields* f = logs.find("saga compensated");
+  REQUIRE(f);
+  CHECK(field(*f, "saga") == "m-s2");
+  CHECK(field(*f, "type") == "m-bad");
+}
