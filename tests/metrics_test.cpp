@@ -84,6 +84,13 @@ int check_exposition(const std::string& text) {
   return samples;
 }
 
+// A fresh database with rowguard's tables.
+struct Migrated {
+  TestDb test;
+  explicit Migrated(const Options& options = {}) : test(options) { test.db().migrate(); }
+  Database& db() { return test.db(); }
+};
+
 double delta(const MetricsSnapshot& before, const MetricsSnapshot& after, std::string_view name,
              const MetricLabels& labels = {}) {
   return after.value(name, labels) - before.value(name, labels);
@@ -263,8 +270,7 @@ TEST_CASE("log hook: silent by default, a minimum level, fields, and a throwing 
 }
 
 TEST_CASE("metrics: lock acquire, busy and release are counted", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Locks locks(t.db());
   const auto before = metrics();
   auto lease = locks.try_acquire("metrics-lock", std::chrono::seconds(30));
@@ -285,8 +291,7 @@ TEST_CASE("metrics: lock acquire, busy and release are counted", "[backend][metr
 }
 
 TEST_CASE("metrics: a lease taken over is counted lost once and logged with its lock name", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Locks locks(t.db());
   CapturedLogs logs;
   const auto before = metrics();
@@ -306,8 +311,7 @@ TEST_CASE("metrics: a lease taken over is counted lost once and logged with its 
 }
 
 TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts and retries too", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Ledger l(t.db());
   l.open("m-a", "EUR");
   l.open("m-b", "EUR");
@@ -342,8 +346,7 @@ TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts a
 }
 
 TEST_CASE("metrics: cache hits, misses and loads are counted; a failed load is counted and logged", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Cache cache(t.db());
   CapturedLogs logs;
   const auto before = metrics();
@@ -368,8 +371,7 @@ TEST_CASE("metrics: cache hits, misses and loads are counted; a failed load is c
 }
 
 TEST_CASE("metrics: a pool borrow is counted and open sessions show in the gauge", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Locks locks(t.db());
   const auto before = metrics();
   locks.list();  // one statement, one borrowed session
@@ -381,8 +383,7 @@ TEST_CASE("metrics: a pool borrow is counted and open sessions show in the gauge
 }
 
 TEST_CASE("metrics: a blocking acquire that waits is counted and timed once", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Locks locks(t.db());
   auto held = locks.try_acquire("metrics-wait", std::chrono::seconds(30));
   REQUIRE(held);
@@ -404,8 +405,7 @@ TEST_CASE("metrics: a borrow that finds the pool exhausted waits and times out, 
   Options options;
   options.pool_size = 1;
   options.pool_wait = std::chrono::milliseconds(50);
-  TestDb t(options);
-  t.db().migrate();
+  Migrated t(options);
   Locks locks(t.db());
   Transaction tx = t.db().begin();  // holds the only session
   const auto before = metrics();
@@ -418,8 +418,7 @@ TEST_CASE("metrics: a borrow that finds the pool exhausted waits and times out, 
 }
 
 TEST_CASE("metrics: saga runs are counted by event and a compensation is logged", "[backend][metrics]") {
-  TestDb t;
-  t.db().migrate();
+  Migrated t;
   Sagas sagas(t.db());
   auto step = [](std::string name, bool fails) {
     return SagaStep{name,
