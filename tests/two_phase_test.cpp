@@ -124,7 +124,11 @@ TEST_CASE("two-phase: a transfer between two databases commits both legs, each l
   traced.on_step = [&](TwoPhaseStep s, const std::string&) { steps.push_back(s); };
   auto traced_tp = w.coordinator(traced);
 
+  const auto before = metrics();
   const TwoPhaseTransferResult r = traced_tp.transfer("a", "alice", "b", "bob", 2'500, "x-1");
+  CHECK(metrics().value("rowguard_two_phase_total", {{"outcome", "committed"}}) -
+            before.value("rowguard_two_phase_total", {{"outcome", "committed"}}) ==
+        1);
   CHECK(r.ok());
   CHECK_FALSE(r.replayed);
   CHECK(r.unfinished == 0);
@@ -175,12 +179,16 @@ TEST_CASE("two-phase: a failure in the work or a refused transfer rolls back eve
   auto tp = w.coordinator();
   const std::string acc = w.a().table_prefix() + "accounts";
   struct Boom {};
+  const auto before = metrics();
   CHECK_THROWS_AS(tp.run([&](GlobalTransaction& g) {
     g["a"].exec(fmt::format("UPDATE {} SET balance = balance - 100 WHERE id = 'alice'", acc));
     g["b"].exec(fmt::format("UPDATE {} SET balance = balance + 100 WHERE id = 'bob'", acc));
     throw Boom{};
   }),
                   Boom);
+  CHECK(metrics().value("rowguard_two_phase_total", {{"outcome", "rolled_back"}}) -
+            before.value("rowguard_two_phase_total", {{"outcome", "rolled_back"}}) ==
+        1);
   // A statement error in the work: the participant's transaction is aborted, nothing prepares.
   CHECK(kind_of([&] {
           tp.run([&](GlobalTransaction& g) {

@@ -2,7 +2,7 @@
 -- `rowguard migrate` never runs it. It converts rowguard_transfers and rowguard_entries into tables
 -- partitioned by RANGE (created_at), one partition per calendar month (UTC) plus a DEFAULT
 -- partition, and adds rowguard_create_partitions(months_ahead, since) to create further months.
--- Review it, then run it once, in one transaction, on a migrated database (schema version 5):
+-- Review it, then run it once, in one transaction, on a migrated database (schema version 6; it refuses any other):
 --   rowguard schema --dialect postgres --partitioning > partitioning.sql   (or take this file)
 --   psql -1 -v ON_ERROR_STOP=1 -d app -f partitioning.sql
 -- Another table prefix: `rowguard --prefix acme_ schema --dialect postgres --partitioning` prints it
@@ -21,6 +21,17 @@
 --   Foreign keys from these tables to rowguard_accounts and rowguard_holds stay.
 -- * It rewrites both tables (every row is copied): plan a maintenance window, it holds ACCESS
 --   EXCLUSIVE locks on them throughout.
+
+-- The layout below is schema version 6's: on another version the script would drop what a later
+-- step added (or miss what an earlier one lacks), so it stops instead.
+DO $$
+BEGIN
+  IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 6 THEN
+    RAISE EXCEPTION 'partitioning.sql is written for rowguard schema version 6; this database is at %',
+      (SELECT max(version) FROM rowguard_schema_version);
+  END IF;
+END
+$$;
 
 LOCK TABLE rowguard_transfers, rowguard_entries, rowguard_holds IN ACCESS EXCLUSIVE MODE;
 
@@ -179,6 +190,8 @@ CREATE INDEX rowguard_transfers_reverses ON rowguard_transfers (reverses) WHERE 
 CREATE INDEX rowguard_transfers_global_txid ON rowguard_transfers (global_txid) WHERE global_txid IS NOT NULL;
 CREATE INDEX rowguard_transfers_id ON rowguard_transfers (id);
 CREATE INDEX rowguard_transfers_created_at ON rowguard_transfers (created_at);
+CREATE INDEX rowguard_transfers_from ON rowguard_transfers (from_account, id);
+CREATE INDEX rowguard_transfers_to ON rowguard_transfers (to_account, id);
 CREATE INDEX rowguard_entries_account ON rowguard_entries (account_id, id);
 CREATE INDEX rowguard_entries_transfer ON rowguard_entries (transfer_id);
 ANALYZE rowguard_transfers;

@@ -4,6 +4,8 @@
 
 #include "backend/backend.hpp"
 #include "backend/sql_text.hpp"
+#include "core/instruments.hpp"
+#include "core/logging.hpp"
 
 namespace rowguard::detail {
 
@@ -109,56 +111,86 @@ SessionLease::~SessionLease() {
 Pool::Pool(SessionFactory factory, std::size_t max_sessions, std::chrono::milliseconds wait)
     : factory_(std::move(factory)), max_(max_sessions), wait_(wait) {}
 
-Pool::~Pool() = default;
+Pool::~Pool() {
+  // The process-wide gauges lose this pool's sessions (closed with idle_ right after).
+  instruments::pool().open.add(-static_cast<std::int64_t>(stats_.open));
+  instruments::pool().idle.add(-static_cast<std::int64_t>(stats_.idle));
+}
 
 std::unique_ptr<SessionLease> Pool::borrow() {
+  const auto& m = instruments::pool();
   std::unique_lock lock(mutex_);
-  const auto deadline = std::chrono::steady_clock::now() + wait_;
+  const auto started = std::chrono::steady_clock::now();
+  const auto deadline = started + wait_;
   bool waited = false;
   while (idle_.empty() && stats_.open >= max_) {
     if (!waited) {
       waited = true;
       ++stats_.waits;
+      m.waits.add();
     }
-    if (freed_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() && stats_.open >= max_)
+    if (freed_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() && stats_.open >= max_) {
+      m.wait_seconds.observe_since(started);
+      m.timeouts.add();
       throw Error(ErrorKind::transient,
                   fmt::format("no database session became free within {} ms (pool of {})", wait_.count(), max_));
+    }
   }
+  if (waited) m.wait_seconds.observe_since(started);
   if (!idle_.empty()) {
     auto session = std::move(idle_.back());
     idle_.pop_back();
     --stats_.idle;
+    m.idle.add(-1);
+    m.borrows.add();
     return std::make_unique<SessionLease>(*this, std::move(session));
   }
   ++stats_.open;  // reserve the slot, then connect without holding the lock
+  m.open.add(1);
   lock.unlock();
   try {
     auto session = factory_();
     lock.lock();
     ++stats_.created;
     lock.unlock();
+    m.created.add();
+    m.borrows.add();
     return std::make_unique<SessionLease>(*this, std::move(session));
   } catch (...) {
     lock.lock();
     --stats_.open;
+    m.open.add(-1);
     freed_.notify_one();
     throw;
   }
 }
 
 void Pool::give_back(std::unique_ptr<Session> session) noexcept {
+  const auto& m = instruments::pool();
+  const char* discarded = nullptr;  // why, when the session is dropped
   {
     std::lock_guard lock(mutex_);
     if (session && !session->broken() && !session->in_transaction()) {
       idle_.push_back(std::move(session));
       ++stats_.idle;
+      m.idle.add(1);
     } else {
       --stats_.open;
       ++stats_.discarded;
+      m.open.add(-1);
+      m.discarded.add();
+      discarded = !session ? "no session" : session->broken() ? "broken" : "left in a transaction";
     }
   }
   freed_.notify_one();
   // A dropped session is closed here, outside the lock.
+  if (discarded && log_enabled(LogLevel::info)) {
+    try {
+      log(LogLevel::info, "pool", "session discarded", {{"reason", discarded}, {"pool_size", std::to_string(max_)}});
+    } catch (...) {
+      // Out of memory building the fields: nothing to log with.
+    }
+  }
 }
 
 PoolStats Pool::stats() const {

@@ -1,3 +1,5 @@
+#include "core/instruments.hpp"
+#include "core/logging.hpp"
 #include "rowguard/cache.hpp"
 
 #include <cmath>
@@ -169,7 +171,10 @@ struct Cache::Impl {
   std::optional<std::optional<std::string>> local_get(std::string_view key) {
     if (!local) return std::nullopt;
     auto found = local->get(key);
-    if (found) count([](CacheStats& s) { ++s.hits, ++s.local_hits; });
+    if (found) {
+      count([](CacheStats& s) { ++s.hits, ++s.local_hits; });
+      detail::instruments::cache().hit.add();
+    }
     return found;
   }
   std::uint64_t local_stamp(std::string_view key) { return local ? local->stamp(key) : 0; }
@@ -273,14 +278,29 @@ std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::st
                                                      std::chrono::milliseconds ttl, const CacheLoader& loader,
                                                      const LoadOptions& load_options, std::uint64_t stamp) {
   count([](CacheStats& s) { ++s.loads; });
+  const auto& m = detail::instruments::cache();
   std::optional<std::string> value;
   const auto started = std::chrono::steady_clock::now();
   try {
     value = loader();
   } catch (...) {
+    m.load_seconds.observe_since(started);
+    m.load_error.add();
     count([](CacheStats& s) { ++s.load_failures; });
+    if (detail::log_enabled(LogLevel::warn)) {
+      std::string why = "a non-standard exception";
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        why = e.what();
+      } catch (...) {
+      }
+      detail::log(LogLevel::warn, "cache", "cache load failed", {{"key", key}, {"error", why}});
+    }
     throw;  // the lease is released on the way out: other processes take their own turn
   }
+  m.load_seconds.observe_since(started);
+  m.load_ok.add();
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   if (value) check_value(*value);
   if (value || load_options.negative_ttl) {
@@ -291,6 +311,7 @@ std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::st
                                                        generation, static_cast<std::int64_t>(took.count())});
     if (stored.empty()) {
       count([](CacheStats& s) { ++s.stale_skipped; });
+      m.stale_writes_refused.add();
     } else {
       count([&](CacheStats& s) { s.bytes_stored += static_cast<std::uint64_t>(size); });
       if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
@@ -310,6 +331,7 @@ std::optional<std::string> Cache::get(std::string_view key) {
   if (!impl_->local) {
     const Result r = (*impl_->backend->borrow())->exec(impl_->hit_sql, {std::string(key)});
     impl_->count([&](CacheStats& s) { ++(r.empty() ? s.misses : s.hits); });
+    (r.empty() ? detail::instruments::cache().miss : detail::instruments::cache().hit).add();
     if (r.empty() || r.rows[0].is_null(0)) return std::nullopt;
     return r.rows[0].bytes(0);
   }
@@ -318,6 +340,7 @@ std::optional<std::string> Cache::get(std::string_view key) {
   const auto e = impl_->read(key);
   const bool hit = e && e->live;
   impl_->count([&](CacheStats& s) { ++(hit ? s.hits : s.misses); });
+  (hit ? detail::instruments::cache().hit : detail::instruments::cache().miss).add();
   if (hit) impl_->local_fill(key, *e, stamp);
   return hit ? e->value : std::nullopt;
 }
@@ -347,12 +370,14 @@ void Cache::invalidate(std::string_view key) {
   impl_->check_key(key);
   auto session = impl_->backend->borrow();
   (*session)->exec(impl_->invalidate_sql, {std::string(key)});
+  detail::instruments::cache().invalidations.add();
   impl_->local_drop(key);
 }
 
 void Cache::invalidate(Transaction& tx, std::string_view key) {
   impl_->check_key(key);
   tx.exec(impl_->invalidate_sql, {std::string(key)});
+  detail::instruments::cache().invalidations.add();
   impl_->local_drop_at_commit(tx, key);
 }
 
@@ -363,6 +388,7 @@ std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
       (*session)
           ->exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
           .affected;
+  detail::instruments::cache().invalidations.add();
   if (impl_->local) impl_->local->drop_prefix(prefix);
   return n;
 }
@@ -382,6 +408,7 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   const auto e = impl_->read(key);
   if (e && e->live) {
     impl_->count([](CacheStats& s) { ++s.hits; });
+    detail::instruments::cache().hit.add();
     if (Impl::refresh_early(*e, options)) {
       if (auto lease = impl_->try_lease(std::string(key))) {  // one caller refreshes; the rest keep hitting
         impl_->count([](CacheStats& s) { ++s.early_refreshes; });
@@ -395,12 +422,15 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     // Stale but within stale_for: refresh if nobody else is, else serve the old value at once.
     if (auto lease = impl_->try_lease(std::string(key))) {
       impl_->count([](CacheStats& s) { ++s.misses; });
+      detail::instruments::cache().miss.add();
       return impl_->load_holding(&*lease, std::string(key), e->generation, ttl, loader, options, stamp);
     }
     impl_->count([](CacheStats& s) { ++s.stale_served; });
+    detail::instruments::cache().stale.add();
     return e->value;
   }
   impl_->count([](CacheStats& s) { ++s.misses; });
+  detail::instruments::cache().miss.add();
   // Single flight in this process: the first caller loads, the others wait for its result.
   const std::string k(key);
   std::promise<std::optional<std::string>> promise;

@@ -122,6 +122,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
                 fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
   auto& impl = *impl_;
   const std::string source(from), destination(to), k(key);
+  Measure measure(Measure::Kind::hold);
   HoldResult result = impl.retrying([&] {
     Transaction tx(impl.backend->borrow(), TxOptions{});
     if (const Result prior = tx.exec(impl.hold_find_key_sql, {k}); !prior.empty()) {
@@ -167,7 +168,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
     return r;
   });
   if (!result.replayed) impl.count([&](LedgerStats& st) { ++(result.ok() ? st.holds_ok : st.holds_rejected); });
-  return result;
+  return measure(result);
 }
 
 TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t> amount, std::string_view key) {
@@ -176,6 +177,7 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
   const std::string k = key.empty() ? fmt::format("hold:{}:capture", hold_id) : std::string(key);
   check_text(k, "idempotency key", max_key_bytes);
   auto& impl = *impl_;
+  Measure measure(Measure::Kind::capture);
   TransferResult result = impl.retrying([&] {
     Transaction tx(impl.backend->borrow(), TxOptions{});
     const Result found = tx.exec(impl.hold_read_sql, {hold_id});
@@ -230,13 +232,14 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
     return r;
   });
   if (!result.replayed) impl.count([](LedgerStats& st) { ++st.transfers_ok; });
-  return result;
+  return measure(result);
 }
 
 Hold Ledger::void_hold(std::int64_t hold_id) {
   check_hold_id(hold_id);
   auto& impl = *impl_;
-  return impl.retrying([&] {
+  Measure measure(Measure::Kind::void_hold);
+  return measure(impl.retrying([&] {
     Transaction tx(impl.backend->borrow(), TxOptions{});
     const Result found = tx.exec(impl.hold_read_sql, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
@@ -268,7 +271,7 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
     tx.commit();
     h.state = expired ? HoldState::expired : HoldState::voided;
     return h;
-  });
+  }));
 }
 
 Hold Ledger::get_hold(std::int64_t hold_id) {

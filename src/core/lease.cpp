@@ -1,6 +1,8 @@
 #include <fmt/format.h>
 
+#include "core/instruments.hpp"
 #include "core/lease_state.hpp"
+#include "core/logging.hpp"
 
 namespace rowguard {
 
@@ -43,17 +45,39 @@ Error lost_or_released(Locks::Impl& locks, const std::string& name, const std::s
                fmt::format("lease on '{}' (token {}) was lost: the lock is now at token {}{}", name, token, row.i64(1),
                            reason ? fmt::format(" (force-released: {})", *reason) : std::string()));
 }
+void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token);
 }  // namespace
 
 void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl) {
-  const Result r = locks.run(locks.sql.renew, {name, owner, token, static_cast<std::int64_t>(ttl.count())});
-  if (!r.rows.empty()) return;
-  bool released = false;
-  throw lost_or_released(locks, name, owner, token, released);
+  const auto& m = instruments::locks();
+  try {
+    const Result r = locks.run(locks.sql.renew, {name, owner, token, static_cast<std::int64_t>(ttl.count())});
+    if (!r.rows.empty()) {
+      m.renewed.add();
+      return;
+    }
+    bool released = false;
+    throw lost_or_released(locks, name, owner, token, released);
+  } catch (const Error& e) {
+    (e.kind() == ErrorKind::lock_lost ? m.renew_lost : m.renew_error).add();
+    throw;
+  }
 }
 
 void release_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
+  const auto& m = instruments::locks();
+  try {
+    release_statement(locks, name, owner, token);
+    m.released.add();
+  } catch (const Error& e) {
+    (e.kind() == ErrorKind::lock_lost ? m.release_lost : m.release_error).add();
+    throw;
+  }
+}
+
+namespace {
+void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
   const Result r = locks.run(locks.sql.release, {name, owner, token});
   if (!r.rows.empty()) {
     locks.wake(name);  // waiters in this process
@@ -69,6 +93,20 @@ void release_lease(Locks::Impl& locks, const std::string& name, const std::strin
   bool released = false;
   Error e = lost_or_released(locks, name, owner, token, released);
   if (!released) throw e;  // a repeated release answers released
+}
+}  // namespace
+
+// Counts and logs a lease this process lost, once per lease. Called with s.mutex NOT held.
+void report_lost(Lease::State& s, std::string_view why) {
+  {
+    std::lock_guard lock(s.mutex);
+    if (s.loss_reported) return;
+    s.loss_reported = true;
+  }
+  instruments::locks().leases_lost.add();
+  if (log_enabled(LogLevel::warn))
+    log(LogLevel::warn, "locks", "lease lost",
+        {{"lock", s.name}, {"token", std::to_string(s.token)}, {"reason", std::string(why)}});
 }
 
 }  // namespace detail
@@ -152,10 +190,15 @@ void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
   try {
     detail::renew_lease(*s.locks, s.name, s.owner, s.token, ttl);
   } catch (const Error& e) {
-    std::lock_guard lock(s.mutex);
-    const bool live = s.state == LeaseState::held || s.state == LeaseState::unknown;
-    if (live && e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
-    if (live && e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    bool lost = false;
+    {
+      std::lock_guard lock(s.mutex);
+      const bool live = s.state == LeaseState::held || s.state == LeaseState::unknown;
+      lost = live && e.kind() == ErrorKind::lock_lost;
+      if (lost) s.state = LeaseState::lost;
+      if (live && e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    }
+    if (lost) detail::report_lost(s, e.what());
     throw;
   }
   std::lock_guard lock(s.mutex);
@@ -186,9 +229,12 @@ void Lease::release() {
   try {
     detail::release_lease(*s.locks, s.name, s.owner, s.token);
   } catch (const Error& e) {
-    std::lock_guard lock(s.mutex);
-    if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
-    if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    {
+      std::lock_guard lock(s.mutex);
+      if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
+      if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    }
+    if (e.kind() == ErrorKind::lock_lost) detail::report_lost(s, e.what());
     throw;
   }
   std::lock_guard lock(s.mutex);
@@ -244,6 +290,7 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
           std::lock_guard lock(s.mutex);
           if (s.state == LeaseState::held) s.state = LeaseState::unknown;
         }
+        detail::report_lost(s, "the heartbeat could not renew the lease before its local deadline");
         return lost();
       }
     }

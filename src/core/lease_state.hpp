@@ -23,6 +23,7 @@ struct Lease::State {
   mutable std::mutex mutex;
   LeaseState state = LeaseState::held;
   std::chrono::steady_clock::time_point deadline;
+  bool loss_reported = false;  // rowguard_leases_lost_total and the log count a lease once
 
   std::condition_variable_any heartbeat_wakeup;
   std::jthread heartbeat;  // last: stopped and joined before the rest is destroyed

@@ -394,14 +394,16 @@ TransferResult Ledger::deposit(std::string_view account, std::int64_t amount, st
   check_text(account, "account id", max_id_bytes);
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
-  return impl_->apply({"deposit", std::nullopt, std::string(account), amount, std::string(key)});
+  Measure measure(Measure::Kind::deposit);
+  return measure(impl_->apply({"deposit", std::nullopt, std::string(account), amount, std::string(key)}));
 }
 
 TransferResult Ledger::withdraw(std::string_view account, std::int64_t amount, std::string_view key) {
   check_text(account, "account id", max_id_bytes);
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
-  return impl_->apply({"withdrawal", std::string(account), std::nullopt, amount, std::string(key)});
+  Measure measure(Measure::Kind::withdrawal);
+  return measure(impl_->apply({"withdrawal", std::string(account), std::nullopt, amount, std::string(key)}));
 }
 
 namespace {
@@ -416,15 +418,17 @@ void check_leg(std::string_view account, std::int64_t amount, std::string_view k
 TransferResult Ledger::deposit(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                                std::string_view global_txid) {
   check_leg(account, amount, key, global_txid);
-  return impl_->apply_in(tx, {"deposit", std::nullopt, std::string(account), amount, std::string(key), 0,
-                              std::string(global_txid)});
+  Measure measure(Measure::Kind::deposit);
+  return measure(impl_->apply_in(tx, {"deposit", std::nullopt, std::string(account), amount, std::string(key), 0,
+                                      std::string(global_txid)}));
 }
 
 TransferResult Ledger::withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                                 std::string_view global_txid) {
   check_leg(account, amount, key, global_txid);
-  return impl_->apply_in(tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0,
-                              std::string(global_txid)});
+  Measure measure(Measure::Kind::withdrawal);
+  return measure(impl_->apply_in(tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0,
+                                      std::string(global_txid)}));
 }
 
 TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
@@ -433,7 +437,8 @@ TransferResult Ledger::transfer(std::string_view from, std::string_view to, std:
   if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer from '{}' to itself", from));
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
-  return impl_->apply({"transfer", std::string(from), std::string(to), amount, std::string(key)});
+  Measure measure(Measure::Kind::transfer);
+  return measure(impl_->apply({"transfer", std::string(from), std::string(to), amount, std::string(key)}));
 }
 
 TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
@@ -451,6 +456,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
     throw Error(ErrorKind::invalid_argument, fmt::format("a batch needs 1 to 10000 items, got {}", items.size()));
   if (items.back().linked)
     throw Error(ErrorKind::invalid_argument, "the last batch item is linked to nothing (a chain ends with an unlinked item)");
+  Measure measure(Measure::Kind::batch);
   std::vector<BatchResult> results;
   impl_->retrying([&] {
     results.assign(items.size(), BatchResult{});
@@ -508,7 +514,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
   for (const auto& r : results)
     if (!r.error && !r.result.replayed)
       impl_->count([&](LedgerStats& st) { ++(r.result.ok() ? st.transfers_ok : st.transfers_rejected); });
-  return results;
+  return measure(std::move(results));
 }
 
 TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amount, std::string_view key) {
@@ -516,6 +522,7 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
   auto& impl = *impl_;
+  Measure measure(Measure::Kind::reversal);
   TransferResult result = impl.retrying([&] {
     Transaction tx(impl.backend->borrow(), TxOptions{});
     const Result original = tx.exec(impl.lock_original_sql, {std::string(original_key)});
@@ -538,14 +545,15 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
     return r;
   });
   if (!result.replayed) impl.count([&](LedgerStats& st) { ++(result.ok() ? st.transfers_ok : st.transfers_rejected); });
-  return result;
+  return measure(result);
 }
 
 Account Ledger::update(std::string_view id, const std::function<void(Account&)>& fn) {
   check_text(id, "account id", max_id_bytes);
   if (!fn) throw Error(ErrorKind::invalid_argument, "update needs a function");
   auto& impl = *impl_;
-  return detail::with_retries(
+  Measure measure(Measure::Kind::update);
+  return measure(detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
       [&] {
         const auto found = impl.read(id);
@@ -574,7 +582,11 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
         want.version = read.version + 1;
         return want;
       },
-      [&](const Error&) { impl.count([](LedgerStats& st) { ++st.conflicts, ++st.retries; }); });
+      [&](const Error&) {
+        impl.count([](LedgerStats& st) { ++st.conflicts, ++st.retries; });
+        detail::instruments::ledger().conflicts.add();
+        detail::instruments::ledger().retries.add();
+      }));
 }
 
 std::int64_t Ledger::prune_keys(std::chrono::milliseconds older_than) {

@@ -12,6 +12,7 @@
 #include "backend/backend.hpp"
 #include "backend/sql_text.hpp"
 #include "core/cache_sql.hpp"
+#include "core/instruments.hpp"
 #include "core/retrying.hpp"
 #include "rowguard/cache.hpp"
 #include "rowguard/ledger.hpp"
@@ -57,6 +58,40 @@ struct Request {
 inline std::string next_id_above_archive(const detail::Dialect& d, const std::string& live, const std::string& archive) {
   return d.next_id(fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT MAX(id) FROM {})", live, archive));
 }
+
+// Counts one ledger request in rowguard_ledger_requests_total{kind,outcome} and times it in
+// rowguard_ledger_request_seconds{kind}: `return measure(result);` records its outcome; leaving
+// any other way (an exception) records outcome="error".
+class Measure {
+ public:
+  using Kind = detail::instruments::LedgerKind;
+  using Outcome = detail::instruments::LedgerOutcome;
+  explicit Measure(Kind kind) : kind_(kind), started_(std::chrono::steady_clock::now()) {}
+  Measure(const Measure&) = delete;
+  Measure& operator=(const Measure&) = delete;
+  ~Measure() {
+    if (!done_) record(Outcome::error);
+  }
+  template <class R>
+  R operator()(R result) {
+    if constexpr (requires { result.replayed; result.ok(); })
+      record(result.replayed ? Outcome::replayed : result.ok() ? Outcome::ok : Outcome::insufficient_funds);
+    else
+      record(Outcome::ok);
+    return result;
+  }
+
+ private:
+  void record(Outcome o) noexcept {
+    done_ = true;
+    const auto& m = detail::instruments::ledger();
+    m.seconds_of(kind_).observe_since(started_);
+    m.requests_of(kind_, o).add();
+  }
+  Kind kind_;
+  std::chrono::steady_clock::time_point started_;
+  bool done_ = false;
+};
 
 // A bound value, or NULL for the outside world.
 inline Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
@@ -143,7 +178,11 @@ struct Ledger::Impl {
             throw;
           }
         },
-        [&](const Error&) { count([](LedgerStats& st) { ++st.conflicts, ++st.retries; }); });
+        [&](const Error&) {
+          count([](LedgerStats& st) { ++st.conflicts, ++st.retries; });
+          detail::instruments::ledger().conflicts.add();
+          detail::instruments::ledger().retries.add();
+        });
   }
 };
 

@@ -10,7 +10,9 @@
 #include <fmt/format.h>
 
 #include "backend/sql_text.hpp"
+#include "core/instruments.hpp"
 #include "core/lease_state.hpp"
+#include "core/logging.hpp"
 #include "core/locks_impl.hpp"
 
 namespace rowguard {
@@ -195,15 +197,26 @@ std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::mill
   impl_->validate_ttl(ttl);
   if (owner) impl_->validate_owner(*owner);
   const std::string who = owner ? *owner : new_owner();
+  const auto& m = detail::instruments::locks();
   const auto sent = std::chrono::steady_clock::now();
   Result r;
   try {
     r = impl_->run(impl_->sql.acquire, {std::string(name), who, static_cast<std::int64_t>(ttl.count())});
   } catch (const Error& e) {
-    if (e.sqlstate() == "55P03") return std::nullopt;  // the row is held by another transaction's guard
+    m.acquire_seconds.observe_since(sent);
+    if (e.sqlstate() == "55P03") {  // the row is held by another transaction's guard
+      m.busy.add();
+      return std::nullopt;
+    }
+    m.error.add();
     throw;
   }
-  if (r.rows.empty()) return std::nullopt;
+  m.acquire_seconds.observe_since(sent);
+  if (r.rows.empty()) {
+    m.busy.add();
+    return std::nullopt;
+  }
+  m.acquired.add();
   auto state = std::make_shared<Lease::State>();
   state->locks = impl_;
   state->name = std::string(name);
@@ -247,6 +260,18 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     if (ok) last_failure = e.what();
     return ok;
   };
+  // The wait, from the first try that found the lock held until acquire returns or throws.
+  struct WaitClock {
+    std::optional<std::chrono::steady_clock::time_point> since;
+    void start() {
+      if (since) return;
+      since = std::chrono::steady_clock::now();
+      detail::instruments::locks().waits.add();
+    }
+    ~WaitClock() {
+      if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
+    }
+  } waited;
   for (;;) {
     const std::uint64_t seen = impl_->generation(key);
     try {
@@ -254,6 +279,7 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     } catch (const Error& e) {
       if (!survivable(e)) throw;
     }
+    waited.start();
     const auto now = std::chrono::steady_clock::now();
     if (stop.stop_requested()) throw Error(ErrorKind::lock_busy, fmt::format("waiting for lock '{}' was cancelled", key));
     if (now >= deadline)
@@ -318,6 +344,9 @@ void Locks::force_release(std::string_view name, std::string_view reason) {
   const Result r = impl_->run(impl_->sql.force_release, {std::string(name), std::string(reason)});
   if (r.rows.empty()) throw Error(ErrorKind::not_found, fmt::format("lock '{}' does not exist", name));
   impl_->wake(std::string(name));
+  detail::instruments::locks().force_releases.add();
+  if (detail::log_enabled(LogLevel::warn))
+    detail::log(LogLevel::warn, "locks", "lock force-released", {{"lock", std::string(name)}, {"reason", std::string(reason)}});
 }
 
 std::int64_t Locks::sweep(std::chrono::milliseconds older_than) {

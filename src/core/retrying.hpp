@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "core/instruments.hpp"
 #include "rowguard/error.hpp"
 #include "rowguard/retry.hpp"
 
@@ -32,7 +33,12 @@ auto with_retries(const RetryPolicy& policy, RetryIn what, Op&& op, OnRetry&& on
     } catch (const Error& e) {
       const bool retriable = e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient ||
                              (what == RetryIn::conflicts_and_in_doubt && e.kind() == ErrorKind::in_doubt);
-      if (!retriable || attempt >= policy.attempts || std::chrono::steady_clock::now() >= deadline) throw;
+      if (!retriable) throw;
+      if (attempt >= policy.attempts || std::chrono::steady_clock::now() >= deadline) {
+        instruments::retries_exhausted(e, attempt);
+        throw;
+      }
+      instruments::count_retry(e);
       on_retry(e);
       // Full jitter: a random sleep up to the current backoff, which doubles up to the cap.
       const auto cap = std::max<long long>(0, backoff.count());

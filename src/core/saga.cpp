@@ -3,6 +3,8 @@
 // One coordinator drives a saga at a time: it holds the lease "saga:<id>" (renewed by a heartbeat)
 // and every write of the saga's rows runs in its own transaction behind lease.guard(), so a
 // coordinator that lost its lease can never write over the one that took the saga over.
+#include "core/instruments.hpp"
+#include "core/logging.hpp"
 #include "rowguard/saga.hpp"
 
 #include <atomic>
@@ -435,7 +437,22 @@ SagaOutcome Sagas::Impl::drive(SagaInfo info, const std::vector<SagaStep>& steps
   if (info.state == SagaState::compensating) d.compensate();
   info.steps.clear();
   for (auto& [i, row] : d.rows) info.steps.push_back(row);
-  return outcome_of(info);
+  SagaOutcome outcome = outcome_of(info);
+  const auto& m = detail::instruments::sagas();
+  if (info.state == SagaState::completed) {
+    m.completed.add();
+  } else if (info.state == SagaState::compensated) {
+    m.compensated.add();
+    if (detail::log_enabled(LogLevel::info))
+      detail::log(LogLevel::info, "saga", "saga compensated",
+                  {{"saga", info.id}, {"type", info.type}, {"error", outcome.error}});
+  } else if (info.state == SagaState::compensating) {
+    m.compensation_failed.add();
+    if (detail::log_enabled(LogLevel::error))
+      detail::log(LogLevel::error, "saga", "saga compensation failed; recover() retries it",
+                  {{"saga", info.id}, {"type", info.type}, {"error", info.error}});
+  }
+  return outcome;
 }
 
 Sagas::Sagas(Database& db, SagaOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {}
@@ -511,6 +528,7 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
           tx.commit();
         },
         [](const Error&) {});
+    detail::instruments::sagas().started.add();
     // No need to read back what was just written: only a holder of the lease writes these rows.
     info.emplace();
     info->id = id;
@@ -566,6 +584,7 @@ SagaRecovery Sagas::recover() {
       auto steps = (*def)(info->payload);
       check_steps(info->type, steps);
       const SagaOutcome o = impl.drive(std::move(*info), steps, *lease, lost);
+      detail::instruments::sagas().recovered.add();
       if (o.state == SagaState::completed)
         ++report.completed;
       else if (o.state == SagaState::compensated)

@@ -1,3 +1,5 @@
+#include "core/instruments.hpp"
+#include "core/logging.hpp"
 #include "rowguard/two_phase.hpp"
 
 #include <algorithm>
@@ -172,6 +174,11 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   auto& impl = *impl_;
   GlobalTransaction global(impl.prefix + random_hex());
   const std::string& gid = global.gid();
+  // rowguard_two_phase_total{outcome}: whatever leaves before the decision rolled back.
+  struct Count {
+    detail::metrics::Counter* outcome = &detail::instruments::two_phase().rolled_back;
+    ~Count() { outcome->add(); }
+  } counted;
   global.transactions_.reserve(impl.participants.size());
   for (const auto& [name, d] : impl.participants) global.transactions_.emplace_back(name, d->begin(impl.options.transaction));
   work(global);  // an exception here rolls every transaction back (their destructors)
@@ -203,6 +210,10 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   try {
     decision = impl.decide(gid, "commit", impl.names());
   } catch (const Error& e) {
+    counted.outcome = &detail::instruments::two_phase().in_doubt;
+    if (detail::log_enabled(LogLevel::error))
+      detail::log(LogLevel::error, "two_phase", "commit decision in doubt; recover() settles it",
+                  {{"gid", gid}, {"error", e.what()}});
     throw Error(ErrorKind::in_doubt,
                 fmt::format("{}: the commit decision could not be logged or read back; recover() settles it "
                             "(commit if the decision row was written, else abort): {}",
@@ -235,6 +246,12 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
     } catch (const Error&) {
       // Only bookkeeping: recover() marks it when it finds nothing prepared under the gid.
     }
+    counted.outcome = &detail::instruments::two_phase().committed;
+  } else {
+    counted.outcome = &detail::instruments::two_phase().unfinished;
+    if (detail::log_enabled(LogLevel::warn))
+      detail::log(LogLevel::warn, "two_phase", "committed; some participants not finished, recover() finishes them",
+                  {{"gid", gid}, {"unfinished", std::to_string(result.unfinished)}});
   }
   return result;
 }
