@@ -2,6 +2,7 @@
 #include "status_server.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <map>
@@ -150,6 +151,13 @@ struct StatusServer::Impl {
 
 StatusServer::StatusServer(Database& db, StatusOptions options) : impl_(std::make_unique<Impl>(db, options)) {
   auto& server = impl_->server;
+  // cpp-httplib's default options add SO_REUSEPORT, with which a second server binds a port another
+  // one listens on and the two split its connections: SO_REUSEADDR alone (a restart can rebind at
+  // once) makes a port in use an error.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   // Nothing here is meant to be framed, cached or run as script.
   server.set_default_headers({{"Cache-Control", "no-store"},
                               {"X-Content-Type-Options", "nosniff"},
