@@ -142,15 +142,24 @@ void populate(Database& db, Locks& locks, std::optional<Lease>& held) {
   while (db.now_ms() < start + 120) std::this_thread::sleep_for(10ms);  // the 50 ms lease runs out
 }
 
+// A migrated database with the rows populate() writes; `held` keeps its lease for the test.
+struct Populated {
+  TestDb t;
+  std::optional<Locks> locks;
+  std::optional<Lease> held;
+  Populated() {
+    t.db().migrate();
+    locks.emplace(t.db());
+    populate(t.db(), *locks, held);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("serve: /metrics is Prometheus text with this process's counters and the database-wide view",
           "[backend][serve]") {
-  TestDb t;
-  t.db().migrate();
-  Locks locks(t.db());
-  std::optional<Lease> held;
-  populate(t.db(), locks, held);
+  Populated p;
+  auto& t = p.t;
   RunningServer server(t.db());
 
   auto res = get(server.port, "/metrics");
@@ -206,12 +215,8 @@ TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database 
 
 TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, recent transfers and the cache",
           "[backend][serve]") {
-  TestDb t;
-  t.db().migrate();
-  Locks locks(t.db());
-  std::optional<Lease> held;
-  populate(t.db(), locks, held);
-  RunningServer server(t.db(), cli::StatusOptions{.refresh = 7s});
+  Populated p;
+  RunningServer server(p.t.db(), cli::StatusOptions{.refresh = 7s});
 
   // --dump-dom prints the DOM after the page has loaded: what a browser shows, scripts included.
   const auto profile = rowguard::test::scratch_dir() / "chromium";
