@@ -345,7 +345,7 @@ TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts a
   CHECK(delta(before, after, "rowguard_retries_exhausted_total") == 0);
 }
 
-TEST_CASE("metrics: cache hits, misses and loads are counted; a failed load is counted and logged", "[backend][metrics]") {
+TEST_CASE("metrics: cache hits, misses and loads are counted, and a failed load is counted and logged", "[backend][metrics]") {
   Migrated t;
   Cache cache(t.db());
   CapturedLogs logs;
