@@ -1,9 +1,12 @@
-// libFuzzer target: the CLI's value parsers (durations, decimal amounts and tokens).
+// libFuzzer target: the CLI's value parsers (durations, times, decimal amounts and tokens).
 // Properties: only rowguard::Error escapes parse_duration, and what it accepts is non-negative and
-// exactly digits times unit; decimal() accepts exactly the strings that are plain decimal int64s.
+// exactly digits times unit; only Error escapes parse_time, and what it accepts formats back to a
+// time that parses to the same instant; decimal() accepts exactly the strings that are plain
+// decimal int64s.
 #include <charconv>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "args.hpp"
@@ -16,10 +19,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const auto ms = cli::parse_duration(text);
     if (ms.count() < 0) std::abort();
-    if (text.empty() || text.find_first_not_of("0123456789msh") != std::string::npos) std::abort();
+    if (text.empty() || text.find_first_not_of("0123456789mshd") != std::string::npos) std::abort();
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::invalid_argument) std::abort();
   }
+  std::optional<std::int64_t> at;
+  try {
+    at = cli::parse_time(text);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::invalid_argument) std::abort();
+  }
+  if (at && cli::parse_time(cli::format_time(*at)) != *at) std::abort();  // an Error here escapes: a crash too
   std::string copy = text;
   const bool accepted = cli::decimal()(copy).empty();
   std::int64_t value = 0;

@@ -32,13 +32,18 @@ std::int64_t parse_time(const std::string& text) {
   static const std::regex iso(
       R"(^([0-9]{4})-([0-9]{2})-([0-9]{2})(?:T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,3}))?(Z|([+-])([0-9]{2}):([0-9]{2})))?$)");
   std::smatch m;
-  if (std::regex_match(text, m, epoch)) return std::stoll(m[1].str());
   const auto bad = [&](std::string_view why) {
     return Error(ErrorKind::invalid_argument,
                  fmt::format("invalid time '{}': {} (expected 2026-01-31, 2026-01-31T12:30:00Z, "
                              "2026-01-31T12:30:00+02:00 or @EPOCH_MS)",
                              text, why));
   };
+  // UTC years 1 to 9999 only, whatever the spelling: every accepted time prints (format_time) as one.
+  const auto in_range = [&](std::int64_t ms) {
+    if (ms < -62'135'596'800'000 || ms > 253'402'300'799'999) throw bad("outside the years 1 to 9999 (UTC)");
+    return ms;
+  };
+  if (std::regex_match(text, m, epoch)) return in_range(std::stoll(m[1].str()));
   if (!std::regex_match(text, m, iso)) throw bad("not a date");
   const int y = std::stoi(m[1].str());
   const unsigned mo = static_cast<unsigned>(std::stoi(m[2].str()));
@@ -59,7 +64,7 @@ std::int64_t parse_time(const std::string& text) {
       ms += m[9].str() == "+" ? -offset : offset;
     }
   }
-  return ms;
+  return in_range(ms);
 }
 
 std::string format_time(std::int64_t epoch_ms) {
