@@ -165,6 +165,160 @@ TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during trans
   CHECK(failed == 0);
 }
 
+namespace {
+
+// The variables scripts/pg-replicated.sh exports; the failover tests run only under it (ctest -L failover).
+std::string replicated_env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0')
+    FAIL(fmt::format("{} is not set: the failover tests run only under their own scripts/pg-replicated.sh "
+                     "(ctest -L failover)",
+                     name));
+  return value;
+}
+
+// The test's URL with the standby added: libpq's multi-host syntax, read-write sessions only, so a
+// new session after a failover finds whichever server is the primary now.
+std::string multi_host(const std::string& url) {
+  return (url.rfind("soci+", 0) == 0 ? "soci+" : "") + replicated_env("ROWGUARD_TEST_PG_MULTI");
+}
+
+// Runs one action of the failover helper (kill-primary, promote, failover, stop-standby, ...),
+// returning its output; fails the test when the action fails.
+std::string failover(const std::string& action) {
+  const std::string command = replicated_env("ROWGUARD_PG_FAILOVER") + " " + action + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::string out;
+  char buffer[512];
+  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  INFO(command << ": " << out);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  return out;
+}
+
+// The first call after a failover may meet an idle session to the dead primary and fail as
+// transient; the pool then drops every idle session, and the next call connects to the new primary.
+template <class F>
+auto once_reconnected(F&& f) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::transient) throw;
+    return f();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("failover: the primary killed and its synchronous standby promoted during transfers, locks and cache loads",
+          "[.failover-sync]") {
+  TestDb t(Options{}, multi_host);
+  std::string report;
+  under_fault(t, "failover", fault_duration(8), [&](const std::atomic<bool>&) {
+    std::this_thread::sleep_for(1500ms);  // the workloads are under way
+    report = failover("failover");
+  });
+  WARN(fmt::format("{}: {}", backend(), report));
+  CHECK_THAT(report, Catch::Contains("kill_to_writable_ms"));
+}
+
+TEST_CASE("failover: a COMMIT whose wait for the synchronous standby is canceled is in doubt until the standby confirms",
+          "[.sync-cancel]") {
+  TestDb t(Options{}, multi_host);
+  t.db().migrate();
+  Ledger ledger(t.db());
+  ledger.open("sync-a", "EUR");
+  auto admin = Database::open(replicated_env("ROWGUARD_TEST_PG_PRIMARY"));
+  // Sessions waiting in a COMMIT for the standby; `cancel` cancels those waits.
+  auto waiting = [&](bool cancel) {
+    return admin
+        .exec(fmt::format("SELECT CAST(count({}) AS bigint) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+                          cancel ? "pg_cancel_backend(pid)" : "*"))
+        .one()
+        .i64(0);
+  };
+  auto until = [&](const std::function<bool()>& done) {  // done() may act: called until true, once at a time
+    for (int i = 0; i < 500; ++i) {
+      if (done()) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  };
+  const auto retried_in_doubt = [] { return metrics().value("rowguard_retries_total", {{"kind", "in_doubt"}}); };
+  const double in_doubt_before = retried_in_doubt();
+
+  failover("stop-standby");  // from here every COMMIT on the primary waits for the standby
+  std::optional<TransferResult> result;
+  std::optional<Error> error;
+  std::thread depositor([&] {
+    try {
+      result = ledger.deposit("sync-a", 700, "sync-cancel-1");
+    } catch (const Error& e) {
+      error = e;
+    }
+  });
+  // Cancel the deposit's wait (what a client timeout or an operator does): PostgreSQL reports
+  // success with a WARNING; rowguard takes it as in doubt and retries with the key. The retry finds
+  // the transfer, and before answering commits a barrier that waits for the standby again.
+  const bool canceled = until([&] { return waiting(true) == 1; });
+  const bool barrier_waits = until([&] { return retried_in_doubt() > in_doubt_before && waiting(false) == 1; });
+  failover("start-standby");  // the standby confirms: the barrier, and the deposit before it, are replicated
+  depositor.join();
+  REQUIRE(canceled);
+  CHECK(barrier_waits);
+  REQUIRE_FALSE(error);
+  REQUIRE(result);
+  CHECK(result->ok());
+  CHECK(result->replayed);  // the first attempt had committed: applied once, answered by the retry
+  CHECK(retried_in_doubt() == in_doubt_before + 1);
+  CHECK(ledger.get("sync-a").balance == 700);
+  CHECK(ledger.check().ok());
+}
+
+TEST_CASE("failover: with an asynchronous standby an acknowledged deposit is lost and a fencing token issued twice",
+          "[.failover-async]") {
+  TestDb t(Options{}, multi_host);
+  t.db().migrate();
+  Ledger ledger(t.db());
+  Locks locks(t.db());
+  ledger.open("async-a", "EUR");
+  ledger.deposit("async-a", 100, "async-before");
+  std::int64_t token_before = 0;
+  {
+    auto lease = locks.try_acquire("async-lock", 60s);
+    REQUIRE(lease);
+    token_before = lease->token();
+    lease->release();
+  }
+  failover("caught-up");        // the standby has everything so far...
+  failover("detach-standby");   // ...and nothing after this: what a lagging asynchronous standby misses
+  const auto lost = ledger.deposit("async-a", 250, "async-lost");
+  REQUIRE(lost.ok());  // acknowledged by the primary
+  std::int64_t token_lost = 0;
+  {
+    auto lease = locks.try_acquire("async-lock", 60s);
+    REQUIRE(lease);
+    token_lost = lease->token();
+    lease->release();
+  }
+  REQUIRE(token_lost > token_before);
+  const std::string report = failover("failover");
+  WARN(fmt::format("{}: {}", backend(), report));
+
+  // The promoted standby never saw them: the acknowledged deposit is gone...
+  CHECK(once_reconnected([&] { return ledger.get("async-a").balance; }) == 100);
+  CHECK(kind_of([&] { ledger.find_transfer_by_key("async-lost"); }) == ErrorKind::not_found);
+  // ...and the next holder gets the same token again: a fenced resource that saw token_lost now
+  // refuses the new holder's writes, one that did not cannot tell the two holders apart.
+  auto again = locks.try_acquire("async-lock", 60s);
+  REQUIRE(again);
+  CHECK(again->token() == token_lost);
+  CHECK(ledger.check().ok());
+}
+
 TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during transfers, locks and cache loads",
           "[pg]") {
   std::unique_ptr<FaultProxy> proxy;

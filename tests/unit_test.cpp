@@ -210,7 +210,7 @@ TEST_CASE("error tables: SQLSTATEs and SQLite codes map onto kinds", "[unit]") {
       {"40003", ErrorKind::in_doubt},  {"08006", ErrorKind::transient},  {"08001", ErrorKind::transient},
       {"57P01", ErrorKind::transient}, {"57P03", ErrorKind::transient},  {"53300", ErrorKind::transient},
       {"57014", ErrorKind::transient}, {"23505", ErrorKind::permanent},  {"42501", ErrorKind::permanent},
-      {"42P01", ErrorKind::permanent}, {"25006", ErrorKind::permanent},  {"22003", ErrorKind::permanent}};
+      {"42P01", ErrorKind::permanent}, {"25006", ErrorKind::transient},  {"22003", ErrorKind::permanent}};
   for (const auto& [state, kind] : states) {
     INFO(state);
     CHECK(detail::kind_for_sqlstate(state) == kind);

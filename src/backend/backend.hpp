@@ -102,6 +102,9 @@ class Session {
 
  protected:
   bool in_transaction_ = false;
+  // The open transaction was begun READ ONLY: a write in it (25006) is the caller's mistake, not a
+  // server that turned into a standby.
+  bool read_only_transaction_ = false;
   bool broken_ = false;
 };
 

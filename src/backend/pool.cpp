@@ -12,6 +12,7 @@ namespace rowguard::detail {
 void Session::begin(const TxOptions& options) {
   exec(dialect().begin(options), {});
   in_transaction_ = true;
+  read_only_transaction_ = options.access == TxAccess::read_only;
 }
 
 void Session::commit() {
@@ -168,6 +169,11 @@ std::unique_ptr<SessionLease> Pool::borrow() {
 void Pool::give_back(std::unique_ptr<Session> session) noexcept {
   const auto& m = instruments::pool();
   const char* discarded = nullptr;  // why, when the session is dropped
+  // A broken session most often means its server went away (a restart, a failover to a standby,
+  // an old primary now read-only): the idle sessions were opened to the same server and are most
+  // likely dead too. They are dropped with it, so the next callers connect afresh (a multi-host
+  // URL with target_session_attrs=read-write finds the new primary) instead of each failing once.
+  std::vector<std::unique_ptr<Session>> stale;
   {
     std::lock_guard lock(mutex_);
     if (session && !session->broken() && !session->in_transaction()) {
@@ -180,13 +186,29 @@ void Pool::give_back(std::unique_ptr<Session> session) noexcept {
       m.open.add(-1);
       m.discarded.add();
       discarded = !session ? "no session" : session->broken() ? "broken" : "left in a transaction";
+      if (session && session->broken() && !idle_.empty()) {
+        stale.swap(idle_);
+        const auto n = static_cast<std::int64_t>(stale.size());
+        stats_.open -= stale.size();
+        stats_.idle -= stale.size();
+        stats_.discarded += stale.size();
+        m.open.add(-n);
+        m.idle.add(-n);
+        m.discarded.add(static_cast<std::uint64_t>(n));
+      }
     }
   }
-  freed_.notify_one();
+  const std::size_t stale_count = stale.size();
+  if (stale.empty())
+    freed_.notify_one();
+  else
+    freed_.notify_all();
+  stale.clear();  // closed here, outside the lock
   // A dropped session is closed here, outside the lock.
   if (discarded && log_enabled(LogLevel::info)) {
     try {
-      log(LogLevel::info, "pool", "session discarded", {{"reason", discarded}, {"pool_size", std::to_string(max_)}});
+      log(LogLevel::info, "pool", "session discarded",
+          {{"reason", discarded}, {"idle_dropped_with_it", std::to_string(stale_count)}, {"pool_size", std::to_string(max_)}});
     } catch (...) {
       // Out of memory building the fields: nothing to log with.
     }

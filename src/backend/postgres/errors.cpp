@@ -17,7 +17,23 @@ ErrorKind kind_for_sqlstate(std::string_view s) noexcept {
   if (s == "57P01" || s == "57P02" || s == "57P03") return ErrorKind::transient;  // shutdown, crash, starting up
   if (s.substr(0, 2) == "53") return ErrorKind::transient;        // too many connections, out of memory/disk
   if (s == "25P03") return ErrorKind::transient;                  // idle_in_transaction_session_timeout
+  // read_only_sql_transaction: a write reached a server that is (now) a standby, e.g. an old
+  // primary demoted by a failover. The session is dropped (below) and the retry connects afresh,
+  // where target_session_attrs=read-write finds the new primary.
+  if (s == "25006") return ErrorKind::transient;
   return ErrorKind::permanent;
+}
+
+bool is_sync_replication_cancel(std::string_view notice) noexcept {
+  return notice.find("canceling wait for synchronous replication") != std::string_view::npos;
+}
+
+Error replication_in_doubt(std::string_view backend_name) {
+  return Error(ErrorKind::in_doubt,
+               fmt::format("{}: committed on the primary, but the wait for the synchronous standby was canceled: "
+                           "the change might not survive a failover until a later commit has waited for the "
+                           "standby (retry with the same idempotency key)",
+                           backend_name));
 }
 
 bool outcome_unknown(StatementEffect effect, bool in_transaction) noexcept {
@@ -84,7 +100,7 @@ Error postgres_error(const std::exception& e, StatementEffect effect, bool in_tr
     const ErrorKind kind = kind_for_sqlstate(state);
     // An explicit error reply means the server aborted this statement: its outcome is known even
     // when the server then closes the connection (57P01 admin shutdown).
-    if (state.substr(0, 2) == "08" || state.substr(0, 3) == "57P") connection_lost = true;
+    if (state.substr(0, 2) == "08" || state.substr(0, 3) == "57P" || state == "25006") connection_lost = true;
     return Error(kind, message(""), state);
   }
   if (dynamic_cast<const pqxx::argument_error*>(&e) || dynamic_cast<const pqxx::conversion_error*>(&e))

@@ -1,4 +1,5 @@
 #include <pqxx/connection>
+#include <pqxx/errorhandler>
 #include <pqxx/nontransaction>
 
 #include <fmt/format.h>
@@ -11,6 +12,17 @@ namespace rowguard::detail {
 
 namespace {
 
+// Watches a connection's notices for a canceled wait for synchronous replication (postgres.hpp).
+class SyncReplicationWatch final : public pqxx::errorhandler {
+ public:
+  explicit SyncReplicationWatch(pqxx::connection_base& connection) : pqxx::errorhandler(connection) {}
+  bool operator()(const char message[]) noexcept override {
+    if (is_sync_replication_cancel(message)) seen = true;
+    return true;  // the older handlers see it too
+  }
+  bool seen = false;
+};
+
 // One libpqxx connection. Statements run through one long-lived pqxx::nontransaction, and rowguard
 // sends BEGIN/COMMIT itself: a single statement is then one round trip (a pqxx::work would add
 // BEGIN and COMMIT round trips), and the session knows exactly what was in flight when a
@@ -18,14 +30,18 @@ namespace {
 class PgSession final : public Session {
  public:
   PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect,
-            std::string password, bool unnamed_statements)
-      : connection_(std::move(connection)), dialect_(std::move(dialect)), password_(std::move(password)) {
+            std::string password, bool unnamed_statements, std::shared_ptr<ReplicationDoubt> doubt)
+      : connection_(std::move(connection)),
+        dialect_(std::move(dialect)),
+        password_(std::move(password)),
+        doubt_(std::move(doubt)) {
     // libpqxx 6.4 silently reconnects a broken connection ("reactivation"), which would hide the
     // break from the pool and lose the transaction's context: turn that off.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
     connection_->inhibit_reactivation(true);
 #pragma GCC diagnostic pop
+    watch_ = std::make_unique<SyncReplicationWatch>(*connection_);
     tx_ = std::make_unique<pqxx::nontransaction>(*connection_, "rowguard");
     statements_ = std::make_unique<PgStatements>(*connection_, unnamed_statements);
   }
@@ -33,6 +49,7 @@ class PgSession final : public Session {
   ~PgSession() override {
     statements_.reset();
     tx_.reset();
+    watch_.reset();
   }
 
   const Dialect& dialect() const noexcept override { return *dialect_; }
@@ -53,23 +70,62 @@ class PgSession final : public Session {
   template <class Run>
   Result guarded(std::string_view sql, Run&& run) {
     if (broken_) throw Error(ErrorKind::transient, "postgres: session is broken");
+    const StatementEffect effect = effect_of(sql);
+    // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except the
+    // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
+    const bool ends_unit = effect == StatementEffect::commit || sql == "ROLLBACK" ||
+                           (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
     try {
-      return run();
+      watch_->seen = false;
+      Result result = run();
+      if (ends_unit) settle_replication();
+      return result;
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       bool lost = false;
-      Error error = postgres_error(e, effect_of(sql), in_transaction_, lost, password_);
+      Error error = postgres_error(e, effect, in_transaction_, lost, password_);
+      if (error.sqlstate() == "25006" && in_transaction_ && read_only_transaction_) {
+        error = Error(ErrorKind::permanent, error.what(), "25006");  // a write in our own READ ONLY transaction
+        lost = false;
+      }
       if (lost || !connection_->is_open()) broken_ = true;
       throw error;
     }
   }
 
+  // After work committed: in doubt when its COMMIT's wait for the standby was canceled. Likewise
+  // while an earlier commit of this backend is in doubt, until a barrier waits in full: a
+  // transaction that writes WAL (a transactional logical message, which any role may emit; an xid
+  // alone writes none, and a COMMIT without WAL does not wait), so its COMMIT waits until the
+  // standby confirms everything up to it, the doubtful commit included.
+  void settle_replication() {
+    if (!watch_->seen && !doubt_->pending.load()) return;
+    if (!watch_->seen) {
+      try {
+        tx_->exec("BEGIN");
+        tx_->exec("SELECT pg_logical_emit_message(true, 'rowguard', 'replication barrier')");
+        tx_->exec("COMMIT");
+      } catch (const std::exception&) {
+        broken_ = true;  // where the barrier stopped is unknown: never reuse the session
+        throw replication_in_doubt("postgres");
+      }
+      if (!watch_->seen) {
+        doubt_->pending = false;
+        return;
+      }
+    }
+    doubt_->pending = true;
+    throw replication_in_doubt("postgres");
+  }
+
   std::unique_ptr<pqxx::connection> connection_;
+  std::unique_ptr<SyncReplicationWatch> watch_;  // registered on connection_, dropped before it
   std::unique_ptr<pqxx::nontransaction> tx_;
   std::unique_ptr<PgStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
   std::string password_;
+  std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
 };
 
 }  // namespace
@@ -80,11 +136,13 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
   validate_conninfo(conninfo, url.password);
   auto dialect = postgres_dialect(BlobTransport::native);
   const bool pooled = url.transaction_pooling;
-  auto factory = [conninfo, dialect, password = url.password, pooled]() -> std::unique_ptr<Session> {
+  auto doubt = std::make_shared<ReplicationDoubt>();
+  auto factory = [conninfo, dialect, password = url.password, pooled, doubt]() -> std::unique_ptr<Session> {
     // The session's own set-up talks to the server too (libpqxx opens its transaction object), and a
     // connection can be killed between connecting and that: both fail the same way.
     try {
-      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, password, pooled);
+      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, password, pooled,
+                                         doubt);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -105,7 +163,8 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
 std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Options& options) {
   if (!make_connection) throw Error(ErrorKind::invalid_argument, "the pqxx connection factory is empty");
   auto dialect = postgres_dialect(BlobTransport::native);
-  auto factory = [make_connection, dialect]() -> std::unique_ptr<Session> {
+  auto doubt = std::make_shared<ReplicationDoubt>();
+  auto factory = [make_connection, dialect, doubt]() -> std::unique_ptr<Session> {
     std::unique_ptr<pqxx::connection> connection;
     try {
       connection = make_connection();
@@ -117,7 +176,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
     if (!connection || !connection->is_open())
       throw Error(ErrorKind::transient, "postgres: the connection factory returned no open connection");
     try {
-      return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false);
+      return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false, doubt);
     } catch (const std::exception& e) {  // killed between the factory and the session's set-up
       throw Error(ErrorKind::transient, fmt::format("postgres: the new connection broke: {}", e.what()));
     }

@@ -29,7 +29,7 @@ Error soci_error(const std::exception& e, StatementEffect effect, bool in_transa
                    has_state ? state : "08006");
     }
     if (!has_state) return Error(ErrorKind::permanent, message);
-    if (state.substr(0, 3) == "57P") connection_lost = true;
+    if (state.substr(0, 3) == "57P" || state == "25006") connection_lost = true;  // 25006: a standby now
     return Error(kind_for_sqlstate(state), message, state);
   }
   if (const auto* lite = dynamic_cast<const soci::sqlite3_soci_error*>(&e)) {

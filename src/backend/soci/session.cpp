@@ -50,12 +50,15 @@ class SessionSource {
  public:
   virtual ~SessionSource() = default;
   virtual soci::session& get() = 0;
+  // Whether rowguard opened the connection itself (and may change its libpq settings).
+  virtual bool owned() const noexcept { return false; }
 };
 
 class OwnedSession final : public SessionSource {
  public:
   explicit OwnedSession(std::unique_ptr<soci::session> s) : session_(std::move(s)) {}
   soci::session& get() override { return *session_; }
+  bool owned() const noexcept override { return true; }
 
  private:
   std::unique_ptr<soci::session> session_;
@@ -84,8 +87,12 @@ class PooledSession final : public SessionSource {
 class SociSession final : public Session {
  public:
   SociSession(std::unique_ptr<SessionSource> source, std::shared_ptr<const Dialect> dialect, std::string password,
-              const Options& options)
-      : source_(std::move(source)), sql_(source_->get()), dialect_(std::move(dialect)), password_(std::move(password)) {
+              const Options& options, std::shared_ptr<ReplicationDoubt> doubt)
+      : source_(std::move(source)),
+        sql_(source_->get()),
+        doubt_(std::move(doubt)),
+        dialect_(std::move(dialect)),
+        password_(std::move(password)) {
     statements_ = std::make_unique<SociStatements>(sql_);
     if (is_sqlite(sql_)) {
       sqlite_api::sqlite3* db = sqlite_handle(sql_);
@@ -93,10 +100,20 @@ class SociSession final : public Session {
                                              unhex_function, nullptr, nullptr, nullptr);
       sqlite_api::sqlite3_busy_timeout(db, static_cast<int>(options.busy_timeout.count()));
       exec_script("PRAGMA foreign_keys = ON");
+    } else if (source_->owned()) {
+      // A COMMIT whose wait for a synchronous standby was canceled succeeds with only a WARNING
+      // (src/backend/postgres/session.cpp). SOCI installs no notice receiver, so on a connection
+      // rowguard opened the one in place is libpq's default, which ignores its argument: watch for
+      // the warning and pass every notice on to it. A borrowed session's receiver is the service's
+      // own and is left alone (docs/scaling.md says such a commit then reads as success).
+      previous_receiver_ = PQsetNoticeReceiver(pg_handle(sql_), &SociSession::on_notice, this);
     }
   }
 
-  ~SociSession() override { statements_.reset(); }
+  ~SociSession() override {
+    statements_.reset();
+    if (previous_receiver_ != nullptr) PQsetNoticeReceiver(pg_handle(sql_), previous_receiver_, nullptr);
+  }
 
   const Dialect& dialect() const noexcept override { return *dialect_; }
 
@@ -135,22 +152,65 @@ class SociSession final : public Session {
   template <class Run>
   Result guarded(std::string_view sql, Run&& run) {
     if (broken_) throw Error(ErrorKind::transient, "soci: session is broken");
+    const StatementEffect effect = effect_of(sql);
+    // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except the
+    // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
+    const bool ends_unit = effect == StatementEffect::commit || sql == "ROLLBACK" ||
+                           (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
     try {
-      return run();
+      replication_wait_canceled_ = false;
+      Result result = run();
+      if (ends_unit && !is_sqlite(sql_)) settle_replication();
+      return result;
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       bool lost = false;
       const int extended = is_sqlite(sql_) ? sqlite_api::sqlite3_extended_errcode(sqlite_handle(sql_)) : 0;
-      Error error = soci_error(e, effect_of(sql), in_transaction_, lost, password_, extended);
+      Error error = soci_error(e, effect, in_transaction_, lost, password_, extended);
+      if (error.sqlstate() == "25006" && in_transaction_ && read_only_transaction_) {
+        error = Error(ErrorKind::permanent, error.what(), "25006");  // a write in our own READ ONLY transaction
+        lost = false;
+      }
       if (!is_sqlite(sql_) && PQstatus(pg_handle(sql_)) != CONNECTION_OK) lost = true;
       if (lost) broken_ = true;
       throw error;
     }
   }
 
+  // As PgSession::settle_replication (src/backend/postgres/session.cpp); only a connection rowguard
+  // opened sees the warning, so on a service's session nothing is ever pending.
+  void settle_replication() {
+    if (!replication_wait_canceled_ && !doubt_->pending.load()) return;
+    if (!replication_wait_canceled_) {
+      PGresult* r = PQexec(pg_handle(sql_), "BEGIN; SELECT pg_logical_emit_message(true, 'rowguard', 'replication barrier'); COMMIT");
+      const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+      PQclear(r);
+      if (!ok) {
+        broken_ = true;  // where the barrier stopped is unknown: never reuse the session
+        throw replication_in_doubt("soci");
+      }
+      if (!replication_wait_canceled_) {
+        doubt_->pending = false;
+        return;
+      }
+    }
+    doubt_->pending = true;
+    throw replication_in_doubt("soci");
+  }
+
+  static void on_notice(void* self, const PGresult* notice) {
+    auto* session = static_cast<SociSession*>(self);
+    const char* text = PQresultErrorField(notice, PG_DIAG_MESSAGE_PRIMARY);
+    if (text != nullptr && is_sync_replication_cancel(text)) session->replication_wait_canceled_ = true;
+    session->previous_receiver_(nullptr, notice);
+  }
+
   std::unique_ptr<SessionSource> source_;
   soci::session& sql_;
+  PQnoticeReceiver previous_receiver_ = nullptr;
+  bool replication_wait_canceled_ = false;
+  std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
   std::unique_ptr<SociStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
   std::string password_;
@@ -188,8 +248,9 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
     validate_conninfo(connect, url.password);
   }
   auto dialect = lite ? sqlite_dialect(BlobTransport::hex_text) : postgres_dialect(BlobTransport::hex_text);
-  auto factory = [lite, connect, dialect, options, display = url.display,
-                  password = url.password]() -> std::unique_ptr<Session> {
+  auto doubt = std::make_shared<ReplicationDoubt>();
+  auto factory = [lite, connect, dialect, options, display = url.display, password = url.password,
+                  doubt]() -> std::unique_ptr<Session> {
     std::unique_ptr<soci::session> session;
     try {
       const soci::backend_factory& driver =
@@ -199,7 +260,7 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
       throw connect_error(e, display, password);
     }
     auto s = std::make_unique<SociSession>(std::make_unique<OwnedSession>(std::move(session)), dialect, password,
-                                           options);
+                                           options, doubt);
     if (lite) {
       const Result mode = s->exec("PRAGMA journal_mode = WAL", {});
       if (mode.rows.empty() || mode.rows[0].text(0) != "wal")
@@ -218,10 +279,12 @@ std::shared_ptr<Backend> open_soci(soci::session& session, const Options& option
   Options one = options;
   one.pool_size = 1;  // the service's session serves one rowguard operation at a time
   auto dialect = dialect_for(session);
-  auto factory = [&session, dialect, one]() -> std::unique_ptr<Session> {
+  auto doubt = std::make_shared<ReplicationDoubt>();
+  auto factory = [&session, dialect, one, doubt]() -> std::unique_ptr<Session> {
     // A broken predecessor was dropped by the pool: give the service's session a fresh connection.
     if (!is_sqlite(session) && PQstatus(pg_handle(session)) != CONNECTION_OK) session.reconnect();
-    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, std::string(), one);
+    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, std::string(), one,
+                                         doubt);
   };
   return std::make_shared<Backend>(name_for(session), name_for(session) + " (service session)", one, dialect,
                                    factory);
@@ -238,13 +301,14 @@ std::shared_ptr<Backend> open_soci(soci::connection_pool& pool, std::size_t pool
     dialect = dialect_for(probe.get());
     name = name_for(probe.get());
   }
-  auto factory = [&pool, dialect, sized]() -> std::unique_ptr<Session> {
+  auto doubt = std::make_shared<ReplicationDoubt>();
+  auto factory = [&pool, dialect, sized, doubt]() -> std::unique_ptr<Session> {
     std::size_t position = 0;
     if (!pool.try_lease(position, static_cast<int>(sized.pool_wait.count())))
       throw Error(ErrorKind::transient, "soci: no session of the service's connection pool became free");
     auto source = std::make_unique<PooledSession>(pool, position);
     if (!is_sqlite(source->get()) && PQstatus(pg_handle(source->get())) != CONNECTION_OK) source->get().reconnect();
-    return std::make_unique<SociSession>(std::move(source), dialect, std::string(), sized);
+    return std::make_unique<SociSession>(std::move(source), dialect, std::string(), sized, doubt);
   };
   return std::make_shared<Backend>(name, name + " (service connection pool)", sized, dialect, factory);
 }
