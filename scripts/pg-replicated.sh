@@ -41,11 +41,8 @@
 # runs unreplicated, as after a real failover until a new standby is attached.
 set -euo pipefail
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-if [[ ! -x "$PG_BIN/initdb" || ! -x "$PG_BIN/pg_basebackup" ]]; then
-  echo "pg-replicated: $PG_BIN/initdb or pg_basebackup not found; install postgresql-15 (scripts/install-deps.sh)" >&2
-  exit 1
-fi
+source "$(dirname "$0")/pg-lib.sh"
+pg_require pg-replicated initdb pg_basebackup pg_ctl
 
 mode=sync
 sync_commit=on
@@ -64,13 +61,7 @@ if [[ "$mode" == async && "$sync_commit" == remote_apply ]]; then
   exit 2
 fi
 
-as_postgres() {
-  if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-dir=$(mktemp -d /tmp/rowguard-pgrepl.XXXXXX)
-chmod 700 "$dir"
-[[ "$(id -u)" == 0 ]] && chown postgres:postgres "$dir"
+dir=$(pg_private_dir rowguard-pgrepl)
 
 cleanup() {
   local rc=$?
@@ -96,21 +87,11 @@ die_with_log() { # MESSAGE LOGFILE...
   exit 1
 }
 
-# start_server DATADIR LOG EXTRA_OPTS: tries free ports until one works; sets $started_port.
+# start_server DATADIR LOG EXTRA_OPTS: sets $started_port and $started_opts.
 start_server() {
-  local data=$1 log=$2 extra=$3 attempt port
-  for attempt in 1 2 3 4 5 6 7 8; do
-    port=$(( 20000 + (RANDOM * 7 + $$ + attempt * 977) % 40000 ))
-    opts="-k $dir -p $port -c listen_addresses=127.0.0.1 $durability -c max_connections=300 \
-          -c max_prepared_transactions=50 $extra"
-    if as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$log" -w -t 60 -o "$opts" start >/dev/null 2>&1; then
-      started_port=$port
-      started_opts=$opts
-      return 0
-    fi
-    grep -q 'could not bind\|already in use' "$log" 2>/dev/null || break
-  done
-  return 1
+  pg_start "$1" "$2" "$dir" "$durability $3" || return 1
+  started_port=$pg_port
+  started_opts=$pg_options
 }
 
 q() { # PORT SQL: one value, unaligned

@@ -17,11 +17,8 @@
 # max_connections=300, max_prepared_transactions=50.
 set -euo pipefail
 
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-if [[ ! -x "$PG_BIN/initdb" ]]; then
-  echo "pg-throwaway: $PG_BIN/initdb not found; install postgresql-15 (scripts/install-deps.sh)" >&2
-  exit 1
-fi
+source "$(dirname "$0")/pg-lib.sh"
+pg_require pg-throwaway initdb pg_ctl createdb
 
 durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
 pgbouncer=0
@@ -34,13 +31,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-as_postgres() {
-  if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-dir=$(mktemp -d /tmp/rowguard-pg.XXXXXX)
-chmod 700 "$dir"
-[[ "$(id -u)" == 0 ]] && chown postgres:postgres "$dir"
+dir=$(pg_private_dir rowguard-pg)
 
 cleanup() {
   local rc=$?
@@ -61,21 +52,12 @@ trap 'exit 143' TERM
 as_postgres "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
   { cat "$dir/initdb.log" >&2; exit 1; }
 
-started=0
-for attempt in 1 2 3 4 5 6 7 8; do
-  port=$(( 20000 + (RANDOM * 7 + $$ + attempt * 977) % 40000 ))
-  if as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-      -o "-k $dir -p $port -c listen_addresses=127.0.0.1 $durability \
-          -c max_connections=300 -c max_prepared_transactions=50" start >/dev/null 2>&1; then
-    started=1
-    break
-  fi
-done
-if [[ "$started" != 1 ]]; then
+if ! pg_start "$dir/data" "$dir/server.log" "$dir" "$durability"; then
   echo "pg-throwaway: PostgreSQL did not start; server log:" >&2
   cat "$dir/server.log" >&2 || true
   exit 1
 fi
+port=$pg_port
 
 as_postgres "$PG_BIN/createdb" -h "$dir" -p "$port" -U postgres rowguard_test
 url="postgresql://postgres@127.0.0.1:$port/rowguard_test"

@@ -34,6 +34,9 @@ TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit]") {
   CHECK(run_cli({"--db", "mysql://x/y", "migrate"}) == 2);
   CHECK(run_cli({"--db", "sqlite::memory:", "--prefix", "Bad-Prefix", "migrate"}) == 2);
   CHECK(run_cli({"--db", "sqlite::memory:", "--connect-timeout", "soon", "migrate"}) == 2);
+  for (const char* bad : {"soon", "500ms", "1s", "2h"})
+    CHECK(run_cli({"--db", "sqlite::memory:", "--network-timeout", bad, "migrate"}) == 2);
+  CHECK(run_cli({"--db", "sqlite::memory:", "--network-timeout", "0s", "migrate"}) == 0);
   CHECK(run_cli({"--db", "postgresql://u:pw@127.0.0.1:1/db", "--connect-timeout", "2s", "--json", "migrate"}, &out) ==
         10);
   CHECK(nlohmann::json::parse(out).at("error") == "transient");

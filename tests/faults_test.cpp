@@ -8,6 +8,7 @@
 #include <atomic>
 #include <exception>
 #include <latch>
+#include <optional>
 #include <mutex>
 #include <future>
 #include <cstdlib>
@@ -355,6 +356,86 @@ TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during tr
                    stalls, delays, proxy->connections()));
   CHECK(cuts > 0);
   CHECK(proxy->connections() > 1);  // the pool reconnected after cuts
+}
+
+// The lock row's expiry on the database clock, in epoch milliseconds.
+std::int64_t expires_at_ms(Database& db, const std::string& name) {
+  auto tx = db.begin();
+  const Result r = tx.exec("SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM " + db.table_prefix() +
+                               "locks WHERE name = $1",
+                           {name});
+  tx.commit();
+  REQUIRE(r.rows.size() == 1);
+  return r.rows[0].i64(0);
+}
+
+TEST_CASE("faults: a holder partitioned from the database knows it lost its lease before another takes it over, "
+          "and only after the lease expired on the database clock",
+          "[pg]") {
+  std::unique_ptr<FaultProxy> proxy;
+  std::string direct_url;
+  TestDb t(Options{}, [&](const std::string& url) {
+    direct_url = url;
+    proxy = std::make_unique<FaultProxy>(port_of(url));
+    return via_port(url, proxy->port());
+  });
+  t.db().migrate();
+  auto direct = Database::open(direct_url, t.options());
+  Locks holder_locks(t.db());   // through the proxy
+  Locks other_locks(direct);    // the database's side of the partition
+  constexpr auto ttl = 3s;
+
+  auto lease = holder_locks.try_acquire("partitioned", ttl);
+  REQUIRE(lease);
+  std::atomic<bool> on_lost_called{false};
+  std::chrono::steady_clock::time_point on_lost_at;
+  lease->start_heartbeat({.on_lost = [&] {
+    on_lost_at = std::chrono::steady_clock::now();
+    on_lost_called = true;
+  }});
+  std::this_thread::sleep_for(1500ms);  // a renewal or two go through
+  REQUIRE(lease->valid());
+
+  // The partition: nothing passes between the holder and the server, its connections stay open
+  // (a stuck renewal waits, as on a real network until TCP gives up). Once a renewal already past
+  // the proxy has committed, the server's expiry for the holder is final.
+  proxy->set_stalled(true);
+  std::this_thread::sleep_for(100ms);
+  const std::int64_t holder_expires_ms = expires_at_ms(direct, "partitioned");
+
+  int refused = 0;
+  std::optional<Lease> taken;
+  const auto give_up = std::chrono::steady_clock::now() + 3 * ttl;
+  while (!(taken = other_locks.try_acquire("partitioned", 30s)) && std::chrono::steady_clock::now() < give_up) {
+    ++refused;
+    std::this_thread::sleep_for(10ms);
+  }
+  const auto taken_at = std::chrono::steady_clock::now();
+  REQUIRE(taken);
+  const bool holder_valid_at_takeover = lease->valid();
+  const bool holder_told_at_takeover = on_lost_called.load();
+  std::int64_t taken_at_db_ms = 0;
+  for (const LockInfo& info : other_locks.list())
+    if (info.name == "partitioned") taken_at_db_ms = info.acquired_at_ms;
+  proxy->set_stalled(false);  // the holder's stuck renewal now reaches the server, too late
+
+  CHECK(refused > 0);                              // it was held while the lease ran
+  CHECK(taken_at_db_ms >= holder_expires_ms);      // taken over only after expiry, on the database clock
+  CHECK(taken->token() > lease->token());
+  CHECK_FALSE(holder_valid_at_takeover);           // the holder's local deadline had passed
+  CHECK(holder_told_at_takeover);                  // and on_lost had told it, despite the stuck renewal
+  if (holder_told_at_takeover) CHECK(on_lost_at < taken_at);
+
+  // After the partition the holder's renewals and guarded writes are refused.
+  const auto settle = std::chrono::steady_clock::now() + 10s;
+  while (lease->state() != LeaseState::lost && std::chrono::steady_clock::now() < settle)
+    std::this_thread::sleep_for(20ms);
+  CHECK(lease->state() == LeaseState::lost);
+  CHECK(kind_of([&] { lease->renew(ttl); }) == ErrorKind::lock_lost);
+  auto tx = t.db().begin();
+  CHECK(kind_of([&] { lease->guard(tx); }) == ErrorKind::lock_lost);
+  tx.rollback();
+  taken->release();
 }
 
 TEST_CASE("faults: a server-side statement timeout is transient and a lock timeout a conflict, and nothing applies",

@@ -139,6 +139,33 @@ TEST_CASE("bad URLs and options are invalid_argument", "[unit]") {
   Options app;
   app.application_name = "bad\nname";
   CHECK(kind_of_open("sqlite::memory:", app) == ErrorKind::invalid_argument);
+  for (const auto seconds : {1, 3601, -5}) {
+    Options network;
+    network.network_timeout = std::chrono::seconds(seconds);
+    INFO("network_timeout " << seconds << "s");
+    CHECK(kind_of_open("sqlite::memory:", network) == ErrorKind::invalid_argument);
+  }
+}
+
+TEST_CASE("sessions get TCP keepalives and tcp_user_timeout from network_timeout unless the URL sets them",
+          "[unit]") {
+  Options options;  // network_timeout 30s, connect_timeout 10s
+  CHECK(detail::with_session_defaults("postgresql://db/pay", options) ==
+        "postgresql://db/pay?application_name=rowguard&connect_timeout=10&keepalives=1&keepalives_idle=10"
+        "&keepalives_interval=5&keepalives_count=3&tcp_user_timeout=30000");
+  // The URL's own values win, key by key, in both connection-string forms.
+  CHECK(detail::with_session_defaults("postgresql://db/pay?tcp_user_timeout=0&keepalives_idle=60", options) ==
+        "postgresql://db/pay?tcp_user_timeout=0&keepalives_idle=60&application_name=rowguard&connect_timeout=10"
+        "&keepalives=1&keepalives_interval=5&keepalives_count=3");
+  CHECK(detail::with_session_defaults("host=db keepalives=0", options) ==
+        "host=db keepalives=0 application_name='rowguard' connect_timeout='10' keepalives_idle='10' "
+        "keepalives_interval='5' keepalives_count='3' tcp_user_timeout='30000'");
+  options.network_timeout = std::chrono::seconds(0);  // the system's TCP defaults
+  CHECK(detail::with_session_defaults("postgresql://db/pay", options) ==
+        "postgresql://db/pay?application_name=rowguard&connect_timeout=10");
+  options.network_timeout = std::chrono::seconds(2);
+  CHECK(detail::with_session_defaults("postgresql://db/pay", options).find(
+            "keepalives_idle=1&keepalives_interval=1&keepalives_count=3&tcp_user_timeout=2000") != std::string::npos);
 }
 
 TEST_CASE("an unreachable server is transient and never shows the password", "[unit]") {

@@ -32,6 +32,12 @@ struct Options {
   std::chrono::milliseconds busy_timeout{5'000};
   // PostgreSQL: how long a connection attempt may take. Default: 10s. REQUIRES: >= 1s.
   std::chrono::seconds connect_timeout{10};
+  // PostgreSQL: how long a session waits on a network that stopped answering (nothing
+  // acknowledged, no reply to TCP keepalives: a partition, a dead host) before it fails as broken,
+  // instead of the operating system's many minutes. Sets libpq's keepalives and tcp_user_timeout,
+  // unless the URL sets them. A busy server is not affected: its TCP stack still answers. 0 leaves
+  // the operating system's defaults. Default: 30s. REQUIRES: 0 or 2s..1h.
+  std::chrono::seconds network_timeout{30};
 };
 
 // Statistics of the session pool, for dashboards and tests.

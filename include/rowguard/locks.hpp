@@ -32,8 +32,10 @@ std::string_view to_string(LeaseState state) noexcept;
 struct HeartbeatOptions {
   // Renew every interval. Default: ttl / 3.
   std::optional<std::chrono::milliseconds> interval;
-  // Called once, from the heartbeat thread, when a renewal finds the lease lost or the local
-  // deadline passes without a successful renewal. Must not block for long.
+  // Called at most once, from one of the lease's background threads, when a renewal finds the
+  // lease lost or the local deadline passes without a successful renewal: on time even while a
+  // renewal is stuck on a server that stopped answering (a partition). Must not block for long;
+  // dropping or releasing the Lease from it waits for that stuck renewal to end.
   std::function<void()> on_lost;
 };
 

@@ -236,6 +236,9 @@ void validate_options(const Options& options) {
   if (options.busy_timeout.count() < 0 || options.busy_timeout.count() > 3'600'000)
     bad(fmt::format("busy_timeout must be between 0 and 1h, got {} ms", options.busy_timeout.count()));
   if (options.connect_timeout.count() < 1) bad("connect_timeout must be at least 1s");
+  if (options.network_timeout.count() != 0 &&
+      (options.network_timeout.count() < 2 || options.network_timeout.count() > 3600))
+    bad(fmt::format("network_timeout must be 0 or between 2s and 1h, got {}s", options.network_timeout.count()));
   if (!is_identifier(options.table_prefix, 40))
     bad(fmt::format("table prefix '{}' is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)",
                     options.table_prefix));

@@ -1,9 +1,11 @@
 #include "backend/url.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <optional>
 #include <regex>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -201,6 +203,25 @@ std::string with_conninfo_default(std::string conninfo, std::string_view key, st
     quoted += c;
   }
   return conninfo + fmt::format(" {}='{}'", key, quoted);
+}
+
+std::string with_session_defaults(std::string conninfo, const Options& options) {
+  conninfo = with_conninfo_default(std::move(conninfo), "application_name", options.application_name);
+  conninfo = with_conninfo_default(std::move(conninfo), "connect_timeout", std::to_string(options.connect_timeout.count()));
+  const auto t = options.network_timeout.count();
+  if (t == 0) return conninfo;
+  // An idle session probes after t/3 and gives up after three unanswered probes t/6 apart (within
+  // t); a session with unacknowledged data gives up after t (tcp_user_timeout, which on Linux
+  // also bounds the probes).
+  const std::pair<const char*, std::string> defaults[] = {
+      {"keepalives", "1"},
+      {"keepalives_idle", std::to_string(std::max<std::int64_t>(1, t / 3))},
+      {"keepalives_interval", std::to_string(std::max<std::int64_t>(1, t / 6))},
+      {"keepalives_count", "3"},
+      {"tcp_user_timeout", std::to_string(t * 1000)},
+  };
+  for (const auto& [key, value] : defaults) conninfo = with_conninfo_default(std::move(conninfo), key, value);
+  return conninfo;
 }
 
 }  // namespace rowguard::detail

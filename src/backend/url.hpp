@@ -4,6 +4,8 @@
 #include <string>
 #include <string_view>
 
+#include "rowguard/database.hpp"
+
 namespace rowguard::detail {
 
 enum class Engine { sqlite, postgres, soci_sqlite3, soci_postgresql };
@@ -31,5 +33,10 @@ std::string scrub(std::string text, std::string_view secret);
 
 // Adds key=value to a libpq connection string (URI or keyword form) unless the key is already set.
 std::string with_conninfo_default(std::string conninfo, std::string_view key, std::string_view value);
+
+// The connection string with rowguard's defaults for whatever it does not set itself:
+// application_name, connect_timeout, and (network_timeout > 0) TCP keepalives and
+// tcp_user_timeout, so a session on a silent network fails within about network_timeout.
+std::string with_session_defaults(std::string conninfo, const Options& options);
 
 }  // namespace rowguard::detail

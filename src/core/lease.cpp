@@ -123,15 +123,25 @@ Lease& Lease::operator=(Lease&& other) noexcept {
 }
 
 namespace {
-// Stops the heartbeat and waits for it, unless called from the heartbeat itself (on_lost).
+// Stops one of the lease's threads and waits for it, unless called from that thread itself
+// (on_lost released or dropped the lease: the thread ends right after it).
+void stop_thread(std::jthread& thread) {
+  if (!thread.joinable()) return;
+  if (thread.get_id() == std::this_thread::get_id())
+    thread.detach();
+  else
+    thread.join();
+}
+
+// Stops the heartbeat and its watchdog. Waits for a renewal in flight to end, which on a
+// partitioned network takes as long as the connection's TCP timeouts (docs/scaling.md).
 void stop_heartbeat(Lease::State& s) {
   s.heartbeat.request_stop();
+  s.watchdog.request_stop();
   s.heartbeat_wakeup.notify_all();
-  if (!s.heartbeat.joinable()) return;
-  if (s.heartbeat.get_id() == std::this_thread::get_id())
-    s.heartbeat.detach();  // on_lost released or dropped the lease: the thread ends right after it
-  else
-    s.heartbeat.join();
+  s.deadline_moved.notify_all();
+  stop_thread(s.watchdog);
+  stop_thread(s.heartbeat);
 }
 }  // namespace
 
@@ -198,6 +208,7 @@ void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
       if (lost) s.state = LeaseState::lost;
       if (live && e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
     }
+    s.deadline_moved.notify_all();
     if (lost) detail::report_lost(s, e.what());
     throw;
   }
@@ -206,6 +217,7 @@ void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
   s.state = LeaseState::held;
   s.ttl = ttl;
   s.deadline = detail::local_deadline(sent, ttl);
+  s.deadline_moved.notify_all();
 }
 
 bool state_valid(const Lease::State& s) {
@@ -261,39 +273,56 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
   const auto interval = options.interval.value_or(std::max(s.ttl / 3, std::chrono::milliseconds(1)));
   if (interval <= std::chrono::milliseconds::zero())
     throw Error(ErrorKind::invalid_argument, "heartbeat interval must be positive");
-  // The thread only uses the State, which outlives it (the Lease joins it before letting go).
-  // The thread uses only the State, which outlives it: the Lease joins it before letting go.
-  s.heartbeat = std::jthread([&s, interval, on_lost = std::move(options.on_lost)](std::stop_token stop) {
-    auto lost = [&] {
-      if (!on_lost) return;
+  // on_lost runs at most once, from whichever thread sees the loss first. It is shared, not kept in
+  // the State, because it may drop the Lease (and so the State) while it runs.
+  struct LostCallback {
+    std::function<void()> callback;
+    std::atomic<bool> fired{false};
+    void fire() {
+      if (fired.exchange(true) || !callback) return;
       try {
-        on_lost();
+        callback();
       } catch (...) {
         // A throwing callback must not take the process down from a background thread.
       }
-    };
+    }
+  };
+  auto lost = std::make_shared<LostCallback>();
+  lost->callback = std::move(options.on_lost);
+
+  // Both threads use only the State, which outlives them: the Lease joins them before letting go.
+  s.heartbeat = std::jthread([&s, interval, lost](std::stop_token stop) {
     for (;;) {
       {
         std::mutex m;
         std::unique_lock lock(m);
         s.heartbeat_wakeup.wait_for(lock, stop, interval, [] { return false; });
       }
-      if (stop.stop_requested()) return;
+      if (stop.stop_requested() || lost->fired) return;
       try {
         renew_state(s, s.ttl);
       } catch (const Error& e) {
-        if (e.kind() == ErrorKind::lock_lost) return lost();
-        // transient, conflict or in doubt: try again next tick while the local deadline allows.
-      }
-      if (!state_valid(s)) {
-        {
-          std::lock_guard lock(s.mutex);
-          if (s.state == LeaseState::held) s.state = LeaseState::unknown;
-        }
-        detail::report_lost(s, "the heartbeat could not renew the lease before its local deadline");
-        return lost();
+        if (e.kind() == ErrorKind::lock_lost) return lost->fire();
+        // transient, conflict or in doubt: try again next tick; the watchdog ends it at the deadline.
       }
     }
+  });
+  s.watchdog = std::jthread([&s, lost](std::stop_token stop) {
+    {
+      std::unique_lock lock(s.mutex);
+      for (;;) {
+        if (s.state != LeaseState::held && s.state != LeaseState::unknown) return;  // released or lost
+        const auto deadline = s.deadline;
+        s.deadline_moved.wait_until(lock, stop, deadline, [&] {
+          return s.deadline != deadline || (s.state != LeaseState::held && s.state != LeaseState::unknown);
+        });
+        if (stop.stop_requested()) return;
+        if (s.deadline == deadline && std::chrono::steady_clock::now() >= deadline) break;
+      }
+      if (s.state == LeaseState::held) s.state = LeaseState::unknown;
+    }
+    detail::report_lost(s, "the heartbeat could not renew the lease before its local deadline");
+    lost->fire();
   });
 }
 

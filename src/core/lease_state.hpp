@@ -2,7 +2,9 @@
 // A lease's shared state and the renew/release statements behind Lease and Locks.
 
 #include <chrono>
+#include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,8 +27,13 @@ struct Lease::State {
   std::chrono::steady_clock::time_point deadline;
   bool loss_reported = false;  // rowguard_leases_lost_total and the log count a lease once
 
+  // Notified (under mutex) when deadline or state changes, so the watchdog re-reads them.
+  std::condition_variable_any deadline_moved;
   std::condition_variable_any heartbeat_wakeup;
-  std::jthread heartbeat;  // last: stopped and joined before the rest is destroyed
+  // Last: stopped and joined before the rest is destroyed. The heartbeat renews; the watchdog
+  // calls on_lost when the local deadline passes, even while a renewal is stuck on a dead network.
+  std::jthread heartbeat;
+  std::jthread watchdog;
 };
 
 namespace detail {

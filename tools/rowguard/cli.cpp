@@ -20,6 +20,10 @@ Database open_database(const Globals& globals) {
   const auto timeout = parse_duration(globals.connect_timeout);
   options.connect_timeout = std::chrono::duration_cast<std::chrono::seconds>(timeout);
   if (options.connect_timeout.count() < 1) options.connect_timeout = std::chrono::seconds(1);
+  const auto network = parse_duration(globals.network_timeout);
+  if (network.count() != 0 && network < std::chrono::seconds(2))
+    throw Error(ErrorKind::invalid_argument, "--network-timeout must be 0s (the system's TCP defaults) or at least 2s");
+  options.network_timeout = std::chrono::duration_cast<std::chrono::seconds>(network);
   return Database::open(globals.db, options);
 }
 

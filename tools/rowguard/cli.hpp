@@ -18,6 +18,7 @@ struct Globals {
   std::string prefix = "rowguard_";
   bool json = false;
   std::string connect_timeout = "10s";  // a duration: 250ms, 30s, 5m, 1h
+  std::string network_timeout = "30s";  // a duration; 0s: the operating system's TCP defaults
 };
 
 // Opens the database named by the global options.

@@ -21,6 +21,10 @@ int main(int argc, char** argv) {
   app.add_flag("--json", globals.json, "Print one JSON object per result");
   app.add_option("--connect-timeout", globals.connect_timeout,
                  "How long connecting to PostgreSQL may take, e.g. 5s (default: 10s)");
+  app.add_option("--network-timeout", globals.network_timeout,
+                 "How long a PostgreSQL session waits on a network that stopped answering before it "
+                 "fails (TCP keepalives and tcp_user_timeout, unless the URL sets them); 0s leaves the "
+                 "system's defaults (default: 30s)");
 
   cli::add_schema_commands(app, globals);
   cli::add_demo_command(app, globals);

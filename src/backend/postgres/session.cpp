@@ -131,8 +131,7 @@ class PgSession final : public Session {
 }  // namespace
 
 std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& options) {
-  std::string conninfo = with_conninfo_default(url.target, "application_name", options.application_name);
-  conninfo = with_conninfo_default(conninfo, "connect_timeout", std::to_string(options.connect_timeout.count()));
+  const std::string conninfo = with_session_defaults(url.target, options);
   validate_conninfo(conninfo, url.password);
   auto dialect = postgres_dialect(BlobTransport::native);
   const bool pooled = url.transaction_pooling;

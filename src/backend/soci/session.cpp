@@ -243,8 +243,7 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
     }
     connect = fmt::format("db=\"{}\"", quoted);
   } else {
-    connect = with_conninfo_default(url.target, "application_name", options.application_name);
-    connect = with_conninfo_default(connect, "connect_timeout", std::to_string(options.connect_timeout.count()));
+    connect = with_session_defaults(url.target, options);
     validate_conninfo(connect, url.password);
   }
   auto dialect = lite ? sqlite_dialect(BlobTransport::hex_text) : postgres_dialect(BlobTransport::hex_text);
