@@ -158,6 +158,7 @@ cat >"$dir/failover" <<EOF
 set -euo pipefail
 PG_BIN='$PG_BIN'; dir='$dir'; p1=$p1; p2=$p2
 standby_opts='$(echo $standby_opts)'
+$(printf 'primary_conninfo=%q' "$(q "$p2" "SHOW primary_conninfo")")
 EOF
 cat >>"$dir/failover" <<'EOF'
 as_postgres() { if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -203,7 +204,9 @@ case "${1:-}" in
     gone() { [[ -z "$(q "$p2" "SELECT pid FROM pg_stat_wal_receiver")" ]]; }
     wait_for "the standby's WAL receiver to stop" 30 gone ;;
   attach-standby)
-    q "$p2" "ALTER SYSTEM RESET primary_conninfo" >/dev/null
+    # pg_basebackup -R wrote the original into postgresql.auto.conf, which ALTER SYSTEM rewrites:
+    # RESET would drop it, so the original value goes back.
+    q "$p2" "ALTER SYSTEM SET primary_conninfo = '${primary_conninfo//\'/\'\'}'" >/dev/null
     q "$p2" "SELECT pg_reload_conf()" >/dev/null
     wait_for "the standby to stream again" 60 streaming ;;
   caught-up)

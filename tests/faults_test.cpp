@@ -20,6 +20,7 @@
 
 #include "fault_proxy.hpp"
 #include "fault_workloads.hpp"
+#include "replication.hpp"
 #include "support.hpp"
 
 using namespace rowguard;
@@ -115,7 +116,9 @@ TEST_CASE("faults: sessions killed at random by pg_terminate_backend during tran
   options.pool_size = 8;
   // Its own application_name, so the killer never touches the sessions of tests running beside it.
   options.application_name = fmt::format("rowguard-faults-{}", ::getpid());
-  TestDb t(options);
+  // Behind PgBouncer a server connection serves whichever client comes next: a database of its own
+  // keeps the killed ones away from the tests running beside this one.
+  TestDb t(options, [](const std::string& url) { return is_pgbouncer() ? own_database(url, "rowguard_kill_faults") : url; });
   auto admin = t.another(Options{});
   std::atomic<int> kills{0};
   under_fault(t, "kill", fault_duration(6), [&](const std::atomic<bool>& done) {
@@ -167,38 +170,6 @@ TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during trans
 }
 
 namespace {
-
-// The variables scripts/pg-replicated.sh exports; the failover tests run only under it (ctest -L failover).
-std::string replicated_env(const char* name) {
-  const char* value = std::getenv(name);
-  if (value == nullptr || *value == '\0')
-    FAIL(fmt::format("{} is not set: the failover tests run only under their own scripts/pg-replicated.sh "
-                     "(ctest -L failover)",
-                     name));
-  return value;
-}
-
-// The test's URL with the standby added: libpq's multi-host syntax, read-write sessions only, so a
-// new session after a failover finds whichever server is the primary now.
-std::string multi_host(const std::string& url) {
-  return (url.rfind("soci+", 0) == 0 ? "soci+" : "") + replicated_env("ROWGUARD_TEST_PG_MULTI");
-}
-
-// Runs one action of the failover helper (kill-primary, promote, failover, stop-standby, ...),
-// returning its output; fails the test when the action fails.
-std::string failover(const std::string& action) {
-  const std::string command = replicated_env("ROWGUARD_PG_FAILOVER") + " " + action + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::string out;
-  char buffer[512];
-  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
-  const int status = ::pclose(pipe);
-  INFO(command << ": " << out);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
-  return out;
-}
 
 // The first call after a failover may meet an idle session to the dead primary and fail as
 // transient; the pool then drops every idle session, and the next call connects to the new primary.
@@ -385,10 +356,16 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
   Locks other_locks(direct);    // the database's side of the partition
   constexpr auto ttl = 3s;
 
+  std::atomic<bool> on_lost_called{false};  // before the lease: its heartbeat writes them
+  std::chrono::steady_clock::time_point on_lost_at;
   auto lease = holder_locks.try_acquire("partitioned", ttl);
   REQUIRE(lease);
-  std::atomic<bool> on_lost_called{false};
-  std::chrono::steady_clock::time_point on_lost_at;
+  // Destroyed before the lease: a failed REQUIRE during the partition heals it first, so the lease's
+  // destructor does not wait forever on its stuck renewal.
+  struct Heal {
+    FaultProxy& proxy;
+    ~Heal() { proxy.set_stalled(false); }
+  } heal{*proxy};
   lease->start_heartbeat({.on_lost = [&] {
     on_lost_at = std::chrono::steady_clock::now();
     on_lost_called = true;

@@ -224,15 +224,10 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
       fmt::format("timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir='{}' "
                   "--dump-dom '{}' 2>/dev/null",
                   profile.string(), server.url());
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
   std::string dom;
-  char buffer[4096];
-  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) dom.append(buffer, n);
-  const int status = ::pclose(pipe);
+  const int status = rowguard::test::run_command(command, &dom);
   INFO(dom);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);  // 127: chromium is not installed (scripts/install-deps.sh)
+  REQUIRE(status == 0);  // 127: chromium is not installed (scripts/install-deps.sh)
 
   CHECK_THAT(dom, Catch::Contains("<title>rowguard status</title>"));
   CHECK_THAT(dom, Catch::Contains(R"(<meta http-equiv="refresh" content="7">)"));

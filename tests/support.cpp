@@ -136,15 +136,33 @@ int run_cli(const std::vector<std::string>& args, std::string* out, bool with_st
     command += " " + quoted + "'";
   }
   command += with_stderr ? " 2>&1" : " 2>/dev/null";
+  return run_command(command, out);
+}
+
+std::string own_database(const std::string& url, const std::string& name) {
+  auto admin = Database::open(pg_url());
+  try {
+    (*admin.backend().borrow())->exec_script("CREATE DATABASE " + name);
+  } catch (const Error& e) {
+    // 42P04: made by an earlier run on this server; 23505: by a concurrent one just now.
+    if (e.sqlstate() != "42P04" && e.sqlstate() != "23505") throw;
+  }
+  const std::string current = "/rowguard_test";
+  const auto at = url.find(current);
+  if (at == std::string::npos) throw std::runtime_error("own_database: no /rowguard_test in " + url);
+  return url.substr(0, at) + "/" + name + url.substr(at + current.size());
+}
+
+int run_command(const std::string& command, std::string* output) {
   FILE* pipe = ::popen(command.c_str(), "r");
   // No Catch2 assertion here: run_cli is called from worker threads, and Catch2 is not thread-safe.
   if (pipe == nullptr) throw std::runtime_error("popen failed for " + command);
-  std::string output;
+  std::string text;
   char buffer[4096];
   std::size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) text.append(buffer, n);
   const int status = ::pclose(pipe);
-  if (out) *out = output;
+  if (output) *output = std::move(text);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 

@@ -27,6 +27,11 @@ bool processes_share_database();
 std::string pg_url();
 std::string pgbouncer_url();  // ROWGUARD_TEST_PGBOUNCER
 
+// url (the test server's, rowguard_test) naming database `name` instead, which is created on the
+// server first if needed. Behind PgBouncer a database of its own is a pool of its own: tests that
+// kill server sessions use one, so that no other test's client meets a killed server connection.
+std::string own_database(const std::string& url, const std::string& name);
+
 // A new scratch directory under the system temp dir, removed at exit.
 std::filesystem::path scratch_dir();
 
@@ -56,6 +61,10 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message = nullptr
 
 // Rows in one of rowguard's tables ("locks", "cache", ...) under db's prefix.
 std::int64_t rows_in(Database& db, const char* table);
+
+// Runs command through /bin/sh, its standard output into *output; returns its exit code (128+N
+// when signal N ended it). No Catch2 assertion inside: safe from worker threads.
+int run_command(const std::string& command, std::string* output);
 
 // Runs the rowguard CLI with args (each shell-quoted), returns its exit code and its stdout (and
 // stderr after it with with_stderr).

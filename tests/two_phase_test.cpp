@@ -32,26 +32,8 @@ struct TwoBanks {
   std::shared_ptr<Database> b;
   Ledger la, lb;
 
-  static std::string second_url(const std::string& url) {
-    const std::string name = "/rowguard_test";
-    const auto at = url.find(name);
-    REQUIRE(at != std::string::npos);
-    return url.substr(0, at) + "/rowguard_2pc_b" + url.substr(at + name.size());
-  }
-
   static Database& make_second(TestDb& t, std::string& url, std::shared_ptr<Database>& b) {
-    static bool created = false;
-    if (!created) {
-      auto admin = Database::open(rowguard::test::pg_url());
-      try {
-        (*admin.backend().borrow())->exec_script("CREATE DATABASE rowguard_2pc_b");
-      } catch (const Error& e) {
-        // 42P04: made by an earlier run on this server; 23505: by a concurrent one just now.
-        if (e.sqlstate() != "42P04" && e.sqlstate() != "23505") throw;
-      }
-      created = true;
-    }
-    url = second_url(t.url());
+    url = rowguard::test::own_database(t.url(), "rowguard_2pc_b");
     Options o = t.options();
     b = std::make_shared<Database>(Database::open(url, o));
     b->migrate();

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "rowguard/database.hpp"
+#include "rowguard/standby.hpp"
 #include "rowguard/transaction.hpp"
 
 namespace rowguard {
@@ -45,6 +46,12 @@ struct CacheOptions {
   // other Cache objects) reach this tier only when its copy expires, so this is how stale a read
   // can be. Default: 1s. REQUIRES: > 0 when the tier is on.
   std::chrono::milliseconds local_ttl{1000};
+  // Hits may come from a standby at most standby.max_staleness behind the primary: get() and
+  // get_or_load() look there first and return a live value found there (it may predate an
+  // invalidation or put by up to that bound, plus local_ttl when the in-process tier keeps it); a
+  // miss, an expired value, or a standby too stale or failing, and every write, load and lease go
+  // to the primary. Default: none.
+  StandbyReads standby;
 };
 
 // What the table holds, counted by Cache::table_stats() (a scan: for dashboards, not hot paths).

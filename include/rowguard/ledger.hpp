@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "rowguard/database.hpp"
+#include "rowguard/standby.hpp"
 #include "rowguard/retry.hpp"
 
 namespace rowguard {
@@ -220,6 +221,10 @@ struct LedgerOptions {
   Cache* cache = nullptr;
   // Default: 5s. REQUIRES: > 0.
   std::chrono::milliseconds cache_ttl{5000};
+  // history() and transfers() may read from a standby at most standby.max_staleness behind the
+  // primary (an account the standby does not know is looked up on the primary); everything else,
+  // balances, check() and every write included, reads the primary. Default: none.
+  StandbyReads standby;
 };
 
 // Thread-safety: safe for concurrent use; every call runs in its own transaction on a pooled

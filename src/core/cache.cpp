@@ -15,6 +15,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/sql_text.hpp"
+#include "core/standby_route.hpp"
 #include "core/cache_local.hpp"
 #include "core/cache_sql.hpp"
 #include "rowguard/locks.hpp"
@@ -63,6 +64,7 @@ struct Cache::Impl {
   std::shared_ptr<detail::Backend> backend;
   CacheOptions options;
   Locks locks;
+  detail::StandbyRoute standby;
   std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql, evict_sql, table_stats_sql;
 
   std::mutex mutex;  // guards flights and stats
@@ -77,7 +79,11 @@ struct Cache::Impl {
   bool stopping = false;
   std::thread sweeper;
 
-  Impl(Database& db, CacheOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db) {
+  Impl(Database& db, CacheOptions o)
+      : backend(db.shared_backend()),
+        options(std::move(o)),
+        locks(db),
+        standby(*backend, options.standby, "CacheOptions::standby") {
     if (options.max_key_bytes < 1 || options.max_key_bytes > 4096)
       throw Error(ErrorKind::invalid_argument, "CacheOptions::max_key_bytes must be 1 to 4096");
     if (!(options.ttl_jitter >= 0.0 && options.ttl_jitter < 1.0))
@@ -218,9 +224,19 @@ struct Cache::Impl {
     f(stats);
   }
 
-  std::optional<Entry> read(std::string_view key) {
-    auto session = backend->borrow();
-    const Result r = (*session)->exec(read_sql, {std::string(key)});
+  // The key's row on the primary.
+  std::optional<Entry> read(std::string_view key) { return entry_of((*backend->borrow())->exec(read_sql, {std::string(key)})); }
+
+  // The key's row where a hit may come from: a live row on the standby when one is configured and
+  // fresh enough, else the primary's row.
+  std::optional<Entry> read_for_hit(std::string_view key) {
+    std::optional<Entry> e;
+    if (standby.run([&](detail::Session& s) { e = entry_of(s.exec(read_sql, {std::string(key)})); }) && e && e->live)
+      return e;
+    return read(key);
+  }
+
+  static std::optional<Entry> entry_of(const Result& r) {
     if (r.empty()) return std::nullopt;
     const Row& row = r.rows[0];
     Entry e;
@@ -329,7 +345,9 @@ Cache::~Cache() { impl_->stop_sweeper(); }
 std::optional<std::string> Cache::get(std::string_view key) {
   impl_->check_key(key);
   if (!impl_->local) {
-    const Result r = (*impl_->backend->borrow())->exec(impl_->hit_sql, {std::string(key)});
+    Result r;
+    if (!impl_->standby.run([&](detail::Session& s) { r = s.exec(impl_->hit_sql, {std::string(key)}); }) || r.empty())
+      r = (*impl_->backend->borrow())->exec(impl_->hit_sql, {std::string(key)});
     impl_->count([&](CacheStats& s) { ++(r.empty() ? s.misses : s.hits); });
     (r.empty() ? detail::instruments::cache().miss : detail::instruments::cache().hit).add();
     if (r.empty() || r.rows[0].is_null(0)) return std::nullopt;
@@ -337,7 +355,7 @@ std::optional<std::string> Cache::get(std::string_view key) {
   }
   if (auto local = impl_->local_get(key)) return *local;
   const auto stamp = impl_->local_stamp(key);
-  const auto e = impl_->read(key);
+  const auto e = impl_->read_for_hit(key);
   const bool hit = e && e->live;
   impl_->count([&](CacheStats& s) { ++(hit ? s.hits : s.misses); });
   (hit ? detail::instruments::cache().hit : detail::instruments::cache().miss).add();
@@ -405,7 +423,7 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     throw Error(ErrorKind::invalid_argument, "stale_for must not be negative");
   if (auto local = impl_->local_get(key)) return *local;
   const auto stamp = impl_->local_stamp(key);
-  const auto e = impl_->read(key);
+  const auto e = impl_->read_for_hit(key);
   if (e && e->live) {
     impl_->count([](CacheStats& s) { ++s.hits; });
     detail::instruments::cache().hit.add();

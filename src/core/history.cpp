@@ -1,11 +1,13 @@
 // Ledger history, transfer lookup and point-in-time balances: read-only queries over the journal.
 // Every call is one statement (one round trip, one snapshot), keyset-paginated where it pages.
+// history() and transfers() read from a standby when LedgerOptions::standby allows it.
 #include <algorithm>
 #include <limits>
 
 #include <fmt/format.h>
 
 #include "core/ledger_impl.hpp"
+#include "core/standby_route.hpp"
 #include "rowguard/ledger.hpp"
 #include "rowguard/money.hpp"
 
@@ -187,24 +189,29 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
   std::vector<Value> params{std::string(account), cursor};
   if (window) params.insert(params.end(), {since, until});
   params.emplace_back(fetch);
-  auto session = impl_->backend->borrow();
-  const Result result = (*session)->exec(sql.history(newest, window), params);
   HistoryPage page;
-  std::int64_t last_entry = 0;
-  for (const auto& row : result.rows) {
-    const std::int64_t entry = row.i64(12);
-    if (page.items.empty() || entry != last_entry) {
-      if (page.items.size() == static_cast<std::size_t>(query.limit)) {
-        page.next = last_entry;  // the limit+1st exists: the page ends at the last one kept
-        break;
+  bool missing = false;  // no such account, as far as this session's snapshot knows
+  const auto read = [&](detail::Session& session) {
+    page = HistoryPage{};
+    const Result result = session.exec(sql.history(newest, window), params);
+    std::int64_t last_entry = 0;
+    for (const auto& row : result.rows) {
+      const std::int64_t entry = row.i64(12);
+      if (page.items.empty() || entry != last_entry) {
+        if (page.items.size() == static_cast<std::size_t>(query.limit)) {
+          page.next = last_entry;  // the limit+1st exists: the page ends at the last one kept
+          break;
+        }
+        page.items.push_back({record_of(row), row.i64(13)});
+        last_entry = entry;
       }
-      page.items.push_back({record_of(row), row.i64(13)});
-      last_entry = entry;
+      add_entry(page.items.back().transfer, row, 14);
     }
-    add_entry(page.items.back().transfer, row, 14);
-  }
-  if (page.items.empty() && (*session)->exec(sql.account_exists(), {std::string(account)}).one().i64(0) == 0)
-    throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
+    missing = page.items.empty() && session.exec(sql.account_exists(), {std::string(account)}).one().i64(0) == 0;
+  };
+  // An account the standby does not know yet may exist on the primary: that answer comes from there.
+  if (!impl_->standby.run(read) || missing) read(**impl_->backend->borrow());
+  if (missing) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
   return page;
 }
 
@@ -232,17 +239,21 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
   std::vector<Value> params{query.before.value_or(std::numeric_limits<std::int64_t>::max()),
                             static_cast<std::int64_t>(query.limit) + 1};
   if (query.account) params.emplace_back(*query.account);
-  auto session = impl_->backend->borrow();
   TransferPage page;
-  page.items = records_of((*session)->exec(sql.transfers(query.account.has_value(), query.include_entries), params),
-                          query.include_entries);
-  if (page.items.size() > static_cast<std::size_t>(query.limit)) {
-    page.items.resize(query.limit);
-    page.next = page.items.back().id;
-  }
-  if (page.items.empty() && query.account &&
-      (*session)->exec(sql.account_exists(), {*query.account}).one().i64(0) == 0)
-    throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *query.account));
+  bool missing = false;
+  const auto read = [&](detail::Session& session) {
+    page = TransferPage{};
+    page.items = records_of(session.exec(sql.transfers(query.account.has_value(), query.include_entries), params),
+                            query.include_entries);
+    if (page.items.size() > static_cast<std::size_t>(query.limit)) {
+      page.items.resize(query.limit);
+      page.next = page.items.back().id;
+    }
+    missing = page.items.empty() && query.account &&
+              session.exec(sql.account_exists(), {*query.account}).one().i64(0) == 0;
+  };
+  if (!impl_->standby.run(read) || missing) read(**impl_->backend->borrow());
+  if (missing) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *query.account));
   return page;
 }
 

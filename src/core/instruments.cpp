@@ -66,6 +66,18 @@ const Ledger& ledger() {
   return m;
 }
 
+const Standby& standby() {
+  static const Standby m = [] {
+    const char* help =
+        "Reads offered to a standby (StandbyReads) by result: answered there, or sent to the primary because the "
+        "standby was too stale or failed";
+    return Standby{counter("rowguard_standby_reads_total", help, {{"result", "answered"}}),
+                   counter("rowguard_standby_reads_total", help, {{"result", "stale"}}),
+                   counter("rowguard_standby_reads_total", help, {{"result", "failed"}})};
+  }();
+  return m;
+}
+
 const Cache& cache() {
   static const Cache m = [] {
     const char* look = "Cache lookups by result (stale: an expired value served within stale_for)";
@@ -135,6 +147,7 @@ void register_all() {
   locks();
   ledger();
   cache();
+  standby();
   pool();
   retries();
   sagas();

@@ -54,6 +54,11 @@ struct Cache {
 };
 const Cache& cache();
 
+struct Standby {
+  Counter &answered, &stale, &failed;  // rowguard_standby_reads_total{result}
+};
+const Standby& standby();
+
 struct Pool {
   Counter& borrows;
   Counter& waits;

@@ -214,6 +214,10 @@ void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
   }
   std::lock_guard lock(s.mutex);
   if (s.state == LeaseState::released) return;  // released meanwhile by another thread
+  // A renewal sent before the watchdog gave up (one stuck on a silent network) does not bring the
+  // lease back: on_lost has told the holder to stop. The row stays held until it expires or the
+  // Lease releases it; a renew() called after on_lost may take it back.
+  if (s.gave_up_at && sent <= *s.gave_up_at) return;
   s.state = LeaseState::held;
   s.ttl = ttl;
   s.deadline = detail::local_deadline(sent, ttl);
@@ -299,10 +303,16 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
         s.heartbeat_wakeup.wait_for(lock, stop, interval, [] { return false; });
       }
       if (stop.stop_requested() || lost->fired) return;
+      std::chrono::milliseconds ttl;
+      {
+        std::lock_guard lock(s.mutex);  // renew() from another thread may change it
+        ttl = s.ttl;
+      }
       try {
-        renew_state(s, s.ttl);
+        renew_state(s, ttl);
       } catch (const Error& e) {
-        if (e.kind() == ErrorKind::lock_lost) return lost->fire();
+        if (e.kind() == ErrorKind::lock_lost && !stop.stop_requested()) lost->fire();
+        if (e.kind() == ErrorKind::lock_lost) return;
         // transient, conflict or in doubt: try again next tick; the watchdog ends it at the deadline.
       }
     }
@@ -320,9 +330,10 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
         if (s.deadline == deadline && std::chrono::steady_clock::now() >= deadline) break;
       }
       if (s.state == LeaseState::held) s.state = LeaseState::unknown;
+      s.gave_up_at = std::chrono::steady_clock::now();
     }
     detail::report_lost(s, "the heartbeat could not renew the lease before its local deadline");
-    lost->fire();
+    if (!stop.stop_requested()) lost->fire();
   });
 }
 

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -26,6 +27,8 @@ struct Lease::State {
   LeaseState state = LeaseState::held;
   std::chrono::steady_clock::time_point deadline;
   bool loss_reported = false;  // rowguard_leases_lost_total and the log count a lease once
+  // When the heartbeat's watchdog gave up at the local deadline (and called on_lost).
+  std::optional<std::chrono::steady_clock::time_point> gave_up_at;
 
   // Notified (under mutex) when deadline or state changes, so the watchdog re-reads them.
   std::condition_variable_any deadline_moved;

@@ -27,7 +27,8 @@ void validate(const RetryPolicy& p) {
 }  // namespace detail
 
 
-Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o) : backend(std::move(b)), options(std::move(o)) {
+Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
+    : backend(std::move(b)), options(std::move(o)), standby(*backend, options.standby, "LedgerOptions::standby") {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
   const auto& d = backend->dialect();

@@ -14,6 +14,7 @@
 #include "core/cache_sql.hpp"
 #include "core/instruments.hpp"
 #include "core/retrying.hpp"
+#include "core/standby_route.hpp"
 #include "rowguard/cache.hpp"
 #include "rowguard/ledger.hpp"
 
@@ -105,6 +106,7 @@ struct Ledger::Impl {
   using Request = detail::ledger::Request;
   std::shared_ptr<detail::Backend> backend;
   LedgerOptions options;
+  detail::StandbyRoute standby;  // history() and transfers()
   std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
       record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
   // Holds (holds.cpp): expire_sql closes an account's holds past their timeout, unhold_sql takes

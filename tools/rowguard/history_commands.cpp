@@ -1,5 +1,6 @@
 // rowguard ledger history|show|transfers|balance-at: read-only queries over the journal.
 #include <algorithm>
+#include <iostream>
 
 #include "cli.hpp"
 
@@ -12,7 +13,34 @@ struct HistoryArgs {
   std::int64_t cursor = 0;
   bool oldest_first = false;
   bool entries = false;
+  std::string standby, max_staleness = "1s";  // --standby URL, --max-staleness DUR
 };
+
+// --standby and --max-staleness of history and transfers.
+void standby_options(CLI::App* cmd, HistoryArgs& a) {
+  cmd->add_option("--standby", a.standby,
+                  "Read from this PostgreSQL standby when it is at most --max-staleness behind the primary, "
+                  "else from --db");
+  cmd->add_option("--max-staleness", a.max_staleness, "How far behind the primary the standby may be (default 1s)");
+}
+
+// A ledger on db that reads history from the --standby database when one was given (kept in standby).
+Ledger history_ledger(const Globals& globals, Database& db, const HistoryArgs& a, std::optional<Database>& standby) {
+  if (a.standby.empty()) return Ledger(db);
+  Globals on_standby = globals;
+  on_standby.db = a.standby;
+  try {
+    standby.emplace(open_database(on_standby));
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::transient) throw;
+    // An unreachable standby is what the primary is there for.
+    std::cerr << "rowguard: the standby is unreachable, reading the primary: " << e.what() << '\n';
+    return Ledger(db);
+  }
+  LedgerOptions options;
+  options.standby = StandbyReads{&*standby, parse_duration(a.max_staleness)};
+  return Ledger(db, options);
+}
 
 nlohmann::json opt_json(const std::optional<std::string>& s) { return s ? nlohmann::json(*s) : nlohmann::json(); }
 nlohmann::json opt_json(const std::optional<std::int64_t>& n) { return n ? nlohmann::json(*n) : nlohmann::json(); }
@@ -79,6 +107,7 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   history->add_option("--until", a.until, "Only transfers created before TIME");
   auto* after = paged(history, "--after");
   history->add_flag("--oldest-first", a.oldest_first, "Oldest first instead");
+  standby_options(history, a);
   history->callback([&globals, after] {
     HistoryQuery q;
     q.limit = a.limit;
@@ -87,7 +116,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     if (!a.since.empty()) q.since_ms = parse_time(a.since);
     if (!a.until.empty()) q.until_ms = parse_time(a.until);
     auto db = open_database(globals);
-    const HistoryPage page = Ledger(db).history(a.id, q);
+    std::optional<Database> standby;
+    const HistoryPage page = history_ledger(globals, db, a, standby).history(a.id, q);
     nlohmann::json items = nlohmann::json::array();
     std::string text = fmt::format("history of {} ({} item(s))", a.id, page.items.size());
     for (const auto& item : page.items) {
@@ -121,6 +151,7 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   transfers->add_option("--account", a.account, "Only transfers from or to this account");
   auto* before = paged(transfers, "--before");
   transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");
+  standby_options(transfers, a);
   transfers->callback([&globals, before] {
     TransferQuery q;
     q.limit = a.limit;
@@ -128,7 +159,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     if (before->count()) q.before = a.cursor;
     if (!a.account.empty()) q.account = a.account;
     auto db = open_database(globals);
-    const TransferPage page = Ledger(db).transfers(q);
+    std::optional<Database> standby;
+    const TransferPage page = history_ledger(globals, db, a, standby).transfers(q);
     nlohmann::json items = nlohmann::json::array();
     std::string text = fmt::format("{} transfer(s)", page.items.size());
     for (const auto& t : page.items) {

@@ -1,0 +1,87 @@
+#include "core/standby_route.hpp"
+
+#include <fmt/format.h>
+
+#include "core/instruments.hpp"
+#include "core/logging.hpp"
+#include "rowguard/database.hpp"
+
+namespace rowguard::detail {
+
+namespace {
+// An upper bound, in ms, on how far behind its primary this standby's data is; NULL when it is not
+// a streaming standby (or has replayed no commit yet while behind). Its data is the primary's as of
+// some moment no earlier than its last replayed commit; when it has also replayed all the WAL the
+// primary had when it sent its last message (latest_end_lsn), as of that message, received at
+// last_msg_receipt_time. pg_last_xact_replay_timestamp() is the commit time on the primary's clock:
+// the bound assumes the two clocks agree (NTP), as lease expiry does across a failover.
+constexpr const char* staleness_sql =
+    "SELECT CASE WHEN pg_is_in_recovery() THEN ("
+    "SELECT (extract(epoch FROM clock_timestamp() - CASE WHEN pg_last_wal_replay_lsn() >= w.latest_end_lsn "
+    "THEN greatest(w.last_msg_receipt_time, pg_last_xact_replay_timestamp()) "
+    "ELSE pg_last_xact_replay_timestamp() END) * 1000)::bigint "
+    "FROM pg_stat_wal_receiver w WHERE w.status = 'streaming') END";
+
+// After the standby failed, reads skip it for this long instead of waiting on it each time.
+constexpr std::chrono::milliseconds failure_backoff{5000};
+
+std::int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+StandbyRoute::StandbyRoute(const Backend& primary, const StandbyReads& reads, const char* what)
+    : max_staleness_(reads.max_staleness) {
+  if (reads.database == nullptr) return;
+  if (reads.max_staleness.count() <= 0)
+    throw Error(ErrorKind::invalid_argument, fmt::format("{}.max_staleness must be positive", what));
+  const Backend& standby = *reads.database->shared_backend();
+  const auto postgres = [](const Backend& b) { return b.name() == "postgres" || b.name() == "soci+postgresql"; };
+  if (!postgres(primary) || !postgres(standby))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("{}: standby reads need PostgreSQL on both sides (got {} and {})", what, primary.name(),
+                            standby.name()));
+  if (standby.table("x") != primary.table("x"))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("{}: the standby's Database has another table prefix than the primary's", what));
+  standby_ = reads.database->shared_backend();
+}
+
+bool StandbyRoute::run(const std::function<void(Session&)>& read) const {
+  if (!standby_ || steady_ms() < skip_until_ms_.load(std::memory_order_relaxed)) return false;
+  const auto& m = instruments::standby();
+  try {
+    auto session = standby_->borrow();
+    // Measured before the read's snapshot is taken, so the snapshot is at least as new.
+    const Result staleness = (*session)->exec(staleness_sql, {});
+    if (staleness.empty() || staleness.rows[0].is_null(0) || staleness.rows[0].i64(0) > max_staleness_.count()) {
+      m.stale.add();
+      return false;
+    }
+    (*session)->begin(TxOptions{Isolation::repeatable_read, TxAccess::read_only});
+    struct Rollback {
+      Session& s;
+      ~Rollback() {
+        if (s.in_transaction()) try {
+            s.rollback();
+          } catch (...) {
+            // The session is dropped as broken if the rollback failed.
+          }
+      }
+    } rollback{**session};
+    read(**session);
+    (*session)->commit();
+    m.answered.add();
+    return true;
+  } catch (const Error& e) {
+    m.failed.add();
+    skip_until_ms_.store(steady_ms() + failure_backoff.count(), std::memory_order_relaxed);
+    if (log_enabled(LogLevel::warn))
+      log(LogLevel::warn, "standby", "standby read failed: reading the primary for a while",
+          {{"error", e.what()}, {"backoff_ms", std::to_string(failure_backoff.count())}});
+    return false;
+  }
+}
+
+}  // namespace rowguard::detail
