@@ -2,7 +2,7 @@
 # Starts a throwaway pg_auto_failover formation (Debian's postgresql-15-auto-failover): a monitor
 # and two data nodes on loopback, each run by its own pg_autoctl keeper, in a temporary directory
 # as the postgres user; stops everything and deletes it on exit. Forming takes about 100 s here
-# (docs/scaling.md); the monitor then promotes the secondary on its own when the primary dies.
+# (docs/scaling.md) or less; the monitor then promotes the secondary on its own when the primary dies.
 # Needs root (runuser) and the package (not installed by scripts/install-deps.sh: only this script
 # and hand-run measurements use it):
 #   apt-get install -y postgresql-15-auto-failover
@@ -72,6 +72,7 @@ keeper() {
     XDG_RUNTIME_DIR="$dir/run" pg_autoctl create "$@" --pgdata "$dir/$name" --hostname 127.0.0.1 --auth trust \
     --no-ssl --pgctl "$PG_BIN/pg_ctl" --run >"$dir/$name.log" 2>&1 &
   echo $! >"$dir/$name.pgid"
+  disown  # its kill by the failover helper is expected: no "Killed" report from this shell
 }
 # Free ports: three consecutive ones from a random base.
 base=$(( 20000 + (RANDOM * 7 + $$) % 40000 ))
@@ -103,7 +104,7 @@ fi
 keeper node1 postgres --pgport "$p1" --monitor "$monitor" --dbname rowguard_test
 sleep 5  # node1 registers first, so it starts as the primary
 keeper node2 postgres --pgport "$p2" --monitor "$monitor" --dbname rowguard_test
-echo "pg-auto-failover: forming (monitor :$mp, nodes :$p1 :$p2); this takes about 100 s" >&2
+echo "pg-auto-failover: forming (monitor :$mp, nodes :$p1 :$p2); this can take 100 s" >&2
 formed=0
 for _ in $(seq 1 300); do
   state=$(autoctl show state --pgdata "$dir/monitor" 2>/dev/null || true)
