@@ -18,7 +18,9 @@ out=build-fuzz
 mkdir -p "$out"
 flags=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Isrc -Iinclude -Itools/rowguard)
-"$CXX" "${flags[@]}" fuzz/url_fuzz.cpp src/backend/url.cpp src/core/error.cpp -lfmt -o "$out/url_fuzz"
+# url_fuzz asks libpq how it reads the strings it makes (the library under test never links libpq here).
+"$CXX" "${flags[@]}" -I/usr/include/postgresql fuzz/url_fuzz.cpp src/backend/url.cpp src/core/error.cpp -lfmt -lpq \
+  -o "$out/url_fuzz"
 "$CXX" "${flags[@]}" fuzz/args_fuzz.cpp tools/rowguard/args.cpp src/core/error.cpp -lfmt -o "$out/args_fuzz"
 status=0
 for target in url_fuzz args_fuzz; do

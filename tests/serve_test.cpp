@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "fault_proxy.hpp"
 #include "status_server.hpp"
 #include "support.hpp"
 
@@ -211,6 +212,31 @@ TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database 
   REQUIRE(bad);
   CHECK(bad->status == 503);
   CHECK(nlohmann::json::parse(bad->body).at("error") == "schema_mismatch");
+}
+
+TEST_CASE("serve: the status page and /healthz never show the URL's secrets", "[pg][serve]") {
+  // Issue 21: a keyword-form SOCI URL's password showed verbatim here, and sslpassword everywhere.
+  constexpr const char* secret = "Zq7-S3rve-pw";
+  std::unique_ptr<rowguard::test::FaultProxy> proxy;  // taken away below: the database becomes unreachable
+  TestDb t(Options{}, [&](const std::string& url) {
+    proxy = std::make_unique<rowguard::test::FaultProxy>(rowguard::test::port_of(url));
+    return rowguard::test::keyword_form(rowguard::test::via_port(url, proxy->port()),
+                                        fmt::format("password='{0}' sslpassword={0}", secret));
+  });
+  t.db().migrate();
+  RunningServer server(t.db());
+  std::string shown = get(server.port, "/")->body + get(server.port, "/healthz")->body;
+  CHECK(shown.find("password=***") != std::string::npos);  // the page shows the URL, masked
+  proxy.reset();
+  for (int i = 0; i < 5 && shown.find("cannot") == std::string::npos; ++i) {
+    const auto health = get(server.port, "/healthz");
+    REQUIRE(health);
+    CHECK(health->status == 503);
+    shown += health->body + get(server.port, "/")->body;
+  }
+  INFO(shown);
+  CHECK(shown.find("cannot") != std::string::npos);  // a failed connection, which names the URL, was shown
+  CHECK(shown.find(secret) == std::string::npos);
 }
 
 TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, recent transfers and the cache",

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <regex>
 #include <stdexcept>
 #include <thread>
 
@@ -151,6 +152,22 @@ std::string own_database(const std::string& url, const std::string& name) {
   const auto at = url.find(current);
   if (at == std::string::npos) throw std::runtime_error("own_database: no /rowguard_test in " + url);
   return url.substr(0, at) + "/" + name + url.substr(at + current.size());
+}
+
+std::string keyword_form(const std::string& url, const std::string& extra) {
+  static const std::regex uri(R"(^(soci\+)?postgres(?:ql)?://([^@/]+)@([^:/]+):([0-9]+)/([^?]+)(?:\?(.*))?$)");
+  std::smatch m;
+  if (!std::regex_match(url, m, uri)) throw std::runtime_error("keyword_form: not a test server URI: " + url);
+  std::string keywords = fmt::format("{}host={} port={} dbname={} user={}", m[1].matched ? "soci+postgresql:" : "",
+                                     m[3].str(), m[4].str(), m[5].str(), m[2].str());
+  std::string query = m[6].str();
+  for (std::size_t start = 0; start < query.size();) {
+    std::size_t end = query.find('&', start);
+    if (end == std::string::npos) end = query.size();
+    keywords += " " + query.substr(start, end - start);
+    start = end + 1;
+  }
+  return extra.empty() ? keywords : keywords + " " + extra;
 }
 
 int run_command(const std::string& command, std::string* output) {

@@ -32,6 +32,10 @@ std::string pgbouncer_url();  // ROWGUARD_TEST_PGBOUNCER
 // kill server sessions use one, so that no other test's client meets a killed server connection.
 std::string own_database(const std::string& url, const std::string& name);
 
+// A libpq URI of the test servers (postgresql://user@host:port/dbname?key=value&..., soci+ in
+// front kept as soci+postgresql:) as a libpq keyword/value string, with `extra` appended.
+std::string keyword_form(const std::string& url, const std::string& extra = "");
+
 // A new scratch directory under the system temp dir, removed at exit.
 std::filesystem::path scratch_dir();
 

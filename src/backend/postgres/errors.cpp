@@ -40,14 +40,14 @@ bool outcome_unknown(StatementEffect effect, bool in_transaction) noexcept {
   return effect == StatementEffect::commit || (!in_transaction && effect == StatementEffect::write);
 }
 
-void validate_conninfo(const std::string& conninfo, const std::string& password) {
+void validate_conninfo(const std::string& conninfo, const Secrets& secrets) {
   char* message = nullptr;
   PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &message);
   if (options == nullptr) {
     const std::string text = message ? message : "out of memory";
     PQfreemem(message);
     throw Error(ErrorKind::invalid_argument,
-                scrub(fmt::format("malformed PostgreSQL connection string '{}': {}", redact(conninfo), text), password));
+                scrub(fmt::format("malformed PostgreSQL connection string '{}': {}", redact(conninfo), text), secrets));
   }
   PQconninfoFree(options);
 }
@@ -77,8 +77,8 @@ std::string sqlstate_of(const pqxx::sql_error& e) {
 }  // namespace
 
 Error postgres_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                     const std::string& password) {
-  auto message = [&](std::string_view prefix) { return scrub(fmt::format("postgres: {}{}", prefix, e.what()), password); };
+                     const Secrets& secrets) {
+  auto message = [&](std::string_view prefix) { return scrub(fmt::format("postgres: {}{}", prefix, e.what()), secrets); };
   if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) {
     connection_lost = true;
     return Error(ErrorKind::in_doubt, message("outcome unknown: "), "40003");

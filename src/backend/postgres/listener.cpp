@@ -15,10 +15,10 @@ namespace {
 
 class LibpqListener final : public Listener {
  public:
-  LibpqListener(const std::string& conninfo, const std::string& channel, const std::string& password) {
+  LibpqListener(const std::string& conninfo, const std::string& channel, const Secrets& secrets) {
     conn_ = PQconnectdb(conninfo.c_str());
     if (PQstatus(conn_) != CONNECTION_OK) {
-      const std::string message = scrub(PQerrorMessage(conn_), password);
+      const std::string message = scrub(PQerrorMessage(conn_), secrets);
       PQfinish(conn_);
       throw Error(ErrorKind::transient, fmt::format("postgres: listener cannot connect: {}", message));
     }
@@ -64,9 +64,9 @@ class LibpqListener final : public Listener {
 
 }  // namespace
 
-ListenerFactory libpq_listener_factory(std::string conninfo, std::string password) {
-  return [conninfo = std::move(conninfo), password = std::move(password)](const std::string& channel) {
-    return std::unique_ptr<Listener>(std::make_unique<LibpqListener>(conninfo, channel, password));
+ListenerFactory libpq_listener_factory(std::string conninfo, Secrets secrets) {
+  return [conninfo = std::move(conninfo), secrets = std::move(secrets)](const std::string& channel) {
+    return std::unique_ptr<Listener>(std::make_unique<LibpqListener>(conninfo, channel, secrets));
   };
 }
 

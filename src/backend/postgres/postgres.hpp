@@ -27,7 +27,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory factory, const Options& optio
 
 // A LISTEN connection made with libpq from a connection string (used by both the native and the
 // SOCI PostgreSQL backends).
-ListenerFactory libpq_listener_factory(std::string conninfo, std::string password);
+ListenerFactory libpq_listener_factory(std::string conninfo, Secrets secrets);
 
 // The one place SQLSTATEs become error kinds (the SOCI adapter's PostgreSQL side uses it too).
 ErrorKind kind_for_sqlstate(std::string_view sqlstate) noexcept;
@@ -52,10 +52,11 @@ struct ReplicationDoubt {
 Error replication_in_doubt(std::string_view backend_name);
 
 // Error(invalid_argument) when libpq cannot parse the connection string (checked before connecting).
-void validate_conninfo(const std::string& conninfo, const std::string& password);
+void validate_conninfo(const std::string& conninfo, const Secrets& secrets);
 
 // The libpqxx exception in flight, as a rowguard Error; sets connection_lost when the session is unusable.
+// Its message is scrubbed of secrets.
 Error postgres_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                     const std::string& password);
+                     const Secrets& secrets);
 
 }  // namespace rowguard::detail

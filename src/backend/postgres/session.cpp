@@ -30,10 +30,10 @@ class SyncReplicationWatch final : public pqxx::errorhandler {
 class PgSession final : public Session {
  public:
   PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect,
-            std::string password, bool unnamed_statements, std::shared_ptr<ReplicationDoubt> doubt)
+            Secrets secrets, bool unnamed_statements, std::shared_ptr<ReplicationDoubt> doubt)
       : connection_(std::move(connection)),
         dialect_(std::move(dialect)),
-        password_(std::move(password)),
+        secrets_(std::move(secrets)),
         doubt_(std::move(doubt)) {
     // libpqxx 6.4 silently reconnects a broken connection ("reactivation"), which would hide the
     // break from the pool and lose the transaction's context: turn that off.
@@ -84,7 +84,7 @@ class PgSession final : public Session {
       throw;
     } catch (const std::exception& e) {
       bool lost = false;
-      Error error = postgres_error(e, effect, in_transaction_, lost, password_);
+      Error error = postgres_error(e, effect, in_transaction_, lost, secrets_);
       if (error.sqlstate() == "25006" && in_transaction_ && read_only_transaction_) {
         error = Error(ErrorKind::permanent, error.what(), "25006");  // a write in our own READ ONLY transaction
         lost = false;
@@ -124,7 +124,7 @@ class PgSession final : public Session {
   std::unique_ptr<pqxx::nontransaction> tx_;
   std::unique_ptr<PgStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
-  std::string password_;
+  Secrets secrets_;  // scrubbed from every message
   std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
 };
 
@@ -132,30 +132,30 @@ class PgSession final : public Session {
 
 std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& options) {
   const std::string conninfo = with_session_defaults(url.target, options);
-  validate_conninfo(conninfo, url.password);
+  validate_conninfo(conninfo, url.secrets);
   auto dialect = postgres_dialect(BlobTransport::native);
   const bool pooled = url.transaction_pooling;
   auto doubt = std::make_shared<ReplicationDoubt>();
-  auto factory = [conninfo, dialect, password = url.password, pooled, doubt]() -> std::unique_ptr<Session> {
+  auto factory = [conninfo, dialect, secrets = url.secrets, pooled, doubt]() -> std::unique_ptr<Session> {
     // The session's own set-up talks to the server too (libpqxx opens its transaction object), and a
     // connection can be killed between connecting and that: both fail the same way.
     try {
-      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, password, pooled,
+      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, secrets, pooled,
                                          doubt);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
       bool lost = false;
-      Error error = postgres_error(e, StatementEffect::read, false, lost, password);
+      Error error = postgres_error(e, StatementEffect::read, false, lost, secrets);
       throw Error(error.kind() == ErrorKind::permanent ? ErrorKind::transient : error.kind(),
-                  scrub(fmt::format("postgres: cannot connect to {}: {}", redact(conninfo), e.what()), password),
+                  scrub(fmt::format("postgres: cannot connect to {}: {}", redact(conninfo), e.what()), secrets),
                   error.sqlstate());
     }
   };
   auto backend = std::make_shared<Backend>("postgres", url.display, options, dialect, factory);
   // Behind a transaction pooler LISTEN would register on whichever server connection the pooler
   // picked and be lost at the next transaction: waiters poll instead.
-  if (!pooled) backend->set_listener_factory(libpq_listener_factory(conninfo, url.password));
+  if (!pooled) backend->set_listener_factory(libpq_listener_factory(conninfo, url.secrets));
   return backend;
 }
 
@@ -175,7 +175,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
     if (!connection || !connection->is_open())
       throw Error(ErrorKind::transient, "postgres: the connection factory returned no open connection");
     try {
-      return std::make_unique<PgSession>(std::move(connection), dialect, std::string(), false, doubt);
+      return std::make_unique<PgSession>(std::move(connection), dialect, Secrets(), false, doubt);
     } catch (const std::exception& e) {  // killed between the factory and the session's set-up
       throw Error(ErrorKind::transient, fmt::format("postgres: the new connection broke: {}", e.what()));
     }

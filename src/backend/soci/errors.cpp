@@ -13,8 +13,8 @@
 namespace rowguard::detail {
 
 Error soci_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                 const std::string& password, int sqlite_extended_code) {
-  const std::string message = scrub(fmt::format("soci: {}", e.what()), password);
+                 const Secrets& secrets, int sqlite_extended_code) {
+  const std::string message = scrub(fmt::format("soci: {}", e.what()), secrets);
   if (const auto* pg = dynamic_cast<const soci::postgresql_soci_error*>(&e)) {
     const std::string state = pg->sqlstate();
     const auto category = pg->get_error_category();

@@ -86,13 +86,13 @@ class PooledSession final : public SessionSource {
 
 class SociSession final : public Session {
  public:
-  SociSession(std::unique_ptr<SessionSource> source, std::shared_ptr<const Dialect> dialect, std::string password,
+  SociSession(std::unique_ptr<SessionSource> source, std::shared_ptr<const Dialect> dialect, Secrets secrets,
               const Options& options, std::shared_ptr<ReplicationDoubt> doubt)
       : source_(std::move(source)),
         sql_(source_->get()),
         doubt_(std::move(doubt)),
         dialect_(std::move(dialect)),
-        password_(std::move(password)) {
+        secrets_(std::move(secrets)) {
     statements_ = std::make_unique<SociStatements>(sql_);
     if (is_sqlite(sql_)) {
       sqlite_api::sqlite3* db = sqlite_handle(sql_);
@@ -167,7 +167,7 @@ class SociSession final : public Session {
     } catch (const std::exception& e) {
       bool lost = false;
       const int extended = is_sqlite(sql_) ? sqlite_api::sqlite3_extended_errcode(sqlite_handle(sql_)) : 0;
-      Error error = soci_error(e, effect, in_transaction_, lost, password_, extended);
+      Error error = soci_error(e, effect, in_transaction_, lost, secrets_, extended);
       if (error.sqlstate() == "25006" && in_transaction_ && read_only_transaction_) {
         error = Error(ErrorKind::permanent, error.what(), "25006");  // a write in our own READ ONLY transaction
         lost = false;
@@ -213,7 +213,7 @@ class SociSession final : public Session {
   std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
   std::unique_ptr<SociStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
-  std::string password_;
+  Secrets secrets_;  // scrubbed from every message
 };
 
 std::shared_ptr<const Dialect> dialect_for(soci::session& sql) {
@@ -222,11 +222,11 @@ std::shared_ptr<const Dialect> dialect_for(soci::session& sql) {
 
 std::string name_for(soci::session& sql) { return is_sqlite(sql) ? "soci+sqlite3" : "soci+postgresql"; }
 
-Error connect_error(const std::exception& e, const std::string& display, const std::string& password) {
+Error connect_error(const std::exception& e, const std::string& display, const Secrets& secrets) {
   const auto* lite = dynamic_cast<const soci::sqlite3_soci_error*>(&e);
   const ErrorKind kind = lite ? kind_for_sqlite(lite->result()) : ErrorKind::transient;
   return Error(kind == ErrorKind::permanent ? ErrorKind::permanent : ErrorKind::transient,
-               scrub(fmt::format("soci: cannot open {}: {}", display, e.what()), password));
+               scrub(fmt::format("soci: cannot open {}: {}", display, e.what()), secrets));
 }
 
 }  // namespace
@@ -244,11 +244,11 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
     connect = fmt::format("db=\"{}\"", quoted);
   } else {
     connect = with_session_defaults(url.target, options);
-    validate_conninfo(connect, url.password);
+    validate_conninfo(connect, url.secrets);
   }
   auto dialect = lite ? sqlite_dialect(BlobTransport::hex_text) : postgres_dialect(BlobTransport::hex_text);
   auto doubt = std::make_shared<ReplicationDoubt>();
-  auto factory = [lite, connect, dialect, options, display = url.display, password = url.password,
+  auto factory = [lite, connect, dialect, options, display = url.display, secrets = url.secrets,
                   doubt]() -> std::unique_ptr<Session> {
     std::unique_ptr<soci::session> session;
     try {
@@ -256,9 +256,9 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
           lite ? static_cast<const soci::backend_factory&>(soci::sqlite3) : soci::postgresql;
       session = std::make_unique<soci::session>(driver, connect);
     } catch (const std::exception& e) {
-      throw connect_error(e, display, password);
+      throw connect_error(e, display, secrets);
     }
-    auto s = std::make_unique<SociSession>(std::make_unique<OwnedSession>(std::move(session)), dialect, password,
+    auto s = std::make_unique<SociSession>(std::make_unique<OwnedSession>(std::move(session)), dialect, secrets,
                                            options, doubt);
     if (lite) {
       const Result mode = s->exec("PRAGMA journal_mode = WAL", {});
@@ -270,7 +270,7 @@ std::shared_ptr<Backend> open_soci(const ParsedUrl& url, const Options& options)
   };
   auto backend =
       std::make_shared<Backend>(lite ? "soci+sqlite3" : "soci+postgresql", url.display, options, dialect, factory);
-  if (!lite) backend->set_listener_factory(libpq_listener_factory(connect, url.password));
+  if (!lite) backend->set_listener_factory(libpq_listener_factory(connect, url.secrets));
   return backend;
 }
 
@@ -282,7 +282,7 @@ std::shared_ptr<Backend> open_soci(soci::session& session, const Options& option
   auto factory = [&session, dialect, one, doubt]() -> std::unique_ptr<Session> {
     // A broken predecessor was dropped by the pool: give the service's session a fresh connection.
     if (!is_sqlite(session) && PQstatus(pg_handle(session)) != CONNECTION_OK) session.reconnect();
-    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, std::string(), one,
+    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, Secrets(), one,
                                          doubt);
   };
   return std::make_shared<Backend>(name_for(session), name_for(session) + " (service session)", one, dialect,
@@ -307,7 +307,7 @@ std::shared_ptr<Backend> open_soci(soci::connection_pool& pool, std::size_t pool
       throw Error(ErrorKind::transient, "soci: no session of the service's connection pool became free");
     auto source = std::make_unique<PooledSession>(pool, position);
     if (!is_sqlite(source->get()) && PQstatus(pg_handle(source->get())) != CONNECTION_OK) source->get().reconnect();
-    return std::make_unique<SociSession>(std::move(source), dialect, std::string(), sized, doubt);
+    return std::make_unique<SociSession>(std::move(source), dialect, Secrets(), sized, doubt);
   };
   return std::make_shared<Backend>(name, name + " (service connection pool)", sized, dialect, factory);
 }
