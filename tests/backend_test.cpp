@@ -1,5 +1,6 @@
 // Behaviour of the backend on every engine: values, the database clock, transactions, sessions.
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -178,4 +179,82 @@ TEST_CASE("a transaction outlives the Database object it began on", "[backend]")
   tx->commit();
   auto again = t.another()->begin();
   again.rollback();
+}
+
+TEST_CASE("a transaction in which a statement failed refuses to commit unless rolled back to a savepoint", "[backend]") {
+  // PostgreSQL aborts a transaction at its first failed statement and answers COMMIT with ROLLBACK;
+  // SQLite carries on. rowguard's Transaction behaves as PostgreSQL on every backend: commit()
+  // throws, the on_commit hooks do not run and nothing of the transaction stays.
+  TestDb t;
+  create_scratch(t);
+  const std::string table = scratch_table(t);
+  const std::string insert = fmt::format("INSERT INTO {} (id, n) VALUES ($1, $2)", table);
+  auto rows = [&](std::int64_t id) {
+    return t.db().exec(fmt::format("SELECT count(*) FROM {} WHERE id = $1", table), {id}).one().i64(0);
+  };
+  auto duplicate_fails = [&](Transaction& tx) {
+    CHECK(rowguard::test::kind_of([&] { tx.exec(insert, {std::int64_t{1}, std::int64_t{0}}); }) ==
+          ErrorKind::permanent);
+  };
+  t.db().exec(insert, {std::int64_t{1}, std::int64_t{1}});
+  {
+    auto tx = t.db().begin();
+    tx.exec(insert, {std::int64_t{2}, std::int64_t{2}});
+    bool hook_ran = false;
+    tx.on_commit([&] { hook_ran = true; });
+    duplicate_fails(tx);  // the caller catches the error and goes on
+    std::optional<Error> refused;
+    try {
+      tx.commit();
+    } catch (const Error& e) {
+      refused = e;
+    }
+    REQUIRE(refused);
+    INFO(refused->what());
+    CHECK(refused->kind() == ErrorKind::permanent);
+    CHECK(refused->sqlstate() == "25P02");
+    CHECK_THAT(refused->what(), Catch::Contains("a statement in this transaction failed"));
+    CHECK_FALSE(hook_ran);
+    CHECK_FALSE(tx.active());
+  }
+  CHECK(rows(2) == 0);
+  {
+    // Rolled back to a savepoint taken before the failure, the transaction commits (what the
+    // ledger's batch does for each linked chain); nested savepoints too.
+    auto tx = t.db().begin();
+    tx.exec(insert, {std::int64_t{3}, std::int64_t{3}});
+    tx.exec("SAVEPOINT outer_item");
+    tx.exec(insert, {std::int64_t{4}, std::int64_t{4}});
+    tx.exec("SAVEPOINT inner_item");
+    duplicate_fails(tx);
+    tx.exec("ROLLBACK TO SAVEPOINT outer_item");
+    tx.exec(insert, {std::int64_t{5}, std::int64_t{5}});
+    tx.exec("RELEASE SAVEPOINT outer_item");
+    tx.commit();
+  }
+  CHECK(rows(3) == 1);
+  CHECK(rows(4) == 0);
+  CHECK(rows(5) == 1);
+  {
+    // A savepoint released after the failure (PostgreSQL refuses the RELEASE itself) does not
+    // undo it, nor does one taken after it.
+    auto tx = t.db().begin();
+    tx.exec(insert, {std::int64_t{6}, std::int64_t{6}});
+    tx.exec("SAVEPOINT item");
+    duplicate_fails(tx);
+    try {
+      tx.exec("RELEASE SAVEPOINT item");
+    } catch (const Error&) {
+    }
+    try {
+      tx.exec("SAVEPOINT late");
+      tx.exec("ROLLBACK TO SAVEPOINT late");
+    } catch (const Error&) {
+    }
+    CHECK(rowguard::test::kind_of([&] { tx.commit(); }) == ErrorKind::permanent);
+  }
+  CHECK(rows(6) == 0);
+  const auto stats = t.db().pool_stats();
+  CHECK(stats.open == stats.idle);  // every session came back, none left in a transaction
+  CHECK(t.db().exec("SELECT 1").one().i64(0) == 1);
 }

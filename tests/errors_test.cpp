@@ -1,15 +1,22 @@
 // Driver errors map onto rowguard's kinds, proven on real servers and files.
 #include <chrono>
+#include <functional>
 #include <future>
+#include <optional>
 #include <thread>
+
+#include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "rowguard/soci.hpp"
 #include "support.hpp"
 
 using namespace rowguard;
 using rowguard::test::TestDb;
+using namespace std::chrono_literals;
 
 namespace {
 Error error_of(const std::function<void()>& f) {
@@ -149,4 +156,134 @@ TEST_CASE("PostgreSQL sessions carry application_name and cache prepared stateme
                       "WHERE statement LIKE '%rowguard_cache_marker%' AND statement NOT LIKE '%pg_prepared%'")
               .one()
               .i64(0) == 1);
+}
+
+namespace {
+// Issue 21, defect 15: a COMMIT the database refuses with a conflict while `block` holds, on db
+// (whose pool hands the refused transaction's session to the next caller). The caller is told
+// conflict, nothing of the refused transaction is visible or commits later, and once `release`
+// ran the retry commits once.
+void refused_commit_leaves_nothing(Database& db, const std::string& table, const std::function<void()>& block,
+                                   const std::function<void()>& release) {
+  const std::string insert = fmt::format("INSERT INTO {} (id, n) VALUES ($1, $2)", table);
+  auto rows = [&](std::int64_t id) {
+    return db.exec(fmt::format("SELECT count(*) FROM {} WHERE id = $1", table), {id}).one().i64(0);
+  };
+  block();
+  {
+    auto tx = db.begin();
+    tx.exec(insert, {std::int64_t{1}, std::int64_t{1}});
+    bool hook_ran = false;
+    tx.on_commit([&] { hook_ran = true; });
+    const Error e = error_of([&] { tx.commit(); });
+    INFO(e.what());
+    CHECK(e.kind() == ErrorKind::conflict);
+    CHECK_FALSE(hook_ran);
+  }
+  CHECK(rows(1) == 0);  // the session is back in the pool with nothing of it pending
+  release();
+  {
+    // The caller's retry (in a payment service, perhaps under a new key) commits, once.
+    auto tx = db.begin();
+    tx.exec(insert, {std::int64_t{2}, std::int64_t{2}});
+    tx.commit();
+  }
+  db.exec(insert, {std::int64_t{3}, std::int64_t{3}});  // later work on the same session
+  CHECK(rows(1) == 0);
+  CHECK(rows(2) == 1);
+  CHECK(rows(3) == 1);
+}
+
+// A reader holding a read transaction (and so SQLite's SHARED lock) on the file at path.
+struct SqliteReader {
+  soci::session session;
+  std::string table;
+  SqliteReader(const std::string& path, std::string t) : session(soci::sqlite3, "db=" + path), table(std::move(t)) {}
+  void hold() {
+    int n = 0;
+    session << "BEGIN";
+    session << "SELECT count(*) FROM " + table, soci::into(n);
+  }
+  void release() { session << "COMMIT"; }
+};
+}  // namespace
+
+TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leaves no transaction open: nothing of "
+          "it commits later, and the retry commits",
+          "[backend]") {
+  Options options;
+  options.busy_timeout = 100ms;
+  // One session, so the retry runs where the refused transaction ran; in memory the reader is the
+  // pool's second session.
+  options.pool_size = rowguard::test::is_memory() ? 2 : 1;
+  TestDb t(options);
+  const std::string prefix = t.db().table_prefix();
+  const std::string table = prefix + "busy_commit";
+  t.db().exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
+  if (rowguard::test::is_postgres()) {
+    // A deferred constraint trigger refuses COMMIT with a serialization failure while the gate has a row.
+    (*t.db().backend().borrow())
+        ->exec_script(fmt::format(
+            "CREATE TABLE {0}commit_gate (x bigint);"
+            "CREATE FUNCTION {0}refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF EXISTS (SELECT 1 FROM {0}commit_gate) THEN "
+            "RAISE EXCEPTION 'commit refused by the test gate' USING ERRCODE = '40001'; END IF; "
+            "RETURN NULL; END $$;"
+            "CREATE CONSTRAINT TRIGGER {0}refuse_commit AFTER INSERT ON {1} DEFERRABLE INITIALLY DEFERRED "
+            "FOR EACH ROW EXECUTE FUNCTION {0}refuse_commit()",
+            prefix, table));
+    refused_commit_leaves_nothing(
+        t.db(), table, [&] { t.db().exec(fmt::format("INSERT INTO {}commit_gate VALUES (1)", prefix)); },
+        [&] { t.db().exec(fmt::format("DELETE FROM {}commit_gate", prefix)); });
+    return;
+  }
+  // SQLite in a rollback-journal mode: a writer's COMMIT needs the EXCLUSIVE lock, which a reader's
+  // SHARED lock keeps from it (in WAL, rowguard's own mode, readers never block a commit).
+  if (rowguard::test::is_memory()) {
+    std::optional<Transaction> reader;
+    refused_commit_leaves_nothing(
+        t.db(), table,
+        [&] {
+          reader.emplace(t.db().begin({Isolation::read_committed, TxAccess::read_only}));
+          reader->exec(fmt::format("SELECT count(*) FROM {}", table));
+        },
+        [&] { reader->rollback(); });
+  } else {
+    REQUIRE(t.db().exec("PRAGMA journal_mode = DELETE").one().text(0) == "delete");  // the only session
+    SqliteReader reader(t.url().substr(t.url().find(':') + 1), table);
+    refused_commit_leaves_nothing(t.db(), table, [&] { reader.hold(); }, [&] { reader.release(); });
+  }
+  // As reported: the service's own soci::session on a DELETE-journal file, handed in.
+  const std::string path = (rowguard::test::scratch_dir() / "service.db").string();
+  soci::session service(soci::sqlite3, "db=" + path);
+  service << "PRAGMA journal_mode = DELETE";
+  auto db = from_soci(service, options);
+  db.exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
+  SqliteReader reader(path, table);
+  refused_commit_leaves_nothing(db, table, [&] { reader.hold(); }, [&] { reader.release(); });
+}
+
+TEST_CASE("a PostgreSQL session never reports COMMIT of a transaction the server aborted as done", "[pg]") {
+  // Below Transaction (which refuses such a commit itself): rowguard's own code that drives a
+  // session directly gets the same error, not PostgreSQL's silent ROLLBACK.
+  TestDb t;
+  auto lease = t.db().backend().borrow();
+  auto& session = **lease;
+  const std::string failing = "SELECT CAST(1 AS bigint) / CAST(0 AS bigint)";  // 22012
+  session.begin(TxOptions{});
+  CHECK(rowguard::test::kind_of([&] { session.exec(failing, {}); }) == ErrorKind::permanent);
+  const Error e = error_of([&] { session.commit(); });
+  INFO(e.what());
+  CHECK(e.kind() == ErrorKind::permanent);
+  CHECK(e.sqlstate() == "25P02");
+  CHECK_FALSE(session.in_transaction());
+  CHECK_FALSE(session.broken());
+  // Rolled back to a savepoint taken before the failure, the transaction is whole again.
+  session.begin(TxOptions{});
+  session.exec("SAVEPOINT before_failure", {});
+  CHECK(rowguard::test::kind_of([&] { session.exec(failing, {}); }) == ErrorKind::permanent);
+  session.exec("ROLLBACK TO SAVEPOINT before_failure", {});
+  CHECK(session.exec("SELECT CAST(7 AS bigint)", {}).one().i64(0) == 7);
+  session.commit();
+  CHECK(session.exec("SELECT CAST(8 AS bigint)", {}).one().i64(0) == 8);
 }

@@ -1,8 +1,10 @@
 #pragma once
 // rowguard::Transaction: an RAII transaction on one pooled session.
 
+#include <cstddef>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -30,6 +32,14 @@ struct TxOptions {
 // Thread-safety: a Transaction belongs to one thread at a time and must not be shared.
 // It is move-only; destruction rolls back an uncommitted transaction and never throws.
 //
+// A statement that fails (exec() throws, whatever the reason) spoils the transaction on every
+// backend alike: commit() then rolls it back and throws, as PostgreSQL, which aborts such a
+// transaction, would (SQLite would commit the statements around the failed one). To go on after
+// a failure, roll back to a savepoint taken before it:
+//   tx.exec("SAVEPOINT item");
+//   try { tx.exec(...); } catch (const rowguard::Error&) { tx.exec("ROLLBACK TO SAVEPOINT item"); }
+//   tx.exec("RELEASE SAVEPOINT item");
+//
 // Example:
 //   auto tx = db.begin();
 //   tx.exec("UPDATE orders SET state = $1 WHERE id = $2", {std::string("paid"), order_id});
@@ -41,9 +51,16 @@ class Transaction {
   Transaction& operator=(Transaction&&) = delete;
   ~Transaction();
 
-  // Runs one statement inside the transaction ($1, $2, ... placeholders, bound values).
+  // Runs one statement inside the transaction ($1, $2, ... placeholders, bound values). When it
+  // throws, the transaction is spoilt (see above) until a ROLLBACK TO SAVEPOINT run here undoes
+  // the failure (SAVEPOINT, ROLLBACK TO and RELEASE run through exec() are followed).
   Result exec(std::string_view sql, const std::vector<Value>& params = {});
-  // Error(in_doubt) when the connection broke while COMMIT was in flight.
+  // Error(permanent, SQLSTATE 25P02) when a statement in the transaction failed and was not rolled
+  // back to a savepoint: nothing of the transaction commits (it is rolled back) and the on_commit
+  // hooks do not run. Error(conflict) when the database refused the COMMIT for a conflict (SQLite
+  // busy past the busy timeout, PostgreSQL serialization failure): rolled back too, on every
+  // backend, so nothing of it can commit later. Error(in_doubt) when the connection broke while
+  // COMMIT was in flight.
   void commit();
   void rollback() noexcept;
   // Two-phase commit, phase one (PostgreSQL): PREPARE TRANSACTION under gid. The transaction ends
@@ -52,8 +69,9 @@ class Transaction {
   // 1 to 200 characters of [A-Za-z0-9:_-]: PREPARE TRANSACTION takes no bind parameters, so the
   // id is written into the statement as a literal and is validated strictly instead.
   // Error(invalid_argument, SQLSTATE 0A000) on SQLite, which has no prepared transactions;
-  // Error(in_doubt) when the connection broke during PREPARE (it may be prepared). The on_commit
-  // hooks run here, since the transaction may now commit from elsewhere.
+  // Error(in_doubt) when the connection broke during PREPARE (it may be prepared); Error(permanent,
+  // 25P02) as commit() when a statement in it failed. The on_commit hooks run here, since the
+  // transaction may now commit from elsewhere.
   void prepare(std::string_view gid);
   bool active() const noexcept { return session_ != nullptr; }
 
@@ -67,9 +85,15 @@ class Transaction {
 
  private:
   void run_commit_hooks() noexcept;
+  // Error(permanent, 25P02) after rolling back, when a failed statement spoils the transaction.
+  void refuse_if_failed(std::string_view what);
 
   std::unique_ptr<detail::SessionLease> session_;
   std::vector<std::function<void()>> on_commit_;
+  std::vector<std::string> savepoints_;  // open savepoints set through exec(), oldest first
+  bool failed_ = false;                  // a failed statement not rolled back to a savepoint
+  std::size_t failed_depth_ = 0;         // savepoints open when it failed (the outermost such failure)
+  std::string failure_;                  // the first such failure's message
 };
 
 }  // namespace rowguard

@@ -66,6 +66,10 @@ class Dialect {
   virtual bool has_prepared_transactions() const noexcept { return false; }
 };
 
+// Error(permanent, SQLSTATE 25P02) for a COMMIT that the server answered by rolling back, since a
+// statement in the transaction had failed: nothing of it committed.
+Error failed_commit(std::string_view backend_name);
+
 // Error(invalid_argument) unless gid is a usable global transaction id: 1 to 200 bytes (PostgreSQL's
 // limit) of [A-Za-z0-9:_-]. PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED take the id
 // as a literal, never as a bound parameter, so it is spliced into the text: this check is what
@@ -84,7 +88,10 @@ class Session {
   // Runs a script of several statements with no parameters (the schema migrations).
   virtual void exec_script(const std::string& script) = 0;
   virtual void begin(const TxOptions& options);
-  virtual void commit();
+  // Ends the transaction whatever happens: when COMMIT fails and the engine kept the transaction
+  // open (SQLite after SQLITE_BUSY or a deferred constraint), it is rolled back, so nothing of it
+  // can commit later with another COMMIT on this session; a session that cannot is broken.
+  void commit();
   virtual void rollback();
   // Two-phase commit, phase one: PREPARE TRANSACTION 'gid' ends the open transaction, which stays
   // on the server, locks and all, under gid until finish_prepared(). After a lost connection its
@@ -101,6 +108,12 @@ class Session {
   bool broken() const noexcept { return broken_; }
 
  protected:
+  // Sends COMMIT. A backend that can tell that the server rolled the transaction back instead
+  // (PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK) throws failed_commit().
+  virtual void send_commit() { exec("COMMIT", {}); }
+  // Whether the engine still has a transaction open on this connection (after a failed COMMIT).
+  virtual bool transaction_open() const noexcept { return false; }
+
   bool in_transaction_ = false;
   // The open transaction was begun READ ONLY: a write in it (25006) is the caller's mistake, not a
   // server that turned into a standby.

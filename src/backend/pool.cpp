@@ -21,7 +21,27 @@ void Session::commit() {
     bool& flag;
     ~Done() { flag = false; }
   } done{in_transaction_};
-  exec("COMMIT", {});
+  try {
+    send_commit();
+  } catch (...) {
+    if (!broken_ && transaction_open()) {
+      try {
+        exec("ROLLBACK", {});
+      } catch (...) {
+        // Checked below.
+      }
+      if (transaction_open()) broken_ = true;  // dropped by the pool: closing the connection rolls back
+    }
+    throw;
+  }
+}
+
+Error failed_commit(std::string_view backend_name) {
+  return Error(ErrorKind::permanent,
+               fmt::format("{}: COMMIT rolled back: a statement in this transaction failed, so the server aborted it "
+                           "and nothing of it committed",
+                           backend_name),
+               "25P02");
 }
 
 void Session::rollback() {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <vector>
 
 #include "rowguard/error.hpp"
 
@@ -98,6 +99,70 @@ StatementEffect effect_of(std::string_view sql) {
       word == "SAVEPOINT" || word == "RELEASE" || word == "PRAGMA" || word == "SET")
     return StatementEffect::read;
   return StatementEffect::write;
+}
+
+namespace {
+// The words of a short statement: keywords and names upper-cased or (names) lower-cased by the
+// caller; a "quoted" identifier stays one word with its quotes. Comments are skipped.
+std::vector<std::string> words_of(std::string_view sql) {
+  std::vector<std::string> words;
+  std::size_t i = 0;
+  while (i < sql.size()) {
+    const char c = sql[i];
+    if (std::isspace(static_cast<unsigned char>(c)) || c == ';') {
+      ++i;
+    } else if (sql.substr(i, 2) == "--") {
+      const std::size_t end = sql.find('\n', i);
+      i = end == std::string_view::npos ? sql.size() : end;
+    } else if (sql.substr(i, 2) == "/*") {
+      const std::size_t end = sql.find("*/", i + 2);
+      i = end == std::string_view::npos ? sql.size() : end + 2;
+    } else if (c == '"') {
+      std::size_t j = i + 1;  // to the closing quote; a doubled quote stays inside
+      while (j < sql.size() && (sql[j] != '"' || (j + 1 < sql.size() && sql[j + 1] == '"'))) j += sql[j] == '"' ? 2 : 1;
+      j = std::min(j + 1, sql.size());
+      words.emplace_back(sql.substr(i, j - i));
+      i = j;
+    } else {
+      std::size_t j = i;
+      while (j < sql.size() && !std::isspace(static_cast<unsigned char>(sql[j])) && sql[j] != ';' && sql[j] != '"') ++j;
+      words.emplace_back(sql.substr(i, j - i));
+      i = j;
+    }
+  }
+  return words;
+}
+
+std::string folded(std::string word, bool upper) {
+  if (!word.empty() && word[0] == '"') return word;
+  for (auto& ch : word)
+    ch = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(ch)) : std::tolower(static_cast<unsigned char>(ch)));
+  return word;
+}
+}  // namespace
+
+SavepointStatement savepoint_statement(std::string_view sql) {
+  const std::string first = first_keyword(sql);
+  if (first != "SAVEPOINT" && first != "ROLLBACK" && first != "RELEASE") return {};
+  const auto words = words_of(sql);
+  std::size_t i = 1;
+  auto is = [&](const char* keyword) { return i < words.size() && folded(words[i], true) == keyword; };
+  SavepointStatement s;
+  if (first == "SAVEPOINT") {
+    s.op = SavepointOp::set;
+  } else if (first == "RELEASE") {
+    s.op = SavepointOp::release;
+    if (is("SAVEPOINT")) ++i;
+  } else {
+    if (is("WORK") || is("TRANSACTION")) ++i;
+    if (!is("TO")) return {};  // a plain ROLLBACK ends the transaction
+    ++i;
+    if (is("SAVEPOINT")) ++i;
+    s.op = SavepointOp::rollback_to;
+  }
+  if (i + 1 != words.size()) return {};  // not one name: the database refuses it
+  s.name = folded(words[i], false);
+  return s;
 }
 
 std::string to_hex(std::string_view bytes) {

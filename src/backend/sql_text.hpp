@@ -24,6 +24,17 @@ std::size_t placeholder_count(std::string_view sql);
 enum class StatementEffect { read, write, commit };
 StatementEffect effect_of(std::string_view sql);
 
+// A statement that sets, rolls back to or releases a savepoint, and the savepoint's name (an
+// unquoted name folded to lower case, a "quoted" one as it is): SAVEPOINT name,
+// ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name, RELEASE [SAVEPOINT] name. op is none for any
+// other statement.
+enum class SavepointOp { none, set, rollback_to, release };
+struct SavepointStatement {
+  SavepointOp op = SavepointOp::none;
+  std::string name;
+};
+SavepointStatement savepoint_statement(std::string_view sql);
+
 std::string to_hex(std::string_view bytes);
 // Error(permanent) on an odd length or a non-hex digit; accepts an optional "\x" prefix (bytea text).
 std::string from_hex(std::string_view hex);

@@ -1,4 +1,5 @@
 #include <pqxx/connection>
+#include <pqxx/except>
 #include <pqxx/errorhandler>
 #include <pqxx/nontransaction>
 
@@ -66,6 +67,17 @@ class PgSession final : public Session {
     });
   }
 
+ protected:
+  // PostgreSQL answers COMMIT of a transaction that an error aborted with the tag ROLLBACK and no
+  // error (libpqxx 6.4 keeps the tag private): the session knows it aborted, and says so.
+  void send_commit() override {
+    if (aborted_) {
+      exec("ROLLBACK", {});
+      throw failed_commit("postgres");
+    }
+    exec("COMMIT", {});
+  }
+
  private:
   template <class Run>
   Result guarded(std::string_view sql, Run&& run) {
@@ -75,14 +87,20 @@ class PgSession final : public Session {
     // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
     const bool ends_unit = effect == StatementEffect::commit || sql == "ROLLBACK" ||
                            (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
+    if (!in_transaction_) aborted_ = false;
     try {
       watch_->seen = false;
       Result result = run();
+      // In an aborted transaction only ROLLBACK TO a savepoint (necessarily taken before the
+      // failure) succeeds, and it ends the abort.
+      if (aborted_ && savepoint_statement(sql).op == SavepointOp::rollback_to) aborted_ = false;
       if (ends_unit) settle_replication();
       return result;
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
+      // The server answered with an error: it aborted the transaction.
+      if (in_transaction_ && dynamic_cast<const pqxx::sql_error*>(&e)) aborted_ = true;
       bool lost = false;
       Error error = postgres_error(e, effect, in_transaction_, lost, secrets_);
       if (error.sqlstate() == "25006" && in_transaction_ && read_only_transaction_) {
@@ -125,6 +143,7 @@ class PgSession final : public Session {
   std::unique_ptr<PgStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
   Secrets secrets_;  // scrubbed from every message
+  bool aborted_ = false;  // a statement of the open transaction failed on the server
   std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
 };
 

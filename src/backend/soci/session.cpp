@@ -148,6 +148,23 @@ class SociSession final : public Session {
     });
   }
 
+ protected:
+  // SOCI hides the COMMIT's answer: PostgreSQL's state before it tells whether the server aborted
+  // the transaction, which would answer COMMIT with ROLLBACK.
+  void send_commit() override {
+    if (!is_sqlite(sql_) && PQtransactionStatus(pg_handle(sql_)) == PQTRANS_INERROR) {
+      exec("ROLLBACK", {});
+      throw failed_commit("soci");
+    }
+    exec("COMMIT", {});
+  }
+
+  bool transaction_open() const noexcept override {
+    if (is_sqlite(sql_)) return !sqlite_api::sqlite3_get_autocommit(sqlite_handle(sql_));
+    const auto status = PQtransactionStatus(pg_handle(sql_));
+    return status == PQTRANS_INTRANS || status == PQTRANS_INERROR;
+  }
+
  private:
   template <class Run>
   Result guarded(std::string_view sql, Run&& run) {

@@ -72,15 +72,7 @@ class SqliteSession final : public Session {
     }
   }
 
-  void commit() override {
-    try {
-      Session::commit();
-    } catch (...) {
-      // A failed COMMIT (SQLITE_BUSY) can leave the transaction open: end it so the session is clean.
-      if (!sqlite3_get_autocommit(db_)) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-      throw;
-    }
-  }
+  bool transaction_open() const noexcept override { return !sqlite3_get_autocommit(db_); }
 
   void rollback() override {
     if (sqlite3_get_autocommit(db_)) {  // already rolled back by SQLite
