@@ -71,10 +71,26 @@ void FaultProxy::set_stalled(bool stalled) {
   resumed_.notify_all();
 }
 
-void FaultProxy::cut_all() {
+std::uint64_t FaultProxy::cut_all() {
   std::lock_guard lock(mutex_);
-  for (const int fd : open_) ::shutdown(fd, SHUT_RDWR);  // the pumps see EOF and close
-  if (!open_.empty()) ++cut_;
+  std::uint64_t closed = 0;
+  for (const auto& c : open_) {
+    if (c->closing) continue;  // cut before, or ending by itself: its pumps are not done yet
+    ::shutdown(c->client, SHUT_RDWR);  // the pumps see EOF and close
+    ::shutdown(c->server, SHUT_RDWR);
+    c->closing = true;
+    ++closed;
+  }
+  if (closed > 0 && !cut_once_) {
+    accepted_at_first_cut_ = accepted_.load();
+    cut_once_ = true;
+  }
+  connections_cut_ += closed;
+  return closed;
+}
+
+std::uint64_t FaultProxy::reconnections() const noexcept {
+  return cut_once_ ? accepted_ - accepted_at_first_cut_ : 0;
 }
 
 void FaultProxy::accept_loop() {
@@ -93,19 +109,18 @@ void FaultProxy::accept_loop() {
     const int one = 1;
     ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     ::setsockopt(server, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    std::lock_guard lock(mutex_);  // counted and registered together, so a cut sees both or neither
     ++accepted_;
-    std::lock_guard lock(mutex_);
-    open_.insert(client);
-    open_.insert(server);
-    auto pumping = std::make_shared<int>(2);  // both sockets close when both directions ended
-    pumps_.emplace_back([this, client, server, pumping] { pump(client, server, *pumping); });
-    pumps_.emplace_back([this, client, server, pumping] { pump(server, client, *pumping); });
+    auto connection = std::make_shared<Connection>(Connection{client, server});
+    open_.insert(connection);
+    pumps_.emplace_back([this, connection] { pump(connection, connection->client, connection->server); });
+    pumps_.emplace_back([this, connection] { pump(connection, connection->server, connection->client); });
   }
 }
 
 // Copies from -> to until either side closes; then shuts `to` down, which ends the other direction
 // too, and the last of the two closes both sockets (so no descriptor is closed while still in use).
-void FaultProxy::pump(int from, int to, int& pumping) {
+void FaultProxy::pump(const std::shared_ptr<Connection>& connection, int from, int to) {
   char buffer[16384];
   for (;;) {
     const ssize_t n = ::recv(from, buffer, sizeof buffer, 0);
@@ -119,9 +134,9 @@ void FaultProxy::pump(int from, int to, int& pumping) {
   }
   std::lock_guard lock(mutex_);
   ::shutdown(to, SHUT_RDWR);
-  if (--pumping > 0) return;
-  open_.erase(from);
-  open_.erase(to);
+  connection->closing = true;
+  if (--connection->pumping > 0) return;
+  open_.erase(connection);
   ::close(from);
   ::close(to);
 }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -28,24 +29,37 @@ class FaultProxy {
   // While stalled nothing is forwarded in either direction; connections stay open.
   void set_stalled(bool stalled);
   // Closes every open connection (both sides) at once; new connections are still accepted.
-  void cut_all();
+  // Returns how many connections it closed.
+  std::uint64_t cut_all();
+  // Connections accepted so far.
   std::uint64_t connections() const noexcept { return accepted_; }
-  std::uint64_t cuts() const noexcept { return cut_; }
+  // Connections that were open when a cut_all() closed them: faults the clients met, at once or
+  // when they next used the connection.
+  std::uint64_t connections_cut() const noexcept { return connections_cut_; }
+  // Connections accepted after the first cut_all() that closed one: the clients reconnected.
+  std::uint64_t reconnections() const noexcept;
 
  private:
+  struct Connection {
+    int client, server;
+    int pumping = 2;  // both sockets close when both directions ended
+    bool closing = false;  // cut, or one side ended
+  };
   void accept_loop();
-  void pump(int from, int to, int& pumping);
+  void pump(const std::shared_ptr<Connection>& connection, int from, int to);
 
   int target_port_;
   int listener_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<int> delay_ms_{0};
-  std::atomic<std::uint64_t> accepted_{0}, cut_{0};
+  std::atomic<std::uint64_t> accepted_{0}, connections_cut_{0};
+  std::atomic<std::uint64_t> accepted_at_first_cut_{0};
+  std::atomic<bool> cut_once_{false};
   std::mutex mutex_;
   std::condition_variable resumed_;
   bool stalled_ = false;
-  std::set<int> open_;  // sockets of live connections, both sides
+  std::set<std::shared_ptr<Connection>> open_;  // live connections
   std::thread acceptor_;
   std::vector<std::thread> pumps_;
 };
