@@ -66,7 +66,8 @@ class Database {
   //   soci+postgresql://...    PostgreSQL through SOCI
   // Opens one session at once, so a wrong path or an unreachable server fails here.
   // Throws Error(invalid_argument) for a malformed URL or option, Error(transient) when the server
-  // cannot be reached. Messages never contain the URL's password.
+  // cannot be reached. Messages never contain the URL's secrets (password, sslpassword; see
+  // docs/backend.md).
   static Database open(std::string_view url, Options options = {});
 
   // For adapters (rowguard/soci.hpp, rowguard/postgres.hpp): wraps an already built backend.
@@ -78,7 +79,7 @@ class Database {
 
   // "sqlite", "postgres", "soci+sqlite3" or "soci+postgresql".
   std::string_view backend_name() const noexcept;
-  // The URL with any password replaced by "***": safe to log.
+  // The URL with every secret (password, sslpassword) replaced by "***", in every URL form: safe to log.
   const std::string& display_url() const noexcept;
   const std::string& table_prefix() const noexcept;
   const Options& options() const noexcept;
