@@ -244,7 +244,11 @@ std::string redact(std::string_view url) {
 Secrets secrets_of(std::string_view url) {
   Secrets secrets;
   for (const auto& p : secret_params(url)) {
-    for (std::string v : {std::string(url.substr(p.value_begin, p.end - p.value_begin)), p.value}) {
+    const std::string_view written = url.substr(p.value_begin, p.end - p.value_begin);
+    std::string_view inside = written;  // a quoted value without its quotes, as written
+    if (!inside.empty() && inside.front() == '\'') inside.remove_prefix(1);
+    if (!inside.empty() && inside.back() == '\'' && inside.size() < written.size()) inside.remove_suffix(1);
+    for (std::string v : {std::string(written), std::string(inside), p.value}) {
       if (!v.empty() && std::find(secrets.begin(), secrets.end(), v) == secrets.end()) secrets.push_back(std::move(v));
     }
   }
