@@ -48,6 +48,12 @@ struct Gate {
   }
   bool started() { return eventually([this] { return calls > 0; }); }
   void open() { open_ = true; }
+  // get_or_load(key) through this loader on another thread, returned once the loader runs.
+  std::future<std::optional<std::string>> start(Cache& cache, const std::string& key, LoadOptions o = {}) {
+    auto load = std::async(std::launch::async, [this, &cache, key, o] { return cache.get_or_load(key, 60s, loader(), o); });
+    REQUIRE(started());
+    return load;
+  }
 };
 
 LoadOptions scoped(LoadScope scope) {
@@ -649,8 +655,7 @@ TEST_CASE("cache: a loader overtaken by an invalidation or put stores nothing, w
         const std::string key = fmt::format("k:{}:{}:{}", name_of(scope), write, maintenance);
         INFO(key);
         Gate gate("stale");
-        auto load = std::async(std::launch::async, [&] { return cache.get_or_load(key, 60s, gate.loader(), scoped(scope)); });
-        REQUIRE(gate.started());
+        auto load = gate.start(cache, key, scoped(scope));
         if (std::string_view(write) == "put")
           cache.put(key, "new", 60s);
         else
@@ -689,8 +694,7 @@ TEST_CASE("cache: the background sweeper thread never lets an overtaken loader s
     const std::string key = fmt::format("bg:{}", name_of(scope));
     INFO(key);
     Gate gate("stale");
-    auto load = std::async(std::launch::async, [&] { return cache.get_or_load(key, 60s, gate.loader(), scoped(scope)); });
-    REQUIRE(gate.started());
+    auto load = gate.start(cache, key, scoped(scope));
     cache.invalidate(key);
     for (int i = 0; i < 3; ++i) cache.put(fmt::format("bg-filler-{}", i), "x", 60s);
     const auto sweeps = cache.stats().sweeps;
@@ -739,10 +743,8 @@ TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefi
     const std::string inside = fmt::format("user:7:name:{}", name_of(scope));    // no row yet
     const std::string outside = fmt::format("user:70:name:{}", name_of(scope));  // not under "user:7:"
     Gate in_gate("stale"), out_gate("fresh");
-    auto in_load = std::async(std::launch::async, [&] { return cache.get_or_load(inside, 60s, in_gate.loader(), scoped(scope)); });
-    auto out_load = std::async(std::launch::async, [&] { return cache.get_or_load(outside, 60s, out_gate.loader(), scoped(scope)); });
-    REQUIRE(in_gate.started());
-    REQUIRE(out_gate.started());
+    auto in_load = in_gate.start(cache, inside, scoped(scope));
+    auto out_load = out_gate.start(cache, outside, scoped(scope));
     CHECK(cache.invalidate_prefix("user:7:") == 1);  // the one row there: user:7:email
     cache.sweep();  // and the prefix's record survives a sweep within the grace
     in_gate.open();
@@ -815,8 +817,7 @@ TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load,
   // A lease lost anyway (force-released mid-load): the caller still gets its value, and the store
   // is judged by the table as always (nothing overtook this load, so it is stored).
   Gate forced("kept");
-  auto forced_load = std::async(std::launch::async, [&] { return cache.get_or_load("forced", 60s, forced.loader()); });
-  REQUIRE(forced.started());
+  auto forced_load = forced.start(cache, "forced");
   Locks(t.db()).force_release("cache:forced", "operator");
   forced.open();
   CHECK(forced_load.get() == "kept");
@@ -845,8 +846,7 @@ TEST_CASE("cache: a cached balance is not stale after a transfer and a sweep tha
   cache.invalidate(key);  // the copy is gone (as after any change): the next get loads
   // A get of alice that read her row before the transfer, and is slow to store it.
   Gate gate(*before);
-  auto load = std::async(std::launch::async, [&] { return cache.get_or_load(key, 60s, gate.loader(), scoped(LoadScope::this_process)); });
-  REQUIRE(gate.started());
+  auto load = gate.start(cache, key, scoped(LoadScope::this_process));
   REQUIRE(ledger.transfer("alice", "bob", 300, "t1").ok());  // drops the copy: on PostgreSQL inside the one statement
   cache.sweep();
   gate.open();
