@@ -24,15 +24,21 @@ struct CacheOptions {
   // Each stored TTL is shortened by a random fraction up to this, so keys loaded together do not
   // all expire together. Default: 0.05 (up to 5%). REQUIRES: 0 <= jitter < 1.
   double ttl_jitter = 0.05;
-  // The cross-process loader lease: a loader that dies frees the key after this. Default: 30s.
+  // The cross-process loader lease. It is renewed in the background (every third of it) while the
+  // loader runs, however long that takes; a loader whose process dies frees the key after this.
+  // Default: 30s.
   std::chrono::milliseconds load_lease_ttl{30'000};
   // How long get_or_load waits for another process's loader before Error(lock_busy). Default: 60s.
   std::chrono::milliseconds load_wait{60'000};
-  // sweep() deletes rows expired longer ago than this (tombstones keep in-flight loads honest
-  // meanwhile). Default: 1h.
+  // sweep() deletes rows expired and last changed longer ago than this, so a tombstone stays this
+  // long to refuse loads that began before it. It is also the longest a load may take from its
+  // miss to its store: a slower load is not stored (CacheStats::too_old), and with 0 no load is
+  // ever stored. docs/cache.md, "What a load may store", has the exact bounds. Default: 1h.
   std::chrono::milliseconds sweep_grace{3'600'000};
   // Size bounds enforced by sweep(): after expired rows, the least recently written rows go until
   // at most max_rows rows and max_bytes value bytes remain. 0 = no bound. Default: 0 and 0.
+  // When that takes rows changed within sweep_grace, the loads in flight at that moment are not
+  // stored (the eviction counts as an invalidation of every key).
   std::int64_t max_rows = 0;
   std::int64_t max_bytes = 0;
   // When positive, sweep() runs on a background thread this often (failures are counted in
@@ -95,7 +101,7 @@ struct CacheStats {
   std::uint64_t loads = 0;          // loader calls in this process
   std::uint64_t load_failures = 0;  // loader calls that threw
   std::uint64_t waits = 0;          // calls that waited for another thread's or process's loader
-  std::uint64_t stale_skipped = 0;  // loaded values not stored: an invalidation came first
+  std::uint64_t stale_skipped = 0;  // loaded values not stored: an invalidation or put came first, or too_old
   std::uint64_t evictions = 0;      // rows deleted by sweep()
   std::uint64_t stale_served = 0;   // expired values returned within stale_for while another caller refreshed
   std::uint64_t early_refreshes = 0;
@@ -104,6 +110,9 @@ struct CacheStats {
   std::uint64_t local_bytes = 0;      // bytes the in-process tier holds now
   std::uint64_t bytes_stored = 0;     // value bytes written by put() and by loads
   std::uint64_t sweep_failures = 0;   // background sweeps that failed (see sweep_every)
+  std::uint64_t sweeps = 0;           // sweeps completed, background ones included
+  std::uint64_t too_old = 0;          // loads not stored because they took longer than sweep_grace (also in stale_skipped)
+  std::uint64_t lease_lost = 0;       // loads whose loader lease was lost or not released (their value was still judged)
 };
 
 // Thread-safety: safe for concurrent use. Reads never write: no hit counters or LRU updates in the table.
@@ -127,23 +136,27 @@ class Cache {
   // Drops the key; inside tx it takes effect when tx commits, and not at all if it rolls back.
   void invalidate(std::string_view key);
   void invalidate(Transaction& tx, std::string_view key);
-  // Drops every key that starts with prefix; returns how many rows it touched.
+  // Drops every key that starts with prefix, and makes every load in flight of a key under it
+  // stale, whether the key has a row or not; returns how many rows it touched.
   std::int64_t invalidate_prefix(std::string_view prefix);
   // Drops key from this process's in-process tier only, for a write made outside this Cache whose
   // invalidation has committed (the ledger's one-statement transfer uses it). Call it after commit.
   void forget_local(std::string_view key);
 
   // A hit returns the stored value. On a miss exactly one loader runs per key at a time, across
-  // threads (single flight) and processes (a lease on the key); the others wait and get its value.
-  // A loader that throws stores nothing: waiters in this process get its exception, other
-  // processes take their own turn. The result is stored only if no invalidation or put happened
-  // since the load began, so a slow loader never writes back a stale value.
+  // threads (single flight) and processes (a lease on the key, kept while the loader runs); the
+  // others wait and get its value. A loader that throws stores nothing: waiters in this process get
+  // its exception, other processes take their own turn. The result is stored only if no
+  // invalidation, put or prefix invalidation of the key happened since the miss and the load took
+  // less than sweep_grace, so a slow loader never writes back a stale value; the caller (and its
+  // waiters) get the loaded value either way, never Error(lock_lost) for the loader's lease.
   std::optional<std::string> get_or_load(std::string_view key, std::chrono::milliseconds ttl, const CacheLoader& loader,
                                          LoadOptions options = {});
 
-  // Deletes rows expired longer than sweep_grace ago, oldest first, then (when max_rows or
-  // max_bytes is set) the least recently written rows until the table is within its bounds; at most
-  // batch rows per statement, so no statement holds locks for long. Returns how many.
+  // Deletes rows expired and last changed longer than sweep_grace ago, oldest first, then (when
+  // max_rows or max_bytes is set) the least recently written rows until the table is within its
+  // bounds; at most batch rows per statement, so no statement holds locks for long. Never lets a
+  // load that began before the last change of a row it deletes store. Returns how many.
   std::int64_t sweep(std::int64_t batch = 1000);
 
   CacheTableStats table_stats();

@@ -1,4 +1,22 @@
 -- rowguard schema, PostgreSQL dialect. Step 007: guarantees that hold while maintenance runs.
 -- Each section below names the promise it keeps (docs/reliability.md lists them all).
 
+-- Cache (docs/cache.md, "What a load may store"): a load that began before an invalidation, a put
+-- or a prefix invalidation never stores, whatever sweeps and evictions run meanwhile.
+-- * Tombstones expire when they are written (expires_at = updated_at), no longer at the epoch, so
+--   the sweep's "expired longer than sweep_grace ago" keeps every row for sweep_grace after its
+--   last change. The UPDATE moves tombstones written before this step; safe to rerun.
+-- * invalidate_prefix records its prefix here; a load that began at or before invalidated_at does
+--   not store a key under it, whether the key had a row or not. Eviction that must delete rows
+--   changed within sweep_grace records the empty prefix (every key). sweep() deletes records older
+--   than sweep_grace, when every load that began before them is refused anyway.
+CREATE TABLE IF NOT EXISTS rowguard_cache_prefixes (
+  prefix         text        PRIMARY KEY,
+  invalidated_at timestamptz NOT NULL
+);
+COMMENT ON TABLE rowguard_cache_prefixes IS
+  'rowguard: recent cache prefix invalidations; a load that began before one stores no key under it';
+CREATE INDEX IF NOT EXISTS rowguard_cache_prefixes_invalidated_at ON rowguard_cache_prefixes (invalidated_at);
+UPDATE rowguard_cache SET expires_at = updated_at WHERE value IS NULL AND expires_at < updated_at;
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (7, '007_guarantees');

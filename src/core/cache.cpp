@@ -22,26 +22,37 @@
 
 namespace rowguard {
 
+namespace {
+// The generation of a row that did not exist: the database clock in ms times 1000. A key whose row
+// a sweep deleted and a write then recreated would otherwise start again at the generation a load
+// in flight may have read before the sweep (its store also checks updated_at, in milliseconds).
+std::string fresh_generation(const detail::Dialect& d) { return fmt::format("({} * 1000)", d.now_ms()); }
+}  // namespace
+
 std::string detail::cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
   const auto& d = backend.dialect();
   const std::string now = d.now_timestamp();
+  // The tombstone expires as it is written (never at the epoch): sweeps keep it for sweep_grace.
   return fmt::format(
       "INSERT INTO {t} AS c (key, expires_at, generation, size_bytes, created_at, updated_at) "
-      "SELECT {key}, {epoch}, 1, 0, {now}, {now} {tail} ON CONFLICT (key) DO UPDATE SET value = NULL, "
+      "SELECT {key}, {now}, {fresh}, 0, {now}, {now} {tail} ON CONFLICT (key) DO UPDATE SET value = NULL, "
       "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = 0, "
       "updated_at = excluded.updated_at",
-      fmt::arg("t", backend.table("cache")), fmt::arg("key", key_expr), fmt::arg("epoch", d.ms_to_timestamp("0")),
+      fmt::arg("t", backend.table("cache")), fmt::arg("key", key_expr), fmt::arg("fresh", fresh_generation(d)),
       fmt::arg("now", now), fmt::arg("tail", tail));
 }
 
 namespace {
-// A cached row as read: nothing when there is no row.
+// A key's row as read, or its absence, and when it was read: a load judges its store by these.
 struct Entry {
+  bool exists = false;
   std::optional<std::string> value;  // nullopt with live = a cached "absent"
   bool live = false;
   std::int64_t generation = 0;
   std::int64_t expires_in_ms = 0;  // negative once expired
   std::int64_t load_ms = 0;
+  std::int64_t read_at_ms = 0;  // the database clock of the read: a load that follows it began then
+  std::chrono::steady_clock::time_point read_returned;
 };
 
 std::size_t code_points(std::string_view utf8) {
@@ -65,7 +76,8 @@ struct Cache::Impl {
   CacheOptions options;
   Locks locks;
   detail::StandbyRoute standby;
-  std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, sweep_sql, evict_sql, table_stats_sql;
+  std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, record_prefix_sql, sweep_sql,
+      sweep_prefixes_sql, evict_sql, evict_recent_sql, table_stats_sql;
 
   std::mutex mutex;  // guards flights and stats
   std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
@@ -92,43 +104,70 @@ struct Cache::Impl {
       throw Error(ErrorKind::invalid_argument, "CacheOptions durations must not be negative (lease ttl positive)");
     const auto& d = backend->dialect();
     const std::string t = backend->table("cache");
+    const std::string prefixes = backend->table("cache_prefixes");
     const std::string now = d.now_timestamp();
-    const std::string epoch = d.ms_to_timestamp("0");
+    const std::string fresh = fresh_generation(d);
+    // Always one row, with the database clock: a miss is the start of a load, row or not.
     read_sql = fmt::format(
-        "SELECT {}, CASE WHEN expires_at > {} THEN 1 ELSE 0 END, generation, {} - {}, load_ms FROM {} WHERE key = $1",
-        d.blob_column("value"), now, d.timestamp_to_ms("expires_at"), d.now_ms(), t);
+        "SELECT {}, CASE WHEN c.expires_at > {} THEN 1 ELSE 0 END, c.generation, {} - n.now_ms, c.load_ms, n.now_ms "
+        "FROM (SELECT {} AS now_ms) n LEFT JOIN {} c ON c.key = $1",
+        d.blob_column("c.value"), now, d.timestamp_to_ms("c.expires_at"), d.now_ms(), t);
     // get() without the in-process tier needs only a live value: the primary-key lookup alone,
     // without the columns that loads and the tier use.
     hit_sql = fmt::format("SELECT {} FROM {} WHERE key = $1 AND expires_at > {}", d.blob_column("value"), t, now);
     // A put, like an invalidation, bumps the generation: any load in flight is now stale.
     put_sql = fmt::format(
         "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
-        "VALUES ($1, {v}, {exp}, 1, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "VALUES ($1, {v}, {exp}, {fresh}, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
         "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = excluded.size_bytes, "
         "updated_at = excluded.updated_at",
         fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
-        fmt::arg("now", now));
-    // A loader's write-back: only while the generation is still the one seen when the load began.
+        fmt::arg("fresh", fresh), fmt::arg("now", now));
+    // A loader's write-back ($7: the database clock of the read that began the load; $8: sweep_grace).
+    // Refused when the load began sweep_grace ago or more (the rows that could judge it may be gone),
+    // when a prefix invalidation over the key (or an eviction inside the grace) came at or after its
+    // start, and, for an existing row, unless it still has the generation the load read and was
+    // last written no later than the load's start. Sweeps and evictions keep every row for
+    // sweep_grace after its last change (or record the eviction), so every change made after the
+    // load began is still there to refuse it.
     store_sql = fmt::format(
         "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, load_ms, created_at, updated_at) "
-        "VALUES ($1, {v}, {exp}, $5, $3, $6, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "SELECT $1, {v}, {exp}, {fresh}, $3, $6, {now}, {now} "
+        "WHERE CAST($7 AS bigint) > {now_ms} - CAST($8 AS bigint) AND NOT EXISTS (SELECT 1 FROM {p} p "
+        "WHERE p.invalidated_at >= {start} AND substr(CAST($1 AS text), 1, length(p.prefix)) = p.prefix) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
         "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, load_ms = excluded.load_ms, "
-        "updated_at = excluded.updated_at WHERE c.generation = $5 RETURNING generation",
+        "updated_at = excluded.updated_at WHERE c.generation = $5 AND {updated} <= CAST($7 AS bigint) "
+        "RETURNING generation",
         fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
-        fmt::arg("now", now));
+        fmt::arg("fresh", fresh), fmt::arg("now", now), fmt::arg("now_ms", d.now_ms()), fmt::arg("p", prefixes),
+        fmt::arg("start", d.ms_to_timestamp("$7")), fmt::arg("updated", d.timestamp_to_ms("c.updated_at")));
     // Invalidation leaves an expired tombstone with a higher generation, even for a key never
     // cached, so a load that began before it cannot store afterwards.
     invalidate_sql = detail::cache_invalidate_sql(*backend, "CAST($1 AS text)", "WHERE 1 = 1");
     invalidate_prefix_sql = fmt::format(
         "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
         "WHERE substr(key, 1, $2) = $1",
-        t, epoch, now);
-    // Expired rows by the expires_at index, in bounded batches that never hold long locks.
+        t, now, now);
+    record_prefix_sql = fmt::format(
+        "INSERT INTO {} (prefix, invalidated_at) VALUES ($1, {}) ON CONFLICT (prefix) DO UPDATE SET "
+        "invalidated_at = excluded.invalidated_at",
+        prefixes, now);
+    // Rows expired and last changed longer than sweep_grace ($1, negative) ago, by the expires_at
+    // index, in bounded batches that never hold long locks. Every write sets expires_at at or after
+    // updated_at, so the index finds them; the second condition states the rule.
+    const std::string cut = d.timestamp_plus_ms(now, "$1");
     sweep_sql = fmt::format(
-        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} ORDER BY expires_at LIMIT $2)", t,
-        d.timestamp_plus_ms(now, "$1"));
+        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} AND updated_at < {1} "
+        "ORDER BY expires_at LIMIT $2)",
+        t, cut);
+    sweep_prefixes_sql = fmt::format("DELETE FROM {} WHERE invalidated_at < {}", prefixes, cut);
+    // Size bounds: least recently written first, outside the grace; then, only if that is not
+    // enough, inside it (evict_recent_sql, with the eviction recorded in the same transaction).
     evict_sql = fmt::format(
-        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} ORDER BY updated_at LIMIT $1)", t);
+        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE updated_at < {1} ORDER BY updated_at LIMIT $2)", t,
+        cut);
+    evict_recent_sql = fmt::format("DELETE FROM {0} WHERE key IN (SELECT key FROM {0} ORDER BY updated_at LIMIT $1)", t);
     table_stats_sql = fmt::format(
         "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN expires_at > {} THEN 1 ELSE 0 END), 0) AS bigint), "
         "CAST(COALESCE(SUM(size_bytes), 0) AS bigint) FROM {}",
@@ -224,22 +263,25 @@ struct Cache::Impl {
     f(stats);
   }
 
-  // The key's row on the primary.
-  std::optional<Entry> read(std::string_view key) { return entry_of((*backend->borrow())->exec(read_sql, {std::string(key)})); }
+  // The key's row on the primary (a load's start).
+  Entry read(std::string_view key) { return entry_of((*backend->borrow())->exec(read_sql, {std::string(key)})); }
 
   // The key's row where a hit may come from: a live row on the standby when one is configured and
-  // fresh enough, else the primary's row.
-  std::optional<Entry> read_for_hit(std::string_view key) {
-    std::optional<Entry> e;
-    if (standby.run([&](detail::Session& s) { e = entry_of(s.exec(read_sql, {std::string(key)})); }) && e && e->live)
+  // fresh enough, else the primary's row. Anything but a live row comes from the primary.
+  Entry read_for_hit(std::string_view key) {
+    Entry e;
+    if (standby.run([&](detail::Session& s) { e = entry_of(s.exec(read_sql, {std::string(key)})); }) && e.live)
       return e;
     return read(key);
   }
 
-  static std::optional<Entry> entry_of(const Result& r) {
-    if (r.empty()) return std::nullopt;
-    const Row& row = r.rows[0];
+  static Entry entry_of(const Result& r) {
     Entry e;
+    e.read_returned = std::chrono::steady_clock::now();
+    const Row& row = r.one();
+    e.read_at_ms = row.i64(5);
+    if (row.is_null(2)) return e;  // no row
+    e.exists = true;
     if (!row.is_null(0)) e.value = row.bytes(0);
     e.live = row.i64(1) != 0;
     e.generation = row.i64(2);
@@ -249,13 +291,22 @@ struct Cache::Impl {
   }
 
   // stamp: the in-process tier's stamp taken before this caller first read the table;
-  // seen_generation: the generation that read found (0 for no row).
+  // seen: what that read found on the primary (a miss).
   std::optional<std::string> load(const std::string& key, std::chrono::milliseconds ttl, const CacheLoader& loader,
-                                  const LoadOptions& load_options, std::uint64_t stamp, std::int64_t seen_generation);
-  // Loads and stores; lease: the key's loader lease, or null under LoadScope::this_process.
-  std::optional<std::string> load_holding(Lease* lease, const std::string& key, std::int64_t generation,
+                                  const LoadOptions& load_options, std::uint64_t stamp, const Entry& seen);
+  // Loads and stores what the loader returns, judged against seen (the read the load began with);
+  // lease: the key's loader lease, or null under LoadScope::this_process.
+  std::optional<std::string> load_holding(Lease* lease, const std::string& key, const Entry& seen,
                                           std::chrono::milliseconds ttl, const CacheLoader& loader,
                                           const LoadOptions& load_options, std::uint64_t stamp);
+  // Stores a loaded value (or absence) unless the load is too old or was overtaken.
+  void store(const std::string& key, const Entry& seen, const std::optional<std::string>& value,
+             const LoadOptions& load_options, std::chrono::milliseconds took, std::chrono::milliseconds ttl,
+             std::uint64_t stamp);
+  // The loader lease goes back once the value is stored (or refused). A lease that was lost or
+  // cannot be released changes nothing for the callers: the store was judged by the table, and an
+  // unreleased lease expires at its ttl.
+  void release_loader_lease(Lease& lease, const std::string& key);
   // A refresh that must not wait: the key's lease now, or nothing (someone else is refreshing).
   std::optional<Lease> try_lease(const std::string& key) { return locks.try_acquire(lease_name(key), options.load_lease_ttl); }
 
@@ -271,28 +322,43 @@ struct Cache::Impl {
 
 std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono::milliseconds ttl,
                                              const CacheLoader& loader, const LoadOptions& load_options,
-                                             std::uint64_t stamp, std::int64_t seen_generation) {
-  // Without a lease the generation of the caller's miss is the one the store must still find.
+                                             std::uint64_t stamp, const Entry& seen) {
+  // Without a lease the caller's miss is the read the load began with.
   if (load_options.scope == LoadScope::this_process)
-    return load_holding(nullptr, key, seen_generation, ttl, loader, load_options, stamp);
+    return load_holding(nullptr, key, seen, ttl, loader, load_options, stamp);
   // One loader per key across processes: the lease. Whoever waited for it looks again first.
   std::optional<Lease> lease = locks.try_acquire(lease_name(key), options.load_lease_ttl);
   if (!lease) {
     count([](CacheStats& s) { ++s.waits; });
     lease = locks.acquire(lease_name(key), options.load_lease_ttl, options.load_wait);
   }
-  const auto seen = read(key);
-  if (seen && seen->live) {
+  const auto again = read(key);
+  if (again.live) {
     count([](CacheStats& s) { ++s.hits; });
-    local_fill(key, *seen, stamp);
-    return seen->value;
+    local_fill(key, again, stamp);
+    release_loader_lease(*lease, key);
+    return again.value;
   }
-  return load_holding(&*lease, key, seen ? seen->generation : 0, ttl, loader, load_options, stamp);
+  return load_holding(&*lease, key, again, ttl, loader, load_options, stamp);
 }
 
-std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::string& key, std::int64_t generation,
+void Cache::Impl::release_loader_lease(Lease& lease, const std::string& key) {
+  try {
+    lease.release();
+  } catch (const Error& e) {
+    count([](CacheStats& s) { ++s.lease_lost; });
+    if (detail::log_enabled(LogLevel::warn))
+      detail::log(LogLevel::warn, "cache", "cache loader lease lost",
+                  {{"key", key}, {"error", e.what()}});
+  }
+}
+
+std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::string& key, const Entry& seen,
                                                      std::chrono::milliseconds ttl, const CacheLoader& loader,
                                                      const LoadOptions& load_options, std::uint64_t stamp) {
+  // However long the loader runs, the lease stays ours while this process lives (renewed every
+  // load_lease_ttl / 3), so no other process starts a second load meanwhile.
+  if (lease) lease->start_heartbeat();
   count([](CacheStats& s) { ++s.loads; });
   const auto& m = detail::instruments::cache();
   std::optional<std::string> value;
@@ -319,22 +385,32 @@ std::optional<std::string> Cache::Impl::load_holding(Lease* lease, const std::st
   m.load_ok.add();
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
   if (value) check_value(*value);
-  if (value || load_options.negative_ttl) {
-    const auto keep = jittered(value ? ttl : *load_options.negative_ttl);
-    const auto size = static_cast<std::int64_t>(value ? value->size() : 0);
-    auto session = backend->borrow();
-    const Result stored = (*session)->exec(store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), size, keep,
-                                                       generation, static_cast<std::int64_t>(took.count())});
-    if (stored.empty()) {
-      count([](CacheStats& s) { ++s.stale_skipped; });
-      m.stale_writes_refused.add();
-    } else {
-      count([&](CacheStats& s) { s.bytes_stored += static_cast<std::uint64_t>(size); });
-      if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
-    }
-  }
-  if (lease) lease->release();
+  if (value || load_options.negative_ttl) store(key, seen, value, load_options, took, ttl, stamp);
+  if (lease) release_loader_lease(*lease, key);
   return value;
+}
+
+void Cache::Impl::store(const std::string& key, const Entry& seen, const std::optional<std::string>& value,
+                        const LoadOptions& load_options, std::chrono::milliseconds took, std::chrono::milliseconds ttl,
+                        std::uint64_t stamp) {
+  const auto refused = [&](bool too_old) {
+    count([&](CacheStats& s) { ++s.stale_skipped, s.too_old += too_old; });
+    detail::instruments::cache().stale_writes_refused.add();
+  };
+  // Already older than the grace on this process's clock, so on the database's too (whose clock
+  // read began before this one started counting): refused without a round trip. The store
+  // statement checks the same on the database clock, which has the last word.
+  if (std::chrono::steady_clock::now() - seen.read_returned >= options.sweep_grace) return refused(true);
+  const auto keep = jittered(value ? ttl : *load_options.negative_ttl);
+  const auto size = static_cast<std::int64_t>(value ? value->size() : 0);
+  auto session = backend->borrow();
+  const Result stored = (*session)->exec(
+      store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), size, keep, seen.generation,
+                  static_cast<std::int64_t>(took.count()), seen.read_at_ms,
+                  static_cast<std::int64_t>(options.sweep_grace.count())});
+  if (stored.empty()) return refused(false);
+  count([&](CacheStats& s) { s.bytes_stored += static_cast<std::uint64_t>(size); });
+  if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
 }
 
 Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {
@@ -356,11 +432,10 @@ std::optional<std::string> Cache::get(std::string_view key) {
   if (auto local = impl_->local_get(key)) return *local;
   const auto stamp = impl_->local_stamp(key);
   const auto e = impl_->read_for_hit(key);
-  const bool hit = e && e->live;
-  impl_->count([&](CacheStats& s) { ++(hit ? s.hits : s.misses); });
-  (hit ? detail::instruments::cache().hit : detail::instruments::cache().miss).add();
-  if (hit) impl_->local_fill(key, *e, stamp);
-  return hit ? e->value : std::nullopt;
+  impl_->count([&](CacheStats& s) { ++(e.live ? s.hits : s.misses); });
+  (e.live ? detail::instruments::cache().hit : detail::instruments::cache().miss).add();
+  if (e.live) impl_->local_fill(key, e, stamp);
+  return e.live ? e.value : std::nullopt;
 }
 
 void Cache::put(std::string_view key, std::string_view value, std::chrono::milliseconds ttl) {
@@ -401,11 +476,14 @@ void Cache::invalidate(Transaction& tx, std::string_view key) {
 
 std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   impl_->check_key(prefix);
-  auto session = impl_->backend->borrow();
+  // The rows under the prefix get tombstones, and the prefix is recorded for keys without a row:
+  // together, at one commit. The record comes last, so its time is after every row it covers.
+  Transaction tx(impl_->backend->borrow(), {});
   const std::int64_t n =
-      (*session)
-          ->exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
+      tx.exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
           .affected;
+  tx.exec(impl_->record_prefix_sql, {std::string(prefix)});
+  tx.commit();
   detail::instruments::cache().invalidations.add();
   if (impl_->local) impl_->local->drop_prefix(prefix);
   return n;
@@ -424,28 +502,30 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   if (auto local = impl_->local_get(key)) return *local;
   const auto stamp = impl_->local_stamp(key);
   const auto e = impl_->read_for_hit(key);
-  if (e && e->live) {
+  if (e.live) {
     impl_->count([](CacheStats& s) { ++s.hits; });
     detail::instruments::cache().hit.add();
-    if (Impl::refresh_early(*e, options)) {
+    if (Impl::refresh_early(e, options)) {
       if (auto lease = impl_->try_lease(std::string(key))) {  // one caller refreshes; the rest keep hitting
         impl_->count([](CacheStats& s) { ++s.early_refreshes; });
-        return impl_->load_holding(&*lease, std::string(key), e->generation, ttl, loader, options, stamp);
+        // The hit may have come from a standby (its generation and clock are not the primary's):
+        // the refresh begins with a read on the primary.
+        return impl_->load_holding(&*lease, std::string(key), impl_->read(key), ttl, loader, options, stamp);
       }
     }
-    impl_->local_fill(key, *e, stamp);
-    return e->value;
+    impl_->local_fill(key, e, stamp);
+    return e.value;
   }
-  if (e && options.stale_for && e->value && -e->expires_in_ms <= options.stale_for->count()) {
+  if (e.exists && options.stale_for && e.value && -e.expires_in_ms <= options.stale_for->count()) {
     // Stale but within stale_for: refresh if nobody else is, else serve the old value at once.
     if (auto lease = impl_->try_lease(std::string(key))) {
       impl_->count([](CacheStats& s) { ++s.misses; });
       detail::instruments::cache().miss.add();
-      return impl_->load_holding(&*lease, std::string(key), e->generation, ttl, loader, options, stamp);
+      return impl_->load_holding(&*lease, std::string(key), e, ttl, loader, options, stamp);
     }
     impl_->count([](CacheStats& s) { ++s.stale_served; });
     detail::instruments::cache().stale.add();
-    return e->value;
+    return e.value;
   }
   impl_->count([](CacheStats& s) { ++s.misses; });
   detail::instruments::cache().miss.add();
@@ -482,7 +562,7 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     }
   } land{*impl_, k};
   try {
-    auto value = impl_->load(k, ttl, loader, options, stamp, e ? e->generation : 0);
+    auto value = impl_->load(k, ttl, loader, options, stamp, e);
     promise.set_value(value);
     return value;
   } catch (const Error& e) {
@@ -500,14 +580,16 @@ std::int64_t Cache::sweep(std::int64_t batch) { return impl_->sweep(batch); }
 
 std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   if (batch < 1) throw Error(ErrorKind::invalid_argument, "sweep batch must be positive");
+  const auto grace = static_cast<std::int64_t>(-options.sweep_grace.count());
   std::int64_t total = 0;
   for (;;) {
     auto session = backend->borrow();
-    const std::int64_t n =
-        (*session)->exec(sweep_sql, {static_cast<std::int64_t>(-options.sweep_grace.count()), batch}).affected;
+    const std::int64_t n = (*session)->exec(sweep_sql, {grace, batch}).affected;
     total += n;
     if (n < batch) break;
   }
+  // Prefix records older than the grace: every load that began before them is refused anyway.
+  (*backend->borrow())->exec(sweep_prefixes_sql, {grace});
   // Then the size bounds, least recently written first, a batch at a time.
   while (options.max_rows > 0 || options.max_bytes > 0) {
     const CacheTableStats now = table_stats();
@@ -519,12 +601,21 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
       excess = std::max(excess, (now.bytes - options.max_bytes + average - 1) / average);
     }
     if (excess <= 0) break;
-    auto session = backend->borrow();
-    const std::int64_t n = (*session)->exec(evict_sql, {std::min(excess, batch)}).affected;
+    const std::int64_t limit = std::min(excess, batch);
+    std::int64_t n = (*backend->borrow())->exec(evict_sql, {grace, limit}).affected;
+    if (n == 0) {
+      // Every row left was changed within the grace, where a load in flight may need it. The
+      // bound holds anyway: the rows go, and the eviction is recorded as an invalidation of every
+      // key (the empty prefix) at the same commit, which refuses every load begun before it.
+      Transaction tx(backend->borrow(), {});
+      n = tx.exec(evict_recent_sql, {limit}).affected;
+      tx.exec(record_prefix_sql, {std::string()});
+      tx.commit();
+    }
     total += n;
     if (n == 0) break;
   }
-  count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total); });
+  count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total), ++s.sweeps; });
   return total;
 }
 

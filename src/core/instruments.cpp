@@ -90,7 +90,7 @@ const Cache& cache() {
                  histogram("rowguard_cache_load_seconds", "Latency of cache loader calls"),
                  counter("rowguard_cache_invalidations_total", "Cache invalidations (keys and prefixes)"),
                  counter("rowguard_cache_stale_writes_refused_total",
-                         "Loaded values not stored because an invalidation or put came first")};
+                         "Loaded values not stored because an invalidation or put came first, or the load took longer than sweep_grace")};
   }();
   return m;
 }

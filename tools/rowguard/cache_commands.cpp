@@ -88,14 +88,16 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
 
   auto* fetch = cache->add_subcommand(
       "fetch", "Read-through from the shell: on a miss exactly one caller across all processes runs CMD and stores "
-               "its stdout (when CMD exits 0); every caller prints the value. CMD's failure code passes through");
+               "its stdout (when CMD exits 0, and unless an invalidation or put of KEY came after the miss, or CMD "
+               "took longer than the sweep grace, 1h); every caller prints the value. CMD's failure code passes "
+               "through");
   fetch->add_option("key", key, "Cache key")->required();
   fetch->add_option("--ttl", ttl, "Time to live of a loaded value (default 60s)");
   fetch->add_option("--wait", wait, "How long to wait for another process's loader (default 60s)");
   static std::string lease = "30s";
   fetch->add_option("--lease", lease,
-                    "Loader lease: if this process dies while CMD runs, others load after this (default 30s; a CMD "
-                    "running longer may be joined by a second loader)");
+                    "Loader lease, renewed every third of it while CMD runs, however long that takes: if this "
+                    "process dies, another caller loads after this (default 30s)");
   fetch->add_option("command", command, "CMD [ARGS...] after --")->required();
   fetch->callback([&globals, &exit_status] {
     auto db = open_database(globals);
@@ -125,7 +127,8 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
          fmt::format("{} rows ({} live), {} value bytes", s.rows, s.live_rows, s.bytes));
   });
 
-  auto* sweep = cache->add_subcommand("sweep", "Delete long-expired rows in bounded batches");
+  auto* sweep = cache->add_subcommand(
+      "sweep", "Delete rows expired and unchanged for longer than the sweep grace (1h) in bounded batches");
   sweep->add_option("--batch", batch, "Rows per statement (default 1000)")->check(decimal());
   sweep->callback([&globals] {
     auto db = open_database(globals);
