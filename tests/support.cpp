@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -186,6 +187,31 @@ int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std
   }
   FAIL(fmt::format("the CLI process never took the lock '{}'", held));
   return pid;
+}
+
+int race_through_gate(Transaction gate, const std::vector<std::function<void()>>& calls) {
+  std::barrier start(static_cast<std::ptrdiff_t>(calls.size()) + 1);
+  std::atomic<std::size_t> entered{0};
+  std::atomic<int> returned{0};
+  std::vector<std::thread> threads;
+  for (const auto& call : calls)
+    threads.emplace_back([&, f = &call] {
+      start.arrive_and_wait();
+      ++entered;
+      try {
+        (*f)();
+      } catch (...) {
+      }
+      ++returned;
+    });
+  start.arrive_and_wait();
+  while (entered < calls.size()) std::this_thread::yield();
+  // Time for every call to reach the gate's lock; nothing is asserted on it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const int early = returned.load();
+  gate.rollback();
+  for (auto& t : threads) t.join();
+  return early;
 }
 
 }  // namespace rowguard::test
