@@ -52,13 +52,37 @@ struct Violation {
   std::string detail;
 };
 
+// One currency's totals in a CheckReport: balances add up to deposits minus withdrawals
+// (archived ones included), or check() reports total_mismatch for it.
+struct CurrencyTotal {
+  std::string currency;           // ISO 4217 code
+  std::int64_t balance = 0;       // sum of the balances of its accounts, minor units
+  std::int64_t deposits = 0;      // applied deposits, live and archived
+  std::int64_t withdrawals = 0;   // applied withdrawals, live and archived
+};
+
 struct CheckReport {
   std::vector<Violation> violations;
   std::int64_t accounts = 0;
   std::int64_t entries = 0;
-  std::int64_t total_balance = 0;  // sum of balances (checked: Error(permanent) on int64 overflow)
+  // Per currency, ordered by code; money of different currencies is never added together.
+  // Sums in checked arithmetic: Error(permanent) on int64 overflow.
+  std::vector<CurrencyTotal> totals;
+  // The balance total when every account is in one currency; 0 when there are none or several
+  // (read totals then). Kept for single-currency callers.
+  std::int64_t total_balance = 0;
   bool ok() const noexcept { return violations.empty(); }
+  // The totals of one currency (all zero when it has no accounts or transfers).
+  CurrencyTotal total(std::string_view currency) const;
 };
+
+// The youngest idempotency keys that may be forgotten: prune_keys() and archive() refuse ages
+// below it (Error(invalid_argument)). A client retries a request whose outcome it did not learn
+// (a lost reply, an in-doubt commit, a crashed worker picking up its queue) under the same key for
+// as long as it keeps the request; once the key is forgotten such a retry applies a second time.
+// A day covers the retry windows of payment clients (card networks and payment APIs keep keys
+// for at least 24 hours); keep keys longer if your clients retry longer.
+inline constexpr std::chrono::hours min_key_age{24};
 
 // One transfer of a batch. Consecutive items with linked = true, together with the first item
 // after them, form a chain that succeeds or fails as a whole; other items stand alone.
@@ -194,6 +218,7 @@ struct TransferPage {
 struct ArchiveOptions {
   // A cutoff later than now minus min_age is refused (Error(invalid_argument)): recent rows are
   // still needed for replays of idempotency keys and for reconciliation. Default: 30 days.
+  // REQUIRES: >= min_key_age (24 hours): archiving forgets the keys of what it moves.
   std::chrono::milliseconds min_age{std::chrono::hours(24 * 30)};
   bool dry_run = false;  // count what would move, change nothing
 };
@@ -310,10 +335,11 @@ class Ledger {
 
   // Forgets idempotency keys older than the given age (their transfers stay; the key becomes NULL
   // and may be used again). Keys are kept forever unless this is called. Returns how many.
+  // REQUIRES: older_than >= min_key_age (24 hours), else Error(invalid_argument).
   std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
-  // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; the sum of balances equals deposits
-  // minus withdrawals; no available amount (balance - held) is below its minimum; every account's
+  // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; per
+  // currency, the sum of balances equals deposits minus withdrawals; no available amount (balance - held) is below its minimum; every account's
   // held equals the sum of its open holds; every captured hold has its transfer. Reads one
   // consistent snapshot.
   CheckReport check();
