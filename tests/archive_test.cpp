@@ -61,6 +61,16 @@ struct Bank {
   }
 
   std::int64_t count(const std::string& sql) { return db().exec(sql).one().i64(0); }
+
+  // Accounts a and b, a deposit to a and n transfers a -> b keyed o-0.. all 60 days old; returns a
+  // cutoff 45 days back, before which every one of them lies.
+  std::int64_t old_transfers(int n) {
+    ledger.open("a", "EUR");
+    ledger.open("b", "EUR");
+    age(ledger.deposit("a", 100'000, "dep").transfer_id, 60);
+    for (int i = 0; i < n; ++i) age(ledger.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
+    return now_ms() - 45 * day_ms;
+  }
 };
 
 void require_clean(Ledger& l) {
@@ -375,12 +385,8 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
           "[backend][archive]") {
   Bank b;
   auto& l = b.ledger;
-  l.open("a", "EUR");
-  l.open("b", "EUR");
   constexpr int n = 20;
-  b.age(l.deposit("a", 100'000, "dep").transfer_id, 60);
-  for (int i = 0; i < n; ++i) b.age(l.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
-  const std::int64_t cutoff = b.now_ms() - 45 * day_ms;
+  const std::int64_t cutoff = b.old_transfers(n);
   // One thread refunds every old transfer while another archives them; each refund either finds
   // its original live (and keeps it live) or finds it archived (not_found).
   std::vector<ErrorKind> refund_errors(n, ErrorKind::permanent);
@@ -431,13 +437,9 @@ TEST_CASE("archive: two concurrent archive runs: one moves the rows, the other n
           "[backend][archive]") {
   Bank b;
   auto& l = b.ledger;
-  l.open("a", "EUR");
-  l.open("b", "EUR");
   constexpr int n = 30;
-  b.age(l.deposit("a", 100'000, "dep").transfer_id, 60);
-  for (int i = 0; i < n; ++i) b.age(l.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
+  const std::int64_t cutoff = b.old_transfers(n);
   const auto balances = b.balances();
-  const std::int64_t cutoff = b.now_ms() - 45 * day_ms;
   std::optional<ArchiveReport> reports[2];
   std::string errors[2];
   auto run = [&](int i) {

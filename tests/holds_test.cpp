@@ -15,6 +15,7 @@
 using namespace rowguard;
 using namespace std::chrono_literals;
 using rowguard::test::kind_of;
+using rowguard::test::require_mismatches;
 using rowguard::test::TestDb;
 
 namespace {
@@ -258,28 +259,6 @@ TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers neve
   WARN(fmt::format("{}: {} captures, {} retries", rowguard::test::backend(), captures.size(), l.stats().retries));
 }
 
-namespace {
-// Each call reuses a key with one field, or the operation, changed: idempotency_mismatch naming what
-// differs, and nothing written.
-void require_mismatches(Shop& s, const std::vector<std::pair<std::string, std::function<void()>>>& calls) {
-  auto state = [&] {
-    std::vector<std::int64_t> v{rowguard::test::rows_in(s.t.db(), "transfers"),
-                                rowguard::test::rows_in(s.t.db(), "holds")};
-    for (const auto& a : s.ledger.list()) v.insert(v.end(), {a.balance, a.held});
-    return v;
-  };
-  const auto before = state();
-  for (const auto& [field, call] : calls) {
-    INFO("changed: " << field);
-    std::string message;
-    CHECK(kind_of(call, &message) == ErrorKind::idempotency_mismatch);
-    CHECK_THAT(message, Catch::Contains(field + " differs"));
-  }
-  CHECK(state() == before);
-  CHECK(s.ledger.check().ok());
-}
-}  // namespace
-
 TEST_CASE("holds: a hold's key reused with any field or operation changed is idempotency_mismatch",
           "[backend][holds]") {
   Shop s;
@@ -288,7 +267,7 @@ TEST_CASE("holds: a hold's key reused with any field or operation changed is ide
   const HoldResult h = l.hold("card", "shop", 3'000, "auth", 60s);
   REQUIRE(h.ok());
   CHECK(l.hold("card", "shop", 3'000, "auth", 60s).replayed);
-  require_mismatches(s, {
+  require_mismatches(s.t.db(), l, {
                             {"from", [&] { l.hold("other", "shop", 3'000, "auth", 60s); }},
                             {"to", [&] { l.hold("card", "other", 3'000, "auth", 60s); }},
                             {"amount", [&] { l.hold("card", "shop", 3'001, "auth", 60s); }},
@@ -311,7 +290,7 @@ TEST_CASE("holds: a capture's key reused with another hold, amount or operation 
   CHECK(l.capture(h1.hold_id, 2'000, "cap").replayed);
   REQUIRE(l.capture(h3.hold_id).ok());  // under hold:<id>:capture
   const std::string default_key = fmt::format("hold:{}:capture", h3.hold_id);
-  require_mismatches(s, {
+  require_mismatches(s.t.db(), l, {
                             {"hold", [&] { l.capture(h2.hold_id, 2'000, "cap"); }},
                             {"amount", [&] { l.capture(h1.hold_id, 2'001, "cap"); }},
                             // A plain transfer of the same accounts and amount is another operation.
@@ -334,63 +313,51 @@ TEST_CASE("holds: two threads capturing one hold, or capturing and voiding it, c
     g.exec(fmt::format("UPDATE {}accounts SET version = version WHERE id = 'card'", db.table_prefix()));
     return g;
   };
+  struct Outcome {
+    std::optional<TransferResult> result;
+    std::optional<ErrorKind> error;
+  };
+  auto capture = [&](std::int64_t hold, std::optional<std::int64_t> amount, Outcome& out) {
+    return [&l, hold, amount, &out] {
+      try {
+        out.result = l.capture(hold, amount);
+      } catch (const Error& error) {
+        out.error = error.kind();
+      }
+    };
+  };
   std::int64_t captured = 0;
   for (int round = 0; round < 2; ++round) {
     INFO("round " << round);
     {  // Capture against capture, the same request: one applies, the other replays it.
       const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cc-{}", round), 60s);
-      std::optional<TransferResult> r[2];
-      std::optional<ErrorKind> e[2];
-      auto capture = [&](int i) {
-        return [&, i] {
-          try {
-            r[i] = l.capture(h.hold_id, 600);
-          } catch (const Error& error) {
-            e[i] = error.kind();
-          }
-        };
-      };
-      CHECK(rowguard::test::race_through_gate(gate(), {capture(0), capture(1)}) == 0);
-      REQUIRE_FALSE(e[0]);
-      REQUIRE_FALSE(e[1]);
-      CHECK(r[0]->replayed != r[1]->replayed);
-      CHECK(r[0]->transfer_id == r[1]->transfer_id);
+      Outcome o[2];
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, 600, o[0]), capture(h.hold_id, 600, o[1])}) ==
+            0);
+      REQUIRE_FALSE(o[0].error);
+      REQUIRE_FALSE(o[1].error);
+      CHECK(o[0].result->replayed != o[1].result->replayed);
+      CHECK(o[0].result->transfer_id == o[1].result->transfer_id);
       captured += 600;
     }
     {  // Capture against capture of other amounts: one applies, the other is idempotency_mismatch.
       const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cc2-{}", round), 60s);
-      std::optional<TransferResult> r[2];
-      std::optional<ErrorKind> e[2];
-      auto capture = [&](int i) {
-        return [&, i] {
-          try {
-            r[i] = l.capture(h.hold_id, 100 + i);
-          } catch (const Error& error) {
-            e[i] = error.kind();
-          }
-        };
-      };
-      CHECK(rowguard::test::race_through_gate(gate(), {capture(0), capture(1)}) == 0);
-      REQUIRE(r[0].has_value() != r[1].has_value());
-      const int won = r[0] ? 0 : 1;
-      CHECK_FALSE(r[won]->replayed);
-      CHECK(e[1 - won] == ErrorKind::idempotency_mismatch);
+      Outcome o[2];
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, 100, o[0]), capture(h.hold_id, 101, o[1])}) ==
+            0);
+      REQUIRE(o[0].result.has_value() != o[1].result.has_value());
+      const int won = o[0].result ? 0 : 1;
+      CHECK_FALSE(o[won].result->replayed);
+      CHECK(o[1 - won].error == ErrorKind::idempotency_mismatch);
       CHECK(l.get_hold(h.hold_id).captured == 100 + won);
       captured += 100 + won;
     }
     {  // Capture against void: exactly one of them.
       const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cv-{}", round), 60s);
-      std::optional<TransferResult> capture_result;
+      Outcome c;
       std::optional<Hold> void_result;
-      std::optional<ErrorKind> capture_error, void_error;
-      CHECK(rowguard::test::race_through_gate(gate(), {[&] {
-                                                          try {
-                                                            capture_result = l.capture(h.hold_id);
-                                                          } catch (const Error& error) {
-                                                            capture_error = error.kind();
-                                                          }
-                                                        },
-                                                        [&] {
+      std::optional<ErrorKind> void_error;
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, std::nullopt, c), [&] {
                                                           try {
                                                             void_result = l.void_hold(h.hold_id);
                                                           } catch (const Error& error) {
@@ -398,13 +365,13 @@ TEST_CASE("holds: two threads capturing one hold, or capturing and voiding it, c
                                                           }
                                                         }}) == 0);
       const Hold after = l.get_hold(h.hold_id);
-      if (capture_result) {
-        CHECK(capture_result->ok());
+      if (c.result) {
+        CHECK(c.result->ok());
         CHECK(void_error == ErrorKind::hold_closed);
         CHECK(after.state == HoldState::captured);
         captured += 1'000;
       } else {
-        CHECK(capture_error == ErrorKind::hold_closed);
+        CHECK(c.error == ErrorKind::hold_closed);
         REQUIRE(void_result);
         CHECK(void_result->state == HoldState::voided);
         CHECK(after.state == HoldState::voided);

@@ -18,6 +18,7 @@
 
 using namespace rowguard;
 using rowguard::test::kind_of;
+using rowguard::test::require_mismatches;
 using rowguard::test::rows_in;
 using rowguard::test::TestDb;
 using namespace std::chrono_literals;
@@ -28,33 +29,6 @@ struct Bank {
   Ledger ledger;
   Bank() : ledger((t.db().migrate(), t.db())) {}
 };
-
-// What a rejected request must leave as it was: the rows of the journal and holds, and every account.
-struct Snapshot {
-  std::int64_t transfers, entries, holds;
-  std::map<std::string, std::pair<std::int64_t, std::int64_t>> accounts;  // id -> balance, held
-  explicit Snapshot(Bank& b)
-      : transfers(rows_in(b.t.db(), "transfers")),
-        entries(rows_in(b.t.db(), "entries")),
-        holds(rows_in(b.t.db(), "holds")) {
-    for (const auto& a : b.ledger.list()) accounts[a.id] = {a.balance, a.held};
-  }
-  bool operator==(const Snapshot&) const = default;
-};
-
-// Each call reuses a key with one field of the request, or the operation itself, changed: every one
-// must be idempotency_mismatch naming what differs ("<field> differs"), and write nothing.
-void require_mismatches(Bank& b, const std::vector<std::pair<std::string, std::function<void()>>>& calls) {
-  const Snapshot before(b);
-  for (const auto& [field, call] : calls) {
-    INFO("changed: " << field);
-    std::string message;
-    CHECK(kind_of(call, &message) == ErrorKind::idempotency_mismatch);
-    CHECK_THAT(message, Catch::Contains(field + " differs"));
-  }
-  CHECK(Snapshot(b) == before);
-  CHECK(b.ledger.check().ok());
-}
 
 // Moves every row of the transfers recorded under keys into the past by `ms` (tests only).
 void backdate(Database& db, const std::vector<std::string>& keys, std::int64_t ms) {
@@ -544,7 +518,7 @@ TEST_CASE("ledger: a transfer's key reused with any field or operation changed i
   l.transfer("b", "a", 100, "order");                    // its refund moves a -> b 100, as k did
   const HoldResult h = l.hold("a", "b", 100, "h", 60s);  // its capture too
   CHECK(l.transfer("a", "b", 100, "k").replayed);
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             {"from", [&] { l.transfer("c", "b", 100, "k"); }},
                             {"to", [&] { l.transfer("a", "c", 100, "k"); }},
                             {"amount", [&] { l.transfer("a", "b", 101, "k"); }},
@@ -564,7 +538,7 @@ TEST_CASE("ledger: a deposit's key reused with any field or operation changed is
   open_abc(l);
   REQUIRE(l.deposit("b", 500, "k").ok());
   CHECK(l.deposit("b", 500, "k").replayed);
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             {"to", [&] { l.deposit("c", 500, "k"); }},
                             {"amount", [&] { l.deposit("b", 501, "k"); }},
                             {"operation", [&] { l.withdraw("b", 500, "k"); }},
@@ -582,7 +556,7 @@ TEST_CASE("ledger: a withdrawal's key reused with any field or operation changed
   open_abc(l);
   REQUIRE(l.withdraw("a", 300, "k").ok());
   CHECK(l.withdraw("a", 300, "k").replayed);
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             {"from", [&] { l.withdraw("b", 300, "k"); }},
                             {"amount", [&] { l.withdraw("a", 301, "k"); }},
                             {"operation", [&] { l.deposit("a", 300, "k"); }},
@@ -599,7 +573,7 @@ TEST_CASE("ledger: a two-phase leg's key reused with any field or operation chan
   REQUIRE(leg(b, false, "a", 300, "k", "gid-1").ok());
   // A coordinator retries one transfer under a fresh global transaction id: the same request.
   CHECK(leg(b, false, "a", 300, "k", "gid-2").replayed);
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             {"from", [&] { leg(b, false, "b", 300, "k", "gid-1"); }},
                             {"amount", [&] { leg(b, false, "a", 301, "k", "gid-1"); }},
                             {"operation", [&] { leg(b, true, "a", 300, "k", "gid-1"); }},
@@ -624,7 +598,7 @@ TEST_CASE("ledger: a batch item's key reused with any field or operation changed
       if (r[0].error) throw Error(*r[0].error, r[0].message);
     };
   };
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             {"from", item({"c", "b", 100, "k", false})},
                             {"to", item({"a", "c", 100, "k", false})},
                             {"amount", item({"a", "b", 101, "k", false})},
@@ -643,7 +617,7 @@ TEST_CASE("ledger: a refund's key reused for another transfer's refund, amount o
   l.transfer("a", "b", 1'000, "order-b");
   REQUIRE(l.reverse("order-a", 300, "refund").ok());
   CHECK(l.reverse("order-a", 300, "refund").replayed);
-  require_mismatches(b, {
+  require_mismatches(b.t.db(), l, {
                             // Refunding order B under the key of order A's refund must not answer A's refund.
                             {"refunded transfer", [&] { l.reverse("order-b", 300, "refund"); }},
                             {"amount", [&] { l.reverse("order-a", 301, "refund"); }},

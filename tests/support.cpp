@@ -189,6 +189,24 @@ int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std
   return pid;
 }
 
+void require_mismatches(Database& db, Ledger& ledger,
+                        const std::vector<std::pair<std::string, std::function<void()>>>& calls) {
+  auto state = [&] {
+    std::vector<std::int64_t> v{rows_in(db, "transfers"), rows_in(db, "entries"), rows_in(db, "holds")};
+    for (const auto& a : ledger.list()) v.insert(v.end(), {a.balance, a.held});
+    return v;
+  };
+  const auto before = state();
+  for (const auto& [field, call] : calls) {
+    INFO("changed: " << field);
+    std::string message;
+    CHECK(kind_of(call, &message) == ErrorKind::idempotency_mismatch);
+    CHECK_THAT(message, Catch::Contains(field + " differs"));
+  }
+  CHECK(state() == before);
+  CHECK(ledger.check().ok());
+}
+
 int race_through_gate(Transaction gate, const std::vector<std::function<void()>>& calls) {
   std::barrier start(static_cast<std::ptrdiff_t>(calls.size()) + 1);
   std::atomic<std::size_t> entered{0};

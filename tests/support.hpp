@@ -78,6 +78,13 @@ int run_cli(const std::vector<std::string>& args, std::string* out = nullptr, bo
 // together (they overlapped). Calls must catch their own errors and use no Catch2 assertion.
 int race_through_gate(Transaction gate, const std::vector<std::function<void()>>& calls);
 
+// Each call reuses an idempotency key with one field of the request, or the operation itself,
+// changed: every one must be idempotency_mismatch naming what differs ("<field> differs") and write
+// nothing (the journal, the holds and every balance and held amount stay as they were), and
+// ledger.check() must stay clean. field is the word the message names.
+void require_mismatches(Database& db, Ledger& ledger,
+                        const std::vector<std::pair<std::string, std::function<void()>>>& calls);
+
 // Starts the rowguard CLI on t's database (--db, --prefix, then args) in a child process and waits
 // until the lock named held is held; returns the child's pid. FAILs when it never is.
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held);
