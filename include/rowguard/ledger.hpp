@@ -278,15 +278,21 @@ class Ledger {
   // The same inside the caller's transaction, recorded with global_txid set: one leg of a transfer
   // between databases (rowguard::TwoPhase, two_phase.hpp), tied to its other leg by that id.
   // REQUIRES: tx is a transaction on this ledger's database. No retries and no commit (the caller
-  // owns tx); the key still makes the leg idempotent (a replay returns the original outcome).
+  // owns tx); the key still makes the leg idempotent (a replay returns the original outcome). A
+  // replay compares the account, the amount and that the record is a leg of the same direction
+  // (a plain deposit's or withdrawal's key is Error(idempotency_mismatch), and the reverse), but not
+  // the global_txid itself: it names the coordinator's attempt, and TwoPhase retries one transfer
+  // under fresh ids.
   TransferResult deposit(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                          std::string_view global_txid);
   TransferResult withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                           std::string_view global_txid);
   // Moves amount atomically: both balances, the journal entries and the idempotency record commit
-  // together or not at all. A key seen before with the same parameters returns the original result
-  // and changes nothing; with other parameters it is Error(idempotency_mismatch) naming the first
-  // field that differs. Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
+  // together or not at all. A key seen before with the same request returns the original result
+  // and changes nothing; a key recorded for any other request (another field, or another operation:
+  // a deposit, a hold, a capture, a refund, a two-phase leg; keys of transfers and holds share one
+  // namespace) is Error(idempotency_mismatch) naming the first difference (docs/ledger.md lists
+  // what each operation compares). Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
   // from == to, a balance that would overflow int64, bad ids or key), conflict after all retries.
   TransferResult transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key);
   // As transfer(), but Error(insufficient_funds) instead of a rejected result.
@@ -301,14 +307,15 @@ class Ledger {
   // once, its balance only when captured. The hold stops counting at its timeout on the database
   // clock, whether or not a sweep has closed it. Idempotent on key like transfer(); a hold that
   // would take the available amount below the minimum comes back as insufficient_funds and is
-  // recorded under the key. Errors as transfer(), plus invalid_argument for a timeout outside
-  // (0, 366 days].
+  // recorded under the key. The key's replay compares from, to, amount and timeout. Errors as
+  // transfer(), plus invalid_argument for a timeout outside (0, 366 days].
   HoldResult hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
                   std::chrono::milliseconds timeout);
   // Posts an open hold as a transfer of amount (default: all of it; REQUIRES 0 < amount <= held)
   // and releases the rest. The capture's transfer is recorded under key (default
   // "hold:<id>:capture"). Capturing a captured hold again with the same amount and key replays the
-  // original result; Error(idempotency_mismatch) otherwise. Error(hold_closed) when the hold was
+  // original result; Error(idempotency_mismatch) for another amount, or a key recorded for anything
+  // else (another hold's capture, a transfer, a hold). Error(hold_closed) when the hold was
   // voided or has expired, Error(not_found) when there is no such hold or it was rejected.
   TransferResult capture(std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
                          std::string_view key = {});
@@ -325,6 +332,8 @@ class Ledger {
   // "reversal") from its destination back to its source. The refunds of one transfer never add up
   // to more than it: Error(invalid_argument) otherwise; Error(not_found) when there is no such
   // applied transfer. The refund itself may be rejected for insufficient funds, like a transfer.
+  // The key's replay compares which transfer is refunded and the amount: refunding another
+  // transfer under a refund's key is Error(idempotency_mismatch), never a replay of that refund.
   TransferResult reverse(std::string_view original_key, std::int64_t amount, std::string_view key);
 
   // The version-checked read-modify-write: reads the account, lets fn change it, writes it back
