@@ -61,6 +61,16 @@ struct Bank {
   }
 
   std::int64_t count(const std::string& sql) { return db().exec(sql).one().i64(0); }
+
+  // Accounts a and b, a deposit to a and n transfers a -> b keyed o-0.. all 60 days old; returns a
+  // cutoff 45 days back, before which every one of them lies.
+  std::int64_t old_transfers(int n) {
+    ledger.open("a", "EUR");
+    ledger.open("b", "EUR");
+    age(ledger.deposit("a", 100'000, "dep").transfer_id, 60);
+    for (int i = 0; i < n; ++i) age(ledger.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
+    return now_ms() - 45 * day_ms;
+  }
 };
 
 void require_clean(Ledger& l) {
@@ -331,9 +341,10 @@ TEST_CASE("partitioning: the library works unchanged on monthly partitions, and 
   CHECK(b.count(fmt::format("SELECT count(*) FROM {}", b.table("transfer_keys"))) == b.count(keyed));
   // An archived key is free again.
   CHECK_FALSE(l.deposit("a", 10'000, "dep-old").replayed);
-  // Keys pruned by prune_keys leave the key table too.
-  CHECK(l.prune_keys(0ms) > 0);
-  CHECK(b.count(fmt::format("SELECT count(*) FROM {}", b.table("transfer_keys"))) == 0);
+  // Keys pruned by prune_keys leave the key table too (keys past the floor: older than a day).
+  b.age(l.find_transfer_by_key("t-after").id, 2);
+  CHECK(l.prune_keys(24h) == 1);
+  CHECK(b.count(fmt::format("SELECT count(*) FROM {}", b.table("transfer_keys"))) == b.count(keyed));
   require_clean(l);
 }
 
@@ -374,19 +385,15 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
           "[backend][archive]") {
   Bank b;
   auto& l = b.ledger;
-  l.open("a", "EUR");
-  l.open("b", "EUR");
   constexpr int n = 20;
-  b.age(l.deposit("a", 100'000, "dep").transfer_id, 60);
-  for (int i = 0; i < n; ++i) b.age(l.transfer("a", "b", 100, fmt::format("o-{}", i)).transfer_id, 60);
-  const std::int64_t cutoff = b.now_ms() - 45 * day_ms;
+  const std::int64_t cutoff = b.old_transfers(n);
   // One thread refunds every old transfer while another archives them; each refund either finds
   // its original live (and keeps it live) or finds it archived (not_found).
   std::vector<ErrorKind> refund_errors(n, ErrorKind::permanent);
   std::vector<bool> refunded(n, false);
   std::optional<ArchiveReport> report;
   std::optional<ErrorKind> archive_error;
-  std::thread refunds([&] {
+  auto refunds = [&] {
     for (int i = 0; i < n; ++i) {
       try {
         refunded[i] = l.reverse(fmt::format("o-{}", i), 100, fmt::format("r-{}", i)).ok();
@@ -394,16 +401,21 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
         refund_errors[i] = e.kind();
       }
     }
-  });
-  std::thread archiver([&] {
+  };
+  auto archiver = [&] {
     try {
       report = l.archive(cutoff);
     } catch (const Error& e) {
       archive_error = e.kind();
     }
-  });
-  refunds.join();
-  archiver.join();
+  };
+  // The first refund waits behind a lock on account a, the archive run behind its currency's
+  // archived totals (on SQLite both behind the gate's write lock): both are in flight at once.
+  Transaction gate = b.db().begin();
+  gate.exec(fmt::format("UPDATE {} SET version = version WHERE id = 'a'", b.table("accounts")));
+  gate.exec(fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)",
+                        b.table("archived_totals")));
+  CHECK(rowguard::test::race_through_gate(std::move(gate), {refunds, archiver}) == 0);
   if (archive_error) CHECK(*archive_error == ErrorKind::conflict);  // retries exhausted: nothing moved
   for (int i = 0; i < n; ++i) {
     INFO("transfer o-" << i);
@@ -419,4 +431,103 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
   require_clean(l);
   CHECK(b.journal_sums() == b.balances());
   CHECK(l.archive(cutoff).transfers == 0);  // what stayed is still referenced by a live refund
+}
+
+TEST_CASE("archive: two concurrent archive runs: one moves the rows, the other nothing, and neither fails",
+          "[backend][archive]") {
+  Bank b;
+  auto& l = b.ledger;
+  constexpr int n = 30;
+  const std::int64_t cutoff = b.old_transfers(n);
+  const auto balances = b.balances();
+  std::optional<ArchiveReport> reports[2];
+  std::string errors[2];
+  auto run = [&](int i) {
+    return [&, i] {
+      try {
+        reports[i] = l.archive(cutoff);
+      } catch (const Error& e) {
+        errors[i] = e.what();
+      }
+    };
+  };
+  // Both runs wait behind the gate's uncommitted archived totals for EUR (on SQLite, behind its
+  // write lock), so both take their snapshots before either commits.
+  Transaction gate = b.db().begin();
+  gate.exec(fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)",
+                        b.table("archived_totals")));
+  CHECK(rowguard::test::race_through_gate(std::move(gate), {run(0), run(1)}) == 0);
+  CHECK(errors[0] == "");
+  CHECK(errors[1] == "");
+  REQUIRE(reports[0]);
+  REQUIRE(reports[1]);
+  CHECK(reports[0]->transfers + reports[1]->transfers == n + 1);
+  CHECK(std::min(reports[0]->transfers, reports[1]->transfers) == 0);
+  CHECK(rows_in(b.db(), "transfers_archive") == n + 1);
+  CHECK(rows_in(b.db(), "transfers") == 0);
+  CHECK(rows_in(b.db(), "archives") == 1);
+  require_clean(l);
+  CHECK(b.balances() == balances);
+  CHECK(b.journal_sums() == balances);
+}
+
+TEST_CASE("archive: ids never go back, even once the archive tables are emptied", "[backend][archive]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("a", "EUR");
+  l.open("b", "EUR");
+  std::int64_t last_transfer = 0, last_entry = 0;
+  auto max_id = [&](const char* table) { return b.count(fmt::format("SELECT COALESCE(MAX(id), 0) FROM {}", b.table(table))); };
+  for (int round = 0; round < 2; ++round) {
+    INFO("round " << round);
+    const std::int64_t d = l.deposit("a", 1'000, fmt::format("dep-{}", round)).transfer_id;
+    const std::int64_t t = l.transfer("a", "b", 300, fmt::format("t-{}", round)).transfer_id;
+    CHECK(d > last_transfer);
+    CHECK(max_id("entries") > last_entry);
+    b.age(d, 40);
+    b.age(t, 40);
+    REQUIRE(l.archive(b.now_ms() - 31 * day_ms).transfers == 2);
+    last_transfer = std::max(last_transfer, max_id("transfers_archive"));
+    last_entry = std::max(last_entry, max_id("entries_archive"));
+    // Exported and emptied, as docs/operations.md says a DBA may.
+    b.db().exec(fmt::format("DELETE FROM {}", b.table("entries_archive")));
+    b.db().exec(fmt::format("DELETE FROM {}", b.table("transfers_archive")));
+    REQUIRE(rows_in(b.db(), "transfers") == 0);
+    REQUIRE(rows_in(b.db(), "entries") == 0);
+  }
+  // A new transfer, batch item, capture and refund all get ids above every id ever issued.
+  const std::int64_t next = l.transfer("a", "b", 100, "t-next").transfer_id;
+  CHECK(next > last_transfer);
+  CHECK(max_id("entries") > last_entry);
+  const auto batch = l.transfer_batch({{"a", "b", 10, "batch-1", false}});
+  CHECK(batch[0].result.transfer_id > next);
+  const HoldResult h = l.hold("a", "b", 10, "h-1", 60s);
+  const std::int64_t capture = l.capture(h.hold_id).transfer_id;
+  CHECK(capture > batch[0].result.transfer_id);
+  CHECK(l.reverse("t-next", 10, "r-1").transfer_id > capture);
+  CHECK(l.find_transfer_by_key("t-next").id == next);
+  require_clean(l);
+}
+
+TEST_CASE("archive: migration steps 004 and 005 keep indexes a DBA built beforehand", "[backend][archive]") {
+  TestDb t;
+  Database& db = t.db();
+  const std::string dialect(db.backend().dialect().name());
+  {
+    auto session = db.backend().borrow();
+    for (const char* step : {"000_schema_version", "001_init", "002_holds", "003_sagas"})
+      (*session)->exec_script(detail::with_prefix(detail::find_script(dialect, step)->sql, db.table_prefix()));
+  }
+  REQUIRE(db.schema_version() == 3);
+  // Built by hand ahead of the migration (on PostgreSQL a DBA would add CONCURRENTLY), under the
+  // names the steps use.
+  const std::string p = db.table_prefix();
+  db.exec(fmt::format("CREATE INDEX {0}transfers_created_at ON {0}transfers (created_at)", p));
+  db.exec(fmt::format("CREATE INDEX {0}holds_transfer ON {0}holds (transfer_id) WHERE transfer_id IS NOT NULL", p));
+  CHECK(db.migrate() == Database::library_schema_version() - 3);
+  CHECK(db.schema_version() == Database::library_schema_version());
+  Ledger l(db);
+  l.open("a", "EUR");
+  CHECK(l.deposit("a", 1, "d").ok());
+  require_clean(l);
 }

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -14,6 +15,7 @@
 using namespace rowguard;
 using namespace std::chrono_literals;
 using rowguard::test::kind_of;
+using rowguard::test::require_mismatches;
 using rowguard::test::TestDb;
 
 namespace {
@@ -255,4 +257,132 @@ TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers neve
   CHECK(report.total_balance == 6'000);
   for (const auto& a : l.list()) CHECK(a.available() >= a.min_balance);
   WARN(fmt::format("{}: {} captures, {} retries", rowguard::test::backend(), captures.size(), l.stats().retries));
+}
+
+TEST_CASE("holds: a hold's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  l.open("other", "EUR");
+  const HoldResult h = l.hold("card", "shop", 3'000, "auth", 60s);
+  REQUIRE(h.ok());
+  CHECK(l.hold("card", "shop", 3'000, "auth", 60s).replayed);
+  require_mismatches(s.t.db(), l, {
+                            {"from", [&] { l.hold("other", "shop", 3'000, "auth", 60s); }},
+                            {"to", [&] { l.hold("card", "other", 3'000, "auth", 60s); }},
+                            {"amount", [&] { l.hold("card", "shop", 3'001, "auth", 60s); }},
+                            {"timeout", [&] { l.hold("card", "shop", 3'000, "auth", 61s); }},
+                            {"operation", [&] { l.transfer("card", "shop", 3'000, "auth"); }},
+                            {"operation", [&] { l.deposit("card", 3'000, "auth"); }},
+                            // The hold's own key for its capture.
+                            {"operation", [&] { l.capture(h.hold_id, 3'000, "auth"); }},
+                        });
+}
+
+TEST_CASE("holds: a capture's key reused with another hold, amount or operation is idempotency_mismatch",
+          "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  const HoldResult h1 = l.hold("card", "shop", 3'000, "h1", 60s);
+  const HoldResult h2 = l.hold("card", "shop", 3'000, "h2", 60s);
+  const HoldResult h3 = l.hold("card", "shop", 1'000, "h3", 60s);
+  REQUIRE(l.capture(h1.hold_id, 2'000, "cap").ok());
+  CHECK(l.capture(h1.hold_id, 2'000, "cap").replayed);
+  REQUIRE(l.capture(h3.hold_id).ok());  // under hold:<id>:capture
+  const std::string default_key = fmt::format("hold:{}:capture", h3.hold_id);
+  require_mismatches(s.t.db(), l, {
+                            {"hold", [&] { l.capture(h2.hold_id, 2'000, "cap"); }},
+                            {"amount", [&] { l.capture(h1.hold_id, 2'001, "cap"); }},
+                            // A plain transfer of the same accounts and amount is another operation.
+                            {"operation", [&] { l.transfer("card", "shop", 2'000, "cap"); }},
+                            {"operation", [&] { l.transfer("card", "shop", 1'000, default_key); }},
+                            {"operation", [&] { l.hold("card", "shop", 2'000, "cap", 60s); }},
+                            {"operation", [&] { l.withdraw("card", 2'000, "cap"); }},
+                        });
+  CHECK(l.get_hold(h2.hold_id).state == HoldState::held);
+}
+
+TEST_CASE("holds: two threads capturing one hold, or capturing and voiding it, concurrently: exactly one applies",
+          "[backend][holds]") {
+  Shop s;
+  auto& l = s.ledger;
+  Database& db = s.t.db();
+  // Every call waits behind a lock on the hold's source account, so both are in flight at once.
+  auto gate = [&] {
+    Transaction g = db.begin();
+    g.exec(fmt::format("UPDATE {}accounts SET version = version WHERE id = 'card'", db.table_prefix()));
+    return g;
+  };
+  struct Outcome {
+    std::optional<TransferResult> result;
+    std::optional<ErrorKind> error;
+  };
+  auto capture = [&](std::int64_t hold, std::optional<std::int64_t> amount, Outcome& out) {
+    return [&l, hold, amount, &out] {
+      try {
+        out.result = l.capture(hold, amount);
+      } catch (const Error& error) {
+        out.error = error.kind();
+      }
+    };
+  };
+  std::int64_t captured = 0;
+  for (int round = 0; round < 2; ++round) {
+    INFO("round " << round);
+    {  // Capture against capture, the same request: one applies, the other replays it.
+      const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cc-{}", round), 60s);
+      Outcome o[2];
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, 600, o[0]), capture(h.hold_id, 600, o[1])}) ==
+            0);
+      REQUIRE_FALSE(o[0].error);
+      REQUIRE_FALSE(o[1].error);
+      CHECK(o[0].result->replayed != o[1].result->replayed);
+      CHECK(o[0].result->transfer_id == o[1].result->transfer_id);
+      captured += 600;
+    }
+    {  // Capture against capture of other amounts: one applies, the other is idempotency_mismatch.
+      const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cc2-{}", round), 60s);
+      Outcome o[2];
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, 100, o[0]), capture(h.hold_id, 101, o[1])}) ==
+            0);
+      REQUIRE(o[0].result.has_value() != o[1].result.has_value());
+      const int won = o[0].result ? 0 : 1;
+      CHECK_FALSE(o[won].result->replayed);
+      CHECK(o[1 - won].error == ErrorKind::idempotency_mismatch);
+      CHECK(l.get_hold(h.hold_id).captured == 100 + won);
+      captured += 100 + won;
+    }
+    {  // Capture against void: exactly one of them.
+      const HoldResult h = l.hold("card", "shop", 1'000, fmt::format("cv-{}", round), 60s);
+      Outcome c;
+      std::optional<Hold> void_result;
+      std::optional<ErrorKind> void_error;
+      CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, std::nullopt, c), [&] {
+                                                          try {
+                                                            void_result = l.void_hold(h.hold_id);
+                                                          } catch (const Error& error) {
+                                                            void_error = error.kind();
+                                                          }
+                                                        }}) == 0);
+      const Hold after = l.get_hold(h.hold_id);
+      if (c.result) {
+        CHECK(c.result->ok());
+        CHECK(void_error == ErrorKind::hold_closed);
+        CHECK(after.state == HoldState::captured);
+        captured += 1'000;
+      } else {
+        CHECK(c.error == ErrorKind::hold_closed);
+        REQUIRE(void_result);
+        CHECK(void_result->state == HoldState::voided);
+        CHECK(after.state == HoldState::voided);
+      }
+    }
+  }
+  // Money is conserved and moved exactly once per applied capture.
+  CHECK(l.get("shop").balance == captured);
+  CHECK(l.get("card").balance == 10'000 - captured);
+  CHECK(l.get("card").held == 0);
+  const CheckReport report = l.check();
+  CHECK(report.ok());
+  CHECK(report.total_balance == 10'000);
 }

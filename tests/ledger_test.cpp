@@ -4,19 +4,24 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
+#include <map>
 #include <random>
 #include <set>
 #include <thread>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "support.hpp"
 
 using namespace rowguard;
 using rowguard::test::kind_of;
+using rowguard::test::require_mismatches;
 using rowguard::test::rows_in;
 using rowguard::test::TestDb;
+using namespace std::chrono_literals;
 
 namespace {
 struct Bank {
@@ -24,6 +29,20 @@ struct Bank {
   Ledger ledger;
   Bank() : ledger((t.db().migrate(), t.db())) {}
 };
+
+// Moves every row of the transfers recorded under keys into the past by `ms` (tests only).
+void backdate(Database& db, const std::vector<std::string>& keys, std::int64_t ms) {
+  const auto& d = db.backend().dialect();
+  for (const auto& key : keys) {
+    db.exec(fmt::format("UPDATE {}entries SET created_at = {} WHERE transfer_id IN (SELECT id FROM {}transfers WHERE "
+                        "idempotency_key = $2)",
+                        db.table_prefix(), d.timestamp_plus_ms("created_at", "$1"), db.table_prefix()),
+            {-ms, key});
+    db.exec(fmt::format("UPDATE {}transfers SET created_at = {} WHERE idempotency_key = $2", db.table_prefix(),
+                        d.timestamp_plus_ms("created_at", "$1")),
+            {-ms, key});
+  }
+}
 }  // namespace
 
 TEST_CASE("ledger: open, deposit, withdraw and transfer keep balances, versions and the journal", "[backend]") {
@@ -91,7 +110,7 @@ TEST_CASE("ledger: a repeated key changes nothing, other parameters are idempote
   CHECK(kind_of([&] { l.transfer("a", "c", 300, "order-1"); }, &message) == ErrorKind::idempotency_mismatch);
   CHECK_THAT(message, Catch::Contains("to"));
   CHECK(kind_of([&] { l.deposit("a", 300, "order-1"); }, &message) == ErrorKind::idempotency_mismatch);
-  CHECK_THAT(message, Catch::Contains("from"));
+  CHECK_THAT(message, Catch::Contains("operation"));
   CHECK(l.get("a").balance == 700);
   CHECK(l.stats().replays == 1);
 }
@@ -140,20 +159,26 @@ TEST_CASE("ledger: concurrent requests with one key apply once and agree", "[bac
   l.open("a", "EUR");
   l.open("b", "EUR");
   l.deposit("a", 1'000, "d");
-  std::vector<std::thread> threads;
-  std::vector<std::int64_t> ids(8, 0);
+  constexpr int n = 6;  // and the gate's session: within the pool of 8
+  std::vector<std::int64_t> ids(n, 0);
   std::atomic<int> failures{0};
-  for (int i = 0; i < 8; ++i)
-    threads.emplace_back([&, i] {
+  std::vector<std::function<void()>> calls;
+  for (int i = 0; i < n; ++i)
+    calls.emplace_back([&, i] {
       try {
         ids[i] = l.transfer("a", "b", 10, "same-key").transfer_id;
       } catch (const Error&) {
         ++failures;
       }
     });
-  for (auto& th : threads) th.join();
+  // Every request waits behind a lock on the source account, so all of them are in flight at once.
+  Transaction gate = b.t.db().begin();
+  gate.exec(fmt::format("UPDATE {}accounts SET version = version WHERE id = 'a'", b.t.db().table_prefix()));
+  CHECK(rowguard::test::race_through_gate(std::move(gate), calls) == 0);  // they overlapped
   CHECK(failures == 0);
   CHECK(std::set<std::int64_t>(ids.begin(), ids.end()).size() == 1);
+  CHECK(l.stats().replays == n - 1);
+  CHECK(l.stats().transfers_ok == 1 + 1);  // the seed deposit and the transfer
   CHECK(l.get("b").balance == 10);
   CHECK(l.check().ok());
 }
@@ -274,39 +299,74 @@ TEST_CASE("ledger: reversals refund at most the original, once per key", "[backe
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: update() is a version-checked read-modify-write that retries conflicts", "[backend]") {
+TEST_CASE("ledger: update() from concurrent threads is a version-checked read-modify-write that retries conflicts",
+          "[backend]") {
   Bank b;
   auto& l = b.ledger;
   l.open("acct", "EUR");
   std::atomic<int> calls{0};
+  // Every thread's first call waits here until all four have read version 0: exactly one of the
+  // four writes then wins and three conflict, whatever the scheduling.
+  std::barrier all_read(4);
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i)
     threads.emplace_back([&, i] {
+      bool first = true;
       l.update("acct", [&, i](Account& a) {
         ++calls;
+        if (std::exchange(first, false)) all_read.arrive_and_wait();
         a.min_balance = -100 * (i + 1);
       });
     });
   for (auto& th : threads) th.join();
   const Account a = l.get("acct");
   CHECK(a.version == 4);  // each update applied exactly once
-  CHECK(calls >= 4);
+  CHECK(l.stats().retries >= 3);  // the three that lost the first round at least
+  CHECK(calls == 4 + static_cast<int>(l.stats().retries));  // fn ran once per attempt, no more
   CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.balance = 1'000'000; }); }) == ErrorKind::invalid_argument);
   CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.min_balance = 5; }); }) == ErrorKind::invalid_argument);
   CHECK(l.get("acct").balance == 0);
 }
 
-TEST_CASE("ledger: pruned keys keep their transfers and become reusable", "[backend]") {
+TEST_CASE("ledger: pruned keys keep their transfers and become reusable; ages below the floor are refused",
+          "[backend]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
   l.deposit("a", 10, "old-key");
-  CHECK(l.prune_keys(std::chrono::hours(1)) == 0);  // too young
-  std::this_thread::sleep_for(std::chrono::milliseconds(10));  // created_at must be strictly older
-  CHECK(l.prune_keys(std::chrono::milliseconds(0)) == 1);
+  l.deposit("a", 10, "young-key");
+  // A key younger than the floor may still be retried by its client: pruning it would let that
+  // retry apply twice, so such an age is refused rather than honoured.
+  for (const std::chrono::milliseconds age : {-1ms, 0ms, 1000ms, 86'400'000ms - 1ms}) {
+    INFO(age.count() << " ms");
+    std::string message;
+    CHECK(kind_of([&] { l.prune_keys(age); }, &message) == ErrorKind::invalid_argument);
+    CHECK_THAT(message, Catch::Contains("24h"));
+  }
+  CHECK(l.prune_keys(24h) == 0);  // every key is younger
+  backdate(b.t.db(), {"old-key"}, 2 * 86'400'000);
+  CHECK(l.prune_keys(24h) == 1);
   CHECK_FALSE(l.deposit("a", 10, "old-key").replayed);
-  CHECK(l.get("a").balance == 20);
+  CHECK(l.deposit("a", 10, "young-key").replayed);
+  CHECK(l.get("a").balance == 30);
   CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend]") {
+  if (!rowguard::test::processes_share_database()) return;
+  Bank b;
+  const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    args.insert(args.begin(), base.begin(), base.end());
+    return rowguard::test::run_cli(args, out);
+  };
+  CHECK(cli({"ledger", "prune-keys", "--older-than", "0s"}) == 2);
+  CHECK(cli({"ledger", "prune-keys", "--older-than", "23h"}) == 2);
+  CHECK(cli({"ledger", "prune-keys", "--older-than", "90d"}) == 0);
+  std::string help;
+  CHECK(cli({"ledger", "prune-keys", "--help"}, &help) == 0);
+  CHECK_THAT(help, Catch::Contains("24h"));
+  CHECK_THAT(help, !Catch::Contains("not accepted"));
 }
 
 TEST_CASE("ledger: processes moving money through the CLI, one killed mid-run, conserve it", "[backend]") {
@@ -427,4 +487,228 @@ TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retri
   CHECK(r.total_balance == 30'000);
   const std::string tr = t.db().table_prefix() + "transfers";
   CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {} WHERE kind = 'transfer'", tr)).one().i64(0) == 120 - failed);
+}
+
+// ---- Idempotency keys: every field of every keyed operation is compared with its record ----
+
+namespace {
+// Three EUR accounts; a holds 10,000.
+void open_abc(Ledger& l) {
+  for (const char* id : {"a", "b", "c"}) l.open(id, "EUR");
+  l.deposit("a", 10'000, "seed");
+}
+
+// A leg of a two-phase transfer, in a transaction of its own.
+TransferResult leg(Bank& b, bool deposit, const std::string& account, std::int64_t amount, const std::string& key,
+                   const std::string& gid) {
+  Transaction tx = b.t.db().begin();
+  const TransferResult r = deposit ? b.ledger.deposit(tx, account, amount, key, gid)
+                                   : b.ledger.withdraw(tx, account, amount, key, gid);
+  tx.commit();
+  return r;
+}
+}  // namespace
+
+TEST_CASE("ledger: a transfer's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  REQUIRE(l.transfer("a", "b", 100, "k").ok());
+  l.transfer("b", "a", 100, "order");                    // its refund moves a -> b 100, as k did
+  const HoldResult h = l.hold("a", "b", 100, "h", 60s);  // its capture too
+  CHECK(l.transfer("a", "b", 100, "k").replayed);
+  require_mismatches(b.t.db(), l, {
+                            {"from", [&] { l.transfer("c", "b", 100, "k"); }},
+                            {"to", [&] { l.transfer("a", "c", 100, "k"); }},
+                            {"amount", [&] { l.transfer("a", "b", 101, "k"); }},
+                            {"operation", [&] { l.deposit("b", 100, "k"); }},
+                            {"operation", [&] { l.withdraw("a", 100, "k"); }},
+                            {"operation", [&] { l.reverse("order", 100, "k"); }},
+                            {"operation", [&] { l.hold("a", "b", 100, "k", 60s); }},
+                            {"operation", [&] { l.capture(h.hold_id, 100, "k"); }},
+                            {"operation", [&] { leg(b, false, "a", 100, "k", "gid-1"); }},
+                        });
+}
+
+TEST_CASE("ledger: a deposit's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  REQUIRE(l.deposit("b", 500, "k").ok());
+  CHECK(l.deposit("b", 500, "k").replayed);
+  require_mismatches(b.t.db(), l, {
+                            {"to", [&] { l.deposit("c", 500, "k"); }},
+                            {"amount", [&] { l.deposit("b", 501, "k"); }},
+                            {"operation", [&] { l.withdraw("b", 500, "k"); }},
+                            {"operation", [&] { l.transfer("a", "b", 500, "k"); }},
+                            {"operation", [&] { l.hold("a", "b", 500, "k", 60s); }},
+                            // A plain deposit's key reused as a two-phase leg with the same account and amount.
+                            {"operation", [&] { leg(b, true, "b", 500, "k", "gid-1"); }},
+                        });
+}
+
+TEST_CASE("ledger: a withdrawal's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  REQUIRE(l.withdraw("a", 300, "k").ok());
+  CHECK(l.withdraw("a", 300, "k").replayed);
+  require_mismatches(b.t.db(), l, {
+                            {"from", [&] { l.withdraw("b", 300, "k"); }},
+                            {"amount", [&] { l.withdraw("a", 301, "k"); }},
+                            {"operation", [&] { l.deposit("a", 300, "k"); }},
+                            {"operation", [&] { l.transfer("a", "c", 300, "k"); }},
+                            {"operation", [&] { leg(b, false, "a", 300, "k", "gid-1"); }},
+                        });
+}
+
+TEST_CASE("ledger: a two-phase leg's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  REQUIRE(leg(b, false, "a", 300, "k", "gid-1").ok());
+  // A coordinator retries one transfer under a fresh global transaction id: the same request.
+  CHECK(leg(b, false, "a", 300, "k", "gid-2").replayed);
+  require_mismatches(b.t.db(), l, {
+                            {"from", [&] { leg(b, false, "b", 300, "k", "gid-1"); }},
+                            {"amount", [&] { leg(b, false, "a", 301, "k", "gid-1"); }},
+                            {"operation", [&] { leg(b, true, "a", 300, "k", "gid-1"); }},
+                            // A two-phase leg's key reused for a plain withdrawal of the same amount.
+                            {"operation", [&] { l.withdraw("a", 300, "k"); }},
+                        });
+}
+
+TEST_CASE("ledger: a batch item's key reused with any field or operation changed is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  REQUIRE(l.transfer_batch({{"a", "b", 100, "k", false}})[0].ok());
+  l.deposit("c", 100, "dep");
+  REQUIRE(l.hold("a", "b", 100, "h", 60s).ok());
+  CHECK(l.transfer_batch({{"a", "b", 100, "k", false}})[0].result.replayed);
+  CHECK(l.transfer("a", "b", 100, "k").replayed);  // a batch item is a transfer
+  auto item = [&](BatchItem i) {
+    return [&l, i] {
+      const auto r = l.transfer_batch({i});
+      if (r[0].error) throw Error(*r[0].error, r[0].message);
+    };
+  };
+  require_mismatches(b.t.db(), l, {
+                            {"from", item({"c", "b", 100, "k", false})},
+                            {"to", item({"a", "c", 100, "k", false})},
+                            {"amount", item({"a", "b", 101, "k", false})},
+                            {"operation", item({"a", "c", 100, "dep", false})},
+                            {"operation", item({"a", "b", 100, "h", false})},
+                            {"operation", [&] { l.deposit("b", 100, "k"); }},
+                        });
+}
+
+TEST_CASE("ledger: a refund's key reused for another transfer's refund, amount or operation is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  l.transfer("a", "b", 1'000, "order-a");
+  l.transfer("a", "b", 1'000, "order-b");
+  REQUIRE(l.reverse("order-a", 300, "refund").ok());
+  CHECK(l.reverse("order-a", 300, "refund").replayed);
+  require_mismatches(b.t.db(), l, {
+                            // Refunding order B under the key of order A's refund must not answer A's refund.
+                            {"refunded transfer", [&] { l.reverse("order-b", 300, "refund"); }},
+                            {"amount", [&] { l.reverse("order-a", 301, "refund"); }},
+                            {"operation", [&] { l.transfer("b", "a", 300, "refund"); }},
+                            {"operation", [&] { l.deposit("a", 300, "refund"); }},
+                        });
+  // A refund's original is compared by which transfer it is, so a key of a transfer is no original.
+  CHECK(kind_of([&] { l.reverse("refund", 1, "refund-of-a-refund"); }) == ErrorKind::not_found);
+}
+
+// ---- Totals per currency ----
+
+TEST_CASE("ledger: check() never adds balances of different currencies together", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("eur", "EUR");
+  l.open("usd", "USD");
+  l.open("usd2", "USD");
+  l.deposit("eur", 10'000, "d-eur");
+  l.deposit("usd", 700, "d-usd");
+  l.withdraw("usd", 200, "w-usd");
+  l.transfer("usd", "usd2", 100, "t-usd");
+  CheckReport r = l.check();
+  CHECK(r.ok());
+  REQUIRE(r.totals.size() == 2);
+  CHECK(r.totals[0].currency == "EUR");
+  CHECK(r.totals[0].balance == 10'000);
+  CHECK(r.totals[1].currency == "USD");
+  CHECK(r.totals[1].balance == 500);
+  CHECK(r.total("USD").deposits == 700);
+  CHECK(r.total("USD").withdrawals == 200);
+  CHECK(r.total("JPY").balance == 0);
+  CHECK(r.total_balance == 0);  // only filled for a single currency: never 10500
+  // The zero-sum invariant is per currency too: a dollar from nowhere is a USD violation only.
+  b.t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance + 1 WHERE id = 'usd2'", b.t.db().table_prefix()));
+  r = l.check();
+  std::vector<std::string> totals_broken;
+  for (const auto& v : r.violations)
+    if (v.what == "total_mismatch") totals_broken.push_back(v.detail.substr(0, 4));
+  CHECK(totals_broken == std::vector<std::string>{"USD:"});
+  CHECK(r.total("USD").balance == 501);
+  CHECK(r.total("EUR").balance == 10'000);
+  b.t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance - 1 WHERE id = 'usd2'", b.t.db().table_prefix()));
+  if (!rowguard::test::processes_share_database()) return;
+  const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
+  std::string out;
+  std::vector<std::string> args = base;
+  args.insert(args.end(), {"ledger", "check"});
+  REQUIRE(rowguard::test::run_cli(args, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("10000 EUR") && Catch::Contains("500 USD") && !Catch::Contains("10500"));
+  args.insert(args.begin(), "--json");
+  REQUIRE(rowguard::test::run_cli(args, &out) == 0);
+  const auto j = nlohmann::json::parse(out);
+  CHECK(j.at("ok") == true);
+  CHECK_FALSE(j.contains("total_balance"));
+  CHECK(j.at("totals").at("EUR") == nlohmann::json({{"balance", 10'000}, {"deposits", 10'000}, {"withdrawals", 0}}));
+  CHECK(j.at("totals").at("USD") == nlohmann::json({{"balance", 500}, {"deposits", 700}, {"withdrawals", 200}}));
+}
+
+// ---- The last line of defence in the database itself ----
+
+TEST_CASE("ledger: the database refuses an update leaving balance - held below the minimum, on every backend",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("a", "EUR", -100);
+  l.open("b", "EUR");
+  l.deposit("a", 1'000, "d");
+  REQUIRE(l.hold("a", "b", 600, "h", 60s).ok());
+  Database& db = b.t.db();
+  const std::string acc = db.table_prefix() + "accounts";
+  for (const std::string& raw :
+       {fmt::format("UPDATE {} SET balance = 499 WHERE id = 'a'", acc),  // 499 - 600 < -100
+        fmt::format("UPDATE {} SET held = 1101 WHERE id = 'a'", acc),
+        fmt::format("UPDATE {} SET min_balance = 401 WHERE id = 'a'", acc)}) {
+    INFO(raw);
+    std::string message;
+    const Error e = [&] {
+      try {
+        db.exec(raw);
+      } catch (const Error& error) {
+        return error;
+      }
+      return Error(ErrorKind::invalid_argument, "the database accepted it");
+    }();
+    CHECK(e.kind() == ErrorKind::permanent);
+    CHECK(e.sqlstate().substr(0, 2) == "23");
+    CHECK_THAT(std::string(e.what()), Catch::Contains(db.table_prefix() + "accounts_available"));
+  }
+  CHECK(db.exec(fmt::format("UPDATE {} SET balance = 500 WHERE id = 'a'", acc)).affected == 1);  // exactly at it
+  db.exec(fmt::format("UPDATE {} SET balance = 1000 WHERE id = 'a'", acc));
+  CHECK(l.get("a").available() == 400);
+  CHECK(l.check().ok());
 }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <barrier>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -203,6 +204,49 @@ int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std
   }
   FAIL(fmt::format("the CLI process never took the lock '{}'", held));
   return pid;
+}
+
+void require_mismatches(Database& db, Ledger& ledger,
+                        const std::vector<std::pair<std::string, std::function<void()>>>& calls) {
+  auto state = [&] {
+    std::vector<std::int64_t> v{rows_in(db, "transfers"), rows_in(db, "entries"), rows_in(db, "holds")};
+    for (const auto& a : ledger.list()) v.insert(v.end(), {a.balance, a.held});
+    return v;
+  };
+  const auto before = state();
+  for (const auto& [field, call] : calls) {
+    INFO("changed: " << field);
+    std::string message;
+    CHECK(kind_of(call, &message) == ErrorKind::idempotency_mismatch);
+    CHECK_THAT(message, Catch::Contains(field + " differs"));
+  }
+  CHECK(state() == before);
+  CHECK(ledger.check().ok());
+}
+
+int race_through_gate(Transaction gate, const std::vector<std::function<void()>>& calls) {
+  std::barrier start(static_cast<std::ptrdiff_t>(calls.size()) + 1);
+  std::atomic<std::size_t> entered{0};
+  std::atomic<int> returned{0};
+  std::vector<std::thread> threads;
+  for (const auto& call : calls)
+    threads.emplace_back([&, f = &call] {
+      start.arrive_and_wait();
+      ++entered;
+      try {
+        (*f)();
+      } catch (...) {
+      }
+      ++returned;
+    });
+  start.arrive_and_wait();
+  while (entered < calls.size()) std::this_thread::yield();
+  // Time for every call to reach the gate's lock; nothing is asserted on it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const int early = returned.load();
+  gate.rollback();
+  for (auto& t : threads) t.join();
+  return early;
 }
 
 }  // namespace rowguard::test

@@ -74,6 +74,21 @@ int run_command(const std::string& command, std::string* output);
 // stderr after it with with_stderr).
 int run_cli(const std::vector<std::string>& args, std::string* out = nullptr, bool with_stderr = false);
 
+// Runs every call on a thread of its own, all released at once by a start barrier, while `gate` (an
+// open transaction holding a lock that each call needs: on SQLite any write transaction, on
+// PostgreSQL a row lock) keeps them from finishing. The gate is rolled back once every thread has
+// begun its call and has had a moment to reach the database, so the calls then race for real.
+// Returns how many calls had returned before the gate opened: 0 means they were all in flight
+// together (they overlapped). Calls must catch their own errors and use no Catch2 assertion.
+int race_through_gate(Transaction gate, const std::vector<std::function<void()>>& calls);
+
+// Each call reuses an idempotency key with one field of the request, or the operation itself,
+// changed: every one must be idempotency_mismatch naming what differs ("<field> differs") and write
+// nothing (the journal, the holds and every balance and held amount stay as they were), and
+// ledger.check() must stay clean. field is the word the message names.
+void require_mismatches(Database& db, Ledger& ledger,
+                        const std::vector<std::pair<std::string, std::function<void()>>>& calls);
+
 // Starts the rowguard CLI on t's database (--db, --prefix, then args) in a child process and waits
 // until the lock named held is held; returns the child's pid. FAILs when it never is.
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held);

@@ -52,13 +52,37 @@ struct Violation {
   std::string detail;
 };
 
+// One currency's totals in a CheckReport: balances add up to deposits minus withdrawals
+// (archived ones included), or check() reports total_mismatch for it.
+struct CurrencyTotal {
+  std::string currency;           // ISO 4217 code
+  std::int64_t balance = 0;       // sum of the balances of its accounts, minor units
+  std::int64_t deposits = 0;      // applied deposits, live and archived
+  std::int64_t withdrawals = 0;   // applied withdrawals, live and archived
+};
+
 struct CheckReport {
   std::vector<Violation> violations;
   std::int64_t accounts = 0;
   std::int64_t entries = 0;
-  std::int64_t total_balance = 0;  // sum of balances (checked: Error(permanent) on int64 overflow)
+  // Per currency, ordered by code; money of different currencies is never added together.
+  // Sums in checked arithmetic: Error(permanent) on int64 overflow.
+  std::vector<CurrencyTotal> totals;
+  // The balance total when every account is in one currency; 0 when there are none or several
+  // (read totals then). Kept for single-currency callers.
+  std::int64_t total_balance = 0;
   bool ok() const noexcept { return violations.empty(); }
+  // The totals of one currency (all zero when it has no accounts or transfers).
+  CurrencyTotal total(std::string_view currency) const;
 };
+
+// The youngest idempotency keys that may be forgotten: prune_keys() and archive() refuse ages
+// below it (Error(invalid_argument)). A client retries a request whose outcome it did not learn
+// (a lost reply, an in-doubt commit, a crashed worker picking up its queue) under the same key for
+// as long as it keeps the request; once the key is forgotten such a retry applies a second time.
+// A day covers the retry windows of payment clients (card networks and payment APIs keep keys
+// for at least 24 hours); keep keys longer if your clients retry longer.
+inline constexpr std::chrono::hours min_key_age{24};
 
 // One transfer of a batch. Consecutive items with linked = true, together with the first item
 // after them, form a chain that succeeds or fails as a whole; other items stand alone.
@@ -194,6 +218,7 @@ struct TransferPage {
 struct ArchiveOptions {
   // A cutoff later than now minus min_age is refused (Error(invalid_argument)): recent rows are
   // still needed for replays of idempotency keys and for reconciliation. Default: 30 days.
+  // REQUIRES: >= min_key_age (24 hours): archiving forgets the keys of what it moves.
   std::chrono::milliseconds min_age{std::chrono::hours(24 * 30)};
   bool dry_run = false;  // count what would move, change nothing
 };
@@ -253,15 +278,21 @@ class Ledger {
   // The same inside the caller's transaction, recorded with global_txid set: one leg of a transfer
   // between databases (rowguard::TwoPhase, two_phase.hpp), tied to its other leg by that id.
   // REQUIRES: tx is a transaction on this ledger's database. No retries and no commit (the caller
-  // owns tx); the key still makes the leg idempotent (a replay returns the original outcome).
+  // owns tx); the key still makes the leg idempotent (a replay returns the original outcome). A
+  // replay compares the account, the amount and that the record is a leg of the same direction
+  // (a plain deposit's or withdrawal's key is Error(idempotency_mismatch), and the reverse), but not
+  // the global_txid itself: it names the coordinator's attempt, and TwoPhase retries one transfer
+  // under fresh ids.
   TransferResult deposit(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                          std::string_view global_txid);
   TransferResult withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                           std::string_view global_txid);
   // Moves amount atomically: both balances, the journal entries and the idempotency record commit
-  // together or not at all. A key seen before with the same parameters returns the original result
-  // and changes nothing; with other parameters it is Error(idempotency_mismatch) naming the first
-  // field that differs. Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
+  // together or not at all. A key seen before with the same request returns the original result
+  // and changes nothing; a key recorded for any other request (another field, or another operation:
+  // a deposit, a hold, a capture, a refund, a two-phase leg; keys of transfers and holds share one
+  // namespace) is Error(idempotency_mismatch) naming the first difference (docs/ledger.md lists
+  // what each operation compares). Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
   // from == to, a balance that would overflow int64, bad ids or key), conflict after all retries.
   TransferResult transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key);
   // As transfer(), but Error(insufficient_funds) instead of a rejected result.
@@ -276,14 +307,15 @@ class Ledger {
   // once, its balance only when captured. The hold stops counting at its timeout on the database
   // clock, whether or not a sweep has closed it. Idempotent on key like transfer(); a hold that
   // would take the available amount below the minimum comes back as insufficient_funds and is
-  // recorded under the key. Errors as transfer(), plus invalid_argument for a timeout outside
-  // (0, 366 days].
+  // recorded under the key. The key's replay compares from, to, amount and timeout. Errors as
+  // transfer(), plus invalid_argument for a timeout outside (0, 366 days].
   HoldResult hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
                   std::chrono::milliseconds timeout);
   // Posts an open hold as a transfer of amount (default: all of it; REQUIRES 0 < amount <= held)
   // and releases the rest. The capture's transfer is recorded under key (default
   // "hold:<id>:capture"). Capturing a captured hold again with the same amount and key replays the
-  // original result; Error(idempotency_mismatch) otherwise. Error(hold_closed) when the hold was
+  // original result; Error(idempotency_mismatch) for another amount, or a key recorded for anything
+  // else (another hold's capture, a transfer, a hold). Error(hold_closed) when the hold was
   // voided or has expired, Error(not_found) when there is no such hold or it was rejected.
   TransferResult capture(std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
                          std::string_view key = {});
@@ -300,6 +332,8 @@ class Ledger {
   // "reversal") from its destination back to its source. The refunds of one transfer never add up
   // to more than it: Error(invalid_argument) otherwise; Error(not_found) when there is no such
   // applied transfer. The refund itself may be rejected for insufficient funds, like a transfer.
+  // The key's replay compares which transfer is refunded and the amount: refunding another
+  // transfer under a refund's key is Error(idempotency_mismatch), never a replay of that refund.
   TransferResult reverse(std::string_view original_key, std::int64_t amount, std::string_view key);
 
   // The version-checked read-modify-write: reads the account, lets fn change it, writes it back
@@ -310,10 +344,11 @@ class Ledger {
 
   // Forgets idempotency keys older than the given age (their transfers stay; the key becomes NULL
   // and may be used again). Keys are kept forever unless this is called. Returns how many.
+  // REQUIRES: older_than >= min_key_age (24 hours), else Error(invalid_argument).
   std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
-  // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; the sum of balances equals deposits
-  // minus withdrawals; no available amount (balance - held) is below its minimum; every account's
+  // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; per
+  // currency, the sum of balances equals deposits minus withdrawals; no available amount (balance - held) is below its minimum; every account's
   // held equals the sum of its open holds; every captured hold has its transfer. Reads one
   // consistent snapshot.
   CheckReport check();

@@ -18,6 +18,8 @@ COMMENT ON COLUMN rowguard_global_transactions.participants IS 'participant name
 -- deposit (to or from the outside world), carry its id.
 ALTER TABLE rowguard_transfers ADD COLUMN global_txid text;
 COMMENT ON COLUMN rowguard_transfers.global_txid IS 'the two-phase-commit transaction this leg belongs to';
-CREATE INDEX rowguard_transfers_global_txid ON rowguard_transfers (global_txid) WHERE global_txid IS NOT NULL;
+-- On a large live ledger, build it by hand first with CREATE INDEX CONCURRENTLY under this name (after
+-- adding the column) and the step finds it (IF NOT EXISTS) instead of locking the table against writes.
+CREATE INDEX IF NOT EXISTS rowguard_transfers_global_txid ON rowguard_transfers (global_txid) WHERE global_txid IS NOT NULL;
 
 INSERT INTO rowguard_schema_version (version, name) VALUES (4, '004_global_transactions');

@@ -59,11 +59,13 @@ CREATE TABLE rowguard_entries_archive (
 );
 COMMENT ON TABLE rowguard_entries_archive IS
   'rowguard: journal entries moved out of rowguard_entries with their transfers; they add up to rowguard_opening_balances';
-CREATE INDEX rowguard_entries_archive_account ON rowguard_entries_archive (account_id);
+CREATE INDEX IF NOT EXISTS rowguard_entries_archive_account ON rowguard_entries_archive (account_id);
 
+-- On a large live ledger, build the two indexes below by hand first with CREATE INDEX CONCURRENTLY
+-- under these names and the step finds them (IF NOT EXISTS) instead of locking the tables against writes.
 -- Archiving deletes transfers: the foreign key from holds is checked per deleted row, by this index.
-CREATE INDEX rowguard_holds_transfer ON rowguard_holds (transfer_id) WHERE transfer_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS rowguard_holds_transfer ON rowguard_holds (transfer_id) WHERE transfer_id IS NOT NULL;
 -- Archiving selects the transfers created before its cutoff.
-CREATE INDEX rowguard_transfers_created_at ON rowguard_transfers (created_at);
+CREATE INDEX IF NOT EXISTS rowguard_transfers_created_at ON rowguard_transfers (created_at);
 
 INSERT INTO rowguard_schema_version (version, name) VALUES (5, '005_archive');

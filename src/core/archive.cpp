@@ -12,7 +12,7 @@ namespace {
 // The statements of one archive run. $1 is the cutoff in epoch milliseconds throughout.
 struct ArchiveSql {
   std::string now, copy_transfers, copy_entries, add_openings, add_totals, delete_entries, delete_transfers,
-      record_run, kept;
+      record_run, high_water, kept;
 };
 
 ArchiveSql archive_sql(const detail::Backend& backend) {
@@ -85,6 +85,15 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
       "ON CONFLICT (cutoff) DO UPDATE SET transfers = {ar}.transfers + excluded.transfers, "
       "entries = {ar}.entries + excluded.entries, archived_at = excluded.archived_at",
       fmt::arg("ar", ar), fmt::arg("cut", cut), fmt::arg("now", d.now_timestamp()));
+  // The largest ids ever archived, kept apart from the archive tables (which a DBA may empty): new
+  // ids stay above them (next_id_above_high_water).
+  const std::string hw = backend.table("id_high_water");
+  s.high_water = fmt::format(
+      "INSERT INTO {hw} (name, last_id) SELECT n, m FROM (SELECT 'transfers' AS n, (SELECT MAX(id) FROM {ta}) AS m "
+      "UNION ALL SELECT 'entries', (SELECT MAX(id) FROM {ea})) x WHERE m IS NOT NULL "
+      "ON CONFLICT (name) DO UPDATE SET last_id = CASE WHEN excluded.last_id > {hw}.last_id THEN excluded.last_id "
+      "ELSE {hw}.last_id END",
+      fmt::arg("hw", hw), fmt::arg("ta", ta), fmt::arg("ea", backend.table("entries_archive")));
   s.kept = fmt::format("SELECT count(*) FROM {} WHERE created_at < {}", tr, cut);
   return s;
 }
@@ -92,9 +101,12 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
 }  // namespace
 
 ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& options) {
-  if (options.min_age.count() < 0)
+  // Archiving forgets the keys of what it moves, as prune_keys() does: the same floor.
+  if (options.min_age < min_key_age)
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("archive min_age must not be negative, got {}ms", options.min_age.count()));
+                fmt::format("archive min_age must be at least {}h: it forgets the idempotency keys of what it moves, "
+                            "and a client may retry a key for that long (got {}ms)",
+                            min_key_age.count(), options.min_age.count()));
   auto& impl = *impl_;
   const ArchiveSql sql = archive_sql(*impl.backend);
   return detail::with_retries(
@@ -124,13 +136,17 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
             if (deleted != report.transfers)
               throw Error(ErrorKind::conflict, fmt::format("archive copied {} transfers but deleted {}",
                                                            report.transfers, deleted));
+            tx.exec(sql.high_water, {});
             tx.exec(sql.record_run, {cutoff_ms, report.transfers, report.entries});
           }
           report.kept = tx.exec(sql.kept, {cutoff_ms}).one().i64(0);
         } catch (const Error& e) {
           // A row that came to refer to a transfer being moved (a reversal, a capture) since the
-          // snapshot: the foreign key refused the delete. Nothing was written; run again.
-          if (e.sqlstate() == "23503") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
+          // snapshot: the foreign key refused the delete. Or another archive run moved the same
+          // rows first and committed since this run's snapshot (REPEATABLE READ on PostgreSQL):
+          // its copies are in the archive tables. Nothing was written; run again, with a new
+          // snapshot that finds the rows gone.
+          if (e.sqlstate() == "23503" || e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
           throw;
         }
         if (options.dry_run)

@@ -71,16 +71,15 @@ void Ledger::Impl::init_hold_statements() {
   unhold_sql = fmt::format("UPDATE {} SET held = held - $2 WHERE id = $1", acc);
   hold_add_sql = fmt::format(
       "UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
-  hold_find_key_sql =
-      fmt::format("SELECT id, from_account, to_account, amount, state FROM {} WHERE idempotency_key = $1", holds);
   hold_read_sql = fmt::format(
       "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
       "transfer_id, {} - {} FROM {} WHERE id = $1",
       d.timestamp_to_ms("expires_at"), d.now_ms(), holds);
   hold_lock_sql = hold_read_sql + d.for_update();
+  // timeout_ms keeps the request's timeout, which a replay compares ($7 also sets expires_at).
   hold_insert_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, from_account, to_account, amount, currency, state, expires_at, "
-      "created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}) RETURNING id",
+      "created_at, timeout_ms) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}, $7) RETURNING id",
       holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now);
   hold_close_sql = fmt::format(
       "UPDATE {} SET state = $2, captured = $3, transfer_id = $4, closed_at = {} WHERE id = $1 AND state = 'held'",
@@ -92,7 +91,7 @@ void Ledger::Impl::init_hold_statements() {
   capture_record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
       "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
-      tr, detail::ledger::next_id_above_archive(d, tr, backend->table("transfers_archive")), now);
+      tr, next_id_above_high_water(*backend, "transfers"), now);
   expired_accounts_sql =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
 }
@@ -122,23 +121,19 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
                 fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
   auto& impl = *impl_;
   const std::string source(from), destination(to), k(key);
+  Request request{"hold", source, destination, amount, k};
+  request.timeout_ms = static_cast<std::int64_t>(timeout.count());
   Measure measure(Measure::Kind::hold);
   HoldResult result = impl.retrying([&] {
     Transaction tx(impl.backend->borrow(), TxOptions{});
-    if (const Result prior = tx.exec(impl.hold_find_key_sql, {k}); !prior.empty()) {
+    // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
+    if (const Result prior = tx.exec(impl.find_key_sql, {k}); !prior.empty()) {
       const Row& r = prior.rows[0];
-      auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
-        throw Error(ErrorKind::idempotency_mismatch,
-                    fmt::format("idempotency key '{}' was used for another hold: {} differs (recorded {}, asked {})",
-                                k, field, stored, asked));
-      };
-      if (r.text(1) != source) differs("from", r.text(1), source);
-      if (r.text(2) != destination) differs("to", r.text(2), destination);
-      if (r.i64(3) != amount) differs("amount", std::to_string(r.i64(3)), std::to_string(amount));
+      require_same(r, request);
       HoldResult replayed;
       replayed.hold_id = r.i64(0);
       replayed.replayed = true;
-      replayed.status = r.text(4) == "rejected" ? TransferStatus::insufficient_funds : TransferStatus::ok;
+      replayed.status = r.text(5) == "rejected" ? TransferStatus::insufficient_funds : TransferStatus::ok;
       return replayed;
     }
     // Only the source is locked: many holds towards one merchant account must not queue on it.
@@ -192,14 +187,21 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
     // Accounts first (key order), then the hold: its state is final once its source is locked.
     const Result locked = tx.exec(impl.lock_two_sql, {first.from, first.to});
     const Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
-    const Request request{"transfer", h.from, h.to, take, k};
+    Request request{"transfer", h.from, h.to, take, k};
+    request.hold_id = hold_id;
+    // The key's record, in the transfers or the holds: a capture of this hold by this amount replays;
+    // anything else recorded under the key (another hold's capture, a transfer, a hold) is a mismatch.
+    const Result prior = tx.exec(impl.find_key_sql, {k});
     if (h.state == HoldState::captured) {
-      const Result prior = tx.exec(impl.find_key_sql, {k});
-      if (prior.empty() || prior.rows[0].i64(0) != h.transfer_id)
+      if (prior.empty())
         throw Error(ErrorKind::idempotency_mismatch,
                     fmt::format("hold {} was captured already by transfer {}, not under the key '{}'", hold_id,
                                 h.transfer_id, k));
-      TransferResult replayed = replay_of(prior.rows[0], request);  // idempotency_mismatch if the amount differs
+      TransferResult replayed = replay_of(prior.rows[0], request);
+      if (replayed.transfer_id != h.transfer_id)
+        throw Error(ErrorKind::permanent, fmt::format("hold {} was captured by transfer {}, but its key '{}' names "
+                                                      "transfer {}",
+                                                      hold_id, h.transfer_id, k, replayed.transfer_id));
       impl.count([](LedgerStats& st) { ++st.replays; });
       return replayed;
     }
@@ -207,9 +209,11 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
       throw Error(ErrorKind::hold_closed,
                   fmt::format("hold {} {}: it no longer reserves anything to capture", hold_id,
                               h.state == HoldState::voided ? "was voided" : "has expired"));
-    if (!tx.exec(impl.find_key_sql, {k}).empty())
-      throw Error(ErrorKind::idempotency_mismatch,
-                  fmt::format("idempotency key '{}' was used for another request, not a capture of hold {}", k, hold_id));
+    if (!prior.empty()) {
+      require_same(prior.rows[0], request);  // throws: this hold has no capture yet
+      throw Error(ErrorKind::permanent, fmt::format("the key '{}' records a capture of hold {}, which is not captured",
+                                                    k, hold_id));
+    }
     const Row* to = nullptr;
     for (const auto& row : locked.rows)
       if (row.text(0) == h.to) to = &row;

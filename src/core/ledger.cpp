@@ -52,8 +52,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
                         live_held, acc);
   list_sql = fmt::format("SELECT a.id, a.currency, a.balance, a.min_balance, a.version, {} FROM {} a ORDER BY a.id",
                          live_held, acc);
-  find_key_sql = fmt::format(
-      "SELECT id, kind, from_account, to_account, amount, outcome FROM {} WHERE idempotency_key = $1", tr);
+  find_key_sql = key_record_sql(*backend);
   // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
   lock_one_sql =
       fmt::format("SELECT id, currency, balance, min_balance, held FROM {} WHERE id = $1{}", acc, for_update);
@@ -69,7 +68,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
   record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
       "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-      tr, detail::ledger::next_id_above_archive(d, tr, backend->table("transfers_archive")), now);
+      tr, next_id_above_high_water(*backend, "transfers"), now);
   // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
   lock_original_sql = fmt::format(
       "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
@@ -89,21 +88,22 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
                                         "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
                                         "WHERE EXISTS (SELECT 1 FROM debit)"))
                       : std::string();
-    one_statement_transfer_sql = one_statement_transfer(acc, tr, en, invalidate);
+    one_statement_transfer_sql =
+        one_statement_transfer(acc, tr, en, key_record_sql(*backend, "CAST($4 AS text)"), invalidate);
   }
   prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
                           tr, d.timestamp_plus_ms(now, "$1"));
   entry_sql = fmt::format(
       "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-      detail::ledger::next_id_above_archive(d, en, backend->table("entries_archive")), now);
+      next_id_above_high_water(*backend, "entries"), now);
   init_hold_statements();
 }
 
 std::string Ledger::Impl::one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
-                                          const std::string& extra_ctes) {
+                                                 const std::string& prior, const std::string& extra_ctes) {
   return fmt::format(
-      "WITH prior AS (SELECT id, kind, from_account, to_account, amount, outcome FROM {tr} "
-      "WHERE idempotency_key = CAST($4 AS text)), "
+      // The record of the key in the transfers or the holds (key_record_sql): at most one row.
+      "WITH prior AS ({prior}), "
       // Both rows locked in key order first (no deadlocks), and only for a new key.
       "locked AS (SELECT id, currency, balance, held FROM {acc} "
       "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id "
@@ -131,12 +131,13 @@ std::string Ledger::Impl::one_statement_transfer(const std::string& acc, const s
       "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
       "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
       "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
-      "SELECT (SELECT id FROM prior), (SELECT kind FROM prior), (SELECT from_account FROM prior), "
-      "(SELECT to_account FROM prior), (SELECT amount FROM prior), (SELECT outcome FROM prior), "
-      "(SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
+      "SELECT p.id, p.kind, p.from_account, p.to_account, p.amount, p.outcome, p.global_txid, p.reverses, "
+      "p.hold_id, p.timeout_ms, (SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
       "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
-      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)",
-      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("extra", extra_ctes));
+      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries) "
+      "FROM (SELECT 1 AS one) AS x LEFT JOIN prior p ON true",
+      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("prior", prior),
+      fmt::arg("extra", extra_ctes));
 }
 
 namespace {
@@ -146,21 +147,58 @@ Account account_of(const Row& r) {
 }  // namespace
 
 namespace detail::ledger {
-TransferResult replay_of(const Row& r, const Request& request) {
+std::string key_record_sql(const detail::Backend& backend, std::string_view param) {
+  return fmt::format(
+      "SELECT id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, "
+      "CAST(NULL AS bigint) AS timeout_ms FROM {tr} WHERE idempotency_key = {p} UNION ALL "
+      "SELECT id, 'hold', from_account, to_account, amount, state, NULL, NULL, NULL, timeout_ms FROM {holds} "
+      "WHERE idempotency_key = {p} LIMIT 1",
+      fmt::arg("tr", backend.table("transfers")), fmt::arg("holds", backend.table("holds")), fmt::arg("p", param));
+}
+
+namespace {
+// What a request or a record is, as a person would name it.
+std::string operation(std::string_view kind, bool leg, bool capture) {
+  if (kind == "hold") return "hold";
+  if (capture) return "capture";
+  if (kind == "reversal") return "refund";
+  return leg ? fmt::format("two-phase {} leg", kind) : std::string(kind);
+}
+}  // namespace
+
+void require_same(const Row& r, const Request& request, std::size_t first) {
+  if (r.size() < first + key_record_columns)
+    throw Error(ErrorKind::permanent, "a key record needs the columns of key_record_sql");
   auto differs = [&](std::string_view field, const std::string& stored, const std::string& asked) {
     throw Error(ErrorKind::idempotency_mismatch,
                 fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
                             request.key, field, stored, asked));
   };
   auto show = [](const std::optional<std::string>& s) { return s ? "'" + *s + "'" : std::string("outside"); };
-  if (r.opt_text(2) != request.from) differs("from", show(r.opt_text(2)), show(request.from));
-  if (r.opt_text(3) != request.to) differs("to", show(r.opt_text(3)), show(request.to));
-  if (r.i64(4) != request.amount) differs("amount", std::to_string(r.i64(4)), std::to_string(request.amount));
-  if (r.text(1) != request.kind) differs("kind", r.text(1), request.kind);
+  auto number = [](std::int64_t n) { return n ? std::to_string(n) : std::string("none"); };
+  const auto from = r.opt_text(first + 2), to = r.opt_text(first + 3);
+  const std::int64_t amount = r.i64(first + 4);
+  const std::int64_t reverses = r.opt_i64(first + 7).value_or(0), hold = r.opt_i64(first + 8).value_or(0);
+  const auto timeout = r.opt_i64(first + 9);
+  const std::string recorded = operation(r.text(first + 1), !r.is_null(first + 6), hold != 0);
+  const std::string asked = operation(request.kind, request.global_txid.has_value(), request.hold_id != 0);
+  if (recorded != asked) differs("operation", recorded, asked);
+  if (from != request.from) differs("from", show(from), show(request.from));
+  if (to != request.to) differs("to", show(to), show(request.to));
+  if (amount != request.amount) differs("amount", std::to_string(amount), std::to_string(request.amount));
+  if (reverses != request.reverses) differs("refunded transfer", number(reverses), number(request.reverses));
+  if (hold != request.hold_id) differs("hold", number(hold), number(request.hold_id));
+  // A hold recorded before schema step 007 has no timeout to compare.
+  if (timeout && request.timeout_ms && *timeout != *request.timeout_ms)
+    differs("timeout", fmt::format("{} ms", *timeout), fmt::format("{} ms", *request.timeout_ms));
+}
+
+TransferResult replay_of(const Row& r, const Request& request, std::size_t first) {
+  require_same(r, request, first);
   TransferResult result;
-  result.transfer_id = r.i64(0);
+  result.transfer_id = r.i64(first);
   result.replayed = true;
-  result.status = r.text(5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  result.status = r.text(first + 5) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
   return result;
 }
 }  // namespace detail::ledger
@@ -278,20 +316,22 @@ std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row
     count([](LedgerStats& st) { ++st.replays; });
     return replayed;
   }
-  if (row.is_null(6)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
-  if (row.is_null(7)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
-  if (row.text(6) != row.text(7))
+  // After the key record's columns: the currencies, the overflow flag, the record and the count.
+  constexpr std::size_t c = key_record_columns;
+  if (row.is_null(c)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+  if (row.is_null(c + 1)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
+  if (row.text(c) != row.text(c + 1))
     throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
-                                                          row.text(6), *request.to, row.text(7)));
-  if (row.i64(8) != 0)
+                                                          row.text(c), *request.to, row.text(c + 1)));
+  if (row.i64(c + 2) != 0)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
-  if (row.is_null(9)) return std::nullopt;  // short while holding holds: apply_in decides
+  if (row.is_null(c + 3)) return std::nullopt;  // short while holding holds: apply_in decides
   TransferResult r;
-  r.transfer_id = row.i64(9);
-  r.status = row.text(10) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
-  if (r.ok() && row.i64(11) != 4)
-    throw Error(ErrorKind::permanent, fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(11)));
+  r.transfer_id = row.i64(c + 3);
+  r.status = row.text(c + 4) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  if (r.ok() && row.i64(c + 5) != 4)
+    throw Error(ErrorKind::permanent, fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(c + 5)));
   return r;
 }
 
@@ -591,7 +631,11 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
 }
 
 std::int64_t Ledger::prune_keys(std::chrono::milliseconds older_than) {
-  if (older_than.count() < 0) throw Error(ErrorKind::invalid_argument, "prune age must not be negative");
+  if (older_than < min_key_age)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("prune age must be at least {}h: a client may still retry a younger key, and its retry "
+                            "would then apply a second time (got {}ms)",
+                            min_key_age.count(), older_than.count()));
   auto session = impl_->backend->borrow();
   return (*session)->exec(impl_->prune_sql, {static_cast<std::int64_t>(-older_than.count())}).affected;
 }
@@ -691,21 +735,27 @@ CheckReport Ledger::check() {
             "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
             fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at)));
         for (const auto& r : totals.rows) {
-          const auto expected = checked_sub(r.i64(2), r.i64(3));
-          if (!expected || *expected != r.i64(1))
+          const CurrencyTotal& total = report.totals.emplace_back(CurrencyTotal{r.text(0), r.i64(1), r.i64(2), r.i64(3)});
+          const auto expected = checked_sub(total.deposits, total.withdrawals);
+          if (!expected || *expected != total.balance)
             report.violations.push_back({"total_mismatch", "",
                                          fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}",
-                                                     r.text(0), r.i64(1), r.i64(2), r.i64(3))});
-          const auto sum = checked_add(report.total_balance, r.i64(1));
-          if (!sum) throw Error(ErrorKind::permanent, "the sum of all balances overflows a 64-bit integer");
-          report.total_balance = *sum;
+                                                     total.currency, total.balance, total.deposits,
+                                                     total.withdrawals)});
         }
+        if (report.totals.size() == 1) report.total_balance = report.totals[0].balance;
         report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
         report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
         tx.commit();
         return report;
       },
       [](const Error&) {});
+}
+
+CurrencyTotal CheckReport::total(std::string_view currency) const {
+  for (const auto& t : totals)
+    if (t.currency == currency) return t;
+  return CurrencyTotal{std::string(currency)};
 }
 
 LedgerStats Ledger::stats() const {

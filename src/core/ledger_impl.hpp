@@ -42,22 +42,43 @@ inline void check_amount(std::int64_t amount) {
     throw Error(ErrorKind::invalid_argument, fmt::format("amount must be a positive number of minor units, got {}", amount));
 }
 
-// What a keyed request asks for; compared field by field with the stored record of its key.
+// What a keyed request asks for; compared field by field with the record of its key (replay_of).
+// Fields a request does not have are left at their defaults and must be absent from the record too.
 struct Request {
-  std::string kind;  // transfer, deposit, withdrawal
+  std::string kind;  // transfer, deposit, withdrawal, reversal, or hold
   std::optional<std::string> from;
   std::optional<std::string> to;
   std::int64_t amount = 0;
   std::string key;
   std::int64_t reverses = 0;  // for a reversal: the transfer it refunds
-  std::optional<std::string> global_txid = std::nullopt;  // a leg of a two-phase-commit transaction
+  // Set for a leg of a two-phase transfer. Whether a request is a leg is compared, not the id
+  // itself: the id names the coordinator's attempt (TwoPhase retries one transfer under fresh ids).
+  std::optional<std::string> global_txid = std::nullopt;
+  std::int64_t hold_id = 0;                    // for a capture: the hold it captures
+  std::optional<std::int64_t> timeout_ms = std::nullopt;  // for a hold
 };
 
-// A new transfer's or entry's id, above the archived ones too (archive.cpp moves old rows out):
-// SQLite's next_id is MAX(id) + 1 over the table given, here the largest ids of the live and the
-// archive table (two index lookups); PostgreSQL's sequence never goes back anyway.
-inline std::string next_id_above_archive(const detail::Dialect& d, const std::string& live, const std::string& archive) {
-  return d.next_id(fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT MAX(id) FROM {})", live, archive));
+// The record of an idempotency key, wherever it is: one row of the columns
+//   id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, timeout_ms
+// from <prefix>transfers, or from <prefix>holds with kind 'hold' and the hold's state as outcome.
+// Transfers and holds share one namespace of keys. $1 is the key (param names another placeholder).
+std::string key_record_sql(const detail::Backend& backend, std::string_view param = "$1");
+inline constexpr std::size_t key_record_columns = 10;
+
+// Error(idempotency_mismatch) naming the first difference between the key record in r (columns
+// from `first` on, key_record_sql's layout) and the request: the operation (a transfer, a capture,
+// a two-phase leg, ...), then from, to, amount, the refunded transfer, the hold, the timeout.
+void require_same(const Row& r, const Request& request, std::size_t first = 0);
+
+// A new transfer's or entry's id (`table` is "transfers" or "entries"), above every id the table
+// ever had: ids never go back, so an exported statement or a reversal's reference names one
+// transfer forever. SQLite's next_id is MAX(id) + 1 over the table given: here over the live rows
+// and the high-water mark archive() records in <prefix>id_high_water before it moves rows out
+// (two index lookups), so emptying the archive tables cannot bring an id back. PostgreSQL's
+// sequence never goes back anyway.
+inline std::string next_id_above_high_water(const detail::Backend& backend, const std::string& table) {
+  return backend.dialect().next_id(fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
+                                               backend.table(table), backend.table("id_high_water"), table));
 }
 
 // Counts one ledger request in rowguard_ledger_requests_total{kind,outcome} and times it in
@@ -97,9 +118,9 @@ class Measure {
 // A bound value, or NULL for the outside world.
 inline Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
 
-// The recorded request under a key (id, kind, from, to, amount, outcome) answering a new request
-// with that key: the original result, or Error(idempotency_mismatch) naming the first difference.
-TransferResult replay_of(const Row& r, const Request& request);
+// The record of a key (key_record_sql's columns, from `first` on) answering a new request with that
+// key: the original result, or Error(idempotency_mismatch) naming the first difference.
+TransferResult replay_of(const Row& r, const Request& request, std::size_t first = 0);
 }  // namespace detail::ledger
 
 struct Ledger::Impl {
@@ -107,11 +128,12 @@ struct Ledger::Impl {
   std::shared_ptr<detail::Backend> backend;
   LedgerOptions options;
   detail::StandbyRoute standby;  // history() and transfers()
+  // find_key_sql: key_record_sql, the record of a key in either table.
   std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
       record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
   // Holds (holds.cpp): expire_sql closes an account's holds past their timeout, unhold_sql takes
   // what they counted out of accounts.held.
-  std::string expire_sql, unhold_sql, hold_find_key_sql, hold_read_sql, hold_lock_sql, hold_insert_sql,
+  std::string expire_sql, unhold_sql, hold_read_sql, hold_lock_sql, hold_insert_sql,
       hold_add_sql, hold_close_sql, capture_debit_sql, capture_record_sql, expired_accounts_sql;
   // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere).
   std::string one_statement_transfer_sql;
@@ -126,9 +148,10 @@ struct Ledger::Impl {
   // happened, the record of the outcome under the key, and the entries only for an ok record.
   // (A first version decided funds from the locked CTE's values and broke the CHECK constraint
   // under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
-  // extra_ctes: more data-modifying CTEs, each starting with ", name AS (".
+  // prior: the key's record (key_record_sql on $4). extra_ctes: more data-modifying CTEs, each
+  // starting with ", name AS (".
   static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
-                                            const std::string& extra_ctes);
+                                            const std::string& prior, const std::string& extra_ctes);
 
   // The cache key of an account's cached copy.
   static std::string cache_key(std::string_view id) { return fmt::format("ledger:account:{}", id); }

@@ -271,18 +271,15 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   check_text(key, "idempotency key", max_key_bytes);
   Ledger& withdrawals = *impl.ledgers.find(from_db)->second;
   Ledger& deposits = *impl.ledgers.find(to_db)->second;
-  const std::string src_transfers = source.backend().table("transfers");
   const std::string dst_transfers = target.backend().table("transfers");
-  const Request withdrawal{"withdrawal", std::string(from_account), std::nullopt, amount, std::string(key), 0, {}};
+  // A leg of a two-phase transfer, whichever global transaction id it was recorded with.
+  const Request withdrawal{"withdrawal", std::string(from_account), std::nullopt, amount, std::string(key), 0,
+                           std::string("any")};
 
   // A key seen before: the original outcome (both legs committed together, so the source's record
   // tells it), and the deposit leg found by the global transaction id.
   auto replay = [&]() -> std::optional<TwoPhaseTransferResult> {
-    const Result found = source.exec(
-        fmt::format("SELECT id, kind, from_account, to_account, amount, outcome, global_txid FROM {} WHERE "
-                    "idempotency_key = $1",
-                    src_transfers),
-        {std::string(key)});
+    const Result found = source.exec(key_record_sql(source.backend()), {std::string(key)});
     if (found.empty()) return std::nullopt;
     const TransferResult original = replay_of(found.rows[0], withdrawal);
     TwoPhaseTransferResult r;

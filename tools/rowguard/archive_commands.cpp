@@ -25,7 +25,8 @@ void add_archive_commands(CLI::App& app, Globals& globals) {
       "archive", "Move transfers created before TIME, and their entries, to the archive tables (docs/operations.md)");
   archive->add_option("--before", a.before, "The cutoff: 2026-01-31, 2026-01-31T12:30:00Z or @EPOCH_MS")->required();
   archive->add_option("--min-age", a.min_age,
-                      "Refuse a cutoff later than the database clock minus this, e.g. 30d, 12h (default 30d)");
+                      "Refuse a cutoff later than the database clock minus this, e.g. 30d, 48h (default 30d; at "
+                      "least 24h, else exit 2: archiving forgets the keys of what it moves)");
   archive->add_flag("--dry-run", a.dry_run, "Count what would move and change nothing");
   archive->callback([&globals] {
     const std::int64_t cutoff = parse_time(a.before);

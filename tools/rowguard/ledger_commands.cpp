@@ -107,11 +107,19 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     const CheckReport r = Ledger(db).check();
     nlohmann::json violations = nlohmann::json::array();
     for (const auto& v : r.violations) violations.push_back({{"what", v.what}, {"account", v.account}, {"detail", v.detail}});
-    std::string text = fmt::format("{} accounts, {} entries, total {}: {}", r.accounts, r.entries, r.total_balance,
+    // Per currency, in integer minor units: amounts of different currencies are never added.
+    nlohmann::json totals = nlohmann::json::object();
+    std::string per_currency;
+    for (const auto& t : r.totals) {
+      totals[t.currency] = {{"balance", t.balance}, {"deposits", t.deposits}, {"withdrawals", t.withdrawals}};
+      per_currency += fmt::format("{}{} {}", per_currency.empty() ? "" : ", ", t.balance, t.currency);
+    }
+    std::string text = fmt::format("{} accounts, {} entries, totals {}: {}", r.accounts, r.entries,
+                                   per_currency.empty() ? "none" : per_currency,
                                    r.ok() ? "every invariant holds" : "VIOLATIONS");
     for (const auto& v : r.violations) text += fmt::format("\n  {} {}: {}", v.what, v.account, v.detail);
     emit(globals,
-         {{"ok", r.ok()}, {"accounts", r.accounts}, {"entries", r.entries}, {"total_balance", r.total_balance},
+         {{"ok", r.ok()}, {"accounts", r.accounts}, {"entries", r.entries}, {"totals", totals},
           {"violations", violations}},
          text);
     if (!r.ok()) throw Error(ErrorKind::permanent, fmt::format("{} ledger invariant(s) violated", r.violations.size()));
@@ -124,8 +132,11 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     emit(globals, {{"closed", n}}, fmt::format("closed {} expired hold(s)", n));
   });
   static std::string older_than;
-  auto* prune = ledger->add_subcommand("prune-keys", "Forget idempotency keys older than DUR (transfers stay)");
-  prune->add_option("--older-than", older_than, "Age, e.g. 90d is not accepted: use hours, 2160h")->required();
+  auto* prune = ledger->add_subcommand(
+      "prune-keys",
+      "Forget idempotency keys older than DUR (transfers stay). DUR must be at least 24h (exit 2 otherwise): a "
+      "client may retry a younger key, and its retry would then apply a second time");
+  prune->add_option("--older-than", older_than, "Age, at least 24h, e.g. 90d, 2160h or 30d")->required();
   prune->callback([&globals] {
     auto db = open_database(globals);
     const auto n = Ledger(db).prune_keys(parse_duration(older_than));
