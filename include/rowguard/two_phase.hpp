@@ -21,6 +21,7 @@ namespace rowguard {
 // Where a two-phase commit stands; TwoPhaseOptions::on_step is called at each (tests crash there).
 enum class TwoPhaseStep {
   prepared,       // every participant has prepared; nothing decided yet (a crash here aborts)
+  deciding,       // about to log the commit decision (a coordinator delayed here past the grace is refused)
   decided,        // the commit decision is durable in the log; no COMMIT PREPARED sent yet
   committed_one,  // one more participant has committed (once per participant)
   finished,       // every participant has committed and the decision row is marked finished

@@ -22,6 +22,7 @@ using namespace detail::ledger;
 std::string_view to_string(TwoPhaseStep step) noexcept {
   switch (step) {
     case TwoPhaseStep::prepared: return "prepared";
+    case TwoPhaseStep::deciding: return "deciding";
     case TwoPhaseStep::decided: return "decided";
     case TwoPhaseStep::committed_one: return "committed_one";
     case TwoPhaseStep::finished: return "finished";
@@ -207,6 +208,7 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
 
   // The decision: durable in the log before any COMMIT PREPARED.
   std::string decision;
+  impl.step(TwoPhaseStep::deciding, gid);
   try {
     decision = impl.decide(gid, "commit", impl.names());
   } catch (const Error& e) {
