@@ -87,6 +87,27 @@ void write_crashed(Database& db, const std::string& id, const std::string& type,
   lease->detach();  // the coordinator is gone; its lease runs out at its ttl
 }
 
+// Holds a coordinator inside a step: pass() signals that the step began, then waits for open().
+struct Gate {
+  std::promise<void> entered, go;
+  std::shared_future<void> opened = go.get_future().share();
+  void pass() {
+    entered.set_value();
+    opened.wait();
+  }
+  void wait_entered() { entered.get_future().wait(); }
+  void open() { go.set_value(); }
+  // A step that passes the gate and returns "ok".
+  SagaStep step(std::string name) {
+    return {std::move(name),
+            [this](StepContext&) {
+              pass();
+              return std::string("ok");
+            },
+            {}};
+  }
+};
+
 std::vector<std::string> step_states(const SagaInfo& info) {
   std::vector<std::string> out;
   for (const auto& s : info.steps) out.emplace_back(to_string(s.state));
@@ -295,22 +316,15 @@ TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or anot
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick(2s));
-  std::promise<void> entered, go;
-  auto go_future = go.get_future().share();
-  sagas.define("slow", {{"wait",
-                         [&](StepContext&) {
-                           entered.set_value();
-                           go_future.wait();
-                           return std::string("ok");
-                         },
-                         {}}});
+  Gate gate;
+  sagas.define("slow", {gate.step("wait")});
   auto running = std::async(std::launch::async, [&] { return sagas.run("slow", "L", ""); });
-  entered.get_future().wait();
+  gate.wait_entered();
   const SagaRecovery r = sagas.recover();
   CHECK(r.busy == 1);
   CHECK(r.completed == 0);
   CHECK(kind_of([&] { sagas.run("slow", "L", ""); }) == ErrorKind::lock_busy);
-  go.set_value();
+  gate.open();
   CHECK(running.get().state == SagaState::completed);
   CHECK(sagas.recover().ok());
 }
@@ -566,21 +580,14 @@ TEST_CASE("sagas: an id already used is compared by type and by payload, whether
   CHECK(j.all().size() == before);  // nothing resumed
   CHECK(sagas.get("abandoned")->state == SagaState::running);
   // Driven by a live coordinator: the mismatch is told, not lock_busy.
-  std::promise<void> entered, go;
-  auto go_future = go.get_future().share();
-  sagas.define("slow", {{"wait",
-                         [&](StepContext&) {
-                           entered.set_value();
-                           go_future.wait();
-                           return std::string("ok");
-                         },
-                         {}}});
+  Gate gate;
+  sagas.define("slow", {gate.step("wait")});
   auto running = std::async(std::launch::async, [&] { return sagas.run("slow", "live", "p"); });
-  entered.get_future().wait();
+  gate.wait_entered();
   CHECK(mismatch("order", "live", "p"));
   CHECK(mismatch("slow", "live", "q"));
   CHECK(kind_of([&] { sagas.run("slow", "live", "p"); }) == ErrorKind::lock_busy);
-  go.set_value();
+  gate.open();
   CHECK(running.get().state == SagaState::completed);
   // The same request goes on: a replay, and a resume.
   CHECK(sagas.run("order", "done", "p").replayed);
@@ -660,8 +667,7 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
   t.db().migrate();
   Fence fence(t.db());
   const std::string resource = "provider:charges:F";
-  std::promise<void> entered, go;
-  auto go_future = go.get_future().share();
+  Gate gate;
   std::int64_t token_a = 0, token_b = 0;
   std::optional<bool> admitted_a, admitted_b;
   // Coordinator A pauses inside the step, then writes to the provider through the fence.
@@ -669,8 +675,7 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
   a.define("pay", {{"charge",
                     [&](StepContext& c) {
                       token_a = c.token;
-                      entered.set_value();
-                      go_future.wait();
+                      gate.pass();
                       admitted_a = fence.admit(resource, c.token);
                       return std::string("late");
                     },
@@ -691,7 +696,7 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
     }
     return ErrorKind::permanent;  // not expected: A must find its lease lost
   });
-  entered.get_future().wait();
+  gate.wait_entered();
   // A's pause outlasts its lease: a paused process renews nothing, so its lease ends on the
   // database clock (set here rather than waited for).
   const auto& d = t.db().backend().dialect();
@@ -707,7 +712,7 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
   CHECK(token_b > token_a);
   CHECK(admitted_b == std::optional<bool>(true));
   // A wakes up: its write is refused, and it stops.
-  go.set_value();
+  gate.open();
   CHECK(running.get() == ErrorKind::lock_lost);
   CHECK(admitted_a == std::optional<bool>(false));
   CHECK(fence.highest(resource) == token_b);

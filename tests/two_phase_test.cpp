@@ -49,6 +49,13 @@ struct TwoBanks {
 
   Database& a() { return t.db(); }
 
+  // alice in a with 1'000, bob in b with nothing.
+  void alice_and_bob() {
+    la.open("alice", "EUR");
+    lb.open("bob", "EUR");
+    la.deposit("alice", 1'000, "seed");
+  }
+
   TwoPhase coordinator(TwoPhaseOptions options = {}) {
     options.log_name = "t" + std::to_string(::getpid());
     return TwoPhase(a(), {{"a", &a()}, {"b", b.get()}}, std::move(options));
@@ -214,9 +221,7 @@ TEST_CASE("two-phase: a failure in the work or a refused transfer rolls back eve
 
 TEST_CASE("two-phase: a replayed key returns the original outcome and applies once", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   auto tp = w.coordinator();
   const TwoPhaseTransferResult first = tp.transfer("a", "alice", "b", "bob", 300, "once");
   const TwoPhaseTransferResult again = tp.transfer("a", "alice", "b", "bob", 300, "once");
@@ -242,9 +247,7 @@ TEST_CASE("two-phase: a replayed key returns the original outcome and applies on
 TEST_CASE("two-phase: concurrent requests with one key apply once; the others wait on its locks and replay it",
           "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   constexpr int requests = 4;
   // The request that prepares first holds its prepared legs (and so the source account's row lock)
   // until every other request is seen waiting for that lock in pg_stat_activity: their calls overlap
@@ -355,9 +358,7 @@ TEST_CASE("two-phase: a key reused with any field changed is idempotency_mismatc
 
 TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by the logged decision", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   // The coordinator dies after COMMIT PREPARED in a, before the one in b.
   TwoPhaseOptions o;
   o.on_step = [&](TwoPhaseStep s, const std::string&) {
@@ -384,9 +385,7 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
 TEST_CASE("two-phase: a decision delayed past the grace is refused while recover and prune run; both legs end alike",
           "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   const auto grace = std::chrono::milliseconds(300);
   TwoPhaseOptions graced;
   graced.recovery_grace = grace;
@@ -443,9 +442,7 @@ TEST_CASE("two-phase: a decision delayed past the grace is refused while recover
 
 TEST_CASE("two-phase: a cached balance shows a two-phase transfer at once", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   Cache cache_a(w.a()), cache_b(*w.b);
   LedgerOptions cached_a, cached_b;
   cached_a.cache = &cache_a;
@@ -473,9 +470,7 @@ TEST_CASE("two-phase: a cached balance shows a two-phase transfer at once", "[pg
 
 TEST_CASE("two-phase: recover commits the prepared legs of a logged commit decision", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   for (const bool halfway : {false, true}) {
     // Crash after the decision: before any COMMIT PREPARED, or after the first one.
     TwoPhaseOptions o;
@@ -509,9 +504,7 @@ TEST_CASE("two-phase: recover commits the prepared legs of a logged commit decis
 
 TEST_CASE("two-phase: recover aborts an undecided prepare only after the grace, and logs abort first", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   TwoPhaseOptions o;
   std::string gid;
   o.on_step = [&](TwoPhaseStep s, const std::string& g) {
@@ -552,9 +545,7 @@ TEST_CASE("two-phase: recover aborts an undecided prepare only after the grace, 
 
 TEST_CASE("two-phase: a coordinator that lost the race to recovery does not commit", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   TwoPhaseOptions no_grace;
   no_grace.recovery_grace = std::chrono::milliseconds(0);
   auto recovery = w.coordinator(no_grace);
@@ -763,9 +754,7 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
 
 TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   const std::string log = "t" + std::to_string(::getpid());
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
     std::vector<std::string> all{"--db", w.t.url(), "--prefix", w.a().table_prefix(), "--json"};
