@@ -382,7 +382,7 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
   w.check_both();
 }
 
-TEST_CASE("two-phase: a decision delayed past the grace is refused while recover and prune run; both legs end alike",
+TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune run; both legs end alike",
           "[pg]") {
   TwoBanks w;
   w.alice_and_bob();
