@@ -611,7 +611,8 @@ TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step a
   };
   auto fine = [] { return std::string("fine"); };
   sagas.define("bad-result", {step("first", fine), step("second", [&] { return bad; })});
-  sagas.define("bad-error", {step("first", fine), step("second", [&]() -> std::string { throw std::runtime_error(bad); })});
+  sagas.define("bad-error",
+               {step("first", fine), step("second", [&]() -> std::string { throw std::runtime_error(bad); })});
   std::atomic<bool> refund_works{false};
   sagas.define("bad-undo", {{"first", [](StepContext&) { return std::string("charged"); },
                              [&](StepContext&) {
@@ -626,7 +627,8 @@ TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step a
   CHECK(r.failed_step == "second");
   CHECK_THAT(r.error, Catch::Contains("not UTF-8 text") && Catch::Contains("\\xff\\x00abc"));
   CHECK(text(r.error));
-  CHECK(j.all() == std::vector<std::string>{"do:r1:first", "do:r1:second", "undo:r1:second:undo", "undo:r1:first:undo"});
+  CHECK(j.all() ==
+        std::vector<std::string>{"do:r1:first", "do:r1:second", "undo:r1:second:undo", "undo:r1:first:undo"});
   auto info = sagas.get("r1");
   REQUIRE(info);
   CHECK(info->state == SagaState::compensated);

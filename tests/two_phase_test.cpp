@@ -382,7 +382,8 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
   w.check_both();
 }
 
-TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune run; both legs end alike",
+TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
+          "run; both legs end alike",
           "[pg]") {
   TwoBanks w;
   w.alice_and_bob();
@@ -430,7 +431,8 @@ TEST_CASE("two-phase: a coordinator stopped before its decision past the grace i
     CHECK(last.clean());
     CHECK(w.prepared_left() == 0);
     // Both legs ended the same way: rolled back, as the coordinator said.
-    const std::string sql = fmt::format("SELECT count(*) FROM {}transfers WHERE idempotency_key = $1", w.a().table_prefix());
+    const std::string sql =
+        fmt::format("SELECT count(*) FROM {}transfers WHERE idempotency_key = $1", w.a().table_prefix());
     const std::int64_t in_a = w.a().exec(sql, {key}).one().i64(0);
     const std::int64_t in_b = w.b->exec(sql, {key}).one().i64(0);
     CHECK(in_a == in_b);

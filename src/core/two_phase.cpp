@@ -219,7 +219,8 @@ struct TwoPhase::Impl {
     // recover() would. Archived since: in the archive.
     auto deposit_in = [&](const char* table) {
       return target.exec(fmt::format("SELECT id, to_account, amount FROM {} WHERE global_txid = $1 AND kind = "
-                                     "'deposit' AND (idempotency_key = $2 OR idempotency_key IS NULL) ORDER BY id LIMIT 1",
+                                     "'deposit' AND (idempotency_key = $2 OR idempotency_key IS NULL) "
+                                     "ORDER BY id LIMIT 1",
                                      target.backend().table(table)),
                          {*gid, std::string(q.key)});
     };
