@@ -50,11 +50,16 @@ Order parse(const std::string& payload) {
 }
 
 // The payment provider: charges are recorded under the caller's idempotency key, so a retried
-// call after a timeout finds the charge it made instead of charging twice.
+// call after a timeout finds the charge it made instead of charging twice. A fence in front of it
+// keeps the highest coordinator token seen per order: a coordinator that was paused past its lease
+// cannot charge after the one that took the order over.
 struct Provider {
   rowguard::Database& db;
+  rowguard::Fence fence{db};
   // Declines 15% of calls; 15% of calls charge but "time out" (the reply is lost).
   void charge(const rowguard::StepContext& c, const Order& o) {
+    if (!fence.admit("payment_provider:" + c.saga_id, c.token))
+      throw std::runtime_error("provider: another coordinator took this order over");
     std::mt19937_64 rng(o.seed * 1'000'003 + std::hash<std::string>{}(c.idempotency_key()) + c.attempt);
     const int roll = static_cast<int>(rng() % 100);
     const bool charged = !db.exec("SELECT 1 FROM payment_provider WHERE idempotency_key = $1", {c.idempotency_key()})

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/sql_text.hpp"
 #include "support.hpp"
 
 using namespace rowguard;
@@ -85,6 +86,27 @@ void write_crashed(Database& db, const std::string& id, const std::string& type,
   REQUIRE(lease);
   lease->detach();  // the coordinator is gone; its lease runs out at its ttl
 }
+
+// Holds a coordinator inside a step: pass() signals that the step began, then waits for open().
+struct Gate {
+  std::promise<void> entered, go;
+  std::shared_future<void> opened = go.get_future().share();
+  void pass() {
+    entered.set_value();
+    opened.wait();
+  }
+  void wait_entered() { entered.get_future().wait(); }
+  void open() { go.set_value(); }
+  // A step that passes the gate and returns "ok".
+  SagaStep step(std::string name) {
+    return {std::move(name),
+            [this](StepContext&) {
+              pass();
+              return std::string("ok");
+            },
+            {}};
+  }
+};
 
 std::vector<std::string> step_states(const SagaInfo& info) {
   std::vector<std::string> out;
@@ -294,22 +316,15 @@ TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or anot
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick(2s));
-  std::promise<void> entered, go;
-  auto go_future = go.get_future().share();
-  sagas.define("slow", {{"wait",
-                         [&](StepContext&) {
-                           entered.set_value();
-                           go_future.wait();
-                           return std::string("ok");
-                         },
-                         {}}});
+  Gate gate;
+  sagas.define("slow", {gate.step("wait")});
   auto running = std::async(std::launch::async, [&] { return sagas.run("slow", "L", ""); });
-  entered.get_future().wait();
+  gate.wait_entered();
   const SagaRecovery r = sagas.recover();
   CHECK(r.busy == 1);
   CHECK(r.completed == 0);
   CHECK(kind_of([&] { sagas.run("slow", "L", ""); }) == ErrorKind::lock_busy);
-  go.set_value();
+  gate.open();
   CHECK(running.get().state == SagaState::completed);
   CHECK(sagas.recover().ok());
 }
@@ -534,4 +549,176 @@ TEST_CASE("sagas: payment orders with coordinators killed at random end paid onc
   CHECK_FALSE(sagas.list({SagaState::compensated, "payment_order", 1000}).empty());
   CHECK(sagas.list({SagaState::running, "", 1000}).empty());
   CHECK(sagas.list({SagaState::compensating, "", 1000}).empty());
+}
+
+TEST_CASE("sagas: an id already used is compared by type and by payload, whether finished, abandoned or running",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  Journal j;
+  sagas.define("order", journal_steps(j, {"a", "b"}));
+  sagas.define("refund", journal_steps(j, {"a", "b"}));
+  auto mismatch = [&](std::string_view type, std::string_view id, std::string_view payload) {
+    std::string message;
+    const ErrorKind kind = kind_of([&] { sagas.run(type, id, payload); }, &message);
+    UNSCOPED_INFO(message);
+    return kind == ErrorKind::idempotency_mismatch;
+  };
+  // Finished.
+  REQUIRE(sagas.run("order", "done", "p").state == SagaState::completed);
+  CHECK(mismatch("refund", "done", "p"));  // type
+  CHECK(mismatch("order", "done", "q"));   // payload
+  CHECK(mismatch("order", "done", ""));
+  CHECK(mismatch("order", "done", "p "));
+  // Abandoned by a dead coordinator whose lease ran out: compared before it is resumed.
+  write_crashed(t.db(), "abandoned", "order", "running", 1, {{"a", "done", "ra"}, {"b", "started", ""}}, 100ms);
+  std::this_thread::sleep_for(150ms);
+  const auto before = j.all().size();
+  CHECK(mismatch("refund", "abandoned", ""));
+  CHECK(mismatch("order", "abandoned", "p"));
+  CHECK(j.all().size() == before);  // nothing resumed
+  CHECK(sagas.get("abandoned")->state == SagaState::running);
+  // Driven by a live coordinator: the mismatch is told, not lock_busy.
+  Gate gate;
+  sagas.define("slow", {gate.step("wait")});
+  auto running = std::async(std::launch::async, [&] { return sagas.run("slow", "live", "p"); });
+  gate.wait_entered();
+  CHECK(mismatch("order", "live", "p"));
+  CHECK(mismatch("slow", "live", "q"));
+  CHECK(kind_of([&] { sagas.run("slow", "live", "p"); }) == ErrorKind::lock_busy);
+  gate.open();
+  CHECK(running.get().state == SagaState::completed);
+  // The same request goes on: a replay, and a resume.
+  CHECK(sagas.run("order", "done", "p").replayed);
+  CHECK(sagas.run("order", "abandoned", "").state == SagaState::completed);
+}
+
+TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step and compensates, never wedges",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  Journal j;
+  const std::string bad("\xff\x00" "abc", 5);
+  auto step = [&](std::string name, std::function<std::string()> act) {
+    return SagaStep{name,
+                    [&j, act](StepContext& c) {
+                      j.add("do:" + c.idempotency_key());
+                      return act();
+                    },
+                    [&j](StepContext& c) { j.add("undo:" + c.compensation_key()); }};
+  };
+  auto fine = [] { return std::string("fine"); };
+  sagas.define("bad-result", {step("first", fine), step("second", [&] { return bad; })});
+  sagas.define("bad-error",
+               {step("first", fine), step("second", [&]() -> std::string { throw std::runtime_error(bad); })});
+  std::atomic<bool> refund_works{false};
+  sagas.define("bad-undo", {{"first", [](StepContext&) { return std::string("charged"); },
+                             [&](StepContext&) {
+                               if (!refund_works) throw std::runtime_error("refund \xfe\xfe failed");
+                             }},
+                            {"second", [](StepContext&) -> std::string { throw std::runtime_error("declined"); }, {}}});
+  auto text = [](const std::string& s) { return rowguard::detail::is_text(s); };
+
+  // A result that cannot be stored as text fails its step: its own compensation, then the first's.
+  const SagaOutcome r = sagas.run("bad-result", "r1", "");
+  CHECK(r.state == SagaState::compensated);
+  CHECK(r.failed_step == "second");
+  CHECK_THAT(r.error, Catch::Contains("not UTF-8 text") && Catch::Contains("\\xff\\x00abc"));
+  CHECK(text(r.error));
+  CHECK(j.all() ==
+        std::vector<std::string>{"do:r1:first", "do:r1:second", "undo:r1:second:undo", "undo:r1:first:undo"});
+  auto info = sagas.get("r1");
+  REQUIRE(info);
+  CHECK(info->state == SagaState::compensated);
+  CHECK(step_states(*info) == std::vector<std::string>{"compensated", "compensated"});
+  CHECK_FALSE(info->steps[1].result);
+  CHECK(info->steps[1].error == r.error);
+  CHECK(sagas.run("bad-result", "r1", "").replayed);
+
+  // An error message with such bytes is stored with them escaped.
+  const SagaOutcome e = sagas.run("bad-error", "e1", "");
+  CHECK(e.state == SagaState::compensated);
+  CHECK(e.failed_step == "second");
+  CHECK_THAT(e.error, Catch::Contains("\\xff"));
+  CHECK(text(e.error));
+  info = sagas.get("e1");
+  CHECK(step_states(*info) == std::vector<std::string>{"compensated", "compensated"});
+  CHECK(info->steps[1].error == e.error);
+  CHECK(text(info->error));
+
+  // So is a compensation's: the saga stays compensating until the refund works, then finishes.
+  const SagaOutcome u = sagas.run("bad-undo", "u1", "");
+  CHECK(u.state == SagaState::compensating);
+  CHECK_THAT(u.error, Catch::Contains("refund \\xfe\\xfe failed"));
+  CHECK(text(u.error));
+  SagaRecovery rec = sagas.recover();
+  REQUIRE(rec.unresolved.size() == 1);
+  CHECK_THAT(rec.unresolved[0].second, Catch::Contains("\\xfe"));
+  refund_works = true;
+  rec = sagas.recover();
+  CHECK(rec.compensated == 1);
+  CHECK(rec.ok());
+  CHECK(sagas.get("u1")->state == SagaState::compensated);
+}
+
+TEST_CASE("sagas: a paused coordinator's late external write is refused by a fence with its step's token",
+          "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Fence fence(t.db());
+  const std::string resource = "provider:charges:F";
+  Gate gate;
+  std::int64_t token_a = 0, token_b = 0;
+  std::optional<bool> admitted_a, admitted_b;
+  // Coordinator A pauses inside the step, then writes to the provider through the fence.
+  Sagas a(t.db(), quick(1s));
+  a.define("pay", {{"charge",
+                    [&](StepContext& c) {
+                      token_a = c.token;
+                      gate.pass();
+                      admitted_a = fence.admit(resource, c.token);
+                      return std::string("late");
+                    },
+                    {}}});
+  Sagas b(t.db(), quick(1s));
+  b.define("pay", {{"charge",
+                    [&](StepContext& c) {
+                      token_b = c.token;
+                      admitted_b = fence.admit(resource, c.token);
+                      return std::string("on time");
+                    },
+                    {}}});
+  auto running = std::async(std::launch::async, [&] {
+    try {
+      a.run("pay", "F", "");
+    } catch (const Error& e) {
+      return e.kind();
+    }
+    return ErrorKind::permanent;  // not expected: A must find its lease lost
+  });
+  gate.wait_entered();
+  // A's pause outlasts its lease: a paused process renews nothing, so its lease ends on the
+  // database clock (set here rather than waited for).
+  const auto& d = t.db().backend().dialect();
+  CHECK(t.db()
+            .exec(fmt::format("UPDATE {}locks SET expires_at = {} WHERE name = 'saga:F'", t.db().table_prefix(),
+                              d.timestamp_plus_ms(d.now_timestamp(), "$1")),
+                  {std::int64_t{-1000}})
+            .affected == 1);
+  // B takes the saga over and runs the step again with a higher token.
+  const SagaRecovery r = b.recover();
+  CHECK(r.completed == 1);
+  CHECK(token_a > 0);
+  CHECK(token_b > token_a);
+  CHECK(admitted_b == std::optional<bool>(true));
+  // A wakes up: its write is refused, and it stops.
+  gate.open();
+  CHECK(running.get() == ErrorKind::lock_lost);
+  CHECK(admitted_a == std::optional<bool>(false));
+  CHECK(fence.highest(resource) == token_b);
+  const auto info = b.get("F");
+  CHECK(info->state == SagaState::completed);
+  CHECK(info->steps.at(0).result == std::optional<std::string>("on time"));
 }

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <latch>
 #include <map>
 #include <random>
 #include <set>
@@ -13,11 +14,15 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "fault_proxy.hpp"
 #include "support.hpp"
 
 using namespace rowguard;
+using rowguard::test::FaultProxy;
 using rowguard::test::kind_of;
+using rowguard::test::port_of;
 using rowguard::test::TestDb;
+using rowguard::test::via_port;
 
 namespace {
 
@@ -43,6 +48,13 @@ struct TwoBanks {
   TwoBanks() : la((t.db().migrate(), t.db())), lb(make_second(t, url_b, b)) {}
 
   Database& a() { return t.db(); }
+
+  // alice in a with 1'000, bob in b with nothing.
+  void alice_and_bob() {
+    la.open("alice", "EUR");
+    lb.open("bob", "EUR");
+    la.deposit("alice", 1'000, "seed");
+  }
 
   TwoPhase coordinator(TwoPhaseOptions options = {}) {
     options.log_name = "t" + std::to_string(::getpid());
@@ -117,8 +129,9 @@ TEST_CASE("two-phase: a transfer between two databases commits both legs, each l
   CHECK(r.withdrawal_id > 0);
   CHECK(r.deposit_id > 0);
   CHECK_THAT(r.gid, Catch::StartsWith(fmt::format("rowguard:t{}:", ::getpid())));
-  CHECK(steps == std::vector<TwoPhaseStep>{TwoPhaseStep::prepared, TwoPhaseStep::decided, TwoPhaseStep::committed_one,
-                                          TwoPhaseStep::committed_one, TwoPhaseStep::finished});
+  CHECK(steps == std::vector<TwoPhaseStep>{TwoPhaseStep::prepared, TwoPhaseStep::deciding, TwoPhaseStep::decided,
+                                          TwoPhaseStep::committed_one, TwoPhaseStep::committed_one,
+                                          TwoPhaseStep::finished});
   CHECK(w.balance(w.la, "alice") == 7'500);
   CHECK(w.balance(w.lb, "bob") == 2'500);
   // Each leg is journaled in its own database as money to / from the outside world, tied by the gid.
@@ -208,9 +221,7 @@ TEST_CASE("two-phase: a failure in the work or a refused transfer rolls back eve
 
 TEST_CASE("two-phase: a replayed key returns the original outcome and applies once", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   auto tp = w.coordinator();
   const TwoPhaseTransferResult first = tp.transfer("a", "alice", "b", "bob", 300, "once");
   const TwoPhaseTransferResult again = tp.transfer("a", "alice", "b", "bob", 300, "once");
@@ -229,31 +240,239 @@ TEST_CASE("two-phase: a replayed key returns the original outcome and applies on
   CHECK(kind_of([&] { tp.transfer("a", "alice", "b", "bob", 5, "taken-in-b"); }) == ErrorKind::idempotency_mismatch);
   CHECK(w.balance(w.la, "alice") == 700);
   CHECK(w.balance(w.lb, "bob") == 301);
-  // Concurrent requests with one key: one applies, the others replay it.
+  w.check_both();
+  CHECK(w.prepared_left() == 0);
+}
+
+TEST_CASE("two-phase: concurrent requests with one key apply once; the others wait on its locks and replay it",
+          "[pg]") {
+  TwoBanks w;
+  w.alice_and_bob();
+  constexpr int requests = 4;
+  // The request that prepares first holds its prepared legs (and so the source account's row lock)
+  // until every other request is seen waiting for that lock in pg_stat_activity: their calls overlap
+  // its own, whatever the scheduler does. Bounded: it gives up after 30 s and the CHECK fails.
+  const std::string waiting_sql = fmt::format(
+      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{}accounts%'",
+      w.a().table_prefix());
+  std::atomic<int> prepared{0};
+  std::int64_t waited = -1;  // written by the one request that prepares, read after the joins
+  TwoPhaseOptions o;
+  o.on_step = [&](TwoPhaseStep s, const std::string&) {
+    if (s != TwoPhaseStep::prepared || ++prepared != 1) return;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    std::int64_t n = 0;
+    while ((n = w.a().exec(waiting_sql).one().i64(0)) < requests - 1 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    waited = n;
+  };
+  auto tp = w.coordinator(o);
+  std::latch start(requests);
   std::vector<std::thread> threads;
-  std::atomic<int> applied{0}, failed{0};
-  for (int i = 0; i < 4; ++i)
+  std::atomic<int> applied{0}, replayed{0}, failed{0};
+  for (int i = 0; i < requests; ++i)
     threads.emplace_back([&] {
+      start.arrive_and_wait();
       try {
-        if (!tp.transfer("a", "alice", "b", "bob", 7, "racing").replayed) ++applied;
+        const TwoPhaseTransferResult r = tp.transfer("a", "alice", "b", "bob", 7, "racing");
+        ++(r.replayed ? replayed : applied);
+        if (!r.ok() || r.deposit_id == 0) ++failed;
       } catch (const Error&) {
         ++failed;
       }
     });
   for (auto& th : threads) th.join();
+  CHECK(prepared == 1);
+  CHECK(waited == requests - 1);  // they overlapped: every other request waited on the first one's lock
   CHECK(applied == 1);
+  CHECK(replayed == requests - 1);
   CHECK(failed == 0);
-  CHECK(w.balance(w.la, "alice") == 693);
-  CHECK(w.balance(w.lb, "bob") == 308);
+  CHECK(w.balance(w.la, "alice") == 993);
+  CHECK(w.balance(w.lb, "bob") == 7);
   w.check_both();
   CHECK(w.prepared_left() == 0);
 }
 
+TEST_CASE("two-phase: a key reused with any field changed is idempotency_mismatch, never a replay", "[pg]") {
+  TwoBanks w;
+  // A third participant, so that the destination participant can change alone.
+  const std::string url_c = rowguard::test::own_database(w.t.url(), "rowguard_2pc_c");
+  Database c = Database::open(url_c, w.t.options());
+  c.migrate();
+  Ledger lc(c);
+  w.la.open("alice", "EUR");
+  w.la.open("alice2", "EUR");
+  w.lb.open("bob", "EUR");
+  w.lb.open("bert", "EUR");
+  lc.open("alice", "EUR");
+  lc.open("bob", "EUR");
+  w.la.deposit("alice", 1'000, "seed");
+  w.la.deposit("alice2", 1'000, "seed2");
+  lc.deposit("alice", 1'000, "seed-c");
+  TwoPhaseOptions o;
+  o.log_name = "t" + std::to_string(::getpid());
+  TwoPhase tp(w.a(), {{"a", &w.a()}, {"b", w.b.get()}, {"c", &c}}, o);
+  REQUIRE(tp.transfer("a", "alice", "b", "bob", 300, "paid").ok());
+  REQUIRE(tp.transfer("a", "alice", "b", "bob", 5'000, "short").status == TransferStatus::insufficient_funds);
+  auto mismatch = [&](std::string_view from_db, std::string_view from, std::string_view to_db, std::string_view to,
+                      std::int64_t amount, std::string_view key) {
+    try {
+      const TwoPhaseTransferResult r = tp.transfer(from_db, from, to_db, to, amount, key);
+      UNSCOPED_INFO("answered " << to_string(r.status) << (r.replayed ? ", replayed" : ""));
+      return false;
+    } catch (const Error& e) {
+      UNSCOPED_INFO(e.what());
+      return e.kind() == ErrorKind::idempotency_mismatch;
+    }
+  };
+  for (const auto& [key, amount] : {std::pair<std::string, std::int64_t>{"paid", 300}, {"short", 5'000}}) {
+    INFO("key " << key);
+    const TwoPhaseTransferResult same = tp.transfer("a", "alice", "b", "bob", amount, key);
+    CHECK(same.replayed);
+    CHECK(same.ok() == (key == "paid"));
+    CHECK(mismatch("a", "alice2", "b", "bob", amount, key));     // source account
+    CHECK(mismatch("a", "alice", "c", "bob", amount, key));      // destination participant
+    CHECK(mismatch("a", "alice", "b", "bert", amount, key));     // destination account
+    CHECK(mismatch("a", "alice", "b", "bob", amount + 1, key));  // amount
+  }
+  // Source participant: the destination holds the key's deposit.
+  CHECK(mismatch("c", "alice", "b", "bob", 300, "paid"));
+  // Keys recorded by something that is not a two-phase transfer.
+  w.la.withdraw("alice", 10, "plain-withdrawal");
+  CHECK(mismatch("a", "alice", "b", "bob", 10, "plain-withdrawal"));
+  w.la.deposit("alice", 10, "plain-deposit");
+  CHECK(mismatch("a", "alice", "b", "bob", 10, "plain-deposit"));
+  // A withdrawal leg of a global transaction with no deposit anywhere.
+  tp.run([&](GlobalTransaction& g) { w.la.withdraw(g["a"], "alice", 10, "leg-only", g.gid()); });
+  CHECK(mismatch("a", "alice", "b", "bob", 10, "leg-only"));
+  CHECK(w.balance(w.la, "alice") == 690);
+  CHECK(w.balance(w.la, "alice2") == 1'000);
+  CHECK(w.balance(w.lb, "bob") == 300);
+  CHECK(w.balance(w.lb, "bert") == 0);
+  CHECK(lc.get("alice").balance == 1'000);
+  CHECK(lc.get("bob").balance == 0);
+  w.check_both();
+  CHECK(lc.check().ok());
+  CHECK(w.prepared_left() == 0);
+}
+
+TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by the logged decision", "[pg]") {
+  TwoBanks w;
+  w.alice_and_bob();
+  // The coordinator dies after COMMIT PREPARED in a, before the one in b.
+  TwoPhaseOptions o;
+  o.on_step = [&](TwoPhaseStep s, const std::string&) {
+    if (s == TwoPhaseStep::committed_one) throw Crash{};
+  };
+  CHECK_THROWS_AS(w.coordinator(o).transfer("a", "alice", "b", "bob", 100, "half"), Crash);
+  CHECK(w.prepared_left() == 1);
+  const TwoPhaseTransferResult r = w.coordinator().transfer("a", "alice", "b", "bob", 100, "half");
+  CHECK(r.replayed);
+  CHECK(r.ok());
+  CHECK(r.deposit_id > 0);
+  CHECK(r.unfinished == 0);
+  CHECK(w.prepared_left() == 0);
+  CHECK(w.balance(w.lb, "bob") == 100);
+  // And with the other destination account, it is a mismatch, not a replay.
+  CHECK(kind_of([&] { w.coordinator().transfer("a", "alice", "b", "alice", 100, "half"); }) ==
+        ErrorKind::idempotency_mismatch);
+  const RecoveryReport rec = w.coordinator().recover();
+  CHECK(rec.finished == 1);
+  CHECK(rec.clean());
+  w.check_both();
+}
+
+TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
+          "run; both legs end alike",
+          "[pg]") {
+  TwoBanks w;
+  w.alice_and_bob();
+  const auto grace = std::chrono::milliseconds(300);
+  TwoPhaseOptions graced;
+  graced.recovery_grace = grace;
+  for (const bool b_reachable : {false, true}) {
+    INFO("participant b reachable by recovery: " << b_reachable);
+    const std::string key = b_reachable ? "late-seen" : "late-blind";
+    // Recovery reaches b through a proxy, which is gone when b is to be unreachable.
+    auto proxy = std::make_unique<FaultProxy>(port_of(w.url_b));
+    Database b_via_proxy = Database::open(via_port(w.url_b, proxy->port()), w.t.options());
+    graced.log_name = "t" + std::to_string(::getpid());
+    TwoPhase recovery(w.a(), {{"a", &w.a()}, {"b", &b_via_proxy}}, graced);
+    if (!b_reachable) proxy.reset();
+    RecoveryReport meanwhile;
+    std::int64_t pruned = -1;
+    TwoPhaseOptions o = graced;
+    // The coordinator stalls just before logging its decision, past the grace: recovery aborts the
+    // gid, and once that row is older than the grace, prune may run.
+    o.on_step = [&](TwoPhaseStep s, const std::string&) {
+      if (s != TwoPhaseStep::deciding) return;
+      std::this_thread::sleep_for(grace + std::chrono::milliseconds(100));
+      meanwhile = recovery.recover();
+      std::this_thread::sleep_for(grace + std::chrono::milliseconds(100));
+      pruned = w.coordinator(graced).prune(grace);
+    };
+    std::string message;
+    CHECK(kind_of(
+              [&] {
+                w.coordinator(o).run([&](GlobalTransaction& g) {
+                  w.la.withdraw(g["a"], "alice", 100, key, g.gid());
+                  w.lb.deposit(g["b"], "bob", 100, key, g.gid());
+                });
+              },
+              &message) == ErrorKind::conflict);
+    UNSCOPED_INFO(message);
+    for (const auto& e : meanwhile.errors) UNSCOPED_INFO(e);
+    CHECK(meanwhile.rolled_back == (b_reachable ? 2 : 1));
+    // A participant it could not reach is an unknown outcome: the abort is not finished, not pruned.
+    CHECK(meanwhile.finished == (b_reachable ? 1 : 0));
+    // Reachable: this abort, and the first round's, which its last recovery finished.
+    CHECK(pruned == (b_reachable ? 2 : 0));
+    const RecoveryReport last = w.coordinator(graced).recover();
+    CHECK(last.clean());
+    CHECK(w.prepared_left() == 0);
+    // Both legs ended the same way: rolled back, as the coordinator said.
+    const std::string sql =
+        fmt::format("SELECT count(*) FROM {}transfers WHERE idempotency_key = $1", w.a().table_prefix());
+    const std::int64_t in_a = w.a().exec(sql, {key}).one().i64(0);
+    const std::int64_t in_b = w.b->exec(sql, {key}).one().i64(0);
+    CHECK(in_a == in_b);
+    CHECK(in_a == 0);
+    CHECK(w.balance(w.la, "alice") + w.balance(w.lb, "bob") == 1'000);
+    w.check_both();
+  }
+}
+
+TEST_CASE("two-phase: a cached balance shows a two-phase transfer at once", "[pg]") {
+  TwoBanks w;
+  w.alice_and_bob();
+  Cache cache_a(w.a()), cache_b(*w.b);
+  LedgerOptions cached_a, cached_b;
+  cached_a.cache = &cache_a;
+  cached_a.cache_ttl = std::chrono::minutes(10);
+  cached_b.cache = &cache_b;
+  cached_b.cache_ttl = std::chrono::minutes(10);
+  Ledger read_a(w.a(), cached_a), read_b(*w.b, cached_b);
+  CHECK(read_a.get("alice").balance == 1'000);  // now cached
+  CHECK(read_b.get("bob").balance == 0);
+  TwoPhaseOptions o;
+  o.ledgers = {{"a", cached_a}, {"b", cached_b}};
+  auto tp = w.coordinator(o);
+  REQUIRE(tp.transfer("a", "alice", "b", "bob", 250, "cached").ok());
+  CHECK(read_a.get("alice").balance == 750);
+  CHECK(read_b.get("bob").balance == 250);
+  REQUIRE(tp.transfer("b", "bob", "a", "alice", 50, "cached-back").ok());
+  CHECK(read_a.get("alice").balance == 800);
+  CHECK(read_b.get("bob").balance == 200);
+  // A participant name the coordinator does not have is refused.
+  TwoPhaseOptions bad;
+  bad.ledgers = {{"z", cached_a}};
+  CHECK(kind_of([&] { w.coordinator(bad); }) == ErrorKind::invalid_argument);
+  w.check_both();
+}
+
 TEST_CASE("two-phase: recover commits the prepared legs of a logged commit decision", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   for (const bool halfway : {false, true}) {
     // Crash after the decision: before any COMMIT PREPARED, or after the first one.
     TwoPhaseOptions o;
@@ -287,9 +506,7 @@ TEST_CASE("two-phase: recover commits the prepared legs of a logged commit decis
 
 TEST_CASE("two-phase: recover aborts an undecided prepare only after the grace, and logs abort first", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   TwoPhaseOptions o;
   std::string gid;
   o.on_step = [&](TwoPhaseStep s, const std::string& g) {
@@ -330,9 +547,7 @@ TEST_CASE("two-phase: recover aborts an undecided prepare only after the grace, 
 
 TEST_CASE("two-phase: a coordinator that lost the race to recovery does not commit", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   TwoPhaseOptions no_grace;
   no_grace.recovery_grace = std::chrono::milliseconds(0);
   auto recovery = w.coordinator(no_grace);
@@ -541,9 +756,7 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
 
 TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg]") {
   TwoBanks w;
-  w.la.open("alice", "EUR");
-  w.lb.open("bob", "EUR");
-  w.la.deposit("alice", 1'000, "seed");
+  w.alice_and_bob();
   const std::string log = "t" + std::to_string(::getpid());
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
     std::vector<std::string> all{"--db", w.t.url(), "--prefix", w.a().table_prefix(), "--json"};

@@ -36,6 +36,12 @@ struct StepContext {
   std::string step;      // this step's name
   int index = 0;         // 0-based position of the step in the saga
   int attempt = 1;       // 1 on the first try in this process; retries and resumed runs count on
+  // The fencing token of the coordinator's lease "saga:<id>" (Lease::token()). A coordinator that
+  // takes the saga over has a higher one, so an action whose effect is outside the saga's database
+  // passes it to a Fence (Fence::admit / Fence::guard), or to a resource that keeps the highest
+  // token it saw: a paused coordinator's late write is then refused once its successor wrote.
+  // Example: if (!fence.admit("provider:charge:" + c.saga_id, c.token)) throw std::runtime_error("taken over");
+  std::int64_t token = 0;
   // The results of the steps before this one that completed, in order: (name, result); in a
   // compensation, also this step's own result when its action completed.
   std::vector<std::pair<std::string, std::string>> results;
@@ -52,6 +58,8 @@ struct StepContext {
 // One step. The action returns a result (kept in the step's row and shown to later steps); the
 // compensation undoes the action and must succeed whether the action ran fully, partly or not at
 // all. Both must be idempotent: a coordinator that dies mid-step leaves the step to be run again.
+// A result must be UTF-8 text without NUL (encode bytes, e.g. as hex): any other result fails the
+// step, which is then compensated. Error messages are stored with such bytes escaped as \xNN.
 // Example:
 //   {"hold", [&](StepContext& c) { return std::to_string(ledger.hold("card", "shop", 500, c.idempotency_key(), 1h).hold_id); },
 //            [&](StepContext& c) { if (auto* id = c.result_of("hold")) ledger.void_hold(std::stoll(*id)); }}

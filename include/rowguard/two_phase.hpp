@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -21,6 +22,7 @@ namespace rowguard {
 // Where a two-phase commit stands; TwoPhaseOptions::on_step is called at each (tests crash there).
 enum class TwoPhaseStep {
   prepared,       // every participant has prepared; nothing decided yet (a crash here aborts)
+  deciding,       // about to log the commit decision (a coordinator delayed here past the grace is refused)
   decided,        // the commit decision is durable in the log; no COMMIT PREPARED sent yet
   committed_one,  // one more participant has committed (once per participant)
   finished,       // every participant has committed and the decision row is marked finished
@@ -34,15 +36,25 @@ struct TwoPhaseOptions {
   // REQUIRES: 1 to 40 characters of [A-Za-z0-9_-].
   std::string log_name = "default";
   // How old a prepared transaction without a decision must be (on its database's clock, from
-  // pg_prepared_xacts.prepared) before recover() aborts it. The coordinator itself gives up, and
-  // rolls back, when it would decide later than this after its first PREPARE, so a slow
-  // coordinator and recovery never both act. Default: 60s. REQUIRES: >= 0.
+  // pg_prepared_xacts.prepared) before recover() aborts it. It also bounds the coordinator: its
+  // 'commit' is recorded only while the log database's clock is less than this past the start of
+  // its first PREPARE; a decision that arrives later (a stalled coordinator, a retry after a lost
+  // connection) is recorded as 'abort', so it can never commit a gid that recovery aborted, even
+  // after prune() removed that abort. Assumes the clocks of the log database and the participants
+  // differ by less than this. Default: 60s. REQUIRES: >= 0 (0: nothing can commit).
   std::chrono::milliseconds recovery_grace{60'000};
   // The participants' transactions. Default: read committed, read-write.
   TxOptions transaction;
   // Retries of the decision insert and of COMMIT / ROLLBACK PREPARED after a lost connection or a
   // busy prepared transaction (all of them idempotent). Default: RetryPolicy's defaults.
   RetryPolicy retry;
+  // The options of the Ledger that writes transfer()'s legs in each participant, by participant
+  // name (missing: LedgerOptions' defaults). Set cache to the Cache through which that database's
+  // balances are read: each leg then drops the cached copies of its account in its own prepared
+  // transaction, which COMMIT PREPARED commits with the leg. Without it a cached balance stays
+  // stale for up to its cache_ttl. Default: none. REQUIRES: participant names; each Cache on the
+  // participant's database and outliving the TwoPhase.
+  std::map<std::string, LedgerOptions, std::less<>> ledgers;
   // Called at each step with the global gid, for tests: they kill the coordinator there, or throw,
   // which leaves the global transaction exactly where it stands, as a crash would (prepared legs
   // stay prepared for recover()). Default: none.
@@ -139,18 +151,23 @@ class TwoPhase {
   // Moves amount from an account in one participant to an account in another: a withdrawal leg in
   // from_db and a deposit leg in to_db, each journaled in its database's ledger with global_txid
   // set (so each database's Ledger::check() still adds up), committed together by run(). Idempotent
-  // on key in both databases: a replayed key returns the original outcome and changes nothing;
-  // with other parameters it is Error(idempotency_mismatch). A source that would go below its
-  // minimum gives insufficient_funds, recorded under the key in from_db. Errors as
-  // Ledger::transfer(), plus invalid_argument for an unknown participant or from_db == to_db.
+  // on key: a replayed key returns the original outcome and changes nothing. The key's record is
+  // compared field by field with the request (source participant and account, destination
+  // participant and account, amount; for an ok outcome the deposit leg must be in to_db): any
+  // difference, or a key that something other than a two-phase transfer recorded, is
+  // Error(idempotency_mismatch). A source that would go below its minimum gives
+  // insufficient_funds, recorded under the key in from_db. Errors as Ledger::transfer(), plus
+  // invalid_argument for an unknown participant or from_db == to_db.
   TwoPhaseTransferResult transfer(std::string_view from_db, std::string_view from_account, std::string_view to_db,
                                   std::string_view to_account, std::int64_t amount, std::string_view key);
 
   // Settles the prepared transactions of this log name on every participant (pg_prepared_xacts):
   // commits those whose gid has a 'commit' decision; rolls back those with an 'abort' decision, and
   // those with none once older than recovery_grace, after first logging 'abort' for them (so a slow
-  // coordinator cannot commit later). Marks decision rows finished once no participant holds their
-  // gid. Safe to run at any time, concurrently with coordinators and with other recoveries.
+  // coordinator cannot commit later). Marks a decision row finished only once every participant it
+  // names was reached and holds no leg of its gid: never while a participant could not be reached
+  // (its leg's outcome is unknown). Safe to run at any time, concurrently with coordinators and
+  // with other recoveries.
   RecoveryReport recover();
 
   // Deletes finished decision rows older than older_than. Returns how many. A gid's row must outlive

@@ -41,4 +41,12 @@ SELECT n, m FROM (SELECT 'transfers' AS n, (SELECT MAX(id) FROM rowguard_transfe
  WHERE m IS NOT NULL
 ON CONFLICT (name) DO NOTHING;
 
+-- Two-phase transfers: a key reused for another request is idempotency_mismatch, never a replay
+-- (docs/two_phase.md, "Transfers between databases"). The source's withdrawal leg records where
+-- its money went, '<participant>:<account>', which a rejected transfer (no deposit leg) tells
+-- nowhere else.
+ALTER TABLE rowguard_transfers ADD COLUMN IF NOT EXISTS global_peer text;
+COMMENT ON COLUMN rowguard_transfers.global_peer IS
+  'a withdrawal leg of a two-phase transfer: the destination, <participant>:<account>';
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (7, '007_guarantees');

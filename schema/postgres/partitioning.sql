@@ -65,6 +65,7 @@ CREATE TABLE rowguard_transfers (
   created_at      timestamptz NOT NULL,
   hold_id         bigint      REFERENCES rowguard_holds (id),
   global_txid     text,
+  global_peer     text,
   CONSTRAINT rowguard_transfers_partitioned_pkey PRIMARY KEY (id, created_at)
 ) PARTITION BY RANGE (created_at);
 COMMENT ON TABLE rowguard_transfers IS
@@ -176,9 +177,9 @@ $$;
 SELECT rowguard_create_partitions(3, COALESCE(
   (SELECT CAST(min(created_at) AT TIME ZONE 'UTC' AS date) FROM rowguard_transfers_unpartitioned), current_date));
 INSERT INTO rowguard_transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome,
-                                reverses, created_at, hold_id, global_txid)
+                                reverses, created_at, hold_id, global_txid, global_peer)
   SELECT id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at,
-         hold_id, global_txid FROM rowguard_transfers_unpartitioned;
+         hold_id, global_txid, global_peer FROM rowguard_transfers_unpartitioned;
 INSERT INTO rowguard_entries (id, transfer_id, account_id, amount, created_at)
   SELECT id, transfer_id, account_id, amount, created_at FROM rowguard_entries_unpartitioned;
 DROP TABLE rowguard_entries_unpartitioned;

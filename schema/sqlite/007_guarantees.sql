@@ -49,4 +49,10 @@ BEGIN
   SELECT RAISE(ABORT, 'rowguard_accounts_available: balance - held must stay at or above min_balance');
 END;
 
+-- Two-phase transfers: a key reused for another request is idempotency_mismatch, never a replay
+-- (docs/two_phase.md, "Transfers between databases"). The source's withdrawal leg records where
+-- its money went, '<participant>:<account>', which a rejected transfer (no deposit leg) tells
+-- nowhere else.
+ALTER TABLE rowguard_transfers ADD COLUMN global_peer TEXT;
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (7, '007_guarantees');

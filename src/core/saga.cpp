@@ -58,14 +58,59 @@ bool final_state(SagaState s) { return s == SagaState::completed || s == SagaSta
 
 std::string lease_name(std::string_view id) { return fmt::format("saga:{}", id); }
 
-// The message of whatever an action or compensation threw.
+// The length of the well-formed UTF-8 sequence (not NUL) that text starts with; 0 when there is none.
+std::size_t utf8_sequence(std::string_view text) {
+  const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char b = byte(0);
+  if (b != 0 && b < 0x80) return 1;
+  std::size_t n = 0;
+  unsigned char low = 0x80, high = 0xBF;  // the allowed range of the second byte
+  if (b >= 0xC2 && b <= 0xDF) {
+    n = 2;
+  } else if (b >= 0xE0 && b <= 0xEF) {
+    n = 3;
+    if (b == 0xE0) low = 0xA0;   // no overlong forms
+    if (b == 0xED) high = 0x9F;  // no surrogates
+  } else if (b >= 0xF0 && b <= 0xF4) {
+    n = 4;
+    if (b == 0xF0) low = 0x90;
+    if (b == 0xF4) high = 0x8F;  // nothing above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (text.size() < n || byte(1) < low || byte(1) > high) return 0;
+  for (std::size_t i = 2; i < n; ++i)
+    if (byte(i) < 0x80 || byte(i) > 0xBF) return 0;
+  return n;
+}
+
+// Text any backend stores: bytes that are not well-formed UTF-8, and NUL, become \xNN. PostgreSQL
+// refuses them in text and SOCI cuts a bound string at a NUL; a refused write of a saga's progress
+// would leave it to be driven again, and fail again, forever.
+std::string storable(std::string_view text) {
+  if (detail::is_text(text)) return std::string(text);
+  std::string out;
+  out.reserve(text.size() + 16);
+  for (std::size_t i = 0; i < text.size();) {
+    if (const std::size_t n = utf8_sequence(text.substr(i))) {
+      out.append(text.substr(i, n));
+      i += n;
+    } else {
+      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(text[i]));
+      ++i;
+    }
+  }
+  return out;
+}
+
+// The message of whatever an action or compensation threw, storable.
 std::string describe(std::exception_ptr e) {
   try {
     std::rethrow_exception(e);
   } catch (const Error& x) {
-    return fmt::format("{}: {}", to_string(x.kind()), x.what());
+    return storable(fmt::format("{}: {}", to_string(x.kind()), x.what()));
   } catch (const std::exception& x) {
-    return x.what();
+    return storable(x.what());
   } catch (...) {
     return "an exception that is not a std::exception";
   }
@@ -289,6 +334,7 @@ struct Driver {
     c.step = steps[i].name;
     c.index = i;
     c.attempt = attempt;
+    c.token = lease.token();
     for (const auto& [j, row] : rows)
       if ((j < i || (own_result && j == i)) && row.result) c.results.emplace_back(row.name, *row.result);
     return c;
@@ -344,6 +390,11 @@ struct Driver {
       } catch (...) {
         error = describe(std::current_exception());
       }
+      // A result that cannot be stored as text fails the step (its action ran: it is compensated).
+      if (error.empty() && !detail::is_text(result))
+        error = fmt::format("the action returned a result that is not UTF-8 text without NUL ({} bytes: {}); "
+                            "a saga keeps results as text: encode bytes, e.g. as hex",
+                            result.size(), storable(result.substr(0, 64)));
       check_lease();
       if (error.empty()) {
         const bool last = i + 1 == n;
@@ -400,7 +451,7 @@ struct Driver {
               });
         } catch (const Error& e) {
           if (e.kind() == ErrorKind::lock_lost) throw;
-          error = e.what();
+          error = storable(e.what());
         }
       }
       check_lease();

@@ -3,6 +3,7 @@
 #include "rowguard/two_phase.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -22,6 +23,7 @@ using namespace detail::ledger;
 std::string_view to_string(TwoPhaseStep step) noexcept {
   switch (step) {
     case TwoPhaseStep::prepared: return "prepared";
+    case TwoPhaseStep::deciding: return "deciding";
     case TwoPhaseStep::decided: return "decided";
     case TwoPhaseStep::committed_one: return "committed_one";
     case TwoPhaseStep::finished: return "finished";
@@ -49,6 +51,27 @@ std::string random_hex() {
 // concurrent request with the key committed first): the run is rolled back and the replay read.
 struct KeySeenMeanwhile {};
 
+// Participant names, comma-separated, as the decision log keeps them.
+std::vector<std::string> split_names(const std::string& list) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) out.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+// A decision row: 'commit' or 'abort', and the participants it names.
+struct Decision {
+  std::string decision;
+  std::vector<std::string> participants;
+};
+
+// A deadline no clock reaches: recovery's abort is never refused.
+constexpr std::int64_t no_deadline = std::numeric_limits<std::int64_t>::max();
+
 }  // namespace
 
 GlobalTransaction::~GlobalTransaction() = default;
@@ -58,6 +81,15 @@ Transaction& GlobalTransaction::operator[](std::string_view participant) {
     if (name == participant) return tx;
   throw Error(ErrorKind::invalid_argument, fmt::format("no participant is named '{}'", participant));
 }
+
+// A transfer between participants as asked, to compare with what a key recorded.
+struct LegsRequest {
+  std::string_view from_db, from_account, to_db, to_account;
+  std::int64_t amount = 0;
+  std::string_view key;
+  // What the source's withdrawal leg records as its peer (transfers.global_peer).
+  std::string destination() const { return fmt::format("{}:{}", to_db, to_account); }
+};
 
 struct TwoPhase::Impl {
   Database& log;
@@ -83,31 +115,47 @@ struct TwoPhase::Impl {
     if (options.on_step) options.on_step(s, gid);
   }
 
+  // The log database's clock, in epoch milliseconds.
+  std::int64_t log_clock_ms() {
+    return detail::with_retries(
+        options.retry, detail::RetryIn::conflicts_and_in_doubt,
+        [&] { return log.exec(fmt::format("SELECT {}", log.backend().dialect().now_ms())).one().i64(0); },
+        [](const Error&) {});
+  }
+
   // Writes decision for gid unless one is there, and returns the one that stands: whichever of a
-  // coordinator's 'commit' and recovery's 'abort' committed first. Both statements are idempotent,
-  // so a lost reply is simply retried.
-  std::string decide(const std::string& gid, const std::string& decision, const std::string& who) {
+  // coordinator's 'commit' and recovery's 'abort' committed first. A 'commit' is written only while
+  // the log database's clock is before deadline_ms (the coordinator's first PREPARE plus the grace,
+  // on that clock): later it is written as 'abort', so a decision delayed in the coordinator, its
+  // retries or the network can never be recorded after recovery may have aborted the gid and
+  // prune removed that abort. One statement (insert and read-back), idempotent, so a lost reply is
+  // simply retried.
+  Decision decide(const std::string& gid, const std::string& decision, const std::string& who,
+                  std::int64_t deadline_ms) {
+    const std::string sql = fmt::format(
+        "WITH ins AS (INSERT INTO {t} (gid, decision, participants, decided_at) "
+        "SELECT $1, CASE WHEN {now_ms} < CAST($4 AS bigint) THEN CAST($2 AS text) ELSE 'abort' END, $3, "
+        "clock_timestamp() ON CONFLICT (gid) DO NOTHING RETURNING decision, participants) "
+        "SELECT decision, participants FROM ins UNION ALL SELECT decision, participants FROM {t} WHERE gid = $1",
+        fmt::arg("t", decisions), fmt::arg("now_ms", log.backend().dialect().now_ms()));
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
-          log.exec(fmt::format("INSERT INTO {} (gid, decision, participants, decided_at) VALUES ($1, $2, $3, "
-                               "clock_timestamp()) ON CONFLICT (gid) DO NOTHING",
-                               decisions),
-                   {gid, decision, who});
-          const Result r = log.exec(fmt::format("SELECT decision FROM {} WHERE gid = $1", decisions), {gid});
+          // Empty when a concurrent insert committed during the statement (its snapshot predates it).
+          const Result r = log.exec(sql, {gid, decision, who, deadline_ms});
           if (r.empty()) throw Error(ErrorKind::transient, fmt::format("the decision row of {} was not found", gid));
-          return r.rows[0].text(0);
+          return Decision{r.rows[0].text(0), split_names(r.rows[0].text(1))};
         },
         [](const Error&) {});
   }
 
-  std::optional<std::string> decision_of(const std::string& gid) {
+  std::optional<Decision> decision_of(const std::string& gid) {
     const Result r = detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] { return log.exec(fmt::format("SELECT decision FROM {} WHERE gid = $1", decisions), {gid}); },
+        [&] { return log.exec(fmt::format("SELECT decision, participants FROM {} WHERE gid = $1", decisions), {gid}); },
         [](const Error&) {});
     if (r.empty()) return std::nullopt;
-    return r.rows[0].text(0);
+    return Decision{r.rows[0].text(0), split_names(r.rows[0].text(1))};
   }
 
   // COMMIT or ROLLBACK PREPARED of one leg; false when it was not (or no longer) prepared.
@@ -125,6 +173,74 @@ struct TwoPhase::Impl {
     log.exec(fmt::format("UPDATE {} SET finished_at = clock_timestamp() WHERE gid = $1 AND finished_at IS NULL",
                          decisions),
              {gid});
+  }
+
+  // A key seen before in the source: the original outcome, after comparing every field of the
+  // request with the record. The source's withdrawal leg gives the source account, the amount and
+  // the destination (global_peer); for an ok outcome the deposit leg, found by the global
+  // transaction id in the destination, must be there with the same account and amount. A key
+  // recorded by anything else (no global_txid, another kind, no such deposit) is a mismatch.
+  std::optional<TwoPhaseTransferResult> replay(const LegsRequest& q) {
+    Database& source = db(q.from_db);
+    Database& target = db(q.to_db);
+    const Result found = source.exec(
+        fmt::format("SELECT id, kind, from_account, amount, outcome, global_txid, global_peer FROM {} WHERE "
+                    "idempotency_key = $1",
+                    source.backend().table("transfers")),
+        {std::string(q.key)});
+    if (found.empty()) return std::nullopt;
+    const Row& row = found.rows[0];
+    auto differs = [&](std::string_view field, const std::string& recorded, const std::string& asked) {
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("idempotency key '{}' was used for another request: {} differs (recorded {}, asked {})",
+                              q.key, field, recorded, asked));
+    };
+    const std::optional<std::string> gid = row.opt_text(5);
+    if (row.text(1) != "withdrawal" || !gid)
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("idempotency key '{}' was used in participant '{}' by a {} that is not a two-phase "
+                              "transfer (transfer {})",
+                              q.key, q.from_db, row.text(1), row.i64(0)));
+    const std::optional<std::string> from = row.opt_text(2);
+    if (from != q.from_account) differs("source account", from.value_or("outside"), std::string(q.from_account));
+    if (row.i64(3) != q.amount) differs("amount", std::to_string(row.i64(3)), std::to_string(q.amount));
+    // Legs written before schema step 007 have no peer; an ok one is still checked by its deposit.
+    if (const auto recorded = row.opt_text(6); recorded && *recorded != q.destination())
+      differs("destination", *recorded, q.destination());
+    TwoPhaseTransferResult r;
+    r.gid = *gid;
+    r.withdrawal_id = row.i64(0);
+    r.replayed = true;
+    r.status = row.text(4) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+    if (!r.ok()) return r;
+
+    // The deposit leg, with the key (or none, when pruned since). Committed with the withdrawal, or
+    // still prepared when its coordinator stopped in phase two: the decision commits it now, as
+    // recover() would. Archived since: in the archive.
+    auto deposit_in = [&](const char* table) {
+      return target.exec(fmt::format("SELECT id, to_account, amount FROM {} WHERE global_txid = $1 AND kind = "
+                                     "'deposit' AND (idempotency_key = $2 OR idempotency_key IS NULL) "
+                                     "ORDER BY id LIMIT 1",
+                                     target.backend().table(table)),
+                         {*gid, std::string(q.key)});
+    };
+    Result leg = deposit_in("transfers");
+    if (leg.empty()) {
+      const auto decision = decision_of(*gid);
+      if (decision && decision->decision == "commit" && finish(target, *gid + ":" + std::string(q.to_db), true))
+        leg = deposit_in("transfers");
+    }
+    if (leg.empty()) leg = deposit_in("transfers_archive");
+    if (leg.empty())
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("idempotency key '{}' was used for another request: its transaction {} has no deposit "
+                              "in participant '{}'",
+                              q.key, *gid, q.to_db));
+    if (leg.rows[0].text(1) != q.to_account)
+      differs("destination account", leg.rows[0].text(1), std::string(q.to_account));
+    if (leg.rows[0].i64(2) != q.amount) differs("amount", std::to_string(leg.rows[0].i64(2)), std::to_string(q.amount));
+    r.deposit_id = leg.rows[0].i64(0);
+    return r;
   }
 
   // Best effort, before any decision: what is not rolled back here, recovery presumes aborted.
@@ -159,8 +275,15 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
       throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' is named twice", name));
     if (d == nullptr) throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' has no Database", name));
     detail::require_prepared_transactions(d->backend().dialect(), fmt::format("TwoPhase (participant '{}')", name));
-    impl.ledgers.emplace(name, std::make_unique<Ledger>(*d));
+    const auto configured = impl.options.ledgers.find(name);
+    impl.ledgers.emplace(name, std::make_unique<Ledger>(*d, configured == impl.options.ledgers.end()
+                                                                ? LedgerOptions{}
+                                                                : configured->second));
   }
+  for (const auto& [name, o] : impl.options.ledgers)
+    if (!seen.count(name))
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("TwoPhaseOptions::ledgers names '{}', which is not a participant", name));
   impl.prefix = fmt::format("rowguard:{}:", impl.options.log_name);
   impl.decisions = log.backend().table("global_transactions");
 }
@@ -184,7 +307,10 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   work(global);  // an exception here rolls every transaction back (their destructors)
 
   // Phase one. A failure rolls back what was prepared, and the one whose PREPARE may have gone through.
+  // Its start on the log database's clock bounds the commit decision (see decide()): recovery
+  // measures the grace from each PREPARE, which comes later.
   const auto started = std::chrono::steady_clock::now();
+  const std::int64_t commit_deadline_ms = impl.log_clock_ms() + impl.options.recovery_grace.count();
   std::vector<std::string> prepared;
   for (auto& [name, tx] : global.transactions_) {
     try {
@@ -207,8 +333,9 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
 
   // The decision: durable in the log before any COMMIT PREPARED.
   std::string decision;
+  impl.step(TwoPhaseStep::deciding, gid);
   try {
-    decision = impl.decide(gid, "commit", impl.names());
+    decision = impl.decide(gid, "commit", impl.names(), commit_deadline_ms).decision;
   } catch (const Error& e) {
     counted.outcome = &detail::instruments::two_phase().in_doubt;
     if (detail::log_enabled(LogLevel::error))
@@ -223,9 +350,10 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   if (decision != "commit") {
     impl.roll_back(gid, prepared);
     throw Error(ErrorKind::conflict,
-                fmt::format("{}: recovery aborted this transaction before the coordinator decided (it took longer "
-                            "than recovery_grace): rolled back",
-                            gid));
+                fmt::format("{}: the decision is abort: recovery aborted the transaction first, or the coordinator "
+                            "decided more than recovery_grace ({} ms) after its first PREPARE (on the log database's "
+                            "clock): rolled back",
+                            gid, impl.options.recovery_grace.count()));
   }
   impl.step(TwoPhaseStep::decided, gid);
 
@@ -271,34 +399,15 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   check_text(key, "idempotency key", max_key_bytes);
   Ledger& withdrawals = *impl.ledgers.find(from_db)->second;
   Ledger& deposits = *impl.ledgers.find(to_db)->second;
-  const std::string dst_transfers = target.backend().table("transfers");
-  // A leg of a two-phase transfer, whichever global transaction id it was recorded with.
-  const Request withdrawal{"withdrawal", std::string(from_account), std::nullopt, amount, std::string(key), 0,
-                           std::string("any")};
-
-  // A key seen before: the original outcome (both legs committed together, so the source's record
-  // tells it), and the deposit leg found by the global transaction id.
-  auto replay = [&]() -> std::optional<TwoPhaseTransferResult> {
-    const Result found = source.exec(key_record_sql(source.backend()), {std::string(key)});
-    if (found.empty()) return std::nullopt;
-    const TransferResult original = replay_of(found.rows[0], withdrawal);
-    TwoPhaseTransferResult r;
-    r.status = original.status;
-    r.withdrawal_id = original.transfer_id;
-    r.replayed = true;
-    if (const auto gid = found.rows[0].opt_text(6)) {
-      r.gid = *gid;
-      const Result leg = target.exec(
-          fmt::format("SELECT id FROM {} WHERE global_txid = $1 AND kind = 'deposit'", dst_transfers), {*gid});
-      if (!leg.empty()) r.deposit_id = leg.rows[0].i64(0);
-    }
-    return r;
-  };
+  const LegsRequest request{from_db, from_account, to_db, to_account, amount, key};
+  const std::string peer = request.destination();
+  const std::string set_peer_sql =
+      fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1", source.backend().table("transfers"));
 
   return detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
       [&]() -> TwoPhaseTransferResult {
-        if (auto earlier = replay()) return *earlier;
+        if (auto earlier = impl.replay(request)) return *earlier;
         TwoPhaseTransferResult r;
         try {
           const TwoPhaseResult done = run([&](GlobalTransaction& g) {
@@ -327,8 +436,18 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
               throw Error(ErrorKind::currency_mismatch,
                           fmt::format("account '{}' is in {} and '{}' in {}", from_account, from_currency, to_account,
                                       to_currency));
-            const TransferResult w = withdrawals.withdraw(out, from_account, amount, key, g.gid());
+            // The key was recorded meanwhile (a concurrent request with it committed first): whatever
+            // recorded it, the replay after the rollback compares it field by field.
+            TransferResult w;
+            try {
+              w = withdrawals.withdraw(out, from_account, amount, key, g.gid());
+            } catch (const Error& e) {
+              if (e.kind() == ErrorKind::idempotency_mismatch) throw KeySeenMeanwhile{};
+              throw;
+            }
             if (w.replayed) throw KeySeenMeanwhile{};
+            // Where the money goes, on the source's record: a rejection leaves no deposit leg to tell it.
+            out.exec(set_peer_sql, {w.transfer_id, peer});
             r.status = w.status;
             r.withdrawal_id = w.transfer_id;
             if (!w.ok()) return;  // the rejection is recorded under the key in the source only
@@ -358,28 +477,15 @@ RecoveryReport TwoPhase::recover() {
   RecoveryReport report;
   // Unfinished decisions are read before the participants are listed: a 'commit' row is written
   // only after every leg is prepared, so each of its legs is then either listed or already done.
-  struct Open {
-    std::string decision;
-    std::vector<std::string> participants;
-  };
-  std::map<std::string, Open> open;
+  std::map<std::string, Decision> open;
   for (const auto& row :
        impl.log
            .exec(fmt::format("SELECT gid, decision, participants FROM {} WHERE finished_at IS NULL AND "
                              "left(gid, length($1)) = $1",
                              impl.decisions),
                  {impl.prefix})
-           .rows) {
-    Open o{row.text(1), {}};
-    const std::string list = row.text(2);
-    std::size_t start = 0;
-    while (start <= list.size()) {
-      const std::size_t comma = std::min(list.find(',', start), list.size());
-      if (comma > start) o.participants.push_back(list.substr(start, comma - start));
-      start = comma + 1;
-    }
-    open.emplace(row.text(0), std::move(o));
-  }
+           .rows)
+    open.emplace(row.text(0), Decision{row.text(1), split_names(row.text(2))});
 
   // Every prepared leg of this log name, per global gid.
   struct Leg {
@@ -411,17 +517,20 @@ RecoveryReport TwoPhase::recover() {
   for (const auto& [gid, its] : legs) {
     std::optional<std::string> decision;
     try {
-      decision = impl.decision_of(gid);
+      if (auto found = impl.decision_of(gid)) decision = found->decision;
       if (!decision) {
         std::int64_t oldest = 0;
         for (const auto& leg : its) oldest = std::max(oldest, leg.age_ms);
         if (oldest >= impl.options.recovery_grace.count()) {
           // Presumed abort, logged first: a coordinator still running then reads 'abort' and rolls
-          // back instead of committing. If it wrote 'commit' first, that decision stands.
-          std::string who;
-          for (const auto& leg : its) who += (who.empty() ? "" : ",") + leg.participant;
-          decision = impl.decide(gid, "abort", who);
-          if (!open.count(gid)) open.emplace(gid, Open{*decision, {}});
+          // back instead of committing. If it wrote 'commit' first, that decision stands. The abort
+          // names every participant this recovery knows: whether one of them still holds a leg of
+          // the gid is known only once each was reached.
+          const Decision d = impl.decide(gid, "abort", impl.names(), no_deadline);
+          decision = d.decision;
+          // A 'commit' that won the race was written after the participants were listed, so a leg
+          // prepared since may be missing from them: only a later recovery may finish that row.
+          if (d.decision == "abort" && !open.count(gid)) open.emplace(gid, d);
         }
       }
     } catch (const Error& e) {
@@ -446,7 +555,8 @@ RecoveryReport TwoPhase::recover() {
   }
 
   // A decision is finished once none of its participants holds a leg. Rows whose participants this
-  // recovery does not know (or could not reach) are left for one that does.
+  // recovery does not know (or could not reach) are left for one that does: a participant it could
+  // not reach may hold a leg, whose outcome is then unknown.
   for (auto& [gid, o] : open) {
     if (unsettled.count(gid)) continue;
     bool known = true;

@@ -54,7 +54,8 @@ std::string payload_of(const SagaArgs& a) {
 // Runs a step's command; a non-zero exit fails the step (or the compensation).
 void run_step_command(const std::string& command, const StepContext& c, const std::string& key) {
   const int code = run_shell(command, {"ROWGUARD_SAGA_ID=" + c.saga_id, "ROWGUARD_STEP=" + c.step,
-                                       "ROWGUARD_IDEMPOTENCY_KEY=" + key});
+                                       "ROWGUARD_IDEMPOTENCY_KEY=" + key,
+                                       "ROWGUARD_FENCING_TOKEN=" + std::to_string(c.token)});
   if (code != 0) throw std::runtime_error(fmt::format("command exited with {}", code));
 }
 
@@ -117,8 +118,9 @@ void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status) {
              "coordinator drives ID, 7 when ID exists with other steps");
   run->add_option("id", a.id, "Saga id (1 to 128 bytes)")->required();
   run->add_option("--step", a.steps,
-                  "NAME=CMD, in order; CMD runs under /bin/sh with ROWGUARD_SAGA_ID, ROWGUARD_STEP and "
-                  "ROWGUARD_IDEMPOTENCY_KEY set; a non-zero exit fails the step. It may run more than once.")
+                  "NAME=CMD, in order; CMD runs under /bin/sh with ROWGUARD_SAGA_ID, ROWGUARD_STEP, "
+                  "ROWGUARD_IDEMPOTENCY_KEY and ROWGUARD_FENCING_TOKEN (the coordinator's lease token, for a fence in "
+                  "front of what the command changes) set; a non-zero exit fails the step. It may run more than once.")
       ->required();
   run->add_option("--undo", a.undos, "NAME=CMD: the compensation of step NAME (key: <id>:<name>:undo)");
   run->add_option("--lease-ttl", a.lease_ttl, "The coordinator's lease, renewed while it runs (default 30s)");

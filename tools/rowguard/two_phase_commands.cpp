@@ -63,7 +63,8 @@ void add_two_phase_commands(CLI::App& app, Globals& globals) {
         ->required();
     cmd->add_option("--log-name", a.log_name, "The coordinator's log name, the gids' namespace (default: default)");
     cmd->add_option("--grace", a.grace,
-                    "How old an undecided prepared transaction must be before recovery aborts it (default: 60s)");
+                    "How old an undecided prepared transaction must be before recovery aborts it; a coordinator's "
+                    "commit decision later than this after its first PREPARE is recorded as abort (default: 60s)");
   };
 
   auto* transfer = group->add_subcommand(
