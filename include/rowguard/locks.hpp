@@ -18,6 +18,9 @@
 namespace rowguard {
 
 class Locks;
+namespace detail {
+struct LocksAccess;  // src/core/locks_impl.hpp: rowguard's own components and tests reach Locks::Impl
+}
 
 // What a lease knows about itself.
 //   held      acquired and, as far as this process knows, not yet expired
@@ -41,7 +44,8 @@ struct HeartbeatOptions {
 
 // A held lock. Thread-safety: a Lease may be used from several threads (its heartbeat thread
 // renews it); state()/valid()/token() are safe to call concurrently with renew() and release().
-// Move-only; destruction releases the lease (best effort) and never throws.
+// Move-only; destruction releases the lease (best effort) and never throws or hangs: it waits at
+// most for a renewal in flight and then its release, each bounded (see release()).
 //
 // Example:
 //   if (auto lease = locks.try_acquire("nightly-payout", 30s)) {
@@ -68,9 +72,14 @@ class Lease {
   std::chrono::milliseconds remaining() const noexcept;
 
   // Extends the lease to ttl from now on the database clock. Error(lock_lost) when it was taken
-  // over, expired or force-released; Error(in_doubt) -> state unknown when the reply was lost.
+  // over, expired or force-released; Error(in_doubt) -> state unknown when the reply was lost;
+  // Error(conflict), lease unchanged, after waiting LockOptions::row_lock_timeout (SQLite: the busy
+  // timeout) for a transaction that guarded the lease and is still open.
   void renew(std::chrono::milliseconds ttl);
-  // Releases the lease. Safe to repeat. Error(lock_lost) when it was no longer ours.
+  // Releases the lease. Safe to repeat. Error(lock_lost) when it was no longer ours. Release after
+  // the transactions that guarded it have ended: while one is open, the release waits for it at
+  // most LockOptions::row_lock_timeout (SQLite: the busy timeout), then throws Error(conflict)
+  // naming the open guarding transaction, and the lease stays held.
   void release();
 
   // Inside the caller's transaction on the same database: fails the transaction with
@@ -99,6 +108,10 @@ struct LockOptions {
   std::string owner_prefix;
   // Poll interval while waiting when no notification arrives (jittered). Default: 250ms.
   std::chrono::milliseconds poll_interval{250};
+  // Longest a renew or release waits for the lease's lock row while another transaction holds it
+  // (one that called Lease::guard and is still open), before Error(conflict). PostgreSQL; on SQLite
+  // the database's Options::busy_timeout bounds the same wait. Default: 5s. REQUIRES: >= 1ms.
+  std::chrono::milliseconds row_lock_timeout{5000};
 };
 
 // One row of `rowguard lock list`.
@@ -151,11 +164,13 @@ class Locks {
   struct Impl;
 
  private:
+  friend struct detail::LocksAccess;
   std::shared_ptr<Impl> impl_;  // shared with the leases it made
 };
 
 // At most `permits` concurrent holders of `name`; each permit has its own lease and token.
-// Thread-safety: as Locks.
+// Thread-safety: as Locks. acquire() polls every ~50 ms until a permit is free or the wait runs
+// out (Error(lock_busy)).
 class Semaphore {
  public:
   // Error(invalid_argument) when permits < 1 or > 10000, or the name is invalid.

@@ -44,6 +44,11 @@ class Dialect {
   // Appended to a SELECT that locks the rows it reads for update (" FOR NO KEY UPDATE" on
   // PostgreSQL; "" on SQLite). Empty means the engine has no row locks (and so no NOWAIT).
   virtual std::string for_update() const { return {}; }
+  // A condition for an UPDATE's WHERE that bounds how long the statement waits for a row lock
+  // held by another transaction to ms_param milliseconds, then fails it with 55P03 (conflict).
+  // PostgreSQL sets lock_timeout for the statement's own transaction only, so it also works behind
+  // a transaction pooler. "" where the engine bounds the wait itself (SQLite: the busy timeout).
+  virtual std::string lock_wait_limit(std::string_view /*ms_param*/) const { return {}; }
   // Whether INSERT/UPDATE/DELETE may stand in a WITH clause (PostgreSQL), so a multi-step write
   // can be one statement and one round trip.
   virtual bool has_writable_ctes() const noexcept { return false; }

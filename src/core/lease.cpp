@@ -46,13 +46,33 @@ Error lost_or_released(Locks::Impl& locks, const std::string& name, const std::s
                            reason ? fmt::format(" (force-released: {})", *reason) : std::string()));
 }
 void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+
+// A renew or release that gave up waiting for the lock row (55P03 after LockOptions::row_lock_timeout
+// on PostgreSQL, SQLITE_BUSY after the busy timeout on SQLite): nearly always a transaction that
+// guarded the lease and is still open. Waiting longer cannot help when that transaction belongs to
+// the caller's own thread, which is why the wait is bounded.
+Error row_lock_busy(const Error& e, std::string_view doing, const std::string& name, std::int64_t token) {
+  return Error(ErrorKind::conflict,
+               fmt::format("{} the lease on '{}' (token {}) gave up waiting for its lock row: a transaction that "
+                           "guarded this lease (Lease::guard) is still open, or another writer holds the row; commit "
+                           "or roll back the guarded transaction first (a release on the thread that holds it open "
+                           "can never succeed) [{}]",
+                           doing, name, token, e.what()),
+               e.sqlstate());
+}
 }  // namespace
 
 void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl) {
   const auto& m = instruments::locks();
   try {
-    const Result r = locks.run(locks.sql.renew, {name, owner, token, static_cast<std::int64_t>(ttl.count())});
+    Result r;
+    try {
+      r = locks.run(locks.sql.renew, locks.bounded({name, owner, token, static_cast<std::int64_t>(ttl.count())}));
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::conflict) throw row_lock_busy(e, "renewing", name, token);
+      throw;
+    }
     if (!r.rows.empty()) {
       m.renewed.add();
       return;
@@ -78,7 +98,13 @@ void release_lease(Locks::Impl& locks, const std::string& name, const std::strin
 
 namespace {
 void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
-  const Result r = locks.run(locks.sql.release, {name, owner, token});
+  Result r;
+  try {
+    r = locks.run(locks.sql.release, locks.bounded({name, owner, token}));
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::conflict) throw row_lock_busy(e, "releasing", name, token);
+    throw;
+  }
   if (!r.rows.empty()) {
     locks.wake(name);  // waiters in this process
     if (r.rows[0].i64(0) > 0 && !locks.sql.notify_release.empty()) {
@@ -296,12 +322,17 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
 
   // Both threads use only the State, which outlives them: the Lease joins them before letting go.
   s.heartbeat = std::jthread([&s, interval, lost](std::stop_token stop) {
+    // After a renewal that gave up waiting for a guarded transaction, the next one goes soon: the
+    // renewal used to wait for the guard's commit however long it took, and must not lose the lease
+    // now just because its wait is bounded.
+    auto pause = interval;
     for (;;) {
       {
         std::mutex m;
         std::unique_lock lock(m);
-        s.heartbeat_wakeup.wait_for(lock, stop, interval, [] { return false; });
+        s.heartbeat_wakeup.wait_for(lock, stop, pause, [] { return false; });
       }
+      pause = interval;
       if (stop.stop_requested() || lost->fired) return;
       std::chrono::milliseconds ttl;
       {
@@ -313,7 +344,8 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
       } catch (const Error& e) {
         if (e.kind() == ErrorKind::lock_lost && !stop.stop_requested()) lost->fire();
         if (e.kind() == ErrorKind::lock_lost) return;
-        // transient, conflict or in doubt: try again next tick; the watchdog ends it at the deadline.
+        if (e.kind() == ErrorKind::conflict) pause = std::min(interval, std::chrono::milliseconds(50));
+        // transient, conflict or in doubt: try again; the watchdog ends it at the deadline.
       }
     }
   });

@@ -39,16 +39,22 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
 
   const std::string mine = fmt::format("name = $1 AND owner = $2 AND token = $3 AND expires_at > {}", now);
-  renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {} RETURNING {}", t,
-                      d.timestamp_plus_ms(now, "$4"), mine, d.timestamp_to_ms("expires_at"));
+  // A guard holds the row until its transaction ends; renew and release wait for it, but boundedly.
+  const auto limit = [&d](std::string_view param) {
+    const std::string condition = d.lock_wait_limit(param);
+    return condition.empty() ? condition : " AND " + condition;
+  };
+  row_lock_timeout_param = !d.lock_wait_limit("$1").empty();
+  renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {}{} RETURNING {}", t,
+                      d.timestamp_plus_ms(now, "$4"), mine, limit("$5"), d.timestamp_to_ms("expires_at"));
 
   // The release is a plain update; when it reports waiters, the caller sends the NOTIFY as a
   // second statement. Folding pg_notify into the release as a CTE cost about 9% of an uncontended
   // acquire+release pair's server time (pgbench, 1 client), paid by every release to save one round
   // trip on contended ones only. A waiter that misses the wake-up (the releaser died in between)
   // still finds the lock free at its next poll.
-  release = fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING CAST(waiters AS bigint)",
-                        t, now, mine);
+  release = fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {}{} RETURNING CAST(waiters AS bigint)",
+                        t, now, mine, limit("$4"));
   if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
 
   state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",
@@ -62,7 +68,7 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
         "UPDATE {0} SET waiters = waiters + 1 FROM probe WHERE {0}.name = probe.name",
         t);
     remove_waiter = fmt::format(
-        "UPDATE {} SET waiters = CASE WHEN waiters > 0 THEN waiters - 1 ELSE 0 END WHERE name = $1", t);
+        "UPDATE {} SET waiters = CASE WHEN waiters > 0 THEN waiters - 1 ELSE 0 END WHERE name = $1{}", t, limit("$2"));
   }
 
   list = fmt::format(

@@ -11,9 +11,9 @@ namespace rowguard::detail {
 struct LockStatements {
   // $1 name, $2 owner, $3 ttl ms -> (token, expires_at ms, now ms); no row when held by another.
   std::string acquire;
-  // $1 name, $2 owner, $3 token, $4 ttl ms -> (expires_at ms); no row when lost.
+  // $1 name, $2 owner, $3 token, $4 ttl ms [, $5 row lock timeout ms] -> (expires_at ms); no row when lost.
   std::string renew;
-  // $1 name, $2 owner, $3 token -> (waiters); no row when lost or already released.
+  // $1 name, $2 owner, $3 token [, $4 row lock timeout ms] -> (waiters); no row when lost or already released.
   std::string release;
   // $1 name: wakes the waiters of other processes after a release that reported waiters (PostgreSQL only).
   std::string notify_release;
@@ -21,9 +21,14 @@ struct LockStatements {
   std::string state;
   // $1 name, $2 owner, $3 token -> one row while held (and locks it FOR SHARE on PostgreSQL).
   std::string guard;
-  // $1 name: register / unregister a waiter so a release sends NOTIFY (PostgreSQL only).
+  // $1 name [, $2 row lock timeout ms for remove_waiter]: register / unregister a waiter so a
+  // release sends NOTIFY (PostgreSQL only).
   std::string add_waiter;
   std::string remove_waiter;
+  // Whether renew, release and remove_waiter take the row lock timeout as their last parameter:
+  // a guarded transaction left open must not make them wait forever (SQLite's busy timeout
+  // bounds the same wait there, without a parameter).
+  bool row_lock_timeout_param = false;
   // -> (name, owner, token, held, acquired ms, expires in ms, renewals, waiters, reason)
   std::string list;
   // $1 name, $2 reason -> (token)

@@ -46,6 +46,8 @@ Locks::Impl::Impl(std::shared_ptr<detail::Backend> b, LockOptions o)
     throw Error(ErrorKind::invalid_argument, "LockOptions::max_ttl must be positive");
   if (options.poll_interval < std::chrono::milliseconds(1))
     throw Error(ErrorKind::invalid_argument, "LockOptions::poll_interval must be at least 1ms");
+  if (options.row_lock_timeout < std::chrono::milliseconds(1))
+    throw Error(ErrorKind::invalid_argument, "LockOptions::row_lock_timeout must be at least 1ms");
   validate_owner(owner_prefix);
 }
 
@@ -54,6 +56,11 @@ Locks::Impl::~Impl() = default;
 Result Locks::Impl::run(const std::string& statement, const std::vector<Value>& params) {
   auto session = backend->borrow();
   return (*session)->exec(statement, params);
+}
+
+std::vector<Value> Locks::Impl::bounded(std::vector<Value> params) const {
+  if (sql.row_lock_timeout_param) params.emplace_back(static_cast<std::int64_t>(options.row_lock_timeout.count()));
+  return params;
 }
 
 void Locks::Impl::validate_name(std::string_view name) const {
@@ -78,13 +85,21 @@ void Locks::Impl::validate_owner(std::string_view owner) const {
                 fmt::format("lock owner must be 1 to {} bytes of UTF-8 without NUL", max_owner_bytes));
 }
 
+// The names that waiters in this process wait on, each with a generation that a release, a
+// force-release or a NOTIFY bumps, waking that name's waiters in every Locks of the process. An
+// entry exists only while someone waits on its name (Locks::Impl::Watch counts them): a release,
+// wait or NOTIFY used to add an entry that nothing removed, so a service locking one name per
+// saga or cache key grew this map without bound.
+struct detail::WakeEntry {
+  std::uint64_t generation = 0;
+  std::size_t watchers = 0;
+};
+
 namespace {
-// Generations of lock names in this process: a release, a force-release or a NOTIFY bumps one and
-// wakes the waiters of that name in every Locks of the process.
 struct WakeHub {
   std::mutex mutex;
   std::condition_variable_any changed;
-  std::unordered_map<std::string, std::uint64_t> generations;
+  std::unordered_map<std::string, detail::WakeEntry> entries;  // node-based: entry addresses are stable
   std::uint64_t epoch = 0;  // bumped by wake_everyone(): every waiter re-checks
 };
 WakeHub& hub() {
@@ -96,7 +111,9 @@ void wake_key(const std::string& key) {
   auto& h = hub();
   {
     std::lock_guard lock(h.mutex);
-    ++h.generations[key];
+    const auto it = h.entries.find(key);
+    if (it == h.entries.end()) return;  // nobody in this process waits on it
+    ++it->second.generation;
   }
   h.changed.notify_all();
 }
@@ -111,21 +128,38 @@ void wake_everyone() {
 }
 }  // namespace
 
-std::uint64_t Locks::Impl::generation(const std::string& name) {
+std::size_t detail::wake_entries() {
   auto& h = hub();
   std::lock_guard lock(h.mutex);
-  return h.generations[wake_prefix + name] + h.epoch;
+  return h.entries.size();
 }
 
 void Locks::Impl::wake(const std::string& name) { wake_key(wake_prefix + name); }
 
-
-void Locks::Impl::wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
-                                  const std::stop_token& stop) {
+Locks::Impl::Watch::Watch(Impl& impl, const std::string& name) : key_(impl.wake_prefix + name) {
   auto& h = hub();
-  const std::string key = wake_prefix + name;
+  std::lock_guard lock(h.mutex);
+  entry_ = &h.entries[key_];
+  ++entry_->watchers;
+}
+
+Locks::Impl::Watch::~Watch() {
+  auto& h = hub();
+  std::lock_guard lock(h.mutex);
+  if (--entry_->watchers == 0) h.entries.erase(key_);
+}
+
+std::uint64_t Locks::Impl::Watch::generation() const {
+  auto& h = hub();
+  std::lock_guard lock(h.mutex);
+  return entry_->generation + h.epoch;
+}
+
+void Locks::Impl::Watch::wait_for_change(std::uint64_t seen, std::chrono::milliseconds timeout,
+                                         const std::stop_token& stop) const {
+  auto& h = hub();
   std::unique_lock lock(h.mutex);
-  h.changed.wait_for(lock, stop, timeout, [&] { return h.generations[key] + h.epoch != seen; });
+  h.changed.wait_for(lock, stop, timeout, [&] { return entry_->generation + h.epoch != seen; });
 }
 
 struct Locks::Impl::ListenerThread {
@@ -162,6 +196,7 @@ bool Locks::Impl::ensure_listener() {
     static std::mutex registry_mutex;
     static std::unordered_map<std::string, std::weak_ptr<ListenerThread>> registry;
     std::lock_guard registry_lock(registry_mutex);
+    std::erase_if(registry, [](const auto& entry) { return entry.second.expired(); });
     auto& slot = registry[wake_prefix];
     listener = slot.lock();
     if (!listener) {
@@ -244,7 +279,7 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     ~Unregister() {
       if (!registered) return;
       try {
-        impl.run(impl.sql.remove_waiter, {key});
+        impl.run(impl.sql.remove_waiter, impl.bounded({key}));
       } catch (...) {
         // A stale waiter count only costs an unneeded NOTIFY.
       }
@@ -272,8 +307,9 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
       if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
     }
   } waited;
+  const Impl::Watch watch(*impl_, key);  // before the first try, so no wake-up after it is missed
   for (;;) {
-    const std::uint64_t seen = impl_->generation(key);
+    const std::uint64_t seen = watch.generation();
     try {
       if (auto lease = try_acquire(name, ttl, owner)) return std::move(*lease);
     } catch (const Error& e) {
@@ -312,7 +348,7 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     }
     sleep = std::min(sleep, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
                                 std::chrono::milliseconds(1));
-    impl_->wait_for_change(key, seen, sleep, stop);
+    watch.wait_for_change(seen, sleep, stop);
   }
 }
 

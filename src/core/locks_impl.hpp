@@ -16,21 +16,43 @@
 
 namespace rowguard {
 
+namespace detail {
+struct WakeEntry;  // src/core/locks.cpp
+}
+
 struct Locks::Impl {
   Impl(std::shared_ptr<detail::Backend> backend, LockOptions options);
   ~Impl();
 
   Result run(const std::string& sql, const std::vector<Value>& params);
+  // params, plus the row lock timeout when the statement takes one (LockStatements::row_lock_timeout_param).
+  std::vector<Value> bounded(std::vector<Value> params) const;
   void validate_name(std::string_view name) const;
   void validate_ttl(std::chrono::milliseconds ttl) const;
   void validate_owner(std::string_view owner) const;
 
-  // In-process wake-ups: a release in this process, or a NOTIFY, bumps the name's generation.
-  std::uint64_t generation(const std::string& name);
+  // In-process wake-ups: a release or force-release in this process, or a NOTIFY, wakes the
+  // name's waiters in every Locks of the process. A name nobody here waits on has nobody to wake.
   void wake(const std::string& name);
-  // Waits until the generation of name moves past seen, or timeout. Returns early on stop.
-  void wait_for_change(const std::string& name, std::uint64_t seen, std::chrono::milliseconds timeout,
-                       const std::stop_token& stop);
+
+  // One waiter of one name. The process's map of names holds an entry only while a Watch of that
+  // name exists (reference-counted), so it stays as small as the number of names being waited on,
+  // however many distinct names the process locks over its life.
+  class Watch {
+   public:
+    Watch(Impl& impl, const std::string& name);
+    ~Watch();
+    Watch(const Watch&) = delete;
+    Watch& operator=(const Watch&) = delete;
+    // Moves on every wake-up of the name while this Watch lives.
+    std::uint64_t generation() const;
+    // Waits until the generation moves past seen, or timeout. Returns early on stop.
+    void wait_for_change(std::uint64_t seen, std::chrono::milliseconds timeout, const std::stop_token& stop) const;
+
+   private:
+    std::string key_;
+    detail::WakeEntry* entry_;  // owned by the process's map; lives while it has watchers
+  };
   // Starts the LISTEN thread once, when the backend has one. True while it is connected.
   bool ensure_listener();
 
@@ -50,5 +72,14 @@ struct Locks::Impl {
   std::mutex mutex;  // guards listener
   std::shared_ptr<ListenerThread> listener;
 };
+
+namespace detail {
+// The one door from rowguard's own code (and its tests) into a Locks.
+struct LocksAccess {
+  static Locks::Impl& impl(Locks& locks) noexcept { return *locks.impl_; }
+};
+// Entries in the process's map of waited-on lock names, across every Locks: for tests.
+std::size_t wake_entries();
+}  // namespace detail
 
 }  // namespace rowguard

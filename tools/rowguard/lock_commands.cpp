@@ -5,8 +5,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <pthread.h>
+#include <termios.h>
+
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <csignal>
+#include <cstdlib>
+#include <optional>
 #include <cstring>
 #include <iostream>
 #include <thread>
@@ -31,8 +38,30 @@ struct LockArgs {
   std::vector<std::string> command;
 };
 
-// Runs CMD while holding the lease; returns the exit code rowguard should exit with.
-int run_child(Lease& lease, const std::vector<std::string>& command) {
+// How long CMD gets to stop: SIGTERM goes to its process group when the lease's local deadline is
+// this close without a confirmed renewal (after two renewals in a row failed), or at once when the
+// lease is lost; SIGKILL follows this much later, and never after the local deadline, which is a
+// tenth of the ttl (at most 5 s) before the database can expire the lease.
+std::chrono::milliseconds stop_grace(std::chrono::milliseconds ttl) {
+  return std::max(ttl / 5, std::chrono::milliseconds(1));
+}
+
+// Hands the terminal to a process group, if we had it (SIGTTOU blocked: a background group that
+// calls tcsetpgrp gets it). Async-signal-safe, so the child may call it between fork and exec.
+void give_terminal(pid_t group) {
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTTOU);
+  ::pthread_sigmask(SIG_BLOCK, &block, &old);
+  ::tcsetpgrp(STDIN_FILENO, group);
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+// Runs CMD in a process group of its own while holding the lease; returns the exit code rowguard
+// should exit with. Every process CMD starts is in that group (unless it leaves it with setsid or
+// setpgid), so a signal to the group reaches them all, and none is left running when the lease ends.
+int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std::string>& command) {
+  using clock = std::chrono::steady_clock;
   std::atomic<bool> lost{false};
   HeartbeatOptions heartbeat;
   heartbeat.on_lost = [&lost] { lost = true; };
@@ -55,10 +84,19 @@ int run_child(Lease& lease, const std::vector<std::string>& command) {
   sigemptyset(&action.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &action, nullptr);
 
+  // Descendants of CMD whose parent dies are reparented to us instead of init: we reap them, so
+  // "the group is gone" (kill(-group, 0) fails with ESRCH) is never held up by a zombie.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // In its own group CMD would be a background job and stop at its first read from the terminal:
+  // when rowguard is in the foreground, CMD's group takes the terminal over (as a shell does).
+  const bool terminal = ::isatty(STDIN_FILENO) && ::tcgetpgrp(STDIN_FILENO) == ::getpgrp();
+
   const pid_t parent = ::getpid();
   const pid_t child = ::fork();
   if (child < 0) throw Error(ErrorKind::permanent, fmt::format("fork failed: {}", std::strerror(errno)));
   if (child == 0) {
+    ::setpgid(0, 0);
+    if (terminal) give_terminal(::getpid());
     // The lease dies with rowguard: so must the command it protects.
     ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (::getppid() != parent) ::_exit(126);
@@ -68,31 +106,68 @@ int run_child(Lease& lease, const std::vector<std::string>& command) {
     ::execvpe(argv[0], argv.data(), envp.data());
     ::_exit(errno == ENOENT ? 127 : 126);
   }
+  // Also here, so the group exists before we signal it whichever process runs first (after the
+  // child's exec this fails harmlessly with EACCES).
+  ::setpgid(child, child);
+  const pid_t group = child;
 
+  const auto grace = stop_grace(ttl);
   int status = 0;
-  bool lease_gone = false;
-  auto deadline_kill = std::chrono::steady_clock::time_point::max();
+  bool child_done = false;
+  bool lease_gone = false;  // lost, or not renewed in time: CMD is stopped and rowguard exits 8
+  std::optional<clock::time_point> term_sent;
+  auto kill_at = clock::time_point::max();
+  bool killed = false;
+  auto deadline = clock::now() + lease.remaining();  // the local deadline, as last seen while valid
   for (;;) {
-    const pid_t done = ::waitpid(child, &status, WNOHANG);
-    if (done == child) break;
+    for (int st = 0;;) {  // CMD itself, and any descendant orphaned to us
+      const pid_t done = ::waitpid(-1, &st, WNOHANG);
+      if (done <= 0) break;
+      if (done == child) {
+        status = st;
+        child_done = true;
+      }
+    }
+    const bool group_gone = ::kill(-group, 0) != 0 && errno == ESRCH;
+    if (child_done && group_gone) break;
+
     if (const int sig = pending_signal) {
       pending_signal = 0;
-      ::kill(child, sig);
+      ::kill(-group, sig);
     }
-    if (!lease_gone && (lost || !lease.valid())) {
-      // Lost, or the local deadline passed without a confirmed renewal: CMD must stop now.
+    const auto now = clock::now();
+    // remaining() is read after now: the estimate can only be early, never late.
+    if (lease.valid()) deadline = now + lease.remaining();
+    const bool due = lost || !lease.valid() || now >= deadline - grace;
+    if (due && !lease_gone) {
       lease_gone = true;
-      std::cerr << "rowguard: lease on '" << lease.name() << "' lost while the command ran; terminating it\n";
-      ::kill(child, SIGTERM);
-      deadline_kill = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      std::cerr << "rowguard: lease on '" << lease.name() << "' " << (lease.valid() ? "not renewed in time" : "lost")
+                << " while the command ran; terminating its process group\n";
     }
-    if (std::chrono::steady_clock::now() >= deadline_kill) {
-      ::kill(child, SIGKILL);
-      deadline_kill = std::chrono::steady_clock::time_point::max();
+    // The lease may end soon, or CMD ended and left processes behind in its group, which must not
+    // outlive the lease either.
+    if (!term_sent && (due || child_done)) {
+      ::kill(-group, SIGTERM);
+      term_sent = now;
+      kill_at = now + grace;
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (term_sent) kill_at = std::min(kill_at, deadline);  // SIGKILL no later than the local deadline
+    if (term_sent && now >= kill_at) {
+      ::kill(-group, SIGKILL);  // again each round: also whatever was being forked at the first one
+      killed = true;
+    }
+    auto wake = now + std::chrono::milliseconds(20);
+    if (!killed) wake = std::min(wake, term_sent ? kill_at : deadline - grace);
+    std::this_thread::sleep_until(wake);
   }
-  if (lease_gone) return exit_code(ErrorKind::lock_lost);
+  if (terminal) give_terminal(::getpgrp());
+  if (lease_gone) {
+    // Nothing is left to do but let the lease expire on the database clock, and the heartbeat may
+    // be stuck in a renewal on a network that stopped answering (until --network-timeout): exit
+    // now rather than wait for it in the Lease's destructor.
+    std::cout.flush();
+    std::_Exit(exit_code(ErrorKind::lock_lost));
+  }
   try {
     lease.release();
   } catch (const Error& e) {
@@ -149,17 +224,21 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   });
 
   auto* run = lock->add_subcommand(
-      "run", "Run CMD while holding the lease, like flock(1): exit with CMD's code, 3 when not acquired, "
-             "8 when the lease was lost while CMD ran (CMD is terminated)");
+      "run", "Run CMD in a process group of its own while holding the lease, like flock(1): exit with CMD's code, "
+             "3 when not acquired, 8 when the lease was lost or not renewed in time while CMD ran. Then CMD's group "
+             "gets SIGTERM and ttl/5 to stop (e.g. 6 s of a 30 s ttl), and SIGKILL at the latest a tenth of the ttl "
+             "(at most 5 s) before the lease can expire on the database clock. Processes CMD leaves behind in its "
+             "group are stopped the same way before the lease is released.");
   run->add_option("name", a.name, "Lock name")->required();
-  run->add_option("--ttl", a.ttl, "Lease length, renewed every ttl/3 while CMD runs (default 30s)");
+  run->add_option("--ttl", a.ttl, "Lease length, renewed every ttl/3 while CMD runs (default 30s); CMD gets ttl/5 to stop");
   run->add_option("--wait", a.wait, "How long to wait for the lock (default 0s)");
   run->add_option("command", a.command, "CMD [ARGS...] after --")->required();
   run->callback([&globals, &exit_status] {
     auto db = open_database(globals);
     Locks locks(db);
-    Lease lease = locks.acquire(a.name, parse_duration(a.ttl), parse_duration(a.wait));
-    exit_status = run_child(lease, a.command);
+    const auto ttl = parse_duration(a.ttl);
+    Lease lease = locks.acquire(a.name, ttl, parse_duration(a.wait));
+    exit_status = run_child(lease, ttl, a.command);
   });
 
   auto* list = lock->add_subcommand("list", "Who holds what: name, owner, token, expiry, renewals, waiters");

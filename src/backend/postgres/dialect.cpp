@@ -36,6 +36,10 @@ class PostgresDialect final : public Dialect {
   // takes: a hold on A -> B would then wait for a transfer holding B, which waits for A (deadlocks
   // measured in the holds concurrency test, each costing deadlock_timeout).
   std::string for_update() const override { return " FOR NO KEY UPDATE"; }
+  // An uncorrelated subquery runs once, before the scan that finds (and waits for) the row.
+  std::string lock_wait_limit(std::string_view ms_param) const override {
+    return fmt::format("(SELECT set_config('lock_timeout', CAST({} AS text), true)) IS NOT NULL", ms_param);
+  }
   bool has_writable_ctes() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
   bool has_prepared_transactions() const noexcept override { return true; }
