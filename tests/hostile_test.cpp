@@ -191,7 +191,7 @@ TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 
   CHECK(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "acquire", "l", "--ttl",
                  bad_utf8},
                 &out) == 2);
-  CHECK(nlohmann::json::parse(out).at("error") == "invalid_argument");
+  CHECK(nlohmann::json::parse(out).at("error").at("kind") == "invalid_argument");
   CHECK(snapshot(t.db()) == before);
   Cache(t.db()).put("binary", std::string("ok\xff", 3), 60s);
   CHECK(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "cache", "get", "binary"}, &out) == 0);

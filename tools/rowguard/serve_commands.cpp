@@ -64,7 +64,7 @@ void serve(const Globals& globals, const ServeArgs& args) {
   const std::string url = host.find(':') != std::string::npos ? fmt::format("http://[{}]:{}/", host, bound)
                                                          : fmt::format("http://{}:{}/", host, bound);
   emit(globals, {{"listening", url}}, fmt::format("serving {} (metrics at {}metrics, health at {}healthz)", url, url, url));
-  std::cout.flush();
+  flush_output();
 
   std::thread stopper([&] {
     int signal = 0;
