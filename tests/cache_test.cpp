@@ -63,8 +63,7 @@ TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[bac
   CHECK(cache.get("report:2024") == "the report");
 }
 
-TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -146,8 +145,7 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
@@ -557,8 +555,7 @@ TEST_CASE("cache: the ledger reads accounts through the cache: a committed trans
   CHECK(ledger.check().ok());
 }
 
-TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());  // no in-process tier: another process's change must be seen at once

@@ -15,14 +15,13 @@ using namespace rowguard;
 using rowguard::test::run_cli;
 using rowguard::test::TestDb;
 
-TEST_CASE("cli: migrate and version --check-db", "[backend]") {
+TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db]") {
   TestDb t;
   std::string out;
   const std::string prefix = t.db().table_prefix();
   REQUIRE(run_cli({"--db", t.url(), "--prefix", prefix, "--json", "migrate"}, &out) == 0);
   const auto json = nlohmann::json::parse(out);
   CHECK(json.at("schema_version") == Database::library_schema_version());
-  if (rowguard::test::is_memory()) return;  // the CLI's in-memory database vanished with it
   CHECK(json.at("applied") == Database::library_schema_version());
   CHECK(t.db().schema_version() == Database::library_schema_version());
   CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "version", "--check-db"}) == 0);
@@ -78,8 +77,7 @@ TEST_CASE("cli: the demo runs on an SQLite file and its invariants hold, also wh
   }
 }
 
-TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
@@ -117,8 +115,7 @@ TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
   CHECK_THAT(out, Catch::Contains("balance_mismatch"));
 }
 
-TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds][shared-db]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};

@@ -364,7 +364,7 @@ CliRun run_cli_process(std::vector<std::string> args, std::optional<std::chrono:
 }  // namespace
 
 TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with their keys apply each transfer once",
-          "[backend][cross-process]") {
+          "[backend][shared-db]") {
   Bank b;
   auto& l = b.ledger;
   constexpr int accounts = 3, workers = 3, per_worker = 12;

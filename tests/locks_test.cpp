@@ -169,8 +169,7 @@ TEST_CASE("locks: mutual exclusion across threads (no lost update, never two hol
   CHECK(max_holders == 1);
 }
 
-TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto file = rowguard::test::scratch_dir() / "counter";
@@ -344,9 +343,8 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
   CHECK(locks.try_acquire("zürich-€", 10s));
 }
 
-TEST_CASE("cli: lock acquire/renew/release exit codes", "[backend]") {
+TEST_CASE("cli: lock acquire/renew/release exit codes", "[backend][shared-db]") {
   TestDb t;
-  if (!rowguard::test::processes_share_database()) return;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -399,8 +397,7 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 }
 }  // namespace
 
-TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "crashy", "1s");
@@ -411,8 +408,7 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
   CHECK(lease.token() == 2);
 }
 
-TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "paused", "1s");
@@ -427,8 +423,7 @@ TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT
   lease.release();
 }
 
-TEST_CASE("locks: `lock run` forwards SIGTERM to the command and exits with its code", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: `lock run` forwards SIGTERM to the command and exits with its code", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t pid = rowguard::test::start_cli_holding(

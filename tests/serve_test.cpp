@@ -249,13 +249,10 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK_THAT(dom, Catch::Contains("1 rows: 1 live, 0 expired; 6 bytes"));
 }
 
-TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve]") {
+// Not on sqlite::memory: (tagged [shared-db]): the in-process server tests cover that backend.
+TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve][shared-db]") {
   TestDb t;
   t.db().migrate();
-  if (!rowguard::test::processes_share_database()) {
-    SUCCEED("an in-memory database is private to this process: the in-process server tests cover it");
-    return;
-  }
   int out[2];
   REQUIRE(::pipe(out) == 0);
   std::vector<std::string> args{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix(), "--json",
