@@ -157,6 +157,19 @@ int run_shell(const std::string& command, const std::vector<std::string>& extra)
   return child_exit_code(status);
 }
 
+StdoutToStderr::StdoutToStderr(bool on) {
+  if (!on) return;
+  std::cout.flush();
+  saved_ = ::dup(STDOUT_FILENO);
+  if (saved_ >= 0) ::dup2(STDERR_FILENO, STDOUT_FILENO);
+}
+
+StdoutToStderr::~StdoutToStderr() {
+  if (saved_ < 0) return;
+  ::dup2(saved_, STDOUT_FILENO);
+  ::close(saved_);
+}
+
 std::string exit_code_help() {
   return R"(Exit codes:
   0  ok                                   7  idempotency key reused with other parameters

@@ -79,6 +79,19 @@ int child_exit_code(int status);
 // returns its exit code, or 128+N when it died from signal N.
 int run_shell(const std::string& command, const std::vector<std::string>& extra);
 
+// While it lives (when on), file descriptor 1 is stderr, so that a child started meanwhile writes
+// its output there and stdout keeps only rowguard's JSON (as run_shell does for its child).
+class StdoutToStderr {
+ public:
+  explicit StdoutToStderr(bool on);
+  ~StdoutToStderr();
+  StdoutToStderr(const StdoutToStderr&) = delete;
+  StdoutToStderr& operator=(const StdoutToStderr&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
 // The exit-code table printed by --help.
 std::string exit_code_help();
 

@@ -160,11 +160,10 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
     Locks locks(db);
     Lease lease = locks.acquire(a.name, parse_duration(a.ttl), parse_duration(a.wait));
     const std::int64_t token = lease.token();
-    // With --json, CMD's output goes to stderr (as saga steps' does): stdout holds one object.
-    const int saved_stdout = globals.json ? ::dup(STDOUT_FILENO) : -1;
-    if (saved_stdout >= 0) ::dup2(STDERR_FILENO, STDOUT_FILENO);
-    exit_status = run_child(lease, a.command);
-    if (saved_stdout >= 0) ::dup2(saved_stdout, STDOUT_FILENO), ::close(saved_stdout);
+    {
+      const StdoutToStderr aside(globals.json);  // with --json, CMD's output must not mix with rowguard's object
+      exit_status = run_child(lease, a.command);
+    }
     if (globals.json) emit(globals, {{"name", a.name}, {"token", token}, {"exit_code", exit_status}}, {});
   });
 
