@@ -286,7 +286,7 @@ class JsonCase {
     const auto& want = json_cases().at(group_);
     CHECK(covered_ == std::set<std::string>(want.begin(), want.end()));
   }
-  JsonRun run(const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
+  JsonRun operator()(const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
     covered_.insert(command);
     if (std::find(args.begin(), args.end(), "--db") == args.end()) args.insert(args.begin(), {"--db", db_});
     return json_run(args, code, shape);
@@ -321,11 +321,8 @@ TEST_CASE("cli: under --json every command the tool lists has a case below", "[u
 }
 
 TEST_CASE("cli: under --json ledger commands print one JSON object per result, failures included", "[unit]") {
-  JsonCase c("ledger");
-  auto run = [&](const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
-    return c.run(command, std::move(args), code, shape);
-  };
-  const auto& dir = c.dir();
+  JsonCase run("ledger");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  const auto& dir = run.dir();
   // Usage errors, before any command runs.
   CHECK(kind(run("(none)", {}, 2)) == "usage");
   CHECK(kind(run("(unknown)", {"frobnicate"}, 2)) == "usage");
@@ -382,18 +379,14 @@ TEST_CASE("cli: under --json ledger commands print one JSON object per result, f
   // SQLite has no partitions: its failure is the case here (the [pg] partition tests cover success).
   run("ledger partitions", {"ledger", "partitions", "--ahead", "1"}, 2);
   run("ledger partitions", {"ledger", "partitions", "--ahead", "lots"}, 2);
-
 }
 
 TEST_CASE("cli: under --json hold, cache and lock commands print one JSON object per result, failures included",
           "[unit]") {
-  JsonCase c("holds, cache, locks");
-  auto run = [&](const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
-    return c.run(command, std::move(args), code, shape);
-  };
-  REQUIRE(run_cli({"--db", c.db(), "account", "open", "alice"}) == 0);
-  REQUIRE(run_cli({"--db", c.db(), "account", "open", "bob"}) == 0);
-  REQUIRE(run_cli({"--db", c.db(), "deposit", "alice", "1000"}) == 0);
+  JsonCase run("holds, cache, locks");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  REQUIRE(run_cli({"--db", run.db(), "account", "open", "alice"}) == 0);
+  REQUIRE(run_cli({"--db", run.db(), "account", "open", "bob"}) == 0);
+  REQUIRE(run_cli({"--db", run.db(), "deposit", "alice", "1000"}) == 0);
   const auto held = run("hold", {"hold", "alice", "bob", "100", "--key", "h1", "--timeout", "10m"}, 0);
   const std::string hold_id = arg(held, "hold_id");
   const auto short_hold = run("hold", {"hold", "alice", "bob", "99999", "--key", "h2", "--timeout", "10m"}, 4);
@@ -437,16 +430,12 @@ TEST_CASE("cli: under --json hold, cache and lock commands print one JSON object
   run("lock force-release", {"lock", "force-release", "nothing", "--reason", "test"}, 5);
   run("lock sweep", {"lock", "sweep"}, 0);
   run("lock sweep", {"lock", "sweep", "--older-than", "x"}, 2);
-
 }
 
 TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object per result, failures included",
           "[unit]") {
-  JsonCase c("sagas, 2pc, serve");
-  auto run = [&](const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
-    return c.run(command, std::move(args), code, shape);
-  };
-  const std::string& db = c.db();
+  JsonCase run("sagas, 2pc, serve");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  const std::string& db = run.db();
   REQUIRE(run_cli({"--db", db, "account", "open", "alice"}) == 0);
   REQUIRE(run_cli({"--db", db, "account", "open", "bob"}) == 0);
   CHECK(field(run("saga run", {"saga", "run", "s1", "--step", "a=echo step a"}, 0), "state") == "completed");
