@@ -32,11 +32,15 @@ std::string describe(std::exception_ptr e) {
   }
 }
 
+std::uint64_t fail_every = 0;  // inject_failures()
+
 // The loop every client runs once the barrier opens.
 Counts drive(const Op& op, std::chrono::steady_clock::time_point until, std::string* first_error) {
   Counts c;
   for (std::uint64_t i = 0; std::chrono::steady_clock::now() < until; ++i) {
     try {
+      if (fail_every > 0 && i % fail_every == fail_every - 1)
+        throw std::runtime_error("injected failure (--fail-every)");
       op(i);
       ++c.ops;
     } catch (...) {
@@ -102,8 +106,14 @@ bool read_all(int fd, void* data, std::size_t size) {
   return true;
 }
 
+// What a client process writes back: its counts and its first error (cut to fit).
+struct ProcessReport {
+  Counts counts;
+  char first_error[256] = {};
+};
+
 // Each client a forked process: it reports ready, waits for the start pipe to close, runs, and
-// writes its counts back.
+// writes its report back. A client that reports nothing, or exits other than 0, counts as an error.
 Measurement in_processes(int clients, double seconds, const ClientFactory& make) {
   int ready[2], start[2], results[2];
   if (::pipe(ready) != 0 || ::pipe(start) != 0 || ::pipe(results) != 0) throw std::runtime_error("pipe failed");
@@ -113,22 +123,27 @@ Measurement in_processes(int clients, double seconds, const ClientFactory& make)
     if (pid < 0) throw std::runtime_error("fork failed");
     if (pid == 0) {
       ::close(ready[0]), ::close(start[1]), ::close(results[0]);
-      Counts n{0, 0};
+      ProcessReport report;
+      std::string error;
       Op op;
       try {
         op = make(c);
       } catch (...) {
-        n.errors = 1;
+        report.counts.errors = 1;
+        error = describe(std::current_exception());
       }
       char byte = op ? 'r' : 'x';
       (void)!::write(ready[1], &byte, 1);
       char sink;
       (void)!::read(start[0], &sink, 1);  // EOF when the parent opens the barrier
       if (op)
-        n = drive(op, std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                               std::chrono::duration<double>(seconds)),
-                  nullptr);
-      (void)!::write(results[1], &n, sizeof n);
+        report.counts = drive(op,
+                              std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                     std::chrono::duration<double>(seconds)),
+                              &error);
+      error.copy(report.first_error, sizeof report.first_error - 1);
+      // One write of a few hundred bytes to a pipe is atomic: reports never interleave.
+      (void)!::write(results[1], &report, sizeof report);
       ::_exit(0);
     }
     children.push_back(pid);
@@ -143,16 +158,30 @@ Measurement in_processes(int clients, double seconds, const ClientFactory& make)
   ::close(start[1]);
   Measurement out;
   for (int c = 0; c < clients; ++c) {
-    Counts n;
-    if (read_all(results[0], &n, sizeof n)) out.ops += n.ops, out.errors += n.errors;
+    ProcessReport report;
+    if (!read_all(results[0], &report, sizeof report)) {
+      ++out.errors;  // a client died before reporting
+      if (out.first_error.empty()) out.first_error = "a client process died before reporting its counts";
+      continue;
+    }
+    out.ops += report.counts.ops, out.errors += report.counts.errors;
+    if (out.first_error.empty() && report.first_error[0]) out.first_error = report.first_error;
   }
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  for (const pid_t pid : children) ::waitpid(pid, nullptr, 0);
+  for (const pid_t pid : children) {
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      ++out.errors;
+      if (out.first_error.empty()) out.first_error = "a client process did not exit cleanly";
+    }
+  }
   ::close(ready[0]), ::close(results[0]);
   if (!all_ready) throw std::runtime_error("a client process could not start");
   return out;
 }
 }  // namespace
+
+void inject_failures(std::uint64_t every) { fail_every = every; }
 
 Measurement run_clients(int clients, double seconds, Mode mode, const ClientFactory& make) {
   return mode == Mode::threads ? in_threads(clients, seconds, make) : in_processes(clients, seconds, make);

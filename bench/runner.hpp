@@ -26,6 +26,10 @@ using ClientFactory = std::function<Op(int client)>;
 
 Measurement run_clients(int clients, double seconds, Mode mode, const ClientFactory& make);
 
+// For the self-test of --sane (rowguard-bench --fail-every N): from now on every Nth operation of
+// every client throws instead of running, in threads and in forked processes alike. 0: never.
+void inject_failures(std::uint64_t every);
+
 // The median of values (0 for none).
 double median(std::vector<double> values);
 // The p-th percentile (0..100) of values, nearest rank.

@@ -229,8 +229,7 @@ TEST_CASE("archive: archiving every transfer keeps ids unique and later transfer
 }
 
 TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses partitions on SQLite",
-          "[backend][archive][cli]") {
-  if (!rowguard::test::processes_share_database()) return;
+          "[backend][archive][cli][shared-db]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");

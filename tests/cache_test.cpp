@@ -115,8 +115,7 @@ TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[bac
   CHECK(cache.get("report:2024") == "the report");
 }
 
-TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -198,8 +197,7 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
@@ -613,8 +611,7 @@ TEST_CASE("cache: the ledger reads accounts through the cache: a committed trans
   CHECK(ledger.check().ok());
 }
 
-TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());  // no in-process tier: another process's change must be seen at once
@@ -790,7 +787,7 @@ TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load,
   auto elsewhere = std::async(std::launch::async, [&] { return other.get_or_load("slow", 60s, other_gate.loader()); });
   std::future<std::pair<int, std::string>> cli;
   const std::string ran = (rowguard::test::scratch_dir() / "ran").string();
-  if (rowguard::test::processes_share_database())
+  if (!rowguard::test::is_memory())  // no other process can open an in-memory database
     cli = std::async(std::launch::async, [&] {
       std::string out;
       const int rc = rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch",
@@ -856,8 +853,7 @@ TEST_CASE("cache: a cached balance is not stale after a transfer and a sweep tha
 }
 
 TEST_CASE("cache: a cache fetch overtaken by other processes' invalidation and sweep stores nothing",
-          "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+          "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

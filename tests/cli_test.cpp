@@ -3,20 +3,27 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
 #include "support.hpp"
 
 using namespace rowguard;
 using rowguard::test::run_cli;
 using rowguard::test::TestDb;
 
-TEST_CASE("cli: migrate and version --check-db", "[backend]") {
+TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db]") {
   TestDb t;
   std::string out;
   const std::string prefix = t.db().table_prefix();
   REQUIRE(run_cli({"--db", t.url(), "--prefix", prefix, "--json", "migrate"}, &out) == 0);
   const auto json = nlohmann::json::parse(out);
   CHECK(json.at("schema_version") == Database::library_schema_version());
-  if (rowguard::test::is_memory()) return;  // the CLI's in-memory database vanished with it
   CHECK(json.at("applied") == Database::library_schema_version());
   CHECK(t.db().schema_version() == Database::library_schema_version());
   CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "version", "--check-db"}) == 0);
@@ -39,7 +46,7 @@ TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit]") {
   CHECK(run_cli({"--db", "sqlite::memory:", "--network-timeout", "0s", "migrate"}) == 0);
   CHECK(run_cli({"--db", "postgresql://u:pw@127.0.0.1:1/db", "--connect-timeout", "2s", "--json", "migrate"}, &out) ==
         10);
-  CHECK(nlohmann::json::parse(out).at("error") == "transient");
+  CHECK(nlohmann::json::parse(out).at("error").at("kind") == "transient");
   CHECK(out.find("pw@") == std::string::npos);
 }
 
@@ -72,8 +79,7 @@ TEST_CASE("cli: the demo runs on an SQLite file and its invariants hold, also wh
   }
 }
 
-TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
@@ -111,8 +117,7 @@ TEST_CASE("cli: ledger commands and their exit codes", "[backend]") {
   CHECK_THAT(out, Catch::Contains("balance_mismatch"));
 }
 
-TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds][shared-db]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};
@@ -158,4 +163,348 @@ TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds]
   CHECK(nlohmann::json::parse(out).at("ok") == true);
   REQUIRE(cli({"account", "show", "shop"}, &out) == 0);
   CHECK(nlohmann::json::parse(out).at("balance") == 500);
+}
+
+namespace {
+
+// The leaf commands `rowguard --help` lists, as "lock acquire", "ledger check", ... (groups are
+// expanded through their own --help).
+std::vector<std::string> leaf_commands(const std::string& group = {}) {
+  std::vector<std::string> args;
+  if (!group.empty()) {
+    std::istringstream words(group);
+    for (std::string w; words >> w;) args.push_back(w);
+  }
+  args.push_back("--help");
+  std::string help;
+  REQUIRE(run_cli(args, &help) == 0);
+  std::vector<std::string> leaves;
+  const auto at = help.find("\nSubcommands:\n");
+  if (at == std::string::npos) return {group};
+  std::istringstream lines(help.substr(at + 14));
+  for (std::string line; std::getline(lines, line) && !line.empty();) {
+    std::istringstream words(line);
+    std::string name;
+    words >> name;
+    const auto below = leaf_commands(group.empty() ? name : group + " " + name);
+    leaves.insert(leaves.end(), below.begin(), below.end());
+  }
+  return leaves;
+}
+
+// What one CLI run printed on stdout under --json, each line parsed.
+struct JsonRun {
+  int code = 0;
+  std::vector<nlohmann::json> objects;
+};
+
+// one: the whole stdout is one object; items: one object per line; outcome: one object that
+// carries the command's outcome, also when it exits non-zero (saga run), without an "error".
+enum class Shape { one, items, outcome };
+
+// Runs `rowguard --json ARGS`, expects exit `code`, and checks stdout: JSON objects only, in shape,
+// and a failure's object carries {"error": {"kind", "message", "exit_code"}} with the exit code.
+JsonRun json_run(std::vector<std::string> args, int code, Shape shape = Shape::one) {
+  args.insert(args.begin(), "--json");
+  std::string out;
+  JsonRun r;
+  r.code = run_cli(args, &out);
+  std::string shown;
+  for (const auto& a : args) shown += " " + a;
+  INFO("rowguard" << shown << "\nexit " << r.code << ", stdout:\n" << out);
+  CHECK(r.code == code);
+  CHECK(!out.empty());
+  if (out.empty()) return r;
+  CHECK(out.back() == '\n');
+  // The whole output parses as one object (or each line as one): nothing before or after it.
+  auto parse = [&](const std::string& text) {
+    try {
+      const auto j = nlohmann::json::parse(text);
+      CHECK(j.is_object());
+      r.objects.push_back(j);
+    } catch (const nlohmann::json::exception& e) {
+      FAIL_CHECK("not one JSON object: " << e.what());
+    }
+  };
+  if (shape == Shape::items) {
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) parse(line);
+  } else {
+    parse(out);
+  }
+  if (r.code != 0 && code != 0 && shape != Shape::outcome && !r.objects.empty()) {
+    const auto& last = r.objects.back();
+    const bool error_object = last.contains("error") && last.at("error").is_object();
+    CHECK(error_object);
+    if (error_object) {
+      CHECK(last.at("error").value("exit_code", -1) == r.code);
+      CHECK(last.at("error").value("kind", "").size() > 0);
+      CHECK(last.at("error").value("message", "").size() > 0);
+    }
+  }
+  return r;
+}
+
+// A field of the run's (last) object, null when there is none.
+nlohmann::json field(const JsonRun& r, const char* name) {
+  return r.objects.empty() ? nlohmann::json() : r.objects.back().value(name, nlohmann::json());
+}
+
+// The kind of the run's error, empty when it has none.
+std::string kind(const JsonRun& r) {
+  const auto error = field(r, "error");
+  return error.is_object() ? error.value("kind", "") : std::string();
+}
+
+// The cases below, one per group of commands (each test case a process of its own: split to stay
+// well inside the unit tests' timeout, also under TSan), and the leaf commands each one runs.
+const std::map<std::string, std::vector<std::string>>& json_cases() {
+  static const std::map<std::string, std::vector<std::string>> cases{
+      {"ledger",
+       {"(none)", "(unknown)", "migrate", "schema", "version", "demo", "account open", "account show", "account list",
+        "deposit", "withdraw", "transfer", "ledger check", "ledger sweep-holds", "ledger prune-keys", "ledger history",
+        "ledger show", "ledger transfers", "ledger balance-at", "ledger archive", "ledger partitions"}},
+      {"holds, cache, locks",
+       {"hold", "hold-show", "capture", "void", "cache put", "cache get", "cache invalidate", "cache fetch",
+        "cache stats", "cache sweep", "lock acquire", "lock renew", "lock list", "lock run", "lock release",
+        "lock force-release", "lock sweep"}},
+      {"sagas, 2pc, serve", {"saga run", "saga list", "saga show", "saga recover", "2pc transfer", "2pc recover",
+                             "2pc prune", "serve", "ledger check"}},
+  };
+  return cases;
+}
+
+// One group's runs: json_run on its own SQLite file (unless args name a database), checking at the
+// end that it ran exactly the commands json_cases() gives it.
+class JsonCase {
+ public:
+  explicit JsonCase(std::string group) : group_(std::move(group)), dir_(rowguard::test::scratch_dir()) {
+    db_ = "sqlite:" + (dir_ / "json.db").string();
+    REQUIRE(run_cli({"--db", db_, "migrate"}) == 0);
+  }
+  ~JsonCase() {
+    const auto& want = json_cases().at(group_);
+    CHECK(covered_ == std::set<std::string>(want.begin(), want.end()));
+  }
+  JsonRun operator()(const std::string& command, std::vector<std::string> args, int code, Shape shape = Shape::one) {
+    covered_.insert(command);
+    if (std::find(args.begin(), args.end(), "--db") == args.end()) args.insert(args.begin(), {"--db", db_});
+    return json_run(args, code, shape);
+  }
+  const std::string& db() const { return db_; }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::string group_;
+  std::filesystem::path dir_;
+  std::string db_;
+  std::set<std::string> covered_;
+};
+
+// A field as command-line text: a string as it is, a number in digits.
+std::string arg(const JsonRun& r, const char* name) {
+  const auto j = field(r, name);
+  return j.is_string() ? j.get<std::string>() : j.dump();
+}
+
+constexpr Shape items = Shape::items, outcome = Shape::outcome;
+
+}  // namespace
+
+TEST_CASE("cli: under --json every command the tool lists has a case below", "[unit]") {
+  std::set<std::string> cased;
+  for (const auto& [group, commands] : json_cases()) cased.insert(commands.begin(), commands.end());
+  for (const auto& command : leaf_commands()) {
+    INFO(command);
+    CHECK(cased.count(command) == 1);
+  }
+}
+
+TEST_CASE("cli: under --json ledger commands print one JSON object per result, failures included", "[unit]") {
+  JsonCase run("ledger");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  const auto& dir = run.dir();
+  // Usage errors, before any command runs.
+  CHECK(kind(run("(none)", {}, 2)) == "usage");
+  CHECK(kind(run("(unknown)", {"frobnicate"}, 2)) == "usage");
+
+  run("migrate", {"migrate"}, 0);
+  run("migrate", {"--db", "sqlite:" + (dir / "no" / "such" / "dir.db").string(), "migrate"}, 10);
+  run("schema", {"schema"}, 0);
+  CHECK(kind(run("schema", {"schema", "--dialect", "oracle"}, 2)) == "usage");
+  run("version", {"version", "--check-db"}, 0);
+  run("version", {"version", "--bogus"}, 2);
+  run("demo", {"--db", "sqlite:" + (dir / "demo.db").string(), "demo", "--seconds", "1", "--accounts", "4"}, 0);
+  run("demo", {"demo", "--seconds", "soon"}, 2);
+
+  run("account open", {"account", "open", "alice"}, 0);
+  run("account open", {"account", "open", "bob"}, 0);
+  CHECK(kind(run("account open", {"account", "open", "euro", "--currency", "euro"}, 2)) == "invalid_argument");
+  CHECK(kind(run("account open", {"account", "open"}, 2)) == "usage");  // a missing argument
+  run("account show", {"account", "show", "alice"}, 0);
+  CHECK(kind(run("account show", {"account", "show", "nobody"}, 5)) == "not_found");
+  CHECK(run("account list", {"account", "list"}, 0, items).objects.size() == 2);
+  run("account list", {"account", "list", "extra"}, 2);
+  run("deposit", {"deposit", "alice", "1000", "--key", "d1"}, 0);
+  run("deposit", {"deposit", "nobody", "1000"}, 5);
+  run("withdraw", {"withdraw", "alice", "100", "--key", "w1"}, 0);
+  // A rejection is one object: the result (its status and key) with the error joined to it.
+  const auto short_withdrawal = run("withdraw", {"withdraw", "alice", "99999", "--key", "w2"}, 4);
+  CHECK(field(short_withdrawal, "status") == "insufficient_funds");
+  CHECK(kind(short_withdrawal) == "insufficient_funds");
+  const auto paid = run("transfer", {"transfer", "alice", "bob", "250", "--key", "t1"}, 0);
+  CHECK(field(paid, "status") == "ok");
+  CHECK_FALSE(paid.objects.back().contains("error"));
+  const auto rejected = run("transfer", {"transfer", "alice", "bob", "99999", "--key", "t2"}, 4);
+  CHECK(field(rejected, "status") == "insufficient_funds");
+  CHECK(field(rejected, "key") == "t2");
+  CHECK(kind(rejected) == "insufficient_funds");
+  CHECK(kind(run("transfer", {"transfer", "alice", "bob", "0x10"}, 2)) == "usage");
+
+  run("ledger check", {"ledger", "check"}, 0);
+  run("ledger check", {"ledger", "check", "extra"}, 2);
+  run("ledger sweep-holds", {"ledger", "sweep-holds"}, 0);
+  run("ledger sweep-holds", {"ledger", "sweep-holds", "extra"}, 2);
+  run("ledger prune-keys", {"ledger", "prune-keys", "--older-than", "2160h"}, 0);
+  run("ledger prune-keys", {"ledger", "prune-keys", "--older-than", "soon"}, 2);
+  run("ledger history", {"ledger", "history", "alice"}, 0);
+  run("ledger history", {"ledger", "history", "alice", "--since", "yesterday"}, 2);
+  run("ledger show", {"ledger", "show", "--key", "t1"}, 0);
+  run("ledger show", {"ledger", "show", "--key", "no-such-key"}, 5);
+  run("ledger transfers", {"ledger", "transfers"}, 0);
+  run("ledger transfers", {"ledger", "transfers", "--limit", "many"}, 2);
+  run("ledger balance-at", {"ledger", "balance-at", "alice", "@0"}, 0);
+  run("ledger balance-at", {"ledger", "balance-at", "nobody", "@0"}, 5);
+  run("ledger archive", {"ledger", "archive", "--before", "2000-01-01", "--dry-run"}, 0);
+  run("ledger archive", {"ledger", "archive", "--before", "2000-02-30"}, 2);
+  // SQLite has no partitions: its failure is the case here (the [pg] partition tests cover success).
+  run("ledger partitions", {"ledger", "partitions", "--ahead", "1"}, 2);
+  run("ledger partitions", {"ledger", "partitions", "--ahead", "lots"}, 2);
+}
+
+TEST_CASE("cli: under --json hold, cache and lock commands print one JSON object per result, failures included",
+          "[unit]") {
+  JsonCase run("holds, cache, locks");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  REQUIRE(run_cli({"--db", run.db(), "account", "open", "alice"}) == 0);
+  REQUIRE(run_cli({"--db", run.db(), "account", "open", "bob"}) == 0);
+  REQUIRE(run_cli({"--db", run.db(), "deposit", "alice", "1000"}) == 0);
+  const auto held = run("hold", {"hold", "alice", "bob", "100", "--key", "h1", "--timeout", "10m"}, 0);
+  const std::string hold_id = arg(held, "hold_id");
+  const auto short_hold = run("hold", {"hold", "alice", "bob", "99999", "--key", "h2", "--timeout", "10m"}, 4);
+  CHECK(field(short_hold, "status") == "insufficient_funds");
+  run("hold-show", {"hold-show", hold_id}, 0);
+  run("hold-show", {"hold-show", "999999"}, 5);
+  run("capture", {"capture", hold_id, "60"}, 0);
+  run("capture", {"capture", "999999"}, 5);
+  run("void", {"void", hold_id}, 13);
+  const auto second = run("hold", {"hold", "alice", "bob", "10", "--key", "h3", "--timeout", "10m"}, 0);
+  run("void", {"void", arg(second, "hold_id")}, 0);
+
+  run("cache put", {"cache", "put", "k", "v"}, 0);
+  run("cache put", {"cache", "put", "k", "v", "--ttl", "forever"}, 2);
+  run("cache get", {"cache", "get", "k"}, 0);
+  run("cache get", {"cache", "get", "absent"}, 5);
+  run("cache invalidate", {"cache", "invalidate", "k"}, 0);
+  run("cache invalidate", {"cache", "invalidate"}, 2);
+  CHECK(field(run("cache fetch", {"cache", "fetch", "f", "--", "echo", "loaded"}, 0), "value") == "loaded\n");
+  // The loader's failure code passes through, as one object.
+  CHECK(kind(run("cache fetch", {"cache", "fetch", "g", "--", "sh", "-c", "echo partial; exit 3"}, 3)) ==
+        "command_failed");
+  run("cache stats", {"cache", "stats"}, 0);
+  run("cache stats", {"cache", "stats", "extra"}, 2);
+  run("cache sweep", {"cache", "sweep"}, 0);
+  run("cache sweep", {"cache", "sweep", "--batch", "x"}, 2);
+
+  const auto lease = run("lock acquire", {"lock", "acquire", "l", "--ttl", "1h"}, 0);
+  const std::string owner = arg(lease, "owner"), token = arg(lease, "token");
+  CHECK(kind(run("lock acquire", {"lock", "acquire", "l"}, 3)) == "lock_busy");
+  run("lock renew", {"lock", "renew", "l", "--owner", owner, "--token", token}, 0);
+  CHECK(kind(run("lock renew", {"lock", "renew", "l", "--owner", "other", "--token", token}, 8)) == "lock_lost");
+  run("lock list", {"lock", "list"}, 0, items);
+  run("lock list", {"lock", "list", "extra"}, 2);
+  // CMD's own output goes to stderr: stdout holds rowguard's object only.
+  CHECK(field(run("lock run", {"lock", "run", "m", "--", "echo", "from the command"}, 0), "exit_code") == 0);
+  CHECK(kind(run("lock run", {"lock", "run", "l", "--", "true"}, 3)) == "lock_busy");
+  run("lock release", {"lock", "release", "l", "--owner", "other", "--token", token}, 8);
+  run("lock release", {"lock", "release", "l", "--owner", owner, "--token", token}, 0);
+  run("lock force-release", {"lock", "force-release", "l", "--reason", "test"}, 0);
+  run("lock force-release", {"lock", "force-release", "nothing", "--reason", "test"}, 5);
+  run("lock sweep", {"lock", "sweep"}, 0);
+  run("lock sweep", {"lock", "sweep", "--older-than", "x"}, 2);
+}
+
+TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object per result, failures included",
+          "[unit]") {
+  JsonCase run("sagas, 2pc, serve");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  const std::string& db = run.db();
+  REQUIRE(run_cli({"--db", db, "account", "open", "alice"}) == 0);
+  REQUIRE(run_cli({"--db", db, "account", "open", "bob"}) == 0);
+  CHECK(field(run("saga run", {"saga", "run", "s1", "--step", "a=echo step a"}, 0), "state") == "completed");
+  // A compensated saga exits 1; its object carries the outcome.
+  CHECK(field(run("saga run", {"saga", "run", "s2", "--step", "a=exit 1"}, 1, outcome), "state") == "compensated");
+  run("saga run", {"saga", "run", "s3"}, 2);
+  run("saga list", {"saga", "list"}, 0, items);
+  run("saga list", {"saga", "list", "--limit", "x"}, 2);
+  run("saga show", {"saga", "show", "s1"}, 0);
+  run("saga show", {"saga", "show", "nobody"}, 5);
+  run("saga recover", {"saga", "recover"}, 0);
+  run("saga recover", {"saga", "recover", "extra"}, 2);
+
+  // SQLite has no prepared transactions: the 2pc failures here, their successes in the [pg] test below.
+  const std::string participant = "a=" + db;
+  CHECK(kind(run("2pc transfer", {"2pc", "transfer", "a:alice", "a:bob", "1", "--participant", participant}, 2)) ==
+        "invalid_argument");
+  run("2pc transfer", {"2pc", "transfer", "a:alice"}, 2);
+  run("2pc recover", {"2pc", "recover", "--participant", participant}, 2);
+  run("2pc recover", {"2pc", "recover"}, 2);
+  run("2pc prune", {"2pc", "prune", "--participant", participant}, 2);
+  run("2pc prune", {"2pc", "prune", "--participant", participant, "--older-than", "x"}, 2);
+
+  run("serve", {"serve", "--listen", "localhost"}, 2);  // serve's success is in the serve tests
+
+  // A ledger check that finds a violation: its report and the error are one object.
+  {
+    auto check_db = Database::open(db);
+    check_db.exec("UPDATE rowguard_accounts SET balance = balance + 1 WHERE id = 'bob'");
+  }
+  const auto broken = run("ledger check", {"ledger", "check"}, 1);
+  CHECK(field(broken, "ok") == false);
+  CHECK(kind(broken) == "permanent");
+}
+
+TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and recovery in doubt included", "[pg]") {
+  TestDb t;
+  t.db().migrate();
+  const std::string url_b = rowguard::test::own_database(t.url(), "rowguard_2pc_b");
+  auto b = Database::open(url_b, t.options());
+  b.migrate();
+  Ledger la(t.db()), lb(b);
+  la.open("alice", "EUR");
+  lb.open("bob", "EUR");
+  la.deposit("alice", 1'000, "seed");
+  const std::string log = "cli" + std::to_string(::getpid());
+  auto run = [&](std::vector<std::string> args, int code) {
+    args.insert(args.begin(), {"--db", t.url(), "--prefix", t.db().table_prefix()});
+    for (const std::string& p : {"a=" + t.url(), "b=" + url_b}) args.insert(args.end(), {"--participant", p});
+    args.insert(args.end(), {"--log-name", log});
+    return json_run(args, code);
+  };
+  CHECK(field(run({"2pc", "transfer", "a:alice", "b:bob", "250", "--key", "j1"}, 0), "status") == "ok");
+  const auto rejected = run({"2pc", "transfer", "a:alice", "b:bob", "5000", "--key", "j2"}, 4);
+  CHECK(field(rejected, "status") == "insufficient_funds");
+  CHECK(kind(rejected) == "insufficient_funds");
+  CHECK(kind(run({"2pc", "transfer", "alice", "b:bob", "5"}, 2)) == "invalid_argument");
+  // A coordinator that stops after its PREPAREs leaves both legs in doubt until the grace passes:
+  // recover's report and its error are one object.
+  TwoPhaseOptions o;
+  o.log_name = log;
+  o.on_step = [](TwoPhaseStep s, const std::string&) {
+    if (s == TwoPhaseStep::prepared) throw std::runtime_error("stopped");
+  };
+  CHECK_THROWS(TwoPhase(t.db(), {{"a", &t.db()}, {"b", &b}}, o).transfer("a", "alice", "b", "bob", 100, "j3"));
+  const auto doubt = run({"2pc", "recover"}, 9);
+  CHECK(field(doubt, "in_doubt") == 2);
+  CHECK(kind(doubt) == "in_doubt");
+  CHECK(field(run({"2pc", "recover", "--grace", "0s"}, 0), "rolled_back") == 2);
+  run({"2pc", "prune", "--older-than", "168h"}, 0);
+  CHECK(kind(run({"2pc", "prune", "--older-than", "soon"}, 2)) == "invalid_argument");
 }

@@ -490,8 +490,7 @@ TEST_CASE("faults: a server-side statement timeout is transient and a lock timeo
 }
 
 TEST_CASE("faults: a lock holder paused with SIGSTOP past its ttl has its stale writes refused by the fence",
-          "[backend]") {
-  if (!processes_share_database()) return;
+          "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   int to_child[2], to_parent[2];

@@ -1,11 +1,14 @@
 // The ledger: accounts, transfers with idempotency keys, and a journal that always adds up.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <barrier>
+#include <latch>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -352,8 +355,7 @@ TEST_CASE("ledger: pruned keys keep their transfers and become reusable; ages be
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend][shared-db]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -369,53 +371,206 @@ TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days",
   CHECK_THAT(help, !Catch::Contains("not accepted"));
 }
 
-TEST_CASE("ledger: processes moving money through the CLI, one killed mid-run, conserve it", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+
+namespace {
+
+// One run of the rowguard CLI, started with fork/exec (no shell between), its stdout captured;
+// SIGKILLed after kill_after when given. No Catch2 assertion inside: called from worker threads.
+struct CliRun {
+  int status = 0;       // from waitpid
+  bool killed = false;  // SIGKILL ended it (it was still running when the kill came)
+  std::string out;
+  std::chrono::steady_clock::duration took{};
+};
+
+CliRun run_cli_process(std::vector<std::string> args, std::optional<std::chrono::microseconds> kill_after) {
+  args.insert(args.begin(), ROWGUARD_CLI);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int out[2];
+  // O_CLOEXEC: CLI processes forked by other threads meanwhile must not hold this pipe open.
+  if (::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+  const auto started = std::chrono::steady_clock::now();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    ::dup2(out[1], STDOUT_FILENO);
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, STDERR_FILENO);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  if (kill_after) {
+    std::this_thread::sleep_for(*kill_after);
+    ::kill(pid, SIGKILL);  // not reaped yet: if it has exited already, this reaches a zombie and does nothing
+  }
+  CliRun r;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(out[0], buffer, sizeof buffer)) != 0;)
+    if (n > 0) r.out.append(buffer, static_cast<std::size_t>(n));
+    else if (errno != EINTR) break;
+  ::close(out[0]);
+  while (::waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
+  }
+  r.took = std::chrono::steady_clock::now() - started;
+  r.killed = WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGKILL;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with their keys apply each transfer once",
+          "[backend][shared-db]") {
   Bank b;
   auto& l = b.ledger;
-  for (int a = 0; a < 3; ++a) {
+  constexpr int accounts = 3, workers = 3, per_worker = 12;
+  constexpr std::int64_t seed = 1'000;
+  for (int a = 0; a < accounts; ++a) {
     l.open(fmt::format("p{}", a), "EUR");
-    l.deposit(fmt::format("p{}", a), 500, fmt::format("seed{}", a));
+    l.deposit(fmt::format("p{}", a), seed, fmt::format("seed{}", a));
   }
-  const auto dir = rowguard::test::scratch_dir();
   const std::string prefix = b.t.db().table_prefix();
-  // Each worker process runs random transfers; every transfer is retried once with the same key,
-  // as a client that lost its reply would. One worker is killed with SIGKILL part-way.
-  auto script = [&](int w) {
-    return fmt::format(
-        "for i in $(seq 1 15); do f=p$(( (i + {w}) % 3 )); t=p$(( (i + {w} + 1) % 3 )); "
-        "'{cli}' --db '{url}' --prefix '{prefix}' transfer $f $t $(( i * 7 + {w} )) --key w{w}-$i >/dev/null 2>&1; "
-        "'{cli}' --db '{url}' --prefix '{prefix}' transfer $f $t $(( i * 7 + {w} )) --key w{w}-$i >/dev/null 2>&1; "
-        "done",
-        fmt::arg("w", w), fmt::arg("cli", ROWGUARD_CLI), fmt::arg("url", b.t.url()), fmt::arg("prefix", prefix));
+  const auto test_seed = std::random_device{}();
+  INFO("seed " << test_seed);
+
+  // What each key asked for, and what the CLI finally acknowledged for it.
+  struct Key {
+    std::string key, from, to;
+    std::int64_t amount = 0;
+    bool kill_planned = false;
+    int killed = 0;             // attempts SIGKILL ended while running: outcome unknown, retried with the key
+    int failed = 0;             // attempts that exited with another error (retried with the key)
+    int exit_code = -1;         // of the acknowledged attempt: 0 ok, 4 insufficient funds
+    std::string status;         // its "status"
+    bool replayed = false;      // its "replayed"
+    std::int64_t transfer_id = 0;
   };
-  std::vector<pid_t> pids;
-  for (int w = 0; w < 3; ++w) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::execl("/bin/sh", "sh", "-c", script(w).c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
+  std::vector<std::vector<Key>> done(workers);
+  std::atomic<int> running{0}, most_running{0};
+  std::latch start(workers);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w)
+    threads.emplace_back([&, w] {
+      std::mt19937 rng(test_seed + static_cast<unsigned>(w));
+      std::vector<double> durations_us;  // of runs that ended by themselves: where to aim the kills
+      start.arrive_and_wait();
+      for (int i = 0; i < per_worker; ++i) {
+        Key k;
+        k.key = fmt::format("kill-{}-{}", w, i);
+        const int from = static_cast<int>(rng() % accounts);
+        k.from = fmt::format("p{}", from);
+        k.to = fmt::format("p{}", (from + 1 + static_cast<int>(rng() % (accounts - 1))) % accounts);
+        k.amount = 1 + static_cast<std::int64_t>(rng() % 400);
+        k.kill_planned = i % 2 == 0;
+        const std::vector<std::string> args{"--db", b.t.url(), "--prefix", prefix, "--json", "transfer",
+                                            k.from, k.to, std::to_string(k.amount), "--key", k.key};
+        for (int attempt = 0; attempt < 10 && k.exit_code < 0; ++attempt) {
+          std::optional<std::chrono::microseconds> kill_after;
+          if (k.kill_planned && attempt == 0) {
+            // Uniform over a typical run: before the connection, inside the transaction, after the commit.
+            std::vector<double> sorted = durations_us;
+            std::sort(sorted.begin(), sorted.end());
+            const double typical = sorted.empty() ? 150'000 : sorted[sorted.size() / 2];
+            kill_after = std::chrono::microseconds(static_cast<std::int64_t>(
+                std::uniform_real_distribution<double>(0.2, 1.1)(rng) * typical));
+          }
+          const int now_running = ++running;
+          for (int m = most_running; now_running > m && !most_running.compare_exchange_weak(m, now_running);) {
+          }
+          const CliRun r = run_cli_process(args, kill_after);
+          --running;
+          if (r.killed) {
+            ++k.killed;
+            continue;
+          }
+          durations_us.push_back(std::chrono::duration<double, std::micro>(r.took).count());
+          const int code = WIFEXITED(r.status) ? WEXITSTATUS(r.status) : 128 + WTERMSIG(r.status);
+          if (code != 0 && code != 4) {
+            ++k.failed;
+            continue;
+          }
+          try {
+            const auto j = nlohmann::json::parse(r.out);
+            k.status = j.at("status");
+            k.replayed = j.at("replayed");
+            k.transfer_id = j.at("transfer_id");
+            k.exit_code = code;
+          } catch (const std::exception&) {
+            ++k.failed;  // an answer that is not one JSON object counts as no answer
+          }
+        }
+        done[w].push_back(k);
+      }
+    });
+  for (auto& t : threads) t.join();
+  CHECK(most_running >= 2);  // the CLI processes overlapped
+
+  std::map<std::string, std::int64_t> model;
+  for (int a = 0; a < accounts; ++a) model[fmt::format("p{}", a)] = seed;
+  int keys = 0, acknowledged_ok = 0, kills = 0, killed_then_replayed = 0, failures = 0;
+  for (const auto& worker : done)
+    for (const auto& k : worker) {
+      INFO(k.key << ": " << k.from << " -> " << k.to << " " << k.amount << ", killed " << k.killed << ", failed "
+                 << k.failed << ", status " << k.status << ", replayed " << k.replayed);
+      ++keys;
+      kills += k.killed;
+      failures += k.failed;
+      // Every key ends acknowledged: ok, or rejected for insufficient funds.
+      REQUIRE(k.exit_code >= 0);
+      CHECK(((k.exit_code == 0 && k.status == "ok") || (k.exit_code == 4 && k.status == "insufficient_funds")));
+      // A first answer is a replay only when an earlier attempt, cut off or failed, had applied it.
+      if (k.killed == 0 && k.failed == 0) CHECK_FALSE(k.replayed);
+      if (k.killed > 0 && k.replayed) ++killed_then_replayed;
+      if (k.status == "ok") {
+        ++acknowledged_ok;
+        model[k.from] -= k.amount;
+        model[k.to] += k.amount;
+      }
+      // Exactly one transfer row for the key, the one acknowledged, for what was asked.
+      const Result rows = b.t.db().exec(
+          fmt::format("SELECT id, from_account, to_account, amount, outcome FROM {}transfers WHERE idempotency_key = $1",
+                      prefix),
+          {k.key});
+      REQUIRE(rows.rows.size() == 1);
+      const Row& row = rows.rows[0];
+      CHECK(row.i64(0) == k.transfer_id);
+      CHECK(row.text(1) == k.from);
+      CHECK(row.text(2) == k.to);
+      CHECK(row.i64(3) == k.amount);
+      CHECK(row.text(4) == k.status);
+      // Asked once more, the key replays that outcome and applies nothing again.
+      if (k.killed > 0) {
+        const CliRun again = run_cli_process({"--db", b.t.url(), "--prefix", prefix, "--json", "transfer", k.from, k.to,
+                                              std::to_string(k.amount), "--key", k.key},
+                                             std::nullopt);
+        REQUIRE(WIFEXITED(again.status));
+        CHECK(WEXITSTATUS(again.status) == k.exit_code);
+        const auto j = nlohmann::json::parse(again.out);
+        CHECK(j.at("replayed") == true);
+        CHECK(j.at("transfer_id") == k.transfer_id);
+      }
     }
-    pids.push_back(pid);
+  WARN(fmt::format("{}: {} keys, {} acknowledged ok, {} attempts killed mid-run ({} of whose keys had applied before "
+                   "the kill and replayed on retry), {} other failed attempts",
+                   rowguard::test::backend(), keys, acknowledged_ok, kills, killed_then_replayed, failures));
+  // The kills hit running CLI processes, and most transfers went through.
+  CHECK(kills >= workers * per_worker / 2 / 4);
+  CHECK(acknowledged_ok >= keys / 2);
+  // Balances are exactly the seeds plus the acknowledged transfers: nothing applied twice or
+  // unacknowledged; money is conserved and every invariant holds.
+  std::int64_t total = 0;
+  for (const auto& [id, balance] : model) {
+    INFO(id);
+    CHECK(l.get(id).balance == balance);
+    total += l.get(id).balance;
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  ::kill(pids[0], SIGKILL);  // the shell dies; a transfer it started may be cut mid-flight
-  for (const pid_t pid : pids) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-  }
+  CHECK(total == accounts * seed);
   const CheckReport r = l.check();
   for (const auto& v : r.violations) UNSCOPED_INFO(v.what << " " << v.account << ": " << v.detail);
   CHECK(r.ok());
-  CHECK(r.total_balance == 1'500);
-  // Every key was applied at most once: one transfer row per key, never two.
-  CHECK(b.t.db()
-            .exec(fmt::format("SELECT count(*) FROM (SELECT idempotency_key FROM {}transfers GROUP BY idempotency_key "
-                              "HAVING count(*) > 1) AS d",
-                              prefix))
-            .one()
-            .i64(0) == 0);
+  CHECK(rows_in(b.t.db(), "transfers") == accounts + keys);
 }
 
 TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retried keys apply once", "[pg]") {
@@ -661,7 +816,7 @@ TEST_CASE("ledger: check() never adds balances of different currencies together"
   CHECK(r.total("USD").balance == 501);
   CHECK(r.total("EUR").balance == 10'000);
   b.t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance - 1 WHERE id = 'usd2'", b.t.db().table_prefix()));
-  if (!rowguard::test::processes_share_database()) return;
+  if (rowguard::test::is_memory()) return;  // the CLI below is another process
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
   std::string out;
   std::vector<std::string> args = base;

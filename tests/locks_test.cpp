@@ -231,8 +231,7 @@ TEST_CASE("locks: mutual exclusion across threads (no lost update, never two hol
   CHECK(max_holders == 1);
 }
 
-TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto file = rowguard::test::scratch_dir() / "counter";
@@ -505,9 +504,9 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
   CHECK(locks.try_acquire("zürich-€", 10s));
 }
 
-TEST_CASE("cli: lock acquire/renew/release/run exit codes, each a run of the CLI in processes of its own", "[backend]") {
+TEST_CASE("cli: lock acquire/renew/release/run exit codes, each a run of the CLI in processes of its own",
+          "[backend][shared-db]") {
   TestDb t;
-  if (!rowguard::test::processes_share_database()) return;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -563,8 +562,7 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 }
 }  // namespace
 
-TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "crashy", "1s");
@@ -575,8 +573,7 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
   CHECK(lease.token() == 2);
 }
 
-TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "paused", "1s");
@@ -591,8 +588,8 @@ TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT
   lease.release();
 }
 
-TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exits with its code", "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exits with its code",
+          "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const pid_t pid = rowguard::test::start_cli_holding(
@@ -761,8 +758,7 @@ pid_t read_pid(const std::filesystem::path& file, std::chrono::seconds limit) {
 TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-ignoring command and its grandchild, "
           "before the lease can expire while the database is unreachable (processes, not on sqlite-memory: no "
           "other process can open it)",
-          "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+          "[backend][shared-db]") {
   // PostgreSQL: the CLI reaches the server through the fault proxy, which then stalls (a blackholed
   // network). SQLite: another connection holds the file's write lock, so renewals wait and fail.
   const bool through_proxy = rowguard::test::is_postgres();
@@ -840,8 +836,7 @@ TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-
 
 TEST_CASE("locks: `lock run` stops the processes a command left behind in its process group before it releases the "
           "lease (processes, not on sqlite-memory: no other process can open it)",
-          "[backend]") {
-  if (!rowguard::test::processes_share_database()) return;
+          "[backend][shared-db]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

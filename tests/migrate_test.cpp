@@ -61,13 +61,7 @@ TEST_CASE("concurrent migrations from several threads apply each step once", "[b
         Database::library_schema_version());
 }
 
-TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend]") {
-  if (rowguard::test::is_memory()) {
-    // An in-memory database is private to its process; the thread test covers this backend.
-    TestDb t;
-    CHECK(t.db().migrate() == Database::library_schema_version());
-    return;
-  }
+TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend][shared-db]") {
   TestDb t;
   std::vector<std::thread> procs;
   std::atomic<int> ok{0};
@@ -98,15 +92,12 @@ TEST_CASE("a database newer than the library is schema_mismatch naming both vers
   }
 }
 
-TEST_CASE("table prefixes keep two installations apart in one database", "[backend]") {
+// Not on sqlite::memory: (tagged [shared-db]): each such Database is its own database, so a
+// second prefix cannot share it.
+TEST_CASE("table prefixes keep two installations apart in one database", "[backend][shared-db]") {
   Options a;
   a.table_prefix = "alpha_";
   TestDb t(a);
-  if (rowguard::test::is_memory()) {
-    // Each sqlite::memory: Database is its own database, so a second prefix cannot share it.
-    CHECK(t.db().migrate() == Database::library_schema_version());
-    return;
-  }
   t.db().migrate();
   Options b = t.options();
   b.table_prefix = t.options().table_prefix + "beta_";  // unique per test on PostgreSQL too

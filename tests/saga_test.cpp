@@ -260,8 +260,7 @@ TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to c
   CHECK(sagas.recover().ok());  // nothing left
 }
 
-TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga]") {
-  if (!rowguard::test::processes_share_database()) return;  // covered by the rows-written test above
+TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga][shared-db]") {
   TestDb t;
   t.db().migrate();
   Journal j;
@@ -432,9 +431,8 @@ TEST_CASE("sagas: bad ids, types, step names and definitions are invalid_argumen
   CHECK(sagas.run("t", std::string(128, 'i'), "").state == SagaState::completed);
 }
 
-TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga]") {
+TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga][shared-db]") {
   TestDb t;
-  if (!rowguard::test::processes_share_database()) return;  // the CLI's in-memory database is its own
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
   const std::string log = (dir / "saga.log").string();
@@ -514,9 +512,9 @@ int wait_for(pid_t pid) {
 }
 }  // namespace
 
+// [unit]: registered once, not per backend: the example runs on an SQLite file of its own.
 TEST_CASE("sagas: payment orders with coordinators killed at random end paid once or cancelled cleanly",
-          "[backend][saga]") {
-  if (rowguard::test::backend() != "sqlite-file") return;  // the example runs on an SQLite file of its own
+          "[unit][saga]") {
   const std::string url = "sqlite:" + (rowguard::test::scratch_dir() / "orders.db").string();
   REQUIRE(wait_for(start_payment_order({url, "setup"})) == 0);
   std::mt19937 rng(20261201);

@@ -275,13 +275,10 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK_THAT(dom, Catch::Contains("1 rows: 1 live, 0 expired; 6 bytes"));
 }
 
-TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve]") {
+// Not on sqlite::memory: (tagged [shared-db]): the in-process server tests cover that backend.
+TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve][shared-db]") {
   TestDb t;
   t.db().migrate();
-  if (!rowguard::test::processes_share_database()) {
-    SUCCEED("an in-memory database is private to this process: the in-process server tests cover it");
-    return;
-  }
   int out[2];
   REQUIRE(::pipe(out) == 0);
   std::vector<std::string> args{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix(), "--json",
@@ -327,4 +324,108 @@ TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM
   CHECK(rowguard::test::run_cli(with({"--refresh", "0s"})) == 2);
   RunningServer taken(t.db());
   CHECK(rowguard::test::run_cli(with({"--listen", fmt::format("127.0.0.1:{}", taken.port)})) == 2);
+}
+
+TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded number of rows, totals per currency",
+          "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  auto& db = t.db();
+  const auto& d = db.backend().dialect();
+  const std::string p = db.table_prefix();
+  // One statement each. Account i has balance i, in USD when i is a multiple of 10, else EUR; an
+  // opening balance and the archived totals say where the money came from, so the ledger check holds.
+  const std::string numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) ";
+  const std::string currency = "CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'EUR' END";
+  db.exec(fmt::format("INSERT INTO {}accounts (id, currency, balance, created_at, updated_at) {}SELECT 'acct-' || "
+                      "CAST(i AS text), {}, i, {}, {} FROM n",
+                      p, numbers, currency, d.now_timestamp(), d.now_timestamp()));
+  db.exec(fmt::format("INSERT INTO {}opening_balances (account_id, balance, entries, as_of) SELECT id, balance, 0, {} "
+                      "FROM {}accounts",
+                      p, d.ms_to_timestamp("0"), p));
+  db.exec(fmt::format("INSERT INTO {}archived_totals (currency, deposits, withdrawals) SELECT currency, "
+                      "CAST(SUM(balance) AS bigint), 0 FROM {}accounts GROUP BY currency",
+                      p, p));
+  // Lock rows: i % 4 == 0 held (acquired i ms before the epoch + 10^12, so lock 4 is the longest
+  // held), 1 expired (the higher i, the more recently), 2 released, 3 released but waited for.
+  const std::int64_t now = db.now_ms();
+  db.exec(fmt::format(
+      "INSERT INTO {}locks (name, owner, token, acquired_at, expires_at, waiters) {}SELECT 'lock-' || CAST(i AS text), "
+      "'owner', 1, CASE WHEN i % 4 < 2 THEN {} END, CASE i % 4 WHEN 0 THEN {} WHEN 1 THEN {} END, "
+      "CASE WHEN i % 4 = 3 THEN 1 ELSE 0 END FROM n",
+      p, numbers, d.ms_to_timestamp("CAST($1 AS bigint) + i"), d.ms_to_timestamp("CAST($2 AS bigint)"),
+      d.ms_to_timestamp("CAST($3 AS bigint) + i")),
+      {now - 1'000'000, now + 3'600'000, now - 3'600'000});
+  REQUIRE(rowguard::test::rows_in(db, "accounts") == 100'000);
+  REQUIRE(rowguard::test::rows_in(db, "locks") == 100'000);
+  REQUIRE(Ledger(db).check().ok());
+
+  cli::StatusOptions options;
+  options.largest_accounts = 7;
+  options.locks_shown = 9;
+  options.recent_transfers = 5;
+  RunningServer server(db, options);
+  auto res = get(server.port, "/");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const std::string& page = res->body;
+  INFO(page.substr(0, 6000));
+  // Totals and counts by currency, never one total of EUR and USD.
+  CHECK_THAT(page, Catch::Contains("<tr><td>EUR</td><td class=\"n\">90000</td><td class=\"n\">4500000000</td>"));
+  CHECK_THAT(page, Catch::Contains("<tr><td>USD</td><td class=\"n\">10000</td><td class=\"n\">500050000</td>"));
+  CHECK(page.find("5000050000") == std::string::npos);
+  // The largest balances: 7 rows, the largest first.
+  CHECK_THAT(page, Catch::Contains("the 7 largest balances of 100000 accounts"));
+  const auto largest = page.substr(page.find("<table id=\"largest\">"));
+  CHECK(largest.find("<td>acct-100000</td><td class=\"n\">100000 USD</td>") < largest.find("<td>acct-99999</td>"));
+  CHECK_THAT(largest, Catch::Contains("<td>acct-99994</td>"));
+  CHECK(largest.find("<td>acct-99993</td>") == std::string::npos);
+  // Locks: counted by state, 9 shown, the longest held first; released ones are only counted.
+  CHECK_THAT(page, Catch::Contains("25000 held, 25000 expired, 100000 rows"));
+  CHECK_THAT(page, Catch::Contains("showing 9 of 50000 held or expired"));
+  const auto locks = page.substr(page.find("<section id=\"locks\">"), page.find("<section id=\"transfers\">") -
+                                                                            page.find("<section id=\"locks\">"));
+  std::size_t rows = 0;
+  for (auto at = locks.find("<tr><td>"); at != std::string::npos; at = locks.find("<tr><td>", at + 1)) ++rows;
+  CHECK(rows == 9);
+  CHECK(locks.find("<td>lock-4</td><td>held</td>") < locks.find("<td>lock-8</td><td>held</td>"));
+  CHECK(locks.find("expired") == locks.find("expired, "));  // 9 held rows come before any expired one
+  // The ledger check ran (it scans, at most every check_every) and holds.
+  CHECK_THAT(page, Catch::Contains("ledger check: ok (100000 accounts"));
+  // What the request read: the aggregates' rows and the lists' LIMITs, not the tables.
+  // (No transfers yet: the recent list, LIMIT 5, is empty.)
+  const std::int64_t read = 1 /* lock counts */ + 1 /* cache stats */ + 2 /* currencies */ + 9 /* locks */ + 7;
+  CHECK_THAT(page, Catch::Contains(fmt::format("<p id=\"footer\">{} rows read", read)));
+  for (const auto& sql : server.server.statements()) {
+    INFO(sql);
+    const bool limited = sql.find(" LIMIT $") != std::string::npos;
+    const bool aggregate = sql.rfind("SELECT count(*)", 0) == 0 || sql.find("GROUP BY") != std::string::npos;
+    CHECK((limited || aggregate));
+  }
+  // /metrics reads only the aggregates; /healthz the clock and the schema version.
+  const auto samples = parse_exposition(get(server.port, "/metrics")->body);
+  CHECK(value_of(samples, "rowguard_db_scrape_rows") == 1 + 1 + 2);
+  CHECK(value_of(samples, "rowguard_db_accounts", {{"currency", "USD"}}) == 10'000);
+  CHECK(value_of(samples, "rowguard_db_locks", {{"state", "released"}}) == 50'000);
+  CHECK(value_of(samples, "rowguard_db_lock_waiters") == 25'000);
+  CHECK(get(server.port, "/healthz")->status == 200);
+}
+
+TEST_CASE("serve: a request body over the limit is answered 413 and not kept", "[backend][serve]") {
+  TestDb t;
+  t.db().migrate();
+  RunningServer server(t.db(), cli::StatusOptions{.max_request_body = 4096});
+  httplib::Client client("127.0.0.1", server.port);
+  client.set_read_timeout(30, 0);
+  for (const char* path : {"/", "/metrics", "/healthz"}) {
+    INFO(path);
+    const auto big = client.Post(path, std::string(8 << 20, 'x'), "text/plain");
+    REQUIRE(big);
+    CHECK(big->status == 413);
+    const auto small = client.Post(path, "x", "text/plain");
+    REQUIRE(small);
+    CHECK(small->status >= 400);
+    CHECK(small->status != 413);
+  }
+  CHECK(get(server.port, "/healthz")->status == 200);  // and the server goes on
 }

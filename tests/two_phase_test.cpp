@@ -83,11 +83,9 @@ struct TwoBanks {
 
 }  // namespace
 
-TEST_CASE("two-phase: SQLite says clearly that it has no two-phase commit", "[backend]") {
-  if (rowguard::test::is_postgres()) {
-    SUCCEED("PostgreSQL has prepared transactions: the [pg] tests cover it");
-    return;
-  }
+// [sqlite-only]: not registered on the PostgreSQL backends, which have prepared transactions (the
+// [pg] tests cover them).
+TEST_CASE("two-phase: SQLite says clearly that it has no two-phase commit", "[backend][sqlite-only]") {
   TestDb t;
   t.db().migrate();
   std::string message;
@@ -622,7 +620,6 @@ TEST_CASE("two-phase: concurrent transfers both ways conserve the total across b
 
 TEST_CASE("two-phase: coordinators killed at random between prepare and commit, then recovered, conserve money",
           "[pg]") {
-  if (!rowguard::test::processes_share_database()) return;
   TwoBanks w;
   constexpr int accounts = 3;
   for (int i = 0; i < accounts; ++i) {

@@ -115,6 +115,8 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
         std::cout << v.value_or("");
     } catch (const ChildFailed& failed) {
       std::cerr << "rowguard: the loader command failed; nothing was cached\n";
+      emit_failure(globals, "command_failed",
+                   fmt::format("the loader command exited {}; nothing was cached", failed.exit_code), failed.exit_code);
       exit_status = failed.exit_code;
     }
   });

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <optional>
 
 extern char** environ;
 
@@ -55,11 +56,63 @@ void json_bytes(nlohmann::json& object, const std::string& name, const std::stri
   object[name + "_base64"] = out;
 }
 
+namespace {
+// --json output not printed yet: the latest result, held back so a failure can join it.
+struct HeldOutput {
+  std::optional<nlohmann::json> last;
+  int printed = 0;  // results printed before it
+};
+HeldOutput& held() {
+  static HeldOutput out;
+  return out;
+}
+}  // namespace
+
 void emit(const Globals& globals, const nlohmann::json& object, const std::string& text) {
-  if (globals.json)
-    std::cout << json_line(object) << '\n';
-  else
+  if (!globals.json) {
     std::cout << text << '\n';
+    return;
+  }
+  auto& out = held();
+  if (out.last) {
+    std::cout << json_line(*out.last) << '\n';
+    ++out.printed;
+  }
+  out.last = object;
+}
+
+void flush_output() {
+  auto& out = held();
+  if (out.last) {
+    std::cout << json_line(*out.last) << '\n';
+    ++out.printed;
+    out.last.reset();
+  }
+  std::cout.flush();
+}
+
+void emit_failure(const Globals& globals, std::string_view kind, const std::string& message, int exit_code) {
+  if (!globals.json) return;
+  const nlohmann::json error{{"kind", kind}, {"message", message}, {"exit_code", exit_code}};
+  auto& out = held();
+  // The command's only result, unless it has an "error" member of its own (a saga's step error).
+  if (out.last && out.printed == 0 && out.last->is_object() && !out.last->contains("error")) {
+    (*out.last)["error"] = error;
+  } else {
+    flush_output();
+    out.last = nlohmann::json{{"error", error}};
+  }
+  flush_output();
+}
+
+std::string json_help() {
+  return R"(With --json, stdout holds only JSON objects: one per result (commands that list items print one per
+line), and a failure is one object too: {"error": {"kind": KIND, "message": TEXT, "exit_code": N}},
+or the command's result with that "error" member added (a rejected transfer or hold, a ledger check
+that found violations). KIND is an error kind (insufficient_funds, not_found, ...), "usage" when
+the command line did not parse, or "command_failed" when a child's failure code passes through.
+Commands that report an outcome through their exit code (saga run, saga recover, lock run) carry
+it in their result instead. --help prints text.)";
 }
 
 
@@ -102,6 +155,19 @@ int run_shell(const std::string& command, const std::vector<std::string>& extra)
   while (::waitpid(child, &status, 0) < 0)
     if (errno != EINTR) throw Error(ErrorKind::permanent, fmt::format("waitpid failed: {}", std::strerror(errno)));
   return child_exit_code(status);
+}
+
+StdoutToStderr::StdoutToStderr(bool on) {
+  if (!on) return;
+  std::cout.flush();
+  saved_ = ::dup(STDOUT_FILENO);
+  if (saved_ >= 0) ::dup2(STDERR_FILENO, STDOUT_FILENO);
+}
+
+StdoutToStderr::~StdoutToStderr() {
+  if (saved_ < 0) return;
+  ::dup2(saved_, STDOUT_FILENO);
+  ::close(saved_);
 }
 
 std::string exit_code_help() {

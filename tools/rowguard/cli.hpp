@@ -32,7 +32,22 @@ std::string json_line(const nlohmann::json& object);
 void json_bytes(nlohmann::json& object, const std::string& name, const std::string& bytes);
 
 // Prints one result: the JSON object with --json, else the text.
+// With --json, stdout holds JSON objects only, one per result (one per line for commands that list
+// items), and a failure is one object too (emit_failure). emit() holds the latest object back until
+// the next one or the end of the command, so that a failure after it (a rejected transfer, a
+// ledger check that found violations) joins it instead of printing a second object.
 void emit(const Globals& globals, const nlohmann::json& object, const std::string& text);
+// Prints what emit() held back, and flushes stdout: for commands that go on after their result
+// (serve). main() calls it when a command succeeds.
+void flush_output();
+// A failure under --json: {"error": {"kind": KIND, "message": MESSAGE, "exit_code": N}}, or the
+// command's one result with that "error" member added when it had printed exactly one. KIND is an
+// ErrorKind's name (to_string), "usage" (the command line did not parse, exit 2) or
+// "command_failed" (a child's failure code passed through). Prints nothing in text mode: the
+// caller writes its own message to stderr.
+void emit_failure(const Globals& globals, std::string_view kind, const std::string& message, int exit_code);
+// The --json help text: the shape above, for --help.
+std::string json_help();
 
 // The CLI's ledger reads accounts through the cache table, and its changes drop the cached copies
 // in their own transactions, so services that cache accounts (LedgerOptions::cache) never keep a
@@ -63,6 +78,19 @@ int child_exit_code(int status);
 // any of the same name), its stdout sent to rowguard's stderr so --json output stays parseable;
 // returns its exit code, or 128+N when it died from signal N.
 int run_shell(const std::string& command, const std::vector<std::string>& extra);
+
+// While it lives (when on), file descriptor 1 is stderr, so that a child started meanwhile writes
+// its output there and stdout keeps only rowguard's JSON (as run_shell does for its child).
+class StdoutToStderr {
+ public:
+  explicit StdoutToStderr(bool on);
+  ~StdoutToStderr();
+  StdoutToStderr(const StdoutToStderr&) = delete;
+  StdoutToStderr& operator=(const StdoutToStderr&) = delete;
+
+ private:
+  int saved_ = -1;
+};
 
 // The exit-code table printed by --help.
 std::string exit_code_help();

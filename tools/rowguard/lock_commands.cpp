@@ -15,9 +15,12 @@
 #include <cstdlib>
 #include <optional>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <iostream>
 #include <thread>
 
+#include <fmt/format.h>
 #include "cli.hpp"
 
 namespace rowguard::cli {
@@ -60,7 +63,9 @@ void give_terminal(pid_t group) {
 // Runs CMD in a process group of its own while holding the lease; returns the exit code rowguard
 // should exit with. Every process CMD starts is in that group (unless it leaves it with setsid or
 // setpgid), so a signal to the group reaches them all, and none is left running when the lease ends.
-int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std::string>& command) {
+// on_lease_gone runs just before rowguard exits 8 without unwinding (to report the loss).
+int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std::string>& command,
+              const std::function<void(const std::string&)>& on_lease_gone) {
   using clock = std::chrono::steady_clock;
   std::atomic<bool> lost{false};
   HeartbeatOptions heartbeat;
@@ -165,6 +170,8 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
     // Nothing is left to do but let the lease expire on the database clock, and the heartbeat may
     // be stuck in a renewal on a network that stopped answering (until --network-timeout): exit
     // now rather than wait for it in the Lease's destructor.
+    on_lease_gone(fmt::format("lease on '{}' was {} while the command ran", lease.name(),
+                              lease.valid() ? "not renewed in time" : "lost"));
     std::cout.flush();
     std::_Exit(exit_code(ErrorKind::lock_lost));
   }
@@ -238,7 +245,17 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
     Locks locks(db);
     const auto ttl = parse_duration(a.ttl);
     Lease lease = locks.acquire(a.name, ttl, parse_duration(a.wait));
-    exit_status = run_child(lease, ttl, a.command);
+    const std::int64_t token = lease.token();
+    {
+      // With --json, CMD's output must not mix with rowguard's object.
+      std::optional<StdoutToStderr> aside(std::in_place, globals.json);
+      exit_status = run_child(lease, ttl, a.command, [&](const std::string& message) {
+        aside.reset();
+        emit_failure(globals, "lock_lost", message, exit_code(ErrorKind::lock_lost));
+        flush_output();
+      });
+    }
+    if (globals.json) emit(globals, {{"name", a.name}, {"token", token}, {"exit_code", exit_status}}, {});
   });
 
   auto* list = lock->add_subcommand("list", "Who holds what: name, owner, token, expiry, renewals, waiters");

@@ -1,13 +1,14 @@
 // rowguard: the command-line tool. Exit codes are fixed for the whole tool (see exit_code_help()).
 #include <cstdlib>
 #include <iostream>
+#include <string_view>
 
 #include "cli.hpp"
 
 int main(int argc, char** argv) {
   using namespace rowguard;
   CLI::App app{"rowguard: leases, version-checked balances and a read-through cache on your SQL database"};
-  app.footer(cli::exit_code_help());
+  app.footer(cli::exit_code_help() + "\n\n" + cli::json_help());
   app.require_subcommand(1);
   app.fallthrough();
 
@@ -18,7 +19,7 @@ int main(int argc, char** argv) {
                  "Database URL: sqlite:PATH, sqlite::memory:, postgresql://..., soci+sqlite3:PATH, "
                  "soci+postgresql://... (default: $ROWGUARD_DB, else sqlite:rowguard.db)");
   app.add_option("--prefix", globals.prefix, "Table prefix (default: rowguard_)");
-  app.add_flag("--json", globals.json, "Print one JSON object per result");
+  app.add_flag("--json", globals.json, "Print one JSON object per result, failures included (see below)");
   app.add_option("--connect-timeout", globals.connect_timeout,
                  "How long connecting to PostgreSQL may take, e.g. 5s (default: 10s)");
   app.add_option("--network-timeout", globals.network_timeout,
@@ -39,6 +40,10 @@ int main(int argc, char** argv) {
   cli::add_two_phase_commands(app, globals);
   cli::add_serve_command(app, globals);
 
+  // CLI11 sets --json only once the command line has parsed: a usage error needs it earlier.
+  for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i)
+    if (std::string_view(argv[i]) == "--json") globals.json = true;
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -48,16 +53,18 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);  // prints the message
+    app.exit(e);  // prints the message to stderr
+    cli::emit_failure(globals, "usage", e.what(), 2);
     return 2;
   } catch (const Error& e) {
-    if (globals.json)
-      std::cout << cli::json_line({{"error", to_string(e.kind())}, {"message", e.what()}}) << '\n';
     std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
+    cli::emit_failure(globals, to_string(e.kind()), e.what(), exit_code(e.kind()));
     return exit_code(e.kind());
   } catch (const std::exception& e) {
     std::cerr << "rowguard: " << e.what() << '\n';
+    cli::emit_failure(globals, to_string(ErrorKind::permanent), e.what(), 1);
     return 1;
   }
+  cli::flush_output();
   return exit_status;
 }

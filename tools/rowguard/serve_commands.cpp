@@ -64,7 +64,7 @@ void serve(const Globals& globals, const ServeArgs& args) {
   const std::string url = host.find(':') != std::string::npos ? fmt::format("http://[{}]:{}/", host, bound)
                                                          : fmt::format("http://{}:{}/", host, bound);
   emit(globals, {{"listening", url}}, fmt::format("serving {} (metrics at {}metrics, health at {}healthz)", url, url, url));
-  std::cout.flush();
+  flush_output();
 
   std::thread stopper([&] {
     int signal = 0;
@@ -85,7 +85,9 @@ void add_serve_command(CLI::App& app, Globals& globals) {
       "serve",
       "Serve GET /metrics (Prometheus text: this process's counters and the database-wide view), /healthz "
       "(200 or 503, JSON) and / (a read-only status page that refreshes itself) until SIGINT or SIGTERM. "
-      "Reads only; needs the schema at this version. No authentication: binds to loopback unless told otherwise.");
+      "Reads only, and a bounded number of rows per request (totals and counts by aggregates, the page's lists "
+      "with a LIMIT: 20 largest balances, 100 locks, 20 recent transfers); request bodies over 4 KiB get 413. "
+      "Needs the schema at this version. No authentication: binds to loopback unless told otherwise.");
   cmd->add_option("--listen", args->listen, "HOST:PORT to listen on; port 0 picks a free one (default: 127.0.0.1:9470)");
   cmd->add_option("--refresh", args->refresh, "How often the status page reloads itself (default: 5s)");
   cmd->add_option("--check-every", args->check_every,

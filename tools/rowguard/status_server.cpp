@@ -11,8 +11,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/backend.hpp"
 #include "rowguard/metrics.hpp"
-#include "rowguard/money.hpp"
 
 namespace rowguard::cli {
 
@@ -32,17 +32,35 @@ struct CurrencyTotals {
   std::int64_t held = 0;
 };
 
-// Everything one request shows, read from the database when the request arrives.
+// Lock rows by state, counted by one aggregate.
+struct LockCounts {
+  std::int64_t rows = 0;
+  std::int64_t held = 0;       // unexpired lease
+  std::int64_t expired = 0;    // ran out unreleased
+  std::int64_t contended = 0;  // held, with waiters
+  std::int64_t waiters = 0;
+};
+
+struct AccountLine {
+  std::string id, currency;
+  std::int64_t balance = 0, held = 0;
+};
+
+// Everything one request shows, read from the database when the request arrives: totals and
+// counts by aggregates, lists with a LIMIT, so the rows read are bounded whatever the tables hold.
 struct View {
   bool up = false;
   std::string error;  // why the database could not be read (up == false)
   int schema_version = 0;
   std::int64_t now_ms = 0;
-  std::vector<LockInfo> locks;
+  LockCounts lock_counts;
+  std::vector<LockInfo> locks;          // the page's: at most locks_shown
+  std::vector<AccountLine> largest;     // the page's: at most largest_accounts
   CacheTableStats cache;
   std::map<std::string, CurrencyTotals> currencies;
   std::vector<TransferRecord> recent;
   std::shared_ptr<const CheckSnapshot> check;
+  std::int64_t rows_read = 0;  // rows the statements of this request returned
 };
 
 std::string html_escape(std::string_view text) {
@@ -89,17 +107,52 @@ void add(MetricFamily& family, double value, MetricLabels labels = {}) {
 struct StatusServer::Impl {
   Database& db;
   StatusOptions options;
-  Locks locks;
   Cache cache;
   Ledger ledger;
   httplib::Server server;
 
+  // The statements (statements()): built once from the validated prefix and the dialect; $1 is
+  // the database clock of the request in milliseconds, so every row is judged at one instant.
+  std::string lock_counts_sql, locks_sql, currencies_sql, largest_sql;
+
   std::mutex check_mutex;  // one check at a time; guards last_check
   std::shared_ptr<const CheckSnapshot> last_check;
 
-  Impl(Database& d, StatusOptions o) : db(d), options(o), locks(d), cache(d), ledger(d) {
+  Impl(Database& d, StatusOptions o) : db(d), options(o), cache(d), ledger(d) {
     if (options.refresh < std::chrono::seconds(1) || options.check_every < std::chrono::seconds(1))
       throw Error(ErrorKind::invalid_argument, "serve: --refresh and --check-every must be at least 1s");
+    if (options.recent_transfers < 1 || options.recent_transfers > 1000)
+      throw Error(ErrorKind::invalid_argument, "serve: recent transfers shown must be 1 to 1000");
+    const auto& dialect = d.backend().dialect();
+    const std::string locks = d.backend().table("locks"), accounts = d.backend().table("accounts");
+    const std::string at = dialect.ms_to_timestamp("$1");
+    const std::string held = fmt::format("expires_at > {}", at);
+    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {}", at);
+    lock_counts_sql = fmt::format(
+        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {held} AND waiters > 0 THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(waiters), 0) AS bigint) FROM {locks}",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("locks", locks));
+    // Held ones first, the longest held first; then the most recently expired; then released ones
+    // someone waits for. Released rows nobody waits for are only counted.
+    const std::string acquired = fmt::format("COALESCE({}, 0)", dialect.timestamp_to_ms("acquired_at"));
+    const std::string expires = dialect.timestamp_to_ms("expires_at");
+    locks_sql = fmt::format(
+        "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
+        "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
+        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END FROM {locks} "
+        "WHERE expires_at IS NOT NULL OR waiters > 0 "
+        "ORDER BY CASE WHEN {held} THEN 0 WHEN expires_at IS NOT NULL THEN 1 ELSE 2 END, "
+        "CASE WHEN {held} THEN {acquired} WHEN expires_at IS NOT NULL THEN -{expires} ELSE 0 END, name LIMIT $2",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
+        fmt::arg("expires", expires), fmt::arg("locks", locks));
+    // At most one row per currency code (ISO 4217: three letters).
+    currencies_sql = fmt::format(
+        "SELECT currency, count(*), CAST(COALESCE(SUM(balance), 0) AS bigint), CAST(COALESCE(SUM(held), 0) AS bigint) "
+        "FROM {} GROUP BY currency ORDER BY currency",
+        accounts);
+    largest_sql = fmt::format("SELECT id, currency, balance, held FROM {} ORDER BY balance DESC, id LIMIT $1", accounts);
   }
 
   std::shared_ptr<const CheckSnapshot> current_check() {
@@ -118,26 +171,35 @@ struct StatusServer::Impl {
     return last_check;
   }
 
-  View collect(bool with_recent) {
+  Result read(View& view, const std::string& sql, const std::vector<Value>& params) {
+    Result r = db.exec(sql, params);
+    view.rows_read += static_cast<std::int64_t>(r.rows.size());
+    return r;
+  }
+
+  // for_page: also the lists the page shows; /metrics needs only the aggregates.
+  View collect(bool for_page) {
     View view;
     try {
       view.now_ms = db.now_ms();
       view.schema_version = db.schema_version();
-      view.locks = locks.list();
+      const Value at = view.now_ms;
+      const Row counts = read(view, lock_counts_sql, {at}).one();
+      view.lock_counts = {counts.i64(0), counts.i64(1), counts.i64(2), counts.i64(3), counts.i64(4)};
       view.cache = cache.table_stats();
-      for (const auto& account : ledger.list()) {
-        auto& totals = view.currencies[account.currency];
-        ++totals.accounts;
-        const auto balance = checked_add(totals.balance, account.balance);
-        const auto held = checked_add(totals.held, account.held);
-        if (!balance || !held) throw Error(ErrorKind::permanent, "the sum of balances overflows a 64-bit integer");
-        totals.balance = *balance;
-        totals.held = *held;
-      }
-      if (with_recent) {
+      view.rows_read += 1;
+      for (const auto& row : read(view, currencies_sql, {}).rows)
+        view.currencies[row.text(0)] = {row.i64(1), row.i64(2), row.i64(3)};
+      if (for_page) {
+        for (const auto& row : read(view, locks_sql, {at, static_cast<std::int64_t>(options.locks_shown)}).rows)
+          view.locks.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5),
+                                        row.i64(6), row.i64(7), row.text(8), row.i64(9) != 0});
+        for (const auto& row : read(view, largest_sql, {static_cast<std::int64_t>(options.largest_accounts)}).rows)
+          view.largest.push_back({row.text(0), row.text(1), row.i64(2), row.i64(3)});
         TransferQuery query;
         query.limit = static_cast<int>(options.recent_transfers);
         view.recent = ledger.transfers(query).items;
+        view.rows_read += static_cast<std::int64_t>(view.recent.size());
       }
       view.up = true;
     } catch (const std::exception& e) {
@@ -159,6 +221,8 @@ StatusServer::StatusServer(Database& db, StatusOptions options) : impl_(std::mak
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   });
   // Nothing here is meant to be framed, cached or run as script.
+  // No route takes a body: a larger one is answered 413 and skipped, never kept in memory.
+  server.set_payload_max_length(impl_->options.max_request_body);
   server.set_default_headers({{"Cache-Control", "no-store"},
                               {"X-Content-Type-Options", "nosniff"},
                               {"X-Frame-Options", "DENY"},
@@ -188,6 +252,10 @@ int StatusServer::bind(const std::string& host, int port) {
 void StatusServer::run() { impl_->server.listen_after_bind(); }
 
 void StatusServer::stop() { impl_->server.stop(); }
+
+std::vector<std::string> StatusServer::statements() const {
+  return {impl_->lock_counts_sql, impl_->locks_sql, impl_->currencies_sql, impl_->largest_sql};
+}
 
 std::pair<int, std::string> StatusServer::health() {
   nlohmann::json body{{"backend", std::string(impl_->db.backend_name())}};
@@ -219,22 +287,17 @@ std::string StatusServer::metrics_text() {
     add(schema, view.schema_version);
     out.push_back(std::move(schema));
 
-    std::int64_t held = 0, expired = 0, released = 0, contended = 0, waiters = 0;
-    for (const auto& lock : view.locks) {
-      (lock.held ? held : lock.expired ? expired : released) += 1;
-      if (lock.held && lock.waiters > 0) ++contended;
-      waiters += lock.waiters;
-    }
+    const auto& counts = view.lock_counts;
     auto locks = gauge("rowguard_db_locks", "lock rows by state: held (unexpired lease), expired (ran out unreleased), released");
-    add(locks, static_cast<double>(held), {{"state", "held"}});
-    add(locks, static_cast<double>(expired), {{"state", "expired"}});
-    add(locks, static_cast<double>(released), {{"state", "released"}});
+    add(locks, static_cast<double>(counts.held), {{"state", "held"}});
+    add(locks, static_cast<double>(counts.expired), {{"state", "expired"}});
+    add(locks, static_cast<double>(counts.rows - counts.held - counts.expired), {{"state", "released"}});
     out.push_back(std::move(locks));
     auto contended_locks = gauge("rowguard_db_locks_contended", "held locks that someone is waiting for");
-    add(contended_locks, static_cast<double>(contended));
+    add(contended_locks, static_cast<double>(counts.contended));
     out.push_back(std::move(contended_locks));
     auto waiting = gauge("rowguard_db_lock_waiters", "processes waiting for a lock (blocking acquires)");
-    add(waiting, static_cast<double>(waiters));
+    add(waiting, static_cast<double>(counts.waiters));
     out.push_back(std::move(waiting));
 
     auto accounts = gauge("rowguard_db_accounts", "accounts by currency");
@@ -280,6 +343,9 @@ std::string StatusServer::metrics_text() {
     add(cache_bytes, static_cast<double>(view.cache.bytes));
     out.push_back(std::move(cache_bytes));
   }
+  auto rows = gauge("rowguard_db_scrape_rows", "rows the statements of this scrape returned (aggregates: bounded)");
+  add(rows, static_cast<double>(view.rows_read));
+  out.push_back(std::move(rows));
   auto took = gauge("rowguard_db_scrape_seconds", "how long reading the database-wide figures of this scrape took");
   add(took, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   out.push_back(std::move(took));
@@ -318,41 +384,52 @@ std::string StatusServer::status_page() {
                         report.accounts, report.entries, utc_time(view.check->taken_ms));
     if (!report.ok()) {
       page += "<table id=\"violations\"><tr><th>kind</th><th>account</th><th>detail</th></tr>\n";
-      for (const auto& v : report.violations)
+      for (std::size_t i = 0; i < report.violations.size() && i < options.violations_shown; ++i) {
+        const auto& v = report.violations[i];
         page += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n", html_escape(v.what), html_escape(v.account),
                             html_escape(v.detail));
+      }
       page += "</table>\n";
+      if (report.violations.size() > options.violations_shown)
+        page += fmt::format("<p id=\"violations-more\">and {} more: run rowguard ledger check</p>\n",
+                            report.violations.size() - options.violations_shown);
     }
   } else if (view.check) {
     page += fmt::format("<p id=\"ledger-check\" class=\"bad\">ledger check could not run: {}</p>\n",
                         html_escape(view.check->error));
   }
+  // Totals per currency: balances of different currencies are never added together.
   page += "<table id=\"currencies\"><tr><th>currency</th><th>accounts</th><th>balance</th><th>held</th></tr>\n";
   for (const auto& [currency, totals] : view.currencies)
     page += fmt::format("<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
                         html_escape(currency), totals.accounts, totals.balance, totals.held);
+  page += "</table>\n";
+  std::int64_t accounts = 0;
+  for (const auto& [currency, totals] : view.currencies) accounts += totals.accounts;
+  page += fmt::format("<p id=\"largest-summary\">the {} largest balances of {} accounts (minor units of each "
+                      "account's currency)</p>\n<table id=\"largest\"><tr><th>account</th><th>balance</th><th>held</th></tr>\n",
+                      view.largest.size(), accounts);
+  for (const auto& a : view.largest)
+    page += fmt::format("<tr><td>{}</td><td class=\"n\">{} {}</td><td class=\"n\">{}</td></tr>\n", html_escape(a.id),
+                        a.balance, html_escape(a.currency), a.held);
   page += "</table></section>\n";
 
-  // Locks worth a look: held, expired unreleased, or waited for; held ones first.
-  std::vector<const LockInfo*> shown;
-  std::size_t held = 0, expired = 0;
-  for (const auto& lock : view.locks) {
-    held += lock.held;
-    expired += lock.expired;
-    if (lock.held || lock.expired || lock.waiters > 0) shown.push_back(&lock);
-  }
-  std::stable_sort(shown.begin(), shown.end(), [](const LockInfo* a, const LockInfo* b) { return a->held > b->held; });
+  // Locks worth a look, as the statement orders them: held (the longest held first), expired
+  // unreleased (the most recent first), released but waited for; the rest are only counted.
+  const auto& counts = view.lock_counts;
   page += fmt::format("<section id=\"locks\"><h2>Locks</h2>\n<p id=\"lock-summary\">{} held, {} expired, {} rows</p>\n",
-                      held, expired, view.locks.size());
+                      counts.held, counts.expired, counts.rows);
   page += "<table><tr><th>name</th><th>state</th><th>owner</th><th>token</th><th>expires in</th><th>waiters</th></tr>\n";
-  for (std::size_t i = 0; i < shown.size() && i < options.locks_shown; ++i) {
-    const auto& lock = *shown[i];
+  for (const auto& lock : view.locks)
     page += fmt::format(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
         html_escape(lock.name), lock.held ? "held" : lock.expired ? "expired" : "released", html_escape(lock.owner),
         lock.token, lock.held ? fmt::format("{:.1f}s", lock.expires_in_ms / 1000.0) : std::string("-"), lock.waiters);
-  }
-  page += "</table></section>\n";
+  page += "</table>\n";
+  if (static_cast<std::int64_t>(view.locks.size()) < counts.held + counts.expired)
+    page += fmt::format("<p id=\"locks-more\">showing {} of {} held or expired</p>\n", view.locks.size(),
+                        counts.held + counts.expired);
+  page += "</section>\n";
 
   page += "<section id=\"transfers\"><h2>Recent transfers</h2>\n<table><tr><th>id</th><th>time</th><th>kind</th>"
           "<th>from</th><th>to</th><th>amount</th><th>outcome</th></tr>\n";
@@ -366,7 +443,9 @@ std::string StatusServer::status_page() {
   page += fmt::format(
       "<section id=\"cache\"><h2>Cache</h2>\n<p id=\"cache-summary\">{} rows: {} live, {} expired; {} bytes</p></section>\n",
       view.cache.rows, view.cache.live_rows, view.cache.rows - view.cache.live_rows, view.cache.bytes);
-  page += "<p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/healthz\">/healthz</a></p>\n</body></html>\n";
+  page += fmt::format("<p id=\"footer\">{} rows read &middot; <a href=\"/metrics\">/metrics</a> &middot; "
+                      "<a href=\"/healthz\">/healthz</a></p>\n</body></html>\n",
+                      view.rows_read);
   return page;
 }
 

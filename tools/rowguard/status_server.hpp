@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "rowguard/rowguard.hpp"
 
@@ -18,9 +19,18 @@ struct StatusOptions {
   // Ledger::check() reads every account and entry, so /metrics and the page reuse its last report
   // for this long. Default: 60s. REQUIRES: >= 1s.
   std::chrono::seconds check_every{60};
-  // Rows the page shows. Defaults: 20 recent transfers, 100 locks (held, expired or waited for).
+  // Rows the page shows, each list read with a LIMIT (totals and counts come from aggregates, so
+  // a page reads a bounded number of rows however many accounts and locks there are). Defaults:
+  // 20 recent transfers, 100 locks (the longest-held leases, then the most recently expired ones,
+  // then released ones waited for), 20 largest balances, 100 ledger check violations.
+  // REQUIRES: recent_transfers 1..1000.
   std::size_t recent_transfers = 20;
   std::size_t locks_shown = 100;
+  std::size_t largest_accounts = 20;
+  std::size_t violations_shown = 100;
+  // Largest request body accepted; a larger one is answered 413 without being kept (no route
+  // takes a body). Default: 4 KiB.
+  std::size_t max_request_body = 4096;
 };
 
 // Serves GET /metrics, /healthz and / over HTTP/1.1 on one address until stop().
@@ -48,10 +58,16 @@ class StatusServer {
   void stop();
 
   // The responses themselves: the Prometheus text of this process's metrics and the database-wide
-  // view; the health check as (HTTP status, JSON body); the HTML page.
+  // view (aggregates only, besides the ledger check of at most check_every ago); the health check
+  // as (HTTP status, JSON body: the clock and the schema version); the HTML page.
   std::string metrics_text();
   std::pair<int, std::string> health();
   std::string status_page();
+
+  // The SQL statements the page and /metrics read the database with besides the library's
+  // Ledger::transfers (LIMIT) and Cache::table_stats (an aggregate): each is an aggregate or has a
+  // LIMIT. For tests and for DBAs who want to know what a scrape costs.
+  std::vector<std::string> statements() const;
 
   struct Impl;
 
