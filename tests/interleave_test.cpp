@@ -1,0 +1,77 @@
+// Maintenance run *at the same time* as the operations whose guarantees it could break: each test
+// runs a workload (tests/interleave_workloads.hpp) on threads lined up on a start barrier beside
+// maintenance on a random schedule, then checks every guarantee of that workload. Seeded: each
+// run draws a seed, printed with any failure (ROWGUARD_SEED reruns the same choices); each runs
+// a few seconds in the test command, $ROWGUARD_INTERLEAVE_SECONDS in the soak mode
+// (scripts/soak.sh --interleave-seconds N).
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "interleave_workloads.hpp"
+#include "seeded.hpp"
+#include "support.hpp"
+
+using namespace rowguard;
+using namespace rowguard::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+Schedule schedule(unsigned seed) {
+  Schedule s;
+  s.seed = seed;
+  s.duration = interleave_duration(3000ms);
+  s.processes = !is_memory();
+  return s;
+}
+
+void require_no_unexpected_errors(Findings& findings) {
+  for (const auto& u : findings.unexpected) UNSCOPED_INFO("unexpected error: " << u);
+  CHECK(findings.unexpected_count == 0);
+}
+
+std::int64_t changed(const MaintenanceTally& m, const std::string& name) {
+  const auto it = m.effect.find(name);
+  return it == m.effect.end() ? 0 : it->second;
+}
+
+void list(const std::vector<std::string>& lines, const char* what) {
+  for (const auto& l : lines) UNSCOPED_INFO(what << ": " << l);
+}
+
+}  // namespace
+
+TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, archive, hold, cache and lock sweeps "
+          "run beside them",
+          "[backend][interleave]") {
+  const unsigned seed = run_seed();
+  INFO(seed_note(seed));
+  TestDb t;
+  t.db().migrate();
+  Findings findings;
+  const PaymentsReport r = run_payments(t, schedule(seed), findings);
+  WARN(fmt::format("{}: {} requests acknowledged ({} applied), {} sent again, {} retries, {} given up, {} cached "
+                   "reads; maintenance: {}; expected errors: {}",
+                   backend(), r.acknowledged, r.applied, r.resent, r.retries, r.given_up, r.cached_reads,
+                   r.maintenance.summary(), findings.summary()));
+  require_no_unexpected_errors(findings);
+  // The schedule interleaved: requests were answered and sent again, and maintenance changed
+  // things while requests were in flight.
+  CHECK(r.applied > 0);
+  CHECK(r.resent > 0);
+  CHECK(r.maintenance.overlapped > 0);
+  CHECK(changed(r.maintenance, "age retired keys 40 days") > 0);
+  // Every acknowledged request applied exactly once; every one sent again was replayed.
+  CHECK(r.given_up == 0);
+  list(r.resend_failures, "sent again");
+  CHECK(r.resend_wrong == 0);
+  list(r.balances_wrong, "balance");
+  CHECK(r.balances_wrong.empty());
+  // Money conserved per currency, and the ledger check clean.
+  CHECK(r.totals == r.expected_totals);
+  list(r.violations, "ledger check");
+  CHECK(r.check_ok);
+  // No cached account older than the table's.
+  INFO(r.first_stale);
+  CHECK(r.stale_cached_reads == 0);
+}

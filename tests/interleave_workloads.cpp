@@ -1,0 +1,589 @@
+#include "interleave_workloads.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <deque>
+#include <exception>
+#include <latch>
+#include <optional>
+#include <random>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace rowguard::test {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+constexpr std::int64_t day_ms = 86'400'000;
+
+// What a caller retries with the same key (docs/ledger.md): the outcome is unknown or not reached.
+bool retriable(ErrorKind k) {
+  return k == ErrorKind::conflict || k == ErrorKind::transient || k == ErrorKind::in_doubt;
+}
+
+// Bodies run on their own threads, lined up on a start barrier; an exception escaping a body is
+// rethrown by run() after every thread has ended.
+class Crew {
+ public:
+  void add(std::function<void()> body) { bodies_.push_back(std::move(body)); }
+  void run() {
+    std::latch start(static_cast<std::ptrdiff_t>(bodies_.size()));
+    std::mutex mutex;
+    std::exception_ptr failed;
+    std::vector<std::thread> threads;
+    for (auto& body : bodies_)
+      threads.emplace_back([&, b = &body] {
+        start.arrive_and_wait();
+        try {
+          (*b)();
+        } catch (...) {
+          std::lock_guard lock(mutex);
+          if (!failed) failed = std::current_exception();
+        }
+      });
+    for (auto& t : threads) t.join();
+    if (failed) std::rethrow_exception(failed);
+  }
+
+ private:
+  std::vector<std::function<void()>> bodies_;
+};
+
+// Counts a workload request as in flight while it lives.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>& n) : n_(n) { ++n_; }
+  ~InFlight() { --n_; }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  std::atomic<int>& n_;
+};
+
+// One maintenance operation: its name, how often it is picked, and what it does (returns how
+// much it changed: rows pruned, transfers archived, leases ended, ...).
+struct MaintenanceOp {
+  std::string name;
+  int weight = 1;
+  std::function<std::int64_t()> run;
+};
+
+// Runs ops picked at random (by weight) with short random pauses until `end`. Errors of the kinds
+// in `tolerated` are expected (a conflict with the workload, a lease the workload holds); any
+// other is a finding.
+void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, Clock::time_point end,
+              std::chrono::milliseconds pause, const std::atomic<int>& in_flight, MaintenanceTally& tally,
+              std::mutex& tally_mutex, Findings& findings, const std::set<ErrorKind>& tolerated = {}) {
+  std::mt19937 rng(seed);
+  // For triage: $ROWGUARD_INTERLEAVE_SKIP leaves out the operations whose names contain one of its
+  // comma-separated parts ("cache sweep,archive"), to see which one a failure needs.
+  std::vector<MaintenanceOp> kept;
+  std::vector<std::string> skip;
+  if (const char* env = std::getenv("ROWGUARD_INTERLEAVE_SKIP"))
+    for (std::string rest = env; !rest.empty();) {
+      const auto comma = rest.find(',');
+      skip.push_back(rest.substr(0, comma));
+      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    }
+  for (const auto& op : ops)
+    if (std::none_of(skip.begin(), skip.end(), [&](const std::string& part) { return op.name.find(part) != std::string::npos; }))
+      kept.push_back(op);
+  if (kept.empty()) return;
+  int total = 0;
+  for (const auto& op : kept) total += op.weight;
+  while (Clock::now() < end) {
+    int pick = static_cast<int>(rng() % static_cast<unsigned>(total));
+    const MaintenanceOp* op = &kept.front();
+    for (const auto& o : kept) {
+      if (pick < o.weight) {
+        op = &o;
+        break;
+      }
+      pick -= o.weight;
+    }
+    const bool overlapped = in_flight > 0;
+    const auto began = Clock::now();
+    try {
+      const std::int64_t effect = op->run();
+      const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - began).count();
+      std::lock_guard lock(tally_mutex);
+      ++tally.ran[op->name];
+      tally.longest_ms[op->name] = std::max(tally.longest_ms[op->name], static_cast<std::int64_t>(took));
+      tally.effect[op->name] += effect;
+      tally.overlapped += overlapped;
+    } catch (const Error& e) {
+      if (retriable(e.kind()) || tolerated.count(e.kind()))
+        findings.expected("maintenance " + op->name, e);
+      else
+        findings.unexpected_error("maintenance " + op->name, e.what());
+    } catch (const std::exception& e) {
+      findings.unexpected_error("maintenance " + op->name, e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % static_cast<unsigned>(pause.count() + 1)));
+  }
+}
+
+// A maintenance operation run as a `rowguard` CLI process on t's database. Exit 0, 6 (conflict
+// after all retries) and 10 (transient) are expected; anything else is a finding.
+MaintenanceOp cli_op(TestDb& t, const std::string& name, int weight, std::function<std::vector<std::string>()> args,
+                     Findings& findings, MaintenanceTally& tally, std::mutex& tally_mutex) {
+  return {name, weight, [&t, &findings, &tally, &tally_mutex, name, args = std::move(args)]() -> std::int64_t {
+            std::vector<std::string> all{"--db", t.url(), "--prefix", t.db().table_prefix()};
+            for (auto& a : args()) all.push_back(std::move(a));
+            std::string out;
+            const int rc = run_cli(all, &out, true);
+            {
+              std::lock_guard lock(tally_mutex);
+              ++tally.cli_runs;
+            }
+            if (rc != 0 && rc != 6 && rc != 10)
+              findings.unexpected_error(name, fmt::format("exit {}: {}", rc, out.substr(0, 400)));
+            return rc == 0;
+          }};
+}
+
+std::int64_t db_now_ms(Database& db) { return db.exec("SELECT " + db.backend().dialect().now_ms()).one().i64(0); }
+
+// Runs f again with the same arguments (the same idempotency key) while it fails in a way that
+// leaves the outcome unknown or not reached, as docs/ledger.md tells callers to; nothing when it
+// kept failing for 30 s. Other errors propagate.
+template <class F>
+auto with_same_key(F&& f, std::atomic<int>& retries, Findings& findings, const std::string& what)
+    -> std::optional<decltype(f())> {
+  const auto give_up = Clock::now() + 30s;
+  for (;;) {
+    try {
+      return f();
+    } catch (const Error& e) {
+      if (!retriable(e.kind())) throw;
+      findings.expected(what, e);
+      ++retries;
+      if (Clock::now() > give_up) return std::nullopt;
+      std::this_thread::sleep_for(2ms);
+    }
+  }
+}
+
+std::string violations_text(const CheckReport& r, std::vector<std::string>& out) {
+  for (const auto& v : r.violations) out.push_back(fmt::format("{} {}: {}", v.what, v.account, v.detail));
+  return {};
+}
+
+// Reads the checks after a run, retrying a conflict (SQLite busy) for a while.
+template <class F>
+auto settled(F&& f) {
+  for (int attempt = 0;; ++attempt) {
+    try {
+      return f();
+    } catch (const Error& e) {
+      if (!retriable(e.kind()) || attempt > 100) throw;
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+}
+
+}  // namespace
+
+void Findings::expected(const std::string& what, const Error& e) {
+  std::lock_guard lock(mutex);
+  ++counts[fmt::format("{}: {}", what, to_string(e.kind()))];
+}
+
+void Findings::unexpected_error(const std::string& what, const std::string& message) {
+  std::lock_guard lock(mutex);
+  ++unexpected_count;
+  if (unexpected.size() < 20) unexpected.push_back(fmt::format("{}: {}", what, message));
+}
+
+std::string Findings::summary() {
+  std::lock_guard lock(mutex);
+  std::string s;
+  for (const auto& [what, n] : counts) s += fmt::format("{}{} x{}", s.empty() ? "" : ", ", what, n);
+  return s.empty() ? "none" : s;
+}
+
+std::string MaintenanceTally::summary() const {
+  std::string s;
+  for (const auto& [name, n] : ran) {
+    const auto e = effect.find(name);
+    const auto l = longest_ms.find(name);
+    s += fmt::format("{}{} x{} (changed {}, slowest {} ms)", s.empty() ? "" : ", ", name, n,
+                     e == effect.end() ? 0 : e->second, l == longest_ms.end() ? 0 : l->second);
+  }
+  return fmt::format("{}; {} began while a request was in flight; {} CLI runs", s.empty() ? "nothing" : s, overlapped,
+                     cli_runs);
+}
+
+// ---- Payments -------------------------------------------------------------------------------
+
+namespace {
+
+// The answer to a keyed request: its status, its transfer (or hold) id, whether it was a replay.
+struct Answer {
+  TransferStatus status = TransferStatus::ok;
+  std::int64_t id = 0;
+  bool replayed = false;
+};
+Answer answer(const TransferResult& r) { return {r.status, r.transfer_id, r.replayed}; }
+Answer answer(const HoldResult& r) { return {r.status, r.hold_id, r.replayed}; }
+
+// An acknowledged request a worker keeps while it is young: it may send it again, refund it, and
+// when it leaves the window its keys are retired (the test then ages them).
+struct Sent {
+  std::string key;
+  std::string kind;  // transfer, hold, capture, reversal, batch
+  Answer first;
+  std::function<Answer()> resend;
+  std::string from, to;  // for a transfer that may be refunded
+  std::int64_t amount = 0, refunded = 0;
+  std::string original;  // a reversal's original key (resent only while that is young too)
+  std::vector<std::string> transfer_keys;  // keys of rows in <prefix>transfers to age once retired
+};
+
+}  // namespace
+
+PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
+  Database& db = t.db();
+  Cache ledger_cache(db);
+  LedgerOptions lo;
+  lo.cache = &ledger_cache;
+  lo.retry.attempts = 50;
+  lo.retry.deadline = 30s;
+  Ledger ledger(db, lo);
+  Ledger plain(db);  // reads the table: the reader's reference
+  CacheOptions sweeping;
+  sweeping.sweep_grace = 0ms;
+  sweeping.max_rows = 4;
+  Cache sweeper(db, sweeping);
+  Locks locks(db);
+  const std::vector<std::string> eur{"e0", "e1", "e2", "e3"}, usd{"u0", "u1", "u2"};
+  constexpr std::int64_t opening = 1'000'000;
+  std::map<std::string, std::string> currency;
+  for (const auto& id : eur) currency[id] = "EUR";
+  for (const auto& id : usd) currency[id] = "USD";
+  for (const auto& [id, cur] : currency) {
+    ledger.open(id, cur);
+    ledger.deposit(id, opening, "opening-" + id);
+  }
+
+  const auto end = Clock::now() + s.duration;
+  std::atomic<int> in_flight{0}, retries{0}, given_up{0}, acknowledged{0}, applied{0}, resent{0}, resend_wrong{0};
+  std::atomic<int> cached_reads{0}, stale{0};
+  std::mutex mutex;  // guards what follows
+  std::map<std::string, std::int64_t> delta;  // per account: what the acknowledged requests moved
+  std::deque<std::string> retired;            // transfer keys nobody sends again: to be aged
+  std::vector<std::string> resend_failures;
+  std::string first_stale;
+  MaintenanceTally tally;
+  std::mutex tally_mutex;
+
+  Crew crew;
+  constexpr int workers = 3;
+  for (int w = 0; w < workers; ++w)
+    crew.add([&, w] {
+      std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
+      std::deque<Sent> window;
+      std::map<std::string, std::int64_t> moved;
+      int n = 0;
+      auto fresh = [&] { return fmt::format("w{}-{}", w, n++); };
+      auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
+      auto two = [&](const std::vector<std::string>& v) {
+        const std::string a = pick(v);
+        std::string b = pick(v);
+        while (b == a) b = pick(v);
+        return std::pair{a, b};
+      };
+      auto remember = [&](Sent x) {
+        window.push_back(std::move(x));
+        if (window.size() <= 6) return;
+        std::lock_guard lock(mutex);
+        for (const auto& k : window.front().transfer_keys) retired.push_back(k);
+        window.pop_front();
+      };
+      auto acknowledge = [&](const Answer& a, const std::string& from, const std::string& to, std::int64_t amount) {
+        ++acknowledged;
+        if (a.status != TransferStatus::ok) return;
+        ++applied;
+        moved[from] -= amount;
+        moved[to] += amount;
+      };
+      auto send = [&](const std::string& what, auto&& f) { return with_same_key(f, retries, findings, "payments " + what); };
+      while (Clock::now() < end) {
+        const unsigned op = rng() % 100;
+        std::string what = "transfer";
+        try {
+          const auto& ids = rng() % 3 == 0 ? usd : eur;
+          const auto [from, to] = two(ids);
+          const std::int64_t amount = 1 + static_cast<std::int64_t>(rng() % 2000);
+          if (op < 35) {  // a transfer
+            const std::string key = fresh();
+            auto go = [&ledger, from, to, amount, key] { return answer(ledger.transfer(from, to, amount, key)); };
+            const auto a = send(what, [&] {
+              InFlight f(in_flight);
+              return go();
+            });
+            if (!a) {
+              ++given_up;
+              continue;
+            }
+            acknowledge(*a, from, to, amount);
+            remember({key, "transfer", *a, go, from, to, amount, 0, {}, {key}});
+          } else if (op < 52) {  // a hold, then its capture, its void, or nothing (it expires)
+            what = "hold";
+            const std::string key = fresh(), hold_key = key + "-hold";
+            const bool abandon = rng() % 5 == 0;
+            const auto timeout = abandon ? 300ms : 120s;
+            auto hold = [&ledger, from, to, amount, hold_key, timeout] {
+              return answer(ledger.hold(from, to, amount, hold_key, timeout));
+            };
+            const auto h = send(what, [&] {
+              InFlight f(in_flight);
+              return hold();
+            });
+            if (!h) {
+              ++given_up;
+              continue;
+            }
+            ++acknowledged;
+            remember({hold_key, "hold", *h, hold, {}, {}, 0, 0, {}, {}});
+            if (h->status != TransferStatus::ok || abandon) continue;
+            if (rng() % 3 == 0) {
+              what = "void";
+              const auto v = send(what, [&] {
+                InFlight f(in_flight);
+                return ledger.void_hold(h->id);
+              });
+              if (!v) ++given_up;
+              else if (v->state != HoldState::voided)
+                findings.unexpected_error("payments void", fmt::format("hold {} is {}", h->id, to_string(v->state)));
+              continue;
+            }
+            what = "capture";
+            const std::int64_t take = rng() % 2 ? amount : 1 + static_cast<std::int64_t>(rng() % amount);
+            const std::string capture_key = key + "-capture";
+            const std::int64_t hold_id = h->id;
+            auto capture = [&ledger, hold_id, take, capture_key] {
+              return answer(ledger.capture(hold_id, take, capture_key));
+            };
+            const auto c = send(what, [&] {
+              InFlight f(in_flight);
+              return capture();
+            });
+            if (!c) {
+              ++given_up;
+              continue;
+            }
+            acknowledge(*c, from, to, take);
+            remember({capture_key, "capture", *c, capture, {}, {}, 0, 0, {}, {capture_key}});
+          } else if (op < 64) {  // a partial refund of a young applied transfer
+            what = "reversal";
+            std::vector<Sent*> refundable;
+            for (auto& x : window)
+              if (x.kind == "transfer" && x.first.status == TransferStatus::ok && x.refunded < x.amount)
+                refundable.push_back(&x);
+            if (refundable.empty()) continue;
+            Sent& o = *refundable[rng() % refundable.size()];
+            const std::int64_t back = 1 + static_cast<std::int64_t>(rng() % std::min<std::int64_t>(50, o.amount - o.refunded));
+            const std::string key = fresh(), original = o.key;
+            auto reverse = [&ledger, original, back, key] { return answer(ledger.reverse(original, back, key)); };
+            const auto r = send(what, [&] {
+              InFlight f(in_flight);
+              return reverse();
+            });
+            if (!r) {
+              ++given_up;
+              continue;
+            }
+            if (r->status == TransferStatus::ok) o.refunded += back;
+            acknowledge(*r, o.to, o.from, back);
+            remember({key, "reversal", *r, reverse, {}, {}, 0, 0, original, {key}});
+          } else if (op < 76) {  // a batch of 2 to 4 transfers, some in linked chains
+            what = "batch";
+            std::vector<BatchItem> items;
+            const std::size_t count = 2 + rng() % 3;
+            for (std::size_t i = 0; i < count; ++i) {
+              const auto [a, b] = two(ids);
+              items.push_back({a, b, 1 + static_cast<std::int64_t>(rng() % 3000), fresh(), i + 1 < count && rng() % 2 == 0});
+            }
+            const auto results = send(what, [&] {
+              InFlight f(in_flight);
+              return ledger.transfer_batch(items);
+            });
+            if (!results) {
+              ++given_up;
+              continue;
+            }
+            for (std::size_t i = 0; i < items.size(); ++i) {
+              const BatchResult& r = (*results)[i];
+              const BatchItem& item = items[i];
+              if (r.error) {  // nothing recorded under the key (a chain that failed as a whole)
+                if (*r.error != ErrorKind::insufficient_funds)
+                  findings.unexpected_error("payments batch item", fmt::format("{}: {}", to_string(*r.error), r.message));
+                continue;
+              }
+              const Answer a = answer(r.result);
+              acknowledge(a, item.from, item.to, item.amount);
+              // Sent again alone: a batch item's key answers transfer() with its recorded outcome.
+              auto again = [&ledger, item] { return answer(ledger.transfer(item.from, item.to, item.amount, item.key)); };
+              remember({item.key, "batch", a, again, item.from, item.to, item.amount, 0, {}, {item.key}});
+            }
+          } else if (op < 94) {  // an acknowledged request sent again: replayed, the same outcome
+            what = "resend";
+            if (window.empty()) continue;
+            const Sent& x = window[rng() % window.size()];
+            if (!x.original.empty() &&
+                std::none_of(window.begin(), window.end(), [&](const Sent& y) { return y.key == x.original; }))
+              continue;  // a refund whose original is retired: its key may be pruned (not_found then)
+            const auto a = send(what, [&] {
+              InFlight f(in_flight);
+              return x.resend();
+            });
+            if (!a) {
+              ++given_up;
+              continue;
+            }
+            ++resent;
+            if (!a->replayed || a->status != x.first.status || a->id != x.first.id) {
+              ++resend_wrong;
+              std::lock_guard lock(mutex);
+              if (resend_failures.size() < 10)
+                resend_failures.push_back(fmt::format("{} '{}': first {} id {}, again {} id {}{}", x.kind, x.key,
+                                                      to_string(x.first.status), x.first.id, to_string(a->status),
+                                                      a->id, a->replayed ? " (replayed)" : " (applied again)"));
+            }
+          } else {  // between currencies: refused, nothing recorded
+            what = "cross-currency transfer";
+            const std::string key = fresh();
+            try {
+              InFlight f(in_flight);
+              ledger.transfer(pick(eur), pick(usd), amount, key);
+              findings.unexpected_error("payments " + what, "accepted");
+            } catch (const Error& e) {
+              if (e.kind() == ErrorKind::currency_mismatch) findings.expected("payments " + what, e);
+              else if (!retriable(e.kind())) throw;
+            }
+          }
+        } catch (const Error& e) {
+          findings.unexpected_error("payments " + what, e.what());
+        }
+        // A short pause: SQLite's busy handler otherwise starves the maintenance writers.
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+      }
+      std::lock_guard lock(mutex);
+      for (const auto& [id, m] : moved) delta[id] += m;
+    });
+
+  // The reader: an account read through the cache is never older than one read from the table
+  // just before it (the change that made the newer version committed its invalidation with it).
+  crew.add([&] {
+    std::mt19937 rng(s.seed * 31u + 7u);
+    std::vector<std::string> all;
+    for (const auto& [id, c] : currency) all.push_back(id);
+    while (Clock::now() < end) {
+      const std::string id = all[rng() % all.size()];
+      try {
+        const Account table = plain.get(id);
+        const Account cached = ledger.get(id);
+        ++cached_reads;
+        if (cached.version < table.version && stale++ == 0) {
+          std::lock_guard lock(mutex);
+          first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
+                                    "(balance {})",
+                                    id, cached.version, cached.balance, table.version, table.balance);
+        }
+      } catch (const Error& e) {
+        if (retriable(e.kind())) findings.expected("payments reader", e);
+        else findings.unexpected_error("payments reader", e.what());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % 3));
+    }
+  });
+
+  const std::string shift = db.backend().dialect().timestamp_plus_ms("created_at", "$1");
+  const std::string age_entries = fmt::format(
+      "UPDATE {0}entries SET created_at = {1} WHERE transfer_id IN (SELECT id FROM {0}transfers WHERE "
+      "idempotency_key = $2)",
+      db.table_prefix(), shift);
+  const std::string age_transfers =
+      fmt::format("UPDATE {}transfers SET created_at = {} WHERE idempotency_key = $2", db.table_prefix(), shift);
+  std::vector<MaintenanceOp> ops{
+      {"age retired keys 40 days", 5,
+       [&]() -> std::int64_t {
+         std::vector<std::string> keys;
+         {
+           std::lock_guard lock(mutex);
+           while (!retired.empty() && keys.size() < 8) {
+             keys.push_back(retired.front());
+             retired.pop_front();
+           }
+         }
+         std::int64_t aged = 0;
+         for (std::size_t i = 0; i < keys.size(); ++i) {
+           try {
+             auto tx = db.begin();
+             tx.exec(age_entries, {-40 * day_ms, keys[i]});
+             aged += tx.exec(age_transfers, {-40 * day_ms, keys[i]}).affected;
+             tx.commit();
+           } catch (const Error&) {
+             std::lock_guard lock(mutex);
+             for (std::size_t j = i; j < keys.size(); ++j) retired.push_back(keys[j]);  // another time
+             throw;
+           }
+         }
+         return aged;
+       }},
+      {"prune-keys 30 days", 2, [&] { return ledger.prune_keys(std::chrono::hours(24 * 30)); }},
+      {"archive before 31 days ago", 2, [&] { return ledger.archive(db_now_ms(db) - 31 * day_ms).transfers; }},
+      {"hold sweep", 1, [&] { return ledger.sweep_holds(); }},
+      {"cache sweep (no grace, 4 rows)", 3, [&] { return sweeper.sweep(); }},
+      {"lock sweep", 1, [&] { return locks.sweep(0ms); }},
+  };
+  if (s.processes) {
+    ops.push_back(cli_op(t, "cli ledger prune-keys", 1, [] { return std::vector<std::string>{"ledger", "prune-keys", "--older-than", "720h"}; },
+                         findings, tally, tally_mutex));
+    ops.push_back(cli_op(t, "cli ledger archive", 1,
+                         [&] {
+                           return std::vector<std::string>{"ledger", "archive", "--before",
+                                                           fmt::format("@{}", db_now_ms(db) - 31 * day_ms)};
+                         },
+                         findings, tally, tally_mutex));
+    ops.push_back(cli_op(t, "cli ledger sweep-holds", 1, [] { return std::vector<std::string>{"ledger", "sweep-holds"}; },
+                         findings, tally, tally_mutex));
+  }
+  for (unsigned m = 0; m < 2; ++m)
+    crew.add([&, m] { maintain(ops, s.seed * 104729u + m, end, 15ms, in_flight, tally, tally_mutex, findings); });
+  crew.run();
+
+  PaymentsReport r;
+  r.acknowledged = acknowledged;
+  r.applied = applied;
+  r.resent = resent;
+  r.resend_wrong = resend_wrong;
+  r.resend_failures = resend_failures;
+  r.retries = retries;
+  r.given_up = given_up;
+  r.cached_reads = cached_reads;
+  r.stale_cached_reads = stale;
+  r.first_stale = first_stale;
+  r.maintenance = tally;
+  const CheckReport check = settled([&] { return plain.check(); });
+  r.check_ok = check.ok();
+  violations_text(check, r.violations);
+  for (const auto& a : settled([&] { return plain.list(); })) {
+    r.totals[a.currency] += a.balance;
+    r.expected_totals[a.currency] += opening;
+    const std::int64_t want = opening + delta[a.id];
+    if (a.balance != want)
+      r.balances_wrong.push_back(fmt::format("{}: balance {}, the acknowledged requests make {}", a.id, a.balance, want));
+  }
+  return r;
+}
+
+}  // namespace rowguard::test
