@@ -75,3 +75,32 @@ TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, a
   INFO(r.first_stale);
   CHECK(r.stale_cached_reads == 0);
 }
+
+TEST_CASE("interleave: lease holders never overlap and evicted holders are refused while lock sweeps and force-release "
+          "run beside them",
+          "[backend][interleave]") {
+  const unsigned seed = run_seed();
+  INFO(seed_note(seed));
+  TestDb t;
+  t.db().migrate();
+  Findings findings;
+  const LeasesReport r = run_leases(t, schedule(seed), findings);
+  WARN(fmt::format("{}: {} acquisitions, {} guarded writes, {} holders evicted and refused; maintenance: {}; "
+                   "expected errors: {}",
+                   backend(), r.acquisitions, r.guarded_writes, r.refused_after_force_release,
+                   r.maintenance.summary(), findings.summary()));
+  require_no_unexpected_errors(findings);
+  CHECK(r.acquisitions > 1);
+  CHECK(r.guarded_writes > 0);
+  CHECK(r.maintenance.overlapped > 0);
+  CHECK(r.maintenance.ran.count("force-release") > 0);
+  INFO(r.first_problem);
+  // Fencing tokens strictly increase, and no two holders' writes interleave.
+  CHECK(r.tokens_reused == 0);
+  CHECK(r.tokens_out_of_order == 0);
+  CHECK(r.log_out_of_order == 0);
+  CHECK(r.log_token_shared == 0);
+  CHECK(r.fence_admitted_stale == 0);
+  // A sweep never ended a live lease: every loss is a force-release's doing.
+  CHECK(r.leases_lost_unexplained == 0);
+}

@@ -83,9 +83,11 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings);
 // ---- Leases ---------------------------------------------------------------------------------
 // Workers take one lease in turn and write under it: a guarded transaction (Lease::guard, and
 // Fence::guard on a resource) appends (token, worker) to a log table, and Fence::admit gates an
-// "external" resource. Beside them: force-release of the lease (a legitimate way in for the next
-// holder: the evicted holder's writes must then be refused), and lock sweeps (which must never
-// touch a live lease), in process and through the CLI.
+// "external" resource. Now and then a holder dies (never renews or releases; ttl 300 ms), on the
+// shared lock or on one of a few side locks, so the others wait for an expiry and the sweeps have
+// expired leases to clear. Beside them: force-release of the shared lock (a legitimate way in for
+// the next holder: the evicted holder's writes must then be refused), and lock sweeps (which must
+// never touch a live lease), in process and through the CLI.
 struct LeasesReport {
   int acquisitions = 0;
   int guarded_writes = 0;
