@@ -104,3 +104,29 @@ TEST_CASE("interleave: lease holders never overlap and evicted holders are refus
   // A sweep never ended a live lease: every loss is a force-release's doing.
   CHECK(r.leases_lost_unexplained == 0);
 }
+
+TEST_CASE("interleave: no cache value older than a returned invalidation is read while sweeps, evictions, prefix "
+          "invalidations and loader-lease force-releases run beside slow loads",
+          "[backend][interleave]") {
+  const unsigned seed = run_seed();
+  INFO(seed_note(seed));
+  TestDb t;
+  t.db().migrate();
+  Findings findings;
+  const CacheReport r = run_cache_interleave(t, schedule(seed), findings);
+  WARN(fmt::format("{}: {} reads, {} loads, {} writes, {} loads ended by lock_lost; maintenance: {}; expected "
+                   "errors: {}",
+                   backend(), r.reads, r.loads, r.writes, r.loads_lock_lost, r.maintenance.summary(),
+                   findings.summary()));
+  require_no_unexpected_errors(findings);
+  CHECK(r.reads > 0);
+  CHECK(r.loads > 0);
+  CHECK(r.writes > 0);
+  CHECK(r.maintenance.overlapped > 0);
+  CHECK(r.wrong_key == 0);
+  INFO(r.first_stale);
+  CHECK(r.stale_from_table == 0);
+  CHECK(r.stale_from_own_load == 0);
+  CHECK(r.stale_from_hit_or_join == 0);
+  CHECK(r.stale == 0);
+}

@@ -1,6 +1,7 @@
 #include "interleave_workloads.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <deque>
 #include <exception>
@@ -787,6 +788,213 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
                                     std::chrono::duration_cast<std::chrono::milliseconds>(l.end - l.start).count());
     }
   }
+  return r;
+}
+
+// ---- Cache ----------------------------------------------------------------------------------
+
+CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& findings) {
+  Database& db = t.db();
+  CacheOptions co;
+  co.load_lease_ttl = 2s;
+  co.load_wait = 10s;
+  Cache cache(db, co);
+  CacheOptions sweeping;
+  sweeping.sweep_grace = 0ms;
+  sweeping.max_rows = 3;
+  Cache sweeper(db, sweeping);
+  Locks locks(db);
+  constexpr int keys = 6;  // two prefix groups of three
+  auto key_of = [](int k) { return fmt::format("g{}:k{}", k / 3, k); };
+  // What each key's value is now, and the version whose invalidation or put has returned.
+  std::array<std::atomic<std::int64_t>, keys> truth{}, floor{};
+  std::array<std::atomic<int>, keys> floor_by{};  // how the floor was set (an index into `how`)
+  const std::array<const char*, 5> how{"invalidate", "put", "invalidate_prefix", "invalidate by a CLI process",
+                                       "invalidate inside a transaction"};
+  std::array<std::mutex, keys> writing;  // one writer per key at a time: versions go up in order
+  const auto end = Clock::now() + s.duration;
+  std::atomic<int> in_flight{0}, reads{0}, loads{0}, writes{0}, wrong_key{0}, stale{0}, lock_lost{0};
+  std::mutex mutex;
+  std::array<int, 3> stale_by{};
+  std::array<std::string, 3> stale_first;
+  std::string first_stale;
+  MaintenanceTally tally;
+  std::mutex tally_mutex;
+  // "g0:k1@7" -> 7 when the value is for key; -1 when it is for another key.
+  auto version_in = [](const std::string& key, const std::string& value) -> std::int64_t {
+    if (value.rfind(key + "@", 0) != 0) return -1;
+    return std::stoll(value.substr(key.size() + 1));
+  };
+
+  Crew crew;
+  for (int w = 0; w < 3; ++w)
+    crew.add([&, w] {
+      std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
+      while (Clock::now() < end) {
+        const int k = static_cast<int>(rng() % keys);
+        const std::string key = key_of(k);
+        const std::int64_t seen_floor = floor[k];
+        const int seen_by = floor_by[k];
+        std::optional<std::string> value;
+        // How the value came: 0 get (the table), 1 get_or_load whose own loader ran, 2 get_or_load
+        // whose loader did not run (a hit, or another caller's load joined in process).
+        int came = 0;
+        try {
+          InFlight f(in_flight);
+          if (rng() % 4 == 0) {
+            value = cache.get(key);
+          } else {
+            came = 2;
+            LoadOptions lo;
+            lo.scope = rng() % 2 ? LoadScope::all_processes : LoadScope::this_process;
+            if (rng() % 4 == 0) lo.stale_for = 5s;
+            if (rng() % 4 == 0) lo.early_refresh = true;
+            const auto ttl = rng() % 4 == 0 ? std::chrono::milliseconds(150) : std::chrono::milliseconds(10'000);
+            const auto pause = std::chrono::milliseconds(rng() % 15);
+            value = cache.get_or_load(
+                key, ttl,
+                [&, k, key, pause]() -> std::optional<std::string> {
+                  ++loads;
+                  came = 1;
+                  const std::int64_t v = truth[k];
+                  std::this_thread::sleep_for(pause);  // a slow read of the source: writes overtake it
+                  return fmt::format("{}@{}", key, v);
+                },
+                lo);
+          }
+          ++reads;
+        } catch (const Error& e) {
+          if (e.kind() == ErrorKind::lock_lost) ++lock_lost;
+          if (e.kind() == ErrorKind::lock_lost || e.kind() == ErrorKind::lock_busy || retriable(e.kind()))
+            findings.expected("cache read", e);
+          else
+            findings.unexpected_error("cache read", e.what());
+          continue;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 2000));
+        if (!value) continue;
+        const std::int64_t v = version_in(key, *value);
+        if (v < 0) {
+          ++wrong_key;
+        } else if (v < seen_floor) {
+          ++stale;
+          // What the table holds right after: the same stale value (it was stored), or not.
+          std::string then;
+          try {
+            const auto held = cache.get(key);
+            then = held ? *held : "nothing";
+          } catch (const Error& e) {
+            then = e.what();
+          }
+          std::lock_guard lock(mutex);
+          const std::array<const char*, 3> through{"get", "get_or_load (its own loader)",
+                                                   "get_or_load (a hit or another caller's load)"};
+          if (stale_by[came]++ == 0)
+            stale_first[came] = fmt::format(
+                "{}: {} read version {} after the {} of version {} had returned (the table then held {})",
+                through[static_cast<std::size_t>(came)], key, v, how[static_cast<std::size_t>(seen_by)], seen_floor,
+                then);
+        }
+      }
+    });
+
+  crew.add([&] {  // the writer
+    std::mt19937 rng(s.seed * 31u + 5u);
+    while (Clock::now() < end) {
+      const int k = static_cast<int>(rng() % keys);
+      const std::string key = key_of(k);
+      const unsigned op = rng() % 10;
+      try {
+        InFlight f(in_flight);
+        if (op == 7) {  // a whole group by prefix
+          const int group = k / 3;
+          std::scoped_lock lock(writing[group * 3], writing[group * 3 + 1], writing[group * 3 + 2]);
+          std::array<std::int64_t, 3> now{};
+          for (int i = 0; i < 3; ++i) now[i] = ++truth[group * 3 + i];
+          cache.invalidate_prefix(fmt::format("g{}:", group));
+          for (int i = 0; i < 3; ++i) {
+            floor[group * 3 + i] = now[i];
+            floor_by[group * 3 + i] = 2;
+          }
+        } else {
+          std::lock_guard lock(writing[k]);
+          const std::int64_t now = ++truth[k];
+          int by = 0;
+          if (op == 5 || op == 6) {
+            cache.put(key, fmt::format("{}@{}", key, now), 10s);
+            by = 1;
+          } else if (op == 8 && s.processes) {
+            std::string out;
+            const int rc = run_cli({"--db", t.url(), "--prefix", db.table_prefix(), "cache", "invalidate", key}, &out, true);
+            {
+              std::lock_guard tl(tally_mutex);
+              ++tally.cli_runs;
+            }
+            if (rc != 0) {
+              findings.unexpected_error("cache cli invalidate", fmt::format("exit {}: {}", rc, out.substr(0, 300)));
+              continue;
+            }
+            by = 3;
+          } else if (op == 9) {
+            auto tx = db.begin();
+            cache.invalidate(tx, key);
+            tx.commit();
+            by = 4;
+          } else {
+            cache.invalidate(key);
+          }
+          floor[k] = now;
+          floor_by[k] = by;
+        }
+        ++writes;
+      } catch (const Error& e) {
+        if (retriable(e.kind())) findings.expected("cache write", e);
+        else findings.unexpected_error("cache write", e.what());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 8));
+    }
+  });
+
+  std::vector<MaintenanceOp> ops{
+      {"cache sweep (no grace, 3 rows)", 5, [&] { return sweeper.sweep(); }},
+      {"lock sweep", 2, [&] { return locks.sweep(0ms); }},
+      {"force-release of a loader lease", 2,
+       [&, rng = std::mt19937(s.seed)]() mutable -> std::int64_t {
+         locks.force_release("cache:" + key_of(static_cast<int>(rng() % keys)), "interleave test");
+         return 1;
+       }},
+  };
+  if (s.processes)
+    ops.push_back(cli_op(t, "cli cache sweep", 1, [] { return std::vector<std::string>{"cache", "sweep"}; }, findings,
+                         tally, tally_mutex));
+  crew.add([&] {
+    maintain(ops, s.seed * 104729u, end, 10ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
+  });
+  crew.run();
+
+  CacheReport r;
+  r.reads = reads;
+  r.loads = loads;
+  r.writes = writes;
+  r.wrong_key = wrong_key;
+  r.loads_lock_lost = lock_lost;
+  r.maintenance = tally;
+  // Settled: what the table holds now is no older than the last invalidation or put of each key.
+  for (int k = 0; k < keys; ++k) {
+    const std::string key = key_of(k);
+    const auto value = settled([&] { return cache.get(key); });
+    if (value && version_in(key, *value) < floor[k] && stale++ == 0)
+      first_stale = fmt::format("{} holds version {} after the run, whose last {} was of version {}", key,
+                                version_in(key, *value), how[static_cast<std::size_t>(floor_by[k].load())],
+                                floor[k].load());
+  }
+  r.stale = stale;
+  r.stale_from_table = stale_by[0];
+  r.stale_from_own_load = stale_by[1];
+  r.stale_from_hit_or_join = stale_by[2];
+  r.first_stale = first_stale;
+  for (const auto& f : stale_first)
+    if (!f.empty()) r.first_stale += (r.first_stale.empty() ? "" : "; ") + f;
   return r;
 }
 

@@ -116,7 +116,10 @@ struct CacheReport {
   int writes = 0;
   int wrong_key = 0;
   int stale = 0;  // a value older than an invalidation or put that had returned before the read
-  std::string first_stale;
+  // ... by how it came: get (so the table kept it), a get_or_load whose own loader made it, a
+  // get_or_load that ran no loader (a hit, or another caller's load in flight in this process)
+  int stale_from_table = 0, stale_from_own_load = 0, stale_from_hit_or_join = 0;
+  std::string first_stale;  // the first of each way, and a stale value left in the table
   int loads_lock_lost = 0;  // get_or_load answered lock_lost (its loader lease was force-released)
   MaintenanceTally maintenance;
 };
