@@ -130,3 +130,28 @@ TEST_CASE("interleave: no cache value older than a returned invalidation is read
   CHECK(r.stale_from_hit_or_join == 0);
   CHECK(r.stale == 0);
 }
+
+TEST_CASE("interleave: payment sagas end completed or compensated, paid once or not at all, while recovery, "
+          "force-release of their leases and lock and hold sweeps run beside them",
+          "[backend][interleave][saga]") {
+  const unsigned seed = run_seed();
+  INFO(seed_note(seed));
+  TestDb t;
+  t.db().migrate();
+  Findings findings;
+  const SagasReport r = run_sagas_interleave(t, schedule(seed), findings);
+  WARN(fmt::format("{}: {} sagas started, {} completed, {} compensated, {} interrupted (left to recovery), {} "
+                   "recovered in {} recoveries; maintenance: {}; expected errors: {}",
+                   backend(), r.started, r.completed, r.compensated, r.interrupted, r.recovered, r.recoveries,
+                   r.maintenance.summary(), findings.summary()));
+  require_no_unexpected_errors(findings);
+  CHECK(r.completed > 0);
+  CHECK(r.compensated > 0);
+  CHECK(r.maintenance.overlapped > 0);
+  list(r.unresolved, "unresolved");
+  CHECK(r.unresolved.empty());
+  list(r.balances_wrong, "balance");
+  CHECK(r.balances_wrong.empty());
+  list(r.violations, "ledger check");
+  CHECK(r.check_ok);
+}

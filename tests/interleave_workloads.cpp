@@ -68,6 +68,21 @@ class InFlight {
   std::atomic<int>& n_;
 };
 
+// For triage: $ROWGUARD_INTERLEAVE_SKIP leaves out the maintenance operations (and the workload
+// features) whose names contain one of its comma-separated parts ("cache sweep,archive"), to see
+// which one a failure needs.
+bool skipped(const std::string& name) {
+  const char* env = std::getenv("ROWGUARD_INTERLEAVE_SKIP");
+  if (env == nullptr) return false;
+  for (std::string rest = env; !rest.empty();) {
+    const auto comma = rest.find(',');
+    if (const std::string part = rest.substr(0, comma); !part.empty() && name.find(part) != std::string::npos)
+      return true;
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+  }
+  return false;
+}
+
 // One maintenance operation: its name, how often it is picked, and what it does (returns how
 // much it changed: rows pruned, transfers archived, leases ended, ...).
 struct MaintenanceOp {
@@ -83,19 +98,9 @@ void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, Clock::time_
               std::chrono::milliseconds pause, const std::atomic<int>& in_flight, MaintenanceTally& tally,
               std::mutex& tally_mutex, Findings& findings, const std::set<ErrorKind>& tolerated = {}) {
   std::mt19937 rng(seed);
-  // For triage: $ROWGUARD_INTERLEAVE_SKIP leaves out the operations whose names contain one of its
-  // comma-separated parts ("cache sweep,archive"), to see which one a failure needs.
   std::vector<MaintenanceOp> kept;
-  std::vector<std::string> skip;
-  if (const char* env = std::getenv("ROWGUARD_INTERLEAVE_SKIP"))
-    for (std::string rest = env; !rest.empty();) {
-      const auto comma = rest.find(',');
-      skip.push_back(rest.substr(0, comma));
-      rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
-    }
   for (const auto& op : ops)
-    if (std::none_of(skip.begin(), skip.end(), [&](const std::string& part) { return op.name.find(part) != std::string::npos; }))
-      kept.push_back(op);
+    if (!skipped(op.name)) kept.push_back(op);
   if (kept.empty()) return;
   int total = 0;
   for (const auto& op : kept) total += op.weight;
@@ -995,6 +1000,237 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
   r.first_stale = first_stale;
   for (const auto& f : stale_first)
     if (!f.empty()) r.first_stale += (r.first_stale.empty() ? "" : "; ") + f;
+  return r;
+}
+
+// ---- Sagas ----------------------------------------------------------------------------------
+
+namespace {
+
+// A payment order: "<customer>|<shop>|<amount>|<what fails: -, provider, notify>|<bad: 0 or 1>".
+struct Order {
+  std::string customer, shop;
+  std::int64_t amount = 0;
+  std::string fails;
+  bool bad_utf8 = false;  // the provider's result is not valid UTF-8 (issue 21, defect 17)
+  static Order parse(const std::string& payload) {
+    Order o;
+    std::vector<std::string> parts;
+    for (std::size_t at = 0;;) {
+      const auto bar = payload.find('|', at);
+      parts.push_back(payload.substr(at, bar == std::string::npos ? std::string::npos : bar - at));
+      if (bar == std::string::npos) break;
+      at = bar + 1;
+    }
+    o.customer = parts.at(0);
+    o.shop = parts.at(1);
+    o.amount = std::stoll(parts.at(2));
+    o.fails = parts.at(3);
+    o.bad_utf8 = parts.at(4) == "1";
+    return o;
+  }
+  std::string payload() const {
+    return fmt::format("{}|{}|{}|{}|{}", customer, shop, amount, fails, bad_utf8 ? 1 : 0);
+  }
+};
+
+// hold -> provider -> capture -> notify. Every compensation succeeds whether its action ran, ran
+// in part or never did: the hold's looks its hold up by replaying its key (a hold that never was is
+// made and voided at once), the capture's refunds the capture if there is one.
+std::vector<SagaStep> payment_steps(Ledger& ledger, const std::string& payload) {
+  const Order o = Order::parse(payload);
+  auto hold = [&ledger, o](StepContext& c) {
+    return ledger.hold(o.customer, o.shop, o.amount, c.idempotency_key(), std::chrono::minutes(10));
+  };
+  return {
+      {"hold",
+       [hold](StepContext& c) -> std::string {
+         const HoldResult h = hold(c);
+         if (!h.ok()) throw std::runtime_error("insufficient funds");
+         return std::to_string(h.hold_id);
+       },
+       [&ledger, hold](StepContext& c) {
+         const HoldResult h = hold(c);
+         if (h.ok() && ledger.get_hold(h.hold_id).state == HoldState::held) ledger.void_hold(h.hold_id);
+       }},
+      {"provider",
+       [o](StepContext&) -> std::string {
+         std::this_thread::sleep_for(std::chrono::milliseconds(o.amount % 15));  // a call out
+         if (o.fails == "provider") throw std::runtime_error("declined");
+         return o.bad_utf8 ? std::string("approved \xff\xfe") : std::string("approved");
+       },
+       {}},
+      {"capture",
+       [&ledger](StepContext& c) -> std::string {
+         return std::to_string(ledger.capture(std::stoll(*c.result_of("hold")), std::nullopt, c.idempotency_key()).transfer_id);
+       },
+       [&ledger, o](StepContext& c) {
+         try {
+           ledger.reverse(c.idempotency_key(), o.amount, c.compensation_key());
+         } catch (const Error& e) {
+           if (e.kind() != ErrorKind::not_found) throw;  // never captured: nothing to refund
+         }
+       }},
+      {"notify",
+       [o](StepContext&) -> std::string {
+         if (o.fails == "notify") throw std::runtime_error("notification service down");
+         return "sent";
+       },
+       {}},
+  };
+}
+
+}  // namespace
+
+SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& findings) {
+  Database& db = t.db();
+  LedgerOptions lo;
+  lo.retry.attempts = 50;
+  lo.retry.deadline = 30s;
+  Ledger ledger(db, lo);
+  Locks locks(db);
+  const std::vector<std::string> customers{"c0", "c1", "c2"}, shops{"s0", "s1"};
+  constexpr std::int64_t opening = 1'000'000;
+  for (const auto& c : customers) {
+    ledger.open(c, "EUR");
+    ledger.deposit(c, opening, "opening-" + c);
+  }
+  for (const auto& shop : shops) ledger.open(shop, "EUR");
+  SagaOptions so;
+  so.lease_ttl = 1s;
+  so.compensation_retry.attempts = 3;
+  so.compensation_retry.initial_backoff = 1ms;
+  so.compensation_retry.max_backoff = 5ms;
+  auto define = [&](Sagas& sagas) {
+    sagas.define_by_payload("pay", [&](const std::string& payload) { return payment_steps(ledger, payload); });
+  };
+  Sagas coordinators(db, so), recovery(db, so);
+  define(coordinators);
+  define(recovery);
+
+  const auto end = Clock::now() + s.duration;
+  std::atomic<int> in_flight{0}, started{0}, interrupted{0}, recoveries{0}, recovered{0};
+  std::mutex mutex;
+  std::map<std::string, Order> orders;  // every saga started, by id
+  MaintenanceTally tally;
+  std::mutex tally_mutex;
+
+  Crew crew;
+  for (int w = 0; w < 2; ++w)
+    crew.add([&, w] {
+      std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
+      for (int n = 0; Clock::now() < end; ++n) {
+        Order o;
+        o.customer = customers[rng() % customers.size()];
+        o.shop = shops[rng() % shops.size()];
+        o.amount = 1 + static_cast<std::int64_t>(rng() % 5000);
+        const unsigned f = rng() % 10;
+        o.fails = f < 2 ? "provider" : f < 3 ? "notify" : "-";
+        o.bad_utf8 = rng() % 12 == 0 && !skipped("results not UTF-8");
+        const std::string id = fmt::format("o{}-{}", w, n);
+        {
+          std::lock_guard lock(mutex);
+          orders[id] = o;
+        }
+        ++started;
+        try {
+          InFlight g(in_flight);
+          coordinators.run("pay", id, o.payload());
+        } catch (const Error& e) {
+          if (e.kind() == ErrorKind::lock_lost || e.kind() == ErrorKind::lock_busy) {
+            ++interrupted;  // its lease was force-released, or recovery drives it now
+            findings.expected("sagas run", e);
+          } else {
+            findings.unexpected_error("sagas run" + std::string(o.bad_utf8 ? " (a result not UTF-8)" : ""), e.what());
+          }
+        }
+      }
+    });
+  crew.add([&] {
+    std::mt19937 rng(s.seed * 31u + 3u);
+    while (Clock::now() < end) {
+      try {
+        const SagaRecovery r = recovery.recover();
+        ++recoveries;
+        recovered += static_cast<int>(r.completed + r.compensated);
+      } catch (const Error& e) {
+        if (retriable(e.kind())) findings.expected("sagas recover", e);
+        else findings.unexpected_error("sagas recover", e.what());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 40));
+    }
+  });
+  std::vector<MaintenanceOp> ops{
+      {"force-release of a running saga's lease", 3,
+       [&, rng = std::mt19937(s.seed)]() mutable -> std::int64_t {
+         const auto running = coordinators.list({SagaState::running, "pay", 100});
+         if (running.empty()) return 0;
+         locks.force_release("saga:" + running[rng() % running.size()].id, "interleave test");
+         return 1;
+       }},
+      {"lock sweep", 2, [&] { return locks.sweep(0ms); }},
+      {"hold sweep", 1, [&] { return ledger.sweep_holds(); }},
+  };
+  if (s.processes)
+    ops.push_back(cli_op(t, "cli lock sweep", 1, [] { return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"}; },
+                         findings, tally, tally_mutex));
+  crew.add([&] {
+    maintain(ops, s.seed * 104729u, end, 30ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
+  });
+  crew.run();
+
+  // Recovery finishes what is left (a lease force-released or ended by a coordinator that gave up
+  // expires within lease_ttl).
+  SagasReport r;
+  const auto give_up = Clock::now() + 20s;
+  for (;;) {
+    SagaRecovery last;
+    try {
+      last = recovery.recover();
+    } catch (const Error& e) {
+      if (!retriable(e.kind())) {
+        findings.unexpected_error("sagas final recover", e.what());
+        break;
+      }
+    }
+    recovered += static_cast<int>(last.completed + last.compensated);
+    if ((last.ok() && recovery.list({SagaState::running, "", 1}).empty() &&
+         recovery.list({SagaState::compensating, "", 1}).empty()) ||
+        Clock::now() > give_up)
+      break;
+    std::this_thread::sleep_for(100ms);
+  }
+  r.started = started;
+  r.interrupted = interrupted;
+  r.recoveries = recoveries;
+  r.recovered = recovered;
+  r.maintenance = tally;
+  std::map<std::string, std::int64_t> expected;
+  for (const auto& c : customers) expected[c] = opening;
+  for (const auto& [id, o] : orders) {
+    const auto info = settled([&] { return recovery.get(id); });
+    if (!info) {
+      r.unresolved.push_back(fmt::format("{} was never recorded ({})", id, o.payload()));
+      continue;
+    }
+    if (info->state == SagaState::completed) {
+      ++r.completed;
+      expected[o.customer] -= o.amount;
+      expected[o.shop] += o.amount;
+    } else if (info->state == SagaState::compensated) {
+      ++r.compensated;
+    } else {
+      r.unresolved.push_back(fmt::format("{} {} ({}{}): {}", id, to_string(info->state), o.payload(),
+                                         o.bad_utf8 ? ", a result not UTF-8" : "", info->error.substr(0, 200)));
+    }
+  }
+  const CheckReport check = settled([&] { return ledger.check(); });
+  r.check_ok = check.ok();
+  violations_text(check, r.violations);
+  for (const auto& a : settled([&] { return ledger.list(); }))
+    if (a.balance != expected[a.id])
+      r.balances_wrong.push_back(fmt::format("{}: balance {}, the completed orders make {}", a.id, a.balance,
+                                             expected[a.id]));
   return r;
 }
 
