@@ -155,3 +155,33 @@ TEST_CASE("interleave: payment sagas end completed or compensated, paid once or 
   list(r.violations, "ledger check");
   CHECK(r.check_ok);
 }
+
+TEST_CASE("interleave: two-phase transfers commit both legs or neither while recover and prune run beside paused "
+          "coordinators",
+          "[pg][interleave]") {
+  const unsigned seed = run_seed();
+  INFO(seed_note(seed));
+  TestDb t;
+  t.db().migrate();
+  Findings findings;
+  const TwoPhaseReport r = run_two_phase_interleave(t, schedule(seed), findings);
+  WARN(fmt::format("{}: {} transfers acknowledged ({} applied), {} coordinators paused past the grace, {} retries ({} "
+                   "after recovery won the race), {} given up; maintenance: {}; expected errors: {}",
+                   backend(), r.acknowledged, r.applied, r.paused_past_grace, r.retries, r.conflicts_from_recovery,
+                   r.given_up,
+                   r.maintenance.summary(), findings.summary()));
+  require_no_unexpected_errors(findings);
+  CHECK(r.applied > 0);
+  CHECK(r.maintenance.overlapped > 0);
+  CHECK(r.given_up == 0);
+  CHECK(r.prepared_left == 0);
+  INFO(r.first_unmatched);
+  CHECK(r.legs_unmatched == 0);
+  list(r.violations, "ledger check");
+  CHECK(r.checks_ok);
+  CHECK(r.total == r.expected_total);
+  list(r.balances_wrong, "balance");
+  CHECK(r.balances_wrong.empty());
+  INFO(r.first_stale);
+  CHECK(r.stale_cached_reads == 0);
+}

@@ -10,9 +10,13 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
+
+#include <unistd.h>
 
 #include <fmt/format.h>
 
+#include "fault_proxy.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
@@ -224,6 +228,8 @@ std::string MaintenanceTally::summary() const {
     s += fmt::format("{}{} x{} (changed {}, slowest {} ms)", s.empty() ? "" : ", ", name, n,
                      e == effect.end() ? 0 : e->second, l == longest_ms.end() ? 0 : l->second);
   }
+  for (const auto& [name, n] : effect)
+    if (!ran.count(name)) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", name, n);
   return fmt::format("{}; {} began while a request was in flight; {} CLI runs", s.empty() ? "nothing" : s, overlapped,
                      cli_runs);
 }
@@ -1231,6 +1237,212 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
     if (a.balance != expected[a.id])
       r.balances_wrong.push_back(fmt::format("{}: balance {}, the completed orders make {}", a.id, a.balance,
                                              expected[a.id]));
+  return r;
+}
+
+// ---- Two-phase commit (PostgreSQL) ----------------------------------------------------------
+
+TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& findings) {
+  Database& a = t.db();
+  // The other participant: a second database of the same server, same table prefix (as the
+  // two-phase tests do); the recovery reaches it through a fault proxy that cuts its connections.
+  const std::string url_b = own_database(t.url(), "rowguard_2pc_b");
+  Database b = Database::open(url_b, t.options());
+  b.migrate();
+  FaultProxy proxy(port_of(url_b));
+  Database b_for_recovery = Database::open(via_port(url_b, proxy.port()), t.options());
+  Cache cache_a(a), cache_b(b);
+  LedgerOptions cached_a, cached_b;
+  cached_a.cache = &cache_a;
+  cached_b.cache = &cache_b;
+  Ledger la(a, cached_a), lb(b, cached_b);  // the service's ledgers, reading through their caches
+  Ledger plain_a(a), plain_b(b);             // the table, for the reader and the checks
+  const std::vector<std::string> in_a{"a0", "a1", "a2"}, in_b{"b0", "b1", "b2"};
+  constexpr std::int64_t opening = 100'000;
+  for (const auto& id : in_a) {
+    la.open(id, "EUR");
+    la.deposit(id, opening, "opening-" + id);
+  }
+  for (const auto& id : in_b) {
+    lb.open(id, "EUR");
+    lb.deposit(id, opening, "opening-" + id);
+  }
+  // prepared transactions are cluster-wide: a log name of this run's own.
+  const std::string log_name = fmt::format("il{}x{}", ::getpid(), s.seed % 100000);
+  constexpr auto grace = std::chrono::milliseconds(800);
+  TwoPhaseOptions ro;
+  ro.log_name = log_name;
+  ro.recovery_grace = grace;
+  TwoPhase recovery(a, {{"a", &a}, {"b", &b_for_recovery}}, ro);
+
+  const auto end = Clock::now() + s.duration;
+  std::atomic<int> in_flight{0}, acknowledged{0}, applied{0}, retries{0}, given_up{0}, lost_race{0};
+  std::atomic<int> stale{0}, past_grace{0};
+  std::mutex mutex;
+  std::map<std::string, std::int64_t> delta;
+  std::string first_stale;
+  MaintenanceTally tally;
+  std::mutex tally_mutex;
+
+  Crew crew;
+  for (int w = 0; w < 3; ++w)
+    crew.add([&, w] {
+      std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
+      std::mt19937 pauses(s.seed * 7u + static_cast<unsigned>(w));
+      TwoPhaseOptions o = ro;
+      // A coordinator pauses now and then after its PREPAREs (sometimes past the grace, when
+      // recovery may abort it first) or after its decision (recovery may commit it first).
+      o.on_step = [&pauses, &past_grace, grace](TwoPhaseStep step, const std::string&) {
+        if (step == TwoPhaseStep::prepared && pauses() % 8 == 0) {
+          const auto pause = std::chrono::milliseconds(pauses() % (grace.count() * 3 / 2));
+          past_grace += pause > grace;
+          std::this_thread::sleep_for(pause);
+        }
+        if (step == TwoPhaseStep::decided && pauses() % 8 == 0)
+          std::this_thread::sleep_for(std::chrono::milliseconds(pauses() % 300));
+      };
+      TwoPhase tp(a, {{"a", &a}, {"b", &b}}, o);
+      std::map<std::string, std::int64_t> moved;
+      for (int n = 0; Clock::now() < end; ++n) {
+        const bool ab = rng() % 2 == 0;
+        const std::string x = (ab ? in_a : in_b)[rng() % 3], y = (ab ? in_b : in_a)[rng() % 3];
+        const std::int64_t amount = 1 + static_cast<std::int64_t>(rng() % 300);
+        const std::string key = fmt::format("w{}-{}", w, n);
+        const auto give_up = Clock::now() + 30s;
+        for (;;) {
+          try {
+            InFlight f(in_flight);
+            const auto r = ab ? tp.transfer("a", x, "b", y, amount, key) : tp.transfer("b", x, "a", y, amount, key);
+            ++acknowledged;
+            if (r.ok()) {
+              ++applied;
+              moved[x] -= amount;
+              moved[y] += amount;
+            }
+            break;
+          } catch (const Error& e) {
+            if (!retriable(e.kind())) {
+              findings.unexpected_error("two-phase transfer", e.what());
+              break;
+            }
+            if (e.kind() == ErrorKind::conflict) ++lost_race;
+            findings.expected("two-phase transfer", e);
+            ++retries;
+            if (Clock::now() > give_up) {
+              ++given_up;
+              break;
+            }
+            std::this_thread::sleep_for(5ms);
+          }
+        }
+      }
+      std::lock_guard lock(mutex);
+      for (const auto& [id, m] : moved) delta[id] += m;
+    });
+  crew.add([&] {  // the reader: cached accounts in both databases against their tables
+    std::mt19937 rng(s.seed * 31u + 11u);
+    while (Clock::now() < end) {
+      const bool in_first = rng() % 2 == 0;
+      const std::string id = (in_first ? in_a : in_b)[rng() % 3];
+      try {
+        const Account table = (in_first ? plain_a : plain_b).get(id);
+        const Account cached = (in_first ? la : lb).get(id);
+        if (cached.version < table.version && stale++ == 0) {
+          std::lock_guard lock(mutex);
+          first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
+                                    "(balance {})",
+                                    id, cached.version, cached.balance, table.version, table.balance);
+        }
+      } catch (const Error& e) {
+        if (retriable(e.kind())) findings.expected("two-phase reader", e);
+        else findings.unexpected_error("two-phase reader", e.what());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2 + rng() % 5));
+    }
+  });
+  std::vector<MaintenanceOp> ops{
+      {"2pc recover", 6,
+       [&]() -> std::int64_t {
+         const RecoveryReport r = recovery.recover();
+         for (const auto& e : r.errors) findings.expected("2pc recover participant", Error(ErrorKind::transient, e));
+         std::lock_guard lock(tally_mutex);
+         tally.effect["2pc recover: rolled back"] += r.rolled_back;
+         return r.committed + r.rolled_back;
+       }},
+      {"2pc prune (the grace)", 2, [&] { return recovery.prune(grace); }},
+      {"cut the recovery's connections to b", 1,
+       [&]() -> std::int64_t {
+         proxy.cut_all();
+         return 1;
+       }},
+  };
+  crew.add([&] { maintain(ops, s.seed * 104729u, end, 40ms, in_flight, tally, tally_mutex, findings); });
+  crew.run();
+
+  TwoPhaseReport r;
+  // Recovery settles what is left: nothing may stay prepared.
+  const std::string gids = fmt::format("rowguard:{}:", log_name);
+  auto prepared = [&] {
+    return settled([&] {
+      return a.exec("SELECT count(*) FROM pg_prepared_xacts WHERE left(gid, length($1)) = $1", {gids}).one().i64(0);
+    });
+  };
+  for (const auto give_up = Clock::now() + 20s; Clock::now() < give_up;) {
+    try {
+      if (recovery.recover().clean() && prepared() == 0) break;
+    } catch (const Error& e) {
+      findings.expected("2pc final recover", e);
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+  r.prepared_left = prepared();
+  r.acknowledged = acknowledged;
+  r.applied = applied;
+  r.retries = retries;
+  r.given_up = given_up;
+  r.conflicts_from_recovery = lost_race;
+  r.paused_past_grace = past_grace;
+  r.stale_cached_reads = stale;
+  r.first_stale = first_stale;
+  r.maintenance = tally;
+  // Both legs of every key alike: the same gid and amount, a withdrawal on one side and a deposit
+  // on the other; no key on one side only.
+  const std::string legs = fmt::format(
+      "SELECT idempotency_key, global_txid, amount, kind FROM {}transfers WHERE global_txid IS NOT NULL AND outcome = "
+      "'ok'",
+      a.table_prefix());
+  std::map<std::string, std::tuple<std::string, std::int64_t, std::string>> leg_a, leg_b;
+  for (const auto& row : settled([&] { return a.exec(legs); }).rows) leg_a[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
+  for (const auto& row : settled([&] { return b.exec(legs); }).rows) leg_b[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
+  auto unmatched = [&](const std::string& what) {
+    if (r.legs_unmatched++ == 0) r.first_unmatched = what;
+  };
+  for (const auto& [key, leg] : leg_a) {
+    const auto twin = leg_b.find(key);
+    if (twin == leg_b.end())
+      unmatched(fmt::format("key {}: a {} in a (gid {}), nothing in b", key, std::get<2>(leg), std::get<0>(leg)));
+    else if (std::get<0>(twin->second) != std::get<0>(leg) || std::get<1>(twin->second) != std::get<1>(leg) ||
+             std::get<2>(twin->second) == std::get<2>(leg))
+      unmatched(fmt::format("key {}: legs differ ({} {} {} in a, {} {} {} in b)", key, std::get<2>(leg),
+                            std::get<1>(leg), std::get<0>(leg), std::get<2>(twin->second), std::get<1>(twin->second),
+                            std::get<0>(twin->second)));
+  }
+  for (const auto& [key, leg] : leg_b)
+    if (!leg_a.count(key))
+      unmatched(fmt::format("key {}: a {} in b (gid {}), nothing in a", key, std::get<2>(leg), std::get<0>(leg)));
+  const CheckReport check_a = settled([&] { return plain_a.check(); });
+  const CheckReport check_b = settled([&] { return plain_b.check(); });
+  r.checks_ok = check_a.ok() && check_b.ok();
+  violations_text(check_a, r.violations);
+  violations_text(check_b, r.violations);
+  r.expected_total = 6 * opening;
+  for (Ledger* l : {&plain_a, &plain_b})
+    for (const auto& acc : settled([&] { return l->list(); })) {
+      r.total += acc.balance;
+      if (acc.balance != opening + delta[acc.id])
+        r.balances_wrong.push_back(fmt::format("{}: balance {}, the acknowledged transfers make {}", acc.id,
+                                               acc.balance, opening + delta[acc.id]));
+    }
   return r;
 }
 

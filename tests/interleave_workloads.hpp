@@ -153,7 +153,8 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
 // databases and per account exactly what the acknowledged transfers make.
 struct TwoPhaseReport {
   int acknowledged = 0, applied = 0, retries = 0, given_up = 0;
-  int conflicts_from_recovery = 0;  // coordinators that lost the race to recovery (retried)
+  int conflicts_from_recovery = 0;  // transfers that lost the race to recovery past their own retries
+  int paused_past_grace = 0;        // coordinators that paused after PREPARE for longer than the grace
   int legs_unmatched = 0;           // a key applied in one database only, or its legs differ
   std::string first_unmatched;
   std::int64_t prepared_left = 0;
