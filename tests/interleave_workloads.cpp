@@ -1188,7 +1188,7 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   // Recovery finishes what is left (a lease force-released or ended by a coordinator that gave up
   // expires within lease_ttl).
   SagasReport r;
-  const auto give_up = Clock::now() + 20s;
+  const auto give_up = Clock::now() + 10s;
   for (;;) {
     SagaRecovery last;
     try {

@@ -148,7 +148,8 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
 // ---- Two-phase commit (PostgreSQL) ----------------------------------------------------------
 // Transfers between two databases in both directions, some coordinators pausing after PREPARE or
 // after the decision (a few past the recovery grace), retried with their key on any error; beside
-// them recover() and prune() on a schedule and a reader comparing cached and uncached accounts.
+// them recover() and prune() on a schedule (the recovery's connections to the second database cut
+// now and then), and a reader comparing cached and uncached accounts.
 // Afterwards: nothing left prepared, both legs of every key alike, money conserved across both
 // databases and per account exactly what the acknowledged transfers make.
 struct TwoPhaseReport {

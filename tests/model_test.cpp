@@ -353,8 +353,27 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         break;
       }
       case 15: {  // refund part of a keyed transfer (amounts 1..5, so two refunds often look alike)
-        const std::string original_key = key(), k = key();
-        const std::int64_t amount = 1 + rng() % 5;
+        std::string original_key = key(), k = key();
+        std::int64_t amount = 1 + rng() % 5;
+        // Half the time: a refund key used before, with its amount, for a refund of another
+        // transfer between the same two accounts if there is one (the request differs only in
+        // which transfer it refunds).
+        std::vector<std::string> refund_keys;
+        for (const auto& [used, id] : m.keys)
+          if (m.transfers.at(id).kind == "reversal") refund_keys.push_back(used);
+        if (!refund_keys.empty() && rng() % 2) {
+          k = refund_keys[rng() % refund_keys.size()];
+          const Model::Transfer& earlier = m.transfers.at(m.keys.at(k));
+          amount = earlier.amount;
+          for (const auto& [used, id] : m.keys) {
+            const Model::Transfer& tr = m.transfers.at(id);
+            if (tr.kind == "transfer" && tr.status == TransferStatus::ok && tr.from == earlier.to &&
+                tr.to == earlier.from && id != earlier.reverses) {
+              original_key = used;
+              break;
+            }
+          }
+        }
         const auto o = m.keys.find(original_key);
         const bool applied = o != m.keys.end() && m.transfers.at(o->second).kind == "transfer" &&
                              m.transfers.at(o->second).status == TransferStatus::ok;
