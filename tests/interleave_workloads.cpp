@@ -1118,6 +1118,7 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   std::atomic<int> in_flight{0}, started{0}, interrupted{0}, recoveries{0}, recovered{0};
   std::mutex mutex;
   std::map<std::string, Order> orders;  // every saga started, by id
+  std::map<std::string, std::string> ended;  // how run() ended for it, when not completed or compensated
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
@@ -1141,8 +1142,16 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
         ++started;
         try {
           InFlight g(in_flight);
-          coordinators.run("pay", id, o.payload());
+          const SagaOutcome out = coordinators.run("pay", id, o.payload());
+          if (!out.done()) {
+            std::lock_guard lock(mutex);
+            ended[id] = fmt::format("run() returned {}: {}", to_string(out.state), out.error);
+          }
         } catch (const Error& e) {
+          {
+            std::lock_guard lock(mutex);
+            ended[id] = fmt::format("run() threw {}: {}", to_string(e.kind()), e.what());
+          }
           if (e.kind() == ErrorKind::lock_lost || e.kind() == ErrorKind::lock_busy) {
             ++interrupted;  // its lease was force-released, or recovery drives it now
             findings.expected("sagas run", e);
@@ -1216,7 +1225,8 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   for (const auto& [id, o] : orders) {
     const auto info = settled([&] { return recovery.get(id); });
     if (!info) {
-      r.unresolved.push_back(fmt::format("{} was never recorded ({})", id, o.payload()));
+      r.unresolved.push_back(fmt::format("{} was never recorded ({}; {})", id, o.payload(),
+                                         ended.count(id) ? ended[id] : "run() returned it done"));
       continue;
     }
     if (info->state == SagaState::completed) {
@@ -1226,8 +1236,9 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
     } else if (info->state == SagaState::compensated) {
       ++r.compensated;
     } else {
-      r.unresolved.push_back(fmt::format("{} {} ({}{}): {}", id, to_string(info->state), o.payload(),
-                                         o.bad_utf8 ? ", a result not UTF-8" : "", info->error.substr(0, 200)));
+      r.unresolved.push_back(fmt::format("{} {} ({}{}): {}; {}", id, to_string(info->state), o.payload(),
+                                         o.bad_utf8 ? ", a result not UTF-8" : "", info->error.substr(0, 200),
+                                         ended.count(id) ? ended[id].substr(0, 200) : "run() returned it done"));
     }
   }
   const CheckReport check = settled([&] { return ledger.check(); });
