@@ -72,6 +72,27 @@ class InFlight {
   std::atomic<int>& n_;
 };
 
+// When a run's threads stop: once the schedule's duration has passed and the run has done what
+// its test asserts it did (enough()), or at four times the duration whatever it did (a sanitizer
+// build or a loaded machine is slow). enough() is called from every thread: it must be safe to.
+class Stop {
+ public:
+  Stop(std::chrono::milliseconds duration, std::function<bool()> enough)
+      : min_(Clock::now() + duration), max_(Clock::now() + 4 * duration), enough_(std::move(enough)) {}
+  bool operator()() const {
+    if (stopped_) return true;
+    const auto now = Clock::now();
+    if (now < min_) return false;
+    if (now >= max_ || enough_()) stopped_ = true;
+    return stopped_;
+  }
+
+ private:
+  Clock::time_point min_, max_;
+  std::function<bool()> enough_;
+  mutable std::atomic<bool> stopped_{false};
+};
+
 // For triage: $ROWGUARD_INTERLEAVE_SKIP leaves out the maintenance operations (and the workload
 // features) whose names contain one of its comma-separated parts ("cache sweep,archive"), to see
 // which one a failure needs.
@@ -95,10 +116,10 @@ struct MaintenanceOp {
   std::function<std::int64_t()> run;
 };
 
-// Runs ops picked at random (by weight) with short random pauses until `end`. Errors of the kinds
+// Runs ops picked at random (by weight) with short random pauses until `stop`. Errors of the kinds
 // in `tolerated` are expected (a conflict with the workload, a lease the workload holds); any
 // other is a finding.
-void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, Clock::time_point end,
+void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, const Stop& stop,
               std::chrono::milliseconds pause, const std::atomic<int>& in_flight, MaintenanceTally& tally,
               std::mutex& tally_mutex, Findings& findings, const std::set<ErrorKind>& tolerated = {}) {
   std::mt19937 rng(seed);
@@ -108,7 +129,7 @@ void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, Clock::time_
   if (kept.empty()) return;
   int total = 0;
   for (const auto& op : kept) total += op.weight;
-  while (Clock::now() < end) {
+  while (!stop()) {
     int pick = static_cast<int>(rng() % static_cast<unsigned>(total));
     const MaintenanceOp* op = &kept.front();
     for (const auto& o : kept) {
@@ -200,6 +221,16 @@ auto settled(F&& f) {
   }
 }
 
+// Whether the maintenance has run at least once while a request was in flight, and `name` changed
+// something (empty: any).
+bool interleaved(const MaintenanceTally& tally, std::mutex& mutex, const std::string& name = {}) {
+  std::lock_guard lock(mutex);
+  if (tally.overlapped == 0) return false;
+  if (name.empty()) return true;
+  const auto it = tally.effect.find(name);
+  return it != tally.effect.end() && it->second > 0;
+}
+
 }  // namespace
 
 void Findings::expected(const std::string& what, const Error& e) {
@@ -286,7 +317,6 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
     ledger.deposit(id, opening, "opening-" + id);
   }
 
-  const auto end = Clock::now() + s.duration;
   std::atomic<int> in_flight{0}, retries{0}, given_up{0}, acknowledged{0}, applied{0}, resent{0}, resend_wrong{0};
   std::atomic<int> cached_reads{0}, stale{0};
   std::mutex mutex;  // guards what follows
@@ -297,6 +327,9 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
+  const Stop stop(s.duration, [&] {
+    return applied > 0 && resent > 0 && interleaved(tally, tally_mutex, "age retired keys 40 days");
+  });
   Crew crew;
   constexpr int workers = 3;
   for (int w = 0; w < workers; ++w)
@@ -328,7 +361,7 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
         moved[to] += amount;
       };
       auto send = [&](const std::string& what, auto&& f) { return with_same_key(f, retries, findings, "payments " + what); };
-      while (Clock::now() < end) {
+      while (!stop()) {
         const unsigned op = rng() % 100;
         std::string what = "transfer";
         try {
@@ -499,7 +532,7 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
     std::mt19937 rng(s.seed * 31u + 7u);
     std::vector<std::string> all;
     for (const auto& [id, c] : currency) all.push_back(id);
-    while (Clock::now() < end) {
+    while (!stop()) {
       const std::string id = all[rng() % all.size()];
       try {
         const Account table = plain.get(id);
@@ -571,7 +604,7 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
                          findings, tally, tally_mutex));
   }
   for (unsigned m = 0; m < 2; ++m)
-    crew.add([&, m] { maintain(ops, s.seed * 104729u + m, end, 15ms, in_flight, tally, tally_mutex, findings); });
+    crew.add([&, m] { maintain(ops, s.seed * 104729u + m, stop, 15ms, in_flight, tally, tally_mutex, findings); });
   crew.run();
 
   PaymentsReport r;
@@ -646,7 +679,6 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
                                          "FROM {0}",
                                          log);
   constexpr auto ttl = 4s;
-  const auto end = Clock::now() + s.duration;
   std::atomic<int> in_flight{0}, writes{0};
   std::mutex mutex;
   std::map<std::string, std::vector<Interval>> acquisitions;  // by lock name
@@ -654,12 +686,17 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
+  const Stop stop(s.duration, [&] {
+    if (writes == 0 || !interleaved(tally, tally_mutex, "force-release")) return false;
+    std::lock_guard lock(mutex);
+    return acquisitions[name].size() > 1;
+  });
   Crew crew;
   constexpr int workers = 3;
   for (int w = 0; w < workers; ++w)
     crew.add([&, w] {
       std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
-      while (Clock::now() < end) {
+      while (!stop()) {
         const auto began = Clock::now();
         // Now and then a holder dies (stops renewing, never releases): its lease expires after
         // 300 ms, the others wait for that, and the sweeps then have an expired lease to clear.
@@ -759,7 +796,7 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
                    }});
   }
   crew.add([&] {
-    maintain(ops, s.seed * 104729u, end, 40ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
+    maintain(ops, s.seed * 104729u, stop, 40ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
   });
   crew.run();
 
@@ -823,7 +860,6 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
   const std::array<const char*, 5> how{"invalidate", "put", "invalidate_prefix", "invalidate by a CLI process",
                                        "invalidate inside a transaction"};
   std::array<std::mutex, keys> writing;  // one writer per key at a time: versions go up in order
-  const auto end = Clock::now() + s.duration;
   std::atomic<int> in_flight{0}, reads{0}, loads{0}, writes{0}, wrong_key{0}, stale{0}, lock_lost{0};
   std::mutex mutex;
   std::array<int, 3> stale_by{};
@@ -837,11 +873,12 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
     return std::stoll(value.substr(key.size() + 1));
   };
 
+  const Stop stop(s.duration, [&] { return reads > 0 && loads > 0 && writes > 0 && interleaved(tally, tally_mutex); });
   Crew crew;
   for (int w = 0; w < 3; ++w)
     crew.add([&, w] {
       std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
-      while (Clock::now() < end) {
+      while (!stop()) {
         const int k = static_cast<int>(rng() % keys);
         const std::string key = key_of(k);
         const std::int64_t seen_floor = floor[k];
@@ -911,7 +948,7 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
 
   crew.add([&] {  // the writer
     std::mt19937 rng(s.seed * 31u + 5u);
-    while (Clock::now() < end) {
+    while (!stop()) {
       const int k = static_cast<int>(rng() % keys);
       const std::string key = key_of(k);
       const unsigned op = rng() % 10;
@@ -979,7 +1016,7 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
     ops.push_back(cli_op(t, "cli cache sweep", 1, [] { return std::vector<std::string>{"cache", "sweep"}; }, findings,
                          tally, tally_mutex));
   crew.add([&] {
-    maintain(ops, s.seed * 104729u, end, 10ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
+    maintain(ops, s.seed * 104729u, stop, 10ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
   });
   crew.run();
 
@@ -1114,19 +1151,21 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   define(coordinators);
   define(recovery);
 
-  const auto end = Clock::now() + s.duration;
   std::atomic<int> in_flight{0}, started{0}, interrupted{0}, recoveries{0}, recovered{0};
+  std::atomic<int> completed_runs{0}, compensated_runs{0};  // run() outcomes, for Stop
   std::mutex mutex;
   std::map<std::string, Order> orders;  // every saga started, by id
   std::map<std::string, std::string> ended;  // how run() ended for it, when not completed or compensated
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
+  const Stop stop(s.duration,
+                  [&] { return completed_runs > 0 && compensated_runs > 0 && interleaved(tally, tally_mutex); });
   Crew crew;
   for (int w = 0; w < 2; ++w)
     crew.add([&, w] {
       std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
-      for (int n = 0; Clock::now() < end; ++n) {
+      for (int n = 0; !stop(); ++n) {
         Order o;
         o.customer = customers[rng() % customers.size()];
         o.shop = shops[rng() % shops.size()];
@@ -1143,6 +1182,8 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
         try {
           InFlight g(in_flight);
           const SagaOutcome out = coordinators.run("pay", id, o.payload());
+          if (out.state == SagaState::completed) ++completed_runs;
+          if (out.state == SagaState::compensated) ++compensated_runs;
           if (!out.done()) {
             std::lock_guard lock(mutex);
             ended[id] = fmt::format("run() returned {}: {}", to_string(out.state), out.error);
@@ -1163,7 +1204,7 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
     });
   crew.add([&] {
     std::mt19937 rng(s.seed * 31u + 3u);
-    while (Clock::now() < end) {
+    while (!stop()) {
       try {
         const SagaRecovery r = recovery.recover();
         ++recoveries;
@@ -1190,7 +1231,7 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
     ops.push_back(cli_op(t, "cli lock sweep", 1, [] { return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"}; },
                          findings, tally, tally_mutex));
   crew.add([&] {
-    maintain(ops, s.seed * 104729u, end, 30ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
+    maintain(ops, s.seed * 104729u, stop, 30ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
   });
   crew.run();
 
@@ -1286,7 +1327,6 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
   ro.recovery_grace = grace;
   TwoPhase recovery(a, {{"a", &a}, {"b", &b_for_recovery}}, ro);
 
-  const auto end = Clock::now() + s.duration;
   std::atomic<int> in_flight{0}, acknowledged{0}, applied{0}, retries{0}, given_up{0}, lost_race{0};
   std::atomic<int> stale{0}, past_grace{0};
   std::mutex mutex;
@@ -1295,6 +1335,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
+  const Stop stop(s.duration, [&] { return applied > 0 && interleaved(tally, tally_mutex); });
   Crew crew;
   for (int w = 0; w < 3; ++w)
     crew.add([&, w] {
@@ -1314,7 +1355,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
       };
       TwoPhase tp(a, {{"a", &a}, {"b", &b}}, o);
       std::map<std::string, std::int64_t> moved;
-      for (int n = 0; Clock::now() < end; ++n) {
+      for (int n = 0; !stop(); ++n) {
         const bool ab = rng() % 2 == 0;
         const std::string x = (ab ? in_a : in_b)[rng() % 3], y = (ab ? in_b : in_a)[rng() % 3];
         const std::int64_t amount = 1 + static_cast<std::int64_t>(rng() % 300);
@@ -1352,7 +1393,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
     });
   crew.add([&] {  // the reader: cached accounts in both databases against their tables
     std::mt19937 rng(s.seed * 31u + 11u);
-    while (Clock::now() < end) {
+    while (!stop()) {
       const bool in_first = rng() % 2 == 0;
       const std::string id = (in_first ? in_a : in_b)[rng() % 3];
       try {
@@ -1387,7 +1428,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
          return 1;
        }},
   };
-  crew.add([&] { maintain(ops, s.seed * 104729u, end, 40ms, in_flight, tally, tally_mutex, findings); });
+  crew.add([&] { maintain(ops, s.seed * 104729u, stop, 40ms, in_flight, tally, tally_mutex, findings); });
   crew.run();
 
   TwoPhaseReport r;
