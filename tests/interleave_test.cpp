@@ -17,13 +17,19 @@ using namespace std::chrono_literals;
 
 namespace {
 
-Schedule schedule(unsigned seed) {
-  Schedule s;
-  s.seed = seed;
-  s.duration = interleave_duration(3000ms);
-  s.processes = !is_memory();
-  return s;
-}
+// One run's seed, database and findings. The test shows the seed with INFO (in its own scope, so
+// that every failure prints it).
+struct Run {
+  Schedule schedule;
+  TestDb t;
+  Findings findings;
+  Run() {
+    schedule.seed = run_seed();
+    schedule.duration = interleave_duration(3000ms);
+    schedule.processes = !is_memory();
+    t.db().migrate();
+  }
+};
 
 void require_no_unexpected_errors(Findings& findings) {
   for (const auto& u : findings.unexpected) UNSCOPED_INFO("unexpected error: " << u);
@@ -44,12 +50,10 @@ void list(const std::vector<std::string>& lines, const char* what) {
 TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, archive, hold, cache and lock sweeps "
           "run beside them",
           "[backend][interleave]") {
-  const unsigned seed = run_seed();
-  INFO(seed_note(seed));
-  TestDb t;
-  t.db().migrate();
-  Findings findings;
-  const PaymentsReport r = run_payments(t, schedule(seed), findings);
+  Run run;
+  INFO(seed_note(run.schedule.seed));
+  Findings& findings = run.findings;
+  const PaymentsReport r = run_payments(run.t, run.schedule, findings);
   WARN(fmt::format("{}: {} requests acknowledged ({} applied), {} sent again, {} retries, {} given up, {} cached "
                    "reads; maintenance: {}; expected errors: {}",
                    backend(), r.acknowledged, r.applied, r.resent, r.retries, r.given_up, r.cached_reads,
@@ -79,12 +83,10 @@ TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, a
 TEST_CASE("interleave: lease holders never overlap and evicted holders are refused while lock sweeps and force-release "
           "run beside them",
           "[backend][interleave]") {
-  const unsigned seed = run_seed();
-  INFO(seed_note(seed));
-  TestDb t;
-  t.db().migrate();
-  Findings findings;
-  const LeasesReport r = run_leases(t, schedule(seed), findings);
+  Run run;
+  INFO(seed_note(run.schedule.seed));
+  Findings& findings = run.findings;
+  const LeasesReport r = run_leases(run.t, run.schedule, findings);
   WARN(fmt::format("{}: {} acquisitions, {} guarded writes, {} holders evicted and refused; maintenance: {}; "
                    "expected errors: {}",
                    backend(), r.acquisitions, r.guarded_writes, r.refused_after_force_release,
@@ -108,12 +110,10 @@ TEST_CASE("interleave: lease holders never overlap and evicted holders are refus
 TEST_CASE("interleave: no cache value older than a returned invalidation is read while sweeps, evictions, prefix "
           "invalidations and loader-lease force-releases run beside slow loads",
           "[backend][interleave]") {
-  const unsigned seed = run_seed();
-  INFO(seed_note(seed));
-  TestDb t;
-  t.db().migrate();
-  Findings findings;
-  const CacheReport r = run_cache_interleave(t, schedule(seed), findings);
+  Run run;
+  INFO(seed_note(run.schedule.seed));
+  Findings& findings = run.findings;
+  const CacheInterleaveReport r = run_cache_interleave(run.t, run.schedule, findings);
   WARN(fmt::format("{}: {} reads, {} loads, {} writes, {} loads ended by lock_lost; maintenance: {}; expected "
                    "errors: {}",
                    backend(), r.reads, r.loads, r.writes, r.loads_lock_lost, r.maintenance.summary(),
@@ -134,12 +134,10 @@ TEST_CASE("interleave: no cache value older than a returned invalidation is read
 TEST_CASE("interleave: payment sagas end completed or compensated, paid once or not at all, while recovery, "
           "force-release of their leases and lock and hold sweeps run beside them",
           "[backend][interleave][saga]") {
-  const unsigned seed = run_seed();
-  INFO(seed_note(seed));
-  TestDb t;
-  t.db().migrate();
-  Findings findings;
-  const SagasReport r = run_sagas_interleave(t, schedule(seed), findings);
+  Run run;
+  INFO(seed_note(run.schedule.seed));
+  Findings& findings = run.findings;
+  const SagasReport r = run_sagas_interleave(run.t, run.schedule, findings);
   WARN(fmt::format("{}: {} sagas started, {} completed, {} compensated, {} interrupted (left to recovery), {} "
                    "recovered in {} recoveries; maintenance: {}; expected errors: {}",
                    backend(), r.started, r.completed, r.compensated, r.interrupted, r.recovered, r.recoveries,
@@ -159,12 +157,10 @@ TEST_CASE("interleave: payment sagas end completed or compensated, paid once or 
 TEST_CASE("interleave: two-phase transfers commit both legs or neither while recover and prune run beside paused "
           "coordinators",
           "[pg][interleave]") {
-  const unsigned seed = run_seed();
-  INFO(seed_note(seed));
-  TestDb t;
-  t.db().migrate();
-  Findings findings;
-  const TwoPhaseReport r = run_two_phase_interleave(t, schedule(seed), findings);
+  Run run;
+  INFO(seed_note(run.schedule.seed));
+  Findings& findings = run.findings;
+  const TwoPhaseReport r = run_two_phase_interleave(run.t, run.schedule, findings);
   WARN(fmt::format("{}: {} transfers acknowledged ({} applied), {} coordinators paused past the grace, {} retries ({} "
                    "after recovery won the race), {} given up; maintenance: {}; expected errors: {}",
                    backend(), r.acknowledged, r.applied, r.paused_past_grace, r.retries, r.conflicts_from_recovery,

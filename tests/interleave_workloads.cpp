@@ -231,6 +231,42 @@ bool interleaved(const MaintenanceTally& tally, std::mutex& mutex, const std::st
   return it != tally.effect.end() && it->second > 0;
 }
 
+// What a reader of cached accounts saw: an account read through the ledger's cache is never older
+// than one read from the table just before it (the change that made the newer version committed
+// its invalidation with it).
+struct CachedReads {
+  std::atomic<int> reads{0}, stale{0};
+  std::mutex mutex;
+  std::string first_stale;
+};
+
+// Reads accounts until `stop`: pick() names one and the ledgers that read it from the table and
+// through its cache.
+void read_cached_against_table(const Stop& stop, unsigned seed,
+                               const std::function<std::tuple<std::string, Ledger*, Ledger*>(std::mt19937&)>& pick,
+                               std::chrono::milliseconds pause, CachedReads& out, Findings& findings,
+                               const std::string& what) {
+  std::mt19937 rng(seed);
+  while (!stop()) {
+    const auto [id, table_ledger, cached_ledger] = pick(rng);
+    try {
+      const Account table = table_ledger->get(id);
+      const Account cached = cached_ledger->get(id);
+      ++out.reads;
+      if (cached.version < table.version && out.stale++ == 0) {
+        std::lock_guard lock(out.mutex);
+        out.first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
+                                      "(balance {})",
+                                      id, cached.version, cached.balance, table.version, table.balance);
+      }
+    } catch (const Error& e) {
+      if (retriable(e.kind())) findings.expected(what, e);
+      else findings.unexpected_error(what, e.what());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % static_cast<unsigned>(pause.count())));
+  }
+}
+
 }  // namespace
 
 void Findings::expected(const std::string& what, const Error& e) {
@@ -318,12 +354,11 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
   }
 
   std::atomic<int> in_flight{0}, retries{0}, given_up{0}, acknowledged{0}, applied{0}, resent{0}, resend_wrong{0};
-  std::atomic<int> cached_reads{0}, stale{0};
+  CachedReads cached;
   std::mutex mutex;  // guards what follows
   std::map<std::string, std::int64_t> delta;  // per account: what the acknowledged requests moved
   std::deque<std::string> retired;            // transfer keys nobody sends again: to be aged
   std::vector<std::string> resend_failures;
-  std::string first_stale;
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
@@ -526,30 +561,13 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
       for (const auto& [id, m] : moved) delta[id] += m;
     });
 
-  // The reader: an account read through the cache is never older than one read from the table
-  // just before it (the change that made the newer version committed its invalidation with it).
   crew.add([&] {
-    std::mt19937 rng(s.seed * 31u + 7u);
     std::vector<std::string> all;
     for (const auto& [id, c] : currency) all.push_back(id);
-    while (!stop()) {
-      const std::string id = all[rng() % all.size()];
-      try {
-        const Account table = plain.get(id);
-        const Account cached = ledger.get(id);
-        ++cached_reads;
-        if (cached.version < table.version && stale++ == 0) {
-          std::lock_guard lock(mutex);
-          first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
-                                    "(balance {})",
-                                    id, cached.version, cached.balance, table.version, table.balance);
-        }
-      } catch (const Error& e) {
-        if (retriable(e.kind())) findings.expected("payments reader", e);
-        else findings.unexpected_error("payments reader", e.what());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % 3));
-    }
+    read_cached_against_table(
+        stop, s.seed * 31u + 7u,
+        [&](std::mt19937& rng) { return std::tuple{all[rng() % all.size()], &plain, &ledger}; }, 3ms, cached,
+        findings, "payments reader");
   });
 
   const std::string shift = db.backend().dialect().timestamp_plus_ms("created_at", "$1");
@@ -615,9 +633,9 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
   r.resend_failures = resend_failures;
   r.retries = retries;
   r.given_up = given_up;
-  r.cached_reads = cached_reads;
-  r.stale_cached_reads = stale;
-  r.first_stale = first_stale;
+  r.cached_reads = cached.reads;
+  r.stale_cached_reads = cached.stale;
+  r.first_stale = cached.first_stale;
   r.maintenance = tally;
   const CheckReport check = settled([&] { return plain.check(); });
   r.check_ok = check.ok();
@@ -841,7 +859,7 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
 
 // ---- Cache ----------------------------------------------------------------------------------
 
-CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& findings) {
+CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& findings) {
   Database& db = t.db();
   CacheOptions co;
   co.load_lease_ttl = 2s;
@@ -1020,7 +1038,7 @@ CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& finding
   });
   crew.run();
 
-  CacheReport r;
+  CacheInterleaveReport r;
   r.reads = reads;
   r.loads = loads;
   r.writes = writes;
@@ -1328,10 +1346,10 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
   TwoPhase recovery(a, {{"a", &a}, {"b", &b_for_recovery}}, ro);
 
   std::atomic<int> in_flight{0}, acknowledged{0}, applied{0}, retries{0}, given_up{0}, lost_race{0};
-  std::atomic<int> stale{0}, past_grace{0};
+  std::atomic<int> past_grace{0};
+  CachedReads cached;
   std::mutex mutex;
   std::map<std::string, std::int64_t> delta;
-  std::string first_stale;
   MaintenanceTally tally;
   std::mutex tally_mutex;
 
@@ -1392,25 +1410,13 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
       for (const auto& [id, m] : moved) delta[id] += m;
     });
   crew.add([&] {  // the reader: cached accounts in both databases against their tables
-    std::mt19937 rng(s.seed * 31u + 11u);
-    while (!stop()) {
-      const bool in_first = rng() % 2 == 0;
-      const std::string id = (in_first ? in_a : in_b)[rng() % 3];
-      try {
-        const Account table = (in_first ? plain_a : plain_b).get(id);
-        const Account cached = (in_first ? la : lb).get(id);
-        if (cached.version < table.version && stale++ == 0) {
-          std::lock_guard lock(mutex);
-          first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
-                                    "(balance {})",
-                                    id, cached.version, cached.balance, table.version, table.balance);
-        }
-      } catch (const Error& e) {
-        if (retriable(e.kind())) findings.expected("two-phase reader", e);
-        else findings.unexpected_error("two-phase reader", e.what());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(2 + rng() % 5));
-    }
+    read_cached_against_table(
+        stop, s.seed * 31u + 11u,
+        [&](std::mt19937& rng) {
+          const bool in_first = rng() % 2 == 0;
+          return std::tuple{(in_first ? in_a : in_b)[rng() % 3], in_first ? &plain_a : &plain_b, in_first ? &la : &lb};
+        },
+        6ms, cached, findings, "two-phase reader");
   });
   std::vector<MaintenanceOp> ops{
       {"2pc recover", 6,
@@ -1454,8 +1460,8 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
   r.given_up = given_up;
   r.conflicts_from_recovery = lost_race;
   r.paused_past_grace = past_grace;
-  r.stale_cached_reads = stale;
-  r.first_stale = first_stale;
+  r.stale_cached_reads = cached.stale;
+  r.first_stale = cached.first_stale;
   r.maintenance = tally;
   // Both legs of every key alike: the same gid and amount, a withdrawal on one side and a deposit
   // on the other; no key on one side only.

@@ -110,7 +110,7 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings);
 // with slow loaders that read the true version (some with stale_for or early refresh), or get;
 // every value read must be for its key and at least the floor seen when the read began. Beside
 // them: sweeps with no grace and a size bound, lock sweeps, and force-release of loader leases.
-struct CacheReport {
+struct CacheInterleaveReport {
   int reads = 0;
   int loads = 0;
   int writes = 0;
@@ -123,7 +123,7 @@ struct CacheReport {
   int loads_lock_lost = 0;  // get_or_load answered lock_lost (its loader lease was force-released)
   MaintenanceTally maintenance;
 };
-CacheReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& findings);
+CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Findings& findings);
 
 // ---- Sagas ----------------------------------------------------------------------------------
 // Payment sagas (hold, provider, capture, notify; the provider and notify fail for some orders,
