@@ -60,12 +60,6 @@ bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgr
 bool is_pgbouncer() { return backend() == "pgbouncer"; }
 bool is_memory() { return backend() == "sqlite-memory"; }
 
-bool processes_share_database() {
-  if (!is_memory()) return true;
-  FAIL_CHECK("an in-memory database is private to one Database: tag this test [shared-db]");
-  return false;
-}
-
 std::string pg_url() {
   const char* url = std::getenv("ROWGUARD_TEST_PG");
   if (url == nullptr || *url == '\0')
@@ -131,6 +125,7 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
 }
 
 int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
+  if (is_memory()) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
     std::string quoted = "'";
@@ -185,6 +180,7 @@ int run_command(const std::string& command, std::string* output) {
 }
 
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
+  if (is_memory()) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;

@@ -18,11 +18,9 @@ const std::string& backend();
 bool is_postgres();  // postgres, soci-postgresql or pgbouncer (PostgreSQL behind a transaction-pooling PgBouncer)
 bool is_pgbouncer();
 bool is_memory();    // sqlite-memory: one Database is the whole database
-// Whether another process (or a second Database) can open the test's database: false on
-// sqlite-memory, whose database is private to one Database. Tests that need it are tagged
-// [shared-db], which that backend does not register (tests/CMakeLists.txt): a test that ran nothing
-// must not count as a pass. Fails the test when it is false, so an untagged test shows up.
-bool processes_share_database();
+// Tests that start other processes on the test's database are tagged [shared-db], which
+// sqlite-memory does not register (tests/CMakeLists.txt): its database is private to one Database.
+// run_cli and start_cli_holding fail the test there, so an untagged one shows up.
 
 // The throwaway server's URL from $ROWGUARD_TEST_PG (scripts/pg-throwaway.sh sets it). Fails the
 // test, never skips it, when unset.
