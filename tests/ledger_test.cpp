@@ -331,7 +331,7 @@ TEST_CASE("ledger: update() from concurrent threads is a version-checked read-mo
   CHECK(l.get("acct").balance == 0);
 }
 
-TEST_CASE("ledger: pruned keys keep their transfers and become reusable; ages below the floor are refused",
+TEST_CASE("ledger: pruned keys keep their transfers and become reusable, and ages below the floor are refused",
           "[backend]") {
   Bank b;
   auto& l = b.ledger;

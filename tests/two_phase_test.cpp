@@ -242,7 +242,7 @@ TEST_CASE("two-phase: a replayed key returns the original outcome and applies on
   CHECK(w.prepared_left() == 0);
 }
 
-TEST_CASE("two-phase: concurrent requests with one key apply once; the others wait on its locks and replay it",
+TEST_CASE("two-phase: concurrent requests with one key apply once, and the others wait on its locks and replay it",
           "[pg]") {
   TwoBanks w;
   w.alice_and_bob();
@@ -381,7 +381,7 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
 }
 
 TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
-          "run; both legs end alike",
+          "run, and both legs end alike",
           "[pg]") {
   TwoBanks w;
   w.alice_and_bob();
