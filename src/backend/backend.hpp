@@ -64,8 +64,12 @@ class Dialect {
   virtual std::string begin(const TxOptions& options) const = 0;
   // One row, one integer column: 1 when the table named $1 exists (in the search path), else 0.
   virtual std::string table_exists() const = 0;
-  // A statement run first in every migration step that serialises concurrent migrators, or "".
-  virtual std::string migration_lock() const { return {}; }
+  // A statement that takes a lock named by the text $1 until the transaction ends, shared or
+  // exclusive, or "" where the engine needs none because its writers are serialised anyway
+  // (SQLite takes its write lock before a writing statement reads anything). Run it as a
+  // transaction's first statement: on PostgreSQL a READ COMMITTED statement's snapshot is taken
+  // before it starts, so only the statements after the lock see what earlier holders committed.
+  virtual std::string transaction_lock(bool /*shared*/) const { return {}; }
   // Whether the engine has prepared transactions (PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED)
   // for two-phase commit. PostgreSQL does (with max_prepared_transactions > 0); SQLite does not.
   virtual bool has_prepared_transactions() const noexcept { return false; }

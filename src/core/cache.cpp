@@ -77,10 +77,27 @@ struct Cache::Impl {
   Locks locks;
   detail::StandbyRoute standby;
   std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, record_prefix_sql, sweep_sql,
-      sweep_prefixes_sql, evict_sql, evict_recent_sql, table_stats_sql;
+      sweep_prefixes_sql, record_sweep_sql, evict_sql, evict_recent_sql, table_stats_sql;
+  // The write gate (see gate()): a lock named after the cache table, shared by stores, exclusive
+  // for the maintenance that deletes rows or records prefixes. "" where the engine needs none.
+  std::string gate_shared_sql, gate_exclusive_sql, gate_name;
 
+  // What a load in flight in this process returns, and the read its value answers (see Landed).
+  struct Landed {
+    std::optional<std::string> value;
+    Entry basis;  // the primary's row as the load read it before calling the loader (or its hit)
+    // Whether a caller whose own read found `mine` may take this value: only when nothing that
+    // read could have seen is newer than the load's read. A row's generation orders its versions;
+    // a key without a row (where invalidate_prefix only records the prefix) is ordered by the
+    // database clock of the reads, strictly, as an invalidation in the same millisecond could sit
+    // between them.
+    bool answers(const Entry& mine) const {
+      if (mine.exists && basis.exists && basis.generation >= mine.generation) return true;
+      return basis.read_at_ms > mine.read_at_ms;
+    }
+  };
   std::mutex mutex;  // guards flights and stats
-  std::unordered_map<std::string, std::shared_future<std::optional<std::string>>> flights;
+  std::unordered_map<std::string, std::shared_future<Landed>> flights;
   CacheStats stats;
   // Shared with commit hooks, which may run after the Cache is gone.
   std::shared_ptr<detail::LocalTier> local;
@@ -105,6 +122,9 @@ struct Cache::Impl {
     const auto& d = backend->dialect();
     const std::string t = backend->table("cache");
     const std::string prefixes = backend->table("cache_prefixes");
+    gate_shared_sql = d.transaction_lock(true);
+    gate_exclusive_sql = d.transaction_lock(false);
+    gate_name = t;
     const std::string now = d.now_timestamp();
     const std::string fresh = fresh_generation(d);
     // Always one row, with the database clock: a miss is the start of a load, row or not.
@@ -149,9 +169,12 @@ struct Cache::Impl {
         "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
         "WHERE substr(key, 1, $2) = $1",
         t, now, now);
+    // Never moved back: on PostgreSQL now() is the transaction's start, so a transaction that began
+    // before a sweep recorded its cutoff may commit after it.
     record_prefix_sql = fmt::format(
-        "INSERT INTO {} (prefix, invalidated_at) VALUES ($1, {}) ON CONFLICT (prefix) DO UPDATE SET "
-        "invalidated_at = excluded.invalidated_at",
+        "INSERT INTO {} AS p (prefix, invalidated_at) VALUES ($1, {}) ON CONFLICT (prefix) DO UPDATE SET "
+        "invalidated_at = CASE WHEN excluded.invalidated_at > p.invalidated_at THEN excluded.invalidated_at "
+        "ELSE p.invalidated_at END",
         prefixes, now);
     // Rows expired and last changed longer than sweep_grace ($1, negative) ago, by the expires_at
     // index, in bounded batches that never hold long locks. Every write sets expires_at at or after
@@ -161,7 +184,18 @@ struct Cache::Impl {
         "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} AND updated_at < {1} "
         "ORDER BY expires_at LIMIT $2)",
         t, cut);
-    sweep_prefixes_sql = fmt::format("DELETE FROM {} WHERE invalidated_at < {}", prefixes, cut);
+    // The empty prefix's record stays: it carries the latest sweep cutoff (record_sweep_sql).
+    sweep_prefixes_sql = fmt::format("DELETE FROM {} WHERE invalidated_at < {} AND prefix <> ''", prefixes, cut);
+    // A sweep that deleted rows records its cutoff as an invalidation of every key (the empty
+    // prefix), never moving it back, in the same transaction: a load that began before the cutoff
+    // may have read a row now gone, and is refused whatever its own sweep_grace says. So a sweeper
+    // with a shorter grace than the loaders' (another process, `rowguard cache sweep`) cannot let
+    // a stale value in; it refuses loads older than its own grace instead.
+    record_sweep_sql = fmt::format(
+        "INSERT INTO {0} AS p (prefix, invalidated_at) VALUES ('', {1}) ON CONFLICT (prefix) DO UPDATE SET "
+        "invalidated_at = CASE WHEN excluded.invalidated_at > p.invalidated_at THEN excluded.invalidated_at "
+        "ELSE p.invalidated_at END",
+        prefixes, cut);
     // Size bounds: least recently written first, outside the grace; then, only if that is not
     // enough, inside it (evict_recent_sql, with the eviction recorded in the same transaction).
     evict_sql = fmt::format(
@@ -211,6 +245,20 @@ struct Cache::Impl {
 
   std::int64_t sweep(std::int64_t batch);
   CacheTableStats table_stats();
+
+  // Takes the write gate as tx's first statement. A store judges a load by rows and records that
+  // deletions and prefix invalidations leave; on PostgreSQL its statement sees only what had
+  // committed when the statement began, yet its INSERT waits for, and then passes, a tombstone
+  // that a sweep in flight deletes: the sweep's record of that deletion comes too late for the
+  // statement to see, and a load that read before the invalidation would store its old value.
+  // So stores hold the gate shared and sweeps, evictions and prefix invalidations exclusive: a
+  // store's statement begins after every such change before it has committed, and every such
+  // change waits for the stores in flight. Per-key writes need no gate: they meet a store on the
+  // key's row itself.
+  void gate(Transaction& tx, bool shared) const {
+    const std::string& sql = shared ? gate_shared_sql : gate_exclusive_sql;
+    if (!sql.empty()) tx.exec(sql, {gate_name});
+  }
 
   // The in-process tier, when on: a fresh local copy of key, or nothing.
   std::optional<std::optional<std::string>> local_get(std::string_view key) {
@@ -292,8 +340,10 @@ struct Cache::Impl {
 
   // stamp: the in-process tier's stamp taken before this caller first read the table;
   // seen: what that read found on the primary (a miss).
+  // basis: set to the read the returned value answers (seen, or the read after the lease).
   std::optional<std::string> load(const std::string& key, std::chrono::milliseconds ttl, const CacheLoader& loader,
-                                  const LoadOptions& load_options, std::uint64_t stamp, const Entry& seen);
+                                  const LoadOptions& load_options, std::uint64_t stamp, const Entry& seen,
+                                  Entry& basis);
   // Loads and stores what the loader returns, judged against seen (the read the load began with);
   // lease: the key's loader lease, or null under LoadScope::this_process.
   std::optional<std::string> load_holding(Lease* lease, const std::string& key, const Entry& seen,
@@ -322,7 +372,8 @@ struct Cache::Impl {
 
 std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono::milliseconds ttl,
                                              const CacheLoader& loader, const LoadOptions& load_options,
-                                             std::uint64_t stamp, const Entry& seen) {
+                                             std::uint64_t stamp, const Entry& seen, Entry& basis) {
+  basis = seen;
   // Without a lease the caller's miss is the read the load began with.
   if (load_options.scope == LoadScope::this_process)
     return load_holding(nullptr, key, seen, ttl, loader, load_options, stamp);
@@ -333,6 +384,7 @@ std::optional<std::string> Cache::Impl::load(const std::string& key, std::chrono
     lease = locks.acquire(lease_name(key), options.load_lease_ttl, options.load_wait);
   }
   const auto again = read(key);
+  basis = again;
   if (again.live) {
     count([](CacheStats& s) { ++s.hits; });
     local_fill(key, again, stamp);
@@ -403,11 +455,18 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
   if (std::chrono::steady_clock::now() - seen.read_returned >= options.sweep_grace) return refused(true);
   const auto keep = jittered(value ? ttl : *load_options.negative_ttl);
   const auto size = static_cast<std::int64_t>(value ? value->size() : 0);
-  auto session = backend->borrow();
-  const Result stored = (*session)->exec(
-      store_sql, {key, value ? Value(Blob{*value}) : Value(nullptr), size, keep, seen.generation,
-                  static_cast<std::int64_t>(took.count()), seen.read_at_ms,
-                  static_cast<std::int64_t>(options.sweep_grace.count())});
+  const std::vector<Value> params{key, value ? Value(Blob{*value}) : Value(nullptr), size, keep, seen.generation,
+                                  static_cast<std::int64_t>(took.count()), seen.read_at_ms,
+                                  static_cast<std::int64_t>(options.sweep_grace.count())};
+  Result stored;
+  if (gate_shared_sql.empty()) {
+    stored = (*backend->borrow())->exec(store_sql, params);
+  } else {
+    Transaction tx(backend->borrow(), {});
+    gate(tx, true);
+    stored = tx.exec(store_sql, params);
+    tx.commit();
+  }
   if (stored.empty()) return refused(false);
   count([&](CacheStats& s) { s.bytes_stored += static_cast<std::uint64_t>(size); });
   if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
@@ -479,6 +538,7 @@ std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   // The rows under the prefix get tombstones, and the prefix is recorded for keys without a row:
   // together, at one commit. The record comes last, so its time is after every row it covers.
   Transaction tx(impl_->backend->borrow(), {});
+  impl_->gate(tx, false);
   const std::int64_t n =
       tx.exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
           .affected;
@@ -529,10 +589,15 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   }
   impl_->count([](CacheStats& s) { ++s.misses; });
   detail::instruments::cache().miss.add();
-  // Single flight in this process: the first caller loads, the others wait for its result.
+  // Single flight in this process: the first caller loads, the others wait for its result. A
+  // caller takes the result of a load that read before it only when that read was not older than
+  // its own (Landed::answers): a caller that came after an invalidation committed never gets the
+  // value of a load that began before it. Otherwise it waits that load out and starts over from
+  // its read, which finds the loaded value if the store was allowed (it is then newer than the
+  // invalidation), or loads again.
   const std::string k(key);
-  std::promise<std::optional<std::string>> promise;
-  std::shared_future<std::optional<std::string>> flight;
+  std::promise<Impl::Landed> promise;
+  std::shared_future<Impl::Landed> flight;
   bool leader = false;
   {
     std::lock_guard lock(impl_->mutex);
@@ -548,9 +613,11 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
   }
   if (!leader) {
     try {
-      return flight.get();  // rethrows the leader's exception
-    } catch (const Error& e) {
-      throw Error(e);  // each waiter its own copy, for the same reason as below
+      const Impl::Landed& landed = flight.get();  // rethrows the leader's exception
+      if (landed.answers(e)) return landed.value;
+      return get_or_load(key, ttl, loader, options);  // that load read before this caller did
+    } catch (const Error& err) {
+      throw Error(err);  // each waiter its own copy, for the same reason as below
     }
   }
   struct Land {
@@ -562,13 +629,14 @@ std::optional<std::string> Cache::get_or_load(std::string_view key, std::chrono:
     }
   } land{*impl_, k};
   try {
-    auto value = impl_->load(k, ttl, loader, options, stamp, e);
-    promise.set_value(value);
-    return value;
-  } catch (const Error& e) {
+    Impl::Landed landed;
+    landed.value = impl_->load(k, ttl, loader, options, stamp, e, landed.basis);
+    promise.set_value(landed);
+    return landed.value;
+  } catch (const Error& err) {
     // The waiters get a copy: the exception this thread rethrows is never shared with them (its
     // reference count lives in uninstrumented libstdc++, which ThreadSanitizer cannot follow).
-    promise.set_exception(std::make_exception_ptr(Error(e)));
+    promise.set_exception(std::make_exception_ptr(Error(err)));
     throw;
   } catch (...) {
     promise.set_exception(std::current_exception());  // the loader's own exception type
@@ -583,13 +651,22 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   const auto grace = static_cast<std::int64_t>(-options.sweep_grace.count());
   std::int64_t total = 0;
   for (;;) {
-    auto session = backend->borrow();
-    const std::int64_t n = (*session)->exec(sweep_sql, {grace, batch}).affected;
+    Transaction tx(backend->borrow(), {});
+    gate(tx, false);
+    const std::int64_t n = tx.exec(sweep_sql, {grace, batch}).affected;
+    if (n > 0) tx.exec(record_sweep_sql, {grace});
+    tx.commit();
     total += n;
     if (n < batch) break;
   }
-  // Prefix records older than the grace: every load that began before them is refused anyway.
-  (*backend->borrow())->exec(sweep_prefixes_sql, {grace});
+  // Prefix records older than this sweeper's grace. A loader with a longer grace may have begun
+  // before one of them, so their deletion is recorded like a row's.
+  {
+    Transaction tx(backend->borrow(), {});
+    gate(tx, false);
+    if (tx.exec(sweep_prefixes_sql, {grace}).affected > 0) tx.exec(record_sweep_sql, {grace});
+    tx.commit();
+  }
   // Then the size bounds, least recently written first, a batch at a time.
   while (options.max_rows > 0 || options.max_bytes > 0) {
     const CacheTableStats now = table_stats();
@@ -602,12 +679,20 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
     }
     if (excess <= 0) break;
     const std::int64_t limit = std::min(excess, batch);
-    std::int64_t n = (*backend->borrow())->exec(evict_sql, {grace, limit}).affected;
+    std::int64_t n = 0;
+    {
+      Transaction tx(backend->borrow(), {});
+      gate(tx, false);
+      n = tx.exec(evict_sql, {grace, limit}).affected;
+      if (n > 0) tx.exec(record_sweep_sql, {grace});
+      tx.commit();
+    }
     if (n == 0) {
       // Every row left was changed within the grace, where a load in flight may need it. The
       // bound holds anyway: the rows go, and the eviction is recorded as an invalidation of every
       // key (the empty prefix) at the same commit, which refuses every load begun before it.
       Transaction tx(backend->borrow(), {});
+      gate(tx, false);
       n = tx.exec(evict_recent_sql, {limit}).affected;
       tx.exec(record_prefix_sql, {std::string()});
       tx.commit();

@@ -52,9 +52,12 @@ class PostgresDialect final : public Dialect {
     return fmt::format("BEGIN ISOLATION LEVEL {}{}", levels[static_cast<int>(options.isolation)],
                        options.access == TxAccess::read_only ? " READ ONLY" : "");
   }
-  // Transaction-scoped, so it also works behind a transaction-pooling PgBouncer. $1 is the lock key.
-  std::string migration_lock() const override { // Wrapped so the statement returns a plain integer (SOCI cannot read a void column).
-    return "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS migration_lock"; }
+  // Transaction-scoped advisory locks, so they also work behind a transaction-pooling PgBouncer.
+  // Wrapped so the statement returns a plain integer (SOCI cannot read a void column).
+  std::string transaction_lock(bool shared) const override {
+    return fmt::format("SELECT 1 FROM (SELECT pg_advisory_xact_lock{}(hashtextextended($1, 0))) AS named_lock",
+                       shared ? "_shared" : "");
+  }
 
  private:
   BlobTransport blobs_;
