@@ -166,8 +166,9 @@ class Sagas {
   // its own before and after each step. Re-running an id that finished returns its stored outcome
   // (replayed); one that is unresolved and unowned is resumed. Errors: invalid_argument (bad id,
   // undefined type), idempotency_mismatch (the id exists with another type or payload),
-  // lock_busy (another live coordinator drives it), lock_lost (the lease was lost mid-way: the
-  // saga is left for recover()).
+  // lock_busy (another live coordinator drives it, or the saga could not be recorded because its
+  // lease kept running out first: nothing ran, run it again), lock_lost (the lease was lost after
+  // the saga was recorded: it is left for recover()).
   SagaOutcome run(std::string_view type, std::string_view id, std::string_view payload);
 
   // Finds unresolved sagas of the types defined here whose coordinator's lease is free or expired,

@@ -544,41 +544,63 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
       throw Error(ErrorKind::idempotency_mismatch, fmt::format("saga '{}' exists with another payload", id));
   };
 
-  auto lost = std::make_shared<std::atomic<bool>>(false);
-  auto lease = impl.take(id, lost);
-  if (!lease) {
-    if (auto info = impl.read(id, true)) {
+  // The saga is recorded under its lease. A lease that runs out before that row commits (a busy
+  // SQLite database delays the insert past the ttl) leaves nothing behind: no row, so recover()
+  // would never see it. That attempt is not "left for recovery": run() takes the lease again and
+  // records it then, a few times, before it answers lock_busy (nothing ran: run it again).
+  constexpr int record_attempts = 3;
+  std::shared_ptr<std::atomic<bool>> lost;
+  std::optional<Lease> lease;
+  std::optional<SagaInfo> info;
+  for (int attempt = 1;; ++attempt) {
+    lost = std::make_shared<std::atomic<bool>>(false);
+    lease = impl.take(id, lost);
+    if (!lease) {
+      if (auto found = impl.read(id, true)) {
+        matches(*found);
+        if (final_state(found->state)) {
+          SagaOutcome o = Impl::outcome_of(*found);
+          o.replayed = true;
+          return o;
+        }
+      }
+      throw Error(ErrorKind::lock_busy, fmt::format("saga '{}' is being driven by another coordinator", id));
+    }
+    info = impl.read(id, true);
+    if (info) {
       matches(*info);
       if (final_state(info->state)) {
         SagaOutcome o = Impl::outcome_of(*info);
         o.replayed = true;
+        lease->release();
         return o;
       }
+      break;
     }
-    throw Error(ErrorKind::lock_busy, fmt::format("saga '{}' is being driven by another coordinator", id));
-  }
-
-  std::optional<SagaInfo> info = impl.read(id, true);
-  if (info) {
-    matches(*info);
-    if (final_state(info->state)) {
-      SagaOutcome o = Impl::outcome_of(*info);
-      o.replayed = true;
-      lease->release();
-      return o;
+    try {
+      detail::with_retries(
+          impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
+          [&] {
+            Transaction tx(impl.backend->borrow(), TxOptions{});
+            lease->guard(tx);
+            // A retry after a lost commit finds the row its first attempt wrote.
+            if (tx.exec(impl.read_sql, {std::string(id)}).empty())
+              tx.exec(impl.insert_sql, {std::string(id), std::string(type), p, lease->owner()});
+            tx.commit();
+          },
+          [](const Error&) {});
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::lock_lost) throw;
+      // The guard refused the insert: nothing was recorded under this lease. An in-doubt commit
+      // that did record the row is found by the read of the next attempt.
+      lease.reset();
+      if (attempt == record_attempts)
+        throw Error(ErrorKind::lock_busy,
+                    fmt::format("saga '{}' was not started: its lease ran out {} times before the saga was recorded "
+                                "(nothing ran; run it again)",
+                                id, record_attempts));
+      continue;
     }
-  } else {
-    detail::with_retries(
-        impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] {
-          Transaction tx(impl.backend->borrow(), TxOptions{});
-          lease->guard(tx);
-          // A retry after a lost commit finds the row its first attempt wrote.
-          if (tx.exec(impl.read_sql, {std::string(id)}).empty())
-            tx.exec(impl.insert_sql, {std::string(id), std::string(type), p, lease->owner()});
-          tx.commit();
-        },
-        [](const Error&) {});
     detail::instruments::sagas().started.add();
     // No need to read back what was just written: only a holder of the lease writes these rows.
     info.emplace();
@@ -587,6 +609,7 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
     info->payload = p;
     info->state = SagaState::running;
     info->owner = lease->owner();
+    break;
   }
   SagaOutcome outcome = impl.drive(std::move(*info), steps, *lease, lost);
   try {
