@@ -384,7 +384,7 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
     FaultProxy& proxy;
     ~Heal() { proxy.set_stalled(false); }
   } heal{*proxy};
-  lease->start_heartbeat({.on_lost = [&] {
+  lease->start_heartbeat({.interval = std::nullopt, .on_lost = [&] {
     on_lost_at = std::chrono::steady_clock::now();
     on_lost_called = true;
   }});

@@ -1360,6 +1360,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
       std::mt19937 rng(s.seed * 7919u + static_cast<unsigned>(w));
       std::mt19937 pauses(s.seed * 7u + static_cast<unsigned>(w));
       TwoPhaseOptions o = ro;
+      o.ledgers = {{"a", cached_a}, {"b", cached_b}};  // the legs drop the cached balances they change
       // A coordinator pauses now and then after its PREPAREs (sometimes past the grace, when
       // recovery may abort it first) or after its decision (recovery may commit it first).
       o.on_step = [&pauses, &past_grace, grace](TwoPhaseStep step, const std::string&) {

@@ -50,8 +50,9 @@ struct Model {
     std::string last_owner;             // who held it last (kept after a release)
   };
   std::map<std::string, LockRow> locks;
-  // A cached value; maybe_gone: a size-bounded sweep ran since it was written and may have
-  // evicted it (which one goes depends on write times in milliseconds), so absent is right too.
+  // A cached value; maybe_gone: absent is right too, because a size-bounded sweep ran since it was
+  // written and may have evicted it (which one goes depends on write times in milliseconds), or its
+  // load may have been refused by a sweep cutoff in the millisecond it began.
   struct CacheSlot {
     std::string value;
     bool maybe_gone = false;
@@ -410,7 +411,7 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         // What commits while the loader reads its (by then old) value: 0 nothing, 1 an invalidation,
         // 2 one and a sweep, 3 a prefix invalidation (every key of the model), 4 one and a sweep,
         // 5 a put and a sweep, 6 a sweep. The sweeps delete tombstones at once (no grace), then
-        // the least recently written rows past two.
+        // the least recently written rows past two; one that deleted rows refuses the loads in flight.
         const std::string k = pick(cache_keys);
         const int meddle = static_cast<int>(rng() % 7);
         INFO("load of " << k << ", meddling " << meddle);
@@ -418,6 +419,7 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         lo.scope = rng() % 2 ? LoadScope::all_processes : LoadScope::this_process;
         const std::string loaded = fmt::format("loaded{}-m{}", step, meddle), put = fmt::format("put{}", step);
         bool called = false;
+        std::int64_t swept = 0;
         const auto slot = m.cache.find(k);
         const std::optional<std::string> got = cache.get_or_load(
             k, 1h,
@@ -426,7 +428,7 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
               if (meddle == 1 || meddle == 2) cache.invalidate(k);
               if (meddle == 3 || meddle == 4) cache.invalidate_prefix("c");
               if (meddle == 5) cache.put(k, put, 1h);
-              if (meddle == 2 || meddle >= 4) sweeper.sweep();
+              if (meddle == 2 || meddle >= 4) swept = sweeper.sweep();
               return loaded;
             },
             lo);
@@ -444,7 +446,12 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
           // A put overtook the load: the put's value stays, the load's is not stored (and the
           // sweep after the put may have evicted it).
           if (meddle == 5) m.cache[k] = {put, true};
-          if (meddle == 0 || meddle == 6) m.cache[k] = {loaded, false};  // stored after the sweep
+          // Stored after the sweep, unless the sweep deleted rows: it then records its cutoff (now,
+          // with no grace), which refuses every load that began before it.
+          // Maybe gone even then: a sweep that deleted rows in the millisecond the load began (a
+          // maintenance step just before) refuses it too, times being whole milliseconds.
+          if (meddle == 0 || (meddle == 6 && swept == 0)) m.cache[k] = {loaded, true};
+          if (meddle == 6 && swept > 0) m.cache.erase(k);
         }
         break;
       }

@@ -125,7 +125,7 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
 }
 
 int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
-  if (is_memory()) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (current() == "sqlite-memory") FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
     std::string quoted = "'";
@@ -180,7 +180,7 @@ int run_command(const std::string& command, std::string* output) {
 }
 
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
-  if (is_memory()) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (current() == "sqlite-memory") FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
