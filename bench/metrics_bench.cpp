@@ -21,8 +21,8 @@
 
 #include <fmt/format.h>
 
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 #include "rowguard/rowguard.hpp"
 
 namespace {

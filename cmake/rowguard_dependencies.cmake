@@ -17,6 +17,14 @@ if(NOT SQLITE3_FOUND)
   rowguard_missing("SQLite 3" "libsqlite3-dev")
 endif()
 
+# libpq: the PostgreSQL engine's own part (LISTEN, connection-string checks), whichever driver.
+if(ROWGUARD_WITH_POSTGRES OR ROWGUARD_WITH_SOCI)
+  find_package(PostgreSQL QUIET)
+  if(NOT PostgreSQL_FOUND)
+    rowguard_missing("libpq (the PostgreSQL client library)" "libpq-dev")
+  endif()
+endif()
+
 if(ROWGUARD_WITH_POSTGRES)
   pkg_check_modules(PQXX QUIET IMPORTED_TARGET libpqxx)
   if(NOT PQXX_FOUND)

@@ -19,9 +19,9 @@ mkdir -p "$out"
 flags=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Isrc -Iinclude -Itools/rowguard)
 # url_fuzz asks libpq how it reads the strings it makes (the library under test never links libpq here).
-"$CXX" "${flags[@]}" -I/usr/include/postgresql fuzz/url_fuzz.cpp src/backend/url.cpp src/core/error.cpp -lfmt -lpq \
+"$CXX" "${flags[@]}" -I/usr/include/postgresql fuzz/url_fuzz.cpp src/backend/url.cpp src/base/error.cpp -lfmt -lpq \
   -o "$out/url_fuzz"
-"$CXX" "${flags[@]}" fuzz/args_fuzz.cpp tools/rowguard/args.cpp src/core/error.cpp -lfmt -o "$out/args_fuzz"
+"$CXX" "${flags[@]}" fuzz/args_fuzz.cpp tools/rowguard/args.cpp src/base/error.cpp -lfmt -o "$out/args_fuzz"
 status=0
 for target in url_fuzz args_fuzz; do
   mkdir -p "$out/corpus-$target"

@@ -8,7 +8,7 @@
 #
 # Interleavings: the model test with --model-steps steps (default 50000; 2000 in CI) and every
 # `[interleave]` test (maintenance beside the payments, lease, cache, saga and two-phase workloads,
-# tests/interleave_test.cpp) for --interleave-seconds each (default 30; 3 in CI), on all six
+# tests/system/interleave_test.cpp) for --interleave-seconds each (default 30; 3 in CI), on all six
 # backends. Every run draws a fresh seed and prints it with any failure; rerun one with
 # ROWGUARD_SEED=N (the same random choices; thread timing still differs).
 #

@@ -70,6 +70,10 @@ class Dialect {
   // transaction's first statement: on PostgreSQL a READ COMMITTED statement's snapshot is taken
   // before it starts, so only the statements after the lock see what earlier holders committed.
   virtual std::string transaction_lock(bool /*shared*/) const { return {}; }
+  // One row, one bigint column: an upper bound, in ms, on how far behind its primary the data of
+  // this server is, NULL when it is no streaming standby; "" where the engine has no standbys to
+  // read from (SQLite). Standby reads (StandbyReads) need it on both sides.
+  virtual std::string standby_staleness() const { return {}; }
   // Whether the engine has prepared transactions (PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED)
   // for two-phase commit. PostgreSQL does (with max_prepared_transactions > 0); SQLite does not.
   virtual bool has_prepared_transactions() const noexcept { return false; }

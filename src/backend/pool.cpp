@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "base/sql_text.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 
 namespace rowguard::detail {
 

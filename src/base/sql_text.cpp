@@ -1,4 +1,4 @@
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 
 #include <algorithm>
 #include <cctype>

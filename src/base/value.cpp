@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "rowguard/error.hpp"
 #include "rowguard/value.hpp"
 

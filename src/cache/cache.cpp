@@ -1,5 +1,5 @@
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 #include "rowguard/cache.hpp"
 
 #include <cmath>
@@ -14,33 +14,13 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "core/standby_route.hpp"
-#include "core/cache_local.hpp"
-#include "core/cache_sql.hpp"
+#include "cache/local_tier.hpp"
+#include "cache/cache_sql.hpp"
 #include "rowguard/locks.hpp"
 
 namespace rowguard {
-
-namespace {
-// The generation of a row that did not exist: the database clock in ms times 1000. A key whose row
-// a sweep deleted and a write then recreated would otherwise start again at the generation a load
-// in flight may have read before the sweep (its store also checks updated_at, in milliseconds).
-std::string fresh_generation(const detail::Dialect& d) { return fmt::format("({} * 1000)", d.now_ms()); }
-}  // namespace
-
-std::string detail::cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
-  const auto& d = backend.dialect();
-  const std::string now = d.now_timestamp();
-  // The tombstone expires as it is written (never at the epoch): sweeps keep it for sweep_grace.
-  return fmt::format(
-      "INSERT INTO {t} AS c (key, expires_at, generation, size_bytes, created_at, updated_at) "
-      "SELECT {key}, {now}, {fresh}, 0, {now}, {now} {tail} ON CONFLICT (key) DO UPDATE SET value = NULL, "
-      "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = 0, "
-      "updated_at = excluded.updated_at",
-      fmt::arg("t", backend.table("cache")), fmt::arg("key", key_expr), fmt::arg("fresh", fresh_generation(d)),
-      fmt::arg("now", now), fmt::arg("tail", tail));
-}
 
 namespace {
 // A key's row as read, or its absence, and when it was read: a load judges its store by these.
@@ -76,11 +56,7 @@ struct Cache::Impl {
   CacheOptions options;
   Locks locks;
   detail::StandbyRoute standby;
-  std::string read_sql, hit_sql, put_sql, store_sql, invalidate_sql, invalidate_prefix_sql, record_prefix_sql, sweep_sql,
-      sweep_prefixes_sql, record_sweep_sql, evict_sql, evict_recent_sql, table_stats_sql;
-  // The write gate (see gate()): a lock named after the cache table, shared by stores, exclusive
-  // for the maintenance that deletes rows or records prefixes. "" where the engine needs none.
-  std::string gate_shared_sql, gate_exclusive_sql, gate_name;
+  detail::CacheStatements sql;
 
   // What a load in flight in this process returns, and the read its value answers (see Landed).
   struct Landed {
@@ -112,100 +88,14 @@ struct Cache::Impl {
       : backend(db.shared_backend()),
         options(std::move(o)),
         locks(db),
-        standby(*backend, options.standby, "CacheOptions::standby") {
+        standby(*backend, options.standby, "CacheOptions::standby"),
+        sql(*backend) {
     if (options.max_key_bytes < 1 || options.max_key_bytes > 4096)
       throw Error(ErrorKind::invalid_argument, "CacheOptions::max_key_bytes must be 1 to 4096");
     if (!(options.ttl_jitter >= 0.0 && options.ttl_jitter < 1.0))
       throw Error(ErrorKind::invalid_argument, "CacheOptions::ttl_jitter must be in [0, 1)");
     if (options.load_lease_ttl.count() <= 0 || options.load_wait.count() < 0 || options.sweep_grace.count() < 0)
       throw Error(ErrorKind::invalid_argument, "CacheOptions durations must not be negative (lease ttl positive)");
-    const auto& d = backend->dialect();
-    const std::string t = backend->table("cache");
-    const std::string prefixes = backend->table("cache_prefixes");
-    gate_shared_sql = d.transaction_lock(true);
-    gate_exclusive_sql = d.transaction_lock(false);
-    gate_name = t;
-    const std::string now = d.now_timestamp();
-    const std::string fresh = fresh_generation(d);
-    // Always one row, with the database clock: a miss is the start of a load, row or not.
-    read_sql = fmt::format(
-        "SELECT {}, CASE WHEN c.expires_at > {} THEN 1 ELSE 0 END, c.generation, {} - n.now_ms, c.load_ms, n.now_ms "
-        "FROM (SELECT {} AS now_ms) n LEFT JOIN {} c ON c.key = $1",
-        d.blob_column("c.value"), now, d.timestamp_to_ms("c.expires_at"), d.now_ms(), t);
-    // get() without the in-process tier needs only a live value: the primary-key lookup alone,
-    // without the columns that loads and the tier use.
-    hit_sql = fmt::format("SELECT {} FROM {} WHERE key = $1 AND expires_at > {}", d.blob_column("value"), t, now);
-    // A put, like an invalidation, bumps the generation: any load in flight is now stale.
-    put_sql = fmt::format(
-        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, created_at, updated_at) "
-        "VALUES ($1, {v}, {exp}, {fresh}, $3, {now}, {now}) ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-        "expires_at = excluded.expires_at, generation = c.generation + 1, size_bytes = excluded.size_bytes, "
-        "updated_at = excluded.updated_at",
-        fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
-        fmt::arg("fresh", fresh), fmt::arg("now", now));
-    // A loader's write-back ($7: the database clock of the read that began the load; $8: sweep_grace).
-    // Refused when the load began sweep_grace ago or more (the rows that could judge it may be gone),
-    // when a prefix invalidation over the key (or an eviction inside the grace) came at or after its
-    // start, and, for an existing row, unless it still has the generation the load read and was
-    // last written no later than the load's start. Sweeps and evictions keep every row for
-    // sweep_grace after its last change (or record the eviction), so every change made after the
-    // load began is still there to refuse it.
-    store_sql = fmt::format(
-        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, load_ms, created_at, updated_at) "
-        "SELECT $1, {v}, {exp}, {fresh}, $3, $6, {now}, {now} "
-        "WHERE CAST($7 AS bigint) > {now_ms} - CAST($8 AS bigint) AND NOT EXISTS (SELECT 1 FROM {p} p "
-        "WHERE p.invalidated_at >= {start} AND substr(CAST($1 AS text), 1, length(p.prefix)) = p.prefix) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-        "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, load_ms = excluded.load_ms, "
-        "updated_at = excluded.updated_at WHERE c.generation = $5 AND {updated} <= CAST($7 AS bigint) "
-        "RETURNING generation",
-        fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
-        fmt::arg("fresh", fresh), fmt::arg("now", now), fmt::arg("now_ms", d.now_ms()), fmt::arg("p", prefixes),
-        fmt::arg("start", d.ms_to_timestamp("$7")), fmt::arg("updated", d.timestamp_to_ms("c.updated_at")));
-    // Invalidation leaves an expired tombstone with a higher generation, even for a key never
-    // cached, so a load that began before it cannot store afterwards.
-    invalidate_sql = detail::cache_invalidate_sql(*backend, "CAST($1 AS text)", "WHERE 1 = 1");
-    invalidate_prefix_sql = fmt::format(
-        "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
-        "WHERE substr(key, 1, $2) = $1",
-        t, now, now);
-    // Never moved back: on PostgreSQL now() is the transaction's start, so a transaction that began
-    // before a sweep recorded its cutoff may commit after it.
-    record_prefix_sql = fmt::format(
-        "INSERT INTO {} AS p (prefix, invalidated_at) VALUES ($1, {}) ON CONFLICT (prefix) DO UPDATE SET "
-        "invalidated_at = CASE WHEN excluded.invalidated_at > p.invalidated_at THEN excluded.invalidated_at "
-        "ELSE p.invalidated_at END",
-        prefixes, now);
-    // Rows expired and last changed longer than sweep_grace ($1, negative) ago, by the expires_at
-    // index, in bounded batches that never hold long locks. Every write sets expires_at at or after
-    // updated_at, so the index finds them; the second condition states the rule.
-    const std::string cut = d.timestamp_plus_ms(now, "$1");
-    sweep_sql = fmt::format(
-        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE expires_at < {1} AND updated_at < {1} "
-        "ORDER BY expires_at LIMIT $2)",
-        t, cut);
-    // The empty prefix's record stays: it carries the latest sweep cutoff (record_sweep_sql).
-    sweep_prefixes_sql = fmt::format("DELETE FROM {} WHERE invalidated_at < {} AND prefix <> ''", prefixes, cut);
-    // A sweep that deleted rows records its cutoff as an invalidation of every key (the empty
-    // prefix), never moving it back, in the same transaction: a load that began before the cutoff
-    // may have read a row now gone, and is refused whatever its own sweep_grace says. So a sweeper
-    // with a shorter grace than the loaders' (another process, `rowguard cache sweep`) cannot let
-    // a stale value in; it refuses loads older than its own grace instead.
-    record_sweep_sql = fmt::format(
-        "INSERT INTO {0} AS p (prefix, invalidated_at) VALUES ('', {1}) ON CONFLICT (prefix) DO UPDATE SET "
-        "invalidated_at = CASE WHEN excluded.invalidated_at > p.invalidated_at THEN excluded.invalidated_at "
-        "ELSE p.invalidated_at END",
-        prefixes, cut);
-    // Size bounds: least recently written first, outside the grace; then, only if that is not
-    // enough, inside it (evict_recent_sql, with the eviction recorded in the same transaction).
-    evict_sql = fmt::format(
-        "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE updated_at < {1} ORDER BY updated_at LIMIT $2)", t,
-        cut);
-    evict_recent_sql = fmt::format("DELETE FROM {0} WHERE key IN (SELECT key FROM {0} ORDER BY updated_at LIMIT $1)", t);
-    table_stats_sql = fmt::format(
-        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN expires_at > {} THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(size_bytes), 0) AS bigint) FROM {}",
-        now, t);
     if (options.max_rows < 0 || options.max_bytes < 0)
       throw Error(ErrorKind::invalid_argument, "CacheOptions::max_rows and max_bytes must not be negative");
     if (options.sweep_every.count() < 0)
@@ -256,8 +146,8 @@ struct Cache::Impl {
   // change waits for the stores in flight. Per-key writes need no gate: they meet a store on the
   // key's row itself.
   void gate(Transaction& tx, bool shared) const {
-    const std::string& sql = shared ? gate_shared_sql : gate_exclusive_sql;
-    if (!sql.empty()) tx.exec(sql, {gate_name});
+    const std::string& lock = shared ? sql.gate_shared : sql.gate_exclusive;
+    if (!lock.empty()) tx.exec(lock, {sql.gate_name});
   }
 
   // The in-process tier, when on: a fresh local copy of key, or nothing.
@@ -312,13 +202,13 @@ struct Cache::Impl {
   }
 
   // The key's row on the primary (a load's start).
-  Entry read(std::string_view key) { return entry_of((*backend->borrow())->exec(read_sql, {std::string(key)})); }
+  Entry read(std::string_view key) { return entry_of((*backend->borrow())->exec(sql.read, {std::string(key)})); }
 
   // The key's row where a hit may come from: a live row on the standby when one is configured and
   // fresh enough, else the primary's row. Anything but a live row comes from the primary.
   Entry read_for_hit(std::string_view key) {
     Entry e;
-    if (standby.run([&](detail::Session& s) { e = entry_of(s.exec(read_sql, {std::string(key)})); }) && e.live)
+    if (standby.run([&](detail::Session& s) { e = entry_of(s.exec(sql.read, {std::string(key)})); }) && e.live)
       return e;
     return read(key);
   }
@@ -459,12 +349,12 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
                                   static_cast<std::int64_t>(took.count()), seen.read_at_ms,
                                   static_cast<std::int64_t>(options.sweep_grace.count())};
   Result stored;
-  if (gate_shared_sql.empty()) {
-    stored = (*backend->borrow())->exec(store_sql, params);
+  if (sql.gate_shared.empty()) {
+    stored = (*backend->borrow())->exec(sql.store, params);
   } else {
     Transaction tx(backend->borrow(), {});
     gate(tx, true);
-    stored = tx.exec(store_sql, params);
+    stored = tx.exec(sql.store, params);
     tx.commit();
   }
   if (stored.empty()) return refused(false);
@@ -481,8 +371,8 @@ std::optional<std::string> Cache::get(std::string_view key) {
   impl_->check_key(key);
   if (!impl_->local) {
     Result r;
-    if (!impl_->standby.run([&](detail::Session& s) { r = s.exec(impl_->hit_sql, {std::string(key)}); }) || r.empty())
-      r = (*impl_->backend->borrow())->exec(impl_->hit_sql, {std::string(key)});
+    if (!impl_->standby.run([&](detail::Session& s) { r = s.exec(impl_->sql.hit, {std::string(key)}); }) || r.empty())
+      r = (*impl_->backend->borrow())->exec(impl_->sql.hit, {std::string(key)});
     impl_->count([&](CacheStats& s) { ++(r.empty() ? s.misses : s.hits); });
     (r.empty() ? detail::instruments::cache().miss : detail::instruments::cache().hit).add();
     if (r.empty() || r.rows[0].is_null(0)) return std::nullopt;
@@ -502,7 +392,7 @@ void Cache::put(std::string_view key, std::string_view value, std::chrono::milli
   impl_->check_value(value);
   Impl::check_ttl(ttl);
   auto session = impl_->backend->borrow();
-  (*session)->exec(impl_->put_sql, {std::string(key), Blob{std::string(value)},
+  (*session)->exec(impl_->sql.put, {std::string(key), Blob{std::string(value)},
                                     static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
   impl_->count([&](CacheStats& s) { s.bytes_stored += value.size(); });
   impl_->local_drop(key);
@@ -512,7 +402,7 @@ void Cache::put(Transaction& tx, std::string_view key, std::string_view value, s
   impl_->check_key(key);
   impl_->check_value(value);
   Impl::check_ttl(ttl);
-  tx.exec(impl_->put_sql,
+  tx.exec(impl_->sql.put,
           {std::string(key), Blob{std::string(value)}, static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
   impl_->count([&](CacheStats& s) { s.bytes_stored += value.size(); });
   impl_->local_drop_at_commit(tx, key);
@@ -521,14 +411,14 @@ void Cache::put(Transaction& tx, std::string_view key, std::string_view value, s
 void Cache::invalidate(std::string_view key) {
   impl_->check_key(key);
   auto session = impl_->backend->borrow();
-  (*session)->exec(impl_->invalidate_sql, {std::string(key)});
+  (*session)->exec(impl_->sql.invalidate, {std::string(key)});
   detail::instruments::cache().invalidations.add();
   impl_->local_drop(key);
 }
 
 void Cache::invalidate(Transaction& tx, std::string_view key) {
   impl_->check_key(key);
-  tx.exec(impl_->invalidate_sql, {std::string(key)});
+  tx.exec(impl_->sql.invalidate, {std::string(key)});
   detail::instruments::cache().invalidations.add();
   impl_->local_drop_at_commit(tx, key);
 }
@@ -540,9 +430,9 @@ std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   Transaction tx(impl_->backend->borrow(), {});
   impl_->gate(tx, false);
   const std::int64_t n =
-      tx.exec(impl_->invalidate_prefix_sql, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
+      tx.exec(impl_->sql.invalidate_prefix, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
           .affected;
-  tx.exec(impl_->record_prefix_sql, {std::string(prefix)});
+  tx.exec(impl_->sql.record_prefix, {std::string(prefix)});
   tx.commit();
   detail::instruments::cache().invalidations.add();
   if (impl_->local) impl_->local->drop_prefix(prefix);
@@ -653,8 +543,8 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   for (;;) {
     Transaction tx(backend->borrow(), {});
     gate(tx, false);
-    const std::int64_t n = tx.exec(sweep_sql, {grace, batch}).affected;
-    if (n > 0) tx.exec(record_sweep_sql, {grace});
+    const std::int64_t n = tx.exec(sql.sweep, {grace, batch}).affected;
+    if (n > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
     total += n;
     if (n < batch) break;
@@ -664,7 +554,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   {
     Transaction tx(backend->borrow(), {});
     gate(tx, false);
-    if (tx.exec(sweep_prefixes_sql, {grace}).affected > 0) tx.exec(record_sweep_sql, {grace});
+    if (tx.exec(sql.sweep_prefixes, {grace}).affected > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
   }
   // Then the size bounds, least recently written first, a batch at a time.
@@ -683,8 +573,8 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
     {
       Transaction tx(backend->borrow(), {});
       gate(tx, false);
-      n = tx.exec(evict_sql, {grace, limit}).affected;
-      if (n > 0) tx.exec(record_sweep_sql, {grace});
+      n = tx.exec(sql.evict, {grace, limit}).affected;
+      if (n > 0) tx.exec(sql.record_sweep, {grace});
       tx.commit();
     }
     if (n == 0) {
@@ -693,8 +583,8 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
       // key (the empty prefix) at the same commit, which refuses every load begun before it.
       Transaction tx(backend->borrow(), {});
       gate(tx, false);
-      n = tx.exec(evict_recent_sql, {limit}).affected;
-      tx.exec(record_prefix_sql, {std::string()});
+      n = tx.exec(sql.evict_recent, {limit}).affected;
+      tx.exec(sql.record_prefix, {std::string()});
       tx.commit();
     }
     total += n;
@@ -708,7 +598,7 @@ CacheTableStats Cache::table_stats() { return impl_->table_stats(); }
 
 CacheTableStats Cache::Impl::table_stats() {
   auto session = backend->borrow();
-  const Row r = (*session)->exec(table_stats_sql, {}).one();
+  const Row r = (*session)->exec(sql.table_stats, {}).one();
   return CacheTableStats{r.i64(0), r.i64(1), r.i64(2)};
 }
 

@@ -1,4 +1,4 @@
-#include "core/cache_local.hpp"
+#include "cache/local_tier.hpp"
 
 #include <algorithm>
 

@@ -1,11 +1,11 @@
 // from_soci() and from_pqxx(): rowguard over connections the service already has.
 #include "backend/backend.hpp"
 #ifdef ROWGUARD_HAVE_POSTGRES
-#include "backend/postgres/postgres.hpp"
+#include "backend/libpqxx/driver.hpp"
 #include "rowguard/postgres.hpp"
 #endif
 #ifdef ROWGUARD_HAVE_SOCI
-#include "backend/soci/soci.hpp"
+#include "backend/soci/driver.hpp"
 #include "rowguard/soci.hpp"
 #endif
 

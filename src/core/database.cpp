@@ -2,14 +2,14 @@
 
 #include "backend/backend.hpp"
 #include "backend/url.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "backend/sqlite3/driver.hpp"
 #include "core/schema_scripts.hpp"
 #include "rowguard/database.hpp"
 #ifdef ROWGUARD_HAVE_POSTGRES
-#include "backend/postgres/postgres.hpp"
+#include "backend/libpqxx/driver.hpp"
 #endif
 #ifdef ROWGUARD_HAVE_SOCI
-#include "backend/soci/soci.hpp"
+#include "backend/soci/driver.hpp"
 #endif
 
 namespace rowguard {

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "core/instruments.hpp"
+#include "obs/instruments.hpp"
 #include "rowguard/error.hpp"
 #include "rowguard/retry.hpp"
 

@@ -2,26 +2,13 @@
 
 #include <fmt/format.h>
 
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 #include "rowguard/database.hpp"
 
 namespace rowguard::detail {
 
 namespace {
-// An upper bound, in ms, on how far behind its primary this standby's data is; NULL when it is not
-// a streaming standby (or has replayed no commit yet while behind). Its data is the primary's as of
-// some moment no earlier than its last replayed commit; when it has also replayed all the WAL the
-// primary had when it sent its last message (latest_end_lsn), as of that message, received at
-// last_msg_receipt_time. pg_last_xact_replay_timestamp() is the commit time on the primary's clock:
-// the bound assumes the two clocks agree (NTP), as lease expiry does across a failover.
-constexpr const char* staleness_sql =
-    "SELECT CASE WHEN pg_is_in_recovery() THEN ("
-    "SELECT (extract(epoch FROM clock_timestamp() - CASE WHEN pg_last_wal_replay_lsn() >= w.latest_end_lsn "
-    "THEN greatest(w.last_msg_receipt_time, pg_last_xact_replay_timestamp()) "
-    "ELSE pg_last_xact_replay_timestamp() END) * 1000)::bigint "
-    "FROM pg_stat_wal_receiver w WHERE w.status = 'streaming') END";
-
 // After the standby failed, reads skip it for this long instead of waiting on it each time.
 constexpr std::chrono::milliseconds failure_backoff{5000};
 
@@ -37,8 +24,7 @@ StandbyRoute::StandbyRoute(const Backend& primary, const StandbyReads& reads, co
   if (reads.max_staleness.count() <= 0)
     throw Error(ErrorKind::invalid_argument, fmt::format("{}.max_staleness must be positive", what));
   const Backend& standby = *reads.database->shared_backend();
-  const auto postgres = [](const Backend& b) { return b.name() == "postgres" || b.name() == "soci+postgresql"; };
-  if (!postgres(primary) || !postgres(standby))
+  if (primary.dialect().standby_staleness().empty() || standby.dialect().standby_staleness().empty())
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("{}: standby reads need PostgreSQL on both sides (got {} and {})", what, primary.name(),
                             standby.name()));
@@ -46,6 +32,7 @@ StandbyRoute::StandbyRoute(const Backend& primary, const StandbyReads& reads, co
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("{}: the standby's Database has another table prefix than the primary's", what));
   standby_ = reads.database->shared_backend();
+  staleness_sql_ = standby_->dialect().standby_staleness();
 }
 
 bool StandbyRoute::run(const std::function<void(Session&)>& read) const {
@@ -54,7 +41,7 @@ bool StandbyRoute::run(const std::function<void(Session&)>& read) const {
   try {
     auto session = standby_->borrow();
     // Measured before the read's snapshot is taken, so the snapshot is at least as new.
-    const Result staleness = (*session)->exec(staleness_sql, {});
+    const Result staleness = (*session)->exec(staleness_sql_, {});
     if (staleness.empty() || staleness.rows[0].is_null(0) || staleness.rows[0].i64(0) > max_staleness_.count()) {
       m.stale.add();
       return false;

@@ -32,6 +32,7 @@ class StandbyRoute {
 
  private:
   std::shared_ptr<Backend> standby_;
+  std::string staleness_sql_;  // the standby dialect's standby_staleness()
   std::chrono::milliseconds max_staleness_{0};
   mutable std::atomic<std::int64_t> skip_until_ms_{0};  // steady clock; 0: use the standby
 };

@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "rowguard/transaction.hpp"
 
 namespace rowguard {

@@ -3,7 +3,7 @@
 
 #include <fmt/format.h>
 
-#include "core/ledger_impl.hpp"
+#include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
 

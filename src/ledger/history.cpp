@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "core/ledger_impl.hpp"
+#include "ledger/ledger_impl.hpp"
 #include "core/standby_route.hpp"
 #include "rowguard/ledger.hpp"
 #include "rowguard/money.hpp"

@@ -5,7 +5,7 @@
 // capture or void holds that lock it reads the hold's state as final.
 #include <fmt/format.h>
 
-#include "core/ledger_impl.hpp"
+#include "ledger/ledger_impl.hpp"
 #include "rowguard/money.hpp"
 
 namespace rowguard {

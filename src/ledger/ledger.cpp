@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "core/ledger_impl.hpp"
+#include "ledger/ledger_impl.hpp"
 #include "rowguard/money.hpp"
 
 namespace rowguard {

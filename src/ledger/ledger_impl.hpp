@@ -10,9 +10,9 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
-#include "core/cache_sql.hpp"
-#include "core/instruments.hpp"
+#include "base/sql_text.hpp"
+#include "cache/cache_sql.hpp"
+#include "obs/instruments.hpp"
 #include "core/retrying.hpp"
 #include "core/standby_route.hpp"
 #include "rowguard/cache.hpp"

@@ -1,8 +1,8 @@
 #include <fmt/format.h>
 
-#include "core/instruments.hpp"
-#include "core/lease_state.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "locks/lease_state.hpp"
+#include "obs/logging.hpp"
 
 namespace rowguard {
 

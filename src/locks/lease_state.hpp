@@ -11,7 +11,7 @@
 #include <string>
 #include <thread>
 
-#include "core/locks_impl.hpp"
+#include "locks/locks_impl.hpp"
 #include "rowguard/locks.hpp"
 
 namespace rowguard {

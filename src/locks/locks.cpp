@@ -9,11 +9,11 @@
 
 #include <fmt/format.h>
 
-#include "backend/sql_text.hpp"
-#include "core/instruments.hpp"
-#include "core/lease_state.hpp"
-#include "core/logging.hpp"
-#include "core/locks_impl.hpp"
+#include "base/sql_text.hpp"
+#include "obs/instruments.hpp"
+#include "locks/lease_state.hpp"
+#include "obs/logging.hpp"
+#include "locks/locks_impl.hpp"
 
 namespace rowguard {
 

@@ -11,7 +11,7 @@
 #include <unordered_map>
 
 #include "backend/backend.hpp"
-#include "core/lock_statements.hpp"
+#include "locks/locks_sql.hpp"
 #include "rowguard/locks.hpp"
 
 namespace rowguard {

@@ -1,4 +1,4 @@
-#include "core/lock_statements.hpp"
+#include "locks/locks_sql.hpp"
 
 #include <fmt/format.h>
 

@@ -1,9 +1,9 @@
 // The instruments of every component (see core/instruments.hpp and docs/operations.md).
-#include "core/instruments.hpp"
+#include "obs/instruments.hpp"
 
 #include <string>
 
-#include "core/logging.hpp"
+#include "obs/logging.hpp"
 
 namespace rowguard::detail::instruments {
 

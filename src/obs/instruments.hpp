@@ -8,7 +8,7 @@
 // first: a series that never moved reads 0. The names are documented in docs/operations.md.
 // Internal: included only from src/.
 
-#include "core/metrics_registry.hpp"
+#include "obs/metrics_registry.hpp"
 #include "rowguard/error.hpp"
 
 namespace rowguard::detail::instruments {

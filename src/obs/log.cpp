@@ -2,7 +2,7 @@
 #include <memory>
 #include <mutex>
 
-#include "core/logging.hpp"
+#include "obs/logging.hpp"
 
 namespace rowguard {
 

@@ -9,8 +9,8 @@
 
 #include <fmt/format.h>
 
-#include "core/instruments.hpp"
-#include "core/metrics_registry.hpp"
+#include "obs/instruments.hpp"
+#include "obs/metrics_registry.hpp"
 
 namespace rowguard {
 namespace detail::metrics {

@@ -3,8 +3,8 @@
 // One coordinator drives a saga at a time: it holds the lease "saga:<id>" (renewed by a heartbeat)
 // and every write of the saga's rows runs in its own transaction behind lease.guard(), so a
 // coordinator that lost its lease can never write over the one that took the saga over.
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 #include "rowguard/saga.hpp"
 
 #include <atomic>
@@ -15,7 +15,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "core/retrying.hpp"
 #include "rowguard/locks.hpp"
 

@@ -1,5 +1,5 @@
-#include "core/instruments.hpp"
-#include "core/logging.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
 #include "rowguard/two_phase.hpp"
 
 #include <algorithm>
@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 
 #include "backend/backend.hpp"
-#include "core/ledger_impl.hpp"
+#include "ledger/ledger_impl.hpp"
 #include "core/retrying.hpp"
 
 namespace rowguard {

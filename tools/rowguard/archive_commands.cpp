@@ -1,7 +1,7 @@
 // rowguard ledger archive, ledger partitions: growth of the journal (docs/operations.md, "Growth").
 #include <iostream>
 
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "cli.hpp"
 
 namespace rowguard::cli {

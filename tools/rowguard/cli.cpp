@@ -1,6 +1,6 @@
 #include "cli.hpp"
 
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>

@@ -1,7 +1,7 @@
 // migrate, schema, version.
 #include <iostream>
 
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "cli.hpp"
 #include "core/schema_scripts.hpp"
 

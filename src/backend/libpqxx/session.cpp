@@ -6,8 +6,9 @@
 #include <fmt/format.h>
 
 #include "backend/dialects.hpp"
-#include "backend/postgres/postgres.hpp"
-#include "backend/postgres/statement.hpp"
+#include "backend/libpqxx/driver.hpp"
+#include "backend/postgres/engine.hpp"
+#include "backend/libpqxx/statement.hpp"
 
 namespace rowguard::detail {
 

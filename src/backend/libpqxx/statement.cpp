@@ -4,8 +4,9 @@
 
 #include <fmt/format.h>
 
-#include "backend/postgres/postgres.hpp"
-#include "backend/postgres/statement.hpp"
+#include "backend/libpqxx/driver.hpp"
+#include "backend/postgres/engine.hpp"
+#include "backend/libpqxx/statement.hpp"
 
 namespace rowguard::detail {
 

@@ -30,6 +30,18 @@ class PostgresDialect final : public Dialect {
   std::string timestamp_plus_ms(std::string_view ts_expr, std::string_view ms_param) const override {
     return fmt::format("({} + CAST({} AS bigint) * INTERVAL '1 millisecond')", ts_expr, ms_param);
   }
+  // Its data is the primary's as of some moment no earlier than its last replayed commit; when it
+  // has also replayed all the WAL the primary had when it sent its last message (latest_end_lsn),
+  // as of that message, received at last_msg_receipt_time. pg_last_xact_replay_timestamp() is the
+  // commit time on the primary's clock: the bound assumes the two clocks agree (NTP), as lease
+  // expiry does across a failover. NULL also while behind with no commit replayed yet.
+  std::string standby_staleness() const override {
+    return "SELECT CASE WHEN pg_is_in_recovery() THEN ("
+           "SELECT (extract(epoch FROM clock_timestamp() - CASE WHEN pg_last_wal_replay_lsn() >= w.latest_end_lsn "
+           "THEN greatest(w.last_msg_receipt_time, pg_last_xact_replay_timestamp()) "
+           "ELSE pg_last_xact_replay_timestamp() END) * 1000)::bigint "
+           "FROM pg_stat_wal_receiver w WHERE w.status = 'streaming') END";
+  }
   std::string share_lock() const override { return " FOR SHARE"; }
   // The rows are locked to change columns that are no key, so the mode is NO KEY UPDATE, which is
   // also what such an UPDATE takes. FOR UPDATE would block the KEY SHARE lock a foreign-key check

@@ -1,29 +1,17 @@
 #pragma once
-// The native PostgreSQL backend (libpqxx 6.4). Internal: only src/ includes this.
+// What rowguard knows of the PostgreSQL engine, whichever driver talks to it (libpqxx/, soci/):
+// SQLSTATEs as error kinds, outcome-unknown rules, LISTEN through libpq. Needs libpq at most.
 
 #include <atomic>
-#include <exception>
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
 
 #include "backend/backend.hpp"
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "backend/url.hpp"
 
-#include <pqxx/connection>
-
 namespace rowguard::detail {
-
-// pqxx::connection_base has no virtual destructor in libpqxx 6.4: connections are always owned as
-// the concrete pqxx::connection.
-using PqxxFactory = std::function<std::unique_ptr<pqxx::connection>()>;
-
-// Opens the backend for postgresql://... or a libpq keyword string.
-std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& options);
-// Wraps connections made by the service's own factory (rowguard/postgres.hpp).
-std::shared_ptr<Backend> open_postgres(PqxxFactory factory, const Options& options);
 
 // A LISTEN connection made with libpq from a connection string (used by both the native and the
 // SOCI PostgreSQL backends).
@@ -53,10 +41,5 @@ Error replication_in_doubt(std::string_view backend_name);
 
 // Error(invalid_argument) when libpq cannot parse the connection string (checked before connecting).
 void validate_conninfo(const std::string& conninfo, const Secrets& secrets);
-
-// The libpqxx exception in flight, as a rowguard Error; sets connection_lost when the session is unusable.
-// Its message is scrubbed of secrets.
-Error postgres_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
-                     const Secrets& secrets);
 
 }  // namespace rowguard::detail

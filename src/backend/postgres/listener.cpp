@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "backend/postgres/postgres.hpp"
+#include "backend/postgres/engine.hpp"
 
 namespace rowguard::detail {
 

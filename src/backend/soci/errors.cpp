@@ -6,9 +6,9 @@
 
 #include <fmt/format.h>
 
-#include "backend/postgres/postgres.hpp"
-#include "backend/soci/soci_errors.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "backend/postgres/engine.hpp"
+#include "backend/soci/driver.hpp"
+#include "backend/sqlite/engine.hpp"
 
 namespace rowguard::detail {
 

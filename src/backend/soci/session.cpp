@@ -9,11 +9,11 @@
 #include <fmt/format.h>
 
 #include "backend/dialects.hpp"
-#include "backend/postgres/postgres.hpp"
-#include "backend/soci/soci.hpp"
-#include "backend/soci/soci_errors.hpp"
+#include "backend/postgres/engine.hpp"
+#include "backend/soci/driver.hpp"
+
 #include "backend/soci/statement.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "backend/sqlite/engine.hpp"
 
 namespace rowguard::detail {
 
@@ -102,7 +102,7 @@ class SociSession final : public Session {
       exec_script("PRAGMA foreign_keys = ON");
     } else if (source_->owned()) {
       // A COMMIT whose wait for a synchronous standby was canceled succeeds with only a WARNING
-      // (src/backend/postgres/session.cpp). SOCI installs no notice receiver, so on a connection
+      // (src/backend/libpqxx/session.cpp). SOCI installs no notice receiver, so on a connection
       // rowguard opened the one in place is libpq's default, which ignores its argument: watch for
       // the warning and pass every notice on to it. A borrowed session's receiver is the service's
       // own and is left alone (docs/scaling.md says such a commit then reads as success).
@@ -195,7 +195,7 @@ class SociSession final : public Session {
     }
   }
 
-  // As PgSession::settle_replication (src/backend/postgres/session.cpp); only a connection rowguard
+  // As PgSession::settle_replication (src/backend/libpqxx/session.cpp); only a connection rowguard
   // opened sees the warning, so on a service's session nothing is ever pending.
   void settle_replication() {
     if (!replication_wait_canceled_ && !doubt_->pending.load()) return;

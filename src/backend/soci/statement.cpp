@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 
 #include "backend/soci/statement.hpp"
-#include "backend/sql_text.hpp"
+#include "base/sql_text.hpp"
 #include "rowguard/error.hpp"
 
 namespace rowguard::detail {

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "backend/sqlite/sqlite.hpp"
+#include "backend/sqlite/engine.hpp"
 
 namespace rowguard::detail {
 
@@ -48,12 +48,6 @@ std::string sqlstate_for_sqlite(int extended_code) {
     default:
       return {};
   }
-}
-
-Error sqlite_error(int result_code, std::string_view context, std::string_view message) {
-  return Error(kind_for_sqlite(result_code),
-               fmt::format("sqlite: {}: {} ({})", context, message, sqlite3_errstr(result_code)),
-               sqlstate_for_sqlite(result_code));
 }
 
 }  // namespace rowguard::detail

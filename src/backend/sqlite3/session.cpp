@@ -6,7 +6,9 @@
 #include <fmt/format.h>
 
 #include "backend/dialects.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "backend/sqlite/engine.hpp"
+#include "backend/sqlite3/driver.hpp"
+#include "backend/sqlite3/statement.hpp"
 
 namespace rowguard::detail {
 

@@ -4,8 +4,9 @@
 
 #include <fmt/format.h>
 
-#include "backend/sql_text.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "base/sql_text.hpp"
+#include "backend/sqlite3/driver.hpp"
+#include "backend/sqlite3/statement.hpp"
 
 namespace rowguard::detail {
 
