@@ -8,7 +8,7 @@
 
 #include "rowguard/postgres.hpp"
 #include "rowguard/soci.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 

@@ -12,7 +12,7 @@
 #include <fmt/format.h>
 
 #include "rowguard/soci.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::TestDb;
@@ -44,7 +44,7 @@ TEST_CASE("a unique violation is permanent with SQLSTATE 23505", "[backend]") {
   CHECK(t.db().exec("SELECT 1").one().i64(0) == 1);  // the session survived
 }
 
-TEST_CASE("concurrent writers: the loser gets conflict", "[backend]") {
+TEST_CASE("concurrent writers: the loser gets conflict", "[backend][threads]") {
   Options options;
   options.busy_timeout = std::chrono::milliseconds(200);
   options.pool_size = 2;
@@ -57,7 +57,7 @@ TEST_CASE("concurrent writers: the loser gets conflict", "[backend]") {
   const std::string bump = fmt::format("UPDATE {} SET last_token = last_token + 1 WHERE resource = 'r'", table);
   auto other = t.another(options);
 
-  if (rowguard::test::is_postgres()) {
+  if (rowguard::test::can().serialization_failures) {
     // A serialization failure between two real REPEATABLE READ transactions.
     auto first = t.db().begin({Isolation::repeatable_read, TxAccess::read_write});
     first.exec(fmt::format("SELECT last_token FROM {} WHERE resource = 'r'", table));  // takes the snapshot
@@ -89,7 +89,7 @@ TEST_CASE("concurrent writers: the loser gets conflict", "[backend]") {
   CHECK(other->exec(fmt::format("SELECT last_token FROM {} WHERE resource = 'r'", table)).one().i64(0) == 2);
 }
 
-TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", "[pg][direct]") {
+TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", "[pg][direct][threads]") {
   Options one;
   one.pool_size = 1;
   TestDb t(one);
@@ -110,7 +110,7 @@ TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", 
   CHECK(t.db().pool_stats().created == 2);
 }
 
-TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg][direct]") {
+TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg][direct][threads]") {
   // The client sees the connection close without the statement's reply, so for a write it cannot
   // know whether the server committed: in_doubt (never retried blindly). A read is just transient.
   Options one;
@@ -151,7 +151,7 @@ TEST_CASE("PostgreSQL sessions carry application_name and cache prepared stateme
   CHECK(t.db().exec("SELECT current_setting('application_name')").one().text(0) == "payments-api");
   const std::string marker = "SELECT CAST($1 AS bigint) + 1 AS rowguard_cache_marker";
   for (std::int64_t i = 0; i < 5; ++i) CHECK(t.db().exec(marker, {i}).one().i64(0) == i + 1);
-  if (rowguard::test::backend() == "postgres")
+  if (rowguard::test::can().named_prepared_statements)
     CHECK(t.db().exec("SELECT CAST(count(*) AS bigint) FROM pg_prepared_statements "
                       "WHERE statement LIKE '%rowguard_cache_marker%' AND statement NOT LIKE '%pg_prepared%'")
               .one()
@@ -215,12 +215,12 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   options.busy_timeout = 100ms;
   // One session, so the retry runs where the refused transaction ran; in memory the reader is the
   // pool's second session.
-  options.pool_size = rowguard::test::is_memory() ? 2 : 1;
+  options.pool_size = rowguard::test::can().shared_database ? 1 : 2;
   TestDb t(options);
   const std::string prefix = t.db().table_prefix();
   const std::string table = prefix + "busy_commit";
   t.db().exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
-  if (rowguard::test::is_postgres()) {
+  if (rowguard::test::can().serialization_failures) {
     // A deferred constraint trigger refuses COMMIT with a serialization failure while the gate has a row.
     (*t.db().backend().borrow())
         ->exec_script(fmt::format(
@@ -239,7 +239,7 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   }
   // SQLite in a rollback-journal mode: a writer's COMMIT needs the EXCLUSIVE lock, which a reader's
   // SHARED lock keeps from it (in WAL, rowguard's own mode, readers never block a commit).
-  if (rowguard::test::is_memory()) {
+  if (!rowguard::test::can().shared_database) {
     std::optional<Transaction> reader;
     refused_commit_leaves_nothing(
         t.db(), table,

@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/schema_scripts.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::TestDb;
@@ -38,7 +38,7 @@ TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
   CHECK(e.sqlstate().substr(0, 2) == "23");
 }
 
-TEST_CASE("concurrent migrations from several threads apply each step once", "[backend]") {
+TEST_CASE("concurrent migrations from several threads apply each step once", "[backend][threads]") {
   TestDb t;
   std::vector<std::shared_ptr<Database>> handles;
   for (int i = 0; i < 4; ++i) handles.push_back(t.another(t.options()));
@@ -61,7 +61,7 @@ TEST_CASE("concurrent migrations from several threads apply each step once", "[b
         Database::library_schema_version());
 }
 
-TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend][shared-db]") {
+TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend][shared-db][threads]") {
   TestDb t;
   std::vector<std::thread> procs;
   std::atomic<int> ok{0};

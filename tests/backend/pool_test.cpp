@@ -4,12 +4,12 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::TestDb;
 
-TEST_CASE("the pool never opens more than pool_size sessions and times out waiters", "[backend]") {
+TEST_CASE("the pool never opens more than pool_size sessions and times out waiters", "[backend][threads]") {
   Options options;
   options.pool_size = 2;
   options.pool_wait = std::chrono::milliseconds(200);
@@ -31,7 +31,7 @@ TEST_CASE("the pool never opens more than pool_size sessions and times out waite
   CHECK(t.db().pool_stats().waits >= 1);
 }
 
-TEST_CASE("many threads share a small pool", "[backend]") {
+TEST_CASE("many threads share a small pool", "[backend][threads]") {
   Options options;
   options.pool_size = 3;
   TestDb t(options);

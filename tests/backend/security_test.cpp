@@ -9,7 +9,7 @@
 #include <fmt/format.h>
 
 #include "backend/url.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;
@@ -35,7 +35,7 @@ std::string cli_output(const std::vector<std::string>& args) {
 }  // namespace
 
 TEST_CASE("security: the URL's secrets are in no CLI output, error or JSON, nor in library errors, in every URL form",
-          "[pg]") {
+          "[pg][threads]") {
   TestDb t;
   const std::string url = with_password(t.url());
   // The keyword form, as a SOCI URL too (soci+postgresql:password=... host=...: shown verbatim once).

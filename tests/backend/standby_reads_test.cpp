@@ -10,8 +10,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
-#include "replication.hpp"
-#include "support.hpp"
+#include "support/replication.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;
@@ -45,7 +45,7 @@ TEST_CASE("standby reads: need PostgreSQL on both sides, the same table prefix a
   CacheOptions cache_options;
   LedgerOptions ledger_options;
   cache_options.standby = ledger_options.standby = StandbyReads{&t.db(), 1s};
-  if (!is_postgres()) {
+  if (!can().standbys) {
     CHECK(kind_of([&] { Cache c(t.db(), cache_options); }) == ErrorKind::invalid_argument);
     CHECK(kind_of([&] { Ledger l(t.db(), ledger_options); }) == ErrorKind::invalid_argument);
     return;

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/schema_scripts.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -33,7 +33,7 @@ struct Bank {
 
   // Tests only: moves a transfer, and its entries, `days` into the past.
   void age(std::int64_t transfer_id, std::int64_t days) {
-    const std::string shift = rowguard::test::is_postgres()
+    const std::string shift = rowguard::test::can().timestamptz
                                   ? "created_at - CAST($1 AS bigint) * INTERVAL '1 millisecond'"
                                   : "created_at - $1";
     db().exec(fmt::format("UPDATE {} SET created_at = {} WHERE id = $2", table("transfers"), shift),
@@ -253,7 +253,7 @@ TEST_CASE("archive: archiving every transfer keeps ids unique and later transfer
 }
 
 TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses partitions on SQLite",
-          "[backend][archive][cli][shared-db]") {
+          "[backend][archive][cli][shared-db][threads]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
@@ -279,7 +279,7 @@ TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses par
   CHECK(rows_in(b.db(), "transfers") == 0);
   CHECK(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "ledger", "archive", "--before", "yesterday"}) ==
         2);
-  if (!rowguard::test::is_postgres())
+  if (!rowguard::test::can().partitioning)
     CHECK(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "ledger", "partitions", "--ahead", "2"}) == 2);
 }
 
@@ -372,7 +372,7 @@ TEST_CASE("partitioning: the library works unchanged on monthly partitions, and 
 }
 
 TEST_CASE("partitioning: create_partitions is idempotent and moves rows out of the DEFAULT partition",
-          "[pg][archive]") {
+          "[pg][archive][threads]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
@@ -405,7 +405,7 @@ TEST_CASE("partitioning: create_partitions is idempotent and moves rows out of t
 }
 
 TEST_CASE("archive: concurrent refunds of old transfers never split a transfer from its refunds",
-          "[backend][archive]") {
+          "[backend][archive][threads]") {
   Bank b;
   auto& l = b.ledger;
   constexpr int n = 20;
@@ -457,7 +457,7 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
 }
 
 TEST_CASE("archive: two concurrent archive runs: one moves the rows, the other nothing, and neither fails",
-          "[backend][archive]") {
+          "[backend][archive][threads]") {
   Bank b;
   auto& l = b.ledger;
   constexpr int n = 30;

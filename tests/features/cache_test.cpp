@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -90,7 +90,7 @@ TEST_CASE("cache: put, get, expiry, binary values and invalidation", "[backend]"
   CHECK(s.misses == 4);
 }
 
-TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[backend]") {
+TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());
@@ -115,7 +115,7 @@ TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[bac
   CHECK(cache.get("report:2024") == "the report");
 }
 
-TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db]") {
+TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -146,7 +146,7 @@ TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[ba
   CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "get", "failing"}) == 5);
 }
 
-TEST_CASE("cache: a loader that throws releases its waiters with the error and stores nothing", "[backend]") {
+TEST_CASE("cache: a loader that throws releases its waiters with the error and stores nothing", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());
@@ -182,7 +182,7 @@ TEST_CASE("cache: a loader that throws releases its waiters with the error and s
   CHECK(cache.get_or_load("flaky", 30s, [] { return std::optional<std::string>("ok now"); }) == "ok now");
 }
 
-TEST_CASE("cache: a loader whose process died frees the key when its lease expires", "[backend]") {
+TEST_CASE("cache: a loader whose process died frees the key when its lease expires", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());
@@ -197,7 +197,7 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db]") {
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
@@ -216,7 +216,7 @@ TEST_CASE("cache: a loader process killed mid-load frees the key at its lease tt
   CHECK(cache.get("killed-key") == "loaded here");
 }
 
-TEST_CASE("cache: a slow loader never writes back a value an invalidation made stale", "[backend]") {
+TEST_CASE("cache: a slow loader never writes back a value an invalidation made stale", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());
@@ -393,7 +393,7 @@ CacheOptions with_local_tier(std::chrono::milliseconds ttl) {
 }  // namespace
 
 TEST_CASE("cache: the in-process tier drops a key when this process's invalidation commits, not before or on rollback",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db(), with_local_tier(60s));
@@ -423,7 +423,7 @@ TEST_CASE("cache: the in-process tier drops a key when this process's invalidati
   CHECK(cache.get("other") == "x");
 }
 
-TEST_CASE("cache: the in-process tier keeps a copy for at most local_ttl", "[backend]") {
+TEST_CASE("cache: the in-process tier keeps a copy for at most local_ttl", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db(), with_local_tier(300ms));
@@ -443,7 +443,7 @@ TEST_CASE("cache: the in-process tier keeps a copy for at most local_ttl", "[bac
 }
 
 TEST_CASE("cache: once this process's write has committed, no reader gets an older value from the in-process tier",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db(), with_local_tier(60s));  // a stale copy would outlive the test
@@ -506,7 +506,7 @@ TEST_CASE("cache: a load overtaken by this process's invalidation is kept neithe
   CHECK(cache.stats().stale_skipped == 2);
 }
 
-TEST_CASE("cache: the in-process tier stays within its byte bound, least recently used out first", "[backend]") {
+TEST_CASE("cache: the in-process tier stays within its byte bound, least recently used out first", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o = with_local_tier(60s);
@@ -525,7 +525,7 @@ TEST_CASE("cache: the in-process tier stays within its byte bound, least recentl
   CHECK(cache.stats().local_hits == before + 1);
 }
 
-TEST_CASE("cache: this_process scope runs one loader per process without a lease", "[backend]") {
+TEST_CASE("cache: this_process scope runs one loader per process without a lease", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());
@@ -550,7 +550,7 @@ TEST_CASE("cache: this_process scope runs one loader per process without a lease
   CHECK(rowguard::test::rows_in(t.db(), "locks") == 0);  // no loader lease was taken
 }
 
-TEST_CASE("cache: sweep_every sweeps on a background thread", "[backend]") {
+TEST_CASE("cache: sweep_every sweeps on a background thread", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -611,7 +611,7 @@ TEST_CASE("cache: the ledger reads accounts through the cache: a committed trans
   CHECK(ledger.check().ok());
 }
 
-TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db]") {
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());  // no in-process tier: another process's change must be seen at once
@@ -636,7 +636,7 @@ TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts cor
 // Issue 21, defect 1: the sweep deleted tombstones at once (their expires_at was the epoch), and
 // eviction by size deleted them too, so a slow loader then found no row and stored its stale value.
 TEST_CASE("cache: a loader overtaken by an invalidation or put stores nothing, whatever sweeps and evictions run meanwhile",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -679,7 +679,7 @@ TEST_CASE("cache: a loader overtaken by an invalidation or put stores nothing, w
   CHECK(cache.get("k:later") == "fresh");
 }
 
-TEST_CASE("cache: the background sweeper thread never lets an overtaken loader store", "[backend]") {
+TEST_CASE("cache: the background sweeper thread never lets an overtaken loader store", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -728,7 +728,7 @@ TEST_CASE("cache: a load that took longer than sweep_grace is refused, not store
 }
 
 // Issue 21, defect 2: invalidate_prefix only updated rows that existed.
-TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefix, rows or not", "[backend]") {
+TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefix, rows or not", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -762,7 +762,7 @@ TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefi
 // Issue 21, defect 9: the loader's lease ran out under a slow loader; its release then threw
 // lock_lost at the caller and the waiters, and another process could start a second load.
 TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load, every caller here and elsewhere gets its value",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -787,7 +787,7 @@ TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load,
   auto elsewhere = std::async(std::launch::async, [&] { return other.get_or_load("slow", 60s, other_gate.loader()); });
   std::future<std::pair<int, std::string>> cli;
   const std::string ran = (rowguard::test::scratch_dir() / "ran").string();
-  if (!rowguard::test::is_memory())  // no other process can open an in-memory database
+  if (rowguard::test::can().shared_database)  // another process can open it
     cli = std::async(std::launch::async, [&] {
       std::string out;
       const int rc = rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch",
@@ -823,7 +823,7 @@ TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load,
 }
 
 TEST_CASE("cache: a cached balance is not stale after a transfer and a sweep that ran while its loader ran",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions co;
@@ -853,7 +853,7 @@ TEST_CASE("cache: a cached balance is not stale after a transfer and a sweep tha
 }
 
 TEST_CASE("cache: a cache fetch overtaken by other processes' invalidation and sweep stores nothing",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

@@ -12,7 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::kind_of;
@@ -262,7 +262,7 @@ TEST_CASE("history: balance_at equals the balance replayed by hand", "[backend][
   CHECK(kind_of([&] { l.balance_at("nobody", 0); }) == ErrorKind::not_found);
   // An opening balance (archive) counts, and before its as_of nothing is known.
   const std::string ob = b.t.db().table_prefix() + "opening_balances";
-  if (rowguard::test::is_postgres())
+  if (rowguard::test::can().timestamptz)
     b.t.db().exec(fmt::format("INSERT INTO {} (account_id, balance, entries, as_of) VALUES ('a', 100, 1, "
                               "TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')",
                               ob, last - 100'000));
@@ -327,7 +327,7 @@ TEST_CASE("history: transfers() lists the ledger and one account, rejections inc
   CHECK(kind_of([&] { l.transfers(bad); }) == ErrorKind::invalid_argument);
 }
 
-TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][history][shared-db]") {
+TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][history][shared-db][threads]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix(), "--json"};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -390,7 +390,7 @@ TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][hist
 // their entries and matching balances), one hot account in about 10% of them; then each query is
 // timed over repeated runs. The figures are in docs/ledger.md.
 TEST_CASE("history: query cost on 200k transfers (PostgreSQL)", "[.][history-bench]") {
-  if (!rowguard::test::is_postgres()) return;
+  if (!rowguard::test::can().timestamptz) return;  // the script below is PostgreSQL's
   TestDb t;
   t.db().migrate();
   const std::string p = t.db().table_prefix();

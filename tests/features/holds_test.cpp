@@ -10,7 +10,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -171,7 +171,7 @@ TEST_CASE("holds: a cached account shows holds as they are placed and released",
 }
 
 TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers never spend held money twice",
-          "[backend][holds]") {
+          "[backend][holds][threads]") {
   Options options;
   options.pool_size = 8;
   TestDb t(options);
@@ -303,7 +303,7 @@ TEST_CASE("holds: a capture's key reused with another hold, amount or operation 
 }
 
 TEST_CASE("holds: two threads capturing one hold, or capturing and voiding it, concurrently: exactly one applies",
-          "[backend][holds]") {
+          "[backend][holds][threads]") {
   Shop s;
   auto& l = s.ledger;
   Database& db = s.t.db();

@@ -17,7 +17,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::kind_of;
@@ -156,7 +156,7 @@ TEST_CASE("ledger: bad input is rejected with its kind and writes nothing", "[ba
   CHECK(rows_in(b.t.db(), "accounts") == 3);
 }
 
-TEST_CASE("ledger: concurrent requests with one key apply once and agree", "[backend]") {
+TEST_CASE("ledger: concurrent requests with one key apply once and agree", "[backend][threads]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
@@ -186,7 +186,7 @@ TEST_CASE("ledger: concurrent requests with one key apply once and agree", "[bac
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: a bank under concurrent random transfers conserves money at every snapshot", "[backend]") {
+TEST_CASE("ledger: a bank under concurrent random transfers conserves money at every snapshot", "[backend][threads]") {
   Options options;
   options.pool_size = 8;
   TestDb t(options);
@@ -303,7 +303,7 @@ TEST_CASE("ledger: reversals refund at most the original, once per key", "[backe
 }
 
 TEST_CASE("ledger: update() from concurrent threads is a version-checked read-modify-write that retries conflicts",
-          "[backend]") {
+          "[backend][threads]") {
   Bank b;
   auto& l = b.ledger;
   l.open("acct", "EUR");
@@ -355,7 +355,7 @@ TEST_CASE("ledger: pruned keys keep their transfers and become reusable, and age
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend][shared-db]") {
+TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend][shared-db][threads]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -422,7 +422,7 @@ CliRun run_cli_process(std::vector<std::string> args, std::optional<std::chrono:
 }  // namespace
 
 TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with their keys apply each transfer once",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   Bank b;
   auto& l = b.ledger;
   constexpr int accounts = 3, workers = 3, per_worker = 12;
@@ -573,7 +573,7 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
   CHECK(rows_in(b.t.db(), "transfers") == accounts + keys);
 }
 
-TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retried keys apply once", "[pg]") {
+TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retried keys apply once", "[pg][threads]") {
   Options options;
   options.pool_size = 4;
   // Its own application_name, so the killer never touches the sessions of tests running beside it.
@@ -581,7 +581,7 @@ TEST_CASE("ledger: sessions killed mid-transfer with pg_terminate_backend: retri
   // Behind PgBouncer a server connection serves whichever client comes next: a database of its own
   // keeps the killed ones away from the tests running beside this one.
   TestDb t(options, [](const std::string& url) {
-    return rowguard::test::is_pgbouncer() ? rowguard::test::own_database(url, "rowguard_kill_ledger") : url;
+    return rowguard::test::can().transaction_pooler ? rowguard::test::own_database(url, "rowguard_kill_ledger") : url;
   });
   t.db().migrate();
   LedgerOptions lo;
@@ -816,7 +816,7 @@ TEST_CASE("ledger: check() never adds balances of different currencies together"
   CHECK(r.total("USD").balance == 501);
   CHECK(r.total("EUR").balance == 10'000);
   b.t.db().exec(fmt::format("UPDATE {}accounts SET balance = balance - 1 WHERE id = 'usd2'", b.t.db().table_prefix()));
-  if (rowguard::test::is_memory()) return;  // the CLI below is another process
+  if (!rowguard::test::can().shared_database) return;  // the CLI below is another process
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
   std::string out;
   std::vector<std::string> args = base;

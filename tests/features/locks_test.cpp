@@ -15,10 +15,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "core/instruments.hpp"
-#include "core/locks_impl.hpp"
-#include "fault_proxy.hpp"
-#include "support.hpp"
+#include "obs/instruments.hpp"
+#include "locks/locks_impl.hpp"
+#include "support/fault_proxy.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -185,7 +185,7 @@ TEST_CASE("locks: valid() runs out on the local clock before the database expire
   CHECK(kind_of([&] { lease->release(); }) == ErrorKind::lock_lost);
 }
 
-TEST_CASE("locks: a heartbeat keeps a lease alive and reports its loss", "[backend]") {
+TEST_CASE("locks: a heartbeat keeps a lease alive and reports its loss", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -203,7 +203,7 @@ TEST_CASE("locks: a heartbeat keeps a lease alive and reports its loss", "[backe
   CHECK_FALSE(lease->valid());
 }
 
-TEST_CASE("locks: mutual exclusion across threads (no lost update, never two holders)", "[backend]") {
+TEST_CASE("locks: mutual exclusion across threads (no lost update, never two holders)", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -231,7 +231,7 @@ TEST_CASE("locks: mutual exclusion across threads (no lost update, never two hol
   CHECK(max_holders == 1);
 }
 
-TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db]") {
+TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const auto file = rowguard::test::scratch_dir() / "counter";
@@ -254,14 +254,14 @@ TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "
   CHECK(value == 20);
 }
 
-TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", "[backend]") {
+TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
   // The waiter's Database has another URL, so it shares no in-process wake-ups with the holder:
   // on PostgreSQL only LISTEN/NOTIFY can wake it early; elsewhere it polls.
   auto waiter_db = t.another();
-  if (rowguard::test::is_postgres()) {
+  if (rowguard::test::can().notify) {
     const std::string url = t.url() + (t.url().find('?') == std::string::npos ? "?" : "&") +
                             "application_name=rowguard-waiter";
     waiter_db = std::make_shared<Database>(Database::open(url, t.options()));
@@ -314,7 +314,7 @@ TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", 
 
 TEST_CASE("locks: a waiter whose wait runs out gets lock_busy after the wait, and a waiter can be cancelled from "
           "another thread",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -346,7 +346,7 @@ TEST_CASE("locks: guard fails a transaction once the lease is gone and blocks ta
   {
     auto tx = t.db().begin();
     lease->guard(tx);
-    if (rowguard::test::is_postgres()) {
+    if (rowguard::test::can().row_locks) {
       // The guard holds the lock row: another owner cannot take the lease until this commits.
       Locks rival(*t.another());
       CHECK_FALSE(rival.try_acquire("ledger", 10s));
@@ -381,7 +381,7 @@ TEST_CASE("locks: a fence rejects a stale holder's token", "[backend]") {
   CHECK(fence.highest("s3://reports/daily.csv") == new_holder->token());
 }
 
-TEST_CASE("locks: a semaphore admits at most N holders, each with its own token", "[backend]") {
+TEST_CASE("locks: a semaphore admits at most N holders, each with its own token", "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -400,7 +400,7 @@ TEST_CASE("locks: a semaphore admits at most N holders, each with its own token"
 
 TEST_CASE("locks: a semaphore's blocking acquire waits while every permit is held, takes the permit released after "
           "the release, and runs out with lock_busy",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -443,7 +443,7 @@ TEST_CASE("locks: a semaphore's blocking acquire waits while every permit is hel
 
 TEST_CASE("locks: a semaphore never has more than N holders among threads started together, which find it full and "
           "wait",
-          "[backend]") {
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -505,7 +505,7 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
 }
 
 TEST_CASE("cli: lock acquire/renew/release/run exit codes, each a run of the CLI in processes of its own",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
@@ -562,7 +562,7 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 }
 }  // namespace
 
-TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db]") {
+TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "crashy", "1s");
@@ -573,7 +573,7 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
   CHECK(lease.token() == 2);
 }
 
-TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend][shared-db]") {
+TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "paused", "1s");
@@ -589,7 +589,7 @@ TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT
 }
 
 TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exits with its code",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const pid_t pid = rowguard::test::start_cli_holding(
@@ -668,7 +668,7 @@ TEST_CASE("locks: the in-process map of lock names stays bounded: a million dist
 TEST_CASE("locks: releasing a lease while the transaction that guarded it is still open gives up after a bounded "
           "wait with a clear error, ~Lease with its heartbeat never hangs, and a release from other threads waits "
           "for a guarded transaction that commits",
-          "[backend]") {
+          "[backend][threads]") {
   Options options;
   options.busy_timeout = 600ms;  // SQLite's bound on the same wait
   TestDb t(options);
@@ -758,10 +758,10 @@ pid_t read_pid(const std::filesystem::path& file, std::chrono::seconds limit) {
 TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-ignoring command and its grandchild, "
           "before the lease can expire while the database is unreachable (processes, not on sqlite-memory: no "
           "other process can open it)",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   // PostgreSQL: the CLI reaches the server through the fault proxy, which then stalls (a blackholed
   // network). SQLite: another connection holds the file's write lock, so renewals wait and fail.
-  const bool through_proxy = rowguard::test::is_postgres();
+  const bool through_proxy = rowguard::test::can().shared_server;  // a server the proxy can stand before
   std::unique_ptr<rowguard::test::FaultProxy> proxy;
   std::string direct_url;
   TestDb t(Options{}, [&](const std::string& url) {
@@ -836,7 +836,7 @@ TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-
 
 TEST_CASE("locks: `lock run` stops the processes a command left behind in its process group before it releases the "
           "lease (processes, not on sqlite-memory: no other process can open it)",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

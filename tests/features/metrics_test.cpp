@@ -10,9 +10,9 @@
 
 #include <catch2/catch.hpp>
 
-#include "core/logging.hpp"
-#include "core/metrics_registry.hpp"
-#include "support.hpp"
+#include "obs/logging.hpp"
+#include "obs/metrics_registry.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::TestDb;
@@ -213,7 +213,7 @@ TEST_CASE("metrics: every family rowguard documents is registered and exposes cl
   CHECK(check_exposition(to_prometheus(s)) > 100);
 }
 
-TEST_CASE("metrics: 8 threads adding to one counter and one histogram give the exact totals", "[unit]") {
+TEST_CASE("metrics: 8 threads adding to one counter and one histogram give the exact totals", "[unit][threads]") {
   m::Registry r;
   auto& c = r.counter("t_total", "help");
   auto& h = r.histogram("t_seconds", "help");
@@ -382,7 +382,7 @@ TEST_CASE("metrics: a pool borrow is counted and open sessions show in the gauge
   CHECK(after.value("rowguard_pool_sessions_idle") <= after.value("rowguard_pool_sessions_open"));
 }
 
-TEST_CASE("metrics: a blocking acquire that waits is counted and timed once", "[backend][metrics]") {
+TEST_CASE("metrics: a blocking acquire that waits is counted and timed once", "[backend][metrics][threads]") {
   Migrated t;
   Locks locks(t.db());
   auto held = locks.try_acquire("metrics-wait", std::chrono::seconds(30));
@@ -417,7 +417,7 @@ TEST_CASE("metrics: a borrow that finds the pool exhausted waits and times out, 
   CHECK(delta(before, after, "rowguard_pool_borrows_total") == 0);
 }
 
-TEST_CASE("metrics: saga runs are counted by event and a compensation is logged", "[backend][metrics]") {
+TEST_CASE("metrics: saga runs are counted by event and a compensation is logged", "[backend][metrics][threads]") {
   Migrated t;
   Sagas sagas(t.db());
   auto step = [](std::string name, bool fails) {

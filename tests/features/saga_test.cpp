@@ -15,8 +15,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backend/sql_text.hpp"
-#include "support.hpp"
+#include "base/sql_text.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -116,7 +116,7 @@ std::vector<std::string> step_states(const SagaInfo& info) {
 
 }  // namespace
 
-TEST_CASE("sagas: every step completes in order, sees earlier results and a stable key", "[backend][saga]") {
+TEST_CASE("sagas: every step completes in order, sees earlier results and a stable key", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -152,7 +152,7 @@ TEST_CASE("sagas: every step completes in order, sees earlier results and a stab
   for (const auto& l : Locks(t.db()).list()) CHECK_FALSE(l.held);
 }
 
-TEST_CASE("sagas: a failed step is compensated, then the completed steps in reverse", "[backend][saga]") {
+TEST_CASE("sagas: a failed step is compensated, then the completed steps in reverse", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -178,7 +178,7 @@ TEST_CASE("sagas: a failed step is compensated, then the completed steps in reve
 }
 
 TEST_CASE("sagas: a finished id returns its stored outcome, another payload or type is a mismatch",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -205,7 +205,7 @@ TEST_CASE("sagas: a finished id returns its stored outcome, another payload or t
 }
 
 TEST_CASE("sagas: retriable errors retry the action with the same key, other errors fail the step",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -222,7 +222,7 @@ TEST_CASE("sagas: retriable errors retry the action with the same key, other err
   CHECK(sagas.get("f1")->steps.at(0).attempts == 3);
 }
 
-TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to compensation", "[backend][saga]") {
+TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to compensation", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Journal j;
@@ -260,7 +260,7 @@ TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to c
   CHECK(sagas.recover().ok());  // nothing left
 }
 
-TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga][shared-db]") {
+TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   Journal j;
@@ -311,7 +311,7 @@ TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another"
   CHECK(sagas.get("K")->state == SagaState::completed);
 }
 
-TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or another run", "[backend][saga]") {
+TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or another run", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick(2s));
@@ -328,7 +328,7 @@ TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or anot
   CHECK(sagas.recover().ok());
 }
 
-TEST_CASE("sagas: a failing compensation leaves the saga compensating until recover succeeds", "[backend][saga]") {
+TEST_CASE("sagas: a failing compensation leaves the saga compensating until recover succeeds", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -374,7 +374,7 @@ TEST_CASE("sagas: a failing compensation leaves the saga compensating until reco
   CHECK(stored.failed_step == "ship");
 }
 
-TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes the saga", "[backend][saga]") {
+TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes the saga", "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -400,7 +400,7 @@ TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes
 }
 
 TEST_CASE("sagas: bad ids, types, step names and definitions are invalid_argument and write nothing",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -431,7 +431,7 @@ TEST_CASE("sagas: bad ids, types, step names and definitions are invalid_argumen
   CHECK(sagas.run("t", std::string(128, 'i'), "").state == SagaState::completed);
 }
 
-TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga][shared-db]") {
+TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -514,7 +514,7 @@ int wait_for(pid_t pid) {
 
 // [unit]: registered once, not per backend: the example runs on an SQLite file of its own.
 TEST_CASE("sagas: payment orders with coordinators killed at random end paid once or cancelled cleanly",
-          "[unit][saga]") {
+          "[unit][saga][threads]") {
   const std::string url = "sqlite:" + (rowguard::test::scratch_dir() / "orders.db").string();
   REQUIRE(wait_for(start_payment_order({url, "setup"})) == 0);
   std::mt19937 rng(20261201);
@@ -550,7 +550,7 @@ TEST_CASE("sagas: payment orders with coordinators killed at random end paid onc
 }
 
 TEST_CASE("sagas: an id already used is compared by type and by payload, whether finished, abandoned or running",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -593,7 +593,7 @@ TEST_CASE("sagas: an id already used is compared by type and by payload, whether
 }
 
 TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step and compensates, never wedges",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -662,7 +662,7 @@ TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step a
 }
 
 TEST_CASE("sagas: a paused coordinator's late external write is refused by a fence with its step's token",
-          "[backend][saga]") {
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Fence fence(t.db());

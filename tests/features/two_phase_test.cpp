@@ -14,8 +14,8 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "fault_proxy.hpp"
-#include "support.hpp"
+#include "support/fault_proxy.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::FaultProxy;
@@ -217,7 +217,7 @@ TEST_CASE("two-phase: a failure in the work or a refused transfer rolls back eve
   CHECK(kind_of([&] { TwoPhase(w.a(), {}); }) == ErrorKind::invalid_argument);
 }
 
-TEST_CASE("two-phase: a replayed key returns the original outcome and applies once", "[pg]") {
+TEST_CASE("two-phase: a replayed key returns the original outcome and applies once", "[pg][threads]") {
   TwoBanks w;
   w.alice_and_bob();
   auto tp = w.coordinator();
@@ -243,7 +243,7 @@ TEST_CASE("two-phase: a replayed key returns the original outcome and applies on
 }
 
 TEST_CASE("two-phase: concurrent requests with one key apply once, and the others wait on its locks and replay it",
-          "[pg]") {
+          "[pg][threads]") {
   TwoBanks w;
   w.alice_and_bob();
   constexpr int requests = 4;
@@ -382,7 +382,7 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
 
 TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
           "run, and both legs end alike",
-          "[pg]") {
+          "[pg][threads]") {
   TwoBanks w;
   w.alice_and_bob();
   const auto grace = std::chrono::milliseconds(300);
@@ -584,7 +584,7 @@ TEST_CASE("two-phase: a coordinator that lost the race to recovery does not comm
   w.check_both();
 }
 
-TEST_CASE("two-phase: concurrent transfers both ways conserve the total across both databases", "[pg]") {
+TEST_CASE("two-phase: concurrent transfers both ways conserve the total across both databases", "[pg][threads]") {
   TwoBanks w;
   for (int i = 0; i < 3; ++i) {
     w.la.open(fmt::format("a{}", i), "EUR");
@@ -619,7 +619,7 @@ TEST_CASE("two-phase: concurrent transfers both ways conserve the total across b
 }
 
 TEST_CASE("two-phase: coordinators killed at random between prepare and commit, then recovered, conserve money",
-          "[pg]") {
+          "[pg][threads]") {
   TwoBanks w;
   constexpr int accounts = 3;
   for (int i = 0; i < accounts; ++i) {
@@ -751,7 +751,7 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
   }
 }
 
-TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg]") {
+TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg][threads]") {
   TwoBanks w;
   w.alice_and_bob();
   const std::string log = "t" + std::to_string(::getpid());

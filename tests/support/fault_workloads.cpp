@@ -1,4 +1,4 @@
-#include "fault_workloads.hpp"
+#include "support/fault_workloads.hpp"
 
 #include <algorithm>
 #include <atomic>

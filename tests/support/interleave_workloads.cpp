@@ -1,4 +1,4 @@
-#include "interleave_workloads.hpp"
+#include "support/interleave_workloads.hpp"
 
 #include <algorithm>
 #include <array>
@@ -16,8 +16,8 @@
 
 #include <fmt/format.h>
 
-#include "fault_proxy.hpp"
-#include "support.hpp"
+#include "support/fault_proxy.hpp"
+#include "support/support.hpp"
 
 using namespace std::chrono_literals;
 

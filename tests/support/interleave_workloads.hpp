@@ -4,7 +4,7 @@
 // recovery, two-phase recover and prune), on real threads lined up on a start barrier, with some
 // of the maintenance run as CLI processes; and what each checks afterwards. Every random choice
 // comes from Schedule::seed (thread timing does not: a seed reruns the same choices, not the same
-// interleaving). Used by tests/interleave_test.cpp; scripts/soak.sh runs them for longer.
+// interleaving). Used by tests/system/interleave_test.cpp; scripts/soak.sh runs them for longer.
 
 #include <atomic>
 #include <chrono>

@@ -2,7 +2,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 int main(int argc, char** argv) {
   Catch::Session session;

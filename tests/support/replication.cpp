@@ -1,11 +1,11 @@
-#include "replication.hpp"
+#include "support/replication.hpp"
 
 #include <cstdlib>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 namespace rowguard::test {
 

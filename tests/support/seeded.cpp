@@ -1,11 +1,11 @@
-#include "seeded.hpp"
+#include "support/seeded.hpp"
 
 #include <cstdlib>
 #include <random>
 
 #include <fmt/format.h>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 namespace rowguard::test {
 

@@ -1,4 +1,4 @@
-#include "support.hpp"
+#include "support/support.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,6 +7,7 @@
 #include <barrier>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <regex>
 #include <stdexcept>
@@ -56,9 +57,28 @@ const std::string& backend() {
   return current();
 }
 
-bool is_postgres() { return backend() == "postgres" || backend() == "soci-postgresql" || is_pgbouncer(); }
-bool is_pgbouncer() { return backend() == "pgbouncer"; }
-bool is_memory() { return backend() == "sqlite-memory"; }
+const Capabilities& can() {
+  static const std::map<std::string, Capabilities> table = [] {
+    Capabilities sqlite;
+    Capabilities memory = sqlite;
+    memory.shared_database = false;
+    Capabilities soci_sqlite = sqlite;
+    soci_sqlite.narrows_integer_columns = true;
+    Capabilities postgres;
+    postgres.shared_server = postgres.timestamptz = postgres.bytea = postgres.row_locks = postgres.notify = true;
+    postgres.serialization_failures = postgres.standbys = postgres.partitioning = true;
+    Capabilities libpqxx = postgres;
+    libpqxx.named_prepared_statements = true;
+    Capabilities pooled = postgres;
+    pooled.transaction_pooler = true;
+    return std::map<std::string, Capabilities>{{"sqlite-file", sqlite},       {"sqlite-memory", memory},
+                                               {"soci-sqlite3", soci_sqlite}, {"postgres", libpqxx},
+                                               {"soci-postgresql", postgres}, {"pgbouncer", pooled}};
+  }();
+  const auto found = table.find(backend());
+  if (found == table.end()) FAIL("no capabilities known for backend " << backend());
+  return found->second;
+}
 
 std::string pg_url() {
   const char* url = std::getenv("ROWGUARD_TEST_PG");
@@ -98,16 +118,16 @@ TestDb::TestDb(Options options, const std::function<std::string(const std::strin
     url_ = "soci+" + pg_url();
   if (route) url_ = route(url_);
   // On PostgreSQL every test gets its own tables through its own prefix.
-  if (is_postgres()) options_.table_prefix += "t" + unique_token() + "_";
+  if (can().shared_server) options_.table_prefix += "t" + unique_token() + "_";
   primary_ = std::make_shared<Database>(Database::open(url_, options_));
 }
 
 std::shared_ptr<Database> TestDb::another(Options options) {
-  if (is_memory()) return primary_;
+  if (!can().shared_database) return primary_;
   return std::make_shared<Database>(Database::open(url_, options));
 }
 
-std::string TestDb::blob_type() const { return is_postgres() ? "bytea" : "BLOB"; }
+std::string TestDb::blob_type() const { return can().bytea ? "bytea" : "BLOB"; }
 
 std::int64_t rows_in(Database& db, const char* table) {
   return db.exec(fmt::format("SELECT count(*) FROM {}{}", db.table_prefix(), table)).one().i64(0);
@@ -125,7 +145,7 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
 }
 
 int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
-  if (current() == "sqlite-memory") FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
     std::string quoted = "'";
@@ -180,7 +200,7 @@ int run_command(const std::string& command, std::string* output) {
 }
 
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
-  if (current() == "sqlite-memory") FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;

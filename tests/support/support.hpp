@@ -15,9 +15,42 @@ namespace rowguard::test {
 bool set_backend(const std::string& name);
 // "sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3" or "soci-postgresql".
 const std::string& backend();
-bool is_postgres();  // postgres, soci-postgresql or pgbouncer (PostgreSQL behind a transaction-pooling PgBouncer)
-bool is_pgbouncer();
-bool is_memory();    // sqlite-memory: one Database is the whole database
+
+// What the backend under test can do. Tests ask these instead of testing the backend's name (as
+// SOCI's tests/test-context.h does); the one table in support.cpp says which backend has what.
+struct Capabilities {
+  // Another process or a second Database can open the test's database (false for sqlite-memory,
+  // private to one Database).
+  bool shared_database = true;
+  // The engine is a server the tests share, whose tables outlive the test (PostgreSQL): each test
+  // gets a table prefix of its own.
+  bool shared_server = false;
+  // Times are timestamptz columns (PostgreSQL); false: integer milliseconds (SQLite).
+  bool timestamptz = false;
+  // Blob columns are bytea (PostgreSQL); false: BLOB (SQLite).
+  bool bytea = false;
+  // A row lock held by an open transaction stops another session's write to that row only
+  // (PostgreSQL); false: a write transaction excludes every other writer (SQLite).
+  bool row_locks = false;
+  // LISTEN/NOTIFY wakes waiters in other processes (PostgreSQL); false: they poll.
+  bool notify = false;
+  // REPEATABLE READ transactions fail with serialization failures, and constraint triggers can be
+  // deferred to COMMIT (PostgreSQL).
+  bool serialization_failures = false;
+  // Streaming standbys to read from, and partitioned ledger tables (PostgreSQL).
+  bool standbys = false;
+  bool partitioning = false;
+  // A session keeps named prepared statements visible in pg_prepared_statements (libpqxx directly,
+  // not through SOCI nor a transaction pooler).
+  bool named_prepared_statements = false;
+  // The connection goes through a transaction-pooling PgBouncer: a test that kills server sessions
+  // needs a database (pool) of its own.
+  bool transaction_pooler = false;
+  // The driver reads a column declared INTEGER into 32 bits (SOCI's SQLite backend): rowguard
+  // refuses such a column rather than truncate it.
+  bool narrows_integer_columns = false;
+};
+const Capabilities& can();
 // Tests that start other processes on the test's database are tagged [shared-db], which
 // sqlite-memory does not register (tests/CMakeLists.txt): its database is private to one Database.
 // run_cli and start_cli_holding fail the test there, so an untagged one shows up.

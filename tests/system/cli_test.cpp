@@ -11,13 +11,13 @@
 #include <set>
 #include <sstream>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::run_cli;
 using rowguard::test::TestDb;
 
-TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db]") {
+TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db][threads]") {
   TestDb t;
   std::string out;
   const std::string prefix = t.db().table_prefix();
@@ -32,7 +32,7 @@ TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db]") {
   CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "migrate"}) == 11);
 }
 
-TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit]") {
+TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit][threads]") {
   std::string out;
   CHECK(run_cli({"--help"}, &out) == 0);
   CHECK_THAT(out, Catch::Contains("Exit codes") && Catch::Contains("lock lost while held"));
@@ -50,7 +50,7 @@ TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit]") {
   CHECK(out.find("pw@") == std::string::npos);
 }
 
-TEST_CASE("cli: schema prints either dialect with any prefix", "[unit]") {
+TEST_CASE("cli: schema prints either dialect with any prefix", "[unit][threads]") {
   std::string out;
   REQUIRE(run_cli({"schema", "--dialect", "postgres", "--prefix", "pay_"}, &out) == 0);
   CHECK_THAT(out, Catch::Contains("CREATE TABLE pay_locks") && Catch::Contains("fillfactor"));
@@ -65,7 +65,7 @@ TEST_CASE("cli: schema prints either dialect with any prefix", "[unit]") {
   CHECK(nlohmann::json::parse(out).at("library_schema_version") == Database::library_schema_version());
 }
 
-TEST_CASE("cli: the demo runs on an SQLite file and its invariants hold, also when rerun", "[unit]") {
+TEST_CASE("cli: the demo runs on an SQLite file and its invariants hold, also when rerun", "[unit][threads]") {
   const auto path = (rowguard::test::scratch_dir() / "demo.db").string();
   for (int run = 0; run < 2; ++run) {
     std::string out;
@@ -79,7 +79,7 @@ TEST_CASE("cli: the demo runs on an SQLite file and its invariants hold, also wh
   }
 }
 
-TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db]") {
+TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
@@ -117,7 +117,7 @@ TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db]") {
   CHECK_THAT(out, Catch::Contains("balance_mismatch"));
 }
 
-TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds][shared-db]") {
+TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};
@@ -311,7 +311,7 @@ constexpr Shape items = Shape::items, outcome = Shape::outcome;
 
 }  // namespace
 
-TEST_CASE("cli: under --json every command the tool lists has a case below", "[unit]") {
+TEST_CASE("cli: under --json every command the tool lists has a case below", "[unit][threads]") {
   std::set<std::string> cased;
   for (const auto& [group, commands] : json_cases()) cased.insert(commands.begin(), commands.end());
   for (const auto& command : leaf_commands()) {
@@ -320,7 +320,7 @@ TEST_CASE("cli: under --json every command the tool lists has a case below", "[u
   }
 }
 
-TEST_CASE("cli: under --json ledger commands print one JSON object per result, failures included", "[unit]") {
+TEST_CASE("cli: under --json ledger commands print one JSON object per result, failures included", "[unit][threads]") {
   JsonCase run("ledger");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
   const auto& dir = run.dir();
   // Usage errors, before any command runs.
@@ -382,7 +382,7 @@ TEST_CASE("cli: under --json ledger commands print one JSON object per result, f
 }
 
 TEST_CASE("cli: under --json hold, cache and lock commands print one JSON object per result, failures included",
-          "[unit]") {
+          "[unit][threads]") {
   JsonCase run("holds, cache, locks");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
   REQUIRE(run_cli({"--db", run.db(), "account", "open", "alice"}) == 0);
   REQUIRE(run_cli({"--db", run.db(), "account", "open", "bob"}) == 0);
@@ -433,7 +433,7 @@ TEST_CASE("cli: under --json hold, cache and lock commands print one JSON object
 }
 
 TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object per result, failures included",
-          "[unit]") {
+          "[unit][threads]") {
   JsonCase run("sagas, 2pc, serve");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
   const std::string& db = run.db();
   REQUIRE(run_cli({"--db", db, "account", "open", "alice"}) == 0);
@@ -471,7 +471,7 @@ TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object 
   CHECK(kind(broken) == "permanent");
 }
 
-TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and recovery in doubt included", "[pg]") {
+TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and recovery in doubt included", "[pg][threads]") {
   TestDb t;
   t.db().migrate();
   const std::string url_b = rowguard::test::own_database(t.url(), "rowguard_2pc_b");

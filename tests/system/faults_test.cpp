@@ -1,5 +1,5 @@
 // Faults injected into real servers while the bank, lock and cache workloads run; each test ends
-// by checking the workloads' invariants (tests/fault_workloads.hpp). The CI mode runs each for a
+// by checking the workloads' invariants (tests/support/fault_workloads.hpp). The CI mode runs each for a
 // few seconds; scripts/soak.sh runs them for minutes ($ROWGUARD_FAULT_SECONDS).
 #include <sys/wait.h>
 #include <csignal>
@@ -18,10 +18,10 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "fault_proxy.hpp"
-#include "fault_workloads.hpp"
-#include "replication.hpp"
-#include "support.hpp"
+#include "support/fault_proxy.hpp"
+#include "support/fault_workloads.hpp"
+#include "support/replication.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;
@@ -123,14 +123,14 @@ int shell(const std::string& command) {
 }  // namespace
 
 TEST_CASE("faults: sessions killed at random by pg_terminate_backend during transfers, locks and cache loads",
-          "[pg]") {
+          "[pg][threads]") {
   Options options;
   options.pool_size = 8;
   // Its own application_name, so the killer never touches the sessions of tests running beside it.
   options.application_name = fmt::format("rowguard-faults-{}", ::getpid());
   // Behind PgBouncer a server connection serves whichever client comes next: a database of its own
   // keeps the killed ones away from the tests running beside this one.
-  TestDb t(options, [](const std::string& url) { return is_pgbouncer() ? own_database(url, "rowguard_kill_faults") : url; });
+  TestDb t(options, [](const std::string& url) { return can().transaction_pooler ? own_database(url, "rowguard_kill_faults") : url; });
   auto admin = t.another(Options{});
   std::atomic<int> kills{0};
   // Seen by the clients in 6 s (2026-12-04): 146-154 directly, 61 through PgBouncer, which absorbs
@@ -159,7 +159,7 @@ TEST_CASE("faults: sessions killed at random by pg_terminate_backend during tran
 
 // Runs only under its own throwaway server (tests/CMakeLists.txt), which it restarts.
 TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during transfers, locks and cache loads",
-          "[.restart]") {
+          "[.restart][threads]") {
   const char* data = std::getenv("ROWGUARD_TEST_PGDATA");
   const char* bin = std::getenv("ROWGUARD_TEST_PG_BIN");
   if (data == nullptr || bin == nullptr)
@@ -201,7 +201,7 @@ auto once_reconnected(F&& f) {
 }  // namespace
 
 TEST_CASE("failover: the primary killed and its synchronous standby promoted during transfers, locks and cache loads",
-          "[.failover-sync]") {
+          "[.failover-sync][threads]") {
   TestDb t(Options{}, multi_host);
   std::string report;
   under_fault(t, "failover", fault_duration(8), 1, [&](const std::atomic<bool>&) {
@@ -213,7 +213,7 @@ TEST_CASE("failover: the primary killed and its synchronous standby promoted dur
 }
 
 TEST_CASE("failover: a COMMIT whose wait for the synchronous standby is canceled is in doubt until the standby confirms",
-          "[.sync-cancel]") {
+          "[.sync-cancel][threads]") {
   TestDb t(Options{}, multi_host);
   t.db().migrate();
   Ledger ledger(t.db());
@@ -266,7 +266,7 @@ TEST_CASE("failover: a COMMIT whose wait for the synchronous standby is canceled
 }
 
 TEST_CASE("failover: with an asynchronous standby an acknowledged deposit is lost and a fencing token issued twice",
-          "[.failover-async]") {
+          "[.failover-async][threads]") {
   TestDb t(Options{}, multi_host);
   t.db().migrate();
   Ledger ledger(t.db());
@@ -307,7 +307,7 @@ TEST_CASE("failover: with an asynchronous standby an acknowledged deposit is los
 }
 
 TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during transfers, locks and cache loads",
-          "[pg]") {
+          "[pg][threads]") {
   std::unique_ptr<FaultProxy> proxy;
   TestDb t(Options{}, [&](const std::string& url) {
     proxy = std::make_unique<FaultProxy>(port_of(url));
@@ -360,7 +360,7 @@ std::int64_t expires_at_ms(Database& db, const std::string& name) {
 
 TEST_CASE("faults: a holder partitioned from the database knows it lost its lease before another takes it over, "
           "and only after the lease expired on the database clock",
-          "[pg]") {
+          "[pg][threads]") {
   std::unique_ptr<FaultProxy> proxy;
   std::string direct_url;
   TestDb t(Options{}, [&](const std::string& url) {
@@ -434,7 +434,7 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
 }
 
 TEST_CASE("faults: a server-side statement timeout is transient and a lock timeout a conflict, and nothing applies",
-          "[pg]") {
+          "[pg][threads]") {
   TestDb t;
   t.db().migrate();
   Ledger ledger(t.db());
@@ -490,7 +490,7 @@ TEST_CASE("faults: a server-side statement timeout is transient and a lock timeo
 }
 
 TEST_CASE("faults: a lock holder paused with SIGSTOP past its ttl has its stale writes refused by the fence",
-          "[backend][shared-db]") {
+          "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   int to_child[2], to_parent[2];

@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;
@@ -157,7 +157,7 @@ TEST_CASE("hostile: a database with a newer or a damaged schema is refused with 
   CHECK(message.find("cache") != std::string::npos);
 }
 
-TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing", "[backend][shared-db]") {
+TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing", "[backend][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   Ledger ledger(t.db());

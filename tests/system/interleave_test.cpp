@@ -1,5 +1,5 @@
 // Maintenance run *at the same time* as the operations whose guarantees it could break: each test
-// runs a workload (tests/interleave_workloads.hpp) on threads lined up on a start barrier beside
+// runs a workload (tests/support/interleave_workloads.hpp) on threads lined up on a start barrier beside
 // maintenance on a random schedule, then checks every guarantee of that workload. Seeded: each
 // run draws a seed, printed with any failure (ROWGUARD_SEED reruns the same choices); each runs
 // a few seconds in the test command, $ROWGUARD_INTERLEAVE_SECONDS in the soak mode
@@ -7,9 +7,9 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "interleave_workloads.hpp"
-#include "seeded.hpp"
-#include "support.hpp"
+#include "support/interleave_workloads.hpp"
+#include "support/seeded.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;
@@ -26,7 +26,7 @@ struct Run {
   Run() {
     schedule.seed = run_seed();
     schedule.duration = interleave_duration(3000ms);
-    schedule.processes = !is_memory();
+    schedule.processes = can().shared_database;
     t.db().migrate();
   }
 };
@@ -49,7 +49,7 @@ void list(const std::vector<std::string>& lines, const char* what) {
 
 TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, archive, hold, cache and lock sweeps "
           "run beside them",
-          "[backend][interleave]") {
+          "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
@@ -82,7 +82,7 @@ TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, a
 
 TEST_CASE("interleave: lease holders never overlap and evicted holders are refused while lock sweeps and force-release "
           "run beside them",
-          "[backend][interleave]") {
+          "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
@@ -109,7 +109,7 @@ TEST_CASE("interleave: lease holders never overlap and evicted holders are refus
 
 TEST_CASE("interleave: no cache value older than a returned invalidation is read while sweeps, evictions, prefix "
           "invalidations and loader-lease force-releases run beside slow loads",
-          "[backend][interleave]") {
+          "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
@@ -133,7 +133,7 @@ TEST_CASE("interleave: no cache value older than a returned invalidation is read
 
 TEST_CASE("interleave: payment sagas end completed or compensated, paid once or not at all, while recovery, "
           "force-release of their leases and lock and hold sweeps run beside them",
-          "[backend][interleave][saga]") {
+          "[backend][interleave][saga][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
@@ -156,7 +156,7 @@ TEST_CASE("interleave: payment sagas end completed or compensated, paid once or 
 
 TEST_CASE("interleave: two-phase transfers commit both legs or neither while recover and prune run beside paused "
           "coordinators",
-          "[pg][interleave]") {
+          "[pg][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;

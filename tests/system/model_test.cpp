@@ -17,8 +17,8 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "seeded.hpp"
-#include "support.hpp"
+#include "support/seeded.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace rowguard::test;

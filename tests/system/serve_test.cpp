@@ -19,9 +19,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "fault_proxy.hpp"
+#include "support/fault_proxy.hpp"
 #include "status_server.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using namespace std::chrono_literals;
@@ -158,7 +158,7 @@ struct Populated {
 }  // namespace
 
 TEST_CASE("serve: /metrics is Prometheus text with this process's counters and the database-wide view",
-          "[backend][serve]") {
+          "[backend][serve][threads]") {
   Populated p;
   auto& t = p.t;
   RunningServer server(t.db());
@@ -196,7 +196,7 @@ TEST_CASE("serve: /metrics is Prometheus text with this process's counters and t
   CHECK(get(server.port, "/../etc/passwd")->status == 404);
 }
 
-TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database is newer", "[backend][serve]") {
+TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database is newer", "[backend][serve][threads]") {
   TestDb t;
   t.db().migrate();
   RunningServer server(t.db());
@@ -214,7 +214,7 @@ TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database 
   CHECK(nlohmann::json::parse(bad->body).at("error") == "schema_mismatch");
 }
 
-TEST_CASE("serve: the status page and /healthz never show the URL's secrets", "[pg][serve]") {
+TEST_CASE("serve: the status page and /healthz never show the URL's secrets", "[pg][serve][threads]") {
   // Issue 21: a keyword-form SOCI URL's password showed verbatim here, and sslpassword everywhere.
   constexpr const char* secret = "Zq7-S3rve-pw";
   std::unique_ptr<rowguard::test::FaultProxy> proxy;  // taken away below: the database becomes unreachable
@@ -240,7 +240,7 @@ TEST_CASE("serve: the status page and /healthz never show the URL's secrets", "[
 }
 
 TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, recent transfers and the cache",
-          "[backend][serve]") {
+          "[backend][serve][threads]") {
   Populated p;
   RunningServer server(p.t.db(), cli::StatusOptions{.refresh = 7s});
 
@@ -276,7 +276,7 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
 }
 
 // Not on sqlite::memory: (tagged [shared-db]): the in-process server tests cover that backend.
-TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve][shared-db]") {
+TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   int out[2];
@@ -327,7 +327,7 @@ TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM
 }
 
 TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded number of rows, totals per currency",
-          "[backend][serve]") {
+          "[backend][serve][threads]") {
   TestDb t;
   t.db().migrate();
   auto& db = t.db();
@@ -411,7 +411,7 @@ TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded n
   CHECK(get(server.port, "/healthz")->status == 200);
 }
 
-TEST_CASE("serve: a request body over the limit is answered 413 and not kept", "[backend][serve]") {
+TEST_CASE("serve: a request body over the limit is answered 413 and not kept", "[backend][serve][threads]") {
   TestDb t;
   t.db().migrate();
   RunningServer server(t.db(), cli::StatusOptions{.max_request_body = 4096});

@@ -1,12 +1,12 @@
 // Tests that need no database server: URL parsing, redaction, SQL text helpers, exit codes, options.
 #include <catch2/catch.hpp>
 
-#include "backend/sql_text.hpp"
-#include "backend/postgres/postgres.hpp"
-#include "backend/sqlite/sqlite.hpp"
+#include "base/sql_text.hpp"
+#include "backend/postgres/engine.hpp"
+#include "backend/sqlite/engine.hpp"
 #include "backend/url.hpp"
 #include "core/schema_scripts.hpp"
-#include "support.hpp"
+#include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::detail::PlaceholderStyle;
