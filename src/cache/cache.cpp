@@ -540,13 +540,18 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   if (batch < 1) throw Error(ErrorKind::invalid_argument, "sweep batch must be positive");
   const auto grace = static_cast<std::int64_t>(-options.sweep_grace.count());
   std::int64_t total = 0;
+  // Counted as each batch commits, so stats() never trails what the table shows for long.
+  const auto deleted = [&](std::int64_t n) {
+    total += n;
+    count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(n); });
+  };
   for (;;) {
     Transaction tx(backend->borrow(), {});
     gate(tx, false);
     const std::int64_t n = tx.exec(sql.sweep, {grace, batch}).affected;
     if (n > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
-    total += n;
+    deleted(n);
     if (n < batch) break;
   }
   // Prefix records older than this sweeper's grace. A loader with a longer grace may have begun
@@ -587,10 +592,10 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
       tx.exec(sql.record_prefix, {std::string()});
       tx.commit();
     }
-    total += n;
+    deleted(n);
     if (n == 0) break;
   }
-  count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(total), ++s.sweeps; });
+  count([](CacheStats& s) { ++s.sweeps; });
   return total;
 }
 
