@@ -167,8 +167,10 @@ TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during trans
          "only under its own scripts/pg-throwaway.sh (ctest -L faults)");
   TestDb t;
   int restarts = 0, failed = 0;
-  // Seen by the clients (2026-12-04): 406 in 2 restarts, 327 through PgBouncer in 5.
-  under_fault(t, "restart", fault_duration(8), 10, [&](const std::atomic<bool>& done) {
+  // Seen by the clients (2026-12-04): 406 in 2 restarts, 327 through PgBouncer in 5; under ASan
+  // through PgBouncer once only 7 in 6, as PgBouncer holds a query while the server is down
+  // rather than failing it, so only the transactions in flight at each shutdown see it.
+  under_fault(t, "restart", fault_duration(8), 3, [&](const std::atomic<bool>& done) {
     const std::string as_postgres = ::getuid() == 0 ? "runuser -u postgres -- " : "";
     const std::string restart =
         fmt::format("{}{}/pg_ctl -D {} -l {}/../server.log -m fast -w -t 60 restart >/dev/null 2>&1", as_postgres,
