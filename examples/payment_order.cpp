@@ -290,6 +290,6 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const rowguard::Error& e) {
     std::fprintf(stderr, "payment_order: %s: %s\n", rowguard::to_string(e.kind()).data(), e.what());
-    return rowguard::exit_code(e.kind());
+    return 1;
   }
 }

@@ -163,9 +163,8 @@ class Cache {
 
   CacheStats stats() const;
 
-  struct Impl;
-
  private:
+  struct Impl;  // src/<component>/: the state and statements behind the handle
   std::unique_ptr<Impl> impl_;
 };
 

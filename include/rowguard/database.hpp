@@ -16,6 +16,7 @@ namespace rowguard {
 
 namespace detail {
 class Backend;
+struct DatabaseGate;  // src/core/database_gate.hpp: how rowguard's own components reach the backend
 }
 
 // How a Database is opened. Every field has a default; open() validates them all.
@@ -70,9 +71,6 @@ class Database {
   // docs/backend.md).
   static Database open(std::string_view url, Options options = {});
 
-  // For adapters (rowguard/soci.hpp, rowguard/postgres.hpp): wraps an already built backend.
-  explicit Database(std::shared_ptr<detail::Backend> backend);
-
   Database(Database&&) noexcept;
   Database& operator=(Database&&) noexcept;
   ~Database();
@@ -107,11 +105,10 @@ class Database {
 
   PoolStats pool_stats() const;
 
-  // For rowguard's own components.
-  detail::Backend& backend() const noexcept { return *backend_; }
-  const std::shared_ptr<detail::Backend>& shared_backend() const noexcept { return backend_; }
-
  private:
+  friend struct detail::DatabaseGate;
+  explicit Database(std::shared_ptr<detail::Backend> backend);
+
   std::shared_ptr<detail::Backend> backend_;
 };
 

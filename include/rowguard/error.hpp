@@ -27,9 +27,6 @@ enum class ErrorKind {
 // The stable lower-case name of a kind ("conflict", "in_doubt", ...), as printed by the CLI.
 std::string_view to_string(ErrorKind kind) noexcept;
 
-// The CLI's exit code for a kind (see README: 1 permanent, 2 invalid_argument, 3 lock_busy, ...).
-int exit_code(ErrorKind kind) noexcept;
-
 // Thrown for invalid input, infrastructure failures, exhausted retries and calls that promised success.
 // Thread-safety: an Error is an immutable value.
 // Example: try { db.migrate(); } catch (const rowguard::Error& e) { if (e.kind() == ErrorKind::transient) ...; }

@@ -31,9 +31,8 @@ class Fence {
   std::int64_t highest(std::string_view resource);
 
  private:
-  std::shared_ptr<detail::Backend> backend_;
-  std::string admit_sql_;
-  std::string highest_sql_;
+  struct Impl;  // src/locks/fence.cpp: the backend and the statements (src/locks/locks_sql.cpp)
+  std::shared_ptr<const Impl> impl_;
 };
 
 }  // namespace rowguard

@@ -61,6 +61,14 @@ struct CurrencyTotal {
   std::int64_t withdrawals = 0;   // applied withdrawals, live and archived
 };
 
+// One currency's accounts at one moment, for dashboards (rowguard serve): one aggregate.
+struct CurrencySummary {
+  std::string currency;       // ISO 4217 code
+  std::int64_t accounts = 0;
+  std::int64_t balance = 0;   // sum of the balances, minor units
+  std::int64_t held = 0;      // sum of the amounts held (accounts.held: holds not yet closed)
+};
+
 struct CheckReport {
   std::vector<Violation> violations;
   std::int64_t accounts = 0;
@@ -271,6 +279,10 @@ class Ledger {
   // Error(not_found) when there is no such account. Through LedgerOptions::cache when set.
   Account get(std::string_view id);
   std::vector<Account> list();
+  // Per currency, ordered by code; balances of different currencies are never added together.
+  std::vector<CurrencySummary> currencies();
+  // The `limit` accounts with the largest balances, largest first (ties by id). REQUIRES: 1..10000.
+  std::vector<Account> largest_accounts(std::size_t limit);
 
   // Money from / to the outside world, recorded as transfers with one side NULL.
   TransferResult deposit(std::string_view account, std::int64_t amount, std::string_view key);
@@ -376,9 +388,8 @@ class Ledger {
 
   LedgerStats stats() const;
 
-  struct Impl;
-
  private:
+  struct Impl;  // src/<component>/: the state and statements behind the handle
   std::unique_ptr<Impl> impl_;
 };
 

@@ -19,7 +19,7 @@ namespace rowguard {
 
 class Locks;
 namespace detail {
-struct LocksAccess;  // src/core/locks_impl.hpp: rowguard's own components and tests reach Locks::Impl
+struct LocksAccess;  // src/locks/locks_impl.hpp: rowguard's own components and tests reach Locks::Impl
 }
 
 // What a lease knows about itself.
@@ -94,10 +94,10 @@ class Lease {
   // held until its ttl runs out, unless renewed or released by (name, owner, token) through Locks.
   void detach() noexcept;
 
-  struct State;  // defined in src/core; opaque to users
-  explicit Lease(std::shared_ptr<State> state);
-
  private:
+  friend struct detail::LocksAccess;  // src/locks/locks_impl.hpp: Locks makes leases through it
+  struct State;
+  explicit Lease(std::shared_ptr<State> state);
   std::shared_ptr<State> state_;
 };
 
@@ -128,6 +128,15 @@ struct LockInfo {
   bool expired = false;       // the last lease ran out unreleased (its holder died or stopped renewing)
 };
 
+// Lock rows by state at one instant, counted by one aggregate (dashboards: rowguard serve).
+struct LockCounts {
+  std::int64_t rows = 0;
+  std::int64_t held = 0;       // unexpired lease
+  std::int64_t expired = 0;    // ran out unreleased
+  std::int64_t contended = 0;  // held, with waiters
+  std::int64_t waiters = 0;
+};
+
 // Hands out leases. Thread-safety: safe for concurrent use; one per Database is enough.
 class Locks {
  public:
@@ -151,6 +160,12 @@ class Locks {
   void release(std::string_view name, std::string_view owner, std::int64_t token);
 
   std::vector<LockInfo> list();
+  // Both judged at at_ms on the database clock (Database::now_ms()), so a page that shows both
+  // agrees with itself. counts(): one aggregate over every lock. active(): at most `limit` locks
+  // (1..10000), held ones first (the longest held first), then the most recently expired, then
+  // released ones someone waits for; released ones nobody waits for are only counted.
+  LockCounts counts(std::int64_t at_ms);
+  std::vector<LockInfo> active(std::int64_t at_ms, std::size_t limit);
   // Ends whoever holds name, raising its token so the evicted holder's guard fails at once.
   // Error(not_found) when the lock never existed.
   void force_release(std::string_view name, std::string_view reason);
@@ -161,9 +176,8 @@ class Locks {
   // A new owner id: "<prefix>:<32 hex digits>".
   std::string new_owner() const;
 
-  struct Impl;
-
  private:
+  struct Impl;  // src/<component>/: the state and statements behind the handle
   friend struct detail::LocksAccess;
   std::shared_ptr<Impl> impl_;  // shared with the leases it made
 };

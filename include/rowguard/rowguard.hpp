@@ -11,6 +11,7 @@
 #include "rowguard/money.hpp"
 #include "rowguard/retry.hpp"
 #include "rowguard/saga.hpp"
+#include "rowguard/schema.hpp"
 #include "rowguard/standby.hpp"
 #include "rowguard/transaction.hpp"
 #include "rowguard/two_phase.hpp"

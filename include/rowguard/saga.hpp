@@ -181,9 +181,8 @@ class Sagas {
   // The saga and its steps; empty when there is no such saga.
   std::optional<SagaInfo> get(std::string_view id);
 
-  struct Impl;
-
  private:
+  struct Impl;  // src/<component>/: the state and statements behind the handle
   std::unique_ptr<Impl> impl_;
 };
 

@@ -14,6 +14,7 @@ namespace rowguard {
 
 namespace detail {
 class SessionLease;
+struct DatabaseGate;  // src/core/database_gate.hpp: begins transactions for rowguard's own components
 }
 
 enum class Isolation { read_committed, repeatable_read, serializable };
@@ -46,7 +47,6 @@ struct TxOptions {
 //   tx.commit();
 class Transaction {
  public:
-  explicit Transaction(std::unique_ptr<detail::SessionLease> session, TxOptions options);
   Transaction(Transaction&&) noexcept;
   Transaction& operator=(Transaction&&) = delete;
   ~Transaction();
@@ -80,10 +80,10 @@ class Transaction {
   // transaction changed (the cache's in-process tier uses it). f must not throw.
   void on_commit(std::function<void()> f);
 
-  // For rowguard's own components: the borrowed session.
-  detail::SessionLease& session();
-
  private:
+  friend struct detail::DatabaseGate;
+  explicit Transaction(std::unique_ptr<detail::SessionLease> session, TxOptions options);
+
   void run_commit_hooks() noexcept;
   // Error(permanent, 25P02) after rolling back, when a failed statement spoils the transaction.
   void refuse_if_failed(std::string_view what);

@@ -177,9 +177,8 @@ class TwoPhase {
 
   const TwoPhaseOptions& options() const noexcept;
 
-  struct Impl;
-
  private:
+  struct Impl;  // src/<component>/: the state and statements behind the handle
   std::unique_ptr<Impl> impl_;
 };
 

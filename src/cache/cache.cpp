@@ -1,3 +1,4 @@
+#include "core/database_gate.hpp"
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
 #include "rowguard/cache.hpp"
@@ -85,7 +86,7 @@ struct Cache::Impl {
   std::thread sweeper;
 
   Impl(Database& db, CacheOptions o)
-      : backend(db.shared_backend()),
+      : backend(detail::DatabaseGate::shared_backend(db)),
         options(std::move(o)),
         locks(db),
         standby(*backend, options.standby, "CacheOptions::standby"),
@@ -352,7 +353,7 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
   if (sql.gate_shared.empty()) {
     stored = (*backend->borrow())->exec(sql.store, params);
   } else {
-    Transaction tx(backend->borrow(), {});
+    Transaction tx = detail::DatabaseGate::begin(*backend, {});
     gate(tx, true);
     stored = tx.exec(sql.store, params);
     tx.commit();
@@ -427,7 +428,7 @@ std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   impl_->check_key(prefix);
   // The rows under the prefix get tombstones, and the prefix is recorded for keys without a row:
   // together, at one commit. The record comes last, so its time is after every row it covers.
-  Transaction tx(impl_->backend->borrow(), {});
+  Transaction tx = detail::DatabaseGate::begin(*impl_->backend, {});
   impl_->gate(tx, false);
   const std::int64_t n =
       tx.exec(impl_->sql.invalidate_prefix, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
@@ -546,7 +547,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
     count([&](CacheStats& s) { s.evictions += static_cast<std::uint64_t>(n); });
   };
   for (;;) {
-    Transaction tx(backend->borrow(), {});
+    Transaction tx = detail::DatabaseGate::begin(*backend, {});
     gate(tx, false);
     const std::int64_t n = tx.exec(sql.sweep, {grace, batch}).affected;
     if (n > 0) tx.exec(sql.record_sweep, {grace});
@@ -557,7 +558,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   // Prefix records older than this sweeper's grace. A loader with a longer grace may have begun
   // before one of them, so their deletion is recorded like a row's.
   {
-    Transaction tx(backend->borrow(), {});
+    Transaction tx = detail::DatabaseGate::begin(*backend, {});
     gate(tx, false);
     if (tx.exec(sql.sweep_prefixes, {grace}).affected > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
@@ -576,7 +577,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
     const std::int64_t limit = std::min(excess, batch);
     std::int64_t n = 0;
     {
-      Transaction tx(backend->borrow(), {});
+      Transaction tx = detail::DatabaseGate::begin(*backend, {});
       gate(tx, false);
       n = tx.exec(sql.evict, {grace, limit}).affected;
       if (n > 0) tx.exec(sql.record_sweep, {grace});
@@ -586,7 +587,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
       // Every row left was changed within the grace, where a load in flight may need it. The
       // bound holds anyway: the rows go, and the eviction is recorded as an invalidation of every
       // key (the empty prefix) at the same commit, which refuses every load begun before it.
-      Transaction tx(backend->borrow(), {});
+      Transaction tx = detail::DatabaseGate::begin(*backend, {});
       gate(tx, false);
       n = tx.exec(sql.evict_recent, {limit}).affected;
       tx.exec(sql.record_prefix, {std::string()});

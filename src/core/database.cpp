@@ -1,14 +1,16 @@
 #include <fmt/format.h>
 
+#include "core/database_gate.hpp"
 #include "backend/backend.hpp"
 #include "backend/url.hpp"
 #include "backend/sqlite3/driver.hpp"
 #include "core/schema_scripts.hpp"
+#include "rowguard/config.hpp"
 #include "rowguard/database.hpp"
-#ifdef ROWGUARD_HAVE_POSTGRES
+#if ROWGUARD_HAVE_POSTGRES
 #include "backend/libpqxx/driver.hpp"
 #endif
-#ifdef ROWGUARD_HAVE_SOCI
+#if ROWGUARD_HAVE_SOCI
 #include "backend/soci/driver.hpp"
 #endif
 
@@ -22,14 +24,14 @@ std::shared_ptr<detail::Backend> open_backend(std::string_view url, const Option
     case detail::Engine::sqlite:
       return detail::open_sqlite(parsed, options);
     case detail::Engine::postgres:
-#ifdef ROWGUARD_HAVE_POSTGRES
+#if ROWGUARD_HAVE_POSTGRES
       return detail::open_postgres(parsed, options);
 #else
       throw Error(ErrorKind::invalid_argument, "this rowguard was built without PostgreSQL (ROWGUARD_WITH_POSTGRES=OFF)");
 #endif
     case detail::Engine::soci_sqlite3:
     case detail::Engine::soci_postgresql:
-#ifdef ROWGUARD_HAVE_SOCI
+#if ROWGUARD_HAVE_SOCI
       return detail::open_soci(parsed, options);
 #else
       throw Error(ErrorKind::invalid_argument, "this rowguard was built without SOCI (ROWGUARD_WITH_SOCI=OFF)");
@@ -41,7 +43,7 @@ std::shared_ptr<detail::Backend> open_backend(std::string_view url, const Option
 // Borrows (and so opens) one session, so a wrong path or an unreachable server fails at open().
 Database checked(std::shared_ptr<detail::Backend> backend) {
   { auto session = backend->borrow(); }
-  return Database(std::move(backend));
+  return detail::DatabaseGate::wrap(std::move(backend));
 }
 }  // namespace
 
@@ -133,6 +135,6 @@ Result Database::exec(std::string_view sql, const std::vector<Value>& params) {
   return (*session)->exec(sql, params);
 }
 
-Transaction Database::begin(TxOptions options) { return Transaction(backend_->borrow(), options); }
+Transaction Database::begin(TxOptions options) { return detail::DatabaseGate::begin(*backend_, options); }
 
 }  // namespace rowguard

@@ -1,5 +1,9 @@
 #include "core/schema_scripts.hpp"
 
+#include "base/sql_text.hpp"
+#include "rowguard/error.hpp"
+#include "rowguard/schema.hpp"
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -42,3 +46,25 @@ std::string with_prefix(std::string_view sql, std::string_view prefix) {
 }
 
 }  // namespace rowguard::detail
+
+namespace rowguard {
+
+std::string schema_sql(std::string_view dialect, SchemaPart part, std::string_view table_prefix) {
+  if (dialect != "sqlite" && dialect != "postgres")
+    throw Error(ErrorKind::invalid_argument, "schema dialect must be sqlite or postgres");
+  if (!detail::is_identifier(table_prefix, 40))
+    throw Error(ErrorKind::invalid_argument,
+                "table prefix is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)");
+  if (part != SchemaPart::migrations) {
+    const std::string_view name = part == SchemaPart::roles ? "roles" : "partitioning";
+    const detail::SchemaScript* script = detail::find_script(dialect, name);
+    if (script == nullptr)
+      throw Error(ErrorKind::invalid_argument, std::string("the ") + std::string(name) + " script is PostgreSQL's");
+    return detail::with_prefix(script->sql, table_prefix);
+  }
+  std::string out = detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, table_prefix);
+  for (const auto& step : detail::migrations(dialect)) out += "\n" + detail::with_prefix(step.script->sql, table_prefix);
+  return out;
+}
+
+}  // namespace rowguard

@@ -1,3 +1,4 @@
+#include "core/database_gate.hpp"
 #include "core/standby_route.hpp"
 
 #include <fmt/format.h>
@@ -23,7 +24,7 @@ StandbyRoute::StandbyRoute(const Backend& primary, const StandbyReads& reads, co
   if (reads.database == nullptr) return;
   if (reads.max_staleness.count() <= 0)
     throw Error(ErrorKind::invalid_argument, fmt::format("{}.max_staleness must be positive", what));
-  const Backend& standby = *reads.database->shared_backend();
+  const Backend& standby = *detail::DatabaseGate::shared_backend(*reads.database);
   if (primary.dialect().standby_staleness().empty() || standby.dialect().standby_staleness().empty())
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("{}: standby reads need PostgreSQL on both sides (got {} and {})", what, primary.name(),
@@ -31,7 +32,7 @@ StandbyRoute::StandbyRoute(const Backend& primary, const StandbyReads& reads, co
   if (standby.table("x") != primary.table("x"))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("{}: the standby's Database has another table prefix than the primary's", what));
-  standby_ = reads.database->shared_backend();
+  standby_ = detail::DatabaseGate::shared_backend(*reads.database);
   staleness_sql_ = standby_->dialect().standby_staleness();
 }
 

@@ -116,9 +116,4 @@ void Transaction::rollback() noexcept {
   }
 }
 
-detail::SessionLease& Transaction::session() {
-  if (!session_) throw Error(ErrorKind::invalid_argument, "transaction is already committed or rolled back");
-  return *session_;
-}
-
 }  // namespace rowguard

@@ -1,5 +1,7 @@
 #include "rowguard/version.hpp"
 
+#include "rowguard/config.hpp"
+
 namespace rowguard {
-std::string_view version() noexcept { return ROWGUARD_VERSION; }
+std::string_view version() noexcept { return ROWGUARD_VERSION_STRING; }
 }  // namespace rowguard

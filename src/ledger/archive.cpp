@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include "core/database_gate.hpp"
 #include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
@@ -115,7 +116,7 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
         // One snapshot for every statement (REPEATABLE READ on PostgreSQL; SQLite's write
         // transaction excludes every other writer): a concurrent reversal or capture of a row
         // being moved makes the run fail with a conflict and retry, never split a family.
-        Transaction tx(impl.backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_write});
+        Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{Isolation::repeatable_read, TxAccess::read_write});
         const std::int64_t now_ms = tx.exec(sql.now, {}).one().i64(0);
         if (cutoff_ms > now_ms - options.min_age.count())
           throw Error(ErrorKind::invalid_argument,

@@ -5,6 +5,7 @@
 // capture or void holds that lock it reads the hold's state as final.
 #include <fmt/format.h>
 
+#include "core/database_gate.hpp"
 #include "ledger/ledger_impl.hpp"
 #include "rowguard/money.hpp"
 
@@ -125,7 +126,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
   request.timeout_ms = static_cast<std::int64_t>(timeout.count());
   Measure measure(Measure::Kind::hold);
   HoldResult result = impl.retrying([&] {
-    Transaction tx(impl.backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
     if (const Result prior = tx.exec(impl.find_key_sql, {k}); !prior.empty()) {
       const Row& r = prior.rows[0];
@@ -139,7 +140,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
     // Only the source is locked: many holds towards one merchant account must not queue on it.
     const Result locked = tx.exec(impl.lock_one_sql, {source});
     if (locked.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", source));
-    const Result target = tx.exec(impl.get_sql, {destination});
+    const Result target = tx.exec(impl.accounts_sql.get, {destination});
     if (target.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", destination));
     const Row& src = locked.rows[0];
     if (src.text(1) != target.rows[0].text(1))
@@ -174,7 +175,7 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
   auto& impl = *impl_;
   Measure measure(Measure::Kind::capture);
   TransferResult result = impl.retrying([&] {
-    Transaction tx(impl.backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     const Result found = tx.exec(impl.hold_read_sql, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const Hold first = hold_of(found.rows[0]);
@@ -244,7 +245,7 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
   auto& impl = *impl_;
   Measure measure(Measure::Kind::void_hold);
   return measure(impl.retrying([&] {
-    Transaction tx(impl.backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     const Result found = tx.exec(impl.hold_read_sql, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const std::string from = found.rows[0].text(2);
@@ -298,7 +299,7 @@ std::int64_t Ledger::sweep_holds() {
   std::int64_t closed = 0;
   for (const auto& account : accounts) {
     closed += impl.retrying([&] {
-      Transaction tx(impl.backend->borrow(), TxOptions{});
+      Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
       tx.exec(impl.lock_one_sql, {account});
       std::int64_t n = 0;
       impl.release_expired(tx, account, &n);

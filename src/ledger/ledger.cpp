@@ -1,3 +1,4 @@
+#include "core/database_gate.hpp"
 #include "rowguard/ledger.hpp"
 
 #include <algorithm>
@@ -28,7 +29,10 @@ void validate(const RetryPolicy& p) {
 
 
 Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
-    : backend(std::move(b)), options(std::move(o)), standby(*backend, options.standby, "LedgerOptions::standby") {
+    : backend(std::move(b)),
+      options(std::move(o)),
+      standby(*backend, options.standby, "LedgerOptions::standby"),
+      accounts_sql(*backend) {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
   const auto& d = backend->dialect();
@@ -37,21 +41,6 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
   const std::string en = backend->table("entries");
   const std::string now = d.now_timestamp();
   const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
-  open_sql = fmt::format(
-      "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
-      "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
-      acc, fmt::arg("now", now));
-  // held as a reader sees it: the open holds not yet past their timeout (accounts.held also counts
-  // expired holds no one has closed yet).
-  const std::string holds = backend->table("holds");
-  const std::string live_held = fmt::format(
-      "CASE WHEN a.held = 0 THEN 0 ELSE (SELECT CAST(COALESCE(SUM(h.amount), 0) AS bigint) FROM {} h "
-      "WHERE h.from_account = a.id AND h.state = 'held' AND h.expires_at > {}) END",
-      holds, now);
-  get_sql = fmt::format("SELECT a.id, a.currency, a.balance, a.min_balance, a.version, {} FROM {} a WHERE a.id = $1",
-                        live_held, acc);
-  list_sql = fmt::format("SELECT a.id, a.currency, a.balance, a.min_balance, a.version, {} FROM {} a ORDER BY a.id",
-                         live_held, acc);
   find_key_sql = key_record_sql(*backend);
   // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
   lock_one_sql =
@@ -339,7 +328,7 @@ TransferResult Ledger::Impl::apply(const Request& request) {
   if (!one_statement_transfer_sql.empty() && request.kind == "transfer") {
     TransferResult result = retrying([&] {
       if (auto r = transfer_in_one_statement(request)) return *r;
-      Transaction tx(backend->borrow(), TxOptions{});
+      Transaction tx = detail::DatabaseGate::begin(*backend, TxOptions{});
       TransferResult r = apply_in(tx, request);
       tx.commit();
       return r;
@@ -348,7 +337,7 @@ TransferResult Ledger::Impl::apply(const Request& request) {
     return result;
   }
   TransferResult result = retrying([&] {
-    Transaction tx(backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*backend, TxOptions{});
     TransferResult r = apply_in(tx, request);
     tx.commit();
     return r;
@@ -358,7 +347,7 @@ TransferResult Ledger::Impl::apply(const Request& request) {
 }
 
 Ledger::Ledger(Database& db, LedgerOptions options)
-    : impl_(std::make_unique<Impl>(db.shared_backend(), std::move(options))) {}
+    : impl_(std::make_unique<Impl>(detail::DatabaseGate::shared_backend(db), std::move(options))) {}
 Ledger::~Ledger() = default;
 
 void Ledger::open(std::string_view id, std::string_view currency, std::int64_t min_balance) {
@@ -368,12 +357,12 @@ void Ledger::open(std::string_view id, std::string_view currency, std::int64_t m
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("min_balance must be 0 or negative (an overdraft limit), got {}", min_balance));
   auto session = impl_->backend->borrow();
-  (*session)->exec(impl_->open_sql, {std::string(id), std::string(currency), min_balance});
+  (*session)->exec(impl_->accounts_sql.open, {std::string(id), std::string(currency), min_balance});
 }
 
 std::optional<Account> Ledger::Impl::read(std::string_view id) {
   auto session = backend->borrow();
-  const Result r = (*session)->exec(get_sql, {std::string(id)});
+  const Result r = (*session)->exec(accounts_sql.get, {std::string(id)});
   if (r.empty()) return std::nullopt;
   return account_of(r.rows[0]);
 }
@@ -427,7 +416,25 @@ Account Ledger::get(std::string_view id) {
 std::vector<Account> Ledger::list() {
   auto session = impl_->backend->borrow();
   std::vector<Account> out;
-  for (const auto& row : (*session)->exec(impl_->list_sql, {}).rows) out.push_back(account_of(row));
+  for (const auto& row : (*session)->exec(impl_->accounts_sql.list, {}).rows) out.push_back(account_of(row));
+  return out;
+}
+
+std::vector<CurrencySummary> Ledger::currencies() {
+  auto session = impl_->backend->borrow();
+  std::vector<CurrencySummary> out;
+  for (const auto& row : (*session)->exec(impl_->accounts_sql.currencies, {}).rows)
+    out.push_back(CurrencySummary{row.text(0), row.i64(1), row.i64(2), row.i64(3)});
+  return out;
+}
+
+std::vector<Account> Ledger::largest_accounts(std::size_t limit) {
+  if (limit < 1 || limit > 10'000)
+    throw Error(ErrorKind::invalid_argument, fmt::format("largest_accounts: limit must be 1 to 10000, got {}", limit));
+  auto session = impl_->backend->borrow();
+  std::vector<Account> out;
+  for (const auto& row : (*session)->exec(impl_->accounts_sql.largest, {static_cast<std::int64_t>(limit)}).rows)
+    out.push_back(account_of(row));
   return out;
 }
 
@@ -501,7 +508,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
   std::vector<BatchResult> results;
   impl_->retrying([&] {
     results.assign(items.size(), BatchResult{});
-    Transaction tx(impl_->backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl_->backend, TxOptions{});
     std::size_t start = 0;
     while (start < items.size()) {
       std::size_t end = start;  // the chain is items[start..end]
@@ -565,7 +572,7 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
   auto& impl = *impl_;
   Measure measure(Measure::Kind::reversal);
   TransferResult result = impl.retrying([&] {
-    Transaction tx(impl.backend->borrow(), TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     const Result original = tx.exec(impl.lock_original_sql, {std::string(original_key)});
     if (original.empty())
       throw Error(ErrorKind::not_found, fmt::format("no applied transfer has the key '{}'", original_key));
@@ -610,7 +617,7 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
           throw Error(ErrorKind::invalid_argument,
                       fmt::format("min_balance {} must be <= 0 and <= the available amount {}", want.min_balance,
                                   want.available()));
-        Transaction tx(impl.backend->borrow(), TxOptions{});
+        Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
         // Holds past their timeout still count in accounts.held, which the table's CHECK compares
         // with min_balance: close them first.
         const Result locked = tx.exec(impl.lock_one_sql, {read.id});
@@ -654,7 +661,7 @@ CheckReport Ledger::check() {
       [&] {
         CheckReport report;
         // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
-        Transaction tx(impl_->backend->borrow(), TxOptions{Isolation::repeatable_read, TxAccess::read_only});
+        Transaction tx = detail::DatabaseGate::begin(*impl_->backend, TxOptions{Isolation::repeatable_read, TxAccess::read_only});
         for (const auto& r :
              tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
                                  "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "

@@ -15,6 +15,7 @@
 #include "obs/instruments.hpp"
 #include "core/retrying.hpp"
 #include "core/standby_route.hpp"
+#include "ledger/ledger_sql.hpp"
 #include "rowguard/cache.hpp"
 #include "rowguard/ledger.hpp"
 
@@ -129,7 +130,8 @@ struct Ledger::Impl {
   LedgerOptions options;
   detail::StandbyRoute standby;  // history() and transfers()
   // find_key_sql: key_record_sql, the record of a key in either table.
-  std::string open_sql, get_sql, list_sql, find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
+  detail::AccountStatements accounts_sql;
+  std::string find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
       record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
   // Holds (holds.cpp): expire_sql closes an account's holds past their timeout, unhold_sql takes
   // what they counted out of accounts.held.

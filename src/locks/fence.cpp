@@ -4,18 +4,20 @@
 
 #include "backend/backend.hpp"
 #include "base/sql_text.hpp"
+#include "core/database_gate.hpp"
+#include "locks/locks_sql.hpp"
 
 namespace rowguard {
 
-Fence::Fence(Database& db) : backend_(db.shared_backend()) {
-  const auto& d = backend_->dialect();
-  const std::string t = backend_->table("fences");
-  admit_sql_ = fmt::format(
-      "INSERT INTO {t} AS f (resource, last_token, updated_at) VALUES ($1, $2, {now}) "
-      "ON CONFLICT (resource) DO UPDATE SET last_token = excluded.last_token, updated_at = excluded.updated_at "
-      "WHERE f.last_token <= excluded.last_token RETURNING last_token",
-      fmt::arg("t", t), fmt::arg("now", d.now_timestamp()));
-  highest_sql_ = fmt::format("SELECT last_token FROM {} WHERE resource = $1", t);
+struct Fence::Impl {
+  std::shared_ptr<detail::Backend> backend;
+  detail::FenceStatements sql;
+};
+
+Fence::Fence(Database& db) {
+  auto backend = detail::DatabaseGate::shared_backend(db);
+  detail::FenceStatements sql(backend->dialect(), backend->table("fences"));
+  impl_ = std::make_shared<const Impl>(Impl{std::move(backend), std::move(sql)});
 }
 
 namespace {
@@ -28,20 +30,20 @@ void validate(std::string_view resource, std::int64_t token) {
 
 bool Fence::admit(std::string_view resource, std::int64_t token) {
   validate(resource, token);
-  auto session = backend_->borrow();
-  return !(*session)->exec(admit_sql_, {std::string(resource), token}).rows.empty();
+  auto session = impl_->backend->borrow();
+  return !(*session)->exec(impl_->sql.admit, {std::string(resource), token}).rows.empty();
 }
 
 void Fence::guard(Transaction& tx, std::string_view resource, std::int64_t token) {
   validate(resource, token);
-  if (tx.exec(admit_sql_, {std::string(resource), token}).rows.empty())
+  if (tx.exec(impl_->sql.admit, {std::string(resource), token}).rows.empty())
     throw Error(ErrorKind::lock_lost,
                 fmt::format("fence: token {} for '{}' is older than one already seen", token, resource));
 }
 
 std::int64_t Fence::highest(std::string_view resource) {
-  auto session = backend_->borrow();
-  const Result r = (*session)->exec(highest_sql_, {std::string(resource)});
+  auto session = impl_->backend->borrow();
+  const Result r = (*session)->exec(impl_->sql.highest, {std::string(resource)});
   return r.rows.empty() ? 0 : r.rows[0].i64(0);
 }
 

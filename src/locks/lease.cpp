@@ -26,7 +26,7 @@ std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::
 
 namespace {
 // Why (name, owner, token) matched nothing: released by this owner already, or lost.
-Error lost_or_released(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+Error lost_or_released(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                        bool& released) {
   released = false;
   const Result s = locks.run(locks.sql.state, {name});
@@ -45,7 +45,7 @@ Error lost_or_released(Locks::Impl& locks, const std::string& name, const std::s
                fmt::format("lease on '{}' (token {}) was lost: the lock is now at token {}{}", name, token, row.i64(1),
                            reason ? fmt::format(" (force-released: {})", *reason) : std::string()));
 }
-void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+void release_statement(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token);
 
 // A renew or release that gave up waiting for the lock row (55P03 after LockOptions::row_lock_timeout
 // on PostgreSQL, SQLITE_BUSY after the busy timeout on SQLite): nearly always a transaction that
@@ -62,7 +62,7 @@ Error row_lock_busy(const Error& e, std::string_view doing, const std::string& n
 }
 }  // namespace
 
-void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+void renew_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl) {
   const auto& m = instruments::locks();
   try {
@@ -85,7 +85,7 @@ void renew_lease(Locks::Impl& locks, const std::string& name, const std::string&
   }
 }
 
-void release_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
+void release_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
   const auto& m = instruments::locks();
   try {
     release_statement(locks, name, owner, token);
@@ -97,7 +97,7 @@ void release_lease(Locks::Impl& locks, const std::string& name, const std::strin
 }
 
 namespace {
-void release_statement(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
+void release_statement(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
   Result r;
   try {
     r = locks.run(locks.sql.release, locks.bounded({name, owner, token}));
@@ -123,7 +123,7 @@ void release_statement(Locks::Impl& locks, const std::string& name, const std::s
 }  // namespace
 
 // Counts and logs a lease this process lost, once per lease. Called with s.mutex NOT held.
-void report_lost(Lease::State& s, std::string_view why) {
+void report_lost(detail::LeaseData& s, std::string_view why) {
   {
     std::lock_guard lock(s.mutex);
     if (s.loss_reported) return;
@@ -161,7 +161,7 @@ void stop_thread(std::jthread& thread) {
 
 // Stops the heartbeat and its watchdog. Waits for a renewal in flight to end, which on a
 // partitioned network takes as long as the connection's TCP timeouts (docs/scaling.md).
-void stop_heartbeat(Lease::State& s) {
+void stop_heartbeat(detail::LeaseData& s) {
   s.heartbeat.request_stop();
   s.watchdog.request_stop();
   s.heartbeat_wakeup.notify_all();
@@ -188,9 +188,9 @@ Lease::~Lease() {
 }
 
 namespace {
-bool state_valid(const Lease::State& s);
-void renew_state(Lease::State& s, std::chrono::milliseconds ttl);
-Lease::State& checked(const std::shared_ptr<Lease::State>& s) {
+bool state_valid(const detail::LeaseData& s);
+void renew_state(detail::LeaseData& s, std::chrono::milliseconds ttl);
+detail::LeaseData& checked(const std::shared_ptr<detail::LeaseData>& s) {
   if (!s) throw Error(ErrorKind::invalid_argument, "this Lease was moved from");
   return *s;
 }
@@ -215,7 +215,7 @@ std::chrono::milliseconds Lease::remaining() const noexcept {
 }
 
 namespace {
-void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
+void renew_state(detail::LeaseData& s, std::chrono::milliseconds ttl) {
   s.locks->validate_ttl(ttl);
   {
     std::lock_guard lock(s.mutex);
@@ -250,7 +250,7 @@ void renew_state(Lease::State& s, std::chrono::milliseconds ttl) {
   s.deadline_moved.notify_all();
 }
 
-bool state_valid(const Lease::State& s) {
+bool state_valid(const detail::LeaseData& s) {
   std::lock_guard lock(s.mutex);
   const bool live = s.state == LeaseState::held || s.state == LeaseState::unknown;
   return live && std::chrono::steady_clock::now() < s.deadline;

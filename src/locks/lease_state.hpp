@@ -17,7 +17,7 @@
 namespace rowguard {
 
 struct Lease::State {
-  std::shared_ptr<Locks::Impl> locks;
+  std::shared_ptr<detail::LocksImpl> locks;
   std::string name;
   std::string owner;
   std::int64_t token = 0;
@@ -48,9 +48,9 @@ std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::
 
 // One statement each. Error(lock_lost) when the lease is not (or no longer) this owner's with this
 // token; a repeated release of a released lease succeeds. Returns the new expiry / nothing.
-void renew_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token,
+void renew_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl);
-void release_lease(Locks::Impl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+void release_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token);
 
 }  // namespace detail
 }  // namespace rowguard

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "core/database_gate.hpp"
 #include "base/sql_text.hpp"
 #include "obs/instruments.hpp"
 #include "locks/lease_state.hpp"
@@ -207,7 +208,7 @@ bool Locks::Impl::ensure_listener() {
   return listener->connected;
 }
 
-Locks::Locks(Database& db, LockOptions options) : impl_(std::make_shared<Impl>(db.shared_backend(), std::move(options))) {}
+Locks::Locks(Database& db, LockOptions options) : impl_(std::make_shared<Impl>(detail::DatabaseGate::shared_backend(db), std::move(options))) {}
 Locks::Locks(Locks&&) noexcept = default;
 Locks::~Locks() = default;
 
@@ -252,14 +253,14 @@ std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::mill
     return std::nullopt;
   }
   m.acquired.add();
-  auto state = std::make_shared<Lease::State>();
+  auto state = std::make_shared<detail::LeaseData>();
   state->locks = impl_;
   state->name = std::string(name);
   state->owner = who;
   state->token = r.rows[0].i64(0);
   state->ttl = ttl;
   state->deadline = detail::local_deadline(sent, ttl);
-  return Lease(std::move(state));
+  return detail::LocksAccess::lease(std::move(state));
 }
 
 Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
@@ -365,12 +366,27 @@ void Locks::release(std::string_view name, std::string_view owner, std::int64_t 
   detail::release_lease(*impl_, std::string(name), std::string(owner), token);
 }
 
-std::vector<LockInfo> Locks::list() {
+namespace {
+std::vector<LockInfo> lock_infos(const Result& r) {
   std::vector<LockInfo> out;
-  for (const auto& row : impl_->run(impl_->sql.list, {}).rows)
+  for (const auto& row : r.rows)
     out.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5), row.i64(6),
                            row.i64(7), row.text(8), row.i64(9) != 0});
   return out;
+}
+}  // namespace
+
+std::vector<LockInfo> Locks::list() { return lock_infos(impl_->run(impl_->sql.list, {})); }
+
+LockCounts Locks::counts(std::int64_t at_ms) {
+  const Row r = impl_->run(impl_->sql.counts, {at_ms}).one();
+  return LockCounts{r.i64(0), r.i64(1), r.i64(2), r.i64(3), r.i64(4)};
+}
+
+std::vector<LockInfo> Locks::active(std::int64_t at_ms, std::size_t limit) {
+  if (limit < 1 || limit > 10'000)
+    throw Error(ErrorKind::invalid_argument, fmt::format("Locks::active: limit must be 1 to 10000, got {}", limit));
+  return lock_infos(impl_->run(impl_->sql.active, {at_ms, static_cast<std::int64_t>(limit)}));
 }
 
 void Locks::force_release(std::string_view name, std::string_view reason) {

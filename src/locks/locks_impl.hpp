@@ -74,10 +74,16 @@ struct Locks::Impl {
 };
 
 namespace detail {
-// The one door from rowguard's own code (and its tests) into a Locks.
+// The one door from rowguard's own code (and its tests) into a Locks and its leases: Locks::Impl,
+// Lease::State and Lease's constructor are private, and this gate is their friend.
 struct LocksAccess {
-  static Locks::Impl& impl(Locks& locks) noexcept { return *locks.impl_; }
+  using Impl = Locks::Impl;
+  using LeaseData = Lease::State;
+  static Impl& impl(Locks& locks) noexcept { return *locks.impl_; }
+  static Lease lease(std::shared_ptr<LeaseData> state) { return Lease(std::move(state)); }
 };
+using LocksImpl = LocksAccess::Impl;
+using LeaseData = LocksAccess::LeaseData;
 // Entries in the process's map of waited-on lock names, across every Locks: for tests.
 std::size_t wake_entries();
 }  // namespace detail

@@ -79,6 +79,29 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
       fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t));
 
+  {
+    const std::string at = d.ms_to_timestamp("$1");
+    const std::string held = fmt::format("expires_at > {}", at);
+    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {}", at);
+    counts = fmt::format(
+        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {held} AND waiters > 0 THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(waiters), 0) AS bigint) FROM {t}",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("t", t));
+    const std::string acquired = fmt::format("COALESCE({}, 0)", d.timestamp_to_ms("acquired_at"));
+    const std::string expires = d.timestamp_to_ms("expires_at");
+    active = fmt::format(
+        "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
+        "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
+        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END FROM {t} "
+        "WHERE expires_at IS NOT NULL OR waiters > 0 "
+        "ORDER BY CASE WHEN {held} THEN 0 WHEN expires_at IS NOT NULL THEN 1 ELSE 2 END, "
+        "CASE WHEN {held} THEN {acquired} WHEN expires_at IS NOT NULL THEN -{expires} ELSE 0 END, name LIMIT $2",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
+        fmt::arg("expires", expires), fmt::arg("t", t));
+  }
+
   // Raising the token makes the evicted holder's guard, renew and release fail at once.
   force_release = fmt::format(
       "UPDATE {} SET expires_at = NULL, released_at = {}, token = token + 1, release_reason = $2 WHERE name = $1 "
@@ -88,6 +111,15 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
       "UPDATE {} SET owner = NULL, acquired_at = NULL, expires_at = NULL, renewals = 0, waiters = 0 "
       "WHERE expires_at IS NOT NULL AND expires_at < {}",
       t, d.timestamp_plus_ms(now, "$1"));  // $1 is the negated age
+}
+
+FenceStatements::FenceStatements(const Dialect& d, const std::string& t) {
+  admit = fmt::format(
+      "INSERT INTO {t} AS f (resource, last_token, updated_at) VALUES ($1, $2, {now}) "
+      "ON CONFLICT (resource) DO UPDATE SET last_token = excluded.last_token, updated_at = excluded.updated_at "
+      "WHERE f.last_token <= excluded.last_token RETURNING last_token",
+      fmt::arg("t", t), fmt::arg("now", d.now_timestamp()));
+  highest = fmt::format("SELECT last_token FROM {} WHERE resource = $1", t);
 }
 
 }  // namespace rowguard::detail

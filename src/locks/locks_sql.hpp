@@ -31,12 +31,26 @@ struct LockStatements {
   bool row_lock_timeout_param = false;
   // -> (name, owner, token, held, acquired ms, expires in ms, renewals, waiters, reason)
   std::string list;
+  // $1 at ms -> (rows, held, expired, held with waiters, waiters): one aggregate.
+  std::string counts;
+  // $1 at ms, $2 limit -> the columns of list, for held, expired and waited-on locks (Locks::active's order).
+  std::string active;
   // $1 name, $2 reason -> (token)
   std::string force_release;
   // $1 = -(older-than ms) -> rows cleared
   std::string sweep;
 
   LockStatements(const Dialect& dialect, const std::string& table, const std::string& channel);
+};
+
+// The statements of a Fence, on its own table.
+struct FenceStatements {
+  // $1 resource, $2 token -> (last_token) when the token is at least the highest seen; no row otherwise.
+  std::string admit;
+  // $1 resource -> (last_token); no row when the resource was never fenced.
+  std::string highest;
+
+  FenceStatements(const Dialect& dialect, const std::string& table);
 };
 
 }  // namespace rowguard::detail

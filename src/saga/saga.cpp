@@ -3,6 +3,7 @@
 // One coordinator drives a saga at a time: it holds the lease "saga:<id>" (renewed by a heartbeat)
 // and every write of the saga's rows runs in its own transaction behind lease.guard(), so a
 // coordinator that lost its lease can never write over the one that took the saga over.
+#include "core/database_gate.hpp"
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
 #include "rowguard/saga.hpp"
@@ -161,7 +162,7 @@ struct Sagas::Impl {
   std::string read_sql, steps_sql, insert_sql, set_sql, step_start_sql, step_done_sql, step_failed_sql,
       step_state_sql, unresolved_sql, list_sql;
 
-  Impl(Database& db, SagaOptions o) : backend(db.shared_backend()), options(std::move(o)), locks(db, lock_options(options)) {
+  Impl(Database& db, SagaOptions o) : backend(detail::DatabaseGate::shared_backend(db)), options(std::move(o)), locks(db, lock_options(options)) {
     const auto& d = backend->dialect();
     const std::string t = backend->table("sagas");
     const std::string s = backend->table("saga_steps");
@@ -281,11 +282,11 @@ struct Sagas::Impl {
 
   SagaOutcome drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
                     const std::shared_ptr<std::atomic<bool>>& lost);
+  struct Driver;
 };
 
 // One coordinator driving one saga: its rows in memory, written through on every change.
-namespace {
-struct Driver {
+struct Sagas::Impl::Driver {
   Sagas::Impl& impl;
   SagaInfo& info;
   const std::vector<SagaStep>& steps;
@@ -308,7 +309,7 @@ struct Driver {
     detail::with_retries(
         impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
-          Transaction tx(impl.backend->borrow(), TxOptions{});
+          Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
           lease.guard(tx);
           f(tx);
           tx.commit();
@@ -477,7 +478,6 @@ struct Driver {
     }
   }
 };
-}  // namespace
 
 SagaOutcome Sagas::Impl::drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
                                const std::shared_ptr<std::atomic<bool>>& lost) {
@@ -581,7 +581,7 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
       detail::with_retries(
           impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
           [&] {
-            Transaction tx(impl.backend->borrow(), TxOptions{});
+            Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
             lease->guard(tx);
             // A retry after a lost commit finds the row its first attempt wrote.
             if (tx.exec(impl.read_sql, {std::string(id)}).empty())

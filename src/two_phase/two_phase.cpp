@@ -1,3 +1,4 @@
+#include "core/database_gate.hpp"
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
 #include "rowguard/two_phase.hpp"
@@ -119,7 +120,7 @@ struct TwoPhase::Impl {
   std::int64_t log_clock_ms() {
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] { return log.exec(fmt::format("SELECT {}", log.backend().dialect().now_ms())).one().i64(0); },
+        [&] { return log.exec(fmt::format("SELECT {}", detail::DatabaseGate::backend(log).dialect().now_ms())).one().i64(0); },
         [](const Error&) {});
   }
 
@@ -137,7 +138,7 @@ struct TwoPhase::Impl {
         "SELECT $1, CASE WHEN {now_ms} < CAST($4 AS bigint) THEN CAST($2 AS text) ELSE 'abort' END, $3, "
         "clock_timestamp() ON CONFLICT (gid) DO NOTHING RETURNING decision, participants) "
         "SELECT decision, participants FROM ins UNION ALL SELECT decision, participants FROM {t} WHERE gid = $1",
-        fmt::arg("t", decisions), fmt::arg("now_ms", log.backend().dialect().now_ms()));
+        fmt::arg("t", decisions), fmt::arg("now_ms", detail::DatabaseGate::backend(log).dialect().now_ms()));
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
@@ -163,7 +164,7 @@ struct TwoPhase::Impl {
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
-          auto session = d.backend().borrow();
+          auto session = detail::DatabaseGate::backend(d).borrow();
           return (*session)->finish_prepared(leg, commit);
         },
         [](const Error&) {});
@@ -186,7 +187,7 @@ struct TwoPhase::Impl {
     const Result found = source.exec(
         fmt::format("SELECT id, kind, from_account, amount, outcome, global_txid, global_peer FROM {} WHERE "
                     "idempotency_key = $1",
-                    source.backend().table("transfers")),
+                    detail::DatabaseGate::backend(source).table("transfers")),
         {std::string(q.key)});
     if (found.empty()) return std::nullopt;
     const Row& row = found.rows[0];
@@ -221,7 +222,7 @@ struct TwoPhase::Impl {
       return target.exec(fmt::format("SELECT id, to_account, amount FROM {} WHERE global_txid = $1 AND kind = "
                                      "'deposit' AND (idempotency_key = $2 OR idempotency_key IS NULL) "
                                      "ORDER BY id LIMIT 1",
-                                     target.backend().table(table)),
+                                     detail::DatabaseGate::backend(target).table(table)),
                          {*gid, std::string(q.key)});
     };
     Result leg = deposit_in("transfers");
@@ -265,7 +266,7 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
   if (impl.options.recovery_grace.count() < 0)
     throw Error(ErrorKind::invalid_argument, "TwoPhaseOptions::recovery_grace must not be negative");
   if (impl.participants.empty()) throw Error(ErrorKind::invalid_argument, "a two-phase commit needs participants");
-  detail::require_prepared_transactions(log.backend().dialect(), "TwoPhase (the decision log)");
+  detail::require_prepared_transactions(detail::DatabaseGate::backend(log).dialect(), "TwoPhase (the decision log)");
   std::set<std::string> seen;
   for (const auto& [name, d] : impl.participants) {
     if (!is_name(name))
@@ -274,7 +275,7 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
     if (!seen.insert(name).second)
       throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' is named twice", name));
     if (d == nullptr) throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' has no Database", name));
-    detail::require_prepared_transactions(d->backend().dialect(), fmt::format("TwoPhase (participant '{}')", name));
+    detail::require_prepared_transactions(detail::DatabaseGate::backend(*d).dialect(), fmt::format("TwoPhase (participant '{}')", name));
     const auto configured = impl.options.ledgers.find(name);
     impl.ledgers.emplace(name, std::make_unique<Ledger>(*d, configured == impl.options.ledgers.end()
                                                                 ? LedgerOptions{}
@@ -285,7 +286,7 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("TwoPhaseOptions::ledgers names '{}', which is not a participant", name));
   impl.prefix = fmt::format("rowguard:{}:", impl.options.log_name);
-  impl.decisions = log.backend().table("global_transactions");
+  impl.decisions = detail::DatabaseGate::backend(log).table("global_transactions");
 }
 
 TwoPhase::~TwoPhase() = default;
@@ -402,7 +403,7 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   const LegsRequest request{from_db, from_account, to_db, to_account, amount, key};
   const std::string peer = request.destination();
   const std::string set_peer_sql =
-      fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1", source.backend().table("transfers"));
+      fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1", detail::DatabaseGate::backend(source).table("transfers"));
 
   return detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
@@ -418,8 +419,8 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
             // transfers in opposite directions locking source then destination would wait for each
             // other across two databases forever.
             auto lock = [](Transaction& tx, Database& d, std::string_view account) {
-              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}", d.backend().table("accounts"),
-                                                   d.backend().dialect().for_update()),
+              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}", detail::DatabaseGate::backend(d).table("accounts"),
+                                                   detail::DatabaseGate::backend(d).dialect().for_update()),
                                        {std::string(account)});
               if (c.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
               return c.rows[0].text(0);
@@ -583,7 +584,7 @@ std::int64_t TwoPhase::prune(std::chrono::milliseconds older_than) {
                 fmt::format("prune age {} ms is below recovery_grace ({} ms): a coordinator could still decide a gid "
                             "whose row it would delete",
                             older_than.count(), impl.options.recovery_grace.count()));
-  const auto& d = impl.log.backend().dialect();
+  const auto& d = detail::DatabaseGate::backend(impl.log).dialect();
   return impl.log
       .exec(fmt::format("DELETE FROM {} WHERE finished_at IS NOT NULL AND finished_at < {} AND left(gid, length($2)) = $2",
                         impl.decisions, d.timestamp_plus_ms(d.now_timestamp(), "$1")),

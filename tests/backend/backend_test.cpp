@@ -9,6 +9,7 @@
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::dialect_of;
 using rowguard::test::TestDb;
 
 namespace {
@@ -23,7 +24,7 @@ void create_scratch(TestDb& t) {
 TEST_CASE("values round-trip: int64 limits, UTF-8 text, binary blobs, NULL", "[backend]") {
   TestDb t;
   create_scratch(t);
-  auto& d = t.db().backend().dialect();
+  auto& d = dialect_of(t.db());
   std::string bytes;
   for (int i = 0; i < 256; ++i) bytes += static_cast<char>(i);
   bytes += std::string("\0\0end", 5);
@@ -71,14 +72,14 @@ TEST_CASE("the database clock is milliseconds since the epoch and advances insid
   const std::int64_t db_now = t.db().now_ms();
   CHECK(std::llabs(db_now - wall) < 60'000);  // same machine: only a sanity bound on the unit
   auto tx = t.db().begin();
-  const std::string clock = fmt::format("SELECT {}", t.db().backend().dialect().now_ms());
+  const std::string clock = fmt::format("SELECT {}", dialect_of(t.db()).now_ms());
   const std::int64_t first = tx.exec(clock).one().i64(0);
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   const std::int64_t second = tx.exec(clock).one().i64(0);
   CHECK(second - first >= 25);  // clock_timestamp(), not the transaction's start time
   tx.commit();
   // Timestamps round-trip through the engine's column type.
-  const auto& d = t.db().backend().dialect();
+  const auto& d = dialect_of(t.db());
   CHECK(t.db().exec(fmt::format("SELECT {}", d.timestamp_to_ms(d.ms_to_timestamp("$1"))), {std::int64_t{1700000000123}})
             .one()
             .i64(0) == 1700000000123);
@@ -148,11 +149,11 @@ TEST_CASE("64-bit integers survive every read path, including SOCI's sqlite3 bac
   t.db().migrate();
   const std::int64_t big = 5'000'000'000'123;  // past 32 bits, like a millisecond timestamp
   t.db().exec(fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ('r', $1, {})",
-                          t.db().table_prefix(), t.db().backend().dialect().ms_to_timestamp("$2")),
+                          t.db().table_prefix(), dialect_of(t.db()).ms_to_timestamp("$2")),
               {big, big});
   const Row row = t.db()
                       .exec(fmt::format("SELECT last_token, {} FROM {}fences",
-                                        t.db().backend().dialect().timestamp_to_ms("updated_at"), t.db().table_prefix()))
+                                        dialect_of(t.db()).timestamp_to_ms("updated_at"), t.db().table_prefix()))
                       .one();
   CHECK(row.i64(0) == big);
   CHECK(row.i64(1) == big);

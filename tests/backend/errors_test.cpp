@@ -5,16 +5,29 @@
 #include <optional>
 #include <thread>
 
+#include "rowguard/config.hpp"
+#if ROWGUARD_HAVE_SOCI
 #include <soci/soci.h>
 #include <soci/sqlite3/soci-sqlite3.h>
+#endif
+#if ROWGUARD_HAVE_SOCI
+// SOCI's header includes sqlite3.h inside namespace sqlite_api, so a second include adds nothing.
+using namespace sqlite_api;
+#else
+#include <sqlite3.h>
+#endif
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#if ROWGUARD_HAVE_SOCI
 #include "rowguard/soci.hpp"
+#endif
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::backend_of;
+using rowguard::test::dialect_of;
 using rowguard::test::TestDb;
 using namespace std::chrono_literals;
 
@@ -35,7 +48,7 @@ TEST_CASE("a unique violation is permanent with SQLSTATE 23505", "[backend]") {
   t.db().migrate();
   const std::string insert = fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ($1, 1, {})",
                                          t.db().table_prefix(),
-                                         t.db().backend().dialect().ms_to_timestamp("0"));
+                                         dialect_of(t.db()).ms_to_timestamp("0"));
   t.db().exec(insert, {std::string("printer")});
   const Error e = error_of([&] { t.db().exec(insert, {std::string("printer")}); });
   CHECK(e.kind() == ErrorKind::permanent);
@@ -51,7 +64,7 @@ TEST_CASE("concurrent writers: the loser gets conflict", "[backend][threads]") {
   TestDb t(options);
   t.db().migrate();
   const std::string table = t.db().table_prefix() + "fences";
-  const auto& d = t.db().backend().dialect();
+  const auto& d = dialect_of(t.db());
   t.db().exec(fmt::format("INSERT INTO {} (resource, last_token, updated_at) VALUES ('r', 1, {})", table,
                           d.ms_to_timestamp("0")));
   const std::string bump = fmt::format("UPDATE {} SET last_token = last_token + 1 WHERE resource = 'r'", table);
@@ -194,17 +207,19 @@ void refused_commit_leaves_nothing(Database& db, const std::string& table, const
   CHECK(rows(3) == 1);
 }
 
-// A reader holding a read transaction (and so SQLite's SHARED lock) on the file at path.
+// A reader holding a read transaction (and so SQLite's SHARED lock) on the file at path: another
+// connection, through SQLite's own C API.
 struct SqliteReader {
-  soci::session session;
+  sqlite3* db = nullptr;
   std::string table;
-  SqliteReader(const std::string& path, std::string t) : session(soci::sqlite3, "db=" + path), table(std::move(t)) {}
-  void hold() {
-    int n = 0;
-    session << "BEGIN";
-    session << "SELECT count(*) FROM " + table, soci::into(n);
+  SqliteReader(const std::string& path, std::string t) : table(std::move(t)) {
+    REQUIRE(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
   }
-  void release() { session << "COMMIT"; }
+  ~SqliteReader() { sqlite3_close(db); }
+  SqliteReader(const SqliteReader&) = delete;
+  SqliteReader& operator=(const SqliteReader&) = delete;
+  void hold() { REQUIRE(sqlite3_exec(db, ("BEGIN; SELECT count(*) FROM " + table).c_str(), nullptr, nullptr, nullptr) == SQLITE_OK); }
+  void release() { REQUIRE(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK); }
 };
 }  // namespace
 
@@ -222,7 +237,7 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   t.db().exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
   if (rowguard::test::can().serialization_failures) {
     // A deferred constraint trigger refuses COMMIT with a serialization failure while the gate has a row.
-    (*t.db().backend().borrow())
+    (*backend_of(t.db()).borrow())
         ->exec_script(fmt::format(
             "CREATE TABLE {0}commit_gate (x bigint);"
             "CREATE FUNCTION {0}refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -253,6 +268,7 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
     SqliteReader reader(t.url().substr(t.url().find(':') + 1), table);
     refused_commit_leaves_nothing(t.db(), table, [&] { reader.hold(); }, [&] { reader.release(); });
   }
+#if ROWGUARD_HAVE_SOCI
   // As reported: the service's own soci::session on a DELETE-journal file, handed in.
   const std::string path = (rowguard::test::scratch_dir() / "service.db").string();
   soci::session service(soci::sqlite3, "db=" + path);
@@ -261,13 +277,14 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   db.exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
   SqliteReader reader(path, table);
   refused_commit_leaves_nothing(db, table, [&] { reader.hold(); }, [&] { reader.release(); });
+#endif
 }
 
 TEST_CASE("a PostgreSQL session never reports COMMIT of a transaction the server aborted as done", "[pg]") {
   // Below Transaction (which refuses such a commit itself): rowguard's own code that drives a
   // session directly gets the same error, not PostgreSQL's silent ROLLBACK.
   TestDb t;
-  auto lease = t.db().backend().borrow();
+  auto lease = backend_of(t.db()).borrow();
   auto& session = **lease;
   const std::string failing = "SELECT CAST(1 AS bigint) / CAST(0 AS bigint)";  // 22012
   session.begin(TxOptions{});

@@ -4,10 +4,11 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
-#include "core/schema_scripts.hpp"
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::backend_of;
+using rowguard::test::dialect_of;
 using rowguard::test::TestDb;
 
 TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
@@ -18,7 +19,7 @@ TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
   CHECK(t.db().schema_version() == Database::library_schema_version());
   CHECK_NOTHROW(t.db().require_schema());
   CHECK(t.db().migrate() == 0);
-  const auto& d = t.db().backend().dialect();
+  const auto& d = dialect_of(t.db());
   for (const char* table : {"schema_version", "locks", "fences", "accounts", "transfers", "entries", "cache"}) {
     INFO(table);
     CHECK(t.db().exec(d.table_exists(), {t.db().table_prefix() + table}).one().i64(0) == 1);
@@ -61,7 +62,7 @@ TEST_CASE("concurrent migrations from several threads apply each step once", "[b
         Database::library_schema_version());
 }
 
-TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend][shared-db][threads]") {
+TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[backend][shared-db][threads][cli]") {
   TestDb t;
   std::vector<std::thread> procs;
   std::atomic<int> ok{0};
@@ -112,8 +113,8 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothi
   t.db().migrate();
   const std::string prefix = t.db().table_prefix();
   {
-    auto session = t.db().backend().borrow();
-    (*session)->exec_script(detail::with_prefix(detail::find_script("postgres", "roles")->sql, prefix));
+    auto session = backend_of(t.db()).borrow();
+    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, prefix));
   }
   // Connect as the application role: same server, same database, other user.
   std::string url = t.url();
@@ -124,7 +125,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothi
   options.table_prefix = prefix;
   auto app = Database::open(url, options);
   CHECK(app.exec("SELECT current_user").one().text(0) == prefix + "app");
-  const auto& d = app.backend().dialect();
+  const auto& d = dialect_of(app);
   CHECK(app.exec(fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ('r', 1, {})", prefix,
                              d.ms_to_timestamp("0")))
             .affected == 1);

@@ -64,7 +64,7 @@ TEST_CASE("standby reads: need PostgreSQL on both sides, the same table prefix a
 }
 
 TEST_CASE("standby reads: cache hits and ledger history come from a standby within the bound, else from the primary",
-          "[.standby-reads]") {
+          "[.standby-reads][cli]") {
   TestDb t;  // on the primary
   t.db().migrate();
   auto standby = Database::open(standby_url(t.url()), t.options());

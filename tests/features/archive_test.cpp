@@ -14,6 +14,8 @@
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::backend_of;
+using rowguard::test::dialect_of;
 using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::rows_in;
@@ -29,7 +31,7 @@ struct Bank {
   Database& db() { return t.db(); }
   std::string table(const char* name) { return t.db().table_prefix() + name; }
 
-  std::int64_t now_ms() { return db().exec("SELECT " + db().backend().dialect().now_ms()).one().i64(0); }
+  std::int64_t now_ms() { return db().exec("SELECT " + dialect_of(db()).now_ms()).one().i64(0); }
 
   // Tests only: moves a transfer, and its entries, `days` into the past.
   void age(std::int64_t transfer_id, std::int64_t days) {
@@ -286,9 +288,9 @@ TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses par
 namespace {
 // Applies schema/postgres/partitioning.sql with the test's prefix.
 void partition(Database& db) {
-  auto session = db.backend().borrow();
+  auto session = backend_of(db).borrow();
   (*session)->exec_script(
-      detail::with_prefix(detail::find_script("postgres", "partitioning")->sql, db.table_prefix()));
+      schema_sql("postgres", SchemaPart::partitioning, db.table_prefix()));
 }
 }  // namespace
 
@@ -372,7 +374,7 @@ TEST_CASE("partitioning: the library works unchanged on monthly partitions, and 
 }
 
 TEST_CASE("partitioning: create_partitions is idempotent and moves rows out of the DEFAULT partition",
-          "[pg][archive][threads]") {
+          "[pg][archive][threads][cli]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
@@ -535,9 +537,9 @@ TEST_CASE("archive: ids never go back, even once the archive tables are emptied"
 TEST_CASE("archive: migration steps 004 and 005 keep indexes a DBA built beforehand", "[backend][archive]") {
   TestDb t;
   Database& db = t.db();
-  const std::string dialect(db.backend().dialect().name());
+  const std::string dialect(dialect_of(db).name());
   {
-    auto session = db.backend().borrow();
+    auto session = backend_of(db).borrow();
     for (const char* step : {"000_schema_version", "001_init", "002_holds", "003_sagas"})
       (*session)->exec_script(detail::with_prefix(detail::find_script(dialect, step)->sql, db.table_prefix()));
   }

@@ -115,7 +115,7 @@ TEST_CASE("cache: 16 threads asking for one cold key run the loader once", "[bac
   CHECK(cache.get("report:2024") == "the report");
 }
 
-TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db][threads]") {
+TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -197,7 +197,7 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db][threads]") {
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
@@ -613,7 +613,7 @@ TEST_CASE("cache: the ledger reads accounts through the cache: a committed trans
   CHECK(ledger.check().ok());
 }
 
-TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db][threads]") {
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());  // no in-process tier: another process's change must be seen at once
@@ -764,7 +764,7 @@ TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefi
 // Issue 21, defect 9: the loader's lease ran out under a slow loader; its release then threw
 // lock_lost at the caller and the waiters, and another process could start a second load.
 TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load, every caller here and elsewhere gets its value",
-          "[backend][threads]") {
+          "[backend][threads][cli]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -855,7 +855,7 @@ TEST_CASE("cache: a cached balance is not stale after a transfer and a sweep tha
 }
 
 TEST_CASE("cache: a cache fetch overtaken by other processes' invalidation and sweep stores nothing",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

@@ -327,7 +327,7 @@ TEST_CASE("history: transfers() lists the ledger and one account, rejections inc
   CHECK(kind_of([&] { l.transfers(bad); }) == ErrorKind::invalid_argument);
 }
 
-TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][history][shared-db][threads]") {
+TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][history][shared-db][threads][cli]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix(), "--json"};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {

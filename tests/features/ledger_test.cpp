@@ -20,6 +20,7 @@
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::dialect_of;
 using rowguard::test::kind_of;
 using rowguard::test::require_mismatches;
 using rowguard::test::rows_in;
@@ -35,7 +36,7 @@ struct Bank {
 
 // Moves every row of the transfers recorded under keys into the past by `ms` (tests only).
 void backdate(Database& db, const std::vector<std::string>& keys, std::int64_t ms) {
-  const auto& d = db.backend().dialect();
+  const auto& d = dialect_of(db);
   for (const auto& key : keys) {
     db.exec(fmt::format("UPDATE {}entries SET created_at = {} WHERE transfer_id IN (SELECT id FROM {}transfers WHERE "
                         "idempotency_key = $2)",
@@ -355,7 +356,7 @@ TEST_CASE("ledger: pruned keys keep their transfers and become reusable, and age
   CHECK(l.check().ok());
 }
 
-TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend][shared-db][threads]") {
+TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days", "[backend][shared-db][threads][cli]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix()};
   auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
@@ -422,7 +423,7 @@ CliRun run_cli_process(std::vector<std::string> args, std::optional<std::chrono:
 }  // namespace
 
 TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with their keys apply each transfer once",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   Bank b;
   auto& l = b.ledger;
   constexpr int accounts = 3, workers = 3, per_worker = 12;
@@ -785,7 +786,7 @@ TEST_CASE("ledger: a refund's key reused for another transfer's refund, amount o
 
 // ---- Totals per currency ----
 
-TEST_CASE("ledger: check() never adds balances of different currencies together", "[backend]") {
+TEST_CASE("ledger: check() never adds balances of different currencies together", "[backend][cli]") {
   Bank b;
   auto& l = b.ledger;
   l.open("eur", "EUR");

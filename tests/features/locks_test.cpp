@@ -21,6 +21,7 @@
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::dialect_of;
 using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::TestDb;
@@ -231,7 +232,7 @@ TEST_CASE("locks: mutual exclusion across threads (no lost update, never two hol
   CHECK(max_holders == 1);
 }
 
-TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db][threads]") {
+TEST_CASE("locks: mutual exclusion across processes with `rowguard lock run`", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto file = rowguard::test::scratch_dir() / "counter";
@@ -342,7 +343,7 @@ TEST_CASE("locks: guard fails a transaction once the lease is gone and blocks ta
   const std::string fences = t.db().table_prefix() + "fences";
   const std::string write = fmt::format(
       "INSERT INTO {} (resource, last_token, updated_at) VALUES ($1, $2, {})", fences,
-      t.db().backend().dialect().now_timestamp());
+      dialect_of(t.db()).now_timestamp());
   {
     auto tx = t.db().begin();
     lease->guard(tx);
@@ -505,7 +506,7 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
 }
 
 TEST_CASE("cli: lock acquire/renew/release/run exit codes, each a run of the CLI in processes of its own",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix(), "--json"};
@@ -562,7 +563,7 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
 }
 }  // namespace
 
-TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db][threads]") {
+TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "crashy", "1s");
@@ -573,7 +574,8 @@ TEST_CASE("locks: a holder killed with SIGKILL loses the lease at its ttl", "[ba
   CHECK(lease.token() == 2);
 }
 
-TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost", "[backend][shared-db][threads]") {
+TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT it learns it lost",
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const pid_t holder = start_holder(t, "paused", "1s");
@@ -589,7 +591,7 @@ TEST_CASE("locks: a holder stopped past its ttl is taken over, and after SIGCONT
 }
 
 TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exits with its code",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const pid_t pid = rowguard::test::start_cli_holding(
@@ -647,7 +649,7 @@ TEST_CASE("locks: the in-process map of lock names stays bounded: a million dist
     const std::string name = fmt::format("cache-key-{}", i);
     impl.wake(name);  // a release or a NOTIFY of a name nobody here waits on
     {
-      const Locks::Impl::Watch waiter(impl, name);
+      const detail::LocksImpl::Watch waiter(impl, name);
       const auto seen = waiter.generation();
       impl.wake(name);  // a release or a NOTIFY while it waits
       woken += waiter.generation() != seen;
@@ -758,7 +760,7 @@ pid_t read_pid(const std::filesystem::path& file, std::chrono::seconds limit) {
 TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-ignoring command and its grandchild, "
           "before the lease can expire while the database is unreachable (processes, not on sqlite-memory: no "
           "other process can open it)",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   // PostgreSQL: the CLI reaches the server through the fault proxy, which then stalls (a blackholed
   // network). SQLite: another connection holds the file's write lock, so renewals wait and fail.
   const bool through_proxy = rowguard::test::can().shared_server;  // a server the proxy can stand before
@@ -836,7 +838,7 @@ TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-
 
 TEST_CASE("locks: `lock run` stops the processes a command left behind in its process group before it releases the "
           "lease (processes, not on sqlite-memory: no other process can open it)",
-          "[backend][shared-db][threads]") {
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();

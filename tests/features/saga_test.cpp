@@ -19,6 +19,7 @@
 #include "support/support.hpp"
 
 using namespace rowguard;
+using rowguard::test::dialect_of;
 using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::run_cli;
@@ -69,7 +70,7 @@ void write_crashed(Database& db, const std::string& id, const std::string& type,
                    const std::vector<std::tuple<std::string, std::string, std::string>>& step_rows,
                    std::chrono::milliseconds ttl) {
   const std::string p = db.table_prefix();
-  const std::string now = db.backend().dialect().now_timestamp();
+  const std::string now = dialect_of(db).now_timestamp();
   db.exec(fmt::format("INSERT INTO {}sagas (id, type, payload, state, step, owner, created_at, updated_at) "
                       "VALUES ($1, $2, '', $3, $4, 'dead', {now}, {now})",
                       p, fmt::arg("now", now)),
@@ -431,7 +432,7 @@ TEST_CASE("sagas: bad ids, types, step names and definitions are invalid_argumen
   CHECK(sagas.run("t", std::string(128, 'i'), "").state == SagaState::completed);
 }
 
-TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga][shared-db][threads]") {
+TEST_CASE("cli: saga run, show, list and recover exit codes", "[backend][saga][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
@@ -699,7 +700,7 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
   gate.wait_entered();
   // A's pause outlasts its lease: a paused process renews nothing, so its lease ends on the
   // database clock (set here rather than waited for).
-  const auto& d = t.db().backend().dialect();
+  const auto& d = dialect_of(t.db());
   CHECK(t.db()
             .exec(fmt::format("UPDATE {}locks SET expires_at = {} WHERE name = 'saga:F'", t.db().table_prefix(),
                               d.timestamp_plus_ms(d.now_timestamp(), "$1")),

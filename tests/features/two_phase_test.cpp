@@ -751,7 +751,7 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
   }
 }
 
-TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg][threads]") {
+TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg][threads][cli]") {
   TwoBanks w;
   w.alice_and_bob();
   const std::string log = "t" + std::to_string(::getpid());

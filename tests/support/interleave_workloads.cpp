@@ -181,7 +181,7 @@ MaintenanceOp cli_op(TestDb& t, const std::string& name, int weight, std::functi
           }};
 }
 
-std::int64_t db_now_ms(Database& db) { return db.exec("SELECT " + db.backend().dialect().now_ms()).one().i64(0); }
+std::int64_t db_now_ms(Database& db) { return db.exec("SELECT " + dialect_of(db).now_ms()).one().i64(0); }
 
 // Runs f again with the same arguments (the same idempotency key) while it fails in a way that
 // leaves the outcome unknown or not reached, as docs/ledger.md tells callers to; nothing when it
@@ -570,7 +570,7 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
         findings, "payments reader");
   });
 
-  const std::string shift = db.backend().dialect().timestamp_plus_ms("created_at", "$1");
+  const std::string shift = dialect_of(db).timestamp_plus_ms("created_at", "$1");
   const std::string age_entries = fmt::format(
       "UPDATE {0}entries SET created_at = {1} WHERE transfer_id IN (SELECT id FROM {0}transfers WHERE "
       "idempotency_key = $2)",

@@ -144,7 +144,14 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
   return ErrorKind::permanent;
 }
 
+namespace {
+void require_cli() {
+  if (std::string_view(ROWGUARD_CLI).empty()) FAIL("this build has no CLI (ROWGUARD_BUILD_TOOLS=OFF): tag this test [cli]");
+}
+}  // namespace
+
 int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
+  require_cli();
   if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
@@ -159,7 +166,7 @@ int run_cli(const std::vector<std::string>& args, std::string* out, bool with_st
 std::string own_database(const std::string& url, const std::string& name) {
   auto admin = Database::open(pg_url());
   try {
-    (*admin.backend().borrow())->exec_script("CREATE DATABASE " + name);
+    (*backend_of(admin).borrow())->exec_script("CREATE DATABASE " + name);
   } catch (const Error& e) {
     // 42P04: made by an earlier run on this server; 23505: by a concurrent one just now.
     if (e.sqlstate() != "42P04" && e.sqlstate() != "23505") throw;
@@ -200,6 +207,7 @@ int run_command(const std::string& command, std::string* output) {
 }
 
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
+  require_cli();
   if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
   all.insert(all.end(), args.begin(), args.end());

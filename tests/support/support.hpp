@@ -8,9 +8,25 @@
 #include <vector>
 
 #include "backend/backend.hpp"
+#include "core/database_gate.hpp"
 #include "rowguard/rowguard.hpp"
 
+// The CLI the tests run (tests/CMakeLists.txt); empty in a build without it (ROWGUARD_BUILD_TOOLS=OFF),
+// which registers no test tagged [cli].
+#ifndef ROWGUARD_CLI
+#define ROWGUARD_CLI ""
+#endif
+
 namespace rowguard::test {
+
+// Whether this build has the CLI (tests that only may use it, such as the interleavings' CLI
+// maintenance, leave it out without).
+inline bool has_cli() { return !std::string_view(ROWGUARD_CLI).empty(); }
+
+// White-box tests reach a Database's backend through the gate rowguard's own components use
+// (src/core/database_gate.hpp): to borrow a session, or to write SQL through the dialect.
+inline detail::Backend& backend_of(const Database& db) { return detail::DatabaseGate::backend(db); }
+inline const detail::Dialect& dialect_of(const Database& db) { return backend_of(db).dialect(); }
 
 bool set_backend(const std::string& name);
 // "sqlite-file", "sqlite-memory", "postgres", "soci-sqlite3" or "soci-postgresql".

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "cli.hpp"
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -507,4 +508,22 @@ TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and r
   CHECK(field(run({"2pc", "recover", "--grace", "0s"}, 0), "rolled_back") == 2);
   run({"2pc", "prune", "--older-than", "168h"}, 0);
   CHECK(kind(run({"2pc", "prune", "--older-than", "soon"}, 2)) == "invalid_argument");
+}
+
+TEST_CASE("every error kind has its fixed exit code in the CLI", "[unit][cli]") {
+  using cli::exit_code;
+  CHECK(exit_code(ErrorKind::permanent) == 1);
+  CHECK(exit_code(ErrorKind::invalid_argument) == 2);
+  CHECK(exit_code(ErrorKind::lock_busy) == 3);
+  CHECK(exit_code(ErrorKind::insufficient_funds) == 4);
+  CHECK(exit_code(ErrorKind::not_found) == 5);
+  CHECK(exit_code(ErrorKind::conflict) == 6);
+  CHECK(exit_code(ErrorKind::idempotency_mismatch) == 7);
+  CHECK(exit_code(ErrorKind::lock_lost) == 8);
+  CHECK(exit_code(ErrorKind::in_doubt) == 9);
+  CHECK(exit_code(ErrorKind::transient) == 10);
+  CHECK(exit_code(ErrorKind::schema_mismatch) == 11);
+  CHECK(exit_code(ErrorKind::currency_mismatch) == 12);
+  CHECK(exit_code(ErrorKind::hold_closed) == 13);
+  CHECK(to_string(ErrorKind::in_doubt) == "in_doubt");
 }

@@ -157,7 +157,7 @@ TEST_CASE("hostile: a database with a newer or a damaged schema is refused with 
   CHECK(message.find("cache") != std::string::npos);
 }
 
-TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing", "[backend][shared-db][threads]") {
+TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing", "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   Ledger ledger(t.db());

@@ -26,7 +26,7 @@ struct Run {
   Run() {
     schedule.seed = run_seed();
     schedule.duration = interleave_duration(3000ms);
-    schedule.processes = can().shared_database;
+    schedule.processes = can().shared_database && has_cli();
     t.db().migrate();
   }
 };

@@ -185,8 +185,8 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
   auto key = [&] { return fmt::format("key{}", rng() % 40); };  // a small pool: keys are often reused
   const std::string transfers_table = t.db().table_prefix() + "transfers";
   const std::string entries_table = t.db().table_prefix() + "entries";
-  const std::string back_date = t.db().backend().dialect().timestamp_plus_ms("created_at", "$1");
-  auto db_now_ms = [&] { return t.db().exec("SELECT " + t.db().backend().dialect().now_ms()).one().i64(0); };
+  const std::string back_date = dialect_of(t.db()).timestamp_plus_ms("created_at", "$1");
+  auto db_now_ms = [&] { return t.db().exec("SELECT " + dialect_of(t.db()).now_ms()).one().i64(0); };
   // Every open account's balance and hold, and each currency's total, as the model has them.
   auto compare_accounts = [&] {
     std::map<std::string, std::int64_t> totals, model_totals;

@@ -1,7 +1,6 @@
 // rowguard ledger archive, ledger partitions: growth of the journal (docs/operations.md, "Growth").
 #include <iostream>
 
-#include "base/sql_text.hpp"
 #include "cli.hpp"
 
 namespace rowguard::cli {

@@ -1,6 +1,5 @@
 #include "cli.hpp"
 
-#include "base/sql_text.hpp"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,8 +31,22 @@ std::string json_line(const nlohmann::json& object) {
   return object.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+namespace {
+// UTF-8 that JSON carries unchanged: a strict dump refuses anything else. NUL is left to base64
+// too, as the library refuses it in text (names, keys, ids).
+bool is_json_text(const std::string& bytes) {
+  if (bytes.find('\0') != std::string::npos) return false;
+  try {
+    (void)nlohmann::json(bytes).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+}  // namespace
+
 void json_bytes(nlohmann::json& object, const std::string& name, const std::string& bytes) {
-  if (detail::is_text(bytes) || bytes.empty()) {
+  if (bytes.empty() || is_json_text(bytes)) {
     object[name] = bytes;
     return;
   }
@@ -168,6 +181,25 @@ StdoutToStderr::~StdoutToStderr() {
   if (saved_ < 0) return;
   ::dup2(saved_, STDOUT_FILENO);
   ::close(saved_);
+}
+
+int exit_code(ErrorKind kind) noexcept {
+  switch (kind) {
+    case ErrorKind::invalid_argument: return 2;
+    case ErrorKind::lock_busy: return 3;
+    case ErrorKind::insufficient_funds: return 4;
+    case ErrorKind::not_found: return 5;
+    case ErrorKind::conflict: return 6;
+    case ErrorKind::idempotency_mismatch: return 7;
+    case ErrorKind::lock_lost: return 8;
+    case ErrorKind::in_doubt: return 9;
+    case ErrorKind::transient: return 10;
+    case ErrorKind::schema_mismatch: return 11;
+    case ErrorKind::currency_mismatch: return 12;
+    case ErrorKind::hold_closed: return 13;
+    case ErrorKind::permanent: return 1;
+  }
+  return 1;
 }
 
 std::string exit_code_help() {

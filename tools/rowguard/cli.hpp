@@ -92,6 +92,8 @@ class StdoutToStderr {
   int saved_ = -1;
 };
 
+// The exit code of an error of this kind (README: 1 permanent, 2 invalid_argument, 3 lock_busy, ...).
+int exit_code(ErrorKind kind) noexcept;
 // The exit-code table printed by --help.
 std::string exit_code_help();
 

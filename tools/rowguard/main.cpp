@@ -58,8 +58,8 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const Error& e) {
     std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
-    cli::emit_failure(globals, to_string(e.kind()), e.what(), exit_code(e.kind()));
-    return exit_code(e.kind());
+    cli::emit_failure(globals, to_string(e.kind()), e.what(), cli::exit_code(e.kind()));
+    return cli::exit_code(e.kind());
   } catch (const std::exception& e) {
     std::cerr << "rowguard: " << e.what() << '\n';
     cli::emit_failure(globals, to_string(ErrorKind::permanent), e.what(), 1);

@@ -1,9 +1,8 @@
 // migrate, schema, version.
 #include <iostream>
 
-#include "base/sql_text.hpp"
 #include "cli.hpp"
-#include "core/schema_scripts.hpp"
+#include "rowguard/schema.hpp"
 
 namespace rowguard::cli {
 
@@ -29,21 +28,15 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
                    "script; docs/operations.md) instead")
       ->excludes("--roles");
   schema->callback([&globals] {
-    if (!detail::is_identifier(globals.prefix, 40))
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("table prefix '{}' is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)",
-                              globals.prefix));
+    if ((roles || partitioning) && dialect != "postgres")
+      throw Error(ErrorKind::invalid_argument, fmt::format("--{} needs --dialect postgres", roles ? "roles" : "partitioning"));
+    const SchemaPart part = roles ? SchemaPart::roles : partitioning ? SchemaPart::partitioning : SchemaPart::migrations;
     std::string out;
-    if (roles) {
-      if (dialect != "postgres") throw Error(ErrorKind::invalid_argument, "--roles needs --dialect postgres");
-      out = detail::with_prefix(detail::find_script("postgres", "roles")->sql, globals.prefix);
-    } else if (partitioning) {
-      if (dialect != "postgres") throw Error(ErrorKind::invalid_argument, "--partitioning needs --dialect postgres");
-      out = detail::with_prefix(detail::find_script("postgres", "partitioning")->sql, globals.prefix);
-    } else {
-      out = detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, globals.prefix);
-      for (const auto& step : detail::migrations(dialect))
-        out += "\n" + detail::with_prefix(step.script->sql, globals.prefix);
+    try {
+      out = schema_sql(dialect, part, globals.prefix);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::invalid_argument) throw;
+      throw Error(ErrorKind::invalid_argument, fmt::format("--prefix '{}': {}", globals.prefix, e.what()));
     }
     if (globals.json)
       std::cout << json_line({{"dialect", dialect}, {"prefix", globals.prefix}, {"sql", out}}) << '\n';

@@ -11,7 +11,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "backend/backend.hpp"
 #include "rowguard/metrics.hpp"
 
 namespace rowguard::cli {
@@ -32,20 +31,6 @@ struct CurrencyTotals {
   std::int64_t held = 0;
 };
 
-// Lock rows by state, counted by one aggregate.
-struct LockCounts {
-  std::int64_t rows = 0;
-  std::int64_t held = 0;       // unexpired lease
-  std::int64_t expired = 0;    // ran out unreleased
-  std::int64_t contended = 0;  // held, with waiters
-  std::int64_t waiters = 0;
-};
-
-struct AccountLine {
-  std::string id, currency;
-  std::int64_t balance = 0, held = 0;
-};
-
 // Everything one request shows, read from the database when the request arrives: totals and
 // counts by aggregates, lists with a LIMIT, so the rows read are bounded whatever the tables hold.
 struct View {
@@ -55,7 +40,7 @@ struct View {
   std::int64_t now_ms = 0;
   LockCounts lock_counts;
   std::vector<LockInfo> locks;          // the page's: at most locks_shown
-  std::vector<AccountLine> largest;     // the page's: at most largest_accounts
+  std::vector<Account> largest;         // the page's: at most largest_accounts
   CacheTableStats cache;
   std::map<std::string, CurrencyTotals> currencies;
   std::vector<TransferRecord> recent;
@@ -107,52 +92,22 @@ void add(MetricFamily& family, double value, MetricLabels labels = {}) {
 struct StatusServer::Impl {
   Database& db;
   StatusOptions options;
+  Locks locks;
   Cache cache;
   Ledger ledger;
   httplib::Server server;
 
-  // The statements (statements()): built once from the validated prefix and the dialect; $1 is
-  // the database clock of the request in milliseconds, so every row is judged at one instant.
-  std::string lock_counts_sql, locks_sql, currencies_sql, largest_sql;
-
   std::mutex check_mutex;  // one check at a time; guards last_check
   std::shared_ptr<const CheckSnapshot> last_check;
 
-  Impl(Database& d, StatusOptions o) : db(d), options(o), cache(d), ledger(d) {
+  Impl(Database& d, StatusOptions o) : db(d), options(o), locks(d), cache(d), ledger(d) {
     if (options.refresh < std::chrono::seconds(1) || options.check_every < std::chrono::seconds(1))
       throw Error(ErrorKind::invalid_argument, "serve: --refresh and --check-every must be at least 1s");
     if (options.recent_transfers < 1 || options.recent_transfers > 1000)
       throw Error(ErrorKind::invalid_argument, "serve: recent transfers shown must be 1 to 1000");
-    const auto& dialect = d.backend().dialect();
-    const std::string locks = d.backend().table("locks"), accounts = d.backend().table("accounts");
-    const std::string at = dialect.ms_to_timestamp("$1");
-    const std::string held = fmt::format("expires_at > {}", at);
-    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {}", at);
-    lock_counts_sql = fmt::format(
-        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(CASE WHEN {held} AND waiters > 0 THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(waiters), 0) AS bigint) FROM {locks}",
-        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("locks", locks));
-    // Held ones first, the longest held first; then the most recently expired; then released ones
-    // someone waits for. Released rows nobody waits for are only counted.
-    const std::string acquired = fmt::format("COALESCE({}, 0)", dialect.timestamp_to_ms("acquired_at"));
-    const std::string expires = dialect.timestamp_to_ms("expires_at");
-    locks_sql = fmt::format(
-        "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
-        "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
-        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END FROM {locks} "
-        "WHERE expires_at IS NOT NULL OR waiters > 0 "
-        "ORDER BY CASE WHEN {held} THEN 0 WHEN expires_at IS NOT NULL THEN 1 ELSE 2 END, "
-        "CASE WHEN {held} THEN {acquired} WHEN expires_at IS NOT NULL THEN -{expires} ELSE 0 END, name LIMIT $2",
-        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
-        fmt::arg("expires", expires), fmt::arg("locks", locks));
-    // At most one row per currency code (ISO 4217: three letters).
-    currencies_sql = fmt::format(
-        "SELECT currency, count(*), CAST(COALESCE(SUM(balance), 0) AS bigint), CAST(COALESCE(SUM(held), 0) AS bigint) "
-        "FROM {} GROUP BY currency ORDER BY currency",
-        accounts);
-    largest_sql = fmt::format("SELECT id, currency, balance, held FROM {} ORDER BY balance DESC, id LIMIT $1", accounts);
+    if (options.locks_shown < 1 || options.locks_shown > 10'000 || options.largest_accounts < 1 ||
+        options.largest_accounts > 10'000)
+      throw Error(ErrorKind::invalid_argument, "serve: locks and largest accounts shown must be 1 to 10000");
   }
 
   std::shared_ptr<const CheckSnapshot> current_check() {
@@ -171,31 +126,25 @@ struct StatusServer::Impl {
     return last_check;
   }
 
-  Result read(View& view, const std::string& sql, const std::vector<Value>& params) {
-    Result r = db.exec(sql, params);
-    view.rows_read += static_cast<std::int64_t>(r.rows.size());
-    return r;
-  }
-
   // for_page: also the lists the page shows; /metrics needs only the aggregates.
   View collect(bool for_page) {
     View view;
     try {
       view.now_ms = db.now_ms();
       view.schema_version = db.schema_version();
-      const Value at = view.now_ms;
-      const Row counts = read(view, lock_counts_sql, {at}).one();
-      view.lock_counts = {counts.i64(0), counts.i64(1), counts.i64(2), counts.i64(3), counts.i64(4)};
+      // Every row a statement returns counts as read: one per aggregate, the lists' LIMITs.
+      view.lock_counts = locks.counts(view.now_ms);
+      view.rows_read += 1;
       view.cache = cache.table_stats();
       view.rows_read += 1;
-      for (const auto& row : read(view, currencies_sql, {}).rows)
-        view.currencies[row.text(0)] = {row.i64(1), row.i64(2), row.i64(3)};
+      for (auto& c : ledger.currencies()) {
+        view.currencies[c.currency] = {c.accounts, c.balance, c.held};
+        view.rows_read += 1;
+      }
       if (for_page) {
-        for (const auto& row : read(view, locks_sql, {at, static_cast<std::int64_t>(options.locks_shown)}).rows)
-          view.locks.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5),
-                                        row.i64(6), row.i64(7), row.text(8), row.i64(9) != 0});
-        for (const auto& row : read(view, largest_sql, {static_cast<std::int64_t>(options.largest_accounts)}).rows)
-          view.largest.push_back({row.text(0), row.text(1), row.i64(2), row.i64(3)});
+        view.locks = locks.active(view.now_ms, options.locks_shown);
+        view.largest = ledger.largest_accounts(options.largest_accounts);
+        view.rows_read += static_cast<std::int64_t>(view.locks.size() + view.largest.size());
         TransferQuery query;
         query.limit = static_cast<int>(options.recent_transfers);
         view.recent = ledger.transfers(query).items;
@@ -252,10 +201,6 @@ int StatusServer::bind(const std::string& host, int port) {
 void StatusServer::run() { impl_->server.listen_after_bind(); }
 
 void StatusServer::stop() { impl_->server.stop(); }
-
-std::vector<std::string> StatusServer::statements() const {
-  return {impl_->lock_counts_sql, impl_->locks_sql, impl_->currencies_sql, impl_->largest_sql};
-}
 
 std::pair<int, std::string> StatusServer::health() {
   nlohmann::json body{{"backend", std::string(impl_->db.backend_name())}};

@@ -64,14 +64,9 @@ class StatusServer {
   std::pair<int, std::string> health();
   std::string status_page();
 
-  // The SQL statements the page and /metrics read the database with besides the library's
-  // Ledger::transfers (LIMIT) and Cache::table_stats (an aggregate): each is an aggregate or has a
-  // LIMIT. For tests and for DBAs who want to know what a scrape costs.
-  std::vector<std::string> statements() const;
-
-  struct Impl;
 
  private:
+  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
