@@ -9,7 +9,7 @@ packages=(
   catch2 libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
   postgresql-15 postgresql-client-15 pgbouncer
   libhiredis-dev redis-server
-  clang-14 libclang-rt-14-dev
+  clang-14 libclang-rt-14-dev clang-tidy-14 clang-format-14  # fuzzing; scripts/tidy.sh; .clang-format
   chromium  # the status page test loads `rowguard serve`'s page in headless Chromium
 )
 

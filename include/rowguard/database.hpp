@@ -69,7 +69,7 @@ class Database {
   // Throws Error(invalid_argument) for a malformed URL or option, Error(transient) when the server
   // cannot be reached. Messages never contain the URL's secrets (password, sslpassword; see
   // docs/backend.md).
-  static Database open(std::string_view url, Options options = {});
+  static Database open(std::string_view url, const Options& options = {});
 
   Database(Database&&) noexcept;
   Database& operator=(Database&&) noexcept;

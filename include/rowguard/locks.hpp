@@ -153,7 +153,7 @@ class Locks {
   // LISTEN/NOTIFY; otherwise, and as a fallback, a waiter sleeps until the holder's expiry on the
   // database clock or the jittered poll interval. Error(lock_busy) when the wait ran out.
   Lease acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
-                std::stop_token stop = {}, std::optional<std::string> owner = std::nullopt);
+                const std::stop_token& stop = {}, std::optional<std::string> owner = std::nullopt);
 
   // Renew or release a lease known only by (name, owner, token), e.g. from the CLI.
   void renew(std::string_view name, std::string_view owner, std::int64_t token, std::chrono::milliseconds ttl);
@@ -190,7 +190,7 @@ class Semaphore {
   // Error(invalid_argument) when permits < 1 or > 10000, or the name is invalid.
   Semaphore(Locks& locks, std::string name, int permits);
   std::optional<Lease> try_acquire(std::chrono::milliseconds ttl);
-  Lease acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, std::stop_token stop = {});
+  Lease acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, const std::stop_token& stop = {});
   int permits() const noexcept { return permits_; }
 
  private:

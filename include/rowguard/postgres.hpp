@@ -14,6 +14,6 @@ namespace rowguard {
 // from any thread. rowguard owns each connection it returns.
 // Example: auto db = rowguard::from_pqxx([] { return std::make_unique<pqxx::connection>("dbname=app"); });
 // (libpqxx 6.4's connection_base has no virtual destructor, so the factory returns the concrete type.)
-Database from_pqxx(std::function<std::unique_ptr<pqxx::connection>()> factory, Options options = {});
+Database from_pqxx(std::function<std::unique_ptr<pqxx::connection>()> factory, const Options& options = {});
 
 }  // namespace rowguard

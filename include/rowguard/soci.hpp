@@ -12,7 +12,7 @@ namespace rowguard {
 // on it (pool size 1) and the service must not use the session concurrently with rowguard.
 // The session must outlive the Database.
 // Example: soci::session sql(soci::postgresql, "dbname=app"); auto db = rowguard::from_soci(sql);
-Database from_soci(soci::session& session, Options options = {});
+Database from_soci(soci::session& session, const Options& options = {});
 
 // Leases sessions from the service's pool: at most pool_size at once (REQUIRES: <= the pool's size).
 // Idle rowguard sessions stay leased, so size the service's pool for both. The pool must outlive the Database.

@@ -7,7 +7,7 @@
 
 namespace rowguard {
 
-Database from_pqxx(std::function<std::unique_ptr<pqxx::connection>()> factory, Options options) {
+Database from_pqxx(std::function<std::unique_ptr<pqxx::connection>()> factory, const Options& options) {
   detail::validate_options(options);
   return detail::DatabaseGate::wrap(detail::open_postgres(std::move(factory), options));
 }

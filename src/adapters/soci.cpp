@@ -7,7 +7,7 @@
 
 namespace rowguard {
 
-Database from_soci(soci::session& session, Options options) {
+Database from_soci(soci::session& session, const Options& options) {
   detail::validate_options(options);
   return detail::DatabaseGate::wrap(detail::open_soci(session, options));
 }

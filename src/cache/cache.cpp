@@ -87,7 +87,7 @@ struct Cache::Impl {
 
   Impl(Database& db, CacheOptions o)
       : backend(detail::DatabaseGate::shared_backend(db)),
-        options(std::move(o)),
+        options(o),
         locks(db),
         standby(*backend, options.standby, "CacheOptions::standby"),
         sql(*backend) {
@@ -363,7 +363,7 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
   if (local) local->fill(key, value, stored.rows[0].i64(0), std::chrono::milliseconds(keep), stamp);
 }
 
-Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, std::move(options))) {
+Cache::Cache(Database& db, CacheOptions options) : impl_(std::make_unique<Impl>(db, options)) {
   impl_->start_sweeper();
 }
 Cache::~Cache() { impl_->stop_sweeper(); }

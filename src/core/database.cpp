@@ -47,7 +47,7 @@ Database checked(std::shared_ptr<detail::Backend> backend) {
 }
 }  // namespace
 
-Database Database::open(std::string_view url, Options options) { return checked(open_backend(url, options)); }
+Database Database::open(std::string_view url, const Options& options) { return checked(open_backend(url, options)); }
 
 Database::Database(std::shared_ptr<detail::Backend> backend) : backend_(std::move(backend)) {}
 Database::Database(Database&&) noexcept = default;

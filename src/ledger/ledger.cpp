@@ -30,7 +30,7 @@ void validate(const RetryPolicy& p) {
 
 Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
     : backend(std::move(b)),
-      options(std::move(o)),
+      options(o),
       standby(*backend, options.standby, "LedgerOptions::standby"),
       accounts_sql(*backend) {
   detail::validate(options.retry);
@@ -347,7 +347,7 @@ TransferResult Ledger::Impl::apply(const Request& request) {
 }
 
 Ledger::Ledger(Database& db, LedgerOptions options)
-    : impl_(std::make_unique<Impl>(detail::DatabaseGate::shared_backend(db), std::move(options))) {}
+    : impl_(std::make_unique<Impl>(detail::DatabaseGate::shared_backend(db), options)) {}
 Ledger::~Ledger() = default;
 
 void Ledger::open(std::string_view id, std::string_view currency, std::int64_t min_balance) {
@@ -606,7 +606,7 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
       [&] {
         const auto found = impl.read(id);
         if (!found) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", id));
-        const Account read = *found;
+        const Account& read = *found;
         Account want = read;
         fn(want);
         if (want.id != read.id || want.currency != read.currency || want.balance != read.balance ||

@@ -321,7 +321,7 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
   lost->callback = std::move(options.on_lost);
 
   // Both threads use only the State, which outlives them: the Lease joins them before letting go.
-  s.heartbeat = std::jthread([&s, interval, lost](std::stop_token stop) {
+  s.heartbeat = std::jthread([&s, interval, lost](const std::stop_token& stop) {
     // After a renewal that gave up waiting for a guarded transaction, the next one goes soon: the
     // renewal used to wait for the guard's commit however long it took, and must not lose the lease
     // now just because its wait is bounded.
@@ -349,7 +349,7 @@ void Lease::start_heartbeat(HeartbeatOptions options) {
       }
     }
   });
-  s.watchdog = std::jthread([&s, lost](std::stop_token stop) {
+  s.watchdog = std::jthread([&s, lost](const std::stop_token& stop) {
     {
       std::unique_lock lock(s.mutex);
       for (;;) {

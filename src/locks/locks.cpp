@@ -169,7 +169,7 @@ struct Locks::Impl::ListenerThread {
 
   // Shared by every Locks with the same wake prefix (database and table), so it keeps only that.
   ListenerThread(const detail::ListenerFactory& factory, const std::string& channel, const std::string& prefix) {
-    thread = std::jthread([this, factory, channel, prefix](std::stop_token stop) {
+    thread = std::jthread([this, factory, channel, prefix](const std::stop_token& stop) {
       while (!stop.stop_requested()) {
         try {
           auto l = factory(channel);
@@ -264,7 +264,7 @@ std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::mill
 }
 
 Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
-                     std::stop_token stop, std::optional<std::string> owner) {
+                     const std::stop_token& stop, std::optional<std::string> owner) {
   impl_->validate_name(name);
   impl_->validate_ttl(ttl);
   if (wait < std::chrono::milliseconds::zero())
@@ -427,7 +427,7 @@ std::optional<Lease> Semaphore::try_acquire(std::chrono::milliseconds ttl) {
   return std::nullopt;
 }
 
-Lease Semaphore::acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, std::stop_token stop) {
+Lease Semaphore::acquire(std::chrono::milliseconds ttl, std::chrono::milliseconds wait, const std::stop_token& stop) {
   const auto deadline = std::chrono::steady_clock::now() + wait;
   for (;;) {
     if (auto lease = try_acquire(ttl)) return std::move(*lease);

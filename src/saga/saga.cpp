@@ -107,7 +107,7 @@ std::string storable(std::string_view text) {
 // The message of whatever an action or compensation threw, storable.
 std::string describe(std::exception_ptr e) {
   try {
-    std::rethrow_exception(e);
+    std::rethrow_exception(std::move(e));
   } catch (const Error& x) {
     return storable(fmt::format("{}: {}", to_string(x.kind()), x.what()));
   } catch (const std::exception& x) {

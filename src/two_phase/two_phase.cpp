@@ -248,7 +248,7 @@ struct TwoPhase::Impl {
   void roll_back(const std::string& gid, const std::vector<std::string>& prepared) noexcept {
     for (const auto& name : prepared) {
       try {
-        finish(db(name), gid + ":" + name, false);
+        finish(db(name), fmt::format("{}:{}", gid, name), false);
       } catch (...) {
         // Left prepared: recover() rolls it back once older than recovery_grace.
       }
@@ -315,7 +315,7 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   std::vector<std::string> prepared;
   for (auto& [name, tx] : global.transactions_) {
     try {
-      tx.prepare(gid + ":" + name);
+      tx.prepare(fmt::format("{}:{}", gid, name));
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::in_doubt) prepared.push_back(name);
       impl.roll_back(gid, prepared);
@@ -362,7 +362,7 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
   TwoPhaseResult result{gid, 0};
   for (const auto& [name, d] : impl.participants) {
     try {
-      impl.finish(*d, gid + ":" + name, true);  // false: recovery committed it already
+      impl.finish(*d, fmt::format("{}:{}", gid, name), true);  // false: recovery committed it already
       impl.step(TwoPhaseStep::committed_one, gid);
     } catch (const Error&) {
       ++result.unfinished;

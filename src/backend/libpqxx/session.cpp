@@ -183,7 +183,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
   if (!make_connection) throw Error(ErrorKind::invalid_argument, "the pqxx connection factory is empty");
   auto dialect = postgres_dialect(BlobTransport::native);
   auto doubt = std::make_shared<ReplicationDoubt>();
-  auto factory = [make_connection, dialect, doubt]() -> std::unique_ptr<Session> {
+  auto factory = [make_connection = std::move(make_connection), dialect, doubt]() -> std::unique_ptr<Session> {
     std::unique_ptr<pqxx::connection> connection;
     try {
       connection = make_connection();
