@@ -1,10 +1,9 @@
-#include <hiredis/hiredis.h>
-
 #include <memory>
 #include <random>
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <hiredis/hiredis.h>
 
 #include "baselines.hpp"
 
@@ -46,8 +45,7 @@ Op redis_lock(const std::string& host, int port, const std::string& run, int cli
 
 void redis_fill(const std::string& host, int port, int keys, const std::string& value) {
   auto c = connect(host, port);
-  for (int k = 0; k < keys; ++k)
-    command(c, "SET %s %b PX 3600000", cache_key(k).c_str(), value.data(), value.size());
+  for (int k = 0; k < keys; ++k) command(c, "SET %s %b PX 3600000", cache_key(k).c_str(), value.data(), value.size());
 }
 
 Op redis_get(const std::string& host, int port, int keys) {

@@ -32,10 +32,12 @@ std::pair<std::string, std::string> pick_pair(std::mt19937_64& rng, const Accoun
 // --- PostgreSQL, hand-written on libpqxx 6.4 --------------------------------------------
 // A transfer as one data-modifying statement: record, both balances under the minimum-balance
 // condition, both journal entries (the single-statement floor the issue measured).
-Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run, int client);
+Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run,
+                   int client);
 // The pessimistic transfer: BEGIN, SELECT both rows FOR UPDATE in key order, two UPDATEs, the
 // record, the entries, COMMIT: seven round trips.
-Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run, int client);
+Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run,
+                           int client);
 // Acquire (one conditional upsert) and release (one update) of a lease, hand-written.
 Op pg_raw_lock(const std::string& url, const Tables& t, const std::string& run, int client);
 // ShedLock's default JDBC algorithm: INSERT the lock row the first time (an UPDATE where expired
@@ -48,7 +50,8 @@ Op pg_advisory_lock(const std::string& url, int client);
 Op pg_raw_cache_get(const std::string& url, const Tables& t, int keys);
 
 // --- SQLite, hand-written on the sqlite3 C API, with rowguard's PRAGMAs ---------------------
-Op sqlite_raw_transfer(const std::string& path, const Tables& t, const Accounts& accounts, const std::string& run, int client);
+Op sqlite_raw_transfer(const std::string& path, const Tables& t, const Accounts& accounts, const std::string& run,
+                       int client);
 Op sqlite_raw_lock(const std::string& path, const Tables& t, const std::string& run, int client);
 Op sqlite_raw_cache_get(const std::string& path, const Tables& t, int keys);
 

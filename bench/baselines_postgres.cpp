@@ -24,23 +24,28 @@ std::pair<std::string, std::string> pick_pair(std::mt19937_64& rng, const Accoun
   return {accounts[a], accounts[b]};
 }
 
-Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run, int client) {
+Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run,
+                   int client) {
   auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare("transfer", fmt::format(
-      "WITH d AS (UPDATE {acc} SET balance = balance - CAST($3 AS bigint), version = version + 1, "
-      "updated_at = clock_timestamp() WHERE id = CAST($1 AS text) AND balance - CAST($3 AS bigint) >= min_balance "
-      "RETURNING id), "
-      "c AS (UPDATE {acc} SET balance = balance + CAST($3 AS bigint), version = version + 1, "
-      "updated_at = clock_timestamp() WHERE id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM d) RETURNING id), "
-      "t AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, created_at) "
-      "SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), 'EUR', "
-      "CASE WHEN EXISTS (SELECT 1 FROM d) THEN 'ok' ELSE 'insufficient_funds' END, clock_timestamp() "
-      "RETURNING id, outcome), "
-      "e AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) SELECT t.id, x.a, x.m, clock_timestamp() "
-      "FROM t, (VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(a, m) "
-      "WHERE t.outcome = 'ok') "
-      "SELECT id, outcome FROM t",
-      fmt::arg("acc", t.accounts()), fmt::arg("tr", t.transfers()), fmt::arg("en", t.entries())));
+  c->prepare(
+      "transfer",
+      fmt::format(
+          "WITH d AS (UPDATE {acc} SET balance = balance - CAST($3 AS bigint), version = version + 1, "
+          "updated_at = clock_timestamp() WHERE id = CAST($1 AS text) AND balance - CAST($3 AS bigint) >= min_balance "
+          "RETURNING id), "
+          "c AS (UPDATE {acc} SET balance = balance + CAST($3 AS bigint), version = version + 1, "
+          "updated_at = clock_timestamp() WHERE id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM d) RETURNING id), "
+          "t AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
+          "created_at) "
+          "SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), 'EUR', "
+          "CASE WHEN EXISTS (SELECT 1 FROM d) THEN 'ok' ELSE 'insufficient_funds' END, clock_timestamp() "
+          "RETURNING id, outcome), "
+          "e AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) SELECT t.id, x.a, x.m, "
+          "clock_timestamp() "
+          "FROM t, (VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(a, m) "
+          "WHERE t.outcome = 'ok') "
+          "SELECT id, outcome FROM t",
+          fmt::arg("acc", t.accounts()), fmt::arg("tr", t.transfers()), fmt::arg("en", t.entries())));
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   const std::string nonce = fmt::format("{:016x}", (*rng)());  // keys unique across measurements
   return [=](std::uint64_t i) {
@@ -51,20 +56,25 @@ Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& acco
   };
 }
 
-Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run, int client) {
+Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run,
+                           int client) {
   auto c = std::make_shared<pqxx::connection>(url);
   c->prepare("lock", fmt::format("SELECT id, balance, min_balance FROM {} WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
                                  t.accounts()));
   c->prepare("debit", fmt::format("UPDATE {} SET balance = balance - $2, version = version + 1, "
-                                  "updated_at = clock_timestamp() WHERE id = $1", t.accounts()));
+                                  "updated_at = clock_timestamp() WHERE id = $1",
+                                  t.accounts()));
   c->prepare("credit", fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, "
-                                   "updated_at = clock_timestamp() WHERE id = $1", t.accounts()));
+                                   "updated_at = clock_timestamp() WHERE id = $1",
+                                   t.accounts()));
   c->prepare("record", fmt::format("INSERT INTO {} (idempotency_key, kind, from_account, to_account, amount, currency, "
                                    "outcome, created_at) VALUES ($1, 'transfer', $2, $3, $4, 'EUR', $5, "
-                                   "clock_timestamp()) RETURNING id", t.transfers()));
+                                   "clock_timestamp()) RETURNING id",
+                                   t.transfers()));
   c->prepare("entries", fmt::format("INSERT INTO {} (transfer_id, account_id, amount, created_at) VALUES "
                                     "($1, $2, -CAST($4 AS bigint), clock_timestamp()), "
-                                    "($1, $3, CAST($4 AS bigint), clock_timestamp())", t.entries()));
+                                    "($1, $3, CAST($4 AS bigint), clock_timestamp())",
+                                    t.entries()));
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   const std::string nonce = fmt::format("{:016x}", (*rng)());  // keys unique across measurements
   return [=](std::uint64_t i) {
@@ -90,14 +100,18 @@ Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accoun
 
 Op pg_raw_lock(const std::string& url, const Tables& t, const std::string& run, int client) {
   auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare("acquire", fmt::format(
-      "INSERT INTO {0} AS l (name, owner, token, acquired_at, expires_at) VALUES ($1, $2, 1, clock_timestamp(), "
-      "clock_timestamp() + CAST($3 AS bigint) * INTERVAL '1 millisecond') ON CONFLICT (name) DO UPDATE SET "
-      "owner = excluded.owner, token = l.token + 1, acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, "
-      "released_at = NULL WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp() RETURNING token",
-      t.locks()));
+  c->prepare(
+      "acquire",
+      fmt::format(
+          "INSERT INTO {0} AS l (name, owner, token, acquired_at, expires_at) VALUES ($1, $2, 1, clock_timestamp(), "
+          "clock_timestamp() + CAST($3 AS bigint) * INTERVAL '1 millisecond') ON CONFLICT (name) DO UPDATE SET "
+          "owner = excluded.owner, token = l.token + 1, acquired_at = excluded.acquired_at, expires_at = "
+          "excluded.expires_at, "
+          "released_at = NULL WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp() RETURNING token",
+          t.locks()));
   c->prepare("release", fmt::format("UPDATE {} SET expires_at = NULL, released_at = clock_timestamp() "
-                                    "WHERE name = $1 AND owner = $2 AND token = $3", t.locks()));
+                                    "WHERE name = $1 AND owner = $2 AND token = $3",
+                                    t.locks()));
   const std::string name = fmt::format("raw-{}-{}", run, client), owner = fmt::format("raw-owner-{}", client);
   return [=](std::uint64_t) {
     pqxx::nontransaction n(*c);
@@ -111,18 +125,21 @@ void pg_create_shedlock_table(const std::string& url) {
   pqxx::connection c(url);
   pqxx::nontransaction n(c);
   // ShedLock's documented PostgreSQL table.
-  n.exec0("CREATE TABLE IF NOT EXISTS bench_shedlock (name VARCHAR(64) NOT NULL PRIMARY KEY, "
-          "lock_until TIMESTAMP NOT NULL, locked_at TIMESTAMP NOT NULL, locked_by VARCHAR(255) NOT NULL)");
+  n.exec0(
+      "CREATE TABLE IF NOT EXISTS bench_shedlock (name VARCHAR(64) NOT NULL PRIMARY KEY, "
+      "lock_until TIMESTAMP NOT NULL, locked_at TIMESTAMP NOT NULL, locked_by VARCHAR(255) NOT NULL)");
 }
 
 Op pg_shedlock(const std::string& url, const std::string& run, int client) {
   auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare("insert", "INSERT INTO bench_shedlock (name, lock_until, locked_at, locked_by) VALUES "
-                       "($1, timezone('utc', CURRENT_TIMESTAMP) + CAST($2 AS bigint) * INTERVAL '1 millisecond', "
-                       "timezone('utc', CURRENT_TIMESTAMP), $3)");
-  c->prepare("update", "UPDATE bench_shedlock SET lock_until = timezone('utc', CURRENT_TIMESTAMP) + "
-                       "CAST($2 AS bigint) * INTERVAL '1 millisecond', locked_at = timezone('utc', CURRENT_TIMESTAMP), "
-                       "locked_by = $3 WHERE name = $1 AND lock_until <= timezone('utc', CURRENT_TIMESTAMP)");
+  c->prepare("insert",
+             "INSERT INTO bench_shedlock (name, lock_until, locked_at, locked_by) VALUES "
+             "($1, timezone('utc', CURRENT_TIMESTAMP) + CAST($2 AS bigint) * INTERVAL '1 millisecond', "
+             "timezone('utc', CURRENT_TIMESTAMP), $3)");
+  c->prepare("update",
+             "UPDATE bench_shedlock SET lock_until = timezone('utc', CURRENT_TIMESTAMP) + "
+             "CAST($2 AS bigint) * INTERVAL '1 millisecond', locked_at = timezone('utc', CURRENT_TIMESTAMP), "
+             "locked_by = $3 WHERE name = $1 AND lock_until <= timezone('utc', CURRENT_TIMESTAMP)");
   c->prepare("unlock", "UPDATE bench_shedlock SET lock_until = timezone('utc', CURRENT_TIMESTAMP) WHERE name = $1");
   const std::string name = fmt::format("shed-{}-{}", run, client), by = fmt::format("host-{}", client);
   auto created = std::make_shared<bool>(false);  // ShedLock's LockRecordRegistry

@@ -1,7 +1,6 @@
-#include <sqlite3.h>
-
 #include <memory>
 #include <random>
+#include <sqlite3.h>
 #include <stdexcept>
 #include <vector>
 
@@ -70,24 +69,30 @@ class Connection {
 constexpr const char* now_ms = "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
 }  // namespace
 
-Op sqlite_raw_transfer(const std::string& path, const Tables& t, const Accounts& accounts, const std::string& run, int client) {
+Op sqlite_raw_transfer(const std::string& path, const Tables& t, const Accounts& accounts, const std::string& run,
+                       int client) {
   auto c = std::make_shared<Connection>(path);
   auto begin = c->prepare("BEGIN IMMEDIATE");
   auto commit = c->prepare("COMMIT");
   auto rollback = c->prepare("ROLLBACK");
   auto find_key = c->prepare(fmt::format("SELECT id FROM {} WHERE idempotency_key = ?1", t.transfers()));
   auto lock = c->prepare(fmt::format("SELECT id, balance, min_balance FROM {} WHERE id IN (?1, ?2)", t.accounts()));
-  auto debit = c->prepare(fmt::format("UPDATE {} SET balance = balance - ?2, version = version + 1, updated_at = {} "
-                                      "WHERE id = ?1", t.accounts(), now_ms));
-  auto credit = c->prepare(fmt::format("UPDATE {} SET balance = balance + ?2, version = version + 1, updated_at = {} "
-                                       "WHERE id = ?1", t.accounts(), now_ms));
+  auto debit =
+      c->prepare(fmt::format("UPDATE {} SET balance = balance - ?2, version = version + 1, updated_at = {} "
+                             "WHERE id = ?1",
+                             t.accounts(), now_ms));
+  auto credit =
+      c->prepare(fmt::format("UPDATE {} SET balance = balance + ?2, version = version + 1, updated_at = {} "
+                             "WHERE id = ?1",
+                             t.accounts(), now_ms));
   auto record = c->prepare(fmt::format(
       "INSERT INTO {0} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, created_at) "
       "VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM {0}), ?1, 'transfer', ?2, ?3, ?4, 'EUR', ?5, {1}) RETURNING id",
       t.transfers(), now_ms));
-  auto entry = c->prepare(fmt::format("INSERT INTO {0} (id, transfer_id, account_id, amount, created_at) VALUES "
-                                      "((SELECT COALESCE(MAX(id), 0) + 1 FROM {0}), ?1, ?2, ?3, {1})",
-                                      t.entries(), now_ms));
+  auto entry =
+      c->prepare(fmt::format("INSERT INTO {0} (id, transfer_id, account_id, amount, created_at) VALUES "
+                             "((SELECT COALESCE(MAX(id), 0) + 1 FROM {0}), ?1, ?2, ?3, {1})",
+                             t.entries(), now_ms));
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   const std::string nonce = fmt::format("{:016x}", (*rng)());  // keys unique across measurements
   return [=](std::uint64_t i) {
@@ -127,12 +132,15 @@ Op sqlite_raw_lock(const std::string& path, const Tables& t, const std::string& 
   auto c = std::make_shared<Connection>(path);
   auto acquire = c->prepare(fmt::format(
       "INSERT INTO {0} AS l (name, owner, token, acquired_at, expires_at) VALUES (?1, ?2, 1, {1}, {1} + ?3) "
-      "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = l.token + 1, acquired_at = excluded.acquired_at, "
+      "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = l.token + 1, acquired_at = "
+      "excluded.acquired_at, "
       "expires_at = excluded.expires_at, released_at = NULL WHERE l.expires_at IS NULL OR l.expires_at <= {1} "
       "RETURNING token",
       t.locks(), now_ms));
-  auto release = c->prepare(fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} "
-                                        "WHERE name = ?1 AND owner = ?2 AND token = ?3", t.locks(), now_ms));
+  auto release =
+      c->prepare(fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} "
+                             "WHERE name = ?1 AND owner = ?2 AND token = ?3",
+                             t.locks(), now_ms));
   const std::string name = fmt::format("raw-{}-{}", run, client), owner = fmt::format("raw-owner-{}", client);
   return [=](std::uint64_t) {
     if (!c->step(acquire, name, owner, std::int64_t{30'000})) throw std::runtime_error("raw lock busy");

@@ -15,9 +15,6 @@
 //   scaling    transfers and pgbench at 1, 2, 4, 8, 16 clients
 //   pooler     rowguard transfer, lock and cache get straight to PostgreSQL and through a
 //              transaction-pooling PgBouncer (--pgbouncer): what the pooler mode costs
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -28,12 +25,14 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <rowguard/rowguard.hpp>
+#include <sys/wait.h>
 
 #include "baselines.hpp"
 #include "runner.hpp"
@@ -46,7 +45,7 @@ namespace {
 struct Settings {
   std::string backends = "sqlite,postgres";
   std::string pg_url;
-  std::string redis;  // host:port
+  std::string redis;      // host:port
   std::string pgbouncer;  // URL of a transaction-pooling PgBouncer in front of pg_url
   std::vector<int> clients{1, 4};
   double seconds = 5;
@@ -139,8 +138,8 @@ void compare(Report& report, const Settings& s, const std::string& backend, cons
     }
   for (auto& r : rows) {
     std::cerr << fmt::format("  {:<8} {:<9} {:<22} {:>2} {:<9} {:>10.0f}/s{}\n", r.backend, r.group, r.variant,
-                             r.clients, r.mode, r.value(), r.errors ? fmt::format("  ({} errors: {})", r.errors,
-                                                                                   r.first_error) : "");
+                             r.clients, r.mode, r.value(),
+                             r.errors ? fmt::format("  ({} errors: {})", r.errors, r.first_error) : "");
     report.rows.push_back(std::move(r));
   }
 }
@@ -169,14 +168,13 @@ void pgbench_rows(Report& report, const Settings& s, const std::string& group, i
   for (int round = 0; round < s.rounds; ++round)
     r.rounds.push_back(run_pgbench(s, clients, static_cast<int>(std::lround(std::max(1.0, s.seconds))), &r.errors));
   if (r.errors) r.first_error = "pgbench reported failed transactions";
-  std::cerr << fmt::format("  {:<8} {:<9} {:<22} {:>2} {:<9} {:>10.0f}/s{}\n", r.backend, r.group, r.variant,
-                           r.clients, r.mode, r.value(), r.errors ? fmt::format("  ({} failed)", r.errors) : "");
+  std::cerr << fmt::format("  {:<8} {:<9} {:<22} {:>2} {:<9} {:>10.0f}/s{}\n", r.backend, r.group, r.variant, r.clients,
+                           r.mode, r.value(), r.errors ? fmt::format("  ({} failed)", r.errors) : "");
   report.rows.push_back(std::move(r));
 }
 
 void pgbench_init(const Settings& s, int scale) {
-  const std::string cmd =
-      fmt::format("'{}' -i -q -s {} '{}' > /dev/null 2>&1", s.pgbench, scale, s.pg_url);
+  const std::string cmd = fmt::format("'{}' -i -q -s {} '{}' > /dev/null 2>&1", s.pgbench, scale, s.pg_url);
   if (std::system(cmd.c_str()) != 0) throw std::runtime_error("pgbench -i failed: " + cmd);
 }
 
@@ -252,27 +250,26 @@ ClientFactory rowguard_saga_hold_capture(const std::string& url, const Accounts&
     auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
     const std::string nonce = run_nonce();
     // The payload names the accounts and the amount: "FROM TO AMOUNT".
-    sagas->define(
-        "bench_payment",
-        {{"hold",
-          [ledger](rowguard::StepContext& c) {
-            std::istringstream in(c.payload);
-            std::string from, to;
-            std::int64_t amount = 0;
-            in >> from >> to >> amount;
-            const auto h = ledger->hold(from, to, amount, c.idempotency_key(), 10min);
-            if (!h.ok()) throw std::runtime_error("hold rejected");
-            return std::to_string(h.hold_id);
-          },
-          [ledger](rowguard::StepContext& c) {
-            if (const auto* id = c.result_of("hold")) ledger->void_hold(std::stoll(*id));
-          }},
-         {"capture",
-          [ledger](rowguard::StepContext& c) {
-            ledger->capture(std::stoll(*c.result_of("hold")), std::nullopt, c.idempotency_key());
-            return std::string();
-          },
-          {}}});
+    sagas->define("bench_payment", {{"hold",
+                                     [ledger](rowguard::StepContext& c) {
+                                       std::istringstream in(c.payload);
+                                       std::string from, to;
+                                       std::int64_t amount = 0;
+                                       in >> from >> to >> amount;
+                                       const auto h = ledger->hold(from, to, amount, c.idempotency_key(), 10min);
+                                       if (!h.ok()) throw std::runtime_error("hold rejected");
+                                       return std::to_string(h.hold_id);
+                                     },
+                                     [ledger](rowguard::StepContext& c) {
+                                       if (const auto* id = c.result_of("hold")) ledger->void_hold(std::stoll(*id));
+                                     }},
+                                    {"capture",
+                                     [ledger](rowguard::StepContext& c) {
+                                       ledger->capture(std::stoll(*c.result_of("hold")), std::nullopt,
+                                                       c.idempotency_key());
+                                       return std::string();
+                                     },
+                                     {}}});
     return [=](std::uint64_t i) {
       const auto [from, to] = pick_pair(*rng, accounts);
       const auto outcome = sagas->run("bench_payment", fmt::format("rgs-{}-{}-{}-{}", run, nonce, client, i),
@@ -504,12 +501,12 @@ void run_postgres(Report& report, const Settings& s) {
 
   if (wanted(s, "transfer"))
     for (int c : s.clients) {
-      compare(report, s, "postgres", "transfer", c,
-              {{"rowguard", rowguard_transfer(url, pool, run)},
-               {"raw libpqxx 1-stmt", [&](int client) { return pg_raw_transfer(url, tables, pool, run, client); }},
-               {"pessimistic 7-stmt",
-                [&](int client) { return pg_pessimistic_transfer(url, tables, pool, run, client); }}},
-              "raw libpqxx 1-stmt");
+      compare(
+          report, s, "postgres", "transfer", c,
+          {{"rowguard", rowguard_transfer(url, pool, run)},
+           {"raw libpqxx 1-stmt", [&](int client) { return pg_raw_transfer(url, tables, pool, run, client); }},
+           {"pessimistic 7-stmt", [&](int client) { return pg_pessimistic_transfer(url, tables, pool, run, client); }}},
+          "raw libpqxx 1-stmt");
       pgbench_rows(report, s, "transfer", c);
       report.check(fmt::format("postgres transfer / pgbench tpcb, {} client(s)", c),
                    ratio(report, "postgres", "transfer", "rowguard", "pgbench tpcb-like", c), 2.0, ">= 2x");
@@ -567,15 +564,15 @@ void run_postgres(Report& report, const Settings& s) {
     const int turns = s.quick ? 5 : 40;
     const auto notify = handoff(url, "handoff-" + run, turns, false);
     const auto poll = handoff(url, "handoff-poll-" + run, s.quick ? 3 : 15, true);
-    report.extra["handoff_ms"] = {{"listen_notify", {{"p50", percentile(notify, 50)}, {"p99", percentile(notify, 99)},
-                                                     {"turns", notify.size()}}},
-                                  {"polling_100ms", {{"p50", percentile(poll, 50)}, {"p99", percentile(poll, 99)},
-                                                     {"turns", poll.size()}}}};
-    std::cerr << fmt::format("  postgres handoff  LISTEN/NOTIFY p50 {:.2f} ms p99 {:.2f} ms; 100 ms polling p50 {:.1f} "
-                             "ms p99 {:.1f} ms\n",
-                             percentile(notify, 50), percentile(notify, 99), percentile(poll, 50), percentile(poll, 99));
-    report.checks.push_back({"postgres lock hand-off p50 (ms)", percentile(notify, 50), "< 5 ms",
-                             percentile(notify, 50) < 5.0});
+    report.extra["handoff_ms"] = {
+        {"listen_notify", {{"p50", percentile(notify, 50)}, {"p99", percentile(notify, 99)}, {"turns", notify.size()}}},
+        {"polling_100ms", {{"p50", percentile(poll, 50)}, {"p99", percentile(poll, 99)}, {"turns", poll.size()}}}};
+    std::cerr << fmt::format(
+        "  postgres handoff  LISTEN/NOTIFY p50 {:.2f} ms p99 {:.2f} ms; 100 ms polling p50 {:.1f} "
+        "ms p99 {:.1f} ms\n",
+        percentile(notify, 50), percentile(notify, 99), percentile(poll, 50), percentile(poll, 99));
+    report.checks.push_back(
+        {"postgres lock hand-off p50 (ms)", percentile(notify, 50), "< 5 ms", percentile(notify, 50) < 5.0});
   }
   if (wanted(s, "cache"))
     for (int c : s.clients) {
@@ -610,7 +607,8 @@ void run_postgres(Report& report, const Settings& s) {
                {"rowguard via PgBouncer", rowguard_transfer(s.pgbouncer, pool, run)}},
               "rowguard direct");
       compare(report, s, "postgres", "pooler lock", c,
-              {{"rowguard direct", rowguard_lock(url, run)}, {"rowguard via PgBouncer", rowguard_lock(s.pgbouncer, run + "b")}},
+              {{"rowguard direct", rowguard_lock(url, run)},
+               {"rowguard via PgBouncer", rowguard_lock(s.pgbouncer, run + "b")}},
               "rowguard direct");
       compare(report, s, "postgres", "pooler cache", c,
               {{"rowguard direct", rowguard_cache_get(url, s)},
@@ -702,7 +700,8 @@ int main(int argc, char** argv) {
   app.add_option("--rounds", s.rounds, "Alternating rounds per comparison; the median counts (default 3)");
   app.add_flag("--quick", s.quick, "Smoke run: 0.5 s, 1 round, clients 1,2, fewer hand-offs");
   app.add_flag("--processes", s.processes, "Also run the transfer comparison with clients as processes");
-  app.add_option("--only", s.only, "Workloads, comma-separated: transfer,batch,payment,2pc,lock,handoff,cache,hot,scaling,pooler");
+  app.add_option("--only", s.only,
+                 "Workloads, comma-separated: transfer,batch,payment,2pc,lock,handoff,cache,hot,scaling,pooler");
   app.add_option("--json", s.json_path, "Write the results as JSON to this file");
   app.add_flag("--sane", s.sane,
                "Exit 1 unless every row measured more than 0 ops/s and met no errors: rowguard's, the baselines' "
@@ -741,17 +740,25 @@ int main(int argc, char** argv) {
 
   std::cout << fmt::format("\nrowguard-bench {}{}, {} round(s) of {} s, median ops/s\n", s.label.empty() ? "" : s.label,
                            s.quick ? " (quick)" : "", s.rounds, s.seconds);
-  std::cout << fmt::format("{:<8} {:<9} {:<24} {:>3} {:<9} {:>11} {:>8}  {}\n", "backend", "workload", "variant",
-                           "cli", "mode", "ops/s", "ratio", "errors");
+  std::cout << fmt::format("{:<8} {:<9} {:<24} {:>3} {:<9} {:>11} {:>8}  {}\n", "backend", "workload", "variant", "cli",
+                           "mode", "ops/s", "ratio", "errors");
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& r : report.rows) {
     const Row* base = r.baseline.empty() ? nullptr : report.find(r.backend, r.group, r.baseline, r.clients);
     const double rel = base && base->value() > 0 ? r.value() / base->value() : 0;
     std::cout << fmt::format("{:<8} {:<9} {:<24} {:>3} {:<9} {:>11.0f} {:>8}  {}\n", r.backend, r.group, r.variant,
                              r.clients, r.mode, r.value(), base ? fmt::format("{:.2f}x", rel) : "", r.errors);
-    rows.push_back({{"backend", r.backend}, {"workload", r.group}, {"variant", r.variant}, {"clients", r.clients},
-                    {"mode", r.mode}, {"ops_per_second", r.value()}, {"rounds", r.rounds}, {"errors", r.errors},
-                    {"first_error", r.first_error}, {"baseline", r.baseline}, {"ratio_to_baseline", rel}});
+    rows.push_back({{"backend", r.backend},
+                    {"workload", r.group},
+                    {"variant", r.variant},
+                    {"clients", r.clients},
+                    {"mode", r.mode},
+                    {"ops_per_second", r.value()},
+                    {"rounds", r.rounds},
+                    {"errors", r.errors},
+                    {"first_error", r.first_error},
+                    {"baseline", r.baseline},
+                    {"ratio_to_baseline", rel}});
   }
   std::cout << "\ntargets\n";
   nlohmann::json checks = nlohmann::json::array();
@@ -774,8 +781,8 @@ int main(int argc, char** argv) {
   }
   if (!s.json_path.empty()) {
     std::ofstream out(s.json_path);
-    out << nlohmann::json{{"label", s.label}, {"quick", s.quick}, {"seconds", s.seconds}, {"rounds", s.rounds},
-                          {"rows", rows}, {"targets", checks}, {"extra", report.extra}}
+    out << nlohmann::json{{"label", s.label}, {"quick", s.quick},  {"seconds", s.seconds}, {"rounds", s.rounds},
+                          {"rows", rows},     {"targets", checks}, {"extra", report.extra}}
                .dump(2)
         << '\n';
   }

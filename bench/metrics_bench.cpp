@@ -21,9 +21,10 @@
 
 #include <fmt/format.h>
 
+#include "rowguard/rowguard.hpp"
+
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
-#include "rowguard/rowguard.hpp"
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -52,8 +53,10 @@ int main(int argc, char** argv) {
   int rounds = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--seconds") seconds = std::atof(argv[i + 1]);
-    else if (a == "--rounds") rounds = std::atoi(argv[i + 1]);
+    if (a == "--seconds")
+      seconds = std::atof(argv[i + 1]);
+    else if (a == "--rounds")
+      rounds = std::atoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "usage: rowguard-metrics-bench [--seconds S] [--rounds N]\n");
       return 2;

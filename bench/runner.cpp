@@ -1,8 +1,5 @@
 #include "runner.hpp"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -13,6 +10,9 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <unistd.h>
+
+#include <sys/wait.h>
 
 namespace bench {
 
@@ -86,7 +86,8 @@ Measurement in_threads(int clients, double seconds, const ClientFactory& make) {
     std::unique_lock lock(m);
     cv.wait(lock, [&] { return ready == clients; });
     start = std::chrono::steady_clock::now();
-    until = start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds));
+    until =
+        start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds));
     go = true;
   }
   cv.notify_all();
@@ -137,10 +138,11 @@ Measurement in_processes(int clients, double seconds, const ClientFactory& make)
       char sink;
       (void)!::read(start[0], &sink, 1);  // EOF when the parent opens the barrier
       if (op)
-        report.counts = drive(op,
-                              std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                                     std::chrono::duration<double>(seconds)),
-                              &error);
+        report.counts = drive(
+            op,
+            std::chrono::steady_clock::now() +
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(seconds)),
+            &error);
       error.copy(report.first_error, sizeof report.first_error - 1);
       // One write of a few hundred bytes to a pipe is atomic: reports never interleave.
       (void)!::write(results[1], &report, sizeof report);

@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
     tx.exec("INSERT INTO cache_demo_rates VALUES ($1, $2)", {std::string("EURUSD"), std::string("1.0900")});
     cache.invalidate(tx, "fx:EURUSD");
     tx.commit();
-    std::printf("after the committed write the cache holds: %s\n", cache.get("fx:EURUSD").value_or("(nothing)").c_str());
+    std::printf("after the committed write the cache holds: %s\n",
+                cache.get("fx:EURUSD").value_or("(nothing)").c_str());
     const auto s = cache.stats();
     std::printf("hits %llu, misses %llu, loads %llu, waits %llu\n", static_cast<unsigned long long>(s.hits),
                 static_cast<unsigned long long>(s.misses), static_cast<unsigned long long>(s.loads),

@@ -9,14 +9,13 @@
 //                                           _exit()s at that rate inside steps, as a crashed coordinator
 //   payment_order URL recover               finishes or compensates what dead coordinators left
 //   payment_order URL check                 exit 0 when every order is paid once or cancelled cleanly
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
 #include <thread>
+#include <unistd.h>
 
 #include <rowguard/rowguard.hpp>
 
@@ -62,8 +61,8 @@ struct Provider {
       throw std::runtime_error("provider: another coordinator took this order over");
     std::mt19937_64 rng(o.seed * 1'000'003 + std::hash<std::string>{}(c.idempotency_key()) + c.attempt);
     const int roll = static_cast<int>(rng() % 100);
-    const bool charged = !db.exec("SELECT 1 FROM payment_provider WHERE idempotency_key = $1", {c.idempotency_key()})
-                              .empty();
+    const bool charged =
+        !db.exec("SELECT 1 FROM payment_provider WHERE idempotency_key = $1", {c.idempotency_key()}).empty();
     if (charged) return;  // the original reply, again
     if (roll < 15) throw std::runtime_error("provider: card declined");
     db.exec("INSERT INTO payment_provider (idempotency_key, order_id, amount, refunded) VALUES ($1, $2, $3, 0)",
@@ -85,16 +84,18 @@ void define(rowguard::Sagas& sagas, rowguard::Database& db, rowguard::Ledger& le
       {{"create",
         [&db](StepContext& c) {
           maybe_crash();
-          db.exec("INSERT INTO payment_orders (id, amount, state) VALUES ($1, $2, 'created') ON CONFLICT (id) DO NOTHING",
-                  {c.saga_id, parse(c.payload).amount});
+          db.exec(
+              "INSERT INTO payment_orders (id, amount, state) VALUES ($1, $2, 'created') ON CONFLICT (id) DO NOTHING",
+              {c.saga_id, parse(c.payload).amount});
           maybe_crash();
           return std::string("created");
         },
         [&db](StepContext& c) {
           maybe_crash();
-          db.exec("INSERT INTO payment_orders (id, amount, state) VALUES ($1, $2, 'cancelled') "
-                  "ON CONFLICT (id) DO UPDATE SET state = 'cancelled'",
-                  {c.saga_id, parse(c.payload).amount});
+          db.exec(
+              "INSERT INTO payment_orders (id, amount, state) VALUES ($1, $2, 'cancelled') "
+              "ON CONFLICT (id) DO UPDATE SET state = 'cancelled'",
+              {c.saga_id, parse(c.payload).amount});
         }},
        {"hold",
         [hold](StepContext& c) {
@@ -155,9 +156,11 @@ void define(rowguard::Sagas& sagas, rowguard::Database& db, rowguard::Ledger& le
 
 void setup(rowguard::Database& db, rowguard::Ledger& ledger) {
   db.migrate();
-  db.exec("CREATE TABLE IF NOT EXISTS payment_orders (id TEXT PRIMARY KEY, amount BIGINT NOT NULL, state TEXT NOT NULL)");
-  db.exec("CREATE TABLE IF NOT EXISTS payment_provider (idempotency_key TEXT PRIMARY KEY, order_id TEXT NOT NULL, "
-          "amount BIGINT NOT NULL, refunded BIGINT NOT NULL)");
+  db.exec(
+      "CREATE TABLE IF NOT EXISTS payment_orders (id TEXT PRIMARY KEY, amount BIGINT NOT NULL, state TEXT NOT NULL)");
+  db.exec(
+      "CREATE TABLE IF NOT EXISTS payment_provider (idempotency_key TEXT PRIMARY KEY, order_id TEXT NOT NULL, "
+      "amount BIGINT NOT NULL, refunded BIGINT NOT NULL)");
   for (const char* id : {"customer", "merchant"}) {
     try {
       ledger.get(id);
@@ -176,7 +179,8 @@ int run(rowguard::Sagas& sagas, std::uint64_t seed, int n) {
     const std::int64_t amount = 100 + static_cast<std::int64_t>(rng() % 10'000);
     const std::string id = "order-" + std::to_string(seed) + "-" + std::to_string(k);
     try {
-      const auto o = sagas.run("payment_order", id, "amount=" + std::to_string(amount) + " seed=" + std::to_string(seed));
+      const auto o =
+          sagas.run("payment_order", id, "amount=" + std::to_string(amount) + " seed=" + std::to_string(seed));
       (o.state == rowguard::SagaState::completed ? paid : cancelled) += 1;
     } catch (const rowguard::Error& e) {
       // This coordinator lost the saga's lease (a renewal came too late): it must stop driving it,
@@ -218,8 +222,8 @@ int check(rowguard::Database& db, rowguard::Ledger& ledger, rowguard::Sagas& sag
     const auto amount = parse(s.payload).amount;
     const auto order = db.exec("SELECT state FROM payment_orders WHERE id = $1", {s.id});
     const std::string state = order.empty() ? "" : order.rows[0].text(0);
-    const auto charges = db.exec(
-        "SELECT count(*) FROM payment_provider WHERE order_id = $1 AND refunded = 0", {s.id}).one().i64(0);
+    const auto charges =
+        db.exec("SELECT count(*) FROM payment_provider WHERE order_id = $1 AND refunded = 0", {s.id}).one().i64(0);
     const auto info = sagas.get(s.id);
     const std::string* hold_id = nullptr;
     for (const auto& st : info->steps)

@@ -8,7 +8,6 @@
 #include <string>
 
 #include <pqxx/pqxx>
-
 #include <rowguard/postgres.hpp>
 #include <rowguard/rowguard.hpp>
 

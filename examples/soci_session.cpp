@@ -6,18 +6,17 @@
 #include <cstdio>
 #include <string>
 
-#include <soci/soci.h>
-#include <soci/sqlite3/soci-sqlite3.h>
-
 #include <rowguard/rowguard.hpp>
 #include <rowguard/soci.hpp>
+#include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
 
 int main(int argc, char** argv) {
   const std::string url = argc > 1 ? argv[1] : "sqlite:soci_session.db";
   const std::string path = url.rfind("sqlite:", 0) == 0 ? url.substr(7) : url;
   try {
     soci::session sql(*soci::factory_sqlite3(), path);  // the service's own session
-    auto db = rowguard::from_soci(sql);                  // rowguard uses it one call at a time
+    auto db = rowguard::from_soci(sql);                 // rowguard uses it one call at a time
     db.migrate();
     rowguard::Ledger ledger(db);
     if (ledger.list().empty()) {

@@ -9,8 +9,9 @@
 #include <optional>
 #include <string>
 
-#include "args.hpp"
 #include "rowguard/error.hpp"
+
+#include "args.hpp"
 
 using namespace rowguard;
 

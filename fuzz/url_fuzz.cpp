@@ -8,15 +8,16 @@
 // malformed part that makes libpq refuse the string): libpq reads exactly that secret, and no byte
 // of it shows in display_url, in parse_url's errors, in libpq's error for the target, or in a
 // message quoting the whole URL, once scrubbed of the parsed URL's secrets.
-#include <libpq-fe.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
-#include "backend/url.hpp"
+#include <libpq-fe.h>
+
 #include "rowguard/error.hpp"
+
+#include "backend/url.hpp"
 
 using namespace rowguard;
 
@@ -84,9 +85,9 @@ void check_generated(Bytes in) {
     secret += c == '\0' ? 'x' : c;  // a libpq string holds no NUL
   }
   secret += tail;
-  const bool ssl = shape & 1, odd_key = shape & 2, soci = shape & 4, several_hosts = shape & 8,
-             fully = shape & 16, padded = shape & 32;
-  const int broken = (shape >> 6) & 3;  // 0: well-formed; else a part that libpq refuses
+  const bool ssl = shape & 1, odd_key = shape & 2, soci = shape & 4, several_hosts = shape & 8, fully = shape & 16,
+             padded = shape & 32;
+  const int broken = (shape >> 6) & 3;                 // 0: well-formed; else a part that libpq refuses
   std::string key = ssl ? "sslpassword" : "password";  // as libpq reads it
   std::string url;
   if (form % 4 < 2) {
@@ -101,17 +102,20 @@ void check_generated(Bytes in) {
     } else {
       std::string written = key;
       if (odd_key) written.replace(written.find('p'), 1, "%70");  // libpq decodes keys too
-      url = "postgres://app@" + hosts + "/pay?application_name=x&" + written + "=" + percent_encode(secret, fully, "&=]") +
-            "&connect_timeout=3" + bad;
+      url = "postgres://app@" + hosts + "/pay?application_name=x&" + written + "=" +
+            percent_encode(secret, fully, "&=]") + "&connect_timeout=3" + bad;
     }
     if (soci) url = "soci+" + url;
   } else {
     // Keyword/value forms; an odd key (upper case) is one libpq refuses, quoting its name.
     if (odd_key) key = ssl ? "SSLPASSWORD" : "PASSWORD";
-    url = std::string(soci ? "soci+postgresql:" : "") + "host=" + (several_hosts ? "h1.example,h2.example" : "db.example") +
-          " dbname=pay " + key + (padded ? " \t= " : "=") + keyword_value(secret, form % 4 == 2) +
-          (padded ? "\t" : " ") + "user=app" +
-          (broken == 1 ? " bogus" : broken == 2 ? " sslmode='prefer" : broken == 3 ? " nosuch=1" : "");
+    url = std::string(soci ? "soci+postgresql:" : "") +
+          "host=" + (several_hosts ? "h1.example,h2.example" : "db.example") + " dbname=pay " + key +
+          (padded ? " \t= " : "=") + keyword_value(secret, form % 4 == 2) + (padded ? "\t" : " ") + "user=app" +
+          (broken == 1   ? " bogus"
+           : broken == 2 ? " sslmode='prefer"
+           : broken == 3 ? " nosuch=1"
+                         : "");
   }
 
   detail::ParsedUrl parsed;
@@ -165,7 +169,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         std::abort();
   if (parsed.engine == detail::Engine::postgres) {
     const auto again = detail::parse_url(parsed.target);  // the target is a valid URL again
-    if (again.transaction_pooling) std::abort();           // and the option is gone from it
+    if (again.transaction_pooling) std::abort();          // and the option is gone from it
   }
   return 0;
 }

@@ -111,8 +111,8 @@ struct CacheStats {
   std::uint64_t bytes_stored = 0;     // value bytes written by put() and by loads
   std::uint64_t sweep_failures = 0;   // background sweeps that failed (see sweep_every)
   std::uint64_t sweeps = 0;           // sweeps completed, background ones included
-  std::uint64_t too_old = 0;          // loads not stored because they took longer than sweep_grace (also in stale_skipped)
-  std::uint64_t lease_lost = 0;       // loads whose loader lease was lost or not released (their value was still judged)
+  std::uint64_t too_old = 0;     // loads not stored because they took longer than sweep_grace (also in stale_skipped)
+  std::uint64_t lease_lost = 0;  // loads whose loader lease was lost or not released (their value was still judged)
 };
 
 // Thread-safety: safe for concurrent use. Reads never write: no hit counters or LRU updates in the table.

@@ -17,7 +17,7 @@ namespace rowguard {
 namespace detail {
 class Backend;
 struct DatabaseGate;  // src/core/database_gate.hpp: how rowguard's own components reach the backend
-}
+}  // namespace detail
 
 // How a Database is opened. Every field has a default; open() validates them all.
 struct Options {

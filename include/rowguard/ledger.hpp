@@ -6,25 +6,25 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "rowguard/database.hpp"
-#include "rowguard/standby.hpp"
 #include "rowguard/retry.hpp"
+#include "rowguard/standby.hpp"
 
 namespace rowguard {
 
 struct Account {
   std::string id;
-  std::string currency;           // ISO 4217 code, e.g. "EUR"
-  std::int64_t balance = 0;       // minor units (cents)
-  std::int64_t min_balance = 0;   // a negative minimum allows an overdraft
-  std::int64_t version = 0;       // +1 on every change
-  std::int64_t held = 0;          // reserved by holds that are open and not yet expired
+  std::string currency;          // ISO 4217 code, e.g. "EUR"
+  std::int64_t balance = 0;      // minor units (cents)
+  std::int64_t min_balance = 0;  // a negative minimum allows an overdraft
+  std::int64_t version = 0;      // +1 on every change
+  std::int64_t held = 0;         // reserved by holds that are open and not yet expired
   // What a payment may take: balance - held, never below min_balance.
   std::int64_t available() const noexcept { return balance - held; }
 };
@@ -55,18 +55,18 @@ struct Violation {
 // One currency's totals in a CheckReport: balances add up to deposits minus withdrawals
 // (archived ones included), or check() reports total_mismatch for it.
 struct CurrencyTotal {
-  std::string currency;           // ISO 4217 code
-  std::int64_t balance = 0;       // sum of the balances of its accounts, minor units
-  std::int64_t deposits = 0;      // applied deposits, live and archived
-  std::int64_t withdrawals = 0;   // applied withdrawals, live and archived
+  std::string currency;          // ISO 4217 code
+  std::int64_t balance = 0;      // sum of the balances of its accounts, minor units
+  std::int64_t deposits = 0;     // applied deposits, live and archived
+  std::int64_t withdrawals = 0;  // applied withdrawals, live and archived
 };
 
 // One currency's accounts at one moment, for dashboards (rowguard serve): one aggregate.
 struct CurrencySummary {
-  std::string currency;       // ISO 4217 code
+  std::string currency;  // ISO 4217 code
   std::int64_t accounts = 0;
-  std::int64_t balance = 0;   // sum of the balances, minor units
-  std::int64_t held = 0;      // sum of the amounts held (accounts.held: holds not yet closed)
+  std::int64_t balance = 0;  // sum of the balances, minor units
+  std::int64_t held = 0;     // sum of the amounts held (accounts.held: holds not yet closed)
 };
 
 struct CheckReport {
@@ -116,9 +116,9 @@ struct LedgerStats {
   std::uint64_t transfers_ok = 0;
   std::uint64_t transfers_rejected = 0;  // insufficient funds
   std::uint64_t holds_ok = 0;
-  std::uint64_t holds_rejected = 0;      // insufficient funds
-  std::uint64_t replays = 0;             // repeated idempotency keys answered from the record
-  std::uint64_t conflicts = 0;           // conflicts and transient failures met (each was retried)
+  std::uint64_t holds_rejected = 0;  // insufficient funds
+  std::uint64_t replays = 0;         // repeated idempotency keys answered from the record
+  std::uint64_t conflicts = 0;       // conflicts and transient failures met (each was retried)
   std::uint64_t retries = 0;
 };
 
@@ -138,11 +138,11 @@ struct Hold {
   std::string key;  // empty once pruned
   std::string from;
   std::string to;
-  std::int64_t amount = 0;    // reserved, minor units
+  std::int64_t amount = 0;  // reserved, minor units
   std::string currency;
   HoldState state = HoldState::held;
-  std::int64_t captured = 0;     // the amount posted by capture()
-  std::int64_t transfer_id = 0;  // the capture's transfer, 0 when not captured
+  std::int64_t captured = 0;       // the amount posted by capture()
+  std::int64_t transfer_id = 0;    // the capture's transfer, 0 when not captured
   std::int64_t expires_in_ms = 0;  // from now on the database clock; <= 0 once past its timeout
 };
 
@@ -170,17 +170,17 @@ struct JournalEntry {
 // One row of <prefix>transfers, with its journal entries when the call says so.
 struct TransferRecord {
   std::int64_t id = 0;
-  std::optional<std::string> key;   // absent once pruned (prune_keys)
+  std::optional<std::string> key;  // absent once pruned (prune_keys)
   TransferKind kind = TransferKind::transfer;
   std::optional<std::string> from;  // absent = the outside world (a deposit)
   std::optional<std::string> to;    // absent = the outside world (a withdrawal)
   std::int64_t amount = 0;          // minor units, > 0
   std::string currency;
-  std::string outcome;              // "ok" (applied) or "insufficient_funds" (rejected, no entries)
-  std::optional<std::int64_t> reverses;  // for a reversal: the transfer it refunds
-  std::optional<std::int64_t> hold_id;   // for a hold's capture
+  std::string outcome;                     // "ok" (applied) or "insufficient_funds" (rejected, no entries)
+  std::optional<std::int64_t> reverses;    // for a reversal: the transfer it refunds
+  std::optional<std::int64_t> hold_id;     // for a hold's capture
   std::optional<std::string> global_txid;  // for a leg of a two-phase transfer
-  std::int64_t created_at_ms = 0;   // database clock, milliseconds since the Unix epoch (UTC)
+  std::int64_t created_at_ms = 0;          // database clock, milliseconds since the Unix epoch (UTC)
   std::vector<JournalEntry> entries;
 };
 
@@ -199,8 +199,8 @@ struct HistoryQuery {
 
 // One line of an account's history: a transfer that moved its balance.
 struct HistoryItem {
-  TransferRecord transfer;         // with all its entries
-  std::int64_t change = 0;         // the account's own signed change in this transfer
+  TransferRecord transfer;  // with all its entries
+  std::int64_t change = 0;  // the account's own signed change in this transfer
 };
 
 struct HistoryPage {
@@ -235,7 +235,7 @@ struct ArchiveReport {
   std::int64_t cutoff_ms = 0;
   std::int64_t transfers = 0;  // moved out of the live tables (or that would be, dry_run)
   std::int64_t entries = 0;
-  std::int64_t accounts = 0;   // accounts whose opening balance changed
+  std::int64_t accounts = 0;  // accounts whose opening balance changed
   // Created before the cutoff but kept live: still referenced by a hold (its capture), by a
   // reversal after the cutoff (or kept with its original), or a leg of an unfinished two-phase
   // transaction. A later archive moves them once nothing refers to them.
@@ -360,8 +360,8 @@ class Ledger {
   std::int64_t prune_keys(std::chrono::milliseconds older_than);
 
   // Verifies: every balance equals its opening balance (archive()) plus the sum of its entries; per
-  // currency, the sum of balances equals deposits minus withdrawals; no available amount (balance - held) is below its minimum; every account's
-  // held equals the sum of its open holds; every captured hold has its transfer. Reads one
+  // currency, the sum of balances equals deposits minus withdrawals; no available amount (balance - held) is below its
+  // minimum; every account's held equals the sum of its open holds; every captured hold has its transfer. Reads one
   // consistent snapshot.
   CheckReport check();
 

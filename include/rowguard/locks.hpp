@@ -117,15 +117,15 @@ struct LockOptions {
 // One row of `rowguard lock list`.
 struct LockInfo {
   std::string name;
-  std::string owner;          // current or last holder; empty if never held
+  std::string owner;  // current or last holder; empty if never held
   std::int64_t token = 0;
-  bool held = false;          // unexpired
+  bool held = false;  // unexpired
   std::int64_t acquired_at_ms = 0;
   std::int64_t expires_in_ms = 0;  // 0 when not held
   std::int64_t renewals = 0;
   std::int64_t waiters = 0;
-  std::string release_reason; // set by force_release
-  bool expired = false;       // the last lease ran out unreleased (its holder died or stopped renewing)
+  std::string release_reason;  // set by force_release
+  bool expired = false;        // the last lease ran out unreleased (its holder died or stopped renewing)
 };
 
 // Lock rows by state at one instant, counted by one aggregate (dashboards: rowguard serve).

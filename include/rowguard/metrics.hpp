@@ -26,10 +26,10 @@ enum class MetricType { counter, gauge, histogram };
 using MetricLabels = std::vector<std::pair<std::string, std::string>>;
 
 struct HistogramData {
-  std::vector<double> bounds;          // upper bounds of the buckets, seconds, ascending (+Inf implied)
-  std::vector<std::uint64_t> counts;   // per bucket, NOT cumulative; size bounds.size() + 1 (the last is +Inf)
+  std::vector<double> bounds;         // upper bounds of the buckets, seconds, ascending (+Inf implied)
+  std::vector<std::uint64_t> counts;  // per bucket, NOT cumulative; size bounds.size() + 1 (the last is +Inf)
   std::uint64_t count = 0;
-  double sum = 0;                      // seconds
+  double sum = 0;  // seconds
 };
 
 struct MetricSeries {

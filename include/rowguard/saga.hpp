@@ -33,9 +33,9 @@ struct StepContext {
   std::string saga_id;
   std::string saga_type;
   std::string payload;
-  std::string step;      // this step's name
-  int index = 0;         // 0-based position of the step in the saga
-  int attempt = 1;       // 1 on the first try in this process; retries and resumed runs count on
+  std::string step;  // this step's name
+  int index = 0;     // 0-based position of the step in the saga
+  int attempt = 1;   // 1 on the first try in this process; retries and resumed runs count on
   // The fencing token of the coordinator's lease "saga:<id>" (Lease::token()). A coordinator that
   // takes the saga over has a higher one, so an action whose effect is outside the saga's database
   // passes it to a Fence (Fence::admit / Fence::guard), or to a resource that keeps the highest
@@ -61,12 +61,13 @@ struct StepContext {
 // A result must be UTF-8 text without NUL (encode bytes, e.g. as hex): any other result fails the
 // step, which is then compensated. Error messages are stored with such bytes escaped as \xNN.
 // Example:
-//   {"hold", [&](StepContext& c) { return std::to_string(ledger.hold("card", "shop", 500, c.idempotency_key(), 1h).hold_id); },
+//   {"hold", [&](StepContext& c) { return std::to_string(ledger.hold("card", "shop", 500, c.idempotency_key(),
+//   1h).hold_id); },
 //            [&](StepContext& c) { if (auto* id = c.result_of("hold")) ledger.void_hold(std::stoll(*id)); }}
 struct SagaStep {
   std::string name;  // REQUIRES: 1 to 64 bytes of UTF-8 without NUL or ':'; unique within a saga
-  std::function<std::string(StepContext&)> action;      // REQUIRES: set
-  std::function<void(StepContext&)> compensation;      // empty: nothing to undo
+  std::function<std::string(StepContext&)> action;  // REQUIRES: set
+  std::function<void(StepContext&)> compensation;   // empty: nothing to undo
 };
 
 struct SagaOptions {
@@ -92,9 +93,9 @@ struct SagaOutcome {
   std::string id;
   SagaState state = SagaState::running;  // completed or compensated; compensating when a
                                          // compensation kept failing (recover() goes on with it)
-  std::string failed_step;  // the step whose action failed; empty when none did
-  std::string error;        // the failed step's error, or the compensation error that stopped it
-  bool replayed = false;    // the saga had already finished: this is its stored outcome
+  std::string failed_step;               // the step whose action failed; empty when none did
+  std::string error;                     // the failed step's error, or the compensation error that stopped it
+  bool replayed = false;                 // the saga had already finished: this is its stored outcome
   bool done() const noexcept { return state == SagaState::completed || state == SagaState::compensated; }
 };
 
@@ -113,9 +114,9 @@ struct SagaInfo {
   std::string type;
   std::string payload;
   SagaState state = SagaState::running;
-  int step = 0;          // the step being run, or being compensated
+  int step = 0;  // the step being run, or being compensated
   std::string error;
-  std::string owner;     // the last coordinator that drove it
+  std::string owner;  // the last coordinator that drove it
   std::int64_t created_at_ms = 0;
   std::int64_t updated_at_ms = 0;
   std::vector<SagaStepInfo> steps;  // filled by get() only

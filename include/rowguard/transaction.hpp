@@ -15,7 +15,7 @@ namespace rowguard {
 namespace detail {
 class SessionLease;
 struct DatabaseGate;  // src/core/database_gate.hpp: begins transactions for rowguard's own components
-}
+}  // namespace detail
 
 enum class Isolation { read_committed, repeatable_read, serializable };
 

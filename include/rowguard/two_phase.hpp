@@ -92,11 +92,11 @@ struct TwoPhaseResult {
 // The outcome of a transfer between accounts in two databases.
 struct TwoPhaseTransferResult {
   TransferStatus status = TransferStatus::ok;  // ok, or insufficient_funds (recorded under the key)
-  std::string gid;                 // the global transaction that carried it (the original on a replay)
-  std::int64_t withdrawal_id = 0;  // the leg in the source database's transfers
-  std::int64_t deposit_id = 0;     // the leg in the destination database's transfers; 0 when rejected
-  bool replayed = false;           // the key was seen before: the original outcome, nothing changed
-  std::size_t unfinished = 0;      // as TwoPhaseResult::unfinished
+  std::string gid;                             // the global transaction that carried it (the original on a replay)
+  std::int64_t withdrawal_id = 0;              // the leg in the source database's transfers
+  std::int64_t deposit_id = 0;                 // the leg in the destination database's transfers; 0 when rejected
+  bool replayed = false;                       // the key was seen before: the original outcome, nothing changed
+  std::size_t unfinished = 0;                  // as TwoPhaseResult::unfinished
   bool ok() const noexcept { return status == TransferStatus::ok; }
 };
 
@@ -107,7 +107,7 @@ struct RecoveryReport {
   // Left for a later run: no decision yet and younger than recovery_grace (a coordinator may still
   // be deciding), busy, or on a participant that could not be reached.
   std::int64_t in_doubt = 0;
-  std::int64_t finished = 0;     // decision rows marked finished (every participant done)
+  std::int64_t finished = 0;        // decision rows marked finished (every participant done)
   std::vector<std::string> errors;  // one line per participant that failed (no password in them)
   bool clean() const noexcept { return in_doubt == 0; }
 };

@@ -3,6 +3,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/soci/driver.hpp"
+
 #include "core/database_gate.hpp"
 
 namespace rowguard {

@@ -2,10 +2,11 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
 #include "base/sql_text.hpp"
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
+
+#include "backend/backend.hpp"
 
 namespace rowguard::detail {
 
@@ -54,9 +55,9 @@ void Session::rollback() {
 
 void check_gid(std::string_view gid) {
   const bool ok = !gid.empty() && gid.size() <= 200 && std::all_of(gid.begin(), gid.end(), [](char c) {
-                    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ':' ||
-                           c == '_' || c == '-';
-                  });
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == ':' || c == '_' ||
+           c == '-';
+  });
   if (!ok)
     throw Error(ErrorKind::invalid_argument,
                 "a global transaction id must be 1 to 200 characters of A-Z, a-z, 0-9, ':', '_' and '-'");
@@ -228,7 +229,9 @@ void Pool::give_back(std::unique_ptr<Session> session) noexcept {
   if (discarded && log_enabled(LogLevel::info)) {
     try {
       log(LogLevel::info, "pool", "session discarded",
-          {{"reason", discarded}, {"idle_dropped_with_it", std::to_string(stale_count)}, {"pool_size", std::to_string(max_)}});
+          {{"reason", discarded},
+           {"idle_dropped_with_it", std::to_string(stale_count)},
+           {"pool_size", std::to_string(max_)}});
     } catch (...) {
       // Out of memory building the fields: nothing to log with.
     }

@@ -227,9 +227,9 @@ void take_pooling_option(ParsedUrl& parsed) {
 
 bool is_secret_parameter(std::string_view keyword) noexcept {
   auto equal = [&](std::string_view name) {
-    return keyword.size() == name.size() && std::equal(keyword.begin(), keyword.end(), name.begin(), [](char a, char b) {
-             return std::tolower(static_cast<unsigned char>(a)) == b;
-           });
+    return keyword.size() == name.size() &&
+           std::equal(keyword.begin(), keyword.end(), name.begin(),
+                      [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
   };
   return equal("password") || equal("sslpassword") || equal("oauth_client_secret");
 }
@@ -257,10 +257,12 @@ Secrets secrets_of(std::string_view url) {
 
 std::string scrub(std::string text, const Secrets& secrets) {
   Secrets longest_first = secrets;
-  std::sort(longest_first.begin(), longest_first.end(), [](const auto& a, const auto& b) { return a.size() > b.size(); });
+  std::sort(longest_first.begin(), longest_first.end(),
+            [](const auto& a, const auto& b) { return a.size() > b.size(); });
   for (const auto& secret : longest_first) {
     if (secret.empty()) continue;
-    for (std::size_t pos = 0; (pos = text.find(secret, pos)) != std::string::npos; pos += 3) text.replace(pos, secret.size(), "***");
+    for (std::size_t pos = 0; (pos = text.find(secret, pos)) != std::string::npos; pos += 3)
+      text.replace(pos, secret.size(), "***");
   }
   return text;
 }
@@ -342,7 +344,8 @@ std::string with_conninfo_default(std::string conninfo, std::string_view key, st
 
 std::string with_session_defaults(std::string conninfo, const Options& options) {
   conninfo = with_conninfo_default(std::move(conninfo), "application_name", options.application_name);
-  conninfo = with_conninfo_default(std::move(conninfo), "connect_timeout", std::to_string(options.connect_timeout.count()));
+  conninfo =
+      with_conninfo_default(std::move(conninfo), "connect_timeout", std::to_string(options.connect_timeout.count()));
   const auto t = options.network_timeout.count();
   if (t == 0) return conninfo;
   // An idle session probes after t/3 and gives up after three unanswered probes t/6 apart (within

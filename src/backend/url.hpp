@@ -24,9 +24,9 @@ struct ParsedUrl {
   Engine engine = Engine::sqlite;
   // SQLite: the file path or URI filename; PostgreSQL: the libpq connection string (URI or keywords).
   std::string target;
-  bool memory = false;       // sqlite::memory:
-  Secrets secrets;           // every secret the URL holds: scrubbed from every message
-  std::string display;       // the URL with every secret replaced by ***
+  bool memory = false;  // sqlite::memory:
+  Secrets secrets;      // every secret the URL holds: scrubbed from every message
+  std::string display;  // the URL with every secret replaced by ***
   // rowguard_pooling=transaction: the server is reached through a transaction-pooling PgBouncer,
   // so nothing may rely on session state (named prepared statements, LISTEN). Taken out of target.
   bool transaction_pooling = false;

@@ -136,7 +136,8 @@ std::vector<std::string> words_of(std::string_view sql) {
 std::string folded(std::string word, bool upper) {
   if (!word.empty() && word[0] == '"') return word;
   for (auto& ch : word)
-    ch = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(ch)) : std::tolower(static_cast<unsigned char>(ch)));
+    ch = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(ch))
+                                 : std::tolower(static_cast<unsigned char>(ch)));
   return word;
 }
 }  // namespace

@@ -8,9 +8,9 @@ namespace rowguard::detail {
 
 // How a driver spells the n-th bound parameter. rowguard's SQL is written with $1, $2, ...
 enum class PlaceholderStyle {
-  dollar,            // $1   (libpq, unchanged)
-  question_numbered, // ?1   (sqlite3)
-  colon_named,       // :p1  (SOCI, bound by name)
+  dollar,             // $1   (libpq, unchanged)
+  question_numbered,  // ?1   (sqlite3)
+  colon_named,        // :p1  (SOCI, bound by name)
 };
 
 // Rewrites $N placeholders outside string literals, quoted identifiers and comments.

@@ -1,10 +1,12 @@
+#include "rowguard/value.hpp"
+
 #include <charconv>
 
 #include <fmt/format.h>
 
-#include "base/sql_text.hpp"
 #include "rowguard/error.hpp"
-#include "rowguard/value.hpp"
+
+#include "base/sql_text.hpp"
 
 namespace rowguard {
 

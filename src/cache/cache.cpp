@@ -1,6 +1,3 @@
-#include "core/database_gate.hpp"
-#include "obs/instruments.hpp"
-#include "obs/logging.hpp"
 #include "rowguard/cache.hpp"
 
 #include <cmath>
@@ -14,12 +11,19 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
-#include "base/sql_text.hpp"
-#include "core/standby_route.hpp"
-#include "cache/local_tier.hpp"
-#include "cache/cache_sql.hpp"
 #include "rowguard/locks.hpp"
+
+#include "base/sql_text.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
+
+#include "backend/backend.hpp"
+
+#include "core/database_gate.hpp"
+#include "core/standby_route.hpp"
+
+#include "cache/cache_sql.hpp"
+#include "cache/local_tier.hpp"
 
 namespace rowguard {
 
@@ -103,7 +107,8 @@ struct Cache::Impl {
       throw Error(ErrorKind::invalid_argument, "CacheOptions::sweep_every must not be negative");
     if (options.local_max_bytes > 0) {
       if (options.local_ttl.count() <= 0)
-        throw Error(ErrorKind::invalid_argument, "CacheOptions::local_ttl must be positive when the in-process tier is on");
+        throw Error(ErrorKind::invalid_argument,
+                    "CacheOptions::local_ttl must be positive when the in-process tier is on");
       local = std::make_shared<detail::LocalTier>(options.local_max_bytes, options.local_ttl);
     }
   }
@@ -180,13 +185,13 @@ struct Cache::Impl {
   }
   void check_value(std::string_view value) const {
     if (value.size() > options.max_value_bytes)
-      throw Error(ErrorKind::invalid_argument, fmt::format("cache value is {} bytes; the maximum is {}", value.size(),
-                                                           options.max_value_bytes));
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("cache value is {} bytes; the maximum is {}", value.size(), options.max_value_bytes));
   }
   static void check_ttl(std::chrono::milliseconds ttl) {
     if (ttl.count() <= 0 || ttl > Cache::max_ttl)
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("cache ttl must be 1 ms to {} ms (366 days), got {} ms", Cache::max_ttl.count(), ttl.count()));
+      throw Error(ErrorKind::invalid_argument, fmt::format("cache ttl must be 1 ms to {} ms (366 days), got {} ms",
+                                                           Cache::max_ttl.count(), ttl.count()));
   }
   std::int64_t jittered(std::chrono::milliseconds ttl) const {
     if (options.ttl_jitter == 0.0) return ttl.count();
@@ -249,7 +254,9 @@ struct Cache::Impl {
   // unreleased lease expires at its ttl.
   void release_loader_lease(Lease& lease, const std::string& key);
   // A refresh that must not wait: the key's lease now, or nothing (someone else is refreshing).
-  std::optional<Lease> try_lease(const std::string& key) { return locks.try_acquire(lease_name(key), options.load_lease_ttl); }
+  std::optional<Lease> try_lease(const std::string& key) {
+    return locks.try_acquire(lease_name(key), options.load_lease_ttl);
+  }
 
   // XFetch: refresh early with probability rising as expiry nears (gap = -load_ms * beta * ln U).
   static bool refresh_early(const Entry& e, const LoadOptions& o) {
@@ -291,8 +298,7 @@ void Cache::Impl::release_loader_lease(Lease& lease, const std::string& key) {
   } catch (const Error& e) {
     count([](CacheStats& s) { ++s.lease_lost; });
     if (detail::log_enabled(LogLevel::warn))
-      detail::log(LogLevel::warn, "cache", "cache loader lease lost",
-                  {{"key", key}, {"error", e.what()}});
+      detail::log(LogLevel::warn, "cache", "cache loader lease lost", {{"key", key}, {"error", e.what()}});
   }
 }
 
@@ -346,8 +352,13 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
   if (std::chrono::steady_clock::now() - seen.read_returned >= options.sweep_grace) return refused(true);
   const auto keep = jittered(value ? ttl : *load_options.negative_ttl);
   const auto size = static_cast<std::int64_t>(value ? value->size() : 0);
-  const std::vector<Value> params{key, value ? Value(Blob{*value}) : Value(nullptr), size, keep, seen.generation,
-                                  static_cast<std::int64_t>(took.count()), seen.read_at_ms,
+  const std::vector<Value> params{key,
+                                  value ? Value(Blob{*value}) : Value(nullptr),
+                                  size,
+                                  keep,
+                                  seen.generation,
+                                  static_cast<std::int64_t>(took.count()),
+                                  seen.read_at_ms,
                                   static_cast<std::int64_t>(options.sweep_grace.count())};
   Result stored;
   if (sql.gate_shared.empty()) {
@@ -393,8 +404,8 @@ void Cache::put(std::string_view key, std::string_view value, std::chrono::milli
   impl_->check_value(value);
   Impl::check_ttl(ttl);
   auto session = impl_->backend->borrow();
-  (*session)->exec(impl_->sql.put, {std::string(key), Blob{std::string(value)},
-                                    static_cast<std::int64_t>(value.size()), impl_->jittered(ttl)});
+  (*session)->exec(impl_->sql.put, {std::string(key), Blob{std::string(value)}, static_cast<std::int64_t>(value.size()),
+                                    impl_->jittered(ttl)});
   impl_->count([&](CacheStats& s) { s.bytes_stored += value.size(); });
   impl_->local_drop(key);
 }

@@ -105,8 +105,7 @@ CacheStatements::CacheStatements(const Backend& backend) {
   // Size bounds: least recently written first, outside the grace; then, only if that is not
   // enough, inside it (evict_recent, with the eviction recorded in the same transaction).
   evict = fmt::format(
-      "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE updated_at < {1} ORDER BY updated_at LIMIT $2)", t,
-      cut);
+      "DELETE FROM {0} WHERE key IN (SELECT key FROM {0} WHERE updated_at < {1} ORDER BY updated_at LIMIT $2)", t, cut);
   evict_recent = fmt::format("DELETE FROM {0} WHERE key IN (SELECT key FROM {0} ORDER BY updated_at LIMIT $1)", t);
   table_stats = fmt::format(
       "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN expires_at > {} THEN 1 ELSE 0 END), 0) AS bigint), "

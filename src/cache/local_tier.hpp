@@ -57,7 +57,7 @@ class LocalTier {
   const std::size_t max_bytes_;
   const std::chrono::milliseconds ttl_;
   std::mutex mutex_;
-  std::list<Entry> lru_;  // most recently used first
+  std::list<Entry> lru_;                                                    // most recently used first
   std::unordered_map<std::string_view, std::list<Entry>::iterator> index_;  // views into lru_ keys
   std::array<std::uint64_t, 64> stamps_{};
   std::size_t bytes_ = 0;

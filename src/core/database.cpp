@@ -1,12 +1,15 @@
+#include "rowguard/database.hpp"
+
 #include <fmt/format.h>
 
-#include "core/database_gate.hpp"
-#include "backend/backend.hpp"
-#include "backend/url.hpp"
-#include "backend/sqlite3/driver.hpp"
-#include "core/schema_scripts.hpp"
 #include "rowguard/config.hpp"
-#include "rowguard/database.hpp"
+
+#include "backend/backend.hpp"
+#include "backend/sqlite3/driver.hpp"
+#include "backend/url.hpp"
+
+#include "core/database_gate.hpp"
+#include "core/schema_scripts.hpp"
 #if ROWGUARD_HAVE_POSTGRES
 #include "backend/libpqxx/driver.hpp"
 #endif
@@ -27,7 +30,8 @@ std::shared_ptr<detail::Backend> open_backend(std::string_view url, const Option
 #if ROWGUARD_HAVE_POSTGRES
       return detail::open_postgres(parsed, options);
 #else
-      throw Error(ErrorKind::invalid_argument, "this rowguard was built without PostgreSQL (ROWGUARD_WITH_POSTGRES=OFF)");
+      throw Error(ErrorKind::invalid_argument,
+                  "this rowguard was built without PostgreSQL (ROWGUARD_WITH_POSTGRES=OFF)");
 #endif
     case detail::Engine::soci_sqlite3:
     case detail::Engine::soci_postgresql:

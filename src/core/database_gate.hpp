@@ -6,9 +6,10 @@
 
 #include <memory>
 
-#include "backend/backend.hpp"
 #include "rowguard/database.hpp"
 #include "rowguard/transaction.hpp"
+
+#include "backend/backend.hpp"
 
 namespace rowguard::detail {
 

@@ -6,9 +6,10 @@
 
 #include <fmt/format.h>
 
-#include "obs/instruments.hpp"
 #include "rowguard/error.hpp"
 #include "rowguard/retry.hpp"
+
+#include "obs/instruments.hpp"
 
 namespace rowguard::detail {
 

@@ -1,12 +1,13 @@
 #include "core/schema_scripts.hpp"
 
-#include "base/sql_text.hpp"
-#include "rowguard/error.hpp"
-#include "rowguard/schema.hpp"
-
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+
+#include "rowguard/error.hpp"
+#include "rowguard/schema.hpp"
+
+#include "base/sql_text.hpp"
 
 namespace rowguard::detail {
 
@@ -63,7 +64,8 @@ std::string schema_sql(std::string_view dialect, SchemaPart part, std::string_vi
     return detail::with_prefix(script->sql, table_prefix);
   }
   std::string out = detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, table_prefix);
-  for (const auto& step : detail::migrations(dialect)) out += "\n" + detail::with_prefix(step.script->sql, table_prefix);
+  for (const auto& step : detail::migrations(dialect))
+    out += "\n" + detail::with_prefix(step.script->sql, table_prefix);
   return out;
 }
 

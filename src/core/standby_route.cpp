@@ -1,11 +1,13 @@
-#include "core/database_gate.hpp"
 #include "core/standby_route.hpp"
 
 #include <fmt/format.h>
 
+#include "rowguard/database.hpp"
+
 #include "obs/instruments.hpp"
 #include "obs/logging.hpp"
-#include "rowguard/database.hpp"
+
+#include "core/database_gate.hpp"
 
 namespace rowguard::detail {
 

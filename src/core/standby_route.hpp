@@ -9,8 +9,9 @@
 #include <memory>
 #include <string>
 
-#include "backend/backend.hpp"
 #include "rowguard/standby.hpp"
+
+#include "backend/backend.hpp"
 
 namespace rowguard::detail {
 

@@ -1,10 +1,12 @@
+#include "rowguard/transaction.hpp"
+
 #include <algorithm>
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
 #include "base/sql_text.hpp"
-#include "rowguard/transaction.hpp"
+
+#include "backend/backend.hpp"
 
 namespace rowguard {
 

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "core/database_gate.hpp"
+
 #include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
@@ -12,8 +13,8 @@ namespace {
 
 // The statements of one archive run. $1 is the cutoff in epoch milliseconds throughout.
 struct ArchiveSql {
-  std::string now, copy_transfers, copy_entries, add_openings, add_totals, delete_entries, delete_transfers,
-      record_run, high_water, kept;
+  std::string now, copy_transfers, copy_entries, add_openings, add_totals, delete_entries, delete_transfers, record_run,
+      high_water, kept;
 };
 
 ArchiveSql archive_sql(const detail::Backend& backend) {
@@ -27,9 +28,10 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
   // (The decision log exists only where two-phase commit does: PostgreSQL.)
   const std::string unfinished_leg =
       d.has_prepared_transactions()
-          ? fmt::format(" OR (m.global_txid IS NOT NULL AND EXISTS (SELECT 1 FROM {} g WHERE g.gid = m.global_txid "
-                        "AND g.finished_at IS NULL))",
-                        backend.table("global_transactions"))
+          ? fmt::format(
+                " OR (m.global_txid IS NOT NULL AND EXISTS (SELECT 1 FROM {} g WHERE g.gid = m.global_txid "
+                "AND g.finished_at IS NULL))",
+                backend.table("global_transactions"))
           : std::string();
   const std::string stays =
       fmt::format("(m.created_at >= {} OR EXISTS (SELECT 1 FROM {} h WHERE h.transfer_id = m.id){})", cut,
@@ -45,9 +47,8 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
   const std::string columns =
       "id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at, "
       "hold_id, global_txid";
-  s.copy_transfers =
-      fmt::format("INSERT INTO {ta} ({c}) SELECT {c} FROM {tr} t WHERE {movable}", fmt::arg("ta", ta),
-                  fmt::arg("c", columns), fmt::arg("tr", tr), fmt::arg("movable", movable));
+  s.copy_transfers = fmt::format("INSERT INTO {ta} ({c}) SELECT {c} FROM {tr} t WHERE {movable}", fmt::arg("ta", ta),
+                                 fmt::arg("c", columns), fmt::arg("tr", tr), fmt::arg("movable", movable));
   // From here on the run's transfers are the live ones already copied: the archive table is the
   // set, so every later statement sees exactly the rows the copy chose.
   const std::string moved = fmt::format("t.created_at < {} AND EXISTS (SELECT 1 FROM {} a WHERE a.id = t.id)", cut, ta);
@@ -75,8 +76,7 @@ ArchiveSql archive_sql(const detail::Backend& backend) {
       "ON CONFLICT (currency) DO UPDATE SET deposits = {at}.deposits + excluded.deposits, "
       "withdrawals = {at}.withdrawals + excluded.withdrawals",
       fmt::arg("at", at), fmt::arg("tr", tr), fmt::arg("moved", moved));
-  s.delete_entries =
-      fmt::format("DELETE FROM {} WHERE transfer_id IN (SELECT t.id FROM {} t WHERE {})", en, tr, moved);
+  s.delete_entries = fmt::format("DELETE FROM {} WHERE transfer_id IN (SELECT t.id FROM {} t WHERE {})", en, tr, moved);
   // Reversals and their originals go in one statement: the foreign key is checked at its end.
   s.delete_transfers = fmt::format("DELETE FROM {tr} WHERE id IN (SELECT t.id FROM {tr} t WHERE {moved})",
                                    fmt::arg("tr", tr), fmt::arg("moved", moved));
@@ -116,7 +116,8 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
         // One snapshot for every statement (REPEATABLE READ on PostgreSQL; SQLite's write
         // transaction excludes every other writer): a concurrent reversal or capture of a row
         // being moved makes the run fail with a conflict and retry, never split a family.
-        Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{Isolation::repeatable_read, TxAccess::read_write});
+        Transaction tx =
+            detail::DatabaseGate::begin(*impl.backend, TxOptions{Isolation::repeatable_read, TxAccess::read_write});
         const std::int64_t now_ms = tx.exec(sql.now, {}).one().i64(0);
         if (cutoff_ms > now_ms - options.min_age.count())
           throw Error(ErrorKind::invalid_argument,
@@ -135,8 +136,8 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
             tx.exec(sql.delete_entries, {cutoff_ms});
             const std::int64_t deleted = tx.exec(sql.delete_transfers, {cutoff_ms}).affected;
             if (deleted != report.transfers)
-              throw Error(ErrorKind::conflict, fmt::format("archive copied {} transfers but deleted {}",
-                                                           report.transfers, deleted));
+              throw Error(ErrorKind::conflict,
+                          fmt::format("archive copied {} transfers but deleted {}", report.transfers, deleted));
             tx.exec(sql.high_water, {});
             tx.exec(sql.record_run, {cutoff_ms, report.transfers, report.entries});
           }
@@ -147,7 +148,8 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
           // rows first and committed since this run's snapshot (REPEATABLE READ on PostgreSQL):
           // its copies are in the archive tables. Nothing was written; run again, with a new
           // snapshot that finds the rows gone.
-          if (e.sqlstate() == "23503" || e.sqlstate() == "23505") throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
+          if (e.sqlstate() == "23503" || e.sqlstate() == "23505")
+            throw Error(ErrorKind::conflict, e.what(), e.sqlstate());
           throw;
         }
         if (options.dry_run)

@@ -6,10 +6,12 @@
 
 #include <fmt/format.h>
 
-#include "ledger/ledger_impl.hpp"
-#include "core/standby_route.hpp"
 #include "rowguard/ledger.hpp"
 #include "rowguard/money.hpp"
+
+#include "core/standby_route.hpp"
+
+#include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
 
@@ -17,10 +19,14 @@ using namespace detail::ledger;
 
 std::string_view to_string(TransferKind kind) noexcept {
   switch (kind) {
-    case TransferKind::deposit: return "deposit";
-    case TransferKind::withdrawal: return "withdrawal";
-    case TransferKind::reversal: return "reversal";
-    case TransferKind::transfer: break;
+    case TransferKind::deposit:
+      return "deposit";
+    case TransferKind::withdrawal:
+      return "withdrawal";
+    case TransferKind::reversal:
+      return "reversal";
+    case TransferKind::transfer:
+      break;
   }
   return "transfer";
 }
@@ -59,8 +65,11 @@ struct HistorySql {
   const detail::Dialect& d;
 
   explicit HistorySql(const detail::Backend& backend)
-      : acc(backend.table("accounts")), tr(backend.table("transfers")), en(backend.table("entries")),
-        ob(backend.table("opening_balances")), d(backend.dialect()) {
+      : acc(backend.table("accounts")),
+        tr(backend.table("transfers")),
+        en(backend.table("entries")),
+        ob(backend.table("opening_balances")),
+        d(backend.dialect()) {
     columns = fmt::format(
         "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
         "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
@@ -77,13 +86,15 @@ struct HistorySql {
     const char* cmp = newest_first ? "<" : ">";
     const char* dir = newest_first ? "DESC" : "ASC";
     const std::string page =
-        window ? fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
-                             "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
-                             "t.created_at < {} ORDER BY e.id {} LIMIT $5",
-                             en, tr, cmp, ts("$3"), ts("$4"), dir)
-               : fmt::format("SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
-                             "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
-                             en, cmp, dir);
+        window ? fmt::format(
+                     "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                     "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
+                     "t.created_at < {} ORDER BY e.id {} LIMIT $5",
+                     en, tr, cmp, ts("$3"), ts("$4"), dir)
+               : fmt::format(
+                     "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                     "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
+                     en, cmp, dir);
     return fmt::format(
         "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
         "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
@@ -103,13 +114,13 @@ struct HistorySql {
   // account, the two indexed arms (from, to) each stop at limit rows before they are merged.
   std::string transfers(bool by_account, bool with_entries) const {
     const std::string page =
-        by_account
-            ? fmt::format(
-                  "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC LIMIT $2) f "
-                  "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
-                  "LIMIT $2) g",
-                  fmt::arg("tr", tr))
-            : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
+        by_account ? fmt::format(
+                         "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC "
+                         "LIMIT $2) f "
+                         "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
+                         "LIMIT $2) g",
+                         fmt::arg("tr", tr))
+                   : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
     // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
     const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
     if (!with_entries)
@@ -249,8 +260,8 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
       page.items.resize(query.limit);
       page.next = page.items.back().id;
     }
-    missing = page.items.empty() && query.account &&
-              session.exec(sql.account_exists(), {*query.account}).one().i64(0) == 0;
+    missing =
+        page.items.empty() && query.account && session.exec(sql.account_exists(), {*query.account}).one().i64(0) == 0;
   };
   if (!impl_->standby.run(read) || missing) read(**impl_->backend->borrow());
   if (missing) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *query.account));
@@ -271,7 +282,8 @@ std::int64_t Ledger::balance_at(std::string_view account, std::int64_t at_ms) {
                             *as_of));
   const auto balance = checked_add(opening, row.i64(3));
   if (!balance)
-    throw Error(ErrorKind::permanent, fmt::format("the balance of '{}' at {} overflows a 64-bit integer", account, at_ms));
+    throw Error(ErrorKind::permanent,
+                fmt::format("the balance of '{}' at {} overflows a 64-bit integer", account, at_ms));
   return *balance;
 }
 

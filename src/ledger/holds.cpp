@@ -5,9 +5,11 @@
 // capture or void holds that lock it reads the hold's state as final.
 #include <fmt/format.h>
 
-#include "core/database_gate.hpp"
-#include "ledger/ledger_impl.hpp"
 #include "rowguard/money.hpp"
+
+#include "core/database_gate.hpp"
+
+#include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
 
@@ -15,11 +17,16 @@ using namespace detail::ledger;
 
 std::string_view to_string(HoldState state) noexcept {
   switch (state) {
-    case HoldState::held: return "held";
-    case HoldState::captured: return "captured";
-    case HoldState::voided: return "voided";
-    case HoldState::expired: return "expired";
-    case HoldState::rejected: return "rejected";
+    case HoldState::held:
+      return "held";
+    case HoldState::captured:
+      return "captured";
+    case HoldState::voided:
+      return "voided";
+    case HoldState::expired:
+      return "expired";
+    case HoldState::rejected:
+      return "rejected";
   }
   return "held";
 }
@@ -70,8 +77,8 @@ void Ledger::Impl::init_hold_statements() {
   // Closing an expired hold changes no amount a reader sees (reads leave expired holds out): no
   // version bump, so it never fails a concurrent update()'s version check.
   unhold_sql = fmt::format("UPDATE {} SET held = held - $2 WHERE id = $1", acc);
-  hold_add_sql = fmt::format(
-      "UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+  hold_add_sql =
+      fmt::format("UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
   hold_read_sql = fmt::format(
       "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
       "transfer_id, {} - {} FROM {} WHERE id = $1",
@@ -150,13 +157,14 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
     if (!checked_add(held, amount))
       throw Error(ErrorKind::invalid_argument, fmt::format("the amount held on '{}' would overflow int64", source));
     bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
-    if (!funded && held > 0) funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
+    if (!funded && held > 0)
+      funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
     if (funded) tx.exec(impl.hold_add_sql, {source, amount});
     HoldResult r;
     r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    r.hold_id = tx.exec(impl.hold_insert_sql, {k, source, destination, amount, src.text(1),
-                                               std::string(funded ? "held" : "rejected"),
-                                               static_cast<std::int64_t>(timeout.count())})
+    r.hold_id = tx.exec(impl.hold_insert_sql,
+                        {k, source, destination, amount, src.text(1), std::string(funded ? "held" : "rejected"),
+                         static_cast<std::int64_t>(timeout.count())})
                     .one()
                     .i64(0);
     if (funded) impl.invalidate(tx, source);
@@ -180,7 +188,8 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const Hold first = hold_of(found.rows[0]);
     if (first.state == HoldState::rejected)
-      throw Error(ErrorKind::not_found, fmt::format("hold {} was rejected for insufficient funds: nothing to capture", hold_id));
+      throw Error(ErrorKind::not_found,
+                  fmt::format("hold {} was rejected for insufficient funds: nothing to capture", hold_id));
     const std::int64_t take = amount.value_or(first.amount);
     if (take > first.amount)
       throw Error(ErrorKind::invalid_argument,
@@ -207,20 +216,20 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
       return replayed;
     }
     if (h.state == HoldState::voided || h.state == HoldState::expired || past_timeout(h))
-      throw Error(ErrorKind::hold_closed,
-                  fmt::format("hold {} {}: it no longer reserves anything to capture", hold_id,
-                              h.state == HoldState::voided ? "was voided" : "has expired"));
+      throw Error(ErrorKind::hold_closed, fmt::format("hold {} {}: it no longer reserves anything to capture", hold_id,
+                                                      h.state == HoldState::voided ? "was voided" : "has expired"));
     if (!prior.empty()) {
       require_same(prior.rows[0], request);  // throws: this hold has no capture yet
-      throw Error(ErrorKind::permanent, fmt::format("the key '{}' records a capture of hold {}, which is not captured",
-                                                    k, hold_id));
+      throw Error(ErrorKind::permanent,
+                  fmt::format("the key '{}' records a capture of hold {}, which is not captured", k, hold_id));
     }
     const Row* to = nullptr;
     for (const auto& row : locked.rows)
       if (row.text(0) == h.to) to = &row;
     if (!to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", h.to));
     if (!checked_add(to->i64(2), take))
-      throw Error(ErrorKind::invalid_argument, fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
     // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
     if (tx.exec(impl.capture_debit_sql, {h.from, take, h.amount}).affected != 1)
       throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
@@ -253,7 +262,8 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
     Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
     switch (h.state) {
       case HoldState::rejected:
-        throw Error(ErrorKind::not_found, fmt::format("hold {} was rejected for insufficient funds: nothing to void", hold_id));
+        throw Error(ErrorKind::not_found,
+                    fmt::format("hold {} was rejected for insufficient funds: nothing to void", hold_id));
       case HoldState::captured:
         throw Error(ErrorKind::hold_closed,
                     fmt::format("hold {} was captured by transfer {}: refund it with a reversal instead", hold_id,

@@ -1,4 +1,3 @@
-#include "core/database_gate.hpp"
 #include "rowguard/ledger.hpp"
 
 #include <algorithm>
@@ -8,8 +7,11 @@
 
 #include <fmt/format.h>
 
-#include "ledger/ledger_impl.hpp"
 #include "rowguard/money.hpp"
+
+#include "core/database_gate.hpp"
+
+#include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
 
@@ -27,14 +29,14 @@ void validate(const RetryPolicy& p) {
 }
 }  // namespace detail
 
-
 Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
     : backend(std::move(b)),
       options(o),
       standby(*backend, options.standby, "LedgerOptions::standby"),
       accounts_sql(*backend) {
   detail::validate(options.retry);
-  if (options.cache_ttl.count() <= 0) throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
+  if (options.cache_ttl.count() <= 0)
+    throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
   const auto& d = backend->dialect();
   const std::string acc = backend->table("accounts");
   const std::string tr = backend->table("transfers");
@@ -52,8 +54,8 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
       "WHERE id = $1 AND balance - $2 - held >= min_balance",
       acc, now);
-  credit_sql =
-      fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+  credit_sql = fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1",
+                           acc, now);
   record_sql = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
       "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
@@ -63,28 +65,28 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
       "outcome = 'ok'{}",
       tr, for_update);
-  refunded_sql = fmt::format(
-      "SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
+  refunded_sql =
+      fmt::format("SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
   update_sql = fmt::format(
       "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
       now);
   if (d.has_writable_ctes()) {
     // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
     const std::string invalidate =
-        options.cache ? fmt::format(", invalidated AS ({})",
-                                    detail::cache_invalidate_sql(
-                                        *backend, "x.k",
-                                        "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
-                                        "WHERE EXISTS (SELECT 1 FROM debit)"))
-                      : std::string();
+        options.cache
+            ? fmt::format(", invalidated AS ({})",
+                          detail::cache_invalidate_sql(*backend, "x.k",
+                                                       "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
+                                                       "WHERE EXISTS (SELECT 1 FROM debit)"))
+            : std::string();
     one_statement_transfer_sql =
         one_statement_transfer(acc, tr, en, key_record_sql(*backend, "CAST($4 AS text)"), invalidate);
   }
   prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
                           tr, d.timestamp_plus_ms(now, "$1"));
-  entry_sql = fmt::format(
-      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-      next_id_above_high_water(*backend, "entries"), now);
+  entry_sql =
+      fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
+                  next_id_above_high_water(*backend, "entries"), now);
   init_hold_statements();
 }
 
@@ -130,9 +132,7 @@ std::string Ledger::Impl::one_statement_transfer(const std::string& acc, const s
 }
 
 namespace {
-Account account_of(const Row& r) {
-  return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4), r.i64(5)};
-}
+Account account_of(const Row& r) { return Account{r.text(0), r.text(1), r.i64(2), r.i64(3), r.i64(4), r.i64(5)}; }
 }  // namespace
 
 namespace detail::ledger {
@@ -213,7 +213,8 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   };
   const Row* from = request.from ? find(*request.from) : nullptr;
   const Row* to = request.to ? find(*request.to) : nullptr;
-  if (request.from && !from) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+  if (request.from && !from)
+    throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
   if (request.to && !to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
   if (from && to && from->text(1) != to->text(1))
     throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
@@ -320,7 +321,8 @@ std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row
   r.transfer_id = row.i64(c + 3);
   r.status = row.text(c + 4) == "ok" ? TransferStatus::ok : TransferStatus::insufficient_funds;
   if (r.ok() && row.i64(c + 5) != 4)
-    throw Error(ErrorKind::permanent, fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(c + 5)));
+    throw Error(ErrorKind::permanent,
+                fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(c + 5)));
   return r;
 }
 
@@ -467,16 +469,16 @@ TransferResult Ledger::deposit(Transaction& tx, std::string_view account, std::i
                                std::string_view global_txid) {
   check_leg(account, amount, key, global_txid);
   Measure measure(Measure::Kind::deposit);
-  return measure(impl_->apply_in(tx, {"deposit", std::nullopt, std::string(account), amount, std::string(key), 0,
-                                      std::string(global_txid)}));
+  return measure(impl_->apply_in(
+      tx, {"deposit", std::nullopt, std::string(account), amount, std::string(key), 0, std::string(global_txid)}));
 }
 
 TransferResult Ledger::withdraw(Transaction& tx, std::string_view account, std::int64_t amount, std::string_view key,
                                 std::string_view global_txid) {
   check_leg(account, amount, key, global_txid);
   Measure measure(Measure::Kind::withdrawal);
-  return measure(impl_->apply_in(tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0,
-                                      std::string(global_txid)}));
+  return measure(impl_->apply_in(
+      tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0, std::string(global_txid)}));
 }
 
 TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
@@ -493,9 +495,9 @@ TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view
                                          std::string_view key) {
   const TransferResult r = transfer(from, to, amount, key);
   if (!r.ok())
-    throw Error(ErrorKind::insufficient_funds,
-                fmt::format("'{}' cannot pay {} without going below its minimum (transfer {})", from, amount,
-                            r.transfer_id));
+    throw Error(
+        ErrorKind::insufficient_funds,
+        fmt::format("'{}' cannot pay {} without going below its minimum (transfer {})", from, amount, r.transfer_id));
   return r;
 }
 
@@ -503,7 +505,8 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
   if (items.empty() || items.size() > 10'000)
     throw Error(ErrorKind::invalid_argument, fmt::format("a batch needs 1 to 10000 items, got {}", items.size()));
   if (items.back().linked)
-    throw Error(ErrorKind::invalid_argument, "the last batch item is linked to nothing (a chain ends with an unlinked item)");
+    throw Error(ErrorKind::invalid_argument,
+                "the last batch item is linked to nothing (a chain ends with an unlinked item)");
   Measure measure(Measure::Kind::batch);
   std::vector<BatchResult> results;
   impl_->retrying([&] {
@@ -537,7 +540,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
             throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
         } catch (const Error& e) {
           if (e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt)
-            throw;  // the whole batch is retried
+            throw;                                         // the whole batch is retried
           if (!savepoint && !e.sqlstate().empty()) throw;  // the server aborted the transaction: no item commits
           results[i].error = e.kind();
           results[i].message = e.what();
@@ -623,8 +626,8 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
         const Result locked = tx.exec(impl.lock_one_sql, {read.id});
         if (!locked.empty() && locked.rows[0].i64(4) > 0) impl.release_expired(tx, read.id);
         if (tx.exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
-          throw Error(ErrorKind::conflict, fmt::format("account '{}' changed since version {} was read", read.id,
-                                                       read.version));
+          throw Error(ErrorKind::conflict,
+                      fmt::format("account '{}' changed since version {} was read", read.id, read.version));
         impl.invalidate(tx, read.id);
         tx.commit();
         want.version = read.version + 1;
@@ -661,32 +664,33 @@ CheckReport Ledger::check() {
       [&] {
         CheckReport report;
         // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
-        Transaction tx = detail::DatabaseGate::begin(*impl_->backend, TxOptions{Isolation::repeatable_read, TxAccess::read_only});
+        Transaction tx =
+            detail::DatabaseGate::begin(*impl_->backend, TxOptions{Isolation::repeatable_read, TxAccess::read_only});
         for (const auto& r :
-             tx.exec(fmt::format("SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
-                                 "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
-                                 "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
-                                 "ON e.account_id = a.id "
-                                 "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
-                                 acc, ob, en))
+             tx.exec(fmt::format(
+                         "SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
+                         "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
+                         "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
+                         "ON e.account_id = a.id "
+                         "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
+                         acc, ob, en))
                  .rows)
-          report.violations.push_back(
-              {"balance_mismatch", r.text(0),
-               fmt::format("balance {} but its opening balance {} plus its entries {} differ", r.i64(1), r.i64(2),
-                           r.i64(3))});
+          report.violations.push_back({"balance_mismatch", r.text(0),
+                                       fmt::format("balance {} but its opening balance {} plus its entries {} differ",
+                                                   r.i64(1), r.i64(2), r.i64(3))});
         // An opening balance is what the account's archived entries add up to. A DBA may export and
         // empty the archive tables (docs/operations.md), and archive() goes on adding to the opening
         // balances afterwards: an account whose archive holds fewer entries than its opening balance
         // counts was exported, and its sum cannot be checked. More entries than counted, or as many
         // with another sum, is a violation.
-        for (const auto& r : tx.exec(fmt::format(
-                                         "SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
-                                         "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
-                                         "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
-                                         "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
-                                         "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
-                                         ea, ob))
-                                 .rows)
+        for (const auto& r :
+             tx.exec(fmt::format("SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
+                                 "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
+                                 "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
+                                 "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
+                                 "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
+                                 ea, ob))
+                 .rows)
           report.violations.push_back(
               {"opening_mismatch", r.text(0),
                fmt::format("opening balance {} of {} entries but its archived entries add up to {} in {}", r.i64(3),
@@ -696,9 +700,9 @@ CheckReport Ledger::check() {
                                                  "min_balance OR balance - held < min_balance ORDER BY id",
                                                  acc))
                                  .rows)
-          report.violations.push_back({"below_minimum", r.text(0),
-                                       fmt::format("balance {} minus held {} is below its minimum {}", r.i64(1),
-                                                   r.i64(2), r.i64(3))});
+          report.violations.push_back(
+              {"below_minimum", r.text(0),
+               fmt::format("balance {} minus held {} is below its minimum {}", r.i64(1), r.i64(2), r.i64(3))});
         // accounts.held is the sum of the account's open holds (expired ones included until closed).
         for (const auto& r :
              tx.exec(fmt::format("SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
@@ -707,8 +711,8 @@ CheckReport Ledger::check() {
                                  "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
                                  acc, holds))
                  .rows)
-          report.violations.push_back({"held_mismatch", r.text(0),
-                                       fmt::format("held {} but its open holds add up to {}", r.i64(1), r.i64(2))});
+          report.violations.push_back(
+              {"held_mismatch", r.text(0), fmt::format("held {} but its open holds add up to {}", r.i64(1), r.i64(2))});
         // A captured hold has exactly its capture: an applied transfer of the captured amount.
         for (const auto& r :
              tx.exec(fmt::format("SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
@@ -723,13 +727,14 @@ CheckReport Ledger::check() {
                                  "GROUP BY t.id HAVING SUM(e.amount) <> 0",
                                  tr, en))
                  .rows)
-          report.violations.push_back({"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
-        for (const auto& r : tx.exec(fmt::format(
-                                    "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
-                                    "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
-                                    tr, en))
+          report.violations.push_back(
+              {"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
+        for (const auto& r : tx.exec(fmt::format("SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
+                                                 "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
+                                                 tr, en))
                                  .rows)
-          report.violations.push_back({"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
+          report.violations.push_back(
+              {"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
         // Per currency: the balances add up to deposits minus withdrawals.
         const auto totals = tx.exec(fmt::format(
             "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
@@ -745,13 +750,14 @@ CheckReport Ledger::check() {
             "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
             fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at)));
         for (const auto& r : totals.rows) {
-          const CurrencyTotal& total = report.totals.emplace_back(CurrencyTotal{r.text(0), r.i64(1), r.i64(2), r.i64(3)});
+          const CurrencyTotal& total =
+              report.totals.emplace_back(CurrencyTotal{r.text(0), r.i64(1), r.i64(2), r.i64(3)});
           const auto expected = checked_sub(total.deposits, total.withdrawals);
           if (!expected || *expected != total.balance)
-            report.violations.push_back({"total_mismatch", "",
-                                         fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}",
-                                                     total.currency, total.balance, total.deposits,
-                                                     total.withdrawals)});
+            report.violations.push_back(
+                {"total_mismatch", "",
+                 fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}", total.currency,
+                             total.balance, total.deposits, total.withdrawals)});
         }
         if (report.totals.size() == 1) report.total_balance = report.totals[0].balance;
         report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);

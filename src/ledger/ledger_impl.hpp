@@ -9,15 +9,19 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
-#include "base/sql_text.hpp"
-#include "cache/cache_sql.hpp"
-#include "obs/instruments.hpp"
-#include "core/retrying.hpp"
-#include "core/standby_route.hpp"
-#include "ledger/ledger_sql.hpp"
 #include "rowguard/cache.hpp"
 #include "rowguard/ledger.hpp"
+
+#include "base/sql_text.hpp"
+#include "obs/instruments.hpp"
+
+#include "backend/backend.hpp"
+
+#include "core/retrying.hpp"
+#include "core/standby_route.hpp"
+
+#include "cache/cache_sql.hpp"
+#include "ledger/ledger_sql.hpp"
 
 namespace rowguard {
 namespace detail::ledger {
@@ -30,9 +34,8 @@ inline void check_text(std::string_view value, std::string_view what, std::size_
 }
 
 inline void check_currency(std::string_view currency) {
-  const bool ok = currency.size() == 3 && std::all_of(currency.begin(), currency.end(), [](char c) {
-                    return c >= 'A' && c <= 'Z';
-                  });
+  const bool ok = currency.size() == 3 &&
+                  std::all_of(currency.begin(), currency.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
   if (!ok)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("currency '{}' is not an ISO 4217 code (three capital letters, e.g. EUR)", currency));
@@ -40,7 +43,8 @@ inline void check_currency(std::string_view currency) {
 
 inline void check_amount(std::int64_t amount) {
   if (amount <= 0)
-    throw Error(ErrorKind::invalid_argument, fmt::format("amount must be a positive number of minor units, got {}", amount));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("amount must be a positive number of minor units, got {}", amount));
 }
 
 // What a keyed request asks for; compared field by field with the record of its key (replay_of).
@@ -55,7 +59,7 @@ struct Request {
   // Set for a leg of a two-phase transfer. Whether a request is a leg is compared, not the id
   // itself: the id names the coordinator's attempt (TwoPhase retries one transfer under fresh ids).
   std::optional<std::string> global_txid = std::nullopt;
-  std::int64_t hold_id = 0;                    // for a capture: the hold it captures
+  std::int64_t hold_id = 0;                               // for a capture: the hold it captures
   std::optional<std::int64_t> timeout_ms = std::nullopt;  // for a hold
 };
 
@@ -78,8 +82,9 @@ void require_same(const Row& r, const Request& request, std::size_t first = 0);
 // (two index lookups), so emptying the archive tables cannot bring an id back. PostgreSQL's
 // sequence never goes back anyway.
 inline std::string next_id_above_high_water(const detail::Backend& backend, const std::string& table) {
-  return backend.dialect().next_id(fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
-                                               backend.table(table), backend.table("id_high_water"), table));
+  return backend.dialect().next_id(
+      fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
+                  backend.table(table), backend.table("id_high_water"), table));
 }
 
 // Counts one ledger request in rowguard_ledger_requests_total{kind,outcome} and times it in
@@ -97,7 +102,10 @@ class Measure {
   }
   template <class R>
   R operator()(R result) {
-    if constexpr (requires { result.replayed; result.ok(); })
+    if constexpr (requires {
+                    result.replayed;
+                    result.ok();
+                  })
       record(result.replayed ? Outcome::replayed : result.ok() ? Outcome::ok : Outcome::insufficient_funds);
     else
       record(Outcome::ok);
@@ -131,12 +139,12 @@ struct Ledger::Impl {
   detail::StandbyRoute standby;  // history() and transfers()
   // find_key_sql: key_record_sql, the record of a key in either table.
   detail::AccountStatements accounts_sql;
-  std::string find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql,
-      record_sql, entry_sql, lock_original_sql, refunded_sql, update_sql, prune_sql;
+  std::string find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql, record_sql, entry_sql, lock_original_sql,
+      refunded_sql, update_sql, prune_sql;
   // Holds (holds.cpp): expire_sql closes an account's holds past their timeout, unhold_sql takes
   // what they counted out of accounts.held.
-  std::string expire_sql, unhold_sql, hold_read_sql, hold_lock_sql, hold_insert_sql,
-      hold_add_sql, hold_close_sql, capture_debit_sql, capture_record_sql, expired_accounts_sql;
+  std::string expire_sql, unhold_sql, hold_read_sql, hold_lock_sql, hold_insert_sql, hold_add_sql, hold_close_sql,
+      capture_debit_sql, capture_record_sql, expired_accounts_sql;
   // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere).
   std::string one_statement_transfer_sql;
   mutable std::mutex stats_mutex;

@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
 #include "base/sql_text.hpp"
+
+#include "backend/backend.hpp"
+
 #include "core/database_gate.hpp"
+
 #include "locks/locks_sql.hpp"
 
 namespace rowguard {

@@ -1,17 +1,22 @@
 #include <fmt/format.h>
 
 #include "obs/instruments.hpp"
-#include "locks/lease_state.hpp"
 #include "obs/logging.hpp"
+
+#include "locks/lease_state.hpp"
 
 namespace rowguard {
 
 std::string_view to_string(LeaseState state) noexcept {
   switch (state) {
-    case LeaseState::held: return "held";
-    case LeaseState::released: return "released";
-    case LeaseState::lost: return "lost";
-    case LeaseState::unknown: return "unknown";
+    case LeaseState::held:
+      return "held";
+    case LeaseState::released:
+      return "released";
+    case LeaseState::lost:
+      return "lost";
+    case LeaseState::unknown:
+      return "unknown";
   }
   return "unknown";
 }
@@ -38,8 +43,8 @@ Error lost_or_released(detail::LocksImpl& locks, const std::string& name, const 
     return Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was already released", name));
   }
   if (same)
-    return Error(ErrorKind::lock_lost, fmt::format("lease on '{}' (token {}) expired before it was renewed or released",
-                                                   name, token));
+    return Error(ErrorKind::lock_lost,
+                 fmt::format("lease on '{}' (token {}) expired before it was renewed or released", name, token));
   const auto reason = row.opt_text(4);
   return Error(ErrorKind::lock_lost,
                fmt::format("lease on '{}' (token {}) was lost: the lock is now at token {}{}", name, token, row.i64(1),
@@ -97,7 +102,8 @@ void release_lease(detail::LocksImpl& locks, const std::string& name, const std:
 }
 
 namespace {
-void release_statement(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
+void release_statement(detail::LocksImpl& locks, const std::string& name, const std::string& owner,
+                       std::int64_t token) {
   Result r;
   try {
     r = locks.run(locks.sql.release, locks.bounded({name, owner, token}));
@@ -293,8 +299,8 @@ void Lease::guard(Transaction& tx) const {
   const State& s = checked(state_);
   if (tx.exec(s.locks->sql.guard, {s.name, s.owner, s.token}).rows.empty())
     throw Error(ErrorKind::lock_lost,
-                fmt::format("guard: lease on '{}' (token {}) is no longer held; the transaction must not commit", s.name,
-                            s.token));
+                fmt::format("guard: lease on '{}' (token {}) is no longer held; the transaction must not commit",
+                            s.name, s.token));
 }
 
 void Lease::start_heartbeat(HeartbeatOptions options) {

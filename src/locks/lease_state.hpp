@@ -1,8 +1,8 @@
 #pragma once
 // A lease's shared state and the renew/release statements behind Lease and Locks.
 
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -11,8 +11,9 @@
 #include <string>
 #include <thread>
 
-#include "locks/locks_impl.hpp"
 #include "rowguard/locks.hpp"
+
+#include "locks/locks_impl.hpp"
 
 namespace rowguard {
 

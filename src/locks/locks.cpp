@@ -1,19 +1,19 @@
-#include <sys/random.h>
-#include <unistd.h>
-
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-
-#include <algorithm>
 #include <random>
+#include <unistd.h>
 
 #include <fmt/format.h>
+#include <sys/random.h>
 
-#include "core/database_gate.hpp"
 #include "base/sql_text.hpp"
 #include "obs/instruments.hpp"
-#include "locks/lease_state.hpp"
 #include "obs/logging.hpp"
+
+#include "core/database_gate.hpp"
+
+#include "locks/lease_state.hpp"
 #include "locks/locks_impl.hpp"
 
 namespace rowguard {
@@ -69,7 +69,8 @@ void Locks::Impl::validate_name(std::string_view name) const {
   if (name.size() > max_name_bytes)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("lock name is {} bytes; the maximum is {}", name.size(), max_name_bytes));
-  if (!detail::is_text(name)) throw Error(ErrorKind::invalid_argument, "lock name is not valid UTF-8 or holds a NUL byte");
+  if (!detail::is_text(name))
+    throw Error(ErrorKind::invalid_argument, "lock name is not valid UTF-8 or holds a NUL byte");
 }
 
 void Locks::Impl::validate_ttl(std::chrono::milliseconds ttl) const {
@@ -101,7 +102,7 @@ struct WakeHub {
   std::mutex mutex;
   std::condition_variable_any changed;
   std::unordered_map<std::string, detail::WakeEntry> entries;  // node-based: entry addresses are stable
-  std::uint64_t epoch = 0;  // bumped by wake_everyone(): every waiter re-checks
+  std::uint64_t epoch = 0;                                     // bumped by wake_everyone(): every waiter re-checks
 };
 WakeHub& hub() {
   static WakeHub h;
@@ -208,7 +209,8 @@ bool Locks::Impl::ensure_listener() {
   return listener->connected;
 }
 
-Locks::Locks(Database& db, LockOptions options) : impl_(std::make_shared<Impl>(detail::DatabaseGate::shared_backend(db), std::move(options))) {}
+Locks::Locks(Database& db, LockOptions options)
+    : impl_(std::make_shared<Impl>(detail::DatabaseGate::shared_backend(db), std::move(options))) {}
 Locks::Locks(Locks&&) noexcept = default;
 Locks::~Locks() = default;
 
@@ -267,8 +269,7 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
                      const std::stop_token& stop, std::optional<std::string> owner) {
   impl_->validate_name(name);
   impl_->validate_ttl(ttl);
-  if (wait < std::chrono::milliseconds::zero())
-    throw Error(ErrorKind::invalid_argument, "wait must not be negative");
+  if (wait < std::chrono::milliseconds::zero()) throw Error(ErrorKind::invalid_argument, "wait must not be negative");
   if (!owner) owner = new_owner();
   const std::string key(name);
   const auto deadline = std::chrono::steady_clock::now() + wait;
@@ -291,8 +292,8 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
   // acquire whose reply was lost (retrying with the same owner returns the same token).
   std::string last_failure;
   auto survivable = [&](const Error& e) {
-    const bool ok = e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient ||
-                    e.kind() == ErrorKind::in_doubt;
+    const bool ok =
+        e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt;
     if (ok) last_failure = e.what();
     return ok;
   };
@@ -318,7 +319,8 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     }
     waited.start();
     const auto now = std::chrono::steady_clock::now();
-    if (stop.stop_requested()) throw Error(ErrorKind::lock_busy, fmt::format("waiting for lock '{}' was cancelled", key));
+    if (stop.stop_requested())
+      throw Error(ErrorKind::lock_busy, fmt::format("waiting for lock '{}' was cancelled", key));
     if (now >= deadline)
       throw Error(ErrorKind::lock_busy,
                   fmt::format("lock '{}' was not acquired within {} ms{}", key, wait.count(),
@@ -347,8 +349,8 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     } else if (!s.rows.empty()) {
       sleep = std::min(sleep, jittered(std::chrono::milliseconds(5)));  // free but contended: retry soon
     }
-    sleep = std::min(sleep, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
-                                std::chrono::milliseconds(1));
+    sleep = std::min(
+        sleep, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1));
     watch.wait_for_change(seen, sleep, stop);
   }
 }
@@ -398,7 +400,8 @@ void Locks::force_release(std::string_view name, std::string_view reason) {
   impl_->wake(std::string(name));
   detail::instruments::locks().force_releases.add();
   if (detail::log_enabled(LogLevel::warn))
-    detail::log(LogLevel::warn, "locks", "lock force-released", {{"lock", std::string(name)}, {"reason", std::string(reason)}});
+    detail::log(LogLevel::warn, "locks", "lock force-released",
+                {{"lock", std::string(name)}, {"reason", std::string(reason)}});
 }
 
 std::int64_t Locks::sweep(std::chrono::milliseconds older_than) {
@@ -433,10 +436,10 @@ Lease Semaphore::acquire(std::chrono::milliseconds ttl, std::chrono::millisecond
     if (auto lease = try_acquire(ttl)) return std::move(*lease);
     if (stop.stop_requested() || std::chrono::steady_clock::now() >= deadline)
       throw Error(ErrorKind::lock_busy, fmt::format("no permit of semaphore '{}' within {} ms", name_, wait.count()));
-    std::this_thread::sleep_for(std::min(jittered(std::chrono::milliseconds(50)),
-                                         std::chrono::duration_cast<std::chrono::milliseconds>(
-                                             deadline - std::chrono::steady_clock::now()) +
-                                             std::chrono::milliseconds(1)));
+    std::this_thread::sleep_for(
+        std::min(jittered(std::chrono::milliseconds(50)),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()) +
+                     std::chrono::milliseconds(1)));
   }
 }
 

@@ -10,9 +10,11 @@
 #include <thread>
 #include <unordered_map>
 
-#include "backend/backend.hpp"
-#include "locks/locks_sql.hpp"
 #include "rowguard/locks.hpp"
+
+#include "backend/backend.hpp"
+
+#include "locks/locks_sql.hpp"
 
 namespace rowguard {
 

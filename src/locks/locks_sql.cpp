@@ -18,10 +18,11 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   // retried acquire gets its own token back. On PostgreSQL the probe locks the row NOWAIT first:
   // a row held by another transaction's guard (FOR SHARE) fails fast with 55P03 instead of blocking.
   const std::string values =
-      row_locks ? fmt::format("SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
-                       "LEFT JOIN probe ON true WHERE true",
-                       now, d.timestamp_plus_ms(now, "$3"))
-         : fmt::format("VALUES ($1, $2, 1, {0}, {1}, NULL, 0, 0, NULL)", now, d.timestamp_plus_ms(now, "$3"));
+      row_locks ? fmt::format(
+                      "SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
+                      "LEFT JOIN probe ON true WHERE true",
+                      now, d.timestamp_plus_ms(now, "$3"))
+                : fmt::format("VALUES ($1, $2, 1, {0}, {1}, NULL, 0, 0, NULL)", now, d.timestamp_plus_ms(now, "$3"));
   acquire = fmt::format(
       "{probe}INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
       "release_reason) {values} "
@@ -34,7 +35,7 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
       "RETURNING token, {expires}, {now_ms}",
       fmt::arg("probe", row_locks ? fmt::format("WITH probe AS (SELECT name FROM {} WHERE name = $1{} NOWAIT) ", t,
                                                 d.for_update())
-                           : std::string()),
+                                  : std::string()),
       fmt::arg("t", t), fmt::arg("values", values), fmt::arg("same_live", same_live), fmt::arg("now", now),
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
 
@@ -53,8 +54,9 @@ LockStatements::LockStatements(const Dialect& d, const std::string& t, const std
   // acquire+release pair's server time (pgbench, 1 client), paid by every release to save one round
   // trip on contended ones only. A waiter that misses the wake-up (the releaser died in between)
   // still finds the lock free at its next poll.
-  release = fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {}{} RETURNING CAST(waiters AS bigint)",
-                        t, now, mine, limit("$4"));
+  release =
+      fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {}{} RETURNING CAST(waiters AS bigint)", t,
+                  now, mine, limit("$4"));
   if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
 
   state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",

@@ -23,34 +23,36 @@ const Locks& locks() {
     const char* acq = "Lock try-acquire statements by result (busy: held by someone else)";
     const char* ren = "Lease renewals by result";
     const char* rel = "Lease releases by result";
-    return Locks{counter("rowguard_lock_acquires_total", acq, {{"result", "acquired"}}),
-                 counter("rowguard_lock_acquires_total", acq, {{"result", "busy"}}),
-                 counter("rowguard_lock_acquires_total", acq, {{"result", "error"}}),
-                 histogram("rowguard_lock_acquire_seconds", "Latency of one lock try-acquire statement"),
-                 counter("rowguard_lock_waits_total", "Blocking acquires that found the lock held and waited"),
-                 histogram("rowguard_lock_wait_seconds", "Time blocking acquires spent waiting, until acquired or given up"),
-                 counter("rowguard_lock_renewals_total", ren, {{"result", "ok"}}),
-                 counter("rowguard_lock_renewals_total", ren, {{"result", "lost"}}),
-                 counter("rowguard_lock_renewals_total", ren, {{"result", "error"}}),
-                 counter("rowguard_lock_releases_total", rel, {{"result", "ok"}}),
-                 counter("rowguard_lock_releases_total", rel, {{"result", "lost"}}),
-                 counter("rowguard_lock_releases_total", rel, {{"result", "error"}}),
-                 counter("rowguard_leases_lost_total",
-                         "Leases this process held and lost (expired, taken over or force-released)"),
-                 counter("rowguard_lock_force_releases_total", "Locks force-released by an operator")};
+    return Locks{
+        counter("rowguard_lock_acquires_total", acq, {{"result", "acquired"}}),
+        counter("rowguard_lock_acquires_total", acq, {{"result", "busy"}}),
+        counter("rowguard_lock_acquires_total", acq, {{"result", "error"}}),
+        histogram("rowguard_lock_acquire_seconds", "Latency of one lock try-acquire statement"),
+        counter("rowguard_lock_waits_total", "Blocking acquires that found the lock held and waited"),
+        histogram("rowguard_lock_wait_seconds", "Time blocking acquires spent waiting, until acquired or given up"),
+        counter("rowguard_lock_renewals_total", ren, {{"result", "ok"}}),
+        counter("rowguard_lock_renewals_total", ren, {{"result", "lost"}}),
+        counter("rowguard_lock_renewals_total", ren, {{"result", "error"}}),
+        counter("rowguard_lock_releases_total", rel, {{"result", "ok"}}),
+        counter("rowguard_lock_releases_total", rel, {{"result", "lost"}}),
+        counter("rowguard_lock_releases_total", rel, {{"result", "error"}}),
+        counter("rowguard_leases_lost_total",
+                "Leases this process held and lost (expired, taken over or force-released)"),
+        counter("rowguard_lock_force_releases_total", "Locks force-released by an operator")};
   }();
   return m;
 }
 
 namespace {
-constexpr const char* ledger_kind_names[ledger_kinds] = {"transfer", "deposit", "withdrawal", "reversal", "hold",
-                                                         "capture",  "void_hold", "batch",   "update"};
+constexpr const char* ledger_kind_names[ledger_kinds] = {"transfer", "deposit",   "withdrawal", "reversal", "hold",
+                                                         "capture",  "void_hold", "batch",      "update"};
 constexpr const char* ledger_outcome_names[ledger_outcomes] = {"ok", "insufficient_funds", "replayed", "error"};
 }  // namespace
 
 const Ledger& ledger() {
   static const Ledger m = [] {
-    Ledger l{{}, {},
+    Ledger l{{},
+             {},
              counter("rowguard_ledger_conflicts_total",
                      "Ledger attempts that met a conflict or transient failure (each was retried)"),
              counter("rowguard_ledger_retries_total", "Ledger requests retried")};
@@ -58,8 +60,9 @@ const Ledger& ledger() {
       for (int o = 0; o < ledger_outcomes; ++o)
         l.requests[k][o] = &counter("rowguard_ledger_requests_total", "Ledger requests by kind and outcome",
                                     {{"kind", ledger_kind_names[k]}, {"outcome", ledger_outcome_names[o]}});
-      l.request_seconds[k] = &histogram("rowguard_ledger_request_seconds",
-                                        "Latency of ledger requests, retries included", {{"kind", ledger_kind_names[k]}});
+      l.request_seconds[k] =
+          &histogram("rowguard_ledger_request_seconds", "Latency of ledger requests, retries included",
+                     {{"kind", ledger_kind_names[k]}});
     }
     return l;
   }();
@@ -90,7 +93,8 @@ const Cache& cache() {
                  histogram("rowguard_cache_load_seconds", "Latency of cache loader calls"),
                  counter("rowguard_cache_invalidations_total", "Cache invalidations (keys and prefixes)"),
                  counter("rowguard_cache_stale_writes_refused_total",
-                         "Loaded values not stored because an invalidation or put came first, or the load took longer than sweep_grace")};
+                         "Loaded values not stored because an invalidation or put came first, or the load took longer "
+                         "than sweep_grace")};
   }();
   return m;
 }
@@ -102,7 +106,8 @@ const Pool& pool() {
       histogram("rowguard_pool_wait_seconds", "Time borrows waited for a free session"),
       counter("rowguard_pool_timeouts_total", "Borrows that gave up waiting (pool_wait)"),
       counter("rowguard_pool_sessions_created_total", "Database sessions opened"),
-      counter("rowguard_pool_sessions_discarded_total", "Sessions dropped from the pools (broken or left in a transaction)"),
+      counter("rowguard_pool_sessions_discarded_total",
+              "Sessions dropped from the pools (broken or left in a transaction)"),
       reg().gauge("rowguard_pool_sessions_open", "Sessions open (borrowed or idle) in all pools of the process"),
       reg().gauge("rowguard_pool_sessions_idle", "Idle sessions in all pools of the process")};
   return m;
@@ -156,17 +161,21 @@ void register_all() {
 
 void count_retry(const Error& e) noexcept {
   const auto& r = retries();
-  if (e.kind() == ErrorKind::conflict) r.conflict.add();
-  else if (e.kind() == ErrorKind::transient) r.transient.add();
-  else r.in_doubt.add();
+  if (e.kind() == ErrorKind::conflict)
+    r.conflict.add();
+  else if (e.kind() == ErrorKind::transient)
+    r.transient.add();
+  else
+    r.in_doubt.add();
 }
 
 void retries_exhausted(const Error& e, int attempts) noexcept {
   retries().exhausted.add();
   if (!log_enabled(LogLevel::warn)) return;
   try {
-    detail::log(LogLevel::warn, "retry", "retries exhausted",
-                {{"kind", std::string(to_string(e.kind()))}, {"attempts", std::to_string(attempts)}, {"error", e.what()}});
+    detail::log(
+        LogLevel::warn, "retry", "retries exhausted",
+        {{"kind", std::string(to_string(e.kind()))}, {"attempts", std::to_string(attempts)}, {"error", e.what()}});
   } catch (...) {
     // Building the fields ran out of memory: nothing to log with.
   }

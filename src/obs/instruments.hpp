@@ -8,8 +8,9 @@
 // first: a series that never moved reads 0. The names are documented in docs/operations.md.
 // Internal: included only from src/.
 
-#include "obs/metrics_registry.hpp"
 #include "rowguard/error.hpp"
+
+#include "obs/metrics_registry.hpp"
 
 namespace rowguard::detail::instruments {
 
@@ -46,8 +47,8 @@ struct Ledger {
 const Ledger& ledger();
 
 struct Cache {
-  Counter &hit, &miss, &stale;     // rowguard_cache_lookups_total{result}
-  Counter &load_ok, &load_error;   // rowguard_cache_loads_total{result}
+  Counter &hit, &miss, &stale;    // rowguard_cache_lookups_total{result}
+  Counter &load_ok, &load_error;  // rowguard_cache_loads_total{result}
   Histogram& load_seconds;
   Counter& invalidations;
   Counter& stale_writes_refused;

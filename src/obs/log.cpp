@@ -8,10 +8,14 @@ namespace rowguard {
 
 std::string_view to_string(LogLevel level) noexcept {
   switch (level) {
-    case LogLevel::debug: return "debug";
-    case LogLevel::info: return "info";
-    case LogLevel::warn: return "warn";
-    case LogLevel::error: return "error";
+    case LogLevel::debug:
+      return "debug";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::error:
+      return "error";
   }
   return "unknown";
 }
@@ -62,8 +66,8 @@ void set_log_handler(LogHandler handler, LogLevel min_level) {
     detail::installed().reset();
     const bool on = static_cast<bool>(handler);
     if (on)
-      detail::installed() = std::make_shared<const detail::Installed>(
-          detail::Installed{std::move(handler), static_cast<int>(min_level)});
+      detail::installed() =
+          std::make_shared<const detail::Installed>(detail::Installed{std::move(handler), static_cast<int>(min_level)});
     detail::log_threshold.store(on ? static_cast<int>(min_level) : detail::log_off, std::memory_order_relaxed);
   }
   // `old` (and what its handler captured) is destroyed here, outside the lock.

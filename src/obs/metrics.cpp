@@ -36,7 +36,8 @@ void Histogram::observe(double seconds) noexcept {
 void Histogram::observe_ns(std::int64_t ns) noexcept {
   if (ns < 0) ns = 0;  // a clock that stepped back
   // The first bound >= ns: Prometheus buckets are "less than or equal".
-  const auto at = static_cast<std::size_t>(std::lower_bound(bounds_ns_.begin(), bounds_ns_.end(), ns) - bounds_ns_.begin());
+  const auto at =
+      static_cast<std::size_t>(std::lower_bound(bounds_ns_.begin(), bounds_ns_.end(), ns) - bounds_ns_.begin());
   counts_[at].fetch_add(1, std::memory_order_relaxed);
   sum_ns_.fetch_add(static_cast<std::uint64_t>(ns), std::memory_order_relaxed);
   count_.fetch_add(1, std::memory_order_relaxed);
@@ -59,8 +60,8 @@ bool valid_metric_name(std::string_view name) noexcept {
   if (name.empty()) return false;
   for (std::size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' ||
-                    (i > 0 && c >= '0' && c <= '9');
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':' || (i > 0 && c >= '0' && c <= '9');
     if (!ok) return false;
   }
   return true;
@@ -120,7 +121,8 @@ Registry& Registry::instance() {
 }
 
 Counter& Registry::counter(const std::string& name, const std::string& help, const MetricLabels& labels) {
-  return impl_->find_or_add<Counter>(name, help, MetricType::counter, labels, [] { return std::make_unique<Counter>(); });
+  return impl_->find_or_add<Counter>(name, help, MetricType::counter, labels,
+                                     [] { return std::make_unique<Counter>(); });
 }
 
 Gauge& Registry::gauge(const std::string& name, const std::string& help, const MetricLabels& labels) {
@@ -141,8 +143,10 @@ MetricsSnapshot Registry::snapshot() const {
     MetricFamily family{name, f.help, f.type, {}};
     for (const auto& s : f.series) {
       MetricSeries series{s.labels, 0, {}};
-      if (const auto* c = std::get_if<std::unique_ptr<Counter>>(&s.instrument)) series.value = static_cast<double>((*c)->value());
-      if (const auto* g = std::get_if<std::unique_ptr<Gauge>>(&s.instrument)) series.value = static_cast<double>((*g)->value());
+      if (const auto* c = std::get_if<std::unique_ptr<Counter>>(&s.instrument))
+        series.value = static_cast<double>((*c)->value());
+      if (const auto* g = std::get_if<std::unique_ptr<Gauge>>(&s.instrument))
+        series.value = static_cast<double>((*g)->value());
       if (const auto* h = std::get_if<std::unique_ptr<Histogram>>(&s.instrument)) series.histogram = (*h)->data();
       family.series.push_back(std::move(series));
     }
@@ -166,8 +170,7 @@ double MetricsSnapshot::value(std::string_view name, const MetricLabels& labels)
   const MetricFamily* f = find(name);
   if (!f) return 0;
   for (const auto& s : f->series)
-    if (s.labels == labels)
-      return f->type == MetricType::histogram ? static_cast<double>(s.histogram.count) : s.value;
+    if (s.labels == labels) return f->type == MetricType::histogram ? static_cast<double>(s.histogram.count) : s.value;
   return 0;
 }
 
@@ -189,10 +192,14 @@ std::string escape(std::string_view s, bool label_value) {
   std::string out;
   out.reserve(s.size());
   for (const char c : s) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"' && label_value) out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"' && label_value)
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -218,9 +225,12 @@ std::string label_set(const MetricLabels& labels, std::string_view extra_name = 
 
 std::string_view type_name(MetricType t) {
   switch (t) {
-    case MetricType::counter: return "counter";
-    case MetricType::gauge: return "gauge";
-    case MetricType::histogram: return "histogram";
+    case MetricType::counter:
+      return "counter";
+    case MetricType::gauge:
+      return "gauge";
+    case MetricType::histogram:
+      return "histogram";
   }
   return "untyped";
 }
@@ -245,8 +255,8 @@ std::string to_prometheus(const MetricsSnapshot& snapshot) {
       std::uint64_t cumulative = 0;
       for (std::size_t i = 0; i < h.bounds.size(); ++i) {
         cumulative += i < h.counts.size() ? h.counts[i] : 0;
-        fmt::format_to(std::back_inserter(out), "{}_bucket{} {}\n", f.name, label_set(s.labels, "le", number(h.bounds[i])),
-                       cumulative);
+        fmt::format_to(std::back_inserter(out), "{}_bucket{} {}\n", f.name,
+                       label_set(s.labels, "le", number(h.bounds[i])), cumulative);
       }
       fmt::format_to(std::back_inserter(out), "{}_bucket{} {}\n", f.name, label_set(s.labels, "le", "+Inf"), h.count);
       fmt::format_to(std::back_inserter(out), "{}_sum{} {}\n", f.name, label_set(s.labels), number(h.sum));

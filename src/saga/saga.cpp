@@ -3,9 +3,6 @@
 // One coordinator drives a saga at a time: it holds the lease "saga:<id>" (renewed by a heartbeat)
 // and every write of the saga's rows runs in its own transaction behind lease.guard(), so a
 // coordinator that lost its lease can never write over the one that took the saga over.
-#include "core/database_gate.hpp"
-#include "obs/instruments.hpp"
-#include "obs/logging.hpp"
 #include "rowguard/saga.hpp"
 
 #include <atomic>
@@ -15,10 +12,16 @@
 
 #include <fmt/format.h>
 
-#include "backend/backend.hpp"
-#include "base/sql_text.hpp"
-#include "core/retrying.hpp"
 #include "rowguard/locks.hpp"
+
+#include "base/sql_text.hpp"
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
+
+#include "backend/backend.hpp"
+
+#include "core/database_gate.hpp"
+#include "core/retrying.hpp"
 
 namespace rowguard {
 
@@ -49,8 +52,8 @@ void check_steps(std::string_view type, const std::vector<SagaStep>& steps) {
 }
 
 StepState step_state_from(std::string_view name) {
-  for (auto s : {StepState::started, StepState::done, StepState::failed, StepState::compensating,
-                 StepState::compensated})
+  for (auto s :
+       {StepState::started, StepState::done, StepState::failed, StepState::compensating, StepState::compensated})
     if (to_string(s) == name) return s;
   throw Error(ErrorKind::permanent, fmt::format("a saga step has the unknown state '{}'", name));
 }
@@ -120,21 +123,30 @@ std::string describe(std::exception_ptr e) {
 
 std::string_view to_string(SagaState state) noexcept {
   switch (state) {
-    case SagaState::running: return "running";
-    case SagaState::compensating: return "compensating";
-    case SagaState::completed: return "completed";
-    case SagaState::compensated: return "compensated";
+    case SagaState::running:
+      return "running";
+    case SagaState::compensating:
+      return "compensating";
+    case SagaState::completed:
+      return "completed";
+    case SagaState::compensated:
+      return "compensated";
   }
   return "running";
 }
 
 std::string_view to_string(StepState state) noexcept {
   switch (state) {
-    case StepState::started: return "started";
-    case StepState::done: return "done";
-    case StepState::failed: return "failed";
-    case StepState::compensating: return "compensating";
-    case StepState::compensated: return "compensated";
+    case StepState::started:
+      return "started";
+    case StepState::done:
+      return "done";
+    case StepState::failed:
+      return "failed";
+    case StepState::compensating:
+      return "compensating";
+    case StepState::compensated:
+      return "compensated";
   }
   return "started";
 }
@@ -159,10 +171,11 @@ struct Sagas::Impl {
   Locks locks;
   std::mutex definitions_mutex;
   std::map<std::string, Definition, std::less<>> definitions;
-  std::string read_sql, steps_sql, insert_sql, set_sql, step_start_sql, step_done_sql, step_failed_sql,
-      step_state_sql, unresolved_sql, list_sql;
+  std::string read_sql, steps_sql, insert_sql, set_sql, step_start_sql, step_done_sql, step_failed_sql, step_state_sql,
+      unresolved_sql, list_sql;
 
-  Impl(Database& db, SagaOptions o) : backend(detail::DatabaseGate::shared_backend(db)), options(std::move(o)), locks(db, lock_options(options)) {
+  Impl(Database& db, SagaOptions o)
+      : backend(detail::DatabaseGate::shared_backend(db)), options(std::move(o)), locks(db, lock_options(options)) {
     const auto& d = backend->dialect();
     const std::string t = backend->table("sagas");
     const std::string s = backend->table("saga_steps");
@@ -170,12 +183,14 @@ struct Sagas::Impl {
     list_sql = fmt::format("SELECT id, type, payload, state, step, error, owner, {}, {} FROM {}",
                            d.timestamp_to_ms("created_at"), d.timestamp_to_ms("updated_at"), t);
     read_sql = list_sql + " WHERE id = $1";
-    steps_sql = fmt::format("SELECT step, name, state, result, error, attempts FROM {} WHERE saga_id = $1 ORDER BY step", s);
+    steps_sql =
+        fmt::format("SELECT step, name, state, result, error, attempts FROM {} WHERE saga_id = $1 ORDER BY step", s);
     insert_sql = fmt::format(
         "INSERT INTO {} (id, type, payload, state, step, owner, created_at, updated_at) "
         "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now})",
         t, fmt::arg("now", now));
-    set_sql = fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1", t, now);
+    set_sql = fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1",
+                          t, now);
     // A step begun for the first time, or again (after a crash, or a retry whose first commit went
     // through unseen): one upsert, so the write is safe to repeat.
     step_start_sql = fmt::format(
@@ -201,8 +216,8 @@ struct Sagas::Impl {
     if (o.lease_ttl < std::chrono::milliseconds(100))
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("SagaOptions::lease_ttl must be at least 100ms, got {} ms", o.lease_ttl.count()));
-    if (o.heartbeat_interval && (*o.heartbeat_interval <= std::chrono::milliseconds::zero() ||
-                                 *o.heartbeat_interval >= o.lease_ttl))
+    if (o.heartbeat_interval &&
+        (*o.heartbeat_interval <= std::chrono::milliseconds::zero() || *o.heartbeat_interval >= o.lease_ttl))
       throw Error(ErrorKind::invalid_argument, "SagaOptions::heartbeat_interval must be positive and below lease_ttl");
     detail::validate(o.retry);
     detail::validate(o.compensation_retry);
@@ -347,8 +362,8 @@ struct Sagas::Impl::Driver {
     for (const auto& [i, row] : rows)
       if (i < 0 || static_cast<std::size_t>(i) >= steps.size() || steps[i].name != row.name)
         throw Error(ErrorKind::permanent,
-                    fmt::format("saga '{}' recorded step {} as '{}', but its type '{}' defines {}", info.id, i, row.name,
-                                info.type,
+                    fmt::format("saga '{}' recorded step {} as '{}', but its type '{}' defines {}", info.id, i,
+                                row.name, info.type,
                                 static_cast<std::size_t>(i) < steps.size() ? "'" + steps[i].name + "' there"
                                                                            : std::string("fewer steps")));
   }
@@ -393,9 +408,10 @@ struct Sagas::Impl::Driver {
       }
       // A result that cannot be stored as text fails the step (its action ran: it is compensated).
       if (error.empty() && !detail::is_text(result))
-        error = fmt::format("the action returned a result that is not UTF-8 text without NUL ({} bytes: {}); "
-                            "a saga keeps results as text: encode bytes, e.g. as hex",
-                            result.size(), storable(result.substr(0, 64)));
+        error = fmt::format(
+            "the action returned a result that is not UTF-8 text without NUL ({} bytes: {}); "
+            "a saga keeps results as text: encode bytes, e.g. as hex",
+            result.size(), storable(result.substr(0, 64)));
       check_lease();
       if (error.empty()) {
         const bool last = i + 1 == n;

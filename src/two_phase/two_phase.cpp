@@ -1,6 +1,3 @@
-#include "core/database_gate.hpp"
-#include "obs/instruments.hpp"
-#include "obs/logging.hpp"
 #include "rowguard/two_phase.hpp"
 
 #include <algorithm>
@@ -13,9 +10,15 @@
 
 #include <fmt/format.h>
 
+#include "obs/instruments.hpp"
+#include "obs/logging.hpp"
+
 #include "backend/backend.hpp"
-#include "ledger/ledger_impl.hpp"
+
+#include "core/database_gate.hpp"
 #include "core/retrying.hpp"
+
+#include "ledger/ledger_impl.hpp"
 
 namespace rowguard {
 
@@ -23,11 +26,16 @@ using namespace detail::ledger;
 
 std::string_view to_string(TwoPhaseStep step) noexcept {
   switch (step) {
-    case TwoPhaseStep::prepared: return "prepared";
-    case TwoPhaseStep::deciding: return "deciding";
-    case TwoPhaseStep::decided: return "decided";
-    case TwoPhaseStep::committed_one: return "committed_one";
-    case TwoPhaseStep::finished: return "finished";
+    case TwoPhaseStep::prepared:
+      return "prepared";
+    case TwoPhaseStep::deciding:
+      return "deciding";
+    case TwoPhaseStep::decided:
+      return "decided";
+    case TwoPhaseStep::committed_one:
+      return "committed_one";
+    case TwoPhaseStep::finished:
+      return "finished";
   }
   return "unknown";
 }
@@ -36,8 +44,8 @@ namespace {
 
 bool is_name(std::string_view s) {
   return !s.empty() && s.size() <= 40 && std::all_of(s.begin(), s.end(), [](char c) {
-           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-         });
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
 }
 
 // 128 bits straight from std::random_device (the kernel's generator) for every gid: a seeded
@@ -96,7 +104,7 @@ struct TwoPhase::Impl {
   Database& log;
   std::vector<std::pair<std::string, Database*>> participants;
   TwoPhaseOptions options;
-  std::string prefix;  // "rowguard:<log_name>:"
+  std::string prefix;     // "rowguard:<log_name>:"
   std::string decisions;  // the log's <prefix>global_transactions
   std::map<std::string, std::unique_ptr<Ledger>, std::less<>> ledgers;
 
@@ -120,7 +128,9 @@ struct TwoPhase::Impl {
   std::int64_t log_clock_ms() {
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] { return log.exec(fmt::format("SELECT {}", detail::DatabaseGate::backend(log).dialect().now_ms())).one().i64(0); },
+        [&] {
+          return log.exec(fmt::format("SELECT {}", detail::DatabaseGate::backend(log).dialect().now_ms())).one().i64(0);
+        },
         [](const Error&) {});
   }
 
@@ -171,9 +181,9 @@ struct TwoPhase::Impl {
   }
 
   void mark_finished(const std::string& gid) {
-    log.exec(fmt::format("UPDATE {} SET finished_at = clock_timestamp() WHERE gid = $1 AND finished_at IS NULL",
-                         decisions),
-             {gid});
+    log.exec(
+        fmt::format("UPDATE {} SET finished_at = clock_timestamp() WHERE gid = $1 AND finished_at IS NULL", decisions),
+        {gid});
   }
 
   // A key seen before in the source: the original outcome, after comparing every field of the
@@ -256,8 +266,7 @@ struct TwoPhase::Impl {
   }
 };
 
-TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>> participants,
-                   TwoPhaseOptions options)
+TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>> participants, TwoPhaseOptions options)
     : impl_(std::make_unique<Impl>(Impl{log, std::move(participants), std::move(options), {}, {}, {}})) {
   auto& impl = *impl_;
   detail::validate(impl.options.retry);
@@ -275,11 +284,12 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
     if (!seen.insert(name).second)
       throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' is named twice", name));
     if (d == nullptr) throw Error(ErrorKind::invalid_argument, fmt::format("participant '{}' has no Database", name));
-    detail::require_prepared_transactions(detail::DatabaseGate::backend(*d).dialect(), fmt::format("TwoPhase (participant '{}')", name));
+    detail::require_prepared_transactions(detail::DatabaseGate::backend(*d).dialect(),
+                                          fmt::format("TwoPhase (participant '{}')", name));
     const auto configured = impl.options.ledgers.find(name);
-    impl.ledgers.emplace(name, std::make_unique<Ledger>(*d, configured == impl.options.ledgers.end()
-                                                                ? LedgerOptions{}
-                                                                : configured->second));
+    impl.ledgers.emplace(
+        name,
+        std::make_unique<Ledger>(*d, configured == impl.options.ledgers.end() ? LedgerOptions{} : configured->second));
   }
   for (const auto& [name, o] : impl.options.ledgers)
     if (!seen.count(name))
@@ -304,7 +314,8 @@ TwoPhaseResult TwoPhase::run(const std::function<void(GlobalTransaction&)>& work
     ~Count() { outcome->add(); }
   } counted;
   global.transactions_.reserve(impl.participants.size());
-  for (const auto& [name, d] : impl.participants) global.transactions_.emplace_back(name, d->begin(impl.options.transaction));
+  for (const auto& [name, d] : impl.participants)
+    global.transactions_.emplace_back(name, d->begin(impl.options.transaction));
   work(global);  // an exception here rolls every transaction back (their destructors)
 
   // Phase one. A failure rolls back what was prepared, and the one whose PREPARE may have gone through.
@@ -392,8 +403,9 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   Database& source = impl.db(from_db);
   Database& target = impl.db(to_db);
   if (from_db == to_db)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("a transfer within participant '{}' needs no two-phase commit: use Ledger::transfer", from_db));
+    throw Error(
+        ErrorKind::invalid_argument,
+        fmt::format("a transfer within participant '{}' needs no two-phase commit: use Ledger::transfer", from_db));
   check_text(from_account, "source account id", max_id_bytes);
   check_text(to_account, "destination account id", max_id_bytes);
   check_amount(amount);
@@ -402,8 +414,8 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   Ledger& deposits = *impl.ledgers.find(to_db)->second;
   const LegsRequest request{from_db, from_account, to_db, to_account, amount, key};
   const std::string peer = request.destination();
-  const std::string set_peer_sql =
-      fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1", detail::DatabaseGate::backend(source).table("transfers"));
+  const std::string set_peer_sql = fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1",
+                                               detail::DatabaseGate::backend(source).table("transfers"));
 
   return detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
@@ -419,7 +431,8 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
             // transfers in opposite directions locking source then destination would wait for each
             // other across two databases forever.
             auto lock = [](Transaction& tx, Database& d, std::string_view account) {
-              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}", detail::DatabaseGate::backend(d).table("accounts"),
+              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}",
+                                                   detail::DatabaseGate::backend(d).table("accounts"),
                                                    detail::DatabaseGate::backend(d).dialect().for_update()),
                                        {std::string(account)});
               if (c.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
@@ -586,8 +599,9 @@ std::int64_t TwoPhase::prune(std::chrono::milliseconds older_than) {
                             older_than.count(), impl.options.recovery_grace.count()));
   const auto& d = detail::DatabaseGate::backend(impl.log).dialect();
   return impl.log
-      .exec(fmt::format("DELETE FROM {} WHERE finished_at IS NOT NULL AND finished_at < {} AND left(gid, length($2)) = $2",
-                        impl.decisions, d.timestamp_plus_ms(d.now_timestamp(), "$1")),
+      .exec(fmt::format(
+                "DELETE FROM {} WHERE finished_at IS NOT NULL AND finished_at < {} AND left(gid, length($2)) = $2",
+                impl.decisions, d.timestamp_plus_ms(d.now_timestamp(), "$1")),
             {static_cast<std::int64_t>(-older_than.count()), impl.prefix})
       .affected;
 }

@@ -16,8 +16,8 @@ namespace {
 std::string scratch_table(TestDb& t) { return t.db().table_prefix() + "scratch"; }
 
 void create_scratch(TestDb& t) {
-  t.db().exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint, s text, b {})", scratch_table(t),
-                          t.blob_type()));
+  t.db().exec(
+      fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint, s text, b {})", scratch_table(t), t.blob_type()));
 }
 }  // namespace
 
@@ -32,12 +32,12 @@ TEST_CASE("values round-trip: int64 limits, UTF-8 text, binary blobs, NULL", "[b
   const std::string table = scratch_table(t);
   const std::string insert =
       fmt::format("INSERT INTO {} (id, n, s, b) VALUES ($1, $2, $3, {})", table, d.blob_param("$4"));
-  CHECK(t.db().exec(insert, {std::int64_t{1}, std::numeric_limits<std::int64_t>::max(), text, Blob{bytes}}).affected == 1);
+  CHECK(t.db().exec(insert, {std::int64_t{1}, std::numeric_limits<std::int64_t>::max(), text, Blob{bytes}}).affected ==
+        1);
   t.db().exec(insert, {std::int64_t{2}, std::numeric_limits<std::int64_t>::min(), std::string(), Blob{}});
   t.db().exec(insert, {std::int64_t{3}, nullptr, nullptr, nullptr});
 
-  const auto rows =
-      t.db().exec(fmt::format("SELECT id, n, s, {} FROM {} ORDER BY id", d.blob_column("b"), table)).rows;
+  const auto rows = t.db().exec(fmt::format("SELECT id, n, s, {} FROM {} ORDER BY id", d.blob_column("b"), table)).rows;
   REQUIRE(rows.size() == 3);
   CHECK(rows[0].i64(1) == std::numeric_limits<std::int64_t>::max());
   CHECK(rows[0].text(2) == text);
@@ -53,7 +53,8 @@ TEST_CASE("values round-trip: int64 limits, UTF-8 text, binary blobs, NULL", "[b
 
   // A repeated statement reuses its prepared form with new values.
   for (std::int64_t id = 10; id < 20; ++id) t.db().exec(insert, {id, id * 3, std::string("x"), Blob{"y"}});
-  CHECK(t.db().exec(fmt::format("SELECT CAST(SUM(n) AS bigint) FROM {} WHERE id >= $1", table), {std::int64_t{10}})
+  CHECK(t.db()
+            .exec(fmt::format("SELECT CAST(SUM(n) AS bigint) FROM {} WHERE id >= $1", table), {std::int64_t{10}})
             .one()
             .i64(0) == 3 * (10 + 19) * 10 / 2);
 }
@@ -66,9 +67,9 @@ TEST_CASE("a statement with the wrong number of parameters is rejected", "[backe
 
 TEST_CASE("the database clock is milliseconds since the epoch and advances inside a transaction", "[backend]") {
   TestDb t;
-  const auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count();
+  const auto wall =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
   const std::int64_t db_now = t.db().now_ms();
   CHECK(std::llabs(db_now - wall) < 60'000);  // same machine: only a sanity bound on the unit
   auto tx = t.db().begin();
@@ -80,7 +81,8 @@ TEST_CASE("the database clock is milliseconds since the epoch and advances insid
   tx.commit();
   // Timestamps round-trip through the engine's column type.
   const auto& d = dialect_of(t.db());
-  CHECK(t.db().exec(fmt::format("SELECT {}", d.timestamp_to_ms(d.ms_to_timestamp("$1"))), {std::int64_t{1700000000123}})
+  CHECK(t.db()
+            .exec(fmt::format("SELECT {}", d.timestamp_to_ms(d.ms_to_timestamp("$1"))), {std::int64_t{1700000000123}})
             .one()
             .i64(0) == 1700000000123);
 }
@@ -182,7 +184,8 @@ TEST_CASE("a transaction outlives the Database object it began on", "[backend]")
   again.rollback();
 }
 
-TEST_CASE("a transaction in which a statement failed refuses to commit unless rolled back to a savepoint", "[backend]") {
+TEST_CASE("a transaction in which a statement failed refuses to commit unless rolled back to a savepoint",
+          "[backend]") {
   // PostgreSQL aborts a transaction at its first failed statement and answers COMMIT with ROLLBACK;
   // SQLite carries on. rowguard's Transaction behaves as PostgreSQL on every backend: commit()
   // throws, the on_commit hooks do not run and nothing of the transaction stays.
@@ -194,8 +197,9 @@ TEST_CASE("a transaction in which a statement failed refuses to commit unless ro
     return t.db().exec(fmt::format("SELECT count(*) FROM {} WHERE id = $1", table), {id}).one().i64(0);
   };
   auto duplicate_fails = [&](Transaction& tx) {
-    CHECK(rowguard::test::kind_of([&] { tx.exec(insert, {std::int64_t{1}, std::int64_t{0}}); }) ==
-          ErrorKind::permanent);
+    CHECK(rowguard::test::kind_of([&] {
+            tx.exec(insert, {std::int64_t{1}, std::int64_t{0}});
+          }) == ErrorKind::permanent);
   };
   t.db().exec(insert, {std::int64_t{1}, std::int64_t{1}});
   {

@@ -47,8 +47,7 @@ TEST_CASE("a unique violation is permanent with SQLSTATE 23505", "[backend]") {
   TestDb t;
   t.db().migrate();
   const std::string insert = fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ($1, 1, {})",
-                                         t.db().table_prefix(),
-                                         dialect_of(t.db()).ms_to_timestamp("0"));
+                                         t.db().table_prefix(), dialect_of(t.db()).ms_to_timestamp("0"));
   t.db().exec(insert, {std::string("printer")});
   const Error e = error_of([&] { t.db().exec(insert, {std::string("printer")}); });
   CHECK(e.kind() == ErrorKind::permanent);
@@ -108,8 +107,9 @@ TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", 
   TestDb t(one);
   auto admin = t.another(Options{});
   const std::int64_t pid = t.db().exec("SELECT CAST(pg_backend_pid() AS bigint)").one().i64(0);
-  CHECK(admin->exec("SELECT CAST(count(*) AS bigint) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
-                    {pid, std::string("rowguard")})
+  CHECK(admin
+            ->exec("SELECT CAST(count(*) AS bigint) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+                   {pid, std::string("rowguard")})
             .one()
             .i64(0) == 1);
   admin->exec("SELECT 1 FROM (SELECT pg_terminate_backend(CAST($1 AS integer))) AS k", {pid});
@@ -123,7 +123,8 @@ TEST_CASE("a session killed by pg_terminate_backend is transient and replaced", 
   CHECK(t.db().pool_stats().created == 2);
 }
 
-TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied", "[pg][direct][threads]") {
+TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transient, nothing applied",
+          "[pg][direct][threads]") {
   // The client sees the connection close without the statement's reply, so for a write it cannot
   // know whether the server committed: in_doubt (never retried blindly). A read is just transient.
   Options one;
@@ -165,8 +166,9 @@ TEST_CASE("PostgreSQL sessions carry application_name and cache prepared stateme
   const std::string marker = "SELECT CAST($1 AS bigint) + 1 AS rowguard_cache_marker";
   for (std::int64_t i = 0; i < 5; ++i) CHECK(t.db().exec(marker, {i}).one().i64(0) == i + 1);
   if (rowguard::test::can().named_prepared_statements)
-    CHECK(t.db().exec("SELECT CAST(count(*) AS bigint) FROM pg_prepared_statements "
-                      "WHERE statement LIKE '%rowguard_cache_marker%' AND statement NOT LIKE '%pg_prepared%'")
+    CHECK(t.db()
+              .exec("SELECT CAST(count(*) AS bigint) FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%rowguard_cache_marker%' AND statement NOT LIKE '%pg_prepared%'")
               .one()
               .i64(0) == 1);
 }
@@ -218,14 +220,17 @@ struct SqliteReader {
   ~SqliteReader() { sqlite3_close(db); }
   SqliteReader(const SqliteReader&) = delete;
   SqliteReader& operator=(const SqliteReader&) = delete;
-  void hold() { REQUIRE(sqlite3_exec(db, ("BEGIN; SELECT count(*) FROM " + table).c_str(), nullptr, nullptr, nullptr) == SQLITE_OK); }
+  void hold() {
+    REQUIRE(sqlite3_exec(db, ("BEGIN; SELECT count(*) FROM " + table).c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
   void release() { REQUIRE(sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK); }
 };
 }  // namespace
 
-TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leaves no transaction open: nothing of "
-          "it commits later, and the retry commits",
-          "[backend]") {
+TEST_CASE(
+    "a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leaves no transaction open: nothing of "
+    "it commits later, and the retry commits",
+    "[backend]") {
   Options options;
   options.busy_timeout = 100ms;
   // One session, so the retry runs where the refused transaction ran; in memory the reader is the
@@ -238,15 +243,15 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   if (rowguard::test::can().serialization_failures) {
     // A deferred constraint trigger refuses COMMIT with a serialization failure while the gate has a row.
     (*backend_of(t.db()).borrow())
-        ->exec_script(fmt::format(
-            "CREATE TABLE {0}commit_gate (x bigint);"
-            "CREATE FUNCTION {0}refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF EXISTS (SELECT 1 FROM {0}commit_gate) THEN "
-            "RAISE EXCEPTION 'commit refused by the test gate' USING ERRCODE = '40001'; END IF; "
-            "RETURN NULL; END $$;"
-            "CREATE CONSTRAINT TRIGGER {0}refuse_commit AFTER INSERT ON {1} DEFERRABLE INITIALLY DEFERRED "
-            "FOR EACH ROW EXECUTE FUNCTION {0}refuse_commit()",
-            prefix, table));
+        ->exec_script(
+            fmt::format("CREATE TABLE {0}commit_gate (x bigint);"
+                        "CREATE FUNCTION {0}refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF EXISTS (SELECT 1 FROM {0}commit_gate) THEN "
+                        "RAISE EXCEPTION 'commit refused by the test gate' USING ERRCODE = '40001'; END IF; "
+                        "RETURN NULL; END $$;"
+                        "CREATE CONSTRAINT TRIGGER {0}refuse_commit AFTER INSERT ON {1} DEFERRABLE INITIALLY DEFERRED "
+                        "FOR EACH ROW EXECUTE FUNCTION {0}refuse_commit()",
+                        prefix, table));
     refused_commit_leaves_nothing(
         t.db(), table, [&] { t.db().exec(fmt::format("INSERT INTO {}commit_gate VALUES (1)", prefix)); },
         [&] { t.db().exec(fmt::format("DELETE FROM {}commit_gate", prefix)); });
@@ -266,7 +271,8 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   } else {
     REQUIRE(t.db().exec("PRAGMA journal_mode = DELETE").one().text(0) == "delete");  // the only session
     SqliteReader reader(t.url().substr(t.url().find(':') + 1), table);
-    refused_commit_leaves_nothing(t.db(), table, [&] { reader.hold(); }, [&] { reader.release(); });
+    refused_commit_leaves_nothing(
+        t.db(), table, [&] { reader.hold(); }, [&] { reader.release(); });
   }
 #if ROWGUARD_HAVE_SOCI
   // As reported: the service's own soci::session on a DELETE-journal file, handed in.
@@ -276,7 +282,8 @@ TEST_CASE("a COMMIT refused as busy (SQLite) or for a conflict (PostgreSQL) leav
   auto db = from_soci(service, options);
   db.exec(fmt::format("CREATE TABLE {} (id bigint PRIMARY KEY, n bigint)", table));
   SqliteReader reader(path, table);
-  refused_commit_leaves_nothing(db, table, [&] { reader.hold(); }, [&] { reader.release(); });
+  refused_commit_leaves_nothing(
+      db, table, [&] { reader.hold(); }, [&] { reader.release(); });
 #endif
 }
 

@@ -28,9 +28,10 @@ TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
   const std::string now = d.ms_to_timestamp("0");
   const Error e = [&] {
     try {
-      t.db().exec(fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, created_at, updated_at) "
-                              "VALUES ('a', 'EUR', -1, 0, {}, {})",
-                              t.db().table_prefix(), now, now));
+      t.db().exec(
+          fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, created_at, updated_at) "
+                      "VALUES ('a', 'EUR', -1, 0, {}, {})",
+                      t.db().table_prefix(), now, now));
     } catch (const Error& error) {
       return error;
     }
@@ -80,15 +81,17 @@ TEST_CASE("concurrent `rowguard migrate` processes apply each step once", "[back
 TEST_CASE("a database newer than the library is schema_mismatch naming both versions", "[backend]") {
   TestDb t;
   t.db().migrate();
-  t.db().exec(fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, '999_future')",
-                          t.db().table_prefix()));
-  for (const auto& call : std::vector<std::function<void()>>{[&] { t.db().migrate(); }, [&] { t.db().require_schema(); }}) {
+  t.db().exec(
+      fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, '999_future')", t.db().table_prefix()));
+  for (const auto& call :
+       std::vector<std::function<void()>>{[&] { t.db().migrate(); }, [&] { t.db().require_schema(); }}) {
     try {
       call();
       FAIL("no schema_mismatch");
     } catch (const Error& e) {
       CHECK(e.kind() == ErrorKind::schema_mismatch);
-      CHECK_THAT(e.what(), Catch::Contains("999") && Catch::Contains(std::to_string(Database::library_schema_version())));
+      CHECK_THAT(e.what(),
+                 Catch::Contains("999") && Catch::Contains(std::to_string(Database::library_schema_version())));
     }
   }
 }
@@ -130,9 +133,9 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothi
                              d.ms_to_timestamp("0")))
             .affected == 1);
   CHECK(app.exec(fmt::format("UPDATE {}fences SET last_token = 2", prefix)).affected == 1);
-  for (const std::string& ddl : {fmt::format("CREATE TABLE {}evil (x int)", prefix),
-                                fmt::format("DROP TABLE {}fences", prefix),
-                                fmt::format("TRUNCATE {}fences", prefix)}) {
+  for (const std::string& ddl :
+       {fmt::format("CREATE TABLE {}evil (x int)", prefix), fmt::format("DROP TABLE {}fences", prefix),
+        fmt::format("TRUNCATE {}fences", prefix)}) {
     INFO(ddl);
     try {
       app.exec(ddl);

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "backend/url.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -41,7 +42,8 @@ TEST_CASE("security: the URL's secrets are in no CLI output, error or JSON, nor 
   TestDb t;
   const std::string url = with_password(t.url());
   // The keyword form, as a SOCI URL too (soci+postgresql:password=... host=...: shown verbatim once).
-  const std::string keywords = rowguard::test::keyword_form(t.url(), fmt::format("password='{0}' sslpassword={0}", secret));
+  const std::string keywords =
+      rowguard::test::keyword_form(t.url(), fmt::format("password='{0}' sslpassword={0}", secret));
   const std::string prefix = t.db().table_prefix();
   const std::vector<std::vector<std::string>> commands{
       {"migrate"},
@@ -141,7 +143,8 @@ TEST_CASE("security: password and sslpassword are hidden in every accepted URL f
   };
   const std::vector<Case> cases{
       {"postgresql://app:" + s + "@db.example/pay", {s}, {"app", "db.example/pay"}},
-      {"postgres://app:" + s + "@h1:5432,h2:5433/pay?target_session_attrs=read-write", {s},
+      {"postgres://app:" + s + "@h1:5432,h2:5433/pay?target_session_attrs=read-write",
+       {s},
        {"h1:5432,h2:5433/pay", "target_session_attrs=read-write"}},
       {"postgresql://app:" + s + "%3F%40%26x@db/pay", {s, "%3F%40%26x"}, {"db/pay"}},
       // libpq ends the user information at the first '@' before a '/': '?' and '#' belong to it.

@@ -28,7 +28,8 @@ double standby_reads(const char* result) {
 void replay(Database& standby, bool paused) {
   auto tx = standby.begin(TxOptions{Isolation::read_committed, TxAccess::read_only});
   // Through a subquery: SOCI cannot fetch the functions' void result.
-  tx.exec(paused ? "SELECT 1 FROM (SELECT pg_wal_replay_pause()) AS p" : "SELECT 1 FROM (SELECT pg_wal_replay_resume()) AS r");
+  tx.exec(paused ? "SELECT 1 FROM (SELECT pg_wal_replay_pause()) AS p"
+                 : "SELECT 1 FROM (SELECT pg_wal_replay_resume()) AS r");
   tx.commit();
 }
 
@@ -130,8 +131,9 @@ TEST_CASE("standby reads: cache hits and ledger history come from a standby with
   CHECK(lax_ledger.history("a").items.size() == 2);
 
   // The CLI's --standby: the same page; a standby that is not PostgreSQL is a usage error.
-  const std::vector<std::string> history{"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "ledger",
-                                         "history", "a", "--max-staleness", "10s", "--standby"};
+  const std::vector<std::string> history{"--db",     t.url(),   "--prefix", t.db().table_prefix(), "--json",
+                                         "ledger",   "history", "a",        "--max-staleness",     "10s",
+                                         "--standby"};
   std::string out;
   auto with = [&](const std::string& standby_arg) {
     auto args = history;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/schema_scripts.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -192,8 +193,7 @@ TEST_CASE("archive: moves exactly the old transfers, keeps referenced ones, and 
   }
 }
 
-TEST_CASE("archive: check() reports an opening balance that differs from its archived entries",
-          "[backend][archive]") {
+TEST_CASE("archive: check() reports an opening balance that differs from its archived entries", "[backend][archive]") {
   Bank b;
   auto& l = b.ledger;
   l.open("a", "EUR");
@@ -221,12 +221,14 @@ TEST_CASE("archive: check() stays clean when the archive tables are exported and
   REQUIRE(l.archive(b.now_ms() - 35 * day_ms).transfers == 1);
   require_clean(l);  // the opening balance counts 2 entries, the archive holds 1: exported, not checked
   // A forged archived entry (more entries than the opening balance counts) is still found.
-  b.db().exec(fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) SELECT id + 1000, "
-                          "transfer_id, account_id, amount, created_at FROM {}",
-                          b.table("entries_archive"), b.table("entries_archive")));
-  b.db().exec(fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) SELECT id + 2000, "
-                          "transfer_id, account_id, amount, created_at FROM {}",
-                          b.table("entries_archive"), b.table("entries_archive")));
+  b.db().exec(
+      fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) SELECT id + 1000, "
+                  "transfer_id, account_id, amount, created_at FROM {}",
+                  b.table("entries_archive"), b.table("entries_archive")));
+  b.db().exec(
+      fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) SELECT id + 2000, "
+                  "transfer_id, account_id, amount, created_at FROM {}",
+                  b.table("entries_archive"), b.table("entries_archive")));
   const CheckReport r = l.check();
   REQUIRE(r.violations.size() == 1);
   CHECK(r.violations[0].what == "opening_mismatch");
@@ -263,9 +265,9 @@ TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses par
   const std::string prefix = b.db().table_prefix();
   const std::string before = fmt::format("@{}", b.now_ms() - 35 * day_ms);
   std::string out;
-  REQUIRE(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "--json", "ledger", "archive", "--before",
-                                   before, "--dry-run"},
-                                  &out) == 0);
+  REQUIRE(rowguard::test::run_cli(
+              {"--db", b.t.url(), "--prefix", prefix, "--json", "ledger", "archive", "--before", before, "--dry-run"},
+              &out) == 0);
   auto j = nlohmann::json::parse(out);
   CHECK(j["transfers"] == 1);
   CHECK(j["dry_run"] == true);
@@ -279,18 +281,18 @@ TEST_CASE("archive: the CLI archives with --before and --dry-run and refuses par
   j = nlohmann::json::parse(out);
   CHECK(j["transfers"] == 1);
   CHECK(rows_in(b.db(), "transfers") == 0);
-  CHECK(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "ledger", "archive", "--before", "yesterday"}) ==
-        2);
+  CHECK(rowguard::test::run_cli(
+            {"--db", b.t.url(), "--prefix", prefix, "ledger", "archive", "--before", "yesterday"}) == 2);
   if (!rowguard::test::can().partitioning)
-    CHECK(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "ledger", "partitions", "--ahead", "2"}) == 2);
+    CHECK(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", prefix, "ledger", "partitions", "--ahead", "2"}) ==
+          2);
 }
 
 namespace {
 // Applies schema/postgres/partitioning.sql with the test's prefix.
 void partition(Database& db) {
   auto session = backend_of(db).borrow();
-  (*session)->exec_script(
-      schema_sql("postgres", SchemaPart::partitioning, db.table_prefix()));
+  (*session)->exec_script(schema_sql("postgres", SchemaPart::partitioning, db.table_prefix()));
 }
 }  // namespace
 
@@ -314,10 +316,10 @@ TEST_CASE("partitioning: the library works unchanged on monthly partitions, and 
 
   // Every row sits in the partition of its UTC month.
   auto misplaced = [&](const char* table) {
-    return b.count(fmt::format(
-        "SELECT count(*) FROM {t} WHERE CAST(tableoid::regclass AS text) <> '{t}_p' || "
-        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY_MM')",
-        fmt::arg("t", b.table(table))));
+    return b.count(
+        fmt::format("SELECT count(*) FROM {t} WHERE CAST(tableoid::regclass AS text) <> '{t}_p' || "
+                    "to_char(created_at AT TIME ZONE 'UTC', 'YYYY_MM')",
+                    fmt::arg("t", b.table(table))));
   };
   CHECK(misplaced("transfers") == 0);
   CHECK(misplaced("entries") == 0);
@@ -340,9 +342,10 @@ TEST_CASE("partitioning: the library works unchanged on monthly partitions, and 
   std::string message;
   const ErrorKind dup = kind_of(
       [&] {
-        b.db().exec(fmt::format("INSERT INTO {} (idempotency_key, kind, to_account, amount, currency, outcome, "
-                                "created_at) VALUES ('t-after', 'deposit', 'a', 1, 'EUR', 'ok', clock_timestamp())",
-                                b.table("transfers")));
+        b.db().exec(
+            fmt::format("INSERT INTO {} (idempotency_key, kind, to_account, amount, currency, outcome, "
+                        "created_at) VALUES ('t-after', 'deposit', 'a', 1, 'EUR', 'ok', clock_timestamp())",
+                        b.table("transfers")));
       },
       &message);
   CHECK(dup == ErrorKind::permanent);
@@ -400,9 +403,9 @@ TEST_CASE("partitioning: create_partitions is idempotent and moves rows out of t
   require_clean(l);
   // The CLI's partitions command calls it.
   std::string out;
-  REQUIRE(rowguard::test::run_cli({"--db", b.t.url(), "--prefix", b.db().table_prefix(), "--json", "ledger",
-                                   "partitions", "--ahead", "6"},
-                                  &out) == 0);
+  REQUIRE(rowguard::test::run_cli(
+              {"--db", b.t.url(), "--prefix", b.db().table_prefix(), "--json", "ledger", "partitions", "--ahead", "6"},
+              &out) == 0);
   CHECK(nlohmann::json::parse(out)["created"] == 2);
 }
 
@@ -438,14 +441,14 @@ TEST_CASE("archive: concurrent refunds of old transfers never split a transfer f
   // archived totals (on SQLite both behind the gate's write lock): both are in flight at once.
   Transaction gate = b.db().begin();
   gate.exec(fmt::format("UPDATE {} SET version = version WHERE id = 'a'", b.table("accounts")));
-  gate.exec(fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)",
-                        b.table("archived_totals")));
+  gate.exec(
+      fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)", b.table("archived_totals")));
   CHECK(rowguard::test::race_through_gate(std::move(gate), {refunds, archiver}) == 0);
   if (archive_error) CHECK(*archive_error == ErrorKind::conflict);  // retries exhausted: nothing moved
   for (int i = 0; i < n; ++i) {
     INFO("transfer o-" << i);
-    const std::int64_t archived = b.count(fmt::format("SELECT count(*) FROM {} WHERE idempotency_key = 'o-{}'",
-                                                      b.table("transfers_archive"), i));
+    const std::int64_t archived =
+        b.count(fmt::format("SELECT count(*) FROM {} WHERE idempotency_key = 'o-{}'", b.table("transfers_archive"), i));
     if (refunded[i]) {
       CHECK(archived == 0);  // refunded after the cutoff: it stays live with its refund
     } else {
@@ -479,8 +482,8 @@ TEST_CASE("archive: two concurrent archive runs: one moves the rows, the other n
   // Both runs wait behind the gate's uncommitted archived totals for EUR (on SQLite, behind its
   // write lock), so both take their snapshots before either commits.
   Transaction gate = b.db().begin();
-  gate.exec(fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)",
-                        b.table("archived_totals")));
+  gate.exec(
+      fmt::format("INSERT INTO {} (currency, deposits, withdrawals) VALUES ('EUR', 0, 0)", b.table("archived_totals")));
   CHECK(rowguard::test::race_through_gate(std::move(gate), {run(0), run(1)}) == 0);
   CHECK(errors[0] == "");
   CHECK(errors[1] == "");
@@ -502,7 +505,9 @@ TEST_CASE("archive: ids never go back, even once the archive tables are emptied"
   l.open("a", "EUR");
   l.open("b", "EUR");
   std::int64_t last_transfer = 0, last_entry = 0;
-  auto max_id = [&](const char* table) { return b.count(fmt::format("SELECT COALESCE(MAX(id), 0) FROM {}", b.table(table))); };
+  auto max_id = [&](const char* table) {
+    return b.count(fmt::format("SELECT COALESCE(MAX(id), 0) FROM {}", b.table(table)));
+  };
   for (int round = 0; round < 2; ++round) {
     INFO("round " << round);
     const std::int64_t d = l.deposit("a", 1'000, fmt::format("dep-{}", round)).transfer_id;

@@ -1,18 +1,17 @@
 // The read-through cache: hits, misses, one loader per key across threads and processes,
 // stale write-backs refused, transactional invalidation.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <fstream>
 #include <future>
 #include <set>
+#include <signal.h>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
 #include "support/support.hpp"
 
@@ -46,11 +45,14 @@ struct Gate {
       return std::optional<std::string>(value);
     };
   }
-  bool started() { return eventually([this] { return calls > 0; }); }
+  bool started() {
+    return eventually([this] { return calls > 0; });
+  }
   void open() { open_ = true; }
   // get_or_load(key) through this loader on another thread, returned once the loader runs.
   std::future<std::optional<std::string>> start(Cache& cache, const std::string& key, LoadOptions o = {}) {
-    auto load = std::async(std::launch::async, [this, &cache, key, o] { return cache.get_or_load(key, 60s, loader(), o); });
+    auto load =
+        std::async(std::launch::async, [this, &cache, key, o] { return cache.get_or_load(key, 60s, loader(), o); });
     REQUIRE(started());
     return load;
   }
@@ -141,8 +143,8 @@ TEST_CASE("cache: 8 processes asking for one cold key run the loader once", "[ba
   for (std::string line; std::getline(in, line);) ++runs;
   CHECK(runs == 1);
   // A failing loader command: its exit code passes through and nothing is cached.
-  CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch", "failing",
-                                 "--", "sh", "-c", "exit 9"}) == 9);
+  CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch", "failing", "--",
+                                 "sh", "-c", "exit 9"}) == 9);
   CHECK(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "get", "failing"}) == 5);
 }
 
@@ -197,7 +199,8 @@ TEST_CASE("cache: a loader whose process died frees the key when its lease expir
   CHECK(cache.stats().waits == 1);
 }
 
-TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads", "[backend][shared-db][threads][cli]") {
+TEST_CASE("cache: a loader process killed mid-load frees the key at its lease ttl, and the next caller loads",
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   // `cache fetch` with a loader that outlives the kill (5 s; an orphan holding the test's output
@@ -232,8 +235,8 @@ TEST_CASE("cache: a slow loader never writes back a value an invalidation made s
   loading.get_future().wait();
   cache.invalidate("balance:alice");
   invalidated.set_value();
-  CHECK(slow.get() == "100");                // the caller gets what it loaded...
-  CHECK_FALSE(cache.get("balance:alice"));   // ...but the stale value was not stored
+  CHECK(slow.get() == "100");               // the caller gets what it loaded...
+  CHECK_FALSE(cache.get("balance:alice"));  // ...but the stale value was not stored
   CHECK(cache.stats().stale_skipped == 1);
 }
 
@@ -493,8 +496,7 @@ TEST_CASE("cache: a load overtaken by this process's invalidation is kept neithe
     LoadOptions o;
     o.scope = scope;
     const auto v = cache.get_or_load(
-        "balance",
-        30s,
+        "balance", 30s,
         [&] {
           cache.invalidate("balance");  // a transfer commits while the old balance is being loaded
           return std::optional<std::string>("old");
@@ -506,7 +508,8 @@ TEST_CASE("cache: a load overtaken by this process's invalidation is kept neithe
   CHECK(cache.stats().stale_skipped == 2);
 }
 
-TEST_CASE("cache: the in-process tier stays within its byte bound, least recently used out first", "[backend][threads]") {
+TEST_CASE("cache: the in-process tier stays within its byte bound, least recently used out first",
+          "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o = with_local_tier(60s);
@@ -538,11 +541,14 @@ TEST_CASE("cache: this_process scope runs one loader per process without a lease
     callers.push_back(std::async(std::launch::async, [&] {
       ++ready;
       eventually([&] { return ready == 8; });  // the start barrier
-      return cache.get_or_load("cheap", 30s, [&] {
-        ++loads;
-        eventually([&] { return cache.stats().waits == 7; });  // the others overlapped this load
-        return std::optional<std::string>("v");
-      }, o);
+      return cache.get_or_load(
+          "cheap", 30s,
+          [&] {
+            ++loads;
+            eventually([&] { return cache.stats().waits == 7; });  // the others overlapped this load
+            return std::optional<std::string>("v");
+          },
+          o);
     }));
   for (auto& c : callers) CHECK(c.get() == "v");
   CHECK(loads == 1);
@@ -569,8 +575,10 @@ TEST_CASE("cache: sweep_every sweeps on a background thread", "[backend][threads
   CHECK(cache.get("kept") == "y");
 }
 
-TEST_CASE("cache: the ledger reads accounts through the cache: a committed transfer drops them, a rolled-back one leaves them",
-          "[backend]") {
+TEST_CASE(
+    "cache: the ledger reads accounts through the cache: a committed transfer drops them, a rolled-back one leaves "
+    "them",
+    "[backend]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db(), with_local_tier(60s));
@@ -613,7 +621,8 @@ TEST_CASE("cache: the ledger reads accounts through the cache: a committed trans
   CHECK(ledger.check().ok());
 }
 
-TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct", "[backend][shared-db][threads][cli]") {
+TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct",
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   Cache cache(t.db());  // no in-process tier: another process's change must be seen at once
@@ -637,8 +646,9 @@ TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts cor
 
 // Issue 21, defect 1: the sweep deleted tombstones at once (their expires_at was the epoch), and
 // eviction by size deleted them too, so a slow loader then found no row and stored its stale value.
-TEST_CASE("cache: a loader overtaken by an invalidation or put stores nothing, whatever sweeps and evictions run meanwhile",
-          "[backend][threads]") {
+TEST_CASE(
+    "cache: a loader overtaken by an invalidation or put stores nothing, whatever sweeps and evictions run meanwhile",
+    "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -715,10 +725,13 @@ TEST_CASE("cache: a load that took longer than sweep_grace is refused, not store
   Cache cache(t.db(), o);
   for (const LoadScope scope : {LoadScope::all_processes, LoadScope::this_process}) {
     const std::string key = fmt::format("late:{}", name_of(scope));
-    const auto v = cache.get_or_load(key, 60s, [] {
-      std::this_thread::sleep_for(1300ms);  // longer than the grace: nothing can judge it any more
-      return std::optional<std::string>("late");
-    }, scoped(scope));
+    const auto v = cache.get_or_load(
+        key, 60s,
+        [] {
+          std::this_thread::sleep_for(1300ms);  // longer than the grace: nothing can judge it any more
+          return std::optional<std::string>("late");
+        },
+        scoped(scope));
     CHECK(v == "late");
     CHECK_FALSE(cache.get(key));
   }
@@ -745,7 +758,7 @@ TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefi
     auto in_load = in_gate.start(cache, inside, scoped(scope));
     auto out_load = out_gate.start(cache, outside, scoped(scope));
     CHECK(cache.invalidate_prefix("user:7:") == 1);  // the one row there: user:7:email
-    cache.sweep();  // and the prefix's record survives a sweep within the grace
+    cache.sweep();                                   // and the prefix's record survives a sweep within the grace
     in_gate.open();
     out_gate.open();
     CHECK(in_load.get() == "stale");
@@ -763,8 +776,10 @@ TEST_CASE("cache: invalidate_prefix stops every loader in flight under the prefi
 
 // Issue 21, defect 9: the loader's lease ran out under a slow loader; its release then threw
 // lock_lost at the caller and the waiters, and another process could start a second load.
-TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load, every caller here and elsewhere gets its value",
-          "[backend][threads][cli]") {
+TEST_CASE(
+    "cache: a loader slower than load_lease_ttl keeps its lease: one load, every caller here and elsewhere gets its "
+    "value",
+    "[backend][threads][cli]") {
   TestDb t;
   t.db().migrate();
   CacheOptions o;
@@ -792,10 +807,10 @@ TEST_CASE("cache: a loader slower than load_lease_ttl keeps its lease: one load,
   if (rowguard::test::can().shared_database)  // another process can open it
     cli = std::async(std::launch::async, [&] {
       std::string out;
-      const int rc = rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch",
-                                              "slow", "--lease", "400ms", "--", "sh", "-c",
-                                              fmt::format("echo run >> '{}'; printf cli", ran)},
-                                             &out);
+      const int rc = rowguard::test::run_cli(
+          {"--db", t.url(), "--prefix", t.db().table_prefix(), "cache", "fetch", "slow", "--lease", "400ms", "--", "sh",
+           "-c", fmt::format("echo run >> '{}'; printf cli", ran)},
+          &out);
       return std::make_pair(rc, out);
     });
   REQUIRE(eventually([&] { return other.stats().waits == 1; }));
@@ -866,8 +881,8 @@ TEST_CASE("cache: a cache fetch overtaken by other processes' invalidation and s
   };
   // The issue's reproduction: the loader command waits (at most 20 s) for the test's go.
   const std::string loader = fmt::format(
-      "touch '{}'; i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; printf stale",
-      started, go);
+      "touch '{}'; i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; printf stale", started,
+      go);
   auto fetch = std::async(std::launch::async, [&] {
     std::string out;
     const int rc = cli({"cache", "fetch", "k", "--ttl", "60s", "--", "sh", "-c", loader}, &out);
@@ -879,6 +894,6 @@ TEST_CASE("cache: a cache fetch overtaken by other processes' invalidation and s
   std::ofstream(go).put('\n');
   const auto [rc, out] = fetch.get();
   CHECK(rc == 0);
-  CHECK(out == "stale");               // the fetch prints what it loaded...
+  CHECK(out == "stale");                   // the fetch prints what it loaded...
   CHECK(cli({"cache", "get", "k"}) == 5);  // ...but did not store it
 }

@@ -127,7 +127,8 @@ TEST_CASE("history: pages cover every applied transfer exactly once, in order, b
           }
           CHECK(own == item.change);
           const auto kind = item.transfer.kind;
-          CHECK(item.transfer.entries.size() == (kind == TransferKind::deposit || kind == TransferKind::withdrawal ? 1u : 2u));
+          CHECK(item.transfer.entries.size() ==
+                (kind == TransferKind::deposit || kind == TransferKind::withdrawal ? 1u : 2u));
           if (kind == TransferKind::transfer || kind == TransferKind::reversal) CHECK(sum == 0);
           balance_change += item.change;
         }
@@ -252,7 +253,8 @@ TEST_CASE("history: balance_at equals the balance replayed by hand", "[backend][
     for (const std::int64_t at : points) {
       std::int64_t replayed = 0;  // the changes of the requests made before `at`, by hand
       for (const auto& d : b.done)
-        if (d.ok && d.changes.count(account) && l.find_transfer(d.id).created_at_ms < at) replayed += d.changes.at(account);
+        if (d.ok && d.changes.count(account) && l.find_transfer(d.id).created_at_ms < at)
+          replayed += d.changes.at(account);
       INFO(fmt::format("{} at {}", account, at));
       CHECK(l.balance_at(account, at) == replayed);
     }
@@ -263,9 +265,10 @@ TEST_CASE("history: balance_at equals the balance replayed by hand", "[backend][
   // An opening balance (archive) counts, and before its as_of nothing is known.
   const std::string ob = b.t.db().table_prefix() + "opening_balances";
   if (rowguard::test::can().timestamptz)
-    b.t.db().exec(fmt::format("INSERT INTO {} (account_id, balance, entries, as_of) VALUES ('a', 100, 1, "
-                              "TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')",
-                              ob, last - 100'000));
+    b.t.db().exec(
+        fmt::format("INSERT INTO {} (account_id, balance, entries, as_of) VALUES ('a', 100, 1, "
+                    "TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')",
+                    ob, last - 100'000));
   else
     b.t.db().exec(fmt::format("INSERT INTO {} (account_id, balance, entries, as_of) VALUES ('a', 100, 1, {})", ob,
                               last - 100'000));
@@ -296,7 +299,7 @@ TEST_CASE("history: transfers() lists the ledger and one account, rejections inc
   CHECK(everything.size() == b.done.size());
   for (std::size_t i = 0; i < everything.size(); ++i) {
     CHECK(everything[i].id == b.done[b.done.size() - 1 - i].id);  // newest first
-    CHECK(everything[i].entries.empty());                          // not asked for
+    CHECK(everything[i].entries.empty());                         // not asked for
   }
   for (const std::string account : {"a", "b", "c"}) {
     TransferQuery by;
@@ -395,10 +398,10 @@ TEST_CASE("history: query cost on 200k transfers (PostgreSQL)", "[.][history-ben
   t.db().migrate();
   const std::string p = t.db().table_prefix();
   const auto started = std::chrono::steady_clock::now();
-  t.db().exec(fmt::format(
-      "INSERT INTO {p}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
-      "SELECT 'acc' || g, 'EUR', 0, -9000000000000, 0, now(), now() FROM generate_series(1, 1000) g",
-      fmt::arg("p", p)));
+  t.db().exec(
+      fmt::format("INSERT INTO {p}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
+                  "SELECT 'acc' || g, 'EUR', 0, -9000000000000, 0, now(), now() FROM generate_series(1, 1000) g",
+                  fmt::arg("p", p)));
   t.db().exec(fmt::format(
       "INSERT INTO {p}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
       "created_at) SELECT g, 'k' || g, 'transfer', 'acc' || f, 'acc' || ((f + g % 999) % 1000 + 1), 1 + g % 100, "
@@ -422,7 +425,8 @@ TEST_CASE("history: query cost on 200k transfers (PostgreSQL)", "[.][history-ben
   const auto loaded = std::chrono::steady_clock::now();
   Ledger l(t.db());
   REQUIRE(l.check().ok());
-  const std::int64_t hot_entries = t.db().exec(fmt::format("SELECT count(*) FROM {}entries WHERE account_id = 'acc1'", p)).one().i64(0);
+  const std::int64_t hot_entries =
+      t.db().exec(fmt::format("SELECT count(*) FROM {}entries WHERE account_id = 'acc1'", p)).one().i64(0);
   // A cursor deep in the hot account's history: the entry 10 000 from its newest.
   const std::int64_t deep = t.db()
                                 .exec(fmt::format("SELECT id FROM {}entries WHERE account_id = 'acc1' ORDER BY id DESC "
@@ -457,10 +461,11 @@ TEST_CASE("history: query cost on 200k transfers (PostgreSQL)", "[.][history-ben
   by_cold.account = "acc500";
   TransferQuery everything;
   everything.include_entries = true;
-  WARN(fmt::format("setup: 200000 transfers, 1000 accounts, acc1 has {} entries; bulk load took {} ms",
-                   hot_entries, std::chrono::duration_cast<std::chrono::milliseconds>(loaded - started).count()));
+  WARN(fmt::format("setup: 200000 transfers, 1000 accounts, acc1 has {} entries; bulk load took {} ms", hot_entries,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(loaded - started).count()));
   time("history acc1, first page of 100", [&] { CHECK(l.history("acc1", first).items.size() == 100); });
-  time("history acc1, page of 100 after 10000 entries", [&] { CHECK(l.history("acc1", deep_page).items.size() == 100); });
+  time("history acc1, page of 100 after 10000 entries",
+       [&] { CHECK(l.history("acc1", deep_page).items.size() == 100); });
   time("history acc1, 100 in a window 500 s back", [&] { CHECK(l.history("acc1", windowed).items.size() == 100); });
   time("history acc500 (cold), first page of 100", [&] { CHECK(!l.history("acc500", first).items.empty()); });
   time("transfers --account acc1, first page of 100", [&] { CHECK(l.transfers(by_hot).items.size() == 100); });

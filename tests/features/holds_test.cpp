@@ -200,7 +200,7 @@ TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers neve
   std::vector<std::thread> workers;
   for (int w = 0; w < 4; ++w)
     workers.emplace_back([&, w] {
-      std::mt19937 rng(777 + w);  // seeded: a failure can be replayed
+      std::mt19937 rng(777 + w);                                // seeded: a failure can be replayed
       std::vector<std::pair<std::int64_t, std::int64_t>> mine;  // hold id, amount
       for (int i = 0; i < 40; ++i) {
         const int from = rng() % accounts;
@@ -267,16 +267,17 @@ TEST_CASE("holds: a hold's key reused with any field or operation changed is ide
   const HoldResult h = l.hold("card", "shop", 3'000, "auth", 60s);
   REQUIRE(h.ok());
   CHECK(l.hold("card", "shop", 3'000, "auth", 60s).replayed);
-  require_mismatches(s.t.db(), l, {
-                            {"from", [&] { l.hold("other", "shop", 3'000, "auth", 60s); }},
-                            {"to", [&] { l.hold("card", "other", 3'000, "auth", 60s); }},
-                            {"amount", [&] { l.hold("card", "shop", 3'001, "auth", 60s); }},
-                            {"timeout", [&] { l.hold("card", "shop", 3'000, "auth", 61s); }},
-                            {"operation", [&] { l.transfer("card", "shop", 3'000, "auth"); }},
-                            {"operation", [&] { l.deposit("card", 3'000, "auth"); }},
-                            // The hold's own key for its capture.
-                            {"operation", [&] { l.capture(h.hold_id, 3'000, "auth"); }},
-                        });
+  require_mismatches(s.t.db(), l,
+                     {
+                         {"from", [&] { l.hold("other", "shop", 3'000, "auth", 60s); }},
+                         {"to", [&] { l.hold("card", "other", 3'000, "auth", 60s); }},
+                         {"amount", [&] { l.hold("card", "shop", 3'001, "auth", 60s); }},
+                         {"timeout", [&] { l.hold("card", "shop", 3'000, "auth", 61s); }},
+                         {"operation", [&] { l.transfer("card", "shop", 3'000, "auth"); }},
+                         {"operation", [&] { l.deposit("card", 3'000, "auth"); }},
+                         // The hold's own key for its capture.
+                         {"operation", [&] { l.capture(h.hold_id, 3'000, "auth"); }},
+                     });
 }
 
 TEST_CASE("holds: a capture's key reused with another hold, amount or operation is idempotency_mismatch",
@@ -290,15 +291,16 @@ TEST_CASE("holds: a capture's key reused with another hold, amount or operation 
   CHECK(l.capture(h1.hold_id, 2'000, "cap").replayed);
   REQUIRE(l.capture(h3.hold_id).ok());  // under hold:<id>:capture
   const std::string default_key = fmt::format("hold:{}:capture", h3.hold_id);
-  require_mismatches(s.t.db(), l, {
-                            {"hold", [&] { l.capture(h2.hold_id, 2'000, "cap"); }},
-                            {"amount", [&] { l.capture(h1.hold_id, 2'001, "cap"); }},
-                            // A plain transfer of the same accounts and amount is another operation.
-                            {"operation", [&] { l.transfer("card", "shop", 2'000, "cap"); }},
-                            {"operation", [&] { l.transfer("card", "shop", 1'000, default_key); }},
-                            {"operation", [&] { l.hold("card", "shop", 2'000, "cap", 60s); }},
-                            {"operation", [&] { l.withdraw("card", 2'000, "cap"); }},
-                        });
+  require_mismatches(s.t.db(), l,
+                     {
+                         {"hold", [&] { l.capture(h2.hold_id, 2'000, "cap"); }},
+                         {"amount", [&] { l.capture(h1.hold_id, 2'001, "cap"); }},
+                         // A plain transfer of the same accounts and amount is another operation.
+                         {"operation", [&] { l.transfer("card", "shop", 2'000, "cap"); }},
+                         {"operation", [&] { l.transfer("card", "shop", 1'000, default_key); }},
+                         {"operation", [&] { l.hold("card", "shop", 2'000, "cap", 60s); }},
+                         {"operation", [&] { l.withdraw("card", 2'000, "cap"); }},
+                     });
   CHECK(l.get_hold(h2.hold_id).state == HoldState::held);
 }
 
@@ -358,12 +360,12 @@ TEST_CASE("holds: two threads capturing one hold, or capturing and voiding it, c
       std::optional<Hold> void_result;
       std::optional<ErrorKind> void_error;
       CHECK(rowguard::test::race_through_gate(gate(), {capture(h.hold_id, std::nullopt, c), [&] {
-                                                          try {
-                                                            void_result = l.void_hold(h.hold_id);
-                                                          } catch (const Error& error) {
-                                                            void_error = error.kind();
-                                                          }
-                                                        }}) == 0);
+                                                         try {
+                                                           void_result = l.void_hold(h.hold_id);
+                                                         } catch (const Error& error) {
+                                                           void_error = error.kind();
+                                                         }
+                                                       }}) == 0);
       const Hold after = l.get_hold(h.hold_id);
       if (c.result) {
         CHECK(c.result->ok());

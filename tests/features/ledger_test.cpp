@@ -1,21 +1,20 @@
 // The ledger: accounts, transfers with idempotency keys, and a journal that always adds up.
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <barrier>
+#include <fcntl.h>
 #include <latch>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
+#include <signal.h>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
 #include "support/support.hpp"
 
@@ -224,8 +223,8 @@ TEST_CASE("ledger: a bank under concurrent random transfers conserves money at e
         const int to = (from + 1 + rng() % (accounts - 1)) % accounts;
         const std::int64_t amount = 1 + rng() % 700;  // sometimes more than the source has
         try {
-          const auto r = l.transfer(fmt::format("acct-{}", from), fmt::format("acct-{}", to), amount,
-                                    fmt::format("w{}-{}", w, i));
+          const auto r =
+              l.transfer(fmt::format("acct-{}", from), fmt::format("acct-{}", to), amount, fmt::format("w{}-{}", w, i));
           std::lock_guard lock(acked_mutex);
           (r.ok() ? ok_ids : rejected_ids).insert(r.transfer_id);
         } catch (const Error& e) {
@@ -261,11 +260,11 @@ TEST_CASE("ledger: a batch applies items independently and linked chains as a wh
   for (const char* id : {"a", "b", "c"}) l.open(id, "EUR");
   l.deposit("a", 1'000, "d");
   const auto results = l.transfer_batch({
-      {"a", "b", 100, "k1", false},     // alone: ok
-      {"a", "c", 5'000, "k2", false},   // alone: rejected, recorded
-      {"a", "b", 200, "k3", true},      // chain k3+k4: k4 fails, so k3 is undone
+      {"a", "b", 100, "k1", false},    // alone: ok
+      {"a", "c", 5'000, "k2", false},  // alone: rejected, recorded
+      {"a", "b", 200, "k3", true},     // chain k3+k4: k4 fails, so k3 is undone
       {"b", "zzz", 50, "k4", false},
-      {"a", "c", 300, "k5", true},      // chain k5+k6: both ok
+      {"a", "c", 300, "k5", true},  // chain k5+k6: both ok
       {"c", "b", 100, "k6", false},
   });
   REQUIRE(results.size() == 6);
@@ -324,8 +323,8 @@ TEST_CASE("ledger: update() from concurrent threads is a version-checked read-mo
     });
   for (auto& th : threads) th.join();
   const Account a = l.get("acct");
-  CHECK(a.version == 4);  // each update applied exactly once
-  CHECK(l.stats().retries >= 3);  // the three that lost the first round at least
+  CHECK(a.version == 4);                                    // each update applied exactly once
+  CHECK(l.stats().retries >= 3);                            // the three that lost the first round at least
   CHECK(calls == 4 + static_cast<int>(l.stats().retries));  // fn ran once per attempt, no more
   CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.balance = 1'000'000; }); }) == ErrorKind::invalid_argument);
   CHECK(kind_of([&] { l.update("acct", [](Account& x) { x.min_balance = 5; }); }) == ErrorKind::invalid_argument);
@@ -372,7 +371,6 @@ TEST_CASE("ledger: the CLI refuses prune-keys below its floor and accepts days",
   CHECK_THAT(help, !Catch::Contains("not accepted"));
 }
 
-
 namespace {
 
 // One run of the rowguard CLI, started with fork/exec (no shell between), its stdout captured;
@@ -410,8 +408,10 @@ CliRun run_cli_process(std::vector<std::string> args, std::optional<std::chrono:
   CliRun r;
   char buffer[4096];
   for (ssize_t n; (n = ::read(out[0], buffer, sizeof buffer)) != 0;)
-    if (n > 0) r.out.append(buffer, static_cast<std::size_t>(n));
-    else if (errno != EINTR) break;
+    if (n > 0)
+      r.out.append(buffer, static_cast<std::size_t>(n));
+    else if (errno != EINTR)
+      break;
   ::close(out[0]);
   while (::waitpid(pid, &r.status, 0) < 0 && errno == EINTR) {
   }
@@ -441,11 +441,11 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
     std::string key, from, to;
     std::int64_t amount = 0;
     bool kill_planned = false;
-    int killed = 0;             // attempts SIGKILL ended while running: outcome unknown, retried with the key
-    int failed = 0;             // attempts that exited with another error (retried with the key)
-    int exit_code = -1;         // of the acknowledged attempt: 0 ok, 4 insufficient funds
-    std::string status;         // its "status"
-    bool replayed = false;      // its "replayed"
+    int killed = 0;         // attempts SIGKILL ended while running: outcome unknown, retried with the key
+    int failed = 0;         // attempts that exited with another error (retried with the key)
+    int exit_code = -1;     // of the acknowledged attempt: 0 ok, 4 insufficient funds
+    std::string status;     // its "status"
+    bool replayed = false;  // its "replayed"
     std::int64_t transfer_id = 0;
   };
   std::vector<std::vector<Key>> done(workers);
@@ -465,8 +465,9 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
         k.to = fmt::format("p{}", (from + 1 + static_cast<int>(rng() % (accounts - 1))) % accounts);
         k.amount = 1 + static_cast<std::int64_t>(rng() % 400);
         k.kill_planned = i % 2 == 0;
-        const std::vector<std::string> args{"--db", b.t.url(), "--prefix", prefix, "--json", "transfer",
-                                            k.from, k.to, std::to_string(k.amount), "--key", k.key};
+        const std::vector<std::string> args{
+            "--db",  b.t.url(), "--prefix", prefix, "--json", "transfer", k.from, k.to, std::to_string(k.amount),
+            "--key", k.key};
         for (int attempt = 0; attempt < 10 && k.exit_code < 0; ++attempt) {
           std::optional<std::chrono::microseconds> kill_after;
           if (k.kill_planned && attempt == 0) {
@@ -474,8 +475,8 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
             std::vector<double> sorted = durations_us;
             std::sort(sorted.begin(), sorted.end());
             const double typical = sorted.empty() ? 150'000 : sorted[sorted.size() / 2];
-            kill_after = std::chrono::microseconds(static_cast<std::int64_t>(
-                std::uniform_real_distribution<double>(0.2, 1.1)(rng) * typical));
+            kill_after = std::chrono::microseconds(
+                static_cast<std::int64_t>(std::uniform_real_distribution<double>(0.2, 1.1)(rng) * typical));
           }
           const int now_running = ++running;
           for (int m = most_running; now_running > m && !most_running.compare_exchange_weak(m, now_running);) {
@@ -531,8 +532,9 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
       }
       // Exactly one transfer row for the key, the one acknowledged, for what was asked.
       const Result rows = b.t.db().exec(
-          fmt::format("SELECT id, from_account, to_account, amount, outcome FROM {}transfers WHERE idempotency_key = $1",
-                      prefix),
+          fmt::format(
+              "SELECT id, from_account, to_account, amount, outcome FROM {}transfers WHERE idempotency_key = $1",
+              prefix),
           {k.key});
       REQUIRE(rows.rows.size() == 1);
       const Row& row = rows.rows[0];
@@ -553,9 +555,10 @@ TEST_CASE("ledger: rowguard CLI processes killed mid-transfer and retried with t
         CHECK(j.at("transfer_id") == k.transfer_id);
       }
     }
-  WARN(fmt::format("{}: {} keys, {} acknowledged ok, {} attempts killed mid-run ({} of whose keys had applied before "
-                   "the kill and replayed on retry), {} other failed attempts",
-                   rowguard::test::backend(), keys, acknowledged_ok, kills, killed_then_replayed, failures));
+  WARN(
+      fmt::format("{}: {} keys, {} acknowledged ok, {} attempts killed mid-run ({} of whose keys had applied before "
+                  "the kill and replayed on retry), {} other failed attempts",
+                  rowguard::test::backend(), keys, acknowledged_ok, kills, killed_then_replayed, failures));
   // The kills hit running CLI processes, and most transfers went through.
   CHECK(kills >= workers * per_worker / 2 / 4);
   CHECK(acknowledged_ok >= keys / 2);
@@ -658,15 +661,14 @@ void open_abc(Ledger& l) {
 TransferResult leg(Bank& b, bool deposit, const std::string& account, std::int64_t amount, const std::string& key,
                    const std::string& gid) {
   Transaction tx = b.t.db().begin();
-  const TransferResult r = deposit ? b.ledger.deposit(tx, account, amount, key, gid)
-                                   : b.ledger.withdraw(tx, account, amount, key, gid);
+  const TransferResult r =
+      deposit ? b.ledger.deposit(tx, account, amount, key, gid) : b.ledger.withdraw(tx, account, amount, key, gid);
   tx.commit();
   return r;
 }
 }  // namespace
 
-TEST_CASE("ledger: a transfer's key reused with any field or operation changed is idempotency_mismatch",
-          "[backend]") {
+TEST_CASE("ledger: a transfer's key reused with any field or operation changed is idempotency_mismatch", "[backend]") {
   Bank b;
   auto& l = b.ledger;
   open_abc(l);
@@ -674,35 +676,36 @@ TEST_CASE("ledger: a transfer's key reused with any field or operation changed i
   l.transfer("b", "a", 100, "order");                    // its refund moves a -> b 100, as k did
   const HoldResult h = l.hold("a", "b", 100, "h", 60s);  // its capture too
   CHECK(l.transfer("a", "b", 100, "k").replayed);
-  require_mismatches(b.t.db(), l, {
-                            {"from", [&] { l.transfer("c", "b", 100, "k"); }},
-                            {"to", [&] { l.transfer("a", "c", 100, "k"); }},
-                            {"amount", [&] { l.transfer("a", "b", 101, "k"); }},
-                            {"operation", [&] { l.deposit("b", 100, "k"); }},
-                            {"operation", [&] { l.withdraw("a", 100, "k"); }},
-                            {"operation", [&] { l.reverse("order", 100, "k"); }},
-                            {"operation", [&] { l.hold("a", "b", 100, "k", 60s); }},
-                            {"operation", [&] { l.capture(h.hold_id, 100, "k"); }},
-                            {"operation", [&] { leg(b, false, "a", 100, "k", "gid-1"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"from", [&] { l.transfer("c", "b", 100, "k"); }},
+                         {"to", [&] { l.transfer("a", "c", 100, "k"); }},
+                         {"amount", [&] { l.transfer("a", "b", 101, "k"); }},
+                         {"operation", [&] { l.deposit("b", 100, "k"); }},
+                         {"operation", [&] { l.withdraw("a", 100, "k"); }},
+                         {"operation", [&] { l.reverse("order", 100, "k"); }},
+                         {"operation", [&] { l.hold("a", "b", 100, "k", 60s); }},
+                         {"operation", [&] { l.capture(h.hold_id, 100, "k"); }},
+                         {"operation", [&] { leg(b, false, "a", 100, "k", "gid-1"); }},
+                     });
 }
 
-TEST_CASE("ledger: a deposit's key reused with any field or operation changed is idempotency_mismatch",
-          "[backend]") {
+TEST_CASE("ledger: a deposit's key reused with any field or operation changed is idempotency_mismatch", "[backend]") {
   Bank b;
   auto& l = b.ledger;
   open_abc(l);
   REQUIRE(l.deposit("b", 500, "k").ok());
   CHECK(l.deposit("b", 500, "k").replayed);
-  require_mismatches(b.t.db(), l, {
-                            {"to", [&] { l.deposit("c", 500, "k"); }},
-                            {"amount", [&] { l.deposit("b", 501, "k"); }},
-                            {"operation", [&] { l.withdraw("b", 500, "k"); }},
-                            {"operation", [&] { l.transfer("a", "b", 500, "k"); }},
-                            {"operation", [&] { l.hold("a", "b", 500, "k", 60s); }},
-                            // A plain deposit's key reused as a two-phase leg with the same account and amount.
-                            {"operation", [&] { leg(b, true, "b", 500, "k", "gid-1"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"to", [&] { l.deposit("c", 500, "k"); }},
+                         {"amount", [&] { l.deposit("b", 501, "k"); }},
+                         {"operation", [&] { l.withdraw("b", 500, "k"); }},
+                         {"operation", [&] { l.transfer("a", "b", 500, "k"); }},
+                         {"operation", [&] { l.hold("a", "b", 500, "k", 60s); }},
+                         // A plain deposit's key reused as a two-phase leg with the same account and amount.
+                         {"operation", [&] { leg(b, true, "b", 500, "k", "gid-1"); }},
+                     });
 }
 
 TEST_CASE("ledger: a withdrawal's key reused with any field or operation changed is idempotency_mismatch",
@@ -712,13 +715,14 @@ TEST_CASE("ledger: a withdrawal's key reused with any field or operation changed
   open_abc(l);
   REQUIRE(l.withdraw("a", 300, "k").ok());
   CHECK(l.withdraw("a", 300, "k").replayed);
-  require_mismatches(b.t.db(), l, {
-                            {"from", [&] { l.withdraw("b", 300, "k"); }},
-                            {"amount", [&] { l.withdraw("a", 301, "k"); }},
-                            {"operation", [&] { l.deposit("a", 300, "k"); }},
-                            {"operation", [&] { l.transfer("a", "c", 300, "k"); }},
-                            {"operation", [&] { leg(b, false, "a", 300, "k", "gid-1"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"from", [&] { l.withdraw("b", 300, "k"); }},
+                         {"amount", [&] { l.withdraw("a", 301, "k"); }},
+                         {"operation", [&] { l.deposit("a", 300, "k"); }},
+                         {"operation", [&] { l.transfer("a", "c", 300, "k"); }},
+                         {"operation", [&] { leg(b, false, "a", 300, "k", "gid-1"); }},
+                     });
 }
 
 TEST_CASE("ledger: a two-phase leg's key reused with any field or operation changed is idempotency_mismatch",
@@ -729,13 +733,14 @@ TEST_CASE("ledger: a two-phase leg's key reused with any field or operation chan
   REQUIRE(leg(b, false, "a", 300, "k", "gid-1").ok());
   // A coordinator retries one transfer under a fresh global transaction id: the same request.
   CHECK(leg(b, false, "a", 300, "k", "gid-2").replayed);
-  require_mismatches(b.t.db(), l, {
-                            {"from", [&] { leg(b, false, "b", 300, "k", "gid-1"); }},
-                            {"amount", [&] { leg(b, false, "a", 301, "k", "gid-1"); }},
-                            {"operation", [&] { leg(b, true, "a", 300, "k", "gid-1"); }},
-                            // A two-phase leg's key reused for a plain withdrawal of the same amount.
-                            {"operation", [&] { l.withdraw("a", 300, "k"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"from", [&] { leg(b, false, "b", 300, "k", "gid-1"); }},
+                         {"amount", [&] { leg(b, false, "a", 301, "k", "gid-1"); }},
+                         {"operation", [&] { leg(b, true, "a", 300, "k", "gid-1"); }},
+                         // A two-phase leg's key reused for a plain withdrawal of the same amount.
+                         {"operation", [&] { l.withdraw("a", 300, "k"); }},
+                     });
 }
 
 TEST_CASE("ledger: a batch item's key reused with any field or operation changed is idempotency_mismatch",
@@ -754,14 +759,15 @@ TEST_CASE("ledger: a batch item's key reused with any field or operation changed
       if (r[0].error) throw Error(*r[0].error, r[0].message);
     };
   };
-  require_mismatches(b.t.db(), l, {
-                            {"from", item({"c", "b", 100, "k", false})},
-                            {"to", item({"a", "c", 100, "k", false})},
-                            {"amount", item({"a", "b", 101, "k", false})},
-                            {"operation", item({"a", "c", 100, "dep", false})},
-                            {"operation", item({"a", "b", 100, "h", false})},
-                            {"operation", [&] { l.deposit("b", 100, "k"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"from", item({"c", "b", 100, "k", false})},
+                         {"to", item({"a", "c", 100, "k", false})},
+                         {"amount", item({"a", "b", 101, "k", false})},
+                         {"operation", item({"a", "c", 100, "dep", false})},
+                         {"operation", item({"a", "b", 100, "h", false})},
+                         {"operation", [&] { l.deposit("b", 100, "k"); }},
+                     });
 }
 
 TEST_CASE("ledger: a refund's key reused for another transfer's refund, amount or operation is idempotency_mismatch",
@@ -773,13 +779,14 @@ TEST_CASE("ledger: a refund's key reused for another transfer's refund, amount o
   l.transfer("a", "b", 1'000, "order-b");
   REQUIRE(l.reverse("order-a", 300, "refund").ok());
   CHECK(l.reverse("order-a", 300, "refund").replayed);
-  require_mismatches(b.t.db(), l, {
-                            // Refunding order B under the key of order A's refund must not answer A's refund.
-                            {"refunded transfer", [&] { l.reverse("order-b", 300, "refund"); }},
-                            {"amount", [&] { l.reverse("order-a", 301, "refund"); }},
-                            {"operation", [&] { l.transfer("b", "a", 300, "refund"); }},
-                            {"operation", [&] { l.deposit("a", 300, "refund"); }},
-                        });
+  require_mismatches(b.t.db(), l,
+                     {
+                         // Refunding order B under the key of order A's refund must not answer A's refund.
+                         {"refunded transfer", [&] { l.reverse("order-b", 300, "refund"); }},
+                         {"amount", [&] { l.reverse("order-a", 301, "refund"); }},
+                         {"operation", [&] { l.transfer("b", "a", 300, "refund"); }},
+                         {"operation", [&] { l.deposit("a", 300, "refund"); }},
+                     });
   // A refund's original is compared by which transfer it is, so a key of a transfer is no original.
   CHECK(kind_of([&] { l.reverse("refund", 1, "refund-of-a-refund"); }) == ErrorKind::not_found);
 }
@@ -845,10 +852,9 @@ TEST_CASE("ledger: the database refuses an update leaving balance - held below t
   REQUIRE(l.hold("a", "b", 600, "h", 60s).ok());
   Database& db = b.t.db();
   const std::string acc = db.table_prefix() + "accounts";
-  for (const std::string& raw :
-       {fmt::format("UPDATE {} SET balance = 499 WHERE id = 'a'", acc),  // 499 - 600 < -100
-        fmt::format("UPDATE {} SET held = 1101 WHERE id = 'a'", acc),
-        fmt::format("UPDATE {} SET min_balance = 401 WHERE id = 'a'", acc)}) {
+  for (const std::string& raw : {fmt::format("UPDATE {} SET balance = 499 WHERE id = 'a'", acc),  // 499 - 600 < -100
+                                 fmt::format("UPDATE {} SET held = 1101 WHERE id = 'a'", acc),
+                                 fmt::format("UPDATE {} SET min_balance = 401 WHERE id = 'a'", acc)}) {
     INFO(raw);
     std::string message;
     const Error e = [&] {

@@ -1,21 +1,21 @@
 // Leases: mutual exclusion, fencing tokens, expiry, waiting, guards, fences and semaphores.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <fstream>
 #include <future>
 #include <latch>
 #include <map>
 #include <set>
+#include <signal.h>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
 #include "obs/instruments.hpp"
+
 #include "locks/locks_impl.hpp"
 #include "support/fault_proxy.hpp"
 #include "support/support.hpp"
@@ -59,8 +59,7 @@ TEST_CASE("locks: the same owner re-acquiring a live lease gets its token back",
   again->detach();
 }
 
-TEST_CASE("locks: tokens strictly increase across release, expiry, takeover, force-release and restart",
-          "[backend]") {
+TEST_CASE("locks: tokens strictly increase across release, expiry, takeover, force-release and restart", "[backend]") {
   TestDb t;
   t.db().migrate();
   std::vector<std::int64_t> tokens;
@@ -92,9 +91,10 @@ TEST_CASE("locks: tokens strictly increase across release, expiry, takeover, for
   CHECK(tokens.back() >= 5);  // the force-release consumed a token
 }
 
-TEST_CASE("locks: sweep clears exactly the leases expired longer than its age, and never a held, recently expired, "
-          "released or force-released lease, a row or a token",
-          "[backend]") {
+TEST_CASE(
+    "locks: sweep clears exactly the leases expired longer than its age, and never a held, recently expired, "
+    "released or force-released lease, a row or a token",
+    "[backend]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -149,8 +149,7 @@ TEST_CASE("locks: sweep clears exactly the leases expired longer than its age, a
   CHECK(again->token() == before["expired-long-ago"].token + 1);
 }
 
-TEST_CASE("locks: renew and release by the wrong owner or token report lock_lost and change nothing",
-          "[backend]") {
+TEST_CASE("locks: renew and release by the wrong owner or token report lock_lost and change nothing", "[backend]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -263,8 +262,8 @@ TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", 
   // on PostgreSQL only LISTEN/NOTIFY can wake it early; elsewhere it polls.
   auto waiter_db = t.another();
   if (rowguard::test::can().notify) {
-    const std::string url = t.url() + (t.url().find('?') == std::string::npos ? "?" : "&") +
-                            "application_name=rowguard-waiter";
+    const std::string url =
+        t.url() + (t.url().find('?') == std::string::npos ? "?" : "&") + "application_name=rowguard-waiter";
     waiter_db = std::make_shared<Database>(Database::open(url, t.options()));
   }
   Locks other_process_locks(*waiter_db);
@@ -275,7 +274,8 @@ TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", 
     // the release and acquired after it.
     std::atomic<int> sequence{0};
     int waiting_at = 0, acquired_at = 0;
-    const auto& waits = detail::instruments::locks().waits;  // acquire() counts a wait when its first try finds the lock held
+    const auto& waits =
+        detail::instruments::locks().waits;  // acquire() counts a wait when its first try finds the lock held
     const auto waits_before = waits.value();
     auto waiter = std::async(std::launch::async, [&] {
       waiting_at = ++sequence;
@@ -297,7 +297,8 @@ TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", 
     CHECK(detail::wake_entries() == 0);  // its wake-up (in process, or by NOTIFY) left nothing behind
     const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(acquired - released);
     // Reported, not asserted: the figure depends on the machine.
-    WARN(fmt::format("{}: waiter acquired {:.2f} ms after release", rowguard::test::backend(), latency.count() / 1000.0));
+    WARN(fmt::format("{}: waiter acquired {:.2f} ms after release", rowguard::test::backend(),
+                     latency.count() / 1000.0));
   }
   {
     const auto start = std::chrono::steady_clock::now();
@@ -313,9 +314,10 @@ TEST_CASE("locks: a waiter takes over when the holder releases, and at expiry", 
   }
 }
 
-TEST_CASE("locks: a waiter whose wait runs out gets lock_busy after the wait, and a waiter can be cancelled from "
-          "another thread",
-          "[backend][threads]") {
+TEST_CASE(
+    "locks: a waiter whose wait runs out gets lock_busy after the wait, and a waiter can be cancelled from "
+    "another thread",
+    "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -327,7 +329,8 @@ TEST_CASE("locks: a waiter whose wait runs out gets lock_busy after the wait, an
   CHECK(waited >= 400ms);
   CHECK(waited < 5s);
   std::stop_source stop;
-  auto cancelled = std::async(std::launch::async, [&] { return kind_of([&] { locks.acquire("busy", 1s, 60s, stop.get_token()); }); });
+  auto cancelled = std::async(std::launch::async,
+                              [&] { return kind_of([&] { locks.acquire("busy", 1s, 60s, stop.get_token()); }); });
   std::this_thread::sleep_for(200ms);
   stop.request_stop();
   CHECK(cancelled.wait_for(5s) == std::future_status::ready);
@@ -341,9 +344,8 @@ TEST_CASE("locks: guard fails a transaction once the lease is gone and blocks ta
   auto lease = locks.try_acquire("ledger", 10s);
   REQUIRE(lease);
   const std::string fences = t.db().table_prefix() + "fences";
-  const std::string write = fmt::format(
-      "INSERT INTO {} (resource, last_token, updated_at) VALUES ($1, $2, {})", fences,
-      dialect_of(t.db()).now_timestamp());
+  const std::string write = fmt::format("INSERT INTO {} (resource, last_token, updated_at) VALUES ($1, $2, {})", fences,
+                                        dialect_of(t.db()).now_timestamp());
   {
     auto tx = t.db().begin();
     lease->guard(tx);
@@ -374,7 +376,7 @@ TEST_CASE("locks: a fence rejects a stale holder's token", "[backend]") {
   auto new_holder = locks.try_acquire("exporter", 10s);
   REQUIRE(new_holder);
   CHECK(fence.admit("s3://reports/daily.csv", new_holder->token()));
-  CHECK(fence.admit("s3://reports/daily.csv", new_holder->token()));  // the same holder writes again
+  CHECK(fence.admit("s3://reports/daily.csv", new_holder->token()));        // the same holder writes again
   CHECK_FALSE(fence.admit("s3://reports/daily.csv", old_holder->token()));  // the stale write is rejected
   auto tx = t.db().begin();
   CHECK(kind_of([&] { fence.guard(tx, "s3://reports/daily.csv", old_holder->token()); }) == ErrorKind::lock_lost);
@@ -399,9 +401,10 @@ TEST_CASE("locks: a semaphore admits at most N holders, each with its own token"
   CHECK(kind_of([&] { Semaphore(locks, "bad", 0); }) == ErrorKind::invalid_argument);
 }
 
-TEST_CASE("locks: a semaphore's blocking acquire waits while every permit is held, takes the permit released after "
-          "the release, and runs out with lock_busy",
-          "[backend][threads]") {
+TEST_CASE(
+    "locks: a semaphore's blocking acquire waits while every permit is held, takes the permit released after "
+    "the release, and runs out with lock_busy",
+    "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -437,14 +440,15 @@ TEST_CASE("locks: a semaphore's blocking acquire waits while every permit is hel
   CHECK(blocked);
   CHECK(waiting_at < released_at);
   CHECK(acquired_at > released_at);
-  CHECK(got.name() == freed);               // the permit that was released
+  CHECK(got.name() == freed);  // the permit that was released
   CHECK(got.token() == freed_token + 1);
   CHECK(first->valid());
 }
 
-TEST_CASE("locks: a semaphore never has more than N holders among threads started together, which find it full and "
-          "wait",
-          "[backend][threads]") {
+TEST_CASE(
+    "locks: a semaphore never has more than N holders among threads started together, which find it full and "
+    "wait",
+    "[backend][threads]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -489,7 +493,7 @@ TEST_CASE("locks: bad names, owners and ttls are invalid_argument and write noth
   options.max_ttl = 1h;
   Locks locks(t.db(), options);
   for (const std::string& name : {std::string(), std::string(256, 'x'), std::string("bad\xff\xfe"),
-                                 std::string("\xc0\xaf"), std::string("\xed\xa0\x80")}) {
+                                  std::string("\xc0\xaf"), std::string("\xed\xa0\x80")}) {
     INFO("name of " << name.size() << " bytes");
     CHECK(kind_of([&] { locks.try_acquire(name, 10s); }) == ErrorKind::invalid_argument);
   }
@@ -536,7 +540,8 @@ TEST_CASE("cli: lock acquire/renew/release/run exit codes, each a run of the CLI
   // lock run: the child's exit code and signal pass through; its environment names the lease.
   CHECK(cli({"lock", "run", "job", "--", "sh", "-c", "exit 7"}) == 7);
   CHECK(cli({"lock", "run", "job", "--", "sh", "-c", "kill -TERM $$"}) == 128 + SIGTERM);
-  CHECK(cli({"lock", "run", "job", "--", "sh", "-c", "test -n \"$ROWGUARD_FENCING_TOKEN\" && test -n \"$ROWGUARD_LOCK_OWNER\""}) == 0);
+  CHECK(cli({"lock", "run", "job", "--", "sh", "-c",
+             "test -n \"$ROWGUARD_FENCING_TOKEN\" && test -n \"$ROWGUARD_LOCK_OWNER\""}) == 0);
   CHECK(cli({"lock", "run", "job", "--", "/nonexistent/command"}) == 127);
   REQUIRE(cli({"lock", "run", "--help"}, &out) == 0);
   CHECK(out.find("process group") != std::string::npos);
@@ -553,7 +558,8 @@ int wait_exit(pid_t pid, std::chrono::seconds limit) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   int status = 0;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (::waitpid(pid, &status, WNOHANG) == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     std::this_thread::sleep_for(20ms);
   }
   ::kill(pid, SIGKILL);
@@ -594,9 +600,10 @@ TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exi
           "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
-  const pid_t pid = rowguard::test::start_cli_holding(
-      t, {"lock", "run", "signals", "--ttl", "10s", "--", "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done"},
-      "signals");
+  const pid_t pid = rowguard::test::start_cli_holding(t,
+                                                      {"lock", "run", "signals", "--ttl", "10s", "--", "sh", "-c",
+                                                       "trap 'exit 42' TERM; while true; do sleep 0.05; done"},
+                                                      "signals");
   Locks probe(t.db());
   std::this_thread::sleep_for(200ms);  // let sh install its trap
   ::kill(pid, SIGTERM);
@@ -604,9 +611,10 @@ TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exi
   CHECK(probe.try_acquire("signals", 1s));  // released when the command ended
 }
 
-TEST_CASE("locks: the in-process map of lock names stays bounded: a million distinct names acquired, waited for, "
-          "released and woken leave no entry behind",
-          "[backend]") {
+TEST_CASE(
+    "locks: the in-process map of lock names stays bounded: a million distinct names acquired, waited for, "
+    "released and woken leave no entry behind",
+    "[backend]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());
@@ -667,10 +675,11 @@ TEST_CASE("locks: the in-process map of lock names stays bounded: a million dist
                    std::chrono::duration_cast<std::chrono::milliseconds>(map_time).count(), peak));
 }
 
-TEST_CASE("locks: releasing a lease while the transaction that guarded it is still open gives up after a bounded "
-          "wait with a clear error, ~Lease with its heartbeat never hangs, and a release from other threads waits "
-          "for a guarded transaction that commits",
-          "[backend][threads]") {
+TEST_CASE(
+    "locks: releasing a lease while the transaction that guarded it is still open gives up after a bounded "
+    "wait with a clear error, ~Lease with its heartbeat never hangs, and a release from other threads waits "
+    "for a guarded transaction that commits",
+    "[backend][threads]") {
   Options options;
   options.busy_timeout = 600ms;  // SQLite's bound on the same wait
   TestDb t(options);
@@ -757,10 +766,11 @@ pid_t read_pid(const std::filesystem::path& file, std::chrono::seconds limit) {
 }
 }  // namespace
 
-TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-ignoring command and its grandchild, "
-          "before the lease can expire while the database is unreachable (processes, not on sqlite-memory: no "
-          "other process can open it)",
-          "[backend][shared-db][threads][cli]") {
+TEST_CASE(
+    "locks: `lock run` stops the command's whole process group, a SIGTERM-ignoring command and its grandchild, "
+    "before the lease can expire while the database is unreachable (processes, not on sqlite-memory: no "
+    "other process can open it)",
+    "[backend][shared-db][threads][cli]") {
   // PostgreSQL: the CLI reaches the server through the fault proxy, which then stalls (a blackholed
   // network). SQLite: another connection holds the file's write lock, so renewals wait and fail.
   const bool through_proxy = rowguard::test::can().shared_server;  // a server the proxy can stand before
@@ -836,17 +846,17 @@ TEST_CASE("locks: `lock run` stops the command's whole process group, a SIGTERM-
   taken.release();
 }
 
-TEST_CASE("locks: `lock run` stops the processes a command left behind in its process group before it releases the "
-          "lease (processes, not on sqlite-memory: no other process can open it)",
-          "[backend][shared-db][threads][cli]") {
+TEST_CASE(
+    "locks: `lock run` stops the processes a command left behind in its process group before it releases the "
+    "lease (processes, not on sqlite-memory: no other process can open it)",
+    "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   const auto dir = rowguard::test::scratch_dir();
   const std::string script =
       fmt::format("sleep 600 & echo $! > '{0}/left.tmp' && mv '{0}/left.tmp' '{0}/left'; exit 3", dir.string());
-  const int code = rowguard::test::run_cli(
-      {"--db", t.url(), "--prefix", t.db().table_prefix(), "lock", "run", "leaves", "--ttl", "10s", "--", "sh", "-c",
-       script});
+  const int code = rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "lock", "run", "leaves",
+                                            "--ttl", "10s", "--", "sh", "-c", script});
   const pid_t left = read_pid(dir / "left", 1s);
   const bool left_alive = alive(left);
   if (left_alive) ::kill(left, SIGKILL);

@@ -12,6 +12,7 @@
 
 #include "obs/logging.hpp"
 #include "obs/metrics_registry.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -111,7 +112,7 @@ TEST_CASE("metrics: counters and gauges add exactly", "[unit]") {
   CHECK(s.value("t_gauge") == 3);
   CHECK(s.value("t_absent") == 0);
   CHECK(s.find("t_absent") == nullptr);
-  CHECK_THROWS_AS(r.gauge("t_total", "help"), std::logic_error);   // another type
+  CHECK_THROWS_AS(r.gauge("t_total", "help"), std::logic_error);     // another type
   CHECK_THROWS_AS(r.counter("t_total", "other"), std::logic_error);  // another help
   CHECK_THROWS_AS(r.counter("0bad", "help"), std::logic_error);
   CHECK_THROWS_AS(r.counter("t2_total", "help", {{"__x", "v"}}), std::logic_error);
@@ -121,13 +122,13 @@ TEST_CASE("metrics: counters and gauges add exactly", "[unit]") {
 TEST_CASE("metrics: a histogram puts a value on a bound into that bound's bucket", "[unit]") {
   m::Registry r;
   auto& h = r.histogram("t_seconds", "help", {}, {0.001, 0.01, 1});
-  h.observe(0.0);     // bucket 0
-  h.observe(0.001);   // on the bound: bucket 0 (le)
-  h.observe(0.0011);  // bucket 1
-  h.observe(0.01);    // bucket 1
-  h.observe(1.0);     // bucket 2
-  h.observe(1.5);     // +Inf
-  h.observe(-3.0);    // a clock that stepped back: 0, bucket 0
+  h.observe(0.0);                           // bucket 0
+  h.observe(0.001);                         // on the bound: bucket 0 (le)
+  h.observe(0.0011);                        // bucket 1
+  h.observe(0.01);                          // bucket 1
+  h.observe(1.0);                           // bucket 2
+  h.observe(1.5);                           // +Inf
+  h.observe(-3.0);                          // a clock that stepped back: 0, bucket 0
   h.observe(std::chrono::milliseconds(5));  // bucket 1
   const HistogramData d = r.snapshot().find("t_seconds")->series.at(0).histogram;
   CHECK(d.bounds == std::vector<double>{0.001, 0.01, 1});
@@ -188,23 +189,42 @@ TEST_CASE("metrics: label values are escaped and bad names refused", "[unit]") {
   bad_name.families.push_back(MetricFamily{"t-total", "h", MetricType::counter, {MetricSeries{}}});
   CHECK_THROWS_AS(to_prometheus(bad_name), std::invalid_argument);
   MetricsSnapshot bad_label;
-  bad_label.families.push_back(MetricFamily{"t_total", "h", MetricType::counter, {MetricSeries{{{"a-b", "1"}}, 0, {}}}});
+  bad_label.families.push_back(
+      MetricFamily{"t_total", "h", MetricType::counter, {MetricSeries{{{"a-b", "1"}}, 0, {}}}});
   CHECK_THROWS_AS(to_prometheus(bad_label), std::invalid_argument);
 }
 
 TEST_CASE("metrics: every family rowguard documents is registered and exposes cleanly", "[unit]") {
   const auto s = metrics();
-  for (const char* name :
-       {"rowguard_lock_acquires_total", "rowguard_lock_acquire_seconds", "rowguard_lock_waits_total",
-        "rowguard_lock_wait_seconds", "rowguard_lock_renewals_total", "rowguard_lock_releases_total",
-        "rowguard_leases_lost_total", "rowguard_lock_force_releases_total", "rowguard_ledger_requests_total",
-        "rowguard_ledger_request_seconds", "rowguard_ledger_conflicts_total", "rowguard_ledger_retries_total",
-        "rowguard_cache_lookups_total", "rowguard_cache_loads_total", "rowguard_cache_load_seconds",
-        "rowguard_cache_invalidations_total", "rowguard_cache_stale_writes_refused_total", "rowguard_pool_borrows_total",
-        "rowguard_pool_waits_total", "rowguard_pool_wait_seconds", "rowguard_pool_timeouts_total",
-        "rowguard_pool_sessions_created_total", "rowguard_pool_sessions_discarded_total", "rowguard_pool_sessions_open",
-        "rowguard_pool_sessions_idle", "rowguard_retries_total", "rowguard_retries_exhausted_total",
-        "rowguard_sagas_total", "rowguard_two_phase_total"}) {
+  for (const char* name : {"rowguard_lock_acquires_total",
+                           "rowguard_lock_acquire_seconds",
+                           "rowguard_lock_waits_total",
+                           "rowguard_lock_wait_seconds",
+                           "rowguard_lock_renewals_total",
+                           "rowguard_lock_releases_total",
+                           "rowguard_leases_lost_total",
+                           "rowguard_lock_force_releases_total",
+                           "rowguard_ledger_requests_total",
+                           "rowguard_ledger_request_seconds",
+                           "rowguard_ledger_conflicts_total",
+                           "rowguard_ledger_retries_total",
+                           "rowguard_cache_lookups_total",
+                           "rowguard_cache_loads_total",
+                           "rowguard_cache_load_seconds",
+                           "rowguard_cache_invalidations_total",
+                           "rowguard_cache_stale_writes_refused_total",
+                           "rowguard_pool_borrows_total",
+                           "rowguard_pool_waits_total",
+                           "rowguard_pool_wait_seconds",
+                           "rowguard_pool_timeouts_total",
+                           "rowguard_pool_sessions_created_total",
+                           "rowguard_pool_sessions_discarded_total",
+                           "rowguard_pool_sessions_open",
+                           "rowguard_pool_sessions_idle",
+                           "rowguard_retries_total",
+                           "rowguard_retries_exhausted_total",
+                           "rowguard_sagas_total",
+                           "rowguard_two_phase_total"}) {
     INFO(name);
     CHECK(s.find(name) != nullptr);
   }
@@ -345,7 +365,8 @@ TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts a
   CHECK(delta(before, after, "rowguard_retries_exhausted_total") == 0);
 }
 
-TEST_CASE("metrics: cache hits, misses and loads are counted, and a failed load is counted and logged", "[backend][metrics]") {
+TEST_CASE("metrics: cache hits, misses and loads are counted, and a failed load is counted and logged",
+          "[backend][metrics]") {
   Migrated t;
   Cache cache(t.db());
   CapturedLogs logs;

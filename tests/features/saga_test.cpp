@@ -1,21 +1,21 @@
 // Sagas: steps with compensations, persisted before and after each step, recovered after a crash.
-#include <signal.h>
-#include <sys/wait.h>
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <atomic>
+#include <fcntl.h>
 #include <fstream>
 #include <future>
 #include <mutex>
 #include <random>
+#include <signal.h>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
 #include "base/sql_text.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -123,7 +123,8 @@ TEST_CASE("sagas: every step completes in order, sees earlier results and a stab
   Sagas sagas(t.db(), quick());
   std::vector<std::string> seen;
   auto step = [&](std::string name) {
-    return SagaStep{name, [&seen, name](StepContext& c) {
+    return SagaStep{name,
+                    [&seen, name](StepContext& c) {
                       seen.push_back(fmt::format("{} {} {} {}", c.index, c.idempotency_key(), c.results.size(),
                                                  c.result_of("a") ? *c.result_of("a") : "-"));
                       return name + "!";
@@ -163,8 +164,8 @@ TEST_CASE("sagas: a failed step is compensated, then the completed steps in reve
   CHECK(o.state == SagaState::compensated);
   CHECK(o.failed_step == "provider");
   CHECK_THAT(o.error, Catch::Contains("provider said no"));
-  CHECK(j.all() == std::vector<std::string>{"do:o-7:create", "do:o-7:hold", "do:o-7:provider",
-                                            "undo:o-7:provider:undo", "undo:o-7:hold:undo", "undo:o-7:create:undo"});
+  CHECK(j.all() == std::vector<std::string>{"do:o-7:create", "do:o-7:hold", "do:o-7:provider", "undo:o-7:provider:undo",
+                                            "undo:o-7:hold:undo", "undo:o-7:create:undo"});
   const auto info = sagas.get("o-7");
   REQUIRE(info);
   CHECK(info->state == SagaState::compensated);
@@ -223,7 +224,8 @@ TEST_CASE("sagas: retriable errors retry the action with the same key, other err
   CHECK(sagas.get("f1")->steps.at(0).attempts == 3);
 }
 
-TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to compensation", "[backend][saga][threads]") {
+TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to compensation",
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Journal j;
@@ -261,7 +263,8 @@ TEST_CASE("sagas: recover drives dead coordinators' sagas to completion and to c
   CHECK(sagas.recover().ok());  // nothing left
 }
 
-TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another", "[backend][saga][shared-db][threads]") {
+TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another",
+          "[backend][saga][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   Journal j;
@@ -329,7 +332,8 @@ TEST_CASE("sagas: a live coordinator's saga is not taken over by recover or anot
   CHECK(sagas.recover().ok());
 }
 
-TEST_CASE("sagas: a failing compensation leaves the saga compensating until recover succeeds", "[backend][saga][threads]") {
+TEST_CASE("sagas: a failing compensation leaves the saga compensating until recover succeeds",
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -348,7 +352,7 @@ TEST_CASE("sagas: a failing compensation leaves the saga compensating until reco
   CHECK_FALSE(o.done());
   CHECK(o.failed_step == "ship");
   CHECK_THAT(o.error, Catch::Contains("refund service down"));
-  CHECK(refunds == 2);  // compensation_retry.attempts
+  CHECK(refunds == 2);             // compensation_retry.attempts
   CHECK(own_result == "charged");  // a compensation sees its own step's result
   auto info = sagas.get("P");
   CHECK(info->state == SagaState::compensating);
@@ -375,7 +379,8 @@ TEST_CASE("sagas: a failing compensation leaves the saga compensating until reco
   CHECK(stored.failed_step == "ship");
 }
 
-TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes the saga", "[backend][saga][threads]") {
+TEST_CASE("sagas: a coordinator that loses its lease stops, and recover finishes the saga",
+          "[backend][saga][threads]") {
   TestDb t;
   t.db().migrate();
   Sagas sagas(t.db(), quick());
@@ -599,7 +604,10 @@ TEST_CASE("sagas: a step result or error that is not UTF-8 text fails the step a
   t.db().migrate();
   Sagas sagas(t.db(), quick());
   Journal j;
-  const std::string bad("\xff\x00" "abc", 5);
+  const std::string bad(
+      "\xff\x00"
+      "abc",
+      5);
   auto step = [&](std::string name, std::function<std::string()> act) {
     return SagaStep{name,
                     [&j, act](StepContext& c) {

@@ -1,18 +1,17 @@
 // Two-phase commit across two PostgreSQL databases: atomic transfers, presumed abort, recovery
 // after a coordinator crash at every step, and the clear refusal on SQLite.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <latch>
 #include <map>
 #include <random>
 #include <set>
+#include <signal.h>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <sys/wait.h>
 
 #include "support/fault_proxy.hpp"
 #include "support/support.hpp"
@@ -97,9 +96,10 @@ TEST_CASE("two-phase: SQLite says clearly that it has no two-phase commit", "[ba
     CHECK(e.sqlstate() == "0A000");  // feature_not_supported
   }
   auto tx = t.db().begin();
-  tx.exec(fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
-                      "VALUES ('x', 'EUR', 0, 0, 0, 0, 0)",
-                      t.db().table_prefix()));
+  tx.exec(
+      fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
+                  "VALUES ('x', 'EUR', 0, 0, 0, 0, 0)",
+                  t.db().table_prefix()));
   CHECK(kind_of([&] { tx.prepare("rowguard:x:1"); }) == ErrorKind::invalid_argument);
   tx.rollback();
   CHECK(rowguard::test::rows_in(t.db(), "accounts") == 0);
@@ -128,14 +128,16 @@ TEST_CASE("two-phase: a transfer between two databases commits both legs, each l
   CHECK(r.deposit_id > 0);
   CHECK_THAT(r.gid, Catch::StartsWith(fmt::format("rowguard:t{}:", ::getpid())));
   CHECK(steps == std::vector<TwoPhaseStep>{TwoPhaseStep::prepared, TwoPhaseStep::deciding, TwoPhaseStep::decided,
-                                          TwoPhaseStep::committed_one, TwoPhaseStep::committed_one,
-                                          TwoPhaseStep::finished});
+                                           TwoPhaseStep::committed_one, TwoPhaseStep::committed_one,
+                                           TwoPhaseStep::finished});
   CHECK(w.balance(w.la, "alice") == 7'500);
   CHECK(w.balance(w.lb, "bob") == 2'500);
   // Each leg is journaled in its own database as money to / from the outside world, tied by the gid.
   const std::string tr = w.a().table_prefix() + "transfers";
-  const Row leg_a = w.a().exec(fmt::format("SELECT kind, global_txid, amount FROM {} WHERE id = $1", tr), {r.withdrawal_id}).one();
-  const Row leg_b = w.b->exec(fmt::format("SELECT kind, global_txid, amount FROM {} WHERE id = $1", tr), {r.deposit_id}).one();
+  const Row leg_a =
+      w.a().exec(fmt::format("SELECT kind, global_txid, amount FROM {} WHERE id = $1", tr), {r.withdrawal_id}).one();
+  const Row leg_b =
+      w.b->exec(fmt::format("SELECT kind, global_txid, amount FROM {} WHERE id = $1", tr), {r.deposit_id}).one();
   CHECK(leg_a.text(0) == "withdrawal");
   CHECK(leg_b.text(0) == "deposit");
   CHECK(leg_a.text(1) == r.gid);
@@ -250,9 +252,9 @@ TEST_CASE("two-phase: concurrent requests with one key apply once, and the other
   // The request that prepares first holds its prepared legs (and so the source account's row lock)
   // until every other request is seen waiting for that lock in pg_stat_activity: their calls overlap
   // its own, whatever the scheduler does. Bounded: it gives up after 30 s and the CHECK fails.
-  const std::string waiting_sql = fmt::format(
-      "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{}accounts%'",
-      w.a().table_prefix());
+  const std::string waiting_sql =
+      fmt::format("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{}accounts%'",
+                  w.a().table_prefix());
   std::atomic<int> prepared{0};
   std::int64_t waited = -1;  // written by the one request that prepares, read after the joins
   TwoPhaseOptions o;
@@ -380,9 +382,10 @@ TEST_CASE("two-phase: a replay whose deposit leg is still prepared commits it by
   w.check_both();
 }
 
-TEST_CASE("two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
-          "run, and both legs end alike",
-          "[pg][threads]") {
+TEST_CASE(
+    "two-phase: a coordinator stopped before its decision past the grace is refused while recover and prune "
+    "run, and both legs end alike",
+    "[pg][threads]") {
   TwoBanks w;
   w.alice_and_bob();
   const auto grace = std::chrono::milliseconds(300);
@@ -527,7 +530,9 @@ TEST_CASE("two-phase: recover aborts an undecided prepare only after the grace, 
   CHECK(r.finished == 1);
   CHECK(w.prepared_left() == 0);
   const Row decision =
-      w.a().exec(fmt::format("SELECT decision FROM {}global_transactions WHERE gid = $1", w.a().table_prefix()), {gid}).one();
+      w.a()
+          .exec(fmt::format("SELECT decision FROM {}global_transactions WHERE gid = $1", w.a().table_prefix()), {gid})
+          .one();
   CHECK(decision.text(0) == "abort");
   CHECK(w.balance(w.la, "alice") == 1'000);
   CHECK(w.balance(w.lb, "bob") == 0);
@@ -650,8 +655,9 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
         // (no destructor, no rollback: the server sees the connection vanish).
         try {
           std::mt19937 rng(seed + static_cast<unsigned>(round * 16 + c));
-          const int die_at = c < 3 ? c : static_cast<int>(rng() % 4);  // 0 prepared, 1 decided, 2 mid phase two, 3 random
-          const int after = static_cast<int>(rng() % 6);                // transfers completed before dying
+          const int die_at =
+              c < 3 ? c : static_cast<int>(rng() % 4);    // 0 prepared, 1 decided, 2 mid phase two, 3 random
+          const int after = static_cast<int>(rng() % 6);  // transfers completed before dying
           auto a = Database::open(url_a, options);
           auto b = Database::open(url_b, options);
           int done = 0;
@@ -713,8 +719,8 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
   for (const auto& e : last.errors) UNSCOPED_INFO(e);
   CHECK(last.clean());
   CHECK(w.prepared_left() == 0);
-  UNSCOPED_INFO("rounds " << round << ", deaths after prepare " << deaths[0] << ", after the decision "
-                          << deaths[1] << ", mid phase two " << deaths[2]);
+  UNSCOPED_INFO("rounds " << round << ", deaths after prepare " << deaths[0] << ", after the decision " << deaths[1]
+                          << ", mid phase two " << deaths[2]);
   CHECK(deaths[0] > 0);
   CHECK(deaths[1] > 0);
   CHECK(deaths[2] > 0);
@@ -729,8 +735,10 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
       "'ok' ORDER BY idempotency_key",
       w.a().table_prefix());
   std::map<std::string, std::tuple<std::string, std::int64_t, std::string>> in_a, in_b;
-  for (const auto& r : w.a().exec(sql).rows) CHECK(in_a.emplace(r.text(0), std::tuple{r.text(1), r.i64(2), r.text(3)}).second);
-  for (const auto& r : w.b->exec(sql).rows) CHECK(in_b.emplace(r.text(0), std::tuple{r.text(1), r.i64(2), r.text(3)}).second);
+  for (const auto& r : w.a().exec(sql).rows)
+    CHECK(in_a.emplace(r.text(0), std::tuple{r.text(1), r.i64(2), r.text(3)}).second);
+  for (const auto& r : w.b->exec(sql).rows)
+    CHECK(in_b.emplace(r.text(0), std::tuple{r.text(1), r.i64(2), r.text(3)}).second);
   CHECK(in_a.size() == in_b.size());
   CHECK(!in_a.empty());
   for (const auto& [key, leg] : in_a) {
@@ -743,15 +751,16 @@ TEST_CASE("two-phase: coordinators killed at random between prepare and commit, 
   }
   // The decisions of committed legs say commit.
   for (const auto& [key, leg] : in_a) {
-    const Result d = w.a().exec(
-        fmt::format("SELECT decision FROM {}global_transactions WHERE gid = $1", w.a().table_prefix()),
-        {std::get<0>(leg)});
+    const Result d =
+        w.a().exec(fmt::format("SELECT decision FROM {}global_transactions WHERE gid = $1", w.a().table_prefix()),
+                   {std::get<0>(leg)});
     REQUIRE_FALSE(d.empty());
     CHECK(d.rows[0].text(0) == "commit");
   }
 }
 
-TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt", "[pg][threads][cli]") {
+TEST_CASE("two-phase: the CLI transfers between databases and recovers, exit 9 while anything is in doubt",
+          "[pg][threads][cli]") {
   TwoBanks w;
   w.alice_and_bob();
   const std::string log = "t" + std::to_string(::getpid());

@@ -1,16 +1,16 @@
 #include "support/fault_proxy.hpp"
 
+#include <chrono>
+#include <memory>
+#include <poll.h>
+#include <regex>
+#include <stdexcept>
+#include <unistd.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <memory>
-#include <regex>
-#include <stdexcept>
 
 namespace rowguard::test {
 
@@ -75,7 +75,7 @@ std::uint64_t FaultProxy::cut_all() {
   std::lock_guard lock(mutex_);
   std::uint64_t closed = 0;
   for (const auto& c : open_) {
-    if (c->closing) continue;  // cut before, or ending by itself: its pumps are not done yet
+    if (c->closing) continue;          // cut before, or ending by itself: its pumps are not done yet
     ::shutdown(c->client, SHUT_RDWR);  // the pumps see EOF and close
     ::shutdown(c->server, SHUT_RDWR);
     c->closing = true;
@@ -89,9 +89,7 @@ std::uint64_t FaultProxy::cut_all() {
   return closed;
 }
 
-std::uint64_t FaultProxy::reconnections() const noexcept {
-  return cut_once_ ? accepted_ - accepted_at_first_cut_ : 0;
-}
+std::uint64_t FaultProxy::reconnections() const noexcept { return cut_once_ ? accepted_ - accepted_at_first_cut_ : 0; }
 
 void FaultProxy::accept_loop() {
   while (!stopping_) {
@@ -144,7 +142,8 @@ void FaultProxy::pump(const std::shared_ptr<Connection>& connection, int from, i
 std::string via_port(const std::string& url, int port) {
   static const std::regex host_port(R"(@127\.0\.0\.1:[0-9]+)");
   if (!std::regex_search(url, host_port)) throw std::runtime_error("via_port: no 127.0.0.1:PORT in " + url);
-  return std::regex_replace(url, host_port, "@127.0.0.1:" + std::to_string(port), std::regex_constants::format_first_only);
+  return std::regex_replace(url, host_port, "@127.0.0.1:" + std::to_string(port),
+                            std::regex_constants::format_first_only);
 }
 
 int port_of(const std::string& url) {

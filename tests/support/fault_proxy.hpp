@@ -42,7 +42,7 @@ class FaultProxy {
  private:
   struct Connection {
     int client, server;
-    int pumping = 2;  // both sockets close when both directions ended
+    int pumping = 2;       // both sockets close when both directions ended
     bool closing = false;  // cut, or one side ended
   };
   void accept_loop();

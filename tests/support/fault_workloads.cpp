@@ -191,8 +191,8 @@ LockReport run_locks(Database& db, const std::string& tag, int workers, std::chr
           auto tx = db.begin();
           fence.guard(tx, resource, lease->token());  // the holder's write, fenced by its token
           tx.commit();
-          for (auto seen = highest_written.load(); seen < lease->token() &&
-                                                   !highest_written.compare_exchange_weak(seen, lease->token());) {
+          for (auto seen = highest_written.load();
+               seen < lease->token() && !highest_written.compare_exchange_weak(seen, lease->token());) {
           }
         } catch (const Error& e) {
           errors.add(e);

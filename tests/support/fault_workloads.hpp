@@ -42,8 +42,8 @@ struct BankReport {
   bool check_ok = false;
   std::int64_t total = 0, expected_total = 0;
   int journal_transfers = 0;
-  int missing = 0;     // acknowledged but not in the journal
-  int unexplained = 0; // in the journal but never sent
+  int missing = 0;      // acknowledged but not in the journal
+  int unexplained = 0;  // in the journal but never sent
 };
 BankReport run_bank(Database& db, const std::string& tag, int accounts, int workers, std::chrono::seconds duration,
                     ErrorTally& errors, const std::function<void()>& quiet);

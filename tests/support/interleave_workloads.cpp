@@ -11,7 +11,6 @@
 #include <set>
 #include <thread>
 #include <tuple>
-
 #include <unistd.h>
 
 #include <fmt/format.h>
@@ -119,9 +118,9 @@ struct MaintenanceOp {
 // Runs ops picked at random (by weight) with short random pauses until `stop`. Errors of the kinds
 // in `tolerated` are expected (a conflict with the workload, a lease the workload holds); any
 // other is a finding.
-void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, const Stop& stop,
-              std::chrono::milliseconds pause, const std::atomic<int>& in_flight, MaintenanceTally& tally,
-              std::mutex& tally_mutex, Findings& findings, const std::set<ErrorKind>& tolerated = {}) {
+void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, const Stop& stop, std::chrono::milliseconds pause,
+              const std::atomic<int>& in_flight, MaintenanceTally& tally, std::mutex& tally_mutex, Findings& findings,
+              const std::set<ErrorKind>& tolerated = {}) {
   std::mt19937 rng(seed);
   std::vector<MaintenanceOp> kept;
   for (const auto& op : ops)
@@ -165,20 +164,21 @@ void maintain(const std::vector<MaintenanceOp>& ops, unsigned seed, const Stop& 
 // after all retries), 10 (transient) and those in `also` are expected; anything else is a finding.
 MaintenanceOp cli_op(TestDb& t, const std::string& name, int weight, std::function<std::vector<std::string>()> args,
                      Findings& findings, MaintenanceTally& tally, std::mutex& tally_mutex, std::set<int> also = {}) {
-  return {name, weight,
-          [&t, &findings, &tally, &tally_mutex, name, args = std::move(args), also = std::move(also)]() -> std::int64_t {
-            std::vector<std::string> all{"--db", t.url(), "--prefix", t.db().table_prefix()};
-            for (auto& a : args()) all.push_back(std::move(a));
-            std::string out;
-            const int rc = run_cli(all, &out, true);
-            {
-              std::lock_guard lock(tally_mutex);
-              ++tally.cli_runs;
-            }
-            if (rc != 0 && rc != 6 && rc != 10 && !also.count(rc))
-              findings.unexpected_error(name, fmt::format("exit {}: {}", rc, out.substr(0, 400)));
-            return rc == 0;
-          }};
+  return {
+      name, weight,
+      [&t, &findings, &tally, &tally_mutex, name, args = std::move(args), also = std::move(also)]() -> std::int64_t {
+        std::vector<std::string> all{"--db", t.url(), "--prefix", t.db().table_prefix()};
+        for (auto& a : args()) all.push_back(std::move(a));
+        std::string out;
+        const int rc = run_cli(all, &out, true);
+        {
+          std::lock_guard lock(tally_mutex);
+          ++tally.cli_runs;
+        }
+        if (rc != 0 && rc != 6 && rc != 10 && !also.count(rc))
+          findings.unexpected_error(name, fmt::format("exit {}: {}", rc, out.substr(0, 400)));
+        return rc == 0;
+      }};
 }
 
 std::int64_t db_now_ms(Database& db) { return db.exec("SELECT " + dialect_of(db).now_ms()).one().i64(0); }
@@ -255,13 +255,16 @@ void read_cached_against_table(const Stop& stop, unsigned seed,
       ++out.reads;
       if (cached.version < table.version && out.stale++ == 0) {
         std::lock_guard lock(out.mutex);
-        out.first_stale = fmt::format("{}: the cache gave version {} (balance {}) after the table had version {} "
-                                      "(balance {})",
-                                      id, cached.version, cached.balance, table.version, table.balance);
+        out.first_stale = fmt::format(
+            "{}: the cache gave version {} (balance {}) after the table had version {} "
+            "(balance {})",
+            id, cached.version, cached.balance, table.version, table.balance);
       }
     } catch (const Error& e) {
-      if (retriable(e.kind())) findings.expected(what, e);
-      else findings.unexpected_error(what, e.what());
+      if (retriable(e.kind()))
+        findings.expected(what, e);
+      else
+        findings.unexpected_error(what, e.what());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1 + rng() % static_cast<unsigned>(pause.count())));
   }
@@ -323,7 +326,7 @@ struct Sent {
   std::function<Answer()> resend;
   std::string from, to;  // for a transfer that may be refunded
   std::int64_t amount = 0, refunded = 0;
-  std::string original;  // a reversal's original key (resent only while that is young too)
+  std::string original;                    // a reversal's original key (resent only while that is young too)
   std::vector<std::string> transfer_keys;  // keys of rows in <prefix>transfers to age once retired
 };
 
@@ -355,7 +358,7 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
 
   std::atomic<int> in_flight{0}, retries{0}, given_up{0}, acknowledged{0}, applied{0}, resent{0}, resend_wrong{0};
   CachedReads cached;
-  std::mutex mutex;  // guards what follows
+  std::mutex mutex;                           // guards what follows
   std::map<std::string, std::int64_t> delta;  // per account: what the acknowledged requests moved
   std::deque<std::string> retired;            // transfer keys nobody sends again: to be aged
   std::vector<std::string> resend_failures;
@@ -395,7 +398,9 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
         moved[from] -= amount;
         moved[to] += amount;
       };
-      auto send = [&](const std::string& what, auto&& f) { return with_same_key(f, retries, findings, "payments " + what); };
+      auto send = [&](const std::string& what, auto&& f) {
+        return with_same_key(f, retries, findings, "payments " + what);
+      };
       while (!stop()) {
         const unsigned op = rng() % 100;
         std::string what = "transfer";
@@ -441,7 +446,8 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
                 InFlight f(in_flight);
                 return ledger.void_hold(h->id);
               });
-              if (!v) ++given_up;
+              if (!v)
+                ++given_up;
               else if (v->state != HoldState::voided)
                 findings.unexpected_error("payments void", fmt::format("hold {} is {}", h->id, to_string(v->state)));
               continue;
@@ -471,7 +477,8 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
                 refundable.push_back(&x);
             if (refundable.empty()) continue;
             Sent& o = *refundable[rng() % refundable.size()];
-            const std::int64_t back = 1 + static_cast<std::int64_t>(rng() % std::min<std::int64_t>(50, o.amount - o.refunded));
+            const std::int64_t back =
+                1 + static_cast<std::int64_t>(rng() % std::min<std::int64_t>(50, o.amount - o.refunded));
             const std::string key = fresh(), original = o.key;
             auto reverse = [&ledger, original, back, key] { return answer(ledger.reverse(original, back, key)); };
             const auto r = send(what, [&] {
@@ -491,7 +498,8 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
             const std::size_t count = 2 + rng() % 3;
             for (std::size_t i = 0; i < count; ++i) {
               const auto [a, b] = two(ids);
-              items.push_back({a, b, 1 + static_cast<std::int64_t>(rng() % 3000), fresh(), i + 1 < count && rng() % 2 == 0});
+              items.push_back(
+                  {a, b, 1 + static_cast<std::int64_t>(rng() % 3000), fresh(), i + 1 < count && rng() % 2 == 0});
             }
             const auto results = send(what, [&] {
               InFlight f(in_flight);
@@ -506,13 +514,16 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
               const BatchItem& item = items[i];
               if (r.error) {  // nothing recorded under the key (a chain that failed as a whole)
                 if (*r.error != ErrorKind::insufficient_funds)
-                  findings.unexpected_error("payments batch item", fmt::format("{}: {}", to_string(*r.error), r.message));
+                  findings.unexpected_error("payments batch item",
+                                            fmt::format("{}: {}", to_string(*r.error), r.message));
                 continue;
               }
               const Answer a = answer(r.result);
               acknowledge(a, item.from, item.to, item.amount);
               // Sent again alone: a batch item's key answers transfer() with its recorded outcome.
-              auto again = [&ledger, item] { return answer(ledger.transfer(item.from, item.to, item.amount, item.key)); };
+              auto again = [&ledger, item] {
+                return answer(ledger.transfer(item.from, item.to, item.amount, item.key));
+              };
               remember({item.key, "batch", a, again, item.from, item.to, item.amount, 0, {}, {item.key}});
             }
           } else if (op < 94) {  // an acknowledged request sent again: replayed, the same outcome
@@ -547,8 +558,10 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
               ledger.transfer(pick(eur), pick(usd), amount, key);
               findings.unexpected_error("payments " + what, "accepted");
             } catch (const Error& e) {
-              if (e.kind() == ErrorKind::currency_mismatch) findings.expected("payments " + what, e);
-              else if (!retriable(e.kind())) throw;
+              if (e.kind() == ErrorKind::currency_mismatch)
+                findings.expected("payments " + what, e);
+              else if (!retriable(e.kind()))
+                throw;
             }
           }
         } catch (const Error& e) {
@@ -566,8 +579,10 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
     for (const auto& [id, c] : currency) all.push_back(id);
     read_cached_against_table(
         stop, s.seed * 31u + 7u,
-        [&](std::mt19937& rng) { return std::tuple{all[rng() % all.size()], &plain, &ledger}; }, 3ms, cached,
-        findings, "payments reader");
+        [&](std::mt19937& rng) {
+          return std::tuple{all[rng() % all.size()], &plain, &ledger};
+        },
+        3ms, cached, findings, "payments reader");
   });
 
   const std::string shift = dialect_of(db).timestamp_plus_ms("created_at", "$1");
@@ -610,16 +625,25 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
       {"lock sweep", 1, [&] { return locks.sweep(0ms); }},
   };
   if (s.processes) {
-    ops.push_back(cli_op(t, "cli ledger prune-keys", 1, [] { return std::vector<std::string>{"ledger", "prune-keys", "--older-than", "720h"}; },
-                         findings, tally, tally_mutex));
-    ops.push_back(cli_op(t, "cli ledger archive", 1,
-                         [&] {
-                           return std::vector<std::string>{"ledger", "archive", "--before",
-                                                           fmt::format("@{}", db_now_ms(db) - 31 * day_ms)};
-                         },
-                         findings, tally, tally_mutex));
-    ops.push_back(cli_op(t, "cli ledger sweep-holds", 1, [] { return std::vector<std::string>{"ledger", "sweep-holds"}; },
-                         findings, tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli ledger prune-keys", 1,
+        [] {
+          return std::vector<std::string>{"ledger", "prune-keys", "--older-than", "720h"};
+        },
+        findings, tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli ledger archive", 1,
+        [&] {
+          return std::vector<std::string>{"ledger", "archive", "--before",
+                                          fmt::format("@{}", db_now_ms(db) - 31 * day_ms)};
+        },
+        findings, tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli ledger sweep-holds", 1,
+        [] {
+          return std::vector<std::string>{"ledger", "sweep-holds"};
+        },
+        findings, tally, tally_mutex));
   }
   for (unsigned m = 0; m < 2; ++m)
     crew.add([&, m] { maintain(ops, s.seed * 104729u + m, stop, 15ms, in_flight, tally, tally_mutex, findings); });
@@ -645,7 +669,8 @@ PaymentsReport run_payments(TestDb& t, const Schedule& s, Findings& findings) {
     r.expected_totals[a.currency] += opening;
     const std::int64_t want = opening + delta[a.id];
     if (a.balance != want)
-      r.balances_wrong.push_back(fmt::format("{}: balance {}, the acknowledged requests make {}", a.id, a.balance, want));
+      r.balances_wrong.push_back(
+          fmt::format("{}: balance {}, the acknowledged requests make {}", a.id, a.balance, want));
   }
   return r;
 }
@@ -693,9 +718,10 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
   db.exec(fmt::format("CREATE TABLE {} (seq BIGINT PRIMARY KEY, token BIGINT NOT NULL, worker BIGINT NOT NULL)", log));
   // Its seq is taken under the fence row's lock (Fence::guard holds it to commit), so seq order
   // is commit order.
-  const std::string append = fmt::format("INSERT INTO {0} (seq, token, worker) SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 "
-                                         "FROM {0}",
-                                         log);
+  const std::string append = fmt::format(
+      "INSERT INTO {0} (seq, token, worker) SELECT COALESCE(MAX(seq), 0) + 1, $1, $2 "
+      "FROM {0}",
+      log);
   constexpr auto ttl = 4s;
   std::atomic<int> in_flight{0}, writes{0};
   std::mutex mutex;
@@ -726,8 +752,10 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
           InFlight f(in_flight);
           lease.emplace(locks.acquire(held, dies ? std::chrono::milliseconds(300) : ttl, 2s));
         } catch (const Error& e) {
-          if (e.kind() == ErrorKind::lock_busy || retriable(e.kind())) findings.expected("leases acquire", e);
-          else findings.unexpected_error("leases acquire", e.what());
+          if (e.kind() == ErrorKind::lock_busy || retriable(e.kind()))
+            findings.expected("leases acquire", e);
+          else
+            findings.unexpected_error("leases acquire", e.what());
           continue;
         }
         const std::int64_t token = lease->token();
@@ -752,8 +780,8 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
           try {
             InFlight f(in_flight);
             auto tx = db.begin();
-            lease->guard(tx);                      // still ours (and a takeover waits for this commit)
-            fence.guard(tx, resource, token);      // and no newer token wrote here
+            lease->guard(tx);                  // still ours (and a takeover waits for this commit)
+            fence.guard(tx, resource, token);  // and no newer token wrote here
             tx.exec(append, {token, std::int64_t{w}});
             tx.commit();
             ++writes;
@@ -763,9 +791,12 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
               admitted.push_back({asked, Clock::now(), token, w});
             }
           } catch (const Error& e) {
-            if (e.kind() == ErrorKind::lock_lost) lose(e);
-            else if (retriable(e.kind())) findings.expected("leases write", e);
-            else findings.unexpected_error("leases write", e.what());
+            if (e.kind() == ErrorKind::lock_lost)
+              lose(e);
+            else if (retriable(e.kind()))
+              findings.expected("leases write", e);
+            else
+              findings.unexpected_error("leases write", e.what());
           }
           std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 6));
         }
@@ -777,9 +808,12 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
           if (!lost && rng() % 3 == 0) lease->renew(ttl);
           if (!lost) lease->release();
         } catch (const Error& e) {
-          if (e.kind() == ErrorKind::lock_lost) lose(e);
-          else if (retriable(e.kind())) findings.expected("leases renew or release", e);
-          else findings.unexpected_error("leases renew or release", e.what());
+          if (e.kind() == ErrorKind::lock_lost)
+            lose(e);
+          else if (retriable(e.kind()))
+            findings.expected("leases renew or release", e);
+          else
+            findings.unexpected_error("leases renew or release", e.what());
         }
         if (lost) lease->detach();
         std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 3));
@@ -799,11 +833,17 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
       {"lock sweep (50 ms)", 2, [&] { return maintenance_locks.sweep(50ms); }},
   };
   if (s.processes) {
-    ops.push_back(cli_op(t, "cli lock sweep", 1, [] { return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"}; },
-                         findings, tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli lock sweep", 1,
+        [] {
+          return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"};
+        },
+        findings, tally, tally_mutex));
     // A CLI force-release is recorded from before the process starts to after it ends.
     auto cli_force = cli_op(t, "cli lock force-release", 1,
-                            [&] { return std::vector<std::string>{"lock", "force-release", name, "--reason", "cli"}; },
+                            [&] {
+                              return std::vector<std::string>{"lock", "force-release", name, "--reason", "cli"};
+                            },
                             findings, tally, tally_mutex, {5});
     ops.push_back({cli_force.name, cli_force.weight, [&, run = cli_force.run]() -> std::int64_t {
                      const auto began = Clock::now();
@@ -835,7 +875,8 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
   // The guarded log, in commit order: tokens never go back, and one token is one holder.
   std::int64_t previous = 0;
   std::map<std::int64_t, std::int64_t> writer;
-  for (const auto& row : settled([&] { return db.exec(fmt::format("SELECT token, worker FROM {} ORDER BY seq", log)); }).rows) {
+  for (const auto& row :
+       settled([&] { return db.exec(fmt::format("SELECT token, worker FROM {} ORDER BY seq", log)); }).rows) {
     if (row.i64(0) < previous && r.log_out_of_order++ == 0 && r.first_problem.empty())
       r.first_problem = fmt::format("a write under token {} committed after one under token {}", row.i64(0), previous);
     previous = std::max(previous, row.i64(0));
@@ -849,9 +890,9 @@ LeasesReport run_leases(TestDb& t, const Schedule& s, Findings& findings) {
     if (forced || l.end - l.start >= ttl) {
       ++r.refused_after_force_release;
     } else if (r.leases_lost_unexplained++ == 0 && r.first_problem.empty()) {
-      r.first_problem = fmt::format("worker {} lost token {} after {} ms with no force-release meanwhile", l.worker,
-                                    l.token,
-                                    std::chrono::duration_cast<std::chrono::milliseconds>(l.end - l.start).count());
+      r.first_problem =
+          fmt::format("worker {} lost token {} after {} ms with no force-release meanwhile", l.worker, l.token,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(l.end - l.start).count());
     }
   }
   return r;
@@ -956,10 +997,10 @@ CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Finding
           const std::array<const char*, 3> through{"get", "get_or_load (its own loader)",
                                                    "get_or_load (a hit or another caller's load)"};
           if (stale_by[came]++ == 0)
-            stale_first[came] = fmt::format(
-                "{}: {} read version {} after the {} of version {} had returned (the table then held {})",
-                through[static_cast<std::size_t>(came)], key, v, how[static_cast<std::size_t>(seen_by)], seen_floor,
-                then);
+            stale_first[came] =
+                fmt::format("{}: {} read version {} after the {} of version {} had returned (the table then held {})",
+                            through[static_cast<std::size_t>(came)], key, v, how[static_cast<std::size_t>(seen_by)],
+                            seen_floor, then);
         }
       }
     });
@@ -991,7 +1032,8 @@ CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Finding
             by = 1;
           } else if (op == 8 && s.processes) {
             std::string out;
-            const int rc = run_cli({"--db", t.url(), "--prefix", db.table_prefix(), "cache", "invalidate", key}, &out, true);
+            const int rc =
+                run_cli({"--db", t.url(), "--prefix", db.table_prefix(), "cache", "invalidate", key}, &out, true);
             {
               std::lock_guard tl(tally_mutex);
               ++tally.cli_runs;
@@ -1014,8 +1056,10 @@ CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Finding
         }
         ++writes;
       } catch (const Error& e) {
-        if (retriable(e.kind())) findings.expected("cache write", e);
-        else findings.unexpected_error("cache write", e.what());
+        if (retriable(e.kind()))
+          findings.expected("cache write", e);
+        else
+          findings.unexpected_error("cache write", e.what());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 8));
     }
@@ -1031,8 +1075,12 @@ CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Finding
        }},
   };
   if (s.processes)
-    ops.push_back(cli_op(t, "cli cache sweep", 1, [] { return std::vector<std::string>{"cache", "sweep"}; }, findings,
-                         tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli cache sweep", 1,
+        [] {
+          return std::vector<std::string>{"cache", "sweep"};
+        },
+        findings, tally, tally_mutex));
   crew.add([&] {
     maintain(ops, s.seed * 104729u, stop, 10ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
   });
@@ -1050,9 +1098,9 @@ CacheInterleaveReport run_cache_interleave(TestDb& t, const Schedule& s, Finding
     const std::string key = key_of(k);
     const auto value = settled([&] { return cache.get(key); });
     if (value && version_in(key, *value) < floor[k] && stale++ == 0)
-      first_stale = fmt::format("{} holds version {} after the run, whose last {} was of version {}", key,
-                                version_in(key, *value), how[static_cast<std::size_t>(floor_by[k].load())],
-                                floor[k].load());
+      first_stale =
+          fmt::format("{} holds version {} after the run, whose last {} was of version {}", key,
+                      version_in(key, *value), how[static_cast<std::size_t>(floor_by[k].load())], floor[k].load());
   }
   r.stale = stale;
   r.stale_from_table = stale_by[0];
@@ -1090,9 +1138,7 @@ struct Order {
     o.bad_utf8 = parts.at(4) == "1";
     return o;
   }
-  std::string payload() const {
-    return fmt::format("{}|{}|{}|{}|{}", customer, shop, amount, fails, bad_utf8 ? 1 : 0);
-  }
+  std::string payload() const { return fmt::format("{}|{}|{}|{}|{}", customer, shop, amount, fails, bad_utf8 ? 1 : 0); }
 };
 
 // hold -> provider -> capture -> notify. Every compensation succeeds whether its action ran, ran
@@ -1123,7 +1169,8 @@ std::vector<SagaStep> payment_steps(Ledger& ledger, const std::string& payload) 
        {}},
       {"capture",
        [&ledger](StepContext& c) -> std::string {
-         return std::to_string(ledger.capture(std::stoll(*c.result_of("hold")), std::nullopt, c.idempotency_key()).transfer_id);
+         return std::to_string(
+             ledger.capture(std::stoll(*c.result_of("hold")), std::nullopt, c.idempotency_key()).transfer_id);
        },
        [&ledger, o](StepContext& c) {
          try {
@@ -1172,7 +1219,7 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   std::atomic<int> in_flight{0}, started{0}, interrupted{0}, recoveries{0}, recovered{0};
   std::atomic<int> completed_runs{0}, compensated_runs{0};  // run() outcomes, for Stop
   std::mutex mutex;
-  std::map<std::string, Order> orders;  // every saga started, by id
+  std::map<std::string, Order> orders;       // every saga started, by id
   std::map<std::string, std::string> ended;  // how run() ended for it, when not completed or compensated
   MaintenanceTally tally;
   std::mutex tally_mutex;
@@ -1228,8 +1275,10 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
         ++recoveries;
         recovered += static_cast<int>(r.completed + r.compensated);
       } catch (const Error& e) {
-        if (retriable(e.kind())) findings.expected("sagas recover", e);
-        else findings.unexpected_error("sagas recover", e.what());
+        if (retriable(e.kind()))
+          findings.expected("sagas recover", e);
+        else
+          findings.unexpected_error("sagas recover", e.what());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 40));
     }
@@ -1246,8 +1295,12 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
       {"hold sweep", 1, [&] { return ledger.sweep_holds(); }},
   };
   if (s.processes)
-    ops.push_back(cli_op(t, "cli lock sweep", 1, [] { return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"}; },
-                         findings, tally, tally_mutex));
+    ops.push_back(cli_op(
+        t, "cli lock sweep", 1,
+        [] {
+          return std::vector<std::string>{"lock", "sweep", "--older-than", "0s"};
+        },
+        findings, tally, tally_mutex));
   crew.add([&] {
     maintain(ops, s.seed * 104729u, stop, 30ms, in_flight, tally, tally_mutex, findings, {ErrorKind::not_found});
   });
@@ -1305,8 +1358,8 @@ SagasReport run_sagas_interleave(TestDb& t, const Schedule& s, Findings& finding
   violations_text(check, r.violations);
   for (const auto& a : settled([&] { return ledger.list(); }))
     if (a.balance != expected[a.id])
-      r.balances_wrong.push_back(fmt::format("{}: balance {}, the completed orders make {}", a.id, a.balance,
-                                             expected[a.id]));
+      r.balances_wrong.push_back(
+          fmt::format("{}: balance {}, the completed orders make {}", a.id, a.balance, expected[a.id]));
   return r;
 }
 
@@ -1326,7 +1379,7 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
   cached_a.cache = &cache_a;
   cached_b.cache = &cache_b;
   Ledger la(a, cached_a), lb(b, cached_b);  // the service's ledgers, reading through their caches
-  Ledger plain_a(a), plain_b(b);             // the table, for the reader and the checks
+  Ledger plain_a(a), plain_b(b);            // the table, for the reader and the checks
   const std::vector<std::string> in_a{"a0", "a1", "a2"}, in_b{"b0", "b1", "b2"};
   constexpr std::int64_t opening = 100'000;
   for (const auto& id : in_a) {
@@ -1471,8 +1524,10 @@ TwoPhaseReport run_two_phase_interleave(TestDb& t, const Schedule& s, Findings& 
       "'ok'",
       a.table_prefix());
   std::map<std::string, std::tuple<std::string, std::int64_t, std::string>> leg_a, leg_b;
-  for (const auto& row : settled([&] { return a.exec(legs); }).rows) leg_a[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
-  for (const auto& row : settled([&] { return b.exec(legs); }).rows) leg_b[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
+  for (const auto& row : settled([&] { return a.exec(legs); }).rows)
+    leg_a[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
+  for (const auto& row : settled([&] { return b.exec(legs); }).rows)
+    leg_b[row.text(0)] = {row.text(1), row.i64(2), row.text(3)};
   auto unmatched = [&](const std::string& what) {
     if (r.legs_unmatched++ == 0) r.first_unmatched = what;
   };

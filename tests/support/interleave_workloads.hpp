@@ -44,7 +44,7 @@ struct Findings {
 // many runs began while a workload request was in flight (the evidence that they interleaved).
 struct MaintenanceTally {
   std::map<std::string, int> ran;
-  std::map<std::string, std::int64_t> effect;  // rows pruned, transfers archived, leases ended, ...
+  std::map<std::string, std::int64_t> effect;      // rows pruned, transfers archived, leases ended, ...
   std::map<std::string, std::int64_t> longest_ms;  // the slowest run of each
   int overlapped = 0;
   int cli_runs = 0;
@@ -70,8 +70,8 @@ struct PaymentsReport {
   int retries = 0;
   int given_up = 0;
   bool check_ok = false;
-  std::vector<std::string> violations;       // ledger check
-  std::vector<std::string> balances_wrong;   // "<account>: balance B, acknowledged requests make E"
+  std::vector<std::string> violations;                          // ledger check
+  std::vector<std::string> balances_wrong;                      // "<account>: balance B, acknowledged requests make E"
   std::map<std::string, std::int64_t> totals, expected_totals;  // per currency
   int cached_reads = 0;
   int stale_cached_reads = 0;  // a cached account older than one read from the table before it
@@ -92,12 +92,12 @@ struct LeasesReport {
   int acquisitions = 0;
   int guarded_writes = 0;
   int refused_after_force_release = 0;  // an evicted holder's write refused (the property at work)
-  int tokens_reused = 0;           // two acquisitions with one token
-  int tokens_out_of_order = 0;     // an acquisition that began after another ended got a lower token
-  int log_out_of_order = 0;        // a committed guarded write with a lower token after a higher one
-  int log_token_shared = 0;        // two workers committed writes under one token
-  int fence_admitted_stale = 0;    // Fence::admit let a token in after a higher one was admitted
-  int leases_lost_unexplained = 0;  // lost without a force-release during the hold, or expiry
+  int tokens_reused = 0;                // two acquisitions with one token
+  int tokens_out_of_order = 0;          // an acquisition that began after another ended got a lower token
+  int log_out_of_order = 0;             // a committed guarded write with a lower token after a higher one
+  int log_token_shared = 0;             // two workers committed writes under one token
+  int fence_admitted_stale = 0;         // Fence::admit let a token in after a higher one was admitted
+  int leases_lost_unexplained = 0;      // lost without a force-release during the hold, or expiry
   std::string first_problem;
   MaintenanceTally maintenance;
 };

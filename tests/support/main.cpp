@@ -7,9 +7,8 @@
 int main(int argc, char** argv) {
   Catch::Session session;
   std::string backend;
-  auto cli = session.cli() |
-             Catch::clara::Opt(backend, "name")["--backend"](
-                 "sqlite-file, sqlite-memory, postgres, soci-sqlite3, soci-postgresql or pgbouncer");
+  auto cli = session.cli() | Catch::clara::Opt(backend, "name")["--backend"](
+                                 "sqlite-file, sqlite-memory, postgres, soci-sqlite3, soci-postgresql or pgbouncer");
   session.cli(cli);
   if (const int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
   if (!backend.empty() && !rowguard::test::set_backend(backend)) {

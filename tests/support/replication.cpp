@@ -12,9 +12,10 @@ namespace rowguard::test {
 std::string replicated_env(const char* name) {
   const char* value = std::getenv(name);
   if (value == nullptr || *value == '\0')
-    FAIL(fmt::format("{} is not set: the failover tests run only under their own scripts/pg-replicated.sh "
-                     "(ctest -L failover)",
-                     name));
+    FAIL(
+        fmt::format("{} is not set: the failover tests run only under their own scripts/pg-replicated.sh "
+                    "(ctest -L failover)",
+                    name));
   return value;
 }
 

@@ -1,8 +1,5 @@
 #include "support/support.hpp"
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <barrier>
 #include <cstdio>
@@ -12,9 +9,11 @@
 #include <regex>
 #include <stdexcept>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <sys/wait.h>
 
 namespace rowguard::test {
 
@@ -146,13 +145,15 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
 
 namespace {
 void require_cli() {
-  if (std::string_view(ROWGUARD_CLI).empty()) FAIL("this build has no CLI (ROWGUARD_BUILD_TOOLS=OFF): tag this test [cli]");
+  if (std::string_view(ROWGUARD_CLI).empty())
+    FAIL("this build has no CLI (ROWGUARD_BUILD_TOOLS=OFF): tag this test [cli]");
 }
 }  // namespace
 
 int run_cli(const std::vector<std::string>& args, std::string* out, bool with_stderr) {
   require_cli();
-  if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (!current().empty() && !can().shared_database)
+    FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::string command = ROWGUARD_CLI;
   for (const auto& a : args) {
     std::string quoted = "'";
@@ -208,7 +209,8 @@ int run_command(const std::string& command, std::string* output) {
 
 int start_cli_holding(TestDb& t, const std::vector<std::string>& args, const std::string& held) {
   require_cli();
-  if (!current().empty() && !can().shared_database) FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
+  if (!current().empty() && !can().shared_database)
+    FAIL("another process cannot open an in-memory database: tag this test [shared-db]");
   std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;

@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.hpp"
-#include "core/database_gate.hpp"
 #include "rowguard/rowguard.hpp"
+
+#include "backend/backend.hpp"
+
+#include "core/database_gate.hpp"
 
 // The CLI the tests run (tests/CMakeLists.txt); empty in a build without it (ROWGUARD_BUILD_TOOLS=OFF),
 // which registers no test tagged [cli].

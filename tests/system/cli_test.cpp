@@ -1,17 +1,17 @@
 // The rowguard CLI: commands, JSON output and the fixed exit codes.
-#include <catch2/catch.hpp>
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
-
-#include <unistd.h>
+#include "cli.hpp"
 
 #include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
+#include <unistd.h>
 
-#include "cli.hpp"
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -262,15 +262,34 @@ std::string kind(const JsonRun& r) {
 const std::map<std::string, std::vector<std::string>>& json_cases() {
   static const std::map<std::string, std::vector<std::string>> cases{
       {"ledger",
-       {"(none)", "(unknown)", "migrate", "schema", "version", "demo", "account open", "account show", "account list",
-        "deposit", "withdraw", "transfer", "ledger check", "ledger sweep-holds", "ledger prune-keys", "ledger history",
-        "ledger show", "ledger transfers", "ledger balance-at", "ledger archive", "ledger partitions"}},
+       {"(none)",
+        "(unknown)",
+        "migrate",
+        "schema",
+        "version",
+        "demo",
+        "account open",
+        "account show",
+        "account list",
+        "deposit",
+        "withdraw",
+        "transfer",
+        "ledger check",
+        "ledger sweep-holds",
+        "ledger prune-keys",
+        "ledger history",
+        "ledger show",
+        "ledger transfers",
+        "ledger balance-at",
+        "ledger archive",
+        "ledger partitions"}},
       {"holds, cache, locks",
        {"hold", "hold-show", "capture", "void", "cache put", "cache get", "cache invalidate", "cache fetch",
         "cache stats", "cache sweep", "lock acquire", "lock renew", "lock list", "lock run", "lock release",
         "lock force-release", "lock sweep"}},
-      {"sagas, 2pc, serve", {"saga run", "saga list", "saga show", "saga recover", "2pc transfer", "2pc recover",
-                             "2pc prune", "serve", "ledger check"}},
+      {"sagas, 2pc, serve",
+       {"saga run", "saga list", "saga show", "saga recover", "2pc transfer", "2pc recover", "2pc prune", "serve",
+        "ledger check"}},
   };
   return cases;
 }
@@ -472,7 +491,8 @@ TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object 
   CHECK(kind(broken) == "permanent");
 }
 
-TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and recovery in doubt included", "[pg][threads]") {
+TEST_CASE("cli: 2pc under --json prints one object per result, a rejection and recovery in doubt included",
+          "[pg][threads]") {
   TestDb t;
   t.db().migrate();
   const std::string url_b = rowguard::test::own_database(t.url(), "rowguard_2pc_b");

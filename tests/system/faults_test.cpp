@@ -1,22 +1,21 @@
 // Faults injected into real servers while the bank, lock and cache workloads run; each test ends
 // by checking the workloads' invariants (tests/support/fault_workloads.hpp). The CI mode runs each for a
 // few seconds; scripts/soak.sh runs them for minutes ($ROWGUARD_FAULT_SECONDS).
-#include <sys/wait.h>
-#include <csignal>
-#include <unistd.h>
-
 #include <atomic>
-#include <exception>
-#include <latch>
-#include <optional>
-#include <mutex>
-#include <future>
+#include <csignal>
 #include <cstdlib>
+#include <exception>
+#include <future>
+#include <latch>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <sys/wait.h>
 
 #include "support/fault_proxy.hpp"
 #include "support/fault_workloads.hpp"
@@ -89,11 +88,12 @@ void under_fault(TestDb& t, const std::string& tag, std::chrono::seconds duratio
   if (failed) std::rethrow_exception(failed);
   const int retried = static_cast<int>(retried_faults() - retried_before);
   const int seen = errors.of(ErrorKind::transient) + errors.of(ErrorKind::in_doubt) + retried;
-  WARN(fmt::format("{}: bank {} acknowledged, {} given up, {} retries; locks {} holds, {} stale fenced writes "
-                   "rejected; cache {} reads, {} loads; errors: {}; {} transient or in-doubt failures retried by "
-                   "the library; {} faults seen by the clients",
-                   backend(), bank.acknowledged, bank.given_up, bank.retries, locks.holds,
-                   locks.stale_writes_rejected, cache.reads, cache.loads, errors.summary(), retried, seen));
+  WARN(
+      fmt::format("{}: bank {} acknowledged, {} given up, {} retries; locks {} holds, {} stale fenced writes "
+                  "rejected; cache {} reads, {} loads; errors: {}; {} transient or in-doubt failures retried by "
+                  "the library; {} faults seen by the clients",
+                  backend(), bank.acknowledged, bank.given_up, bank.retries, locks.holds, locks.stale_writes_rejected,
+                  cache.reads, cache.loads, errors.summary(), retried, seen));
   CHECK(seen >= min_seen);  // the faults reached the clients, not only the server or the network
   INFO("first unexpected error: " << errors.first_unexpected);
   CHECK(errors.first_unexpected.empty());
@@ -130,7 +130,9 @@ TEST_CASE("faults: sessions killed at random by pg_terminate_backend during tran
   options.application_name = fmt::format("rowguard-faults-{}", ::getpid());
   // Behind PgBouncer a server connection serves whichever client comes next: a database of its own
   // keeps the killed ones away from the tests running beside this one.
-  TestDb t(options, [](const std::string& url) { return can().transaction_pooler ? own_database(url, "rowguard_kill_faults") : url; });
+  TestDb t(options, [](const std::string& url) {
+    return can().transaction_pooler ? own_database(url, "rowguard_kill_faults") : url;
+  });
   auto admin = t.another(Options{});
   std::atomic<int> kills{0};
   // Seen by the clients in 6 s (2026-12-04): 146-154 directly, 61 through PgBouncer, which absorbs
@@ -163,8 +165,9 @@ TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during trans
   const char* data = std::getenv("ROWGUARD_TEST_PGDATA");
   const char* bin = std::getenv("ROWGUARD_TEST_PG_BIN");
   if (data == nullptr || bin == nullptr)
-    FAIL("ROWGUARD_TEST_PGDATA / ROWGUARD_TEST_PG_BIN are not set: this test restarts its server and runs "
-         "only under its own scripts/pg-throwaway.sh (ctest -L faults)");
+    FAIL(
+        "ROWGUARD_TEST_PGDATA / ROWGUARD_TEST_PG_BIN are not set: this test restarts its server and runs "
+        "only under its own scripts/pg-throwaway.sh (ctest -L faults)");
   TestDb t;
   int restarts = 0, failed = 0;
   // Seen by the clients (2026-12-04): 406 in 2 restarts, 327 through PgBouncer in 5; under ASan
@@ -172,9 +175,8 @@ TEST_CASE("faults: PostgreSQL restarted (fast shutdown, then start) during trans
   // rather than failing it, so only the transactions in flight at each shutdown see it.
   under_fault(t, "restart", fault_duration(8), 3, [&](const std::atomic<bool>& done) {
     const std::string as_postgres = ::getuid() == 0 ? "runuser -u postgres -- " : "";
-    const std::string restart =
-        fmt::format("{}{}/pg_ctl -D {} -l {}/../server.log -m fast -w -t 60 restart >/dev/null 2>&1", as_postgres,
-                    bin, data, data);
+    const std::string restart = fmt::format(
+        "{}{}/pg_ctl -D {} -l {}/../server.log -m fast -w -t 60 restart >/dev/null 2>&1", as_postgres, bin, data, data);
     std::this_thread::sleep_for(1500ms);  // the workloads are under way
     while (!done) {
       (shell(restart) == 0 ? restarts : failed) += 1;
@@ -214,8 +216,9 @@ TEST_CASE("failover: the primary killed and its synchronous standby promoted dur
   CHECK_THAT(report, Catch::Contains("kill_to_writable_ms"));
 }
 
-TEST_CASE("failover: a COMMIT whose wait for the synchronous standby is canceled is in doubt until the standby confirms",
-          "[.sync-cancel][threads]") {
+TEST_CASE(
+    "failover: a COMMIT whose wait for the synchronous standby is canceled is in doubt until the standby confirms",
+    "[.sync-cancel][threads]") {
   TestDb t(Options{}, multi_host);
   t.db().migrate();
   Ledger ledger(t.db());
@@ -282,8 +285,8 @@ TEST_CASE("failover: with an asynchronous standby an acknowledged deposit is los
     token_before = lease->token();
     lease->release();
   }
-  failover("caught-up");        // the standby has everything so far...
-  failover("detach-standby");   // ...and nothing after this: what a lagging asynchronous standby misses
+  failover("caught-up");       // the standby has everything so far...
+  failover("detach-standby");  // ...and nothing after this: what a lagging asynchronous standby misses
   const auto lost = ledger.deposit("async-a", 250, "async-lost");
   REQUIRE(lost.ok());  // acknowledged by the primary
   std::int64_t token_lost = 0;
@@ -341,10 +344,10 @@ TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during tr
       std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 250));
     }
   });
-  WARN(fmt::format("{}: {} cuts closed {} connections; {} stalls, {} slow periods; {} connections through the "
-                   "proxy, {} of them opened after the first cut",
-                   backend(), cuts, proxy->connections_cut(), stalls, delays, proxy->connections(),
-                   proxy->reconnections()));
+  WARN(fmt::format(
+      "{}: {} cuts closed {} connections; {} stalls, {} slow periods; {} connections through the "
+      "proxy, {} of them opened after the first cut",
+      backend(), cuts, proxy->connections_cut(), stalls, delays, proxy->connections(), proxy->reconnections()));
   CHECK(proxy->connections_cut() > 0);  // cuts that closed connections, not calls that found none
   CHECK(proxy->reconnections() > 0);    // the clients connected again after a cut
 }
@@ -352,17 +355,18 @@ TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during tr
 // The lock row's expiry on the database clock, in epoch milliseconds.
 std::int64_t expires_at_ms(Database& db, const std::string& name) {
   auto tx = db.begin();
-  const Result r = tx.exec("SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM " + db.table_prefix() +
-                               "locks WHERE name = $1",
-                           {name});
+  const Result r = tx.exec(
+      "SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM " + db.table_prefix() + "locks WHERE name = $1",
+      {name});
   tx.commit();
   REQUIRE(r.rows.size() == 1);
   return r.rows[0].i64(0);
 }
 
-TEST_CASE("faults: a holder partitioned from the database knows it lost its lease before another takes it over, "
-          "and only after the lease expired on the database clock",
-          "[pg][threads]") {
+TEST_CASE(
+    "faults: a holder partitioned from the database knows it lost its lease before another takes it over, "
+    "and only after the lease expired on the database clock",
+    "[pg][threads]") {
   std::unique_ptr<FaultProxy> proxy;
   std::string direct_url;
   TestDb t(Options{}, [&](const std::string& url) {
@@ -372,8 +376,8 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
   });
   t.db().migrate();
   auto direct = Database::open(direct_url, t.options());
-  Locks holder_locks(t.db());   // through the proxy
-  Locks other_locks(direct);    // the database's side of the partition
+  Locks holder_locks(t.db());  // through the proxy
+  Locks other_locks(direct);   // the database's side of the partition
   constexpr auto ttl = 3s;
 
   std::atomic<bool> on_lost_called{false};  // before the lease: its heartbeat writes them
@@ -387,9 +391,9 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
     ~Heal() { proxy.set_stalled(false); }
   } heal{*proxy};
   lease->start_heartbeat({.interval = std::nullopt, .on_lost = [&] {
-    on_lost_at = std::chrono::steady_clock::now();
-    on_lost_called = true;
-  }});
+                            on_lost_at = std::chrono::steady_clock::now();
+                            on_lost_called = true;
+                          }});
   std::this_thread::sleep_for(1500ms);  // a renewal or two go through
   REQUIRE(lease->valid());
 
@@ -416,11 +420,11 @@ TEST_CASE("faults: a holder partitioned from the database knows it lost its leas
     if (info.name == "partitioned") taken_at_db_ms = info.acquired_at_ms;
   proxy->set_stalled(false);  // the holder's stuck renewal now reaches the server, too late
 
-  CHECK(refused > 0);                              // it was held while the lease ran
-  CHECK(taken_at_db_ms >= holder_expires_ms);      // taken over only after expiry, on the database clock
+  CHECK(refused > 0);                          // it was held while the lease ran
+  CHECK(taken_at_db_ms >= holder_expires_ms);  // taken over only after expiry, on the database clock
   CHECK(taken->token() > lease->token());
-  CHECK_FALSE(holder_valid_at_takeover);           // the holder's local deadline had passed
-  CHECK(holder_told_at_takeover);                  // and on_lost had told it, despite the stuck renewal
+  CHECK_FALSE(holder_valid_at_takeover);  // the holder's local deadline had passed
+  CHECK(holder_told_at_takeover);         // and on_lost had told it, despite the stuck renewal
   if (holder_told_at_takeover) CHECK(on_lost_at < taken_at);
 
   // After the partition the holder's renewals and guarded writes are refused.
@@ -511,7 +515,7 @@ TEST_CASE("faults: a lock holder paused with SIGSTOP past its ttl has its stale 
       if (lease && fence.admit("ledger-file", lease->token())) {
         char c = 'r';
         (void)!::write(to_parent[1], &c, 1);
-        (void)!::read(to_child[0], &c, 1);  // paused here by SIGSTOP, resumed by SIGCONT
+        (void)!::read(to_child[0], &c, 1);                          // paused here by SIGSTOP, resumed by SIGCONT
         code = fence.admit("ledger-file", lease->token()) ? 1 : 0;  // the stale write
         auto tx = db.begin();
         try {

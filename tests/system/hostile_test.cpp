@@ -20,15 +20,14 @@ namespace {
 // Everything a hostile call could have changed: row counts of every table and the balance total.
 std::string snapshot(Database& db) {
   const std::string p = db.table_prefix();
-  const Row r = db.exec(fmt::format(
-                          "SELECT (SELECT count(*) FROM {0}locks), (SELECT count(*) FROM {0}accounts), "
-                          "(SELECT count(*) FROM {0}transfers), (SELECT count(*) FROM {0}entries), "
-                          "(SELECT count(*) FROM {0}cache), (SELECT count(*) FROM {0}fences), "
-                          "(SELECT count(*) FROM {0}holds), "
-                          "(SELECT CAST(COALESCE(SUM(balance), 0) AS bigint) FROM {0}accounts), "
-                          "(SELECT CAST(COALESCE(SUM(held), 0) AS bigint) FROM {0}accounts)",
-                          p))
-                      .one();
+  const Row r = db.exec(fmt::format("SELECT (SELECT count(*) FROM {0}locks), (SELECT count(*) FROM {0}accounts), "
+                                    "(SELECT count(*) FROM {0}transfers), (SELECT count(*) FROM {0}entries), "
+                                    "(SELECT count(*) FROM {0}cache), (SELECT count(*) FROM {0}fences), "
+                                    "(SELECT count(*) FROM {0}holds), "
+                                    "(SELECT CAST(COALESCE(SUM(balance), 0) AS bigint) FROM {0}accounts), "
+                                    "(SELECT CAST(COALESCE(SUM(held), 0) AS bigint) FROM {0}accounts)",
+                                    p))
+                    .one();
   std::string s;
   for (std::size_t c = 0; c < r.size(); ++c) s += fmt::format("{},", r.i64(c));
   return s;
@@ -157,7 +156,8 @@ TEST_CASE("hostile: a database with a newer or a damaged schema is refused with 
   CHECK(message.find("cache") != std::string::npos);
 }
 
-TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing", "[backend][shared-db][threads][cli]") {
+TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 and writes nothing",
+          "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
   Ledger ledger(t.db());
@@ -187,9 +187,9 @@ TEST_CASE("hostile: the CLI refuses bad durations, amounts and text with exit 2 
   // --json never aborts on bytes that are not UTF-8: an echoed bad argument is replaced, a binary
   // cache value comes back as base64 (it used to abort the dump with exit 134).
   std::string out;
-  CHECK(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "acquire", "l", "--ttl",
-                 bad_utf8},
-                &out) == 2);
+  CHECK(
+      run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "acquire", "l", "--ttl", bad_utf8},
+              &out) == 2);
   CHECK(nlohmann::json::parse(out).at("error").at("kind") == "invalid_argument");
   CHECK(snapshot(t.db()) == before);
   Cache(t.db()).put("binary", std::string("ok\xff", 3), 60s);

@@ -47,17 +47,19 @@ void list(const std::vector<std::string>& lines, const char* what) {
 
 }  // namespace
 
-TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, archive, hold, cache and lock sweeps "
-          "run beside them",
-          "[backend][interleave][threads]") {
+TEST_CASE(
+    "interleave: payments with retried keys stay exact while prune-keys, archive, hold, cache and lock sweeps "
+    "run beside them",
+    "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
   const PaymentsReport r = run_payments(run.t, run.schedule, findings);
-  WARN(fmt::format("{}: {} requests acknowledged ({} applied), {} sent again, {} retries, {} given up, {} cached "
-                   "reads; maintenance: {}; expected errors: {}",
-                   backend(), r.acknowledged, r.applied, r.resent, r.retries, r.given_up, r.cached_reads,
-                   r.maintenance.summary(), findings.summary()));
+  WARN(
+      fmt::format("{}: {} requests acknowledged ({} applied), {} sent again, {} retries, {} given up, {} cached "
+                  "reads; maintenance: {}; expected errors: {}",
+                  backend(), r.acknowledged, r.applied, r.resent, r.retries, r.given_up, r.cached_reads,
+                  r.maintenance.summary(), findings.summary()));
   require_no_unexpected_errors(findings);
   // The schedule interleaved: requests were answered and sent again, and maintenance changed
   // things while requests were in flight.
@@ -80,17 +82,19 @@ TEST_CASE("interleave: payments with retried keys stay exact while prune-keys, a
   CHECK(r.stale_cached_reads == 0);
 }
 
-TEST_CASE("interleave: lease holders never overlap and evicted holders are refused while lock sweeps and force-release "
-          "run beside them",
-          "[backend][interleave][threads]") {
+TEST_CASE(
+    "interleave: lease holders never overlap and evicted holders are refused while lock sweeps and force-release "
+    "run beside them",
+    "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
   const LeasesReport r = run_leases(run.t, run.schedule, findings);
-  WARN(fmt::format("{}: {} acquisitions, {} guarded writes, {} holders evicted and refused; maintenance: {}; "
-                   "expected errors: {}",
-                   backend(), r.acquisitions, r.guarded_writes, r.refused_after_force_release,
-                   r.maintenance.summary(), findings.summary()));
+  WARN(
+      fmt::format("{}: {} acquisitions, {} guarded writes, {} holders evicted and refused; maintenance: {}; "
+                  "expected errors: {}",
+                  backend(), r.acquisitions, r.guarded_writes, r.refused_after_force_release, r.maintenance.summary(),
+                  findings.summary()));
   require_no_unexpected_errors(findings);
   CHECK(r.acquisitions > 1);
   CHECK(r.guarded_writes > 0);
@@ -107,17 +111,18 @@ TEST_CASE("interleave: lease holders never overlap and evicted holders are refus
   CHECK(r.leases_lost_unexplained == 0);
 }
 
-TEST_CASE("interleave: no cache value older than a returned invalidation is read while sweeps, evictions, prefix "
-          "invalidations and loader-lease force-releases run beside slow loads",
-          "[backend][interleave][threads]") {
+TEST_CASE(
+    "interleave: no cache value older than a returned invalidation is read while sweeps, evictions, prefix "
+    "invalidations and loader-lease force-releases run beside slow loads",
+    "[backend][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
   const CacheInterleaveReport r = run_cache_interleave(run.t, run.schedule, findings);
-  WARN(fmt::format("{}: {} reads, {} loads, {} writes, {} loads ended by lock_lost; maintenance: {}; expected "
-                   "errors: {}",
-                   backend(), r.reads, r.loads, r.writes, r.loads_lock_lost, r.maintenance.summary(),
-                   findings.summary()));
+  WARN(fmt::format(
+      "{}: {} reads, {} loads, {} writes, {} loads ended by lock_lost; maintenance: {}; expected "
+      "errors: {}",
+      backend(), r.reads, r.loads, r.writes, r.loads_lock_lost, r.maintenance.summary(), findings.summary()));
   require_no_unexpected_errors(findings);
   CHECK(r.reads > 0);
   CHECK(r.loads > 0);
@@ -131,17 +136,19 @@ TEST_CASE("interleave: no cache value older than a returned invalidation is read
   CHECK(r.stale == 0);
 }
 
-TEST_CASE("interleave: payment sagas end completed or compensated, paid once or not at all, while recovery, "
-          "force-release of their leases and lock and hold sweeps run beside them",
-          "[backend][interleave][saga][threads]") {
+TEST_CASE(
+    "interleave: payment sagas end completed or compensated, paid once or not at all, while recovery, "
+    "force-release of their leases and lock and hold sweeps run beside them",
+    "[backend][interleave][saga][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
   const SagasReport r = run_sagas_interleave(run.t, run.schedule, findings);
-  WARN(fmt::format("{}: {} sagas started, {} completed, {} compensated, {} interrupted (left to recovery), {} "
-                   "recovered in {} recoveries; maintenance: {}; expected errors: {}",
-                   backend(), r.started, r.completed, r.compensated, r.interrupted, r.recovered, r.recoveries,
-                   r.maintenance.summary(), findings.summary()));
+  WARN(
+      fmt::format("{}: {} sagas started, {} completed, {} compensated, {} interrupted (left to recovery), {} "
+                  "recovered in {} recoveries; maintenance: {}; expected errors: {}",
+                  backend(), r.started, r.completed, r.compensated, r.interrupted, r.recovered, r.recoveries,
+                  r.maintenance.summary(), findings.summary()));
   require_no_unexpected_errors(findings);
   CHECK(r.completed > 0);
   CHECK(r.compensated > 0);
@@ -154,18 +161,19 @@ TEST_CASE("interleave: payment sagas end completed or compensated, paid once or 
   CHECK(r.check_ok);
 }
 
-TEST_CASE("interleave: two-phase transfers commit both legs or neither while recover and prune run beside paused "
-          "coordinators",
-          "[pg][interleave][threads]") {
+TEST_CASE(
+    "interleave: two-phase transfers commit both legs or neither while recover and prune run beside paused "
+    "coordinators",
+    "[pg][interleave][threads]") {
   Run run;
   INFO(seed_note(run.schedule.seed));
   Findings& findings = run.findings;
   const TwoPhaseReport r = run_two_phase_interleave(run.t, run.schedule, findings);
-  WARN(fmt::format("{}: {} transfers acknowledged ({} applied), {} coordinators paused past the grace, {} retries ({} "
-                   "after recovery won the race), {} given up; maintenance: {}; expected errors: {}",
-                   backend(), r.acknowledged, r.applied, r.paused_past_grace, r.retries, r.conflicts_from_recovery,
-                   r.given_up,
-                   r.maintenance.summary(), findings.summary()));
+  WARN(
+      fmt::format("{}: {} transfers acknowledged ({} applied), {} coordinators paused past the grace, {} retries ({} "
+                  "after recovery won the race), {} given up; maintenance: {}; expected errors: {}",
+                  backend(), r.acknowledged, r.applied, r.paused_past_grace, r.retries, r.conflicts_from_recovery,
+                  r.given_up, r.maintenance.summary(), findings.summary()));
   require_no_unexpected_errors(findings);
   CHECK(r.applied > 0);
   CHECK(r.maintenance.overlapped > 0);

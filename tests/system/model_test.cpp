@@ -40,8 +40,8 @@ struct Model {
     bool aged = false;                     // back-dated past the archive cutoff and the prune age
   };
   std::map<std::int64_t, Transfer> transfers;
-  std::map<std::string, std::int64_t> keys;  // live idempotency key -> transfer id
-  std::set<std::int64_t> ids_ever;           // every transfer id ever handed out (never reused)
+  std::map<std::string, std::int64_t> keys;     // live idempotency key -> transfer id
+  std::set<std::int64_t> ids_ever;              // every transfer id ever handed out (never reused)
   std::map<std::string, std::string> currency;  // opened accounts
   std::map<std::string, std::int64_t> balances;
   struct LockRow {
@@ -63,7 +63,7 @@ struct Model {
     std::int64_t amount = 0, captured = 0;
     HoldState state = HoldState::held;
   };
-  std::map<std::int64_t, HoldRow> holds;         // by hold id
+  std::map<std::int64_t, HoldRow> holds;          // by hold id
   std::map<std::string, std::int64_t> hold_keys;  // hold key -> id
   std::int64_t held(const std::string& account) const {
     std::int64_t sum = 0;
@@ -89,8 +89,7 @@ struct Outcome {
   bool replayed = false;
   std::int64_t id = 0;  // the transfer's id; compared on replays only (a new one is checked apart)
   bool operator==(const Outcome& o) const {
-    return error == o.error &&
-           (error || (status == o.status && replayed == o.replayed && (!replayed || id == o.id)));
+    return error == o.error && (error || (status == o.status && replayed == o.replayed && (!replayed || id == o.id)));
   }
 };
 
@@ -156,9 +155,10 @@ void record(Model& m, const Outcome& want, const Outcome& real, Model::Transfer 
 
 }  // namespace
 
-TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenance between and inside them, agree "
-          "with the model at every step",
-          "[backend]") {
+TEST_CASE(
+    "model: random ledger, hold, lock and cache operations, with maintenance between and inside them, agree "
+    "with the model at every step",
+    "[backend]") {
   const unsigned seed = run_seed();
   INFO(seed_note(seed));
   TestDb t;
@@ -276,7 +276,8 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
           if (h.from != from || h.to != to || h.amount != amount)
             want = {ErrorKind::idempotency_mismatch};
           else
-            want = {std::nullopt, h.state == HoldState::rejected ? TransferStatus::insufficient_funds : TransferStatus::ok, true};
+            want = {std::nullopt,
+                    h.state == HoldState::rejected ? TransferStatus::insufficient_funds : TransferStatus::ok, true};
         } else if (!m.balances.count(from) || !m.balances.count(to)) {
           want = {ErrorKind::not_found};
         } else if (m.currency[from] != m.currency[to]) {
@@ -296,8 +297,8 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         }();
         REQUIRE(real == want);
         if (!want.error && !want.replayed && !real.error) {
-          m.holds[got.hold_id] = {from, to, k, amount, 0,
-                                  want.status == TransferStatus::ok ? HoldState::held : HoldState::rejected};
+          m.holds[got.hold_id] = {
+              from, to, k, amount, 0, want.status == TransferStatus::ok ? HoldState::held : HoldState::rejected};
           m.hold_keys[k] = got.hold_id;
         }
         break;
@@ -309,17 +310,22 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         const std::int64_t id = rng() % 8 == 0 ? 999'999 : it->first;
         auto& h = it->second;
         const std::optional<std::int64_t> take =
-            rng() % 2 ? std::nullopt : std::optional<std::int64_t>(1 + static_cast<std::int64_t>(rng() % (h.amount + 50)));
+            rng() % 2 ? std::nullopt
+                      : std::optional<std::int64_t>(1 + static_cast<std::int64_t>(rng() % (h.amount + 50)));
         const std::int64_t amount = take.value_or(h.amount);
         Outcome want;
         const std::string capture_key = fmt::format("hold:{}:capture", id);
-        if (id != it->first || h.state == HoldState::rejected) want = {ErrorKind::not_found};
-        else if (amount > h.amount) want = {ErrorKind::invalid_argument};
+        if (id != it->first || h.state == HoldState::rejected)
+          want = {ErrorKind::not_found};
+        else if (amount > h.amount)
+          want = {ErrorKind::invalid_argument};
         else if (h.state == HoldState::captured)
           want = amount == h.captured ? Outcome{std::nullopt, TransferStatus::ok, true, m.keys.at(capture_key)}
                                       : Outcome{ErrorKind::idempotency_mismatch};
-        else if (h.state == HoldState::voided) want = {ErrorKind::hold_closed};
-        else want = {std::nullopt, TransferStatus::ok, false};
+        else if (h.state == HoldState::voided)
+          want = {ErrorKind::hold_closed};
+        else
+          want = {std::nullopt, TransferStatus::ok, false};
         const Outcome real = outcome_of([&] { return ledger.capture(id, take); });
         REQUIRE(real == want);
         if (!want.error && !want.replayed && !real.error) {
@@ -337,8 +343,10 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
         std::advance(it, rng() % m.holds.size());
         auto& h = it->second;
         std::optional<ErrorKind> want;
-        if (h.state == HoldState::rejected) want = ErrorKind::not_found;
-        else if (h.state == HoldState::captured) want = ErrorKind::hold_closed;
+        if (h.state == HoldState::rejected)
+          want = ErrorKind::not_found;
+        else if (h.state == HoldState::captured)
+          want = ErrorKind::hold_closed;
         std::optional<HoldState> state;
         const auto kind = [&]() -> std::optional<ErrorKind> {
           try {
@@ -397,9 +405,10 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
           } else if (m.refunded(original) + amount > ot.amount) {
             want = {ErrorKind::invalid_argument};
           } else {
-            want = {std::nullopt,
-                    m.balances[ot.to] - m.held(ot.to) >= amount ? TransferStatus::ok : TransferStatus::insufficient_funds,
-                    false};
+            want = {
+                std::nullopt,
+                m.balances[ot.to] - m.held(ot.to) >= amount ? TransferStatus::ok : TransferStatus::insufficient_funds,
+                false};
           }
         }
         const Outcome real = outcome_of([&] { return ledger.reverse(original_key, amount, k); });
@@ -439,7 +448,7 @@ TEST_CASE("model: random ledger, hold, lock and cache operations, with maintenan
           REQUIRE(shown(got) == shown(slot->second.value));
         } else {
           REQUIRE((slot == m.cache.end() || slot->second.maybe_gone));  // a miss only where one may be
-          REQUIRE(shown(got) == shown(loaded));  // the caller gets what it loaded, stored or not
+          REQUIRE(shown(got) == shown(loaded));                         // the caller gets what it loaded, stored or not
           if (meddle == 2 || meddle >= 4) m.evictable();
           if (meddle == 1 || meddle == 2) m.cache.erase(k);
           if (meddle == 3 || meddle == 4) m.cache.clear();

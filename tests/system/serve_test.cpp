@@ -1,28 +1,26 @@
 // rowguard serve: /metrics in Prometheus text format, /healthz, and the status page as headless
 // Chromium renders it. The server runs in this process (so every backend, in-memory SQLite too,
 // is served); one CLI test runs `rowguard serve` itself.
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <httplib.h>
-
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <httplib.h>
 #include <map>
 #include <regex>
+#include <signal.h>
 #include <sstream>
 #include <thread>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
-#include "support/fault_proxy.hpp"
-#include "status_server.hpp"
 #include "ledger/ledger_sql.hpp"
 #include "locks/locks_sql.hpp"
+#include "status_server.hpp"
+#include "support/fault_proxy.hpp"
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -200,7 +198,8 @@ TEST_CASE("serve: /metrics is Prometheus text with this process's counters and t
   CHECK(get(server.port, "/../etc/passwd")->status == 404);
 }
 
-TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database is newer", "[backend][serve][threads]") {
+TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database is newer",
+          "[backend][serve][threads]") {
   TestDb t;
   t.db().migrate();
   RunningServer server(t.db());
@@ -211,7 +210,8 @@ TEST_CASE("serve: /healthz is 200 on a current schema and 503 when the database 
   CHECK(body.at("status") == "ok");
   CHECK(body.at("schema_version") == Database::library_schema_version());
 
-  t.db().exec(fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, 'future')", t.db().table_prefix()));
+  t.db().exec(
+      fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, 'future')", t.db().table_prefix()));
   auto bad = get(server.port, "/healthz");
   REQUIRE(bad);
   CHECK(bad->status == 503);
@@ -250,10 +250,10 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
 
   // --dump-dom prints the DOM after the page has loaded: what a browser shows, scripts included.
   const auto profile = rowguard::test::scratch_dir() / "chromium";
-  const std::string command =
-      fmt::format("timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir='{}' "
-                  "--dump-dom '{}' 2>/dev/null",
-                  profile.string(), server.url());
+  const std::string command = fmt::format(
+      "timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir='{}' "
+      "--dump-dom '{}' 2>/dev/null",
+      profile.string(), server.url());
   std::string dom;
   const int status = rowguard::test::run_command(command, &dom);
   INFO(dom);
@@ -265,7 +265,8 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK_THAT(dom, Catch::Contains(R"(class="ok">ledger check: ok (3 accounts, 4 entries)"));
   // Locks: the held one first; the hostile name and owner are text, never markup.
   CHECK_THAT(dom, Catch::Contains("1 held, 1 expired, 3 rows"));
-  CHECK_THAT(dom, Catch::Contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><td>held</td><td>&lt;b&gt;owner&lt;/b&gt;"));
+  CHECK_THAT(
+      dom, Catch::Contains("<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><td>held</td><td>&lt;b&gt;owner&lt;/b&gt;"));
   CHECK_THAT(dom, Catch::Contains("<td>nightly-payout</td><td>expired</td>"));
   CHECK(dom.find("<script>alert") == std::string::npos);
   CHECK(dom.find("released-one") == std::string::npos);  // released locks are only counted
@@ -280,13 +281,14 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
 }
 
 // Not on sqlite::memory: (tagged [shared-db]): the in-process server tests cover that backend.
-TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM", "[backend][serve][shared-db][threads]") {
+TEST_CASE("cli: rowguard serve prints its address, answers, and stops on SIGTERM",
+          "[backend][serve][shared-db][threads]") {
   TestDb t;
   t.db().migrate();
   int out[2];
   REQUIRE(::pipe(out) == 0);
-  std::vector<std::string> args{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix(), "--json",
-                                "serve", "--listen", "127.0.0.1:0"};
+  std::vector<std::string> args{ROWGUARD_CLI, "--db",  t.url(),    "--prefix",   t.db().table_prefix(),
+                                "--json",     "serve", "--listen", "127.0.0.1:0"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -341,25 +343,28 @@ TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded n
   // opening balance and the archived totals say where the money came from, so the ledger check holds.
   const std::string numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) ";
   const std::string currency = "CASE WHEN i % 10 = 0 THEN 'USD' ELSE 'EUR' END";
-  db.exec(fmt::format("INSERT INTO {}accounts (id, currency, balance, created_at, updated_at) {}SELECT 'acct-' || "
-                      "CAST(i AS text), {}, i, {}, {} FROM n",
-                      p, numbers, currency, d.now_timestamp(), d.now_timestamp()));
-  db.exec(fmt::format("INSERT INTO {}opening_balances (account_id, balance, entries, as_of) SELECT id, balance, 0, {} "
-                      "FROM {}accounts",
-                      p, d.ms_to_timestamp("0"), p));
-  db.exec(fmt::format("INSERT INTO {}archived_totals (currency, deposits, withdrawals) SELECT currency, "
-                      "CAST(SUM(balance) AS bigint), 0 FROM {}accounts GROUP BY currency",
-                      p, p));
+  db.exec(
+      fmt::format("INSERT INTO {}accounts (id, currency, balance, created_at, updated_at) {}SELECT 'acct-' || "
+                  "CAST(i AS text), {}, i, {}, {} FROM n",
+                  p, numbers, currency, d.now_timestamp(), d.now_timestamp()));
+  db.exec(
+      fmt::format("INSERT INTO {}opening_balances (account_id, balance, entries, as_of) SELECT id, balance, 0, {} "
+                  "FROM {}accounts",
+                  p, d.ms_to_timestamp("0"), p));
+  db.exec(
+      fmt::format("INSERT INTO {}archived_totals (currency, deposits, withdrawals) SELECT currency, "
+                  "CAST(SUM(balance) AS bigint), 0 FROM {}accounts GROUP BY currency",
+                  p, p));
   // Lock rows: i % 4 == 0 held (acquired i ms before the epoch + 10^12, so lock 4 is the longest
   // held), 1 expired (the higher i, the more recently), 2 released, 3 released but waited for.
   const std::int64_t now = db.now_ms();
-  db.exec(fmt::format(
-      "INSERT INTO {}locks (name, owner, token, acquired_at, expires_at, waiters) {}SELECT 'lock-' || CAST(i AS text), "
-      "'owner', 1, CASE WHEN i % 4 < 2 THEN {} END, CASE i % 4 WHEN 0 THEN {} WHEN 1 THEN {} END, "
-      "CASE WHEN i % 4 = 3 THEN 1 ELSE 0 END FROM n",
-      p, numbers, d.ms_to_timestamp("CAST($1 AS bigint) + i"), d.ms_to_timestamp("CAST($2 AS bigint)"),
-      d.ms_to_timestamp("CAST($3 AS bigint) + i")),
-      {now - 1'000'000, now + 3'600'000, now - 3'600'000});
+  db.exec(fmt::format("INSERT INTO {}locks (name, owner, token, acquired_at, expires_at, waiters) {}SELECT 'lock-' || "
+                      "CAST(i AS text), "
+                      "'owner', 1, CASE WHEN i % 4 < 2 THEN {} END, CASE i % 4 WHEN 0 THEN {} WHEN 1 THEN {} END, "
+                      "CASE WHEN i % 4 = 3 THEN 1 ELSE 0 END FROM n",
+                      p, numbers, d.ms_to_timestamp("CAST($1 AS bigint) + i"), d.ms_to_timestamp("CAST($2 AS bigint)"),
+                      d.ms_to_timestamp("CAST($3 AS bigint) + i")),
+          {now - 1'000'000, now + 3'600'000, now - 3'600'000});
   REQUIRE(rowguard::test::rows_in(db, "accounts") == 100'000);
   REQUIRE(rowguard::test::rows_in(db, "locks") == 100'000);
   REQUIRE(Ledger(db).check().ok());
@@ -387,8 +392,8 @@ TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded n
   // Locks: counted by state, 9 shown, the longest held first; released ones are only counted.
   CHECK_THAT(page, Catch::Contains("25000 held, 25000 expired, 100000 rows"));
   CHECK_THAT(page, Catch::Contains("showing 9 of 50000 held or expired"));
-  const auto locks = page.substr(page.find("<section id=\"locks\">"), page.find("<section id=\"transfers\">") -
-                                                                            page.find("<section id=\"locks\">"));
+  const auto locks = page.substr(page.find("<section id=\"locks\">"),
+                                 page.find("<section id=\"transfers\">") - page.find("<section id=\"locks\">"));
   std::size_t rows = 0;
   for (auto at = locks.find("<tr><td>"); at != std::string::npos; at = locks.find("<tr><td>", at + 1)) ++rows;
   CHECK(rows == 9);

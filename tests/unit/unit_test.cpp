@@ -1,14 +1,17 @@
 // Tests that need no database server: URL parsing, redaction, SQL text helpers, exit codes, options.
 #include <catch2/catch.hpp>
 
-#include "base/sql_text.hpp"
 #include "rowguard/config.hpp"
+
+#include "base/sql_text.hpp"
 #if ROWGUARD_HAVE_POSTGRES || ROWGUARD_HAVE_SOCI
 #include "backend/postgres/engine.hpp"
 #endif
 #include "backend/sqlite/engine.hpp"
 #include "backend/url.hpp"
+
 #include "core/schema_scripts.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -62,7 +65,7 @@ TEST_CASE("global transaction ids are checked strictly, since they are spliced i
   CHECK_NOTHROW(detail::check_gid("rowguard:default:0123abcdef:eu-1_x"));
   CHECK_NOTHROW(detail::check_gid(std::string(200, 'a')));
   for (const std::string& bad : {std::string(), std::string(201, 'a'), std::string("a'b"), std::string("a b"),
-                                std::string("a\\b"), std::string("a;b"), std::string("\xc3\xa9")})
+                                 std::string("a\\b"), std::string("a;b"), std::string("\xc3\xa9")})
     CHECK_THROWS_AS(detail::check_gid(bad), Error);
 }
 
@@ -130,7 +133,8 @@ TEST_CASE("bad URLs and options are invalid_argument", "[unit]") {
   CHECK(kind_of_open("postgresql://localhost/db?no_such_option=1") == ErrorKind::invalid_argument);
   CHECK(kind_of_open("postgresql://[::1/db") == ErrorKind::invalid_argument);
   CHECK(kind_of_open("soci+postgresql:not a url") == ErrorKind::invalid_argument);
-  for (const char* prefix : {"", "Bad_", "1abc_", "a-b_", "x;drop table y;", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno"}) {
+  for (const char* prefix :
+       {"", "Bad_", "1abc_", "a-b_", "x;drop table y;", "abcdefghijklmnopqrstuvwxyzabcdefghijklmno"}) {
     Options options;
     options.table_prefix = prefix;
     INFO("prefix '" << prefix << "'");
@@ -150,8 +154,7 @@ TEST_CASE("bad URLs and options are invalid_argument", "[unit]") {
   }
 }
 
-TEST_CASE("sessions get TCP keepalives and tcp_user_timeout from network_timeout unless the URL sets them",
-          "[unit]") {
+TEST_CASE("sessions get TCP keepalives and tcp_user_timeout from network_timeout unless the URL sets them", "[unit]") {
   Options options;  // network_timeout 30s, connect_timeout 10s
   CHECK(detail::with_session_defaults("postgresql://db/pay", options) ==
         "postgresql://db/pay?application_name=rowguard&connect_timeout=10&keepalives=1&keepalives_idle=10"
@@ -167,8 +170,9 @@ TEST_CASE("sessions get TCP keepalives and tcp_user_timeout from network_timeout
   CHECK(detail::with_session_defaults("postgresql://db/pay", options) ==
         "postgresql://db/pay?application_name=rowguard&connect_timeout=10");
   options.network_timeout = std::chrono::seconds(2);
-  CHECK(detail::with_session_defaults("postgresql://db/pay", options).find(
-            "keepalives_idle=1&keepalives_interval=1&keepalives_count=3&tcp_user_timeout=2000") != std::string::npos);
+  CHECK(detail::with_session_defaults("postgresql://db/pay", options)
+            .find("keepalives_idle=1&keepalives_interval=1&keepalives_count=3&tcp_user_timeout=2000") !=
+        std::string::npos);
 }
 
 TEST_CASE("an unreachable server is transient and never shows the password", "[unit]") {
@@ -230,14 +234,15 @@ TEST_CASE("schema scripts: both dialects have the same steps, and prefixes repla
 }
 
 #if ROWGUARD_HAVE_POSTGRES || ROWGUARD_HAVE_SOCI  // the PostgreSQL engine is built with either driver
-TEST_CASE("error tables: SQLSTATEs map onto kinds, and a lost connection leaves a commit or an autocommit write in doubt",
-          "[unit]") {
+TEST_CASE(
+    "error tables: SQLSTATEs map onto kinds, and a lost connection leaves a commit or an autocommit write in doubt",
+    "[unit]") {
   const std::vector<std::pair<std::string, ErrorKind>> states = {
-      {"40001", ErrorKind::conflict},  {"40P01", ErrorKind::conflict},   {"55P03", ErrorKind::conflict},
-      {"40003", ErrorKind::in_doubt},  {"08006", ErrorKind::transient},  {"08001", ErrorKind::transient},
-      {"57P01", ErrorKind::transient}, {"57P03", ErrorKind::transient},  {"53300", ErrorKind::transient},
-      {"57014", ErrorKind::transient}, {"23505", ErrorKind::permanent},  {"42501", ErrorKind::permanent},
-      {"42P01", ErrorKind::permanent}, {"25006", ErrorKind::transient},  {"22003", ErrorKind::permanent}};
+      {"40001", ErrorKind::conflict},  {"40P01", ErrorKind::conflict},  {"55P03", ErrorKind::conflict},
+      {"40003", ErrorKind::in_doubt},  {"08006", ErrorKind::transient}, {"08001", ErrorKind::transient},
+      {"57P01", ErrorKind::transient}, {"57P03", ErrorKind::transient}, {"53300", ErrorKind::transient},
+      {"57014", ErrorKind::transient}, {"23505", ErrorKind::permanent}, {"42501", ErrorKind::permanent},
+      {"42P01", ErrorKind::permanent}, {"25006", ErrorKind::transient}, {"22003", ErrorKind::permanent}};
   for (const auto& [state, kind] : states) {
     INFO(state);
     CHECK(detail::kind_for_sqlstate(state) == kind);

@@ -14,12 +14,16 @@ std::chrono::milliseconds parse_duration(const std::string& text) {
   static const std::regex pattern(R"(^([0-9]{1,12})(ms|s|m|h|d)$)");
   std::smatch m;
   if (!std::regex_match(text, m, pattern))
-    throw Error(ErrorKind::invalid_argument,
-                "invalid duration '" + text + "': expected a whole number with ms, s, m, h or d (250ms, 30s, 5m, 1h, 30d)");
+    throw Error(
+        ErrorKind::invalid_argument,
+        "invalid duration '" + text + "': expected a whole number with ms, s, m, h or d (250ms, 30s, 5m, 1h, 30d)");
   const long long n = std::stoll(m[1].str());
   const std::string unit = m[2].str();
-  const long long factor =
-      unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000 : 86'400'000;
+  const long long factor = unit == "ms"  ? 1
+                           : unit == "s" ? 1000
+                           : unit == "m" ? 60'000
+                           : unit == "h" ? 3'600'000
+                                         : 86'400'000;
   // 12 digits of days would overflow 64-bit milliseconds.
   if (n > std::numeric_limits<long long>::max() / factor)
     throw Error(ErrorKind::invalid_argument, "invalid duration '" + text + "': too long");
@@ -84,8 +88,7 @@ const CLI::Validator& decimal() {
         static const std::regex pattern(R"(^-?[0-9]{1,19}$)");
         std::int64_t value = 0;
         const bool digits = std::regex_match(text, pattern);
-        if (digits && std::from_chars(text.data(), text.data() + text.size(), value).ec == std::errc())
-          return {};
+        if (digits && std::from_chars(text.data(), text.data() + text.size(), value).ec == std::errc()) return {};
         return fmt::format("'{}' is not a whole decimal number within 64 bits", text);
       },
       "DECIMAL");

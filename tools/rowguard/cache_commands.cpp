@@ -1,10 +1,10 @@
 // rowguard cache get | put | invalidate | fetch | sweep
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <iostream>
+#include <signal.h>
+#include <unistd.h>
+
+#include <sys/wait.h>
 
 #include "cli.hpp"
 
@@ -87,10 +87,11 @@ void add_cache_commands(CLI::App& app, Globals& globals, int& exit_status) {
   });
 
   auto* fetch = cache->add_subcommand(
-      "fetch", "Read-through from the shell: on a miss exactly one caller across all processes runs CMD and stores "
-               "its stdout (when CMD exits 0, and unless an invalidation or put of KEY came after the miss, or CMD "
-               "took longer than the sweep grace, 1h); every caller prints the value. CMD's failure code passes "
-               "through");
+      "fetch",
+      "Read-through from the shell: on a miss exactly one caller across all processes runs CMD and stores "
+      "its stdout (when CMD exits 0, and unless an invalidation or put of KEY came after the miss, or CMD "
+      "took longer than the sweep grace, 1h); every caller prints the value. CMD's failure code passes "
+      "through");
   fetch->add_option("key", key, "Cache key")->required();
   fetch->add_option("--ttl", ttl, "Time to live of a loaded value (default 60s)");
   fetch->add_option("--wait", wait, "How long to wait for another process's loader (default 60s)");

@@ -1,14 +1,13 @@
 #include "cli.hpp"
 
-
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <optional>
+#include <unistd.h>
+
+#include <sys/wait.h>
 
 extern char** environ;
 
@@ -128,14 +127,14 @@ Commands that report an outcome through their exit code (saga run, saga recover,
 it in their result instead. --help prints text.)";
 }
 
-
 std::vector<std::string> child_environment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
     const std::string_view entry(*e);
     bool replaced = false;
     for (const auto& x : extra)
-      if (const auto eq = x.find('='); entry.substr(0, eq + 1) == std::string_view(x).substr(0, eq + 1)) replaced = true;
+      if (const auto eq = x.find('='); entry.substr(0, eq + 1) == std::string_view(x).substr(0, eq + 1))
+        replaced = true;
     if (!replaced) env.emplace_back(entry);
   }
   env.insert(env.end(), extra.begin(), extra.end());
@@ -185,19 +184,32 @@ StdoutToStderr::~StdoutToStderr() {
 
 int exit_code(ErrorKind kind) noexcept {
   switch (kind) {
-    case ErrorKind::invalid_argument: return 2;
-    case ErrorKind::lock_busy: return 3;
-    case ErrorKind::insufficient_funds: return 4;
-    case ErrorKind::not_found: return 5;
-    case ErrorKind::conflict: return 6;
-    case ErrorKind::idempotency_mismatch: return 7;
-    case ErrorKind::lock_lost: return 8;
-    case ErrorKind::in_doubt: return 9;
-    case ErrorKind::transient: return 10;
-    case ErrorKind::schema_mismatch: return 11;
-    case ErrorKind::currency_mismatch: return 12;
-    case ErrorKind::hold_closed: return 13;
-    case ErrorKind::permanent: return 1;
+    case ErrorKind::invalid_argument:
+      return 2;
+    case ErrorKind::lock_busy:
+      return 3;
+    case ErrorKind::insufficient_funds:
+      return 4;
+    case ErrorKind::not_found:
+      return 5;
+    case ErrorKind::conflict:
+      return 6;
+    case ErrorKind::idempotency_mismatch:
+      return 7;
+    case ErrorKind::lock_lost:
+      return 8;
+    case ErrorKind::in_doubt:
+      return 9;
+    case ErrorKind::transient:
+      return 10;
+    case ErrorKind::schema_mismatch:
+      return 11;
+    case ErrorKind::currency_mismatch:
+      return 12;
+    case ErrorKind::hold_closed:
+      return 13;
+    case ErrorKind::permanent:
+      return 1;
   }
   return 1;
 }

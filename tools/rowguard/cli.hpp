@@ -7,14 +7,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "args.hpp"
 #include "rowguard/rowguard.hpp"
+
+#include "args.hpp"
 
 namespace rowguard::cli {
 
 // Options every command sees.
 struct Globals {
-  std::string db;          // --db, else $ROWGUARD_DB, else sqlite:rowguard.db
+  std::string db;  // --db, else $ROWGUARD_DB, else sqlite:rowguard.db
   std::string prefix = "rowguard_";
   bool json = false;
   std::string connect_timeout = "10s";  // a duration: 250ms, 30s, 5m, 1h

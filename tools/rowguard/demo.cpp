@@ -3,13 +3,12 @@
 // idempotency keys), showing each payer's balance read through the cache table first, a
 // nightly-settlement job runs under a lease, and the ledger check ends it, with a check that every
 // cached balance equals its account row.
-#include <unistd.h>
-
 #include <atomic>
 #include <iostream>
 #include <mutex>
 #include <random>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "cli.hpp"
@@ -33,9 +32,13 @@ std::string run_id() {
 void add_demo_command(CLI::App& app, Globals& globals) {
   auto* demo = app.add_subcommand("demo", "Run the payment demo on an embedded SQLite file (or --db); under a minute");
   static DemoArgs a;
-  demo->add_option("--workers", a.workers, "Concurrent workers (default: 4)")->check(decimal())->check(CLI::Range(1, 64));
+  demo->add_option("--workers", a.workers, "Concurrent workers (default: 4)")
+      ->check(decimal())
+      ->check(CLI::Range(1, 64));
   demo->add_option("--accounts", a.accounts, "Accounts (default: 20)")->check(decimal())->check(CLI::Range(2, 10000));
-  demo->add_option("--seconds", a.seconds, "How long the workers run (default: 5)")->check(decimal())->check(CLI::Range(1, 600));
+  demo->add_option("--seconds", a.seconds, "How long the workers run (default: 5)")
+      ->check(decimal())
+      ->check(CLI::Range(1, 600));
   demo->add_flag("--no-cache", a.no_cache, "Read balances from the account rows instead of through the cache");
   demo->callback([&globals] {
     Options options;
@@ -100,12 +103,16 @@ void add_demo_command(CLI::App& app, Globals& globals) {
             // Balances are read more often than they change: the payer's app shows its balance, and
             // two other customers look at theirs.
             (void)ledger.get(from).balance;
-            for (int look = 0; look < 2; ++look) (void)ledger.get(fmt::format("demo-{:04}", rng() % a.accounts)).balance;
+            for (int look = 0; look < 2; ++look)
+              (void)ledger.get(fmt::format("demo-{:04}", rng() % a.accounts)).balance;
             balance_reads += 3;
             const auto r = ledger.transfer(from, to, amount, key);
-            if (r.replayed) ++replays;
-            else if (r.ok()) ++ok;
-            else ++rejected;
+            if (r.replayed)
+              ++replays;
+            else if (r.ok())
+              ++ok;
+            else
+              ++rejected;
           } catch (const Error&) {
             ++failures;
           }
@@ -119,9 +126,10 @@ void add_demo_command(CLI::App& app, Globals& globals) {
       if (globals.json) continue;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const auto s = ledger.stats();
-      std::cerr << fmt::format("\r  {:4.1f}s  {:6} transfers  {:7.0f}/s  {:5} rejected  {:5} replays  {:5} conflicts  "
-                               "{:5} retries ",
-                               secs, ok.load(), ok.load() / secs, rejected.load(), replays.load(), s.conflicts, s.retries)
+      std::cerr << fmt::format(
+                       "\r  {:4.1f}s  {:6} transfers  {:7.0f}/s  {:5} rejected  {:5} replays  {:5} conflicts  "
+                       "{:5} retries ",
+                       secs, ok.load(), ok.load() / secs, rejected.load(), replays.load(), s.conflicts, s.retries)
                 << std::flush;
     }
     stop = true;
@@ -196,8 +204,8 @@ void add_demo_command(CLI::App& app, Globals& globals) {
                      "  cached = stored        {:>10}\n"
                      "  settlement lease       {:>10} turns, tokens strictly increasing: {}\n"
                      "  ledger check           {:>10}",
-                     db.display_url(), db.backend_name(), a.workers, secs, ok.load(), ok.load() / secs,
-                     rejected.load(), replays.load(), stats.conflicts, stats.retries, failures.load(), report.accounts,
+                     db.display_url(), db.backend_name(), a.workers, secs, ok.load(), ok.load() / secs, rejected.load(),
+                     replays.load(), stats.conflicts, stats.retries, failures.load(), report.accounts,
                      report.total_balance, reads, hit_ratio * 100.0, cs.local_hits, cs.loads,
                      cache_coherent ? "yes" : "NO", tokens.size(), increasing ? "yes" : "NO",
                      report.ok() ? "every invariant holds" : "VIOLATED"));

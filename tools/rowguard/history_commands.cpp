@@ -101,9 +101,11 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   };
 
   auto* history = ledger->add_subcommand(
-      "history", "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
+      "history",
+      "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
   history->add_option("id", a.id, "Account id")->required();
-  history->add_option("--since", a.since, "Only transfers created at or after TIME (2026-01-31, ISO-8601 or @epoch-ms)");
+  history->add_option("--since", a.since,
+                      "Only transfers created at or after TIME (2026-01-31, ISO-8601 or @epoch-ms)");
   history->add_option("--until", a.until, "Only transfers created before TIME");
   auto* after = paged(history, "--after");
   history->add_flag("--oldest-first", a.oldest_first, "Oldest first instead");
@@ -140,14 +142,15 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       throw Error(ErrorKind::invalid_argument, "ledger show needs a transfer id, a key, or --key KEY");
     auto db = open_database(globals);
     Ledger ledger(db);
-    const TransferRecord t = by_key->count()              ? ledger.find_transfer_by_key(a.key)
+    const TransferRecord t = by_key->count()           ? ledger.find_transfer_by_key(a.key)
                              : all_digits(a.id_or_key) ? ledger.find_transfer(std::stoll(a.id_or_key))
                                                        : ledger.find_transfer_by_key(a.id_or_key);
     emit(globals, transfer_json(t, true), transfer_line(t) + entries_lines(t));
   });
 
   auto* transfers = ledger->add_subcommand(
-      "transfers", "The ledger's transfers, rejected ones too, newest first, one page (exit 5 for an unknown --account)");
+      "transfers",
+      "The ledger's transfers, rejected ones too, newest first, one page (exit 5 for an unknown --account)");
   transfers->add_option("--account", a.account, "Only transfers from or to this account");
   auto* before = paged(transfers, "--before");
   transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");

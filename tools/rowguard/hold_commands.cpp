@@ -28,8 +28,9 @@ nlohmann::json hold_json(const Hold& h) {
 void add_hold_commands(CLI::App& app, Globals& globals) {
   static HoldArgs a;
   auto* hold = app.add_subcommand(
-      "hold", "Reserve AMOUNT minor units on FROM for a later capture to TO; prints the hold id (exit 4 when the "
-              "available amount is short)");
+      "hold",
+      "Reserve AMOUNT minor units on FROM for a later capture to TO; prints the hold id (exit 4 when the "
+      "available amount is short)");
   hold->add_option("from", a.from, "Source account")->required();
   hold->add_option("to", a.to, "Destination account, paid on capture")->required();
   hold->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
@@ -52,11 +53,13 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
   });
 
   auto* capture = app.add_subcommand(
-      "capture", "Post HOLD_ID as a transfer of AMOUNT (default: all of it) and release the rest (exit 13 when the "
-                 "hold was voided or expired)");
+      "capture",
+      "Post HOLD_ID as a transfer of AMOUNT (default: all of it) and release the rest (exit 13 when the "
+      "hold was voided or expired)");
   capture->add_option("hold_id", a.hold_id, "The hold")->required()->check(decimal());
-  auto* amount = capture->add_option("amount", a.capture_amount, "Minor units, 0 < AMOUNT <= held (default: the whole hold)")
-      ->check(decimal());
+  auto* amount =
+      capture->add_option("amount", a.capture_amount, "Minor units, 0 < AMOUNT <= held (default: the whole hold)")
+          ->check(decimal());
   capture->add_option("--key", a.key, "Idempotency key of the capture's transfer (default: hold:<id>:capture)");
   capture->callback([&globals, amount] {
     auto db = open_database(globals);
@@ -72,7 +75,8 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
   void_cmd->callback([&globals] {
     auto db = open_database(globals);
     const Hold h = CachedLedger(db).ledger.void_hold(a.hold_id);
-    emit(globals, hold_json(h), fmt::format("hold {} {} ({} {} released)", h.id, to_string(h.state), h.amount, h.currency));
+    emit(globals, hold_json(h),
+         fmt::format("hold {} {} ({} {} released)", h.id, to_string(h.state), h.amount, h.currency));
   });
 
   auto* show = app.add_subcommand("hold-show", "Show HOLD_ID (exit 5 when there is none)");

@@ -14,8 +14,9 @@ struct LedgerArgs {
 };
 
 nlohmann::json account_json(const Account& a) {
-  return {{"id", a.id},           {"currency", a.currency},       {"balance", a.balance}, {"held", a.held},
-          {"available", a.available()}, {"min_balance", a.min_balance}, {"version", a.version}};
+  return {{"id", a.id},          {"currency", a.currency},     {"balance", a.balance},
+          {"held", a.held},      {"available", a.available()}, {"min_balance", a.min_balance},
+          {"version", a.version}};
 }
 
 }  // namespace
@@ -27,12 +28,15 @@ std::string fresh_key() {
 
 void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what) {
   emit(globals,
-       {{"transfer_id", r.transfer_id}, {"status", std::string(to_string(r.status))}, {"replayed", r.replayed},
+       {{"transfer_id", r.transfer_id},
+        {"status", std::string(to_string(r.status))},
+        {"replayed", r.replayed},
         {"key", key}},
        fmt::format("{} {}{} (transfer {}, key {}{})", what, r.ok() ? "done" : "rejected: ",
                    r.ok() ? "" : to_string(r.status), r.transfer_id, key, r.replayed ? ", replayed" : ""));
   if (!r.ok())
-    throw Error(ErrorKind::insufficient_funds, fmt::format("{} rejected: insufficient funds (transfer {})", what, r.transfer_id));
+    throw Error(ErrorKind::insufficient_funds,
+                fmt::format("{} rejected: insufficient funds (transfer {})", what, r.transfer_id));
 }
 
 void add_ledger_commands(CLI::App& app, Globals& globals) {
@@ -42,7 +46,8 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   auto* open = account->add_subcommand("open", "Open an account");
   open->add_option("id", a.id, "Account id")->required();
   open->add_option("--currency", a.currency, "ISO 4217 code (default EUR)");
-  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)")->check(decimal());
+  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)")
+      ->check(decimal());
   open->callback([&globals] {
     auto db = open_database(globals);
     CachedLedger l(db);
@@ -106,7 +111,8 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     auto db = open_database(globals);
     const CheckReport r = Ledger(db).check();
     nlohmann::json violations = nlohmann::json::array();
-    for (const auto& v : r.violations) violations.push_back({{"what", v.what}, {"account", v.account}, {"detail", v.detail}});
+    for (const auto& v : r.violations)
+      violations.push_back({{"what", v.what}, {"account", v.account}, {"detail", v.detail}});
     // Per currency, in integer minor units: amounts of different currencies are never added.
     nlohmann::json totals = nlohmann::json::object();
     std::string per_currency;
@@ -114,12 +120,15 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
       totals[t.currency] = {{"balance", t.balance}, {"deposits", t.deposits}, {"withdrawals", t.withdrawals}};
       per_currency += fmt::format("{}{} {}", per_currency.empty() ? "" : ", ", t.balance, t.currency);
     }
-    std::string text = fmt::format("{} accounts, {} entries, totals {}: {}", r.accounts, r.entries,
-                                   per_currency.empty() ? "none" : per_currency,
-                                   r.ok() ? "every invariant holds" : "VIOLATIONS");
+    std::string text =
+        fmt::format("{} accounts, {} entries, totals {}: {}", r.accounts, r.entries,
+                    per_currency.empty() ? "none" : per_currency, r.ok() ? "every invariant holds" : "VIOLATIONS");
     for (const auto& v : r.violations) text += fmt::format("\n  {} {}: {}", v.what, v.account, v.detail);
     emit(globals,
-         {{"ok", r.ok()}, {"accounts", r.accounts}, {"entries", r.entries}, {"totals", totals},
+         {{"ok", r.ok()},
+          {"accounts", r.accounts},
+          {"entries", r.entries},
+          {"totals", totals},
           {"violations", violations}},
          text);
     if (!r.ok()) throw Error(ErrorKind::permanent, fmt::format("{} ledger invariant(s) violated", r.violations.size()));

@@ -1,26 +1,25 @@
 // rowguard lock acquire | renew | release | run | list | force-release | sweep
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <pthread.h>
-#include <termios.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
-#include <optional>
 #include <cstring>
+#include <fcntl.h>
 #include <functional>
-#include <string>
 #include <iostream>
+#include <optional>
+#include <pthread.h>
+#include <signal.h>
+#include <string>
+#include <termios.h>
 #include <thread>
+#include <unistd.h>
 
 #include <fmt/format.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
 #include "cli.hpp"
 
 namespace rowguard::cli {
@@ -74,8 +73,8 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
 
   // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
   std::vector<std::string> env_storage =
-      child_environment({fmt::format("ROWGUARD_FENCING_TOKEN={}", lease.token()), "ROWGUARD_LOCK_OWNER=" + lease.owner(),
-                         "ROWGUARD_LOCK_NAME=" + lease.name()});
+      child_environment({fmt::format("ROWGUARD_FENCING_TOKEN={}", lease.token()),
+                         "ROWGUARD_LOCK_OWNER=" + lease.owner(), "ROWGUARD_LOCK_NAME=" + lease.name()});
   std::vector<char*> envp;
   for (auto& e : env_storage) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -227,17 +226,20 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   release->callback([&globals] {
     auto db = open_database(globals);
     Locks(db).release(a.name, a.owner, a.token);
-    emit(globals, {{"name", a.name}, {"token", a.token}, {"released", true}}, fmt::format("released token {}", a.token));
+    emit(globals, {{"name", a.name}, {"token", a.token}, {"released", true}},
+         fmt::format("released token {}", a.token));
   });
 
   auto* run = lock->add_subcommand(
-      "run", "Run CMD in a process group of its own while holding the lease, like flock(1): exit with CMD's code, "
-             "3 when not acquired, 8 when the lease was lost or not renewed in time while CMD ran. Then CMD's group "
-             "gets SIGTERM and ttl/5 to stop (e.g. 6 s of a 30 s ttl), and SIGKILL at the latest a tenth of the ttl "
-             "(at most 5 s) before the lease can expire on the database clock. Processes CMD leaves behind in its "
-             "group are stopped the same way before the lease is released.");
+      "run",
+      "Run CMD in a process group of its own while holding the lease, like flock(1): exit with CMD's code, "
+      "3 when not acquired, 8 when the lease was lost or not renewed in time while CMD ran. Then CMD's group "
+      "gets SIGTERM and ttl/5 to stop (e.g. 6 s of a 30 s ttl), and SIGKILL at the latest a tenth of the ttl "
+      "(at most 5 s) before the lease can expire on the database clock. Processes CMD leaves behind in its "
+      "group are stopped the same way before the lease is released.");
   run->add_option("name", a.name, "Lock name")->required();
-  run->add_option("--ttl", a.ttl, "Lease length, renewed every ttl/3 while CMD runs (default 30s); CMD gets ttl/5 to stop");
+  run->add_option("--ttl", a.ttl,
+                  "Lease length, renewed every ttl/3 while CMD runs (default 30s); CMD gets ttl/5 to stop");
   run->add_option("--wait", a.wait, "How long to wait for the lock (default 0s)");
   run->add_option("command", a.command, "CMD [ARGS...] after --")->required();
   run->callback([&globals, &exit_status] {
@@ -262,13 +264,20 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& l : Locks(db).list()) {
-      emit(globals,
-           {{"name", l.name}, {"owner", l.owner}, {"token", l.token}, {"held", l.held}, {"acquired_at_ms", l.acquired_at_ms},
-            {"expires_in_ms", l.expires_in_ms}, {"renewals", l.renewals}, {"waiters", l.waiters},
-            {"release_reason", l.release_reason}},
-           fmt::format("{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name, l.held ? "held" : "free",
-                       l.token, l.held ? fmt::format("expires in {} ms by {}", l.expires_in_ms, l.owner) : "",
-                       l.renewals, l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
+      emit(
+          globals,
+          {{"name", l.name},
+           {"owner", l.owner},
+           {"token", l.token},
+           {"held", l.held},
+           {"acquired_at_ms", l.acquired_at_ms},
+           {"expires_in_ms", l.expires_in_ms},
+           {"renewals", l.renewals},
+           {"waiters", l.waiters},
+           {"release_reason", l.release_reason}},
+          fmt::format("{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name, l.held ? "held" : "free", l.token,
+                      l.held ? fmt::format("expires in {} ms by {}", l.expires_in_ms, l.owner) : "", l.renewals,
+                      l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
     }
   });
 

@@ -53,9 +53,9 @@ std::string payload_of(const SagaArgs& a) {
 
 // Runs a step's command; a non-zero exit fails the step (or the compensation).
 void run_step_command(const std::string& command, const StepContext& c, const std::string& key) {
-  const int code = run_shell(command, {"ROWGUARD_SAGA_ID=" + c.saga_id, "ROWGUARD_STEP=" + c.step,
-                                       "ROWGUARD_IDEMPOTENCY_KEY=" + key,
-                                       "ROWGUARD_FENCING_TOKEN=" + std::to_string(c.token)});
+  const int code =
+      run_shell(command, {"ROWGUARD_SAGA_ID=" + c.saga_id, "ROWGUARD_STEP=" + c.step, "ROWGUARD_IDEMPOTENCY_KEY=" + key,
+                          "ROWGUARD_FENCING_TOKEN=" + std::to_string(c.token)});
   if (code != 0) throw std::runtime_error(fmt::format("command exited with {}", code));
 }
 
@@ -91,15 +91,18 @@ SagaOptions options_of(const SagaArgs& a) {
 }
 
 nlohmann::json json_of(const SagaInfo& s) {
-  nlohmann::json j = {{"id", s.id},       {"type", s.type},   {"state", to_string(s.state)},
-                      {"step", s.step},   {"error", s.error}, {"owner", s.owner},
-                      {"created_at_ms", s.created_at_ms}, {"updated_at_ms", s.updated_at_ms}};
+  nlohmann::json j = {
+      {"id", s.id},       {"type", s.type},   {"state", to_string(s.state)},      {"step", s.step},
+      {"error", s.error}, {"owner", s.owner}, {"created_at_ms", s.created_at_ms}, {"updated_at_ms", s.updated_at_ms}};
   return j;
 }
 
 void print_outcome(const Globals& globals, const SagaOutcome& o) {
   emit(globals,
-       {{"id", o.id}, {"state", to_string(o.state)}, {"failed_step", o.failed_step}, {"error", o.error},
+       {{"id", o.id},
+        {"state", to_string(o.state)},
+        {"failed_step", o.failed_step},
+        {"error", o.error},
         {"replayed", o.replayed}},
        fmt::format("saga '{}' {}{}{}", o.id, to_string(o.state), o.replayed ? " (stored outcome)" : "",
                    o.failed_step.empty() ? "" : fmt::format(": step '{}' failed: {}", o.failed_step, o.error)));
@@ -113,9 +116,10 @@ void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status) {
   static SagaArgs a;
 
   auto* run = saga->add_subcommand(
-      "run", "Run shell commands as saga ID: exit 0 when completed, 1 when a step failed (its undo and the earlier "
-             "steps' undos ran in reverse; or an undo kept failing and `saga recover` finishes it), 3 when another "
-             "coordinator drives ID, 7 when ID exists with other steps");
+      "run",
+      "Run shell commands as saga ID: exit 0 when completed, 1 when a step failed (its undo and the earlier "
+      "steps' undos ran in reverse; or an undo kept failing and `saga recover` finishes it), 3 when another "
+      "coordinator drives ID, 7 when ID exists with other steps");
   run->add_option("id", a.id, "Saga id (1 to 128 bytes)")->required();
   run->add_option("--step", a.steps,
                   "NAME=CMD, in order; CMD runs under /bin/sh with ROWGUARD_SAGA_ID, ROWGUARD_STEP, "
@@ -161,9 +165,12 @@ void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status) {
     std::string text = fmt::format("saga '{}' type {} {} at step {}{}", s->id, s->type, to_string(s->state), s->step,
                                    s->error.empty() ? "" : ": " + s->error);
     for (const auto& st : s->steps) {
-      j["steps"].push_back({{"index", st.index}, {"name", st.name}, {"state", to_string(st.state)},
+      j["steps"].push_back({{"index", st.index},
+                            {"name", st.name},
+                            {"state", to_string(st.state)},
                             {"result", st.result ? nlohmann::json(*st.result) : nlohmann::json()},
-                            {"error", st.error}, {"attempts", st.attempts}});
+                            {"error", st.error},
+                            {"attempts", st.attempts}});
       text += fmt::format("\n  {:>3} {:<20} {:<12} attempts {}{}", st.index, st.name, to_string(st.state), st.attempts,
                           st.error.empty() ? "" : " error: " + st.error);
     }
@@ -171,8 +178,9 @@ void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status) {
   });
 
   auto* recover = saga->add_subcommand(
-      "recover", "Finish or compensate the shell sagas whose coordinator died: exit 0 when none is left "
-                 "unresolved, 1 when some are (an undo still failing), 3 when only live coordinators' remain");
+      "recover",
+      "Finish or compensate the shell sagas whose coordinator died: exit 0 when none is left "
+      "unresolved, 1 when some are (an undo still failing), 3 when only live coordinators' remain");
   recover->add_option("--lease-ttl", a.lease_ttl, "The recovering coordinator's lease (default 30s)");
   recover->callback([&globals, &exit_status] {
     auto db = open_database(globals);
@@ -187,7 +195,10 @@ void add_saga_commands(CLI::App& app, Globals& globals, int& exit_status) {
       text += fmt::format("\n  unresolved '{}': {}", id, why);
     }
     emit(globals,
-         {{"completed", r.completed}, {"compensated", r.compensated}, {"busy", r.busy}, {"undefined", r.undefined},
+         {{"completed", r.completed},
+          {"compensated", r.compensated},
+          {"busy", r.busy},
+          {"undefined", r.undefined},
           {"unresolved", unresolved}},
          text);
     exit_status = !r.unresolved.empty() ? 1 : r.busy > 0 ? exit_code(ErrorKind::lock_busy) : 0;

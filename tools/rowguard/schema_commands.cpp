@@ -1,8 +1,9 @@
 // migrate, schema, version.
 #include <iostream>
 
-#include "cli.hpp"
 #include "rowguard/schema.hpp"
+
+#include "cli.hpp"
 
 namespace rowguard::cli {
 
@@ -23,14 +24,18 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
   schema->add_option("--dialect", dialect, "sqlite or postgres (default: sqlite)")
       ->check(CLI::IsMember({"sqlite", "postgres"}));
   schema->add_flag("--roles", roles, "Print schema/postgres/roles.sql (least-privilege roles) instead");
-  schema->add_flag("--partitioning", partitioning,
-                   "Print schema/postgres/partitioning.sql (monthly partitions of transfers and entries, a DBA "
-                   "script; docs/operations.md) instead")
+  schema
+      ->add_flag("--partitioning", partitioning,
+                 "Print schema/postgres/partitioning.sql (monthly partitions of transfers and entries, a DBA "
+                 "script; docs/operations.md) instead")
       ->excludes("--roles");
   schema->callback([&globals] {
     if ((roles || partitioning) && dialect != "postgres")
-      throw Error(ErrorKind::invalid_argument, fmt::format("--{} needs --dialect postgres", roles ? "roles" : "partitioning"));
-    const SchemaPart part = roles ? SchemaPart::roles : partitioning ? SchemaPart::partitioning : SchemaPart::migrations;
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--{} needs --dialect postgres", roles ? "roles" : "partitioning"));
+    const SchemaPart part = roles          ? SchemaPart::roles
+                            : partitioning ? SchemaPart::partitioning
+                                           : SchemaPart::migrations;
     std::string out;
     try {
       out = schema_sql(dialect, part, globals.prefix);
@@ -50,8 +55,8 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
   version->callback([&globals] {
     nlohmann::json out{{"version", std::string(rowguard::version())},
                        {"library_schema_version", Database::library_schema_version()}};
-    std::string text = fmt::format("rowguard {} (schema version {})", rowguard::version(),
-                                   Database::library_schema_version());
+    std::string text =
+        fmt::format("rowguard {} (schema version {})", rowguard::version(), Database::library_schema_version());
     if (with_db) {
       auto db = open_database(globals);
       const int found = db.schema_version();

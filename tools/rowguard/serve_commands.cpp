@@ -1,8 +1,7 @@
 // rowguard serve: the Prometheus exporter, health check and status page (status_server.hpp).
+#include <iostream>
 #include <pthread.h>
 #include <signal.h>
-
-#include <iostream>
 #include <thread>
 
 #include "cli.hpp"
@@ -36,9 +35,7 @@ std::pair<std::string, int> parse_listen(const std::string& text) {
   return {host, port};
 }
 
-bool is_loopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
+bool is_loopback(const std::string& host) { return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0; }
 
 void serve(const Globals& globals, const ServeArgs& args) {
   const auto [host, port] = parse_listen(args.listen);
@@ -62,8 +59,9 @@ void serve(const Globals& globals, const ServeArgs& args) {
     std::cerr << "rowguard serve: listening beyond loopback on " << host
               << "; the page and metrics have no authentication, so put them behind your own proxy or firewall\n";
   const std::string url = host.find(':') != std::string::npos ? fmt::format("http://[{}]:{}/", host, bound)
-                                                         : fmt::format("http://{}:{}/", host, bound);
-  emit(globals, {{"listening", url}}, fmt::format("serving {} (metrics at {}metrics, health at {}healthz)", url, url, url));
+                                                              : fmt::format("http://{}:{}/", host, bound);
+  emit(globals, {{"listening", url}},
+       fmt::format("serving {} (metrics at {}metrics, health at {}healthz)", url, url, url));
   flush_output();
 
   std::thread stopper([&] {
@@ -88,7 +86,8 @@ void add_serve_command(CLI::App& app, Globals& globals) {
       "Reads only, and a bounded number of rows per request (totals and counts by aggregates, the page's lists "
       "with a LIMIT: 20 largest balances, 100 locks, 20 recent transfers); request bodies over 4 KiB get 413. "
       "Needs the schema at this version. No authentication: binds to loopback unless told otherwise.");
-  cmd->add_option("--listen", args->listen, "HOST:PORT to listen on; port 0 picks a free one (default: 127.0.0.1:9470)");
+  cmd->add_option("--listen", args->listen,
+                  "HOST:PORT to listen on; port 0 picks a free one (default: 127.0.0.1:9470)");
   cmd->add_option("--refresh", args->refresh, "How often the status page reloads itself (default: 5s)");
   cmd->add_option("--check-every", args->check_every,
                   "Run the ledger check (a scan of accounts and journal) at most this often (default: 60s)");

@@ -1,15 +1,14 @@
 // rowguard serve: what an operator sees of one database, over HTTP.
 #include "status_server.hpp"
 
-#include <httplib.h>
-#include <sys/socket.h>
-
 #include <algorithm>
+#include <httplib.h>
 #include <map>
 #include <mutex>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/socket.h>
 
 #include "rowguard/metrics.hpp"
 
@@ -22,7 +21,7 @@ struct CheckSnapshot {
   std::chrono::steady_clock::time_point taken;
   std::int64_t taken_ms = 0;  // database clock
   std::optional<CheckReport> report;
-  std::string error;          // why the check could not run
+  std::string error;  // why the check could not run
 };
 
 struct CurrencyTotals {
@@ -39,8 +38,8 @@ struct View {
   int schema_version = 0;
   std::int64_t now_ms = 0;
   LockCounts lock_counts;
-  std::vector<LockInfo> locks;          // the page's: at most locks_shown
-  std::vector<Account> largest;         // the page's: at most largest_accounts
+  std::vector<LockInfo> locks;   // the page's: at most locks_shown
+  std::vector<Account> largest;  // the page's: at most largest_accounts
   CacheTableStats cache;
   std::map<std::string, CurrencyTotals> currencies;
   std::vector<TransferRecord> recent;
@@ -53,12 +52,23 @@ std::string html_escape(std::string_view text) {
   out.reserve(text.size());
   for (const char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -192,9 +202,11 @@ StatusServer::StatusServer(Database& db, StatusOptions options) : impl_(std::mak
 StatusServer::~StatusServer() { stop(); }
 
 int StatusServer::bind(const std::string& host, int port) {
-  const int bound = port == 0 ? impl_->server.bind_to_any_port(host) : (impl_->server.bind_to_port(host, port) ? port : -1);
+  const int bound =
+      port == 0 ? impl_->server.bind_to_any_port(host) : (impl_->server.bind_to_port(host, port) ? port : -1);
   if (bound <= 0)
-    throw Error(ErrorKind::invalid_argument, fmt::format("serve: cannot listen on {}:{} (in use, or not an address of this host)", host, port));
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("serve: cannot listen on {}:{} (in use, or not an address of this host)", host, port));
   return bound;
 }
 
@@ -233,7 +245,8 @@ std::string StatusServer::metrics_text() {
     out.push_back(std::move(schema));
 
     const auto& counts = view.lock_counts;
-    auto locks = gauge("rowguard_db_locks", "lock rows by state: held (unexpired lease), expired (ran out unreleased), released");
+    auto locks = gauge("rowguard_db_locks",
+                       "lock rows by state: held (unexpired lease), expired (ran out unreleased), released");
     add(locks, static_cast<double>(counts.held), {{"state", "held"}});
     add(locks, static_cast<double>(counts.expired), {{"state", "expired"}});
     add(locks, static_cast<double>(counts.rows - counts.held - counts.expired), {{"state", "released"}});
@@ -246,8 +259,8 @@ std::string StatusServer::metrics_text() {
     out.push_back(std::move(waiting));
 
     auto accounts = gauge("rowguard_db_accounts", "accounts by currency");
-    auto balance = gauge("rowguard_db_balance_minor_units",
-                         "sum of balances by currency, in minor units (exact up to 2^53)");
+    auto balance =
+        gauge("rowguard_db_balance_minor_units", "sum of balances by currency, in minor units (exact up to 2^53)");
     auto held_money = gauge("rowguard_db_held_minor_units", "sum of live holds by currency, in minor units");
     for (const auto& [currency, totals] : view.currencies) {
       add(accounts, static_cast<double>(totals.accounts), {{"currency", currency}});
@@ -316,17 +329,19 @@ std::string StatusServer::status_page() {
                         html_escape(view.error));
     return page;
   }
-  page += fmt::format("<p id=\"health\" class=\"ok\">database up &middot; schema version {} &middot; database clock {}</p>\n",
-                      view.schema_version, utc_time(view.now_ms));
+  page += fmt::format(
+      "<p id=\"health\" class=\"ok\">database up &middot; schema version {} &middot; database clock {}</p>\n",
+      view.schema_version, utc_time(view.now_ms));
 
   // Ledger: the invariant first, then the totals per currency.
   page += "<section id=\"ledger\"><h2>Ledger</h2>\n";
   if (view.check && view.check->report) {
     const auto& report = *view.check->report;
-    page += fmt::format("<p id=\"ledger-check\" class=\"{}\">ledger check: {} ({} accounts, {} entries, checked at {})</p>\n",
-                        report.ok() ? "ok" : "bad",
-                        report.ok() ? std::string("ok") : fmt::format("{} violations", report.violations.size()),
-                        report.accounts, report.entries, utc_time(view.check->taken_ms));
+    page += fmt::format(
+        "<p id=\"ledger-check\" class=\"{}\">ledger check: {} ({} accounts, {} entries, checked at {})</p>\n",
+        report.ok() ? "ok" : "bad",
+        report.ok() ? std::string("ok") : fmt::format("{} violations", report.violations.size()), report.accounts,
+        report.entries, utc_time(view.check->taken_ms));
     if (!report.ok()) {
       page += "<table id=\"violations\"><tr><th>kind</th><th>account</th><th>detail</th></tr>\n";
       for (std::size_t i = 0; i < report.violations.size() && i < options.violations_shown; ++i) {
@@ -351,9 +366,10 @@ std::string StatusServer::status_page() {
   page += "</table>\n";
   std::int64_t accounts = 0;
   for (const auto& [currency, totals] : view.currencies) accounts += totals.accounts;
-  page += fmt::format("<p id=\"largest-summary\">the {} largest balances of {} accounts (minor units of each "
-                      "account's currency)</p>\n<table id=\"largest\"><tr><th>account</th><th>balance</th><th>held</th></tr>\n",
-                      view.largest.size(), accounts);
+  page += fmt::format(
+      "<p id=\"largest-summary\">the {} largest balances of {} accounts (minor units of each "
+      "account's currency)</p>\n<table id=\"largest\"><tr><th>account</th><th>balance</th><th>held</th></tr>\n",
+      view.largest.size(), accounts);
   for (const auto& a : view.largest)
     page += fmt::format("<tr><td>{}</td><td class=\"n\">{} {}</td><td class=\"n\">{}</td></tr>\n", html_escape(a.id),
                         a.balance, html_escape(a.currency), a.held);
@@ -364,33 +380,44 @@ std::string StatusServer::status_page() {
   const auto& counts = view.lock_counts;
   page += fmt::format("<section id=\"locks\"><h2>Locks</h2>\n<p id=\"lock-summary\">{} held, {} expired, {} rows</p>\n",
                       counts.held, counts.expired, counts.rows);
-  page += "<table><tr><th>name</th><th>state</th><th>owner</th><th>token</th><th>expires in</th><th>waiters</th></tr>\n";
+  page +=
+      "<table><tr><th>name</th><th>state</th><th>owner</th><th>token</th><th>expires in</th><th>waiters</th></tr>\n";
   for (const auto& lock : view.locks)
     page += fmt::format(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
-        html_escape(lock.name), lock.held ? "held" : lock.expired ? "expired" : "released", html_escape(lock.owner),
-        lock.token, lock.held ? fmt::format("{:.1f}s", lock.expires_in_ms / 1000.0) : std::string("-"), lock.waiters);
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td "
+        "class=\"n\">{}</td></tr>\n",
+        html_escape(lock.name),
+        lock.held      ? "held"
+        : lock.expired ? "expired"
+                       : "released",
+        html_escape(lock.owner), lock.token,
+        lock.held ? fmt::format("{:.1f}s", lock.expires_in_ms / 1000.0) : std::string("-"), lock.waiters);
   page += "</table>\n";
   if (static_cast<std::int64_t>(view.locks.size()) < counts.held + counts.expired)
     page += fmt::format("<p id=\"locks-more\">showing {} of {} held or expired</p>\n", view.locks.size(),
                         counts.held + counts.expired);
   page += "</section>\n";
 
-  page += "<section id=\"transfers\"><h2>Recent transfers</h2>\n<table><tr><th>id</th><th>time</th><th>kind</th>"
-          "<th>from</th><th>to</th><th>amount</th><th>outcome</th></tr>\n";
+  page +=
+      "<section id=\"transfers\"><h2>Recent transfers</h2>\n<table><tr><th>id</th><th>time</th><th>kind</th>"
+      "<th>from</th><th>to</th><th>amount</th><th>outcome</th></tr>\n";
   for (const auto& t : view.recent)
     page += fmt::format(
-        "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{} {}</td><td>{}</td></tr>\n",
-        t.id, utc_time(t.created_at_ms), html_escape(std::string(to_string(t.kind))), html_escape(t.from.value_or("outside")),
-        html_escape(t.to.value_or("outside")), t.amount, html_escape(t.currency), html_escape(t.outcome));
+        "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{} "
+        "{}</td><td>{}</td></tr>\n",
+        t.id, utc_time(t.created_at_ms), html_escape(std::string(to_string(t.kind))),
+        html_escape(t.from.value_or("outside")), html_escape(t.to.value_or("outside")), t.amount,
+        html_escape(t.currency), html_escape(t.outcome));
   page += "</table></section>\n";
 
   page += fmt::format(
-      "<section id=\"cache\"><h2>Cache</h2>\n<p id=\"cache-summary\">{} rows: {} live, {} expired; {} bytes</p></section>\n",
+      "<section id=\"cache\"><h2>Cache</h2>\n<p id=\"cache-summary\">{} rows: {} live, {} expired; {} "
+      "bytes</p></section>\n",
       view.cache.rows, view.cache.live_rows, view.cache.rows - view.cache.live_rows, view.cache.bytes);
-  page += fmt::format("<p id=\"footer\">{} rows read &middot; <a href=\"/metrics\">/metrics</a> &middot; "
-                      "<a href=\"/healthz\">/healthz</a></p>\n</body></html>\n",
-                      view.rows_read);
+  page += fmt::format(
+      "<p id=\"footer\">{} rows read &middot; <a href=\"/metrics\">/metrics</a> &middot; "
+      "<a href=\"/healthz\">/healthz</a></p>\n</body></html>\n",
+      view.rows_read);
   return page;
 }
 

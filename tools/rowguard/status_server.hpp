@@ -64,7 +64,6 @@ class StatusServer {
   std::pair<int, std::string> health();
   std::string status_page();
 
-
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -90,9 +90,9 @@ void add_two_phase_commands(CLI::App& app, Globals& globals) {
           {"replayed", r.replayed},
           {"unfinished", r.unfinished},
           {"key", key}},
-         fmt::format("2pc transfer {}{} ({}, withdrawal {}, deposit {}, key {}{}{})", r.ok() ? "done" : "rejected: ",
-                     r.ok() ? "" : to_string(r.status), r.gid, r.withdrawal_id, r.deposit_id, key,
-                     r.replayed ? ", replayed" : "",
+         fmt::format("2pc transfer {}{} ({}, withdrawal {}, deposit {}, key {}{}{})",
+                     r.ok() ? "done" : "rejected: ", r.ok() ? "" : to_string(r.status), r.gid, r.withdrawal_id,
+                     r.deposit_id, key, r.replayed ? ", replayed" : "",
                      r.unfinished ? fmt::format(", {} participant(s) left to recover", r.unfinished) : ""));
     if (!r.ok())
       throw Error(ErrorKind::insufficient_funds, fmt::format("2pc transfer rejected: insufficient funds ({})", r.gid));

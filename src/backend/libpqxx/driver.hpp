@@ -7,9 +7,10 @@
 
 #include <pqxx/connection>
 
+#include "base/sql_text.hpp"
+
 #include "backend/backend.hpp"
 #include "backend/url.hpp"
-#include "base/sql_text.hpp"
 
 namespace rowguard::detail {
 

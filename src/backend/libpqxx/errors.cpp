@@ -1,6 +1,5 @@
-#include <pqxx/except>
-
 #include <fmt/format.h>
+#include <pqxx/except>
 
 #include "backend/libpqxx/driver.hpp"
 #include "backend/postgres/engine.hpp"
@@ -33,7 +32,9 @@ std::string sqlstate_of(const pqxx::sql_error& e) {
 
 Error postgres_error(const std::exception& e, StatementEffect effect, bool in_transaction, bool& connection_lost,
                      const Secrets& secrets) {
-  auto message = [&](std::string_view prefix) { return scrub(fmt::format("postgres: {}{}", prefix, e.what()), secrets); };
+  auto message = [&](std::string_view prefix) {
+    return scrub(fmt::format("postgres: {}{}", prefix, e.what()), secrets);
+  };
   if (dynamic_cast<const pqxx::in_doubt_error*>(&e)) {
     connection_lost = true;
     return Error(ErrorKind::in_doubt, message("outcome unknown: "), "40003");

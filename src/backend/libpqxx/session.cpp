@@ -1,14 +1,13 @@
-#include <pqxx/connection>
-#include <pqxx/except>
-#include <pqxx/errorhandler>
-#include <pqxx/nontransaction>
-
 #include <fmt/format.h>
+#include <pqxx/connection>
+#include <pqxx/errorhandler>
+#include <pqxx/except>
+#include <pqxx/nontransaction>
 
 #include "backend/dialects.hpp"
 #include "backend/libpqxx/driver.hpp"
-#include "backend/postgres/engine.hpp"
 #include "backend/libpqxx/statement.hpp"
+#include "backend/postgres/engine.hpp"
 
 namespace rowguard::detail {
 
@@ -31,8 +30,8 @@ class SyncReplicationWatch final : public pqxx::errorhandler {
 // connection dies.
 class PgSession final : public Session {
  public:
-  PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect,
-            Secrets secrets, bool unnamed_statements, std::shared_ptr<ReplicationDoubt> doubt)
+  PgSession(std::unique_ptr<pqxx::connection> connection, std::shared_ptr<const Dialect> dialect, Secrets secrets,
+            bool unnamed_statements, std::shared_ptr<ReplicationDoubt> doubt)
       : connection_(std::move(connection)),
         dialect_(std::move(dialect)),
         secrets_(std::move(secrets)),
@@ -86,8 +85,8 @@ class PgSession final : public Session {
     const StatementEffect effect = effect_of(sql);
     // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except the
     // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
-    const bool ends_unit = effect == StatementEffect::commit || sql == "ROLLBACK" ||
-                           (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
+    const bool ends_unit =
+        effect == StatementEffect::commit || sql == "ROLLBACK" || (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
     if (!in_transaction_) aborted_ = false;
     try {
       watch_->seen = false;
@@ -143,8 +142,8 @@ class PgSession final : public Session {
   std::unique_ptr<pqxx::nontransaction> tx_;
   std::unique_ptr<PgStatements> statements_;
   std::shared_ptr<const Dialect> dialect_;
-  Secrets secrets_;  // scrubbed from every message
-  bool aborted_ = false;  // a statement of the open transaction failed on the server
+  Secrets secrets_;                          // scrubbed from every message
+  bool aborted_ = false;                     // a statement of the open transaction failed on the server
   std::shared_ptr<ReplicationDoubt> doubt_;  // shared by the backend's sessions
 };
 
@@ -160,8 +159,7 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
     // The session's own set-up talks to the server too (libpqxx opens its transaction object), and a
     // connection can be killed between connecting and that: both fail the same way.
     try {
-      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, secrets, pooled,
-                                         doubt);
+      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, secrets, pooled, doubt);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {

@@ -1,12 +1,12 @@
-#include <pqxx/result>
-#include <pqxx/nontransaction>
-#include <pqxx/prepared_statement>
+#include "backend/libpqxx/statement.hpp"
 
 #include <fmt/format.h>
+#include <pqxx/nontransaction>
+#include <pqxx/prepared_statement>
+#include <pqxx/result>
 
 #include "backend/libpqxx/driver.hpp"
 #include "backend/postgres/engine.hpp"
-#include "backend/libpqxx/statement.hpp"
 
 namespace rowguard::detail {
 
@@ -33,7 +33,8 @@ Value cell(const pqxx::field& field, pqxx::oid type) {
 }
 }  // namespace
 
-PgStatements::PgStatements(pqxx::connection_base& connection, bool unnamed) : connection_(connection), unnamed_(unnamed) {}
+PgStatements::PgStatements(pqxx::connection_base& connection, bool unnamed)
+    : connection_(connection), unnamed_(unnamed) {}
 
 const std::string& PgStatements::name_for(std::string_view sql) {
   const auto hit = names_.find(std::string(sql));
@@ -62,10 +63,9 @@ Result PgStatements::run(pqxx::transaction_base& tx, std::string_view sql, const
     }
     pointers[i] = storage[i].c_str();
   }
-  const pqxx::result r =
-      params.empty() && is_transaction_control(sql) ? tx.exec(std::string(sql))
-      : unnamed_ ? tx.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(pointers))
-                 : tx.exec_prepared(name_for(sql), pqxx::prepare::make_dynamic_params(pointers));
+  const pqxx::result r = params.empty() && is_transaction_control(sql) ? tx.exec(std::string(sql))
+                         : unnamed_ ? tx.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(pointers))
+                                    : tx.exec_prepared(name_for(sql), pqxx::prepare::make_dynamic_params(pointers));
 
   Result result;
   result.affected = static_cast<std::int64_t>(r.affected_rows());
@@ -76,7 +76,8 @@ Result PgStatements::run(pqxx::transaction_base& tx, std::string_view sql, const
   for (const auto& row : r) {
     std::vector<Value> cells;
     cells.reserve(columns);
-    for (std::size_t c = 0; c < columns; ++c) cells.push_back(cell(row[static_cast<pqxx::row::size_type>(c)], types[c]));
+    for (std::size_t c = 0; c < columns; ++c)
+      cells.push_back(cell(row[static_cast<pqxx::row::size_type>(c)], types[c]));
     result.rows.emplace_back(std::move(cells));
   }
   return result;

@@ -11,9 +11,7 @@ class PostgresDialect final : public Dialect {
  public:
   explicit PostgresDialect(BlobTransport blobs) : blobs_(blobs) {}
   std::string_view name() const noexcept override { return "postgres"; }
-  std::string now_ms() const override {
-    return "CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)";
-  }
+  std::string now_ms() const override { return "CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)"; }
   std::string ms_to_timestamp(std::string_view ms_expr) const override {
     return fmt::format("(TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')", ms_expr);
   }

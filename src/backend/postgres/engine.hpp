@@ -7,8 +7,9 @@
 #include <string>
 #include <string_view>
 
-#include "backend/backend.hpp"
 #include "base/sql_text.hpp"
+
+#include "backend/backend.hpp"
 #include "backend/url.hpp"
 
 namespace rowguard::detail {

@@ -1,6 +1,5 @@
-#include <libpq-fe.h>
-
 #include <fmt/format.h>
+#include <libpq-fe.h>
 
 #include "backend/postgres/engine.hpp"
 
@@ -8,13 +7,13 @@ namespace rowguard::detail {
 
 ErrorKind kind_for_sqlstate(std::string_view s) noexcept {
   if (s == "40001" || s == "40P01") return ErrorKind::conflict;  // serialization failure, deadlock
-  if (s == "55P03") return ErrorKind::conflict;                   // lock_not_available (NOWAIT, lock_timeout)
-  if (s == "40003") return ErrorKind::in_doubt;                   // statement_completion_unknown
-  if (s == "57014") return ErrorKind::transient;                  // statement timeout / cancel: rolled back
-  if (s.substr(0, 2) == "08") return ErrorKind::transient;        // connection exceptions
+  if (s == "55P03") return ErrorKind::conflict;                  // lock_not_available (NOWAIT, lock_timeout)
+  if (s == "40003") return ErrorKind::in_doubt;                  // statement_completion_unknown
+  if (s == "57014") return ErrorKind::transient;                 // statement timeout / cancel: rolled back
+  if (s.substr(0, 2) == "08") return ErrorKind::transient;       // connection exceptions
   if (s == "57P01" || s == "57P02" || s == "57P03") return ErrorKind::transient;  // shutdown, crash, starting up
-  if (s.substr(0, 2) == "53") return ErrorKind::transient;        // too many connections, out of memory/disk
-  if (s == "25P03") return ErrorKind::transient;                  // idle_in_transaction_session_timeout
+  if (s.substr(0, 2) == "53") return ErrorKind::transient;  // too many connections, out of memory/disk
+  if (s == "25P03") return ErrorKind::transient;            // idle_in_transaction_session_timeout
   // read_only_sql_transaction: a write reached a server that is (now) a standby, e.g. an old
   // primary demoted by a failover. The session is dropped (below) and the retry connects afresh,
   // where target_session_attrs=read-write finds the new primary.

@@ -1,11 +1,10 @@
 // LISTEN on a dedicated libpq connection: waiters for a lock wake when its holder releases,
 // instead of polling. One connection per Locks, always drained by its own thread.
-#include <libpq-fe.h>
+#include <deque>
 #include <poll.h>
 
-#include <deque>
-
 #include <fmt/format.h>
+#include <libpq-fe.h>
 
 #include "backend/postgres/engine.hpp"
 

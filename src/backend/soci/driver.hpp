@@ -6,9 +6,10 @@
 #include <memory>
 #include <string>
 
+#include "base/sql_text.hpp"
+
 #include "backend/backend.hpp"
 #include "backend/url.hpp"
-#include "base/sql_text.hpp"
 
 namespace soci {
 class session;

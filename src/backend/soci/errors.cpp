@@ -1,10 +1,9 @@
 // SOCI's error classes do not classify conflicts (40001, 40P01 and SQLITE_BUSY come out as
 // "unknown"): this maps them through the native backends' tables.
-#include <soci/soci.h>
-#include <soci/postgresql/soci-postgresql.h>
-#include <soci/sqlite3/soci-sqlite3.h>
-
 #include <fmt/format.h>
+#include <soci/postgresql/soci-postgresql.h>
+#include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
 
 #include "backend/postgres/engine.hpp"
 #include "backend/soci/driver.hpp"

@@ -1,17 +1,14 @@
 // SOCI's SQLite header wraps sqlite3.h in namespace sqlite_api, so this file must never include
 // <sqlite3.h> itself: it reaches SQLite only as sqlite_api::.
-#include <soci/soci.h>
-#include <soci/postgresql/soci-postgresql.h>
-#include <soci/sqlite3/soci-sqlite3.h>
-
-#include <libpq-fe.h>
-
 #include <fmt/format.h>
+#include <libpq-fe.h>
+#include <soci/postgresql/soci-postgresql.h>
+#include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
 
 #include "backend/dialects.hpp"
 #include "backend/postgres/engine.hpp"
 #include "backend/soci/driver.hpp"
-
 #include "backend/soci/statement.hpp"
 #include "backend/sqlite/engine.hpp"
 
@@ -25,7 +22,9 @@ sqlite_api::sqlite3* sqlite_handle(soci::session& sql) {
   return static_cast<soci::sqlite3_session_backend*>(sql.get_backend())->conn_;
 }
 
-PGconn* pg_handle(soci::session& sql) { return static_cast<soci::postgresql_session_backend*>(sql.get_backend())->conn_; }
+PGconn* pg_handle(soci::session& sql) {
+  return static_cast<soci::postgresql_session_backend*>(sql.get_backend())->conn_;
+}
 
 // rowguard_unhex(text) -> blob: SQLite 3.40 has no unhex(), and SOCI cannot bind a blob parameter,
 // so blobs travel as hex text and this turns them back into bytes inside SQLite.
@@ -39,7 +38,8 @@ void unhex_function(sqlite_api::sqlite3_context* context, int, sqlite_api::sqlit
   try {
     const std::string bytes = from_hex(std::string_view(text ? text : "", static_cast<std::size_t>(size)));
     sqlite_api::sqlite3_result_blob(context, bytes.data(), static_cast<int>(bytes.size()),
-                                    reinterpret_cast<sqlite_api::sqlite3_destructor_type>(-1));  // NOLINT(performance-no-int-to-ptr): SQLITE_TRANSIENT is defined so
+                                    reinterpret_cast<sqlite_api::sqlite3_destructor_type>(
+                                        -1));  // NOLINT(performance-no-int-to-ptr): SQLITE_TRANSIENT is defined so
   } catch (const std::exception& e) {
     sqlite_api::sqlite3_result_error(context, e.what(), -1);
   }
@@ -172,8 +172,8 @@ class SociSession final : public Session {
     const StatementEffect effect = effect_of(sql);
     // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except the
     // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
-    const bool ends_unit = effect == StatementEffect::commit || sql == "ROLLBACK" ||
-                           (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
+    const bool ends_unit =
+        effect == StatementEffect::commit || sql == "ROLLBACK" || (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
     try {
       replication_wait_canceled_ = false;
       Result result = run();
@@ -200,7 +200,8 @@ class SociSession final : public Session {
   void settle_replication() {
     if (!replication_wait_canceled_ && !doubt_->pending.load()) return;
     if (!replication_wait_canceled_) {
-      PGresult* r = PQexec(pg_handle(sql_), "BEGIN; SELECT pg_logical_emit_message(true, 'rowguard', 'replication barrier'); COMMIT");
+      PGresult* r = PQexec(pg_handle(sql_),
+                           "BEGIN; SELECT pg_logical_emit_message(true, 'rowguard', 'replication barrier'); COMMIT");
       const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
       PQclear(r);
       if (!ok) {
@@ -299,11 +300,9 @@ std::shared_ptr<Backend> open_soci(soci::session& session, const Options& option
   auto factory = [&session, dialect, one, doubt]() -> std::unique_ptr<Session> {
     // A broken predecessor was dropped by the pool: give the service's session a fresh connection.
     if (!is_sqlite(session) && PQstatus(pg_handle(session)) != CONNECTION_OK) session.reconnect();
-    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, Secrets(), one,
-                                         doubt);
+    return std::make_unique<SociSession>(std::make_unique<BorrowedSession>(session), dialect, Secrets(), one, doubt);
   };
-  return std::make_shared<Backend>(name_for(session), name_for(session) + " (service session)", one, dialect,
-                                   factory);
+  return std::make_shared<Backend>(name_for(session), name_for(session) + " (service session)", one, dialect, factory);
 }
 
 std::shared_ptr<Backend> open_soci(soci::connection_pool& pool, std::size_t pool_size, const Options& options) {

@@ -1,13 +1,14 @@
-#include <soci/soci.h>
+#include "backend/soci/statement.hpp"
 
 #include <cctype>
 #include <ctime>
 
 #include <fmt/format.h>
+#include <soci/soci.h>
 
-#include "backend/soci/statement.hpp"
-#include "base/sql_text.hpp"
 #include "rowguard/error.hpp"
+
+#include "base/sql_text.hpp"
 
 namespace rowguard::detail {
 

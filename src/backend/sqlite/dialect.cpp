@@ -14,9 +14,7 @@ class SqliteDialect final : public Dialect {
   // 'now' is fixed for the duration of one sqlite3_step(), and SQLite keeps it as whole
   // milliseconds of a Julian day, so this is exact. (strftime would format and parse text: the
   // cache's hit read spent a fifth of its time there.)
-  std::string now_ms() const override {
-    return "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
-  }
+  std::string now_ms() const override { return "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)"; }
   std::string ms_to_timestamp(std::string_view ms_expr) const override { return fmt::format("({})", ms_expr); }
   std::string timestamp_to_ms(std::string_view ts_expr) const override { return fmt::format("({})", ts_expr); }
   std::string blob_param(std::string_view param) const override {

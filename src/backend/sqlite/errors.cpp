@@ -11,7 +11,7 @@ ErrorKind kind_for_sqlite(int result_code) noexcept {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
       return ErrorKind::conflict;  // another writer held the lock past the busy timeout
-    case SQLITE_CANTOPEN:  // the database file cannot be reached
+    case SQLITE_CANTOPEN:          // the database file cannot be reached
     case SQLITE_IOERR:
     case SQLITE_FULL:
     case SQLITE_INTERRUPT:

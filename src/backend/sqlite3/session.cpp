@@ -1,7 +1,6 @@
+#include <atomic>
 #include <sqlite3.h>
 #include <unistd.h>
-
-#include <atomic>
 
 #include <fmt/format.h>
 

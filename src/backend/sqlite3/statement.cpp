@@ -1,12 +1,13 @@
-#include <sqlite3.h>
+#include "backend/sqlite3/statement.hpp"
 
 #include <algorithm>
+#include <sqlite3.h>
 
 #include <fmt/format.h>
 
 #include "base/sql_text.hpp"
+
 #include "backend/sqlite3/driver.hpp"
-#include "backend/sqlite3/statement.hpp"
 
 namespace rowguard::detail {
 
@@ -58,8 +59,8 @@ sqlite3_stmt* SqliteStatements::prepare(std::string_view sql) {
   if (hit != cache_.rend()) return hit->second;
   const std::string text = rewrite_placeholders(sql, PlaceholderStyle::question_numbered);
   sqlite3_stmt* stmt = nullptr;
-  const int rc = sqlite3_prepare_v3(db_, text.c_str(), static_cast<int>(text.size()), SQLITE_PREPARE_PERSISTENT,
-                                    &stmt, nullptr);
+  const int rc =
+      sqlite3_prepare_v3(db_, text.c_str(), static_cast<int>(text.size()), SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
   if (rc != SQLITE_OK) throw sqlite_error(rc, "preparing a statement", sqlite3_errmsg(db_));
   if (stmt == nullptr) throw Error(ErrorKind::invalid_argument, "empty SQL statement");
   if (cache_.size() >= max_cached_statements) {
