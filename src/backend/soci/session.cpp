@@ -37,9 +37,10 @@ void unhex_function(sqlite_api::sqlite3_context* context, int, sqlite_api::sqlit
   const int size = sqlite_api::sqlite3_value_bytes(argv[0]);
   try {
     const std::string bytes = from_hex(std::string_view(text ? text : "", static_cast<std::size_t>(size)));
-    sqlite_api::sqlite3_result_blob(context, bytes.data(), static_cast<int>(bytes.size()),
-                                    reinterpret_cast<sqlite_api::sqlite3_destructor_type>(
-                                        -1));  // NOLINT(performance-no-int-to-ptr): SQLITE_TRANSIENT is defined so
+    // SQLITE_TRANSIENT (SQLite copies the bytes) is defined as the destructor pointer -1.
+    // NOLINTNEXTLINE(performance-no-int-to-ptr)
+    const auto transient = reinterpret_cast<sqlite_api::sqlite3_destructor_type>(-1);
+    sqlite_api::sqlite3_result_blob(context, bytes.data(), static_cast<int>(bytes.size()), transient);
   } catch (const std::exception& e) {
     sqlite_api::sqlite3_result_error(context, e.what(), -1);
   }
