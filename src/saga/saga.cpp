@@ -23,6 +23,8 @@
 #include "core/database_gate.hpp"
 #include "core/retrying.hpp"
 
+#include "saga/saga_sql.hpp"
+
 namespace rowguard {
 
 namespace {
@@ -171,46 +173,13 @@ struct Sagas::Impl {
   Locks locks;
   std::mutex definitions_mutex;
   std::map<std::string, Definition, std::less<>> definitions;
-  std::string read_sql, steps_sql, insert_sql, set_sql, step_start_sql, step_done_sql, step_failed_sql, step_state_sql,
-      unresolved_sql, list_sql;
+  detail::SagaStatements sql;
 
   Impl(Database& db, SagaOptions o)
-      : backend(detail::DatabaseGate::shared_backend(db)), options(std::move(o)), locks(db, lock_options(options)) {
-    const auto& d = backend->dialect();
-    const std::string t = backend->table("sagas");
-    const std::string s = backend->table("saga_steps");
-    const std::string now = d.now_timestamp();
-    list_sql = fmt::format("SELECT id, type, payload, state, step, error, owner, {}, {} FROM {}",
-                           d.timestamp_to_ms("created_at"), d.timestamp_to_ms("updated_at"), t);
-    read_sql = list_sql + " WHERE id = $1";
-    steps_sql =
-        fmt::format("SELECT step, name, state, result, error, attempts FROM {} WHERE saga_id = $1 ORDER BY step", s);
-    insert_sql = fmt::format(
-        "INSERT INTO {} (id, type, payload, state, step, owner, created_at, updated_at) "
-        "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now})",
-        t, fmt::arg("now", now));
-    set_sql = fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1",
-                          t, now);
-    // A step begun for the first time, or again (after a crash, or a retry whose first commit went
-    // through unseen): one upsert, so the write is safe to repeat.
-    step_start_sql = fmt::format(
-        "INSERT INTO {} AS st (saga_id, step, name, state, attempts, started_at, updated_at) "
-        "VALUES ($1, $2, $3, 'started', 1, {now}, {now}) "
-        "ON CONFLICT (saga_id, step) DO UPDATE SET state = 'started', attempts = st.attempts + 1, "
-        "updated_at = excluded.updated_at",
-        s, fmt::arg("now", now));
-    step_done_sql = fmt::format(
-        "UPDATE {} SET state = 'done', result = $3, error = NULL, attempts = attempts + $4, updated_at = {} "
-        "WHERE saga_id = $1 AND step = $2",
-        s, now);
-    step_failed_sql = fmt::format(
-        "UPDATE {} SET state = 'failed', error = $3, attempts = attempts + $4, updated_at = {} "
-        "WHERE saga_id = $1 AND step = $2",
-        s, now);
-    step_state_sql = fmt::format("UPDATE {} SET state = $3, updated_at = {} WHERE saga_id = $1 AND step = $2", s, now);
-    unresolved_sql =
-        fmt::format("SELECT id, type FROM {} WHERE state IN ('running', 'compensating') ORDER BY updated_at, id", t);
-  }
+      : backend(detail::DatabaseGate::shared_backend(db)),
+        options(std::move(o)),
+        locks(db, lock_options(options)),
+        sql(*backend) {}
 
   static LockOptions lock_options(const SagaOptions& o) {
     if (o.lease_ttl < std::chrono::milliseconds(100))
@@ -250,11 +219,11 @@ struct Sagas::Impl {
 
   std::optional<SagaInfo> read(std::string_view id, bool with_steps) {
     auto session = backend->borrow();
-    const Result r = (*session)->exec(read_sql, {std::string(id)});
+    const Result r = (*session)->exec(sql.read, {std::string(id)});
     if (r.empty()) return std::nullopt;
     SagaInfo info = info_of(r.rows[0]);
     if (with_steps) {
-      for (const auto& row : (*session)->exec(steps_sql, {std::string(id)}).rows) {
+      for (const auto& row : (*session)->exec(sql.steps, {std::string(id)}).rows) {
         SagaStepInfo s;
         s.index = static_cast<int>(row.i64(0));
         s.name = row.text(1);
@@ -333,7 +302,7 @@ struct Sagas::Impl::Driver {
   }
 
   void set_saga(Transaction& tx, SagaState state, int step, const std::string& error) {
-    tx.exec(impl.set_sql, {info.id, std::string(to_string(state)), std::int64_t{step},
+    tx.exec(impl.sql.set, {info.id, std::string(to_string(state)), std::int64_t{step},
                            error.empty() ? Value(nullptr) : Value(error), lease.owner()});
     info.state = state;
     info.step = step;
@@ -378,7 +347,7 @@ struct Sagas::Impl::Driver {
       check_lease();
       const std::int64_t before = found != rows.end() ? found->second.attempts : 0;
       write([&](Transaction& tx) {
-        tx.exec(impl.step_start_sql, {info.id, std::int64_t{i}, steps[i].name});
+        tx.exec(impl.sql.step_start, {info.id, std::int64_t{i}, steps[i].name});
         set_saga(tx, SagaState::running, i, {});
       });
       SagaStepInfo& row = rows[i];
@@ -416,14 +385,14 @@ struct Sagas::Impl::Driver {
       if (error.empty()) {
         const bool last = i + 1 == n;
         write([&](Transaction& tx) {
-          tx.exec(impl.step_done_sql, {info.id, std::int64_t{i}, result, retries});
+          tx.exec(impl.sql.step_done, {info.id, std::int64_t{i}, result, retries});
           set_saga(tx, last ? SagaState::completed : SagaState::running, last ? i : i + 1, {});
         });
         row.state = StepState::done;
         row.result = result;
       } else {
         write([&](Transaction& tx) {
-          tx.exec(impl.step_failed_sql, {info.id, std::int64_t{i}, error, retries});
+          tx.exec(impl.sql.step_failed, {info.id, std::int64_t{i}, error, retries});
           set_saga(tx, SagaState::compensating, i, fmt::format("step '{}' failed: {}", steps[i].name, error));
         });
         row.state = StepState::failed;
@@ -442,7 +411,7 @@ struct Sagas::Impl::Driver {
       if (found == rows.end() || found->second.state == StepState::compensated) continue;
       check_lease();
       write([&](Transaction& tx) {
-        tx.exec(impl.step_state_sql, {info.id, std::int64_t{j}, std::string("compensating")});
+        tx.exec(impl.sql.step_state, {info.id, std::int64_t{j}, std::string("compensating")});
         set_saga(tx, SagaState::compensating, j, info.error);
       });
       found->second.state = StepState::compensating;
@@ -480,7 +449,7 @@ struct Sagas::Impl::Driver {
         return;
       }
       write([&](Transaction& tx) {
-        tx.exec(impl.step_state_sql, {info.id, std::int64_t{j}, std::string("compensated")});
+        tx.exec(impl.sql.step_state, {info.id, std::int64_t{j}, std::string("compensated")});
         if (j == 0)
           set_saga(tx, SagaState::compensated, 0, why);
         else
@@ -600,8 +569,8 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
             Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
             lease->guard(tx);
             // A retry after a lost commit finds the row its first attempt wrote.
-            if (tx.exec(impl.read_sql, {std::string(id)}).empty())
-              tx.exec(impl.insert_sql, {std::string(id), std::string(type), p, lease->owner()});
+            if (tx.exec(impl.sql.read, {std::string(id)}).empty())
+              tx.exec(impl.sql.insert, {std::string(id), std::string(type), p, lease->owner()});
             tx.commit();
           },
           [](const Error&) {});
@@ -642,7 +611,7 @@ SagaRecovery Sagas::recover() {
   std::vector<std::string> ids;
   {
     auto session = impl.backend->borrow();
-    for (const auto& row : (*session)->exec(impl.unresolved_sql, {}).rows) {
+    for (const auto& row : (*session)->exec(impl.sql.unresolved, {}).rows) {
       // A saga of a type this process does not define belongs to another service: left alone.
       if (impl.definition(row.text(1)))
         ids.push_back(row.text(0));
@@ -696,18 +665,11 @@ std::vector<SagaInfo> Sagas::list(const SagaFilter& filter) {
   if (filter.limit < 1 || filter.limit > static_cast<std::int64_t>(max_sagas_listed))
     throw Error(ErrorKind::invalid_argument, fmt::format("a saga list limit must be 1 to {}", max_sagas_listed));
   if (!filter.type.empty()) check_name(filter.type, "a saga type", max_id_bytes);
-  std::string sql = impl_->list_sql;
   std::vector<Value> params;
-  if (filter.state) {
-    params.emplace_back(std::string(to_string(*filter.state)));
-    sql += fmt::format(" WHERE state = ${}", params.size());
-  }
-  if (!filter.type.empty()) {
-    params.emplace_back(filter.type);
-    sql += fmt::format(" {} type = ${}", params.size() == 1 ? "WHERE" : "AND", params.size());
-  }
+  if (filter.state) params.emplace_back(std::string(to_string(*filter.state)));
+  if (!filter.type.empty()) params.emplace_back(filter.type);
   params.emplace_back(filter.limit);
-  sql += fmt::format(" ORDER BY created_at, id LIMIT ${}", params.size());
+  const std::string sql = impl_->sql.list(filter.state.has_value(), !filter.type.empty());
   auto session = impl_->backend->borrow();
   std::vector<SagaInfo> out;
   for (const auto& row : (*session)->exec(sql, params).rows) out.push_back(Impl::info_of(row));
