@@ -19,6 +19,7 @@
 #include "core/retrying.hpp"
 
 #include "ledger/ledger_impl.hpp"
+#include "two_phase/two_phase_sql.hpp"
 
 namespace rowguard {
 
@@ -104,8 +105,13 @@ struct TwoPhase::Impl {
   Database& log;
   std::vector<std::pair<std::string, Database*>> participants;
   TwoPhaseOptions options;
-  std::string prefix;     // "rowguard:<log_name>:"
-  std::string decisions;  // the log's <prefix>global_transactions
+  std::string prefix;                                    // "rowguard:<log_name>:"
+  std::optional<detail::DecisionLogStatements> log_sql;  // set once the options are checked
+  std::map<std::string, detail::ParticipantStatements, std::less<>> participant_sql;
+
+  const detail::ParticipantStatements& sql_of(std::string_view name) const {
+    return participant_sql.find(name)->second;
+  }
   std::map<std::string, std::unique_ptr<Ledger>, std::less<>> ledgers;
 
   Database& db(std::string_view name) const {
@@ -127,10 +133,7 @@ struct TwoPhase::Impl {
   // The log database's clock, in epoch milliseconds.
   std::int64_t log_clock_ms() {
     return detail::with_retries(
-        options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] {
-          return log.exec(fmt::format("SELECT {}", detail::DatabaseGate::backend(log).dialect().now_ms())).one().i64(0);
-        },
+        options.retry, detail::RetryIn::conflicts_and_in_doubt, [&] { return log.exec(log_sql->clock).one().i64(0); },
         [](const Error&) {});
   }
 
@@ -143,17 +146,11 @@ struct TwoPhase::Impl {
   // simply retried.
   Decision decide(const std::string& gid, const std::string& decision, const std::string& who,
                   std::int64_t deadline_ms) {
-    const std::string sql = fmt::format(
-        "WITH ins AS (INSERT INTO {t} (gid, decision, participants, decided_at) "
-        "SELECT $1, CASE WHEN {now_ms} < CAST($4 AS bigint) THEN CAST($2 AS text) ELSE 'abort' END, $3, "
-        "clock_timestamp() ON CONFLICT (gid) DO NOTHING RETURNING decision, participants) "
-        "SELECT decision, participants FROM ins UNION ALL SELECT decision, participants FROM {t} WHERE gid = $1",
-        fmt::arg("t", decisions), fmt::arg("now_ms", detail::DatabaseGate::backend(log).dialect().now_ms()));
     return detail::with_retries(
         options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
           // Empty when a concurrent insert committed during the statement (its snapshot predates it).
-          const Result r = log.exec(sql, {gid, decision, who, deadline_ms});
+          const Result r = log.exec(log_sql->decide, {gid, decision, who, deadline_ms});
           if (r.empty()) throw Error(ErrorKind::transient, fmt::format("the decision row of {} was not found", gid));
           return Decision{r.rows[0].text(0), split_names(r.rows[0].text(1))};
         },
@@ -162,8 +159,7 @@ struct TwoPhase::Impl {
 
   std::optional<Decision> decision_of(const std::string& gid) {
     const Result r = detail::with_retries(
-        options.retry, detail::RetryIn::conflicts_and_in_doubt,
-        [&] { return log.exec(fmt::format("SELECT decision, participants FROM {} WHERE gid = $1", decisions), {gid}); },
+        options.retry, detail::RetryIn::conflicts_and_in_doubt, [&] { return log.exec(log_sql->decision_of, {gid}); },
         [](const Error&) {});
     if (r.empty()) return std::nullopt;
     return Decision{r.rows[0].text(0), split_names(r.rows[0].text(1))};
@@ -180,11 +176,7 @@ struct TwoPhase::Impl {
         [](const Error&) {});
   }
 
-  void mark_finished(const std::string& gid) {
-    log.exec(
-        fmt::format("UPDATE {} SET finished_at = clock_timestamp() WHERE gid = $1 AND finished_at IS NULL", decisions),
-        {gid});
-  }
+  void mark_finished(const std::string& gid) { log.exec(log_sql->mark_finished, {gid}); }
 
   // A key seen before in the source: the original outcome, after comparing every field of the
   // request with the record. The source's withdrawal leg gives the source account, the amount and
@@ -194,11 +186,7 @@ struct TwoPhase::Impl {
   std::optional<TwoPhaseTransferResult> replay(const LegsRequest& q) {
     Database& source = db(q.from_db);
     Database& target = db(q.to_db);
-    const Result found = source.exec(
-        fmt::format("SELECT id, kind, from_account, amount, outcome, global_txid, global_peer FROM {} WHERE "
-                    "idempotency_key = $1",
-                    detail::DatabaseGate::backend(source).table("transfers")),
-        {std::string(q.key)});
+    const Result found = source.exec(sql_of(q.from_db).key_record, {std::string(q.key)});
     if (found.empty()) return std::nullopt;
     const Row& row = found.rows[0];
     auto differs = [&](std::string_view field, const std::string& recorded, const std::string& asked) {
@@ -228,20 +216,15 @@ struct TwoPhase::Impl {
     // The deposit leg, with the key (or none, when pruned since). Committed with the withdrawal, or
     // still prepared when its coordinator stopped in phase two: the decision commits it now, as
     // recover() would. Archived since: in the archive.
-    auto deposit_in = [&](const char* table) {
-      return target.exec(fmt::format("SELECT id, to_account, amount FROM {} WHERE global_txid = $1 AND kind = "
-                                     "'deposit' AND (idempotency_key = $2 OR idempotency_key IS NULL) "
-                                     "ORDER BY id LIMIT 1",
-                                     detail::DatabaseGate::backend(target).table(table)),
-                         {*gid, std::string(q.key)});
-    };
-    Result leg = deposit_in("transfers");
+    auto deposit_in = [&](const std::string& sql) { return target.exec(sql, {*gid, std::string(q.key)}); };
+    const auto& target_sql = sql_of(q.to_db);
+    Result leg = deposit_in(target_sql.deposit_leg);
     if (leg.empty()) {
       const auto decision = decision_of(*gid);
       if (decision && decision->decision == "commit" && finish(target, *gid + ":" + std::string(q.to_db), true))
-        leg = deposit_in("transfers");
+        leg = deposit_in(target_sql.deposit_leg);
     }
-    if (leg.empty()) leg = deposit_in("transfers_archive");
+    if (leg.empty()) leg = deposit_in(target_sql.archived_deposit_leg);
     if (leg.empty())
       throw Error(ErrorKind::idempotency_mismatch,
                   fmt::format("idempotency key '{}' was used for another request: its transaction {} has no deposit "
@@ -267,7 +250,7 @@ struct TwoPhase::Impl {
 };
 
 TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>> participants, TwoPhaseOptions options)
-    : impl_(std::make_unique<Impl>(Impl{log, std::move(participants), std::move(options), {}, {}, {}})) {
+    : impl_(std::make_unique<Impl>(Impl{log, std::move(participants), std::move(options), {}, {}, {}, {}})) {
   auto& impl = *impl_;
   detail::validate(impl.options.retry);
   if (!is_name(impl.options.log_name))
@@ -296,7 +279,9 @@ TwoPhase::TwoPhase(Database& log, std::vector<std::pair<std::string, Database*>>
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("TwoPhaseOptions::ledgers names '{}', which is not a participant", name));
   impl.prefix = fmt::format("rowguard:{}:", impl.options.log_name);
-  impl.decisions = detail::DatabaseGate::backend(log).table("global_transactions");
+  impl.log_sql.emplace(detail::DatabaseGate::backend(log));
+  for (const auto& [name, d] : impl.participants)
+    impl.participant_sql.emplace(name, detail::ParticipantStatements(detail::DatabaseGate::backend(*d)));
 }
 
 TwoPhase::~TwoPhase() = default;
@@ -400,8 +385,8 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
                                           std::string_view to_db, std::string_view to_account, std::int64_t amount,
                                           std::string_view key) {
   auto& impl = *impl_;
-  Database& source = impl.db(from_db);
-  Database& target = impl.db(to_db);
+  impl.db(from_db);  // refuses a name that is no participant
+  impl.db(to_db);
   if (from_db == to_db)
     throw Error(
         ErrorKind::invalid_argument,
@@ -414,8 +399,7 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
   Ledger& deposits = *impl.ledgers.find(to_db)->second;
   const LegsRequest request{from_db, from_account, to_db, to_account, amount, key};
   const std::string peer = request.destination();
-  const std::string set_peer_sql = fmt::format("UPDATE {} SET global_peer = $2 WHERE id = $1",
-                                               detail::DatabaseGate::backend(source).table("transfers"));
+  const std::string& set_peer_sql = impl.sql_of(from_db).set_peer;
 
   return detail::with_retries(
       impl.options.retry, detail::RetryIn::conflicts,
@@ -430,21 +414,18 @@ TwoPhaseTransferResult TwoPhase::transfer(std::string_view from_db, std::string_
             // then account id): PostgreSQL detects deadlocks only inside one database, and two
             // transfers in opposite directions locking source then destination would wait for each
             // other across two databases forever.
-            auto lock = [](Transaction& tx, Database& d, std::string_view account) {
-              const Result c = tx.exec(fmt::format("SELECT currency FROM {} WHERE id = $1{}",
-                                                   detail::DatabaseGate::backend(d).table("accounts"),
-                                                   detail::DatabaseGate::backend(d).dialect().for_update()),
-                                       {std::string(account)});
+            auto lock = [&](Transaction& tx, std::string_view participant, std::string_view account) {
+              const Result c = tx.exec(impl.sql_of(participant).lock_account, {std::string(account)});
               if (c.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
               return c.rows[0].text(0);
             };
             std::string from_currency, to_currency;
             if (std::pair(from_db, from_account) < std::pair(to_db, to_account)) {
-              from_currency = lock(out, source, from_account);
-              to_currency = lock(in, target, to_account);
+              from_currency = lock(out, from_db, from_account);
+              to_currency = lock(in, to_db, to_account);
             } else {
-              to_currency = lock(in, target, to_account);
-              from_currency = lock(out, source, from_account);
+              to_currency = lock(in, to_db, to_account);
+              from_currency = lock(out, from_db, from_account);
             }
             if (from_currency != to_currency)
               throw Error(ErrorKind::currency_mismatch,
@@ -492,13 +473,7 @@ RecoveryReport TwoPhase::recover() {
   // Unfinished decisions are read before the participants are listed: a 'commit' row is written
   // only after every leg is prepared, so each of its legs is then either listed or already done.
   std::map<std::string, Decision> open;
-  for (const auto& row :
-       impl.log
-           .exec(fmt::format("SELECT gid, decision, participants FROM {} WHERE finished_at IS NULL AND "
-                             "left(gid, length($1)) = $1",
-                             impl.decisions),
-                 {impl.prefix})
-           .rows)
+  for (const auto& row : impl.log.exec(impl.log_sql->unfinished, {impl.prefix}).rows)
     open.emplace(row.text(0), Decision{row.text(1), split_names(row.text(2))});
 
   // Every prepared leg of this log name, per global gid.
@@ -511,11 +486,7 @@ RecoveryReport TwoPhase::recover() {
   for (const auto& [name, d] : impl.participants) {
     try {
       const std::string suffix = ":" + name;
-      const Result r = d->exec(
-          "SELECT gid, CAST(floor(EXTRACT(EPOCH FROM (clock_timestamp() - prepared)) * 1000) AS bigint) "
-          "FROM pg_prepared_xacts WHERE database = current_database() AND left(gid, length($1)) = $1 "
-          "AND right(gid, length($2)) = $2 ORDER BY gid",
-          {impl.prefix, suffix});
+      const Result r = d->exec(impl.sql_of(name).prepared_legs, {impl.prefix, suffix});
       for (const auto& row : r.rows) {
         const std::string leg = row.text(0);
         legs[leg.substr(0, leg.size() - suffix.size())].push_back({name, row.i64(1)});
@@ -597,13 +568,7 @@ std::int64_t TwoPhase::prune(std::chrono::milliseconds older_than) {
                 fmt::format("prune age {} ms is below recovery_grace ({} ms): a coordinator could still decide a gid "
                             "whose row it would delete",
                             older_than.count(), impl.options.recovery_grace.count()));
-  const auto& d = detail::DatabaseGate::backend(impl.log).dialect();
-  return impl.log
-      .exec(fmt::format(
-                "DELETE FROM {} WHERE finished_at IS NOT NULL AND finished_at < {} AND left(gid, length($2)) = $2",
-                impl.decisions, d.timestamp_plus_ms(d.now_timestamp(), "$1")),
-            {static_cast<std::int64_t>(-older_than.count()), impl.prefix})
-      .affected;
+  return impl.log.exec(impl.log_sql->prune, {static_cast<std::int64_t>(-older_than.count()), impl.prefix}).affected;
 }
 
 }  // namespace rowguard
