@@ -4,6 +4,8 @@
 #include <cctype>
 #include <cstdlib>
 
+#include <fmt/format.h>
+
 #include "rowguard/error.hpp"
 #include "rowguard/schema.hpp"
 
@@ -52,10 +54,13 @@ namespace rowguard {
 
 std::string schema_sql(std::string_view dialect, SchemaPart part, std::string_view table_prefix) {
   if (dialect != "sqlite" && dialect != "postgres")
-    throw Error(ErrorKind::invalid_argument, "schema dialect must be sqlite or postgres");
-  if (!detail::is_identifier(table_prefix, 40))
     throw Error(ErrorKind::invalid_argument,
-                "table prefix is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)");
+                fmt::format("schema dialect must be sqlite or postgres, got '{}'", dialect));
+  if (!detail::is_identifier(table_prefix, 40))
+    throw Error(
+        ErrorKind::invalid_argument,
+        fmt::format("table prefix '{}' is not a valid SQL identifier prefix ([a-z_][a-z0-9_]*, at most 40 bytes)",
+                    table_prefix));
   if (part != SchemaPart::migrations) {
     const std::string_view name = part == SchemaPart::roles ? "roles" : "partitioning";
     const detail::SchemaScript* script = detail::find_script(dialect, name);

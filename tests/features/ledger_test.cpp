@@ -73,6 +73,38 @@ TEST_CASE("ledger: open, deposit, withdraw and transfer keep balances, versions 
   CHECK(l.stats().transfers_ok == 4);
 }
 
+TEST_CASE("ledger: currencies sum per code, largest_accounts ranks balances and is bounded", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  for (const char* id : {"eur-a", "eur-b", "eur-c"}) l.open(id, "EUR");
+  l.open("usd-a", "USD");
+  CHECK(l.deposit("eur-a", 300, "d1").ok());
+  CHECK(l.deposit("eur-b", 700, "d2").ok());
+  CHECK(l.deposit("eur-c", 700, "d3").ok());
+  CHECK(l.deposit("usd-a", 50, "d4").ok());
+  REQUIRE(l.hold("eur-b", "eur-a", 200, "h1", 60s).ok());
+  const auto currencies = l.currencies();
+  REQUIRE(currencies.size() == 2);
+  CHECK(currencies[0].currency == "EUR");
+  CHECK(currencies[0].accounts == 3);
+  CHECK(currencies[0].balance == 1'700);
+  CHECK(currencies[0].held == 200);
+  CHECK(currencies[1].currency == "USD");
+  CHECK(currencies[1].balance == 50);
+  // Largest first, ties by id; every currency competes on its number (a dashboard's view).
+  const auto largest = l.largest_accounts(3);
+  REQUIRE(largest.size() == 3);
+  CHECK(largest[0].id == "eur-b");
+  CHECK(largest[0].held == 200);
+  CHECK(largest[1].id == "eur-c");
+  CHECK(largest[2].id == "eur-a");
+  CHECK(l.largest_accounts(10).size() == 4);
+  std::string message;
+  CHECK(kind_of([&] { (void)l.largest_accounts(0); }, &message) == ErrorKind::invalid_argument);
+  CHECK_THAT(message, Catch::Contains("1 to 10000"));
+  CHECK(kind_of([&] { (void)l.largest_accounts(10'001); }) == ErrorKind::invalid_argument);
+}
+
 TEST_CASE("ledger: insufficient funds are rejected, recorded under the key, and replayed", "[backend]") {
   Bank b;
   auto& l = b.ledger;

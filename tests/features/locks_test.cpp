@@ -26,6 +26,41 @@ using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::TestDb;
 
+TEST_CASE("locks: counts and active judge one instant of the database clock; active is bounded", "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto held = locks.try_acquire("held", 60s);
+  REQUIRE(held);
+  auto ran_out = locks.try_acquire("ran-out", 50ms);  // kept, never released: it runs out
+  REQUIRE(ran_out);
+  auto released = locks.try_acquire("released", 60s);
+  REQUIRE(released);
+  released->release();
+  std::this_thread::sleep_for(200ms);
+  const std::int64_t at = t.db().now_ms();
+  const LockCounts counts = locks.counts(at);
+  CHECK(counts.rows == 3);
+  CHECK(counts.held == 1);
+  CHECK(counts.expired == 1);
+  CHECK(counts.contended == 0);
+  CHECK(counts.waiters == 0);
+  // Held first, then the expired one; a released lock nobody waits for is only counted.
+  const auto active = locks.active(at, 10);
+  REQUIRE(active.size() == 2);
+  CHECK(active[0].name == "held");
+  CHECK(active[0].held);
+  CHECK(active[1].name == "ran-out");
+  CHECK(active[1].expired);
+  const auto first = locks.active(at, 1);
+  REQUIRE(first.size() == 1);
+  CHECK(first[0].name == "held");
+  std::string message;
+  CHECK(kind_of([&] { (void)locks.active(at, 0); }, &message) == ErrorKind::invalid_argument);
+  CHECK_THAT(message, Catch::Contains("1 to 10000"));
+  CHECK(kind_of([&] { (void)locks.active(at, 10'001); }) == ErrorKind::invalid_argument);
+}
+
 TEST_CASE("locks: one holder at a time, another owner gets nothing, tokens grow on release", "[backend]") {
   TestDb t;
   t.db().migrate();

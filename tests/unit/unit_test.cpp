@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include "rowguard/config.hpp"
+#include "rowguard/schema.hpp"
 
 #include "base/sql_text.hpp"
 #if ROWGUARD_HAVE_POSTGRES || ROWGUARD_HAVE_SOCI
@@ -16,6 +17,7 @@
 
 using namespace rowguard;
 using rowguard::detail::PlaceholderStyle;
+using rowguard::test::kind_of;
 
 namespace {
 ErrorKind kind_of_open(const std::string& url, Options options = {}) {
@@ -231,6 +233,22 @@ TEST_CASE("schema scripts: both dialects have the same steps, and prefixes repla
       found = found || script.sql.find(std::string("rowguard_") + table + " (") != std::string_view::npos;
     CHECK(found);
   }
+}
+
+TEST_CASE("schema_sql: a script per dialect and part, prefixed; other dialects, parts and prefixes are refused",
+          "[unit]") {
+  const std::string pg = schema_sql("postgres", SchemaPart::migrations, "acme_");
+  CHECK_THAT(pg, Catch::Contains("acme_accounts"));
+  CHECK_THAT(pg, !Catch::Contains("rowguard_accounts"));
+  CHECK_THAT(schema_sql("sqlite"), Catch::Contains("rowguard_locks"));
+  CHECK_THAT(schema_sql("postgres", SchemaPart::roles), Catch::Contains("rowguard_app"));
+  std::string message;
+  CHECK(kind_of([] { (void)schema_sql("mysql"); }, &message) == ErrorKind::invalid_argument);
+  CHECK_THAT(message, Catch::Contains("mysql"));
+  CHECK(kind_of([] { (void)schema_sql("sqlite", SchemaPart::roles); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([] { (void)schema_sql("sqlite", SchemaPart::partitioning); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([] { (void)schema_sql("postgres", SchemaPart::migrations, "bad prefix;"); }) ==
+        ErrorKind::invalid_argument);
 }
 
 #if ROWGUARD_HAVE_POSTGRES || ROWGUARD_HAVE_SOCI  // the PostgreSQL engine is built with either driver
