@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # Every source file as .clang-format writes it (clang-format-14 -i FILE fixes one), and clang-tidy
-# over src/ (.clang-tidy): any finding fails the command.
+# over src/ and tools/ (.clang-tidy): any finding fails the command.
 find src include tools tests bench examples fuzz -name '*.cpp' -o -name '*.hpp' | xargs clang-format-14 --dry-run -Werror
 scripts/tidy.sh
 scripts/build.sh

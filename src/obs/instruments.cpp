@@ -160,24 +160,28 @@ void register_all() {
 }
 
 void count_retry(const Error& e) noexcept {
-  const auto& r = retries();
-  if (e.kind() == ErrorKind::conflict)
-    r.conflict.add();
-  else if (e.kind() == ErrorKind::transient)
-    r.transient.add();
-  else
-    r.in_doubt.add();
+  try {
+    const auto& r = retries();
+    if (e.kind() == ErrorKind::conflict)
+      r.conflict.add();
+    else if (e.kind() == ErrorKind::transient)
+      r.transient.add();
+    else
+      r.in_doubt.add();
+  } catch (...) {
+    // Registering the counters the first time ran out of memory: the retry goes on uncounted.
+  }
 }
 
 void retries_exhausted(const Error& e, int attempts) noexcept {
-  retries().exhausted.add();
-  if (!log_enabled(LogLevel::warn)) return;
   try {
+    retries().exhausted.add();
+    if (!log_enabled(LogLevel::warn)) return;
     detail::log(
         LogLevel::warn, "retry", "retries exhausted",
         {{"kind", std::string(to_string(e.kind()))}, {"attempts", std::to_string(attempts)}, {"error", e.what()}});
   } catch (...) {
-    // Building the fields ran out of memory: nothing to log with.
+    // Registering the counter or building the fields ran out of memory: nothing to count or log with.
   }
 }
 

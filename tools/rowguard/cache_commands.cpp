@@ -18,9 +18,7 @@ struct ChildFailed {
 
 // Runs argv, returns its stdout; ChildFailed unless it exits 0.
 std::string run_capture(std::vector<std::string> args) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = c_strings(args);
   int fds[2];
   if (::pipe(fds) != 0) throw Error(ErrorKind::permanent, fmt::format("pipe failed: {}", std::strerror(errno)));
   const pid_t child = ::fork();

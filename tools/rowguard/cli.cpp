@@ -127,6 +127,14 @@ Commands that report an outcome through their exit code (saga run, saga recover,
 it in their result instead. --help prints text.)";
 }
 
+std::vector<char*> c_strings(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (auto& s : strings) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
 std::vector<std::string> child_environment(const std::vector<std::string>& extra) {
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e) {
@@ -150,9 +158,7 @@ int child_exit_code(int status) {
 int run_shell(const std::string& command, const std::vector<std::string>& extra) {
   // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
   std::vector<std::string> env_storage = child_environment(extra);
-  std::vector<char*> envp;
-  for (auto& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
+  std::vector<char*> envp = c_strings(env_storage);
   std::string sh = "/bin/sh", dash_c = "-c", cmd = command;
   char* argv[] = {sh.data(), dash_c.data(), cmd.data(), nullptr};
   std::cout.flush();

@@ -72,6 +72,8 @@ void report(const Globals& globals, const TransferResult& r, const std::string& 
 // The environment for a child process: rowguard's own, with each "NAME=value" of extra replacing
 // any entry of that name. Built before fork(), since the child may only make async-signal-safe calls.
 std::vector<std::string> child_environment(const std::vector<std::string>& extra);
+// An argv or envp for exec: pointers into strings (which must outlive it), then nullptr.
+std::vector<char*> c_strings(std::vector<std::string>& strings);
 // A waitpid() status as an exit code: the child's own, or 128+N when it died from signal N.
 int child_exit_code(int status);
 

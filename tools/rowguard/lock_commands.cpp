@@ -75,13 +75,9 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
   std::vector<std::string> env_storage =
       child_environment({fmt::format("ROWGUARD_FENCING_TOKEN={}", lease.token()),
                          "ROWGUARD_LOCK_OWNER=" + lease.owner(), "ROWGUARD_LOCK_NAME=" + lease.name()});
-  std::vector<char*> envp;
-  for (auto& e : env_storage) envp.push_back(e.data());
-  envp.push_back(nullptr);
+  std::vector<char*> envp = c_strings(env_storage);
   std::vector<std::string> args = command;
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
+  std::vector<char*> argv = c_strings(args);
 
   struct sigaction action {};
   action.sa_handler = remember_signal;

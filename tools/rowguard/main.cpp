@@ -1,11 +1,13 @@
 // rowguard: the command-line tool. Exit codes are fixed for the whole tool (see exit_code_help()).
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <string_view>
 
 #include "cli.hpp"
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   using namespace rowguard;
   CLI::App app{"rowguard: leases, version-checked balances and a read-through cache on your SQL database"};
   app.footer(cli::exit_code_help() + "\n\n" + cli::json_help());
@@ -67,4 +69,18 @@ int main(int argc, char** argv) {
   }
   cli::flush_output();
   return exit_status;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  // run() answers every error of a command; what escapes it (building the command line, writing
+  // the answer) still gets a message and exit 1, never std::terminate.
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rowguard: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "rowguard: an unknown error\n");
+  }
+  return 1;
 }

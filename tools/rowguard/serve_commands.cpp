@@ -70,8 +70,9 @@ void serve(const Globals& globals, const ServeArgs& args) {
     server.stop();
   });
   server.run();
-  // run() also returns when the server fails; wake the stopper if no signal did.
-  pthread_kill(stopper.native_handle(), SIGTERM);
+  // run() also returns when the server fails; wake the stopper if no signal did. It blocks SIGTERM
+  // and takes it in sigwait(), so this signal wakes it; it does not terminate it.
+  pthread_kill(stopper.native_handle(), SIGTERM);  // NOLINT(bugprone-bad-signal-to-kill-thread)
   stopper.join();
 }
 

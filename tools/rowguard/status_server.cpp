@@ -391,7 +391,8 @@ std::string StatusServer::status_page() {
         : lock.expired ? "expired"
                        : "released",
         html_escape(lock.owner), lock.token,
-        lock.held ? fmt::format("{:.1f}s", lock.expires_in_ms / 1000.0) : std::string("-"), lock.waiters);
+        lock.held ? fmt::format("{:.1f}s", static_cast<double>(lock.expires_in_ms) / 1000.0) : std::string("-"),
+        lock.waiters);
   page += "</table>\n";
   if (static_cast<std::int64_t>(view.locks.size()) < counts.held + counts.expired)
     page += fmt::format("<p id=\"locks-more\">showing {} of {} held or expired</p>\n", view.locks.size(),
