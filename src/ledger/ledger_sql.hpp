@@ -1,14 +1,22 @@
 #pragma once
-// The SQL of the ledger's account reads and writes, built once per Ledger from the dialect and
-// the table prefix: one place for a DBA to read what the ledger asks of the accounts table.
-// (The transfer, hold and history statements are still built beside their logic, in
-// ledger.cpp, holds.cpp and history.cpp.)
+// The SQL of the ledger, built once per Ledger from the dialect and the table prefix: one place for
+// a DBA to read what the ledger asks of its tables (accounts, transfers, entries, holds, the archive
+// tables) and which invariants check() verifies. Values are always bound parameters.
+// (The history and archive statements and check()'s queries are still built beside their logic,
+// in history.cpp, archive.cpp and ledger.cpp.)
 
+#include <cstddef>
 #include <string>
 
 #include "backend/backend.hpp"
 
 namespace rowguard::detail {
+
+// The record of an idempotency key, wherever it is: one row of the columns
+//   id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, timeout_ms
+// from <prefix>transfers, or from <prefix>holds with kind 'hold' and the hold's state as outcome.
+// Transfers and holds share one namespace of keys (TransferStatements::find_key).
+inline constexpr std::size_t key_record_columns = 10;
 
 struct AccountStatements {
   // $1 id, $2 currency, $3 min_balance -> an account at balance 0.
@@ -25,6 +33,83 @@ struct AccountStatements {
   std::string largest;
 
   explicit AccountStatements(const Backend& backend);
+};
+
+// Transfers, deposits, withdrawals and reversals, one statement per step (ledger.cpp), and the
+// steps a capture shares with them (holds.cpp).
+struct TransferStatements {
+  // $1 key -> the key's record (key_record_columns), in either table; at most one row.
+  std::string find_key;
+  // $1 id / $1, $2 ids -> (id, currency, balance, min_balance, held), the rows locked. Both rows
+  // are locked in key order, so two transfers in opposite directions never deadlock.
+  std::string lock_one;
+  std::string lock_two;
+  // $1 id, $2 amount: relative, conditional updates, never a value read earlier. debit changes no
+  // row when balance - amount - held would fall below min_balance.
+  std::string debit;
+  std::string credit;
+  // $1 key, $2 kind, $3 from, $4 to, $5 amount, $6 currency, $7 outcome, $8 reverses, $9 global_txid
+  // -> (id), a new id above every id the table ever had.
+  std::string record;
+  // $1 transfer id, $2 account, $3 amount (negative for the debited account).
+  std::string entry;
+  // $1 original key -> (id, from_account, to_account, amount) of the applied transfer with that key,
+  // locked: a reversal locks the original transfer row, so two concurrent refunds cannot both pass
+  // the sum.
+  std::string lock_original;
+  // $1 transfer id -> (the sum of its applied refunds).
+  std::string refunded;
+  // $1 id, $2 version read, $3 min_balance: no row changed when the version moved on.
+  std::string update;
+  // $1 -(age ms): forgets the keys of the transfers older than the age.
+  std::string prune;
+  // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere). $1 from, $2 to,
+  // $3 amount, $4 key, with a cache $5 and $6 the cache keys of both accounts (dropped only if money
+  // moved) -> one row: the key's record (key_record_columns, NULL for a new key), then the
+  // currencies of from and to (NULL when absent), the overflow flag (1: to's balance would leave
+  // int64), the new record's id and outcome (NULL when nothing was recorded: from is short only
+  // while it has holds, which the statement does not look at) and the number of rows it changed.
+  std::string one_statement_transfer;
+  // transfer_batch: a savepoint around each linked chain, rolled back when an item of it fails.
+  std::string chain_savepoint;
+  std::string chain_rollback;
+  std::string chain_release;
+
+  // invalidate_cache: the Ledger has a cache, whose copies of both accounts the one-statement
+  // transfer drops.
+  TransferStatements(const Backend& backend, bool invalidate_cache);
+};
+
+// Holds (holds.cpp): a hold reserves part of an account's available amount in accounts.held until
+// a capture, a void or its timeout on the database clock closes it.
+struct HoldStatements {
+  // $1 hold id -> (id, idempotency_key, from_account, to_account, amount, currency, state, captured,
+  // transfer_id, ms until it expires on the database clock); no row when absent.
+  std::string read;
+  // read, the hold row locked.
+  std::string lock;
+  // $1 key, $2 from, $3 to, $4 amount, $5 currency, $6 state (held or rejected), $7 timeout ms
+  // -> (id). timeout_ms keeps the request's timeout, which a replay compares ($7 also sets expires_at).
+  std::string insert;
+  // $1 account, $2 amount (negative to release it): added to accounts.held, a new version.
+  std::string add;
+  // $1 hold id, $2 state, $3 captured, $4 transfer id or NULL: closes the hold, only while held.
+  std::string close;
+  // $1 account -> (amount) of each of its holds past their timeout, now closed (state expired).
+  std::string expire;
+  // $1 account, $2 amount the expired holds counted: taken out of accounts.held. Closing an expired
+  // hold changes no amount a reader sees (reads leave expired holds out): no version bump, so it
+  // never fails a concurrent update()'s version check.
+  std::string unhold;
+  // $1 account, $2 amount captured, $3 the hold's amount: the capture pays from what the hold
+  // reserved; no row changed when the account holds less than the hold.
+  std::string capture_debit;
+  // $1 key, $2 from, $3 to, $4 amount, $5 currency, $6 hold id -> (id) of the capture's transfer.
+  std::string capture_record;
+  // -> (from_account) of each account with an open hold past its timeout.
+  std::string expired_accounts;
+
+  explicit HoldStatements(const Backend& backend);
 };
 
 }  // namespace rowguard::detail
