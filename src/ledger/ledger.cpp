@@ -35,7 +35,8 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       standby(*backend, options.standby, "LedgerOptions::standby"),
       accounts_sql(*backend),
       transfers_sql(*backend, options.cache != nullptr),
-      holds_sql(*backend) {
+      holds_sql(*backend),
+      history_sql(*backend) {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0)
     throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");

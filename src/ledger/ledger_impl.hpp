@@ -120,6 +120,7 @@ struct Ledger::Impl {
   detail::AccountStatements accounts_sql;
   detail::TransferStatements transfers_sql;
   detail::HoldStatements holds_sql;
+  detail::HistoryStatements history_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 

@@ -80,6 +80,47 @@ std::string one_statement_transfer_sql(const std::string& acc, const std::string
       fmt::arg("extra", extra_ctes));
 }
 
+// The page of HistoryStatements::history: the page of entries first, then their transfers and entries.
+std::string history_page_sql(const Dialect& d, const std::string& tr, const std::string& en, const std::string& columns,
+                             bool newest_first, bool window) {
+  const char* cmp = newest_first ? "<" : ">";
+  const char* dir = newest_first ? "DESC" : "ASC";
+  const std::string page =
+      window ? fmt::format(
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                   "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
+                   "t.created_at < {} ORDER BY e.id {} LIMIT $5",
+                   en, tr, cmp, d.ms_to_timestamp("$3"), d.ms_to_timestamp("$4"), dir)
+             : fmt::format(
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                   "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
+                   en, cmp, dir);
+  return fmt::format(
+      "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
+      "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
+      fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("dir", dir));
+}
+
+// The page of HistoryStatements::transfers.
+std::string transfer_page_sql(const std::string& tr, const std::string& en, const std::string& columns, bool by_account,
+                              bool with_entries) {
+  const std::string page =
+      by_account ? fmt::format(
+                       "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC "
+                       "LIMIT $2) f "
+                       "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
+                       "LIMIT $2) g",
+                       fmt::arg("tr", tr))
+                 : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
+  // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
+  const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
+  if (!with_entries) return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
+  return fmt::format(
+      "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+      "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
+      columns, tr, en, ids);
+}
+
 }  // namespace
 
 AccountStatements::AccountStatements(const Backend& backend) {
@@ -189,6 +230,39 @@ HoldStatements::HoldStatements(const Backend& backend) {
       tr, next_id_above_high_water(backend, "transfers"), now);
   expired_accounts =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
+}
+
+HistoryStatements::HistoryStatements(const Backend& backend) {
+  const auto& d = backend.dialect();
+  const std::string tr = backend.table("transfers");
+  const std::string en = backend.table("entries");
+  const std::string ob = backend.table("opening_balances");
+  const std::string columns = fmt::format(
+      "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
+      "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
+      d.timestamp_to_ms("t.created_at"));
+  for (const bool newest_first : {false, true})
+    for (const bool window : {false, true})
+      history_[at(newest_first, window)] = history_page_sql(d, tr, en, columns, newest_first, window);
+  const auto find = [&](std::string_view by) {
+    return fmt::format(
+        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
+        "ORDER BY x.id",
+        columns, tr, en, by);
+  };
+  find_by_id = find("t.id");
+  find_by_key = find("t.idempotency_key");
+  for (const bool by_account : {false, true})
+    for (const bool with_entries : {false, true})
+      transfers_[at(by_account, with_entries)] = transfer_page_sql(tr, en, columns, by_account, with_entries);
+  const std::string acc = backend.table("accounts");
+  account_exists = fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc);
+  balance_at = fmt::format(
+      "SELECT (SELECT count(*) FROM {acc} WHERE id = $1), (SELECT balance FROM {ob} WHERE account_id = $1), "
+      "(SELECT {as_of} FROM {ob} WHERE account_id = $1), "
+      "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
+      fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
+      fmt::arg("at", d.ms_to_timestamp("$2")));
 }
 
 }  // namespace rowguard::detail

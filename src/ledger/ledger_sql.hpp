@@ -2,9 +2,10 @@
 // The SQL of the ledger, built once per Ledger from the dialect and the table prefix: one place for
 // a DBA to read what the ledger asks of its tables (accounts, transfers, entries, holds, the archive
 // tables) and which invariants check() verifies. Values are always bound parameters.
-// (The history and archive statements and check()'s queries are still built beside their logic,
-// in history.cpp, archive.cpp and ledger.cpp.)
+// (The archive statements and check()'s queries are still built beside their logic, in
+// archive.cpp and ledger.cpp.)
 
+#include <array>
 #include <cstddef>
 #include <string>
 
@@ -110,6 +111,43 @@ struct HoldStatements {
   std::string expired_accounts;
 
   explicit HoldStatements(const Backend& backend);
+};
+
+// The journal's read-only queries (history.cpp), one statement per call, keyset-paginated where
+// they page. A transfer row starts with its 12 columns (id, idempotency_key, kind, from_account,
+// to_account, amount, currency, outcome, reverses, hold_id, global_txid, created ms); "with its
+// entries" adds (entry id, account, amount): one row per entry, NULLs for a transfer without any.
+struct HistoryStatements {
+  // One page of an account's journal (by entry id: one entry per account per transfer), each with
+  // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 limit; with a time
+  // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
+  // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
+  // account's entries: measured 118 ms against 0.1 ms for a hot account).
+  // -> the transfer's 12 columns, the account's entry id and amount, then one of the transfer's
+  // entries, by the account's entry id then by entry.
+  const std::string& history(bool newest_first, bool window) const { return history_[at(newest_first, window)]; }
+  // One transfer with its entries (none for a rejected one). $1 id or key.
+  std::string find_by_id;
+  std::string find_by_key;
+  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account. With an
+  // account, the two indexed arms (from, to) each stop at limit rows before they are merged.
+  const std::string& transfers(bool by_account, bool with_entries) const {
+    return transfers_[at(by_account, with_entries)];
+  }
+  // $1 account -> (1 when it exists, else 0).
+  std::string account_exists;
+  // The account's existence, its opening balance and as_of (NULL without one), and the sum of its
+  // live entries created before $2. $1 account. The entries' own time, not a join with their
+  // transfers: PostgreSQL hashes a join over the whole transfers table (measured 117 ms against
+  // 12 ms on 200k transfers), and opening_balances.as_of is an entry time too.
+  std::string balance_at;
+
+  explicit HistoryStatements(const Backend& backend);
+
+ private:
+  static std::size_t at(bool first, bool second) { return (first ? 2 : 0) + (second ? 1 : 0); }
+  std::array<std::string, 4> history_;    // at(newest_first, window)
+  std::array<std::string, 4> transfers_;  // at(by_account, with_entries)
 };
 
 }  // namespace rowguard::detail
