@@ -36,7 +36,8 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       accounts_sql(*backend),
       transfers_sql(*backend, options.cache != nullptr),
       holds_sql(*backend),
-      history_sql(*backend) {
+      history_sql(*backend),
+      archive_sql(*backend) {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0)
     throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");

@@ -121,6 +121,7 @@ struct Ledger::Impl {
   detail::TransferStatements transfers_sql;
   detail::HoldStatements holds_sql;
   detail::HistoryStatements history_sql;
+  detail::ArchiveStatements archive_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 

@@ -2,8 +2,7 @@
 // The SQL of the ledger, built once per Ledger from the dialect and the table prefix: one place for
 // a DBA to read what the ledger asks of its tables (accounts, transfers, entries, holds, the archive
 // tables) and which invariants check() verifies. Values are always bound parameters.
-// (The archive statements and check()'s queries are still built beside their logic, in
-// archive.cpp and ledger.cpp.)
+// (check()'s queries are still built in Ledger::check, in ledger.cpp.)
 
 #include <array>
 #include <cstddef>
@@ -148,6 +147,36 @@ struct HistoryStatements {
   static std::size_t at(bool first, bool second) { return (first ? 2 : 0) + (second ? 1 : 0); }
   std::array<std::string, 4> history_;    // at(newest_first, window)
   std::array<std::string, 4> transfers_;  // at(by_account, with_entries)
+};
+
+// One run of Ledger::archive (archive.cpp), in one transaction: old transfers and their entries
+// move to the archive tables, what they add up to carried forward into the opening balances and
+// the archived totals. $1 is the cutoff in epoch milliseconds throughout.
+struct ArchiveStatements {
+  // -> (the database clock, epoch ms).
+  std::string clock;
+  // $1 -> rows copied: the transfers before the cutoff that may leave the live table, with their
+  // reversals or originals, into transfers_archive.
+  std::string copy_transfers;
+  // $1 -> rows copied: the entries of the transfers copied, into entries_archive.
+  std::string copy_entries;
+  // $1 -> rows written: what the copied entries add up to (and how many they are) added to each
+  // account's opening balance.
+  std::string add_openings;
+  // $1: the copied applied deposits and withdrawals added to the archived totals, per currency.
+  std::string add_totals;
+  // $1 -> rows deleted: the copied entries, then the copied transfers, from the live tables.
+  std::string delete_entries;
+  std::string delete_transfers;
+  // $1, $2 transfers, $3 entries: the run, added to any earlier run with the same cutoff.
+  std::string record_run;
+  // The largest transfer and entry ids in the archive tables, recorded in id_high_water (never
+  // lowered): TransferStatements::record and entry keep new ids above them.
+  std::string high_water;
+  // $1 -> (the transfers before the cutoff still live).
+  std::string kept;
+
+  explicit ArchiveStatements(const Backend& backend);
 };
 
 }  // namespace rowguard::detail
