@@ -37,7 +37,8 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       transfers_sql(*backend, options.cache != nullptr),
       holds_sql(*backend),
       history_sql(*backend),
-      archive_sql(*backend) {
+      archive_sql(*backend),
+      check_sql(*backend) {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0)
     throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
@@ -554,13 +555,7 @@ std::int64_t Ledger::prune_keys(std::chrono::milliseconds older_than) {
 }
 
 CheckReport Ledger::check() {
-  const std::string acc = impl_->backend->table("accounts");
-  const std::string tr = impl_->backend->table("transfers");
-  const std::string en = impl_->backend->table("entries");
-  const std::string holds = impl_->backend->table("holds");
-  const std::string ob = impl_->backend->table("opening_balances");
-  const std::string ea = impl_->backend->table("entries_archive");
-  const std::string at = impl_->backend->table("archived_totals");
+  const detail::CheckStatements& sql = impl_->check_sql;
   // Read-only, so a lost connection or a lost COMMIT reply is simply read again.
   return detail::with_retries(
       impl_->options.retry, detail::RetryIn::conflicts_and_in_doubt,
@@ -569,90 +564,32 @@ CheckReport Ledger::check() {
         // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
         Transaction tx =
             detail::DatabaseGate::begin(*impl_->backend, TxOptions{Isolation::repeatable_read, TxAccess::read_only});
-        for (const auto& r :
-             tx.exec(fmt::format(
-                         "SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
-                         "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
-                         "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
-                         "ON e.account_id = a.id "
-                         "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
-                         acc, ob, en))
-                 .rows)
+        for (const auto& r : tx.exec(sql.balance_mismatch).rows)
           report.violations.push_back({"balance_mismatch", r.text(0),
                                        fmt::format("balance {} but its opening balance {} plus its entries {} differ",
                                                    r.i64(1), r.i64(2), r.i64(3))});
-        // An opening balance is what the account's archived entries add up to. A DBA may export and
-        // empty the archive tables (docs/operations.md), and archive() goes on adding to the opening
-        // balances afterwards: an account whose archive holds fewer entries than its opening balance
-        // counts was exported, and its sum cannot be checked. More entries than counted, or as many
-        // with another sum, is a violation.
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
-                                 "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
-                                 "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
-                                 "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
-                                 "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
-                                 ea, ob))
-                 .rows)
+        for (const auto& r : tx.exec(sql.opening_mismatch).rows)
           report.violations.push_back(
               {"opening_mismatch", r.text(0),
                fmt::format("opening balance {} of {} entries but its archived entries add up to {} in {}", r.i64(3),
                            r.i64(4), r.i64(1), r.i64(2))});
-        // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
-        for (const auto& r : tx.exec(fmt::format("SELECT id, balance, held, min_balance FROM {} WHERE balance < "
-                                                 "min_balance OR balance - held < min_balance ORDER BY id",
-                                                 acc))
-                                 .rows)
+        for (const auto& r : tx.exec(sql.below_minimum).rows)
           report.violations.push_back(
               {"below_minimum", r.text(0),
                fmt::format("balance {} minus held {} is below its minimum {}", r.i64(1), r.i64(2), r.i64(3))});
-        // accounts.held is the sum of the account's open holds (expired ones included until closed).
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
-                                 "(SELECT from_account, CAST(SUM(amount) AS bigint) AS total FROM {} WHERE state = "
-                                 "'held' GROUP BY from_account) h ON h.from_account = a.id "
-                                 "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
-                                 acc, holds))
-                 .rows)
+        for (const auto& r : tx.exec(sql.held_mismatch).rows)
           report.violations.push_back(
               {"held_mismatch", r.text(0), fmt::format("held {} but its open holds add up to {}", r.i64(1), r.i64(2))});
-        // A captured hold has exactly its capture: an applied transfer of the captured amount.
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
-                                 "h.state = 'captured' AND (t.id IS NULL OR t.amount <> h.captured OR t.outcome <> "
-                                 "'ok' OR t.hold_id IS NULL OR t.hold_id <> h.id) ORDER BY h.id",
-                                 holds, tr))
-                 .rows)
+        for (const auto& r : tx.exec(sql.capture_mismatch).rows)
           report.violations.push_back(
               {"capture_mismatch", "", fmt::format("captured hold {} has no matching transfer", r.i64(0))});
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
-                                 "GROUP BY t.id HAVING SUM(e.amount) <> 0",
-                                 tr, en))
-                 .rows)
+        for (const auto& r : tx.exec(sql.unbalanced_transfer).rows)
           report.violations.push_back(
               {"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
-        for (const auto& r : tx.exec(fmt::format("SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
-                                                 "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
-                                                 tr, en))
-                                 .rows)
+        for (const auto& r : tx.exec(sql.rejected_with_entries).rows)
           report.violations.push_back(
               {"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
-        // Per currency: the balances add up to deposits minus withdrawals.
-        const auto totals = tx.exec(fmt::format(
-            "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
-            "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr} UNION SELECT currency FROM {at}) c "
-            "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
-            "ON b.currency = c.currency "
-            // Archived transfers count through their carried-forward totals.
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
-            "WHERE kind = 'deposit' AND outcome = 'ok' UNION ALL SELECT currency, deposits FROM {at}) dd "
-            "GROUP BY currency) d ON d.currency = c.currency "
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
-            "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
-            "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
-            fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at)));
-        for (const auto& r : totals.rows) {
+        for (const auto& r : tx.exec(sql.totals).rows) {
           const CurrencyTotal& total =
               report.totals.emplace_back(CurrencyTotal{r.text(0), r.i64(1), r.i64(2), r.i64(3)});
           const auto expected = checked_sub(total.deposits, total.withdrawals);
@@ -663,8 +600,8 @@ CheckReport Ledger::check() {
                              total.balance, total.deposits, total.withdrawals)});
         }
         if (report.totals.size() == 1) report.total_balance = report.totals[0].balance;
-        report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
-        report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
+        report.accounts = tx.exec(sql.accounts).one().i64(0);
+        report.entries = tx.exec(sql.entries).one().i64(0);
         tx.commit();
         return report;
       },

@@ -122,6 +122,7 @@ struct Ledger::Impl {
   detail::HoldStatements holds_sql;
   detail::HistoryStatements history_sql;
   detail::ArchiveStatements archive_sql;
+  detail::CheckStatements check_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 

@@ -345,4 +345,75 @@ ArchiveStatements::ArchiveStatements(const Backend& backend) {
   kept = fmt::format("SELECT count(*) FROM {} WHERE created_at < {}", tr, cut);
 }
 
+CheckStatements::CheckStatements(const Backend& backend) {
+  const std::string acc = backend.table("accounts");
+  const std::string tr = backend.table("transfers");
+  const std::string en = backend.table("entries");
+  const std::string holds = backend.table("holds");
+  const std::string ob = backend.table("opening_balances");
+  const std::string ea = backend.table("entries_archive");
+  const std::string at = backend.table("archived_totals");
+  balance_mismatch = fmt::format(
+      "SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
+      "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
+      "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
+      "ON e.account_id = a.id "
+      "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
+      acc, ob, en);
+  // An opening balance is what the account's archived entries add up to. A DBA may export and
+  // empty the archive tables (docs/operations.md), and archive() goes on adding to the opening
+  // balances afterwards: an account whose archive holds fewer entries than its opening balance
+  // counts was exported, and its sum cannot be checked. More entries than counted, or as many
+  // with another sum, is a violation.
+  opening_mismatch = fmt::format(
+      "SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
+      "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
+      "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
+      "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
+      "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
+      ea, ob);
+  // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
+  below_minimum = fmt::format(
+      "SELECT id, balance, held, min_balance FROM {} WHERE balance < "
+      "min_balance OR balance - held < min_balance ORDER BY id",
+      acc);
+  // accounts.held is the sum of the account's open holds (expired ones included until closed).
+  held_mismatch = fmt::format(
+      "SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
+      "(SELECT from_account, CAST(SUM(amount) AS bigint) AS total FROM {} WHERE state = "
+      "'held' GROUP BY from_account) h ON h.from_account = a.id "
+      "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
+      acc, holds);
+  // A captured hold has exactly its capture: an applied transfer of the captured amount.
+  capture_mismatch = fmt::format(
+      "SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
+      "h.state = 'captured' AND (t.id IS NULL OR t.amount <> h.captured OR t.outcome <> "
+      "'ok' OR t.hold_id IS NULL OR t.hold_id <> h.id) ORDER BY h.id",
+      holds, tr);
+  unbalanced_transfer = fmt::format(
+      "SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
+      "GROUP BY t.id HAVING SUM(e.amount) <> 0",
+      tr, en);
+  rejected_with_entries = fmt::format(
+      "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
+      "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
+      tr, en);
+  // Per currency: the balances add up to deposits minus withdrawals.
+  totals = fmt::format(
+      "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
+      "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr} UNION SELECT currency FROM {at}) c "
+      "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
+      "ON b.currency = c.currency "
+      // Archived transfers count through their carried-forward totals.
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+      "WHERE kind = 'deposit' AND outcome = 'ok' UNION ALL SELECT currency, deposits FROM {at}) dd "
+      "GROUP BY currency) d ON d.currency = c.currency "
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+      "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
+      "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
+      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at));
+  accounts = fmt::format("SELECT count(*) FROM {}", acc);
+  entries = fmt::format("SELECT count(*) FROM {}", en);
+}
+
 }  // namespace rowguard::detail

@@ -2,7 +2,6 @@
 // The SQL of the ledger, built once per Ledger from the dialect and the table prefix: one place for
 // a DBA to read what the ledger asks of its tables (accounts, transfers, entries, holds, the archive
 // tables) and which invariants check() verifies. Values are always bound parameters.
-// (check()'s queries are still built in Ledger::check, in ledger.cpp.)
 
 #include <array>
 #include <cstddef>
@@ -122,8 +121,8 @@ struct HistoryStatements {
   // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
   // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
   // account's entries: measured 118 ms against 0.1 ms for a hot account).
-  // -> the transfer's 12 columns, the account's entry id and amount, then one of the transfer's
-  // entries, by the account's entry id then by entry.
+  // -> a row per entry of each transfer on the page: the transfer's 12 columns, the account's entry
+  // id and amount, then the entry's (id, account, amount); by the account's entry id, then by entry.
   const std::string& history(bool newest_first, bool window) const { return history_[at(newest_first, window)]; }
   // One transfer with its entries (none for a rejected one). $1 id or key.
   std::string find_by_id;
@@ -177,6 +176,36 @@ struct ArchiveStatements {
   std::string kept;
 
   explicit ArchiveStatements(const Backend& backend);
+};
+
+// The invariants Ledger::check verifies (ledger.cpp), all read in one snapshot. The queries up to
+// rejected_with_entries return the rows that break their invariant (none in a sound ledger); check()
+// compares the totals itself.
+struct CheckStatements {
+  // -> (id, balance, opening balance, sum of its live entries) of each account whose balance is not
+  // its opening balance plus its entries.
+  std::string balance_mismatch;
+  // -> (account, sum of its archived entries, their count, opening balance, entries it counts) of
+  // each account whose archived entries do not add up to its opening balance.
+  std::string opening_mismatch;
+  // -> (id, balance, held, min_balance) of each account below its minimum, held money counted out.
+  std::string below_minimum;
+  // -> (id, held, sum of its open holds) of each account whose held amount is not that sum.
+  std::string held_mismatch;
+  // -> (hold id) of each captured hold without its applied capture of the captured amount.
+  std::string capture_mismatch;
+  // -> (transfer id) of each transfer between accounts whose entries do not add up to 0.
+  std::string unbalanced_transfer;
+  // -> (transfer id) of each rejected transfer with entries.
+  std::string rejected_with_entries;
+  // -> (currency, sum of balances, deposits, withdrawals) of every currency, by code, the archived
+  // transfers included.
+  std::string totals;
+  // -> (count) of the accounts, of the live entries.
+  std::string accounts;
+  std::string entries;
+
+  explicit CheckStatements(const Backend& backend);
 };
 
 }  // namespace rowguard::detail
