@@ -1,6 +1,7 @@
 #pragma once
-// Ledger::Impl, shared by the files of the ledger (ledger.cpp: accounts and transfers; holds.cpp:
-// holds). Internal: included only from src/core.
+// Ledger::Impl, shared by the files of the ledger (ledger.cpp: accounts, transfers and check();
+// holds.cpp, history.cpp, archive.cpp), with the statements of ledger_sql.hpp it holds. Internal:
+// included only from src/ledger, and from src/two_phase for the ledger's argument checks.
 
 #include <algorithm>
 #include <mutex>
