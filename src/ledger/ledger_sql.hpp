@@ -66,8 +66,9 @@ struct TransferStatements {
   // $3 amount, $4 key, with a cache $5 and $6 the cache keys of both accounts (dropped only if money
   // moved) -> one row: the key's record (key_record_columns, NULL for a new key), then the
   // currencies of from and to (NULL when absent), the overflow flag (1: to's balance would leave
-  // int64), the new record's id and outcome (NULL when nothing was recorded: from is short only
-  // while it has holds, which the statement does not look at) and the number of rows it changed.
+  // int64), the new record's id and outcome (NULL when nothing was recorded: a replay, a refusal,
+  // or a source short only while it has holds, which the statement does not look at) and how many
+  // account and entry rows it changed (4 for an applied transfer).
   std::string one_statement_transfer;
   // transfer_batch: a savepoint around each linked chain, rolled back when an item of it fails.
   std::string chain_savepoint;
