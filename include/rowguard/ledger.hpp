@@ -155,7 +155,7 @@ struct HoldResult {
 
 class Cache;
 
-// ---- History and point-in-time balances (src/core/history.cpp) ----
+// ---- History and point-in-time balances (src/ledger/history.cpp) ----
 
 enum class TransferKind { transfer, deposit, withdrawal, reversal };
 std::string_view to_string(TransferKind kind) noexcept;
@@ -221,7 +221,7 @@ struct TransferPage {
   std::optional<std::int64_t> next;
 };
 
-// ---- Archival of old journal rows (src/core/archive.cpp, docs/operations.md) ----
+// ---- Archival of old journal rows (src/ledger/archive.cpp, docs/operations.md) ----
 
 struct ArchiveOptions {
   // A cutoff later than now minus min_age is refused (Error(invalid_argument)): recent rows are

@@ -57,97 +57,7 @@ TransferKind kind_of(const std::string& kind) {
   return TransferKind::transfer;
 }
 
-// The SQL of this file, with the table prefix and the dialect's timestamps; built per call (a few
-// string formats, nothing next to the round trip) so Ledger::Impl stays the transfers' own.
-struct HistorySql {
-  std::string acc, tr, en, ob;
-  std::string columns;  // a transfer row: 12 columns, t.id first
-  const detail::Dialect& d;
-
-  explicit HistorySql(const detail::Backend& backend)
-      : acc(backend.table("accounts")),
-        tr(backend.table("transfers")),
-        en(backend.table("entries")),
-        ob(backend.table("opening_balances")),
-        d(backend.dialect()) {
-    columns = fmt::format(
-        "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
-        "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
-        d.timestamp_to_ms("t.created_at"));
-  }
-  std::string ts(std::string_view param) const { return d.ms_to_timestamp(param); }
-
-  // One page of an account's journal (by entry id: one entry per account per transfer), each with
-  // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 limit; with a time
-  // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
-  // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
-  // account's entries: measured 118 ms against 0.1 ms for a hot account).
-  std::string history(bool newest_first, bool window) const {
-    const char* cmp = newest_first ? "<" : ">";
-    const char* dir = newest_first ? "DESC" : "ASC";
-    const std::string page =
-        window ? fmt::format(
-                     "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
-                     "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
-                     "t.created_at < {} ORDER BY e.id {} LIMIT $5",
-                     en, tr, cmp, ts("$3"), ts("$4"), dir)
-               : fmt::format(
-                     "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
-                     "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
-                     en, cmp, dir);
-    return fmt::format(
-        "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
-        "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
-        fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en),
-        fmt::arg("dir", dir));
-  }
-
-  // One transfer with its entries (none for a rejected one). $1 id or key.
-  std::string find(bool by_key) const {
-    return fmt::format(
-        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
-        "ORDER BY x.id",
-        columns, tr, en, by_key ? "t.idempotency_key" : "t.id");
-  }
-
-  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account. With an
-  // account, the two indexed arms (from, to) each stop at limit rows before they are merged.
-  std::string transfers(bool by_account, bool with_entries) const {
-    const std::string page =
-        by_account ? fmt::format(
-                         "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC "
-                         "LIMIT $2) f "
-                         "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
-                         "LIMIT $2) g",
-                         fmt::arg("tr", tr))
-                   : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
-    // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
-    const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
-    if (!with_entries)
-      return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
-    return fmt::format(
-        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
-        "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
-        columns, tr, en, ids);
-  }
-
-  std::string account_exists() const { return fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc); }
-
-  // The account's existence, its opening balance and as_of (NULL without one), and the sum of its
-  // live entries created before $2. $1 account. The entries' own time, not a join with their
-  // transfers: PostgreSQL hashes a join over the whole transfers table (measured 117 ms against
-  // 12 ms on 200k transfers), and opening_balances.as_of is an entry time too.
-  std::string balance_at() const {
-    return fmt::format(
-        "SELECT (SELECT count(*) FROM {acc} WHERE id = $1), (SELECT balance FROM {ob} WHERE account_id = $1), "
-        "(SELECT {as_of} FROM {ob} WHERE account_id = $1), "
-        "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
-        fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
-        fmt::arg("at", ts("$2")));
-  }
-};
-
-// A transfer from the 12 columns of HistorySql::columns.
+// A transfer from the first 12 columns of a HistoryStatements row.
 TransferRecord record_of(const Row& r) {
   TransferRecord t;
   t.id = r.i64(0);
@@ -193,7 +103,7 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
                 fmt::format("since ({}) is after until ({})", *query.since_ms, *query.until_ms));
   const bool newest = query.order == HistoryOrder::newest_first;
   const std::int64_t cursor = query.after.value_or(newest ? std::numeric_limits<std::int64_t>::max() : 0);
-  const HistorySql sql(*impl_->backend);
+  const detail::HistoryStatements& sql = impl_->history_sql;
   // One row more than the page: whether there is a next page, without a count.
   const std::int64_t fetch = static_cast<std::int64_t>(query.limit) + 1;
   const bool window = query.since_ms || query.until_ms;
@@ -218,7 +128,7 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
       }
       add_entry(page.items.back().transfer, row, 14);
     }
-    missing = page.items.empty() && session.exec(sql.account_exists(), {std::string(account)}).one().i64(0) == 0;
+    missing = page.items.empty() && session.exec(sql.account_exists, {std::string(account)}).one().i64(0) == 0;
   };
   // An account the standby does not know yet may exist on the primary: that answer comes from there.
   if (!impl_->standby.run(read) || missing) read(**impl_->backend->borrow());
@@ -229,7 +139,7 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
 TransferRecord Ledger::find_transfer(std::int64_t id) {
   if (id < 1) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer id is positive, got {}", id));
   auto session = impl_->backend->borrow();
-  auto found = records_of((*session)->exec(HistorySql(*impl_->backend).find(false), {id}), true);
+  auto found = records_of((*session)->exec(impl_->history_sql.find_by_id, {id}), true);
   if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no transfer {}", id));
   return std::move(found.front());
 }
@@ -237,7 +147,7 @@ TransferRecord Ledger::find_transfer(std::int64_t id) {
 TransferRecord Ledger::find_transfer_by_key(std::string_view key) {
   check_text(key, "idempotency key", max_key_bytes);
   auto session = impl_->backend->borrow();
-  auto found = records_of((*session)->exec(HistorySql(*impl_->backend).find(true), {std::string(key)}), true);
+  auto found = records_of((*session)->exec(impl_->history_sql.find_by_key, {std::string(key)}), true);
   if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("no transfer has the key '{}'", key));
   return std::move(found.front());
 }
@@ -246,7 +156,7 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
   check_limit(query.limit);
   check_cursor(query.before);
   if (query.account) check_text(*query.account, "account id", max_id_bytes);
-  const HistorySql sql(*impl_->backend);
+  const detail::HistoryStatements& sql = impl_->history_sql;
   std::vector<Value> params{query.before.value_or(std::numeric_limits<std::int64_t>::max()),
                             static_cast<std::int64_t>(query.limit) + 1};
   if (query.account) params.emplace_back(*query.account);
@@ -261,7 +171,7 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
       page.next = page.items.back().id;
     }
     missing =
-        page.items.empty() && query.account && session.exec(sql.account_exists(), {*query.account}).one().i64(0) == 0;
+        page.items.empty() && query.account && session.exec(sql.account_exists, {*query.account}).one().i64(0) == 0;
   };
   if (!impl_->standby.run(read) || missing) read(**impl_->backend->borrow());
   if (missing) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *query.account));
@@ -273,7 +183,7 @@ std::int64_t Ledger::balance_at(std::string_view account, std::int64_t at_ms) {
   // Past year 9999 every live entry counts: the clamped bound is one past the last millisecond.
   const std::int64_t at = at_ms > max_time_ms ? max_time_ms + 1 : clamp_time(at_ms);
   auto session = impl_->backend->borrow();
-  const Row row = (*session)->exec(HistorySql(*impl_->backend).balance_at(), {std::string(account), at}).one();
+  const Row row = (*session)->exec(impl_->history_sql.balance_at, {std::string(account), at}).one();
   if (row.i64(0) == 0) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", account));
   const std::int64_t opening = row.opt_i64(1).value_or(0);
   if (const auto as_of = row.opt_i64(2); as_of && at_ms < *as_of)

@@ -40,7 +40,7 @@ HoldState hold_state(const std::string& s) {
   throw Error(ErrorKind::permanent, fmt::format("a hold has the unknown state '{}'", s));
 }
 
-// A row of hold_read_sql.
+// A row of HoldStatements::read.
 Hold hold_of(const Row& r) {
   Hold h;
   h.id = r.i64(0);
@@ -64,56 +64,16 @@ void check_hold_id(std::int64_t id) {
 }
 }  // namespace
 
-void Ledger::Impl::init_hold_statements() {
-  const auto& d = backend->dialect();
-  const std::string acc = backend->table("accounts");
-  const std::string tr = backend->table("transfers");
-  const std::string holds = backend->table("holds");
-  const std::string now = d.now_timestamp();
-  expire_sql = fmt::format(
-      "UPDATE {} SET state = 'expired', closed_at = {now} WHERE from_account = $1 AND state = 'held' AND "
-      "expires_at <= {now} RETURNING amount",
-      holds, fmt::arg("now", now));
-  // Closing an expired hold changes no amount a reader sees (reads leave expired holds out): no
-  // version bump, so it never fails a concurrent update()'s version check.
-  unhold_sql = fmt::format("UPDATE {} SET held = held - $2 WHERE id = $1", acc);
-  hold_add_sql =
-      fmt::format("UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
-  hold_read_sql = fmt::format(
-      "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
-      "transfer_id, {} - {} FROM {} WHERE id = $1",
-      d.timestamp_to_ms("expires_at"), d.now_ms(), holds);
-  hold_lock_sql = hold_read_sql + d.for_update();
-  // timeout_ms keeps the request's timeout, which a replay compares ($7 also sets expires_at).
-  hold_insert_sql = fmt::format(
-      "INSERT INTO {} (id, idempotency_key, from_account, to_account, amount, currency, state, expires_at, "
-      "created_at, timeout_ms) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}, $7) RETURNING id",
-      holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now);
-  hold_close_sql = fmt::format(
-      "UPDATE {} SET state = $2, captured = $3, transfer_id = $4, closed_at = {} WHERE id = $1 AND state = 'held'",
-      holds, now);
-  capture_debit_sql = fmt::format(
-      "UPDATE {} SET balance = balance - $2, held = held - $3, version = version + 1, updated_at = {} "
-      "WHERE id = $1 AND held >= $3",
-      acc, now);
-  capture_record_sql = fmt::format(
-      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
-      "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
-      tr, next_id_above_high_water(*backend, "transfers"), now);
-  expired_accounts_sql =
-      fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
-}
-
 std::int64_t Ledger::Impl::release_expired(Transaction& tx, const std::string& account, std::int64_t* closed) {
   std::int64_t released = 0;
-  const Result rows = tx.exec(expire_sql, {account});
+  const Result rows = tx.exec(holds_sql.expire, {account});
   if (closed) *closed = static_cast<std::int64_t>(rows.rows.size());
   for (const auto& row : rows.rows) {
     const auto sum = checked_add(released, row.i64(0));
     if (!sum) throw Error(ErrorKind::permanent, fmt::format("the expired holds of '{}' overflow int64", account));
     released = *sum;
   }
-  if (released > 0) tx.exec(unhold_sql, {account, released});
+  if (released > 0) tx.exec(holds_sql.unhold, {account, released});
   return released;
 }
 
@@ -135,7 +95,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
   HoldResult result = impl.retrying([&] {
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
-    if (const Result prior = tx.exec(impl.find_key_sql, {k}); !prior.empty()) {
+    if (const Result prior = tx.exec(impl.transfers_sql.find_key, {k}); !prior.empty()) {
       const Row& r = prior.rows[0];
       require_same(r, request);
       HoldResult replayed;
@@ -145,7 +105,7 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
       return replayed;
     }
     // Only the source is locked: many holds towards one merchant account must not queue on it.
-    const Result locked = tx.exec(impl.lock_one_sql, {source});
+    const Result locked = tx.exec(impl.transfers_sql.lock_one, {source});
     if (locked.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", source));
     const Result target = tx.exec(impl.accounts_sql.get, {destination});
     if (target.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", destination));
@@ -159,10 +119,10 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
     bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
     if (!funded && held > 0)
       funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
-    if (funded) tx.exec(impl.hold_add_sql, {source, amount});
+    if (funded) tx.exec(impl.holds_sql.add, {source, amount});
     HoldResult r;
     r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    r.hold_id = tx.exec(impl.hold_insert_sql,
+    r.hold_id = tx.exec(impl.holds_sql.insert,
                         {k, source, destination, amount, src.text(1), std::string(funded ? "held" : "rejected"),
                          static_cast<std::int64_t>(timeout.count())})
                     .one()
@@ -184,7 +144,7 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
   Measure measure(Measure::Kind::capture);
   TransferResult result = impl.retrying([&] {
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-    const Result found = tx.exec(impl.hold_read_sql, {hold_id});
+    const Result found = tx.exec(impl.holds_sql.read, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const Hold first = hold_of(found.rows[0]);
     if (first.state == HoldState::rejected)
@@ -195,13 +155,13 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("hold {} reserves {}: cannot capture {}", hold_id, first.amount, take));
     // Accounts first (key order), then the hold: its state is final once its source is locked.
-    const Result locked = tx.exec(impl.lock_two_sql, {first.from, first.to});
-    const Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
+    const Result locked = tx.exec(impl.transfers_sql.lock_two, {first.from, first.to});
+    const Hold h = hold_of(tx.exec(impl.holds_sql.lock, {hold_id}).one());
     Request request{"transfer", h.from, h.to, take, k};
     request.hold_id = hold_id;
     // The key's record, in the transfers or the holds: a capture of this hold by this amount replays;
     // anything else recorded under the key (another hold's capture, a transfer, a hold) is a mismatch.
-    const Result prior = tx.exec(impl.find_key_sql, {k});
+    const Result prior = tx.exec(impl.transfers_sql.find_key, {k});
     if (h.state == HoldState::captured) {
       if (prior.empty())
         throw Error(ErrorKind::idempotency_mismatch,
@@ -231,14 +191,14 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
       throw Error(ErrorKind::invalid_argument,
                   fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
     // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
-    if (tx.exec(impl.capture_debit_sql, {h.from, take, h.amount}).affected != 1)
+    if (tx.exec(impl.holds_sql.capture_debit, {h.from, take, h.amount}).affected != 1)
       throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
-    tx.exec(impl.credit_sql, {h.to, take});
+    tx.exec(impl.transfers_sql.credit, {h.to, take});
     TransferResult r;
-    r.transfer_id = tx.exec(impl.capture_record_sql, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
-    tx.exec(impl.entry_sql, {r.transfer_id, h.from, -take});
-    tx.exec(impl.entry_sql, {r.transfer_id, h.to, take});
-    if (tx.exec(impl.hold_close_sql, {hold_id, std::string("captured"), take, r.transfer_id}).affected != 1)
+    r.transfer_id = tx.exec(impl.holds_sql.capture_record, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
+    tx.exec(impl.transfers_sql.entry, {r.transfer_id, h.from, -take});
+    tx.exec(impl.transfers_sql.entry, {r.transfer_id, h.to, take});
+    if (tx.exec(impl.holds_sql.close, {hold_id, std::string("captured"), take, r.transfer_id}).affected != 1)
       throw Error(ErrorKind::conflict, fmt::format("hold {} changed under its account's lock", hold_id));
     impl.invalidate(tx, h.from);
     impl.invalidate(tx, h.to);
@@ -255,11 +215,11 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
   Measure measure(Measure::Kind::void_hold);
   return measure(impl.retrying([&] {
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-    const Result found = tx.exec(impl.hold_read_sql, {hold_id});
+    const Result found = tx.exec(impl.holds_sql.read, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const std::string from = found.rows[0].text(2);
-    tx.exec(impl.lock_one_sql, {from});
-    Hold h = hold_of(tx.exec(impl.hold_lock_sql, {hold_id}).one());
+    tx.exec(impl.transfers_sql.lock_one, {from});
+    Hold h = hold_of(tx.exec(impl.holds_sql.lock, {hold_id}).one());
     switch (h.state) {
       case HoldState::rejected:
         throw Error(ErrorKind::not_found,
@@ -279,8 +239,8 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
     if (expired) {
       impl.release_expired(tx, from);
     } else {
-      tx.exec(impl.hold_close_sql, {hold_id, std::string("voided"), std::int64_t{0}, Value(nullptr)});
-      tx.exec(impl.hold_add_sql, {from, -h.amount});
+      tx.exec(impl.holds_sql.close, {hold_id, std::string("voided"), std::int64_t{0}, Value(nullptr)});
+      tx.exec(impl.holds_sql.add, {from, -h.amount});
       impl.invalidate(tx, from);
     }
     tx.commit();
@@ -292,7 +252,7 @@ Hold Ledger::void_hold(std::int64_t hold_id) {
 Hold Ledger::get_hold(std::int64_t hold_id) {
   check_hold_id(hold_id);
   auto session = impl_->backend->borrow();
-  const Result found = (*session)->exec(impl_->hold_read_sql, {hold_id});
+  const Result found = (*session)->exec(impl_->holds_sql.read, {hold_id});
   if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
   Hold h = hold_of(found.rows[0]);
   if (past_timeout(h)) h.state = HoldState::expired;  // as it stands, whether or not a sweep closed it
@@ -304,13 +264,13 @@ std::int64_t Ledger::sweep_holds() {
   std::vector<std::string> accounts;
   {
     auto session = impl.backend->borrow();
-    for (const auto& row : (*session)->exec(impl.expired_accounts_sql, {}).rows) accounts.push_back(row.text(0));
+    for (const auto& row : (*session)->exec(impl.holds_sql.expired_accounts, {}).rows) accounts.push_back(row.text(0));
   }
   std::int64_t closed = 0;
   for (const auto& account : accounts) {
     closed += impl.retrying([&] {
       Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-      tx.exec(impl.lock_one_sql, {account});
+      tx.exec(impl.transfers_sql.lock_one, {account});
       std::int64_t n = 0;
       impl.release_expired(tx, account, &n);
       tx.commit();

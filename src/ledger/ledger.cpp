@@ -33,102 +33,15 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
     : backend(std::move(b)),
       options(o),
       standby(*backend, options.standby, "LedgerOptions::standby"),
-      accounts_sql(*backend) {
+      accounts_sql(*backend),
+      transfers_sql(*backend, options.cache != nullptr),
+      holds_sql(*backend),
+      history_sql(*backend),
+      archive_sql(*backend),
+      check_sql(*backend) {
   detail::validate(options.retry);
   if (options.cache_ttl.count() <= 0)
     throw Error(ErrorKind::invalid_argument, "LedgerOptions::cache_ttl must be positive");
-  const auto& d = backend->dialect();
-  const std::string acc = backend->table("accounts");
-  const std::string tr = backend->table("transfers");
-  const std::string en = backend->table("entries");
-  const std::string now = d.now_timestamp();
-  const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
-  find_key_sql = key_record_sql(*backend);
-  // Both rows are locked in key order, so two transfers in opposite directions never deadlock.
-  lock_one_sql =
-      fmt::format("SELECT id, currency, balance, min_balance, held FROM {} WHERE id = $1{}", acc, for_update);
-  lock_two_sql = fmt::format(
-      "SELECT id, currency, balance, min_balance, held FROM {} WHERE id IN ($1, $2) ORDER BY id{}", acc, for_update);
-  // Relative, conditional updates: never a value read earlier.
-  debit_sql = fmt::format(
-      "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
-      "WHERE id = $1 AND balance - $2 - held >= min_balance",
-      acc, now);
-  credit_sql = fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1",
-                           acc, now);
-  record_sql = fmt::format(
-      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
-      "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-      tr, next_id_above_high_water(*backend, "transfers"), now);
-  // A reversal locks the original transfer row, so two concurrent refunds cannot both pass the sum.
-  lock_original_sql = fmt::format(
-      "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
-      "outcome = 'ok'{}",
-      tr, for_update);
-  refunded_sql =
-      fmt::format("SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
-  update_sql = fmt::format(
-      "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
-      now);
-  if (d.has_writable_ctes()) {
-    // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
-    const std::string invalidate =
-        options.cache
-            ? fmt::format(", invalidated AS ({})",
-                          detail::cache_invalidate_sql(*backend, "x.k",
-                                                       "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
-                                                       "WHERE EXISTS (SELECT 1 FROM debit)"))
-            : std::string();
-    one_statement_transfer_sql =
-        one_statement_transfer(acc, tr, en, key_record_sql(*backend, "CAST($4 AS text)"), invalidate);
-  }
-  prune_sql = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}",
-                          tr, d.timestamp_plus_ms(now, "$1"));
-  entry_sql =
-      fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})", en,
-                  next_id_above_high_water(*backend, "entries"), now);
-  init_hold_statements();
-}
-
-std::string Ledger::Impl::one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
-                                                 const std::string& prior, const std::string& extra_ctes) {
-  return fmt::format(
-      // The record of the key in the transfers or the holds (key_record_sql): at most one row.
-      "WITH prior AS ({prior}), "
-      // Both rows locked in key order first (no deadlocks), and only for a new key.
-      "locked AS (SELECT id, currency, balance, held FROM {acc} "
-      "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id "
-      "FOR NO KEY UPDATE), "
-      "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
-      "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
-      "allowed AS (SELECT src.currency, "
-      "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
-      "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
-      // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
-      "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
-      "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
-      "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) - a.held >= a.min_balance RETURNING a.id), "
-      // The credit runs only if the debit happened: never money from nowhere.
-      "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
-      "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
-      "RETURNING a.id), "
-      "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
-      "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
-      "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
-      "clock_timestamp() FROM allowed al WHERE al.overflow = 0 "
-      // Short while holding holds: record nothing, the caller decides after closing expired ones.
-      "AND (EXISTS (SELECT 1 FROM debit) OR (SELECT held FROM src) = 0) RETURNING id, outcome), "
-      "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
-      "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
-      "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
-      "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
-      "SELECT p.id, p.kind, p.from_account, p.to_account, p.amount, p.outcome, p.global_txid, p.reverses, "
-      "p.hold_id, p.timeout_ms, (SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
-      "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
-      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries) "
-      "FROM (SELECT 1 AS one) AS x LEFT JOIN prior p ON true",
-      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("prior", prior),
-      fmt::arg("extra", extra_ctes));
 }
 
 namespace {
@@ -136,15 +49,6 @@ Account account_of(const Row& r) { return Account{r.text(0), r.text(1), r.i64(2)
 }  // namespace
 
 namespace detail::ledger {
-std::string key_record_sql(const detail::Backend& backend, std::string_view param) {
-  return fmt::format(
-      "SELECT id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, "
-      "CAST(NULL AS bigint) AS timeout_ms FROM {tr} WHERE idempotency_key = {p} UNION ALL "
-      "SELECT id, 'hold', from_account, to_account, amount, state, NULL, NULL, NULL, timeout_ms FROM {holds} "
-      "WHERE idempotency_key = {p} LIMIT 1",
-      fmt::arg("tr", backend.table("transfers")), fmt::arg("holds", backend.table("holds")), fmt::arg("p", param));
-}
-
 namespace {
 // What a request or a record is, as a person would name it.
 std::string operation(std::string_view kind, bool leg, bool capture) {
@@ -193,7 +97,7 @@ TransferResult replay_of(const Row& r, const Request& request, std::size_t first
 }  // namespace detail::ledger
 
 std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
-  const Result found = tx.exec(find_key_sql, {request.key});
+  const Result found = tx.exec(transfers_sql.find_key, {request.key});
   if (found.empty()) return std::nullopt;
   return replay_of(found.rows[0], request);
 }
@@ -204,8 +108,8 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
     return *earlier;
   }
   const bool two = request.from && request.to;
-  const Result locked = two ? tx.exec(lock_two_sql, {*request.from, *request.to})
-                            : tx.exec(lock_one_sql, {request.from ? *request.from : *request.to});
+  const Result locked = two ? tx.exec(transfers_sql.lock_two, {*request.from, *request.to})
+                            : tx.exec(transfers_sql.lock_one, {request.from ? *request.from : *request.to});
   auto find = [&](const std::string& id) -> const Row* {
     for (const auto& row : locked.rows)
       if (row.text(0) == id) return &row;
@@ -230,21 +134,21 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   if (!funded && from->i64(4) > 0)
     funded = fits(from->i64(2), from->i64(4) - release_expired(tx, *request.from), from->i64(3), request.amount);
   if (funded) {
-    if (from && tx.exec(debit_sql, {*request.from, request.amount}).affected != 1)
+    if (from && tx.exec(transfers_sql.debit, {*request.from, request.amount}).affected != 1)
       throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
-    if (to) tx.exec(credit_sql, {*request.to, request.amount});
+    if (to) tx.exec(transfers_sql.credit, {*request.to, request.amount});
   }
   TransferResult result;
   result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-  result.transfer_id =
-      tx.exec(record_sql, {request.key, request.kind, opt(request.from), opt(request.to), request.amount, currency,
-                           std::string(funded ? "ok" : "insufficient_funds"),
-                           request.reverses ? Value(request.reverses) : Value(nullptr), opt(request.global_txid)})
-          .one()
-          .i64(0);
+  result.transfer_id = tx.exec(transfers_sql.record,
+                               {request.key, request.kind, opt(request.from), opt(request.to), request.amount, currency,
+                                std::string(funded ? "ok" : "insufficient_funds"),
+                                request.reverses ? Value(request.reverses) : Value(nullptr), opt(request.global_txid)})
+                           .one()
+                           .i64(0);
   if (funded) {
-    if (from) tx.exec(entry_sql, {result.transfer_id, *request.from, -request.amount});
-    if (to) tx.exec(entry_sql, {result.transfer_id, *request.to, request.amount});
+    if (from) tx.exec(transfers_sql.entry, {result.transfer_id, *request.from, -request.amount});
+    if (to) tx.exec(transfers_sql.entry, {result.transfer_id, *request.to, request.amount});
     invalidate(tx, request.from);
     invalidate(tx, request.to);
   }
@@ -279,7 +183,7 @@ std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(const Requ
   std::optional<Row> row;
   try {
     auto session = backend->borrow();
-    row = (*session)->exec(one_statement_transfer_sql, params).one();
+    row = (*session)->exec(transfers_sql.one_statement_transfer, params).one();
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::in_doubt) forget_local();  // it may have committed
     throw;
@@ -291,7 +195,7 @@ std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(const Requ
 
 std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Request& request) {
   const std::vector<Value> params = one_statement_params(request);
-  const Row row = tx.exec(one_statement_transfer_sql, params).one();
+  const Row row = tx.exec(transfers_sql.one_statement_transfer, params).one();
   if (options.cache)
     tx.on_commit([cache = options.cache, a = std::get<std::string>(params[4]), b = std::get<std::string>(params[5])] {
       cache->forget_local(a);
@@ -307,7 +211,7 @@ std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row
     return replayed;
   }
   // After the key record's columns: the currencies, the overflow flag, the record and the count.
-  constexpr std::size_t c = key_record_columns;
+  constexpr std::size_t c = detail::key_record_columns;
   if (row.is_null(c)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
   if (row.is_null(c + 1)) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
   if (row.text(c) != row.text(c + 1))
@@ -327,7 +231,7 @@ std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row
 }
 
 TransferResult Ledger::Impl::apply(const Request& request) {
-  if (!one_statement_transfer_sql.empty() && request.kind == "transfer") {
+  if (!transfers_sql.one_statement_transfer.empty() && request.kind == "transfer") {
     TransferResult result = retrying([&] {
       if (auto r = transfer_in_one_statement(request)) return *r;
       Transaction tx = detail::DatabaseGate::begin(*backend, TxOptions{});
@@ -519,9 +423,9 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
       // With the one-statement transfer a standalone item that fails has written nothing (its
       // statement refuses rather than raises), so only chains need a savepoint: one round trip
       // per standalone item.
-      const bool one_statement = !impl_->one_statement_transfer_sql.empty();
+      const bool one_statement = !impl_->transfers_sql.one_statement_transfer.empty();
       const bool savepoint = start != end || !one_statement;
-      if (savepoint) tx.exec("SAVEPOINT rowguard_chain");
+      if (savepoint) tx.exec(impl_->transfers_sql.chain_savepoint);
       std::optional<std::size_t> failed;
       for (std::size_t i = start; i <= end && !failed; ++i) {
         const BatchItem& item = items[i];
@@ -548,7 +452,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
         }
       }
       if (failed && savepoint) {
-        tx.exec("ROLLBACK TO SAVEPOINT rowguard_chain");
+        tx.exec(impl_->transfers_sql.chain_rollback);
         for (std::size_t i = start; i <= end; ++i) {
           if (i == *failed) continue;
           results[i].result = TransferResult{};
@@ -556,7 +460,7 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
           results[i].message = fmt::format("not applied: item {} of its linked chain failed", *failed);
         }
       }
-      if (savepoint) tx.exec("RELEASE SAVEPOINT rowguard_chain");
+      if (savepoint) tx.exec(impl_->transfers_sql.chain_release);
       start = end + 1;
     }
     tx.commit();
@@ -576,7 +480,7 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
   Measure measure(Measure::Kind::reversal);
   TransferResult result = impl.retrying([&] {
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-    const Result original = tx.exec(impl.lock_original_sql, {std::string(original_key)});
+    const Result original = tx.exec(impl.transfers_sql.lock_original, {std::string(original_key)});
     if (original.empty())
       throw Error(ErrorKind::not_found, fmt::format("no applied transfer has the key '{}'", original_key));
     const Row& o = original.rows[0];
@@ -585,7 +489,7 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
       impl.count([](LedgerStats& st) { ++st.replays; });
       return *earlier;
     }
-    const std::int64_t refunded = tx.exec(impl.refunded_sql, {o.i64(0)}).one().i64(0);
+    const std::int64_t refunded = tx.exec(impl.transfers_sql.refunded, {o.i64(0)}).one().i64(0);
     const auto total = checked_add(refunded, amount);
     if (!total || *total > o.i64(3))
       throw Error(ErrorKind::invalid_argument,
@@ -623,9 +527,9 @@ Account Ledger::update(std::string_view id, const std::function<void(Account&)>&
         Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
         // Holds past their timeout still count in accounts.held, which the table's CHECK compares
         // with min_balance: close them first.
-        const Result locked = tx.exec(impl.lock_one_sql, {read.id});
+        const Result locked = tx.exec(impl.transfers_sql.lock_one, {read.id});
         if (!locked.empty() && locked.rows[0].i64(4) > 0) impl.release_expired(tx, read.id);
-        if (tx.exec(impl.update_sql, {read.id, read.version, want.min_balance}).affected != 1)
+        if (tx.exec(impl.transfers_sql.update, {read.id, read.version, want.min_balance}).affected != 1)
           throw Error(ErrorKind::conflict,
                       fmt::format("account '{}' changed since version {} was read", read.id, read.version));
         impl.invalidate(tx, read.id);
@@ -647,17 +551,11 @@ std::int64_t Ledger::prune_keys(std::chrono::milliseconds older_than) {
                             "would then apply a second time (got {}ms)",
                             min_key_age.count(), older_than.count()));
   auto session = impl_->backend->borrow();
-  return (*session)->exec(impl_->prune_sql, {static_cast<std::int64_t>(-older_than.count())}).affected;
+  return (*session)->exec(impl_->transfers_sql.prune, {static_cast<std::int64_t>(-older_than.count())}).affected;
 }
 
 CheckReport Ledger::check() {
-  const std::string acc = impl_->backend->table("accounts");
-  const std::string tr = impl_->backend->table("transfers");
-  const std::string en = impl_->backend->table("entries");
-  const std::string holds = impl_->backend->table("holds");
-  const std::string ob = impl_->backend->table("opening_balances");
-  const std::string ea = impl_->backend->table("entries_archive");
-  const std::string at = impl_->backend->table("archived_totals");
+  const detail::CheckStatements& sql = impl_->check_sql;
   // Read-only, so a lost connection or a lost COMMIT reply is simply read again.
   return detail::with_retries(
       impl_->options.retry, detail::RetryIn::conflicts_and_in_doubt,
@@ -666,90 +564,32 @@ CheckReport Ledger::check() {
         // One snapshot for every query: REPEATABLE READ on PostgreSQL, a read transaction on SQLite.
         Transaction tx =
             detail::DatabaseGate::begin(*impl_->backend, TxOptions{Isolation::repeatable_read, TxAccess::read_only});
-        for (const auto& r :
-             tx.exec(fmt::format(
-                         "SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
-                         "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
-                         "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
-                         "ON e.account_id = a.id "
-                         "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
-                         acc, ob, en))
-                 .rows)
+        for (const auto& r : tx.exec(sql.balance_mismatch).rows)
           report.violations.push_back({"balance_mismatch", r.text(0),
                                        fmt::format("balance {} but its opening balance {} plus its entries {} differ",
                                                    r.i64(1), r.i64(2), r.i64(3))});
-        // An opening balance is what the account's archived entries add up to. A DBA may export and
-        // empty the archive tables (docs/operations.md), and archive() goes on adding to the opening
-        // balances afterwards: an account whose archive holds fewer entries than its opening balance
-        // counts was exported, and its sum cannot be checked. More entries than counted, or as many
-        // with another sum, is a violation.
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
-                                 "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
-                                 "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
-                                 "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
-                                 "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
-                                 ea, ob))
-                 .rows)
+        for (const auto& r : tx.exec(sql.opening_mismatch).rows)
           report.violations.push_back(
               {"opening_mismatch", r.text(0),
                fmt::format("opening balance {} of {} entries but its archived entries add up to {} in {}", r.i64(3),
                            r.i64(4), r.i64(1), r.i64(2))});
-        // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
-        for (const auto& r : tx.exec(fmt::format("SELECT id, balance, held, min_balance FROM {} WHERE balance < "
-                                                 "min_balance OR balance - held < min_balance ORDER BY id",
-                                                 acc))
-                                 .rows)
+        for (const auto& r : tx.exec(sql.below_minimum).rows)
           report.violations.push_back(
               {"below_minimum", r.text(0),
                fmt::format("balance {} minus held {} is below its minimum {}", r.i64(1), r.i64(2), r.i64(3))});
-        // accounts.held is the sum of the account's open holds (expired ones included until closed).
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
-                                 "(SELECT from_account, CAST(SUM(amount) AS bigint) AS total FROM {} WHERE state = "
-                                 "'held' GROUP BY from_account) h ON h.from_account = a.id "
-                                 "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
-                                 acc, holds))
-                 .rows)
+        for (const auto& r : tx.exec(sql.held_mismatch).rows)
           report.violations.push_back(
               {"held_mismatch", r.text(0), fmt::format("held {} but its open holds add up to {}", r.i64(1), r.i64(2))});
-        // A captured hold has exactly its capture: an applied transfer of the captured amount.
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
-                                 "h.state = 'captured' AND (t.id IS NULL OR t.amount <> h.captured OR t.outcome <> "
-                                 "'ok' OR t.hold_id IS NULL OR t.hold_id <> h.id) ORDER BY h.id",
-                                 holds, tr))
-                 .rows)
+        for (const auto& r : tx.exec(sql.capture_mismatch).rows)
           report.violations.push_back(
               {"capture_mismatch", "", fmt::format("captured hold {} has no matching transfer", r.i64(0))});
-        for (const auto& r :
-             tx.exec(fmt::format("SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
-                                 "GROUP BY t.id HAVING SUM(e.amount) <> 0",
-                                 tr, en))
-                 .rows)
+        for (const auto& r : tx.exec(sql.unbalanced_transfer).rows)
           report.violations.push_back(
               {"unbalanced_transfer", "", fmt::format("transfer {} entries do not add up to 0", r.i64(0))});
-        for (const auto& r : tx.exec(fmt::format("SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
-                                                 "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
-                                                 tr, en))
-                                 .rows)
+        for (const auto& r : tx.exec(sql.rejected_with_entries).rows)
           report.violations.push_back(
               {"rejected_with_entries", "", fmt::format("rejected transfer {} has entries", r.i64(0))});
-        // Per currency: the balances add up to deposits minus withdrawals.
-        const auto totals = tx.exec(fmt::format(
-            "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
-            "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr} UNION SELECT currency FROM {at}) c "
-            "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
-            "ON b.currency = c.currency "
-            // Archived transfers count through their carried-forward totals.
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
-            "WHERE kind = 'deposit' AND outcome = 'ok' UNION ALL SELECT currency, deposits FROM {at}) dd "
-            "GROUP BY currency) d ON d.currency = c.currency "
-            "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
-            "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
-            "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
-            fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at)));
-        for (const auto& r : totals.rows) {
+        for (const auto& r : tx.exec(sql.totals).rows) {
           const CurrencyTotal& total =
               report.totals.emplace_back(CurrencyTotal{r.text(0), r.i64(1), r.i64(2), r.i64(3)});
           const auto expected = checked_sub(total.deposits, total.withdrawals);
@@ -760,8 +600,8 @@ CheckReport Ledger::check() {
                              total.balance, total.deposits, total.withdrawals)});
         }
         if (report.totals.size() == 1) report.total_balance = report.totals[0].balance;
-        report.accounts = tx.exec(fmt::format("SELECT count(*) FROM {}", acc)).one().i64(0);
-        report.entries = tx.exec(fmt::format("SELECT count(*) FROM {}", en)).one().i64(0);
+        report.accounts = tx.exec(sql.accounts).one().i64(0);
+        report.entries = tx.exec(sql.entries).one().i64(0);
         tx.commit();
         return report;
       },

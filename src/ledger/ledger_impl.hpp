@@ -1,6 +1,7 @@
 #pragma once
-// Ledger::Impl, shared by the files of the ledger (ledger.cpp: accounts and transfers; holds.cpp:
-// holds). Internal: included only from src/core.
+// Ledger::Impl, shared by the files of the ledger (ledger.cpp: accounts, transfers and check();
+// holds.cpp, history.cpp, archive.cpp), with the statements of ledger_sql.hpp it holds. Internal:
+// included only from src/ledger, and from src/two_phase for the ledger's argument checks.
 
 #include <algorithm>
 #include <mutex>
@@ -20,7 +21,6 @@
 #include "core/retrying.hpp"
 #include "core/standby_route.hpp"
 
-#include "cache/cache_sql.hpp"
 #include "ledger/ledger_sql.hpp"
 
 namespace rowguard {
@@ -63,29 +63,10 @@ struct Request {
   std::optional<std::int64_t> timeout_ms = std::nullopt;  // for a hold
 };
 
-// The record of an idempotency key, wherever it is: one row of the columns
-//   id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, timeout_ms
-// from <prefix>transfers, or from <prefix>holds with kind 'hold' and the hold's state as outcome.
-// Transfers and holds share one namespace of keys. $1 is the key (param names another placeholder).
-std::string key_record_sql(const detail::Backend& backend, std::string_view param = "$1");
-inline constexpr std::size_t key_record_columns = 10;
-
 // Error(idempotency_mismatch) naming the first difference between the key record in r (columns
-// from `first` on, key_record_sql's layout) and the request: the operation (a transfer, a capture,
+// from `first` on, as detail::key_record_columns lists them) and the request: the operation (a transfer, a capture,
 // a two-phase leg, ...), then from, to, amount, the refunded transfer, the hold, the timeout.
 void require_same(const Row& r, const Request& request, std::size_t first = 0);
-
-// A new transfer's or entry's id (`table` is "transfers" or "entries"), above every id the table
-// ever had: ids never go back, so an exported statement or a reversal's reference names one
-// transfer forever. SQLite's next_id is MAX(id) + 1 over the table given: here over the live rows
-// and the high-water mark archive() records in <prefix>id_high_water before it moves rows out
-// (two index lookups), so emptying the archive tables cannot bring an id back. PostgreSQL's
-// sequence never goes back anyway.
-inline std::string next_id_above_high_water(const detail::Backend& backend, const std::string& table) {
-  return backend.dialect().next_id(
-      fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
-                  backend.table(table), backend.table("id_high_water"), table));
-}
 
 // Counts one ledger request in rowguard_ledger_requests_total{kind,outcome} and times it in
 // rowguard_ledger_request_seconds{kind}: `return measure(result);` records its outcome; leaving
@@ -127,7 +108,7 @@ class Measure {
 // A bound value, or NULL for the outside world.
 inline Value opt(const std::optional<std::string>& s) { return s ? Value(*s) : Value(nullptr); }
 
-// The record of a key (key_record_sql's columns, from `first` on) answering a new request with that
+// The record of a key (detail::key_record_columns, from `first` on) answering a new request with that
 // key: the original result, or Error(idempotency_mismatch) naming the first difference.
 TransferResult replay_of(const Row& r, const Request& request, std::size_t first = 0);
 }  // namespace detail::ledger
@@ -137,31 +118,16 @@ struct Ledger::Impl {
   std::shared_ptr<detail::Backend> backend;
   LedgerOptions options;
   detail::StandbyRoute standby;  // history() and transfers()
-  // find_key_sql: key_record_sql, the record of a key in either table.
   detail::AccountStatements accounts_sql;
-  std::string find_key_sql, lock_one_sql, lock_two_sql, debit_sql, credit_sql, record_sql, entry_sql, lock_original_sql,
-      refunded_sql, update_sql, prune_sql;
-  // Holds (holds.cpp): expire_sql closes an account's holds past their timeout, unhold_sql takes
-  // what they counted out of accounts.held.
-  std::string expire_sql, unhold_sql, hold_read_sql, hold_lock_sql, hold_insert_sql, hold_add_sql, hold_close_sql,
-      capture_debit_sql, capture_record_sql, expired_accounts_sql;
-  // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere).
-  std::string one_statement_transfer_sql;
+  detail::TransferStatements transfers_sql;
+  detail::HoldStatements holds_sql;
+  detail::HistoryStatements history_sql;
+  detail::ArchiveStatements archive_sql;
+  detail::CheckStatements check_sql;
   mutable std::mutex stats_mutex;
   LedgerStats stats;
 
   Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o);
-  void init_hold_statements();  // holds.cpp
-
-  // One data-modifying statement: replay check, both rows locked in key order, a debit whose own
-  // WHERE holds the funds condition (numeric, so no overflow can raise), a credit only if the debit
-  // happened, the record of the outcome under the key, and the entries only for an ok record.
-  // (A first version decided funds from the locked CTE's values and broke the CHECK constraint
-  // under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
-  // prior: the key's record (key_record_sql on $4). extra_ctes: more data-modifying CTEs, each
-  // starting with ", name AS (".
-  static std::string one_statement_transfer(const std::string& acc, const std::string& tr, const std::string& en,
-                                            const std::string& prior, const std::string& extra_ctes);
 
   // The cache key of an account's cached copy.
   static std::string cache_key(std::string_view id) { return fmt::format("ledger:account:{}", id); }

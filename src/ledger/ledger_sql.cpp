@@ -1,8 +1,127 @@
 #include "ledger/ledger_sql.hpp"
 
+#include <string_view>
+
 #include <fmt/format.h>
 
+#include "cache/cache_sql.hpp"
+
 namespace rowguard::detail {
+
+namespace {
+// The record of an idempotency key in either table (key_record_columns). $1 is the key (param names
+// another placeholder).
+std::string key_record_sql(const Backend& backend, std::string_view param = "$1") {
+  return fmt::format(
+      "SELECT id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, "
+      "CAST(NULL AS bigint) AS timeout_ms FROM {tr} WHERE idempotency_key = {p} UNION ALL "
+      "SELECT id, 'hold', from_account, to_account, amount, state, NULL, NULL, NULL, timeout_ms FROM {holds} "
+      "WHERE idempotency_key = {p} LIMIT 1",
+      fmt::arg("tr", backend.table("transfers")), fmt::arg("holds", backend.table("holds")), fmt::arg("p", param));
+}
+
+// A new transfer's or entry's id (`table` is "transfers" or "entries"), above every id the table
+// ever had: ids never go back, so an exported statement or a reversal's reference names one
+// transfer forever. SQLite's next_id is MAX(id) + 1 over the table given: here over the live rows
+// and the high-water mark archive() records in <prefix>id_high_water before it moves rows out
+// (two index lookups), so emptying the archive tables cannot bring an id back. PostgreSQL's
+// sequence never goes back anyway.
+std::string next_id_above_high_water(const Backend& backend, const std::string& table) {
+  return backend.dialect().next_id(
+      fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
+                  backend.table(table), backend.table("id_high_water"), table));
+}
+
+// One data-modifying statement: replay check, both rows locked in key order, a debit whose own
+// WHERE holds the funds condition (numeric, so no overflow can raise), a credit only if the debit
+// happened, the record of the outcome under the key, and the entries only for an ok record.
+// (A first version decided funds from the locked CTE's values and broke the CHECK constraint
+// under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
+// prior: the key's record (key_record_sql on $4). extra_ctes: more data-modifying CTEs, each
+// starting with ", name AS (".
+std::string one_statement_transfer_sql(const std::string& acc, const std::string& tr, const std::string& en,
+                                       const std::string& prior, const std::string& extra_ctes) {
+  return fmt::format(
+      // The record of the key in the transfers or the holds (key_record_sql): at most one row.
+      "WITH prior AS ({prior}), "
+      // Both rows locked in key order first (no deadlocks), and only for a new key.
+      "locked AS (SELECT id, currency, balance, held FROM {acc} "
+      "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id "
+      "FOR NO KEY UPDATE), "
+      "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
+      "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
+      "allowed AS (SELECT src.currency, "
+      "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
+      "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
+      // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
+      "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
+      "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
+      "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) - a.held >= a.min_balance RETURNING a.id), "
+      // The credit runs only if the debit happened: never money from nowhere.
+      "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
+      "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
+      "RETURNING a.id), "
+      "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
+      "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
+      "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
+      "clock_timestamp() FROM allowed al WHERE al.overflow = 0 "
+      // Short while holding holds: record nothing, the caller decides after closing expired ones.
+      "AND (EXISTS (SELECT 1 FROM debit) OR (SELECT held FROM src) = 0) RETURNING id, outcome), "
+      "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
+      "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
+      "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
+      "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
+      "SELECT p.id, p.kind, p.from_account, p.to_account, p.amount, p.outcome, p.global_txid, p.reverses, "
+      "p.hold_id, p.timeout_ms, (SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
+      "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
+      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries) "
+      "FROM (SELECT 1 AS one) AS x LEFT JOIN prior p ON true",
+      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("prior", prior),
+      fmt::arg("extra", extra_ctes));
+}
+
+// The page of HistoryStatements::history: the page of entries first, then their transfers and entries.
+std::string history_page_sql(const Dialect& d, const std::string& tr, const std::string& en, const std::string& columns,
+                             bool newest_first, bool window) {
+  const char* cmp = newest_first ? "<" : ">";
+  const char* dir = newest_first ? "DESC" : "ASC";
+  const std::string page =
+      window ? fmt::format(
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                   "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
+                   "t.created_at < {} ORDER BY e.id {} LIMIT $5",
+                   en, tr, cmp, d.ms_to_timestamp("$3"), d.ms_to_timestamp("$4"), dir)
+             : fmt::format(
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                   "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
+                   en, cmp, dir);
+  return fmt::format(
+      "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
+      "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
+      fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("dir", dir));
+}
+
+// The page of HistoryStatements::transfers.
+std::string transfer_page_sql(const std::string& tr, const std::string& en, const std::string& columns, bool by_account,
+                              bool with_entries) {
+  const std::string page =
+      by_account ? fmt::format(
+                       "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC "
+                       "LIMIT $2) f "
+                       "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
+                       "LIMIT $2) g",
+                       fmt::arg("tr", tr))
+                 : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
+  // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
+  const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
+  if (!with_entries) return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
+  return fmt::format(
+      "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+      "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
+      columns, tr, en, ids);
+}
+
+}  // namespace
 
 AccountStatements::AccountStatements(const Backend& backend) {
   const auto& d = backend.dialect();
@@ -24,6 +143,277 @@ AccountStatements::AccountStatements(const Backend& backend) {
       "FROM {} GROUP BY currency ORDER BY currency",
       acc);
   largest = fmt::format("SELECT {} FROM {} a ORDER BY a.balance DESC, a.id LIMIT $1", columns, acc);
+}
+
+TransferStatements::TransferStatements(const Backend& backend, bool invalidate_cache) {
+  const auto& d = backend.dialect();
+  const std::string acc = backend.table("accounts");
+  const std::string tr = backend.table("transfers");
+  const std::string en = backend.table("entries");
+  const std::string now = d.now_timestamp();
+  const std::string for_update = d.for_update();  // "" on SQLite, whose write transactions hold the write lock
+  find_key = key_record_sql(backend);
+  lock_one = fmt::format("SELECT id, currency, balance, min_balance, held FROM {} WHERE id = $1{}", acc, for_update);
+  lock_two = fmt::format("SELECT id, currency, balance, min_balance, held FROM {} WHERE id IN ($1, $2) ORDER BY id{}",
+                         acc, for_update);
+  debit = fmt::format(
+      "UPDATE {} SET balance = balance - $2, version = version + 1, updated_at = {} "
+      "WHERE id = $1 AND balance - $2 - held >= min_balance",
+      acc, now);
+  credit = fmt::format("UPDATE {} SET balance = balance + $2, version = version + 1, updated_at = {} WHERE id = $1",
+                       acc, now);
+  record = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
+      "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
+      tr, next_id_above_high_water(backend, "transfers"), now);
+  lock_original = fmt::format(
+      "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
+      "outcome = 'ok'{}",
+      tr, for_update);
+  refunded =
+      fmt::format("SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {} WHERE reverses = $1 AND outcome = 'ok'", tr);
+  update = fmt::format(
+      "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
+      now);
+  if (d.has_writable_ctes()) {
+    // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
+    const std::string invalidate =
+        invalidate_cache
+            ? fmt::format(", invalidated AS ({})",
+                          cache_invalidate_sql(backend, "x.k",
+                                               "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
+                                               "WHERE EXISTS (SELECT 1 FROM debit)"))
+            : std::string();
+    one_statement_transfer =
+        one_statement_transfer_sql(acc, tr, en, key_record_sql(backend, "CAST($4 AS text)"), invalidate);
+  }
+  prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
+                      d.timestamp_plus_ms(now, "$1"));
+  entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
+                      en, next_id_above_high_water(backend, "entries"), now);
+  chain_savepoint = "SAVEPOINT rowguard_chain";
+  chain_rollback = "ROLLBACK TO SAVEPOINT rowguard_chain";
+  chain_release = "RELEASE SAVEPOINT rowguard_chain";
+}
+
+HoldStatements::HoldStatements(const Backend& backend) {
+  const auto& d = backend.dialect();
+  const std::string acc = backend.table("accounts");
+  const std::string tr = backend.table("transfers");
+  const std::string holds = backend.table("holds");
+  const std::string now = d.now_timestamp();
+  expire = fmt::format(
+      "UPDATE {} SET state = 'expired', closed_at = {now} WHERE from_account = $1 AND state = 'held' AND "
+      "expires_at <= {now} RETURNING amount",
+      holds, fmt::arg("now", now));
+  unhold = fmt::format("UPDATE {} SET held = held - $2 WHERE id = $1", acc);
+  add = fmt::format("UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
+  read = fmt::format(
+      "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
+      "transfer_id, {} - {} FROM {} WHERE id = $1",
+      d.timestamp_to_ms("expires_at"), d.now_ms(), holds);
+  lock = read + d.for_update();
+  insert = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, from_account, to_account, amount, currency, state, expires_at, "
+      "created_at, timeout_ms) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}, $7) RETURNING id",
+      holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now);
+  close = fmt::format(
+      "UPDATE {} SET state = $2, captured = $3, transfer_id = $4, closed_at = {} WHERE id = $1 AND state = 'held'",
+      holds, now);
+  capture_debit = fmt::format(
+      "UPDATE {} SET balance = balance - $2, held = held - $3, version = version + 1, updated_at = {} "
+      "WHERE id = $1 AND held >= $3",
+      acc, now);
+  capture_record = fmt::format(
+      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
+      "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
+      tr, next_id_above_high_water(backend, "transfers"), now);
+  expired_accounts =
+      fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
+}
+
+HistoryStatements::HistoryStatements(const Backend& backend) {
+  const auto& d = backend.dialect();
+  const std::string tr = backend.table("transfers");
+  const std::string en = backend.table("entries");
+  const std::string ob = backend.table("opening_balances");
+  const std::string columns = fmt::format(
+      "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
+      "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
+      d.timestamp_to_ms("t.created_at"));
+  for (const bool newest_first : {false, true})
+    for (const bool window : {false, true})
+      history_[at(newest_first, window)] = history_page_sql(d, tr, en, columns, newest_first, window);
+  const auto find = [&](std::string_view by) {
+    return fmt::format(
+        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
+        "ORDER BY x.id",
+        columns, tr, en, by);
+  };
+  find_by_id = find("t.id");
+  find_by_key = find("t.idempotency_key");
+  for (const bool by_account : {false, true})
+    for (const bool with_entries : {false, true})
+      transfers_[at(by_account, with_entries)] = transfer_page_sql(tr, en, columns, by_account, with_entries);
+  const std::string acc = backend.table("accounts");
+  account_exists = fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc);
+  balance_at = fmt::format(
+      "SELECT (SELECT count(*) FROM {acc} WHERE id = $1), (SELECT balance FROM {ob} WHERE account_id = $1), "
+      "(SELECT {as_of} FROM {ob} WHERE account_id = $1), "
+      "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
+      fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
+      fmt::arg("at", d.ms_to_timestamp("$2")));
+}
+
+ArchiveStatements::ArchiveStatements(const Backend& backend) {
+  const auto& d = backend.dialect();
+  const std::string tr = backend.table("transfers");
+  const std::string cut = d.ms_to_timestamp("$1");
+  clock = fmt::format("SELECT {}", d.now_ms());
+  // A transfer that must stay live: created at or after the cutoff, the capture of a hold (holds
+  // are never archived and point at it), or a leg of a two-phase transaction not yet finished.
+  // (The decision log exists only where two-phase commit does: PostgreSQL.)
+  const std::string unfinished_leg =
+      d.has_prepared_transactions()
+          ? fmt::format(
+                " OR (m.global_txid IS NOT NULL AND EXISTS (SELECT 1 FROM {} g WHERE g.gid = m.global_txid "
+                "AND g.finished_at IS NULL))",
+                backend.table("global_transactions"))
+          : std::string();
+  const std::string stays =
+      fmt::format("(m.created_at >= {} OR EXISTS (SELECT 1 FROM {} h WHERE h.transfer_id = m.id){})", cut,
+                  backend.table("holds"), unfinished_leg);
+  // A transfer and its reversals move together or not at all: a reversal points at its original
+  // (a foreign key), and reverse() sums the live refunds of an original, which must all be there.
+  const std::string movable = fmt::format(
+      "t.created_at < {cut} "
+      "AND NOT EXISTS (SELECT 1 FROM {tr} m WHERE m.id = COALESCE(t.reverses, t.id) AND {stays}) "
+      "AND NOT EXISTS (SELECT 1 FROM {tr} m WHERE m.reverses = COALESCE(t.reverses, t.id) AND {stays})",
+      fmt::arg("cut", cut), fmt::arg("tr", tr), fmt::arg("stays", stays));
+  const std::string ta = backend.table("transfers_archive");
+  const std::string columns =
+      "id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at, "
+      "hold_id, global_txid";
+  copy_transfers = fmt::format("INSERT INTO {ta} ({c}) SELECT {c} FROM {tr} t WHERE {movable}", fmt::arg("ta", ta),
+                               fmt::arg("c", columns), fmt::arg("tr", tr), fmt::arg("movable", movable));
+  // From here on the run's transfers are the live ones already copied: the archive table is the
+  // set, so every later statement sees exactly the rows the copy chose.
+  const std::string moved = fmt::format("t.created_at < {} AND EXISTS (SELECT 1 FROM {} a WHERE a.id = t.id)", cut, ta);
+  const std::string en = backend.table("entries");
+  copy_entries = fmt::format(
+      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) "
+      "SELECT e.id, e.transfer_id, e.account_id, e.amount, e.created_at FROM {} e JOIN {} t ON t.id = e.transfer_id "
+      "WHERE {}",
+      backend.table("entries_archive"), en, tr, moved);
+  const std::string ob = backend.table("opening_balances");
+  add_openings = fmt::format(
+      "INSERT INTO {ob} (account_id, balance, entries, as_of) "
+      "SELECT e.account_id, CAST(SUM(e.amount) AS bigint), count(*), {cut} FROM {en} e JOIN {tr} t "
+      "ON t.id = e.transfer_id WHERE {moved} GROUP BY e.account_id "
+      "ON CONFLICT (account_id) DO UPDATE SET balance = {ob}.balance + excluded.balance, "
+      "entries = {ob}.entries + excluded.entries, "
+      "as_of = CASE WHEN excluded.as_of > {ob}.as_of THEN excluded.as_of ELSE {ob}.as_of END",
+      fmt::arg("ob", ob), fmt::arg("cut", cut), fmt::arg("en", en), fmt::arg("tr", tr), fmt::arg("moved", moved));
+  const std::string at = backend.table("archived_totals");
+  add_totals = fmt::format(
+      "INSERT INTO {at} (currency, deposits, withdrawals) "
+      "SELECT t.currency, CAST(COALESCE(SUM(CASE WHEN t.kind = 'deposit' THEN t.amount END), 0) AS bigint), "
+      "CAST(COALESCE(SUM(CASE WHEN t.kind = 'withdrawal' THEN t.amount END), 0) AS bigint) FROM {tr} t "
+      "WHERE {moved} AND t.outcome = 'ok' AND t.kind IN ('deposit', 'withdrawal') GROUP BY t.currency "
+      "ON CONFLICT (currency) DO UPDATE SET deposits = {at}.deposits + excluded.deposits, "
+      "withdrawals = {at}.withdrawals + excluded.withdrawals",
+      fmt::arg("at", at), fmt::arg("tr", tr), fmt::arg("moved", moved));
+  delete_entries = fmt::format("DELETE FROM {} WHERE transfer_id IN (SELECT t.id FROM {} t WHERE {})", en, tr, moved);
+  // Reversals and their originals go in one statement: the foreign key is checked at its end.
+  delete_transfers = fmt::format("DELETE FROM {tr} WHERE id IN (SELECT t.id FROM {tr} t WHERE {moved})",
+                                 fmt::arg("tr", tr), fmt::arg("moved", moved));
+  const std::string ar = backend.table("archives");
+  record_run = fmt::format(
+      "INSERT INTO {ar} (cutoff, transfers, entries, archived_at) VALUES ({cut}, $2, $3, {now}) "
+      "ON CONFLICT (cutoff) DO UPDATE SET transfers = {ar}.transfers + excluded.transfers, "
+      "entries = {ar}.entries + excluded.entries, archived_at = excluded.archived_at",
+      fmt::arg("ar", ar), fmt::arg("cut", cut), fmt::arg("now", d.now_timestamp()));
+  // The largest ids ever archived, kept apart from the archive tables (which a DBA may empty): new
+  // ids stay above them (next_id_above_high_water).
+  const std::string hw = backend.table("id_high_water");
+  high_water = fmt::format(
+      "INSERT INTO {hw} (name, last_id) SELECT n, m FROM (SELECT 'transfers' AS n, (SELECT MAX(id) FROM {ta}) AS m "
+      "UNION ALL SELECT 'entries', (SELECT MAX(id) FROM {ea})) x WHERE m IS NOT NULL "
+      "ON CONFLICT (name) DO UPDATE SET last_id = CASE WHEN excluded.last_id > {hw}.last_id THEN excluded.last_id "
+      "ELSE {hw}.last_id END",
+      fmt::arg("hw", hw), fmt::arg("ta", ta), fmt::arg("ea", backend.table("entries_archive")));
+  kept = fmt::format("SELECT count(*) FROM {} WHERE created_at < {}", tr, cut);
+}
+
+CheckStatements::CheckStatements(const Backend& backend) {
+  const std::string acc = backend.table("accounts");
+  const std::string tr = backend.table("transfers");
+  const std::string en = backend.table("entries");
+  const std::string holds = backend.table("holds");
+  const std::string ob = backend.table("opening_balances");
+  const std::string ea = backend.table("entries_archive");
+  const std::string at = backend.table("archived_totals");
+  balance_mismatch = fmt::format(
+      "SELECT a.id, a.balance, COALESCE(o.balance, 0), COALESCE(e.total, 0) FROM {} a "
+      "LEFT JOIN {} o ON o.account_id = a.id LEFT JOIN "
+      "(SELECT account_id, CAST(SUM(amount) AS bigint) AS total FROM {} GROUP BY account_id) e "
+      "ON e.account_id = a.id "
+      "WHERE a.balance <> COALESCE(o.balance, 0) + COALESCE(e.total, 0) ORDER BY a.id",
+      acc, ob, en);
+  // An opening balance is what the account's archived entries add up to. A DBA may export and
+  // empty the archive tables (docs/operations.md), and archive() goes on adding to the opening
+  // balances afterwards: an account whose archive holds fewer entries than its opening balance
+  // counts was exported, and its sum cannot be checked. More entries than counted, or as many
+  // with another sum, is a violation.
+  opening_mismatch = fmt::format(
+      "SELECT x.account_id, x.total, x.n, COALESCE(o.balance, 0), "
+      "COALESCE(o.entries, 0) FROM (SELECT account_id, CAST(SUM(amount) AS bigint) "
+      "AS total, count(*) AS n FROM {} GROUP BY account_id) x LEFT JOIN {} o ON "
+      "o.account_id = x.account_id WHERE o.account_id IS NULL OR x.n > o.entries OR "
+      "(x.n = o.entries AND x.total <> o.balance) ORDER BY x.account_id",
+      ea, ob);
+  // What holds reserve can never be paid twice: balance - held stays at or above the minimum.
+  below_minimum = fmt::format(
+      "SELECT id, balance, held, min_balance FROM {} WHERE balance < "
+      "min_balance OR balance - held < min_balance ORDER BY id",
+      acc);
+  // accounts.held is the sum of the account's open holds (expired ones included until closed).
+  held_mismatch = fmt::format(
+      "SELECT a.id, a.held, COALESCE(h.total, 0) FROM {} a LEFT JOIN "
+      "(SELECT from_account, CAST(SUM(amount) AS bigint) AS total FROM {} WHERE state = "
+      "'held' GROUP BY from_account) h ON h.from_account = a.id "
+      "WHERE a.held <> COALESCE(h.total, 0) ORDER BY a.id",
+      acc, holds);
+  // A captured hold has exactly its capture: an applied transfer of the captured amount.
+  capture_mismatch = fmt::format(
+      "SELECT h.id FROM {} h LEFT JOIN {} t ON t.id = h.transfer_id WHERE "
+      "h.state = 'captured' AND (t.id IS NULL OR t.amount <> h.captured OR t.outcome <> "
+      "'ok' OR t.hold_id IS NULL OR t.hold_id <> h.id) ORDER BY h.id",
+      holds, tr);
+  unbalanced_transfer = fmt::format(
+      "SELECT t.id FROM {} t JOIN {} e ON e.transfer_id = t.id WHERE t.kind = 'transfer' "
+      "GROUP BY t.id HAVING SUM(e.amount) <> 0",
+      tr, en);
+  rejected_with_entries = fmt::format(
+      "SELECT t.id FROM {} t WHERE t.outcome <> 'ok' AND EXISTS "
+      "(SELECT 1 FROM {} e WHERE e.transfer_id = t.id)",
+      tr, en);
+  // Per currency: the balances add up to deposits minus withdrawals.
+  totals = fmt::format(
+      "SELECT c.currency, COALESCE(b.total, 0), COALESCE(d.total, 0), COALESCE(w.total, 0) FROM "
+      "(SELECT currency FROM {acc} UNION SELECT currency FROM {tr} UNION SELECT currency FROM {at}) c "
+      "LEFT JOIN (SELECT currency, CAST(SUM(balance) AS bigint) AS total FROM {acc} GROUP BY currency) b "
+      "ON b.currency = c.currency "
+      // Archived transfers count through their carried-forward totals.
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+      "WHERE kind = 'deposit' AND outcome = 'ok' UNION ALL SELECT currency, deposits FROM {at}) dd "
+      "GROUP BY currency) d ON d.currency = c.currency "
+      "LEFT JOIN (SELECT currency, CAST(SUM(amount) AS bigint) AS total FROM (SELECT currency, amount FROM {tr} "
+      "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
+      "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
+      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at));
+  accounts = fmt::format("SELECT count(*) FROM {}", acc);
+  entries = fmt::format("SELECT count(*) FROM {}", en);
 }
 
 }  // namespace rowguard::detail
