@@ -1,3 +1,4 @@
+#include <map>
 #include <memory>
 #include <random>
 
@@ -17,6 +18,47 @@ Accounts account_pool(int n) {
   return out;
 }
 
+std::string libpq_url(const std::string& url) {
+  static const std::string option = "rowguard_pooling=transaction";
+  std::string out = url;
+  const auto at = out.find(option);
+  if (at == std::string::npos) return out;
+  std::size_t from = at, to = at + option.size();
+  if (to < out.size() && out[to] == '&')
+    ++to;  // "?option&rest" or "&option&rest": keep the separator before it
+  else if (from > 0 && (out[from - 1] == '&' || out[from - 1] == '?'))
+    --from;  // the last parameter: drop the separator before it too
+  out.erase(from, to - from);
+  return out;
+}
+
+namespace {
+// A baseline's statements, sent as the baseline's Sent says: prepared once per connection, or
+// unnamed on every call (parse, bind, execute in one round trip), as a client of a
+// transaction-pooling PgBouncer 1.18 must, since its next transaction may run on another server
+// connection.
+class Statements {
+ public:
+  Statements(const std::string& url, Sent sent)
+      : connection_(std::make_shared<pqxx::connection>(libpq_url(url))), unnamed_(sent == Sent::unnamed) {}
+  void add(const std::string& name, std::string sql) {
+    if (!unnamed_) connection_->prepare(name, sql);
+    sql_[name] = std::move(sql);
+  }
+  template <class... Args>
+  pqxx::result exec(pqxx::transaction_base& t, const std::string& name, Args&&... args) const {
+    return unnamed_ ? t.exec_params(sql_.at(name), std::forward<Args>(args)...)
+                    : t.exec_prepared(name, std::forward<Args>(args)...);
+  }
+  pqxx::connection& connection() const { return *connection_; }
+
+ private:
+  std::shared_ptr<pqxx::connection> connection_;
+  bool unnamed_;
+  std::map<std::string, std::string> sql_;
+};
+}  // namespace
+
 std::pair<std::string, std::string> pick_pair(std::mt19937_64& rng, const Accounts& accounts) {
   const std::size_t a = rng() % accounts.size();
   std::size_t b = rng() % (accounts.size() - 1);
@@ -25,9 +67,9 @@ std::pair<std::string, std::string> pick_pair(std::mt19937_64& rng, const Accoun
 }
 
 Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& accounts, const std::string& run,
-                   int client) {
-  auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare(
+                   int client, Sent sent) {
+  auto st = std::make_shared<Statements>(url, sent);
+  st->add(
       "transfer",
       fmt::format(
           "WITH d AS (UPDATE {acc} SET balance = balance - CAST($3 AS bigint), version = version + 1, "
@@ -50,9 +92,11 @@ Op pg_raw_transfer(const std::string& url, const Tables& t, const Accounts& acco
   const std::string nonce = fmt::format("{:016x}", (*rng)());  // keys unique across measurements
   return [=](std::uint64_t i) {
     const auto [from, to] = pick_pair(*rng, accounts);
-    pqxx::nontransaction n(*c);
-    n.exec_prepared1("transfer", from, to, static_cast<std::int64_t>(1 + (*rng)() % 100),
-                     fmt::format("raw-{}-{}-{}-{}", run, nonce, client, i));
+    pqxx::nontransaction n(st->connection());
+    if (st->exec(n, "transfer", from, to, static_cast<std::int64_t>(1 + (*rng)() % 100),
+                 fmt::format("raw-{}-{}-{}-{}", run, nonce, client, i))
+            .size() != 1)
+      throw std::runtime_error("raw transfer recorded nothing");
   };
 }
 
@@ -98,9 +142,9 @@ Op pg_pessimistic_transfer(const std::string& url, const Tables& t, const Accoun
   };
 }
 
-Op pg_raw_lock(const std::string& url, const Tables& t, const std::string& run, int client) {
-  auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare(
+Op pg_raw_lock(const std::string& url, const Tables& t, const std::string& run, int client, Sent sent) {
+  auto st = std::make_shared<Statements>(url, sent);
+  st->add(
       "acquire",
       fmt::format(
           "INSERT INTO {0} AS l (name, owner, token, acquired_at, expires_at) VALUES ($1, $2, 1, clock_timestamp(), "
@@ -109,15 +153,16 @@ Op pg_raw_lock(const std::string& url, const Tables& t, const std::string& run, 
           "excluded.expires_at, "
           "released_at = NULL WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp() RETURNING token",
           t.locks()));
-  c->prepare("release", fmt::format("UPDATE {} SET expires_at = NULL, released_at = clock_timestamp() "
-                                    "WHERE name = $1 AND owner = $2 AND token = $3",
-                                    t.locks()));
+  st->add("release", fmt::format("UPDATE {} SET expires_at = NULL, released_at = clock_timestamp() "
+                                 "WHERE name = $1 AND owner = $2 AND token = $3",
+                                 t.locks()));
   const std::string name = fmt::format("raw-{}-{}", run, client), owner = fmt::format("raw-owner-{}", client);
   return [=](std::uint64_t) {
-    pqxx::nontransaction n(*c);
-    const pqxx::result r = n.exec_prepared("acquire", name, owner, std::int64_t{30'000});
+    pqxx::nontransaction n(st->connection());
+    const pqxx::result r = st->exec(n, "acquire", name, owner, std::int64_t{30'000});
     if (r.empty()) throw std::runtime_error("raw lock busy");
-    n.exec_prepared0("release", name, owner, r[0][0].as<std::int64_t>());
+    if (st->exec(n, "release", name, owner, r[0][0].as<std::int64_t>()).affected_rows() != 1)
+      throw std::runtime_error("raw lock release found no lease");
   };
 }
 
@@ -172,13 +217,13 @@ Op pg_advisory_lock(const std::string& url, int client) {
   };
 }
 
-Op pg_raw_cache_get(const std::string& url, const Tables& t, int keys) {
-  auto c = std::make_shared<pqxx::connection>(url);
-  c->prepare("get", fmt::format("SELECT value FROM {} WHERE key = $1", t.cache()));
+Op pg_raw_cache_get(const std::string& url, const Tables& t, int keys, Sent sent) {
+  auto st = std::make_shared<Statements>(url, sent);
+  st->add("get", fmt::format("SELECT value FROM {} WHERE key = $1", t.cache()));
   auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
   return [=](std::uint64_t) {
-    pqxx::nontransaction n(*c);
-    const pqxx::result r = n.exec_prepared("get", cache_key(static_cast<int>((*rng)() % static_cast<unsigned>(keys))));
+    pqxx::nontransaction n(st->connection());
+    const pqxx::result r = st->exec(n, "get", cache_key(static_cast<int>((*rng)() % static_cast<unsigned>(keys))));
     if (r.empty()) throw std::runtime_error("raw cache miss");
     (void)pqxx::binarystring(r[0][0]).size();
   };

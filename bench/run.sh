@@ -15,6 +15,6 @@ mkdir -p bench/out
 bench/with-redis.sh -- scripts/pg-throwaway.sh --pgbouncer -- bash -c \
   'build/bench/rowguard-bench "$@" --processes --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=off" --json bench/out/fsync-off.json' \
   _ "${args[@]}"
-bench/with-redis.sh -- scripts/pg-throwaway.sh --durable -- bash -c \
+bench/with-redis.sh -- scripts/pg-throwaway.sh --durable --pgbouncer -- bash -c \
   'build/bench/rowguard-bench "$@" --backend postgres --redis "$ROWGUARD_BENCH_REDIS" --label "fsync=on (defaults)" \
      --json bench/out/fsync-on.json' _ "${args[@]}"
