@@ -4,7 +4,8 @@
 -- then sets the passwords (ALTER ROLE ... PASSWORD) or maps the roles in pg_hba.conf.
 --
 --   rowguard_owner  owns the tables; runs `rowguard migrate` (DDL).
---   rowguard_app    what services connect as: DML on rowguard tables only, no DDL, no TRUNCATE.
+--   rowguard_app    what services connect as: DML on rowguard tables and EXECUTE on rowguard's
+--                   functions only, no DDL, no TRUNCATE.
 -- Run migrations as rowguard_owner (or SET ROLE rowguard_owner) so the tables belong to it and the
 -- default privileges below grant the application role on every table a later migration adds.
 
@@ -32,11 +33,18 @@ BEGIN
   FOR t IN SELECT sequencename FROM pg_sequences WHERE schemaname = 'public' AND sequencename LIKE 'rowguard_%' LOOP
     EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE public.%I TO rowguard_app', t.sequencename);
   END LOOP;
+  -- The server-side statements (schema step 008 on): EXECUTE only, which the migration revokes from PUBLIC.
+  FOR t IN SELECT CAST(p.oid AS regprocedure) AS signature FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'public' AND p.proname LIKE 'rowguard_%' LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO rowguard_app', t.signature);
+  END LOOP;
 END
 $$;
 
--- Tables and sequences rowguard_owner creates from now on.
+-- Tables, sequences and functions rowguard_owner creates from now on.
 ALTER DEFAULT PRIVILEGES FOR ROLE rowguard_owner IN SCHEMA public
   GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO rowguard_app;
 ALTER DEFAULT PRIVILEGES FOR ROLE rowguard_owner IN SCHEMA public
   GRANT USAGE, SELECT ON SEQUENCES TO rowguard_app;
+ALTER DEFAULT PRIVILEGES FOR ROLE rowguard_owner IN SCHEMA public
+  GRANT EXECUTE ON FUNCTIONS TO rowguard_app;

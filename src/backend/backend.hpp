@@ -49,9 +49,10 @@ class Dialect {
   // PostgreSQL sets lock_timeout for the statement's own transaction only, so it also works behind
   // a transaction pooler. "" where the engine bounds the wait itself (SQLite: the busy timeout).
   virtual std::string lock_wait_limit(std::string_view /*ms_param*/) const { return {}; }
-  // Whether INSERT/UPDATE/DELETE may stand in a WITH clause (PostgreSQL), so a multi-step write
-  // can be one statement and one round trip.
-  virtual bool has_writable_ctes() const noexcept { return false; }
+  // Whether the schema holds rowguard's server-side statements (PostgreSQL, schema step 008):
+  // functions, called as SELECT * FROM <prefix>name(...), whose inner statements the server plans
+  // once per session, also for a client behind a transaction pooler.
+  virtual bool has_server_statements() const noexcept { return false; }
   // The value for a new row's id in an INSERT ... VALUES list: DEFAULT (bigserial) on PostgreSQL,
   // MAX(id) + 1 on SQLite, where every write transaction holds the database's write lock.
   virtual std::string next_id(std::string_view table) const = 0;

@@ -9,8 +9,12 @@ namespace {
 // a sweep deleted and a write then recreated would otherwise start again at the generation a load
 // in flight may have read before the sweep (its store also checks updated_at, in milliseconds).
 std::string fresh_generation(const Dialect& d) { return fmt::format("({} * 1000)", d.now_ms()); }
-}  // namespace
 
+// An upsert that leaves an expired tombstone with a higher generation for every key that
+// "SELECT key_expr <tail>" yields, so any load that began earlier cannot store afterwards. tail
+// must contain a WHERE (SQLite's upsert grammar needs one after INSERT ... SELECT). PostgreSQL's
+// transfer function (schema/postgres/008_server_statements.sql) writes the same tombstones: keep
+// the two alike.
 std::string cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
   const auto& d = backend.dialect();
   const std::string now = d.now_timestamp();
@@ -23,6 +27,7 @@ std::string cache_invalidate_sql(const Backend& backend, std::string_view key_ex
       fmt::arg("t", backend.table("cache")), fmt::arg("key", key_expr), fmt::arg("fresh", fresh_generation(d)),
       fmt::arg("now", now), fmt::arg("tail", tail));
 }
+}  // namespace
 
 CacheStatements::CacheStatements(const Backend& backend) {
   const auto& d = backend.dialect();

@@ -10,11 +10,6 @@
 
 namespace rowguard::detail {
 
-// An upsert that leaves an expired tombstone with a higher generation for every key that
-// "SELECT key_expr <tail>" yields, so any load that began earlier cannot store afterwards. tail
-// must contain a WHERE (SQLite's upsert grammar needs one after INSERT ... SELECT).
-std::string cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail);
-
 struct CacheStatements {
   // $1 key -> always one row: (value, live 0/1, generation, expires in ms, load_ms, now ms); the
   // row's columns are NULL without a row. A miss is the start of a load, row or not.

@@ -34,7 +34,7 @@ Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
       options(o),
       standby(*backend, options.standby, "LedgerOptions::standby"),
       accounts_sql(*backend),
-      transfers_sql(*backend, options.cache != nullptr),
+      transfers_sql(*backend),
       holds_sql(*backend),
       history_sql(*backend),
       archive_sql(*backend),
@@ -163,6 +163,9 @@ std::vector<Value> Ledger::Impl::one_statement_params(const Request& request) co
     if (high < low) std::swap(low, high);
     params.emplace_back(std::move(low));
     params.emplace_back(std::move(high));
+  } else {
+    params.emplace_back(nullptr);
+    params.emplace_back(nullptr);
   }
   return params;
 }

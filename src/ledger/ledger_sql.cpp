@@ -4,8 +4,6 @@
 
 #include <fmt/format.h>
 
-#include "cache/cache_sql.hpp"
-
 namespace rowguard::detail {
 
 namespace {
@@ -30,54 +28,6 @@ std::string next_id_above_high_water(const Backend& backend, const std::string& 
   return backend.dialect().next_id(
       fmt::format("(SELECT MAX(id) AS id FROM {} UNION ALL SELECT last_id FROM {} WHERE name = '{}')",
                   backend.table(table), backend.table("id_high_water"), table));
-}
-
-// One data-modifying statement: replay check, both rows locked in key order, a debit whose own
-// WHERE holds the funds condition (numeric, so no overflow can raise), a credit only if the debit
-// happened, the record of the outcome under the key, and the entries only for an ok record.
-// (A first version decided funds from the locked CTE's values and broke the CHECK constraint
-// under concurrency: decide where the row is written.) $1 from, $2 to, $3 amount, $4 key.
-// prior: the key's record (key_record_sql on $4). extra_ctes: more data-modifying CTEs, each
-// starting with ", name AS (".
-std::string one_statement_transfer_sql(const std::string& acc, const std::string& tr, const std::string& en,
-                                       const std::string& prior, const std::string& extra_ctes) {
-  return fmt::format(
-      // The record of the key in the transfers or the holds (key_record_sql): at most one row.
-      "WITH prior AS ({prior}), "
-      // Both rows locked in key order first (no deadlocks), and only for a new key.
-      "locked AS (SELECT id, currency, balance, held FROM {acc} "
-      "WHERE id IN (CAST($1 AS text), CAST($2 AS text)) AND NOT EXISTS (SELECT 1 FROM prior) ORDER BY id "
-      "FOR NO KEY UPDATE), "
-      "src AS (SELECT * FROM locked WHERE id = CAST($1 AS text)), "
-      "dst AS (SELECT * FROM locked WHERE id = CAST($2 AS text)), "
-      "allowed AS (SELECT src.currency, "
-      "CASE WHEN CAST(dst.balance AS numeric) + CAST($3 AS bigint) > 9223372036854775807 THEN 1 ELSE 0 END "
-      "AS overflow FROM src JOIN dst ON src.currency = dst.currency), "
-      // The funds condition lives in the debit's own WHERE, evaluated on the row it updates.
-      "debit AS (UPDATE {acc} a SET balance = a.balance - CAST($3 AS bigint), version = a.version + 1, "
-      "updated_at = clock_timestamp() FROM allowed WHERE a.id = CAST($1 AS text) AND allowed.overflow = 0 "
-      "AND CAST(a.balance AS numeric) - CAST($3 AS bigint) - a.held >= a.min_balance RETURNING a.id), "
-      // The credit runs only if the debit happened: never money from nowhere.
-      "credit AS (UPDATE {acc} a SET balance = a.balance + CAST($3 AS bigint), version = a.version + 1, "
-      "updated_at = clock_timestamp() WHERE a.id = CAST($2 AS text) AND EXISTS (SELECT 1 FROM debit) "
-      "RETURNING a.id), "
-      "rec AS (INSERT INTO {tr} (idempotency_key, kind, from_account, to_account, amount, currency, outcome, "
-      "created_at) SELECT CAST($4 AS text), 'transfer', CAST($1 AS text), CAST($2 AS text), CAST($3 AS bigint), "
-      "al.currency, CASE WHEN EXISTS (SELECT 1 FROM debit) THEN 'ok' ELSE 'insufficient_funds' END, "
-      "clock_timestamp() FROM allowed al WHERE al.overflow = 0 "
-      // Short while holding holds: record nothing, the caller decides after closing expired ones.
-      "AND (EXISTS (SELECT 1 FROM debit) OR (SELECT held FROM src) = 0) RETURNING id, outcome), "
-      "entries AS (INSERT INTO {en} (transfer_id, account_id, amount, created_at) "
-      "SELECT rec.id, x.account, x.amount, clock_timestamp() FROM rec, "
-      "(VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) AS x(account, amount) "
-      "WHERE rec.outcome = 'ok' RETURNING 1){extra} "
-      "SELECT p.id, p.kind, p.from_account, p.to_account, p.amount, p.outcome, p.global_txid, p.reverses, "
-      "p.hold_id, p.timeout_ms, (SELECT CAST(currency AS text) FROM src), (SELECT CAST(currency AS text) FROM dst), "
-      "(SELECT overflow FROM allowed), (SELECT id FROM rec), (SELECT outcome FROM rec), "
-      "(SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries) "
-      "FROM (SELECT 1 AS one) AS x LEFT JOIN prior p ON true",
-      fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("prior", prior),
-      fmt::arg("extra", extra_ctes));
 }
 
 // The page of HistoryStatements::history: the page of entries first, then their transfers and entries.
@@ -145,7 +95,7 @@ AccountStatements::AccountStatements(const Backend& backend) {
   largest = fmt::format("SELECT {} FROM {} a ORDER BY a.balance DESC, a.id LIMIT $1", columns, acc);
 }
 
-TransferStatements::TransferStatements(const Backend& backend, bool invalidate_cache) {
+TransferStatements::TransferStatements(const Backend& backend) {
   const auto& d = backend.dialect();
   const std::string acc = backend.table("accounts");
   const std::string tr = backend.table("transfers");
@@ -175,18 +125,10 @@ TransferStatements::TransferStatements(const Backend& backend, bool invalidate_c
   update = fmt::format(
       "UPDATE {} SET min_balance = $3, version = version + 1, updated_at = {} WHERE id = $1 AND version = $2", acc,
       now);
-  if (d.has_writable_ctes()) {
-    // With a cache, the transfer also drops both cached accounts ($5, $6), only if money moved.
-    const std::string invalidate =
-        invalidate_cache
-            ? fmt::format(", invalidated AS ({})",
-                          cache_invalidate_sql(backend, "x.k",
-                                               "FROM (VALUES (CAST($5 AS text)), (CAST($6 AS text))) AS x(k) "
-                                               "WHERE EXISTS (SELECT 1 FROM debit)"))
-            : std::string();
-    one_statement_transfer =
-        one_statement_transfer_sql(acc, tr, en, key_record_sql(backend, "CAST($4 AS text)"), invalidate);
-  }
+  // The function of schema step 008 (schema/postgres/008_server_statements.sql), whose inner
+  // statement the server plans once per session.
+  if (d.has_server_statements())
+    one_statement_transfer = fmt::format("SELECT * FROM {}($1, $2, $3, $4, $5, $6)", backend.table("apply_transfer"));
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",

@@ -62,9 +62,10 @@ struct TransferStatements {
   std::string update;
   // $1 -(age ms): forgets the keys of the transfers older than the age.
   std::string prune;
-  // PostgreSQL: a whole transfer as one statement, one round trip (empty elsewhere). $1 from, $2 to,
-  // $3 amount, $4 key, with a cache $5 and $6 the cache keys of both accounts (dropped only if money
-  // moved) -> one row: the key's record (key_record_columns, NULL for a new key), then the
+  // PostgreSQL: a whole transfer as one call of the server-side function <prefix>apply_transfer
+  // (schema step 008), one round trip (empty elsewhere). $1 from, $2 to, $3 amount, $4 key, $5 and
+  // $6 the cache keys of both accounts in key order, dropped only if money moved (NULL without a
+  // cache) -> one row: the key's record (key_record_columns, NULL for a new key), then the
   // currencies of from and to (NULL when absent), the overflow flag (1: to's balance would leave
   // int64), the new record's id and outcome (NULL when nothing was recorded: a replay, a refusal,
   // or a source short only while it has holds, which the statement does not look at) and how many
@@ -75,9 +76,7 @@ struct TransferStatements {
   std::string chain_rollback;
   std::string chain_release;
 
-  // invalidate_cache: the Ledger has a cache, whose copies of both accounts the one-statement
-  // transfer drops.
-  TransferStatements(const Backend& backend, bool invalidate_cache);
+  explicit TransferStatements(const Backend& backend);
 };
 
 // Holds (holds.cpp): a hold reserves part of an account's available amount in accounts.held until

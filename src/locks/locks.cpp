@@ -40,7 +40,7 @@ Locks::Impl::Impl(std::shared_ptr<detail::Backend> b, LockOptions o)
       options(std::move(o)),
       table(backend->table("locks")),
       channel(backend->table("locks")),
-      sql(backend->dialect(), table, channel),
+      sql(*backend, channel),
       owner_prefix(options.owner_prefix.empty() ? default_owner_prefix() : options.owner_prefix),
       wake_prefix(backend->display_url() + "|" + table + "|") {
   if (options.max_ttl <= std::chrono::milliseconds::zero())

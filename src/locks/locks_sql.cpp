@@ -4,59 +4,54 @@
 
 namespace rowguard::detail {
 
-LockStatements::LockStatements(const Dialect& d, const std::string& t, const std::string& channel) {
+LockStatements::LockStatements(const Backend& backend, const std::string& channel) {
+  const Dialect& d = backend.dialect();
+  const std::string t = backend.table("locks");
   const std::string now = d.now_timestamp();
   const std::string now_ms = d.now_ms();
-  const std::string live = fmt::format("l.expires_at IS NOT NULL AND l.expires_at > {}", now);
-  const std::string same_live = fmt::format("(l.owner = excluded.owner AND {})", live);
-  // The NOWAIT probe needs row locks; the notifying release and the waiter count need NOTIFY.
-  const bool row_locks = !d.for_update().empty();
   const bool notify = d.has_notify();
-
-  // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
-  // back. The token grows on every new lease and stays for the same owner's live lease, so a
-  // retried acquire gets its own token back. On PostgreSQL the probe locks the row NOWAIT first:
-  // a row held by another transaction's guard (FOR SHARE) fails fast with 55P03 instead of blocking.
-  const std::string values =
-      row_locks ? fmt::format(
-                      "SELECT $1, $2, 1, {0}, {1}, NULL, 0, 0, NULL FROM (SELECT 1) AS one "
-                      "LEFT JOIN probe ON true WHERE true",
-                      now, d.timestamp_plus_ms(now, "$3"))
-                : fmt::format("VALUES ($1, $2, 1, {0}, {1}, NULL, 0, 0, NULL)", now, d.timestamp_plus_ms(now, "$3"));
-  acquire = fmt::format(
-      "{probe}INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
-      "release_reason) {values} "
-      "ON CONFLICT (name) DO UPDATE SET "
-      "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
-      "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
-      "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
-      "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
-      "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
-      "RETURNING token, {expires}, {now_ms}",
-      fmt::arg("probe", row_locks ? fmt::format("WITH probe AS (SELECT name FROM {} WHERE name = $1{} NOWAIT) ", t,
-                                                d.for_update())
-                                  : std::string()),
-      fmt::arg("t", t), fmt::arg("values", values), fmt::arg("same_live", same_live), fmt::arg("now", now),
-      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
-
-  const std::string mine = fmt::format("name = $1 AND owner = $2 AND token = $3 AND expires_at > {}", now);
-  // A guard holds the row until its transaction ends; renew and release wait for it, but boundedly.
   const auto limit = [&d](std::string_view param) {
     const std::string condition = d.lock_wait_limit(param);
     return condition.empty() ? condition : " AND " + condition;
   };
-  row_lock_timeout_param = !d.lock_wait_limit("$1").empty();
-  renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {}{} RETURNING {}", t,
-                      d.timestamp_plus_ms(now, "$4"), mine, limit("$5"), d.timestamp_to_ms("expires_at"));
+  const std::string mine = fmt::format("name = $1 AND owner = $2 AND token = $3 AND expires_at > {}", now);
 
-  // The release is a plain update; when it reports waiters, the caller sends the NOTIFY as a
-  // second statement. Folding pg_notify into the release as a CTE cost about 9% of an uncontended
-  // acquire+release pair's server time (pgbench, 1 client), paid by every release to save one round
-  // trip on contended ones only. A waiter that misses the wake-up (the releaser died in between)
-  // still finds the lock free at its next poll.
-  release =
-      fmt::format("UPDATE {} SET expires_at = NULL, released_at = {} WHERE {}{} RETURNING CAST(waiters AS bigint)", t,
-                  now, mine, limit("$4"));
+  if (d.has_server_statements()) {
+    // PostgreSQL: the functions of schema step 008 (schema/postgres/008_server_statements.sql),
+    // which say why each statement is shaped as it is. Renew and release take the row lock
+    // timeout: a guarded transaction left open must not make them wait forever.
+    const auto call = [&backend](std::string_view function, std::string_view params) {
+      return fmt::format("SELECT * FROM {}({})", backend.table(function), params);
+    };
+    acquire = call("lock_acquire", "$1, $2, $3");
+    renew = call("lock_renew", "$1, $2, $3, $4, $5");
+    release = call("lock_release", "$1, $2, $3, $4");
+    row_lock_timeout_param = true;
+  } else {
+    // SQLite, in process: the same statements inline. Its write transactions hold the database's
+    // write lock, so there is no row lock to probe, and its busy timeout bounds every wait.
+    // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
+    // back. The token grows on every new lease and stays for the same owner's live lease, so a
+    // retried acquire gets its own token back.
+    const std::string same_live =
+        fmt::format("(l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > {})", now);
+    acquire = fmt::format(
+        "INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
+        "release_reason) VALUES ($1, $2, 1, {now}, {expires_at}, NULL, 0, 0, NULL) "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
+        "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
+        "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
+        "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
+        "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
+        "RETURNING token, {expires}, {now_ms}",
+        fmt::arg("t", t), fmt::arg("expires_at", d.timestamp_plus_ms(now, "$3")), fmt::arg("same_live", same_live),
+        fmt::arg("now", now), fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
+    renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {} RETURNING {}", t,
+                        d.timestamp_plus_ms(now, "$4"), mine, d.timestamp_to_ms("expires_at"));
+    release = fmt::format(
+        "UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING CAST(waiters AS bigint)", t, now, mine);
+  }
   if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
 
   state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",

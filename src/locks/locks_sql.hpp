@@ -1,6 +1,8 @@
 #pragma once
 // The SQL of every lock operation, built once per Locks from the dialect and the table prefix.
-// Each operation is one autocommit statement, so it also works behind a transaction pooler.
+// Each operation is one autocommit statement, so it also works behind a transaction pooler. On
+// PostgreSQL acquire, renew and release call the functions of schema step 008, whose plans the
+// server keeps per session; on SQLite they are the same statements inline.
 
 #include <string>
 
@@ -40,7 +42,7 @@ struct LockStatements {
   // $1 = -(older-than ms) -> rows cleared
   std::string sweep;
 
-  LockStatements(const Dialect& dialect, const std::string& table, const std::string& channel);
+  LockStatements(const Backend& backend, const std::string& channel);
 };
 
 // The statements of a Fence, on its own table.

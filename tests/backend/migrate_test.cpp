@@ -111,7 +111,8 @@ TEST_CASE("table prefixes keep two installations apart in one database", "[backe
   CHECK(other->schema_version() == Database::library_schema_version());
 }
 
-TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothing else", "[pg][direct]") {
+TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE on its functions and nothing else",
+          "[pg][direct]") {
   TestDb t;
   t.db().migrate();
   const std::string prefix = t.db().table_prefix();
@@ -133,6 +134,17 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables and nothi
                              d.ms_to_timestamp("0")))
             .affected == 1);
   CHECK(app.exec(fmt::format("UPDATE {}fences SET last_token = 2", prefix)).affected == 1);
+  // The server-side statements (schema step 008): EXECUTE is the application role's, so its
+  // transfers run through them as the owner's do.
+  {
+    Ledger owner(t.db());
+    owner.open("alice", "EUR");
+    owner.open("bob", "EUR");
+    REQUIRE(owner.deposit("alice", 500, "roles-seed").ok());
+    Ledger ledger(app);
+    CHECK(ledger.transfer("alice", "bob", 200, "roles-transfer").ok());
+    CHECK(ledger.get("bob").balance == 200);
+  }
   for (const std::string& ddl :
        {fmt::format("CREATE TABLE {}evil (x int)", prefix), fmt::format("DROP TABLE {}fences", prefix),
         fmt::format("TRUNCATE {}fences", prefix)}) {

@@ -406,7 +406,7 @@ TEST_CASE("serve: with 100,000 accounts and lock rows the page reads a bounded n
   const std::int64_t read = 1 /* lock counts */ + 1 /* cache stats */ + 2 /* currencies */ + 9 /* locks */ + 7;
   CHECK_THAT(page, Catch::Contains(fmt::format("<p id=\"footer\">{} rows read", read)));
   // The statements behind the page besides Ledger::transfers (LIMIT) and Cache::table_stats (an aggregate).
-  const detail::LockStatements lock_sql(dialect_of(db), backend_of(db).table("locks"), "channel");
+  const detail::LockStatements lock_sql(backend_of(db), "channel");
   const detail::AccountStatements account_sql(backend_of(db));
   for (const auto& sql : {lock_sql.counts, lock_sql.active, account_sql.currencies, account_sql.largest}) {
     INFO(sql);

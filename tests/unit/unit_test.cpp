@@ -240,6 +240,7 @@ TEST_CASE("schema_sql: a script per dialect and part, prefixed; other dialects, 
   const std::string pg = schema_sql("postgres", SchemaPart::migrations, "acme_");
   CHECK_THAT(pg, Catch::Contains("acme_accounts"));
   CHECK_THAT(pg, !Catch::Contains("rowguard_accounts"));
+  CHECK_THAT(pg, Catch::Contains("FUNCTION acme_apply_transfer("));  // the server-side statements too
   CHECK_THAT(schema_sql("sqlite"), Catch::Contains("rowguard_locks"));
   CHECK_THAT(schema_sql("postgres", SchemaPart::roles), Catch::Contains("rowguard_app"));
   std::string message;

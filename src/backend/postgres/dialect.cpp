@@ -50,7 +50,7 @@ class PostgresDialect final : public Dialect {
   std::string lock_wait_limit(std::string_view ms_param) const override {
     return fmt::format("(SELECT set_config('lock_timeout', CAST({} AS text), true)) IS NOT NULL", ms_param);
   }
-  bool has_writable_ctes() const noexcept override { return true; }
+  bool has_server_statements() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
   bool has_prepared_transactions() const noexcept override { return true; }
   std::string next_id(std::string_view) const override { return "DEFAULT"; }
