@@ -4,12 +4,15 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "core/schema_scripts.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
 using rowguard::test::backend_of;
 using rowguard::test::dialect_of;
 using rowguard::test::TestDb;
+using namespace std::chrono_literals;
 
 TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
   TestDb t;
@@ -38,6 +41,46 @@ TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
     return Error(ErrorKind::permanent, "no error");
   }();
   CHECK(e.sqlstate().substr(0, 2) == "23");
+}
+
+TEST_CASE("a database at the previous schema version migrates forward with its data, then pays and locks",
+          "[backend]") {
+  TestDb t;
+  // The schema as the previous release left it: every step but the last, and money in it.
+  {
+    const std::string dialect(dialect_of(t.db()).name());
+    const auto steps = detail::migrations(dialect);
+    REQUIRE(steps.size() >= 2);
+    auto session = backend_of(t.db()).borrow();
+    const std::string prefix = t.db().table_prefix();
+    (*session)->exec_script(detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, prefix));
+    for (std::size_t i = 0; i + 1 < steps.size(); ++i)
+      (*session)->exec_script(detail::with_prefix(steps[i].script->sql, prefix));
+  }
+  REQUIRE(t.db().schema_version() == Database::library_schema_version() - 1);
+  {
+    // What the previous release wrote, as it wrote it: plain rows.
+    const auto& d = dialect_of(t.db());
+    const std::string now = d.now_timestamp();
+    t.db().exec(
+        fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, version, created_at, "
+                    "updated_at) VALUES ('old-a', 'EUR', 0, 0, 0, {}, {}), ('old-b', 'EUR', 0, 0, 0, {}, {})",
+                    t.db().table_prefix(), now, now, now, now));
+  }
+  CHECK(t.db().migrate() == 1);
+  CHECK(t.db().schema_version() == Database::library_schema_version());
+  CHECK(t.db().migrate() == 0);  // idempotent
+  Ledger ledger(t.db());
+  REQUIRE(ledger.deposit("old-a", 1'000, "fwd-seed").ok());
+  CHECK(ledger.transfer("old-a", "old-b", 400, "fwd-1").ok());
+  CHECK(ledger.transfer("old-a", "old-b", 400, "fwd-1").replayed);
+  CHECK(ledger.get("old-b").balance == 400);
+  CHECK(ledger.check().ok());
+  Locks locks(t.db());
+  auto lease = locks.try_acquire("fwd", 10s);
+  REQUIRE(lease);
+  lease->renew(10s);
+  lease->release();
 }
 
 TEST_CASE("concurrent migrations from several threads apply each step once", "[backend][threads]") {
