@@ -26,7 +26,7 @@ using namespace std::chrono_literals;
 using rowguard::test::kind_of;
 using rowguard::test::TestDb;
 
-TEST_CASE("locks: counts and active judge one instant of the database clock; active is bounded", "[backend]") {
+TEST_CASE("locks: counts and active judge one instant of the database clock, and active is bounded", "[backend]") {
   TestDb t;
   t.db().migrate();
   Locks locks(t.db());

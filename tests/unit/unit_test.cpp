@@ -235,7 +235,7 @@ TEST_CASE("schema scripts: both dialects have the same steps, and prefixes repla
   }
 }
 
-TEST_CASE("schema_sql: a script per dialect and part, prefixed; other dialects, parts and prefixes are refused",
+TEST_CASE("schema_sql: a script per dialect and part, prefixed, and other dialects, parts and prefixes are refused",
           "[unit]") {
   const std::string pg = schema_sql("postgres", SchemaPart::migrations, "acme_");
   CHECK_THAT(pg, Catch::Contains("acme_accounts"));
