@@ -9,9 +9,10 @@
 --
 -- Every function is SECURITY INVOKER (it runs with the caller's rights on the tables: the
 -- application role needs the same DML grants as without it), its search_path is pinned to the
--- schema this migration ran in (the DO block at the end), and EXECUTE is revoked from PUBLIC:
--- roles.sql grants it to rowguard_app. The table prefix applies to the function names as to the
--- tables (rowguard_apply_transfer becomes <prefix>apply_transfer).
+-- schema this migration ran in (the DO block at the end), and EXECUTE is revoked from PUBLIC and
+-- granted to rowguard_app (here when the role exists already, else by roles.sql). The table
+-- prefix applies to the function names as to the tables (rowguard_apply_transfer becomes
+-- <prefix>apply_transfer).
 
 -- A transfer in one statement: the same data-modifying CTE the library sent as a statement before
 -- this step (docs/ledger.md, "The SQL of a transfer"), now planned once per session.
@@ -182,6 +183,11 @@ BEGIN
                            'rowguard_lock_release(text, text, bigint, bigint)'] LOOP
     EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f, current_schema());
     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    -- A database whose roles.sql ran before this step (its default privileges then covered tables
+    -- and sequences only): the application role keeps working after the upgrade.
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rowguard_app') THEN
+      EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO rowguard_app', f);
+    END IF;
   END LOOP;
 END
 $$;

@@ -43,21 +43,36 @@ TEST_CASE("migrate creates every table once and is idempotent", "[backend]") {
   CHECK(e.sqlstate().substr(0, 2) == "23");
 }
 
+namespace {
+// The schema as the previous release left it: every step but the last.
+void migrate_all_but_the_last_step(TestDb& t) {
+  const std::string dialect(dialect_of(t.db()).name());
+  const auto steps = detail::migrations(dialect);
+  REQUIRE(steps.size() >= 2);
+  auto session = backend_of(t.db()).borrow();
+  const std::string prefix = t.db().table_prefix();
+  (*session)->exec_script(detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, prefix));
+  for (std::size_t i = 0; i + 1 < steps.size(); ++i)
+    (*session)->exec_script(detail::with_prefix(steps[i].script->sql, prefix));
+  REQUIRE(t.db().schema_version() == Database::library_schema_version() - 1);
+}
+
+// The database as the application role sees it (roles.sql made the role).
+Database open_as_app(TestDb& t) {
+  std::string url = t.url();
+  const auto at = url.find("postgres@");
+  REQUIRE(at != std::string::npos);
+  url.replace(at, std::string("postgres@").size(), t.db().table_prefix() + "app@");
+  Options options;
+  options.table_prefix = t.db().table_prefix();
+  return Database::open(url, options);
+}
+}  // namespace
+
 TEST_CASE("a database at the previous schema version migrates forward with its data, then pays and locks",
           "[backend]") {
   TestDb t;
-  // The schema as the previous release left it: every step but the last, and money in it.
-  {
-    const std::string dialect(dialect_of(t.db()).name());
-    const auto steps = detail::migrations(dialect);
-    REQUIRE(steps.size() >= 2);
-    auto session = backend_of(t.db()).borrow();
-    const std::string prefix = t.db().table_prefix();
-    (*session)->exec_script(detail::with_prefix(detail::find_script(dialect, "000_schema_version")->sql, prefix));
-    for (std::size_t i = 0; i + 1 < steps.size(); ++i)
-      (*session)->exec_script(detail::with_prefix(steps[i].script->sql, prefix));
-  }
-  REQUIRE(t.db().schema_version() == Database::library_schema_version() - 1);
+  migrate_all_but_the_last_step(t);  // and money in it:
   {
     // What the previous release wrote, as it wrote it: plain rows.
     const auto& d = dialect_of(t.db());
@@ -80,6 +95,28 @@ TEST_CASE("a database at the previous schema version migrates forward with its d
   auto lease = locks.try_acquire("fwd", 10s);
   REQUIRE(lease);
   lease->renew(10s);
+  lease->release();
+}
+
+TEST_CASE("roles.sql run before the server-side statements existed: the application role transfers after the upgrade",
+          "[pg][direct]") {
+  TestDb t;
+  migrate_all_but_the_last_step(t);
+  {
+    auto session = backend_of(t.db()).borrow();
+    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
+  }
+  CHECK(t.db().migrate() == 1);  // step 008 grants EXECUTE to the role that exists already
+  Ledger owner(t.db());
+  owner.open("alice", "EUR");
+  owner.open("bob", "EUR");
+  REQUIRE(owner.deposit("alice", 500, "upgrade-seed").ok());
+  auto app = open_as_app(t);
+  Ledger ledger(app);
+  CHECK(ledger.transfer("alice", "bob", 200, "upgrade-transfer").ok());
+  Locks locks(app);
+  auto lease = locks.try_acquire("upgrade", 10s);
+  REQUIRE(lease);
   lease->release();
 }
 
@@ -164,13 +201,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
     (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, prefix));
   }
   // Connect as the application role: same server, same database, other user.
-  std::string url = t.url();
-  const auto at = url.find("postgres@");
-  REQUIRE(at != std::string::npos);
-  url.replace(at, std::string("postgres@").size(), prefix + "app@");
-  Options options;
-  options.table_prefix = prefix;
-  auto app = Database::open(url, options);
+  auto app = open_as_app(t);
   CHECK(app.exec("SELECT current_user").one().text(0) == prefix + "app");
   const auto& d = dialect_of(app);
   CHECK(app.exec(fmt::format("INSERT INTO {}fences (resource, last_token, updated_at) VALUES ('r', 1, {})", prefix,
