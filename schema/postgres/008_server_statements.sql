@@ -125,9 +125,12 @@ BEGIN
   ON CONFLICT (name) DO UPDATE SET
     token = CASE WHEN l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > clock_timestamp()
                  THEN l.token ELSE l.token + 1 END,
+    -- A takeover's acquired_at is read after the WHERE found the old lease expired (PostgreSQL
+    -- checks it before it computes the SET), never the statement's earlier clock reading, so it
+    -- never lies before the old lease's expiry.
     acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at IS NOT NULL
                             AND l.expires_at > clock_timestamp()
-                       THEN l.acquired_at ELSE excluded.acquired_at END,
+                       THEN l.acquired_at ELSE clock_timestamp() END,
     renewals = CASE WHEN l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > clock_timestamp()
                     THEN l.renewals ELSE 0 END,
     owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL
