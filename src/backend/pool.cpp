@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <iterator>
 
 #include <fmt/format.h>
 
@@ -250,6 +251,13 @@ Backend::Backend(std::string name, std::string display_url, Options options, std
       options_(std::move(options)),
       dialect_(std::move(dialect)),
       pool_(std::move(factory), options_.pool_size, options_.pool_wait) {}
+
+std::string Backend::function_call(std::string_view function, std::size_t params) const {
+  std::string call = fmt::format("SELECT * FROM {}(", table(function));
+  for (std::size_t i = 1; i <= params; ++i) fmt::format_to(std::back_inserter(call), "{}${}", i > 1 ? ", " : "", i);
+  call += ')';
+  return call;
+}
 
 void validate_options(const Options& options) {
   auto bad = [](const std::string& what) { throw Error(ErrorKind::invalid_argument, what); };

@@ -128,7 +128,7 @@ TransferStatements::TransferStatements(const Backend& backend) {
   // The function of schema step 008 (schema/postgres/008_server_statements.sql), whose inner
   // statement the server plans once per session.
   if (d.has_server_statements())
-    one_statement_transfer = fmt::format("SELECT * FROM {}($1, $2, $3, $4, $5, $6)", backend.table("apply_transfer"));
+    one_statement_transfer = backend.function_call("apply_transfer", 6);
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",

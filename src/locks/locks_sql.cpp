@@ -15,18 +15,17 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     return condition.empty() ? condition : " AND " + condition;
   };
   const std::string mine = fmt::format("name = $1 AND owner = $2 AND token = $3 AND expires_at > {}", now);
+  // An engine that bounds a row lock wait by a condition takes the bound as a parameter.
+  row_lock_timeout_param = !d.lock_wait_limit("$1").empty();
 
   if (d.has_server_statements()) {
     // PostgreSQL: the functions of schema step 008 (schema/postgres/008_server_statements.sql),
     // which say why each statement is shaped as it is. Renew and release take the row lock
     // timeout: a guarded transaction left open must not make them wait forever.
-    const auto call = [&backend](std::string_view function, std::string_view params) {
-      return fmt::format("SELECT * FROM {}({})", backend.table(function), params);
-    };
-    acquire = call("lock_acquire", "$1, $2, $3");
-    renew = call("lock_renew", "$1, $2, $3, $4, $5");
-    release = call("lock_release", "$1, $2, $3, $4");
-    row_lock_timeout_param = true;
+    const std::size_t bound = row_lock_timeout_param ? 1 : 0;
+    acquire = backend.function_call("lock_acquire", 3);
+    renew = backend.function_call("lock_renew", 4 + bound);
+    release = backend.function_call("lock_release", 3 + bound);
   } else {
     // SQLite, in process: the same statements inline. Its write transactions hold the database's
     // write lock, so there is no row lock to probe, and its busy timeout bounds every wait.
