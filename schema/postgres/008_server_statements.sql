@@ -103,6 +103,134 @@ BEGIN
 END
 $fn$;
 
+-- One item of a batch: rowguard_apply_transfer's row and a verdict: 'ok'; 'failed' when the item
+-- fails its chain (a missing account, currencies that differ, an overflow, a rejection, a replay of
+-- a rejection or of another request: the client names which, from the same columns); 'client'
+-- when the source is short only while it holds holds (the client closes the expired ones). No
+-- row for a NULL key: an item the client refused before sending.
+CREATE OR REPLACE FUNCTION rowguard_batch_item(p_from text, p_to text, p_amount bigint, p_key text,
+                                               p_cache_a text, p_cache_b text)
+RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
+               r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
+               r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
+               r_record_outcome text, r_rows bigint, r_verdict text)
+LANGUAGE sql SECURITY INVOKER AS $fn$
+  SELECT t.*,
+         CASE WHEN t.r_id IS NOT NULL THEN
+                CASE WHEN t.r_kind = 'transfer' AND t.r_global_txid IS NULL AND t.r_reverses IS NULL
+                          AND t.r_hold_id IS NULL AND t.r_from = p_from AND t.r_to = p_to AND t.r_amount = p_amount
+                          AND t.r_outcome = 'ok' THEN 'ok' ELSE 'failed' END
+              WHEN t.r_src_currency IS NULL OR t.r_dst_currency IS NULL OR t.r_src_currency <> t.r_dst_currency
+                   OR t.r_overflow <> 0 THEN 'failed'
+              WHEN t.r_record_id IS NULL THEN 'client'
+              WHEN t.r_record_outcome = 'ok' AND t.r_rows = 4 THEN 'ok'
+              ELSE 'failed' END
+    FROM rowguard_apply_transfer(p_from, p_to, p_amount, p_key, p_cache_a, p_cache_b) AS t
+   WHERE p_key IS NOT NULL
+$fn$;
+
+-- A batch (Ledger::transfer_batch) in one round trip: every item through rowguard_apply_transfer,
+-- in order, inside the caller's transaction. Items are the arrays' elements (same length); an item
+-- whose key is NULL was refused by the client before sending (it fails its chain unexecuted).
+-- p_linked[i] links item i to the next one: a linked chain applies whole or not at all, so each
+-- chain runs in a subtransaction (an exception block) that a failing item rolls back. A standalone
+-- item's refusal writes nothing, so it needs no subtransaction.
+-- One row per item looked at, in order: the columns of rowguard_apply_transfer, then r_item (the
+-- item's 0-based index), r_failed (1 when the item fails its chain: a refusal, a rejection, a
+-- replay of another request or of a rejection), and r_sqlstate and r_message of a server error an
+-- item of a chain raised (the chain is rolled back; errors a retry can cure are raised instead).
+-- A chain's rows stop at its failing item. When an item needs the client (a source short only
+-- while it holds holds, which the client closes when expired), the batch stops there: the chain it
+-- belongs to is rolled back and a last row carries that chain's first index with r_stopped = 1.
+CREATE OR REPLACE FUNCTION rowguard_apply_batch(p_from text[], p_to text[], p_amount bigint[], p_key text[],
+                                                p_linked boolean[], p_cache_a text[], p_cache_b text[])
+RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
+               r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
+               r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
+               r_record_outcome text, r_rows bigint, r_item integer, r_failed integer, r_stopped integer,
+               r_sqlstate text, r_message text)
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+DECLARE
+  n integer := coalesce(array_length(p_key, 1), 0);
+  s integer := 1;  -- the chain is items s..e (1-based); a standalone item is a chain of one
+  e integer;
+  j integer;
+  verdict text;  -- 'ok', 'failed' (the item fails its chain), 'client' (the client must decide)
+  state text;
+BEGIN
+  IF array_length(p_from, 1) IS DISTINCT FROM n OR array_length(p_to, 1) IS DISTINCT FROM n
+     OR array_length(p_amount, 1) IS DISTINCT FROM n OR array_length(p_linked, 1) IS DISTINCT FROM n
+     OR array_length(p_cache_a, 1) IS DISTINCT FROM n OR array_length(p_cache_b, 1) IS DISTINCT FROM n
+     OR (n > 0 AND p_linked[n]) THEN
+    RAISE EXCEPTION 'rowguard_apply_batch: arrays of one length, the last item unlinked' USING ERRCODE = '22023';
+  END IF;
+  WHILE s <= n LOOP
+    e := s;
+    WHILE p_linked[e] LOOP
+      e := e + 1;
+    END LOOP;
+    j := s;
+    IF s = e THEN
+      -- Standalone: a refusal or a rejection writes nothing but its record, so no subtransaction.
+      SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
+                    r_timeout_ms, r_src_currency, r_dst_currency, r_overflow, r_record_id, r_record_outcome, r_rows,
+                    verdict
+        FROM rowguard_batch_item(p_from[j], p_to[j], p_amount[j], p_key[j], p_cache_a[j], p_cache_b[j]);
+      r_item := j - 1; r_failed := CAST(verdict IS DISTINCT FROM 'ok' AS integer);
+      r_stopped := CAST(verdict IS NOT DISTINCT FROM 'client' AS integer);
+      RETURN NEXT;
+      IF r_stopped = 1 THEN
+        RETURN;
+      END IF;
+    ELSE
+      -- A linked chain: a subtransaction that its first failing item rolls back.
+      BEGIN
+        WHILE j <= e LOOP
+          SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
+                        r_timeout_ms, r_src_currency, r_dst_currency, r_overflow, r_record_id, r_record_outcome,
+                        r_rows, verdict
+            FROM rowguard_batch_item(p_from[j], p_to[j], p_amount[j], p_key[j], p_cache_a[j], p_cache_b[j]);
+          r_item := j - 1; r_failed := CAST(verdict IS DISTINCT FROM 'ok' AS integer); r_stopped := 0;
+          IF verdict = 'client' THEN
+            RAISE EXCEPTION 'the client decides' USING ERRCODE = 'RGB02';
+          END IF;
+          RETURN NEXT;
+          IF r_failed = 1 THEN
+            RAISE EXCEPTION 'the chain failed' USING ERRCODE = 'RGB01';
+          END IF;
+          j := j + 1;
+        END LOOP;
+      EXCEPTION
+        WHEN SQLSTATE 'RGB01' THEN
+          NULL;  -- the chain's writes are undone; its rows say why
+        WHEN SQLSTATE 'RGB02' THEN
+          SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
+                        r_timeout_ms, r_src_currency, r_dst_currency, r_overflow, r_record_id, r_record_outcome,
+                        r_rows, verdict
+            FROM rowguard_batch_item(NULL, NULL, NULL, NULL, NULL, NULL);  -- no row: every column NULL
+          r_item := s - 1; r_failed := 0; r_stopped := 1;
+          RETURN NEXT;
+          RETURN;
+        WHEN OTHERS THEN
+          GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, r_message = MESSAGE_TEXT;
+          -- What a retry of the whole batch can cure goes to the client's retry loop: serialization
+          -- failures and deadlocks, lock timeouts, a concurrent request with the same key (23505:
+          -- the retry replays it), the connection, the server's resources or state.
+          IF left(state, 2) IN ('40', '08', '53', '57', '58', 'XX')
+             OR state IN ('55P03', '23505', '25P03', '25006') THEN
+            RAISE;
+          END IF;
+          r_item := j - 1; r_failed := 1; r_stopped := 0; r_sqlstate := state;
+          RETURN NEXT;
+          r_sqlstate := NULL;
+          r_message := NULL;
+      END;
+    END IF;
+    s := e + 1;
+  END LOOP;
+END
+$fn$;
+
 -- Leases (docs/locks.md): acquire, renew and release, each the one statement the library sent
 -- before this step.
 --
@@ -181,6 +309,8 @@ DO $$
 DECLARE f text;
 BEGIN
   FOREACH f IN ARRAY ARRAY['rowguard_apply_transfer(text, text, bigint, text, text, text)',
+                           'rowguard_batch_item(text, text, bigint, text, text, text)',
+                           'rowguard_apply_batch(text[], text[], bigint[], text[], boolean[], text[], text[])',
                            'rowguard_lock_acquire(text, text, bigint)',
                            'rowguard_lock_renew(text, text, bigint, bigint, bigint)',
                            'rowguard_lock_release(text, text, bigint, bigint)'] LOOP

@@ -408,6 +408,158 @@ TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view
   return r;
 }
 
+namespace {
+// Throws what the item's own fields are refused for (before anything is sent).
+void check_item(const BatchItem& item) {
+  check_text(item.from, "source account id", max_id_bytes);
+  check_text(item.to, "destination account id", max_id_bytes);
+  if (item.from == item.to) throw Error(ErrorKind::invalid_argument, "a transfer from an account to itself");
+  check_amount(item.amount);
+  check_text(item.key, "idempotency key", max_key_bytes);
+}
+
+bool retried_whole(const Error& e) {
+  return e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt;
+}
+
+// The last index of the chain that starts at `start` (a chain is linked items and the unlinked one
+// that ends it).
+std::size_t chain_end(const std::vector<BatchItem>& items, std::size_t start) {
+  std::size_t end = start;
+  while (items[end].linked) ++end;
+  return end;
+}
+
+// A chain failed at item `failed`: its other items get that error too (nothing of the chain was written).
+void fail_chain(std::vector<BatchResult>& results, std::size_t start, std::size_t end, std::size_t failed) {
+  for (std::size_t i = start; i <= end; ++i) {
+    if (i == failed) continue;
+    results[i].result = TransferResult{};
+    results[i].error = results[failed].error;
+    results[i].message = fmt::format("not applied: item {} of its linked chain failed", failed);
+  }
+}
+}  // namespace
+
+std::size_t Ledger::Impl::batch_chain_on_client(Transaction& tx, const std::vector<BatchItem>& items, std::size_t start,
+                                                std::vector<BatchResult>& results) {
+  const std::size_t end = chain_end(items, start);
+  // With the one-statement transfer a standalone item that fails has written nothing (its
+  // statement refuses rather than raises), so only chains need a savepoint: one round trip per
+  // standalone item.
+  const bool one_statement = !transfers_sql.one_statement_transfer.empty();
+  const bool savepoint = start != end || !one_statement;
+  if (savepoint) tx.exec(transfers_sql.chain_savepoint);
+  std::optional<std::size_t> failed;
+  for (std::size_t i = start; i <= end && !failed; ++i) {
+    const BatchItem& item = items[i];
+    try {
+      check_item(item);
+      const Request request{"transfer", item.from, item.to, item.amount, item.key};
+      std::optional<TransferResult> decided;
+      if (one_statement) decided = transfer_in_one_statement(tx, request);
+      results[i].result = decided ? *decided : apply_in(tx, request);
+      // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
+      if (start != end && !results[i].result.ok())
+        throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
+    } catch (const Error& e) {
+      if (retried_whole(e)) throw;                     // the whole batch is retried
+      if (!savepoint && !e.sqlstate().empty()) throw;  // the server aborted the transaction: no item commits
+      results[i].error = e.kind();
+      results[i].message = e.what();
+      failed = i;
+    }
+  }
+  if (failed && savepoint) {
+    tx.exec(transfers_sql.chain_rollback);
+    fail_chain(results, start, end, *failed);
+  }
+  if (savepoint) tx.exec(transfers_sql.chain_release);
+  return end + 1;
+}
+
+std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<BatchItem>& items, std::size_t first,
+                                          std::vector<BatchResult>& results) {
+  // Columns of a batch row after the transfer's (TransferStatements::batch).
+  constexpr std::size_t item_col = detail::key_record_columns + 6, failed_col = item_col + 1,
+                        stopped_col = item_col + 2, sqlstate_col = item_col + 3, message_col = item_col + 4;
+  const std::size_t n = items.size() - first;
+  std::vector<std::optional<Error>> refused(n);
+  std::vector<std::optional<std::string>> from(n), to(n), amount(n), key(n), linked(n), cache_a(n), cache_b(n);
+  std::vector<std::string> cached;  // the cache keys this batch may drop, forgotten locally on commit
+  for (std::size_t k = 0; k < n; ++k) {
+    const BatchItem& item = items[first + k];
+    linked[k] = item.linked ? "t" : "f";
+    try {
+      check_item(item);
+    } catch (const Error& e) {
+      refused[k] = e;  // sent with a NULL key: it fails its chain without running
+      continue;
+    }
+    from[k] = item.from, to[k] = item.to, amount[k] = std::to_string(item.amount), key[k] = item.key;
+    const std::vector<Value> p = one_statement_params({"transfer", item.from, item.to, item.amount, item.key});
+    if (options.cache) {
+      cache_a[k] = std::get<std::string>(p[4]), cache_b[k] = std::get<std::string>(p[5]);
+      cached.push_back(*cache_a[k]), cached.push_back(*cache_b[k]);
+    }
+  }
+  const Result rows =
+      tx.exec(transfers_sql.batch, {detail::array_param(from), detail::array_param(to), detail::array_param(amount),
+                                    detail::array_param(key), detail::array_param(linked), detail::array_param(cache_a),
+                                    detail::array_param(cache_b)});
+  if (!cached.empty())
+    tx.on_commit([cache = options.cache, cached = std::move(cached)] {
+      for (const auto& k : cached) cache->forget_local(k);
+    });
+  auto broken = [](const std::string& what) {
+    return Error(ErrorKind::permanent, "the batch function's rows do not match its items: " + what);
+  };
+  std::size_t r = 0;
+  std::size_t start = first;
+  while (start < items.size()) {
+    const std::size_t end = chain_end(items, start);
+    if (r == rows.rows.size()) throw broken(fmt::format("no row for item {}", start));
+    if (rows.rows[r].i64(stopped_col) == 1) {  // the client decides this chain
+      if (static_cast<std::size_t>(rows.rows[r].i64(item_col)) + first != start || r + 1 != rows.rows.size())
+        throw broken("a stop mid-chain");
+      return start;
+    }
+    std::optional<std::size_t> failed;
+    for (std::size_t i = start; i <= end && !failed; ++i, ++r) {
+      if (r == rows.rows.size()) throw broken(fmt::format("no row for item {}", i));
+      const Row& row = rows.rows[r];
+      if (static_cast<std::size_t>(row.i64(item_col)) + first != i)
+        throw broken(fmt::format("item {} out of order", i));
+      const BatchItem& item = items[i];
+      try {
+        if (refused[i - first]) throw *refused[i - first];
+        if (!row.is_null(sqlstate_col))
+          throw Error(ErrorKind::permanent, fmt::format("postgres: ERROR:  {}", row.text(message_col)),
+                      row.text(sqlstate_col));
+        const auto decided = one_statement_outcome(row, {"transfer", item.from, item.to, item.amount, item.key});
+        if (!decided) throw broken(fmt::format("item {} went on without the client", i));
+        results[i].result = *decided;
+        // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
+        if (start != end && !decided->ok())
+          throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
+      } catch (const Error& e) {
+        if (retried_whole(e)) throw;
+        results[i].error = e.kind();
+        results[i].message = e.what();
+        failed = i;
+      }
+      // The server undid a chain exactly when this judgement fails it: otherwise the results
+      // would not say what was written.
+      if (start != end && failed.has_value() != (row.i64(failed_col) == 1))
+        throw broken(fmt::format("item {} judged {} by the server", i, failed ? "applied" : "failed"));
+    }
+    if (failed && start != end) fail_chain(results, start, end, *failed);
+    start = end + 1;
+  }
+  if (r != rows.rows.size()) throw broken("rows after the last item");
+  return items.size();
+}
+
 std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& items) {
   if (items.empty() || items.size() > 10'000)
     throw Error(ErrorKind::invalid_argument, fmt::format("a batch needs 1 to 10000 items, got {}", items.size()));
@@ -416,62 +568,24 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
                 "the last batch item is linked to nothing (a chain ends with an unlinked item)");
   Measure measure(Measure::Kind::batch);
   std::vector<BatchResult> results;
-  impl_->retrying([&] {
+  auto& impl = *impl_;
+  impl.retrying([&] {
     results.assign(items.size(), BatchResult{});
-    Transaction tx = detail::DatabaseGate::begin(*impl_->backend, TxOptions{});
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
+    // PostgreSQL: the items go in one call of the batch function, which stops only at a chain the
+    // client must decide (a source short while it holds holds); that chain runs here, then the
+    // rest goes to the function again. Elsewhere every chain runs here.
     std::size_t start = 0;
     while (start < items.size()) {
-      std::size_t end = start;  // the chain is items[start..end]
-      while (items[end].linked) ++end;
-      // With the one-statement transfer a standalone item that fails has written nothing (its
-      // statement refuses rather than raises), so only chains need a savepoint: one round trip
-      // per standalone item.
-      const bool one_statement = !impl_->transfers_sql.one_statement_transfer.empty();
-      const bool savepoint = start != end || !one_statement;
-      if (savepoint) tx.exec(impl_->transfers_sql.chain_savepoint);
-      std::optional<std::size_t> failed;
-      for (std::size_t i = start; i <= end && !failed; ++i) {
-        const BatchItem& item = items[i];
-        try {
-          check_text(item.from, "source account id", max_id_bytes);
-          check_text(item.to, "destination account id", max_id_bytes);
-          if (item.from == item.to) throw Error(ErrorKind::invalid_argument, "a transfer from an account to itself");
-          check_amount(item.amount);
-          check_text(item.key, "idempotency key", max_key_bytes);
-          const Request request{"transfer", item.from, item.to, item.amount, item.key};
-          std::optional<TransferResult> decided;
-          if (one_statement) decided = impl_->transfer_in_one_statement(tx, request);
-          results[i].result = decided ? *decided : impl_->apply_in(tx, request);
-          // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
-          if (start != end && !results[i].result.ok())
-            throw Error(ErrorKind::insufficient_funds, fmt::format("'{}' cannot pay {}", item.from, item.amount));
-        } catch (const Error& e) {
-          if (e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt)
-            throw;                                         // the whole batch is retried
-          if (!savepoint && !e.sqlstate().empty()) throw;  // the server aborted the transaction: no item commits
-          results[i].error = e.kind();
-          results[i].message = e.what();
-          failed = i;
-        }
-      }
-      if (failed && savepoint) {
-        tx.exec(impl_->transfers_sql.chain_rollback);
-        for (std::size_t i = start; i <= end; ++i) {
-          if (i == *failed) continue;
-          results[i].result = TransferResult{};
-          results[i].error = results[*failed].error;  // the chain failed as a whole
-          results[i].message = fmt::format("not applied: item {} of its linked chain failed", *failed);
-        }
-      }
-      if (savepoint) tx.exec(impl_->transfers_sql.chain_release);
-      start = end + 1;
+      if (!impl.transfers_sql.batch.empty()) start = impl.batch_on_server(tx, items, start, results);
+      if (start < items.size()) start = impl.batch_chain_on_client(tx, items, start, results);
     }
     tx.commit();
     return 0;
   });
   for (const auto& r : results)
     if (!r.error && !r.result.replayed)
-      impl_->count([&](LedgerStats& st) { ++(r.result.ok() ? st.transfers_ok : st.transfers_rejected); });
+      impl.count([&](LedgerStats& st) { ++(r.result.ok() ? st.transfers_ok : st.transfers_rejected); });
   return measure(std::move(results));
 }
 

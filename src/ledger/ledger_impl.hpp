@@ -146,6 +146,14 @@ struct Ledger::Impl {
   std::optional<TransferResult> transfer_in_one_statement(Transaction& tx, const Request& request);
   std::vector<Value> one_statement_params(const Request& request) const;
   std::optional<TransferResult> one_statement_outcome(const Row& row, const Request& request);
+  // transfer_batch's parts, inside its transaction; each fills results for the items it decided
+  // and returns the index of the first item it did not. On the client: the chain that starts at
+  // `start`, statement by statement. On the server (TransferStatements::batch): every item from
+  // `first` on in one call, stopping at a chain the client must decide.
+  std::size_t batch_chain_on_client(Transaction& tx, const std::vector<BatchItem>& items, std::size_t start,
+                                    std::vector<BatchResult>& results);
+  std::size_t batch_on_server(Transaction& tx, const std::vector<BatchItem>& items, std::size_t first,
+                              std::vector<BatchResult>& results);
 
   // Closes the account's holds past their timeout on the database clock (state expired) and takes
   // them out of its held amount. REQUIRES: the account row is locked by tx. Returns the amount, and

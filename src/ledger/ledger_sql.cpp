@@ -127,8 +127,8 @@ TransferStatements::TransferStatements(const Backend& backend) {
       now);
   // The function of schema step 008 (schema/postgres/008_server_statements.sql), whose inner
   // statement the server plans once per session.
-  if (d.has_server_statements())
-    one_statement_transfer = backend.function_call("apply_transfer", 6);
+  if (d.has_server_statements()) one_statement_transfer = backend.function_call("apply_transfer", 6);
+  if (d.has_server_statements()) batch = backend.function_call("apply_batch", 7);
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
@@ -356,6 +356,25 @@ CheckStatements::CheckStatements(const Backend& backend) {
       fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at));
   accounts = fmt::format("SELECT count(*) FROM {}", acc);
   entries = fmt::format("SELECT count(*) FROM {}", en);
+}
+
+std::string array_param(const std::vector<std::optional<std::string>>& elements) {
+  std::string out = "{";
+  for (const auto& element : elements) {
+    if (out.size() > 1) out += ',';
+    if (!element) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (const char c : *element) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
 }
 
 }  // namespace rowguard::detail

@@ -5,7 +5,9 @@
 
 #include <array>
 #include <cstddef>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "backend/backend.hpp"
 
@@ -71,6 +73,12 @@ struct TransferStatements {
   // or a source short only while it has holds, which the statement does not look at) and how many
   // account and entry rows it changed (4 for an applied transfer).
   std::string one_statement_transfer;
+  // PostgreSQL: a batch as one call of <prefix>apply_batch (schema step 008), empty elsewhere. $1
+  // from, $2 to, $3 amount, $4 key, $5 linked, $6 and $7 the cache keys: arrays, one element per
+  // item (array_param), a NULL key for an item refused before sending -> per item looked at, the
+  // columns of one_statement_transfer, then (item index, failed 0/1, stopped 0/1, sqlstate,
+  // message) as the function's comment says.
+  std::string batch;
   // transfer_batch: a savepoint around each linked chain, rolled back when an item of it fails.
   std::string chain_savepoint;
   std::string chain_rollback;
@@ -78,6 +86,10 @@ struct TransferStatements {
 
   explicit TransferStatements(const Backend& backend);
 };
+
+// A PostgreSQL array literal of text elements, bound as one parameter ({"a","b\"c",NULL}): every
+// element quoted, backslash and double quote escaped, nullopt as NULL.
+std::string array_param(const std::vector<std::optional<std::string>>& elements);
 
 // Holds (holds.cpp): a hold reserves part of an account's available amount in accounts.held until
 // a capture, a void or its timeout on the database clock closes it.

@@ -317,6 +317,184 @@ TEST_CASE("ledger: a batch applies items independently and linked chains as a wh
   CHECK(kind_of([&] { l.transfer_batch({{"a", "b", 1, "x", true}}); }) == ErrorKind::invalid_argument);
 }
 
+TEST_CASE("ledger: a batch item gets the outcome or error a transfer of its own would, and a chain fails whole",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  // Ids and keys with the characters an array literal must escape (PostgreSQL sends the batch as arrays).
+  const std::string odd = "q\"uo\\te,{x} ";
+  for (const std::string id : {"a", "b", "c", "h", "NULL", odd.c_str()}) l.open(id, "EUR");
+  l.open("u", "USD");
+  l.deposit("a", 1'000, "d-a");
+  l.deposit("h", 100, "d-h");
+  l.deposit(odd, 50, "d-odd");
+  REQUIRE(l.transfer("a", "b", 10, "seen").ok());
+  REQUIRE_FALSE(l.transfer("a", "c", 1'000'000, "seen-rejected").ok());
+  // h's whole balance is held by a hold that expires: a payment from h must close it first.
+  REQUIRE(l.hold("h", "c", 100, "h-hold", 200ms).ok());
+  std::this_thread::sleep_for(400ms);
+
+  const auto r = l.transfer_batch({
+      {"a", "b", 10, "seen", false},                  // 0: a replay of an applied transfer
+      {"a", "c", 11, "seen", false},                  // 1: the key of another request
+      {"a", "c", 1'000'000, "seen-rejected", false},  // 2: a replay of a rejection: its outcome
+      {"a", "b", 5, "c1", true},                      // 3-4: a chain whose replayed rejection fails it
+      {"a", "c", 1'000'000, "seen-rejected", false},
+      {"a", "b", 1, "c2", true},  // 5-7: a chain with an item refused before sending
+      {"a", "a", 1, "c3", true},
+      {"b", "a", 1, "c4", false},
+      {"a", "u", 1, "x1", false},               // 8: currencies differ
+      {"a", "b", 0, "x2", false},               // 9: refused before sending
+      {odd, "NULL", 7, "k\"\\,{NULL}", false},  // 10: escaped ids and key
+      {"h", "b", 60, "h1", true},               // 11-12: a chain the client decides (h's expired hold)
+      {"b", "a", 1, "h2", false},
+      {"a", "b", 1, "after", false},  // 13: on the server again
+      {"h", "b", 30, "h3", false},    // 14: h's hold is closed now
+      {"a", "zzz", 1, "c5", true},    // 15-16: a chain failing at its first item
+      {"a", "b", 1, "c6", false},
+  });
+  REQUIRE(r.size() == 17);
+  CHECK((r[0].ok() && r[0].result.replayed));
+  CHECK(r[1].error == ErrorKind::idempotency_mismatch);
+  CHECK_THAT(r[1].message, Catch::Contains("differs"));
+  CHECK((!r[2].error && r[2].result.replayed && r[2].result.status == TransferStatus::insufficient_funds));
+  CHECK(r[3].error == ErrorKind::insufficient_funds);
+  CHECK_THAT(r[3].message, Catch::Contains("item 4 of its linked chain"));
+  CHECK(r[4].error == ErrorKind::insufficient_funds);
+  for (int i : {5, 6, 7}) CHECK(r[i].error == ErrorKind::invalid_argument);
+  CHECK_THAT(r[6].message, Catch::Contains("itself"));
+  CHECK_THAT(r[7].message, Catch::Contains("item 6 of its linked chain"));
+  CHECK(r[8].error == ErrorKind::currency_mismatch);
+  CHECK(r[9].error == ErrorKind::invalid_argument);
+  CHECK_THAT(r[9].message, Catch::Contains("positive"));
+  for (int i : {0, 10, 11, 12, 13, 14}) {
+    INFO("item " << i << ": " << r[i].message);
+    CHECK(r[i].ok());
+  }
+  CHECK(r[15].error == ErrorKind::not_found);
+  CHECK(r[16].error == ErrorKind::not_found);
+  CHECK(l.get("a").balance == 1'000 - 10 + 1 - 1);
+  CHECK(l.get("b").balance == 10 + 60 - 1 + 1 + 30);
+  CHECK(l.get("h").balance == 10);
+  CHECK(l.get(odd).balance == 43);
+  CHECK(l.get("NULL").balance == 7);
+  CHECK(l.get("c").balance == 0);
+  CHECK(l.transfer(odd, "NULL", 7, "k\"\\,{NULL}").replayed);
+  // Nothing of a failed chain was recorded: its keys are free.
+  for (const char* key : {"c1", "c2", "c4", "c6"}) CHECK_FALSE(l.transfer("c", "b", 1, key).replayed);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: a batch item whose credit would overflow is refused, alone or failing its chain", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  l.open("big", "EUR");
+  l.open("a", "EUR");
+  l.deposit("a", 100, "d-a");
+  l.deposit("big", std::numeric_limits<std::int64_t>::max() - 10, "d-big");
+  const auto r = l.transfer_batch({{"a", "big", 50, "alone", false},
+                                   {"a", "big", 5, "first", true},
+                                   {"a", "big", 50, "second", false},
+                                   {"a", "big", 5, "fits", false}});
+  CHECK(r[0].error == ErrorKind::invalid_argument);
+  CHECK_THAT(r[0].message, Catch::Contains("overflow"));
+  CHECK(r[1].error == ErrorKind::invalid_argument);
+  CHECK(r[2].error == ErrorKind::invalid_argument);
+  CHECK(r[3].ok());
+  CHECK(l.get("a").balance == 95);
+  CHECK(l.get("big").balance == std::numeric_limits<std::int64_t>::max() - 5);
+}
+
+TEST_CASE("ledger: a server error inside a batch's chain fails that chain alone, outside one the whole batch", "[pg]") {
+  Bank b;
+  auto& l = b.ledger;
+  for (const char* id : {"a", "b", "poison"}) l.open(id, "EUR");
+  l.deposit("a", 100, "d-a");
+  // A trigger stands for any error the server raises that a retry cannot cure.
+  Database& db = b.t.db();
+  db.exec(
+      fmt::format("CREATE FUNCTION {0}poisoned() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                  "IF NEW.account_id = 'poison' THEN RAISE EXCEPTION 'poisoned entry' USING ERRCODE = 'P0001'; "
+                  "END IF; RETURN NEW; END $$",
+                  db.table_prefix()));
+  db.exec(
+      fmt::format("CREATE TRIGGER {0}poisoned BEFORE INSERT ON {0}entries FOR EACH ROW EXECUTE FUNCTION "
+                  "{0}poisoned()",
+                  db.table_prefix()));
+  const auto r = l.transfer_batch({{"a", "b", 1, "c1", true}, {"a", "poison", 1, "c2", false}, {"a", "b", 2, "alone"}});
+  CHECK(r[1].error == ErrorKind::permanent);
+  CHECK_THAT(r[1].message, Catch::Contains("poisoned entry"));
+  CHECK(r[0].error == ErrorKind::permanent);
+  CHECK(r[2].ok());
+  CHECK(l.get("a").balance == 98);
+  std::string message;
+  CHECK(kind_of(
+            [&] {
+              l.transfer_batch({{"a", "b", 3, "first"}, {"a", "poison", 1, "standalone"}});
+            },
+            &message) == ErrorKind::permanent);
+  CHECK_THAT(message, Catch::Contains("poisoned entry"));
+  CHECK(l.get("a").balance == 98);  // nothing of that batch committed
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: a batch of thousands of items and chains writes exactly what its results say", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  constexpr int accounts = 12;
+  std::map<std::string, std::int64_t> expected;
+  for (int i = 0; i < accounts; ++i) {
+    const std::string id = fmt::format("acct-{}", i);
+    l.open(id, "EUR");
+    l.deposit(id, 500, "seed-" + id);
+    expected[id] = 500;
+  }
+  std::mt19937 rng(20261205);
+  std::vector<BatchItem> items;
+  for (int i = 0; i < 3'000; ++i) {
+    const int from = static_cast<int>(rng() % accounts);
+    const int to = (from + 1 + static_cast<int>(rng() % (accounts - 1))) % accounts;
+    // About one item in four is linked to the next; amounts make some items short.
+    items.push_back({fmt::format("acct-{}", from), fmt::format("acct-{}", to),
+                     1 + static_cast<std::int64_t>(rng() % 120), fmt::format("bulk-{}", i),
+                     i + 1 < 3'000 && rng() % 4 == 0});
+  }
+  const auto results = l.transfer_batch(items);
+  REQUIRE(results.size() == items.size());
+  std::size_t applied = 0, rejected = 0, failed = 0;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (results[i].error) {
+      ++failed;
+    } else if (results[i].result.ok()) {
+      ++applied;
+      expected[items[i].from] -= items[i].amount;
+      expected[items[i].to] += items[i].amount;
+    } else {
+      ++rejected;
+    }
+  }
+  WARN(fmt::format("{}: {} applied, {} rejected, {} in failed chains", rowguard::test::backend(), applied, rejected,
+                   failed));
+  CHECK(applied > 1'000);
+  CHECK(failed > 0);
+  for (const auto& [id, balance] : expected) {
+    INFO(id);
+    CHECK(l.get(id).balance == balance);
+  }
+  // The same batch again replays every item that was recorded, and applies nothing twice.
+  const auto again = l.transfer_batch(items);
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!results[i].error) {
+      CHECK((again[i].result.replayed && again[i].result.transfer_id == results[i].result.transfer_id));
+    } else if (!again[i].error && again[i].result.ok()) {  // a chain that failed may pass now
+      expected[items[i].from] -= items[i].amount;
+      expected[items[i].to] += items[i].amount;
+    }
+  }
+  for (const auto& [id, balance] : expected) CHECK(l.get(id).balance == balance);
+  CHECK(l.check().ok());
+}
+
 TEST_CASE("ledger: reversals refund at most the original, once per key", "[backend]") {
   Bank b;
   auto& l = b.ledger;
