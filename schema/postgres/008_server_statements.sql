@@ -107,14 +107,17 @@ $fn$;
 -- fails its chain (a missing account, currencies that differ, an overflow, a rejection, a replay of
 -- a rejection or of another request: the client names which, from the same columns); 'client'
 -- when the source is short only while it holds holds (the client closes the expired ones). No
--- row for a NULL key: an item the client refused before sending.
+-- row for a NULL key: an item the client refused before sending. PL/pgSQL, not SQL: the server
+-- keeps a PL/pgSQL function's plans for the session, but plans a SQL function's body on every call.
 CREATE OR REPLACE FUNCTION rowguard_batch_item(p_from text, p_to text, p_amount bigint, p_key text,
                                                p_cache_a text, p_cache_b text)
 RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
                r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
                r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
                r_record_outcome text, r_rows bigint, r_verdict text)
-LANGUAGE sql SECURITY INVOKER AS $fn$
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+BEGIN
+  RETURN QUERY
   SELECT t.*,
          CASE WHEN t.r_id IS NOT NULL THEN
                 CASE WHEN t.r_kind = 'transfer' AND t.r_global_txid IS NULL AND t.r_reverses IS NULL
@@ -126,7 +129,8 @@ LANGUAGE sql SECURITY INVOKER AS $fn$
               WHEN t.r_record_outcome = 'ok' AND t.r_rows = 4 THEN 'ok'
               ELSE 'failed' END
     FROM rowguard_apply_transfer(p_from, p_to, p_amount, p_key, p_cache_a, p_cache_b) AS t
-   WHERE p_key IS NOT NULL
+   WHERE p_key IS NOT NULL;
+END
 $fn$;
 
 -- A batch (Ledger::transfer_batch) in one round trip: every item through rowguard_apply_transfer,
@@ -164,6 +168,10 @@ BEGIN
      OR (n > 0 AND p_linked[n]) THEN
     RAISE EXCEPTION 'rowguard_apply_batch: arrays of one length, the last item unlinked' USING ERRCODE = '22023';
   END IF;
+  -- Every account the batch names, locked in id order before the first item: items lock in item
+  -- order, so two batches over the same accounts would otherwise deadlock (and wait deadlock_timeout
+  -- to find out). Transfers lock in id order too, so nothing waits in a cycle.
+  PERFORM a.id FROM rowguard_accounts a WHERE a.id = ANY (p_from || p_to) ORDER BY a.id FOR NO KEY UPDATE;
   WHILE s <= n LOOP
     e := s;
     WHILE p_linked[e] LOOP
