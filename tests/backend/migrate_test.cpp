@@ -114,6 +114,8 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
   auto app = open_as_app(t);
   Ledger ledger(app);
   CHECK(ledger.transfer("alice", "bob", 200, "upgrade-transfer").ok());
+  CHECK(ledger.transfer_batch({{"alice", "bob", 1, "upgrade-batch-1", true}, {"bob", "alice", 1, "upgrade-batch-2"}})[1]
+            .ok());
   Locks locks(app);
   auto lease = locks.try_acquire("upgrade", 10s);
   REQUIRE(lease);
@@ -217,6 +219,8 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
     REQUIRE(owner.deposit("alice", 500, "roles-seed").ok());
     Ledger ledger(app);
     CHECK(ledger.transfer("alice", "bob", 200, "roles-transfer").ok());
+    CHECK(ledger.transfer_batch({{"alice", "bob", 1, "roles-batch-1", true}, {"bob", "alice", 1, "roles-batch-2"}})[1]
+              .ok());
     CHECK(ledger.get("bob").balance == 200);
   }
   for (const std::string& ddl :
