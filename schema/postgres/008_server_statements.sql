@@ -161,6 +161,7 @@ DECLARE
   j integer;
   verdict text;  -- 'ok', 'failed' (the item fails its chain), 'client' (the client must decide)
   state text;
+  all_apply boolean;
 BEGIN
   IF array_length(p_from, 1) IS DISTINCT FROM n OR array_length(p_to, 1) IS DISTINCT FROM n
      OR array_length(p_amount, 1) IS DISTINCT FROM n OR array_length(p_linked, 1) IS DISTINCT FROM n
@@ -172,6 +173,82 @@ BEGIN
   -- order, so two batches over the same accounts would otherwise deadlock (and wait deadlock_timeout
   -- to find out). Transfers lock in id order too, so nothing waits in a cycle.
   PERFORM a.id FROM rowguard_accounts a WHERE a.id = ANY (p_from || p_to) ORDER BY a.id FOR NO KEY UPDATE;
+  -- All at once when every item surely applies, whatever their order: no item refused by the
+  -- client, every key new and distinct, every account there, currencies alike, each source
+  -- funded for the sum of its debits without counting its credits, no credit sum that could
+  -- overflow. Then a few set statements do what the loop below does item by item, with the same
+  -- records, entries, versions and tombstones, and the same rows back.
+  WITH items AS (SELECT * FROM unnest(p_from, p_to, p_amount, p_key) AS i(f, t, amount, k)),
+  per AS (
+    SELECT x.id, sum(x.debit) AS debits, sum(x.credit) AS credits
+      FROM (SELECT i.f AS id, i.amount AS debit, 0 AS credit FROM items i
+            UNION ALL SELECT i.t, 0, i.amount FROM items i) AS x
+     GROUP BY x.id)
+  SELECT n > 0 AND NOT EXISTS (SELECT 1 FROM items i WHERE i.k IS NULL OR i.f IS NULL OR i.t IS NULL)
+         AND (SELECT count(DISTINCT i.k) FROM items i) = n
+         AND NOT EXISTS (SELECT 1 FROM rowguard_transfers x WHERE x.idempotency_key = ANY (p_key))
+         AND NOT EXISTS (SELECT 1 FROM rowguard_holds x WHERE x.idempotency_key = ANY (p_key))
+         AND NOT EXISTS (SELECT 1 FROM per LEFT JOIN rowguard_accounts a ON a.id = per.id
+                          WHERE a.id IS NULL OR CAST(a.balance AS numeric) - per.debits - a.held < a.min_balance
+                             OR CAST(a.balance AS numeric) + per.credits > 9223372036854775807)
+         AND NOT EXISTS (SELECT 1 FROM items i JOIN rowguard_accounts src ON src.id = i.f
+                                               JOIN rowguard_accounts dst ON dst.id = i.t
+                          WHERE src.currency <> dst.currency)
+    INTO all_apply;
+  IF all_apply THEN
+    -- In a subtransaction: a server error here (a trigger, a constraint) undoes it, and the items
+    -- go one by one below, where such an error fails its own chain only.
+    BEGIN
+      UPDATE rowguard_accounts a SET balance = a.balance + m.delta, version = a.version + m.touches,
+             updated_at = clock_timestamp()
+        FROM (SELECT x.id, sum(x.delta) AS delta, count(*) AS touches
+                FROM (SELECT u.f AS id, -u.amount AS delta FROM unnest(p_from, p_amount) AS u(f, amount)
+                      UNION ALL SELECT u.t, u.amount FROM unnest(p_to, p_amount) AS u(t, amount)) AS x
+               GROUP BY x.id) AS m
+       WHERE a.id = m.id;
+      WITH items AS (SELECT * FROM unnest(p_from, p_to, p_amount, p_key) WITH ORDINALITY AS i(f, t, amount, k, ord)),
+      rec AS (
+        INSERT INTO rowguard_transfers (idempotency_key, kind, from_account, to_account, amount, currency, outcome,
+                                        created_at)
+        SELECT i.k, 'transfer', i.f, i.t, i.amount, a.currency, 'ok', clock_timestamp()
+          FROM items i JOIN rowguard_accounts a ON a.id = i.f ORDER BY i.ord
+        RETURNING rowguard_transfers.id, rowguard_transfers.idempotency_key),
+      journal AS (
+        INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at)
+        SELECT r.id, x.account, x.amount, clock_timestamp()
+          FROM rec r JOIN items i ON i.k = r.idempotency_key,
+               LATERAL (VALUES (i.f, -i.amount), (i.t, i.amount)) AS x(account, amount)
+        RETURNING 1),
+      -- As rowguard_apply_transfer writes them: keep the two alike.
+      invalidated AS (
+        INSERT INTO rowguard_cache AS c (key, expires_at, generation, size_bytes, created_at, updated_at)
+        SELECT x.k, clock_timestamp(),
+               (CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint) * 1000), 0, clock_timestamp(),
+               clock_timestamp()
+          FROM (SELECT DISTINCT u.k FROM unnest(p_cache_a || p_cache_b) AS u(k) WHERE u.k IS NOT NULL) AS x
+        ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = excluded.expires_at,
+                                        generation = c.generation + 1, size_bytes = 0, updated_at = excluded.updated_at
+        RETURNING 1)
+      SELECT (SELECT count(*) FROM rec) + (SELECT count(*) FROM journal) + (SELECT count(*) FROM invalidated) INTO j;
+    EXCEPTION WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+      -- As in a chain below: what a retry of the whole batch can cure goes to the client.
+      IF left(state, 2) IN ('40', '08', '53', '57', '58', 'XX') OR state IN ('55P03', '23505', '25P03', '25006') THEN
+        RAISE;
+      END IF;
+      all_apply := false;
+    END;
+  END IF;
+  IF all_apply THEN
+    RETURN QUERY
+    SELECT CAST(NULL AS bigint), CAST(NULL AS text), CAST(NULL AS text), CAST(NULL AS text), CAST(NULL AS bigint),
+           CAST(NULL AS text), CAST(NULL AS text), CAST(NULL AS bigint), CAST(NULL AS bigint), CAST(NULL AS bigint),
+           CAST(r.currency AS text), CAST(r.currency AS text), 0, r.id, r.outcome, CAST(4 AS bigint),
+           CAST(i.ord - 1 AS integer), 0, 0, CAST(NULL AS text), CAST(NULL AS text)
+      FROM unnest(p_key) WITH ORDINALITY AS i(k, ord) JOIN rowguard_transfers r ON r.idempotency_key = i.k
+     ORDER BY i.ord;
+    RETURN;
+  END IF;
   WHILE s <= n LOOP
     e := s;
     WHILE p_linked[e] LOOP

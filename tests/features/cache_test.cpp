@@ -621,6 +621,33 @@ TEST_CASE(
   CHECK(ledger.check().ok());
 }
 
+TEST_CASE("cache: a batch drops the cached copies of every account it moved money of, and keeps the others",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Cache cache(t.db(), with_local_tier(60s));
+  LedgerOptions lo;
+  lo.cache = &cache;
+  lo.cache_ttl = 60s;
+  Ledger ledger(t.db(), lo);
+  for (const char* id : {"a", "b", "c", "d"}) {
+    ledger.open(id, "EUR");
+    ledger.deposit(id, 100, std::string("seed-") + id);
+    CHECK(ledger.get(id).balance == 100);  // cached, in the table and in this process
+  }
+  // Every item applies (on PostgreSQL the batch then runs as a few set statements), and one
+  // account appears in several items.
+  const auto r = ledger.transfer_batch({{"a", "b", 10, "b1"}, {"b", "c", 5, "b2", true}, {"a", "c", 1, "b3"}});
+  for (const auto& item : r) CHECK(item.ok());
+  for (const char* id : {"a", "b", "c"}) CHECK_FALSE(cache.get(std::string("ledger:account:") + id));
+  CHECK(cache.get("ledger:account:d"));
+  CHECK(ledger.get("a").balance == 89);
+  CHECK(ledger.get("b").balance == 105);
+  CHECK(ledger.get("c").balance == 106);
+  CHECK(ledger.get("d").balance == 100);
+  CHECK(ledger.check().ok());
+}
+
 TEST_CASE("cache: the CLI's ledger commands keep a service's cached accounts correct",
           "[backend][shared-db][threads][cli]") {
   TestDb t;

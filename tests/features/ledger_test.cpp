@@ -385,6 +385,57 @@ TEST_CASE("ledger: a batch item gets the outcome or error a transfer of its own 
   CHECK(l.check().ok());
 }
 
+TEST_CASE("ledger: a batch whose items all apply writes what the same items write one at a time", "[backend]") {
+  // Two databases, the same items; the second batch ends with an item refused before sending,
+  // which on PostgreSQL sends every item through the item-by-item path.
+  std::vector<BatchItem> items;
+  for (int i = 0; i < 60; ++i)
+    items.push_back({fmt::format("acct-{}", i % 5),
+                     fmt::format("acct-{}", (i * 3 + 1) % 5 == i % 5 ? (i + 1) % 5 : (i * 3 + 1) % 5), 1 + i % 7,
+                     fmt::format("same-{}", i), i % 4 == 1});
+  struct Seen {
+    std::vector<std::int64_t> balances, versions;
+    std::int64_t entries = 0;
+  };
+  auto run = [&](const std::vector<BatchItem>& batch) {
+    Bank b;
+    auto& l = b.ledger;
+    for (int i = 0; i < 5; ++i) {
+      l.open(fmt::format("acct-{}", i), "EUR");
+      l.deposit(fmt::format("acct-{}", i), 1'000, fmt::format("seed-{}", i));
+    }
+    const auto results = l.transfer_batch(batch);
+    std::int64_t last = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      INFO("item " << i << ": " << results[i].message);
+      CHECK((results[i].ok() && !results[i].result.replayed));
+      CHECK(results[i].result.transfer_id > last);  // ids in item order
+      last = results[i].result.transfer_id;
+    }
+    Seen seen;
+    for (int i = 0; i < 5; ++i) {
+      const Account a = l.get(fmt::format("acct-{}", i));
+      seen.balances.push_back(a.balance);
+      seen.versions.push_back(a.version);
+    }
+    seen.entries = rows_in(b.t.db(), "entries");
+    // The same items again are replays with the same ids.
+    const auto again = l.transfer_batch(batch);
+    for (std::size_t i = 0; i < items.size(); ++i)
+      CHECK((again[i].result.replayed && again[i].result.transfer_id == results[i].result.transfer_id));
+    CHECK(l.check().ok());
+    return seen;
+  };
+  const Seen all_apply = run(items);
+  std::vector<BatchItem> with_refused = items;
+  with_refused.push_back({"acct-0", "acct-1", 0, "refused"});
+  const Seen one_by_one = run(with_refused);
+  CHECK(all_apply.balances == one_by_one.balances);
+  CHECK(all_apply.versions == one_by_one.versions);
+  CHECK(all_apply.entries == one_by_one.entries);
+  CHECK(all_apply.entries == 5 + 2 * 60);
+}
+
 TEST_CASE("ledger: a batch item whose credit would overflow is refused, alone or failing its chain", "[backend]") {
   Bank b;
   auto& l = b.ledger;
