@@ -127,8 +127,7 @@ TransferStatements::TransferStatements(const Backend& backend) {
       now);
   // The function of schema step 008 (schema/postgres/008_server_statements.sql), whose inner
   // statement the server plans once per session.
-  if (d.has_server_statements())
-    one_statement_transfer = backend.function_call("apply_transfer", 6);
+  if (d.has_server_statements()) one_statement_transfer = backend.function_call("apply_transfer", 6);
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
@@ -172,6 +171,13 @@ HoldStatements::HoldStatements(const Backend& backend) {
       tr, next_id_above_high_water(backend, "transfers"), now);
   expired_accounts =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
+  // The functions of schema step 008 (schema/postgres/008_server_statements.sql): the work of the
+  // statements above, one call each, its inner statements planned once per server session.
+  if (d.has_server_statements()) {
+    apply_hold = backend.function_call("apply_hold", 6);
+    apply_capture = backend.function_call("apply_capture", 4);
+    apply_void = backend.function_call("apply_void", 2);
+  }
 }
 
 HistoryStatements::HistoryStatements(const Backend& backend) {
