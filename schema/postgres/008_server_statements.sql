@@ -7,6 +7,11 @@
 -- statement (docs/backend.md, "Behind PgBouncer", has the figures). On a direct connection rowguard
 -- prepares the call like any other statement.
 --
+-- Why functions for holds too: a hold, a capture and a void were each a transaction of several
+-- statements the library sent one by one (7, 12 and 7 round trips with BEGIN and COMMIT); as one
+-- call each they are one round trip and one commit (docs/ledger.md, "Holds"; bench/RESULTS.md,
+-- "Issue 23: holds in one round trip"). SQLite, in process, keeps the statements.
+--
 -- Every function is SECURITY INVOKER (it runs with the caller's rights on the tables: the
 -- application role needs the same DML grants as without it), its search_path is pinned to the
 -- schema this migration ran in (the DO block at the end), and EXECUTE is revoked from PUBLIC and
