@@ -9,7 +9,8 @@
 //   handoff    holder in another process releases, waiter acquires: LISTEN/NOTIFY vs 100 ms polling
 //   cache      Cache::get table hit | raw primary-key SELECT | Redis GET; in-process tier ns per hit
 //   hot        16 clients on 2 accounts: rowguard vs pessimistic, every transfer must succeed
-//   payment    hold + capture | the same as a two-step saga | one transfer
+//   payment    hold + capture | the same as a two-step saga | one transfer; with --pgbouncer also
+//              hold + capture | one transfer, both through the PgBouncer
 //   2pc        TwoPhase::transfer between accounts in two databases of one server | a transfer
 //              inside one database (same run, same accounts): what two-phase commit costs
 //   scaling    transfers and pgbench at 1, 2, 4, 8, 16 clients
@@ -508,6 +509,15 @@ void payment_rows(Report& report, const Settings& s, const std::string& backend,
                  ratio(report, backend, "payment", "hold + capture", "transfer", c), 0.45, ">= 0.45x");
     report.check(fmt::format("{} two-step saga / transfer, {} client(s)", backend, c),
                  ratio(report, backend, "payment", "saga: hold, capture", "transfer", c), 0.2, ">= 0.2x");
+    // With --pgbouncer: the same pair through a transaction-pooling PgBouncer, where every statement
+    // a client sends is planned again on every call.
+    if (s.pgbouncer.empty() || backend != "postgres") continue;
+    compare(report, s, backend, "payment via PgBouncer", c,
+            {{"transfer", rowguard_transfer(s.pgbouncer, pool, run)},
+             {"hold + capture", rowguard_hold_capture(s.pgbouncer, pool, run)}},
+            "transfer");
+    report.check(fmt::format("{} hold + capture / transfer via PgBouncer, {} client(s)", backend, c),
+                 ratio(report, backend, "payment via PgBouncer", "hold + capture", "transfer", c), 0.45, ">= 0.45x");
   }
 }
 

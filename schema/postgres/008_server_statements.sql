@@ -7,6 +7,11 @@
 -- statement (docs/backend.md, "Behind PgBouncer", has the figures). On a direct connection rowguard
 -- prepares the call like any other statement.
 --
+-- Why functions for holds too: a hold, a capture and a void were each a transaction of several
+-- statements the library sent one by one (7, 12 and 7 round trips with BEGIN and COMMIT); as one
+-- call each they are one round trip and one commit (docs/ledger.md, "Holds"; bench/RESULTS.md,
+-- "Issue 23: holds in one round trip"). SQLite, in process, keeps the statements.
+--
 -- Every function is SECURITY INVOKER (it runs with the caller's rights on the tables: the
 -- application role needs the same DML grants as without it), its search_path is pinned to the
 -- schema this migration ran in (the DO block at the end), and EXECUTE is revoked from PUBLIC and
@@ -388,6 +393,243 @@ BEGIN
 END
 $fn$;
 
+-- Holds (docs/ledger.md, "Holds"): a hold, a capture and a void, each the whole transaction the
+-- library sent as several statements before this step (holds.cpp, which keeps that form for
+-- SQLite), in one call: one round trip and one commit each. Each answers with one row from which
+-- the library makes the same result or error as before; a refused request writes nothing. The
+-- order of work is the same: the account row(s) first (key order), then the hold row, so a hold's
+-- state changes only under its source account's row lock. p_cache_prefix: with a cache, the cached
+-- copy of account X is the key p_cache_prefix || X ('ledger:account:X'), dropped in the same
+-- transaction when the account changes; NULL when the ledger has no cache.
+
+-- Closes the holds of p_account past their timeout (state expired) and takes them out of its held
+-- amount, without a new version (readers never counted them). REQUIRES: the caller locked the
+-- account row. -> the amount released.
+CREATE OR REPLACE FUNCTION rowguard_hold_release_expired(p_account text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+DECLARE v_released bigint;
+BEGIN
+  WITH closed AS (
+    UPDATE rowguard_holds h SET state = 'expired', closed_at = clock_timestamp()
+     WHERE h.from_account = p_account AND h.state = 'held' AND h.expires_at <= clock_timestamp()
+    RETURNING h.amount)
+  SELECT CAST(COALESCE(SUM(c.amount), 0) AS bigint) INTO v_released FROM closed c;
+  IF v_released > 0 THEN
+    UPDATE rowguard_accounts a SET held = a.held - v_released WHERE a.id = p_account;
+  END IF;
+  RETURN v_released;
+END
+$fn$;
+
+-- Drops the cached copies of the accounts p_a and p_b (p_b may be NULL) as Cache::invalidate
+-- does, with the same tombstones as rowguard_apply_transfer, in key order.
+CREATE OR REPLACE FUNCTION rowguard_hold_drop_cached(p_cache_prefix text, p_a text, p_b text)
+RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+BEGIN
+  INSERT INTO rowguard_cache AS c (key, expires_at, generation, size_bytes, created_at, updated_at)
+  SELECT x.k, clock_timestamp(), (CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint) * 1000), 0,
+         clock_timestamp(), clock_timestamp()
+    FROM (SELECT DISTINCT p_cache_prefix || y.id AS k FROM (VALUES (p_a), (p_b)) AS y(id) WHERE y.id IS NOT NULL) x
+   ORDER BY x.k
+  ON CONFLICT (key) DO UPDATE SET value = NULL, expires_at = excluded.expires_at, generation = c.generation + 1,
+                                  size_bytes = 0, updated_at = excluded.updated_at;
+END
+$fn$;
+
+-- A hold: reserve p_amount of p_from's available amount for p_to until p_timeout_ms from now.
+-- One row: the key's earlier record (r_id ... r_timeout_ms, as in rowguard_apply_transfer; NULL
+-- for a new key, and then nothing else is done: the caller answers the replay or
+-- idempotency_mismatch), both accounts' currencies (NULL for an account that does not exist), 1
+-- when the source's held amount would leave int64, and the new hold's id and state (held, or
+-- rejected for want of funds; NULL when nothing was recorded). Only the source row is locked:
+-- holds towards one merchant account never queue on it. When the source is short while it has
+-- holds, its expired ones are closed first and the funds decided again.
+CREATE OR REPLACE FUNCTION rowguard_apply_hold(p_from text, p_to text, p_amount bigint, p_key text,
+                                               p_timeout_ms bigint, p_cache_prefix text)
+RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
+               r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
+               r_src_currency text, r_dst_currency text, r_overflow integer, r_new_hold_id bigint,
+               r_new_state text)
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+DECLARE
+  v_balance bigint;
+  v_min bigint;
+  v_held bigint;
+  v_funded boolean;
+BEGIN
+  -- The record of the key, among the transfers or the holds (one namespace).
+  SELECT t.id, t.kind, t.from_account, t.to_account, t.amount, t.outcome, t.global_txid, t.reverses, t.hold_id, NULL
+    INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id, r_timeout_ms
+    FROM rowguard_transfers t WHERE t.idempotency_key = p_key;
+  IF NOT FOUND THEN
+    SELECT h.id, 'hold', h.from_account, h.to_account, h.amount, h.state, NULL, NULL, NULL, h.timeout_ms
+      INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id, r_timeout_ms
+      FROM rowguard_holds h WHERE h.idempotency_key = p_key;
+  END IF;
+  IF r_id IS NOT NULL THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  SELECT CAST(a.currency AS text), a.balance, a.min_balance, a.held
+    INTO r_src_currency, v_balance, v_min, v_held
+    FROM rowguard_accounts a WHERE a.id = p_from FOR NO KEY UPDATE;
+  SELECT CAST(a.currency AS text) INTO r_dst_currency FROM rowguard_accounts a WHERE a.id = p_to;
+  IF r_src_currency IS NULL OR r_dst_currency IS NULL OR r_src_currency <> r_dst_currency THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  r_overflow := CASE WHEN CAST(v_held AS numeric) + p_amount > 9223372036854775807 THEN 1 ELSE 0 END;
+  IF r_overflow = 1 THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  -- Available, not balance; held may still count expired holds, closed only when in the way.
+  v_funded := CAST(v_balance AS numeric) - p_amount - v_held >= v_min;
+  IF NOT v_funded AND v_held > 0 THEN
+    v_funded := CAST(v_balance AS numeric) - p_amount - (v_held - rowguard_hold_release_expired(p_from)) >= v_min;
+  END IF;
+  IF v_funded THEN
+    UPDATE rowguard_accounts a SET held = a.held + p_amount, version = a.version + 1, updated_at = clock_timestamp()
+     WHERE a.id = p_from;
+  END IF;
+  INSERT INTO rowguard_holds (idempotency_key, from_account, to_account, amount, currency, state, expires_at,
+                              created_at, timeout_ms)
+  VALUES (p_key, p_from, p_to, p_amount, r_src_currency, CASE WHEN v_funded THEN 'held' ELSE 'rejected' END,
+          clock_timestamp() + p_timeout_ms * INTERVAL '1 millisecond', clock_timestamp(), p_timeout_ms)
+  RETURNING rowguard_holds.id, rowguard_holds.state INTO r_new_hold_id, r_new_state;
+  IF v_funded AND p_cache_prefix IS NOT NULL THEN
+    PERFORM rowguard_hold_drop_cached(p_cache_prefix, p_from, NULL);
+  END IF;
+  RETURN NEXT;
+END
+$fn$;
+
+-- A capture of hold p_hold: p_amount of it (NULL: all of it) moves as a transfer recorded under
+-- p_key, the rest is released. One row: the hold (h_id ... h_expires_in_ms, the columns of a hold
+-- as the library reads it, NULL when there is no such hold; read under its account's lock when the
+-- call got that far), the key's earlier record (r_id ... r_timeout_ms, NULL for a new key), 1 when
+-- the destination account exists, 1 when its balance would leave int64, 1 when the source holds
+-- less than the hold (which cannot happen), and the capture's transfer id (NULL when nothing was
+-- done: the caller tells why from the rest of the row, as it decided before this step).
+CREATE OR REPLACE FUNCTION rowguard_apply_capture(p_hold bigint, p_amount bigint, p_key text, p_cache_prefix text)
+RETURNS TABLE (h_id bigint, h_key text, h_from text, h_to text, h_amount bigint, h_currency text, h_state text,
+               h_captured bigint, h_transfer_id bigint, h_expires_in_ms bigint,
+               r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
+               r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
+               r_dst_exists integer, r_overflow integer, r_short integer, r_transfer_id bigint)
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+DECLARE
+  v_take bigint;
+  v_src_held bigint;
+  v_dst_balance bigint;
+BEGIN
+  SELECT h.id, h.idempotency_key, h.from_account, h.to_account, h.amount, CAST(h.currency AS text), h.state,
+         h.captured, h.transfer_id,
+         CAST(floor(EXTRACT(EPOCH FROM h.expires_at) * 1000) AS bigint)
+           - CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)
+    INTO h_id, h_key, h_from, h_to, h_amount, h_currency, h_state, h_captured, h_transfer_id, h_expires_in_ms
+    FROM rowguard_holds h WHERE h.id = p_hold;
+  v_take := COALESCE(p_amount, h_amount);
+  IF h_id IS NULL OR h_state = 'rejected' OR v_take > h_amount THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  -- Accounts first (key order), then the hold: its state is final once its source is locked.
+  SELECT max(CASE WHEN l.id = h_from THEN l.held END), max(CASE WHEN l.id = h_to THEN l.balance END),
+         max(CASE WHEN l.id = h_to THEN 1 ELSE 0 END)
+    INTO v_src_held, v_dst_balance, r_dst_exists
+    FROM (SELECT a.id, a.balance, a.held FROM rowguard_accounts a WHERE a.id IN (h_from, h_to) ORDER BY a.id
+          FOR NO KEY UPDATE) l;
+  SELECT h.id, h.idempotency_key, h.from_account, h.to_account, h.amount, CAST(h.currency AS text), h.state,
+         h.captured, h.transfer_id,
+         CAST(floor(EXTRACT(EPOCH FROM h.expires_at) * 1000) AS bigint)
+           - CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)
+    INTO h_id, h_key, h_from, h_to, h_amount, h_currency, h_state, h_captured, h_transfer_id, h_expires_in_ms
+    FROM rowguard_holds h WHERE h.id = p_hold FOR NO KEY UPDATE;
+  -- The key's record, in the transfers or the holds: the caller compares it with this capture.
+  SELECT t.id, t.kind, t.from_account, t.to_account, t.amount, t.outcome, t.global_txid, t.reverses, t.hold_id, NULL
+    INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id, r_timeout_ms
+    FROM rowguard_transfers t WHERE t.idempotency_key = p_key;
+  IF NOT FOUND THEN
+    SELECT h.id, 'hold', h.from_account, h.to_account, h.amount, h.state, NULL, NULL, NULL, h.timeout_ms
+      INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id, r_timeout_ms
+      FROM rowguard_holds h WHERE h.idempotency_key = p_key;
+  END IF;
+  r_dst_exists := COALESCE(r_dst_exists, 0);
+  r_overflow := CASE WHEN CAST(v_dst_balance AS numeric) + v_take > 9223372036854775807 THEN 1 ELSE 0 END;
+  r_short := CASE WHEN COALESCE(v_src_held, 0) < h_amount THEN 1 ELSE 0 END;
+  -- Captured already, closed, expired, a key recorded already, or a refusal: nothing is written.
+  IF h_state <> 'held' OR h_expires_in_ms <= 0 OR r_id IS NOT NULL OR r_dst_exists = 0 OR r_overflow = 1
+     OR r_short = 1 THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  -- The capture pays from what the hold reserved: the whole hold leaves held, v_take the balance.
+  UPDATE rowguard_accounts a SET balance = a.balance - v_take, held = a.held - h_amount, version = a.version + 1,
+         updated_at = clock_timestamp()
+   WHERE a.id = h_from;
+  UPDATE rowguard_accounts a SET balance = a.balance + v_take, version = a.version + 1, updated_at = clock_timestamp()
+   WHERE a.id = h_to;
+  INSERT INTO rowguard_transfers (idempotency_key, kind, from_account, to_account, amount, currency, outcome,
+                                  hold_id, created_at)
+  VALUES (p_key, 'transfer', h_from, h_to, v_take, h_currency, 'ok', p_hold, clock_timestamp())
+  RETURNING rowguard_transfers.id INTO r_transfer_id;
+  INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at)
+  VALUES (r_transfer_id, h_from, -v_take, clock_timestamp()), (r_transfer_id, h_to, v_take, clock_timestamp());
+  UPDATE rowguard_holds h SET state = 'captured', captured = v_take, transfer_id = r_transfer_id,
+         closed_at = clock_timestamp()
+   WHERE h.id = p_hold AND h.state = 'held';
+  IF NOT FOUND THEN  -- cannot happen under the locks; retried as a conflict
+    RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+                          MESSAGE = format('hold %s changed under its account''s lock', p_hold);
+  END IF;
+  IF p_cache_prefix IS NOT NULL THEN
+    PERFORM rowguard_hold_drop_cached(p_cache_prefix, h_from, h_to);
+  END IF;
+  RETURN NEXT;
+END
+$fn$;
+
+-- A void of hold p_hold: an open hold is released (voided), or closed as expired when it is past
+-- its timeout (with the account's other expired holds). One row: the hold as read under its
+-- account's lock (the columns of rowguard_apply_capture's h_*; NULL when there is no such hold),
+-- from which the caller tells what happened, as it decided before this step: a rejected or
+-- captured hold is refused, a voided or expired one is returned unchanged.
+CREATE OR REPLACE FUNCTION rowguard_apply_void(p_hold bigint, p_cache_prefix text)
+RETURNS TABLE (h_id bigint, h_key text, h_from text, h_to text, h_amount bigint, h_currency text, h_state text,
+               h_captured bigint, h_transfer_id bigint, h_expires_in_ms bigint)
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
+BEGIN
+  SELECT h.from_account INTO h_from FROM rowguard_holds h WHERE h.id = p_hold;
+  IF NOT FOUND THEN
+    RETURN NEXT;
+    RETURN;
+  END IF;
+  PERFORM 1 FROM rowguard_accounts a WHERE a.id = h_from FOR NO KEY UPDATE;
+  SELECT h.id, h.idempotency_key, h.from_account, h.to_account, h.amount, CAST(h.currency AS text), h.state,
+         h.captured, h.transfer_id,
+         CAST(floor(EXTRACT(EPOCH FROM h.expires_at) * 1000) AS bigint)
+           - CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)
+    INTO h_id, h_key, h_from, h_to, h_amount, h_currency, h_state, h_captured, h_transfer_id, h_expires_in_ms
+    FROM rowguard_holds h WHERE h.id = p_hold FOR NO KEY UPDATE;
+  IF h_state = 'held' AND h_expires_in_ms <= 0 THEN
+    -- It had stopped reserving money before this call: record that truth.
+    PERFORM rowguard_hold_release_expired(h_from);
+  ELSIF h_state = 'held' THEN
+    UPDATE rowguard_holds h SET state = 'voided', captured = 0, transfer_id = NULL, closed_at = clock_timestamp()
+     WHERE h.id = p_hold AND h.state = 'held';
+    UPDATE rowguard_accounts a SET held = a.held - h_amount, version = a.version + 1, updated_at = clock_timestamp()
+     WHERE a.id = h_from;
+    IF p_cache_prefix IS NOT NULL THEN
+      PERFORM rowguard_hold_drop_cached(p_cache_prefix, h_from, NULL);
+    END IF;
+  END IF;
+  RETURN NEXT;
+END
+$fn$;
+
 -- Pinned to this schema (and pg_temp last), so a caller's search_path cannot put other tables or
 -- functions in front of rowguard's; EXECUTE only for the roles roles.sql grants it to.
 DO $$
@@ -398,7 +640,12 @@ BEGIN
                            'rowguard_apply_batch(text[], text[], bigint[], text[], boolean[], text[], text[])',
                            'rowguard_lock_acquire(text, text, bigint)',
                            'rowguard_lock_renew(text, text, bigint, bigint, bigint)',
-                           'rowguard_lock_release(text, text, bigint, bigint)'] LOOP
+                           'rowguard_lock_release(text, text, bigint, bigint)',
+                           'rowguard_hold_release_expired(text)',
+                           'rowguard_hold_drop_cached(text, text, text)',
+                           'rowguard_apply_hold(text, text, bigint, text, bigint, text)',
+                           'rowguard_apply_capture(bigint, bigint, text, text)',
+                           'rowguard_apply_void(bigint, text)'] LOOP
     EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f, current_schema());
     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
     -- A database whose roles.sql ran before this step (its default privileges then covered tables

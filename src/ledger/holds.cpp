@@ -3,6 +3,13 @@
 // Lock order, the same everywhere so nothing deadlocks: the account row(s) first, in key order,
 // then the hold rows. A hold's state changes only under its source account's row lock, so once a
 // capture or void holds that lock it reads the hold's state as final.
+//
+// Two forms of each operation, one set of decisions: where the dialect has server-side statements
+// (PostgreSQL), a hold, a capture and a void are each one call of a function of schema step 008
+// (HoldStatements::apply_*), one round trip and one commit, which answers with the rows the
+// statements below would have read; elsewhere (SQLite, in process) the same work runs as
+// statements in a transaction. Both hand what they read to the same checks, so results, error
+// kinds and messages are the same.
 #include <fmt/format.h>
 
 #include "rowguard/money.hpp"
@@ -40,19 +47,21 @@ HoldState hold_state(const std::string& s) {
   throw Error(ErrorKind::permanent, fmt::format("a hold has the unknown state '{}'", s));
 }
 
-// A row of HoldStatements::read.
-Hold hold_of(const Row& r) {
+// The columns of a hold as HoldStatements::read lists them, from `first` on (the hold functions
+// answer with the same columns).
+constexpr std::size_t hold_columns = 10;
+Hold hold_of(const Row& r, std::size_t first = 0) {
   Hold h;
-  h.id = r.i64(0);
-  h.key = r.opt_text(1).value_or("");
-  h.from = r.text(2);
-  h.to = r.text(3);
-  h.amount = r.i64(4);
-  h.currency = r.text(5);
-  h.state = hold_state(r.text(6));
-  h.captured = r.i64(7);
-  h.transfer_id = r.is_null(8) ? 0 : r.i64(8);
-  h.expires_in_ms = r.i64(9);
+  h.id = r.i64(first);
+  h.key = r.opt_text(first + 1).value_or("");
+  h.from = r.text(first + 2);
+  h.to = r.text(first + 3);
+  h.amount = r.i64(first + 4);
+  h.currency = r.text(first + 5);
+  h.state = hold_state(r.text(first + 6));
+  h.captured = r.i64(first + 7);
+  h.transfer_id = r.is_null(first + 8) ? 0 : r.i64(first + 8);
+  h.expires_in_ms = r.i64(first + 9);
   return h;
 }
 
@@ -62,6 +71,124 @@ bool past_timeout(const Hold& h) { return h.state == HoldState::held && h.expire
 void check_hold_id(std::int64_t id) {
   if (id <= 0) throw Error(ErrorKind::invalid_argument, fmt::format("a hold id is a positive number, got {}", id));
 }
+
+// The checks of hold(), in their order: the key's record (replayed or idempotency_mismatch), both
+// accounts (the source's currency, then the destination's: empty when it does not exist), the
+// source's held amount in int64.
+HoldResult replayed_hold(const Row& r, const Request& request) {
+  require_same(r, request);
+  HoldResult replayed;
+  replayed.hold_id = r.i64(0);
+  replayed.replayed = true;
+  replayed.status = r.text(5) == "rejected" ? TransferStatus::insufficient_funds : TransferStatus::ok;
+  return replayed;
+}
+
+void require_hold_accounts(const Request& request, const std::optional<std::string>& from_currency,
+                           const std::optional<std::string>& to_currency) {
+  if (!from_currency) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
+  if (!to_currency) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
+  if (*from_currency != *to_currency)
+    throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
+                                                          *from_currency, *request.to, *to_currency));
+}
+
+void require_held_fits(const Request& request, bool overflows) {
+  if (overflows)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("the amount held on '{}' would overflow int64", *request.from));
+}
+
+// The checks of capture(), in their order. What it takes of the hold as first read: the amount
+// asked, or the whole hold; a rejected hold has nothing to capture.
+std::int64_t capture_amount(const Hold& h, std::optional<std::int64_t> amount) {
+  if (h.state == HoldState::rejected)
+    throw Error(ErrorKind::not_found,
+                fmt::format("hold {} was rejected for insufficient funds: nothing to capture", h.id));
+  const std::int64_t take = amount.value_or(h.amount);
+  if (take > h.amount)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("hold {} reserves {}: cannot capture {}", h.id, h.amount, take));
+  return take;
+}
+
+// With the hold read under its source's lock and the key's record (in *prior from column `first`
+// on; null when the key is new): the replay of an earlier capture of it under this key, or nothing
+// when the capture goes ahead; idempotency_mismatch, hold_closed or permanent otherwise.
+std::optional<TransferResult> earlier_capture(const Hold& h, const Row* prior, std::size_t first,
+                                              const Request& request) {
+  if (h.state == HoldState::captured) {
+    if (!prior)
+      throw Error(ErrorKind::idempotency_mismatch,
+                  fmt::format("hold {} was captured already by transfer {}, not under the key '{}'", h.id,
+                              h.transfer_id, request.key));
+    TransferResult replayed = replay_of(*prior, request, first);
+    if (replayed.transfer_id != h.transfer_id)
+      throw Error(ErrorKind::permanent, fmt::format("hold {} was captured by transfer {}, but its key '{}' names "
+                                                    "transfer {}",
+                                                    h.id, h.transfer_id, request.key, replayed.transfer_id));
+    return replayed;
+  }
+  if (h.state == HoldState::voided || h.state == HoldState::expired || past_timeout(h))
+    throw Error(ErrorKind::hold_closed, fmt::format("hold {} {}: it no longer reserves anything to capture", h.id,
+                                                    h.state == HoldState::voided ? "was voided" : "has expired"));
+  if (prior) {
+    require_same(*prior, request, first);  // throws: this hold has no capture yet
+    throw Error(ErrorKind::permanent,
+                fmt::format("the key '{}' records a capture of hold {}, which is not captured", request.key, h.id));
+  }
+  return std::nullopt;
+}
+
+// The last checks before the capture writes: the destination exists, its balance stays in int64,
+// and the source holds the hold (which cannot fail: held counts every open hold).
+void require_capturable(const Hold& h, bool to_exists, bool overflows, bool short_of_hold) {
+  if (!to_exists) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", h.to));
+  if (overflows)
+    throw Error(ErrorKind::invalid_argument, fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
+  if (short_of_hold)
+    throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, h.id));
+}
+
+// void_hold() on the hold read under its source's lock: true when it is open (voided, or closed
+// as expired when past its timeout), false when it was released already; throws for a rejected or
+// captured hold.
+bool voidable(const Hold& h) {
+  switch (h.state) {
+    case HoldState::rejected:
+      throw Error(ErrorKind::not_found,
+                  fmt::format("hold {} was rejected for insufficient funds: nothing to void", h.id));
+    case HoldState::captured:
+      throw Error(
+          ErrorKind::hold_closed,
+          fmt::format("hold {} was captured by transfer {}: refund it with a reversal instead", h.id, h.transfer_id));
+    case HoldState::voided:
+    case HoldState::expired:
+      return false;  // released already: voiding again changes nothing
+    case HoldState::held:
+      break;
+  }
+  return true;
+}
+
+// One call of a hold function (HoldStatements::apply_*) as its own autocommit statement: one round
+// trip, one commit. The call drops the database's cached copies of the accounts it changes;
+// CachedCopies drops this process's once it returns.
+Row call_in_one_statement(detail::Backend& backend, const std::string& sql, const std::vector<Value>& params) {
+  auto session = backend.borrow();
+  return (*session)->exec(sql, params).one();
+}
+
+// The ledger's cached copies of accounts, for the hold functions: the key of account X is
+// prefix + X (Ledger::Impl::cache_key), as the functions build it from the prefix.
+struct CachedCopies {
+  Cache* cache;
+  std::string prefix;
+  Value param() const { return cache ? Value(prefix) : Value(nullptr); }  // NULL without a cache
+  void forget_local(const std::string& account) const {
+    if (cache) cache->forget_local(prefix + account);
+  }
+};
 }  // namespace
 
 std::int64_t Ledger::Impl::release_expired(Transaction& tx, const std::string& account, std::int64_t* closed) {
@@ -89,42 +216,52 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
                 fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
   auto& impl = *impl_;
   const std::string source(from), destination(to), k(key);
+  const auto timeout_ms = static_cast<std::int64_t>(timeout.count());
   Request request{"hold", source, destination, amount, k};
-  request.timeout_ms = static_cast<std::int64_t>(timeout.count());
+  request.timeout_ms = timeout_ms;
+  const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::hold);
   HoldResult result = impl.retrying([&] {
+    if (!impl.holds_sql.apply_hold.empty()) {
+      std::optional<Row> row;
+      try {
+        row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_hold,
+                                    {source, destination, amount, k, timeout_ms, cached.param()});
+      } catch (const Error& e) {
+        if (e.kind() == ErrorKind::in_doubt) cached.forget_local(source);  // it may have committed
+        throw;
+      }
+      cached.forget_local(source);
+      if (!row->is_null(0)) return replayed_hold(*row, request);
+      // After the key record's columns: the currencies, the overflow flag, the new hold's id and state.
+      constexpr std::size_t c = detail::key_record_columns;
+      require_hold_accounts(request, row->opt_text(c), row->opt_text(c + 1));
+      require_held_fits(request, row->i64(c + 2) != 0);
+      HoldResult r;
+      r.hold_id = row->i64(c + 3);
+      r.status = row->text(c + 4) == "held" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+      return r;
+    }
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
-    if (const Result prior = tx.exec(impl.transfers_sql.find_key, {k}); !prior.empty()) {
-      const Row& r = prior.rows[0];
-      require_same(r, request);
-      HoldResult replayed;
-      replayed.hold_id = r.i64(0);
-      replayed.replayed = true;
-      replayed.status = r.text(5) == "rejected" ? TransferStatus::insufficient_funds : TransferStatus::ok;
-      return replayed;
-    }
+    if (const Result prior = tx.exec(impl.transfers_sql.find_key, {k}); !prior.empty())
+      return replayed_hold(prior.rows[0], request);
     // Only the source is locked: many holds towards one merchant account must not queue on it.
     const Result locked = tx.exec(impl.transfers_sql.lock_one, {source});
-    if (locked.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", source));
-    const Result target = tx.exec(impl.accounts_sql.get, {destination});
-    if (target.empty()) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", destination));
+    const Result target = locked.empty() ? Result{} : tx.exec(impl.accounts_sql.get, {destination});
+    require_hold_accounts(request, locked.empty() ? std::nullopt : std::optional(locked.rows[0].text(1)),
+                          target.empty() ? std::nullopt : std::optional(target.rows[0].text(1)));
     const Row& src = locked.rows[0];
-    if (src.text(1) != target.rows[0].text(1))
-      throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", source, src.text(1),
-                                                            destination, target.rows[0].text(1)));
     std::int64_t held = src.i64(4);
-    if (!checked_add(held, amount))
-      throw Error(ErrorKind::invalid_argument, fmt::format("the amount held on '{}' would overflow int64", source));
+    require_held_fits(request, !checked_add(held, amount));
     bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
     if (!funded && held > 0)
       funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
     if (funded) tx.exec(impl.holds_sql.add, {source, amount});
     HoldResult r;
     r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    r.hold_id = tx.exec(impl.holds_sql.insert,
-                        {k, source, destination, amount, src.text(1), std::string(funded ? "held" : "rejected"),
-                         static_cast<std::int64_t>(timeout.count())})
+    r.hold_id = tx.exec(impl.holds_sql.insert, {k, source, destination, amount, src.text(1),
+                                                std::string(funded ? "held" : "rejected"), timeout_ms})
                     .one()
                     .i64(0);
     if (funded) impl.invalidate(tx, source);
@@ -141,55 +278,58 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
   const std::string k = key.empty() ? fmt::format("hold:{}:capture", hold_id) : std::string(key);
   check_text(k, "idempotency key", max_key_bytes);
   auto& impl = *impl_;
+  // What is asked of the hold h: a capture of take under k, compared with the key's record.
+  auto request_for = [&](const Hold& h, std::int64_t take) {
+    Request request{"transfer", h.from, h.to, take, k};
+    request.hold_id = hold_id;
+    return request;
+  };
+  auto replayed = [&](const TransferResult& r) {
+    impl.count([](LedgerStats& st) { ++st.replays; });
+    return r;
+  };
+  const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::capture);
   TransferResult result = impl.retrying([&] {
+    if (!impl.holds_sql.apply_capture.empty()) {
+      const Row row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_capture,
+                                            {hold_id, amount ? Value(*amount) : Value(nullptr), k, cached.param()});
+      if (row.is_null(0)) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+      const Hold h = hold_of(row);
+      cached.forget_local(h.from);
+      cached.forget_local(h.to);
+      // After the hold's columns: the key's record, then the flags and the capture's transfer id.
+      const std::int64_t take = capture_amount(h, amount);
+      const Request request = request_for(h, take);
+      constexpr std::size_t prior = hold_columns, c = hold_columns + detail::key_record_columns;
+      if (auto earlier = earlier_capture(h, row.is_null(prior) ? nullptr : &row, prior, request))
+        return replayed(*earlier);
+      require_capturable(h, row.i64(c) != 0, row.i64(c + 1) != 0, row.i64(c + 2) != 0);
+      TransferResult r;
+      r.transfer_id = row.i64(c + 3);
+      return r;
+    }
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     const Result found = tx.exec(impl.holds_sql.read, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const Hold first = hold_of(found.rows[0]);
-    if (first.state == HoldState::rejected)
-      throw Error(ErrorKind::not_found,
-                  fmt::format("hold {} was rejected for insufficient funds: nothing to capture", hold_id));
-    const std::int64_t take = amount.value_or(first.amount);
-    if (take > first.amount)
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("hold {} reserves {}: cannot capture {}", hold_id, first.amount, take));
+    const std::int64_t take = capture_amount(first, amount);
     // Accounts first (key order), then the hold: its state is final once its source is locked.
     const Result locked = tx.exec(impl.transfers_sql.lock_two, {first.from, first.to});
     const Hold h = hold_of(tx.exec(impl.holds_sql.lock, {hold_id}).one());
-    Request request{"transfer", h.from, h.to, take, k};
-    request.hold_id = hold_id;
+    const Request request = request_for(h, take);
     // The key's record, in the transfers or the holds: a capture of this hold by this amount replays;
     // anything else recorded under the key (another hold's capture, a transfer, a hold) is a mismatch.
     const Result prior = tx.exec(impl.transfers_sql.find_key, {k});
-    if (h.state == HoldState::captured) {
-      if (prior.empty())
-        throw Error(ErrorKind::idempotency_mismatch,
-                    fmt::format("hold {} was captured already by transfer {}, not under the key '{}'", hold_id,
-                                h.transfer_id, k));
-      TransferResult replayed = replay_of(prior.rows[0], request);
-      if (replayed.transfer_id != h.transfer_id)
-        throw Error(ErrorKind::permanent, fmt::format("hold {} was captured by transfer {}, but its key '{}' names "
-                                                      "transfer {}",
-                                                      hold_id, h.transfer_id, k, replayed.transfer_id));
-      impl.count([](LedgerStats& st) { ++st.replays; });
-      return replayed;
-    }
-    if (h.state == HoldState::voided || h.state == HoldState::expired || past_timeout(h))
-      throw Error(ErrorKind::hold_closed, fmt::format("hold {} {}: it no longer reserves anything to capture", hold_id,
-                                                      h.state == HoldState::voided ? "was voided" : "has expired"));
-    if (!prior.empty()) {
-      require_same(prior.rows[0], request);  // throws: this hold has no capture yet
-      throw Error(ErrorKind::permanent,
-                  fmt::format("the key '{}' records a capture of hold {}, which is not captured", k, hold_id));
-    }
+    if (auto earlier = earlier_capture(h, prior.empty() ? nullptr : &prior.rows[0], 0, request))
+      return replayed(*earlier);
     const Row* to = nullptr;
-    for (const auto& row : locked.rows)
+    const Row* from = nullptr;
+    for (const auto& row : locked.rows) {
       if (row.text(0) == h.to) to = &row;
-    if (!to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", h.to));
-    if (!checked_add(to->i64(2), take))
-      throw Error(ErrorKind::invalid_argument,
-                  fmt::format("the balance of '{}' would overflow a 64-bit integer", h.to));
+      if (row.text(0) == h.from) from = &row;
+    }
+    require_capturable(h, to != nullptr, to && !checked_add(to->i64(2), take), !from || from->i64(4) < h.amount);
     // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
     if (tx.exec(impl.holds_sql.capture_debit, {h.from, take, h.amount}).affected != 1)
       throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
@@ -212,28 +352,24 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
 Hold Ledger::void_hold(std::int64_t hold_id) {
   check_hold_id(hold_id);
   auto& impl = *impl_;
+  const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::void_hold);
   return measure(impl.retrying([&] {
+    if (!impl.holds_sql.apply_void.empty()) {
+      const Row row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_void, {hold_id, cached.param()});
+      if (row.is_null(0)) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+      Hold h = hold_of(row);  // as read under its source's lock, before the call changed it
+      cached.forget_local(h.from);
+      if (voidable(h)) h.state = past_timeout(h) ? HoldState::expired : HoldState::voided;
+      return h;
+    }
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
     const Result found = tx.exec(impl.holds_sql.read, {hold_id});
     if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
     const std::string from = found.rows[0].text(2);
     tx.exec(impl.transfers_sql.lock_one, {from});
     Hold h = hold_of(tx.exec(impl.holds_sql.lock, {hold_id}).one());
-    switch (h.state) {
-      case HoldState::rejected:
-        throw Error(ErrorKind::not_found,
-                    fmt::format("hold {} was rejected for insufficient funds: nothing to void", hold_id));
-      case HoldState::captured:
-        throw Error(ErrorKind::hold_closed,
-                    fmt::format("hold {} was captured by transfer {}: refund it with a reversal instead", hold_id,
-                                h.transfer_id));
-      case HoldState::voided:
-      case HoldState::expired:
-        return h;  // released already: voiding again changes nothing
-      case HoldState::held:
-        break;
-    }
+    if (!voidable(h)) return h;
     // A hold past its timeout had stopped reserving money before this call: record that truth.
     const bool expired = past_timeout(h);
     if (expired) {

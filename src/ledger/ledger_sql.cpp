@@ -172,6 +172,13 @@ HoldStatements::HoldStatements(const Backend& backend) {
       tr, next_id_above_high_water(backend, "transfers"), now);
   expired_accounts =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
+  // The functions of schema step 008 (schema/postgres/008_server_statements.sql): the work of the
+  // statements above, one call each, its inner statements planned once per server session.
+  if (d.has_server_statements()) {
+    apply_hold = backend.function_call("apply_hold", 6);
+    apply_capture = backend.function_call("apply_capture", 4);
+    apply_void = backend.function_call("apply_void", 2);
+  }
 }
 
 HistoryStatements::HistoryStatements(const Backend& backend) {

@@ -119,6 +119,22 @@ struct HoldStatements {
   std::string capture_record;
   // -> (from_account) of each account with an open hold past its timeout.
   std::string expired_accounts;
+  // PostgreSQL: a hold, a capture and a void each as one call of a server-side function of schema
+  // step 008 (<prefix>apply_hold, apply_capture, apply_void), one round trip (empty elsewhere). The
+  // last parameter of each is the key prefix of the accounts' cached copies (NULL without a cache).
+  // apply_hold: $1 from, $2 to, $3 amount, $4 key, $5 timeout ms -> one row: the key's record
+  // (key_record_columns, NULL for a new key), the currencies of from and to (NULL when absent), the
+  // overflow flag (1: held would leave int64), the new hold's id and state (NULL when nothing was
+  // recorded).
+  std::string apply_hold;
+  // apply_capture: $1 hold id, $2 amount (NULL: the whole hold), $3 key -> one row: the hold (the
+  // columns of read, NULL when absent), the key's record (key_record_columns), then 1/0 flags: the
+  // destination exists, its balance would leave int64, the source holds less than the hold; and
+  // the capture's transfer id (NULL when nothing was written).
+  std::string apply_capture;
+  // apply_void: $1 hold id -> one row: the hold as read under its source's lock, before the call
+  // changed it (the columns of read, NULL when absent).
+  std::string apply_void;
 
   explicit HoldStatements(const Backend& backend);
 };

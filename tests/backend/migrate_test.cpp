@@ -116,10 +116,32 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
   CHECK(ledger.transfer("alice", "bob", 200, "upgrade-transfer").ok());
   CHECK(ledger.transfer_batch({{"alice", "bob", 1, "upgrade-batch-1", true}, {"bob", "alice", 1, "upgrade-batch-2"}})[1]
             .ok());
+  const HoldResult hold = ledger.hold("alice", "bob", 50, "upgrade-hold", 10s);  // so do holds
+  CHECK(ledger.capture(hold.hold_id).ok());
+  CHECK(ledger.void_hold(ledger.hold("alice", "bob", 50, "upgrade-void", 10s).hold_id).state == HoldState::voided);
   Locks locks(app);
   auto lease = locks.try_acquire("upgrade", 10s);
   REQUIRE(lease);
   lease->release();
+}
+
+TEST_CASE("every server-side function has its search_path pinned and no EXECUTE for PUBLIC", "[pg]") {
+  TestDb t;
+  t.db().migrate();
+  const std::string prefix = t.db().table_prefix();
+  const Result functions = t.db().exec(
+      "SELECT p.proname, COALESCE(array_to_string(p.proconfig, ','), ''), "
+      "CASE WHEN has_function_privilege('public', p.oid, 'EXECUTE') THEN 1 ELSE 0 END, "
+      "CASE WHEN p.prosecdef THEN 1 ELSE 0 END FROM pg_proc p "
+      "WHERE p.pronamespace = CAST(current_schema() AS regnamespace) AND left(p.proname, length($1)) = $1",
+      {prefix});
+  CHECK(functions.rows.size() >= 9);  // transfer, the lease's three, the hold's five
+  for (const auto& f : functions.rows) {
+    INFO(f.text(0));
+    CHECK_THAT(f.text(1), Catch::StartsWith("search_path="));
+    CHECK(f.i64(2) == 0);  // EXECUTE revoked from PUBLIC
+    CHECK(f.i64(3) == 0);  // SECURITY INVOKER
+  }
 }
 
 TEST_CASE("concurrent migrations from several threads apply each step once", "[backend][threads]") {
@@ -222,6 +244,10 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
     CHECK(ledger.transfer_batch({{"alice", "bob", 1, "roles-batch-1", true}, {"bob", "alice", 1, "roles-batch-2"}})[1]
               .ok());
     CHECK(ledger.get("bob").balance == 200);
+    const HoldResult hold = ledger.hold("alice", "bob", 50, "roles-hold", 10s);  // so do holds
+    CHECK(ledger.capture(hold.hold_id).ok());
+    CHECK(ledger.void_hold(ledger.hold("alice", "bob", 50, "roles-void", 10s).hold_id).state == HoldState::voided);
+    CHECK(ledger.get("bob").balance == 250);
   }
   for (const std::string& ddl :
        {fmt::format("CREATE TABLE {}evil (x int)", prefix), fmt::format("DROP TABLE {}fences", prefix),

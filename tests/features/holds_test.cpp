@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include "support/fault_proxy.hpp"
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -168,6 +169,85 @@ TEST_CASE("holds: a cached account shows holds as they are placed and released",
   CHECK(l.get("card").available() == 600);
   l.void_hold(h.hold_id);
   CHECK(l.get("card").available() == 1'000);
+}
+
+TEST_CASE(
+    "holds: placing, capturing and voiding drop the cached copies of the accounts they change, here and in "
+    "the table",
+    "[backend][holds]") {
+  TestDb t;
+  t.db().migrate();
+  CacheOptions local;  // this process's tier: dropped by the ledger's own calls
+  local.local_max_bytes = 1 << 20;
+  local.local_ttl = 60s;
+  Cache cache(t.db(), local);
+  Cache table_only(t.db());  // another Cache, as another process: sees only the table's tombstones
+  LedgerOptions options;
+  options.cache = &cache;
+  options.cache_ttl = 60s;
+  Ledger l(t.db(), options);
+  LedgerOptions other_options;
+  other_options.cache = &table_only;
+  other_options.cache_ttl = 60s;
+  Ledger other(t.db(), other_options);
+  l.open("card", "EUR");
+  l.open("shop", "EUR");
+  l.deposit("card", 1'000, "d");
+  auto seen = [&](const std::string& id) {
+    const Account mine = l.get(id), theirs = other.get(id);
+    CHECK(mine.balance == theirs.balance);
+    CHECK(mine.held == theirs.held);
+    return mine;
+  };
+  CHECK(seen("card").available() == 1'000);  // now cached in both
+  CHECK(seen("shop").balance == 0);
+  const HoldResult h = l.hold("card", "shop", 400, "h", 60s);
+  CHECK(seen("card").held == 400);
+  REQUIRE(l.capture(h.hold_id, 300).ok());
+  CHECK(seen("card").balance == 700);
+  CHECK(seen("card").held == 0);
+  CHECK(seen("shop").balance == 300);
+  const HoldResult v = l.hold("card", "shop", 200, "v", 60s);
+  CHECK(seen("card").available() == 500);
+  l.void_hold(v.hold_id);
+  CHECK(seen("card").available() == 700);
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("holds: on PostgreSQL a hold, a capture and a void each take as many round trips as a transfer, one",
+          "[pg][holds]") {
+  std::unique_ptr<rowguard::test::FaultProxy> proxy;  // counts what the client sends
+  TestDb t(Options{}, [&](const std::string& url) {
+    proxy = std::make_unique<rowguard::test::FaultProxy>(rowguard::test::port_of(url));
+    return rowguard::test::via_port(url, proxy->port());
+  });
+  t.db().migrate();
+  Ledger l(t.db());
+  l.open("card", "EUR");
+  l.open("shop", "EUR");
+  l.deposit("card", 10'000, "salary");
+  auto round_trips = [&](const std::function<void()>& call) {
+    const std::uint64_t before = proxy->requests();
+    call();
+    return proxy->requests() - before;
+  };
+  // The first call of each prepares its statement (a round trip of its own on a direct connection).
+  for (int pass = 0; pass < 2; ++pass) {
+    const std::uint64_t transfer = round_trips([&] { l.transfer("card", "shop", 1, fmt::format("t-{}", pass)); });
+    HoldResult h, v;
+    const std::uint64_t hold = round_trips([&] { h = l.hold("card", "shop", 10, fmt::format("h-{}", pass), 60s); });
+    const std::uint64_t capture = round_trips([&] { l.capture(h.hold_id); });
+    v = l.hold("card", "shop", 10, fmt::format("v-{}", pass), 60s);
+    const std::uint64_t void_ = round_trips([&] { l.void_hold(v.hold_id); });
+    if (pass == 0) continue;
+    INFO(fmt::format("{}: transfer {}, hold {}, capture {}, void {}", rowguard::test::backend(), transfer, hold,
+                     capture, void_));
+    CHECK(transfer >= 1);
+    CHECK(hold == transfer);
+    CHECK(capture == transfer);
+    CHECK(void_ == transfer);
+  }
+  CHECK(l.check().ok());
 }
 
 TEST_CASE("holds: concurrent holds, captures, voids, expiries and transfers never spend held money twice",

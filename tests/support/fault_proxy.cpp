@@ -128,6 +128,7 @@ void FaultProxy::pump(const std::shared_ptr<Connection>& connection, int from, i
       std::unique_lock lock(mutex_);
       resumed_.wait(lock, [&] { return !stalled_ || stopping_; });
     }
+    if (from == connection->client) ++requests_;
     if (!write_all(to, buffer, static_cast<std::size_t>(n))) break;
   }
   std::lock_guard lock(mutex_);

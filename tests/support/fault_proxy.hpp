@@ -38,6 +38,10 @@ class FaultProxy {
   std::uint64_t connections_cut() const noexcept { return connections_cut_; }
   // Connections accepted after the first cut_all() that closed one: the clients reconnected.
   std::uint64_t reconnections() const noexcept;
+  // Chunks forwarded from clients to the server so far: one per request a client sent and then
+  // waited for (libpq writes a statement's messages at once), so the round trips of a client that
+  // does not pipeline.
+  std::uint64_t requests() const noexcept { return requests_; }
 
  private:
   struct Connection {
@@ -55,6 +59,7 @@ class FaultProxy {
   std::atomic<int> delay_ms_{0};
   std::atomic<std::uint64_t> accepted_{0}, connections_cut_{0};
   std::atomic<std::uint64_t> accepted_at_first_cut_{0};
+  std::atomic<std::uint64_t> requests_{0};
   std::atomic<bool> cut_once_{false};
   std::mutex mutex_;
   std::condition_variable resumed_;
