@@ -1,7 +1,6 @@
 #include "backend/libpqxx/statement.hpp"
 
 #include <charconv>
-#include <cstring>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -72,7 +71,7 @@ pqxx::internal::params text_params(const std::vector<Value>& values) {
       const auto end = std::to_chars(digits, digits + sizeof digits, *n).ptr;
       p.strings.emplace_back(digits, end);
     } else if (const auto* s = std::get_if<std::string>(&v)) {
-      if (std::memchr(s->data(), '\0', s->size()))
+      if (s->find('\0') != std::string::npos)
         throw Error(ErrorKind::invalid_argument,
                     fmt::format("text parameter ${} contains a NUL byte; PostgreSQL text cannot hold one", i + 1));
       p.strings.push_back(*s);
