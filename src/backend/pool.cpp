@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <iterator>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -143,31 +144,33 @@ Pool::~Pool() {
 std::unique_ptr<SessionLease> Pool::borrow() {
   const auto& m = instruments::pool();
   std::unique_lock lock(mutex_);
-  const auto started = std::chrono::steady_clock::now();
-  const auto deadline = started + wait_;
-  bool waited = false;
+  // The clock is read only when the pool is exhausted: the common borrow takes an idle session and
+  // holds the lock for a pop and two counts, with the instruments and the allocation after it.
+  std::optional<std::chrono::steady_clock::time_point> started;
   while (idle_.empty() && stats_.open >= max_) {
-    if (!waited) {
-      waited = true;
+    if (!started) {
+      started = std::chrono::steady_clock::now();
       ++stats_.waits;
       m.waits.add();
     }
-    if (freed_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() && stats_.open >= max_) {
-      m.wait_seconds.observe_since(started);
+    if (freed_.wait_until(lock, *started + wait_) == std::cv_status::timeout && idle_.empty() && stats_.open >= max_) {
+      m.wait_seconds.observe_since(*started);
       m.timeouts.add();
       throw Error(ErrorKind::transient,
                   fmt::format("no database session became free within {} ms (pool of {})", wait_.count(), max_));
     }
   }
-  if (waited) m.wait_seconds.observe_since(started);
   if (!idle_.empty()) {
     auto session = std::move(idle_.back());
     idle_.pop_back();
     --stats_.idle;
+    lock.unlock();
+    if (started) m.wait_seconds.observe_since(*started);
     m.idle.add(-1);
     m.borrows.add();
     return std::make_unique<SessionLease>(*this, std::move(session));
   }
+  if (started) m.wait_seconds.observe_since(*started);
   ++stats_.open;  // reserve the slot, then connect without holding the lock
   m.open.add(1);
   lock.unlock();

@@ -1,6 +1,7 @@
 #include "base/sql_text.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdint>
 #include <vector>
@@ -178,24 +179,30 @@ std::string to_hex(std::string_view bytes) {
 }
 
 namespace {
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+// The value of each byte as a hex digit, 0xff for a byte that is none: a blob read from PostgreSQL
+// (bytea's text form, a cache value on every hit) is decoded at one table look-up per digit.
+constexpr std::array<unsigned char, 256> hex_digits = [] {
+  std::array<unsigned char, 256> t{};
+  for (auto& v : t) v = 0xff;
+  for (int c = '0'; c <= '9'; ++c) t[static_cast<std::size_t>(c)] = static_cast<unsigned char>(c - '0');
+  for (int c = 'a'; c <= 'f'; ++c) t[static_cast<std::size_t>(c)] = static_cast<unsigned char>(c - 'a' + 10);
+  for (int c = 'A'; c <= 'F'; ++c) t[static_cast<std::size_t>(c)] = static_cast<unsigned char>(c - 'A' + 10);
+  return t;
+}();
 }  // namespace
 
 std::string from_hex(std::string_view hex) {
   if (hex.substr(0, 2) == "\\x") hex.remove_prefix(2);
   if (hex.size() % 2 != 0) throw Error(ErrorKind::permanent, "hex-encoded blob has an odd length");
   std::string out(hex.size() / 2, '\0');
+  const auto* in = reinterpret_cast<const unsigned char*>(hex.data());
+  unsigned bad = 0;  // above 0x0f once any digit was not one
   for (std::size_t i = 0; i < out.size(); ++i) {
-    const int hi = hex_digit(hex[2 * i]);
-    const int lo = hex_digit(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) throw Error(ErrorKind::permanent, "hex-encoded blob has a non-hex digit");
-    out[i] = static_cast<char>(hi * 16 + lo);
+    const unsigned hi = hex_digits[in[2 * i]], lo = hex_digits[in[2 * i + 1]];
+    bad |= hi | lo;
+    out[i] = static_cast<char>(((hi & 0x0fU) << 4) | (lo & 0x0fU));
   }
+  if (bad > 0x0f) throw Error(ErrorKind::permanent, "hex-encoded blob has a non-hex digit");
   return out;
 }
 

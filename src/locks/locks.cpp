@@ -226,7 +226,13 @@ std::string Locks::new_owner() const {
     if (n < 0) throw Error(ErrorKind::permanent, fmt::format("getrandom failed: {}", std::strerror(errno)));
     got += static_cast<std::size_t>(n);
   }
-  return fmt::format("{}:{:016x}{:016x}", impl_->owner_prefix, bits[0], bits[1]);
+  // prefix:32 hex digits, assembled without a format string: it runs on every try_acquire.
+  std::string owner;
+  owner.reserve(impl_->owner_prefix.size() + 1 + 2 * sizeof bits);
+  owner += impl_->owner_prefix;
+  owner += ':';
+  owner += detail::to_hex(std::string_view(reinterpret_cast<const char*>(bits), sizeof bits));
+  return owner;
 }
 
 std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::milliseconds ttl,

@@ -59,6 +59,24 @@ TEST_CASE("values round-trip: int64 limits, UTF-8 text, binary blobs, NULL", "[b
             .i64(0) == 3 * (10 + 19) * 10 / 2);
 }
 
+TEST_CASE("a string whose text changes in place runs its new text, not the statement first prepared at its address",
+          "[backend]") {
+  // The PostgreSQL session finds a statement by the address of its text before hashing it (the
+  // callers' statements are long-lived strings); the same buffer holding another text must not
+  // run the old statement.
+  TestDb t;
+  std::string sql = "SELECT CAST($1 AS bigint) + 1";
+  const char* buffer = sql.data();
+  CHECK(t.db().exec(sql, {std::int64_t{1}}).one().i64(0) == 2);
+  sql.replace(sql.size() - 1, 1, "2");  // "... + 2": same length, same buffer
+  REQUIRE(sql.data() == buffer);
+  CHECK(t.db().exec(sql, {std::int64_t{1}}).one().i64(0) == 3);
+  sql.replace(sql.size() - 1, 1, "1");  // the first text again, at the same address
+  CHECK(t.db().exec(sql, {std::int64_t{1}}).one().i64(0) == 2);
+  // And one text at several addresses is one statement, whichever copy is passed.
+  for (int i = 0; i < 3; ++i) CHECK(t.db().exec(std::string(sql), {std::int64_t{i}}).one().i64(0) == i + 1);
+}
+
 TEST_CASE("a statement with the wrong number of parameters is rejected", "[backend]") {
   TestDb t;
   CHECK_THROWS_AS(t.db().exec("SELECT $1, $2", {std::int64_t{1}}), Error);

@@ -1,4 +1,6 @@
 // Tests that need no database server: URL parsing, redaction, SQL text helpers, exit codes, options.
+#include <cctype>
+
 #include <catch2/catch.hpp>
 
 #include "rowguard/config.hpp"
@@ -78,6 +80,15 @@ TEST_CASE("hex encoding round-trips every byte and rejects garbage", "[unit]") {
   CHECK(detail::from_hex("\\x00ff") == std::string("\0\xff", 2));
   CHECK_THROWS_AS(detail::from_hex("abc"), Error);
   CHECK_THROWS_AS(detail::from_hex("zz"), Error);
+  CHECK(detail::from_hex("ABcd09") == std::string("\xab\xcd\x09", 3));
+  // Every byte that is no hex digit is refused, in either place of a pair, wherever the pair is.
+  for (int c = 0; c < 256; ++c) {
+    if (std::isxdigit(c)) continue;
+    const std::string bad(1, static_cast<char>(c));
+    CHECK_THROWS_AS(detail::from_hex("00" + bad + "0"), Error);
+    CHECK_THROWS_AS(detail::from_hex("000" + bad), Error);
+    CHECK_THROWS_AS(detail::from_hex(bad + "000"), Error);
+  }
 }
 
 TEST_CASE("passwords are redacted from every URL form", "[unit]") {

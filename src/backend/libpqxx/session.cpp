@@ -56,15 +56,23 @@ class PgSession final : public Session {
   const Dialect& dialect() const noexcept override { return *dialect_; }
 
   Result exec(std::string_view sql, const std::vector<Value>& params) override {
-    return guarded(sql, [&] { return statements_->run(*tx_, sql, params); });
+    const PgStatement* statement = nullptr;
+    return guarded(
+        [&]() -> const PgStatementTraits& {
+          statement = &statements_->find(sql);
+          return statement->traits;
+        },
+        [&] { return statements_->run(*tx_, *statement, params); });
   }
 
   // A multi-statement script cannot be prepared: it goes through the simple query protocol.
   void exec_script(const std::string& script) override {
-    guarded(script, [&] {
-      tx_->exec(script);
-      return Result{};
-    });
+    PgStatementTraits traits;
+    guarded([&]() -> const PgStatementTraits& { return traits = PgStatementTraits::of(script); },
+            [&] {
+              tx_->exec(script);
+              return Result{};
+            });
   }
 
  protected:
@@ -79,21 +87,25 @@ class PgSession final : public Session {
   }
 
  private:
-  template <class Run>
-  Result guarded(std::string_view sql, Run&& run) {
+  // find() gives the statement's traits (worked out once per distinct text, PgStatements::find),
+  // run() runs it; a driver failure in either becomes an Error.
+  template <class Find, class Run>
+  Result guarded(Find&& find, Run&& run) {
     if (broken_) throw Error(ErrorKind::transient, "postgres: session is broken");
-    const StatementEffect effect = effect_of(sql);
-    // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except the
-    // BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
-    const bool ends_unit =
-        effect == StatementEffect::commit || sql == "ROLLBACK" || (!in_transaction_ && sql.substr(0, 5) != "BEGIN");
-    if (!in_transaction_) aborted_ = false;
+    StatementEffect effect = StatementEffect::write;  // the safe side, until the text is known
     try {
+      const PgStatementTraits& traits = find();
+      effect = traits.effect;
+      // Where a unit of work ends (a COMMIT, a ROLLBACK, a statement outside a transaction except
+      // the BEGIN that opens one), a pending replication doubt is settled before the answer goes back.
+      const bool ends_unit =
+          effect == StatementEffect::commit || traits.rollback || (!in_transaction_ && !traits.begin);
+      if (!in_transaction_) aborted_ = false;
       watch_->seen = false;
       Result result = run();
       // In an aborted transaction only ROLLBACK TO a savepoint (necessarily taken before the
       // failure) succeeds, and it ends the abort.
-      if (aborted_ && savepoint_statement(sql).op == SavepointOp::rollback_to) aborted_ = false;
+      if (aborted_ && traits.rollback_to) aborted_ = false;
       if (ends_unit) settle_replication();
       return result;
     } catch (const Error&) {

@@ -1,5 +1,8 @@
 #include "backend/libpqxx/statement.hpp"
 
+#include <charconv>
+#include <stdexcept>
+
 #include <fmt/format.h>
 #include <pqxx/nontransaction>
 #include <pqxx/prepared_statement>
@@ -14,6 +17,14 @@ namespace {
 // Type OIDs from pg_type.h that rowguard reads as integers or bytes; everything else is text.
 constexpr pqxx::oid bool_oid = 16, bytea_oid = 17, int8_oid = 20, int2_oid = 21, int4_oid = 23, oid_oid = 26;
 
+std::int64_t integer(std::string_view text) {
+  std::int64_t n = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (error != std::errc() || end != text.data() + text.size())
+    throw std::invalid_argument(fmt::format("not an integer: '{}'", text));  // cannot happen for these types
+  return n;
+}
+
 Value cell(const pqxx::field& field, pqxx::oid type) {
   if (field.is_null()) return nullptr;
   const std::string_view text(field.c_str(), field.size());
@@ -22,7 +33,7 @@ Value cell(const pqxx::field& field, pqxx::oid type) {
     case int2_oid:
     case int4_oid:
     case oid_oid:
-      return static_cast<std::int64_t>(std::stoll(std::string(text)));
+      return integer(text);
     case bool_oid:
       return static_cast<std::int64_t>(text == "t" ? 1 : 0);
     case bytea_oid:
@@ -31,42 +42,84 @@ Value cell(const pqxx::field& field, pqxx::oid type) {
       return std::string(text);
   }
 }
-}  // namespace
 
-PgStatements::PgStatements(pqxx::connection_base& connection, bool unnamed)
-    : connection_(connection), unnamed_(unnamed) {}
-
-const std::string& PgStatements::name_for(std::string_view sql) {
-  const auto hit = names_.find(std::string(sql));
-  if (hit != names_.end()) return hit->second;
-  std::string name = fmt::format("rowguard_{}", names_.size() + 1);
-  connection_.prepare(name, std::string(sql));
-  return names_.emplace(std::string(sql), std::move(name)).first->second;
+bool is_transaction_control(std::string_view sql) {
+  for (const std::string_view word : {"BEGIN", "COMMIT", "ROLLBACK", "END"})
+    if (sql.substr(0, word.size()) == word) return true;
+  return false;
 }
 
-Result PgStatements::run(pqxx::transaction_base& tx, std::string_view sql, const std::vector<Value>& params) {
-  // Parameters go as text: integers in decimal, blobs in bytea's "\x" hex form, NULL as a null pointer.
-  std::vector<std::string> storage(params.size());
-  std::vector<const char*> pointers(params.size(), nullptr);
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    const Value& v = params[i];
-    if (std::holds_alternative<std::nullptr_t>(v)) continue;
+// The parameters as libpqxx 6.4 passes them to libpq, built in place: text, integers in decimal,
+// blobs in bytea's "\x" hex form, NULL as a null pointer. tx.exec_prepared(name, params) moves
+// them on (its variadic form would convert and copy each value once more).
+pqxx::internal::params text_params(const std::vector<Value>& values) {
+  pqxx::internal::params p;
+  p.strings.reserve(values.size());
+  p.lengths.reserve(values.size());
+  p.nonnulls.reserve(values.size());
+  p.binaries.reserve(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const Value& v = values[i];
+    p.binaries.push_back(0);
+    if (std::holds_alternative<std::nullptr_t>(v)) {
+      p.lengths.push_back(0);
+      p.nonnulls.push_back(0);
+      continue;
+    }
     if (const auto* n = std::get_if<std::int64_t>(&v)) {
-      storage[i] = std::to_string(*n);
+      char digits[24];
+      const auto end = std::to_chars(digits, digits + sizeof digits, *n).ptr;
+      p.strings.emplace_back(digits, end);
     } else if (const auto* s = std::get_if<std::string>(&v)) {
       if (s->find('\0') != std::string::npos)
         throw Error(ErrorKind::invalid_argument,
                     fmt::format("text parameter ${} contains a NUL byte; PostgreSQL text cannot hold one", i + 1));
-      storage[i] = *s;
+      p.strings.push_back(*s);
     } else {
-      storage[i] = "\\x" + to_hex(std::get<Blob>(v).bytes);
+      p.strings.push_back("\\x" + to_hex(std::get<Blob>(v).bytes));
     }
-    pointers[i] = storage[i].c_str();
+    p.lengths.push_back(static_cast<int>(p.strings.back().size()));
+    p.nonnulls.push_back(1);
   }
-  const pqxx::result r = params.empty() && is_transaction_control(sql) ? tx.exec(std::string(sql))
-                         : unnamed_ ? tx.exec_params(std::string(sql), pqxx::prepare::make_dynamic_params(pointers))
-                                    : tx.exec_prepared(name_for(sql), pqxx::prepare::make_dynamic_params(pointers));
+  return p;
+}
+}  // namespace
 
+PgStatementTraits PgStatementTraits::of(std::string_view sql) {
+  PgStatementTraits t;
+  t.effect = effect_of(sql);
+  t.rollback = sql == "ROLLBACK";
+  t.begin = sql.substr(0, 5) == "BEGIN";
+  t.rollback_to = savepoint_statement(sql).op == SavepointOp::rollback_to;
+  return t;
+}
+
+PgStatements::PgStatements(pqxx::connection_base& connection, bool unnamed)
+    : connection_(connection), unnamed_(unnamed) {}
+
+const PgStatement& PgStatements::find(std::string_view sql) {
+  Recent& recent = recent_[(reinterpret_cast<std::uintptr_t>(sql.data()) >> 4) % recent_.size()];
+  if (recent.data == sql.data() && recent.statement->sql == sql) return *recent.statement;
+  auto hit = by_text_.find(sql);
+  if (hit == by_text_.end()) {
+    PgStatement s;
+    s.sql = std::string(sql);
+    s.control = is_transaction_control(sql);
+    s.traits = PgStatementTraits::of(sql);
+    if (!unnamed_) {
+      s.name = fmt::format("rowguard_{}", by_text_.size() + 1);
+      connection_.prepare(s.name, s.sql);
+    }
+    hit = by_text_.emplace(s.sql, std::move(s)).first;
+  }
+  recent = {sql.data(), &hit->second};
+  return hit->second;
+}
+
+Result PgStatements::run(pqxx::transaction_base& tx, const PgStatement& statement, const std::vector<Value>& params) {
+  const pqxx::result r = params.empty() && statement.control ? tx.exec(statement.sql)
+                         : unnamed_                          ? tx.exec_params(statement.sql, text_params(params))
+                                                             : tx.exec_prepared(statement.name, text_params(params));
   Result result;
   result.affected = static_cast<std::int64_t>(r.affected_rows());
   const auto columns = static_cast<std::size_t>(r.columns());
@@ -81,12 +134,6 @@ Result PgStatements::run(pqxx::transaction_base& tx, std::string_view sql, const
     result.rows.emplace_back(std::move(cells));
   }
   return result;
-}
-
-bool PgStatements::is_transaction_control(std::string_view sql) {
-  for (const std::string_view word : {"BEGIN", "COMMIT", "ROLLBACK", "END"})
-    if (sql.substr(0, word.size()) == word) return true;
-  return false;
 }
 
 }  // namespace rowguard::detail
