@@ -2,6 +2,7 @@
 #include <atomic>
 #include <fcntl.h>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <random>
@@ -115,6 +116,36 @@ std::vector<std::string> step_states(const SagaInfo& info) {
   std::vector<std::string> out;
   for (const auto& s : info.steps) out.emplace_back(to_string(s.state));
   return out;
+}
+
+// Runs coordinator() in a child process, which dies inside it (exit code 0); the child exits 3
+// when coordinator() returns or throws instead.
+void run_dying_coordinator(const std::function<void()>& coordinator) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    try {
+      coordinator();
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+// Recovers until a saga completed (the dead coordinator's lease runs out first), for at most 5 s.
+SagaRecovery recover_one(Sagas& sagas) {
+  SagaRecovery r;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  do {
+    r = sagas.recover();
+    if (r.completed) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return r;
 }
 
 }  // namespace
@@ -271,29 +302,19 @@ TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another"
   t.db().migrate();
   Journal j;
   const auto marker = rowguard::test::scratch_dir() / "ran";
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    try {
-      Database db = Database::open(t.url(), t.options());
-      Sagas child(db, quick());
-      child.define("order", {{"s0", [](StepContext&) { return std::string("r0"); }, {}},
-                             {"s1",
-                              [&](StepContext& c) -> std::string {
-                                std::ofstream(marker) << c.idempotency_key();
-                                ::_exit(0);  // the coordinator dies inside the step
-                              },
-                              {}},
-                             {"s2", [](StepContext&) { return std::string("r2"); }, {}}});
-      child.run("order", "K", "");
-    } catch (...) {
-    }
-    ::_exit(3);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  run_dying_coordinator([&] {
+    Database db = Database::open(t.url(), t.options());
+    Sagas child(db, quick());
+    child.define("order", {{"s0", [](StepContext&) { return std::string("r0"); }, {}},
+                           {"s1",
+                            [&](StepContext& c) -> std::string {
+                              std::ofstream(marker) << c.idempotency_key();
+                              ::_exit(0);  // the coordinator dies inside the step
+                            },
+                            {}},
+                           {"s2", [](StepContext&) { return std::string("r2"); }, {}}});
+    child.run("order", "K", "");
+  });
   std::string key;
   std::ifstream(marker) >> key;
   CHECK(key == "K:s1");
@@ -305,13 +326,7 @@ TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another"
   CHECK(before->state == SagaState::running);
   CHECK(before->step == 1);
   CHECK(step_states(*before) == std::vector<std::string>{"done", "started"});
-  SagaRecovery r;
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  do {
-    r = sagas.recover();
-    if (r.completed) break;
-    std::this_thread::sleep_for(100ms);
-  } while (std::chrono::steady_clock::now() < deadline);
+  const SagaRecovery r = recover_one(sagas);
   CHECK(r.completed == 1);
   CHECK(j.all() == std::vector<std::string>{"do:K:s1", "do:K:s2"});
   CHECK(sagas.get("K")->state == SagaState::completed);
@@ -846,22 +861,29 @@ std::vector<SagaStep> payment_steps(Ledger& ledger, bool in_tx) {
           {"capture", [capture](StepContext& c) { return capture(c, nullptr); }, {}}};
 }
 
-void open_payment_accounts(Ledger& ledger) {
-  ledger.open("card", "EUR");
-  ledger.open("shop", "EUR");
-  ledger.deposit("card", 10'000, "seed");
+// Accounts `from` (with 10'000 on it) and `to`.
+void open_accounts(Ledger& ledger, const std::string& from, const std::string& to) {
+  ledger.open(from, "EUR");
+  ledger.open(to, "EUR");
+  ledger.deposit(from, 10'000, "seed");
 }
+
+// A fresh database, and a Database and a Ledger on it whose sessions count into log.
+struct CountedLedger {
+  TestDb t;
+  std::shared_ptr<SessionLog> log = std::make_shared<SessionLog>();
+  Database db;
+  Ledger ledger;
+  CountedLedger() : db((t.db().migrate(), counted(t.db(), log))), ledger(db) {}
+};
 
 }  // namespace
 
 TEST_CASE("sagas: a two-step ledger saga run in its steps' transactions commits twice, and once per step alone",
           "[backend][saga][threads]") {
-  TestDb t;
-  t.db().migrate();
-  auto log = std::make_shared<SessionLog>();
-  Database db = counted(t.db(), log);
-  Ledger ledger(db);
-  open_payment_accounts(ledger);
+  CountedLedger c;
+  auto& [t, log, db, ledger] = c;
+  open_accounts(ledger, "card", "shop");
   SagaOptions o;
   o.lease_ttl = 30s;  // no heartbeat renewal during the test
   Sagas sagas(db, o);
@@ -900,14 +922,9 @@ TEST_CASE("sagas: a two-step ledger saga run in its steps' transactions commits 
 
 TEST_CASE("sagas: a step run in its transaction never leaves its ledger write without its done row, or the reverse",
           "[backend][saga][threads]") {
-  TestDb t;
-  t.db().migrate();
-  auto log = std::make_shared<SessionLog>();
-  Database db = counted(t.db(), log);
-  Ledger ledger(db);
-  ledger.open("a", "EUR");
-  ledger.open("b", "EUR");
-  ledger.deposit("a", 1'000, "seed");
+  CountedLedger c;
+  auto& [t, log, db, ledger] = c;
+  open_accounts(ledger, "a", "b");
   Journal j;
   // A transfer of 100 from a to b, then (when `then_throw`) a failure after the transfer was written.
   bool then_throw = false;
@@ -934,7 +951,7 @@ TEST_CASE("sagas: a step run in its transaction never leaves its ledger write wi
     CHECK(o.failed_step == "first");
     CHECK_THAT(o.error, Catch::Contains("injected failure"));
     CHECK(applied("s:first") == 0);
-    CHECK(ledger.get("a").balance == 1'000);
+    CHECK(ledger.get("a").balance == 10'000);
     CHECK(step_states(*sagas.get("s")) == std::vector<std::string>{"compensated"});
     CHECK(j.all() == std::vector<std::string>{"do:s:first", "undo:s:first:undo"});
   }
@@ -943,7 +960,7 @@ TEST_CASE("sagas: a step run in its transaction never leaves its ledger write wi
     CHECK(sagas.run("pay", "s", "").state == SagaState::completed);
     CHECK(applied("s:first") == 1);
     CHECK(applied("s:second") == 1);
-    CHECK(ledger.get("a").balance == 800);
+    CHECK(ledger.get("a").balance == 9'800);
     const auto info = sagas.get("s");
     CHECK(step_states(*info) == std::vector<std::string>{"done", "done"});
     CHECK(info->steps[0].attempts == 2);
@@ -955,7 +972,7 @@ TEST_CASE("sagas: a step run in its transaction never leaves its ledger write wi
     const SagaOutcome o = sagas.run("pay", "s", "");
     CHECK(o.state == SagaState::compensated);
     CHECK(applied("s:first") == 0);
-    CHECK(ledger.get("a").balance == 800);  // only the saga "ok"
+    CHECK(ledger.get("a").balance == 9'800);  // only the saga "ok"
     CHECK(sagas.get("s")->steps.at(0).error.find("after the transfer") != std::string::npos);
   }
   CHECK(ledger.check().ok());
@@ -967,9 +984,7 @@ TEST_CASE("sagas: a coordinator killed inside a step's transaction leaves neithe
   t.db().migrate();
   {
     Ledger ledger(t.db());
-    ledger.open("a", "EUR");
-    ledger.open("b", "EUR");
-    ledger.deposit("a", 1'000, "seed");
+    open_accounts(ledger, "a", "b");
   }
   auto steps = [](Ledger& ledger, bool die) {
     auto pay = [&ledger, die](StepContext& c, Transaction& tx) -> std::string {
@@ -979,26 +994,16 @@ TEST_CASE("sagas: a coordinator killed inside a step's transaction leaves neithe
     };
     return std::vector<SagaStep>{SagaStep::in_transaction("first", pay), SagaStep::in_transaction("second", pay)};
   };
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    try {
-      Database db = Database::open(t.url(), t.options());
-      Ledger ledger(db);
-      Sagas child(db, quick());
-      child.define("pay", steps(ledger, true));
-      child.run("pay", "K", "");
-    } catch (...) {
-    }
-    ::_exit(3);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  run_dying_coordinator([&] {
+    Database db = Database::open(t.url(), t.options());
+    Ledger ledger(db);
+    Sagas child(db, quick());
+    child.define("pay", steps(ledger, true));
+    child.run("pay", "K", "");
+  });
 
   Ledger ledger(t.db());
-  CHECK(ledger.get("a").balance == 900);  // the first step only
+  CHECK(ledger.get("a").balance == 9'900);  // the first step only
   CHECK(kind_of([&] { ledger.find_transfer_by_key("K:second"); }) == ErrorKind::not_found);
   Sagas sagas(t.db(), quick());
   sagas.define("pay", steps(ledger, false));
@@ -1007,15 +1012,8 @@ TEST_CASE("sagas: a coordinator killed inside a step's transaction leaves neithe
   CHECK(before->state == SagaState::running);
   CHECK(before->step == 1);
   CHECK(step_states(*before) == std::vector<std::string>{"done"});
-  SagaRecovery r;
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  do {
-    r = sagas.recover();
-    if (r.completed) break;
-    std::this_thread::sleep_for(100ms);
-  } while (std::chrono::steady_clock::now() < deadline);
-  CHECK(r.completed == 1);
-  CHECK(ledger.get("a").balance == 800);
+  CHECK(recover_one(sagas).completed == 1);
+  CHECK(ledger.get("a").balance == 9'800);
   CHECK(ledger.get("b").balance == 200);
   CHECK(ledger.find_transfer_by_key("K:second").outcome == "ok");
   CHECK(ledger.check().ok());
