@@ -9,7 +9,8 @@
 //   handoff    holder in another process releases, waiter acquires: LISTEN/NOTIFY vs 100 ms polling
 //   cache      Cache::get table hit | raw primary-key SELECT | Redis GET; in-process tier ns per hit
 //   hot        16 clients on 2 accounts: rowguard vs pessimistic, every transfer must succeed
-//   payment    hold + capture | the same as a two-step saga | one transfer; with --pgbouncer also
+//   payment    hold + capture | the same as a two-step saga, steps in their progress transactions |
+//              the same saga, steps committing on their own | one transfer; with --pgbouncer also
 //              hold + capture | one transfer, both through the PgBouncer
 //   2pc        TwoPhase::transfer between accounts in two databases of one server | a transfer
 //              inside one database (same run, same accounts): what two-phase commit costs
@@ -241,40 +242,56 @@ ClientFactory rowguard_hold_capture(const std::string& url, const Accounts& acco
   };
 }
 
-// Workload "payment", third row: the same hold and capture as the two steps of a saga (the hold's
-// compensation voids it), so the row shows what persisting the saga's progress and holding its
-// lease cost on top of the ledger calls.
-ClientFactory rowguard_saga_hold_capture(const std::string& url, const Accounts& accounts, const std::string& run) {
+// Workload "payment", third and fourth rows: the same hold and capture as the two steps of a saga
+// (the hold's compensation voids it), so the rows show what persisting the saga's progress and
+// holding its lease cost on top of the ledger calls. in_transaction: each step runs its ledger call
+// in the transaction that records the step (SagaStep::in_transaction, what a user writes for
+// ledger steps); otherwise each step is an action of its own between two progress commits.
+ClientFactory rowguard_saga_hold_capture(const std::string& url, const Accounts& accounts, const std::string& run,
+                                         bool in_transaction) {
   return [=](int client) -> Op {
     auto db = std::shared_ptr<rowguard::Database>(open_db(url));
     auto ledger = std::make_shared<rowguard::Ledger>(*db);
     auto sagas = std::make_shared<rowguard::Sagas>(*db);
     auto rng = std::make_shared<std::mt19937_64>(std::random_device{}());
     const std::string nonce = run_nonce();
-    // The payload names the accounts and the amount: "FROM TO AMOUNT".
-    sagas->define("bench_payment", {{"hold",
-                                     [ledger](rowguard::StepContext& c) {
-                                       std::istringstream in(c.payload);
-                                       std::string from, to;
-                                       std::int64_t amount = 0;
-                                       in >> from >> to >> amount;
-                                       const auto h = ledger->hold(from, to, amount, c.idempotency_key(), 10min);
-                                       if (!h.ok()) throw std::runtime_error("hold rejected");
-                                       return std::to_string(h.hold_id);
-                                     },
-                                     [ledger](rowguard::StepContext& c) {
-                                       if (const auto* id = c.result_of("hold")) ledger->void_hold(std::stoll(*id));
-                                     }},
-                                    {"capture",
-                                     [ledger](rowguard::StepContext& c) {
-                                       ledger->capture(std::stoll(*c.result_of("hold")), std::nullopt,
-                                                       c.idempotency_key());
-                                       return std::string();
-                                     },
-                                     {}}});
+    // The payload names the accounts and the amount: "FROM TO AMOUNT". tx: the step's transaction.
+    auto hold = [ledger](rowguard::StepContext& c, rowguard::Transaction* tx) {
+      std::istringstream in(c.payload);
+      std::string from, to;
+      std::int64_t amount = 0;
+      in >> from >> to >> amount;
+      const auto h = tx ? ledger->hold(*tx, from, to, amount, c.idempotency_key(), 10min)
+                        : ledger->hold(from, to, amount, c.idempotency_key(), 10min);
+      if (!h.ok()) throw std::runtime_error("hold rejected");
+      return std::to_string(h.hold_id);
+    };
+    auto capture = [ledger](rowguard::StepContext& c, rowguard::Transaction* tx) {
+      const std::int64_t id = std::stoll(*c.result_of("hold"));
+      if (tx)
+        ledger->capture(*tx, id, std::nullopt, c.idempotency_key());
+      else
+        ledger->capture(id, std::nullopt, c.idempotency_key());
+      return std::string();
+    };
+    auto void_hold = [ledger](rowguard::StepContext& c) {
+      if (const auto* id = c.result_of("hold")) ledger->void_hold(std::stoll(*id));
+    };
+    if (in_transaction)
+      sagas->define(
+          "bench_payment",
+          {rowguard::SagaStep::in_transaction(
+               "hold", [hold](rowguard::StepContext& c, rowguard::Transaction& tx) { return hold(c, &tx); }, void_hold),
+           rowguard::SagaStep::in_transaction(
+               "capture", [capture](rowguard::StepContext& c, rowguard::Transaction& tx) { return capture(c, &tx); })});
+    else
+      sagas->define("bench_payment",
+                    {{"hold", [hold](rowguard::StepContext& c) { return hold(c, nullptr); }, void_hold},
+                     {"capture", [capture](rowguard::StepContext& c) { return capture(c, nullptr); }, {}}});
+    const std::string prefix = in_transaction ? "rgs" : "rgo";
     return [=](std::uint64_t i) {
       const auto [from, to] = pick_pair(*rng, accounts);
-      const auto outcome = sagas->run("bench_payment", fmt::format("rgs-{}-{}-{}-{}", run, nonce, client, i),
+      const auto outcome = sagas->run("bench_payment", fmt::format("{}-{}-{}-{}-{}", prefix, run, nonce, client, i),
                                       fmt::format("{} {} {}", from, to, 1 + (*rng)() % 100));
       if (outcome.state != rowguard::SagaState::completed) throw std::runtime_error("saga: " + outcome.error);
       (void)db;
@@ -503,7 +520,8 @@ void payment_rows(Report& report, const Settings& s, const std::string& backend,
     compare(report, s, backend, "payment", c,
             {{"transfer", rowguard_transfer(url, pool, run)},
              {"hold + capture", rowguard_hold_capture(url, pool, run)},
-             {"saga: hold, capture", rowguard_saga_hold_capture(url, pool, run)}},
+             {"saga: hold, capture", rowguard_saga_hold_capture(url, pool, run, true)},
+             {"saga: own commits", rowguard_saga_hold_capture(url, pool, run, false)}},
             "transfer");
     report.check(fmt::format("{} hold + capture / transfer, {} client(s)", backend, c),
                  ratio(report, backend, "payment", "hold + capture", "transfer", c), 0.45, ">= 0.45x");

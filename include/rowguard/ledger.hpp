@@ -307,6 +307,12 @@ class Ledger {
   // what each operation compares). Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
   // from == to, a balance that would overflow int64, bad ids or key), conflict after all retries.
   TransferResult transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key);
+  // The same inside the caller's transaction, e.g. a saga's step (SagaStep::in_transaction), so
+  // that the transfer commits with whatever else tx writes, or not at all. REQUIRES: tx is a
+  // transaction on this ledger's database. No retries and no commit (the caller owns tx and
+  // retries it whole; the key makes that safe: a replay returns the original outcome).
+  TransferResult transfer(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
+                          std::string_view key);
   // As transfer(), but Error(insufficient_funds) instead of a rejected result.
   TransferResult transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
                                    std::string_view key);
@@ -323,6 +329,12 @@ class Ledger {
   // transfer(), plus invalid_argument for a timeout outside (0, 366 days].
   HoldResult hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
                   std::chrono::milliseconds timeout);
+  // hold() and capture() inside the caller's transaction, as transfer(tx, ...): same checks, outcomes
+  // and errors, no retries and no commit.
+  HoldResult hold(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
+                  std::string_view key, std::chrono::milliseconds timeout);
+  TransferResult capture(Transaction& tx, std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
+                         std::string_view key = {});
   // Posts an open hold as a transfer of amount (default: all of it; REQUIRES 0 < amount <= held)
   // and releases the rest. The capture's transfer is recorded under key (default
   // "hold:<id>:capture"). Capturing a captured hold again with the same amount and key replays the

@@ -1,6 +1,8 @@
 #pragma once
 // rowguard::Sagas: named sequences of steps, each with an action and a compensation, whose progress
-// is persisted before and after every step so that another process can finish or undo them.
+// is persisted before and after every step so that another process can finish or undo them; a step
+// whose work is in the saga's own database (a Ledger transfer, hold or capture) records its progress
+// in the same transaction as that work (SagaStep::in_transaction).
 
 #include <chrono>
 #include <cstdint>
@@ -14,6 +16,7 @@
 
 #include "rowguard/database.hpp"
 #include "rowguard/retry.hpp"
+#include "rowguard/transaction.hpp"
 
 namespace rowguard {
 
@@ -64,10 +67,38 @@ struct StepContext {
 //   {"hold", [&](StepContext& c) { return std::to_string(ledger.hold("card", "shop", 500, c.idempotency_key(),
 //   1h).hold_id); },
 //            [&](StepContext& c) { if (auto* id = c.result_of("hold")) ledger.void_hold(std::stoll(*id)); }}
+//
+// A step whose work is writes to the saga's own database is better made with in_transaction(): its
+// action gets the transaction that records the step done and advances the saga, so the work and
+// its progress commit together or not at all (one commit per step instead of three; see
+// docs/sagas.md). Example:
+//   SagaStep::in_transaction("hold", [&](StepContext& c, Transaction& tx) {
+//     return std::to_string(ledger.hold(tx, "card", "shop", 500, c.idempotency_key(), 1h).hold_id); },
+//     [&](StepContext& c) { if (auto* id = c.result_of("hold")) ledger.void_hold(std::stoll(*id)); })
 struct SagaStep {
   std::string name;  // REQUIRES: 1 to 64 bytes of UTF-8 without NUL or ':'; unique within a saga
-  std::function<std::string(StepContext&)> action;  // REQUIRES: set
+  std::function<std::string(StepContext&)> action;  // REQUIRES: set, unless transactional_action is
   std::function<void(StepContext&)> compensation;   // empty: nothing to undo
+  // Instead of action: an action run inside the transaction, on the saga's database, that also
+  // writes the step's row as done and moves the saga on (and, for a new saga's first step, creates
+  // the saga's row). Its writes go through that Transaction (the Ledger's calls taking a
+  // Transaction&); it must not commit it, nor write through another transaction or another
+  // database: those would not be undone with it. The transaction holds the lease's row (and on
+  // SQLite the database's write lock) until it ends: keep the action to database work, with no
+  // call to the outside world. When it throws a retriable Error (conflict, transient, in_doubt)
+  // the whole transaction is run again with the same key; anything else rolls it back and fails
+  // the step, which is then compensated like any failed step.
+  std::function<std::string(StepContext&, Transaction&)> transactional_action{};
+
+  // A step with a transactional_action. Error(invalid_argument) from Sagas::define() when unset.
+  static SagaStep in_transaction(std::string name, std::function<std::string(StepContext&, Transaction&)> action,
+                                 std::function<void(StepContext&)> compensation = {}) {
+    SagaStep step;
+    step.name = std::move(name);
+    step.compensation = std::move(compensation);
+    step.transactional_action = std::move(action);
+    return step;
+  }
 };
 
 struct SagaOptions {
@@ -157,15 +188,16 @@ class Sagas {
   Sagas& operator=(const Sagas&) = delete;
 
   // Error(invalid_argument) for a bad type (1 to 128 bytes), bad or duplicate step names, an empty
-  // list or a step without action.
+  // list, or a step without an action or with both an action and a transactional_action.
   void define(std::string_view type, std::vector<SagaStep> steps);
   // For sagas whose steps depend on their payload; fn is called on every run and resume.
   void define_by_payload(std::string_view type, std::function<std::vector<SagaStep>(const std::string& payload)> fn);
 
   // Runs the saga `id` of a defined type to completion, or, when a step fails, compensates the
-  // failed step and then every completed one in reverse order. Each state change is committed on
-  // its own before and after each step. Re-running an id that finished returns its stored outcome
-  // (replayed); one that is unresolved and unowned is resumed. Errors: invalid_argument (bad id,
+  // failed step and then every completed one in reverse order. Each step's progress is committed
+  // before and after its action, or, for a step made with SagaStep::in_transaction, with its
+  // action; a new saga's row is created with its first step's first write. Re-running an id that finished returns its
+  // stored outcome (replayed); one that is unresolved and unowned is resumed. Errors: invalid_argument (bad id,
   // undefined type), idempotency_mismatch (the id exists with another type or payload),
   // lock_busy (another live coordinator drives it, or the saga could not be recorded because its
   // lease kept running out first: nothing ran, run it again), lock_lost (the lease was lost after

@@ -204,8 +204,10 @@ std::int64_t Ledger::Impl::release_expired(Transaction& tx, const std::string& a
   return released;
 }
 
-HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
-                        std::chrono::milliseconds timeout) {
+namespace {
+// The arguments of a hold as a keyed request; Error(invalid_argument) for a bad one.
+Request hold_request(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                     std::chrono::milliseconds timeout) {
   check_text(from, "source account id", max_id_bytes);
   check_text(to, "destination account id", max_id_bytes);
   if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a hold from '{}' to itself", from));
@@ -214,57 +216,124 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
   if (timeout.count() <= 0 || timeout > max_hold_timeout)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
+  Request request{"hold", std::string(from), std::string(to), amount, std::string(key)};
+  request.timeout_ms = static_cast<std::int64_t>(timeout.count());
+  return request;
+}
+
+// The key of a capture (default "hold:<id>:capture"); Error(invalid_argument) for bad arguments.
+std::string capture_key(std::int64_t hold_id, std::optional<std::int64_t> amount, std::string_view key) {
+  check_hold_id(hold_id);
+  if (amount) check_amount(*amount);
+  std::string k = key.empty() ? fmt::format("hold:{}:capture", hold_id) : std::string(key);
+  check_text(k, "idempotency key", max_key_bytes);
+  return k;
+}
+
+// What is asked of the hold h: a capture of take under k, compared with the key's record.
+Request capture_request(const Hold& h, std::int64_t take, const std::string& k) {
+  Request request{"transfer", h.from, h.to, take, k};
+  request.hold_id = h.id;
+  return request;
+}
+
+std::vector<Value> hold_params(const Request& request, const CachedCopies& cached) {
+  return {*request.from, *request.to, request.amount, request.key, *request.timeout_ms, cached.param()};
+}
+
+std::vector<Value> capture_params(std::int64_t hold_id, std::optional<std::int64_t> amount, const std::string& k,
+                                  const CachedCopies& cached) {
+  return {hold_id, amount ? Value(*amount) : Value(nullptr), k, cached.param()};
+}
+
+// The row of HoldStatements::apply_hold as the hold's result: the key's record, then the
+// currencies, the overflow flag, the new hold's id and state.
+HoldResult hold_called(const Row& row, const Request& request) {
+  if (!row.is_null(0)) return replayed_hold(row, request);
+  constexpr std::size_t c = detail::key_record_columns;
+  require_hold_accounts(request, row.opt_text(c), row.opt_text(c + 1));
+  require_held_fits(request, row.i64(c + 2) != 0);
+  HoldResult r;
+  r.hold_id = row.i64(c + 3);
+  r.status = row.text(c + 4) == "held" ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  return r;
+}
+
+// The row of HoldStatements::apply_capture as the capture's result, with the hold it read under
+// its accounts' locks: the hold's columns, the key's record, the flags and the capture's transfer id.
+struct CaptureCall {
+  Hold hold;
+  TransferResult result;
+};
+CaptureCall capture_called(const Row& row, std::int64_t hold_id, std::optional<std::int64_t> amount,
+                           const std::string& k) {
+  if (row.is_null(0)) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+  const Hold h = hold_of(row);
+  const Request request = capture_request(h, capture_amount(h, amount), k);
+  constexpr std::size_t prior = hold_columns, c = hold_columns + detail::key_record_columns;
+  if (auto earlier = earlier_capture(h, row.is_null(prior) ? nullptr : &row, prior, request)) return {h, *earlier};
+  require_capturable(h, row.i64(c) != 0, row.i64(c + 1) != 0, row.i64(c + 2) != 0);
+  TransferResult r;
+  r.transfer_id = row.i64(c + 3);
+  return {h, r};
+}
+}  // namespace
+
+HoldResult Ledger::Impl::hold_in(Transaction& tx, const Request& request) {
+  if (!holds_sql.apply_hold.empty()) {
+    const CachedCopies cached{options.cache, cache_key("")};
+    const Row row = tx.exec(holds_sql.apply_hold, hold_params(request, cached)).one();
+    if (options.cache) tx.on_commit([cached, source = *request.from] { cached.forget_local(source); });
+    return hold_called(row, request);
+  }
+  const std::string& source = *request.from;
+  const std::string& destination = *request.to;
+  const std::int64_t amount = request.amount;
+  // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
+  if (const Result prior = tx.exec(transfers_sql.find_key, {request.key}); !prior.empty())
+    return replayed_hold(prior.rows[0], request);
+  // Only the source is locked: many holds towards one merchant account must not queue on it.
+  const Result locked = tx.exec(transfers_sql.lock_one, {source});
+  const Result target = locked.empty() ? Result{} : tx.exec(accounts_sql.get, {destination});
+  require_hold_accounts(request, locked.empty() ? std::nullopt : std::optional(locked.rows[0].text(1)),
+                        target.empty() ? std::nullopt : std::optional(target.rows[0].text(1)));
+  const Row& src = locked.rows[0];
+  std::int64_t held = src.i64(4);
+  require_held_fits(request, !checked_add(held, amount));
+  bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
+  if (!funded && held > 0) funded = Impl::fits(src.i64(2), held - release_expired(tx, source), src.i64(3), amount);
+  if (funded) tx.exec(holds_sql.add, {source, amount});
+  HoldResult r;
+  r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  r.hold_id = tx.exec(holds_sql.insert, {request.key, source, destination, amount, src.text(1),
+                                         std::string(funded ? "held" : "rejected"), *request.timeout_ms})
+                  .one()
+                  .i64(0);
+  if (funded) invalidate(tx, source);
+  return r;
+}
+
+HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                        std::chrono::milliseconds timeout) {
+  const Request request = hold_request(from, to, amount, key, timeout);
   auto& impl = *impl_;
-  const std::string source(from), destination(to), k(key);
-  const auto timeout_ms = static_cast<std::int64_t>(timeout.count());
-  Request request{"hold", source, destination, amount, k};
-  request.timeout_ms = timeout_ms;
   const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::hold);
   HoldResult result = impl.retrying([&] {
     if (!impl.holds_sql.apply_hold.empty()) {
+      // One autocommit call: one round trip, one commit.
       std::optional<Row> row;
       try {
-        row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_hold,
-                                    {source, destination, amount, k, timeout_ms, cached.param()});
+        row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_hold, hold_params(request, cached));
       } catch (const Error& e) {
-        if (e.kind() == ErrorKind::in_doubt) cached.forget_local(source);  // it may have committed
+        if (e.kind() == ErrorKind::in_doubt) cached.forget_local(*request.from);  // it may have committed
         throw;
       }
-      cached.forget_local(source);
-      if (!row->is_null(0)) return replayed_hold(*row, request);
-      // After the key record's columns: the currencies, the overflow flag, the new hold's id and state.
-      constexpr std::size_t c = detail::key_record_columns;
-      require_hold_accounts(request, row->opt_text(c), row->opt_text(c + 1));
-      require_held_fits(request, row->i64(c + 2) != 0);
-      HoldResult r;
-      r.hold_id = row->i64(c + 3);
-      r.status = row->text(c + 4) == "held" ? TransferStatus::ok : TransferStatus::insufficient_funds;
-      return r;
+      cached.forget_local(*request.from);
+      return hold_called(*row, request);
     }
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-    // The key's record, a hold's or a transfer's (one namespace): the same hold replays its outcome.
-    if (const Result prior = tx.exec(impl.transfers_sql.find_key, {k}); !prior.empty())
-      return replayed_hold(prior.rows[0], request);
-    // Only the source is locked: many holds towards one merchant account must not queue on it.
-    const Result locked = tx.exec(impl.transfers_sql.lock_one, {source});
-    const Result target = locked.empty() ? Result{} : tx.exec(impl.accounts_sql.get, {destination});
-    require_hold_accounts(request, locked.empty() ? std::nullopt : std::optional(locked.rows[0].text(1)),
-                          target.empty() ? std::nullopt : std::optional(target.rows[0].text(1)));
-    const Row& src = locked.rows[0];
-    std::int64_t held = src.i64(4);
-    require_held_fits(request, !checked_add(held, amount));
-    bool funded = Impl::fits(src.i64(2), held, src.i64(3), amount);
-    if (!funded && held > 0)
-      funded = Impl::fits(src.i64(2), held - impl.release_expired(tx, source), src.i64(3), amount);
-    if (funded) tx.exec(impl.holds_sql.add, {source, amount});
-    HoldResult r;
-    r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-    r.hold_id = tx.exec(impl.holds_sql.insert, {k, source, destination, amount, src.text(1),
-                                                std::string(funded ? "held" : "rejected"), timeout_ms})
-                    .one()
-                    .i64(0);
-    if (funded) impl.invalidate(tx, source);
+    HoldResult r = impl.hold_in(tx, request);
     tx.commit();
     return r;
   });
@@ -272,81 +341,94 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
   return measure(result);
 }
 
+HoldResult Ledger::hold(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
+                        std::string_view key, std::chrono::milliseconds timeout) {
+  const Request request = hold_request(from, to, amount, key, timeout);
+  Measure measure(Measure::Kind::hold);
+  return measure(impl_->hold_in(tx, request));
+}
+
+TransferResult Ledger::Impl::capture_in(Transaction& tx, std::int64_t hold_id, std::optional<std::int64_t> amount,
+                                        const std::string& k) {
+  if (!holds_sql.apply_capture.empty()) {
+    const CachedCopies cached{options.cache, cache_key("")};
+    const CaptureCall call = capture_called(
+        tx.exec(holds_sql.apply_capture, capture_params(hold_id, amount, k, cached)).one(), hold_id, amount, k);
+    if (options.cache)
+      tx.on_commit([cached, from = call.hold.from, to = call.hold.to] {
+        cached.forget_local(from);
+        cached.forget_local(to);
+      });
+    if (call.result.replayed) count([](LedgerStats& st) { ++st.replays; });
+    return call.result;
+  }
+  const Result found = tx.exec(holds_sql.read, {hold_id});
+  if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
+  const Hold first = hold_of(found.rows[0]);
+  const std::int64_t take = capture_amount(first, amount);
+  // Accounts first (key order), then the hold: its state is final once its source is locked.
+  const Result locked = tx.exec(transfers_sql.lock_two, {first.from, first.to});
+  const Hold h = hold_of(tx.exec(holds_sql.lock, {hold_id}).one());
+  const Request request = capture_request(h, take, k);
+  // The key's record, in the transfers or the holds: a capture of this hold by this amount replays;
+  // anything else recorded under the key (another hold's capture, a transfer, a hold) is a mismatch.
+  const Result prior = tx.exec(transfers_sql.find_key, {k});
+  if (auto earlier = earlier_capture(h, prior.empty() ? nullptr : &prior.rows[0], 0, request)) {
+    count([](LedgerStats& st) { ++st.replays; });
+    return *earlier;
+  }
+  const Row* to = nullptr;
+  const Row* from = nullptr;
+  for (const auto& row : locked.rows) {
+    if (row.text(0) == h.to) to = &row;
+    if (row.text(0) == h.from) from = &row;
+  }
+  require_capturable(h, to != nullptr, to && !checked_add(to->i64(2), take), !from || from->i64(4) < h.amount);
+  // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
+  if (tx.exec(holds_sql.capture_debit, {h.from, take, h.amount}).affected != 1)
+    throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
+  tx.exec(transfers_sql.credit, {h.to, take});
+  TransferResult r;
+  r.transfer_id = tx.exec(holds_sql.capture_record, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
+  tx.exec(transfers_sql.entry, {r.transfer_id, h.from, -take});
+  tx.exec(transfers_sql.entry, {r.transfer_id, h.to, take});
+  if (tx.exec(holds_sql.close, {hold_id, std::string("captured"), take, r.transfer_id}).affected != 1)
+    throw Error(ErrorKind::conflict, fmt::format("hold {} changed under its account's lock", hold_id));
+  invalidate(tx, h.from);
+  invalidate(tx, h.to);
+  return r;
+}
+
 TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t> amount, std::string_view key) {
-  check_hold_id(hold_id);
-  if (amount) check_amount(*amount);
-  const std::string k = key.empty() ? fmt::format("hold:{}:capture", hold_id) : std::string(key);
-  check_text(k, "idempotency key", max_key_bytes);
+  const std::string k = capture_key(hold_id, amount, key);
   auto& impl = *impl_;
-  // What is asked of the hold h: a capture of take under k, compared with the key's record.
-  auto request_for = [&](const Hold& h, std::int64_t take) {
-    Request request{"transfer", h.from, h.to, take, k};
-    request.hold_id = hold_id;
-    return request;
-  };
-  auto replayed = [&](const TransferResult& r) {
-    impl.count([](LedgerStats& st) { ++st.replays; });
-    return r;
-  };
   const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::capture);
   TransferResult result = impl.retrying([&] {
     if (!impl.holds_sql.apply_capture.empty()) {
-      const Row row = call_in_one_statement(*impl.backend, impl.holds_sql.apply_capture,
-                                            {hold_id, amount ? Value(*amount) : Value(nullptr), k, cached.param()});
-      if (row.is_null(0)) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
-      const Hold h = hold_of(row);
-      cached.forget_local(h.from);
-      cached.forget_local(h.to);
-      // After the hold's columns: the key's record, then the flags and the capture's transfer id.
-      const std::int64_t take = capture_amount(h, amount);
-      const Request request = request_for(h, take);
-      constexpr std::size_t prior = hold_columns, c = hold_columns + detail::key_record_columns;
-      if (auto earlier = earlier_capture(h, row.is_null(prior) ? nullptr : &row, prior, request))
-        return replayed(*earlier);
-      require_capturable(h, row.i64(c) != 0, row.i64(c + 1) != 0, row.i64(c + 2) != 0);
-      TransferResult r;
-      r.transfer_id = row.i64(c + 3);
-      return r;
+      // One autocommit call: one round trip, one commit.
+      const CaptureCall call = capture_called(call_in_one_statement(*impl.backend, impl.holds_sql.apply_capture,
+                                                                    capture_params(hold_id, amount, k, cached)),
+                                              hold_id, amount, k);
+      cached.forget_local(call.hold.from);
+      cached.forget_local(call.hold.to);
+      if (call.result.replayed) impl.count([](LedgerStats& st) { ++st.replays; });
+      return call.result;
     }
     Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-    const Result found = tx.exec(impl.holds_sql.read, {hold_id});
-    if (found.empty()) throw Error(ErrorKind::not_found, fmt::format("there is no hold {}", hold_id));
-    const Hold first = hold_of(found.rows[0]);
-    const std::int64_t take = capture_amount(first, amount);
-    // Accounts first (key order), then the hold: its state is final once its source is locked.
-    const Result locked = tx.exec(impl.transfers_sql.lock_two, {first.from, first.to});
-    const Hold h = hold_of(tx.exec(impl.holds_sql.lock, {hold_id}).one());
-    const Request request = request_for(h, take);
-    // The key's record, in the transfers or the holds: a capture of this hold by this amount replays;
-    // anything else recorded under the key (another hold's capture, a transfer, a hold) is a mismatch.
-    const Result prior = tx.exec(impl.transfers_sql.find_key, {k});
-    if (auto earlier = earlier_capture(h, prior.empty() ? nullptr : &prior.rows[0], 0, request))
-      return replayed(*earlier);
-    const Row* to = nullptr;
-    const Row* from = nullptr;
-    for (const auto& row : locked.rows) {
-      if (row.text(0) == h.to) to = &row;
-      if (row.text(0) == h.from) from = &row;
-    }
-    require_capturable(h, to != nullptr, to && !checked_add(to->i64(2), take), !from || from->i64(4) < h.amount);
-    // The capture pays from what the hold reserved: the whole hold leaves held, take leaves the balance.
-    if (tx.exec(impl.holds_sql.capture_debit, {h.from, take, h.amount}).affected != 1)
-      throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
-    tx.exec(impl.transfers_sql.credit, {h.to, take});
-    TransferResult r;
-    r.transfer_id = tx.exec(impl.holds_sql.capture_record, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
-    tx.exec(impl.transfers_sql.entry, {r.transfer_id, h.from, -take});
-    tx.exec(impl.transfers_sql.entry, {r.transfer_id, h.to, take});
-    if (tx.exec(impl.holds_sql.close, {hold_id, std::string("captured"), take, r.transfer_id}).affected != 1)
-      throw Error(ErrorKind::conflict, fmt::format("hold {} changed under its account's lock", hold_id));
-    impl.invalidate(tx, h.from);
-    impl.invalidate(tx, h.to);
+    TransferResult r = impl.capture_in(tx, hold_id, amount, k);
     tx.commit();
     return r;
   });
   if (!result.replayed) impl.count([](LedgerStats& st) { ++st.transfers_ok; });
   return measure(result);
+}
+
+TransferResult Ledger::capture(Transaction& tx, std::int64_t hold_id, std::optional<std::int64_t> amount,
+                               std::string_view key) {
+  const std::string k = capture_key(hold_id, amount, key);
+  Measure measure(Measure::Kind::capture);
+  return measure(impl_->capture_in(tx, hold_id, amount, k));
 }
 
 Hold Ledger::void_hold(std::int64_t hold_id) {

@@ -388,14 +388,32 @@ TransferResult Ledger::withdraw(Transaction& tx, std::string_view account, std::
       tx, {"withdrawal", std::string(account), std::nullopt, amount, std::string(key), 0, std::string(global_txid)}));
 }
 
-TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
+namespace {
+// The arguments of a transfer as a keyed request; Error(invalid_argument) for a bad one.
+Request transfer_request(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
   check_text(from, "source account id", max_id_bytes);
   check_text(to, "destination account id", max_id_bytes);
   if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer from '{}' to itself", from));
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
+  return {"transfer", std::string(from), std::string(to), amount, std::string(key)};
+}
+}  // namespace
+
+TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
+  const Request request = transfer_request(from, to, amount, key);
   Measure measure(Measure::Kind::transfer);
-  return measure(impl_->apply({"transfer", std::string(from), std::string(to), amount, std::string(key)}));
+  return measure(impl_->apply(request));
+}
+
+TransferResult Ledger::transfer(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
+                                std::string_view key) {
+  const Request request = transfer_request(from, to, amount, key);
+  Measure measure(Measure::Kind::transfer);
+  auto& impl = *impl_;
+  if (!impl.transfers_sql.one_statement_transfer.empty())
+    if (auto r = impl.transfer_in_one_statement(tx, request)) return measure(*r);
+  return measure(impl.apply_in(tx, request));
 }
 
 TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,

@@ -170,6 +170,11 @@ struct Ledger::Impl {
 
   // One request inside the caller's transaction: replay, or lock, check, move and record.
   TransferResult apply_in(Transaction& tx, const Request& request);
+  // A hold and a capture inside the caller's transaction (their public calls add the retries and
+  // the commit). REQUIRES: the request's arguments were checked.
+  HoldResult hold_in(Transaction& tx, const Request& request);
+  TransferResult capture_in(Transaction& tx, std::int64_t hold_id, std::optional<std::int64_t> amount,
+                            const std::string& key);
   // apply_in in a transaction of its own, under the retry policy.
   TransferResult apply(const Request& request);
   std::optional<TransferResult> replay(Transaction& tx, const Request& request);

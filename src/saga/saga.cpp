@@ -49,7 +49,11 @@ void check_steps(std::string_view type, const std::vector<SagaStep>& steps) {
                   fmt::format("saga step name '{}' contains ':', which separates the parts of its keys", s.name));
     if (!seen.insert(s.name).second)
       throw Error(ErrorKind::invalid_argument, fmt::format("saga type '{}' has two steps named '{}'", type, s.name));
-    if (!s.action) throw Error(ErrorKind::invalid_argument, fmt::format("saga step '{}' has no action", s.name));
+    if (!s.action && !s.transactional_action)
+      throw Error(ErrorKind::invalid_argument, fmt::format("saga step '{}' has no action", s.name));
+    if (s.action && s.transactional_action)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("saga step '{}' has both an action and a transactional action", s.name));
   }
 }
 
@@ -264,8 +268,10 @@ struct Sagas::Impl {
     return lease;
   }
 
+  // recorded: the saga's row exists; when not, the first write creates it, and *recorded turns
+  // true once that write committed.
   SagaOutcome drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
-                    const std::shared_ptr<std::atomic<bool>>& lost);
+                    const std::shared_ptr<std::atomic<bool>>& lost, bool& recorded);
   struct Driver;
 };
 
@@ -276,6 +282,7 @@ struct Sagas::Impl::Driver {
   const std::vector<SagaStep>& steps;
   Lease& lease;
   std::shared_ptr<std::atomic<bool>> lost;
+  bool& recorded;  // the saga's row exists: a new saga's first write creates it
   std::map<int, SagaStepInfo> rows;
 
   void check_lease() const {
@@ -283,6 +290,27 @@ struct Sagas::Impl::Driver {
       throw Error(ErrorKind::lock_lost,
                   fmt::format("saga '{}': the coordinator's lease '{}' was lost; the saga is left for recover()",
                               info.id, lease.name()));
+  }
+
+  // One transaction behind the lease's guard, creating the saga's row first when it has none yet;
+  // f(tx) returns whether to commit it (false: rolled back, nothing written).
+  template <class F>
+  bool transaction(F&& f) {
+    Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
+    try {
+      lease.guard(tx);
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::lock_lost) *lost = true;  // stops the coordinator, whatever caught this
+      throw;
+    }
+    if (!recorded) tx.exec(impl.sql.insert, {info.id, info.type, info.payload, lease.owner()});
+    if (!f(tx)) return false;
+    tx.commit();
+    if (!recorded) {
+      recorded = true;
+      detail::instruments::sagas().started.add();
+    }
+    return true;
   }
 
   // One committed transaction, behind the lease's guard. Retried on conflicts and lost commits:
@@ -293,10 +321,10 @@ struct Sagas::Impl::Driver {
     detail::with_retries(
         impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
         [&] {
-          Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-          lease.guard(tx);
-          f(tx);
-          tx.commit();
+          transaction([&](Transaction& tx) {
+            f(tx);
+            return true;
+          });
         },
         [](const Error&) {});
   }
@@ -339,66 +367,126 @@ struct Sagas::Impl::Driver {
 
   std::string failure() const { return rows.empty() ? std::string() : rows.rbegin()->second.error; }
 
+  // A result that cannot be stored as text fails the step (its action ran: it is compensated).
+  static std::string check_result(const std::string& result) {
+    if (detail::is_text(result)) return {};
+    return fmt::format(
+        "the action returned a result that is not UTF-8 text without NUL ({} bytes: {}); "
+        "a saga keeps results as text: encode bytes, e.g. as hex",
+        result.size(), storable(result.substr(0, 64)));
+  }
+
+  // Writes what step i's action did: done with its result (the saga moves on, or completes after
+  // the last step), or failed with its error (the saga turns to compensating).
+  void record_end(Transaction& tx, int i, const std::string& result, const std::string& error, std::int64_t runs) {
+    const int n = static_cast<int>(steps.size());
+    if (error.empty()) {
+      const bool last = i + 1 == n;
+      tx.exec(impl.sql.step_done, {info.id, std::int64_t{i}, steps[i].name, result, runs});
+      set_saga(tx, last ? SagaState::completed : SagaState::running, last ? i : i + 1, {});
+    } else {
+      tx.exec(impl.sql.step_failed, {info.id, std::int64_t{i}, steps[i].name, error, runs});
+      set_saga(tx, SagaState::compensating, i, fmt::format("step '{}' failed: {}", steps[i].name, error));
+    }
+  }
+
+  // Runs step i's action on its own: 'started' committed before it, done or failed after it.
+  // Returns the action's error (empty when it returned a storable result); *result its result,
+  // *retries its runs after the first.
+  std::string run_action(int i, SagaStepInfo& row, std::string* result, std::int64_t* retries) {
+    const std::int64_t before = row.attempts;
+    write([&](Transaction& tx) {
+      tx.exec(impl.sql.step_start, {info.id, std::int64_t{i}, steps[i].name});
+      set_saga(tx, SagaState::running, i, {});
+    });
+    row.state = StepState::started;
+    row.attempts = before + 1;
+    int attempt = static_cast<int>(row.attempts);
+    StepContext ctx = context(i, attempt);
+    std::string error;
+    try {
+      *result = detail::with_retries(
+          impl.options.retry, detail::RetryIn::conflicts_and_in_doubt, [&] { return steps[i].action(ctx); },
+          [&](const Error&) {
+            check_lease();
+            ++*retries;
+            ctx.attempt = ++attempt;
+          });
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::lock_lost && (*lost || !lease.valid())) throw;
+      error = describe(std::current_exception());
+    } catch (...) {
+      error = describe(std::current_exception());
+    }
+    return error.empty() ? check_result(*result) : error;
+  }
+
+  // Runs step i's transactional action inside the transaction that records it done (and creates
+  // the saga's row, for a new saga's first step): both commit, or neither. Returns true when that
+  // committed; false with *error set when the action failed (its transaction rolled back), *runs
+  // its runs (rolled back ones included).
+  bool run_in_transaction(int i, const SagaStepInfo& row, std::string* error, std::int64_t* runs) {
+    int attempt = static_cast<int>(row.attempts) + 1;
+    StepContext ctx = context(i, attempt);
+    std::string result;
+    try {
+      const bool committed = detail::with_retries(
+          impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
+          [&] {
+            ++*runs;
+            return transaction([&](Transaction& tx) {
+              result = steps[i].transactional_action(ctx, tx);
+              *error = check_result(result);
+              if (!error->empty()) return false;
+              record_end(tx, i, result, {}, *runs);
+              return true;
+            });
+          },
+          [&](const Error&) {
+            check_lease();
+            ctx.attempt = ++attempt;
+          });
+      if (committed) {
+        SagaStepInfo& done = rows[i];
+        done.state = StepState::done;
+        done.result = result;
+        done.attempts += *runs;
+        return true;
+      }
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::lock_lost && (*lost || !lease.valid())) throw;
+      *error = describe(std::current_exception());
+    } catch (...) {
+      *error = describe(std::current_exception());
+    }
+    return false;
+  }
+
   void run_forward() {
     const int n = static_cast<int>(steps.size());
     for (int i = info.step; i < n && info.state == SagaState::running; ++i) {
       auto found = rows.find(i);
       if (found != rows.end() && found->second.state == StepState::done) continue;
       check_lease();
-      const std::int64_t before = found != rows.end() ? found->second.attempts : 0;
-      write([&](Transaction& tx) {
-        tx.exec(impl.sql.step_start, {info.id, std::int64_t{i}, steps[i].name});
-        set_saga(tx, SagaState::running, i, {});
-      });
       SagaStepInfo& row = rows[i];
       row.index = i;
       row.name = steps[i].name;
-      row.state = StepState::started;
-      row.attempts = before + 1;
-
-      int attempt = static_cast<int>(row.attempts);
-      std::int64_t retries = 0;
-      StepContext ctx = context(i, attempt);
       std::string result;
       std::string error;
-      try {
-        result = detail::with_retries(
-            impl.options.retry, detail::RetryIn::conflicts_and_in_doubt, [&] { return steps[i].action(ctx); },
-            [&](const Error&) {
-              check_lease();
-              ++retries;
-              ctx.attempt = ++attempt;
-            });
-      } catch (const Error& e) {
-        if (e.kind() == ErrorKind::lock_lost && (*lost || !lease.valid())) throw;
-        error = describe(std::current_exception());
-      } catch (...) {
-        error = describe(std::current_exception());
-      }
-      // A result that cannot be stored as text fails the step (its action ran: it is compensated).
-      if (error.empty() && !detail::is_text(result))
-        error = fmt::format(
-            "the action returned a result that is not UTF-8 text without NUL ({} bytes: {}); "
-            "a saga keeps results as text: encode bytes, e.g. as hex",
-            result.size(), storable(result.substr(0, 64)));
-      check_lease();
-      if (error.empty()) {
-        const bool last = i + 1 == n;
-        write([&](Transaction& tx) {
-          tx.exec(impl.sql.step_done, {info.id, std::int64_t{i}, result, retries});
-          set_saga(tx, last ? SagaState::completed : SagaState::running, last ? i : i + 1, {});
-        });
-        row.state = StepState::done;
-        row.result = result;
+      std::int64_t runs = 0;  // the action's runs not yet counted in row.attempts
+      if (steps[i].transactional_action) {
+        if (run_in_transaction(i, row, &error, &runs)) continue;
       } else {
-        write([&](Transaction& tx) {
-          tx.exec(impl.sql.step_failed, {info.id, std::int64_t{i}, error, retries});
-          set_saga(tx, SagaState::compensating, i, fmt::format("step '{}' failed: {}", steps[i].name, error));
-        });
-        row.state = StepState::failed;
-        row.error = error;
+        error = run_action(i, row, &result, &runs);
       }
-      row.attempts += retries;
+      check_lease();
+      write([&](Transaction& tx) { record_end(tx, i, result, error, runs); });
+      row.state = error.empty() ? StepState::done : StepState::failed;
+      if (error.empty())
+        row.result = result;
+      else
+        row.error = error;
+      row.attempts += runs;
     }
   }
 
@@ -465,8 +553,8 @@ struct Sagas::Impl::Driver {
 };
 
 SagaOutcome Sagas::Impl::drive(SagaInfo info, const std::vector<SagaStep>& steps, Lease& lease,
-                               const std::shared_ptr<std::atomic<bool>>& lost) {
-  Driver d{*this, info, steps, lease, lost, {}};
+                               const std::shared_ptr<std::atomic<bool>>& lost, bool& recorded) {
+  Driver d{*this, info, steps, lease, lost, recorded, {}};
   for (auto& s : info.steps) d.rows[s.index] = s;
   d.check_rows();
   if (info.state == SagaState::running) d.run_forward();
@@ -529,17 +617,16 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
       throw Error(ErrorKind::idempotency_mismatch, fmt::format("saga '{}' exists with another payload", id));
   };
 
-  // The saga is recorded under its lease. A lease that runs out before that row commits (a busy
-  // SQLite database delays the insert past the ttl) leaves nothing behind: no row, so recover()
-  // would never see it. That attempt is not "left for recovery": run() takes the lease again and
-  // records it then, a few times, before it answers lock_busy (nothing ran: run it again).
+  // The saga is recorded under its lease, by its first step's first write. A lease that runs out
+  // before that write commits (a busy SQLite database delays it past the ttl) leaves nothing
+  // behind: no row, so recover() would never see it, and no step's work (a step run in that
+  // transaction rolled back with it; any other step's action runs only after it). That attempt is
+  // not "left for recovery": run() takes the lease again and starts over, a few times, before it
+  // answers lock_busy (nothing ran: run it again).
   constexpr int record_attempts = 3;
-  std::shared_ptr<std::atomic<bool>> lost;
-  std::optional<Lease> lease;
-  std::optional<SagaInfo> info;
   for (int attempt = 1;; ++attempt) {
-    lost = std::make_shared<std::atomic<bool>>(false);
-    lease = impl.take(id, lost);
+    auto lost = std::make_shared<std::atomic<bool>>(false);
+    std::optional<Lease> lease = impl.take(id, lost);
     if (!lease) {
       if (auto found = impl.read(id, true)) {
         matches(*found);
@@ -551,7 +638,8 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
       }
       throw Error(ErrorKind::lock_busy, fmt::format("saga '{}' is being driven by another coordinator", id));
     }
-    info = impl.read(id, true);
+    std::optional<SagaInfo> info = impl.read(id, true);
+    bool recorded = info.has_value();
     if (info) {
       matches(*info);
       if (final_state(info->state)) {
@@ -560,24 +648,22 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
         lease->release();
         return o;
       }
-      break;
+    } else {
+      // No need to read back what the first write records: only a holder of the lease writes it.
+      info.emplace();
+      info->id = id;
+      info->type = type;
+      info->payload = p;
+      info->state = SagaState::running;
+      info->owner = lease->owner();
     }
+    SagaOutcome outcome;
     try {
-      detail::with_retries(
-          impl.options.retry, detail::RetryIn::conflicts_and_in_doubt,
-          [&] {
-            Transaction tx = detail::DatabaseGate::begin(*impl.backend, TxOptions{});
-            lease->guard(tx);
-            // A retry after a lost commit finds the row its first attempt wrote.
-            if (tx.exec(impl.sql.read, {std::string(id)}).empty())
-              tx.exec(impl.sql.insert, {std::string(id), std::string(type), p, lease->owner()});
-            tx.commit();
-          },
-          [](const Error&) {});
+      outcome = impl.drive(std::move(*info), steps, *lease, lost, recorded);
     } catch (const Error& e) {
-      if (e.kind() != ErrorKind::lock_lost) throw;
-      // The guard refused the insert: nothing was recorded under this lease. An in-doubt commit
-      // that did record the row is found by the read of the next attempt.
+      if (e.kind() != ErrorKind::lock_lost || recorded) throw;
+      // Nothing was recorded under this lease. An in-doubt commit that did record the saga is
+      // found by the read of the next attempt.
       lease.reset();
       if (attempt == record_attempts)
         throw Error(ErrorKind::lock_busy,
@@ -586,23 +672,13 @@ SagaOutcome Sagas::run(std::string_view type, std::string_view id, std::string_v
                                 id, record_attempts));
       continue;
     }
-    detail::instruments::sagas().started.add();
-    // No need to read back what was just written: only a holder of the lease writes these rows.
-    info.emplace();
-    info->id = id;
-    info->type = type;
-    info->payload = p;
-    info->state = SagaState::running;
-    info->owner = lease->owner();
-    break;
+    try {
+      lease->release();
+    } catch (const Error&) {
+      // The saga's rows are written; a lease that expired at the very end changes nothing.
+    }
+    return outcome;
   }
-  SagaOutcome outcome = impl.drive(std::move(*info), steps, *lease, lost);
-  try {
-    lease->release();
-  } catch (const Error&) {
-    // The saga's rows are written; a lease that expired at the very end changes nothing.
-  }
-  return outcome;
 }
 
 SagaRecovery Sagas::recover() {
@@ -642,7 +718,8 @@ SagaRecovery Sagas::recover() {
       }
       auto steps = (*def)(info->payload);
       check_steps(info->type, steps);
-      const SagaOutcome o = impl.drive(std::move(*info), steps, *lease, lost);
+      bool recorded = true;
+      const SagaOutcome o = impl.drive(std::move(*info), steps, *lease, lost, recorded);
       detail::instruments::sagas().recovered.add();
       if (o.state == SagaState::completed)
         ++report.completed;

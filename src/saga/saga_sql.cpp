@@ -1,5 +1,7 @@
 #include "saga/saga_sql.hpp"
 
+#include <string_view>
+
 #include <fmt/format.h>
 
 namespace rowguard::detail {
@@ -15,7 +17,7 @@ SagaStatements::SagaStatements(const Backend& backend) {
   steps = fmt::format("SELECT step, name, state, result, error, attempts FROM {} WHERE saga_id = $1 ORDER BY step", s);
   insert = fmt::format(
       "INSERT INTO {} (id, type, payload, state, step, owner, created_at, updated_at) "
-      "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now})",
+      "VALUES ($1, $2, $3, 'running', 0, $4, {now}, {now}) ON CONFLICT (id) DO NOTHING",
       t, fmt::arg("now", now));
   set =
       fmt::format("UPDATE {} SET state = $2, step = $3, error = $4, owner = $5, updated_at = {} WHERE id = $1", t, now);
@@ -25,14 +27,17 @@ SagaStatements::SagaStatements(const Backend& backend) {
       "ON CONFLICT (saga_id, step) DO UPDATE SET state = 'started', attempts = st.attempts + 1, "
       "updated_at = excluded.updated_at",
       s, fmt::arg("now", now));
-  step_done = fmt::format(
-      "UPDATE {} SET state = 'done', result = $3, error = NULL, attempts = attempts + $4, updated_at = {} "
-      "WHERE saga_id = $1 AND step = $2",
-      s, now);
-  step_failed = fmt::format(
-      "UPDATE {} SET state = 'failed', error = $3, attempts = attempts + $4, updated_at = {} "
-      "WHERE saga_id = $1 AND step = $2",
-      s, now);
+  const auto step_end = [&](std::string_view state, std::string_view column, std::string_view cleared) {
+    return fmt::format(
+        "INSERT INTO {s} AS st (saga_id, step, name, state, {column}, attempts, started_at, updated_at) "
+        "VALUES ($1, $2, $3, '{state}', $4, $5, {now}, {now}) "
+        "ON CONFLICT (saga_id, step) DO UPDATE SET state = '{state}', {column} = excluded.{column}{cleared}, "
+        "attempts = st.attempts + excluded.attempts, updated_at = excluded.updated_at",
+        fmt::arg("s", s), fmt::arg("state", state), fmt::arg("column", column), fmt::arg("cleared", cleared),
+        fmt::arg("now", now));
+  };
+  step_done = step_end("done", "result", ", error = NULL");
+  step_failed = step_end("failed", "error", "");
   step_state = fmt::format("UPDATE {} SET state = $3, updated_at = {} WHERE saga_id = $1 AND step = $2", s, now);
   unresolved =
       fmt::format("SELECT id, type FROM {} WHERE state IN ('running', 'compensating') ORDER BY updated_at, id", t);

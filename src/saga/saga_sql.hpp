@@ -13,14 +13,17 @@ struct SagaStatements {
   std::string read;
   // $1 id -> (step, name, state, result, error, attempts), by step.
   std::string steps;
-  // $1 id, $2 type, $3 payload, $4 owner: a saga running at step 0.
+  // $1 id, $2 type, $3 payload, $4 owner: a saga running at step 0, unless the row exists (a
+  // retry whose first commit went through unseen: only the lease's holder writes the row).
   std::string insert;
   // $1 id, $2 state, $3 step, $4 error, $5 owner.
   std::string set;
   // $1 id, $2 step, $3 name: a step begun for the first time or again (after a crash, or a retry
   // whose first commit went through unseen): one upsert, so the write is safe to repeat.
   std::string step_start;
-  // $1 id, $2 step, $3 result / error, $4 retries to add to its attempts.
+  // $1 id, $2 step, $3 name, $4 result / error, $5 runs to add to its attempts: the step's row
+  // ends done or failed, written as a new row when it has none (a step run inside the
+  // transaction that records it never writes 'started').
   std::string step_done;
   std::string step_failed;
   // $1 id, $2 step, $3 state.

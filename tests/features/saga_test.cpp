@@ -2,11 +2,14 @@
 #include <atomic>
 #include <fcntl.h>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <random>
 #include <signal.h>
+#include <sstream>
 #include <thread>
+#include <tuple>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -113,6 +116,36 @@ std::vector<std::string> step_states(const SagaInfo& info) {
   std::vector<std::string> out;
   for (const auto& s : info.steps) out.emplace_back(to_string(s.state));
   return out;
+}
+
+// Runs coordinator() in a child process, which dies inside it (exit code 0); the child exits 3
+// when coordinator() returns or throws instead.
+void run_dying_coordinator(const std::function<void()>& coordinator) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    try {
+      coordinator();
+    } catch (...) {
+    }
+    ::_exit(3);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+// Recovers until a saga completed (the dead coordinator's lease runs out first), for at most 5 s.
+SagaRecovery recover_one(Sagas& sagas) {
+  SagaRecovery r;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  do {
+    r = sagas.recover();
+    if (r.completed) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  return r;
 }
 
 }  // namespace
@@ -269,29 +302,19 @@ TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another"
   t.db().migrate();
   Journal j;
   const auto marker = rowguard::test::scratch_dir() / "ran";
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    try {
-      Database db = Database::open(t.url(), t.options());
-      Sagas child(db, quick());
-      child.define("order", {{"s0", [](StepContext&) { return std::string("r0"); }, {}},
-                             {"s1",
-                              [&](StepContext& c) -> std::string {
-                                std::ofstream(marker) << c.idempotency_key();
-                                ::_exit(0);  // the coordinator dies inside the step
-                              },
-                              {}},
-                             {"s2", [](StepContext&) { return std::string("r2"); }, {}}});
-      child.run("order", "K", "");
-    } catch (...) {
-    }
-    ::_exit(3);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  run_dying_coordinator([&] {
+    Database db = Database::open(t.url(), t.options());
+    Sagas child(db, quick());
+    child.define("order", {{"s0", [](StepContext&) { return std::string("r0"); }, {}},
+                           {"s1",
+                            [&](StepContext& c) -> std::string {
+                              std::ofstream(marker) << c.idempotency_key();
+                              ::_exit(0);  // the coordinator dies inside the step
+                            },
+                            {}},
+                           {"s2", [](StepContext&) { return std::string("r2"); }, {}}});
+    child.run("order", "K", "");
+  });
   std::string key;
   std::ifstream(marker) >> key;
   CHECK(key == "K:s1");
@@ -303,13 +326,7 @@ TEST_CASE("sagas: a coordinator process killed mid-step is recovered by another"
   CHECK(before->state == SagaState::running);
   CHECK(before->step == 1);
   CHECK(step_states(*before) == std::vector<std::string>{"done", "started"});
-  SagaRecovery r;
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  do {
-    r = sagas.recover();
-    if (r.completed) break;
-    std::this_thread::sleep_for(100ms);
-  } while (std::chrono::steady_clock::now() < deadline);
+  const SagaRecovery r = recover_one(sagas);
   CHECK(r.completed == 1);
   CHECK(j.all() == std::vector<std::string>{"do:K:s1", "do:K:s2"});
   CHECK(sagas.get("K")->state == SagaState::completed);
@@ -728,4 +745,289 @@ TEST_CASE("sagas: a paused coordinator's late external write is refused by a fen
   const auto info = b.get("F");
   CHECK(info->state == SagaState::completed);
   CHECK(info->steps.at(0).result == std::optional<std::string>("on time"));
+}
+
+// ---- Steps run inside the transaction that records them (SagaStep::in_transaction) ----
+
+namespace {
+
+// What the sessions of a CountedDb did: COMMITs sent, statements run outside a transaction (each
+// its own transaction), and a fault to inject into the next statement whose text contains a string.
+struct SessionLog {
+  std::mutex mutex;
+  std::int64_t commits = 0;
+  std::int64_t alone = 0;
+  std::string fail_on;  // empty: no fault
+  ErrorKind fail_kind = ErrorKind::permanent;
+  int failures_left = 0;
+  void reset() {
+    std::lock_guard lock(mutex);
+    commits = alone = 0;
+  }
+  std::pair<std::int64_t, std::int64_t> counts() {
+    std::lock_guard lock(mutex);
+    return {commits, alone};
+  }
+  void fail(std::string sql_part, ErrorKind kind, int times) {
+    std::lock_guard lock(mutex);
+    fail_on = std::move(sql_part);
+    fail_kind = kind;
+    failures_left = times;
+  }
+};
+
+// A session of the test's database that counts what it sends into a SessionLog.
+class CountingSession final : public detail::Session {
+ public:
+  CountingSession(std::unique_ptr<detail::SessionLease> inner, std::shared_ptr<SessionLog> log)
+      : inner_(std::move(inner)), log_(std::move(log)) {}
+  const detail::Dialect& dialect() const noexcept override { return (*inner_)->dialect(); }
+  Result exec(std::string_view sql, const std::vector<Value>& params) override {
+    {
+      std::lock_guard lock(log_->mutex);
+      if (!in_transaction_) ++log_->alone;
+      if (log_->failures_left > 0 && sql.find(log_->fail_on) != std::string_view::npos) {
+        --log_->failures_left;
+        throw Error(log_->fail_kind, "test: injected failure");
+      }
+    }
+    return (*inner_)->exec(sql, params);
+  }
+  void exec_script(const std::string& script) override { (*inner_)->exec_script(script); }
+  void begin(const TxOptions& options) override {
+    (*inner_)->begin(options);
+    in_transaction_ = true;
+  }
+  void rollback() override {
+    in_transaction_ = false;
+    (*inner_)->rollback();
+  }
+
+ protected:
+  void send_commit() override {
+    {
+      std::lock_guard lock(log_->mutex);
+      ++log_->commits;
+    }
+    (*inner_)->commit();
+  }
+
+ private:
+  std::unique_ptr<detail::SessionLease> inner_;
+  std::shared_ptr<SessionLog> log_;
+};
+
+// A Database on the test's database whose sessions count into log.
+Database counted(Database& db, const std::shared_ptr<SessionLog>& log) {
+  const std::shared_ptr<detail::Backend>& real = detail::DatabaseGate::shared_backend(db);
+  auto backend =
+      std::make_shared<detail::Backend>(std::string(real->name()), real->display_url(), real->options(),
+                                        std::shared_ptr<const detail::Dialect>(real, &real->dialect()),
+                                        [real, log] { return std::make_unique<CountingSession>(real->borrow(), log); });
+  return detail::DatabaseGate::wrap(std::move(backend));
+}
+
+// The payment of bench/main.cpp: a hold, then its capture, each run in the step's transaction
+// (in_tx) or as an action of its own. The payload is "FROM TO AMOUNT".
+std::vector<SagaStep> payment_steps(Ledger& ledger, bool in_tx) {
+  auto args = [](const StepContext& c) {
+    std::istringstream in(c.payload);
+    std::string from, to;
+    std::int64_t amount = 0;
+    in >> from >> to >> amount;
+    return std::make_tuple(from, to, amount);
+  };
+  auto hold = [&ledger, args](StepContext& c, Transaction* tx) {
+    const auto [from, to, amount] = args(c);
+    const HoldResult h = tx ? ledger.hold(*tx, from, to, amount, c.idempotency_key(), 10min)
+                            : ledger.hold(from, to, amount, c.idempotency_key(), 10min);
+    if (!h.ok()) throw std::runtime_error("hold rejected");
+    return std::to_string(h.hold_id);
+  };
+  auto capture = [&ledger](StepContext& c, Transaction* tx) {
+    const std::int64_t id = std::stoll(*c.result_of("hold"));
+    return std::to_string(tx ? ledger.capture(*tx, id, std::nullopt, c.idempotency_key()).transfer_id
+                             : ledger.capture(id, std::nullopt, c.idempotency_key()).transfer_id);
+  };
+  auto void_hold = [&ledger](StepContext& c) {
+    if (const auto* id = c.result_of("hold")) ledger.void_hold(std::stoll(*id));
+  };
+  if (in_tx)
+    return {
+        SagaStep::in_transaction(
+            "hold", [hold](StepContext& c, Transaction& tx) { return hold(c, &tx); }, void_hold),
+        SagaStep::in_transaction("capture", [capture](StepContext& c, Transaction& tx) { return capture(c, &tx); })};
+  return {{"hold", [hold](StepContext& c) { return hold(c, nullptr); }, void_hold},
+          {"capture", [capture](StepContext& c) { return capture(c, nullptr); }, {}}};
+}
+
+// Accounts `from` (with 10'000 on it) and `to`.
+void open_accounts(Ledger& ledger, const std::string& from, const std::string& to) {
+  ledger.open(from, "EUR");
+  ledger.open(to, "EUR");
+  ledger.deposit(from, 10'000, "seed");
+}
+
+// A fresh database, and a Database and a Ledger on it whose sessions count into log.
+struct CountedLedger {
+  TestDb t;
+  std::shared_ptr<SessionLog> log = std::make_shared<SessionLog>();
+  Database db;
+  Ledger ledger;
+  CountedLedger() : db((t.db().migrate(), counted(t.db(), log))), ledger(db) {}
+};
+
+}  // namespace
+
+TEST_CASE("sagas: a two-step ledger saga run in its steps' transactions commits twice, and once per step alone",
+          "[backend][saga][threads]") {
+  CountedLedger c;
+  auto& [t, log, db, ledger] = c;
+  open_accounts(ledger, "card", "shop");
+  SagaOptions o;
+  o.lease_ttl = 30s;  // no heartbeat renewal during the test
+  Sagas sagas(db, o);
+  sagas.define("in_tx", payment_steps(ledger, true));
+  sagas.define("alone", payment_steps(ledger, false));
+
+  // Per saga: the lease's acquire and release and the read of the saga's row are statements of
+  // their own; everything else is in the COMMITs counted.
+  log->reset();
+  REQUIRE(sagas.run("in_tx", "p-1", "card shop 500").state == SagaState::completed);
+  const auto [tx_commits, tx_alone] = log->counts();
+  CHECK(tx_commits == 2);  // each step: its ledger writes, its done row and the saga's row
+  CHECK(tx_alone == 3);
+
+  log->reset();
+  REQUIRE(sagas.run("alone", "p-2", "card shop 500").state == SagaState::completed);
+  const auto [commits, alone] = log->counts();
+  // Each step: 'started' (the first with the saga's new row), the ledger's own transaction, done.
+  CHECK(commits == 6);
+  CHECK(alone == 3);
+
+  CHECK(ledger.get("card").balance == 9'000);
+  CHECK(ledger.get("shop").balance == 1'000);
+  CHECK(ledger.get("card").held == 0);
+  CHECK(ledger.check().ok());
+  const auto info = sagas.get("p-1");
+  REQUIRE(info);
+  CHECK(step_states(*info) == std::vector<std::string>{"done", "done"});
+  CHECK(info->steps[0].attempts == 1);
+  CHECK(info->steps[1].result == std::to_string(ledger.find_transfer_by_key("p-1:capture").id));
+  for (const auto& l : Locks(t.db()).list()) CHECK_FALSE(l.held);
+  // A finished id replays; nothing runs again.
+  CHECK(sagas.run("in_tx", "p-1", "card shop 500").replayed);
+  CHECK(ledger.get("card").balance == 9'000);
+}
+
+TEST_CASE("sagas: a step run in its transaction never leaves its ledger write without its done row, or the reverse",
+          "[backend][saga][threads]") {
+  CountedLedger c;
+  auto& [t, log, db, ledger] = c;
+  open_accounts(ledger, "a", "b");
+  Journal j;
+  // A transfer of 100 from a to b, then (when `then_throw`) a failure after the transfer was written.
+  bool then_throw = false;
+  auto pay = [&](StepContext& c, Transaction& tx) {
+    j.add("do:" + c.idempotency_key());
+    const auto r = ledger.transfer(tx, "a", "b", 100, c.idempotency_key());
+    if (then_throw) throw std::runtime_error("after the transfer");
+    return std::to_string(r.transfer_id);
+  };
+  auto undo = [&](StepContext& c) { j.add("undo:" + c.compensation_key()); };
+  Sagas sagas(db, quick(30s));
+  sagas.define("pay", {SagaStep::in_transaction("first", pay, undo), SagaStep::in_transaction("second", pay, undo)});
+  auto applied = [&](const std::string& key) {
+    return t.db()
+        .exec(fmt::format("SELECT count(*) FROM {}transfers WHERE idempotency_key = $1", t.db().table_prefix()), {key})
+        .one()
+        .i64(0);
+  };
+
+  SECTION("the done row's write fails after the transfer: neither commits, and the saga is compensated") {
+    log->fail(fmt::format("INSERT INTO {}saga_steps", t.db().table_prefix()), ErrorKind::permanent, 1);
+    const SagaOutcome o = sagas.run("pay", "s", "");
+    CHECK(o.state == SagaState::compensated);
+    CHECK(o.failed_step == "first");
+    CHECK_THAT(o.error, Catch::Contains("injected failure"));
+    CHECK(applied("s:first") == 0);
+    CHECK(ledger.get("a").balance == 10'000);
+    CHECK(step_states(*sagas.get("s")) == std::vector<std::string>{"compensated"});
+    CHECK(j.all() == std::vector<std::string>{"do:s:first", "undo:s:first:undo"});
+  }
+  SECTION("a lost commit runs the step's transaction again under its key: the transfer once, the row done") {
+    log->fail(fmt::format("INSERT INTO {}saga_steps", t.db().table_prefix()), ErrorKind::transient, 1);
+    CHECK(sagas.run("pay", "s", "").state == SagaState::completed);
+    CHECK(applied("s:first") == 1);
+    CHECK(applied("s:second") == 1);
+    CHECK(ledger.get("a").balance == 9'800);
+    const auto info = sagas.get("s");
+    CHECK(step_states(*info) == std::vector<std::string>{"done", "done"});
+    CHECK(info->steps[0].attempts == 2);
+    CHECK(info->steps[0].result == std::to_string(ledger.find_transfer_by_key("s:first").id));
+  }
+  SECTION("the action fails after its transfer: the transfer is rolled back with the step") {
+    CHECK(sagas.run("pay", "ok", "").state == SagaState::completed);
+    then_throw = true;
+    const SagaOutcome o = sagas.run("pay", "s", "");
+    CHECK(o.state == SagaState::compensated);
+    CHECK(applied("s:first") == 0);
+    CHECK(ledger.get("a").balance == 9'800);  // only the saga "ok"
+    CHECK(sagas.get("s")->steps.at(0).error.find("after the transfer") != std::string::npos);
+  }
+  CHECK(ledger.check().ok());
+}
+
+TEST_CASE("sagas: a coordinator killed inside a step's transaction leaves neither its transfer nor its row",
+          "[backend][saga][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  {
+    Ledger ledger(t.db());
+    open_accounts(ledger, "a", "b");
+  }
+  auto steps = [](Ledger& ledger, bool die) {
+    auto pay = [&ledger, die](StepContext& c, Transaction& tx) -> std::string {
+      const auto r = ledger.transfer(tx, "a", "b", 100, c.idempotency_key());
+      if (die && c.step == "second") ::_exit(0);  // the transfer is written, the step's row not yet
+      return std::to_string(r.transfer_id);
+    };
+    return std::vector<SagaStep>{SagaStep::in_transaction("first", pay), SagaStep::in_transaction("second", pay)};
+  };
+  run_dying_coordinator([&] {
+    Database db = Database::open(t.url(), t.options());
+    Ledger ledger(db);
+    Sagas child(db, quick());
+    child.define("pay", steps(ledger, true));
+    child.run("pay", "K", "");
+  });
+
+  Ledger ledger(t.db());
+  CHECK(ledger.get("a").balance == 9'900);  // the first step only
+  CHECK(kind_of([&] { ledger.find_transfer_by_key("K:second"); }) == ErrorKind::not_found);
+  Sagas sagas(t.db(), quick());
+  sagas.define("pay", steps(ledger, false));
+  const auto before = sagas.get("K");
+  REQUIRE(before);
+  CHECK(before->state == SagaState::running);
+  CHECK(before->step == 1);
+  CHECK(step_states(*before) == std::vector<std::string>{"done"});
+  CHECK(recover_one(sagas).completed == 1);
+  CHECK(ledger.get("a").balance == 9'800);
+  CHECK(ledger.get("b").balance == 200);
+  CHECK(ledger.find_transfer_by_key("K:second").outcome == "ok");
+  CHECK(ledger.check().ok());
+}
+
+TEST_CASE("sagas: a step needs exactly one of an action and a transactional action", "[backend][saga]") {
+  TestDb t;
+  t.db().migrate();
+  Sagas sagas(t.db(), quick());
+  SagaStep both = SagaStep::in_transaction("a", [](StepContext&, Transaction&) { return std::string(); });
+  both.action = [](StepContext&) { return std::string(); };
+  CHECK(kind_of([&] { sagas.define("t", {both}); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { sagas.define("t", {SagaStep::in_transaction("a", {})}); }) == ErrorKind::invalid_argument);
+  sagas.define("t", {SagaStep::in_transaction("a", [](StepContext&, Transaction&) { return std::string("x"); })});
+  CHECK(sagas.run("t", "one", "").state == SagaState::completed);
+  CHECK(sagas.get("one")->steps.at(0).result == "x");
 }
