@@ -902,8 +902,10 @@ TEST_CASE("sagas: a two-step ledger saga run in its steps' transactions commits 
   REQUIRE(sagas.run("alone", "p-2", "card shop 500").state == SagaState::completed);
   const auto [commits, alone] = log->counts();
   // Each step: 'started' (the first with the saga's new row), the ledger's own transaction, done.
-  CHECK(commits == 6);
-  CHECK(alone == 3);
+  // With server-side statements a hold and a capture are one autocommit call each, not a transaction.
+  const bool one_call = dialect_of(db).has_server_statements();
+  CHECK(commits == (one_call ? 4 : 6));
+  CHECK(alone == (one_call ? 5 : 3));
 
   CHECK(ledger.get("card").balance == 9'000);
   CHECK(ledger.get("shop").balance == 1'000);
