@@ -56,6 +56,11 @@ class Dialect {
   // The value for a new row's id in an INSERT ... VALUES list: DEFAULT (bigserial) on PostgreSQL,
   // MAX(id) + 1 on SQLite, where every write transaction holds the database's write lock.
   virtual std::string next_id(std::string_view table) const = 0;
+  // Whether a write transaction holds the database's one write lock from its first statement
+  // (SQLite's BEGIN IMMEDIATE): nothing it reads can change before it commits, and next_id() read
+  // by an earlier SELECT of it is still free at its INSERT. False where writers lock rows
+  // (PostgreSQL, whose next_id() is only known inside the INSERT).
+  virtual bool has_single_writer() const noexcept { return false; }
   // Whether the engine has LISTEN/NOTIFY (pg_notify(channel, payload)).
   virtual bool has_notify() const noexcept { return false; }
   // How a bound Blob parameter enters SQL, and how a blob column leaves it (read it with Row::bytes).

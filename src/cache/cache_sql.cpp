@@ -29,6 +29,12 @@ std::string cache_invalidate_sql(const Backend& backend, std::string_view key_ex
 }
 }  // namespace
 
+std::string cache_invalidate_two_sql(const Backend& backend) {
+  return cache_invalidate_sql(backend, "v.k",
+                              "FROM (SELECT CAST($1 AS text) AS k UNION ALL SELECT CAST($2 AS text) AS k) v "
+                              "WHERE v.k IS NOT NULL");
+}
+
 CacheStatements::CacheStatements(const Backend& backend) {
   const auto& d = backend.dialect();
   const std::string t = backend.table("cache");

@@ -1,7 +1,7 @@
 #pragma once
 // The SQL of every cache operation, built once per Cache from the dialect and the table prefix
-// (values are always bound parameters), and the invalidation other components embed in their own
-// statements (the ledger's one-statement transfer invalidates cached balances in its CTE).
+// (values are always bound parameters), and the invalidation other components run in their own
+// transactions (the ledger drops both accounts of a transfer with one statement).
 
 #include <string>
 #include <string_view>
@@ -48,5 +48,11 @@ struct CacheStatements {
 
   explicit CacheStatements(const Backend& backend);
 };
+
+// $1, $2 keys, either NULL for none: the tombstones of CacheStatements::invalidate for both, in
+// one statement, for a component that drops two keys in its own transaction (the ledger's
+// accounts). Bind them in order, so PostgreSQL takes the rows' locks in one order; the keys must
+// differ. The in-process tier is the caller's to drop, at commit (Cache::forget_local).
+std::string cache_invalidate_two_sql(const Backend& backend);
 
 }  // namespace rowguard::detail

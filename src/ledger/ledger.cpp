@@ -102,37 +102,76 @@ std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Reques
   return replay_of(found.rows[0], request);
 }
 
-TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
-  if (auto earlier = replay(tx, request)) {
-    count([](LedgerStats& st) { ++st.replays; });
-    return *earlier;
+Ledger::Impl::Reading Ledger::Impl::read_for(Transaction& tx, const Request& request) {
+  Reading r;
+  if (!transfers_sql.lookup.empty()) {
+    const Result found = tx.exec(transfers_sql.lookup, {request.key, opt(request.from), opt(request.to)});
+    const Row& row = found.one();
+    if (!row.is_null(0)) {
+      r.earlier = replay_of(row, request);
+      return r;
+    }
+    constexpr std::size_t c = detail::key_record_columns;
+    auto party = [&](std::size_t at) {
+      return row.is_null(at)
+                 ? std::nullopt
+                 : std::optional<Party>(Party{row.text(at), row.i64(at + 1), row.i64(at + 2), row.i64(at + 3)});
+    };
+    if (request.from) r.from = party(c);
+    if (request.to) r.to = party(c + 4);
+    r.transfer_id = row.i64(c + 8);
+    r.entry_id = row.i64(c + 9);
+    return r;
   }
-  const bool two = request.from && request.to;
-  const Result locked = two ? tx.exec(transfers_sql.lock_two, {*request.from, *request.to})
+  if ((r.earlier = replay(tx, request))) return r;
+  const Result locked = request.from && request.to
+                            ? tx.exec(transfers_sql.lock_two, {*request.from, *request.to})
                             : tx.exec(transfers_sql.lock_one, {request.from ? *request.from : *request.to});
-  auto find = [&](const std::string& id) -> const Row* {
-    for (const auto& row : locked.rows)
-      if (row.text(0) == id) return &row;
-    return nullptr;
-  };
-  const Row* from = request.from ? find(*request.from) : nullptr;
-  const Row* to = request.to ? find(*request.to) : nullptr;
+  for (const auto& row : locked.rows) {
+    const Party party{row.text(1), row.i64(2), row.i64(3), row.i64(4)};
+    if (request.from && row.text(0) == *request.from) r.from = party;
+    if (request.to && row.text(0) == *request.to) r.to = party;
+  }
+  return r;
+}
+
+void Ledger::Impl::invalidate_accounts(Transaction& tx, const Request& request) {
+  if (!options.cache) return;
+  std::optional<std::string> low = request.from ? std::optional(cache_key(*request.from)) : std::nullopt;
+  std::optional<std::string> high = request.to ? std::optional(cache_key(*request.to)) : std::nullopt;
+  if (!low || (high && *high < *low)) std::swap(low, high);  // in key order: PostgreSQL locks them so
+  tx.exec(transfers_sql.invalidate_two, {opt(low), opt(high)});
+  for (const auto* key : {&low, &high}) {
+    if (!*key) continue;
+    detail::instruments::cache().invalidations.add();
+    tx.on_commit([cache = options.cache, k = **key] { cache->forget_local(k); });
+  }
+}
+
+TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
+  const Reading read = read_for(tx, request);
+  if (read.earlier) {
+    count([](LedgerStats& st) { ++st.replays; });
+    return *read.earlier;
+  }
+  const Party* from = read.from ? &*read.from : nullptr;
+  const Party* to = read.to ? &*read.to : nullptr;
   if (request.from && !from)
     throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.from));
   if (request.to && !to) throw Error(ErrorKind::not_found, fmt::format("account '{}' does not exist", *request.to));
-  if (from && to && from->text(1) != to->text(1))
+  if (from && to && from->currency != to->currency)
     throw Error(ErrorKind::currency_mismatch, fmt::format("account '{}' is in {} and '{}' in {}", *request.from,
-                                                          from->text(1), *request.to, to->text(1)));
-  const std::string currency = (from ? from : to)->text(1);
-  // Checked arithmetic on the locked values: no balance may leave int64.
-  if (to && !checked_add(to->i64(2), request.amount))
+                                                          from->currency, *request.to, to->currency));
+  const std::string& currency = (from ? from : to)->currency;
+  // Checked arithmetic on the values read: no balance may leave int64.
+  if (to && !checked_add(to->balance, request.amount))
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("the balance of '{}' would overflow a 64-bit integer", *request.to));
   // Funds are the available amount: balance - held. held may still count holds past their timeout:
   // only when they are what stands in the way are they closed, so a payment never waits for a sweep.
-  bool funded = !from || fits(from->i64(2), from->i64(4), from->i64(3), request.amount);
-  if (!funded && from->i64(4) > 0)
-    funded = fits(from->i64(2), from->i64(4) - release_expired(tx, *request.from), from->i64(3), request.amount);
+  bool funded = !from || fits(from->balance, from->held, from->min_balance, request.amount);
+  if (!funded && from->held > 0)
+    funded = fits(from->balance, from->held - release_expired(tx, *request.from), from->min_balance, request.amount);
   if (funded) {
     if (from && tx.exec(transfers_sql.debit, {*request.from, request.amount}).affected != 1)
       throw Error(ErrorKind::conflict, "the source balance changed under its row lock");  // cannot happen; retried
@@ -140,18 +179,34 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   }
   TransferResult result;
   result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-  result.transfer_id = tx.exec(transfers_sql.record,
-                               {request.key, request.kind, opt(request.from), opt(request.to), request.amount, currency,
-                                std::string(funded ? "ok" : "insufficient_funds"),
-                                request.reverses ? Value(request.reverses) : Value(nullptr), opt(request.global_txid)})
-                           .one()
-                           .i64(0);
-  if (funded) {
+  std::vector<Value> record{request.key,
+                            request.kind,
+                            opt(request.from),
+                            opt(request.to),
+                            request.amount,
+                            currency,
+                            std::string(funded ? "ok" : "insufficient_funds"),
+                            request.reverses ? Value(request.reverses) : Value(nullptr),
+                            opt(request.global_txid)};
+  if (read.transfer_id) {  // the id read under the write lock: no RETURNING
+    record.emplace_back(*read.transfer_id);
+    tx.exec(transfers_sql.record_as, record);
+    result.transfer_id = *read.transfer_id;
+  } else {
+    result.transfer_id = tx.exec(transfers_sql.record, record).one().i64(0);
+  }
+  if (!funded) return result;
+  if (read.entry_id && from && to) {
+    tx.exec(transfers_sql.entry_pair,
+            {*read.entry_id, result.transfer_id, *request.from, -request.amount, *request.to, request.amount});
+  } else if (read.entry_id) {
+    tx.exec(transfers_sql.entry_as, {*read.entry_id, result.transfer_id, from ? *request.from : *request.to,
+                                     from ? -request.amount : request.amount});
+  } else {
     if (from) tx.exec(transfers_sql.entry, {result.transfer_id, *request.from, -request.amount});
     if (to) tx.exec(transfers_sql.entry, {result.transfer_id, *request.to, request.amount});
-    invalidate(tx, request.from);
-    invalidate(tx, request.to);
   }
+  invalidate_accounts(tx, request);
   return result;
 }
 
@@ -462,11 +517,11 @@ void fail_chain(std::vector<BatchResult>& results, std::size_t start, std::size_
 std::size_t Ledger::Impl::batch_chain_on_client(Transaction& tx, const std::vector<BatchItem>& items, std::size_t start,
                                                 std::vector<BatchResult>& results) {
   const std::size_t end = chain_end(items, start);
-  // With the one-statement transfer a standalone item that fails has written nothing (its
-  // statement refuses rather than raises), so only chains need a savepoint: one round trip per
-  // standalone item.
+  // A standalone item that fails has written nothing (the one-statement transfer refuses rather
+  // than raises; apply_in checks before its first write), so only chains need a savepoint: one
+  // round trip per standalone item on PostgreSQL, and on SQLite no copy of every page it changes.
   const bool one_statement = !transfers_sql.one_statement_transfer.empty();
-  const bool savepoint = start != end || !one_statement;
+  const bool savepoint = start != end;
   if (savepoint) tx.exec(transfers_sql.chain_savepoint);
   std::optional<std::size_t> failed;
   for (std::size_t i = start; i <= end && !failed; ++i) {

@@ -168,7 +168,28 @@ struct Ledger::Impl {
     f(stats);
   }
 
-  // One request inside the caller's transaction: replay, or lock, check, move and record.
+  // An account as a request reads it before it writes: under its row lock, or under the database's
+  // write lock where there is one writer.
+  struct Party {
+    std::string currency;
+    std::int64_t balance = 0, min_balance = 0, held = 0;
+  };
+  // What apply_in reads before it writes: the key's earlier outcome, or the request's accounts
+  // (absent: no such account) and, where the dialect has a single writer, the next ids. One
+  // statement there (TransferStatements::lookup); the key, then the rows locked in key order elsewhere.
+  struct Reading {
+    std::optional<TransferResult> earlier;
+    std::optional<Party> from, to;
+    std::optional<std::int64_t> transfer_id, entry_id;
+  };
+  Reading read_for(Transaction& tx, const Request& request);
+  // Drops the cached copies of a request's accounts when tx commits: one statement for both.
+  void invalidate_accounts(Transaction& tx, const Request& request);
+
+  // One request inside the caller's transaction: replay, or read, check, move and record. A request
+  // refused (not found, currency mismatch, overflow, idempotency mismatch) has written nothing: every
+  // check comes before the first write, so transfer_batch needs no savepoint for a standalone item.
+  // A statement that fails after a write spoils tx (Transaction::commit refuses).
   TransferResult apply_in(Transaction& tx, const Request& request);
   // A hold and a capture inside the caller's transaction (their public calls add the retries and
   // the commit). REQUIRES: the request's arguments were checked.

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "cache/cache_sql.hpp"
+
 namespace rowguard::detail {
 
 namespace {
@@ -133,6 +135,34 @@ TransferStatements::TransferStatements(const Backend& backend) {
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
                       en, next_id_above_high_water(backend, "entries"), now);
+  invalidate_two = cache_invalidate_two_sql(backend);
+  if (d.has_single_writer()) {
+    // The key's record as key_record_sql gives it (a transfer's first: holds are probed only
+    // without one), both accounts and the next ids, in one row; every join is on a unique key.
+    lookup = fmt::format(
+        "SELECT COALESCE(k.id, h.id), CASE WHEN k.id IS NOT NULL THEN k.kind WHEN h.id IS NOT NULL THEN 'hold' END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.from_account ELSE h.from_account END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.to_account ELSE h.to_account END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.amount ELSE h.amount END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.outcome ELSE h.state END, k.global_txid, k.reverses, k.hold_id, "
+        "h.timeout_ms, f.currency, f.balance, f.min_balance, f.held, t.currency, t.balance, t.min_balance, t.held, "
+        "{next_transfer}, {next_entry} FROM (SELECT 1) AS one "
+        "LEFT JOIN {tr} k ON k.idempotency_key = $1 LEFT JOIN {holds} h ON k.id IS NULL AND h.idempotency_key = $1 "
+        "LEFT JOIN {acc} f ON f.id = $2 LEFT JOIN {acc} t ON t.id = $3",
+        fmt::arg("next_transfer", next_id_above_high_water(backend, "transfers")),
+        fmt::arg("next_entry", next_id_above_high_water(backend, "entries")), fmt::arg("tr", tr),
+        fmt::arg("holds", backend.table("holds")), fmt::arg("acc", acc));
+    record_as = fmt::format(
+        "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
+        "global_txid, created_at) VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9, {})",
+        tr, now);
+    entry_as = fmt::format(
+        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4, {})", en, now);
+    entry_pair = fmt::format(
+        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4, {now}), "
+        "($1 + 1, $2, $5, $6, {now})",
+        en, fmt::arg("now", now));
+  }
   chain_savepoint = "SAVEPOINT rowguard_chain";
   chain_rollback = "ROLLBACK TO SAVEPOINT rowguard_chain";
   chain_release = "RELEASE SAVEPOINT rowguard_chain";

@@ -79,6 +79,25 @@ struct TransferStatements {
   // columns of one_statement_transfer, then (item index, failed 0/1, stopped 0/1, sqlstate,
   // message) as the function's comment says.
   std::string batch;
+  // Where the dialect has a single writer (SQLite): the lean path of Ledger::Impl::apply_in, empty
+  // elsewhere. lookup: $1 key, $2 from, $3 to (NULL when the request has none) -> one row: the
+  // key's record (key_record_columns, all NULL for a new key), then from's and to's (currency,
+  // balance, min_balance, held), NULL for an account that does not exist, then the next transfer
+  // id and the next entry id (next_id above the high-water mark). Replaces find_key, lock_one or
+  // lock_two, and the id lookups of record and entry: the write lock is held from BEGIN IMMEDIATE,
+  // so the rows and the ids stay as read.
+  std::string lookup;
+  // record with the id read by lookup as $10 and no RETURNING (SQLite writes a RETURNING row to a
+  // temporary table and a statement journal that then spills to a file: 5x the insert itself).
+  std::string record_as;
+  // $1 id, $2 transfer id, $3 account, $4 amount: one entry at the id read by lookup.
+  std::string entry_as;
+  // $1 id, $2 transfer id, $3 from, $4 -amount, $5 to, $6 amount: both entries of a transfer in one
+  // statement, at ids $1 and $1 + 1.
+  std::string entry_pair;
+  // Every backend: $1, $2 the cache keys of the accounts changed, in key order (NULL for none):
+  // their cached copies' tombstones in one statement (cache_invalidate_two_sql).
+  std::string invalidate_two;
   // transfer_batch: a savepoint around each linked chain, rolled back when an item of it fails.
   std::string chain_savepoint;
   std::string chain_rollback;

@@ -616,6 +616,42 @@ TEST_CASE("ledger: concurrent batches over the same accounts, with holds expirin
   if (rowguard::test::can().row_locks) CHECK(l.stats().conflicts == 0);
 }
 
+TEST_CASE("ledger: a standalone batch item that is refused writes nothing, and the items around it commit",
+          "[backend]") {
+  // No savepoint guards a standalone item: every refusal must come before the item's first write.
+  Bank b;
+  auto& l = b.ledger;
+  for (const char* id : {"a", "b"}) l.open(id, "EUR");
+  l.open("u", "USD");
+  l.deposit("a", 1'000, "d");
+  REQUIRE(l.hold("a", "b", 10, "held", 60s).ok());
+  const auto results = l.transfer_batch({
+      {"a", "b", 100, "k1", false},
+      {"a", "nobody", 100, "k2", false},  // not_found
+      {"a", "u", 100, "k3", false},       // currency_mismatch
+      {"a", "b", 100, "held", false},     // the key of a hold: idempotency_mismatch
+      {"b", "a", 40, "k5", false},
+      {"b", "a", 1'000, "k6", false},  // insufficient_funds, recorded
+  });
+  REQUIRE(results.size() == 6);
+  CHECK(results[0].ok());
+  CHECK(results[1].error == ErrorKind::not_found);
+  CHECK(results[2].error == ErrorKind::currency_mismatch);
+  CHECK(results[3].error == ErrorKind::idempotency_mismatch);
+  CHECK(results[4].ok());
+  CHECK(results[5].result.status == TransferStatus::insufficient_funds);
+  CHECK(results[4].result.transfer_id > results[0].result.transfer_id);
+  CHECK(results[5].result.transfer_id > results[4].result.transfer_id);
+  CHECK(l.get("a").balance == 940);
+  CHECK(l.get("b").balance == 60);
+  CHECK(l.get("u").balance == 0);
+  // The refused items recorded nothing: their keys are free.
+  CHECK_FALSE(l.transfer("a", "b", 1, "k2").replayed);
+  CHECK_FALSE(l.transfer("a", "b", 1, "k3").replayed);
+  CHECK(l.transfer_batch({{"b", "a", 1'000, "k6", false}})[0].result.replayed);
+  CHECK(l.check().ok());
+}
+
 TEST_CASE("ledger: reversals refund at most the original, once per key", "[backend]") {
   Bank b;
   auto& l = b.ledger;

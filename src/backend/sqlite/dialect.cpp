@@ -32,6 +32,7 @@ class SqliteDialect final : public Dialect {
   std::string next_id(std::string_view table) const override {
     return fmt::format("(SELECT COALESCE(MAX(id), 0) + 1 FROM {})", table);
   }
+  bool has_single_writer() const noexcept override { return true; }
   std::string table_exists() const override {
     return "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = $1";
   }
