@@ -49,7 +49,7 @@ class Dialect {
   // PostgreSQL sets lock_timeout for the statement's own transaction only, so it also works behind
   // a transaction pooler. "" where the engine bounds the wait itself (SQLite: the busy timeout).
   virtual std::string lock_wait_limit(std::string_view /*ms_param*/) const { return {}; }
-  // Whether the schema holds rowguard's server-side statements (PostgreSQL, schema step 008):
+  // Whether the schema holds rowguard's server-side statements (PostgreSQL, schema steps 008 and 009):
   // functions, called as SELECT * FROM <prefix>name(...), whose inner statements the server plans
   // once per session, also for a client behind a transaction pooler.
   virtual bool has_server_statements() const noexcept { return false; }

@@ -13,7 +13,7 @@ std::string fresh_generation(const Dialect& d) { return fmt::format("({} * 1000)
 // An upsert that leaves an expired tombstone with a higher generation for every key that
 // "SELECT key_expr <tail>" yields, so any load that began earlier cannot store afterwards. tail
 // must contain a WHERE (SQLite's upsert grammar needs one after INSERT ... SELECT). PostgreSQL's
-// transfer function and rowguard_hold_drop_cached (schema/postgres/008_server_statements.sql)
+// transfer function and rowguard_hold_drop_cached (schema/postgres/008 and 009)
 // write the same tombstones: keep them alike.
 std::string cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
   const auto& d = backend.dialect();

@@ -5,7 +5,7 @@
 // capture or void holds that lock it reads the hold's state as final.
 //
 // Two forms of each operation, one set of decisions: where the dialect has server-side statements
-// (PostgreSQL), a hold, a capture and a void are each one call of a function of schema step 008
+// (PostgreSQL), a hold, a capture and a void are each one call of a function of schema step 009
 // (HoldStatements::apply_*), one round trip and one commit, which answers with the rows the
 // statements below would have read; elsewhere (SQLite, in process) the same work runs as
 // statements in a transaction. Both hand what they read to the same checks, so results, error

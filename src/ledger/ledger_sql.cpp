@@ -202,7 +202,7 @@ HoldStatements::HoldStatements(const Backend& backend) {
       tr, next_id_above_high_water(backend, "transfers"), now);
   expired_accounts =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
-  // The functions of schema step 008 (schema/postgres/008_server_statements.sql): the work of the
+  // The functions of schema step 009 (schema/postgres/009_batches_and_holds.sql): the work of the
   // statements above, one call each, its inner statements planned once per server session.
   if (d.has_server_statements()) {
     apply_hold = backend.function_call("apply_hold", 6);

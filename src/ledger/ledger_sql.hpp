@@ -73,7 +73,7 @@ struct TransferStatements {
   // or a source short only while it has holds, which the statement does not look at) and how many
   // account and entry rows it changed (4 for an applied transfer).
   std::string one_statement_transfer;
-  // PostgreSQL: a batch as one call of <prefix>apply_batch (schema step 008), empty elsewhere. $1
+  // PostgreSQL: a batch as one call of <prefix>apply_batch (schema step 009), empty elsewhere. $1
   // from, $2 to, $3 amount, $4 key, $5 linked, $6 and $7 the cache keys: arrays, one element per
   // item (array_param), a NULL key for an item refused before sending -> per item looked at, the
   // columns of one_statement_transfer, then (item index, failed 0/1, stopped 0/1, sqlstate,
@@ -139,7 +139,7 @@ struct HoldStatements {
   // -> (from_account) of each account with an open hold past its timeout.
   std::string expired_accounts;
   // PostgreSQL: a hold, a capture and a void each as one call of a server-side function of schema
-  // step 008 (<prefix>apply_hold, apply_capture, apply_void), one round trip (empty elsewhere). The
+  // step 009 (<prefix>apply_hold, apply_capture, apply_void), one round trip (empty elsewhere). The
   // last parameter of each is the key prefix of the accounts' cached copies (NULL without a cache).
   // apply_hold: $1 from, $2 to, $3 amount, $4 key, $5 timeout ms -> one row: the key's record
   // (key_record_columns, NULL for a new key), the currencies of from and to (NULL when absent), the

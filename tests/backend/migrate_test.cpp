@@ -106,7 +106,7 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
     auto session = backend_of(t.db()).borrow();
     (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
   }
-  CHECK(t.db().migrate() == 1);  // step 008 grants EXECUTE to the role that exists already
+  CHECK(t.db().migrate() == 1);  // the last step grants EXECUTE to the role that exists already
   Ledger owner(t.db());
   owner.open("alice", "EUR");
   owner.open("bob", "EUR");
@@ -232,7 +232,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
                              d.ms_to_timestamp("0")))
             .affected == 1);
   CHECK(app.exec(fmt::format("UPDATE {}fences SET last_token = 2", prefix)).affected == 1);
-  // The server-side statements (schema step 008): EXECUTE is the application role's, so its
+  // The server-side statements (schema steps 008 and 009): EXECUTE is the application role's, so its
   // transfers run through them as the owner's do.
   {
     Ledger owner(t.db());
