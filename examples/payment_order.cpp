@@ -6,10 +6,12 @@
 //   payment_order URL                       demo: setup, run 1 10, recover, check
 //   payment_order URL setup                 tables and accounts (safe to repeat)
 //   payment_order URL run SEED N [CRASH]    N orders "order-SEED-K"; with CRASH (0..1) the process
-//                                           _exit()s at that rate inside steps, as a crashed coordinator
+//                                           kills itself (SIGKILL) at that rate inside steps, as a crashed
+//                                           coordinator
 //   payment_order URL recover               finishes or compensates what dead coordinators left
 //   payment_order URL check                 exit 0 when every order is paid once or cancelled cleanly
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -29,7 +31,10 @@ std::mt19937_64 crash_rng{std::random_device{}()};
 
 // A coordinator dying at an arbitrary point: no destructor runs, no lease is released.
 void maybe_crash() {
-  if (crash_rate > 0 && std::uniform_real_distribution<double>(0, 1)(crash_rng) < crash_rate) ::_exit(99);
+  if (crash_rate > 0 && std::uniform_real_distribution<double>(0, 1)(crash_rng) < crash_rate) {
+    ::kill(::getpid(), SIGKILL);  // no exit handler runs, as in a crash
+    for (;;) ::pause();
+  }
 }
 
 struct Order {
