@@ -483,13 +483,8 @@ TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view
 
 namespace {
 // Throws what the item's own fields are refused for (before anything is sent).
-void check_item(const BatchItem& item) {
-  check_text(item.from, "source account id", max_id_bytes);
-  check_text(item.to, "destination account id", max_id_bytes);
-  if (item.from == item.to) throw Error(ErrorKind::invalid_argument, "a transfer from an account to itself");
-  check_amount(item.amount);
-  check_text(item.key, "idempotency key", max_key_bytes);
-}
+// The item as a transfer request; throws what a transfer() with its fields is refused for.
+Request item_request(const BatchItem& item) { return transfer_request(item.from, item.to, item.amount, item.key); }
 
 bool retried_whole(const Error& e) {
   return e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt;
@@ -527,8 +522,7 @@ std::size_t Ledger::Impl::batch_chain_on_client(Transaction& tx, const std::vect
   for (std::size_t i = start; i <= end && !failed; ++i) {
     const BatchItem& item = items[i];
     try {
-      check_item(item);
-      const Request request{"transfer", item.from, item.to, item.amount, item.key};
+      const Request request = item_request(item);
       std::optional<TransferResult> decided;
       if (one_statement) decided = transfer_in_one_statement(tx, request);
       results[i].result = decided ? *decided : apply_in(tx, request);
@@ -563,14 +557,15 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
   for (std::size_t k = 0; k < n; ++k) {
     const BatchItem& item = items[first + k];
     linked[k] = item.linked ? "t" : "f";
+    std::optional<Request> request;
     try {
-      check_item(item);
+      request = item_request(item);
     } catch (const Error& e) {
       refused[k] = e;  // sent with a NULL key: it fails its chain without running
       continue;
     }
     from[k] = item.from, to[k] = item.to, amount[k] = std::to_string(item.amount), key[k] = item.key;
-    const std::vector<Value> p = one_statement_params({"transfer", item.from, item.to, item.amount, item.key});
+    const std::vector<Value> p = one_statement_params(*request);
     if (options.cache) {
       cache_a[k] = std::get<std::string>(p[4]), cache_b[k] = std::get<std::string>(p[5]);
       cached.push_back(*cache_a[k]), cached.push_back(*cache_b[k]);
@@ -609,7 +604,7 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
         if (!row.is_null(sqlstate_col))
           throw Error(ErrorKind::permanent, fmt::format("postgres: ERROR:  {}", row.text(message_col)),
                       row.text(sqlstate_col));
-        const auto decided = one_statement_outcome(row, {"transfer", item.from, item.to, item.amount, item.key});
+        const auto decided = one_statement_outcome(row, item_request(item));
         if (!decided) throw broken(fmt::format("item {} went on without the client", i));
         results[i].result = *decided;
         // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
