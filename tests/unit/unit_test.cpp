@@ -1,9 +1,11 @@
 // Tests that need no database server: URL parsing, redaction, SQL text helpers, exit codes, options.
 #include <cctype>
+#include <cstdint>
 
 #include <catch2/catch.hpp>
 
 #include "rowguard/config.hpp"
+#include "rowguard/money.hpp"
 #include "rowguard/schema.hpp"
 
 #include "base/sql_text.hpp"
@@ -297,4 +299,24 @@ TEST_CASE("error tables: SQLite codes map onto kinds and SQLSTATEs", "[unit]") {
   CHECK(detail::sqlstate_for_sqlite(787) == "23503");
   CHECK(detail::sqlstate_for_sqlite(275) == "23514");
   CHECK(detail::sqlstate_for_sqlite(8) == "25006");
+}
+
+TEST_CASE("amounts for people are in major units by the currency's ISO 4217 exponent", "[unit]") {
+  CHECK(format_money(123456, "EUR") == "1234.56 EUR");
+  CHECK(format_money(500000, "EUR") == "5000.00 EUR");
+  CHECK(format_money(5, "EUR") == "0.05 EUR");
+  CHECK(format_money(0, "USD") == "0.00 USD");
+  CHECK(format_money(-5, "EUR") == "-0.05 EUR");
+  CHECK(format_money(500, "JPY") == "500 JPY");
+  CHECK(format_money(-500, "KRW") == "-500 KRW");
+  CHECK(format_money(1234, "BHD") == "1.234 BHD");
+  CHECK(format_money(7, "KWD") == "0.007 KWD");
+  CHECK(format_money(12345, "CLF") == "1.2345 CLF");
+  CHECK(format_money(100, "ZZZ") == "1.00 ZZZ");  // not in the table: the usual 2
+  CHECK(format_money(INT64_MAX, "EUR") == "92233720368547758.07 EUR");
+  CHECK(format_money(INT64_MIN, "EUR") == "-92233720368547758.08 EUR");
+  CHECK(format_money(INT64_MIN, "JPY") == "-9223372036854775808 JPY");
+  CHECK(currency_exponent("JPY") == 0);
+  CHECK(currency_exponent("TND") == 3);
+  CHECK(currency_exponent("EUR") == 2);
 }
