@@ -4,6 +4,8 @@
 // the client path", has the figures and the commands.
 //
 //   rowguard-client-path --seed                          migrate and seed $ROWGUARD_TEST_PG
+//   rowguard-client-path --sqlite FILE --seed            the same on a SQLite file (then --sqlite FILE
+//                                                        on every run: the baselines are raw sqlite3)
 //   rowguard-client-path --op lock --impl rowguard --ops 2000 [--pooled]
 //   valgrind --tool=callgrind --collect-atstart=no rowguard-client-path --op transfer --impl raw ...
 //
@@ -98,6 +100,12 @@ bench::Op rowguard_op(const std::string& op, const std::string& url, const std::
 }
 
 bench::Op raw_op(const std::string& op, const std::string& url, const std::string& run, bench::Sent sent) {
+  if (url.rfind("sqlite:", 0) == 0) {
+    const std::string path = url.substr(7);
+    if (op == "transfer") return bench::sqlite_raw_transfer(path, tables, bench::account_pool(accounts), run, 0);
+    if (op == "lock") return bench::sqlite_raw_lock(path, tables, run, 0);
+    return bench::sqlite_raw_cache_get(path, tables, keys);
+  }
   if (op == "transfer") return bench::pg_raw_transfer(url, tables, bench::account_pool(accounts), run, 0, sent);
   if (op == "lock") return bench::pg_raw_lock(url, tables, run, 0, sent);
   return bench::pg_raw_cache_get(url, tables, keys, sent);
@@ -116,6 +124,7 @@ int main(int argc, char** argv) {
   std::string op = "transfer", impl = "rowguard";
   std::uint64_t ops = 1000, warmup = 50;
   bool pooled = false, do_seed = false;
+  std::string sqlite;
   CLI::App app("rowguard-client-path: N operations of one workload, for callgrind and strace");
   app.add_option("--op", op, "transfer, lock or cache")->check(CLI::IsMember({"transfer", "lock", "cache"}));
   app.add_option("--impl", impl, "rowguard or raw")->check(CLI::IsMember({"rowguard", "raw"}));
@@ -123,14 +132,16 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "Operations before the measured ones (default 50)");
   app.add_flag("--pooled", pooled, "Through $ROWGUARD_TEST_PGBOUNCER instead of $ROWGUARD_TEST_PG");
   app.add_flag("--seed", do_seed, "Migrate and seed $ROWGUARD_TEST_PG, then exit");
+  app.add_option("--sqlite", sqlite, "A SQLite file instead of PostgreSQL (the baselines are raw sqlite3)");
   CLI11_PARSE(app, argc, argv);
-  const char* env = std::getenv(pooled ? "ROWGUARD_TEST_PGBOUNCER" : "ROWGUARD_TEST_PG");
+  const char* env =
+      !sqlite.empty() ? sqlite.c_str() : std::getenv(pooled ? "ROWGUARD_TEST_PGBOUNCER" : "ROWGUARD_TEST_PG");
   if (!env) {
     std::cerr << "rowguard-client-path: $" << (pooled ? "ROWGUARD_TEST_PGBOUNCER" : "ROWGUARD_TEST_PG")
               << " is not set (run under scripts/pg-throwaway.sh)\n";
     return 2;
   }
-  const std::string url = env;
+  const std::string url = sqlite.empty() ? std::string(env) : "sqlite:" + sqlite;
   try {
     if (do_seed) {
       seed(url);
