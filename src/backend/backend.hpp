@@ -212,7 +212,8 @@ class Backend : public std::enable_shared_from_this<Backend> {
   std::string table(std::string_view base) const { return options_.table_prefix + std::string(base); }
   // A call of one of the schema's server-side functions (Dialect::has_server_statements) with its
   // parameters bound as $1..$n: function_call("lock_renew", 5) ==
-  // "SELECT * FROM rowguard_lock_renew($1, $2, $3, $4, $5)". The function name is prefixed as a table is.
+  // "/* rowguard writes */ SELECT * FROM rowguard_lock_renew($1, $2, $3, $4, $5)" (writes_marker: a lost
+  // reply leaves it in doubt). The function name is prefixed as a table is.
   std::string function_call(std::string_view function, std::size_t params) const;
   std::unique_ptr<SessionLease> borrow() {
     auto lease = pool_.borrow();

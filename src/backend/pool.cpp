@@ -256,7 +256,7 @@ Backend::Backend(std::string name, std::string display_url, Options options, std
       pool_(std::move(factory), options_.pool_size, options_.pool_wait) {}
 
 std::string Backend::function_call(std::string_view function, std::size_t params) const {
-  std::string call = fmt::format("SELECT * FROM {}(", table(function));
+  std::string call = fmt::format("{}SELECT * FROM {}(", writes_marker, table(function));
   for (std::size_t i = 1; i <= params; ++i) fmt::format_to(std::back_inserter(call), "{}${}", i > 1 ? ", " : "", i);
   call += ')';
   return call;

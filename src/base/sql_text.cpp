@@ -93,6 +93,7 @@ std::string first_keyword(std::string_view sql) {
 }  // namespace
 
 StatementEffect effect_of(std::string_view sql) {
+  if (sql.substr(0, writes_marker.size()) == writes_marker) return StatementEffect::write;
   const std::string word = first_keyword(sql);
   // PREPARE TRANSACTION makes the transaction outlive the connection: a lost reply leaves it in doubt.
   if (word == "COMMIT" || word == "END" || word == "PREPARE") return StatementEffect::commit;

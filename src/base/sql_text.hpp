@@ -24,6 +24,13 @@ std::size_t placeholder_count(std::string_view sql);
 enum class StatementEffect { read, write, commit };
 StatementEffect effect_of(std::string_view sql);
 
+// The calls of the schema's server-side functions are SELECTs that write (a transfer, a hold, a
+// lease): Backend::function_call starts them with this comment, and effect_of counts a statement
+// that starts with it as a write, so a connection lost during the call leaves the outcome in doubt
+// as it did when the same work was an INSERT or an UPDATE. It still yields rows (returns_rows).
+// (No colon in it: SOCI would take one for a placeholder even inside a comment.)
+inline constexpr std::string_view writes_marker = "/* rowguard writes */ ";
+
 // A statement that sets, rolls back to or releases a savepoint, and the savepoint's name (an
 // unquoted name folded to lower case, a "quoted" one as it is): SAVEPOINT name,
 // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name, RELEASE [SAVEPOINT] name. op is none for any

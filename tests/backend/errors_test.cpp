@@ -157,6 +157,51 @@ TEST_CASE("a connection killed mid-statement: a write is in_doubt, a read transi
   CHECK(t.db().exec(fmt::format("SELECT count(*) FROM {}", table)).one().i64(0) == 0);  // the write was rolled back
 }
 
+TEST_CASE("a transfer whose connection dies inside the server-side function is in doubt and replayed by its key",
+          "[pg][direct][threads]") {
+  // The call of rowguard_apply_transfer is a SELECT that writes: a lost reply must count as in
+  // doubt (retried only because the key makes it safe), never as a read that is merely transient.
+  Options one;
+  one.pool_size = 1;
+  TestDb t(one);
+  t.db().migrate();
+  Ledger ledger(t.db());
+  ledger.open("doubt-a", "EUR");
+  ledger.open("doubt-b", "EUR");
+  ledger.deposit("doubt-a", 1000, "doubt-seed");
+  auto admin = t.another(Options{});
+  const auto retried = [](const char* kind) { return metrics().value("rowguard_retries_total", {{"kind", kind}}); };
+  const double in_doubt_before = retried("in_doubt");
+  // The admin holds the source's row, so the function waits inside the server until it is killed.
+  Transaction holder = admin->begin();
+  holder.exec(fmt::format("SELECT 1 FROM {}accounts WHERE id = 'doubt-a' FOR UPDATE", t.db().table_prefix()));
+  auto transfer = std::async(std::launch::async, [&] { return ledger.transfer("doubt-a", "doubt-b", 300, "doubt-1"); });
+  std::int64_t killed = 0;
+  for (int i = 0; i < 250 && killed == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    killed = admin
+                 ->exec(
+                     "SELECT CAST(count(pg_terminate_backend(pid)) AS bigint) FROM pg_stat_activity "
+                     "WHERE query LIKE '%apply_transfer%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+                 .one()
+                 .i64(0);
+  }
+  if (killed != 1) {
+    for (const auto& row : admin->exec("SELECT COALESCE(wait_event_type, '-') || ' ' || query FROM pg_stat_activity "
+                                        "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+                               .rows)
+      UNSCOPED_INFO(row.text(0));
+  }
+  REQUIRE(killed == 1);
+  holder.rollback();
+  const TransferResult r = transfer.get();
+  CHECK(r.ok());
+  CHECK(retried("in_doubt") == in_doubt_before + 1);
+  CHECK(ledger.get("doubt-a").balance == 700);  // applied once
+  CHECK(ledger.get("doubt-b").balance == 300);
+  CHECK(ledger.check().ok());
+}
+
 TEST_CASE("PostgreSQL sessions carry application_name and cache prepared statements", "[pg]") {
   Options named;
   named.application_name = "payments-api";

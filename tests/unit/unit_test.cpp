@@ -65,6 +65,9 @@ TEST_CASE("statement effects decide what a lost connection means", "[unit]") {
   // A prepared transaction outlives its connection: a lost PREPARE or COMMIT PREPARED is in doubt.
   CHECK(detail::effect_of("PREPARE TRANSACTION 'g'") == StatementEffect::commit);
   CHECK(detail::effect_of("COMMIT PREPARED 'g'") == StatementEffect::commit);
+  // The calls of the schema's functions write (a transfer, a lease) though they are SELECTs.
+  CHECK(detail::effect_of(std::string(detail::writes_marker) + "SELECT * FROM rowguard_apply_transfer($1)") ==
+        StatementEffect::write);
 }
 
 TEST_CASE("global transaction ids are checked strictly, since they are spliced into the statement", "[unit]") {

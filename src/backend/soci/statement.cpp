@@ -17,7 +17,7 @@ constexpr std::size_t max_cached_statements = 128;
 
 // SOCI needs to know up front whether a statement yields rows (into a soci::row) or not.
 bool returns_rows(std::string_view sql) {
-  if (effect_of(sql) == StatementEffect::read) return true;
+  if (effect_of(sql) == StatementEffect::read || sql.substr(0, writes_marker.size()) == writes_marker) return true;
   std::string upper(sql);
   for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   return upper.find("RETURNING") != std::string::npos;
