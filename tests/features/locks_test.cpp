@@ -979,6 +979,14 @@ TEST_CASE(
   CHECK(counts.expired == 0);
   // Its owner's credentials answer "released", as after a plain release.
   CHECK_NOTHROW(locks.release("windowed", windowed->owner(), windowed->token()));
+
+  // Within a window they still end it early.
+  auto early = locks.try_acquire("early", 10s);
+  REQUIRE(early);
+  CHECK(early->release_at_least(5s) > 0ms);
+  CHECK_FALSE(others.try_acquire("early", 10s));
+  locks.release("early", early->owner(), early->token());
+  CHECK(others.try_acquire("early", 10s));
 }
 
 TEST_CASE("locks: release_at_least of a lost lease changes nothing and answers lock_lost, and checks its window",
