@@ -273,9 +273,9 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
     options.hold_at_least = parse_duration(a.hold_at_least);
     const auto longest = LockOptions{}.max_ttl;
     if (*options.hold_at_least > longest)
-      throw Error(
-          ErrorKind::invalid_argument,
-          fmt::format("--hold-at-least {} is longer than the longest lease ({} ms)", a.hold_at_least, longest.count()));
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--hold-at-least {} is longer than the longest lease, {}h", a.hold_at_least,
+                              std::chrono::duration_cast<std::chrono::hours>(longest).count()));
   }
   auto db = open_database(globals);
   Locks locks(db);
