@@ -81,6 +81,15 @@ class Lease {
   // most LockOptions::row_lock_timeout (SQLite: the busy timeout), then throws Error(conflict)
   // naming the open guarding transaction, and the lease stays held.
   void release();
+  // Ends the lease, but keeps it held until at least `at_least` after it was acquired, on the
+  // database clock (ShedLock's lockAtLeastFor): a job that ends sooner does not run again at once
+  // elsewhere. The heartbeat stops first. While that window is open one statement (owner and token
+  // checked) sets the lease's expiry to acquired + at_least, earlier or later than its ttl, and
+  // waiters wake to sleep until then; once it has passed this is release(). Returns how long the
+  // lease stays held (zero when it ended at once or was released already). Errors as release();
+  // Error(invalid_argument) unless 0 <= at_least <= LockOptions::max_ttl.
+  //   lease.release_at_least(5min);  // a nightly job that took 3 s: the lock stays taken 5 min
+  std::chrono::milliseconds release_at_least(std::chrono::milliseconds at_least);
 
   // Inside the caller's transaction on the same database: fails the transaction with
   // Error(lock_lost) unless the lease is still held with this token, and holds the lock row (FOR
@@ -125,14 +134,16 @@ struct LockInfo {
   std::int64_t renewals = 0;
   std::int64_t waiters = 0;
   std::string release_reason;  // set by force_release
-  bool expired = false;        // the last lease ran out unreleased (its holder died or stopped renewing)
+  // The last lease ran out unreleased (its holder died or stopped renewing); one that ran out at
+  // the end of a Lease::release_at_least window was released, and is not expired.
+  bool expired = false;
 };
 
 // Lock rows by state at one instant, counted by one aggregate (dashboards: rowguard serve).
 struct LockCounts {
   std::int64_t rows = 0;
   std::int64_t held = 0;       // unexpired lease
-  std::int64_t expired = 0;    // ran out unreleased
+  std::int64_t expired = 0;    // ran out unreleased (LockInfo::expired)
   std::int64_t contended = 0;  // held, with waiters
   std::int64_t waiters = 0;
 };

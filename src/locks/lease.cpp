@@ -38,7 +38,8 @@ Error lost_or_released(detail::LocksImpl& locks, const std::string& name, const 
   if (s.rows.empty()) return Error(ErrorKind::lock_lost, fmt::format("lock '{}' does not exist", name));
   const Row& row = s.rows[0];
   const bool same = !row.is_null(0) && row.text(0) == owner && row.i64(1) == token;
-  if (same && row.is_null(2)) {
+  // released_at set: released by its owner, perhaps with a release_at_least window since run out.
+  if (same && (row.is_null(2) || row.i64(5) != 0)) {
     released = true;
     return Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was already released", name));
   }
@@ -51,6 +52,9 @@ Error lost_or_released(detail::LocksImpl& locks, const std::string& name, const 
                            reason ? fmt::format(" (force-released: {})", *reason) : std::string()));
 }
 void release_statement(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+// Wakes this process's waiters on name, and other processes' through NOTIFY when the released
+// row reported waiters.
+void wake_waiters(detail::LocksImpl& locks, const std::string& name, std::int64_t waiters);
 
 // A renew or release that gave up waiting for the lock row (55P03 after LockOptions::row_lock_timeout
 // on PostgreSQL, SQLITE_BUSY after the busy timeout on SQLite): nearly always a transaction that
@@ -112,21 +116,58 @@ void release_statement(detail::LocksImpl& locks, const std::string& name, const 
     throw;
   }
   if (!r.rows.empty()) {
-    locks.wake(name);  // waiters in this process
-    if (r.rows[0].i64(0) > 0 && !locks.sql.notify_release.empty()) {
-      try {
-        locks.run(locks.sql.notify_release, {name});
-      } catch (const Error&) {
-        // The lease is released; waiters that miss this wake-up find it free at their next poll.
-      }
-    }
+    wake_waiters(locks, name, r.rows[0].i64(0));
     return;
   }
   bool released = false;
   Error e = lost_or_released(locks, name, owner, token, released);
   if (!released) throw e;  // a repeated release answers released
 }
+
+void wake_waiters(detail::LocksImpl& locks, const std::string& name, std::int64_t waiters) {
+  locks.wake(name);  // waiters in this process
+  if (waiters > 0 && !locks.sql.notify_release.empty()) {
+    try {
+      locks.run(locks.sql.notify_release, {name});
+    } catch (const Error&) {
+      // Waiters that miss this wake-up re-check at their next poll.
+    }
+  }
+}
 }  // namespace
+
+std::chrono::milliseconds release_lease_at_least(detail::LocksImpl& locks, const std::string& name,
+                                                 const std::string& owner, std::int64_t token,
+                                                 std::chrono::milliseconds at_least) {
+  const auto& m = instruments::locks();
+  try {
+    Result r;
+    try {
+      r = locks.run(locks.sql.release_at_least,
+                    locks.bounded({name, owner, token, static_cast<std::int64_t>(at_least.count())}));
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::conflict) throw row_lock_busy(e, "releasing", name, token);
+      throw;
+    }
+    if (r.rows.empty()) {
+      bool released = false;
+      Error e = lost_or_released(locks, name, owner, token, released);
+      if (!released) throw e;  // a repeated release answers released
+      m.released.add();
+      return std::chrono::milliseconds::zero();
+    }
+    const Row& row = r.rows[0];
+    // Also while the window stays open: a waiter slept until the old expiry (or its poll), and
+    // wakes now to read the new one and sleep until exactly then (expiry notifies nobody).
+    wake_waiters(locks, name, row.i64(0));
+    m.released.add();
+    if (row.is_null(1)) return std::chrono::milliseconds::zero();
+    return std::chrono::milliseconds(std::max<std::int64_t>(0, row.i64(1) - row.i64(2)));
+  } catch (const Error& e) {
+    (e.kind() == ErrorKind::lock_lost ? m.release_lost : m.release_error).add();
+    throw;
+  }
+}
 
 // Counts and logs a lease this process lost, once per lease. Called with s.mutex NOT held.
 void report_lost(detail::LeaseData& s, std::string_view why) {
@@ -187,7 +228,15 @@ Lease::~Lease() {
   }
   if (!held) return;
   try {
-    release();
+    std::optional<std::chrono::milliseconds> at_least;
+    {
+      std::lock_guard lock(state_->mutex);
+      at_least = state_->at_least;
+    }
+    if (at_least)
+      (void)release_at_least(*at_least);
+    else
+      release();
   } catch (...) {
     // Best effort: an unreleased lease expires at its ttl.
   }
@@ -287,6 +336,41 @@ void Lease::release() {
   }
   std::lock_guard lock(s.mutex);
   s.state = LeaseState::released;
+}
+
+std::chrono::milliseconds Lease::release_at_least(std::chrono::milliseconds at_least) {
+  State& s = checked(state_);
+  if (at_least < std::chrono::milliseconds::zero() || at_least > s.locks->options.max_ttl)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("release_at_least: {} ms is not between 0 and the longest lease ({} ms)", at_least.count(),
+                            s.locks->options.max_ttl.count()));
+  {
+    std::lock_guard lock(s.mutex);
+    if (s.state == LeaseState::released) return std::chrono::milliseconds::zero();
+    if (s.state == LeaseState::lost)
+      throw Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was lost before release", s.name));
+  }
+  // Before the statement: a renewal after it would move the expiry it set.
+  stop_heartbeat(s);
+  {
+    std::lock_guard lock(s.mutex);
+    s.at_least = at_least;
+  }
+  std::chrono::milliseconds held_for{0};
+  try {
+    held_for = detail::release_lease_at_least(*s.locks, s.name, s.owner, s.token, at_least);
+  } catch (const Error& e) {
+    {
+      std::lock_guard lock(s.mutex);
+      if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
+      if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    }
+    if (e.kind() == ErrorKind::lock_lost) detail::report_lost(s, e.what());
+    throw;
+  }
+  std::lock_guard lock(s.mutex);
+  s.state = LeaseState::released;
+  return held_for;
 }
 
 void Lease::detach() noexcept {

@@ -28,6 +28,9 @@ struct Lease::State {
   LeaseState state = LeaseState::held;
   std::chrono::steady_clock::time_point deadline;
   bool loss_reported = false;  // rowguard_leases_lost_total and the log count a lease once
+  // Set by release_at_least before its statement: when that fails (a lost reply), the destructor's
+  // release keeps the window instead of ending the lease at once.
+  std::optional<std::chrono::milliseconds> at_least;
   // When the heartbeat's watchdog gave up at the local deadline (and called on_lost).
   std::optional<std::chrono::steady_clock::time_point> gave_up_at;
 
@@ -52,6 +55,11 @@ std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::
 void renew_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl);
 void release_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+// Lease::release_at_least's statement: returns how long the lease stays held on the database clock
+// (zero when it was released at once, or had been released already).
+std::chrono::milliseconds release_lease_at_least(detail::LocksImpl& locks, const std::string& name,
+                                                 const std::string& owner, std::int64_t token,
+                                                 std::chrono::milliseconds at_least);
 
 }  // namespace detail
 }  // namespace rowguard

@@ -51,10 +51,25 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     release = fmt::format(
         "UPDATE {} SET expires_at = NULL, released_at = {} WHERE {} RETURNING CAST(waiters AS bigint)", t, now, mine);
   }
+  // No server function for this one (a function would need a schema step): the inline statement,
+  // with the row lock bound in its WHERE as remove_waiter has it. Whether the window is still open
+  // is decided on the database clock in the statement itself; released_at marks the lease released
+  // by its owner, so it does not count as expired when it runs out.
+  {
+    const std::string until = d.timestamp_plus_ms("acquired_at", "$4");
+    release_at_least = fmt::format(
+        "UPDATE {t} SET expires_at = CASE WHEN {until} > {now} THEN {until} ELSE NULL END, released_at = {now} "
+        "WHERE {mine}{limit} RETURNING CAST(waiters AS bigint), {expires}, {now_ms}",
+        fmt::arg("t", t), fmt::arg("until", until), fmt::arg("now", now), fmt::arg("mine", mine),
+        fmt::arg("limit", limit("$5")), fmt::arg("expires", d.timestamp_to_ms("expires_at")),
+        fmt::arg("now_ms", now_ms));
+  }
   if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
 
-  state = fmt::format("SELECT owner, token, {}, {}, release_reason FROM {} WHERE name = $1",
-                      d.timestamp_to_ms("expires_at"), now_ms, t);
+  state = fmt::format(
+      "SELECT owner, token, {}, {}, release_reason, CASE WHEN released_at IS NULL THEN 0 ELSE 1 END FROM {} "
+      "WHERE name = $1",
+      d.timestamp_to_ms("expires_at"), now_ms, t);
   guard = fmt::format("SELECT token FROM {} WHERE {}{}", t, mine, d.share_lock());
 
   if (notify) {
@@ -71,14 +86,16 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
       "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
       "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
       "CAST(waiters AS bigint), COALESCE(release_reason, ''), "
-      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} THEN 1 ELSE 0 END FROM {t} ORDER BY name",
+      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} AND released_at IS NULL THEN 1 ELSE 0 END "
+      "FROM {t} ORDER BY name",
       fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
       fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t));
 
   {
     const std::string at = d.ms_to_timestamp("$1");
     const std::string held = fmt::format("expires_at > {}", at);
-    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {}", at);
+    // Ran out unreleased: the end of a release_at_least window is a release, not an expiry.
+    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {} AND released_at IS NULL", at);
     counts = fmt::format(
         "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
         "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
@@ -91,9 +108,9 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
         "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
         "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
         "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END FROM {t} "
-        "WHERE expires_at IS NOT NULL OR waiters > 0 "
-        "ORDER BY CASE WHEN {held} THEN 0 WHEN expires_at IS NOT NULL THEN 1 ELSE 2 END, "
-        "CASE WHEN {held} THEN {acquired} WHEN expires_at IS NOT NULL THEN -{expires} ELSE 0 END, name LIMIT $2",
+        "WHERE {held} OR {expired} OR waiters > 0 "
+        "ORDER BY CASE WHEN {held} THEN 0 WHEN {expired} THEN 1 ELSE 2 END, "
+        "CASE WHEN {held} THEN {acquired} WHEN {expired} THEN -{expires} ELSE 0 END, name LIMIT $2",
         fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
         fmt::arg("expires", expires), fmt::arg("t", t));
   }

@@ -17,9 +17,14 @@ struct LockStatements {
   std::string renew;
   // $1 name, $2 owner, $3 token [, $4 row lock timeout ms] -> (waiters); no row when lost or already released.
   std::string release;
+  // $1 name, $2 owner, $3 token, $4 at-least ms [, $5 row lock timeout ms] -> (waiters, expires_at
+  // ms or NULL, now ms): expires_at = acquired_at + $4 while that is still ahead, else a release
+  // (NULL); no row when lost or already released. A plain statement on every engine (no schema step).
+  std::string release_at_least;
   // $1 name: wakes the waiters of other processes after a release that reported waiters (PostgreSQL only).
   std::string notify_release;
-  // $1 name -> (owner, token, expires_at ms or NULL, now ms, release_reason).
+  // $1 name -> (owner, token, expires_at ms or NULL, now ms, release_reason, 1 when released_at is set
+  // (released, perhaps still held until the end of a release_at_least window) else 0).
   std::string state;
   // $1 name, $2 owner, $3 token -> one row while held (and locks it FOR SHARE on PostgreSQL).
   std::string guard;
@@ -27,7 +32,7 @@ struct LockStatements {
   // release sends NOTIFY (PostgreSQL only).
   std::string add_waiter;
   std::string remove_waiter;
-  // Whether renew, release and remove_waiter take the row lock timeout as their last parameter:
+  // Whether renew, release, release_at_least and remove_waiter take the row lock timeout as their last parameter:
   // a guarded transaction left open must not make them wait forever (SQLite's busy timeout
   // bounds the same wait there, without a parameter).
   bool row_lock_timeout_param = false;

@@ -900,3 +900,148 @@ TEST_CASE(
   Locks probe(t.db());
   CHECK(probe.try_acquire("leaves", 1s));  // released once the group was gone
 }
+
+namespace {
+// The lock's row as `lock list` reads it.
+LockInfo lock_row(Locks& locks, const std::string& name) {
+  for (auto& l : locks.list())
+    if (l.name == name) return l;
+  FAIL(fmt::format("no lock row '{}'", name));
+  return {};
+}
+}  // namespace
+
+TEST_CASE(
+    "locks: release_at_least keeps the lease from another owner until acquired plus the window on the database "
+    "clock, also past a shorter ttl, and the next token is greater",
+    "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto other = t.another();
+  Locks others(*other);
+  // A ttl shorter than the window: the window still counts from the acquisition, not from the ttl.
+  auto a = locks.try_acquire("nightly", 300ms);
+  REQUIRE(a);
+  const std::int64_t acquired = lock_row(locks, "nightly").acquired_at_ms;
+  const auto held_for = a->release_at_least(900ms);
+  CHECK(held_for > 0ms);
+  CHECK(held_for <= 900ms);
+  CHECK(a->state() == LeaseState::released);
+  CHECK_FALSE(a->valid());
+  CHECK(a->release_at_least(900ms) == 0ms);  // repeated: already released
+  CHECK_NOTHROW(a->release());
+  const LockInfo during = lock_row(locks, "nightly");
+  CHECK(during.held);
+  CHECK(during.expires_in_ms <= 900);
+  CHECK_FALSE(others.try_acquire("nightly", 10s));
+  std::this_thread::sleep_for(450ms);  // past the 300 ms ttl, inside the window
+  CHECK_FALSE(others.try_acquire("nightly", 10s));
+  // Taken as soon as the window ends, and not before it on the database clock.
+  std::optional<Lease> b;
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (!(b = others.try_acquire("nightly", 10s)) && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(10ms);
+  REQUIRE(b);
+  CHECK(lock_row(locks, "nightly").acquired_at_ms >= acquired + 900);
+  CHECK(b->token() > a->token());
+  b->release();
+}
+
+TEST_CASE(
+    "locks: release_at_least after its window has passed releases at once, and a window that runs out is "
+    "released, not expired",
+    "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto other = t.another();
+  Locks others(*other);
+  auto quick = locks.try_acquire("quick", 10s);
+  REQUIRE(quick);
+  std::this_thread::sleep_for(300ms);
+  CHECK(quick->release_at_least(100ms) == 0ms);
+  CHECK(quick->state() == LeaseState::released);
+  auto next = others.try_acquire("quick", 10s);
+  REQUIRE(next);
+  CHECK(next->token() == quick->token() + 1);
+  CHECK(locks.try_acquire("zero", 10s)->release_at_least(0ms) == 0ms);
+  CHECK(others.try_acquire("zero", 10s));
+
+  auto windowed = locks.try_acquire("windowed", 10s);
+  REQUIRE(windowed);
+  CHECK(windowed->release_at_least(150ms) > 0ms);
+  std::this_thread::sleep_for(400ms);
+  const LockInfo after = lock_row(locks, "windowed");
+  CHECK_FALSE(after.held);
+  CHECK_FALSE(after.expired);  // its owner released it: nobody died
+  const LockCounts counts = locks.counts(t.db().now_ms());
+  CHECK(counts.expired == 0);
+  // Its owner's credentials answer "released", as after a plain release.
+  CHECK_NOTHROW(locks.release("windowed", windowed->owner(), windowed->token()));
+
+  // Within a window they still end it early.
+  auto early = locks.try_acquire("early", 10s);
+  REQUIRE(early);
+  CHECK(early->release_at_least(5s) > 0ms);
+  CHECK_FALSE(others.try_acquire("early", 10s));
+  locks.release("early", early->owner(), early->token());
+  CHECK(others.try_acquire("early", 10s));
+}
+
+TEST_CASE("locks: release_at_least of a lost lease changes nothing and answers lock_lost, and checks its window",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto a = locks.try_acquire("taken", 10s);
+  REQUIRE(a);
+  CHECK(kind_of([&] { (void)a->release_at_least(-1ms); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { (void)a->release_at_least(25h); }) == ErrorKind::invalid_argument);
+  CHECK(a->state() == LeaseState::held);  // a refused window leaves the lease as it was
+  locks.force_release("taken", "test");
+  auto b = locks.try_acquire("taken", 20s);
+  REQUIRE(b);
+  const LockInfo before = lock_row(locks, "taken");
+  CHECK(kind_of([&] { (void)a->release_at_least(1s); }) == ErrorKind::lock_lost);
+  CHECK(a->state() == LeaseState::lost);
+  const LockInfo after = lock_row(locks, "taken");
+  CHECK(after.owner == b->owner());
+  CHECK(after.token == b->token());
+  CHECK(after.expires_in_ms > 10'000);  // the new holder's expiry is untouched
+  CHECK(after.acquired_at_ms == before.acquired_at_ms);
+  CHECK(b->token() > a->token());
+  b->renew(20s);
+  b->release();
+}
+
+TEST_CASE(
+    "locks: a waiter blocked on a lease that is released with a window wakes at the window's end, not at the "
+    "lease's ttl",
+    "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto other = t.another();
+  Locks others(*other);
+  auto a = locks.try_acquire("window-wait", 30s);
+  REQUIRE(a);
+  const std::int64_t acquired = lock_row(locks, "window-wait").acquired_at_ms;
+  // A first wait starts the process's LISTEN connection (PostgreSQL), so the waiter below sleeps
+  // the long notified poll (1 s) rather than the 250 ms one: only a wake-up brings it in early.
+  CHECK(kind_of([&] { (void)others.acquire("window-wait", 10s, 300ms); }) == ErrorKind::lock_busy);
+  std::promise<void> waiting;
+  auto taken = std::async(std::launch::async, [&] {
+    waiting.set_value();
+    return others.acquire("window-wait", 10s, 20s);
+  });
+  waiting.get_future().wait();
+  // The waiter sleeps towards the 30 s expiry, at most a poll: 1 s with NOTIFY, 250 ms +-25 % without.
+  std::this_thread::sleep_for(200ms);
+  REQUIRE(a->release_at_least(600ms) > 0ms);
+  Lease b = taken.get();
+  const std::int64_t took = lock_row(locks, "window-wait").acquired_at_ms;
+  CHECK(took >= acquired + 600);
+  CHECK(took <= acquired + 600 + 350);  // woken by the release to sleep until the window's end
+  CHECK(b.token() == a->token() + 1);
+}

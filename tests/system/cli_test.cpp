@@ -3,14 +3,18 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
+#include <signal.h>
 #include <sstream>
+#include <thread>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/wait.h>
 
 #include "support/support.hpp"
 
@@ -546,4 +550,120 @@ TEST_CASE("every error kind has its fixed exit code in the CLI", "[unit][cli]") 
   CHECK(exit_code(ErrorKind::currency_mismatch) == 12);
   CHECK(exit_code(ErrorKind::hold_closed) == 13);
   CHECK(to_string(ErrorKind::in_doubt) == "in_doubt");
+}
+
+namespace {
+// rowguard --db URL --prefix P ARGS... on t's database.
+int lock_cli(TestDb& t, std::vector<std::string> args, std::string* out = nullptr, bool with_stderr = false) {
+  args.insert(args.begin(), {"--db", t.url(), "--prefix", t.db().table_prefix()});
+  return run_cli(args, out, with_stderr);
+}
+}  // namespace
+
+TEST_CASE(
+    "cli: lock run exits with --conflict-exit-code when busy and --lost-exit-code when the lease is lost, and the "
+    "command's own 3 passes through",
+    "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  std::string out;
+  CHECK(lock_cli(t, {"lock", "run", "own", "--", "sh", "-c", "exit 3"}) == 3);  // the command's 3, not busy
+  CHECK(lock_cli(t, {"lock", "run", "own", "-E", "75", "--", "sh", "-c", "exit 8"}) == 8);
+  REQUIRE(lock_cli(t, {"lock", "acquire", "taken", "--ttl", "1h"}) == 0);
+  CHECK(lock_cli(t, {"lock", "run", "taken", "--", "true"}) == 3);
+  CHECK(lock_cli(t, {"lock", "run", "taken", "--conflict-exit-code", "75", "--", "true"}, &out, true) == 75);
+  CHECK_THAT(out, Catch::Contains("rowguard: lock_busy: lock 'taken' was not acquired"));
+  CHECK(lock_cli(t, {"lock", "run", "taken", "-E", "0", "-w", "100ms", "--", "false"}) == 0);
+  CHECK(lock_cli(t, {"--json", "lock", "run", "taken", "-n", "-E", "75", "--", "true"}, &out) == 75);
+  const auto busy = nlohmann::json::parse(out);
+  CHECK(busy.at("error").at("kind") == "lock_busy");
+  CHECK(busy.at("error").at("exit_code") == 75);
+  // Usage errors exit 2 and take no lock.
+  for (const std::vector<std::string> bad : {std::vector<std::string>{"-E", "256"},
+                                             {"-E", "-1"},
+                                             {"-E", "x"},
+                                             {"--lost-exit-code", "300"},
+                                             {"--hold-at-least", "25h"},
+                                             {"--hold-at-least", "-1s"},
+                                             {"--hold-at-least", "soon"},
+                                             {"-n", "--wait", "1s"}}) {
+    std::vector<std::string> args{"lock", "run", "usage"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    args.insert(args.end(), {"--", "true"});
+    CHECK(lock_cli(t, args) == 2);
+  }
+  Locks locks(t.db());
+  for (const auto& l : locks.list()) CHECK(l.name != "usage");
+
+  // Lost while the command runs: the heartbeat finds the token raised.
+  const pid_t holder = rowguard::test::start_cli_holding(
+      t, {"lock", "run", "lost", "--ttl", "1s", "--lost-exit-code", "77", "--", "sleep", "30"}, "lost");
+  locks.force_release("lost", "test");
+  int status = 0;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (::waitpid(holder, &status, WNOHANG) != holder && std::chrono::steady_clock::now() < give_up)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (std::chrono::steady_clock::now() >= give_up) ::kill(holder, SIGKILL);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 77));
+}
+
+TEST_CASE(
+    "cli: lock run says why a command cannot run and exits 127 when it is not found, 126 when it cannot be "
+    "executed, and releases the lease",
+    "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const auto dir = rowguard::test::scratch_dir();
+  const std::string plain = (dir / "not-executable").string();
+  std::ofstream(plain) << "#!/bin/sh\nexit 0\n";
+  std::string out;
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--", "/nonexistent/command"}, &out, true) == 127);
+  CHECK_THAT(out, Catch::Contains("rowguard: cannot run '/nonexistent/command': No such file or directory"));
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--", "no-such-command-on-the-path"}, &out, true) == 127);
+  CHECK_THAT(out, Catch::Contains("rowguard: cannot run 'no-such-command-on-the-path': No such file or directory"));
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--", plain}, &out, true) == 126);
+  CHECK_THAT(out, Catch::Contains(fmt::format("rowguard: cannot run '{}': Permission denied", plain)));
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--", dir.string()}, &out, true) == 126);
+  CHECK_THAT(out, Catch::Contains(fmt::format("rowguard: cannot run '{}': Is a directory", dir.string())));
+  // Even with a window: a command that never ran keeps nobody out.
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--hold-at-least", "1h", "--", "/nonexistent/command"}) == 127);
+  CHECK(lock_cli(t, {"lock", "run", "cmd", "--", "true"}) == 0);  // not busy: released every time
+  REQUIRE(lock_cli(t, {"lock", "run", "--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("--conflict-exit-code") && Catch::Contains("--lost-exit-code") &&
+                      Catch::Contains("--hold-at-least") && Catch::Contains("128+N") &&
+                      Catch::Contains("CMD's own 3 or 8"));
+}
+
+TEST_CASE(
+    "cli: lock run --hold-at-least keeps a fast job's lock until its window ends, so a second run right after it "
+    "is busy and one after the window runs",
+    "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  std::string out;
+  REQUIRE(lock_cli(t, {"--json", "lock", "run", "fast", "--hold-at-least", "1500ms", "--", "true"}, &out) == 0);
+  const auto ended = std::chrono::steady_clock::now();
+  const auto first = nlohmann::json::parse(out);
+  CHECK(first.at("exit_code") == 0);
+  const auto held_for = std::chrono::milliseconds(first.at("held_for_ms").get<std::int64_t>());
+  CHECK(held_for > std::chrono::milliseconds(0));
+  CHECK(held_for <= std::chrono::milliseconds(1500));
+  const int second = lock_cli(t, {"lock", "run", "fast", "--", "true"});
+  if (std::chrono::steady_clock::now() - ended < held_for - std::chrono::milliseconds(200))
+    CHECK(second == 3);
+  else
+    WARN("the second run started too late to find the window open");
+  std::this_thread::sleep_for(held_for);
+  CHECK(lock_cli(t, {"lock", "run", "fast", "--", "true"}) == 0);
+
+  // A ttl shorter than the window: renewed while the command runs, then only the window holds it.
+  // The command's own exit code passes through.
+  REQUIRE(lock_cli(t,
+                   {"--json", "lock", "run", "slow", "--ttl", "600ms", "--hold-at-least", "2s", "--", "sh", "-c",
+                    "sleep 0.8; exit 5"},
+                   &out) == 5);
+  const auto slow = nlohmann::json::parse(out);
+  CHECK(slow.at("exit_code") == 5);
+  CHECK(slow.at("held_for_ms").get<std::int64_t>() > 0);
+  CHECK(lock_cli(t, {"lock", "run", "slow", "--wait", "5s", "--", "true"}) == 0);  // waits for the window's end
 }

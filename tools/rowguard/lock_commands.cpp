@@ -18,6 +18,7 @@
 
 #include <fmt/format.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "cli.hpp"
@@ -38,6 +39,19 @@ struct LockArgs {
   std::string reason;
   std::string older_than = "1h";
   std::vector<std::string> command;
+  // lock run: flock(1)'s -E, and its counterparts for a lost lease and ShedLock's lockAtLeastFor.
+  int conflict_exit_code = 3;
+  int lost_exit_code = 8;
+  std::string hold_at_least;
+  bool nonblock = false;
+};
+
+// How lock run ends its lease and reports a lost one.
+struct RunOptions {
+  std::chrono::milliseconds ttl{0};
+  // The lease stays held until this long after it was acquired (on the database clock).
+  std::optional<std::chrono::milliseconds> hold_at_least;
+  int lost_exit_code = 8;
 };
 
 // How long CMD gets to stop: SIGTERM goes to its process group when the lease's local deadline is
@@ -59,13 +73,41 @@ void give_terminal(pid_t group) {
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
+// The exit code of a command that could not be executed, as shells have it: 127 when it was not
+// found, 126 when it was found but cannot run (permission denied, a directory, a bad format).
+int cannot_run_code(int error) { return error == ENOENT ? 127 : 126; }
+
+// Reads what the child wrote to the exec report pipe (and closes it): 0 when CMD is running (the
+// pipe closed on exec), else exec's errno, after saying on stderr why CMD cannot run.
+int exec_failure(int report, const std::string& cmd) {
+  int error = 0;
+  std::size_t got = 0;
+  while (got < sizeof error) {
+    const ssize_t n = ::read(report, reinterpret_cast<char*>(&error) + got, sizeof error - got);
+    if (n < 0 && errno == EINTR) continue;  // a forwarded signal: it stays pending for the wait loop
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(report);
+  if (got != sizeof error) return 0;  // end-of-file: exec succeeded
+  // exec says EACCES for a directory; a shell says what it is.
+  struct stat target {};
+  if (error == EACCES && cmd.find('/') != std::string::npos && ::stat(cmd.c_str(), &target) == 0 &&
+      S_ISDIR(target.st_mode))
+    error = EISDIR;
+  std::cerr << "rowguard: cannot run '" << cmd << "': " << std::strerror(error) << '\n';
+  return error;
+}
+
 // Runs CMD in a process group of its own while holding the lease; returns the exit code rowguard
 // should exit with. Every process CMD starts is in that group (unless it leaves it with setsid or
 // setpgid), so a signal to the group reaches them all, and none is left running when the lease ends.
-// on_lease_gone runs just before rowguard exits 8 without unwinding (to report the loss).
-int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std::string>& command,
-              const std::function<void(const std::string&)>& on_lease_gone) {
+// on_lease_gone runs just before rowguard exits with options.lost_exit_code without unwinding (to
+// report the loss). *held_for: how long the lease stays held after rowguard exits (hold_at_least).
+int run_child(Lease& lease, const RunOptions& options, const std::vector<std::string>& command,
+              const std::function<void(const std::string&)>& on_lease_gone, std::chrono::milliseconds* held_for) {
   using clock = std::chrono::steady_clock;
+  const auto ttl = options.ttl;
   std::atomic<bool> lost{false};
   HeartbeatOptions heartbeat;
   heartbeat.on_lost = [&lost] { lost = true; };
@@ -91,10 +133,22 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
   // when rowguard is in the foreground, CMD's group takes the terminal over (as a shell does).
   const bool terminal = ::isatty(STDIN_FILENO) && ::tcgetpgrp(STDIN_FILENO) == ::getpgrp();
 
+  // The child writes exec's errno here when exec fails; a successful exec closes it (O_CLOEXEC),
+  // so the parent reads either the errno or end-of-file, and only the parent, which may allocate,
+  // formats the message.
+  int exec_report[2];
+  if (::pipe2(exec_report, O_CLOEXEC) != 0)
+    throw Error(ErrorKind::permanent, fmt::format("pipe failed: {}", std::strerror(errno)));
   const pid_t parent = ::getpid();
   const pid_t child = ::fork();
-  if (child < 0) throw Error(ErrorKind::permanent, fmt::format("fork failed: {}", std::strerror(errno)));
+  if (child < 0) {
+    const int error = errno;
+    ::close(exec_report[0]);
+    ::close(exec_report[1]);
+    throw Error(ErrorKind::permanent, fmt::format("fork failed: {}", std::strerror(error)));
+  }
   if (child == 0) {
+    ::close(exec_report[0]);
     ::setpgid(0, 0);
     if (terminal) give_terminal(::getpid());
     // The lease dies with rowguard: so must the command it protects.
@@ -104,12 +158,16 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
     dfl.sa_handler = SIG_DFL;
     for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaction(sig, &dfl, nullptr);
     ::execvpe(argv[0], argv.data(), envp.data());
-    ::_exit(errno == ENOENT ? 127 : 126);
+    const int error = errno;
+    (void)!::write(exec_report[1], &error, sizeof error);
+    ::_exit(cannot_run_code(error));
   }
   // Also here, so the group exists before we signal it whichever process runs first (after the
   // child's exec this fails harmlessly with EACCES).
   ::setpgid(child, child);
   const pid_t group = child;
+  ::close(exec_report[1]);
+  const int exec_error = exec_failure(exec_report[0], command.front());
 
   const auto grace = stop_grace(ttl);
   int status = 0;
@@ -168,15 +226,90 @@ int run_child(Lease& lease, std::chrono::milliseconds ttl, const std::vector<std
     on_lease_gone(fmt::format("lease on '{}' was {} while the command ran", lease.name(),
                               lease.valid() ? "not renewed in time" : "lost"));
     std::cout.flush();
-    std::_Exit(exit_code(ErrorKind::lock_lost));
+    std::_Exit(options.lost_exit_code);
   }
   try {
-    lease.release();
+    // A command that never ran has done nothing to keep others from for the window: the lock is
+    // free at once.
+    if (options.hold_at_least && exec_error == 0)
+      *held_for = lease.release_at_least(*options.hold_at_least);
+    else
+      lease.release();
   } catch (const Error& e) {
     std::cerr << "rowguard: " << e.what() << '\n';
-    return exit_code(e.kind());
+    return e.kind() == ErrorKind::lock_lost ? options.lost_exit_code : exit_code(e.kind());
   }
   return child_exit_code(status);
+}
+
+// lock run's --help footer: which exit codes are rowguard's and which CMD's.
+constexpr const char* run_exit_codes = R"(Exit codes of lock run: CMD's, passed through, and rowguard's own.
+  CMD's own code  CMD ran and exited: its code, unchanged
+  128+N           CMD died of signal N (143: SIGTERM, 137: SIGKILL)
+  126             CMD was found but cannot run (permission denied, a directory); a message on stderr
+  127             CMD was not found; a message on stderr
+  3               busy: the lock was not acquired within --wait (--conflict-exit-code N changes it)
+  8               lost: the lease was lost or not renewed in time while CMD ran, or lost before its
+                  release (--lost-exit-code N changes it); CMD's group was stopped
+  2               usage or invalid argument: CMD did not run
+  10              database unreachable: CMD did not run, or ran but the lease could not be released
+                  (it then runs out at its ttl)
+  1, 9, 11        another failure of rowguard (rowguard --help lists every code)
+CMD's own 3 or 8 looks like rowguard's busy or lost: to tell them apart, pick --conflict-exit-code
+and --lost-exit-code values CMD never exits with (e.g. -E 75 --lost-exit-code 76); 126, 127 and
+128+N mean what they mean in a shell. With --json, stdout holds rowguard's one object (CMD's output
+goes to stderr): {"name", "token", "exit_code"}, plus "held_for_ms" with --hold-at-least; busy is an
+{"error": ...} object with kind lock_busy.)";
+
+// lock run: takes the lease (busy: a's --conflict-exit-code), runs CMD under it and sets exit_status.
+void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
+  // Every argument is checked before the database is opened: a usage error never takes the lock.
+  const auto ttl = parse_duration(a.ttl);
+  const auto wait = parse_duration(a.wait);
+  RunOptions options;
+  options.ttl = ttl;
+  options.lost_exit_code = a.lost_exit_code;
+  if (!a.hold_at_least.empty()) {
+    options.hold_at_least = parse_duration(a.hold_at_least);
+    const auto longest = LockOptions{}.max_ttl;
+    if (*options.hold_at_least > longest)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("--hold-at-least {} is longer than the longest lease, {}h", a.hold_at_least,
+                              std::chrono::duration_cast<std::chrono::hours>(longest).count()));
+  }
+  auto db = open_database(globals);
+  Locks locks(db);
+  std::optional<Lease> held;
+  try {
+    held.emplace(locks.acquire(a.name, ttl, wait));
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::lock_busy) throw;
+    // As main() reports any error, with the caller's code for busy.
+    std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
+    emit_failure(globals, to_string(e.kind()), e.what(), a.conflict_exit_code);
+    exit_status = a.conflict_exit_code;
+    return;
+  }
+  Lease& lease = *held;
+  const std::int64_t token = lease.token();
+  std::chrono::milliseconds held_for{0};
+  {
+    // With --json, CMD's output must not mix with rowguard's object.
+    std::optional<StdoutToStderr> aside(std::in_place, globals.json);
+    exit_status = run_child(
+        lease, options, a.command,
+        [&](const std::string& message) {
+          aside.reset();
+          emit_failure(globals, "lock_lost", message, a.lost_exit_code);
+          flush_output();
+        },
+        &held_for);
+  }
+  if (globals.json) {
+    nlohmann::json result{{"name", a.name}, {"token", token}, {"exit_code", exit_status}};
+    if (options.hold_at_least) result["held_for_ms"] = held_for.count();
+    emit(globals, result, {});
+  }
 }
 
 }  // namespace
@@ -229,32 +362,30 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* run = lock->add_subcommand(
       "run",
       "Run CMD in a process group of its own while holding the lease, like flock(1): exit with CMD's code, "
-      "3 when not acquired, 8 when the lease was lost or not renewed in time while CMD ran. Then CMD's group "
+      "3 (or -E N) when not acquired, 8 (or --lost-exit-code N) when the lease was lost or not renewed in time "
+      "while CMD ran. Then CMD's group "
       "gets SIGTERM and ttl/5 to stop (e.g. 6 s of a 30 s ttl), and SIGKILL at the latest a tenth of the ttl "
       "(at most 5 s) before the lease can expire on the database clock. Processes CMD leaves behind in its "
       "group are stopped the same way before the lease is released.");
+  run->footer(run_exit_codes);
   run->add_option("name", a.name, "Lock name")->required();
   run->add_option("--ttl", a.ttl,
                   "Lease length, renewed every ttl/3 while CMD runs (default 30s); CMD gets ttl/5 to stop");
-  run->add_option("--wait", a.wait, "How long to wait for the lock (default 0s)");
+  auto* wait = run->add_option("-w,--wait", a.wait, "How long to wait for the lock (default 0s)");
+  run->add_flag("-n,--nonblock", a.nonblock, "Fail at once when the lock is busy (the default; as flock -n)")
+      ->excludes(wait);
+  run->add_option("-E,--conflict-exit-code", a.conflict_exit_code,
+                  "Exit code when the lock is busy: not acquired within --wait (default 3; flock's -E)")
+      ->check(CLI::Range(0, 255));
+  run->add_option("--lost-exit-code", a.lost_exit_code,
+                  "Exit code when the lease was lost or not renewed in time while CMD ran (default 8)")
+      ->check(CLI::Range(0, 255));
+  run->add_option("--hold-at-least", a.hold_at_least,
+                  "Keep the lease until at least DUR after it was acquired, on the database clock, even when CMD "
+                  "ends sooner, so a fast job does not run again at once elsewhere (ShedLock's lockAtLeastFor; "
+                  "at most 24h; default: release when CMD ends)");
   run->add_option("command", a.command, "CMD [ARGS...] after --")->required();
-  run->callback([&globals, &exit_status] {
-    auto db = open_database(globals);
-    Locks locks(db);
-    const auto ttl = parse_duration(a.ttl);
-    Lease lease = locks.acquire(a.name, ttl, parse_duration(a.wait));
-    const std::int64_t token = lease.token();
-    {
-      // With --json, CMD's output must not mix with rowguard's object.
-      std::optional<StdoutToStderr> aside(std::in_place, globals.json);
-      exit_status = run_child(lease, ttl, a.command, [&](const std::string& message) {
-        aside.reset();
-        emit_failure(globals, "lock_lost", message, exit_code(ErrorKind::lock_lost));
-        flush_output();
-      });
-    }
-    if (globals.json) emit(globals, {{"name", a.name}, {"token", token}, {"exit_code", exit_status}}, {});
-  });
+  run->callback([&globals, &exit_status] { run_locked(globals, a, exit_status); });
 
   auto* list = lock->add_subcommand("list", "Who holds what: name, owner, token, expiry, renewals, waiters");
   list->callback([&globals] {
