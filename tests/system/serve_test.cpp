@@ -654,7 +654,7 @@ TEST_CASE("serve: the status page charts the last hour's transfers and locks per
   const auto tokens = [&] {
     return db.exec(fmt::format("SELECT CAST(COALESCE(SUM(token), 0) AS bigint) FROM {}locks", prefix)).one().i64(0);
   };
-  for (int i = 0; i < 100 && server.server.status_page().find(" since ") == std::string::npos; ++i)
+  for (int i = 0; i < 100 && server.server.status_page().find("acquisitions since ") == std::string::npos; ++i)
     std::this_thread::sleep_for(50ms);
   const std::int64_t tokens_before = tokens();
   std::vector<Lease> jobs;

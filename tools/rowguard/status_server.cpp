@@ -166,7 +166,7 @@ struct PageStatements {
 
   explicit PageStatements(Database& db) {
     const auto time = time_sql(db.backend_name());
-    const std::string p = db.table_prefix();
+    const std::string& p = db.table_prefix();
     const auto to_ms = [&](std::string_view column) { return fmt::format(fmt::runtime(time.to_ms), column); };
     const auto from_ms = [&](std::string_view param) { return fmt::format(fmt::runtime(time.from_ms), param); };
     transfers_per_minute = fmt::format(
@@ -294,6 +294,53 @@ void add(MetricFamily& family, double value, MetricLabels labels = {}) {
   family.series.push_back(std::move(series));
 }
 
+// The lock counts, the lease rows worth a look and the recently force-released ones.
+std::string locks_html(const View& view) {
+  std::string page;
+  // Locks worth a look, as the statement orders them: held (the longest held first), expired
+  // unreleased (the most recent first), released but waited for; the rest are only counted.
+  const auto& counts = view.lock_counts;
+  page += fmt::format("<section id=\"locks\"><h2>Locks</h2>\n<p id=\"lock-summary\">{} held, {} expired, {} rows</p>\n",
+                      counts.held, counts.expired, counts.rows);
+  page +=
+      "<table id=\"lock-rows\"><tr><th>name</th><th>state</th><th>owner</th><th>token</th><th>acquired</th>"
+      "<th>held for</th><th>expires in</th><th>waiters</th></tr>\n";
+  for (const auto& lock : view.locks) {
+    const bool leased = lock.held || lock.expired;
+    page += fmt::format(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>"
+        "<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
+        html_escape(lock.name),
+        lock.held      ? "held"
+        : lock.expired ? "expired"
+                       : "released",
+        html_escape(lock.owner), lock.token, leased && lock.acquired_at_ms > 0 ? iso_time(lock.acquired_at_ms) : "-",
+        lock.held && lock.acquired_at_ms > 0 ? duration_text(view.now_ms - lock.acquired_at_ms) : "-",
+        lock.held      ? duration_text(lock.expires_in_ms)
+        : lock.expired ? "ran out"
+                       : "-",
+        lock.waiters);
+  }
+  page += "</table>\n";
+  if (static_cast<std::int64_t>(view.locks.size()) < counts.held + counts.expired)
+    page += fmt::format("<p id=\"locks-more\">showing {} of {} held or expired</p>\n", view.locks.size(),
+                        counts.held + counts.expired);
+  if (!view.force_released.empty()) {
+    page +=
+        "<h3>Force-released in the last hour</h3>\n<table id=\"force-released\"><tr><th>name</th><th>taken from"
+        "</th><th>token</th><th>released</th><th>ago</th><th>reason</th></tr>\n";
+    for (const auto& f : view.force_released)
+      page += fmt::format(
+          "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
+          html_escape(f.name), html_escape(f.owner), f.token, iso_time(f.released_at_ms),
+          duration_text(view.now_ms - f.released_at_ms), html_escape(f.reason));
+    page += "</table>\n";
+  }
+  page += "</section>\n";
+
+  return page;
+}
+
 }  // namespace
 
 struct StatusServer::Impl {
@@ -353,6 +400,92 @@ struct StatusServer::Impl {
       std::unique_lock lock(sampler_mutex);
       wake.wait_for(lock, stop, options.lock_sample_every, [] { return false; });
     }
+  }
+
+  // The charts of the last hour, minute by minute, on the database clock (the current minute last).
+  std::string activity_html(const View& view) {
+    std::string page;
+    const std::int64_t first_minute = view.now_ms / minute_ms - (chart_minutes - 1);
+    {
+      ChartSeries applied{"applied", "#1a7f37", {}};
+      ChartSeries rejected{"rejected", "#cf222e", {}};
+      std::int64_t applied_total = 0, rejected_total = 0, busiest = -1, busiest_count = 0;
+      for (std::int64_t m = first_minute; m < first_minute + chart_minutes; ++m) {
+        const auto it = view.transfer_minutes.find(m);
+        const auto [a, r] =
+            it == view.transfer_minutes.end() ? std::pair<std::int64_t, std::int64_t>{0, 0} : it->second;
+        applied.values.emplace_back(a);
+        rejected.values.emplace_back(r);
+        applied_total += a;
+        rejected_total += r;
+        if (a + r > busiest_count) {
+          busiest_count = a + r;
+          busiest = m;
+        }
+      }
+      page += "<section id=\"activity\"><h2>The last hour</h2>\n<h3>Transfers per minute</h3>\n";
+      page += svg_chart("transfers-chart", "Transfers per minute, applied and rejected, the last hour",
+                        "transfers per minute", first_minute, {applied, rejected});
+      page += fmt::format("<p id=\"transfers-summary\">{} applied, {} rejected in the last hour", applied_total,
+                          rejected_total);
+      if (busiest >= 0) page += fmt::format("; busiest minute {}: {} transfers", iso_minute(busiest), busiest_count);
+      page +=
+          "</p>\n<p class=\"note\">From the journal: rows of the transfers table (every kind: transfers, deposits, "
+          "withdrawals, reversals) by the minute they were created; applied: outcome ok, rejected: any other "
+          "outcome (insufficient funds).</p>\n";
+    }
+    {
+      std::int64_t since_ms = 0;
+      std::string sample_error;
+      const auto minutes = lock_minutes(&since_ms, &sample_error);
+      // Only PostgreSQL records waiters in the database (they register there for NOTIFY).
+      const bool records_waiters = db.backend_name().find("postgres") != std::string_view::npos;
+      ChartSeries acquired{"acquired", "#0969da", {}};
+      ChartSeries waiting{"waiting", "#bf8700", {}};
+      std::int64_t acquired_total = 0, peak_waiting = 0;
+      for (std::int64_t m = first_minute; m < first_minute + chart_minutes; ++m) {
+        const auto it = minutes.find(m);
+        if (it == minutes.end()) {
+          acquired.values.emplace_back();
+          waiting.values.emplace_back();
+          continue;
+        }
+        acquired.values.emplace_back(it->second.acquired);
+        waiting.values.emplace_back(it->second.peak_waiting);
+        acquired_total += it->second.acquired;
+        peak_waiting = std::max(peak_waiting, it->second.peak_waiting);
+      }
+      std::vector<ChartSeries> series{acquired};
+      if (records_waiters) series.push_back(waiting);
+      page += records_waiters ? "<h3>Lock acquisitions and processes waiting</h3>\n" : "<h3>Lock acquisitions</h3>\n";
+      page += svg_chart("locks-chart",
+                        records_waiters ? "Lock acquisitions per minute and processes waiting, the last hour"
+                                        : "Lock acquisitions per minute, the last hour",
+                        "per minute", first_minute, series);
+      page += fmt::format("<p id=\"locks-activity-summary\">{} acquisitions", acquired_total);
+      if (records_waiters) page += fmt::format(", at most {} waiting at once", peak_waiting);
+      page += since_ms > 0 ? fmt::format(" since {} (sampled every {})", iso_time(since_ms),
+                                         duration_text(options.lock_sample_every.count()))
+                           : std::string(" (no sample yet)");
+      page += "</p>\n";
+      if (!sample_error.empty())
+        page += fmt::format("<p id=\"locks-sample-error\" class=\"bad\">the last lock sample failed: {}</p>\n",
+                            html_escape(sample_error));
+      page +=
+          "<p class=\"note\">The database keeps no history of lock acquisitions, so this server samples the locks "
+          "table while it runs: acquisitions are the fencing tokens issued between samples (one per new lease, "
+          "and one per force-release), counted in the minute of the later sample; minutes before this server "
+          "started have no data. ";
+      page += records_waiters
+                  ? "Waiting: the most processes one sample found waiting for a lock (the waiters column, where only "
+                    "waiters that can LISTEN register: none through a transaction pooler such as PgBouncer). "
+                  : "SQLite records no waiters in the database, so waits are not charted here. ";
+      page +=
+          "How many acquires waited, and for how long, each process counts itself: rowguard_lock_waits_total "
+          "and rowguard_lock_wait_seconds on the /metrics of the services that use the locks.</p>\n</section>\n";
+    }
+
+    return page;
   }
 
   // The lock chart's minutes with samples: tokens issued between consecutive samples, counted in
@@ -613,81 +746,7 @@ std::string StatusServer::status_page() {
       "<p id=\"health\" class=\"ok\">database up &middot; schema version {} &middot; database clock {}</p>\n",
       view.schema_version, iso_time(view.now_ms));
 
-  // The last hour, minute by minute, on the database clock: the current minute is the last point.
-  const std::int64_t first_minute = view.now_ms / minute_ms - (chart_minutes - 1);
-  {
-    ChartSeries applied{"applied", "#1a7f37", {}};
-    ChartSeries rejected{"rejected", "#cf222e", {}};
-    std::int64_t applied_total = 0, rejected_total = 0, busiest = -1, busiest_count = 0;
-    for (std::int64_t m = first_minute; m < first_minute + chart_minutes; ++m) {
-      const auto it = view.transfer_minutes.find(m);
-      const auto [a, r] = it == view.transfer_minutes.end() ? std::pair<std::int64_t, std::int64_t>{0, 0} : it->second;
-      applied.values.emplace_back(a);
-      rejected.values.emplace_back(r);
-      applied_total += a;
-      rejected_total += r;
-      if (a + r > busiest_count) {
-        busiest_count = a + r;
-        busiest = m;
-      }
-    }
-    page += "<section id=\"activity\"><h2>The last hour</h2>\n<h3>Transfers per minute</h3>\n";
-    page += svg_chart("transfers-chart", "Transfers per minute, applied and rejected, the last hour",
-                      "transfers per minute", first_minute, {applied, rejected});
-    page += fmt::format("<p id=\"transfers-summary\">{} applied, {} rejected in the last hour", applied_total,
-                        rejected_total);
-    if (busiest >= 0) page += fmt::format("; busiest minute {}: {} transfers", iso_minute(busiest), busiest_count);
-    page +=
-        "</p>\n<p class=\"note\">From the journal: rows of the transfers table (every kind: transfers, deposits, "
-        "withdrawals, reversals) by the minute they were created; applied: outcome ok, rejected: any other "
-        "outcome (insufficient funds).</p>\n";
-  }
-  {
-    std::int64_t since_ms = 0;
-    std::string sample_error;
-    const auto minutes = impl_->lock_minutes(&since_ms, &sample_error);
-    // Only PostgreSQL records waiters in the database (they register there for NOTIFY).
-    const bool records_waiters = impl_->db.backend_name().find("postgres") != std::string_view::npos;
-    ChartSeries acquired{"acquired", "#0969da", {}};
-    ChartSeries waiting{"waiting", "#bf8700", {}};
-    std::int64_t acquired_total = 0, peak_waiting = 0;
-    for (std::int64_t m = first_minute; m < first_minute + chart_minutes; ++m) {
-      const auto it = minutes.find(m);
-      if (it == minutes.end()) {
-        acquired.values.emplace_back();
-        waiting.values.emplace_back();
-        continue;
-      }
-      acquired.values.emplace_back(it->second.acquired);
-      waiting.values.emplace_back(it->second.peak_waiting);
-      acquired_total += it->second.acquired;
-      peak_waiting = std::max(peak_waiting, it->second.peak_waiting);
-    }
-    std::vector<ChartSeries> series{acquired};
-    if (records_waiters) series.push_back(waiting);
-    page += records_waiters ? "<h3>Lock acquisitions and processes waiting</h3>\n" : "<h3>Lock acquisitions</h3>\n";
-    page += svg_chart("locks-chart", "Lock acquisitions per minute and processes waiting, the last hour", "per minute",
-                      first_minute, series);
-    page += fmt::format("<p id=\"locks-activity-summary\">{} acquisitions", acquired_total);
-    if (records_waiters) page += fmt::format(", at most {} waiting at once", peak_waiting);
-    page += since_ms > 0 ? fmt::format(" since {} (sampled every {})", iso_time(since_ms),
-                                       duration_text(options.lock_sample_every.count()))
-                         : std::string(" (no sample yet)");
-    page += "</p>\n";
-    if (!sample_error.empty())
-      page += fmt::format("<p id=\"locks-sample-error\" class=\"bad\">the last lock sample failed: {}</p>\n",
-                          html_escape(sample_error));
-    page +=
-        "<p class=\"note\">The database keeps no history of lock acquisitions, so this server samples the locks "
-        "table while it runs: acquisitions are the fencing tokens issued between samples (one per new lease, "
-        "and one per force-release), counted in the minute of the later sample; minutes before this server "
-        "started have no data. ";
-    page += records_waiters ? "Waiting: the most processes one sample found waiting for a lock (the waiters column). "
-                            : "SQLite records no waiters in the database, so waits are not charted here. ";
-    page +=
-        "How many acquires waited, and for how long, each process counts itself: rowguard_lock_waits_total "
-        "and rowguard_lock_wait_seconds on the /metrics of the services that use the locks.</p>\n</section>\n";
-  }
+  page += impl_->activity_html(view);
 
   // Ledger: the invariant first, then the totals per currency.
   page += "<section id=\"ledger\"><h2>Ledger</h2>\n";
@@ -733,46 +792,7 @@ std::string StatusServer::status_page() {
                     html_escape(format_money(a.balance, a.currency)), html_escape(format_money(a.held, a.currency)));
   page += "</table></section>\n";
 
-  // Locks worth a look, as the statement orders them: held (the longest held first), expired
-  // unreleased (the most recent first), released but waited for; the rest are only counted.
-  const auto& counts = view.lock_counts;
-  page += fmt::format("<section id=\"locks\"><h2>Locks</h2>\n<p id=\"lock-summary\">{} held, {} expired, {} rows</p>\n",
-                      counts.held, counts.expired, counts.rows);
-  page +=
-      "<table id=\"lock-rows\"><tr><th>name</th><th>state</th><th>owner</th><th>token</th><th>acquired</th>"
-      "<th>held for</th><th>expires in</th><th>waiters</th></tr>\n";
-  for (const auto& lock : view.locks) {
-    const bool leased = lock.held || lock.expired;
-    page += fmt::format(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>"
-        "<td class=\"n\">{}</td><td class=\"n\">{}</td></tr>\n",
-        html_escape(lock.name),
-        lock.held      ? "held"
-        : lock.expired ? "expired"
-                       : "released",
-        html_escape(lock.owner), lock.token, leased && lock.acquired_at_ms > 0 ? iso_time(lock.acquired_at_ms) : "-",
-        lock.held && lock.acquired_at_ms > 0 ? duration_text(view.now_ms - lock.acquired_at_ms) : "-",
-        lock.held      ? duration_text(lock.expires_in_ms)
-        : lock.expired ? "ran out"
-                       : "-",
-        lock.waiters);
-  }
-  page += "</table>\n";
-  if (static_cast<std::int64_t>(view.locks.size()) < counts.held + counts.expired)
-    page += fmt::format("<p id=\"locks-more\">showing {} of {} held or expired</p>\n", view.locks.size(),
-                        counts.held + counts.expired);
-  if (!view.force_released.empty()) {
-    page +=
-        "<h3>Force-released in the last hour</h3>\n<table id=\"force-released\"><tr><th>name</th><th>taken from"
-        "</th><th>token</th><th>released</th><th>ago</th><th>reason</th></tr>\n";
-    for (const auto& f : view.force_released)
-      page += fmt::format(
-          "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
-          html_escape(f.name), html_escape(f.owner), f.token, iso_time(f.released_at_ms),
-          duration_text(view.now_ms - f.released_at_ms), html_escape(f.reason));
-    page += "</table>\n";
-  }
-  page += "</section>\n";
+  page += locks_html(view);
 
   page +=
       "<section id=\"transfers\"><h2>Recent transfers</h2>\n<table><tr><th>id</th><th>time</th><th>kind</th>"
