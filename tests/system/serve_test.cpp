@@ -173,12 +173,14 @@ Image read_png(const std::filesystem::path& path) {
   REQUIRE(inflater.is_valid());
   // A few bytes at a time: each call's output then fits the decompressor's 16 KiB buffer, which
   // it needs (it gives up on a call that consumes no input).
-  for (std::size_t at = 0; at < compressed.size(); at += 4)
-    REQUIRE(inflater.decompress(compressed.data() + at, std::min<std::size_t>(4, compressed.size() - at),
-                                [&](const char* bytes, std::size_t n) {
-                                  raw.append(bytes, n);
-                                  return true;
-                                }));
+  bool inflated = true;
+  for (std::size_t at = 0; inflated && at < compressed.size(); at += 4)
+    inflated = inflater.decompress(compressed.data() + at, std::min<std::size_t>(4, compressed.size() - at),
+                                   [&](const char* bytes, std::size_t n) {
+                                     raw.append(bytes, n);
+                                     return true;
+                                   });
+  REQUIRE(inflated);
   const std::size_t channels = color_type == 6 ? 4 : 3;
   const std::size_t stride = image.width * channels;
   REQUIRE(raw.size() == image.height * (stride + 1));
