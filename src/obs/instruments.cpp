@@ -3,6 +3,9 @@
 
 #include <string>
 
+#include "rowguard/database.hpp"
+#include "rowguard/version.hpp"
+
 #include "obs/logging.hpp"
 
 namespace rowguard::detail::instruments {
@@ -148,7 +151,23 @@ const TwoPhase& two_phase() {
   return m;
 }
 
+namespace {
+// Prometheus' build_info convention: a gauge that is always 1, its labels the facts, so a query
+// can join them onto other series or count the versions deployed.
+void build_info() {
+  static const bool registered = [] {
+    reg()
+        .gauge("rowguard_build_info", "rowguard's version and the schema version it expects; always 1",
+               {{"version", std::string(version())}, {"schema", std::to_string(Database::library_schema_version())}})
+        .set(1);
+    return true;
+  }();
+  (void)registered;
+}
+}  // namespace
+
 void register_all() {
+  build_info();
   locks();
   ledger();
   cache();

@@ -15,6 +15,7 @@ struct ServeArgs {
   std::string listen = "127.0.0.1:9470";
   std::string refresh = "5s";
   std::string check_every = "60s";
+  std::string lock_sample_every = "10s";
 };
 
 // "HOST:PORT", "[V6]:PORT" or ":PORT" (loopback); the port may be 0 for any free one.
@@ -42,6 +43,8 @@ void serve(const Globals& globals, const ServeArgs& args) {
   StatusOptions options;
   options.refresh = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(args.refresh));
   options.check_every = std::chrono::duration_cast<std::chrono::seconds>(parse_duration(args.check_every));
+  options.lock_sample_every =
+      std::chrono::duration_cast<std::chrono::milliseconds>(parse_duration(args.lock_sample_every));
   Database db = open_database(globals);
   db.require_schema();
 
@@ -83,15 +86,20 @@ void add_serve_command(CLI::App& app, Globals& globals) {
   auto* cmd = app.add_subcommand(
       "serve",
       "Serve GET /metrics (Prometheus text: this process's counters and the database-wide view), /healthz "
-      "(200 or 503, JSON) and / (a read-only status page that refreshes itself) until SIGINT or SIGTERM. "
-      "Reads only, and a bounded number of rows per request (totals and counts by aggregates, the page's lists "
-      "with a LIMIT: 20 largest balances, 100 locks, 20 recent transfers); request bodies over 4 KiB get 413. "
-      "Needs the schema at this version. No authentication: binds to loopback unless told otherwise.");
+      "(200 or 503, JSON) and / (a read-only status page that refreshes itself) until SIGINT or SIGTERM; other "
+      "methods get 405. The page charts the last hour per minute: transfers applied and rejected (from the "
+      "transfers table) and lock acquisitions and waiting processes (sampled from the locks table while serve "
+      "runs). Reads only, and a bounded number of rows per request (totals and counts by aggregates, the "
+      "charts grouped by minute, the page's lists with a LIMIT: 20 largest balances, 100 locks, 20 recent "
+      "transfers); request bodies over 4 KiB get 413. Needs the schema at this version. No authentication: "
+      "binds to loopback unless told otherwise.");
   cmd->add_option("--listen", args->listen,
                   "HOST:PORT to listen on; port 0 picks a free one (default: 127.0.0.1:9470)");
   cmd->add_option("--refresh", args->refresh, "How often the status page reloads itself (default: 5s)");
   cmd->add_option("--check-every", args->check_every,
                   "Run the ledger check (a scan of accounts and journal) at most this often (default: 60s)");
+  cmd->add_option("--lock-sample-every", args->lock_sample_every,
+                  "How often the lock chart samples the locks table, 100ms to 60s (default: 10s)");
   cmd->callback([&globals, args] { serve(globals, *args); });
 }
 

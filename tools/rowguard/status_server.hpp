@@ -28,12 +28,17 @@ struct StatusOptions {
   std::size_t locks_shown = 100;
   std::size_t largest_accounts = 20;
   std::size_t violations_shown = 100;
+  // How often the lock charts sample the locks table (one aggregate: the fencing tokens issued so
+  // far and the processes waiting), while run() runs. Default: 10s. REQUIRES: 100ms..60s.
+  std::chrono::milliseconds lock_sample_every{10'000};
   // Largest request body accepted; a larger one is answered 413 without being kept (no route
   // takes a body). Default: 4 KiB.
   std::size_t max_request_body = 4096;
 };
 
-// Serves GET /metrics, /healthz and / over HTTP/1.1 on one address until stop().
+// Serves GET /metrics, /healthz and / over HTTP/1.1 on one address until stop(); other methods
+// get 405 with an Allow header. While run() runs, a thread of its own samples the locks table for
+// the page's lock chart (the database keeps no history of acquisitions).
 // Thread-safety: run() blocks its caller; stop() and the render functions may be called from any
 // thread. Every request reads the database through its own pooled session; nothing it shows comes
 // from the client, and nothing secret leaves it (the URL is shown with its password masked).
@@ -59,7 +64,8 @@ class StatusServer {
 
   // The responses themselves: the Prometheus text of this process's metrics and the database-wide
   // view (aggregates only, besides the ledger check of at most check_every ago); the health check
-  // as (HTTP status, JSON body: the clock and the schema version); the HTML page.
+  // as (HTTP status, JSON body: the clock and the schema version); the HTML page, whose charts
+  // are inline SVG drawn here (no script, nothing fetched from elsewhere).
   std::string metrics_text();
   std::pair<int, std::string> health();
   std::string status_page();
