@@ -293,7 +293,7 @@ const std::map<std::string, std::vector<std::string>>& json_cases() {
         "lock force-release", "lock sweep"}},
       {"sagas, 2pc, serve",
        {"saga run", "saga list", "saga show", "saga recover", "2pc transfer", "2pc recover", "2pc prune", "serve",
-        "ledger check"}},
+        "ledger check", "completion bash"}},
   };
   return cases;
 }
@@ -484,6 +484,10 @@ TEST_CASE("cli: under --json saga, 2pc and serve commands print one JSON object 
   run("2pc prune", {"2pc", "prune", "--participant", participant, "--older-than", "x"}, 2);
 
   run("serve", {"serve", "--listen", "localhost"}, 2);  // serve's success is in the serve tests
+  // The script as one string (the package's test drives it in bash).
+  CHECK(arg(run("completion bash", {"completion", "bash"}, 0), "script")
+            .find("complete -o default -F _rowguard rowguard") != std::string::npos);
+  run("completion bash", {"completion", "bash", "extra"}, 2);
 
   // A ledger check that finds a violation: its report and the error are one object.
   {

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <string>
 #include <string_view>
 
 #include "cli.hpp"
+#include "completion_command.hpp"
 
 namespace {
 int run(int argc, char** argv) {
@@ -13,6 +15,11 @@ int run(int argc, char** argv) {
   app.footer(cli::exit_code_help() + "\n\n" + cli::json_help());
   app.require_subcommand(1);
   app.fallthrough();
+  // CLI11 runs its callback before it looks for the missing command: `rowguard --version` alone answers.
+  app.set_version_flag("--version",
+                       "rowguard " + std::string(version()) + " (schema version " +
+                           std::to_string(Database::library_schema_version()) + ")",
+                       "Print the library version and the schema version it migrates to, and exit");
 
   cli::Globals globals;
   if (const char* env = std::getenv("ROWGUARD_DB"); env && *env) globals.db = env;
@@ -41,6 +48,7 @@ int run(int argc, char** argv) {
   cli::add_saga_commands(app, globals, exit_status);
   cli::add_two_phase_commands(app, globals);
   cli::add_serve_command(app, globals);
+  cli::add_completion_command(app, globals);
 
   // CLI11 sets --json only once the command line has parsed: a usage error needs it earlier.
   for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i)
