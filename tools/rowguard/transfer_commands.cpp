@@ -173,8 +173,12 @@ void add_reverse_command(CLI::App& app, Globals& globals) {
       "destination back to its source (exit 5 when no applied transfer has that key, 2 when its refunds would add up "
       "to more than it, 4 when the destination is short, 7 when --key was used for another request)");
   reverse->add_option("original_key", original, "Idempotency key of the transfer to refund")->required();
-  auto* partial = reverse->add_option("amount", amount, "Minor units to refund, > 0 (default: the whole transfer)")
-                      ->check(decimal());
+  auto* partial =
+      reverse
+          ->add_option("amount", amount,
+                       "Minor units to refund, > 0 (default: the transfer's whole amount, so that a retry replays; "
+                       "refused, exit 2, once part of it was refunded)")
+          ->check(decimal());
   reverse
       ->add_option("--key", key,
                    "Idempotency key of the refund (required: a retry with the same key and amount replays it)")
@@ -184,11 +188,11 @@ void add_reverse_command(CLI::App& app, Globals& globals) {
     CachedLedger l(db);
     // The whole transfer is its full amount, not what is left of it: a retry of the same command
     // then asks for the same amount and replays (what is left would change with the refund).
-    const TransferRecord refunded = l.ledger.find_transfer_by_key(original);
-    const std::int64_t refund = partial->count() ? amount : refunded.amount;
-    report(globals, l.ledger.reverse(original, refund, key), key,
-           fmt::format("reversal of {} of transfer {} ({})", format_money(refund, refunded.currency), refunded.id,
-                       original));
+    const TransferRecord target = l.ledger.find_transfer_by_key(original);
+    const std::int64_t refund = partial->count() ? amount : target.amount;
+    report(
+        globals, l.ledger.reverse(original, refund, key), key,
+        fmt::format("reversal of {} of transfer {} ({})", format_money(refund, target.currency), target.id, original));
   });
 }
 
