@@ -85,15 +85,49 @@ std::string next_line(const std::optional<std::int64_t>& next, std::string_view 
   return next ? fmt::format("\nmore: {} {}", option, *next) : std::string("\n(end)");
 }
 
-// A --since or --until value as epoch ms: a time parse_time reads, or a duration (90m, 1h, 7d)
-// meaning that long before now on the database clock, the clock that stamps the transfers.
-std::int64_t time_arg(const std::string& text, Database& db) {
-  static const std::regex ago(R"(^[0-9]+(ms|s|m|h|d)$)");
-  if (!std::regex_match(text, ago)) return parse_time(text);
-  const std::int64_t span = parse_duration(text).count();
-  // No overflow (a span is at most 2^63 - 1, now is positive); at the earliest year 1, as parse_time.
-  return std::max(db.now_ms() - span, parse_time("0001-01-01"));
-}
+// A --since or --until value, parsed before connecting (a bad one exits 2 at once): a time
+// parse_time reads, or a duration (90m, 1h, 7d) meaning that long before now on the database
+// clock, the clock that stamps the transfers, read by resolve().
+class TimeArg {
+ public:
+  explicit TimeArg(const std::string& text) {
+    static const std::regex ago(R"(^[0-9]+(ms|s|m|h|d)$)");
+    if (std::regex_match(text, ago))
+      ago_ms_ = parse_duration(text).count();
+    else
+      at_ms_ = absolute(text);
+  }
+  std::int64_t resolve(Database& db) const {
+    if (at_ms_) return *at_ms_;
+    // No overflow (a span is at most 2^63 - 1, now is positive); at the earliest year 1, as parse_time.
+    return std::max(db.now_ms() - ago_ms_, parse_time("0001-01-01"));
+  }
+
+ private:
+  static std::int64_t absolute(const std::string& text) {
+    try {
+      return parse_time(text);
+    } catch (const Error& e) {
+      throw Error(ErrorKind::invalid_argument, fmt::format("{}, or a duration before now (90m, 1h, 7d)", e.what()));
+    }
+  }
+  std::optional<std::int64_t> at_ms_;
+  std::int64_t ago_ms_ = 0;
+};
+
+// Both bounds of a window, parsed (absent when not given), then resolved into the query.
+struct Window {
+  std::optional<TimeArg> since, until;
+  Window(const std::string& since_text, const std::string& until_text) {
+    if (!since_text.empty()) since.emplace(since_text);
+    if (!until_text.empty()) until.emplace(until_text);
+  }
+  template <typename Query>
+  void resolve(Database& db, Query& q) const {
+    if (since) q.since_ms = since->resolve(db);
+    if (until) q.until_ms = until->resolve(db);
+  }
+};
 
 // The window as resolved, "since" and "until" in ISO 8601 when given: a duration means a moment
 // before this call, and the next page asks for the same window by these times.
@@ -140,9 +174,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     q.limit = a.limit;
     q.order = a.oldest_first ? HistoryOrder::oldest_first : HistoryOrder::newest_first;
     if (after->count()) q.after = a.cursor;
+    const Window window(a.since, a.until);
     auto db = open_database(globals);
-    if (!a.since.empty()) q.since_ms = time_arg(a.since, db);
-    if (!a.until.empty()) q.until_ms = time_arg(a.until, db);
+    window.resolve(db, q);
     std::optional<Database> standby;
     const HistoryPage page = history_ledger(globals, db, a, standby).history(a.id, q);
     nlohmann::json items = nlohmann::json::array();
@@ -189,9 +223,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     q.include_entries = a.entries;
     if (before->count()) q.before = a.cursor;
     if (!a.account.empty()) q.account = a.account;
+    const Window window(a.since, a.until);
     auto db = open_database(globals);
-    if (!a.since.empty()) q.since_ms = time_arg(a.since, db);
-    if (!a.until.empty()) q.until_ms = time_arg(a.until, db);
+    window.resolve(db, q);
     std::optional<Database> standby;
     const TransferPage page = history_ledger(globals, db, a, standby).transfers(q);
     nlohmann::json items = nlohmann::json::array();
