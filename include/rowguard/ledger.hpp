@@ -92,6 +92,9 @@ struct CheckReport {
 // for at least 24 hours); keep keys longer if your clients retry longer.
 inline constexpr std::chrono::hours min_key_age{24};
 
+// The most items Ledger::transfer_batch takes in one call (one transaction).
+inline constexpr std::size_t max_batch_items = 10'000;
+
 // One transfer of a batch. Consecutive items with linked = true, together with the first item
 // after them, form a chain that succeeds or fails as a whole; other items stand alone.
 struct BatchItem {
@@ -214,6 +217,10 @@ struct TransferQuery {
   int limit = 100;                     // REQUIRES: 1..1000
   std::optional<std::string> account;  // only transfers from or to this account
   bool include_entries = false;
+  // Only transfers created at or after since_ms and before until_ms (epoch ms, database clock), as
+  // in HistoryQuery. REQUIRES: since_ms <= until_ms when both are set. Default: no bound.
+  std::optional<std::int64_t> since_ms;
+  std::optional<std::int64_t> until_ms;
 };
 
 struct TransferPage {
@@ -318,7 +325,7 @@ class Ledger {
                                    std::string_view key);
 
   // Many transfers in one transaction, a result per item (see BatchItem for linked chains).
-  // Error(invalid_argument) for an empty batch or more than 10000 items.
+  // Error(invalid_argument) for an empty batch or more than max_batch_items.
   std::vector<BatchResult> transfer_batch(const std::vector<BatchItem>& items);
 
   // Reserves amount on `from` for a later capture to `to`: the source's available amount drops at
@@ -385,6 +392,8 @@ class Ledger {
   TransferRecord find_transfer(std::int64_t id);
   TransferRecord find_transfer_by_key(std::string_view key);
   // Transfers of the whole ledger (or one account), newest first, including rejected ones.
+  // Error(not_found) for an unknown account, invalid_argument for a bad query (limit, cursor, or
+  // since_ms after until_ms).
   TransferPage transfers(const TransferQuery& query = {});
   // The account's balance just before at_ms (epoch ms, database clock): its opening balance plus
   // its entries created before at_ms. Error(invalid_argument) when at_ms falls before the account's

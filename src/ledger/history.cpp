@@ -3,6 +3,7 @@
 // history() and transfers() read from a standby when LedgerOptions::standby allows it.
 #include <algorithm>
 #include <limits>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -48,6 +49,16 @@ void check_limit(int limit) {
 void check_cursor(const std::optional<std::int64_t>& cursor) {
   if (cursor && *cursor < 1)
     throw Error(ErrorKind::invalid_argument, fmt::format("a cursor is a positive id, got {}", *cursor));
+}
+
+// The bounds of a time window, clamped (an unset since is the first millisecond, an unset until
+// one past the last). Error(invalid_argument) when since is after until.
+std::pair<std::int64_t, std::int64_t> time_window(const std::optional<std::int64_t>& since_ms,
+                                                  const std::optional<std::int64_t>& until_ms) {
+  if (since_ms && until_ms && *since_ms > *until_ms)
+    throw Error(ErrorKind::invalid_argument, fmt::format("since ({}) is after until ({})", *since_ms, *until_ms));
+  return {clamp_time(since_ms.value_or(min_time_ms)),
+          std::clamp(until_ms.value_or(max_time_ms + 1), min_time_ms, max_time_ms + 1)};
 }
 
 TransferKind kind_of(const std::string& kind) {
@@ -96,11 +107,7 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
   check_text(account, "account id", max_id_bytes);
   check_limit(query.limit);
   check_cursor(query.after);
-  const std::int64_t since = clamp_time(query.since_ms.value_or(min_time_ms));
-  const std::int64_t until = std::clamp(query.until_ms.value_or(max_time_ms + 1), min_time_ms, max_time_ms + 1);
-  if (query.since_ms && query.until_ms && *query.since_ms > *query.until_ms)
-    throw Error(ErrorKind::invalid_argument,
-                fmt::format("since ({}) is after until ({})", *query.since_ms, *query.until_ms));
+  const auto [since, until] = time_window(query.since_ms, query.until_ms);
   const bool newest = query.order == HistoryOrder::newest_first;
   const std::int64_t cursor = query.after.value_or(newest ? std::numeric_limits<std::int64_t>::max() : 0);
   const detail::HistoryStatements& sql = impl_->history_sql;
@@ -156,16 +163,20 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
   check_limit(query.limit);
   check_cursor(query.before);
   if (query.account) check_text(*query.account, "account id", max_id_bytes);
+  const auto [since, until] = time_window(query.since_ms, query.until_ms);
+  const bool window = query.since_ms || query.until_ms;
   const detail::HistoryStatements& sql = impl_->history_sql;
   std::vector<Value> params{query.before.value_or(std::numeric_limits<std::int64_t>::max()),
                             static_cast<std::int64_t>(query.limit) + 1};
   if (query.account) params.emplace_back(*query.account);
+  if (window) params.insert(params.end(), {since, until});
   TransferPage page;
   bool missing = false;
   const auto read = [&](detail::Session& session) {
     page = TransferPage{};
-    page.items = records_of(session.exec(sql.transfers(query.account.has_value(), query.include_entries), params),
-                            query.include_entries);
+    page.items =
+        records_of(session.exec(sql.transfers(query.account.has_value(), query.include_entries, window), params),
+                   query.include_entries);
     if (page.items.size() > static_cast<std::size_t>(query.limit)) {
       page.items.resize(query.limit);
       page.next = page.items.back().id;

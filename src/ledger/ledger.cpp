@@ -629,8 +629,9 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
 }
 
 std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& items) {
-  if (items.empty() || items.size() > 10'000)
-    throw Error(ErrorKind::invalid_argument, fmt::format("a batch needs 1 to 10000 items, got {}", items.size()));
+  if (items.empty() || items.size() > max_batch_items)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a batch needs 1 to {} items, got {}", max_batch_items, items.size()));
   if (items.back().linked)
     throw Error(ErrorKind::invalid_argument,
                 "the last batch item is linked to nothing (a chain ends with an unlinked item)");

@@ -54,16 +54,22 @@ std::string history_page_sql(const Dialect& d, const std::string& tr, const std:
 }
 
 // The page of HistoryStatements::transfers.
-std::string transfer_page_sql(const std::string& tr, const std::string& en, const std::string& columns, bool by_account,
-                              bool with_entries) {
+std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std::string& en,
+                              const std::string& columns, bool by_account, bool with_entries, bool window) {
+  // The window's bounds follow the account, when there is one: PostgreSQL refuses a statement with
+  // a parameter it cannot type because nothing uses it.
+  const std::string window_sql =
+      window ? fmt::format(" AND created_at >= {} AND created_at < {}", d.ms_to_timestamp(by_account ? "$4" : "$3"),
+                           d.ms_to_timestamp(by_account ? "$5" : "$4"))
+             : std::string();
   const std::string page =
       by_account ? fmt::format(
-                       "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1 ORDER BY id DESC "
+                       "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1{w} ORDER BY id DESC "
                        "LIMIT $2) f "
-                       "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1 ORDER BY id DESC "
-                       "LIMIT $2) g",
-                       fmt::arg("tr", tr))
-                 : fmt::format("SELECT id FROM {} WHERE id < $1 ORDER BY id DESC LIMIT $2", tr);
+                       "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1{w} ORDER BY id "
+                       "DESC LIMIT $2) g",
+                       fmt::arg("tr", tr), fmt::arg("w", window_sql))
+                 : fmt::format("SELECT id FROM {} WHERE id < $1{} ORDER BY id DESC LIMIT $2", tr, window_sql);
   // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
   const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
   if (!with_entries) return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
@@ -233,7 +239,9 @@ HistoryStatements::HistoryStatements(const Backend& backend) {
   find_by_key = find("t.idempotency_key");
   for (const bool by_account : {false, true})
     for (const bool with_entries : {false, true})
-      transfers_[at(by_account, with_entries)] = transfer_page_sql(tr, en, columns, by_account, with_entries);
+      for (const bool window : {false, true})
+        transfers_[transfers_at(by_account, with_entries, window)] =
+            transfer_page_sql(d, tr, en, columns, by_account, with_entries, window);
   const std::string acc = backend.table("accounts");
   account_exists = fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc);
   balance_at = fmt::format(

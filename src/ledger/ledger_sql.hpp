@@ -174,10 +174,12 @@ struct HistoryStatements {
   // One transfer with its entries (none for a rejected one). $1 id or key.
   std::string find_by_id;
   std::string find_by_key;
-  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account. With an
-  // account, the two indexed arms (from, to) each stop at limit rows before they are merged.
-  const std::string& transfers(bool by_account, bool with_entries) const {
-    return transfers_[at(by_account, with_entries)];
+  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account; with a time
+  // window, since (inclusive) and until (exclusive) in epoch ms next ($3 and $4 without an account,
+  // $4 and $5 with one). With an account, the two indexed arms (from, to) each stop at limit rows
+  // before they are merged.
+  const std::string& transfers(bool by_account, bool with_entries, bool window) const {
+    return transfers_[transfers_at(by_account, with_entries, window)];
   }
   // $1 account -> (1 when it exists, else 0).
   std::string account_exists;
@@ -191,8 +193,11 @@ struct HistoryStatements {
 
  private:
   static std::size_t at(bool first, bool second) { return (first ? 2 : 0) + (second ? 1 : 0); }
-  std::array<std::string, 4> history_;    // at(newest_first, window)
-  std::array<std::string, 4> transfers_;  // at(by_account, with_entries)
+  std::array<std::string, 4> history_;  // at(newest_first, window)
+  static std::size_t transfers_at(bool by_account, bool with_entries, bool window) {
+    return at(by_account, with_entries) * 2 + (window ? 1 : 0);
+  }
+  std::array<std::string, 8> transfers_;  // transfers_at(by_account, with_entries, window)
 };
 
 // One run of Ledger::archive (archive.cpp), in one transaction: old transfers and their entries

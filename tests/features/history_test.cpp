@@ -330,6 +330,80 @@ TEST_CASE("history: transfers() lists the ledger and one account, rejections inc
   CHECK(kind_of([&] { l.transfers(bad); }) == ErrorKind::invalid_argument);
 }
 
+TEST_CASE("history: transfers() since and until bound the creation time on every page", "[backend][history]") {
+  Bank b;
+  auto& l = b.ledger;
+  std::vector<TransferRecord> every;  // newest first, rejections included
+  for (auto it = b.done.rbegin(); it != b.done.rend(); ++it) every.push_back(l.find_transfer(it->id));
+  std::set<std::int64_t> distinct;
+  for (const auto& t : every) distinct.insert(t.created_at_ms);
+  REQUIRE(distinct.size() >= 3);  // the pauses made some
+  const std::int64_t since = *std::next(distinct.begin());
+  const std::int64_t until = *std::prev(distinct.end());
+  auto pages = [&](TransferQuery q) {
+    std::vector<std::int64_t> ids;
+    for (int n = 0; n < 1000; ++n) {
+      const TransferPage page = l.transfers(q);
+      CHECK(page.items.size() <= static_cast<std::size_t>(q.limit));
+      for (const auto& t : page.items) {
+        ids.push_back(t.id);
+        if (q.since_ms) CHECK(t.created_at_ms >= *q.since_ms);
+        if (q.until_ms) CHECK(t.created_at_ms < *q.until_ms);
+        if (q.include_entries && t.outcome == "ok") CHECK(!t.entries.empty());
+      }
+      if (!page.next) return ids;
+      q.before = page.next;
+    }
+    FAIL("transfers never reached its end");
+    return ids;
+  };
+  for (const auto& account : {std::optional<std::string>(), std::optional<std::string>("a")})
+    for (const bool entries : {false, true}) {
+      INFO("account " << account.value_or("(all)") << ", entries " << entries);
+      TransferQuery q;
+      q.limit = 2;
+      q.account = account;
+      q.include_entries = entries;
+      auto want = [&](std::optional<std::int64_t> from, std::optional<std::int64_t> to) {
+        std::vector<std::int64_t> ids;  // newest first, as the pages come
+        for (const auto& t : every)
+          if ((!account || t.from == account || t.to == account) && (!from || t.created_at_ms >= *from) &&
+              (!to || t.created_at_ms < *to))
+            ids.push_back(t.id);
+        return ids;
+      };
+      q.since_ms = since;  // inclusive
+      q.until_ms = until;  // exclusive
+      const auto both = pages(q);
+      CHECK(both == want(since, until));
+      CHECK(!both.empty());
+      q.until_ms.reset();
+      CHECK(pages(q) == want(since, std::nullopt));
+      q.since_ms.reset();
+      q.until_ms = until;
+      CHECK(pages(q) == want(std::nullopt, until));
+      q.since_ms = q.until_ms = since;  // an empty window
+      CHECK(pages(q).empty());
+    }
+  // Bounds far outside any timestamp are clamped, not an overflow.
+  TransferQuery wide;
+  wide.since_ms = std::numeric_limits<std::int64_t>::min();
+  wide.until_ms = std::numeric_limits<std::int64_t>::max();
+  wide.limit = 1000;
+  CHECK(l.transfers(wide).items.size() == every.size());
+  TransferQuery none;
+  none.until_ms = std::numeric_limits<std::int64_t>::min();
+  CHECK(l.transfers(none).items.empty());
+  TransferQuery bad;
+  bad.since_ms = 10;
+  bad.until_ms = 5;
+  CHECK(kind_of([&] { l.transfers(bad); }) == ErrorKind::invalid_argument);
+  TransferQuery unknown;
+  unknown.account = "nobody";
+  unknown.since_ms = since;
+  CHECK(kind_of([&] { l.transfers(unknown); }) == ErrorKind::not_found);
+}
+
 TEST_CASE("cli: ledger history, show, transfers and balance-at", "[backend][history][shared-db][threads][cli]") {
   Bank b;
   const std::vector<std::string> base = {"--db", b.t.url(), "--prefix", b.t.db().table_prefix(), "--json"};

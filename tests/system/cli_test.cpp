@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -291,6 +292,7 @@ const std::map<std::string, std::vector<std::string>>& json_cases() {
        {"hold", "hold-show", "capture", "void", "cache put", "cache get", "cache invalidate", "cache fetch",
         "cache stats", "cache sweep", "lock acquire", "lock renew", "lock list", "lock run", "lock release",
         "lock force-release", "lock sweep"}},
+      {"reverse, batch", {"reverse", "batch"}},
       {"sagas, 2pc, serve",
        {"saga run", "saga list", "saga show", "saga recover", "2pc transfer", "2pc recover", "2pc prune", "serve",
         "ledger check", "completion bash"}},
@@ -670,4 +672,320 @@ TEST_CASE(
   CHECK(slow.at("exit_code") == 5);
   CHECK(slow.at("held_for_ms").get<std::int64_t>() > 0);
   CHECK(lock_cli(t, {"lock", "run", "slow", "--wait", "5s", "--", "true"}) == 0);  // waits for the window's end
+
+namespace {
+// The CLI on t's database: --db, --prefix (and --json unless json is false), then args.
+struct TestCli {
+  rowguard::test::TestDb& t;
+  int operator()(std::vector<std::string> args, std::string* out = nullptr, bool json = true) const {
+    args.insert(args.begin(), {"--db", t.url(), "--prefix", t.db().table_prefix()});
+    if (json) args.insert(args.begin(), "--json");
+    return run_cli(args, out);
+  }
+  // The same with stderr after stdout, for messages.
+  int with_stderr(std::vector<std::string> args, std::string* out) const {
+    args.insert(args.begin(), {"--db", t.url(), "--prefix", t.db().table_prefix()});
+    return run_cli(args, out, true);
+  }
+};
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+// A file of the given lines in a new scratch directory.
+std::string lines_file(const std::vector<std::string>& lines, const std::string& name = "batch.jsonl") {
+  const auto path = rowguard::test::scratch_dir() / name;
+  std::ofstream out(path);
+  for (const auto& l : lines) out << l << '\n';
+  return path.string();
+}
+
+// The account's balance, read by the library.
+std::int64_t balance(rowguard::test::TestDb& t, const std::string& id) { return Ledger(t.db()).get(id).balance; }
+}  // namespace
+
+TEST_CASE("cli: reverse refunds a transfer whole or in part, with the exit codes of transfer",
+          "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const TestCli cli{t};
+  std::string out;
+  for (const char* id : {"alice", "bob", "carol"}) REQUIRE(cli({"account", "open", id}) == 0);
+  REQUIRE(cli({"deposit", "alice", "1000", "--key", "d1"}) == 0);
+  REQUIRE(cli({"transfer", "alice", "bob", "400", "--key", "t1"}) == 0);
+  REQUIRE(cli({"transfer", "alice", "bob", "100", "--key", "t2"}) == 0);
+  REQUIRE(cli({"transfer", "alice", "bob", "99999", "--key", "rejected"}) == 4);
+
+  REQUIRE(cli({"reverse", "t1", "150", "--key", "r1"}, &out) == 0);
+  const auto first = nlohmann::json::parse(out);
+  CHECK(first.at("status") == "ok");
+  CHECK(first.at("replayed") == false);
+  CHECK(first.at("key") == "r1");
+  CHECK(balance(t, "alice") == 650);
+  CHECK(balance(t, "bob") == 350);
+  // The same command again replays: the same result, nothing moved.
+  REQUIRE(cli({"reverse", "t1", "150", "--key", "r1"}, &out) == 0);
+  auto again = nlohmann::json::parse(out);
+  CHECK(again.at("replayed") == true);
+  again["replayed"] = false;
+  CHECK(again == first);
+  CHECK(balance(t, "alice") == 650);
+  CHECK(cli({"reverse", "t1", "151", "--key", "r1"}) == 7);          // the key with another amount
+  CHECK(cli({"reverse", "t2", "150", "--key", "r1"}) == 7);          // or another transfer
+  REQUIRE(cli({"reverse", "t1", "300", "--key", "r2"}, &out) == 2);  // 150 + 300 > 400
+  CHECK(nlohmann::json::parse(out).at("error").at("kind") == "invalid_argument");
+  CHECK(cli({"reverse", "t1", "250", "--key", "r2"}) == 0);  // exactly the rest
+  CHECK(cli({"reverse", "t1", "1", "--key", "r3"}) == 2);
+  // Without AMOUNT: the whole transfer, so a retry asks for the same amount and replays.
+  REQUIRE(cli({"reverse", "t2", "--key", "r4"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("replayed") == false);
+  REQUIRE(cli({"reverse", "t2", "--key", "r4"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("replayed") == true);
+  CHECK(balance(t, "alice") == 1000);
+  CHECK(balance(t, "bob") == 0);
+  CHECK(cli({"reverse", "no-such-key", "--key", "r5"}) == 5);
+  CHECK(cli({"reverse", "rejected", "--key", "r5"}) == 5);  // no applied transfer has it
+  CHECK(cli({"reverse", "d1", "--key", "r5"}) == 5);        // a deposit is not a transfer between accounts
+  CHECK(cli({"reverse", "t1"}) == 2);                       // --key is required
+  CHECK(cli({"reverse", "t1", "0", "--key", "r5"}) == 2);
+  CHECK(cli({"reverse", "t1", "1.5", "--key", "r5"}) == 2);
+  // A destination that spent the money: the refund is rejected and recorded, exit 4 like transfer.
+  REQUIRE(cli({"transfer", "alice", "carol", "100", "--key", "t3"}) == 0);
+  REQUIRE(cli({"withdraw", "carol", "100", "--key", "w1"}) == 0);
+  REQUIRE(cli({"reverse", "t3", "--key", "r6"}, &out) == 4);
+  CHECK(nlohmann::json::parse(out).at("status") == "insufficient_funds");
+  CHECK(nlohmann::json::parse(out).at("error").at("kind") == "insufficient_funds");
+  // Text for people: the amount in major units.
+  REQUIRE(cli({"transfer", "alice", "bob", "850", "--key", "t4"}) == 0);
+  REQUIRE(cli({"reverse", "t4", "805", "--key", "r7"}, &out, false) == 0);
+  CHECK_THAT(out, Catch::Contains("reversal of 8.05 EUR of transfer") && Catch::Contains("key r7"));
+
+  // Voiding a captured hold names the reversal that refunds it, and that command works.
+  REQUIRE(cli({"hold", "alice", "bob", "300", "--key", "h1", "--timeout", "10m"}, &out) == 0);
+  const std::string hold = std::to_string(nlohmann::json::parse(out).at("hold_id").get<std::int64_t>());
+  REQUIRE(cli({"capture", hold}) == 0);
+  REQUIRE(cli.with_stderr({"void", hold}, &out) == 13);
+  const std::string command = fmt::format("rowguard reverse 'hold:{}:capture' [AMOUNT] --key NEW_KEY", hold);
+  CHECK_THAT(out, Catch::Contains(command));
+  CHECK(cli({"reverse", fmt::format("hold:{}:capture", hold), "--key", "r8"}) == 0);
+  REQUIRE(cli({"ledger", "check"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("ok") == true);
+}
+
+TEST_CASE("cli: batch runs JSON Lines in one transaction, linked chains whole or not at all",
+          "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const TestCli cli{t};
+  std::string out;
+  for (const char* id : {"a", "b", "c"}) REQUIRE(cli({"account", "open", id}) == 0);
+  REQUIRE(cli({"account", "open", "yen", "--currency", "JPY"}) == 0);
+  REQUIRE(cli({"deposit", "a", "1000", "--key", "d1"}) == 0);
+  const std::string file = lines_file({
+      R"({"from": "a", "to": "b", "amount": 100, "key": "k1"})",
+      R"({"from": "a", "to": "c", "amount": 50, "key": "k2", "linked": true})",  // a chain that applies:
+      R"({"from": "c", "to": "b", "amount": 50, "key": "k3"})",                  // c pays what it got
+      R"({"from": "b", "to": "c", "amount": 10, "key": "k4", "linked": true})",  // a chain that fails:
+      R"({"from": "c", "to": "a", "amount": 99999, "key": "k5", "linked": false})", "",
+      R"({"from": "a", "to": "b", "amount": 5, "key": "k6"})",
+      R"({"from": "a", "to": "yen", "amount": 1, "key": "k7"})",
+      R"({"from": "b", "to": "a", "amount": 99999, "key": "k8"})",  // rejected alone: recorded
+  });
+  // Exit 4: the first transfer that did not apply is line 4, failed with its chain for want of funds.
+  REQUIRE(cli({"batch", file}, &out, false) == 4);
+  const auto results = json_lines(out);
+  REQUIRE(results.size() == 8);
+  const std::vector<std::size_t> lines{1, 2, 3, 4, 5, 7, 8, 9};
+  const std::vector<std::string> statuses{"ok", "ok", "ok", "failed", "failed", "ok", "failed", "insufficient_funds"};
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    INFO(results[i].dump());
+    CHECK(results[i].at("line") == lines[i]);
+    CHECK(results[i].at("item") == i);
+    CHECK(results[i].at("status") == statuses[i]);
+    CHECK(results[i].at("replayed") == false);
+    CHECK(results[i].at("transfer_id").is_null() == (statuses[i] == "failed"));
+    CHECK(results[i].contains("error") == (statuses[i] == "failed"));
+  }
+  CHECK(results[3].at("error").at("kind") == "insufficient_funds");
+  CHECK(results[3].at("error").at("exit_code") == 4);
+  CHECK(results[4].at("error").at("kind") == "insufficient_funds");
+  CHECK(results[6].at("error").at("kind") == "currency_mismatch");
+  CHECK(results[6].at("error").at("exit_code") == 12);
+  CHECK(balance(t, "a") == 845);
+  CHECK(balance(t, "b") == 155);
+  CHECK(balance(t, "c") == 0);
+  // The whole file again: every result the same, the applied and rejected ones replayed, nothing moved.
+  REQUIRE(cli({"batch", file}, &out, false) == 4);
+  const auto replay = json_lines(out);
+  REQUIRE(replay.size() == results.size());
+  for (std::size_t i = 0; i < replay.size(); ++i) {
+    auto same = replay[i];
+    CHECK(same.at("replayed") == (statuses[i] != "failed"));
+    same["replayed"] = false;
+    CHECK(same == results[i]);
+  }
+  CHECK(balance(t, "a") == 845);
+  CHECK(balance(t, "b") == 155);
+  // The message on stderr names the first line that did not apply.
+  REQUIRE(cli.with_stderr({"batch", file}, &out) == 4);
+  CHECK_THAT(out, Catch::Contains("line 4 (key k4)") && Catch::Contains("4 of 8 transfers did not apply"));
+  // Under --json stdout holds the item lines only, as without it.
+  REQUIRE(cli({"batch", file}, &out) == 4);
+  CHECK(json_lines(out).size() == 8);
+
+  // The first failing line decides the exit code: a key reused with another amount (7), an unknown
+  // account (5); 0 when everything applied or was replayed as applied.
+  CHECK(cli({"batch", lines_file({R"({"from": "a", "to": "b", "amount": 101, "key": "k1"})",
+                                  R"({"from": "a", "to": "nobody", "amount": 1, "key": "k9"})"})}) == 7);
+  CHECK(cli({"batch", lines_file({R"({"from": "a", "to": "nobody", "amount": 1, "key": "k9"})",
+                                  R"({"from": "a", "to": "b", "amount": 101, "key": "k1"})"})}) == 5);
+  REQUIRE(cli({"batch", lines_file({R"({"from": "a", "to": "b", "amount": 100, "key": "k1"})",
+                                    R"({"from": "b", "to": "c", "amount": 1, "key": "k10"})"})},
+              &out) == 0);
+  const auto fine = json_lines(out);
+  REQUIRE(fine.size() == 2);
+  CHECK(fine[0].at("replayed") == true);
+  CHECK(fine[1].at("replayed") == false);
+
+  // stdin, with FILE absent or "-".
+  const std::string base =
+      fmt::format("'{}' --db '{}' --prefix '{}' batch", ROWGUARD_CLI, t.url(), t.db().table_prefix());
+  const std::string one = lines_file({R"({"from": "a", "to": "b", "amount": 7, "key": "k11"})"});
+  REQUIRE(rowguard::test::run_command(fmt::format("{} < '{}' 2>/dev/null", base, one), &out) == 0);
+  REQUIRE(json_lines(out).size() == 1);
+  CHECK(json_lines(out)[0].at("replayed") == false);
+  REQUIRE(rowguard::test::run_command(fmt::format("cat '{}' | {} - 2>/dev/null", one, base), &out) == 0);
+  CHECK(json_lines(out)[0].at("replayed") == true);
+  // An empty input sends nothing and says so.
+  REQUIRE(rowguard::test::run_command(fmt::format("{} < /dev/null 2>&1", base), &out) == 0);
+  CHECK_THAT(out, Catch::Contains("no transfers; nothing was sent"));
+  CHECK(balance(t, "a") == 838);
+  CHECK(balance(t, "b") == 161);
+  REQUIRE(cli({"ledger", "check"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("ok") == true);
+}
+
+TEST_CASE("cli: batch checks every line before it sends any, naming the bad line", "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const TestCli cli{t};
+  std::string out;
+  REQUIRE(cli({"account", "open", "a"}) == 0);
+  REQUIRE(cli({"account", "open", "b"}) == 0);
+  REQUIRE(cli({"deposit", "a", "1000", "--key", "d1"}) == 0);
+  const std::string good = R"({"from": "a", "to": "b", "amount": 100, "key": "g1"})";
+  // (bad third line, what its message says)
+  const std::vector<std::pair<std::string, std::string>> bad{
+      {R"({"from": "a", "to": "b", "amount": 1.5, "key": "x"})", "JSON integer"},
+      {R"({"from": "a", "to": "b", "amount": 100.0, "key": "x"})", "JSON integer"},
+      {R"({"from": "a", "to": "b", "amount": 1e2, "key": "x"})", "JSON integer"},
+      {R"({"from": "a", "to": "b", "amount": "100", "key": "x"})", "JSON integer"},
+      {R"({"from": "a", "to": "b", "amount": 9223372036854775808, "key": "x"})", "within 64 bits"},
+      {R"({"from": "a", "to": "b", "amount": 0, "key": "x"})", "must be > 0"},
+      {R"({"from": "a", "to": "b", "amount": 1, "key": "x", "memo": "hi"})", "unknown field \"memo\""},
+      {R"({"from": "a", "to": "b", "amount": 1})", "\"key\" is missing"},
+      {R"({"from": "a", "to": "b", "amount": 1, "key": 7})", "\"key\" must be a JSON string"},
+      {R"({"from": "a", "to": "b", "amount": 1, "key": "x", "linked": "yes"})", "\"linked\" must be true or false"},
+      {R"({"from": "a", "to": "b", "amount": 1, "amount": 2, "key": "x"})", "appears twice"},
+      {R"({"from": "a", "to": "b", "amount": 1, "key": "x"} trailing)", "not JSON"},
+      {R"([{"from": "a", "to": "b", "amount": 1, "key": "x"}])", "expected a JSON object"},
+      {R"({"from": "a", "to": "b", "amount": 1, "key": "x", "linked": true})", "linked to nothing"},
+  };
+  for (const auto& [line, says] : bad) {
+    INFO(line);
+    REQUIRE(cli({"batch", lines_file({good, "", line})}, &out) == 2);
+    const auto error = nlohmann::json::parse(out).at("error");
+    CHECK(error.at("kind") == "invalid_argument");
+    CHECK_THAT(error.at("message").get<std::string>(), Catch::StartsWith("line 3: ") && Catch::Contains(says));
+  }
+  // More transfers than one batch takes: refused at the first one too many, nothing sent.
+  std::vector<std::string> many(max_batch_items + 1, good);
+  REQUIRE(cli({"batch", lines_file(many)}, &out) == 2);
+  CHECK_THAT(nlohmann::json::parse(out).at("error").at("message").get<std::string>(),
+             Catch::StartsWith(fmt::format("line {}: more than {} transfers", max_batch_items + 1, max_batch_items)));
+  CHECK(cli({"batch", (rowguard::test::scratch_dir() / "absent.jsonl").string()}) == 1);
+  // Nothing was sent: no transfer has the good line's key, the balances are as they were.
+  CHECK(cli({"ledger", "show", "--key", "g1"}) == 5);
+  CHECK(balance(t, "a") == 1000);
+  CHECK(balance(t, "b") == 0);
+}
+
+TEST_CASE("cli: ledger transfers --since and --until bound the creation time", "[backend][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const TestCli cli{t};
+  std::string out;
+  Ledger ledger(t.db());
+  ledger.open("a", "EUR");
+  ledger.open("b", "EUR");
+  ledger.deposit("a", 1'000, "d");
+  std::vector<std::int64_t> ids;  // three transfers, each created at least 3 ms after the one before
+  for (int i = 0; i < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    ids.push_back(ledger.transfer("a", "b", 10 + i, fmt::format("t{}", i)).transfer_id);
+  }
+  const std::int64_t second = ledger.find_transfer(ids[1]).created_at_ms;
+  const std::int64_t third = ledger.find_transfer(ids[2]).created_at_ms;
+  REQUIRE(second < third);
+  auto listed = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"ledger", "transfers"});
+    std::vector<std::int64_t> got;
+    if (cli(args, &out) != 0) return std::vector<std::int64_t>{-1};
+    const auto page = nlohmann::json::parse(out);
+    for (const auto& item : page.at("items")) got.push_back(item.at("id"));
+    return got;
+  };
+  const std::string since = "@" + std::to_string(second), until = "@" + std::to_string(third);
+  // --since is inclusive, --until exclusive.
+  CHECK(listed({"--since", since, "--until", until}) == std::vector<std::int64_t>{ids[1]});
+  CHECK(nlohmann::json::parse(out).at("since") == rowguard::cli::format_time(second));
+  CHECK(nlohmann::json::parse(out).at("until") == rowguard::cli::format_time(third));
+  CHECK(listed({"--since", since}) == std::vector<std::int64_t>{ids[2], ids[1]});
+  CHECK(listed({"--since", since, "--account", "b", "--entries"}) == std::vector<std::int64_t>{ids[2], ids[1]});
+  CHECK(listed({"--since", since, "--limit", "1"}) == std::vector<std::int64_t>{ids[2]});
+  CHECK(listed({"--since", since, "--limit", "1", "--before", std::to_string(ids[2])}) ==
+        std::vector<std::int64_t>{ids[1]});
+  CHECK(listed({"--until", until}).size() == 3);  // the deposit too
+  CHECK(listed({"--since", until, "--until", until}).empty());
+  // ISO 8601, and durations meaning that long before now on the database clock.
+  CHECK(listed({"--since", rowguard::cli::format_time(second)}) == std::vector<std::int64_t>{ids[2], ids[1]});
+  CHECK(listed({"--since", "2000-01-01T00:00:00+02:00"}).size() == 4);
+  CHECK(listed({"--since", "1h"}).size() == 4);
+  CHECK(listed({"--until", "1h"}).empty());
+  CHECK(listed({"--since", "1h", "--account", "a"}).size() == 4);
+  CHECK(cli({"ledger", "transfers", "--since", until, "--until", since}) == 2);  // since after until
+  CHECK(cli({"ledger", "transfers", "--since", "yesterday"}) == 2);
+  CHECK(cli({"ledger", "transfers", "--until", "2026-02-30"}) == 2);
+  CHECK(cli({"ledger", "transfers", "--since", "1h", "--account", "nobody"}) == 5);
+  // history takes the same times.
+  REQUIRE(cli({"ledger", "history", "b", "--since", "1h", "--until", until}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("items").size() == 2);
+}
+
+TEST_CASE("cli: under --json reverse and batch print one JSON object per result, failures included",
+          "[unit][threads]") {
+  JsonCase run("reverse, batch");  // run(COMMAND, ARGS, EXIT_CODE[, SHAPE])
+  const std::string& db = run.db();
+  REQUIRE(run_cli({"--db", db, "account", "open", "alice"}) == 0);
+  REQUIRE(run_cli({"--db", db, "account", "open", "bob"}) == 0);
+  REQUIRE(run_cli({"--db", db, "deposit", "alice", "1000"}) == 0);
+  REQUIRE(run_cli({"--db", db, "transfer", "alice", "bob", "100", "--key", "t1"}) == 0);
+  CHECK(field(run("reverse", {"reverse", "t1", "40", "--key", "r1"}, 0), "status") == "ok");
+  CHECK(kind(run("reverse", {"reverse", "t1", "61", "--key", "r2"}, 2)) == "invalid_argument");
+  CHECK(kind(run("reverse", {"reverse", "t1", "--key", "r1"}, 7)) == "idempotency_mismatch");
+  CHECK(kind(run("reverse", {"reverse", "nothing", "--key", "r3"}, 5)) == "not_found");
+  CHECK(kind(run("reverse", {"reverse", "t1"}, 2)) == "usage");
+  const auto file = (run.dir() / "b.jsonl").string();
+  std::ofstream(file) << R"({"from": "alice", "to": "bob", "amount": 1, "key": "b1"})" << '\n'
+                      << R"({"from": "bob", "to": "alice", "amount": 2, "key": "b2"})" << '\n';
+  CHECK(run("batch", {"batch", file}, 0, items).objects.size() == 2);
+  std::ofstream(file) << R"({"from": "bob", "to": "alice", "amount": 99999, "key": "b3"})" << '\n';
+  // A batch carries each transfer's outcome in its line: a rejection exits 4 without another object.
+  CHECK(field(run("batch", {"batch", file}, 4, outcome), "status") == "insufficient_funds");
+  std::ofstream(file) << R"({"from": "bob", "to": "alice", "amount": 1.5, "key": "b4"})" << '\n';
+  CHECK(kind(run("batch", {"batch", file}, 2)) == "invalid_argument");
 }

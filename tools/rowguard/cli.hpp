@@ -106,6 +106,12 @@ void add_demo_command(CLI::App& app, Globals& globals);
 // exit_status: set by commands that pass a child's exit code through (lock run).
 void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status);
 void add_ledger_commands(CLI::App& app, Globals& globals);
+void add_reverse_command(CLI::App& app, Globals& globals);
+// " (from the shell: rowguard reverse 'KEY' [AMOUNT] --key NEW_KEY)" for a captured hold, whose
+// capture a reversal refunds: added to void's hold_closed message. Empty when it cannot be looked up.
+std::string reversal_hint(Ledger& ledger, std::int64_t hold_id);
+// exit_status: that of the first transfer that did not apply (transfer_commands.cpp says which).
+void add_batch_command(CLI::App& app, Globals& globals, int& exit_status);
 // ledger history|show|transfers|balance-at. REQUIRES: add_ledger_commands ran first (the ledger group).
 void add_history_commands(CLI::App& app, Globals& globals);
 void add_hold_commands(CLI::App& app, Globals& globals);

@@ -1,6 +1,7 @@
 // rowguard ledger history|show|transfers|balance-at: read-only queries over the journal.
 #include <algorithm>
 #include <iostream>
+#include <regex>
 
 #include "cli.hpp"
 
@@ -84,6 +85,65 @@ std::string next_line(const std::optional<std::int64_t>& next, std::string_view 
   return next ? fmt::format("\nmore: {} {}", option, *next) : std::string("\n(end)");
 }
 
+// A --since or --until value, parsed before connecting (a bad one exits 2 at once): a time
+// parse_time reads, or a duration (90m, 1h, 7d) meaning that long before now on the database
+// clock, the clock that stamps the transfers, read by resolve().
+class TimeArg {
+ public:
+  explicit TimeArg(const std::string& text) {
+    static const std::regex ago(R"(^[0-9]+(ms|s|m|h|d)$)");
+    if (std::regex_match(text, ago))
+      ago_ms_ = parse_duration(text).count();
+    else
+      at_ms_ = absolute(text);
+  }
+  std::int64_t resolve(Database& db) const {
+    if (at_ms_) return *at_ms_;
+    // No overflow (a span is at most 2^63 - 1, now is positive); at the earliest year 1, as parse_time.
+    return std::max(db.now_ms() - ago_ms_, parse_time("0001-01-01"));
+  }
+
+ private:
+  static std::int64_t absolute(const std::string& text) {
+    try {
+      return parse_time(text);
+    } catch (const Error& e) {
+      throw Error(ErrorKind::invalid_argument, fmt::format("{}, or a duration before now (90m, 1h, 7d)", e.what()));
+    }
+  }
+  std::optional<std::int64_t> at_ms_;
+  std::int64_t ago_ms_ = 0;
+};
+
+// Both bounds of a window, parsed (absent when not given), then resolved into the query.
+struct Window {
+  std::optional<TimeArg> since, until;
+  Window(const std::string& since_text, const std::string& until_text) {
+    if (!since_text.empty()) since.emplace(since_text);
+    if (!until_text.empty()) until.emplace(until_text);
+  }
+  template <typename Query>
+  void resolve(Database& db, Query& q) const {
+    if (since) q.since_ms = since->resolve(db);
+    if (until) q.until_ms = until->resolve(db);
+  }
+};
+
+// The window as resolved, "since" and "until" in ISO 8601 when given: a duration means a moment
+// before this call, and the next page asks for the same window by these times.
+void add_window(nlohmann::json& result, const std::optional<std::int64_t>& since,
+                const std::optional<std::int64_t>& until) {
+  if (since) result["since"] = format_time(*since);
+  if (until) result["until"] = format_time(*until);
+}
+
+// The --since/--until help of history and transfers.
+constexpr const char* since_help =
+    "Only transfers created at or after TIME (inclusive): 2026-01-31, 2026-01-31T12:30:00Z, an offset instead of Z, "
+    "@epoch-ms, or a duration (90m, 1h, 7d) meaning that long before now on the database clock (resolved once: "
+    "--json prints the window as \"since\"/\"until\", to page it with)";
+constexpr const char* until_help = "Only transfers created before TIME (exclusive), written as for --since";
+
 bool all_digits(const std::string& s) {
   return !s.empty() && s.size() <= 18 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
@@ -104,9 +164,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       "history",
       "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
   history->add_option("id", a.id, "Account id")->required();
-  history->add_option("--since", a.since,
-                      "Only transfers created at or after TIME (2026-01-31, ISO-8601 or @epoch-ms)");
-  history->add_option("--until", a.until, "Only transfers created before TIME");
+  history->add_option("--since", a.since, since_help);
+  history->add_option("--until", a.until, until_help);
   auto* after = paged(history, "--after");
   history->add_flag("--oldest-first", a.oldest_first, "Oldest first instead");
   standby_options(history, a);
@@ -115,9 +174,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     q.limit = a.limit;
     q.order = a.oldest_first ? HistoryOrder::oldest_first : HistoryOrder::newest_first;
     if (after->count()) q.after = a.cursor;
-    if (!a.since.empty()) q.since_ms = parse_time(a.since);
-    if (!a.until.empty()) q.until_ms = parse_time(a.until);
+    const Window window(a.since, a.until);
     auto db = open_database(globals);
+    window.resolve(db, q);
     std::optional<Database> standby;
     const HistoryPage page = history_ledger(globals, db, a, standby).history(a.id, q);
     nlohmann::json items = nlohmann::json::array();
@@ -128,8 +187,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       items.push_back(std::move(j));
       text += fmt::format("\n{:+} {}", item.change, transfer_line(item.transfer));
     }
-    emit(globals, {{"account", a.id}, {"items", items}, {"next", opt_json(page.next)}},
-         text + next_line(page.next, "--after"));
+    nlohmann::json result{{"account", a.id}, {"items", items}, {"next", opt_json(page.next)}};
+    add_window(result, q.since_ms, q.until_ms);
+    emit(globals, result, text + next_line(page.next, "--after"));
   });
 
   auto* show = ledger->add_subcommand(
@@ -152,6 +212,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       "transfers",
       "The ledger's transfers, rejected ones too, newest first, one page (exit 5 for an unknown --account)");
   transfers->add_option("--account", a.account, "Only transfers from or to this account");
+  transfers->add_option("--since", a.since, since_help);
+  transfers->add_option("--until", a.until, until_help);
   auto* before = paged(transfers, "--before");
   transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");
   standby_options(transfers, a);
@@ -161,7 +223,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     q.include_entries = a.entries;
     if (before->count()) q.before = a.cursor;
     if (!a.account.empty()) q.account = a.account;
+    const Window window(a.since, a.until);
     auto db = open_database(globals);
+    window.resolve(db, q);
     std::optional<Database> standby;
     const TransferPage page = history_ledger(globals, db, a, standby).transfers(q);
     nlohmann::json items = nlohmann::json::array();
@@ -170,7 +234,9 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       items.push_back(transfer_json(t, a.entries));
       text += "\n" + transfer_line(t) + (a.entries ? entries_lines(t) : std::string());
     }
-    emit(globals, {{"items", items}, {"next", opt_json(page.next)}}, text + next_line(page.next, "--before"));
+    nlohmann::json result{{"items", items}, {"next", opt_json(page.next)}};
+    add_window(result, q.since_ms, q.until_ms);
+    emit(globals, result, text + next_line(page.next, "--before"));
   });
 
   auto* balance_at = ledger->add_subcommand(

@@ -74,7 +74,14 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
   void_cmd->add_option("hold_id", a.hold_id, "The hold")->required()->check(decimal());
   void_cmd->callback([&globals] {
     auto db = open_database(globals);
-    const Hold h = CachedLedger(db).ledger.void_hold(a.hold_id);
+    CachedLedger l(db);
+    Hold h;
+    try {
+      h = l.ledger.void_hold(a.hold_id);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::hold_closed) throw;
+      throw Error(ErrorKind::hold_closed, e.what() + reversal_hint(l.ledger, a.hold_id));
+    }
     emit(globals, hold_json(h),
          fmt::format("hold {} {} ({} {} released)", h.id, to_string(h.state), h.amount, h.currency));
   });

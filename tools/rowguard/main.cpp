@@ -41,6 +41,8 @@ int run(int argc, char** argv) {
   int exit_status = 0;
   cli::add_lock_commands(app, globals, exit_status);
   cli::add_ledger_commands(app, globals);
+  cli::add_reverse_command(app, globals);
+  cli::add_batch_command(app, globals, exit_status);
   cli::add_history_commands(app, globals);
   cli::add_archive_commands(app, globals);  // under "ledger": after add_ledger_commands
   cli::add_hold_commands(app, globals);
