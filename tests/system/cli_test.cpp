@@ -585,14 +585,14 @@ TEST_CASE(
   CHECK(busy.at("error").at("kind") == "lock_busy");
   CHECK(busy.at("error").at("exit_code") == 75);
   // Usage errors exit 2 and take no lock.
-  for (const std::vector<std::string> bad : {std::vector<std::string>{"-E", "256"},
-                                             {"-E", "-1"},
-                                             {"-E", "x"},
-                                             {"--lost-exit-code", "300"},
-                                             {"--hold-at-least", "25h"},
-                                             {"--hold-at-least", "-1s"},
-                                             {"--hold-at-least", "soon"},
-                                             {"-n", "--wait", "1s"}}) {
+  for (const std::vector<std::string>& bad : {std::vector<std::string>{"-E", "256"},
+                                              {"-E", "-1"},
+                                              {"-E", "x"},
+                                              {"--lost-exit-code", "300"},
+                                              {"--hold-at-least", "25h"},
+                                              {"--hold-at-least", "-1s"},
+                                              {"--hold-at-least", "soon"},
+                                              {"-n", "--wait", "1s"}}) {
     std::vector<std::string> args{"lock", "run", "usage"};
     args.insert(args.end(), bad.begin(), bad.end());
     args.insert(args.end(), {"--", "true"});
@@ -672,6 +672,7 @@ TEST_CASE(
   CHECK(slow.at("exit_code") == 5);
   CHECK(slow.at("held_for_ms").get<std::int64_t>() > 0);
   CHECK(lock_cli(t, {"lock", "run", "slow", "--wait", "5s", "--", "true"}) == 0);  // waits for the window's end
+}
 
 namespace {
 // The CLI on t's database: --db, --prefix (and --json unless json is false), then args.
