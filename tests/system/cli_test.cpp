@@ -346,6 +346,10 @@ TEST_CASE("cli: text output shows amounts in major units, times in ISO 8601 and 
   REQUIRE(cli({"account", "open", "yen-shop", "--currency", "JPY"}) == 0);
   REQUIRE(cli({"hold", "yen", "yen-shop", "501", "--timeout", "1h"}, &out) == 4);
   CHECK_THAT(out, Catch::Contains("has less than 501 JPY available"));
+  REQUIRE(cli({"hold", "eur", "shop", "600", "--key", "h3", "--timeout", "1h"}, &id) == 0);
+  id.pop_back();
+  REQUIRE(cli({"capture", id, "601"}, &out) == 2);
+  CHECK_THAT(out, Catch::Contains("reserves 6.00 EUR: cannot capture 6.01 EUR"));
 
   // The archive's refusal names times in ISO 8601.
   REQUIRE(cli({"ledger", "archive", "--before", "2999-01-01"}, &out) == 2);
