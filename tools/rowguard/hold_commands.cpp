@@ -88,16 +88,18 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
     // Its timeout as a time: expires_in_ms is from the database clock's now, read again here.
     const std::int64_t expires_at = db.now_ms() + h.expires_in_ms;
     const auto in = std::chrono::milliseconds(h.expires_in_ms);
-    const std::string timeout =
-        h.state != HoldState::held && h.state != HoldState::expired ? std::string()
-        : h.expires_in_ms > 0 ? fmt::format(", expires at {} (in {})", format_time(expires_at), format_duration(in))
-                              : fmt::format(", expired at {} ({} ago)", format_time(expires_at), format_duration(-in));
+    // Open by state but past its timeout is expired in fact (a sweep closes it later).
+    const bool expired = h.state == HoldState::expired || (h.state == HoldState::held && h.expires_in_ms <= 0);
+    const std::string state =
+        expired ? fmt::format("expired at {} ({} ago)", format_time(expires_at), format_duration(-in))
+        : h.state == HoldState::held
+            ? fmt::format("held, expires at {} (in {})", format_time(expires_at), format_duration(in))
+            : std::string(to_string(h.state));
     auto j = hold_json(h);
     j["expires_at"] = format_time(expires_at);
     emit(globals, j,
-         fmt::format("hold {}: {} {} -> {}, {}{}{}", h.id, format_money(h.amount, h.currency), h.from, h.to,
-                     h.expires_in_ms <= 0 && h.state == HoldState::held ? "expired" : to_string(h.state),
-                     h.captured ? fmt::format(" (captured {})", format_money(h.captured, h.currency)) : "", timeout));
+         fmt::format("hold {}: {} {} -> {}, {}{}", h.id, format_money(h.amount, h.currency), h.from, h.to, state,
+                     h.captured ? fmt::format(" (captured {})", format_money(h.captured, h.currency)) : ""));
   });
 }
 
