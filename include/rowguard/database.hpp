@@ -31,6 +31,12 @@ struct Options {
   std::string table_prefix = "rowguard_";
   // SQLite: how long a writer waits for the file's write lock before Error(conflict). Default: 5s.
   std::chrono::milliseconds busy_timeout{5'000};
+  // SQLite (sqlite: and soci+sqlite3:): whether open() creates a database file that does not exist
+  // yet. With false, open() of a missing file throws Error(not_found) naming it and creates
+  // nothing, so a mistyped path never leaves an empty database behind (the rowguard CLI opens
+  // with false for every command but migrate). A file: URI is not checked beforehand: SQLite
+  // itself then refuses to create it. Default: true.
+  bool create_if_missing = true;
   // PostgreSQL: how long a connection attempt may take. Default: 10s. REQUIRES: >= 1s.
   std::chrono::seconds connect_timeout{10};
   // PostgreSQL: how long a session waits on a network that stopped answering (nothing

@@ -281,8 +281,12 @@ class Ledger {
   explicit Ledger(Database& db, LedgerOptions options = {});
   ~Ledger();
 
-  // Error(invalid_argument) for a bad id or currency, Error(permanent, 23505) when it exists.
-  void open(std::string_view id, std::string_view currency, std::int64_t min_balance = 0);
+  // Opens account id at balance 0. Idempotent: true when this call opened it, false when it was
+  // already open with the same currency and min_balance (nothing changes). Error(idempotency_mismatch)
+  // naming the difference when it is open with others ("account 'a' is open with currency EUR, not
+  // USD"), Error(invalid_argument) for a bad id, currency or min_balance. Of concurrent opens of a
+  // new account one opens it and the others find it open: never a unique violation.
+  bool open(std::string_view id, std::string_view currency, std::int64_t min_balance = 0);
   // Error(not_found) when there is no such account. Through LedgerOptions::cache when set.
   Account get(std::string_view id);
   std::vector<Account> list();

@@ -1,5 +1,7 @@
 #include "rowguard/database.hpp"
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include "rowguard/config.hpp"
@@ -23,6 +25,13 @@ namespace {
 std::shared_ptr<detail::Backend> open_backend(std::string_view url, const Options& options) {
   detail::validate_options(options);
   const detail::ParsedUrl parsed = detail::parse_url(url);
+  const bool sqlite_file = (parsed.engine == detail::Engine::sqlite || parsed.engine == detail::Engine::soci_sqlite3) &&
+                           !parsed.memory && parsed.target.rfind("file:", 0) != 0;
+  // SOCI 4.0.3 always opens SQLite with SQLITE_OPEN_CREATE: the file is looked for here, for both
+  // drivers alike (the native one also opens without SQLITE_OPEN_CREATE, so no file appears even
+  // when this one is removed meanwhile).
+  if (!options.create_if_missing && sqlite_file && !std::filesystem::exists(parsed.target))
+    throw Error(ErrorKind::not_found, fmt::format("no SQLite database at {}: the file does not exist", parsed.display));
   switch (parsed.engine) {
     case detail::Engine::sqlite:
       return detail::open_sqlite(parsed, options);

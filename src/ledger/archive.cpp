@@ -1,6 +1,8 @@
 // Ledger::archive: moves old transfers and their entries out of the live tables, carrying what
 // they add up to forward into opening balances and archived totals, in one transaction.
 
+#include <chrono>
+
 #include <fmt/format.h>
 
 #include "core/database_gate.hpp"
@@ -9,13 +11,36 @@
 
 namespace rowguard {
 
+namespace {
+// Epoch ms as ISO 8601 in UTC, "2026-01-31T12:30:00.250Z", for the messages people read (the CLI
+// prints the refusal as it is).
+std::string iso_time(std::int64_t epoch_ms) {
+  using namespace std::chrono;
+  const sys_time<milliseconds> t{milliseconds{epoch_ms}};
+  const auto day_start = floor<days>(t);
+  const year_month_day date{day_start};
+  const hh_mm_ss<milliseconds> tod{t - day_start};
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", static_cast<int>(date.year()),
+                     static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()), tod.hours().count(),
+                     tod.minutes().count(), tod.seconds().count(), tod.subseconds().count());
+}
+
+// A minimum age as people write it: "30d", "36h", else milliseconds.
+std::string age(std::chrono::milliseconds a) {
+  constexpr std::int64_t hour = 3'600'000, day = 24 * hour;
+  if (a.count() % day == 0) return fmt::format("{}d", a.count() / day);
+  if (a.count() % hour == 0) return fmt::format("{}h", a.count() / hour);
+  return fmt::format("{}ms", a.count());
+}
+}  // namespace
+
 ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& options) {
   // Archiving forgets the keys of what it moves, as prune_keys() does: the same floor.
   if (options.min_age < min_key_age)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("archive min_age must be at least {}h: it forgets the idempotency keys of what it moves, "
-                            "and a client may retry a key for that long (got {}ms)",
-                            min_key_age.count(), options.min_age.count()));
+                            "and a client may retry a key for that long (got {})",
+                            min_key_age.count(), age(options.min_age)));
   auto& impl = *impl_;
   const detail::ArchiveStatements& sql = impl.archive_sql;
   return detail::with_retries(
@@ -29,9 +54,10 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
         const std::int64_t now_ms = tx.exec(sql.clock, {}).one().i64(0);
         if (cutoff_ms > now_ms - options.min_age.count())
           throw Error(ErrorKind::invalid_argument,
-                      fmt::format("archive cutoff {} (epoch ms) is later than the database clock {} minus min_age "
-                                  "{}ms: recent transfers are still needed for replays and reconciliation",
-                                  cutoff_ms, now_ms, options.min_age.count()));
+                      fmt::format("archive cutoff {} is later than {}, the database clock {} minus min_age {}: "
+                                  "recent transfers are still needed for replays and reconciliation",
+                                  iso_time(cutoff_ms), iso_time(now_ms - options.min_age.count()), iso_time(now_ms),
+                                  age(options.min_age)));
         ArchiveReport report;
         report.cutoff_ms = cutoff_ms;
         report.dry_run = options.dry_run;

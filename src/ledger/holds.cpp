@@ -108,7 +108,8 @@ std::int64_t capture_amount(const Hold& h, std::optional<std::int64_t> amount) {
   const std::int64_t take = amount.value_or(h.amount);
   if (take > h.amount)
     throw Error(ErrorKind::invalid_argument,
-                fmt::format("hold {} reserves {}: cannot capture {}", h.id, h.amount, take));
+                fmt::format("hold {} reserves {}: cannot capture {}", h.id, format_money(h.amount, h.currency),
+                            format_money(take, h.currency)));
   return take;
 }
 

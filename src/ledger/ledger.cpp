@@ -314,14 +314,29 @@ Ledger::Ledger(Database& db, LedgerOptions options)
     : impl_(std::make_unique<Impl>(detail::DatabaseGate::shared_backend(db), options)) {}
 Ledger::~Ledger() = default;
 
-void Ledger::open(std::string_view id, std::string_view currency, std::int64_t min_balance) {
+bool Ledger::open(std::string_view id, std::string_view currency, std::int64_t min_balance) {
   check_text(id, "account id", max_id_bytes);
   check_currency(currency);
   if (min_balance > 0)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("min_balance must be 0 or negative (an overdraft limit), got {}", min_balance));
   auto session = impl_->backend->borrow();
-  (*session)->exec(impl_->accounts_sql.open, {std::string(id), std::string(currency), min_balance});
+  // ON CONFLICT DO NOTHING: a concurrent open of the same id waits for the other to commit and
+  // then inserts nothing, instead of failing with a unique violation.
+  if (!(*session)->exec(impl_->accounts_sql.open, {std::string(id), std::string(currency), min_balance}).empty())
+    return true;
+  // Accounts are never deleted, so the row that stopped the insert is there to compare with.
+  const Result r = (*session)->exec(impl_->accounts_sql.get, {std::string(id)});
+  if (r.empty()) throw Error(ErrorKind::conflict, fmt::format("account '{}' was neither opened nor found", id));
+  const Account existing = account_of(r.rows[0]);
+  std::string differences;
+  if (existing.currency != currency) differences = fmt::format("currency {}, not {}", existing.currency, currency);
+  if (existing.min_balance != min_balance)
+    differences +=
+        fmt::format("{}min_balance {}, not {}", differences.empty() ? "" : " and ", existing.min_balance, min_balance);
+  if (!differences.empty())
+    throw Error(ErrorKind::idempotency_mismatch, fmt::format("account '{}' is open with {}", id, differences));
+  return false;
 }
 
 std::optional<Account> Ledger::Impl::read(std::string_view id) {

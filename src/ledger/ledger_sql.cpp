@@ -87,7 +87,7 @@ AccountStatements::AccountStatements(const Backend& backend) {
   const std::string now = d.now_timestamp();
   open = fmt::format(
       "INSERT INTO {} (id, currency, balance, min_balance, version, created_at, updated_at) "
-      "VALUES ($1, $2, 0, $3, 0, {now}, {now})",
+      "VALUES ($1, $2, 0, $3, 0, {now}, {now}) ON CONFLICT (id) DO NOTHING RETURNING id",
       acc, fmt::arg("now", now));
   const std::string live_held = fmt::format(
       "CASE WHEN a.held = 0 THEN 0 ELSE (SELECT CAST(COALESCE(SUM(h.amount), 0) AS bigint) FROM {} h "

@@ -20,7 +20,8 @@ namespace rowguard::detail {
 inline constexpr std::size_t key_record_columns = 10;
 
 struct AccountStatements {
-  // $1 id, $2 currency, $3 min_balance -> an account at balance 0.
+  // $1 id, $2 currency, $3 min_balance -> an account at balance 0, and its id; no row when the id
+  // is taken (already open, or opened concurrently: no unique violation).
   std::string open;
   // $1 id -> (id, currency, balance, min_balance, version, held): held counts only the open holds
   // not yet past their timeout, as a reader sees it (accounts.held also counts expired holds no

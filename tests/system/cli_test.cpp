@@ -5,7 +5,9 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
+#include <regex>
 #include <set>
 #include <signal.h>
 #include <sstream>
@@ -27,6 +29,11 @@ TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db][threads]"
   TestDb t;
   std::string out;
   const std::string prefix = t.db().table_prefix();
+  // Before migrate: exit 11 with what to do, not "no such table".
+  CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "account", "list"}, &out, true) == 11);
+  CHECK_THAT(out, Catch::Contains("run `rowguard migrate`"));
+  CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "--json", "lock", "list"}, &out) == 11);
+  CHECK(nlohmann::json::parse(out).at("error").at("kind") == "schema_mismatch");
   REQUIRE(run_cli({"--db", t.url(), "--prefix", prefix, "--json", "migrate"}, &out) == 0);
   const auto json = nlohmann::json::parse(out);
   CHECK(json.at("schema_version") == Database::library_schema_version());
@@ -54,6 +61,112 @@ TEST_CASE("cli: usage errors exit 2, an unreachable server 10", "[unit][threads]
         10);
   CHECK(nlohmann::json::parse(out).at("error").at("kind") == "transient");
   CHECK(out.find("pw@") == std::string::npos);
+}
+
+TEST_CASE("cli: an unknown option or command is named, with exit 2, also under --json", "[unit][threads]") {
+  std::string out;
+  CHECK(run_cli({"--bogus"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("unknown option '--bogus' for rowguard"));
+  CHECK(run_cli({"frobnicate"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("unknown command 'frobnicate' for rowguard (its commands: migrate, schema"));
+  CHECK(run_cli({"lock", "frob"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("unknown command 'frob' for rowguard lock (its commands: acquire, renew"));
+  CHECK(run_cli({"lock", "acquire", "--bogus=3", "name"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("unknown option '--bogus' for rowguard lock acquire"));
+  CHECK(run_cli({"lock", "acquire", "--bogus"}, &out, true) == 2);  // before the missing NAME
+  CHECK_THAT(out, Catch::Contains("unknown option '--bogus' for rowguard lock acquire"));
+  CHECK(run_cli({"account", "list", "extra"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("unexpected argument 'extra' for rowguard account list"));
+  CHECK(run_cli({"lock"}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("a command is needed after rowguard lock: acquire, renew"));
+  CHECK(run_cli({}, &out, true) == 2);
+  CHECK_THAT(out, Catch::Contains("a command is needed after rowguard: migrate"));
+  // Under --json stdout holds the failure object, its message the same.
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--json", "frobnicate"},
+                                               {"lock", "acquire", "--bogus", "--json"},
+                                               {"--json", "--bogus"}}) {
+    REQUIRE(run_cli(args, &out) == 2);
+    const auto error = nlohmann::json::parse(out).at("error");
+    CHECK(error.at("kind") == "usage");
+    CHECK(error.at("exit_code") == 2);
+    CHECK_THAT(error.at("message").get<std::string>(), Catch::Contains("unknown"));
+  }
+  // Words after -- are the child's, however they look.
+  const std::string db = "sqlite:" + (rowguard::test::scratch_dir() / "unknown.db").string();
+  REQUIRE(run_cli({"--db", db, "migrate"}) == 0);
+  CHECK(run_cli({"--db", db, "lock", "run", "l", "--", "sh", "-c", "exit 5", "--bogus"}) == 5);
+}
+
+TEST_CASE("cli: the exit-code table is in rowguard --help once, and each command points there", "[unit][threads]") {
+  std::string out;
+  REQUIRE(run_cli({"--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("Exit codes:") && Catch::Contains("11  schema version mismatch"));
+  CHECK(out.find("Exit codes:") == out.rfind("Exit codes:"));
+  for (const std::vector<std::string>& command : {std::vector<std::string>{"lock", "acquire"}, {"lock"}, {"deposit"}}) {
+    auto args = command;
+    args.push_back("--help");
+    REQUIRE(run_cli(args, &out) == 0);
+    CHECK(out.find("Exit codes:") == std::string::npos);
+    CHECK_THAT(out, Catch::Contains("see rowguard --help"));
+  }
+  // The help says what is accepted.
+  REQUIRE(run_cli({"ledger", "prune-keys", "--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("90d"));
+  REQUIRE(run_cli({"2pc", "prune", "--help"}, &out) == 0);
+  CHECK(out.find("--grace TEXT") == std::string::npos);  // not an option of prune
+  REQUIRE(run_cli({"2pc", "recover", "--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("--grace TEXT"));
+  REQUIRE(run_cli({"deposit", "--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("Minor units"));
+}
+
+TEST_CASE("cli: a database without the schema answers exit 11, and only migrate creates an SQLite file",
+          "[unit][threads]") {
+  const auto dir = rowguard::test::scratch_dir();
+  const auto path = dir / "new.db";
+  std::string out;
+  std::vector<std::string> urls = {"sqlite:" + path.string()};
+#if ROWGUARD_HAVE_SOCI
+  urls.push_back("soci+sqlite3:" + path.string());
+#endif
+  for (const auto& url : urls) {
+    INFO(url);
+    CHECK(run_cli({"--db", url, "account", "list"}, &out, true) == 11);
+    CHECK_THAT(out, Catch::Contains("does not exist") && Catch::Contains("run `rowguard migrate`"));
+    CHECK(run_cli({"--db", url, "--json", "deposit", "a", "1"}, &out) == 11);
+    CHECK(nlohmann::json::parse(out).at("error").at("kind") == "schema_mismatch");
+    CHECK(run_cli({"--db", url, "version", "--check-db"}) == 11);
+    CHECK_FALSE(std::filesystem::exists(path));
+  }
+  // A file without rowguard's tables (an empty one, another application's): exit 11 too.
+  const auto empty = dir / "empty.db";
+  { auto db = Database::open("sqlite:" + empty.string()); }
+  REQUIRE(std::filesystem::exists(empty));
+  CHECK(run_cli({"--db", "sqlite:" + empty.string(), "lock", "list"}, &out, true) == 11);
+  CHECK_THAT(out, Catch::Contains("schema is version 0") && Catch::Contains("run `rowguard migrate`"));
+  CHECK(run_cli({"--db", "sqlite:" + path.string(), "migrate"}) == 0);
+  CHECK(std::filesystem::exists(path));
+  CHECK(run_cli({"--db", "sqlite:" + path.string(), "account", "list"}) == 0);
+}
+
+TEST_CASE("cli: durations read as durations", "[unit][cli]") {
+  using cli::format_duration;
+  using std::chrono::milliseconds;
+  CHECK(format_duration(milliseconds(0)) == "0ms");
+  CHECK(format_duration(milliseconds(574)) == "574ms");
+  CHECK(format_duration(milliseconds(-574)) == "-574ms");
+  CHECK(format_duration(milliseconds(1'000)) == "1s");
+  CHECK(format_duration(milliseconds(1'500)) == "1.5s");
+  CHECK(format_duration(milliseconds(12'300)) == "12s");
+  CHECK(format_duration(milliseconds(120'000)) == "2m");
+  CHECK(format_duration(milliseconds(134'999)) == "2m 14s");
+  CHECK(format_duration(milliseconds(-134'000)) == "-2m 14s");
+  CHECK(format_duration(milliseconds(3'600'000)) == "1h");
+  CHECK(format_duration(milliseconds(18'120'000)) == "5h 2m");
+  CHECK(format_duration(milliseconds(3 * 86'400'000LL)) == "3d");
+  CHECK(format_duration(milliseconds(3 * 86'400'000LL + 4 * 3'600'000LL)) == "3d 4h");
+  CHECK(format_duration(milliseconds(std::numeric_limits<std::int64_t>::min())) == "-106751991167d 7h");
+  CHECK(cli::format_time(0) == "1970-01-01T00:00:00.000Z");
 }
 
 TEST_CASE("cli: schema prints either dialect with any prefix", "[unit][threads]") {
@@ -98,6 +211,16 @@ TEST_CASE("cli: ledger commands and their exit codes", "[backend][shared-db][thr
   CHECK(cli({"account", "open", "bob", "--currency", "EUR", "--min-balance", "-100"}) == 0);
   CHECK(cli({"account", "open", "yen", "--currency", "JPY"}) == 0);
   CHECK(cli({"account", "open", "bad", "--currency", "euro"}) == 2);
+  // Opening again: fine with the same currency and minimum, exit 7 naming the difference otherwise.
+  REQUIRE(cli({"account", "open", "bob", "--min-balance", "-100"}, &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("opened") == false);
+  REQUIRE(cli({"account", "open", "alice", "--currency", "USD"}, &out) == 7);
+  const auto mismatch = nlohmann::json::parse(out).at("error");
+  CHECK(mismatch.at("kind") == "idempotency_mismatch");
+  CHECK(mismatch.at("message") == "account 'alice' is open with currency EUR, not USD");
+  REQUIRE(run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "account", "open", "yen", "--currency", "JPY"},
+                  &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("already open: yen in JPY"));
   CHECK(cli({"deposit", "alice", "1000", "--key", "d1"}) == 0);
   REQUIRE(cli({"transfer", "alice", "bob", "250"}, &out) == 0);
   const auto generated = nlohmann::json::parse(out);
@@ -169,6 +292,93 @@ TEST_CASE("cli: hold, capture and void with their exit codes", "[backend][holds]
   CHECK(nlohmann::json::parse(out).at("ok") == true);
   REQUIRE(cli({"account", "show", "shop"}, &out) == 0);
   CHECK(nlohmann::json::parse(out).at("balance") == 500);
+}
+
+TEST_CASE("cli: text output shows amounts in major units, times in ISO 8601 and durations as durations",
+          "[backend][holds][shared-db][threads]") {
+  TestDb t;
+  t.db().migrate();
+  const std::vector<std::string> base = {"--db", t.url(), "--prefix", t.db().table_prefix()};
+  auto cli = [&](std::vector<std::string> args, std::string* out = nullptr) {
+    args.insert(args.begin(), base.begin(), base.end());
+    return run_cli(args, out, true);
+  };
+  const std::regex iso(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)");
+  std::string out;
+  REQUIRE(cli({"account", "open", "eur", "--min-balance", "-5000"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("opened eur in EUR (min -50.00 EUR)"));
+  REQUIRE(cli({"account", "open", "shop"}) == 0);
+  REQUIRE(cli({"account", "open", "yen", "--currency", "JPY"}) == 0);
+  REQUIRE(cli({"deposit", "eur", "500000", "--key", "d1"}) == 0);
+  REQUIRE(cli({"deposit", "yen", "500", "--key", "d2"}) == 0);
+  REQUIRE(cli({"account", "show", "eur"}, &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("eur 5000.00 EUR (held 0.00 EUR, available 5000.00 EUR, min -50.00 EUR"));
+  REQUIRE(cli({"account", "show", "yen"}, &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("yen 500 JPY"));
+  REQUIRE(cli({"account", "list"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("5000.00 EUR") && Catch::Contains("500 JPY"));
+  REQUIRE(cli({"ledger", "check"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("totals 5000.00 EUR, 500 JPY"));
+  REQUIRE(cli({"ledger", "history", "eur"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("+5000.00 EUR") && Catch::Contains("deposit 5000.00 EUR (outside) -> eur"));
+  CHECK(std::regex_search(out, iso));
+  REQUIRE(cli({"ledger", "show", "--key", "d2"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("deposit 500 JPY") && Catch::Contains("entry") && Catch::Contains("+500 JPY"));
+  REQUIRE(cli({"ledger", "transfers"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("5000.00 EUR") && Catch::Contains("500 JPY"));
+  REQUIRE(cli({"ledger", "balance-at", "eur", "2999-01-01"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("eur 5000.00 EUR at 2999-01-01T00:00:00.000Z"));
+
+  // A hold: its amount, its timeout as a time and how long until it, then after it.
+  std::string id;
+  REQUIRE(cli({"hold", "eur", "shop", "1234", "--key", "h1", "--timeout", "1s"}, &id) == 0);
+  id.pop_back();
+  REQUIRE(cli({"hold-show", id}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("12.34 EUR eur -> shop, held, expires at ") && Catch::Contains("(in "));
+  CHECK(std::regex_search(out, iso));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1'300));
+  REQUIRE(cli({"hold-show", id}, &out) == 0);
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains(", expired at ") && Catch::Contains(" ago)"));
+  CHECK(std::regex_search(out, iso));
+  CHECK(out.find("expires in") == std::string::npos);
+  CHECK(out.find("(-") == std::string::npos);  // no negative duration
+  REQUIRE(cli({"hold", "eur", "shop", "99", "--key", "h2", "--timeout", "1h"}, &id) == 0);
+  id.pop_back();
+  REQUIRE(cli({"void", id}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("voided (0.99 EUR released)"));
+  REQUIRE(cli({"account", "open", "yen-shop", "--currency", "JPY"}) == 0);
+  REQUIRE(cli({"hold", "yen", "yen-shop", "501", "--timeout", "1h"}, &out) == 4);
+  CHECK_THAT(out, Catch::Contains("has less than 501 JPY available"));
+  REQUIRE(cli({"hold", "eur", "shop", "600", "--key", "h3", "--timeout", "1h"}, &id) == 0);
+  id.pop_back();
+  REQUIRE(cli({"capture", id, "601"}, &out) == 2);
+  CHECK_THAT(out, Catch::Contains("reserves 6.00 EUR: cannot capture 6.01 EUR"));
+
+  // The archive's refusal names times in ISO 8601.
+  REQUIRE(cli({"ledger", "archive", "--before", "2999-01-01"}, &out) == 2);
+  CHECK_THAT(out, Catch::Contains("archive cutoff 2999-01-01T00:00:00.000Z is later than") &&
+                      Catch::Contains("minus min_age 30d"));
+  CHECK(out.find("epoch") == std::string::npos);
+
+  // Locks: a lease that ran out unreleased is expired, not free; a held one says when it ends.
+  REQUIRE(cli({"lock", "acquire", "short", "--ttl", "1s"}) == 0);
+  REQUIRE(cli({"lock", "acquire", "long", "--ttl", "1h"}) == 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1'300));
+  REQUIRE(cli({"lock", "list"}, &out) == 0);
+  CHECK(std::regex_search(out, std::regex(R"(long +held +token \d+ +expires in 59m \d+s by )")));
+  CHECK(std::regex_search(out, std::regex(R"(short +expired +token \d+ +ran out unreleased, by .* \(acquired )")));
+  CHECK(out.find("free") == std::string::npos);
+  REQUIRE(cli({"--json", "lock", "list"}, &out) == 0);
+  std::istringstream lines(out);
+  std::map<std::string, nlohmann::json> rows;
+  for (std::string line; std::getline(lines, line);) {
+    auto j = nlohmann::json::parse(line);
+    rows[j.at("name")] = j;
+  }
+  CHECK(rows.at("short").at("expired") == true);
+  CHECK(rows.at("short").at("held") == false);
+  CHECK(rows.at("long").at("expired") == false);
 }
 
 namespace {

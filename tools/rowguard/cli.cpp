@@ -13,7 +13,7 @@ extern char** environ;
 
 namespace rowguard::cli {
 
-Database open_database(const Globals& globals) {
+Database open_database(const Globals& globals, SchemaNeed need) {
   Options options;
   options.table_prefix = globals.prefix;
   const auto timeout = parse_duration(globals.connect_timeout);
@@ -23,7 +23,17 @@ Database open_database(const Globals& globals) {
   if (network.count() != 0 && network < std::chrono::seconds(2))
     throw Error(ErrorKind::invalid_argument, "--network-timeout must be 0s (the system's TCP defaults) or at least 2s");
   options.network_timeout = std::chrono::duration_cast<std::chrono::seconds>(network);
-  return Database::open(globals.db, options);
+  options.create_if_missing = need == SchemaNeed::create;
+  std::optional<Database> db;
+  try {
+    db.emplace(Database::open(globals.db, options));
+  } catch (const Error& e) {
+    // Only a missing SQLite file is not_found at open (Options::create_if_missing).
+    if (e.kind() != ErrorKind::not_found) throw;
+    throw Error(ErrorKind::schema_mismatch, fmt::format("{}; run `rowguard migrate` to create it", e.what()));
+  }
+  if (need == SchemaNeed::current) db->require_schema();
+  return std::move(*db);
 }
 
 std::string json_line(const nlohmann::json& object) {
@@ -218,6 +228,44 @@ int exit_code(ErrorKind kind) noexcept {
       return 1;
   }
   return 1;
+}
+
+namespace {
+// The commands of app, comma-separated.
+std::string command_names(const CLI::App& app) {
+  std::string names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  return names;
+}
+
+bool looks_like_option(const std::string& word) {
+  return word.size() > 1 && word[0] == '-' && !(word[1] >= '0' && word[1] <= '9');
+}
+}  // namespace
+
+std::string usage_message(const CLI::App& app, const CLI::ParseError& error) {
+  // The deepest command the line named: the word it missed was meant for that one.
+  const CLI::App* at = &app;
+  std::string path = "rowguard";
+  for (auto named = at->get_subcommands(); !named.empty(); named = at->get_subcommands()) {
+    at = named.front();
+    path += " " + at->get_name();
+  }
+  const bool group = !at->get_subcommands([](const CLI::App*) { return true; }).empty();
+  const std::vector<std::string> extra = app.remaining(true);
+  if (!extra.empty()) {
+    const std::string& word = extra.front();
+    if (looks_like_option(word))
+      return fmt::format("unknown option '{}' for {} (`{} --help` lists its options)", word.substr(0, word.find('=')),
+                         path, path);
+    if (group) return fmt::format("unknown command '{}' for {} (its commands: {})", word, path, command_names(*at));
+    return fmt::format("unexpected argument '{}' for {} (`{} --help` lists what it takes)", word, path, path);
+  }
+  if (group && at->get_require_subcommand_min() > 0)
+    return fmt::format("a command is needed after {}: {} (`{} --help` says what each does)", path, command_names(*at),
+                       path);
+  return error.what();
 }
 
 std::string exit_code_help() {

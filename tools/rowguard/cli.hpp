@@ -22,8 +22,19 @@ struct Globals {
   std::string network_timeout = "30s";  // a duration; 0s: the operating system's TCP defaults
 };
 
-// Opens the database named by the global options.
-Database open_database(const Globals& globals);
+// What a command needs of the database it opens.
+enum class SchemaNeed {
+  current,  // every command but these: the schema migrate makes, else exit 11 "run `rowguard migrate`"
+  any,      // version --check-db: whatever version the database holds
+  create,   // migrate: a missing SQLite file is created
+};
+
+// Opens the database named by the global options. Only SchemaNeed::create makes a missing SQLite
+// file; otherwise a missing one is Error(schema_mismatch) (exit 11) saying to run `rowguard migrate`.
+// SchemaNeed::current also reads the schema version once (Database::require_schema), so that a
+// database never migrated, or migrated by another rowguard version, answers exit 11 before the
+// command runs instead of with "no such table".
+Database open_database(const Globals& globals, SchemaNeed need = SchemaNeed::current);
 
 // One JSON line. Invalid UTF-8 in a string (an echoed bad argument in an error message) becomes
 // U+FFFD instead of aborting the dump: data that may be binary goes through json_bytes instead.
@@ -64,6 +75,10 @@ struct CachedLedger {
   }
 };
 
+// The --help text of an AMOUNT argument: amounts are typed in minor units, as --json prints them,
+// while text output shows them in major units (format_money).
+inline constexpr const char* amount_help = "Minor units (> 0): 1050 is 10.50 EUR, 500 is 500 JPY";
+
 // A new idempotency key for a command given none; printed so the user can retry with it.
 std::string fresh_key();
 // Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
@@ -97,8 +112,15 @@ class StdoutToStderr {
 
 // The exit code of an error of this kind (README: 1 permanent, 2 invalid_argument, 3 lock_busy, ...).
 int exit_code(ErrorKind kind) noexcept;
-// The exit-code table printed by --help.
+// The exit-code table, printed once: by `rowguard --help` (and so the man page); each command's
+// --help points there.
 std::string exit_code_help();
+
+// What a command line that did not parse (exit 2) gets told: the first word not understood, as
+// "unknown option '--bogus' for rowguard lock acquire" or "unknown command 'frob' for rowguard lock
+// (its commands: acquire, renew, ...)", the commands of a group named without one, else CLI11's
+// own message. REQUIRES: app.parse() threw error.
+std::string usage_message(const CLI::App& app, const CLI::ParseError& error);
 
 // Registers each group of commands on the app; the callbacks run the command and may throw rowguard::Error.
 void add_schema_commands(CLI::App& app, Globals& globals);

@@ -35,15 +35,15 @@ struct Tally {
   std::atomic<std::int64_t> ok{0}, rejected{0}, replays{0}, failures{0}, balance_reads{0};
 };
 
-// Accounts are opened once per database; a rerun reuses them (their seed deposits replay).
+// The demo's one currency.
+constexpr std::string_view currency = "EUR";
+
+// Accounts are opened once per database; a rerun finds them open (open is idempotent) and their
+// seed deposits replay.
 void open_accounts(Ledger& ledger, int accounts) {
   for (int i = 0; i < accounts; ++i) {
     const std::string id = account_name(i);
-    try {
-      ledger.open(id, "EUR", i % 5 == 0 ? -5'000 : 0);  // every fifth may overdraw by 50.00
-    } catch (const Error& e) {
-      if (e.sqlstate() != "23505") throw;
-    }
+    ledger.open(id, currency, i % 5 == 0 ? -5'000 : 0);  // every fifth may overdraw by 50.00
     ledger.deposit(id, 100'000, "demo-seed-" + id);
   }
 }
@@ -150,8 +150,9 @@ bool cache_coherent(Ledger& ledger) {
     const Account cached = ledger.get(row.id);
     if (cached.balance != row.balance || cached.version != row.version) {
       coherent = false;
-      std::cerr << fmt::format("  cached {} shows {} (version {}), the row {} (version {})\n", row.id, cached.balance,
-                               cached.version, row.balance, row.version);
+      std::cerr << fmt::format("  cached {} shows {} (version {}), the row {} (version {})\n", row.id,
+                               format_money(cached.balance, currency), cached.version,
+                               format_money(row.balance, currency), row.version);
     }
   }
   return coherent;
@@ -212,23 +213,23 @@ void run_demo(const DemoArgs& a, const Globals& globals) {
                      {"cache_loads", cs.loads},
                      {"cache_coherent", coherent},
                      {"ok", all_good}};
-  emit(
-      globals, out,
-      fmt::format("rowguard demo on {} ({}), {} workers, {:.1f}s\n"
-                  "  transfers applied      {:>10}   ({:.0f}/s)\n"
-                  "  rejected (no funds)    {:>10}\n"
-                  "  retried keys replayed  {:>10}\n"
-                  "  conflicts / retries    {:>10} / {}\n"
-                  "  failures               {:>10}\n"
-                  "  accounts / total       {:>10} / {} minor units\n"
-                  "  balance reads          {:>10}   ({:.0f}% cache hits, {} in process; {} loads)\n"
-                  "  cached = stored        {:>10}\n"
-                  "  settlement lease       {:>10} turns, tokens strictly increasing: {}\n"
-                  "  ledger check           {:>10}",
-                  db.display_url(), db.backend_name(), a.workers, secs, ok, per_second(ok, secs), tally.rejected.load(),
-                  tally.replays.load(), stats.conflicts, stats.retries, tally.failures.load(), report.accounts,
-                  report.total_balance, reads, hit_ratio * 100.0, cs.local_hits, cs.loads, coherent ? "yes" : "NO",
-                  tokens.size(), increasing ? "yes" : "NO", report.ok() ? "every invariant holds" : "VIOLATED"));
+  emit(globals, out,
+       fmt::format("rowguard demo on {} ({}), {} workers, {:.1f}s\n"
+                   "  transfers applied      {:>10}   ({:.0f}/s)\n"
+                   "  rejected (no funds)    {:>10}\n"
+                   "  retried keys replayed  {:>10}\n"
+                   "  conflicts / retries    {:>10} / {}\n"
+                   "  failures               {:>10}\n"
+                   "  accounts / total       {:>10} / {}\n"
+                   "  balance reads          {:>10}   ({:.0f}% cache hits, {} in process; {} loads)\n"
+                   "  cached = stored        {:>10}\n"
+                   "  settlement lease       {:>10} turns, tokens strictly increasing: {}\n"
+                   "  ledger check           {:>10}",
+                   db.display_url(), db.backend_name(), a.workers, secs, ok, per_second(ok, secs),
+                   tally.rejected.load(), tally.replays.load(), stats.conflicts, stats.retries, tally.failures.load(),
+                   report.accounts, format_money(report.total_balance, currency), reads, hit_ratio * 100.0,
+                   cs.local_hits, cs.loads, coherent ? "yes" : "NO", tokens.size(), increasing ? "yes" : "NO",
+                   report.ok() ? "every invariant holds" : "VIOLATED"));
   for (const auto& v : report.violations) std::cerr << "  " << v.what << " " << v.account << ": " << v.detail << '\n';
   if (!all_good) throw Error(ErrorKind::permanent, "the demo's invariants failed");
 }

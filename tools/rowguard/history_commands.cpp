@@ -68,16 +68,22 @@ nlohmann::json transfer_json(const TransferRecord& t, bool with_entries) {
   return j;
 }
 
-// "2026-01-31T12:30:00.250Z  #42 transfer 2500 EUR alice -> bob ok (key order-77)"
+// A change of a balance: "+25.00 EUR", "-25.00 EUR".
+std::string signed_money(std::int64_t minor, std::string_view currency) {
+  return (minor > 0 ? "+" : "") + format_money(minor, currency);
+}
+
+// "2026-01-31T12:30:00.250Z  #42 transfer 25.00 EUR alice -> bob ok (key order-77)"
 std::string transfer_line(const TransferRecord& t) {
-  return fmt::format("{}  #{} {} {} {} {} -> {} {}{}", format_time(t.created_at_ms), t.id, to_string(t.kind), t.amount,
-                     t.currency, t.from.value_or("(outside)"), t.to.value_or("(outside)"), t.outcome,
-                     t.key ? fmt::format(" (key {})", *t.key) : std::string());
+  return fmt::format("{}  #{} {} {} {} -> {} {}{}", format_time(t.created_at_ms), t.id, to_string(t.kind),
+                     format_money(t.amount, t.currency), t.from.value_or("(outside)"), t.to.value_or("(outside)"),
+                     t.outcome, t.key ? fmt::format(" (key {})", *t.key) : std::string());
 }
 
 std::string entries_lines(const TransferRecord& t) {
   std::string text;
-  for (const auto& e : t.entries) text += fmt::format("\n    entry {} {} {:+}", e.id, e.account, e.amount);
+  for (const auto& e : t.entries)
+    text += fmt::format("\n    entry {} {} {}", e.id, e.account, signed_money(e.amount, t.currency));
   return text;
 }
 
@@ -185,7 +191,7 @@ void add_history_commands(CLI::App& app, Globals& globals) {
       auto j = transfer_json(item.transfer, true);
       j["change"] = item.change;
       items.push_back(std::move(j));
-      text += fmt::format("\n{:+} {}", item.change, transfer_line(item.transfer));
+      text += fmt::format("\n{} {}", signed_money(item.change, item.transfer.currency), transfer_line(item.transfer));
     }
     nlohmann::json result{{"account", a.id}, {"items", items}, {"next", opt_json(page.next)}};
     add_window(result, q.since_ms, q.until_ms);
@@ -247,9 +253,10 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   balance_at->callback([&globals] {
     const std::int64_t at = parse_time(a.time);
     auto db = open_database(globals);
-    const std::int64_t balance = Ledger(db).balance_at(a.id, at);
+    Ledger ledger(db);
+    const std::int64_t balance = ledger.balance_at(a.id, at);
     emit(globals, {{"account", a.id}, {"at", format_time(at)}, {"at_ms", at}, {"balance", balance}},
-         fmt::format("{} {} at {}", a.id, balance, format_time(at)));
+         fmt::format("{} {} at {}", a.id, format_money(balance, ledger.get(a.id).currency), format_time(at)));
   });
 }
 

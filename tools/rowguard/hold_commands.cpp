@@ -33,7 +33,7 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
       "available amount is short)");
   hold->add_option("from", a.from, "Source account")->required();
   hold->add_option("to", a.to, "Destination account, paid on capture")->required();
-  hold->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
+  hold->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   hold->add_option("--key", a.key, "Idempotency key (default: a new one, printed; retry with it)");
   hold->add_option("--timeout", a.timeout,
                    "How long the hold reserves the money, on the database clock, e.g. 15m or 168h (at most 366 days)")
@@ -49,7 +49,8 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
                 : fmt::format("hold {} rejected: insufficient funds (key {})", r.hold_id, key));
     if (!r.ok())
       throw Error(ErrorKind::insufficient_funds,
-                  fmt::format("hold rejected: '{}' has less than {} available (hold {})", a.from, a.amount, r.hold_id));
+                  fmt::format("hold rejected: '{}' has less than {} available (hold {})", a.from,
+                              format_money(a.amount, Ledger(db).get(a.from).currency), r.hold_id));
   });
 
   auto* capture = app.add_subcommand(
@@ -83,7 +84,7 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
       throw Error(ErrorKind::hold_closed, e.what() + reversal_hint(l.ledger, a.hold_id));
     }
     emit(globals, hold_json(h),
-         fmt::format("hold {} {} ({} {} released)", h.id, to_string(h.state), h.amount, h.currency));
+         fmt::format("hold {} {} ({} released)", h.id, to_string(h.state), format_money(h.amount, h.currency)));
   });
 
   auto* show = app.add_subcommand("hold-show", "Show HOLD_ID (exit 5 when there is none)");
@@ -91,9 +92,21 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
   show->callback([&globals] {
     auto db = open_database(globals);
     const Hold h = Ledger(db).get_hold(a.hold_id);
-    emit(globals, hold_json(h),
-         fmt::format("hold {}: {} {} {} -> {}, {} (captured {}, expires in {} ms)", h.id, h.amount, h.currency, h.from,
-                     h.to, to_string(h.state), h.captured, h.expires_in_ms));
+    // Its timeout as a time: expires_in_ms is from the database clock's now, read again here.
+    const std::int64_t expires_at = db.now_ms() + h.expires_in_ms;
+    const auto in = std::chrono::milliseconds(h.expires_in_ms);
+    // Open by state but past its timeout is expired in fact (a sweep closes it later).
+    const bool expired = h.state == HoldState::expired || (h.state == HoldState::held && h.expires_in_ms <= 0);
+    const std::string state =
+        expired ? fmt::format("expired at {} ({} ago)", format_time(expires_at), format_duration(-in))
+        : h.state == HoldState::held
+            ? fmt::format("held, expires at {} (in {})", format_time(expires_at), format_duration(in))
+            : std::string(to_string(h.state));
+    auto j = hold_json(h);
+    j["expires_at"] = format_time(expires_at);
+    emit(globals, j,
+         fmt::format("hold {}: {} {} -> {}, {}{}", h.id, format_money(h.amount, h.currency), h.from, h.to, state,
+                     h.captured ? fmt::format(" (captured {})", format_money(h.captured, h.currency)) : ""));
   });
 }
 

@@ -43,33 +43,42 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   static LedgerArgs a;
   auto* account = app.add_subcommand("account", "Accounts: open, show, list");
   account->require_subcommand(1);
-  auto* open = account->add_subcommand("open", "Open an account");
+  auto* open = account->add_subcommand(
+      "open",
+      "Open an account; opening it again with the same currency and minimum is fine (exit 0, \"opened\": false), "
+      "with others exit 7");
   open->add_option("id", a.id, "Account id")->required();
   open->add_option("--currency", a.currency, "ISO 4217 code (default EUR)");
-  open->add_option("--min-balance", a.min_balance, "Lowest allowed balance in minor units, <= 0 (default 0)")
+  open->add_option("--min-balance", a.min_balance,
+                   "Lowest allowed balance in minor units (cents: -5000 is -50.00 EUR), <= 0 (default 0)")
       ->check(decimal());
   open->callback([&globals] {
     auto db = open_database(globals);
     CachedLedger l(db);
-    l.ledger.open(a.id, a.currency, a.min_balance);
-    emit(globals, account_json(l.ledger.get(a.id)), fmt::format("opened {} in {}", a.id, a.currency));
+    const bool opened = l.ledger.open(a.id, a.currency, a.min_balance);
+    auto j = account_json(l.ledger.get(a.id));
+    j["opened"] = opened;
+    emit(globals, j,
+         fmt::format("{} {} in {} (min {})", opened ? "opened" : "already open:", a.id, a.currency,
+                     format_money(a.min_balance, a.currency)));
   });
   auto* show = account->add_subcommand("show", "Show an account, read through the cache (exit 5 when there is none)");
   show->add_option("id", a.id, "Account id")->required();
   show->callback([&globals] {
     auto db = open_database(globals);
     const Account acc = CachedLedger(db).ledger.get(a.id);
+    const auto money = [&](std::int64_t minor) { return format_money(minor, acc.currency); };
     emit(globals, account_json(acc),
-         fmt::format("{} {} {} (held {}, available {}, min {}, version {})", acc.id, acc.balance, acc.currency,
-                     acc.held, acc.available(), acc.min_balance, acc.version));
+         fmt::format("{} {} (held {}, available {}, min {}, version {})", acc.id, money(acc.balance), money(acc.held),
+                     money(acc.available()), money(acc.min_balance), acc.version));
   });
   auto* list = account->add_subcommand("list", "List every account");
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& acc : Ledger(db).list())
       emit(globals, account_json(acc),
-           fmt::format("{:<24} {:>18} {} (held {}, min {}, version {})", acc.id, acc.balance, acc.currency, acc.held,
-                       acc.min_balance, acc.version));
+           fmt::format("{:<24} {:>24} (held {}, min {}, version {})", acc.id, format_money(acc.balance, acc.currency),
+                       format_money(acc.held, acc.currency), format_money(acc.min_balance, acc.currency), acc.version));
   });
 
   auto keyed = [](CLI::App* cmd) {
@@ -77,7 +86,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   };
   auto* deposit = app.add_subcommand("deposit", "Deposit AMOUNT minor units into ID from outside");
   deposit->add_option("id", a.id, "Account id")->required();
-  deposit->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
+  deposit->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(deposit);
   deposit->callback([&globals] {
     auto db = open_database(globals);
@@ -86,7 +95,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   });
   auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
   withdraw->add_option("id", a.id, "Account id")->required();
-  withdraw->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
+  withdraw->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(withdraw);
   withdraw->callback([&globals] {
     auto db = open_database(globals);
@@ -96,7 +105,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
   transfer->add_option("to", a.to, "Destination account")->required();
-  transfer->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
+  transfer->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(transfer);
   transfer->callback([&globals] {
     auto db = open_database(globals);
@@ -118,7 +127,7 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     std::string per_currency;
     for (const auto& t : r.totals) {
       totals[t.currency] = {{"balance", t.balance}, {"deposits", t.deposits}, {"withdrawals", t.withdrawals}};
-      per_currency += fmt::format("{}{} {}", per_currency.empty() ? "" : ", ", t.balance, t.currency);
+      per_currency += fmt::format("{}{}", per_currency.empty() ? "" : ", ", format_money(t.balance, t.currency));
     }
     std::string text =
         fmt::format("{} accounts, {} entries, totals {}: {}", r.accounts, r.entries,

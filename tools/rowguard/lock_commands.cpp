@@ -387,24 +387,36 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   run->add_option("command", a.command, "CMD [ARGS...] after --")->required();
   run->callback([&globals, &exit_status] { run_locked(globals, a, exit_status); });
 
-  auto* list = lock->add_subcommand("list", "Who holds what: name, owner, token, expiry, renewals, waiters");
+  auto* list = lock->add_subcommand(
+      "list",
+      "Who holds what: name, state (held; expired: its lease ran out without a release; free), owner, token, "
+      "expiry, renewals, waiters");
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& l : Locks(db).list()) {
-      emit(
-          globals,
-          {{"name", l.name},
-           {"owner", l.owner},
-           {"token", l.token},
-           {"held", l.held},
-           {"acquired_at_ms", l.acquired_at_ms},
-           {"expires_in_ms", l.expires_in_ms},
-           {"renewals", l.renewals},
-           {"waiters", l.waiters},
-           {"release_reason", l.release_reason}},
-          fmt::format("{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name, l.held ? "held" : "free", l.token,
-                      l.held ? fmt::format("expires in {} ms by {}", l.expires_in_ms, l.owner) : "", l.renewals,
-                      l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
+      emit(globals,
+           {{"name", l.name},
+            {"owner", l.owner},
+            {"token", l.token},
+            {"held", l.held},
+            {"expired", l.expired},
+            {"acquired_at_ms", l.acquired_at_ms},
+            {"expires_in_ms", l.expires_in_ms},
+            {"renewals", l.renewals},
+            {"waiters", l.waiters},
+            {"release_reason", l.release_reason}},
+           fmt::format(
+               "{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name,
+               l.held      ? "held"
+               : l.expired ? "expired"
+                           : "free",
+               l.token,
+               l.held ? fmt::format("expires in {} by {}", format_duration(std::chrono::milliseconds(l.expires_in_ms)),
+                                    l.owner)
+               : l.expired
+                   ? fmt::format("ran out unreleased, by {} (acquired {})", l.owner, format_time(l.acquired_at_ms))
+                   : "",
+               l.renewals, l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
     }
   });
 

@@ -12,7 +12,8 @@ namespace {
 int run(int argc, char** argv) {
   using namespace rowguard;
   CLI::App app{"rowguard: leases, version-checked balances and a read-through cache on your SQL database"};
-  app.footer(cli::exit_code_help() + "\n\n" + cli::json_help());
+  // Each command inherits the footer it sees when it is added: the short one. The tables once, below.
+  app.footer("Exit codes and --json output: see rowguard --help.");
   app.require_subcommand(1);
   app.fallthrough();
   // CLI11 runs its callback before it looks for the missing command: `rowguard --version` alone answers.
@@ -51,6 +52,7 @@ int run(int argc, char** argv) {
   cli::add_two_phase_commands(app, globals);
   cli::add_serve_command(app, globals);
   cli::add_completion_command(app, globals);
+  app.footer(cli::exit_code_help() + "\n\n" + cli::json_help());
 
   // CLI11 sets --json only once the command line has parsed: a usage error needs it earlier.
   for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i)
@@ -65,8 +67,9 @@ int run(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);  // prints the message to stderr
-    cli::emit_failure(globals, "usage", e.what(), 2);
+    const std::string message = cli::usage_message(app, e);
+    std::cerr << "rowguard: " << message << '\n';
+    cli::emit_failure(globals, "usage", message, 2);
     return 2;
   } catch (const Error& e) {
     std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';

@@ -8,9 +8,12 @@
 namespace rowguard::cli {
 
 void add_schema_commands(CLI::App& app, Globals& globals) {
-  auto* migrate = app.add_subcommand("migrate", "Apply the missing schema migrations (safe to run concurrently)");
+  auto* migrate = app.add_subcommand(
+      "migrate",
+      "Apply the missing schema migrations (safe to run concurrently); the only command that creates a missing "
+      "SQLite file");
   migrate->callback([&globals] {
-    auto db = open_database(globals);
+    auto db = open_database(globals, SchemaNeed::create);
     const int applied = db.migrate();
     const int version = db.schema_version();
     emit(globals, {{"applied", applied}, {"schema_version", version}, {"backend", db.backend_name()}},
@@ -58,7 +61,7 @@ void add_schema_commands(CLI::App& app, Globals& globals) {
     std::string text =
         fmt::format("rowguard {} (schema version {})", rowguard::version(), Database::library_schema_version());
     if (with_db) {
-      auto db = open_database(globals);
+      auto db = open_database(globals, SchemaNeed::any);
       const int found = db.schema_version();
       out["database_schema_version"] = found;
       text += fmt::format("; database schema version {}", found);

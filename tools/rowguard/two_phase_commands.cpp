@@ -58,10 +58,12 @@ void add_two_phase_commands(CLI::App& app, Globals& globals) {
   auto* group = app.add_subcommand(
       "2pc", "Two-phase commit across PostgreSQL databases (--db holds the decision log; see docs/two_phase.md)");
   group->require_subcommand(1);
-  auto common = [](CLI::App* cmd) {
+  // --grace is the coordinators' and recovery's: prune only keeps its rows longer than the default.
+  auto common = [](CLI::App* cmd, bool with_grace = true) {
     cmd->add_option("--participant", a.participants, "NAME=URL of a participant database (repeat for each)")
         ->required();
     cmd->add_option("--log-name", a.log_name, "The coordinator's log name, the gids' namespace (default: default)");
+    if (!with_grace) return;
     cmd->add_option("--grace", a.grace,
                     "How old an undecided prepared transaction must be before recovery aborts it; a coordinator's "
                     "commit decision later than this after its first PREPARE is recorded as abort (default: 60s)");
@@ -71,7 +73,7 @@ void add_two_phase_commands(CLI::App& app, Globals& globals) {
       "transfer", "Move AMOUNT minor units from NAME:ACCOUNT to NAME:ACCOUNT in another participant, atomically");
   transfer->add_option("from", a.from, "Source PARTICIPANT:ACCOUNT")->required();
   transfer->add_option("to", a.to, "Destination PARTICIPANT:ACCOUNT")->required();
-  transfer->add_option("amount", a.amount, "Minor units (> 0)")->required()->check(decimal());
+  transfer->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   transfer->add_option("--key", a.key, "Idempotency key (default: a new one, printed; retry with it)");
   common(transfer);
   transfer->callback([&globals] {
@@ -121,8 +123,11 @@ void add_two_phase_commands(CLI::App& app, Globals& globals) {
   });
 
   auto* prune = group->add_subcommand("prune", "Delete finished decisions older than --older-than (default 168h)");
-  common(prune);
-  prune->add_option("--older-than", a.older_than, "An age: 30m, 48h (at least --grace)");
+  common(prune, false);
+  prune->add_option("--older-than", a.older_than,
+                    "An age, e.g. 48h or 30d; at least 60s, the default --grace, and keep it above the --grace your "
+                    "coordinators and recoveries run with: a decision row must outlive any coordinator that could "
+                    "still decide its gid");
   prune->callback([&globals] {
     auto log = open_database(globals);
     Participants p(globals, a.participants);

@@ -20,7 +20,9 @@ class SqliteSession final : public Session {
   SqliteSession(const std::string& filename, bool memory, const Options& options,
                 std::shared_ptr<const Dialect> dialect)
       : dialect_(std::move(dialect)) {
-    const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
+    // Without create_if_missing a file that vanished after Database::open looked for it is not made anew.
+    const bool create = memory || options.create_if_missing;
+    const int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
     const int rc = sqlite3_open_v2(filename.c_str(), &db_, flags, nullptr);
     if (rc != SQLITE_OK) {
       const std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
