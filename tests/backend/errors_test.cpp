@@ -187,8 +187,9 @@ TEST_CASE("a transfer whose connection dies inside the server-side function is i
                  .i64(0);
   }
   if (killed != 1) {
-    for (const auto& row : admin->exec("SELECT COALESCE(wait_event_type, '-') || ' ' || query FROM pg_stat_activity "
-                                        "WHERE pid <> pg_backend_pid() AND datname = current_database()")
+    for (const auto& row : admin
+                               ->exec("SELECT COALESCE(wait_event_type, '-') || ' ' || query FROM pg_stat_activity "
+                                      "WHERE pid <> pg_backend_pid() AND datname = current_database()")
                                .rows)
       UNSCOPED_INFO(row.text(0));
   }
