@@ -234,7 +234,8 @@ namespace {
 // The commands of app, comma-separated.
 std::string command_names(const CLI::App& app) {
   std::string names;
-  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+  // Hidden commands (an empty group, as `manpage`) are not offered.
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App* c) { return !c->get_group().empty(); }))
     names += (names.empty() ? "" : ", ") + sub->get_name();
   return names;
 }

@@ -25,7 +25,7 @@ struct Globals {
 // What a command needs of the database it opens.
 enum class SchemaNeed {
   current,  // every command but these: the schema migrate makes, else exit 11 "run `rowguard migrate`"
-  any,      // version --check-db: whatever version the database holds
+  any,      // version --check-db, a --standby: whatever version the database holds
   create,   // migrate: a missing SQLite file is created
 };
 

@@ -31,7 +31,8 @@ Ledger history_ledger(const Globals& globals, Database& db, const HistoryArgs& a
   Globals on_standby = globals;
   on_standby.db = a.standby;
   try {
-    standby.emplace(open_database(on_standby));
+    // Not SchemaNeed::current: a standby that is not PostgreSQL is the library's usage error (exit 2) first.
+    standby.emplace(open_database(on_standby, SchemaNeed::any));
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::transient) throw;
     // An unreachable standby is what the primary is there for.
