@@ -1,5 +1,6 @@
 // Leases: mutual exclusion, fencing tokens, expiry, waiting, guards, fences and semaphores.
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <latch>
@@ -635,12 +636,17 @@ TEST_CASE("locks: `lock run` forwards SIGTERM to the command's processes and exi
           "[backend][shared-db][threads][cli]") {
   TestDb t;
   t.db().migrate();
-  const pid_t pid = rowguard::test::start_cli_holding(t,
-                                                      {"lock", "run", "signals", "--ttl", "10s", "--", "sh", "-c",
-                                                       "trap 'exit 42' TERM; while true; do sleep 0.05; done"},
-                                                      "signals");
+  // sh says when its trap is in place: a SIGTERM before that (a slow start, under TSan) kills it
+  // with 143, which is not what this test asks about.
+  const std::string trapped = (rowguard::test::scratch_dir() / "trapped").string();
+  const pid_t pid = rowguard::test::start_cli_holding(
+      t,
+      {"lock", "run", "signals", "--ttl", "10s", "--", "sh", "-c",
+       fmt::format("trap 'exit 42' TERM; touch '{}'; while true; do sleep 0.05; done", trapped)},
+      "signals");
   Locks probe(t.db());
-  std::this_thread::sleep_for(200ms);  // let sh install its trap
+  for (int i = 0; i < 500 && !std::filesystem::exists(trapped); ++i) std::this_thread::sleep_for(20ms);
+  REQUIRE(std::filesystem::exists(trapped));
   ::kill(pid, SIGTERM);
   CHECK(wait_exit(pid, 10s) == 42);
   CHECK(probe.try_acquire("signals", 1s));  // released when the command ended
