@@ -352,11 +352,13 @@ TEST_CASE("faults: a TCP proxy delays, stalls and cuts the connections during tr
   CHECK(proxy->reconnections() > 0);    // the clients connected again after a cut
 }
 
-// The lock row's expiry on the database clock, in epoch milliseconds.
+// The lock row's expiry on the database clock, in epoch milliseconds, floored as the library
+// floors acquired_at (a cast to bigint would round: an expiry at x.2316 s read as ...232 ms against a
+// takeover at x.2317 s read as ...231 ms failed this test once in CI).
 std::int64_t expires_at_ms(Database& db, const std::string& name) {
   auto tx = db.begin();
   const Result r = tx.exec(
-      "SELECT (extract(epoch FROM expires_at) * 1000)::bigint FROM " + db.table_prefix() + "locks WHERE name = $1",
+      "SELECT floor(extract(epoch FROM expires_at) * 1000)::bigint FROM " + db.table_prefix() + "locks WHERE name = $1",
       {name});
   tx.commit();
   REQUIRE(r.rows.size() == 1);
