@@ -16,16 +16,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+started=$SECONDS
 if [[ "${ROWGUARD_SANITIZERS:-1}" == 1 ]]; then
   skipped='^(pgbouncer|sqlite-memory|soci-sqlite3|failover)'
   echo "== ASan+UBSan: the whole suite on one backend per driver"
   LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
     ctest --test-dir build-asan --output-on-failure -j"$jobs" -E "^fuzz:" -LE "$skipped|^soci-postgresql-threads" "$@"
+  echo "== ASan+UBSan done in $((SECONDS - started)) s"; started=$SECONDS
   echo "== TSan: the tests with threads or processes, on one backend per driver"
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
     ctest --test-dir build-tsan --output-on-failure -j"$jobs" -L 'threads$' -LE "$skipped" "$@"
+  echo "== TSan done in $((SECONDS - started)) s"; started=$SECONDS
   echo "== the minimal build (SQLite only, no CLI)"
   ctest --test-dir build-minimal --output-on-failure -j"$jobs" -E "^fuzz:" "$@"
+  echo "== minimal done in $((SECONDS - started)) s"
 fi
 echo "== the suite"
 exec ctest --test-dir build --output-on-failure -j"$jobs" "$@"
