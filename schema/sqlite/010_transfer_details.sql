@@ -1,7 +1,8 @@
 -- rowguard schema, SQLite dialect. Step 010: codes, references, metadata and event times on
 -- transfers and holds (TransferDetails, docs/ledger.md "Codes, references and metadata").
 --
--- - code: the kind of payment as a team numbers them, 0 = none, 1..65535.
+-- - code: the kind of payment as a team numbers them, 0 = none, 1..65535 (BIGINT: SOCI reads an INTEGER
+--   column as 32 bits and refuses it).
 -- - reference: an external id (an order number), 1 to 128 bytes, indexed for Ledger::transfers.
 -- - metadata: a JSON object as text (json_valid), at most 4096 bytes, stored as the caller gave it.
 -- - event_at: when the payment took effect outside the ledger (imported transfers), epoch ms;
@@ -9,7 +10,7 @@
 -- Existing rows get code 0 and NULL for the rest, which the library reads as "no details". ADD
 -- COLUMN changes only the table's definition; the two indexes read the table once.
 
-ALTER TABLE rowguard_transfers ADD COLUMN code INTEGER NOT NULL DEFAULT 0 CHECK (code BETWEEN 0 AND 65535);
+ALTER TABLE rowguard_transfers ADD COLUMN code BIGINT NOT NULL DEFAULT 0 CHECK (code BETWEEN 0 AND 65535);
 ALTER TABLE rowguard_transfers ADD COLUMN reference TEXT
   CHECK (reference IS NULL OR length(CAST(reference AS BLOB)) BETWEEN 1 AND 128);
 ALTER TABLE rowguard_transfers ADD COLUMN metadata TEXT
@@ -17,7 +18,7 @@ ALTER TABLE rowguard_transfers ADD COLUMN metadata TEXT
                               AND length(CAST(metadata AS BLOB)) <= 4096));
 ALTER TABLE rowguard_transfers ADD COLUMN event_at BIGINT;
 
-ALTER TABLE rowguard_holds ADD COLUMN code INTEGER NOT NULL DEFAULT 0 CHECK (code BETWEEN 0 AND 65535);
+ALTER TABLE rowguard_holds ADD COLUMN code BIGINT NOT NULL DEFAULT 0 CHECK (code BETWEEN 0 AND 65535);
 ALTER TABLE rowguard_holds ADD COLUMN reference TEXT
   CHECK (reference IS NULL OR length(CAST(reference AS BLOB)) BETWEEN 1 AND 128);
 ALTER TABLE rowguard_holds ADD COLUMN metadata TEXT
@@ -26,7 +27,7 @@ ALTER TABLE rowguard_holds ADD COLUMN metadata TEXT
 ALTER TABLE rowguard_holds ADD COLUMN event_at BIGINT;
 
 -- Archiving moves them with their transfers.
-ALTER TABLE rowguard_transfers_archive ADD COLUMN code INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rowguard_transfers_archive ADD COLUMN code BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rowguard_transfers_archive ADD COLUMN reference TEXT;
 ALTER TABLE rowguard_transfers_archive ADD COLUMN metadata TEXT;
 ALTER TABLE rowguard_transfers_archive ADD COLUMN event_at BIGINT;

@@ -12,7 +12,8 @@ namespace {
 // TransferDetails as columns of a transfer or a hold (alias.code ...): code, reference, metadata
 // as text, event time in epoch ms (NULL for none); records from before step 010 read as none.
 std::string details_columns(const Dialect& d, std::string_view alias) {
-  return fmt::format("{a}code, {a}reference, CAST({a}metadata AS text), {ms}", fmt::arg("a", alias),
+  // code as bigint: SOCI reads a 32-bit integer column as a type of its own, which rowguard refuses.
+  return fmt::format("CAST({a}code AS bigint), {a}reference, CAST({a}metadata AS text), {ms}", fmt::arg("a", alias),
                      fmt::arg("ms", d.timestamp_to_ms(fmt::format("{}event_at", alias))));
 }
 
