@@ -1616,14 +1616,14 @@ TEST_CASE("ledger: transfers() filter plans and costs on 200k transfers", "[.][d
       fmt::format("INSERT INTO {p}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
                   "SELECT 'acc' || g, 'EUR', 0, -9000000000000, 0, {now}, {now} FROM {s} WHERE g <= 1000",
                   fmt::arg("p", p), fmt::arg("now", d.now_timestamp()), fmt::arg("s", series)));
-  db.exec(
-      fmt::format("INSERT INTO {p}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, "
-                  "outcome, created_at, code, reference, metadata) SELECT g, 'k' || g, 'transfer', 'acc' || (1 + g % "
-                  "1000), 'acc' || (1 + (g * 7) % 1000), 1 + g % 100, 'EUR', 'ok', {at}, CASE WHEN g % 4 = 0 THEN 0 "
-                  "ELSE 1 + g % 50 END, 'order-' || (g / 4), {m} FROM {s}",
-                  fmt::arg("p", p), fmt::arg("at", d.ms_to_timestamp(fmt::format("$1 - ({} - g) * 10", n))),
-                  fmt::arg("m", pg ? "CAST(" + metadata + " AS jsonb)" : metadata), fmt::arg("s", series)),
-      {now_ms});
+  db.exec(fmt::format(
+              "INSERT INTO {p}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, "
+              "outcome, created_at, code, reference, metadata) SELECT g, 'k' || g, 'transfer', 'acc' || (1 + g % "
+              "1000), 'acc' || (1 + (g * 7) % 1000), 1 + g % 100, 'EUR', 'ok', {at}, CASE WHEN g % 4 = 0 THEN 0 "
+              "ELSE 1 + g % 50 END, 'order-' || (g / 4), {m} FROM {s}",
+              fmt::arg("p", p), fmt::arg("at", d.ms_to_timestamp(fmt::format("CAST($1 AS bigint) - ({} - g) * 10", n))),
+              fmt::arg("m", pg ? "CAST(" + metadata + " AS jsonb)" : metadata), fmt::arg("s", series)),
+          {now_ms});
   if (pg) {
     db.exec(fmt::format("SELECT setval(pg_get_serial_sequence('{}transfers', 'id'), {})", p, n));
     db.exec(fmt::format("ANALYZE {}transfers", p));
