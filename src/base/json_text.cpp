@@ -14,7 +14,7 @@ struct Parser {
   int max_depth;
   std::string error;
 
-  bool fail(std::string what) {
+  bool fail(const std::string& what) {
     if (error.empty()) error = what + " at byte " + std::to_string(i);
     return false;
   }
