@@ -1279,8 +1279,16 @@ TEST_CASE("cli: --code, --reference, --metadata and --event-at are recorded, sho
     args.insert(args.begin(), {"ledger", "transfers"});
     std::vector<std::string> keys;
     if (cli(args, &out) != 0) return std::vector<std::string>{"(failed)"};
-    for (const auto& item : nlohmann::json::parse(out).at("items")) keys.push_back(item.at("key"));
+    // The parsed document in a variable of its own: a range-for over parse(out).at("items") walks a
+    // temporary destroyed before the loop (its emptiness once looked like a filter that found nothing).
+    const auto listing = nlohmann::json::parse(out);
+    for (const auto& item : listing.at("items")) keys.push_back(item.at("key"));
     return keys;
   };
+  CHECK(listed({"--code", "7"}) == std::vector<std::string>{"t1"});
+  CHECK(listed({"--reference", "order-51"}) == std::vector<std::string>{"bt2"});
+  CHECK(listed({"--metadata", R"({"shop":"eu"})"}) == std::vector<std::string>{"t1"});
+  CHECK(listed({"--metadata", R"({"shop":"us"})", "--account", "a", "--since", "1h"}) ==
+        std::vector<std::string>{"bt1"});
   CHECK(listed({"--code", "3", "--reference", "order-51"}).empty());
 }
