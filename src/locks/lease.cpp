@@ -216,6 +216,26 @@ void stop_heartbeat(detail::LeaseData& s) {
   stop_thread(s.watchdog);
   stop_thread(s.heartbeat);
 }
+
+// Ends the lease by end() (a release statement) and records what came of it: released, or what
+// its error says of the lease (lost; unknown when the outcome is in doubt) before the error goes on.
+template <class End>
+auto end_lease(detail::LeaseData& s, End&& end) {
+  try {
+    auto result = end();
+    std::lock_guard lock(s.mutex);
+    s.state = LeaseState::released;
+    return result;
+  } catch (const Error& e) {
+    {
+      std::lock_guard lock(s.mutex);
+      if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
+      if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
+    }
+    if (e.kind() == ErrorKind::lock_lost) detail::report_lost(s, e.what());
+    throw;
+  }
+}
 }  // namespace
 
 Lease::~Lease() {
@@ -323,19 +343,10 @@ void Lease::release() {
       throw Error(ErrorKind::lock_lost, fmt::format("lease on '{}' was lost before release", s.name));
   }
   stop_heartbeat(s);
-  try {
+  end_lease(s, [&] {
     detail::release_lease(*s.locks, s.name, s.owner, s.token);
-  } catch (const Error& e) {
-    {
-      std::lock_guard lock(s.mutex);
-      if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
-      if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
-    }
-    if (e.kind() == ErrorKind::lock_lost) detail::report_lost(s, e.what());
-    throw;
-  }
-  std::lock_guard lock(s.mutex);
-  s.state = LeaseState::released;
+    return true;
+  });
 }
 
 std::chrono::milliseconds Lease::release_at_least(std::chrono::milliseconds at_least) {
@@ -356,21 +367,7 @@ std::chrono::milliseconds Lease::release_at_least(std::chrono::milliseconds at_l
     std::lock_guard lock(s.mutex);
     s.at_least = at_least;
   }
-  std::chrono::milliseconds held_for{0};
-  try {
-    held_for = detail::release_lease_at_least(*s.locks, s.name, s.owner, s.token, at_least);
-  } catch (const Error& e) {
-    {
-      std::lock_guard lock(s.mutex);
-      if (e.kind() == ErrorKind::lock_lost) s.state = LeaseState::lost;
-      if (e.kind() == ErrorKind::in_doubt) s.state = LeaseState::unknown;
-    }
-    if (e.kind() == ErrorKind::lock_lost) detail::report_lost(s, e.what());
-    throw;
-  }
-  std::lock_guard lock(s.mutex);
-  s.state = LeaseState::released;
-  return held_for;
+  return end_lease(s, [&] { return detail::release_lease_at_least(*s.locks, s.name, s.owner, s.token, at_least); });
 }
 
 void Lease::detach() noexcept {
