@@ -67,9 +67,27 @@ Database open_as_app(TestDb& t) {
   options.table_prefix = t.db().table_prefix();
   return Database::open(url, options);
 }
+
+// A put, an invalidation (alone and in a transaction) and a loader's write-back: on PostgreSQL the
+// calls of schema step 010's functions.
+void caches(Database& db, const std::string& key) {
+  Cache cache(db);
+  cache.put(key, "old", 10s);
+  cache.invalidate(key);
+  CHECK_FALSE(cache.get(key));
+  CHECK(cache.get_or_load(key, 10s, [] { return std::optional<std::string>("loaded"); }) == "loaded");
+  CHECK(cache.get(key) == "loaded");  // the write-back stored it
+  {
+    auto tx = db.begin();
+    cache.invalidate(tx, key);
+    tx.commit();
+  }
+  CHECK_FALSE(cache.get(key));
+  CHECK(cache.stats().stale_skipped == 0);
+}
 }  // namespace
 
-TEST_CASE("a database at the previous schema version migrates forward with its data, then pays and locks",
+TEST_CASE("a database at the previous schema version migrates forward with its data, then pays, locks and caches",
           "[backend]") {
   TestDb t;
   migrate_all_but_the_last_step(t);  // and money in it:
@@ -96,6 +114,7 @@ TEST_CASE("a database at the previous schema version migrates forward with its d
   REQUIRE(lease);
   lease->renew(10s);
   lease->release();
+  caches(t.db(), "fwd-key");
 }
 
 TEST_CASE("roles.sql run before the server-side statements existed: the application role transfers after the upgrade",
@@ -123,6 +142,7 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
   auto lease = locks.try_acquire("upgrade", 10s);
   REQUIRE(lease);
   lease->release();
+  caches(app, "upgrade-key");  // and the cache's writes
 }
 
 TEST_CASE("every server-side function has its search_path pinned and no EXECUTE for PUBLIC", "[pg]") {
@@ -135,7 +155,7 @@ TEST_CASE("every server-side function has its search_path pinned and no EXECUTE 
       "CASE WHEN p.prosecdef THEN 1 ELSE 0 END FROM pg_proc p "
       "WHERE p.pronamespace = CAST(current_schema() AS regnamespace) AND left(p.proname, length($1)) = $1",
       {prefix});
-  CHECK(functions.rows.size() >= 9);  // transfer, the lease's three, the hold's five
+  CHECK(functions.rows.size() >= 13);  // transfer, the lease's three, batch and hold's seven, the cache's two
   for (const auto& f : functions.rows) {
     INFO(f.text(0));
     CHECK_THAT(f.text(1), Catch::StartsWith("search_path="));
@@ -249,6 +269,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
     CHECK(ledger.void_hold(ledger.hold("alice", "bob", 50, "roles-void", 10s).hold_id).state == HoldState::voided);
     CHECK(ledger.get("bob").balance == 250);
   }
+  caches(app, "roles-key");
   for (const std::string& ddl :
        {fmt::format("CREATE TABLE {}evil (x int)", prefix), fmt::format("DROP TABLE {}fences", prefix),
         fmt::format("TRUNCATE {}fences", prefix)}) {
