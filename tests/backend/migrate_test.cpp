@@ -57,6 +57,21 @@ void migrate_all_but_the_last_step(TestDb& t) {
   REQUIRE(t.db().schema_version() == Database::library_schema_version() - 1);
 }
 
+// Runs roles.sql for the test's prefix. One run at a time across the test processes sharing the
+// server: each GRANTs on schema public, and two concurrent GRANTs on one schema fail the second
+// with "tuple concurrently updated" (seen when the postgres and soci-postgresql runs overlapped).
+void run_roles_sql(TestDb& t) {
+  auto session = backend_of(t.db()).borrow();
+  (*session)->exec_script("SELECT pg_advisory_lock(7206001)");  // a number no rowguard lock uses
+  try {
+    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
+  } catch (...) {
+    (*session)->exec_script("SELECT pg_advisory_unlock(7206001)");
+    throw;
+  }
+  (*session)->exec_script("SELECT pg_advisory_unlock(7206001)");
+}
+
 // The database as the application role sees it (roles.sql made the role).
 Database open_as_app(TestDb& t) {
   std::string url = t.url();
@@ -121,10 +136,7 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
           "[pg][direct]") {
   TestDb t;
   migrate_all_but_the_last_step(t);
-  {
-    auto session = backend_of(t.db()).borrow();
-    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
-  }
+  run_roles_sql(t);
   CHECK(t.db().migrate() == 1);  // the last step grants EXECUTE to the role that exists already
   Ledger owner(t.db());
   owner.open("alice", "EUR");
@@ -240,10 +252,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
   TestDb t;
   t.db().migrate();
   const std::string prefix = t.db().table_prefix();
-  {
-    auto session = backend_of(t.db()).borrow();
-    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, prefix));
-  }
+  run_roles_sql(t);
   // Connect as the application role: same server, same database, other user.
   auto app = open_as_app(t);
   CHECK(app.exec("SELECT current_user").one().text(0) == prefix + "app");
