@@ -49,7 +49,7 @@ CacheStatements::CacheStatements(const Backend& backend) {
   const auto& d = backend.dialect();
   const std::string t = backend.table("cache");
   const std::string prefixes = backend.table("cache_prefixes");
-  gate_exclusive = d.transaction_lock(false);
+  gate_exclusive = d.transaction_lock();
   gate_name = t;
   const std::string now = d.now_timestamp();
   const std::string fresh = fresh_generation(d);

@@ -328,7 +328,7 @@ void store_waits_for_a_sweep_in_flight(TestDb& t, Database& db) {
   auto load = gate.start(cache, "gated");  // read: no row
   cache.invalidate("gated");               // a tombstone with a generation: refuses that load
   auto sweep = t.db().begin();             // a sweep deletes the tombstone and records its cutoff
-  sweep.exec(rowguard::test::dialect_of(t.db()).transaction_lock(false), {p + "cache"});
+  sweep.exec(rowguard::test::dialect_of(t.db()).transaction_lock(), {p + "cache"});
   CHECK(sweep.exec(fmt::format("DELETE FROM {}cache WHERE key = 'gated'", p)).affected == 1);
   sweep.exec(
       fmt::format("INSERT INTO {}cache_prefixes AS x (prefix, invalidated_at) VALUES ('', clock_timestamp()) "
