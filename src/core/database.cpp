@@ -105,7 +105,7 @@ int Database::migrate() {
   for (const auto& step : steps) {
     auto session = backend.borrow();
     (*session)->begin(TxOptions{});
-    const std::string lock = backend.dialect().transaction_lock(false);  // one migrator at a time
+    const std::string lock = backend.dialect().transaction_lock();  // one migrator at a time
     if (!lock.empty()) (*session)->exec(lock, {backend.table("migrate")});
     if ((*session)->exec((*session)->dialect().table_exists(), {backend.table("schema_version")}).one().i64(0) == 0)
       (*session)->exec_script(detail::with_prefix(version_table->sql, backend.options().table_prefix));

@@ -23,14 +23,6 @@ std::string_view to_string(TransferStatus status) noexcept {
   return status == TransferStatus::ok ? "ok" : "insufficient_funds";
 }
 
-namespace detail {
-void validate(const RetryPolicy& p) {
-  if (p.attempts < 1 || p.initial_backoff.count() < 0 || p.max_backoff < p.initial_backoff || p.deadline.count() <= 0)
-    throw Error(ErrorKind::invalid_argument,
-                "RetryPolicy needs attempts >= 1, 0 <= initial_backoff <= max_backoff and a positive deadline");
-}
-}  // namespace detail
-
 Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
     : backend(std::move(b)),
       options(o),
@@ -139,7 +131,7 @@ void require_same(const Row& r, const Request& request, std::size_t first) {
   // A hold recorded before schema step 007 has no timeout to compare.
   if (timeout && request.timeout_ms && *timeout != *request.timeout_ms)
     differs("timeout", fmt::format("{} ms", *timeout), fmt::format("{} ms", *request.timeout_ms));
-  // Records from before schema step 010 read as no details.
+  // Records from before schema step 011 read as no details.
   const TransferDetails recorded_details = details_of(r, first + 10);
   const TransferDetails& asked_details = request.details;
   if (recorded_details.code != asked_details.code)

@@ -10,7 +10,7 @@ namespace rowguard::detail {
 
 namespace {
 // TransferDetails as columns of a transfer or a hold (alias.code ...): code, reference, metadata
-// as text, event time in epoch ms (NULL for none); records from before step 010 read as none.
+// as text, event time in epoch ms (NULL for none); records from before step 011 read as none.
 std::string details_columns(const Dialect& d, std::string_view alias) {
   // code as bigint: SOCI reads a 32-bit integer column as a type of its own, which rowguard refuses.
   return fmt::format("CAST({a}code AS bigint), {a}reference, CAST({a}metadata AS text), {ms}", fmt::arg("a", alias),
@@ -75,7 +75,7 @@ std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std
     const std::string since = next(), until = next();
     w += fmt::format(" AND created_at >= {} AND created_at < {}", d.ms_to_timestamp(since), d.ms_to_timestamp(until));
   }
-  // "code > 0" matches the partial index's predicate (step 010), which transfers without a code stay out of.
+  // "code > 0" matches the partial index's predicate (step 011), which transfers without a code stay out of.
   if (f.code) w += fmt::format(" AND code = {} AND code > 0", next());
   if (f.reference) w += fmt::format(" AND reference = {}", next());
   if (f.metadata_keys > 0 && d.has_json_containment()) {

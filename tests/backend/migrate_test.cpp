@@ -57,6 +57,21 @@ void migrate_all_but_the_last_step(TestDb& t) {
   REQUIRE(t.db().schema_version() == Database::library_schema_version() - 1);
 }
 
+// Runs roles.sql for the test's prefix. One run at a time across the test processes sharing the
+// server: each GRANTs on schema public, and two concurrent GRANTs on one schema fail the second
+// with "tuple concurrently updated" (seen when the postgres and soci-postgresql runs overlapped).
+void run_roles_sql(TestDb& t) {
+  auto session = backend_of(t.db()).borrow();
+  (*session)->exec_script("SELECT pg_advisory_lock(7206001)");  // a number no rowguard lock uses
+  try {
+    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
+  } catch (...) {
+    (*session)->exec_script("SELECT pg_advisory_unlock(7206001)");
+    throw;
+  }
+  (*session)->exec_script("SELECT pg_advisory_unlock(7206001)");
+}
+
 // The database as the application role sees it (roles.sql made the role).
 Database open_as_app(TestDb& t) {
   std::string url = t.url();
@@ -67,9 +82,27 @@ Database open_as_app(TestDb& t) {
   options.table_prefix = t.db().table_prefix();
   return Database::open(url, options);
 }
+
+// A put, an invalidation (alone and in a transaction) and a loader's write-back: on PostgreSQL the
+// calls of schema step 010's functions.
+void caches(Database& db, const std::string& key) {
+  Cache cache(db);
+  cache.put(key, "old", 10s);
+  cache.invalidate(key);
+  CHECK_FALSE(cache.get(key));
+  CHECK(cache.get_or_load(key, 10s, [] { return std::optional<std::string>("loaded"); }) == "loaded");
+  CHECK(cache.get(key) == "loaded");  // the write-back stored it
+  {
+    auto tx = db.begin();
+    cache.invalidate(tx, key);
+    tx.commit();
+  }
+  CHECK_FALSE(cache.get(key));
+  CHECK(cache.stats().stale_skipped == 0);
+}
 }  // namespace
 
-TEST_CASE("a database at the previous schema version migrates forward with its data, then pays and locks",
+TEST_CASE("a database at the previous schema version migrates forward with its data, then pays, locks and caches",
           "[backend]") {
   TestDb t;
   migrate_all_but_the_last_step(t);  // and money in it:
@@ -96,16 +129,14 @@ TEST_CASE("a database at the previous schema version migrates forward with its d
   REQUIRE(lease);
   lease->renew(10s);
   lease->release();
+  caches(t.db(), "fwd-key");
 }
 
 TEST_CASE("roles.sql run before the server-side statements existed: the application role transfers after the upgrade",
           "[pg][direct]") {
   TestDb t;
   migrate_all_but_the_last_step(t);
-  {
-    auto session = backend_of(t.db()).borrow();
-    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, t.db().table_prefix()));
-  }
+  run_roles_sql(t);
   CHECK(t.db().migrate() == 1);  // the last step grants EXECUTE to the role that exists already
   Ledger owner(t.db());
   owner.open("alice", "EUR");
@@ -123,6 +154,7 @@ TEST_CASE("roles.sql run before the server-side statements existed: the applicat
   auto lease = locks.try_acquire("upgrade", 10s);
   REQUIRE(lease);
   lease->release();
+  caches(app, "upgrade-key");  // and the cache's writes
 }
 
 TEST_CASE("every server-side function has its search_path pinned and no EXECUTE for PUBLIC", "[pg]") {
@@ -135,7 +167,7 @@ TEST_CASE("every server-side function has its search_path pinned and no EXECUTE 
       "CASE WHEN p.prosecdef THEN 1 ELSE 0 END FROM pg_proc p "
       "WHERE p.pronamespace = CAST(current_schema() AS regnamespace) AND left(p.proname, length($1)) = $1",
       {prefix});
-  CHECK(functions.rows.size() >= 9);  // transfer, the lease's three, the hold's five
+  CHECK(functions.rows.size() >= 13);  // transfer, the lease's three, batch and hold's seven, the cache's two
   for (const auto& f : functions.rows) {
     INFO(f.text(0));
     CHECK_THAT(f.text(1), Catch::StartsWith("search_path="));
@@ -220,10 +252,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
   TestDb t;
   t.db().migrate();
   const std::string prefix = t.db().table_prefix();
-  {
-    auto session = backend_of(t.db()).borrow();
-    (*session)->exec_script(schema_sql("postgres", SchemaPart::roles, prefix));
-  }
+  run_roles_sql(t);
   // Connect as the application role: same server, same database, other user.
   auto app = open_as_app(t);
   CHECK(app.exec("SELECT current_user").one().text(0) == prefix + "app");
@@ -249,6 +278,7 @@ TEST_CASE("roles.sql: the application role gets DML on rowguard tables, EXECUTE 
     CHECK(ledger.void_hold(ledger.hold("alice", "bob", 50, "roles-void", 10s).hold_id).state == HoldState::voided);
     CHECK(ledger.get("bob").balance == 250);
   }
+  caches(app, "roles-key");
   for (const std::string& ddl :
        {fmt::format("CREATE TABLE {}evil (x int)", prefix), fmt::format("DROP TABLE {}fences", prefix),
         fmt::format("TRUNCATE {}fences", prefix)}) {

@@ -567,4 +567,4 @@ BEGIN
 END
 $$;
 
-INSERT INTO rowguard_schema_version (version, name) VALUES (10, '010_transfer_details');
+INSERT INTO rowguard_schema_version (version, name) VALUES (11, '011_transfer_details');

@@ -39,4 +39,4 @@ ALTER TABLE rowguard_transfers_archive ADD COLUMN event_at BIGINT;
 CREATE INDEX rowguard_transfers_code ON rowguard_transfers (code, id) WHERE code > 0;
 CREATE INDEX rowguard_transfers_reference ON rowguard_transfers (reference, id) WHERE reference IS NOT NULL;
 
-INSERT INTO rowguard_schema_version (version, name) VALUES (10, '010_transfer_details');
+INSERT INTO rowguard_schema_version (version, name) VALUES (11, '011_transfer_details');
