@@ -1,4 +1,4 @@
--- rowguard schema, PostgreSQL dialect. Step 010: codes, references, metadata and event times on
+-- rowguard schema, PostgreSQL dialect. Step 011: codes, references, metadata and event times on
 -- transfers and holds (TransferDetails, docs/ledger.md "Codes, references and metadata").
 --
 -- - code: the kind of payment as a team numbers them, 0 = none, 1..65535.
