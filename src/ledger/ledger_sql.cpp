@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "base/sql_text.hpp"
+
 #include "cache/cache_sql.hpp"
 
 namespace rowguard::detail {
@@ -101,12 +103,15 @@ std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std
                    : fmt::format("SELECT id FROM {} WHERE id < $1{} ORDER BY id DESC LIMIT $2", tr, w);
   // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
   const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
+  // Containment's generic plan guesses how many transfers match and may walk the whole table for a
+  // rare value: planned per call instead (sql_text.hpp, plan_each_call_marker).
+  const std::string_view lead = f.metadata_keys > 0 && d.has_json_containment() ? plan_each_call_marker : "";
   if (!f.with_entries)
-    return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
+    return fmt::format("{}SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", lead, columns, tr, ids);
   return fmt::format(
-      "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+      "{}SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
       "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
-      columns, tr, en, ids);
+      lead, columns, tr, en, ids);
 }
 
 }  // namespace
