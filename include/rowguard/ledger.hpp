@@ -84,6 +84,35 @@ struct CheckReport {
   CurrencyTotal total(std::string_view currency) const;
 };
 
+// What a team attaches to a transfer or a hold, to find it again and to tell payments apart
+// (docs/ledger.md, "Codes, references and metadata"). All of it is part of the idempotency
+// comparison: a key reused with another code, reference, metadata or event time is
+// Error(idempotency_mismatch) naming the field. Checked on the way in, the same on every backend
+// (Error(invalid_argument)). Default: none of them.
+//
+// Example:
+//   ledger.transfer("alice", "bob", 2'500, "order-77",
+//                   {.code = 10, .reference = "order-77", .metadata = R"({"channel":"web"})"});
+struct TransferDetails {
+  // The kind of payment, as the team numbers them: 0 = none, else 1..max_transfer_code.
+  int code = 0;
+  // An external id, e.g. an order number (indexed: TransferQuery::reference): empty = none, else 1 to
+  // max_reference_bytes bytes of UTF-8 without control characters.
+  std::string reference;
+  // A JSON object (empty = none) of at most max_metadata_bytes bytes, without duplicate keys. Compared
+  // as a JSON value, not as text: PostgreSQL stores jsonb (keys reordered, whitespace dropped) and
+  // returns it in its own spelling; SQLite returns the text as given.
+  std::string metadata;
+  // When the payment took effect outside the ledger (imported transfers), epoch ms, years 1 to 9999.
+  // The journal's own created_at stays the database clock. Default: none.
+  std::optional<std::int64_t> event_at_ms;
+  bool operator==(const TransferDetails&) const = default;
+};
+
+inline constexpr int max_transfer_code = 65'535;
+inline constexpr std::size_t max_reference_bytes = 128;
+inline constexpr std::size_t max_metadata_bytes = 4096;
+
 // The youngest idempotency keys that may be forgotten: prune_keys() and archive() refuse ages
 // below it (Error(invalid_argument)). A client retries a request whose outcome it did not learn
 // (a lost reply, an in-doubt commit, a crashed worker picking up its queue) under the same key for
@@ -103,6 +132,7 @@ struct BatchItem {
   std::int64_t amount = 0;
   std::string key;
   bool linked = false;
+  TransferDetails details;
 };
 
 // The outcome of one batch item: a result, or the error that item met (nothing of it, or of its
@@ -147,6 +177,7 @@ struct Hold {
   std::int64_t captured = 0;       // the amount posted by capture()
   std::int64_t transfer_id = 0;    // the capture's transfer, 0 when not captured
   std::int64_t expires_in_ms = 0;  // from now on the database clock; <= 0 once past its timeout
+  TransferDetails details;         // as hold() recorded them; its capture's transfer carries them too
 };
 
 struct HoldResult {
@@ -184,6 +215,7 @@ struct TransferRecord {
   std::optional<std::int64_t> hold_id;     // for a hold's capture
   std::optional<std::string> global_txid;  // for a leg of a two-phase transfer
   std::int64_t created_at_ms = 0;          // database clock, milliseconds since the Unix epoch (UTC)
+  TransferDetails details;                 // code, reference, metadata, event time (none: defaults)
   std::vector<JournalEntry> entries;
 };
 
@@ -221,6 +253,15 @@ struct TransferQuery {
   // in HistoryQuery. REQUIRES: since_ms <= until_ms when both are set. Default: no bound.
   std::optional<std::int64_t> since_ms;
   std::optional<std::int64_t> until_ms;
+  // Only transfers with this code (1..max_transfer_code).
+  std::optional<int> code;
+  // Only transfers with exactly this reference.
+  std::optional<std::string> reference;
+  // Only transfers whose metadata contains this flat JSON object: every key of it is in the
+  // transfer's metadata with an equal value. REQUIRES: keys of [A-Za-z0-9_-] (1 to 64 bytes) and
+  // scalar values (string, number, true, false; not null, arrays or objects), so PostgreSQL (jsonb
+  // @>, GIN-indexed) and SQLite (json_extract per key) answer alike. Error(invalid_argument) otherwise.
+  std::optional<std::string> metadata;
 };
 
 struct TransferPage {
@@ -296,8 +337,10 @@ class Ledger {
   std::vector<Account> largest_accounts(std::size_t limit);
 
   // Money from / to the outside world, recorded as transfers with one side NULL.
-  TransferResult deposit(std::string_view account, std::int64_t amount, std::string_view key);
-  TransferResult withdraw(std::string_view account, std::int64_t amount, std::string_view key);
+  TransferResult deposit(std::string_view account, std::int64_t amount, std::string_view key,
+                         const TransferDetails& details = {});
+  TransferResult withdraw(std::string_view account, std::int64_t amount, std::string_view key,
+                          const TransferDetails& details = {});
   // The same inside the caller's transaction, recorded with global_txid set: one leg of a transfer
   // between databases (rowguard::TwoPhase, two_phase.hpp), tied to its other leg by that id.
   // REQUIRES: tx is a transaction on this ledger's database. No retries and no commit (the caller
@@ -317,16 +360,17 @@ class Ledger {
   // namespace) is Error(idempotency_mismatch) naming the first difference (docs/ledger.md lists
   // what each operation compares). Errors: not_found, currency_mismatch, invalid_argument (amount <= 0,
   // from == to, a balance that would overflow int64, bad ids or key), conflict after all retries.
-  TransferResult transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key);
+  TransferResult transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                          const TransferDetails& details = {});
   // The same inside the caller's transaction, e.g. a saga's step (SagaStep::in_transaction), so
   // that the transfer commits with whatever else tx writes, or not at all. REQUIRES: tx is a
   // transaction on this ledger's database. No retries and no commit (the caller owns tx and
   // retries it whole; the key makes that safe: a replay returns the original outcome).
   TransferResult transfer(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
-                          std::string_view key);
+                          std::string_view key, const TransferDetails& details = {});
   // As transfer(), but Error(insufficient_funds) instead of a rejected result.
   TransferResult transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
-                                   std::string_view key);
+                                   std::string_view key, const TransferDetails& details = {});
 
   // Many transfers in one transaction, a result per item (see BatchItem for linked chains).
   // Error(invalid_argument) for an empty batch or more than max_batch_items.
@@ -336,22 +380,22 @@ class Ledger {
   // once, its balance only when captured. The hold stops counting at its timeout on the database
   // clock, whether or not a sweep has closed it. Idempotent on key like transfer(); a hold that
   // would take the available amount below the minimum comes back as insufficient_funds and is
-  // recorded under the key. The key's replay compares from, to, amount and timeout. Errors as
+  // recorded under the key. The key's replay compares from, to, amount, timeout and details. Errors as
   // transfer(), plus invalid_argument for a timeout outside (0, 366 days].
   HoldResult hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
-                  std::chrono::milliseconds timeout);
+                  std::chrono::milliseconds timeout, const TransferDetails& details = {});
   // hold() and capture() inside the caller's transaction, as transfer(tx, ...): same checks, outcomes
   // and errors, no retries and no commit.
   HoldResult hold(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
-                  std::string_view key, std::chrono::milliseconds timeout);
+                  std::string_view key, std::chrono::milliseconds timeout, const TransferDetails& details = {});
   TransferResult capture(Transaction& tx, std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
                          std::string_view key = {});
   // Posts an open hold as a transfer of amount (default: all of it; REQUIRES 0 < amount <= held)
   // and releases the rest. The capture's transfer is recorded under key (default
-  // "hold:<id>:capture"). Capturing a captured hold again with the same amount and key replays the
-  // original result; Error(idempotency_mismatch) for another amount, or a key recorded for anything
-  // else (another hold's capture, a transfer, a hold). Error(hold_closed) when the hold was
-  // voided or has expired, Error(not_found) when there is no such hold or it was rejected.
+  // "hold:<id>:capture"), with the hold's TransferDetails. Capturing a captured hold again with the same amount and key
+  // replays the original result; Error(idempotency_mismatch) for another amount, or a key recorded for anything else
+  // (another hold's capture, a transfer, a hold). Error(hold_closed) when the hold was voided or has expired,
+  // Error(not_found) when there is no such hold or it was rejected.
   TransferResult capture(std::int64_t hold_id, std::optional<std::int64_t> amount = std::nullopt,
                          std::string_view key = {});
   // Releases an open hold. Idempotent: voiding a voided or expired hold changes nothing and returns
@@ -367,9 +411,10 @@ class Ledger {
   // "reversal") from its destination back to its source. The refunds of one transfer never add up
   // to more than it: Error(invalid_argument) otherwise; Error(not_found) when there is no such
   // applied transfer. The refund itself may be rejected for insufficient funds, like a transfer.
-  // The key's replay compares which transfer is refunded and the amount: refunding another
+  // The key's replay compares which transfer is refunded, the amount and the details: refunding another
   // transfer under a refund's key is Error(idempotency_mismatch), never a replay of that refund.
-  TransferResult reverse(std::string_view original_key, std::int64_t amount, std::string_view key);
+  TransferResult reverse(std::string_view original_key, std::int64_t amount, std::string_view key,
+                         const TransferDetails& details = {});
 
   // The version-checked read-modify-write: reads the account, lets fn change it, writes it back
   // only if its version is still the one read (UPDATE ... WHERE version = :read), and retries on

@@ -2,7 +2,7 @@
 -- `rowguard migrate` never runs it. It converts rowguard_transfers and rowguard_entries into tables
 -- partitioned by RANGE (created_at), one partition per calendar month (UTC) plus a DEFAULT
 -- partition, and adds rowguard_create_partitions(months_ahead, since) to create further months.
--- Review it, then run it once, in one transaction, on a migrated database (schema version 10; it refuses any other):
+-- Review it, then run it once, in one transaction, on a migrated database (schema version 11; it refuses any other):
 --   rowguard schema --dialect postgres --partitioning > partitioning.sql   (or take this file)
 --   psql -1 -v ON_ERROR_STOP=1 -d app -f partitioning.sql
 -- Another table prefix: `rowguard --prefix acme_ schema --dialect postgres --partitioning` prints it
@@ -22,13 +22,14 @@
 -- * It rewrites both tables (every row is copied): plan a maintenance window, it holds ACCESS
 --   EXCLUSIVE locks on them throughout.
 
--- The layout below is schema version 10's (steps 008 to 010 added functions only, which name the tables
--- and find the partitioned ones): on another version the script would drop what a later
--- step added (or miss what an earlier one lacks), so it stops instead.
+-- The layout below is schema version 11's (steps 008 to 010 added functions only, which name the
+-- tables and find the partitioned ones; step 011 the columns code, reference, metadata and event_at
+-- and their indexes): on another version the script would drop what a later step added (or miss
+-- what an earlier one lacks), so it stops instead.
 DO $$
 BEGIN
-  IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 10 THEN
-    RAISE EXCEPTION 'partitioning.sql is written for rowguard schema version 10; this database is at %',
+  IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 11 THEN
+    RAISE EXCEPTION 'partitioning.sql is written for rowguard schema version 11; this database is at %',
       (SELECT max(version) FROM rowguard_schema_version);
   END IF;
 END
@@ -67,6 +68,11 @@ CREATE TABLE rowguard_transfers (
   hold_id         bigint      REFERENCES rowguard_holds (id),
   global_txid     text,
   global_peer     text,
+  code            integer     NOT NULL DEFAULT 0 CONSTRAINT rowguard_transfers_code CHECK (code BETWEEN 0 AND 65535),
+  reference       text        CONSTRAINT rowguard_transfers_reference CHECK (octet_length(reference) BETWEEN 1 AND 128),
+  metadata        jsonb       CONSTRAINT rowguard_transfers_metadata
+                              CHECK (jsonb_typeof(metadata) = 'object' AND octet_length(CAST(metadata AS text)) <= 16384),
+  event_at        timestamptz,
   CONSTRAINT rowguard_transfers_partitioned_pkey PRIMARY KEY (id, created_at)
 ) PARTITION BY RANGE (created_at);
 COMMENT ON TABLE rowguard_transfers IS
@@ -178,9 +184,10 @@ $$;
 SELECT rowguard_create_partitions(3, COALESCE(
   (SELECT CAST(min(created_at) AT TIME ZONE 'UTC' AS date) FROM rowguard_transfers_unpartitioned), current_date));
 INSERT INTO rowguard_transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome,
-                                reverses, created_at, hold_id, global_txid, global_peer)
+                                reverses, created_at, hold_id, global_txid, global_peer, code, reference, metadata,
+                                event_at)
   SELECT id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at,
-         hold_id, global_txid, global_peer FROM rowguard_transfers_unpartitioned;
+         hold_id, global_txid, global_peer, code, reference, metadata, event_at FROM rowguard_transfers_unpartitioned;
 INSERT INTO rowguard_entries (id, transfer_id, account_id, amount, created_at)
   SELECT id, transfer_id, account_id, amount, created_at FROM rowguard_entries_unpartitioned;
 DROP TABLE rowguard_entries_unpartitioned;
@@ -194,6 +201,10 @@ CREATE INDEX rowguard_transfers_id ON rowguard_transfers (id);
 CREATE INDEX rowguard_transfers_created_at ON rowguard_transfers (created_at);
 CREATE INDEX rowguard_transfers_from ON rowguard_transfers (from_account, id);
 CREATE INDEX rowguard_transfers_to ON rowguard_transfers (to_account, id);
+CREATE INDEX rowguard_transfers_code ON rowguard_transfers (code, id) WHERE code > 0;
+CREATE INDEX rowguard_transfers_reference ON rowguard_transfers (reference, id) WHERE reference IS NOT NULL;
+CREATE INDEX rowguard_transfers_metadata ON rowguard_transfers USING gin (metadata jsonb_path_ops)
+  WHERE metadata IS NOT NULL;
 CREATE INDEX rowguard_entries_account ON rowguard_entries (account_id, id);
 CREATE INDEX rowguard_entries_transfer ON rowguard_entries (transfer_id);
 ANALYZE rowguard_transfers;

@@ -82,6 +82,9 @@ class Dialect {
   // Whether the engine has prepared transactions (PREPARE TRANSACTION, COMMIT / ROLLBACK PREPARED)
   // for two-phase commit. PostgreSQL does (with max_prepared_transactions > 0); SQLite does not.
   virtual bool has_prepared_transactions() const noexcept { return false; }
+  // Whether JSON columns are jsonb with containment (col @> CAST($n AS jsonb), GIN-indexed):
+  // PostgreSQL. Elsewhere JSON is text, and a containment filter compares json_extract per key.
+  virtual bool has_json_containment() const noexcept { return false; }
 };
 
 // Error(permanent, SQLSTATE 25P02) for a COMMIT that the server answered by rolling back, since a

@@ -81,6 +81,9 @@ std::string first_keyword(std::string_view sql) {
     } else if (sql.substr(i, 2) == "--") {
       const std::size_t end = sql.find('\n', i);
       i = end == std::string_view::npos ? sql.size() : end;
+    } else if (sql.substr(i, 2) == "/*") {  // e.g. plan_each_call_marker (not nested: ours never are)
+      const std::size_t end = sql.find("*/", i + 2);
+      i = end == std::string_view::npos ? sql.size() : end + 2;
     } else {
       break;
     }

@@ -10,6 +10,8 @@
 #include "rowguard/ledger.hpp"
 #include "rowguard/money.hpp"
 
+#include "base/json_text.hpp"
+
 #include "core/standby_route.hpp"
 
 #include "ledger/ledger_impl.hpp"
@@ -68,7 +70,10 @@ TransferKind kind_of(const std::string& kind) {
   return TransferKind::transfer;
 }
 
-// A transfer from the first 12 columns of a HistoryStatements row.
+// The columns of a transfer at the start of a HistoryStatements row.
+constexpr std::size_t transfer_columns = 16;
+
+// A transfer from the first transfer_columns columns of a HistoryStatements row.
 TransferRecord record_of(const Row& r) {
   TransferRecord t;
   t.id = r.i64(0);
@@ -83,6 +88,7 @@ TransferRecord record_of(const Row& r) {
   t.hold_id = r.opt_i64(9);
   t.global_txid = r.opt_text(10);
   t.created_at_ms = r.i64(11);
+  t.details = details_of(r, 12);
   return t;
 }
 
@@ -96,9 +102,33 @@ std::vector<TransferRecord> records_of(const Result& result, bool with_entries) 
   std::vector<TransferRecord> out;
   for (const auto& row : result.rows) {
     if (out.empty() || out.back().id != row.i64(0)) out.push_back(record_of(row));
-    if (with_entries) add_entry(out.back(), row, 12);
+    if (with_entries) add_entry(out.back(), row, transfer_columns);
   }
   return out;
+}
+
+// The members of a metadata filter (TransferQuery::metadata); Error(invalid_argument) for one that
+// is not a flat object of scalars under plain keys, which every backend answers alike.
+std::vector<detail::JsonText::Member> metadata_filter(const std::string& text) {
+  std::string why;
+  const auto json =
+      text.size() <= max_metadata_bytes && detail::is_text(text) ? detail::parse_json(text, &why) : std::nullopt;
+  if (!json || !json->is_object || json->members.empty())
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a metadata filter is a non-empty JSON object of at most {} bytes{}", max_metadata_bytes,
+                            why.empty() ? std::string() : ": " + why));
+  for (const auto& m : json->members) {
+    const bool plain = !m.key.empty() && m.key.size() <= 64 && std::all_of(m.key.begin(), m.key.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    });
+    if (!plain)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("a metadata filter's keys are 1 to 64 bytes of [A-Za-z0-9_-], got \"{}\"", m.key));
+    if (!m.scalar)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("a metadata filter's values are strings, numbers, true or false; \"{}\" is not", m.key));
+  }
+  return json->members;
 }
 
 }  // namespace
@@ -124,16 +154,16 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
     const Result result = session.exec(sql.history(newest, window), params);
     std::int64_t last_entry = 0;
     for (const auto& row : result.rows) {
-      const std::int64_t entry = row.i64(12);
+      const std::int64_t entry = row.i64(transfer_columns);
       if (page.items.empty() || entry != last_entry) {
         if (page.items.size() == static_cast<std::size_t>(query.limit)) {
           page.next = last_entry;  // the limit+1st exists: the page ends at the last one kept
           break;
         }
-        page.items.push_back({record_of(row), row.i64(13)});
+        page.items.push_back({record_of(row), row.i64(transfer_columns + 1)});
         last_entry = entry;
       }
-      add_entry(page.items.back().transfer, row, 14);
+      add_entry(page.items.back().transfer, row, transfer_columns + 2);
     }
     missing = page.items.empty() && session.exec(sql.account_exists, {std::string(account)}).one().i64(0) == 0;
   };
@@ -164,19 +194,41 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
   check_cursor(query.before);
   if (query.account) check_text(*query.account, "account id", max_id_bytes);
   const auto [since, until] = time_window(query.since_ms, query.until_ms);
-  const bool window = query.since_ms || query.until_ms;
+  if (query.code && (*query.code < 1 || *query.code > max_transfer_code))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a code filter is 1 to {}, got {}", max_transfer_code, *query.code));
+  if (query.reference) {
+    TransferDetails probe;
+    probe.reference = *query.reference;
+    if (probe.reference.empty())
+      throw Error(ErrorKind::invalid_argument, "a reference filter is 1 or more bytes (an empty one matches nothing)");
+    check_details(probe);
+  }
+  const auto members = query.metadata ? metadata_filter(*query.metadata) : std::vector<detail::JsonText::Member>{};
+  detail::TransferFilter filter;
+  filter.by_account = query.account.has_value();
+  filter.with_entries = query.include_entries;
+  filter.window = query.since_ms || query.until_ms;
+  filter.code = query.code.has_value();
+  filter.reference = query.reference.has_value();
   const detail::HistoryStatements& sql = impl_->history_sql;
+  const bool containment = impl_->backend->dialect().has_json_containment();
+  filter.metadata_keys = containment ? (members.empty() ? 0 : 1) : members.size();
   std::vector<Value> params{query.before.value_or(std::numeric_limits<std::int64_t>::max()),
                             static_cast<std::int64_t>(query.limit) + 1};
   if (query.account) params.emplace_back(*query.account);
-  if (window) params.insert(params.end(), {since, until});
+  if (filter.window) params.insert(params.end(), {since, until});
+  if (query.code) params.emplace_back(static_cast<std::int64_t>(*query.code));
+  if (query.reference) params.emplace_back(*query.reference);
+  if (containment && !members.empty()) params.emplace_back(*query.metadata);
+  if (!containment)
+    for (const auto& m : members) params.insert(params.end(), {fmt::format("$.\"{}\"", m.key), m.value});
+  const std::string statement = sql.transfers(filter);
   TransferPage page;
   bool missing = false;
   const auto read = [&](detail::Session& session) {
     page = TransferPage{};
-    page.items =
-        records_of(session.exec(sql.transfers(query.account.has_value(), query.include_entries, window), params),
-                   query.include_entries);
+    page.items = records_of(session.exec(statement, params), query.include_entries);
     if (page.items.size() > static_cast<std::size_t>(query.limit)) {
       page.items.resize(query.limit);
       page.next = page.items.back().id;

@@ -49,7 +49,7 @@ HoldState hold_state(const std::string& s) {
 
 // The columns of a hold as HoldStatements::read lists them, from `first` on (the hold functions
 // answer with the same columns).
-constexpr std::size_t hold_columns = 10;
+constexpr std::size_t hold_columns = 14;
 Hold hold_of(const Row& r, std::size_t first = 0) {
   Hold h;
   h.id = r.i64(first);
@@ -62,6 +62,7 @@ Hold hold_of(const Row& r, std::size_t first = 0) {
   h.captured = r.i64(first + 7);
   h.transfer_id = r.is_null(first + 8) ? 0 : r.i64(first + 8);
   h.expires_in_ms = r.i64(first + 9);
+  h.details = details_of(r, first + 10);
   return h;
 }
 
@@ -208,7 +209,7 @@ std::int64_t Ledger::Impl::release_expired(Transaction& tx, const std::string& a
 namespace {
 // The arguments of a hold as a keyed request; Error(invalid_argument) for a bad one.
 Request hold_request(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
-                     std::chrono::milliseconds timeout) {
+                     std::chrono::milliseconds timeout, const TransferDetails& details) {
   check_text(from, "source account id", max_id_bytes);
   check_text(to, "destination account id", max_id_bytes);
   if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a hold from '{}' to itself", from));
@@ -217,8 +218,10 @@ Request hold_request(std::string_view from, std::string_view to, std::int64_t am
   if (timeout.count() <= 0 || timeout > max_hold_timeout)
     throw Error(ErrorKind::invalid_argument,
                 fmt::format("a hold's timeout must be more than 0 and at most 366 days, got {} ms", timeout.count()));
+  check_details(details);
   Request request{"hold", std::string(from), std::string(to), amount, std::string(key)};
   request.timeout_ms = static_cast<std::int64_t>(timeout.count());
+  request.details = details;
   return request;
 }
 
@@ -235,11 +238,15 @@ std::string capture_key(std::int64_t hold_id, std::optional<std::int64_t> amount
 Request capture_request(const Hold& h, std::int64_t take, const std::string& k) {
   Request request{"transfer", h.from, h.to, take, k};
   request.hold_id = h.id;
+  request.details = h.details;  // the capture's transfer carries the hold's details
   return request;
 }
 
 std::vector<Value> hold_params(const Request& request, const CachedCopies& cached) {
-  return {*request.from, *request.to, request.amount, request.key, *request.timeout_ms, cached.param()};
+  std::vector<Value> params{*request.from, *request.to,         request.amount,
+                            request.key,   *request.timeout_ms, cached.param()};
+  for (auto& v : detail_params(request.details)) params.push_back(std::move(v));
+  return params;
 }
 
 std::vector<Value> capture_params(std::int64_t hold_id, std::optional<std::int64_t> amount, const std::string& k,
@@ -306,17 +313,18 @@ HoldResult Ledger::Impl::hold_in(Transaction& tx, const Request& request) {
   if (funded) tx.exec(holds_sql.add, {source, amount});
   HoldResult r;
   r.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
-  r.hold_id = tx.exec(holds_sql.insert, {request.key, source, destination, amount, src.text(1),
-                                         std::string(funded ? "held" : "rejected"), *request.timeout_ms})
-                  .one()
-                  .i64(0);
+  std::vector<Value> params{
+      request.key,        source, destination, amount, src.text(1), std::string(funded ? "held" : "rejected"),
+      *request.timeout_ms};
+  for (auto& v : detail_params(request.details)) params.push_back(std::move(v));
+  r.hold_id = tx.exec(holds_sql.insert, params).one().i64(0);
   if (funded) invalidate(tx, source);
   return r;
 }
 
 HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
-                        std::chrono::milliseconds timeout) {
-  const Request request = hold_request(from, to, amount, key, timeout);
+                        std::chrono::milliseconds timeout, const TransferDetails& details) {
+  const Request request = hold_request(from, to, amount, key, timeout, details);
   auto& impl = *impl_;
   const CachedCopies cached{impl.options.cache, Impl::cache_key("")};
   Measure measure(Measure::Kind::hold);
@@ -343,8 +351,8 @@ HoldResult Ledger::hold(std::string_view from, std::string_view to, std::int64_t
 }
 
 HoldResult Ledger::hold(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
-                        std::string_view key, std::chrono::milliseconds timeout) {
-  const Request request = hold_request(from, to, amount, key, timeout);
+                        std::string_view key, std::chrono::milliseconds timeout, const TransferDetails& details) {
+  const Request request = hold_request(from, to, amount, key, timeout, details);
   Measure measure(Measure::Kind::hold);
   return measure(impl_->hold_in(tx, request));
 }

@@ -9,6 +9,8 @@
 
 #include "rowguard/money.hpp"
 
+#include "base/json_text.hpp"
+
 #include "core/database_gate.hpp"
 
 #include "ledger/ledger_impl.hpp"
@@ -51,6 +53,59 @@ std::string operation(std::string_view kind, bool leg, bool capture) {
 }
 }  // namespace
 
+void check_details(const TransferDetails& d) {
+  if (d.code < 0 || d.code > max_transfer_code)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("a transfer code is 0 (none) or 1 to {}, got {}", max_transfer_code, d.code));
+  if (!d.reference.empty()) {
+    const bool control = std::any_of(d.reference.begin(), d.reference.end(),
+                                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7F; });
+    if (d.reference.size() > max_reference_bytes || !detail::is_text(d.reference) || control)
+      throw Error(
+          ErrorKind::invalid_argument,
+          fmt::format("a reference must be 1 to {} bytes of UTF-8 without control characters", max_reference_bytes));
+  }
+  if (!d.metadata.empty()) {
+    if (d.metadata.size() > max_metadata_bytes)
+      throw Error(ErrorKind::invalid_argument, fmt::format("metadata must be at most {} bytes of JSON, got {}",
+                                                           max_metadata_bytes, d.metadata.size()));
+    std::string why;
+    const auto json = detail::is_text(d.metadata) ? detail::parse_json(d.metadata, &why) : std::nullopt;
+    if (!json)
+      throw Error(ErrorKind::invalid_argument,
+                  fmt::format("metadata is not valid JSON: {}", why.empty() ? "not UTF-8 text" : why));
+    if (!json->is_object)
+      throw Error(ErrorKind::invalid_argument, "metadata must be a JSON object, e.g. {\"order\":\"42\"}");
+  }
+  if (d.event_at_ms && (*d.event_at_ms < min_event_ms || *d.event_at_ms > max_event_ms))
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("an event time must fall in the years 1 to 9999, got {} ms", *d.event_at_ms));
+}
+
+std::vector<Value> detail_params(const TransferDetails& d) {
+  return {static_cast<std::int64_t>(d.code), d.reference.empty() ? Value(nullptr) : Value(d.reference),
+          d.metadata.empty() ? Value(nullptr) : Value(d.metadata),
+          d.event_at_ms ? Value(*d.event_at_ms) : Value(nullptr)};
+}
+
+TransferDetails details_of(const Row& r, std::size_t first) {
+  TransferDetails d;
+  d.code = static_cast<int>(r.opt_i64(first).value_or(0));
+  d.reference = r.opt_text(first + 1).value_or("");
+  d.metadata = r.opt_text(first + 2).value_or("");
+  d.event_at_ms = r.opt_i64(first + 3);
+  return d;
+}
+
+namespace {
+// The canonical spelling of stored or asked metadata ("" for none), to compare them as JSON values.
+std::string canonical_metadata(const std::string& text) {
+  if (text.empty()) return {};
+  const auto json = detail::parse_json(text, nullptr);
+  return json ? json->canonical : text;
+}
+}  // namespace
+
 void require_same(const Row& r, const Request& request, std::size_t first) {
   if (r.size() < first + key_record_columns)
     throw Error(ErrorKind::permanent, "a key record needs the columns of key_record_sql");
@@ -76,6 +131,19 @@ void require_same(const Row& r, const Request& request, std::size_t first) {
   // A hold recorded before schema step 007 has no timeout to compare.
   if (timeout && request.timeout_ms && *timeout != *request.timeout_ms)
     differs("timeout", fmt::format("{} ms", *timeout), fmt::format("{} ms", *request.timeout_ms));
+  // Records from before schema step 011 read as no details.
+  const TransferDetails recorded_details = details_of(r, first + 10);
+  const TransferDetails& asked_details = request.details;
+  if (recorded_details.code != asked_details.code)
+    differs("code", number(recorded_details.code), number(asked_details.code));
+  auto text = [](const std::string& s) { return s.empty() ? std::string("none") : "'" + s + "'"; };
+  if (recorded_details.reference != asked_details.reference)
+    differs("reference", text(recorded_details.reference), text(asked_details.reference));
+  if (canonical_metadata(recorded_details.metadata) != canonical_metadata(asked_details.metadata))
+    differs("metadata", text(recorded_details.metadata), text(asked_details.metadata));
+  auto when = [](const std::optional<std::int64_t>& ms) { return ms ? fmt::format("{} ms", *ms) : "none"; };
+  if (recorded_details.event_at_ms != asked_details.event_at_ms)
+    differs("event time", when(recorded_details.event_at_ms), when(asked_details.event_at_ms));
 }
 
 TransferResult replay_of(const Row& r, const Request& request, std::size_t first) {
@@ -180,6 +248,7 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
                             std::string(funded ? "ok" : "insufficient_funds"),
                             request.reverses ? Value(request.reverses) : Value(nullptr),
                             opt(request.global_txid)};
+  for (auto& v : detail_params(request.details)) record.push_back(std::move(v));
   if (read.transfer_id) {  // the id read under the write lock: no RETURNING
     record.emplace_back(*read.transfer_id);
     tx.exec(transfers_sql.record_as, record);
@@ -214,6 +283,7 @@ std::vector<Value> Ledger::Impl::one_statement_params(const Request& request) co
     params.emplace_back(nullptr);
     params.emplace_back(nullptr);
   }
+  for (auto& v : detail_params(request.details)) params.push_back(std::move(v));
   return params;
 }
 
@@ -409,20 +479,28 @@ std::vector<Account> Ledger::largest_accounts(std::size_t limit) {
   return out;
 }
 
-TransferResult Ledger::deposit(std::string_view account, std::int64_t amount, std::string_view key) {
+TransferResult Ledger::deposit(std::string_view account, std::int64_t amount, std::string_view key,
+                               const TransferDetails& details) {
   check_text(account, "account id", max_id_bytes);
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
+  check_details(details);
   Measure measure(Measure::Kind::deposit);
-  return measure(impl_->apply({"deposit", std::nullopt, std::string(account), amount, std::string(key)}));
+  Request request{"deposit", std::nullopt, std::string(account), amount, std::string(key)};
+  request.details = details;
+  return measure(impl_->apply(request));
 }
 
-TransferResult Ledger::withdraw(std::string_view account, std::int64_t amount, std::string_view key) {
+TransferResult Ledger::withdraw(std::string_view account, std::int64_t amount, std::string_view key,
+                                const TransferDetails& details) {
   check_text(account, "account id", max_id_bytes);
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
+  check_details(details);
   Measure measure(Measure::Kind::withdrawal);
-  return measure(impl_->apply({"withdrawal", std::string(account), std::nullopt, amount, std::string(key)}));
+  Request request{"withdrawal", std::string(account), std::nullopt, amount, std::string(key)};
+  request.details = details;
+  return measure(impl_->apply(request));
 }
 
 namespace {
@@ -452,25 +530,30 @@ TransferResult Ledger::withdraw(Transaction& tx, std::string_view account, std::
 
 namespace {
 // The arguments of a transfer as a keyed request; Error(invalid_argument) for a bad one.
-Request transfer_request(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
+Request transfer_request(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                         const TransferDetails& details) {
   check_text(from, "source account id", max_id_bytes);
   check_text(to, "destination account id", max_id_bytes);
   if (from == to) throw Error(ErrorKind::invalid_argument, fmt::format("a transfer from '{}' to itself", from));
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
-  return {"transfer", std::string(from), std::string(to), amount, std::string(key)};
+  check_details(details);
+  Request request{"transfer", std::string(from), std::string(to), amount, std::string(key)};
+  request.details = details;
+  return request;
 }
 }  // namespace
 
-TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key) {
-  const Request request = transfer_request(from, to, amount, key);
+TransferResult Ledger::transfer(std::string_view from, std::string_view to, std::int64_t amount, std::string_view key,
+                                const TransferDetails& details) {
+  const Request request = transfer_request(from, to, amount, key, details);
   Measure measure(Measure::Kind::transfer);
   return measure(impl_->apply(request));
 }
 
 TransferResult Ledger::transfer(Transaction& tx, std::string_view from, std::string_view to, std::int64_t amount,
-                                std::string_view key) {
-  const Request request = transfer_request(from, to, amount, key);
+                                std::string_view key, const TransferDetails& details) {
+  const Request request = transfer_request(from, to, amount, key, details);
   Measure measure(Measure::Kind::transfer);
   auto& impl = *impl_;
   if (!impl.transfers_sql.one_statement_transfer.empty())
@@ -479,8 +562,8 @@ TransferResult Ledger::transfer(Transaction& tx, std::string_view from, std::str
 }
 
 TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view to, std::int64_t amount,
-                                         std::string_view key) {
-  const TransferResult r = transfer(from, to, amount, key);
+                                         std::string_view key, const TransferDetails& details) {
+  const TransferResult r = transfer(from, to, amount, key, details);
   if (!r.ok())
     throw Error(
         ErrorKind::insufficient_funds,
@@ -491,7 +574,9 @@ TransferResult Ledger::transfer_or_throw(std::string_view from, std::string_view
 namespace {
 // Throws what the item's own fields are refused for (before anything is sent).
 // The item as a transfer request; throws what a transfer() with its fields is refused for.
-Request item_request(const BatchItem& item) { return transfer_request(item.from, item.to, item.amount, item.key); }
+Request item_request(const BatchItem& item) {
+  return transfer_request(item.from, item.to, item.amount, item.key, item.details);
+}
 
 bool retried_whole(const Error& e) {
   return e.kind() == ErrorKind::conflict || e.kind() == ErrorKind::transient || e.kind() == ErrorKind::in_doubt;
@@ -559,7 +644,8 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
                         stopped_col = item_col + 2, sqlstate_col = item_col + 3, message_col = item_col + 4;
   const std::size_t n = items.size() - first;
   std::vector<std::optional<Error>> refused(n);
-  std::vector<std::optional<std::string>> from(n), to(n), amount(n), key(n), linked(n), cache_a(n), cache_b(n);
+  std::vector<std::optional<std::string>> from(n), to(n), amount(n), key(n), linked(n), cache_a(n), cache_b(n), code(n),
+      reference(n), metadata(n), event_at(n);
   std::vector<std::string> cached;  // the cache keys this batch may drop, forgotten locally on commit
   for (std::size_t k = 0; k < n; ++k) {
     const BatchItem& item = items[first + k];
@@ -572,16 +658,21 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
       continue;
     }
     from[k] = item.from, to[k] = item.to, amount[k] = std::to_string(item.amount), key[k] = item.key;
+    code[k] = std::to_string(item.details.code);
+    if (!item.details.reference.empty()) reference[k] = item.details.reference;
+    if (!item.details.metadata.empty()) metadata[k] = item.details.metadata;
+    if (item.details.event_at_ms) event_at[k] = std::to_string(*item.details.event_at_ms);
     const std::vector<Value> p = one_statement_params(*request);
     if (options.cache) {
       cache_a[k] = std::get<std::string>(p[4]), cache_b[k] = std::get<std::string>(p[5]);
       cached.push_back(*cache_a[k]), cached.push_back(*cache_b[k]);
     }
   }
-  const Result rows =
-      tx.exec(transfers_sql.batch, {detail::array_param(from), detail::array_param(to), detail::array_param(amount),
-                                    detail::array_param(key), detail::array_param(linked), detail::array_param(cache_a),
-                                    detail::array_param(cache_b)});
+  const Result rows = tx.exec(transfers_sql.batch,
+                              {detail::array_param(from), detail::array_param(to), detail::array_param(amount),
+                               detail::array_param(key), detail::array_param(linked), detail::array_param(cache_a),
+                               detail::array_param(cache_b), detail::array_param(code), detail::array_param(reference),
+                               detail::array_param(metadata), detail::array_param(event_at)});
   if (!cached.empty())
     tx.on_commit([cache = options.cache, cached = std::move(cached)] {
       for (const auto& k : cached) cache->forget_local(k);
@@ -665,10 +756,12 @@ std::vector<BatchResult> Ledger::transfer_batch(const std::vector<BatchItem>& it
   return measure(std::move(results));
 }
 
-TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amount, std::string_view key) {
+TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amount, std::string_view key,
+                               const TransferDetails& details) {
   check_text(original_key, "original idempotency key", max_key_bytes);
   check_amount(amount);
   check_text(key, "idempotency key", max_key_bytes);
+  check_details(details);
   auto& impl = *impl_;
   Measure measure(Measure::Kind::reversal);
   TransferResult result = impl.retrying([&] {
@@ -678,6 +771,7 @@ TransferResult Ledger::reverse(std::string_view original_key, std::int64_t amoun
       throw Error(ErrorKind::not_found, fmt::format("no applied transfer has the key '{}'", original_key));
     const Row& o = original.rows[0];
     Request request{"reversal", o.text(2), o.text(1), amount, std::string(key), o.i64(0)};
+    request.details = details;
     if (auto earlier = impl.replay(tx, request)) {
       impl.count([](LedgerStats& st) { ++st.replays; });
       return *earlier;

@@ -26,6 +26,9 @@ namespace rowguard {
 namespace detail::ledger {
 inline constexpr std::size_t max_id_bytes = 128;
 inline constexpr std::size_t max_key_bytes = 255;
+// TransferDetails::event_at_ms: years 1 to 9999, so a PostgreSQL timestamp made of it never overflows.
+inline constexpr std::int64_t min_event_ms = -62'135'596'800'000;  // 0001-01-01T00:00:00Z
+inline constexpr std::int64_t max_event_ms = 253'402'300'799'999;  // 9999-12-31T23:59:59.999Z
 
 inline void check_text(std::string_view value, std::string_view what, std::size_t max) {
   if (value.empty() || value.size() > max || !detail::is_text(value))
@@ -60,11 +63,22 @@ struct Request {
   std::optional<std::string> global_txid = std::nullopt;
   std::int64_t hold_id = 0;                               // for a capture: the hold it captures
   std::optional<std::int64_t> timeout_ms = std::nullopt;  // for a hold
+  TransferDetails details = {};                           // checked by check_details
 };
+
+// Error(invalid_argument) unless the details are as TransferDetails documents them.
+void check_details(const TransferDetails& details);
+
+// The details as bound parameters: code, reference, metadata, event time in epoch ms (NULL for none).
+std::vector<Value> detail_params(const TransferDetails& details);
+
+// The details from columns first.. (code, reference, metadata text, event time ms) of a row.
+TransferDetails details_of(const Row& r, std::size_t first);
 
 // Error(idempotency_mismatch) naming the first difference between the key record in r (columns
 // from `first` on, as detail::key_record_columns lists them) and the request: the operation (a transfer, a capture,
-// a two-phase leg, ...), then from, to, amount, the refunded transfer, the hold, the timeout.
+// a two-phase leg, ...), then from, to, amount, the refunded transfer, the hold, the timeout, the
+// code, the reference, the metadata (as JSON values) and the event time.
 void require_same(const Row& r, const Request& request, std::size_t first = 0);
 
 // Counts one ledger request in rowguard_ledger_requests_total{kind,outcome} and times it in

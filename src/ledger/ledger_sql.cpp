@@ -4,20 +4,31 @@
 
 #include <fmt/format.h>
 
+#include "base/sql_text.hpp"
+
 #include "cache/cache_sql.hpp"
 
 namespace rowguard::detail {
 
 namespace {
+// TransferDetails as columns of a transfer or a hold (alias.code ...): code, reference, metadata
+// as text, event time in epoch ms (NULL for none); records from before step 011 read as none.
+std::string details_columns(const Dialect& d, std::string_view alias) {
+  // code as bigint: SOCI reads a 32-bit integer column as a type of its own, which rowguard refuses.
+  return fmt::format("CAST({a}code AS bigint), {a}reference, CAST({a}metadata AS text), {ms}", fmt::arg("a", alias),
+                     fmt::arg("ms", d.timestamp_to_ms(fmt::format("{}event_at", alias))));
+}
+
 // The record of an idempotency key in either table (key_record_columns). $1 is the key (param names
 // another placeholder).
 std::string key_record_sql(const Backend& backend, std::string_view param = "$1") {
   return fmt::format(
       "SELECT id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, "
-      "CAST(NULL AS bigint) AS timeout_ms FROM {tr} WHERE idempotency_key = {p} UNION ALL "
-      "SELECT id, 'hold', from_account, to_account, amount, state, NULL, NULL, NULL, timeout_ms FROM {holds} "
-      "WHERE idempotency_key = {p} LIMIT 1",
-      fmt::arg("tr", backend.table("transfers")), fmt::arg("holds", backend.table("holds")), fmt::arg("p", param));
+      "CAST(NULL AS bigint) AS timeout_ms, {details} FROM {tr} WHERE idempotency_key = {p} UNION ALL "
+      "SELECT id, 'hold', from_account, to_account, amount, state, NULL, NULL, NULL, timeout_ms, {details} "
+      "FROM {holds} WHERE idempotency_key = {p} LIMIT 1",
+      fmt::arg("tr", backend.table("transfers")), fmt::arg("holds", backend.table("holds")), fmt::arg("p", param),
+      fmt::arg("details", details_columns(backend.dialect(), "")));
 }
 
 // A new transfer's or entry's id (`table` is "transfers" or "entries"), above every id the table
@@ -55,28 +66,52 @@ std::string history_page_sql(const Dialect& d, const std::string& tr, const std:
 
 // The page of HistoryStatements::transfers.
 std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std::string& en,
-                              const std::string& columns, bool by_account, bool with_entries, bool window) {
-  // The window's bounds follow the account, when there is one: PostgreSQL refuses a statement with
-  // a parameter it cannot type because nothing uses it.
-  const std::string window_sql =
-      window ? fmt::format(" AND created_at >= {} AND created_at < {}", d.ms_to_timestamp(by_account ? "$4" : "$3"),
-                           d.ms_to_timestamp(by_account ? "$5" : "$4"))
-             : std::string();
+                              const std::string& columns, const TransferFilter& f) {
+  // Parameters are numbered in the order TransferFilter lists them: PostgreSQL refuses a statement
+  // with a parameter it cannot type because nothing uses it, so only the filters asked for are there.
+  std::size_t n = 2;  // $1 cursor, $2 limit
+  auto next = [&n] { return fmt::format("${}", ++n); };
+  const std::string account = f.by_account ? next() : std::string();
+  std::string w;
+  if (f.window) {
+    const std::string since = next(), until = next();
+    w += fmt::format(" AND created_at >= {} AND created_at < {}", d.ms_to_timestamp(since), d.ms_to_timestamp(until));
+  }
+  // "code > 0" matches the partial index's predicate (step 011), which transfers without a code stay out of.
+  if (f.code) w += fmt::format(" AND code = {} AND code > 0", next());
+  if (f.reference) w += fmt::format(" AND reference = {}", next());
+  if (f.metadata_keys > 0 && d.has_json_containment()) {
+    w += fmt::format(" AND metadata @> CAST({} AS jsonb)", next());
+  } else {
+    for (std::size_t k = 0; k < f.metadata_keys; ++k) {
+      const std::string path = next(), value = next();
+      // json_extract gives true and false as 1 and 0: the types say which is which, so {"x":true}
+      // never matches {"x":1}, as in jsonb.
+      w += fmt::format(
+          " AND json_extract(metadata, {p}) = json_extract({v}, '$') AND "
+          "(json_type(metadata, {p}) IN ('true', 'false')) = (json_type({v}) IN ('true', 'false'))",
+          fmt::arg("p", path), fmt::arg("v", value));
+    }
+  }
   const std::string page =
-      by_account ? fmt::format(
-                       "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = $3 AND id < $1{w} ORDER BY id DESC "
-                       "LIMIT $2) f "
-                       "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = $3 AND id < $1{w} ORDER BY id "
-                       "DESC LIMIT $2) g",
-                       fmt::arg("tr", tr), fmt::arg("w", window_sql))
-                 : fmt::format("SELECT id FROM {} WHERE id < $1{} ORDER BY id DESC LIMIT $2", tr, window_sql);
+      f.by_account ? fmt::format(
+                         "SELECT id FROM (SELECT id FROM {tr} WHERE from_account = {a} AND id < $1{w} ORDER BY id "
+                         "DESC LIMIT $2) f "
+                         "UNION SELECT id FROM (SELECT id FROM {tr} WHERE to_account = {a} AND id < $1{w} ORDER BY id "
+                         "DESC LIMIT $2) g",
+                         fmt::arg("tr", tr), fmt::arg("a", account), fmt::arg("w", w))
+                   : fmt::format("SELECT id FROM {} WHERE id < $1{} ORDER BY id DESC LIMIT $2", tr, w);
   // The union of the arms may hold up to 2 * limit ids: the outer LIMIT keeps the newest.
   const std::string ids = fmt::format("SELECT id FROM ({}) u ORDER BY id DESC LIMIT $2", page);
-  if (!with_entries) return fmt::format("SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", columns, tr, ids);
+  // Containment's generic plan guesses how many transfers match and may walk the whole table for a
+  // rare value: planned per call instead (sql_text.hpp, plan_each_call_marker).
+  const std::string_view lead = f.metadata_keys > 0 && d.has_json_containment() ? plan_each_call_marker : "";
+  if (!f.with_entries)
+    return fmt::format("{}SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", lead, columns, tr, ids);
   return fmt::format(
-      "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+      "{}SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
       "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
-      columns, tr, en, ids);
+      lead, columns, tr, en, ids);
 }
 
 }  // namespace
@@ -122,8 +157,9 @@ TransferStatements::TransferStatements(const Backend& backend) {
                        acc, now);
   record = fmt::format(
       "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
-      "global_txid, created_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING id",
-      tr, next_id_above_high_water(backend, "transfers"), now);
+      "global_txid, created_at, code, reference, metadata, event_at) VALUES ({}, $1, $2, $3, $4, $5, $6, $7, $8, $9, "
+      "{}, $10, $11, $12, {}) RETURNING id",
+      tr, next_id_above_high_water(backend, "transfers"), now, d.ms_to_timestamp("$13"));
   lock_original = fmt::format(
       "SELECT id, from_account, to_account, amount FROM {} WHERE idempotency_key = $1 AND kind = 'transfer' AND "
       "outcome = 'ok'{}",
@@ -135,8 +171,8 @@ TransferStatements::TransferStatements(const Backend& backend) {
       now);
   // The function of schema step 008 (schema/postgres/008_server_statements.sql), whose inner
   // statement the server plans once per session.
-  if (d.has_server_statements()) one_statement_transfer = backend.function_call("apply_transfer", 6);
-  if (d.has_server_statements()) batch = backend.function_call("apply_batch", 7);
+  if (d.has_server_statements()) one_statement_transfer = backend.function_call("apply_transfer", 10);
+  if (d.has_server_statements()) batch = backend.function_call("apply_batch", 11);
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
   entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
@@ -151,7 +187,11 @@ TransferStatements::TransferStatements(const Backend& backend) {
         "CASE WHEN k.id IS NOT NULL THEN k.to_account ELSE h.to_account END, "
         "CASE WHEN k.id IS NOT NULL THEN k.amount ELSE h.amount END, "
         "CASE WHEN k.id IS NOT NULL THEN k.outcome ELSE h.state END, k.global_txid, k.reverses, k.hold_id, "
-        "h.timeout_ms, f.currency, f.balance, f.min_balance, f.held, t.currency, t.balance, t.min_balance, t.held, "
+        "h.timeout_ms, CASE WHEN k.id IS NOT NULL THEN k.code ELSE h.code END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.reference ELSE h.reference END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.metadata ELSE h.metadata END, "
+        "CASE WHEN k.id IS NOT NULL THEN k.event_at ELSE h.event_at END, f.currency, f.balance, f.min_balance, f.held, "
+        "t.currency, t.balance, t.min_balance, t.held, "
         "{next_transfer}, {next_entry} FROM (SELECT 1) AS one "
         "LEFT JOIN {tr} k ON k.idempotency_key = $1 LEFT JOIN {holds} h ON k.id IS NULL AND h.idempotency_key = $1 "
         "LEFT JOIN {acc} f ON f.id = $2 LEFT JOIN {acc} t ON t.id = $3",
@@ -160,8 +200,9 @@ TransferStatements::TransferStatements(const Backend& backend) {
         fmt::arg("holds", backend.table("holds")), fmt::arg("acc", acc));
     record_as = fmt::format(
         "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, "
-        "global_txid, created_at) VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9, {})",
-        tr, now);
+        "global_txid, created_at, code, reference, metadata, event_at) VALUES ($14, $1, $2, $3, $4, $5, $6, $7, $8, "
+        "$9, {}, $10, $11, $12, {})",
+        tr, now, d.ms_to_timestamp("$13"));
     entry_as = fmt::format(
         "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4, {})", en, now);
     entry_pair = fmt::format(
@@ -188,13 +229,14 @@ HoldStatements::HoldStatements(const Backend& backend) {
   add = fmt::format("UPDATE {} SET held = held + $2, version = version + 1, updated_at = {} WHERE id = $1", acc, now);
   read = fmt::format(
       "SELECT id, idempotency_key, from_account, to_account, amount, CAST(currency AS text), state, captured, "
-      "transfer_id, {} - {} FROM {} WHERE id = $1",
-      d.timestamp_to_ms("expires_at"), d.now_ms(), holds);
+      "transfer_id, {} - {}, {} FROM {} WHERE id = $1",
+      d.timestamp_to_ms("expires_at"), d.now_ms(), details_columns(d, ""), holds);
   lock = read + d.for_update();
   insert = fmt::format(
       "INSERT INTO {} (id, idempotency_key, from_account, to_account, amount, currency, state, expires_at, "
-      "created_at, timeout_ms) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}, $7) RETURNING id",
-      holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now);
+      "created_at, timeout_ms, code, reference, metadata, event_at) VALUES ({}, $1, $2, $3, $4, $5, $6, {}, {}, $7, "
+      "$8, $9, $10, {}) RETURNING id",
+      holds, d.next_id(holds), d.timestamp_plus_ms(now, "$7"), now, d.ms_to_timestamp("$11"));
   close = fmt::format(
       "UPDATE {} SET state = $2, captured = $3, transfer_id = $4, closed_at = {} WHERE id = $1 AND state = 'held'",
       holds, now);
@@ -202,16 +244,20 @@ HoldStatements::HoldStatements(const Backend& backend) {
       "UPDATE {} SET balance = balance - $2, held = held - $3, version = version + 1, updated_at = {} "
       "WHERE id = $1 AND held >= $3",
       acc, now);
+  // The capture's transfer carries the hold's details (a VALUES list: PostgreSQL's next id is DEFAULT).
   capture_record = fmt::format(
-      "INSERT INTO {} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
-      "created_at) VALUES ({}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, {}) RETURNING id",
-      tr, next_id_above_high_water(backend, "transfers"), now);
+      "INSERT INTO {tr} (id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, hold_id, "
+      "created_at, code, reference, metadata, event_at) VALUES ({id}, $1, 'transfer', $2, $3, $4, $5, 'ok', $6, "
+      "{now}, (SELECT code FROM {h} WHERE id = $6), (SELECT reference FROM {h} WHERE id = $6), "
+      "(SELECT metadata FROM {h} WHERE id = $6), (SELECT event_at FROM {h} WHERE id = $6)) RETURNING id",
+      fmt::arg("tr", tr), fmt::arg("id", next_id_above_high_water(backend, "transfers")), fmt::arg("now", now),
+      fmt::arg("h", holds));
   expired_accounts =
       fmt::format("SELECT DISTINCT from_account FROM {} WHERE state = 'held' AND expires_at <= {}", holds, now);
   // The functions of schema step 009 (schema/postgres/009_batches_and_holds.sql): the work of the
   // statements above, one call each, its inner statements planned once per server session.
   if (d.has_server_statements()) {
-    apply_hold = backend.function_call("apply_hold", 6);
+    apply_hold = backend.function_call("apply_hold", 10);
     apply_capture = backend.function_call("apply_capture", 4);
     apply_void = backend.function_call("apply_void", 2);
   }
@@ -224,8 +270,8 @@ HistoryStatements::HistoryStatements(const Backend& backend) {
   const std::string ob = backend.table("opening_balances");
   const std::string columns = fmt::format(
       "t.id, t.idempotency_key, t.kind, t.from_account, t.to_account, t.amount, CAST(t.currency AS text), "
-      "t.outcome, t.reverses, t.hold_id, t.global_txid, {}",
-      d.timestamp_to_ms("t.created_at"));
+      "t.outcome, t.reverses, t.hold_id, t.global_txid, {}, {}",
+      d.timestamp_to_ms("t.created_at"), details_columns(d, "t."));
   for (const bool newest_first : {false, true})
     for (const bool window : {false, true})
       history_[at(newest_first, window)] = history_page_sql(d, tr, en, columns, newest_first, window);
@@ -237,11 +283,10 @@ HistoryStatements::HistoryStatements(const Backend& backend) {
   };
   find_by_id = find("t.id");
   find_by_key = find("t.idempotency_key");
-  for (const bool by_account : {false, true})
-    for (const bool with_entries : {false, true})
-      for (const bool window : {false, true})
-        transfers_[transfers_at(by_account, with_entries, window)] =
-            transfer_page_sql(d, tr, en, columns, by_account, with_entries, window);
+  dialect_ = &d;
+  transfers_table_ = tr;
+  entries_table_ = en;
+  columns_ = columns;
   const std::string acc = backend.table("accounts");
   account_exists = fmt::format("SELECT count(*) FROM {} WHERE id = $1", acc);
   balance_at = fmt::format(
@@ -250,6 +295,10 @@ HistoryStatements::HistoryStatements(const Backend& backend) {
       "(SELECT CAST(COALESCE(SUM(amount), 0) AS bigint) FROM {en} WHERE account_id = $1 AND created_at < {at})",
       fmt::arg("acc", acc), fmt::arg("ob", ob), fmt::arg("as_of", d.timestamp_to_ms("as_of")), fmt::arg("en", en),
       fmt::arg("at", d.ms_to_timestamp("$2")));
+}
+
+std::string HistoryStatements::transfers(const TransferFilter& filter) const {
+  return transfer_page_sql(*dialect_, transfers_table_, entries_table_, columns_, filter);
 }
 
 ArchiveStatements::ArchiveStatements(const Backend& backend) {
@@ -280,7 +329,7 @@ ArchiveStatements::ArchiveStatements(const Backend& backend) {
   const std::string ta = backend.table("transfers_archive");
   const std::string columns =
       "id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at, "
-      "hold_id, global_txid";
+      "hold_id, global_txid, code, reference, metadata, event_at";
   copy_transfers = fmt::format("INSERT INTO {ta} ({c}) SELECT {c} FROM {tr} t WHERE {movable}", fmt::arg("ta", ta),
                                fmt::arg("c", columns), fmt::arg("tr", tr), fmt::arg("movable", movable));
   // From here on the run's transfers are the live ones already copied: the archive table is the

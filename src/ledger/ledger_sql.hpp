@@ -14,10 +14,11 @@
 namespace rowguard::detail {
 
 // The record of an idempotency key, wherever it is: one row of the columns
-//   id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, timeout_ms
+//   id, kind, from_account, to_account, amount, outcome, global_txid, reverses, hold_id, timeout_ms,
+//   code, reference, metadata (as text), event_at (epoch ms)
 // from <prefix>transfers, or from <prefix>holds with kind 'hold' and the hold's state as outcome.
 // Transfers and holds share one namespace of keys (TransferStatements::find_key).
-inline constexpr std::size_t key_record_columns = 10;
+inline constexpr std::size_t key_record_columns = 14;
 
 struct AccountStatements {
   // $1 id, $2 currency, $3 min_balance -> an account at balance 0, and its id; no row when the id
@@ -159,9 +160,23 @@ struct HoldStatements {
   explicit HoldStatements(const Backend& backend);
 };
 
+// What a page of HistoryStatements::transfers filters on, in the order of its parameters after $1
+// cursor and $2 limit: the account; since and until (epoch ms); the code; the reference; the
+// metadata (PostgreSQL: one parameter, the object, as jsonb @>; elsewhere two per key: the JSON path
+// '$."key"' and the value's JSON text, compared with json_extract).
+struct TransferFilter {
+  bool by_account = false;
+  bool with_entries = false;
+  bool window = false;
+  bool code = false;
+  bool reference = false;
+  std::size_t metadata_keys = 0;  // 0: no metadata filter
+};
+
 // The journal's read-only queries (history.cpp), one statement per call, keyset-paginated where
-// they page. A transfer row starts with its 12 columns (id, idempotency_key, kind, from_account,
-// to_account, amount, currency, outcome, reverses, hold_id, global_txid, created ms); "with its
+// they page. A transfer row starts with its 16 columns (id, idempotency_key, kind, from_account,
+// to_account, amount, currency, outcome, reverses, hold_id, global_txid, created ms, code,
+// reference, metadata, event ms); "with its
 // entries" adds (entry id, account, amount): one row per entry, NULLs for a transfer without any.
 struct HistoryStatements {
   // One page of an account's journal (by entry id: one entry per account per transfer), each with
@@ -169,19 +184,17 @@ struct HistoryStatements {
   // window $3 since, $4 until, $5 limit. Without one the page is a plain walk of the entries index
   // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
   // account's entries: measured 118 ms against 0.1 ms for a hot account).
-  // -> a row per entry of each transfer on the page: the transfer's 12 columns, the account's entry
+  // -> a row per entry of each transfer on the page: the transfer's 16 columns, the account's entry
   // id and amount, then the entry's (id, account, amount); by the account's entry id, then by entry.
   const std::string& history(bool newest_first, bool window) const { return history_[at(newest_first, window)]; }
   // One transfer with its entries (none for a rejected one). $1 id or key.
   std::string find_by_id;
   std::string find_by_key;
-  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, $3 account; with a time
-  // window, since (inclusive) and until (exclusive) in epoch ms next ($3 and $4 without an account,
-  // $4 and $5 with one). With an account, the two indexed arms (from, to) each stop at limit rows
-  // before they are merged.
-  const std::string& transfers(bool by_account, bool with_entries, bool window) const {
-    return transfers_[transfers_at(by_account, with_entries, window)];
-  }
+  // One page of transfers, newest first: $1 cursor (exclusive), $2 limit, then one parameter per
+  // filter asked for, in TransferFilter's order (metadata: see TransferFilter). With an account, the
+  // two indexed arms (from, to) each stop at limit rows before they are merged. Built per call
+  // (the filters make 2^6 forms); values are always bound.
+  std::string transfers(const TransferFilter& filter) const;
   // $1 account -> (1 when it exists, else 0).
   std::string account_exists;
   // The account's existence, its opening balance and as_of (NULL without one), and the sum of its
@@ -195,10 +208,8 @@ struct HistoryStatements {
  private:
   static std::size_t at(bool first, bool second) { return (first ? 2 : 0) + (second ? 1 : 0); }
   std::array<std::string, 4> history_;  // at(newest_first, window)
-  static std::size_t transfers_at(bool by_account, bool with_entries, bool window) {
-    return at(by_account, with_entries) * 2 + (window ? 1 : 0);
-  }
-  std::array<std::string, 8> transfers_;  // transfers_at(by_account, with_entries, window)
+  const Dialect* dialect_ = nullptr;    // the backend's, which outlives the ledger's statements
+  std::string transfers_table_, entries_table_, columns_;
 };
 
 // One run of Ledger::archive (archive.cpp), in one transaction: old transfers and their entries

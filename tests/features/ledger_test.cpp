@@ -3,7 +3,9 @@
 #include <atomic>
 #include <barrier>
 #include <fcntl.h>
+#include <functional>
 #include <latch>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -17,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 
+#include "ledger/ledger_sql.hpp"
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -1275,4 +1278,429 @@ TEST_CASE("ledger: the database refuses an update leaving balance - held below t
   db.exec(fmt::format("UPDATE {} SET balance = 1000 WHERE id = 'a'", acc));
   CHECK(l.get("a").available() == 400);
   CHECK(l.check().ok());
+}
+
+// ---- Codes, references, metadata and event times (TransferDetails) ----
+
+namespace {
+TransferDetails details(int code, std::string reference, std::string metadata,
+                        std::optional<std::int64_t> event_at_ms = std::nullopt) {
+  return TransferDetails{code, std::move(reference), std::move(metadata), event_at_ms};
+}
+
+// Metadata as a JSON value: PostgreSQL returns jsonb's spelling, SQLite the text as given.
+nlohmann::json json_of(const std::string& text) { return nlohmann::json::parse(text); }
+}  // namespace
+
+TEST_CASE("ledger: transfers, deposits, withdrawals, holds, captures, refunds and batch items record their details",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  const auto dep = details(1, "dep-ref", R"({"source": "bank", "n": 1})", 1'700'000'000'123);
+  REQUIRE(l.deposit("a", 500, "dep", dep).ok());
+  REQUIRE(l.withdraw("a", 100, "wd", details(2, "wd-ref", "", std::nullopt)).ok());
+  REQUIRE(l.transfer("a", "b", 300, "tr", details(65'535, "order-42", R"({"order":42,"tags":["x","y"]})")).ok());
+  REQUIRE(l.reverse("tr", 50, "rf", details(4, "refund-42", R"({"why":"damaged"})", -1'000)).ok());
+  const HoldResult h = l.hold("a", "c", 200, "hd", 60s, details(5, "auth-7", R"({"card":"visa"})", 42));
+  REQUIRE(h.ok());
+  const auto batch = l.transfer_batch(
+      {{"a", "b", 10, "bt-1", false, details(6, "bt-ref", R"({"i":1})")}, {"a", "b", 11, "bt-2", false, {}}});
+  REQUIRE(batch[0].ok());
+  REQUIRE(batch[1].ok());
+  const TransferResult cap = l.capture(h.hold_id, 150);
+  REQUIRE(cap.ok());
+
+  const TransferRecord d = l.find_transfer_by_key("dep");
+  CHECK(d.details.code == 1);
+  CHECK(d.details.reference == "dep-ref");
+  CHECK(json_of(d.details.metadata) == json_of(dep.metadata));
+  CHECK(d.details.event_at_ms == 1'700'000'000'123);
+  CHECK(d.created_at_ms != 1'700'000'000'123);  // the journal's own time stays the database clock
+  const TransferRecord w = l.find_transfer_by_key("wd");
+  CHECK(w.details == details(2, "wd-ref", "", std::nullopt));
+  const TransferRecord t = l.find_transfer_by_key("tr");
+  CHECK(t.details.code == 65'535);
+  CHECK(json_of(t.details.metadata) == json_of(R"({"order":42,"tags":["x","y"]})"));
+  CHECK_FALSE(t.details.event_at_ms);
+  const TransferRecord r = l.find_transfer_by_key("rf");
+  CHECK(r.details.reference == "refund-42");
+  CHECK(r.details.event_at_ms == -1'000);
+  const Hold held = l.get_hold(h.hold_id);
+  CHECK(held.details.code == 5);
+  CHECK(held.details.reference == "auth-7");
+  CHECK(json_of(held.details.metadata) == json_of(R"({"card":"visa"})"));
+  CHECK(held.details.event_at_ms == 42);
+  // The capture's transfer carries the hold's details.
+  const TransferRecord c = l.find_transfer(cap.transfer_id);
+  CHECK(c.details.code == 5);
+  CHECK(c.details.reference == "auth-7");
+  CHECK(json_of(c.details.metadata) == json_of(R"({"card":"visa"})"));
+  CHECK(c.details.event_at_ms == 42);
+  CHECK(l.find_transfer_by_key("bt-1").details.reference == "bt-ref");
+  CHECK(l.find_transfer_by_key("bt-2").details == TransferDetails{});
+  CHECK(l.find_transfer_by_key("seed").details == TransferDetails{});
+  // History and the transfers list show them too.
+  const HistoryPage page = l.history("b");
+  REQUIRE_FALSE(page.items.empty());
+  bool seen = false;
+  for (const auto& item : page.items)
+    if (item.transfer.key == "tr") seen = item.transfer.details.reference == "order-42";
+  CHECK(seen);
+  const TransferPage all = l.transfers();
+  REQUIRE(all.items.size() == 8);
+  CHECK(all.items.front().details.code == 5);  // the capture, newest
+  CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: a key reused with another code, reference, metadata or event time is idempotency_mismatch",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  const auto base = details(7, "order-1", R"({"a":1,"b":{"c":[1,2]}})", 1'000);
+  REQUIRE(l.transfer("a", "b", 100, "t", base).ok());
+  REQUIRE(l.deposit("b", 100, "d", base).ok());
+  REQUIRE(l.withdraw("a", 100, "w", base).ok());
+  REQUIRE(l.hold("a", "b", 100, "h", 60s, base).ok());
+  REQUIRE(l.reverse("t", 10, "r", base).ok());
+  REQUIRE(l.transfer_batch({{"a", "b", 100, "bt", false, base}})[0].ok());
+  // Metadata compares as a JSON value: other key order, whitespace, escapes and number spelling replay.
+  const auto same = details(7, "order-1", " { \"b\" : {\"c\":[1, 2.0]}, \"\\u0061\" : 1e0 } ", 1'000);
+  CHECK(l.transfer("a", "b", 100, "t", same).replayed);
+  CHECK(l.deposit("b", 100, "d", same).replayed);
+  CHECK(l.withdraw("a", 100, "w", same).replayed);
+  CHECK(l.hold("a", "b", 100, "h", 60s, same).replayed);
+  CHECK(l.reverse("t", 10, "r", same).replayed);
+  CHECK(l.transfer_batch({{"a", "b", 100, "bt", false, same}})[0].result.replayed);
+  CHECK(l.transfer("a", "b", 100, "bt", same).replayed);
+  // A key recorded without details replays only without them.
+  REQUIRE(l.transfer("a", "b", 100, "plain").ok());
+  CHECK(l.transfer("a", "b", 100, "plain").replayed);
+
+  auto with = [&](int code, std::string reference, std::string metadata, std::optional<std::int64_t> at) {
+    return details(code, std::move(reference), std::move(metadata), at);
+  };
+  const auto code = with(8, "order-1", base.metadata, 1'000);
+  const auto reference = with(7, "order-2", base.metadata, 1'000);
+  const auto metadata = with(7, "order-1", R"({"a":1,"b":{"c":[2,1]}})", 1'000);
+  const auto event = with(7, "order-1", base.metadata, 1'001);
+  const auto none = TransferDetails{};
+  auto item = [&](BatchItem i) {
+    return [&l, i] {
+      const auto r = l.transfer_batch({i});
+      if (r[0].error) throw Error(*r[0].error, r[0].message);
+    };
+  };
+  require_mismatches(b.t.db(), l,
+                     {
+                         {"code", [&] { l.transfer("a", "b", 100, "t", code); }},
+                         {"reference", [&] { l.transfer("a", "b", 100, "t", reference); }},
+                         {"metadata", [&] { l.transfer("a", "b", 100, "t", metadata); }},
+                         {"event time", [&] { l.transfer("a", "b", 100, "t", event); }},
+                         {"code", [&] { l.transfer("a", "b", 100, "t", none); }},
+                         {"code", [&] { l.transfer("a", "b", 100, "plain", base); }},
+                         {"reference", [&] { l.transfer("a", "b", 100, "plain", with(0, "x", "", {})); }},
+                         {"metadata", [&] { l.transfer("a", "b", 100, "plain", with(0, "", "{}", {})); }},
+                         {"event time", [&] { l.transfer("a", "b", 100, "plain", with(0, "", "", 0)); }},
+                         {"code", [&] { l.transfer_or_throw("a", "b", 100, "t", code); }},
+                         {"code", [&] { l.deposit("b", 100, "d", code); }},
+                         {"reference", [&] { l.deposit("b", 100, "d", reference); }},
+                         {"metadata", [&] { l.withdraw("a", 100, "w", metadata); }},
+                         {"event time", [&] { l.withdraw("a", 100, "w", event); }},
+                         {"code", [&] { l.hold("a", "b", 100, "h", 60s, code); }},
+                         {"reference", [&] { l.hold("a", "b", 100, "h", 60s, reference); }},
+                         {"metadata", [&] { l.hold("a", "b", 100, "h", 60s, metadata); }},
+                         {"event time", [&] { l.hold("a", "b", 100, "h", 60s, event); }},
+                         {"metadata", [&] { l.reverse("t", 10, "r", metadata); }},
+                         {"event time", [&] { l.reverse("t", 10, "r", event); }},
+                         {"code", item({"a", "b", 100, "bt", false, code})},
+                         {"reference", item({"a", "b", 100, "bt", false, reference})},
+                         {"metadata", item({"a", "b", 100, "bt", false, metadata})},
+                         {"event time", item({"a", "b", 100, "bt", false, event})},
+                     });
+  // In a linked chain, the mismatch fails the chain and writes nothing of it.
+  const auto chain = l.transfer_batch({{"a", "c", 5, "chain-1", true}, {"a", "b", 100, "bt", false, code}});
+  CHECK(chain[1].error == ErrorKind::idempotency_mismatch);
+  CHECK(chain[0].error == ErrorKind::idempotency_mismatch);
+  CHECK_THROWS(l.find_transfer_by_key("chain-1"));
+}
+
+TEST_CASE("ledger: bad details are invalid_argument on every operation and write nothing", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  const HoldResult h = l.hold("a", "b", 100, "h", 60s);
+  l.transfer("a", "b", 100, "orig");
+  const std::int64_t transfers = rows_in(b.t.db(), "transfers"), holds = rows_in(b.t.db(), "holds");
+  const std::vector<std::pair<std::string, TransferDetails>> bad{
+      {"code", details(-1, "", "")},
+      {"code", details(65'536, "", "")},
+      {"reference", details(0, std::string(129, 'r'), "")},
+      {"reference", details(0, "tab\there", "")},
+      {"reference", details(0, std::string("nul\0x", 5), "")},
+      {"reference", details(0, "\xff\xfe", "")},
+      {"JSON", details(0, "", "{")},
+      {"JSON", details(0, "", R"({"a":1,})")},
+      {"JSON", details(0, "", R"({"a":1,"a":2})")},
+      {"JSON", details(0, "", R"({"a":"\u0000"})")},
+      {"JSON", details(0, "", R"({"a":"\ud800"})")},
+      {"JSON object", details(0, "", "[1,2]")},
+      {"JSON object", details(0, "", "\"text\"")},
+      {"bytes", details(0, "", "{\"a\":\"" + std::string(max_metadata_bytes, 'x') + "\"}")},
+      {"event time", details(0, "", "", -62'135'596'800'001)},
+      {"event time", details(0, "", "", 253'402'300'800'000)},
+  };
+  for (const auto& [what, d] : bad) {
+    INFO(what << ": " << d.reference << " " << d.metadata);
+    std::string message;
+    CHECK(kind_of([&] { l.transfer("a", "b", 1, "x", d); }, &message) == ErrorKind::invalid_argument);
+    CHECK_THAT(message, Catch::Contains(what));
+    CHECK(kind_of([&] { l.deposit("a", 1, "x", d); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { l.withdraw("a", 1, "x", d); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { l.hold("a", "b", 1, "x", 60s, d); }) == ErrorKind::invalid_argument);
+    CHECK(kind_of([&] { l.reverse("orig", 1, "x", d); }) == ErrorKind::invalid_argument);
+    const auto r = l.transfer_batch({{"a", "b", 1, "x", false, d}});
+    CHECK(r[0].error == ErrorKind::invalid_argument);
+  }
+  CHECK(rows_in(b.t.db(), "transfers") == transfers);
+  CHECK(rows_in(b.t.db(), "holds") == holds);
+  // The bounds themselves are fine.
+  CHECK(l.transfer("a", "b", 1, "edge-1", details(65'535, std::string(128, 'r'), "{}", -62'135'596'800'000)).ok());
+  CHECK(l.transfer(
+             "a", "b", 1, "edge-2",
+             details(1, "ü-ref", "{\"k\":\"" + std::string(max_metadata_bytes - 10, 'x') + "\"}", 253'402'300'799'999))
+            .ok());
+  CHECK(l.find_transfer_by_key("edge-1").details.event_at_ms == -62'135'596'800'000);
+  CHECK(l.find_transfer_by_key("edge-2").details.event_at_ms == 253'402'300'799'999);
+  CHECK(l.find_transfer_by_key("edge-2").details.reference == "ü-ref");
+  CHECK(l.transfer(
+             "a", "b", 1, "edge-2",
+             details(1, "ü-ref", "{\"k\":\"" + std::string(max_metadata_bytes - 10, 'x') + "\"}", 253'402'300'799'999))
+            .replayed);
+  CHECK(h.ok());
+}
+
+TEST_CASE("ledger: transfers() filters by code, reference and metadata, with the account, the window and paging",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  // 30 transfers: code i % 3 + 1, reference "order-<i % 5>", metadata {"shop":"s<i % 2>","n":i,"vip":i%4==0}.
+  for (int i = 0; i < 30; ++i) {
+    const std::string from = i % 2 ? "a" : "b";
+    if (i == 0) l.transfer("a", "b", 1'000, "fund-b");
+    nlohmann::json m{{"shop", fmt::format("s{}", i % 2)}, {"n", i}, {"vip", i % 4 == 0}, {"nested", {{"x", 1}}}};
+    REQUIRE(
+        l.transfer(from, "c", 10, fmt::format("q-{}", i), details(i % 3 + 1, fmt::format("order-{}", i % 5), m.dump()))
+            .ok());
+  }
+  auto keys = [&](TransferQuery q) {
+    std::vector<std::string> out;
+    while (true) {
+      const TransferPage page = l.transfers(q);
+      for (const auto& t : page.items) out.push_back(t.key.value_or("?"));
+      if (!page.next) break;
+      q.before = page.next;
+    }
+    return out;
+  };
+  auto expect = [](const std::function<bool(int)>& pick) {
+    std::vector<std::string> out;
+    for (int i = 29; i >= 0; --i)
+      if (pick(i)) out.push_back(fmt::format("q-{}", i));
+    return out;
+  };
+  TransferQuery q;
+  q.limit = 4;
+  q.code = 2;
+  CHECK(keys(q) == expect([](int i) { return i % 3 + 1 == 2; }));
+  q = {};
+  q.limit = 3;
+  q.reference = "order-3";
+  CHECK(keys(q) == expect([](int i) { return i % 5 == 3; }));
+  q.code = 1;  // both
+  CHECK(keys(q) == expect([](int i) { return i % 5 == 3 && i % 3 == 0; }));
+  q = {};
+  q.limit = 5;
+  q.metadata = R"({"shop":"s1"})";
+  CHECK(keys(q) == expect([](int i) { return i % 2 == 1; }));
+  q.metadata = R"({"shop":"s0","vip":true})";
+  CHECK(keys(q) == expect([](int i) { return i % 4 == 0; }));
+  q.metadata = R"({"n":7.0})";  // numbers compare by value
+  CHECK(keys(q) == expect([](int i) { return i == 7; }));
+  q.metadata = R"({"n":"7"})";  // a string is not a number
+  CHECK(keys(q).empty());
+  q.metadata = R"({"vip":1})";  // nor is a number true, as jsonb says
+  CHECK(keys(q).empty());
+  q.metadata = R"({"x":1})";  // a key no transfer has
+  CHECK(keys(q).empty());
+  q.metadata = R"({"shop":"s1"})";
+  q.account = "a";  // a pays the odd ones
+  q.code = 3;
+  CHECK(keys(q) == expect([](int i) { return i % 2 == 1 && i % 3 == 2; }));
+  q.account = "b";
+  CHECK(keys(q).empty());
+  // With the time window: everything so far is before until, nothing at or after since = until.
+  q = {};
+  q.code = 1;
+  const std::int64_t newest = l.transfers().items.front().created_at_ms;
+  q.until_ms = newest + 1;
+  CHECK(keys(q) == expect([](int i) { return i % 3 == 0; }));
+  q.since_ms = newest + 1;
+  q.until_ms = newest + 2;
+  CHECK(keys(q).empty());
+  // Entries come along when asked.
+  q = {};
+  q.reference = "order-0";
+  q.include_entries = true;
+  const TransferPage with_entries = l.transfers(q);
+  REQUIRE_FALSE(with_entries.items.empty());
+  CHECK(with_entries.items[0].entries.size() == 2);
+  CHECK(with_entries.items[0].details.reference == "order-0");
+  // Nothing matches: an empty page.
+  q = {};
+  q.reference = "order-99";
+  CHECK(l.transfers(q).items.empty());
+  q = {};
+  q.metadata = R"({"shop":"s9"})";
+  CHECK(l.transfers(q).items.empty());
+}
+
+TEST_CASE("ledger: a transfers() filter outside its rules is invalid_argument", "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  open_abc(l);
+  auto refused = [&](const std::function<void(TransferQuery&)>& set) {
+    TransferQuery q;
+    set(q);
+    return kind_of([&] { l.transfers(q); }) == ErrorKind::invalid_argument;
+  };
+  CHECK(refused([](TransferQuery& q) { q.code = 0; }));
+  CHECK(refused([](TransferQuery& q) { q.code = 65'536; }));
+  CHECK(refused([](TransferQuery& q) { q.reference = ""; }));
+  CHECK(refused([](TransferQuery& q) { q.reference = std::string(129, 'r'); }));
+  for (const char* m : {"", "{}", "[1]", "{\"a\":null}", "{\"a\":[1]}", "{\"a\":{\"b\":1}}", "{\"a b\":1}",
+                        "{\"a\\\"\":1}", "{\"a\":1", "{\"a\":1,\"a\":2}"}) {
+    INFO(m);
+    CHECK(refused([&](TransferQuery& q) { q.metadata = m; }));
+  }
+  TransferQuery fine;
+  fine.metadata = R"({"a-b_C9":"x","n":-1.5e3,"t":false})";
+  CHECK(l.transfers(fine).items.empty());
+}
+
+// Not run by default: `rowguard_tests "[details-plan]" --backend sqlite-file` and, under
+// scripts/pg-throwaway.sh, `--backend postgres`. 200k transfers written by one bulk insert (no
+// entries: the queries read the transfers only): a code on three in four (50 codes), a reference
+// shared by four transfers, metadata {"shop":"s<g % 20>","n":g} on every other one; then each
+// transfers() filter's plan (EXPLAIN ANALYZE on PostgreSQL, EXPLAIN QUERY PLAN on SQLite) and its
+// time over repeated runs. The figures are in docs/ledger.md, "Codes, references and metadata".
+TEST_CASE("ledger: transfers() filter plans and costs on 200k transfers", "[.][details-plan]") {
+  TestDb t;
+  t.db().migrate();
+  Database& db = t.db();
+  const std::string p = db.table_prefix();
+  const auto& d = dialect_of(db);
+  const bool pg = d.has_json_containment();
+  constexpr int n = 200'000;
+  const std::int64_t now_ms = db.exec("SELECT " + d.now_ms()).one().i64(0);
+  const std::string series = pg ? fmt::format("generate_series(1, {}) g", n)
+                                : fmt::format(
+                                      "(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s "
+                                      "WHERE g < {}) SELECT g FROM s) q",
+                                      n);
+  const std::string metadata = "CASE WHEN g % 2 = 0 THEN '{\"shop\":\"s' || (g % 20) || '\",\"n\":' || g || '}' END";
+  const auto started = std::chrono::steady_clock::now();
+  db.exec(
+      fmt::format("INSERT INTO {p}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
+                  "SELECT 'acc' || g, 'EUR', 0, -9000000000000, 0, {now}, {now} FROM {s} WHERE g <= 1000",
+                  fmt::arg("p", p), fmt::arg("now", d.now_timestamp()), fmt::arg("s", series)));
+  db.exec(fmt::format(
+              "INSERT INTO {p}transfers (id, idempotency_key, kind, from_account, to_account, amount, currency, "
+              "outcome, created_at, code, reference, metadata) SELECT g, 'k' || g, 'transfer', 'acc' || (1 + g % "
+              "1000), 'acc' || (1 + (g * 7) % 1000), 1 + g % 100, 'EUR', 'ok', {at}, CASE WHEN g % 4 = 0 THEN 0 "
+              "ELSE 1 + g % 50 END, 'order-' || (g / 4), {m} FROM {s}",
+              fmt::arg("p", p), fmt::arg("at", d.ms_to_timestamp(fmt::format("CAST($1 AS bigint) - ({} - g) * 10", n))),
+              fmt::arg("m", pg ? "CAST(" + metadata + " AS jsonb)" : metadata), fmt::arg("s", series)),
+          {now_ms});
+  if (pg) {
+    db.exec(fmt::format("SELECT setval(pg_get_serial_sequence('{}transfers', 'id'), {})", p, n));
+    db.exec(fmt::format("ANALYZE {}transfers", p));
+  } else {
+    db.exec("ANALYZE");
+  }
+  WARN(fmt::format(
+      "setup: {} transfers on {}; bulk load took {} ms", n, d.name(),
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count()));
+  Ledger l(db);
+  const detail::HistoryStatements statements(rowguard::test::backend_of(db));
+  struct Case {
+    const char* what;
+    TransferQuery query;
+  };
+  std::vector<Case> cases;
+  auto add = [&](const char* what, const std::function<void(TransferQuery&)>& set) {
+    TransferQuery q;
+    set(q);
+    cases.push_back({what, q});
+  };
+  add("code 7 (3000 of 200k), first page of 100", [](TransferQuery& q) { q.code = 7; });
+  add("code 7, page before id 100000", [](TransferQuery& q) {
+    q.code = 7;
+    q.before = 100'000;
+  });
+  add("reference order-12345 (4 transfers)", [](TransferQuery& q) { q.reference = "order-12345"; });
+  add("metadata {shop: s4} (5000), first page of 100", [](TransferQuery& q) { q.metadata = R"({"shop":"s4"})"; });
+  add("metadata {n: 123456} (1 transfer)", [](TransferQuery& q) { q.metadata = R"({"n":123456})"; });
+  add("account acc8 + code 7", [](TransferQuery& q) {
+    q.account = "acc8";
+    q.code = 7;
+  });
+  add("code 7 + window of the last 100 s", [&](TransferQuery& q) {
+    q.code = 7;
+    q.since_ms = now_ms - 100'000;
+    q.until_ms = now_ms + 1;
+  });
+  for (const auto& c : cases) {
+    // The statement and parameters transfers() sends (history.cpp builds them the same way).
+    const TransferQuery& q = c.query;
+    detail::TransferFilter f;
+    f.by_account = q.account.has_value();
+    f.window = q.since_ms.has_value();
+    f.code = q.code.has_value();
+    f.reference = q.reference.has_value();
+    std::vector<Value> params{q.before.value_or(std::numeric_limits<std::int64_t>::max()), std::int64_t{q.limit + 1}};
+    if (q.account) params.emplace_back(*q.account);
+    if (f.window) params.insert(params.end(), {*q.since_ms, *q.until_ms});
+    if (q.code) params.emplace_back(std::int64_t{*q.code});
+    if (q.reference) params.emplace_back(*q.reference);
+    if (q.metadata) {
+      const auto json = nlohmann::json::parse(*q.metadata);
+      if (pg) {
+        f.metadata_keys = 1;
+        params.emplace_back(*q.metadata);
+      } else {
+        for (const auto& [k, v] : json.items()) {
+          ++f.metadata_keys;
+          params.insert(params.end(), {fmt::format("$.\"{}\"", k), v.dump()});
+        }
+      }
+    }
+    const std::string sql = statements.transfers(f);
+    std::string plan;
+    for (const auto& row : db.exec((pg ? "EXPLAIN (ANALYZE, BUFFERS) " : "EXPLAIN QUERY PLAN ") + sql, params).rows)
+      plan += "\n    " + (pg ? row.text(0) : row.text(row.size() - 1));
+    constexpr int runs = 50;
+    std::size_t found = l.transfers(q).items.size();  // prepared and cached
+    std::vector<double> us;
+    for (int i = 0; i < runs; ++i) {
+      const auto s = std::chrono::steady_clock::now();
+      found = l.transfers(q).items.size();
+      us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s).count());
+    }
+    std::sort(us.begin(), us.end());
+    WARN(fmt::format("{}: {} item(s), median {:.0f} us, p90 {:.0f} us; plan:{}", c.what, found, us[runs / 2],
+                     us[runs * 9 / 10], plan));
+  }
 }

@@ -6,9 +6,12 @@
 // by 40 days (as the archive tests do), so that prune-keys and archive have old rows to act on
 // with their real floors. Each run draws a seed (printed on failure, ROWGUARD_SEED reruns it);
 // ROWGUARD_MODEL_STEPS sets the number of steps (the soak mode runs more). The first divergence
-// ends the run: after it the model no longer describes the database.
+// ends the run: after it the model no longer describes the database. Transfers and holds carry
+// TransferDetails (a key's own most of the time, another set now and then, or the same metadata
+// spelled otherwise); replays, records and the filtered transfers() queries are checked against them.
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
@@ -16,6 +19,7 @@
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "support/seeded.hpp"
 #include "support/support.hpp"
@@ -38,6 +42,7 @@ struct Model {
     std::optional<std::int64_t> reverses;  // a reversal's original
     bool capture = false;                  // a hold's capture (holds keep it live; never aged here)
     bool aged = false;                     // back-dated past the archive cutoff and the prune age
+    TransferDetails details;
   };
   std::map<std::int64_t, Transfer> transfers;
   std::map<std::string, std::int64_t> keys;     // live idempotency key -> transfer id
@@ -62,6 +67,7 @@ struct Model {
     std::string from, to, key;
     std::int64_t amount = 0, captured = 0;
     HoldState state = HoldState::held;
+    TransferDetails details;
   };
   std::map<std::int64_t, HoldRow> holds;          // by hold id
   std::map<std::string, std::int64_t> hold_keys;  // hold key -> id
@@ -111,13 +117,30 @@ Outcome outcome_of(F&& f) {
   }
 }
 
+// Metadata as a JSON value (none: null): how the ledger compares it.
+nlohmann::json metadata_value(const std::string& text) {
+  return text.empty() ? nlohmann::json() : nlohmann::json::parse(text);
+}
+
+// The same details as the ledger compares them: metadata as JSON values, the rest exactly.
+bool same_details(const TransferDetails& a, const TransferDetails& b) {
+  return a.code == b.code && a.reference == b.reference && a.event_at_ms == b.event_at_ms &&
+         metadata_value(a.metadata) == metadata_value(b.metadata);
+}
+
+std::string shown(const TransferDetails& d) {
+  return fmt::format("code {} reference '{}' metadata {} event {}", d.code, d.reference, d.metadata,
+                     d.event_at_ms ? std::to_string(*d.event_at_ms) : "none");
+}
+
 // What the model says a movement of `amount` does (from/to empty: the outside world), before it is
 // made; record() then enters a new transfer under the id the ledger gave it.
 Outcome expect_movement(Model& m, const std::string& kind, const std::string& from, const std::string& to,
-                        std::int64_t amount, const std::string& key) {
+                        std::int64_t amount, const std::string& key, const TransferDetails& details) {
   if (const auto seen = m.keys.find(key); seen != m.keys.end()) {
     const auto& r = m.transfers.at(seen->second);
-    if (r.kind != kind || r.from != from || r.to != to || r.amount != amount) return {ErrorKind::idempotency_mismatch};
+    if (r.kind != kind || r.from != from || r.to != to || r.amount != amount || !same_details(r.details, details))
+      return {ErrorKind::idempotency_mismatch};
     return {std::nullopt, r.status, true, seen->second};
   }
   if ((!from.empty() && !m.balances.count(from)) || (!to.empty() && !m.balances.count(to)))
@@ -128,8 +151,9 @@ Outcome expect_movement(Model& m, const std::string& kind, const std::string& fr
 }
 
 Model::Transfer request(std::string kind, std::string from, std::string to, std::int64_t amount, std::string key,
-                        std::optional<std::int64_t> reverses = std::nullopt) {
+                        const TransferDetails& details, std::optional<std::int64_t> reverses = std::nullopt) {
   Model::Transfer t;
+  t.details = details;
   t.kind = std::move(kind);
   t.from = std::move(from);
   t.to = std::move(to);
@@ -183,6 +207,44 @@ TEST_CASE(
   std::mt19937 rng(seed);
   auto pick = [&](const std::vector<std::string>& v) { return v[rng() % v.size()]; };
   auto key = [&] { return fmt::format("key{}", rng() % 40); };  // a small pool: keys are often reused
+  // The details a request with key k attaches: the key's own (so that a reused key usually
+  // replays), and one time in eight another code, reference or event time (a mismatch), or the same
+  // metadata spelled otherwise (a replay all the same).
+  auto details_for = [&](const std::string& k) {
+    std::uint32_t h = 2166136261u;  // FNV-1a: the same on every platform, so a seed reruns alike
+    for (const char c : k) h = (h ^ static_cast<unsigned char>(c)) * 16777619u;
+    TransferDetails d;
+    d.code = static_cast<int>(h % 3);
+    if (h % 2) d.reference = "ref-" + k;
+    if (h % 5 != 0) d.metadata = fmt::format(R"({{"key":"{}","n":{}}})", k, h % 4);
+    if (h % 7 == 0) d.event_at_ms = 1'000'000 + h % 1000;
+    switch (rng() % 8) {
+      case 0:
+        d.code = (d.code + 1) % 3;
+        break;
+      case 1:
+        d.reference = d.reference.empty() ? "other" : "";
+        break;
+      case 2:
+        d.metadata = d.metadata.empty() ? "{}" : fmt::format(R"({{ "n" : {}.0, "key" : "{}" }})", h % 4, k);
+        break;
+      case 3:
+        d.event_at_ms = d.event_at_ms ? std::nullopt : std::optional<std::int64_t>(5);
+        break;
+      default:
+        break;
+    }
+    return d;
+  };
+  // The record of a transfer the ledger answered with holds the model's details.
+  auto check_recorded = [&](const Outcome& real) {
+    if (real.error) return;
+    const auto it = m.transfers.find(real.id);
+    if (it == m.transfers.end()) return;
+    const TransferRecord got = ledger.find_transfer(real.id);
+    INFO("transfer " << real.id << ": " << shown(got.details) << " against " << shown(it->second.details));
+    REQUIRE(same_details(got.details, it->second.details));
+  };
   const std::string transfers_table = t.db().table_prefix() + "transfers";
   const std::string entries_table = t.db().table_prefix() + "entries";
   const std::string back_date = dialect_of(t.db()).timestamp_plus_ms("created_at", "$1");
@@ -209,7 +271,7 @@ TEST_CASE(
       p = *end ? end + 1 : end;
     }
   for (long step = 0; step < steps; ++step) {
-    const int op = static_cast<int>(rng() % 24);
+    const int op = static_cast<int>(rng() % 25);
     if (skipped.count(op)) continue;
     INFO("step " << step << ", operation " << op);
     switch (op) {
@@ -231,19 +293,23 @@ TEST_CASE(
       case 2: {  // deposit
         const std::string id = pick(accounts), k = key();
         const std::int64_t amount = 1 + rng() % 500;
-        const Outcome want = expect_movement(m, "deposit", "", id, amount, k);
-        const Outcome real = outcome_of([&] { return ledger.deposit(id, amount, k); });
+        const TransferDetails d = details_for(k);
+        const Outcome want = expect_movement(m, "deposit", "", id, amount, k, d);
+        const Outcome real = outcome_of([&] { return ledger.deposit(id, amount, k, d); });
         REQUIRE(real == want);
-        record(m, want, real, request("deposit", "", id, amount, k));
+        record(m, want, real, request("deposit", "", id, amount, k, d));
+        check_recorded(real);
         break;
       }
       case 3: {  // withdraw
         const std::string id = pick(accounts), k = key();
         const std::int64_t amount = 1 + rng() % 500;
-        const Outcome want = expect_movement(m, "withdrawal", id, "", amount, k);
-        const Outcome real = outcome_of([&] { return ledger.withdraw(id, amount, k); });
+        const TransferDetails d = details_for(k);
+        const Outcome want = expect_movement(m, "withdrawal", id, "", amount, k, d);
+        const Outcome real = outcome_of([&] { return ledger.withdraw(id, amount, k, d); });
         REQUIRE(real == want);
-        record(m, want, real, request("withdrawal", id, "", amount, k));
+        record(m, want, real, request("withdrawal", id, "", amount, k, d));
+        check_recorded(real);
         break;
       }
       case 4:
@@ -253,10 +319,12 @@ TEST_CASE(
         while (to == from) to = pick(accounts);
         const std::string k = key();
         const std::int64_t amount = 1 + rng() % 700;
-        const Outcome want = expect_movement(m, "transfer", from, to, amount, k);
-        const Outcome real = outcome_of([&] { return ledger.transfer(from, to, amount, k); });
+        const TransferDetails d = details_for(k);
+        const Outcome want = expect_movement(m, "transfer", from, to, amount, k, d);
+        const Outcome real = outcome_of([&] { return ledger.transfer(from, to, amount, k, d); });
         REQUIRE(real == want);
-        record(m, want, real, request("transfer", from, to, amount, k));
+        record(m, want, real, request("transfer", from, to, amount, k, d));
+        check_recorded(real);
         break;
       }
       case 6:  // read every open account's balance
@@ -268,10 +336,11 @@ TEST_CASE(
         while (to == from) to = pick(accounts);
         const std::string k = fmt::format("hold{}", rng() % 20);
         const std::int64_t amount = 1 + rng() % 400;
+        const TransferDetails d = details_for(k);
         Outcome want;
         if (const auto seen = m.hold_keys.find(k); seen != m.hold_keys.end()) {
           const auto& h = m.holds[seen->second];
-          if (h.from != from || h.to != to || h.amount != amount)
+          if (h.from != from || h.to != to || h.amount != amount || !same_details(h.details, d))
             want = {ErrorKind::idempotency_mismatch};
           else
             want = {std::nullopt,
@@ -287,7 +356,7 @@ TEST_CASE(
         HoldResult got;
         const Outcome real = [&]() -> Outcome {
           try {
-            got = ledger.hold(from, to, amount, k, 1h);
+            got = ledger.hold(from, to, amount, k, 1h, d);
             return {std::nullopt, got.status, got.replayed};
           } catch (const Error& e) {
             return {e.kind()};
@@ -296,9 +365,10 @@ TEST_CASE(
         REQUIRE(real == want);
         if (!want.error && !want.replayed && !real.error) {
           m.holds[got.hold_id] = {
-              from, to, k, amount, 0, want.status == TransferStatus::ok ? HoldState::held : HoldState::rejected};
+              from, to, k, amount, 0, want.status == TransferStatus::ok ? HoldState::held : HoldState::rejected, d};
           m.hold_keys[k] = got.hold_id;
         }
+        if (!real.error) REQUIRE(same_details(ledger.get_hold(got.hold_id).details, m.holds.at(got.hold_id).details));
         break;
       }
       case 13: {  // capture all or part of a known hold (or of one that does not exist)
@@ -326,8 +396,10 @@ TEST_CASE(
           want = {std::nullopt, TransferStatus::ok, false};
         const Outcome real = outcome_of([&] { return ledger.capture(id, take); });
         REQUIRE(real == want);
+        check_recorded(real);
         if (!want.error && !want.replayed && !real.error) {
-          Model::Transfer capture = request("transfer", h.from, h.to, amount, capture_key);
+          // The capture's transfer carries the hold's details.
+          Model::Transfer capture = request("transfer", h.from, h.to, amount, capture_key, h.details);
           capture.capture = true;
           record(m, want, real, std::move(capture));
           h.state = HoldState::captured;
@@ -381,6 +453,7 @@ TEST_CASE(
             }
           }
         }
+        const TransferDetails d = details_for(k);
         const auto o = m.keys.find(original_key);
         const bool applied = o != m.keys.end() && m.transfers.at(o->second).kind == "transfer" &&
                              m.transfers.at(o->second).status == TransferStatus::ok;
@@ -391,12 +464,12 @@ TEST_CASE(
         } else {
           const std::int64_t original = o->second;
           const Model::Transfer& ot = m.transfers.at(original);
-          refund = request("reversal", ot.to, ot.from, amount, k, original);
+          refund = request("reversal", ot.to, ot.from, amount, k, d, original);
           if (const auto seen = m.keys.find(k); seen != m.keys.end()) {
             // Every field of the request: which transfer it refunds too (issue 21, defect 3).
             const auto& r = m.transfers.at(seen->second);
             if (r.kind != "reversal" || r.from != ot.to || r.to != ot.from || r.amount != amount ||
-                r.reverses != original)
+                r.reverses != original || !same_details(r.details, d))
               want = {ErrorKind::idempotency_mismatch};
             else
               want = {std::nullopt, r.status, true, seen->second};
@@ -409,9 +482,10 @@ TEST_CASE(
                 false};
           }
         }
-        const Outcome real = outcome_of([&] { return ledger.reverse(original_key, amount, k); });
+        const Outcome real = outcome_of([&] { return ledger.reverse(original_key, amount, k, d); });
         REQUIRE(real == want);
         record(m, want, real, std::move(refund));
+        check_recorded(real);
         break;
       }
       case 16: {  // get_or_load whose loader meets an invalidation, a put, a sweep, or nothing
@@ -535,6 +609,51 @@ TEST_CASE(
         if (rng() % 3 != 0) break;
         for (const char* table : {"entries_archive", "transfers_archive"})
           t.db().exec(fmt::format("DELETE FROM {}{}", t.db().table_prefix(), table));
+        break;
+      }
+      case 24: {  // transfers() by code, reference or metadata, paged, against the model's live transfers
+        TransferQuery q;
+        q.limit = 1 + static_cast<int>(rng() % 7);
+        std::function<bool(const Model::Transfer&)> match;
+        switch (rng() % 3) {
+          case 0: {
+            const int code = 1 + static_cast<int>(rng() % 2);
+            q.code = code;
+            match = [code](const Model::Transfer& tr) { return tr.details.code == code; };
+            break;
+          }
+          case 1: {
+            const std::string reference = rng() % 8 ? "ref-" + key() : std::string("other");
+            q.reference = reference;
+            match = [reference](const Model::Transfer& tr) { return tr.details.reference == reference; };
+            break;
+          }
+          default: {
+            const int n = static_cast<int>(rng() % 4);
+            q.metadata = rng() % 2 ? fmt::format(R"({{"n":{}}})", n) : fmt::format(R"({{"n":{}.0}})", n);
+            match = [n](const Model::Transfer& tr) {
+              const nlohmann::json v = metadata_value(tr.details.metadata);
+              return v.is_object() && v.contains("n") && v.at("n") == n;
+            };
+          }
+        }
+        if (rng() % 3 == 0) {
+          const std::string account = pick(accounts);
+          if (!m.balances.count(account)) break;  // not_found: the other tests check that
+          q.account = account;
+          match = [match, account](const Model::Transfer& tr) {
+            return (tr.from == account || tr.to == account) && match(tr);
+          };
+        }
+        std::vector<std::int64_t> want, got;
+        for (auto it = m.transfers.rbegin(); it != m.transfers.rend(); ++it)
+          if (match(it->second)) want.push_back(it->first);
+        for (TransferPage page = ledger.transfers(q);; page = ledger.transfers(q)) {
+          for (const auto& tr : page.items) got.push_back(tr.id);
+          if (!page.next) break;
+          q.before = page.next;
+        }
+        REQUIRE(got == want);
         break;
       }
       case 7: {  // try_acquire by one of two owners

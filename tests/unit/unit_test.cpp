@@ -59,6 +59,8 @@ TEST_CASE("statement effects decide what a lost connection means", "[unit]") {
   using detail::StatementEffect;
   CHECK(detail::effect_of("  select 1") == StatementEffect::read);
   CHECK(detail::effect_of("-- note\nSELECT 1") == StatementEffect::read);
+  CHECK(detail::effect_of(std::string(detail::plan_each_call_marker) + "SELECT 1") == StatementEffect::read);
+  CHECK(detail::effect_of("/* unterminated SELECT 1") != StatementEffect::read);
   CHECK(detail::effect_of("UPDATE t SET a = 1") == StatementEffect::write);
   CHECK(detail::effect_of("WITH x AS (UPDATE t SET a = 1 RETURNING a) SELECT * FROM x") == StatementEffect::write);
   CHECK(detail::effect_of("COMMIT") == StatementEffect::commit);

@@ -79,6 +79,20 @@ struct CachedLedger {
 // while text output shows them in major units (format_money).
 inline constexpr const char* amount_help = "Minor units (> 0): 1050 is 10.50 EUR, 500 is 500 JPY";
 
+// --code, --reference, --metadata and --event-at of transfer, deposit, withdraw and hold: what
+// they ask for as TransferDetails (the library checks the values: exit 2 for a bad one).
+struct DetailsArgs {
+  std::int64_t code = 0;
+  std::string reference, metadata, event_at;
+  void add_options(CLI::App* cmd);
+  TransferDetails details() const;
+};
+// A transfer's or a hold's details as JSON fields: code, reference (null for none), metadata (the
+// object, null for none), event_at (ISO 8601, null for none) and event_at_ms.
+void add_details_json(nlohmann::json& j, const TransferDetails& d);
+// " [code 7, reference order-42, metadata {...}, event at 2026-...]" for text output; "" for none.
+std::string details_text(const TransferDetails& d);
+
 // A new idempotency key for a command given none; printed so the user can retry with it.
 std::string fresh_key();
 // Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.

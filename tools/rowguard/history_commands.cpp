@@ -9,7 +9,8 @@ namespace rowguard::cli {
 
 namespace {
 struct HistoryArgs {
-  std::string id, id_or_key, key, since, until, time, account;
+  std::string id, id_or_key, key, since, until, time, account, reference, metadata;
+  std::int64_t code = 0;
   int limit = 100;
   std::int64_t cursor = 0;
   bool oldest_first = false;
@@ -61,6 +62,7 @@ nlohmann::json transfer_json(const TransferRecord& t, bool with_entries) {
                       {"global_txid", opt_json(t.global_txid)},
                       {"created_at", format_time(t.created_at_ms)},
                       {"created_at_ms", t.created_at_ms}};
+  add_details_json(j, t.details);
   if (with_entries) {
     nlohmann::json entries = nlohmann::json::array();
     for (const auto& e : t.entries) entries.push_back({{"id", e.id}, {"account", e.account}, {"amount", e.amount}});
@@ -78,7 +80,8 @@ std::string signed_money(std::int64_t minor, std::string_view currency) {
 std::string transfer_line(const TransferRecord& t) {
   return fmt::format("{}  #{} {} {} {} -> {} {}{}", format_time(t.created_at_ms), t.id, to_string(t.kind),
                      format_money(t.amount, t.currency), t.from.value_or("(outside)"), t.to.value_or("(outside)"),
-                     t.outcome, t.key ? fmt::format(" (key {})", *t.key) : std::string());
+                     t.outcome, t.key ? fmt::format(" (key {})", *t.key) : std::string()) +
+         details_text(t.details);
 }
 
 std::string entries_lines(const TransferRecord& t) {
@@ -221,15 +224,29 @@ void add_history_commands(CLI::App& app, Globals& globals) {
   transfers->add_option("--account", a.account, "Only transfers from or to this account");
   transfers->add_option("--since", a.since, since_help);
   transfers->add_option("--until", a.until, until_help);
+  auto* code = transfers->add_option("--code", a.code, "Only transfers with this code (1 to 65535)")->check(decimal());
+  auto* reference = transfers->add_option("--reference", a.reference, "Only transfers with exactly this reference");
+  auto* metadata = transfers->add_option(
+      "--metadata", a.metadata,
+      "Only transfers whose metadata contains this JSON object: a flat object of strings, numbers, true or false "
+      "under keys of [A-Za-z0-9_-], e.g. '{\"shop\":\"eu-1\"}' (jsonb @> on PostgreSQL, json_extract per key on "
+      "SQLite)");
   auto* before = paged(transfers, "--before");
   transfers->add_flag("--entries", a.entries, "With each transfer's journal entries");
   standby_options(transfers, a);
-  transfers->callback([&globals, before] {
+  transfers->callback([&globals, before, code, reference, metadata] {
     TransferQuery q;
     q.limit = a.limit;
     q.include_entries = a.entries;
     if (before->count()) q.before = a.cursor;
     if (!a.account.empty()) q.account = a.account;
+    if (code->count()) {
+      if (a.code < 1 || a.code > max_transfer_code)
+        throw Error(ErrorKind::invalid_argument, fmt::format("--code is 1 to {}, got {}", max_transfer_code, a.code));
+      q.code = static_cast<int>(a.code);
+    }
+    if (reference->count()) q.reference = a.reference;
+    if (metadata->count()) q.metadata = a.metadata;
     const Window window(a.since, a.until);
     auto db = open_database(globals);
     window.resolve(db, q);

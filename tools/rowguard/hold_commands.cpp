@@ -9,19 +9,22 @@ struct HoldArgs {
   std::int64_t amount = 0;
   std::int64_t hold_id = 0;
   std::int64_t capture_amount = 0;
+  DetailsArgs details;
 };
 
 nlohmann::json hold_json(const Hold& h) {
-  return {{"hold_id", h.id},
-          {"key", h.key},
-          {"from", h.from},
-          {"to", h.to},
-          {"amount", h.amount},
-          {"currency", h.currency},
-          {"state", std::string(to_string(h.state))},
-          {"captured", h.captured},
-          {"transfer_id", h.transfer_id},
-          {"expires_in_ms", h.expires_in_ms}};
+  nlohmann::json j{{"hold_id", h.id},
+                   {"key", h.key},
+                   {"from", h.from},
+                   {"to", h.to},
+                   {"amount", h.amount},
+                   {"currency", h.currency},
+                   {"state", std::string(to_string(h.state))},
+                   {"captured", h.captured},
+                   {"transfer_id", h.transfer_id},
+                   {"expires_in_ms", h.expires_in_ms}};
+  add_details_json(j, h.details);
+  return j;
 }
 }  // namespace
 
@@ -38,11 +41,13 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
   hold->add_option("--timeout", a.timeout,
                    "How long the hold reserves the money, on the database clock, e.g. 15m or 168h (at most 366 days)")
       ->required();
+  a.details.add_options(hold);
   hold->callback([&globals] {
     const auto timeout = parse_duration(a.timeout);
+    const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    const HoldResult r = CachedLedger(db).ledger.hold(a.from, a.to, a.amount, key, timeout);
+    const HoldResult r = CachedLedger(db).ledger.hold(a.from, a.to, a.amount, key, timeout, details);
     emit(globals,
          {{"hold_id", r.hold_id}, {"status", std::string(to_string(r.status))}, {"replayed", r.replayed}, {"key", key}},
          r.ok() ? fmt::format("{}", r.hold_id)
@@ -105,8 +110,9 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
     auto j = hold_json(h);
     j["expires_at"] = format_time(expires_at);
     emit(globals, j,
-         fmt::format("hold {}: {} {} -> {}, {}{}", h.id, format_money(h.amount, h.currency), h.from, h.to, state,
-                     h.captured ? fmt::format(" (captured {})", format_money(h.captured, h.currency)) : ""));
+         fmt::format("hold {}: {} {} -> {}, {}{}{}", h.id, format_money(h.amount, h.currency), h.from, h.to, state,
+                     h.captured ? fmt::format(" (captured {})", format_money(h.captured, h.currency)) : "",
+                     details_text(h.details)));
   });
 }
 

@@ -11,6 +11,7 @@ struct LedgerArgs {
   std::string id, from, to, key, currency = "EUR";
   std::int64_t amount = 0;
   std::int64_t min_balance = 0;
+  DetailsArgs details;
 };
 
 nlohmann::json account_json(const Account& a) {
@@ -20,6 +21,63 @@ nlohmann::json account_json(const Account& a) {
 }
 
 }  // namespace
+
+void DetailsArgs::add_options(CLI::App* cmd) {
+  cmd->add_option(
+         "--code", code,
+         fmt::format("The kind of payment as your team numbers them, 1 to {} (default 0: none)", max_transfer_code))
+      ->check(decimal());
+  cmd->add_option("--reference", reference,
+                  fmt::format("An external id such as an order number, 1 to {} bytes (`ledger transfers --reference` "
+                              "finds it)",
+                              max_reference_bytes));
+  cmd->add_option("--metadata", metadata,
+                  fmt::format("A JSON object of at most {} bytes, e.g. '{{\"order\":\"42\"}}' (compared as a JSON "
+                              "value when the key is reused)",
+                              max_metadata_bytes));
+  cmd->add_option("--event-at", event_at,
+                  "When the payment took effect outside the ledger (imported transfers): 2026-01-31, "
+                  "2026-01-31T12:30:00Z, an offset instead of Z, or @epoch-ms (the journal's own time stays the "
+                  "database clock)");
+}
+
+TransferDetails DetailsArgs::details() const {
+  TransferDetails d;
+  if (code < 0 || code > max_transfer_code)
+    throw Error(ErrorKind::invalid_argument,
+                fmt::format("--code is 0 (none) or 1 to {}, got {}", max_transfer_code, code));
+  d.code = static_cast<int>(code);
+  d.reference = reference;
+  d.metadata = metadata;
+  if (!event_at.empty()) d.event_at_ms = parse_time(event_at);
+  return d;
+}
+
+void add_details_json(nlohmann::json& j, const TransferDetails& d) {
+  j["code"] = d.code;
+  j["reference"] = d.reference.empty() ? nlohmann::json() : nlohmann::json(d.reference);
+  nlohmann::json metadata;
+  if (!d.metadata.empty()) {
+    try {
+      metadata = nlohmann::json::parse(d.metadata);
+    } catch (const nlohmann::json::exception&) {
+      metadata = d.metadata;  // cannot happen (checked on the way in): shown as text rather than lost
+    }
+  }
+  j["metadata"] = std::move(metadata);
+  j["event_at"] = d.event_at_ms ? nlohmann::json(format_time(*d.event_at_ms)) : nlohmann::json();
+  j["event_at_ms"] = d.event_at_ms ? nlohmann::json(*d.event_at_ms) : nlohmann::json();
+}
+
+std::string details_text(const TransferDetails& d) {
+  std::string parts;
+  auto add = [&](const std::string& part) { parts += (parts.empty() ? "" : ", ") + part; };
+  if (d.code != 0) add(fmt::format("code {}", d.code));
+  if (!d.reference.empty()) add(fmt::format("reference {}", d.reference));
+  if (!d.metadata.empty()) add(fmt::format("metadata {}", d.metadata));
+  if (d.event_at_ms) add(fmt::format("event at {}", format_time(*d.event_at_ms)));
+  return parts.empty() ? parts : " [" + parts + "]";
+}
 
 std::string fresh_key() {
   std::random_device rd;
@@ -88,29 +146,35 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
   deposit->add_option("id", a.id, "Account id")->required();
   deposit->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(deposit);
+  a.details.add_options(deposit);
   deposit->callback([&globals] {
+    const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.deposit(a.id, a.amount, key), key, "deposit");
+    report(globals, CachedLedger(db).ledger.deposit(a.id, a.amount, key, details), key, "deposit");
   });
   auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
   withdraw->add_option("id", a.id, "Account id")->required();
   withdraw->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(withdraw);
+  a.details.add_options(withdraw);
   withdraw->callback([&globals] {
+    const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.withdraw(a.id, a.amount, key), key, "withdrawal");
+    report(globals, CachedLedger(db).ledger.withdraw(a.id, a.amount, key, details), key, "withdrawal");
   });
   auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
   transfer->add_option("to", a.to, "Destination account")->required();
   transfer->add_option("amount", a.amount, amount_help)->required()->check(decimal());
   keyed(transfer);
+  a.details.add_options(transfer);
   transfer->callback([&globals] {
+    const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.transfer(a.from, a.to, a.amount, key), key, "transfer");
+    report(globals, CachedLedger(db).ledger.transfer(a.from, a.to, a.amount, key, details), key, "transfer");
   });
 
   auto* ledger = app.add_subcommand("ledger", "Ledger maintenance");

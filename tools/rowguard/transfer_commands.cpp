@@ -15,7 +15,10 @@ constexpr std::string_view batch_footer =
     R"(Input: JSON Lines, one transfer per line, as Ledger::transfer_batch takes them:
   {"from": "alice", "to": "bob", "amount": 2500, "key": "order-77", "linked": false}
 from, to, amount and key are required; linked is optional (default false). amount is a JSON integer
-of minor units, > 0 and within 64 bits: never a fraction, an exponent or a string. Consecutive
+of minor units, > 0 and within 64 bits: never a fraction, an exponent or a string. Optional, as
+--code, --reference, --metadata and --event-at of `rowguard transfer`: "code" (an integer, 1 to
+65535), "reference" (a string), "metadata" (a JSON object) and "event_at" (a string:
+2026-01-31T12:30:00Z, an offset instead of Z, or @epoch-ms). Consecutive
 transfers with "linked": true, together with the first one after them, form a chain that applies
 whole or not at all; the last line cannot be linked. Blank lines are skipped. Every line is checked
 before anything is sent: a bad one (not JSON, a missing, unknown or repeated field, a wrong type)
@@ -40,7 +43,7 @@ conflict) prints no transfer lines.)";
 static_assert(max_batch_items == 10'000, "batch_footer names the limit");
 
 // The fields of a batch line, as BatchItem names them.
-constexpr std::string_view batch_fields = "from, to, amount, key and linked";
+constexpr std::string_view batch_fields = "from, to, amount, key, linked, code, reference, metadata and event_at";
 constexpr std::string_view required_fields = "from, to, amount and key are required";
 
 // Why a line is refused: exit 2, naming it.
@@ -88,7 +91,8 @@ BatchItem parse_line(const std::string& text, std::size_t line) {
     throw bad_line(line, fmt::format("expected a JSON object with {}, got {}", batch_fields, json_line(j)));
   if (!repeated.empty()) throw bad_line(line, fmt::format("the field \"{}\" appears twice", repeated));
   for (const auto& [name, value] : j.items())
-    if (name != "from" && name != "to" && name != "amount" && name != "key" && name != "linked")
+    if (name != "from" && name != "to" && name != "amount" && name != "key" && name != "linked" && name != "code" &&
+        name != "reference" && name != "metadata" && name != "event_at")
       throw bad_line(line, fmt::format("unknown field {} (a transfer has {})", json_line(name), batch_fields));
   BatchItem item;
   item.from = text_field(j, "from", line);
@@ -110,6 +114,27 @@ BatchItem parse_line(const std::string& text, std::size_t line) {
     if (!linked->is_boolean())
       throw bad_line(line, fmt::format("\"linked\" must be true or false, got {}", linked->dump()));
     item.linked = linked->get<bool>();
+  }
+  if (const auto code = j.find("code"); code != j.end()) {
+    if (!code->is_number_integer() || code->get<std::int64_t>() < 0 || code->get<std::int64_t>() > max_transfer_code)
+      throw bad_line(line,
+                     fmt::format("\"code\" must be an integer from 0 to {}, got {}", max_transfer_code, code->dump()));
+    item.details.code = code->get<int>();
+  }
+  if (j.contains("reference")) item.details.reference = text_field(j, "reference", line);
+  if (const auto metadata = j.find("metadata"); metadata != j.end()) {
+    if (!metadata->is_object())
+      throw bad_line(line, fmt::format("\"metadata\" must be a JSON object, got {}", metadata->dump()));
+    item.details.metadata = metadata->dump();
+  }
+  if (j.contains("event_at")) {
+    const std::string event_at = text_field(j, "event_at", line);
+    try {
+      item.details.event_at_ms = parse_time(event_at);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::invalid_argument) throw;
+      throw bad_line(line, fmt::format("\"event_at\": {}", e.what()));
+    }
   }
   return item;
 }
@@ -167,6 +192,7 @@ std::string reversal_hint(Ledger& ledger, std::int64_t hold_id) {
 void add_reverse_command(CLI::App& app, Globals& globals) {
   static std::string original, key;
   static std::int64_t amount = 0;
+  static DetailsArgs details;
   auto* reverse = app.add_subcommand(
       "reverse",
       "Refund the transfer recorded under ORIGINAL_KEY, whole or AMOUNT minor units of it, as a new transfer from its "
@@ -183,7 +209,9 @@ void add_reverse_command(CLI::App& app, Globals& globals) {
       ->add_option("--key", key,
                    "Idempotency key of the refund (required: a retry with the same key and amount replays it)")
       ->required();
+  details.add_options(reverse);
   reverse->callback([&globals, partial] {
+    const TransferDetails refund_details = details.details();
     auto db = open_database(globals);
     CachedLedger l(db);
     // The whole transfer is its full amount, not what is left of it: a retry of the same command
@@ -191,7 +219,7 @@ void add_reverse_command(CLI::App& app, Globals& globals) {
     const TransferRecord target = l.ledger.find_transfer_by_key(original);
     const std::int64_t refund = partial->count() ? amount : target.amount;
     report(
-        globals, l.ledger.reverse(original, refund, key), key,
+        globals, l.ledger.reverse(original, refund, key, refund_details), key,
         fmt::format("reversal of {} of transfer {} ({})", format_money(refund, target.currency), target.id, original));
   });
 }

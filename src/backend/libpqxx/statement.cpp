@@ -106,7 +106,7 @@ const PgStatement& PgStatements::find(std::string_view sql) {
     s.sql = std::string(sql);
     s.control = is_transaction_control(sql);
     s.traits = PgStatementTraits::of(sql);
-    if (!unnamed_) {
+    if (!unnamed_ && sql.substr(0, plan_each_call_marker.size()) != plan_each_call_marker) {
       s.name = fmt::format("rowguard_{}", by_text_.size() + 1);
       connection_.prepare(s.name, s.sql);
     }
@@ -118,7 +118,7 @@ const PgStatement& PgStatements::find(std::string_view sql) {
 
 Result PgStatements::run(pqxx::transaction_base& tx, const PgStatement& statement, const std::vector<Value>& params) {
   const pqxx::result r = params.empty() && statement.control ? tx.exec(statement.sql)
-                         : unnamed_                          ? tx.exec_params(statement.sql, text_params(params))
+                         : statement.name.empty()            ? tx.exec_params(statement.sql, text_params(params))
                                                              : tx.exec_prepared(statement.name, text_params(params));
   Result result;
   result.affected = static_cast<std::int64_t>(r.affected_rows());

@@ -29,8 +29,9 @@ struct PgStatementTraits {
   static PgStatementTraits of(std::string_view sql);
 };
 
-// One distinct SQL text of a connection: its prepared name (empty when it is sent unnamed or as a
-// plain query) and its traits. Lives as long as the connection's PgStatements.
+// One distinct SQL text of a connection: its prepared name (empty when it is sent unnamed, which
+// a statement starting with plan_each_call_marker always is, or as a plain query) and its traits. Lives as long as the
+// connection's PgStatements.
 struct PgStatement {
   std::string sql;
   std::string name;

@@ -12,8 +12,14 @@ class PostgresDialect final : public Dialect {
   explicit PostgresDialect(BlobTransport blobs) : blobs_(blobs) {}
   std::string_view name() const noexcept override { return "postgres"; }
   std::string now_ms() const override { return "CAST(floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS bigint)"; }
+  // Seconds and milliseconds apart: one product of milliseconds and an interval goes through a
+  // double and can be off by microseconds past year 2255 (2^53 us), so that a time stored from ms
+  // read back as the millisecond before (a transfer's event time, TransferDetails::event_at_ms).
   std::string ms_to_timestamp(std::string_view ms_expr) const override {
-    return fmt::format("(TIMESTAMPTZ 'epoch' + CAST({} AS bigint) * INTERVAL '1 millisecond')", ms_expr);
+    return fmt::format(
+        "(TIMESTAMPTZ 'epoch' + (CAST({0} AS bigint) / 1000) * INTERVAL '1 second' + (CAST({0} AS bigint) % 1000) * "
+        "INTERVAL '1 millisecond')",
+        ms_expr);
   }
   std::string timestamp_to_ms(std::string_view ts_expr) const override {
     return fmt::format("CAST(floor(EXTRACT(EPOCH FROM {}) * 1000) AS bigint)", ts_expr);
@@ -53,6 +59,7 @@ class PostgresDialect final : public Dialect {
   bool has_server_statements() const noexcept override { return true; }
   bool has_notify() const noexcept override { return true; }
   bool has_prepared_transactions() const noexcept override { return true; }
+  bool has_json_containment() const noexcept override { return true; }
   std::string next_id(std::string_view) const override { return "DEFAULT"; }
   std::string table_exists() const override {
     return "SELECT CASE WHEN to_regclass(CAST($1 AS text)) IS NULL THEN 0 ELSE 1 END";

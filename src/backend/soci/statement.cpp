@@ -152,6 +152,9 @@ Result SociStatements::run(std::string_view sql, const std::vector<Value>& param
     cache_.erase(std::string(sql));  // a failed SOCI statement may be left mid-fetch: prepare afresh
     throw;
   }
+  // Prepared afresh next time, so PostgreSQL plans it for that call's values (its first runs of a
+  // prepared statement get a plan of their own; sql_text.hpp says why these need one).
+  if (sql.substr(0, plan_each_call_marker.size()) == plan_each_call_marker) cache_.erase(std::string(sql));
   return result;
 }
 
