@@ -132,7 +132,7 @@ struct BatchItem {
   std::int64_t amount = 0;
   std::string key;
   bool linked = false;
-  TransferDetails details;
+  TransferDetails details = {};
 };
 
 // The outcome of one batch item: a result, or the error that item met (nothing of it, or of its
