@@ -178,7 +178,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
 
   auto* history = ledger->add_subcommand(
       "history",
-      "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
+      "ID's transfers that moved its balance, newest first, one page, each with ID's balance after it "
+      "(balance_after) (exit 5 when there is no such account)");
   history->add_option("id", a.id, "Account id")->required();
   history->add_option("--since", a.since, since_help);
   history->add_option("--until", a.until, until_help);

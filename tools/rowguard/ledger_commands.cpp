@@ -186,7 +186,8 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     report(globals, l.ledger.withdraw(a.id, a.amount, key, details), key, "withdrawal",
            [&] { return l.ledger.get(a.id).currency; });
   });
-  auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
+  auto* transfer = app.add_subcommand(
+      "transfer", "Move AMOUNT minor units FROM -> TO and print both balances after it (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
   transfer->add_option("to", a.to, "Destination account")->required();
   transfer->add_option("amount", a.amount, amount_help)->required()->check(decimal());
