@@ -271,8 +271,8 @@ struct CheckStatements {
   // -> (currency, sum of balances, deposits, withdrawals) of every currency, by code, the archived
   // transfers included.
   std::string totals;
-  // -> (entry id, account, balance_after, the balance its chain gives) of each entry, live or
-  // archived, whose balance_after is not the previous one's plus its amount (see the query).
+  // -> (entry id, account, balance_after, the balance its chain gives) of each live entry whose
+  // balance_after is not the previous one's (live or archived) plus its amount (see the query).
   std::string chain_mismatch;
   // -> (account, balance, entry id, balance_after) of each account whose newest entry's
   // balance_after is not its balance.
