@@ -35,8 +35,13 @@ int main(int argc, char** argv) {
     // Two payments for one order, from two channels, and a partial refund of the first.
     ledger.transfer(customer, shop, 2'500, "pay-1-" + run,
                     {.code = payment, .reference = order, .metadata = R"({"channel":"web","item":"book"})"});
-    ledger.transfer(customer, shop, 1'200, "pay-2-" + run,
-                    {.code = payment, .reference = order, .metadata = R"({"channel":"app","item":"pen"})"});
+    const auto paid =
+        ledger.transfer(customer, shop, 1'200, "pay-2-" + run,
+                        {.code = payment, .reference = order, .metadata = R"({"channel":"app","item":"pen"})"});
+    // The result carries both balances after the payment, as the journal entries record them.
+    std::printf("after pay-2: %s has %s, %s has %s\n", customer.c_str(),
+                rowguard::format_money(paid.from_balance.value_or(0), "EUR").c_str(), shop.c_str(),
+                rowguard::format_money(paid.to_balance.value_or(0), "EUR").c_str());
     ledger.reverse("pay-1-" + run, 500, "refund-1-" + run,
                    {.code = refund, .reference = order, .metadata = R"({"why":"damaged"})"});
 
@@ -45,7 +50,8 @@ int main(int argc, char** argv) {
                                        {.code = payment,
                                         .reference = order,
                                         .metadata = R"({ "item": "book", "channel": "web" })"});  // same JSON value
-    std::printf("retry replayed: %s\n", retry.replayed ? "yes" : "no");
+    std::printf("retry replayed: %s (the customer's balance after the original: %s)\n", retry.replayed ? "yes" : "no",
+                rowguard::format_money(retry.from_balance.value_or(0), "EUR").c_str());
     try {
       ledger.transfer(customer, shop, 2'500, "pay-1-" + run,
                       {.code = payment, .reference = "order-43", .metadata = R"({"channel":"web","item":"book"})"});

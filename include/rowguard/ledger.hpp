@@ -40,13 +40,22 @@ struct TransferResult {
   TransferStatus status = TransferStatus::ok;
   std::int64_t transfer_id = 0;  // the row in <prefix>transfers
   bool replayed = false;         // the key was seen before: this is the original outcome, nothing changed
+  // Both accounts' balances right after this transfer, minor units, as its journal entries record
+  // them (balance_after), written by the same statements: no read of the account afterwards.
+  // Absent for the outside world's side (a deposit's from, a withdrawal's to) and for a rejected
+  // transfer (nothing moved: read the balance with get() if needed). A replay returns the
+  // original's, read from its entries, not today's balance.
+  std::optional<std::int64_t> from_balance;
+  std::optional<std::int64_t> to_balance;
   bool ok() const noexcept { return status == TransferStatus::ok; }
 };
 
 // One violation found by Ledger::check().
 struct Violation {
   // "balance_mismatch", "below_minimum", "total_mismatch", "held_mismatch", "opening_mismatch"
-  // (an opening balance differs from the archived entries it carries forward), ...
+  // (an opening balance differs from the archived entries it carries forward),
+  // "balance_after_mismatch" (an entry's running balance is not the previous one's plus its amount,
+  // or the newest one's is not the account's balance; the detail names the entry), ...
   std::string what;
   std::string account;  // empty for ledger-wide violations
   std::string detail;
@@ -199,6 +208,12 @@ struct JournalEntry {
   std::int64_t id = 0;
   std::string account;
   std::int64_t amount = 0;  // minor units; negative = money left the account
+  // The account's balance right after this entry (the previous entry's plus amount), minor units;
+  // absent only in a ledger whose migration to schema step 011 has not finished.
+  std::optional<std::int64_t> balance_after;
+  // The account's version right after this entry; absent for entries written before schema step
+  // 011 (the backfill cannot know it: holds and min_balance changes move the version too).
+  std::optional<std::int64_t> account_version;
 };
 
 // One row of <prefix>transfers, with its journal entries when the call says so.
@@ -234,8 +249,9 @@ struct HistoryQuery {
 
 // One line of an account's history: a transfer that moved its balance.
 struct HistoryItem {
-  TransferRecord transfer;  // with all its entries
-  std::int64_t change = 0;  // the account's own signed change in this transfer
+  TransferRecord transfer;                    // with all its entries
+  std::int64_t change = 0;                    // the account's own signed change in this transfer
+  std::optional<std::int64_t> balance_after;  // the account's running balance after it (its entry's)
 };
 
 struct HistoryPage {

@@ -24,8 +24,8 @@
 
 -- The layout below is schema version 11's (steps 008 to 010 added functions only, which name the
 -- tables and find the partitioned ones; step 011 the columns code, reference, metadata and event_at
--- and their indexes): on another version the script would drop what a later step added (or miss
--- what an earlier one lacks), so it stops instead.
+-- and their indexes, and balance_after and account_version on the entries): on another version the
+-- script would drop what a later step added (or miss what an earlier one lacks), so it stops instead.
 DO $$
 BEGIN
   IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 11 THEN
@@ -85,6 +85,8 @@ CREATE TABLE rowguard_entries (
   account_id  text        NOT NULL REFERENCES rowguard_accounts (id),
   amount      bigint      NOT NULL CHECK (amount <> 0),
   created_at  timestamptz NOT NULL,
+  balance_after   bigint,
+  account_version bigint,
   CONSTRAINT rowguard_entries_partitioned_pkey PRIMARY KEY (id, created_at)
 ) PARTITION BY RANGE (created_at);
 COMMENT ON TABLE rowguard_entries IS
@@ -188,8 +190,9 @@ INSERT INTO rowguard_transfers (id, idempotency_key, kind, from_account, to_acco
                                 event_at)
   SELECT id, idempotency_key, kind, from_account, to_account, amount, currency, outcome, reverses, created_at,
          hold_id, global_txid, global_peer, code, reference, metadata, event_at FROM rowguard_transfers_unpartitioned;
-INSERT INTO rowguard_entries (id, transfer_id, account_id, amount, created_at)
-  SELECT id, transfer_id, account_id, amount, created_at FROM rowguard_entries_unpartitioned;
+INSERT INTO rowguard_entries (id, transfer_id, account_id, amount, created_at, balance_after, account_version)
+  SELECT id, transfer_id, account_id, amount, created_at, balance_after, account_version
+    FROM rowguard_entries_unpartitioned;
 DROP TABLE rowguard_entries_unpartitioned;
 DROP TABLE rowguard_transfers_unpartitioned;
 

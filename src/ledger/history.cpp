@@ -92,9 +92,12 @@ TransferRecord record_of(const Row& r) {
   return t;
 }
 
-// Appends the entry in columns first.. (id, account, amount) when the row has one (LEFT JOIN).
+// Appends the entry in columns first.. (id, account, amount, balance_after, account_version) when
+// the row has one (LEFT JOIN).
 void add_entry(TransferRecord& t, const Row& r, std::size_t first) {
-  if (!r.is_null(first)) t.entries.push_back({r.i64(first), r.text(first + 1), r.i64(first + 2)});
+  if (!r.is_null(first))
+    t.entries.push_back(
+        {r.i64(first), r.text(first + 1), r.i64(first + 2), r.opt_i64(first + 3), r.opt_i64(first + 4)});
 }
 
 // Rows of transfers with their entries, one or more per transfer in transfer order.
@@ -160,10 +163,10 @@ HistoryPage Ledger::history(std::string_view account, const HistoryQuery& query)
           page.next = last_entry;  // the limit+1st exists: the page ends at the last one kept
           break;
         }
-        page.items.push_back({record_of(row), row.i64(transfer_columns + 1)});
+        page.items.push_back({record_of(row), row.i64(transfer_columns + 1), row.opt_i64(transfer_columns + 2)});
         last_entry = entry;
       }
-      add_entry(page.items.back().transfer, row, transfer_columns + 2);
+      add_entry(page.items.back().transfer, row, transfer_columns + 3);
     }
     missing = page.items.empty() && session.exec(sql.account_exists, {std::string(account)}).one().i64(0) == 0;
   };

@@ -283,6 +283,8 @@ CaptureCall capture_called(const Row& row, std::int64_t hold_id, std::optional<s
   require_capturable(h, row.i64(c) != 0, row.i64(c + 1) != 0, row.i64(c + 2) != 0);
   TransferResult r;
   r.transfer_id = row.i64(c + 3);
+  r.from_balance = row.opt_i64(c + 4);
+  r.to_balance = row.opt_i64(c + 5);
   return {h, r};
 }
 }  // namespace
@@ -361,8 +363,9 @@ TransferResult Ledger::Impl::capture_in(Transaction& tx, std::int64_t hold_id, s
                                         const std::string& k) {
   if (!holds_sql.apply_capture.empty()) {
     const CachedCopies cached{options.cache, cache_key("")};
-    const CaptureCall call = capture_called(
+    CaptureCall call = capture_called(
         tx.exec(holds_sql.apply_capture, capture_params(hold_id, amount, k, cached)).one(), hold_id, amount, k);
+    original_balances(tx, call.result);
     if (options.cache)
       tx.on_commit([cached, from = call.hold.from, to = call.hold.to] {
         cached.forget_local(from);
@@ -384,6 +387,7 @@ TransferResult Ledger::Impl::capture_in(Transaction& tx, std::int64_t hold_id, s
   const Result prior = tx.exec(transfers_sql.find_key, {k});
   if (auto earlier = earlier_capture(h, prior.empty() ? nullptr : &prior.rows[0], 0, request)) {
     count([](LedgerStats& st) { ++st.replays; });
+    original_balances(tx, *earlier);
     return *earlier;
   }
   const Row* to = nullptr;
@@ -398,6 +402,9 @@ TransferResult Ledger::Impl::capture_in(Transaction& tx, std::int64_t hold_id, s
     throw Error(ErrorKind::permanent, fmt::format("account '{}' holds less than its open hold {}", h.from, hold_id));
   tx.exec(transfers_sql.credit, {h.to, take});
   TransferResult r;
+  // As the entries below record them: the rows were read under their locks.
+  r.from_balance = from->i64(2) - take;
+  r.to_balance = to->i64(2) + take;
   r.transfer_id = tx.exec(holds_sql.capture_record, {k, h.from, h.to, take, h.currency, hold_id}).one().i64(0);
   tx.exec(transfers_sql.entry, {r.transfer_id, h.from, -take});
   tx.exec(transfers_sql.entry, {r.transfer_id, h.to, take});
@@ -416,9 +423,10 @@ TransferResult Ledger::capture(std::int64_t hold_id, std::optional<std::int64_t>
   TransferResult result = impl.retrying([&] {
     if (!impl.holds_sql.apply_capture.empty()) {
       // One autocommit call: one round trip, one commit.
-      const CaptureCall call = capture_called(call_in_one_statement(*impl.backend, impl.holds_sql.apply_capture,
-                                                                    capture_params(hold_id, amount, k, cached)),
-                                              hold_id, amount, k);
+      CaptureCall call = capture_called(call_in_one_statement(*impl.backend, impl.holds_sql.apply_capture,
+                                                              capture_params(hold_id, amount, k, cached)),
+                                        hold_id, amount, k);
+      if (call.result.replayed) impl.original_balances(**impl.backend->borrow(), call.result);
       cached.forget_local(call.hold.from);
       cached.forget_local(call.hold.to);
       if (call.result.replayed) impl.count([](LedgerStats& st) { ++st.replays; });

@@ -159,7 +159,9 @@ TransferResult replay_of(const Row& r, const Request& request, std::size_t first
 std::optional<TransferResult> Ledger::Impl::replay(Transaction& tx, const Request& request) {
   const Result found = tx.exec(transfers_sql.find_key, {request.key});
   if (found.empty()) return std::nullopt;
-  return replay_of(found.rows[0], request);
+  TransferResult r = replay_of(found.rows[0], request);
+  original_balances(tx, r);
+  return r;
 }
 
 Ledger::Impl::Reading Ledger::Impl::read_for(Transaction& tx, const Request& request) {
@@ -169,6 +171,7 @@ Ledger::Impl::Reading Ledger::Impl::read_for(Transaction& tx, const Request& req
     const Row& row = found.one();
     if (!row.is_null(0)) {
       r.earlier = replay_of(row, request);
+      original_balances(tx, *r.earlier);
       return r;
     }
     constexpr std::size_t c = detail::key_record_columns;
@@ -239,6 +242,10 @@ TransferResult Ledger::Impl::apply_in(Transaction& tx, const Request& request) {
   }
   TransferResult result;
   result.status = funded ? TransferStatus::ok : TransferStatus::insufficient_funds;
+  // The balances the debit and the credit left, as the entries below record them: the rows were
+  // read under their locks (or SQLite's write lock) and changed by exactly the amount since.
+  if (funded && from) result.from_balance = from->balance - request.amount;
+  if (funded && to) result.to_balance = to->balance + request.amount;
   std::vector<Value> record{request.key,
                             request.kind,
                             opt(request.from),
@@ -310,7 +317,9 @@ std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(const Requ
   }
   // The statement was its own transaction and has committed: drop this process's copies.
   forget_local();
-  return one_statement_outcome(*row, request);
+  auto r = one_statement_outcome(*row, request, detail::key_record_columns + 6);
+  if (r && r->replayed) original_balances(**backend->borrow(), *r);
+  return r;
 }
 
 std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(Transaction& tx, const Request& request) {
@@ -321,10 +330,13 @@ std::optional<TransferResult> Ledger::Impl::transfer_in_one_statement(Transactio
       cache->forget_local(a);
       cache->forget_local(b);
     });
-  return one_statement_outcome(row, request);
+  auto r = one_statement_outcome(row, request, detail::key_record_columns + 6);
+  if (r) original_balances(tx, *r);
+  return r;
 }
 
-std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row, const Request& request) {
+std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row, const Request& request,
+                                                                  std::size_t balances) {
   if (!row.is_null(0)) {  // the key was seen: its original outcome, or idempotency_mismatch
     const TransferResult replayed = replay_of(row, request);
     count([](LedgerStats& st) { ++st.replays; });
@@ -347,6 +359,7 @@ std::optional<TransferResult> Ledger::Impl::one_statement_outcome(const Row& row
   if (r.ok() && row.i64(c + 5) != 4)
     throw Error(ErrorKind::permanent,
                 fmt::format("transfer {} changed {} rows instead of 4", r.transfer_id, row.i64(c + 5)));
+  if (r.ok()) r.from_balance = row.opt_i64(balances), r.to_balance = row.opt_i64(balances + 1);
   return r;
 }
 
@@ -641,7 +654,8 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
                                           std::vector<BatchResult>& results) {
   // Columns of a batch row after the transfer's (TransferStatements::batch).
   constexpr std::size_t item_col = detail::key_record_columns + 6, failed_col = item_col + 1,
-                        stopped_col = item_col + 2, sqlstate_col = item_col + 3, message_col = item_col + 4;
+                        stopped_col = item_col + 2, sqlstate_col = item_col + 3, message_col = item_col + 4,
+                        balances_col = item_col + 5;
   const std::size_t n = items.size() - first;
   std::vector<std::optional<Error>> refused(n);
   std::vector<std::optional<std::string>> from(n), to(n), amount(n), key(n), linked(n), cache_a(n), cache_b(n), code(n),
@@ -702,8 +716,9 @@ std::size_t Ledger::Impl::batch_on_server(Transaction& tx, const std::vector<Bat
         if (!row.is_null(sqlstate_col))
           throw Error(ErrorKind::permanent, fmt::format("postgres: ERROR:  {}", row.text(message_col)),
                       row.text(sqlstate_col));
-        const auto decided = one_statement_outcome(row, item_request(item));
+        auto decided = one_statement_outcome(row, item_request(item), balances_col);
         if (!decided) throw broken(fmt::format("item {} went on without the client", i));
+        original_balances(tx, *decided);
         results[i].result = *decided;
         // In a chain, a rejection fails the chain; alone, it is the item's recorded outcome.
         if (start != end && !decided->ok())
@@ -886,6 +901,17 @@ CheckReport Ledger::check() {
                  fmt::format("{}: balances add up to {}, deposits {} minus withdrawals {}", total.currency,
                              total.balance, total.deposits, total.withdrawals)});
         }
+        for (const auto& r : tx.exec(sql.chain_mismatch).rows)
+          report.violations.push_back(
+              {"balance_after_mismatch", r.text(1),
+               fmt::format("entry {} records balance_after {} but the account's entries before it and its amount "
+                           "give {}",
+                           r.i64(0), r.is_null(2) ? std::string("none") : std::to_string(r.i64(2)), r.i64(3))});
+        for (const auto& r : tx.exec(sql.last_mismatch).rows)
+          report.violations.push_back(
+              {"balance_after_mismatch", r.text(0),
+               fmt::format("its newest entry {} records balance_after {} but its balance is {}", r.i64(2),
+                           r.is_null(3) ? std::string("none") : std::to_string(r.i64(3)), r.i64(1))});
         if (report.totals.size() == 1) report.total_balance = report.totals[0].balance;
         report.accounts = tx.exec(sql.accounts).one().i64(0);
         report.entries = tx.exec(sql.entries).one().i64(0);

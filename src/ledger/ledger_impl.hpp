@@ -158,7 +158,8 @@ struct Ledger::Impl {
   std::optional<TransferResult> transfer_in_one_statement(const Request& request);
   std::optional<TransferResult> transfer_in_one_statement(Transaction& tx, const Request& request);
   std::vector<Value> one_statement_params(const Request& request) const;
-  std::optional<TransferResult> one_statement_outcome(const Row& row, const Request& request);
+  // balances: the column of the row's from balance (the to balance follows it).
+  std::optional<TransferResult> one_statement_outcome(const Row& row, const Request& request, std::size_t balances);
   // transfer_batch's parts, inside its transaction; each fills results for the items it decided
   // and returns the index of the first item it did not. On the client: the chain that starts at
   // `start`, statement by statement. On the server (TransferStatements::batch): every item from
@@ -212,6 +213,16 @@ struct Ledger::Impl {
   // apply_in in a transaction of its own, under the retry policy.
   TransferResult apply(const Request& request);
   std::optional<TransferResult> replay(Transaction& tx, const Request& request);
+  // A replayed applied result gets the original's balances, read from its entries (on: a
+  // Transaction or a Session); a replay is rare, so this one read more is only paid there.
+  template <class On>
+  void original_balances(On& on, TransferResult& r) const {
+    if (!r.replayed || !r.ok()) return;
+    const Result found = on.exec(transfers_sql.entry_balances, {r.transfer_id});
+    const Row& row = found.one();
+    r.from_balance = row.opt_i64(0);
+    r.to_balance = row.opt_i64(1);
+  }
   template <class Op>
   auto retrying(Op&& op) {
     // The key makes retries safe even when a commit's outcome was lost: the retry finds the record.

@@ -43,6 +43,9 @@ std::string next_id_above_high_water(const Backend& backend, const std::string& 
                   backend.table(table), backend.table("id_high_water"), table));
 }
 
+// An entry's columns as the journal's queries return them (JournalEntry), from the entries as x.
+constexpr const char* entry_columns = "x.id, x.account_id, x.amount, x.balance_after, x.account_version";
+
 // The page of HistoryStatements::history: the page of entries first, then their transfers and entries.
 std::string history_page_sql(const Dialect& d, const std::string& tr, const std::string& en, const std::string& columns,
                              bool newest_first, bool window) {
@@ -50,18 +53,20 @@ std::string history_page_sql(const Dialect& d, const std::string& tr, const std:
   const char* dir = newest_first ? "DESC" : "ASC";
   const std::string page =
       window ? fmt::format(
-                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e JOIN {} t ON "
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change, e.balance_after AS running FROM {} e "
+                   "JOIN {} t ON "
                    "t.id = e.transfer_id WHERE e.account_id = $1 AND e.id {} $2 AND t.created_at >= {} AND "
                    "t.created_at < {} ORDER BY e.id {} LIMIT $5",
                    en, tr, cmp, d.ms_to_timestamp("$3"), d.ms_to_timestamp("$4"), dir)
              : fmt::format(
-                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change FROM {} e "
+                   "SELECT e.id AS eid, e.transfer_id AS tid, e.amount AS change, e.balance_after AS running FROM {} e "
                    "WHERE e.account_id = $1 AND e.id {} $2 ORDER BY e.id {} LIMIT $3",
                    en, cmp, dir);
   return fmt::format(
-      "SELECT {cols}, p.eid, p.change, x.id, x.account_id, x.amount FROM ({page}) p "
+      "SELECT {cols}, p.eid, p.change, p.running, {entry} FROM ({page}) p "
       "JOIN {tr} t ON t.id = p.tid JOIN {en} x ON x.transfer_id = p.tid ORDER BY p.eid {dir}, x.id",
-      fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("tr", tr), fmt::arg("en", en), fmt::arg("dir", dir));
+      fmt::arg("cols", columns), fmt::arg("page", page), fmt::arg("entry", entry_columns), fmt::arg("tr", tr),
+      fmt::arg("en", en), fmt::arg("dir", dir));
 }
 
 // The page of HistoryStatements::transfers.
@@ -109,9 +114,9 @@ std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std
   if (!f.with_entries)
     return fmt::format("{}SELECT {} FROM {} t WHERE t.id IN ({}) ORDER BY t.id DESC", lead, columns, tr, ids);
   return fmt::format(
-      "{}SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
+      "{}SELECT {}, {} FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id "
       "WHERE t.id IN ({}) ORDER BY t.id DESC, x.id",
-      lead, columns, tr, en, ids);
+      lead, columns, entry_columns, tr, en, ids);
 }
 
 }  // namespace
@@ -175,8 +180,20 @@ TransferStatements::TransferStatements(const Backend& backend) {
   if (d.has_server_statements()) batch = backend.function_call("apply_batch", 11);
   prune = fmt::format("UPDATE {} SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND created_at < {}", tr,
                       d.timestamp_plus_ms(now, "$1"));
-  entry = fmt::format("INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ({}, $1, $2, $3, {})",
-                      en, next_id_above_high_water(backend, "entries"), now);
+  // Each entry records its account's balance and version after it, read from the account row this
+  // transaction has just updated (and holds locked): the same statement, no round trip more.
+  const auto after = [&acc](std::string_view account) {
+    return fmt::format("(SELECT balance FROM {a} WHERE id = {p}), (SELECT version FROM {a} WHERE id = {p})",
+                       fmt::arg("a", acc), fmt::arg("p", account));
+  };
+  entry = fmt::format(
+      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at, balance_after, account_version) "
+      "VALUES ({}, $1, $2, $3, {}, {})",
+      en, next_id_above_high_water(backend, "entries"), now, after("$2"));
+  entry_balances = fmt::format(
+      "SELECT (SELECT balance_after FROM {en} WHERE transfer_id = $1 AND amount < 0), "
+      "(SELECT balance_after FROM {en} WHERE transfer_id = $1 AND amount > 0)",
+      fmt::arg("en", en));
   invalidate_two = cache_invalidate_two_sql(backend);
   if (d.has_single_writer()) {
     // The key's record as key_record_sql gives it (a transfer's first: holds are probed only
@@ -204,11 +221,13 @@ TransferStatements::TransferStatements(const Backend& backend) {
         "$9, {}, $10, $11, $12, {})",
         tr, now, d.ms_to_timestamp("$13"));
     entry_as = fmt::format(
-        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4, {})", en, now);
+        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at, balance_after, account_version) "
+        "VALUES ($1, $2, $3, $4, {}, {})",
+        en, now, after("$3"));
     entry_pair = fmt::format(
-        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) VALUES ($1, $2, $3, $4, {now}), "
-        "($1 + 1, $2, $5, $6, {now})",
-        en, fmt::arg("now", now));
+        "INSERT INTO {} (id, transfer_id, account_id, amount, created_at, balance_after, account_version) "
+        "VALUES ($1, $2, $3, $4, {now}, {from}), ($1 + 1, $2, $5, $6, {now}, {to})",
+        en, fmt::arg("now", now), fmt::arg("from", after("$3")), fmt::arg("to", after("$5")));
   }
   chain_savepoint = "SAVEPOINT rowguard_chain";
   chain_rollback = "ROLLBACK TO SAVEPOINT rowguard_chain";
@@ -277,9 +296,9 @@ HistoryStatements::HistoryStatements(const Backend& backend) {
       history_[at(newest_first, window)] = history_page_sql(d, tr, en, columns, newest_first, window);
   const auto find = [&](std::string_view by) {
     return fmt::format(
-        "SELECT {}, x.id, x.account_id, x.amount FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
+        "SELECT {}, {} FROM {} t LEFT JOIN {} x ON x.transfer_id = t.id WHERE {} = $1 "
         "ORDER BY x.id",
-        columns, tr, en, by);
+        columns, entry_columns, tr, en, by);
   };
   find_by_id = find("t.id");
   find_by_key = find("t.idempotency_key");
@@ -337,9 +356,9 @@ ArchiveStatements::ArchiveStatements(const Backend& backend) {
   const std::string moved = fmt::format("t.created_at < {} AND EXISTS (SELECT 1 FROM {} a WHERE a.id = t.id)", cut, ta);
   const std::string en = backend.table("entries");
   copy_entries = fmt::format(
-      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at) "
-      "SELECT e.id, e.transfer_id, e.account_id, e.amount, e.created_at FROM {} e JOIN {} t ON t.id = e.transfer_id "
-      "WHERE {}",
+      "INSERT INTO {} (id, transfer_id, account_id, amount, created_at, balance_after, account_version) "
+      "SELECT e.id, e.transfer_id, e.account_id, e.amount, e.created_at, e.balance_after, e.account_version "
+      "FROM {} e JOIN {} t ON t.id = e.transfer_id WHERE {}",
       backend.table("entries_archive"), en, tr, moved);
   const std::string ob = backend.table("opening_balances");
   add_openings = fmt::format(
@@ -448,6 +467,36 @@ CheckStatements::CheckStatements(const Backend& backend) {
       "WHERE kind = 'withdrawal' AND outcome = 'ok' UNION ALL SELECT currency, withdrawals FROM {at}) ww "
       "GROUP BY currency) w ON w.currency = c.currency ORDER BY c.currency",
       fmt::arg("acc", acc), fmt::arg("tr", tr), fmt::arg("at", at));
+  // The running balances, over the live and the archived entries of each account in id order
+  // (archiving may keep an older entry live, a hold's capture, while it moves a newer one): each
+  // live entry's balance_after is the sum of the amounts up to and including it, that is the
+  // previous entry's balance_after plus its amount. Archived entries were checked while live
+  // (opening_mismatch checks what they add up to). An account whose archived entries were exported
+  // (fewer in the archive than its opening balance counts, which opening_mismatch cannot check
+  // either) has lost entries at places no table records: its chain is not checked (only that
+  // every live entry has a balance_after).
+  const std::string stored = fmt::format(
+      "SELECT id, account_id, amount, balance_after, 1 AS live FROM {} UNION ALL "
+      "SELECT id, account_id, amount, balance_after, 0 FROM {}",
+      en, ea);
+  chain_mismatch = fmt::format(
+      "SELECT c.id, c.account_id, c.balance_after, c.expected FROM (SELECT u.id, u.account_id, u.balance_after, "
+      "u.live, CAST(SUM(u.amount) OVER (PARTITION BY u.account_id ORDER BY u.id) AS bigint) AS expected "
+      "FROM ({stored}) u) c LEFT JOIN {ob} o ON o.account_id = c.account_id "
+      "LEFT JOIN (SELECT account_id, count(*) AS n FROM {ea} GROUP BY account_id) s ON s.account_id = c.account_id "
+      "WHERE c.live = 1 AND (c.balance_after IS NULL OR (COALESCE(o.entries, 0) <= COALESCE(s.n, 0) "
+      "AND c.balance_after <> c.expected)) ORDER BY c.id",
+      fmt::arg("stored", stored), fmt::arg("ob", ob), fmt::arg("ea", ea));
+  // The newest entry's balance_after is the account's balance (when it is live; not for an
+  // account with exported archived entries, whose newest entry may be among them).
+  last_mismatch = fmt::format(
+      "SELECT a.id, a.balance, l.id, l.balance_after FROM {acc} a JOIN (SELECT u.id, u.account_id, "
+      "u.balance_after, u.live, ROW_NUMBER() OVER (PARTITION BY u.account_id ORDER BY u.id DESC) AS n FROM ({stored}) "
+      "u) l ON l.account_id = a.id AND l.n = 1 AND l.live = 1 LEFT JOIN {ob} o ON o.account_id = a.id "
+      "LEFT JOIN (SELECT account_id, count(*) AS n FROM {ea} GROUP BY account_id) s ON s.account_id = a.id "
+      "WHERE COALESCE(o.entries, 0) <= COALESCE(s.n, 0) AND (l.balance_after IS NULL OR l.balance_after <> a.balance) "
+      "ORDER BY a.id",
+      fmt::arg("acc", acc), fmt::arg("stored", stored), fmt::arg("ob", ob), fmt::arg("ea", ea));
   accounts = fmt::format("SELECT count(*) FROM {}", acc);
   entries = fmt::format("SELECT count(*) FROM {}", en);
 }

@@ -54,8 +54,14 @@ struct TransferStatements {
   // $1 key, $2 kind, $3 from, $4 to, $5 amount, $6 currency, $7 outcome, $8 reverses, $9 global_txid
   // -> (id), a new id above every id the table ever had.
   std::string record;
-  // $1 transfer id, $2 account, $3 amount (negative for the debited account).
+  // $1 transfer id, $2 account, $3 amount (negative for the debited account). The entry records
+  // the account's balance and version as the transaction's update left them (balance_after,
+  // account_version): run it after the account's debit or credit.
   std::string entry;
+  // $1 transfer id -> one row: the balance_after of its debit entry and of its credit entry (NULL
+  // where it has none: a deposit's source, a withdrawal's destination, a rejected transfer). A
+  // replay's balances are the original's.
+  std::string entry_balances;
   // $1 original key -> (id, from_account, to_account, amount) of the applied transfer with that key,
   // locked: a reversal locks the original transfer row, so two concurrent refunds cannot both pass
   // the sum.
@@ -176,8 +182,8 @@ struct TransferFilter {
 // The journal's read-only queries (history.cpp), one statement per call, keyset-paginated where
 // they page. A transfer row starts with its 16 columns (id, idempotency_key, kind, from_account,
 // to_account, amount, currency, outcome, reverses, hold_id, global_txid, created ms, code,
-// reference, metadata, event ms); "with its
-// entries" adds (entry id, account, amount): one row per entry, NULLs for a transfer without any.
+// reference, metadata, event ms); "with its entries" adds (entry id, account, amount,
+// balance_after, account_version): one row per entry, NULLs for a transfer without any.
 struct HistoryStatements {
   // One page of an account's journal (by entry id: one entry per account per transfer), each with
   // its transfer and all its entries. $1 account, $2 cursor (exclusive), $3 limit; with a time
@@ -185,7 +191,7 @@ struct HistoryStatements {
   // (no join, which makes PostgreSQL's generic plan for a prepared statement sort all of the
   // account's entries: measured 118 ms against 0.1 ms for a hot account).
   // -> a row per entry of each transfer on the page: the transfer's 16 columns, the account's entry
-  // id and amount, then the entry's (id, account, amount); by the account's entry id, then by entry.
+  // id, amount and balance_after, then the entry's columns; by the account's entry id, then by entry.
   const std::string& history(bool newest_first, bool window) const { return history_[at(newest_first, window)]; }
   // One transfer with its entries (none for a rejected one). $1 id or key.
   std::string find_by_id;
@@ -265,6 +271,12 @@ struct CheckStatements {
   // -> (currency, sum of balances, deposits, withdrawals) of every currency, by code, the archived
   // transfers included.
   std::string totals;
+  // -> (entry id, account, balance_after, the balance its chain gives) of each live entry whose
+  // balance_after is not the previous one's (live or archived) plus its amount (see the query).
+  std::string chain_mismatch;
+  // -> (account, balance, entry id, balance_after) of each account whose newest entry's
+  // balance_after is not its balance.
+  std::string last_mismatch;
   // -> (count) of the accounts, of the live entries.
   std::string accounts;
   std::string entries;

@@ -1,4 +1,6 @@
 // Migrations: idempotent, safe under concurrency (threads and processes), and refusing newer schemas.
+#include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -130,6 +132,101 @@ TEST_CASE("a database at the previous schema version migrates forward with its d
   lease->renew(10s);
   lease->release();
   caches(t.db(), "fwd-key");
+}
+
+TEST_CASE("a journal written before step 011 is backfilled with running balances that pass check()", "[backend]") {
+  TestDb t;
+  migrate_all_but_the_last_step(t);
+  {
+    // What the previous release wrote: a deposit of 1000 to old-a, then 300 from old-a to old-b.
+    const auto& d = dialect_of(t.db());
+    const std::string p = t.db().table_prefix(), now = d.now_timestamp();
+    t.db().exec(
+        fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, version, created_at, "
+                    "updated_at) VALUES ('old-a', 'EUR', 700, 0, 2, {n}, {n}), ('old-b', 'EUR', 300, 0, 1, "
+                    "{n}, {n})",
+                    p, fmt::arg("n", now)));
+    t.db().exec(
+        fmt::format("INSERT INTO {}transfers (id, idempotency_key, kind, from_account, to_account, amount, "
+                    "currency, outcome, created_at) VALUES (1, 'old-dep', 'deposit', NULL, 'old-a', 1000, "
+                    "'EUR', 'ok', {n}), (2, 'old-t', 'transfer', 'old-a', 'old-b', 300, 'EUR', 'ok', {n})",
+                    p, fmt::arg("n", now)));
+    t.db().exec(
+        fmt::format("INSERT INTO {}entries (id, transfer_id, account_id, amount, created_at) VALUES "
+                    "(1, 1, 'old-a', 1000, {n}), (2, 2, 'old-a', -300, {n}), (3, 2, 'old-b', 300, {n})",
+                    p, fmt::arg("n", now)));
+    if (rowguard::test::can().timestamptz)  // PostgreSQL's sequences past the ids written by hand
+      for (const char* table : {"transfers", "entries"})
+        t.db().exec(fmt::format("SELECT setval('{}{}_id_seq', 10)", p, table));
+  }
+  CHECK(t.db().migrate() == 1);
+  Ledger ledger(t.db());
+  const CheckReport report = ledger.check();
+  for (const auto& v : report.violations) FAIL_CHECK(v.what << " " << v.account << ": " << v.detail);
+  CHECK(report.ok());
+  HistoryQuery oldest;
+  oldest.order = HistoryOrder::oldest_first;
+  const HistoryPage a = ledger.history("old-a", oldest);
+  REQUIRE(a.items.size() == 2);
+  CHECK(a.items[0].balance_after == 1'000);
+  CHECK(a.items[1].balance_after == 700);
+  for (const auto& e : a.items[1].transfer.entries) CHECK_FALSE(e.account_version);  // not knowable: NULL
+  // The replay of a backfilled transfer returns its backfilled balances; new entries go on from them.
+  const TransferResult replay = ledger.transfer("old-a", "old-b", 300, "old-t");
+  CHECK(replay.replayed);
+  CHECK(replay.from_balance == 700);
+  CHECK(replay.to_balance == 300);
+  const TransferResult next = ledger.transfer("old-b", "old-a", 100, "new-t");
+  CHECK(next.from_balance == 200);
+  CHECK(next.to_balance == 800);
+  CHECK(ledger.check().ok());
+}
+
+// The measurement in docs/ledger.md ("Running balances"): step 011's backfill of a journal of
+// ROWGUARD_BACKFILL_ENTRIES entries (default 1,000,000: half as many transfers between 1,000
+// accounts), timed around migrate(). Hidden: run it by its tag on one backend, e.g.
+//   ./build/tests/rowguard_tests --backend sqlite-file "[backfill]"
+TEST_CASE("migrate: step 011 backfills the running balances of a large journal, timed", "[.][backfill]") {
+  TestDb t;
+  migrate_all_but_the_last_step(t);
+  const char* env = std::getenv("ROWGUARD_BACKFILL_ENTRIES");
+  const std::int64_t transfers = (env ? std::atoll(env) : 1'000'000) / 2, accounts = 1'000;
+  const std::string p = t.db().table_prefix(), now = dialect_of(t.db()).now_timestamp();
+  const std::string series = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $1) ";
+  t.db().exec(
+      fmt::format("INSERT INTO {}accounts (id, currency, balance, min_balance, version, created_at, updated_at) "
+                  "{} SELECT 'acct-' || n, 'EUR', 0, -1000000000, 0, {n}, {n} FROM g",
+                  p, series, fmt::arg("n", now)),
+      {accounts});
+  // Transfer n moves n % 7 + 1 from account n % 1000 to account (n + 1) % 1000.
+  t.db().exec(fmt::format("INSERT INTO {}transfers (id, idempotency_key, kind, from_account, to_account, amount, "
+                          "currency, outcome, created_at) {} SELECT n, 'k' || n, 'transfer', 'acct-' || (n % {a} + 1), "
+                          "'acct-' || ((n + 1) % {a} + 1), n % 7 + 1, 'EUR', 'ok', {n} FROM g",
+                          p, series, fmt::arg("a", accounts), fmt::arg("n", now)),
+              {transfers});
+  t.db().exec(
+      fmt::format("INSERT INTO {p}entries (id, transfer_id, account_id, amount, created_at) "
+                  "SELECT 2 * id - 1, id, from_account, -amount, created_at FROM {p}transfers UNION ALL "
+                  "SELECT 2 * id, id, to_account, amount, created_at FROM {p}transfers",
+                  fmt::arg("p", p)));
+  t.db().exec(
+      fmt::format("UPDATE {p}accounts SET balance = (SELECT COALESCE(SUM(amount), 0) FROM {p}entries e "
+                  "WHERE e.account_id = {p}accounts.id)",
+                  fmt::arg("p", p)));
+  if (rowguard::test::can().timestamptz)
+    for (const char* table : {"transfers", "entries"})
+      t.db().exec(fmt::format("SELECT setval('{}{}_id_seq', (SELECT MAX(id) FROM {}{}))", p, table, p, table));
+  const auto started = std::chrono::steady_clock::now();
+  REQUIRE(t.db().migrate() == 1);
+  const auto migrated = std::chrono::steady_clock::now();
+  Ledger ledger(t.db());
+  const CheckReport report = ledger.check();
+  const auto checked = std::chrono::steady_clock::now();
+  CHECK(report.ok());
+  CHECK(report.entries == 2 * transfers);
+  auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+  WARN(fmt::format("{}: step 011 on {} entries of {} accounts: migrate {} ms, then check() {} ms",
+                   rowguard::test::backend(), 2 * transfers, accounts, ms(migrated - started), ms(checked - migrated)));
 }
 
 TEST_CASE("roles.sql run before the server-side statements existed: the application role transfers after the upgrade",

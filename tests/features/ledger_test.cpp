@@ -589,10 +589,13 @@ TEST_CASE("ledger: concurrent batches over the same accounts, with holds expirin
   Bank b;
   auto& l = b.ledger;
   constexpr int accounts = 6, workers = 3, batches = 8, size = 40;
+  std::vector<std::string> seeds;
   for (int i = 0; i < accounts; ++i) {
     l.open(fmt::format("acct-{}", i), "EUR");
-    l.deposit(fmt::format("acct-{}", i), 1'000, fmt::format("seed-{}", i));
+    l.deposit(fmt::format("acct-{}", i), 1'000, seeds.emplace_back(fmt::format("seed-{}", i)));
   }
+  // Old enough to be archived while the batches run: the running balances go on from the opening ones.
+  backdate(b.t.db(), seeds, 40 * 86'400'000LL);
   std::vector<std::map<std::string, std::int64_t>> moved(workers);  // each worker's applied deltas
   std::atomic<int> running{workers};
   std::barrier start(workers + 1);
@@ -614,13 +617,17 @@ TEST_CASE("ledger: concurrent batches over the same accounts, with holds expirin
         const auto results = l.transfer_batch(items);
         for (std::size_t i = 0; i < items.size(); ++i)
           if (!results[i].error && results[i].result.ok()) {
+            CHECK(results[i].result.from_balance.has_value());
+            CHECK(results[i].result.to_balance.has_value());
             moved[w][items[i].from] -= items[i].amount;
             moved[w][items[i].to] += items[i].amount;
           }
       }
       --running;
     });
-  // Holds that expire while the batches run, standing in their sources' way, and the sweep closing them.
+  // Holds that expire while the batches run, standing in their sources' way, the sweep closing
+  // them, and archive and prune runs: the journal's running balances must stay a chain throughout.
+  std::atomic<std::int64_t> archived{0};
   std::thread maintenance([&] {
     start.arrive_and_wait();
     for (int n = 0; running > 0; ++n) {
@@ -628,6 +635,8 @@ TEST_CASE("ledger: concurrent batches over the same accounts, with holds expirin
         (void)l.hold(fmt::format("acct-{}", n % accounts), fmt::format("acct-{}", (n + 1) % accounts), 30,
                      fmt::format("hold-{}", n), 20ms);
         l.sweep_holds();
+        archived += l.archive(b.t.db().now_ms() - 31 * 86'400'000LL).transfers;
+        (void)l.prune_keys(24h);
       } catch (const Error& e) {
         FAIL_CHECK(e.what());
       }
@@ -649,7 +658,10 @@ TEST_CASE("ledger: concurrent batches over the same accounts, with holds expirin
     total += l.get(id).balance;
   }
   CHECK(total == accounts * 1'000);
-  CHECK(l.check().ok());
+  CHECK(archived == accounts);
+  const CheckReport report = l.check();
+  for (const auto& v : report.violations) FAIL_CHECK(v.what << " " << v.account << ": " << v.detail);
+  CHECK(report.ok());
   // With row locks, every batch locks its accounts in id order first: no deadlock to retry.
   if (rowguard::test::can().row_locks) CHECK(l.stats().conflicts == 0);
 }
@@ -688,6 +700,89 @@ TEST_CASE("ledger: a standalone batch item that is refused writes nothing, and t
   CHECK_FALSE(l.transfer("a", "b", 1, "k3").replayed);
   CHECK(l.transfer_batch({{"b", "a", 1'000, "k6", false}})[0].result.replayed);
   CHECK(l.check().ok());
+}
+
+TEST_CASE("ledger: results carry both balances after the transfer, replays the original's, entries the running balance",
+          "[backend]") {
+  Bank b;
+  auto& l = b.ledger;
+  for (const char* id : {"a", "b"}) l.open(id, "EUR");
+  const TransferResult dep = l.deposit("a", 1'000, "d");
+  CHECK_FALSE(dep.from_balance);  // the outside world has no balance
+  CHECK(dep.to_balance == 1'000);
+  const TransferResult t1 = l.transfer("a", "b", 300, "t1");
+  CHECK(t1.from_balance == l.get("a").balance);
+  CHECK(t1.to_balance == l.get("b").balance);
+  CHECK(t1.from_balance == 700);
+  CHECK(t1.to_balance == 300);
+  const TransferResult t2 = l.transfer("b", "a", 100, "t2");
+  CHECK(t2.from_balance == 200);
+  CHECK(t2.to_balance == 800);
+  // A replay returns what the original left, not today's balances.
+  const TransferResult again = l.transfer("a", "b", 300, "t1");
+  REQUIRE(again.replayed);
+  CHECK(again.from_balance == 700);
+  CHECK(again.to_balance == 300);
+  const TransferResult dep_again = l.deposit("a", 1'000, "d");
+  CHECK(dep_again.replayed);
+  CHECK_FALSE(dep_again.from_balance);
+  CHECK(dep_again.to_balance == 1'000);
+  const TransferResult w = l.withdraw("a", 50, "w");
+  CHECK(w.from_balance == 750);
+  CHECK_FALSE(w.to_balance);
+  // A rejection moved nothing: no balances.
+  const TransferResult short_of = l.transfer("b", "a", 5'000, "too-much");
+  CHECK_FALSE(short_of.ok());
+  CHECK_FALSE(short_of.from_balance);
+  CHECK_FALSE(short_of.to_balance);
+  const auto items = l.transfer_batch({{"a", "b", 10, "bt1", false},
+                                       {"a", "b", 20, "bt2", false},
+                                       {"b", "a", 5, "bt3", false},
+                                       {"a", "b", 300, "t1", false}});
+  REQUIRE(items.size() == 4);
+  CHECK(items[0].result.from_balance == 740);
+  CHECK(items[0].result.to_balance == 210);
+  CHECK(items[1].result.from_balance == 720);
+  CHECK(items[1].result.to_balance == 230);
+  CHECK(items[2].result.from_balance == 225);
+  CHECK(items[2].result.to_balance == 725);
+  CHECK(items[3].result.replayed);
+  CHECK(items[3].result.from_balance == 700);
+  const TransferResult refund = l.reverse("t1", 100, "r1");
+  CHECK(refund.from_balance == 125);  // b pays the refund back to a
+  CHECK(refund.to_balance == 825);
+  CHECK(l.get("a").balance == 825);
+  // History shows the running balance, and every entry records it with the account's version.
+  HistoryQuery oldest;
+  oldest.order = HistoryOrder::oldest_first;
+  const HistoryPage page = l.history("a", oldest);
+  std::int64_t running = 0;
+  for (const auto& item : page.items) {
+    running += item.change;
+    CHECK(item.balance_after == running);
+    for (const auto& e : item.transfer.entries) {
+      CHECK(e.balance_after.has_value());
+      CHECK(e.account_version.has_value());
+    }
+  }
+  CHECK(running == 825);
+  for (const auto& e : page.items.back().transfer.entries)
+    if (e.account == "a") CHECK(e.account_version == l.get("a").version);
+  REQUIRE(l.check().ok());
+  // A forged running balance is found, naming its entry.
+  const std::int64_t forged =
+      b.t.db()
+          .exec(fmt::format("SELECT MIN(id) FROM {}entries WHERE account_id = 'b'", b.t.db().table_prefix()))
+          .one()
+          .i64(0);
+  b.t.db().exec(
+      fmt::format("UPDATE {}entries SET balance_after = balance_after + 1 WHERE id = $1", b.t.db().table_prefix()),
+      {forged});
+  const CheckReport r = l.check();
+  REQUIRE(r.violations.size() == 1);
+  CHECK(r.violations[0].what == "balance_after_mismatch");
+  CHECK(r.violations[0].account == "b");
+  CHECK(r.violations[0].detail.find(fmt::format("entry {} ", forged)) != std::string::npos);
 }
 
 TEST_CASE("ledger: reversals refund at most the original, once per key", "[backend]") {

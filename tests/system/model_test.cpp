@@ -43,6 +43,8 @@ struct Model {
     bool capture = false;                  // a hold's capture (holds keep it live; never aged here)
     bool aged = false;                     // back-dated past the archive cutoff and the prune age
     TransferDetails details;
+    // The accounts' balances right after it (applied ones): what its result and its entries carry.
+    std::optional<std::int64_t> from_after, to_after;
   };
   std::map<std::int64_t, Transfer> transfers;
   std::map<std::string, std::int64_t> keys;     // live idempotency key -> transfer id
@@ -94,14 +96,22 @@ struct Outcome {
   TransferStatus status = TransferStatus::ok;
   bool replayed = false;
   std::int64_t id = 0;  // the transfer's id; compared on replays only (a new one is checked apart)
+  // The result's balances; compared when the expected side knows them (with_balances).
+  std::optional<std::int64_t> from_balance, to_balance;
+  bool balances_known = false;
   bool operator==(const Outcome& o) const {
-    return error == o.error && (error || (status == o.status && replayed == o.replayed && (!replayed || id == o.id)));
+    const bool balances =
+        !(balances_known || o.balances_known) || (from_balance == o.from_balance && to_balance == o.to_balance);
+    return error == o.error &&
+           (error || (status == o.status && replayed == o.replayed && (!replayed || id == o.id) && balances));
   }
 };
 
 std::ostream& operator<<(std::ostream& os, const Outcome& o) {
   if (o.error) return os << "error " << to_string(*o.error);
-  return os << to_string(o.status) << (o.replayed ? fmt::format(" (replayed transfer {})", o.id) : "");
+  auto shown = [](const std::optional<std::int64_t>& b) { return b ? std::to_string(*b) : std::string("none"); };
+  return os << to_string(o.status) << (o.replayed ? fmt::format(" (replayed transfer {})", o.id) : "")
+            << fmt::format(" balances {} -> {}", shown(o.from_balance), shown(o.to_balance));
 }
 
 // A cached value as Catch2 prints it: "none" or the value in quotes.
@@ -111,7 +121,7 @@ template <class F>
 Outcome outcome_of(F&& f) {
   try {
     const TransferResult r = f();
-    return {std::nullopt, r.status, r.replayed, r.transfer_id};
+    return {std::nullopt, r.status, r.replayed, r.transfer_id, r.from_balance, r.to_balance};
   } catch (const Error& e) {
     return {e.kind()};
   }
@@ -135,8 +145,24 @@ std::string shown(const TransferDetails& d) {
 
 // What the model says a movement of `amount` does (from/to empty: the outside world), before it is
 // made; record() then enters a new transfer under the id the ledger gave it.
-Outcome expect_movement(Model& m, const std::string& kind, const std::string& from, const std::string& to,
-                        std::int64_t amount, const std::string& key, const TransferDetails& details) {
+// want with the balances its result must carry: a replay's are the original's, a new applied
+// transfer's the model's after it, a rejection's none.
+Outcome with_balances(Model& m, Outcome want, const std::string& from, const std::string& to, std::int64_t amount) {
+  if (want.error) return want;
+  want.balances_known = true;
+  if (want.replayed) {
+    const auto& r = m.transfers.at(want.id);
+    want.from_balance = r.from_after;
+    want.to_balance = r.to_after;
+  } else if (want.status == TransferStatus::ok) {
+    if (!from.empty()) want.from_balance = m.balances[from] - amount;
+    if (!to.empty()) want.to_balance = m.balances[to] + amount;
+  }
+  return want;
+}
+
+Outcome expect_movement_plain(Model& m, const std::string& kind, const std::string& from, const std::string& to,
+                              std::int64_t amount, const std::string& key, const TransferDetails& details) {
   if (const auto seen = m.keys.find(key); seen != m.keys.end()) {
     const auto& r = m.transfers.at(seen->second);
     if (r.kind != kind || r.from != from || r.to != to || r.amount != amount || !same_details(r.details, details))
@@ -148,6 +174,11 @@ Outcome expect_movement(Model& m, const std::string& kind, const std::string& fr
   if (!from.empty() && !to.empty() && m.currency[from] != m.currency[to]) return {ErrorKind::currency_mismatch};
   const bool enough = from.empty() || m.balances[from] - m.held(from) >= amount;  // the available amount; min 0
   return {std::nullopt, enough ? TransferStatus::ok : TransferStatus::insufficient_funds, false};
+}
+
+Outcome expect_movement(Model& m, const std::string& kind, const std::string& from, const std::string& to,
+                        std::int64_t amount, const std::string& key, const TransferDetails& details) {
+  return with_balances(m, expect_movement_plain(m, kind, from, to, amount, key, details), from, to, amount);
 }
 
 Model::Transfer request(std::string kind, std::string from, std::string to, std::int64_t amount, std::string key,
@@ -170,8 +201,8 @@ void record(Model& m, const Outcome& want, const Outcome& real, Model::Transfer 
   m.ids_ever.insert(real.id);
   t.status = want.status;
   if (t.status == TransferStatus::ok) {
-    if (!t.from.empty()) m.balances[t.from] -= t.amount;
-    if (!t.to.empty()) m.balances[t.to] += t.amount;
+    if (!t.from.empty()) t.from_after = m.balances[t.from] -= t.amount;
+    if (!t.to.empty()) t.to_after = m.balances[t.to] += t.amount;
   }
   if (t.key) m.keys[*t.key] = real.id;
   m.transfers[real.id] = std::move(t);
@@ -244,6 +275,12 @@ TEST_CASE(
     const TransferRecord got = ledger.find_transfer(real.id);
     INFO("transfer " << real.id << ": " << shown(got.details) << " against " << shown(it->second.details));
     REQUIRE(same_details(got.details, it->second.details));
+    // Each entry records its account's balance after it, as the model has it.
+    for (const auto& e : got.entries) {
+      INFO("entry " << e.id << " of " << e.account);
+      REQUIRE(e.balance_after == (e.amount < 0 ? it->second.from_after : it->second.to_after));
+      REQUIRE(e.account_version.has_value());
+    }
   };
   const std::string transfers_table = t.db().table_prefix() + "transfers";
   const std::string entries_table = t.db().table_prefix() + "entries";
@@ -394,6 +431,7 @@ TEST_CASE(
           want = {ErrorKind::hold_closed};
         else
           want = {std::nullopt, TransferStatus::ok, false};
+        want = with_balances(m, want, h.from, h.to, amount);
         const Outcome real = outcome_of([&] { return ledger.capture(id, take); });
         REQUIRE(real == want);
         check_recorded(real);
@@ -482,6 +520,7 @@ TEST_CASE(
                 false};
           }
         }
+        if (!want.error) want = with_balances(m, want, refund.from, refund.to, amount);
         const Outcome real = outcome_of([&] { return ledger.reverse(original_key, amount, k, d); });
         REQUIRE(real == want);
         record(m, want, real, std::move(refund));

@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the rowguard command-line tool: global options, output, exit codes.
 
+#include <functional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -96,7 +97,11 @@ std::string details_text(const TransferDetails& d);
 // A new idempotency key for a command given none; printed so the user can retry with it.
 std::string fresh_key();
 // Prints a transfer's outcome; a rejection exits 4 like an insufficient_funds error.
-void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what);
+// Prints a transfer's result (JSON: transfer_id, status, replayed, key, from_balance, to_balance,
+// a balance null where the result has none). currency is asked only for the text, which shows the
+// balances with format_money.
+void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what,
+            const std::function<std::string()>& currency);
 
 // The environment for a child process: rowguard's own, with each "NAME=value" of extra replacing
 // any entry of that name. Built before fork(), since the child may only make async-signal-safe calls.

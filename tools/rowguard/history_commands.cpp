@@ -65,7 +65,12 @@ nlohmann::json transfer_json(const TransferRecord& t, bool with_entries) {
   add_details_json(j, t.details);
   if (with_entries) {
     nlohmann::json entries = nlohmann::json::array();
-    for (const auto& e : t.entries) entries.push_back({{"id", e.id}, {"account", e.account}, {"amount", e.amount}});
+    for (const auto& e : t.entries)
+      entries.push_back({{"id", e.id},
+                         {"account", e.account},
+                         {"amount", e.amount},
+                         {"balance_after", opt_json(e.balance_after)},
+                         {"account_version", opt_json(e.account_version)}});
     j["entries"] = std::move(entries);
   }
   return j;
@@ -87,7 +92,8 @@ std::string transfer_line(const TransferRecord& t) {
 std::string entries_lines(const TransferRecord& t) {
   std::string text;
   for (const auto& e : t.entries)
-    text += fmt::format("\n    entry {} {} {}", e.id, e.account, signed_money(e.amount, t.currency));
+    text += fmt::format("\n    entry {} {} {}{}", e.id, e.account, signed_money(e.amount, t.currency),
+                        e.balance_after ? " -> " + format_money(*e.balance_after, t.currency) : std::string());
   return text;
 }
 
@@ -172,7 +178,8 @@ void add_history_commands(CLI::App& app, Globals& globals) {
 
   auto* history = ledger->add_subcommand(
       "history",
-      "ID's transfers that moved its balance, newest first, one page (exit 5 when there is no such account)");
+      "ID's transfers that moved its balance, newest first, one page, each with ID's balance after it "
+      "(balance_after) (exit 5 when there is no such account)");
   history->add_option("id", a.id, "Account id")->required();
   history->add_option("--since", a.since, since_help);
   history->add_option("--until", a.until, until_help);
@@ -194,8 +201,13 @@ void add_history_commands(CLI::App& app, Globals& globals) {
     for (const auto& item : page.items) {
       auto j = transfer_json(item.transfer, true);
       j["change"] = item.change;
+      j["balance_after"] = opt_json(item.balance_after);
       items.push_back(std::move(j));
-      text += fmt::format("\n{} {}", signed_money(item.change, item.transfer.currency), transfer_line(item.transfer));
+      text += fmt::format("\n{} {}{}", signed_money(item.change, item.transfer.currency),
+                          item.balance_after
+                              ? "(balance " + format_money(*item.balance_after, item.transfer.currency) + ") "
+                              : std::string(),
+                          transfer_line(item.transfer));
     }
     nlohmann::json result{{"account", a.id}, {"items", items}, {"next", opt_json(page.next)}};
     add_window(result, q.since_ms, q.until_ms);

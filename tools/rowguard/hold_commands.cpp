@@ -71,8 +71,10 @@ void add_hold_commands(CLI::App& app, Globals& globals) {
     auto db = open_database(globals);
     const std::optional<std::int64_t> take =
         amount->count() ? std::optional<std::int64_t>(a.capture_amount) : std::nullopt;
-    const TransferResult r = CachedLedger(db).ledger.capture(a.hold_id, take, a.key);
-    report(globals, r, a.key.empty() ? fmt::format("hold:{}:capture", a.hold_id) : a.key, "capture");
+    CachedLedger l(db);
+    const TransferResult r = l.ledger.capture(a.hold_id, take, a.key);
+    report(globals, r, a.key.empty() ? fmt::format("hold:{}:capture", a.hold_id) : a.key, "capture",
+           [&] { return l.ledger.get_hold(a.hold_id).currency; });
   });
 
   auto* void_cmd = app.add_subcommand(

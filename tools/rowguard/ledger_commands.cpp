@@ -84,14 +84,32 @@ std::string fresh_key() {
   return fmt::format("cli-{:08x}{:08x}{:08x}{:08x}", rd(), rd(), rd(), rd());
 }
 
-void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what) {
+nlohmann::json balance_json(const std::optional<std::int64_t>& balance) {
+  return balance ? nlohmann::json(*balance) : nlohmann::json(nullptr);
+}
+
+std::string balances_text(const TransferResult& r, const std::function<std::string()>& currency) {
+  if (!r.from_balance && !r.to_balance) return {};
+  const std::string code = currency();
+  std::string parts;
+  if (r.from_balance) parts = "from balance " + format_money(*r.from_balance, code);
+  if (r.to_balance) parts += (parts.empty() ? "" : ", ") + ("to balance " + format_money(*r.to_balance, code));
+  return "; " + parts;
+}
+
+void report(const Globals& globals, const TransferResult& r, const std::string& key, std::string_view what,
+            const std::function<std::string()>& currency) {
   emit(globals,
        {{"transfer_id", r.transfer_id},
         {"status", std::string(to_string(r.status))},
         {"replayed", r.replayed},
-        {"key", key}},
-       fmt::format("{} {}{} (transfer {}, key {}{})", what, r.ok() ? "done" : "rejected: ",
-                   r.ok() ? "" : to_string(r.status), r.transfer_id, key, r.replayed ? ", replayed" : ""));
+        {"key", key},
+        {"from_balance", balance_json(r.from_balance)},
+        {"to_balance", balance_json(r.to_balance)}},
+       globals.json ? std::string()
+                    : fmt::format("{} {}{} (transfer {}, key {}{}{})", what,
+                                  r.ok() ? "done" : "rejected: ", r.ok() ? "" : to_string(r.status), r.transfer_id, key,
+                                  r.replayed ? ", replayed" : "", balances_text(r, currency)));
   if (!r.ok())
     throw Error(ErrorKind::insufficient_funds,
                 fmt::format("{} rejected: insufficient funds (transfer {})", what, r.transfer_id));
@@ -151,7 +169,9 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.deposit(a.id, a.amount, key, details), key, "deposit");
+    CachedLedger l(db);
+    report(globals, l.ledger.deposit(a.id, a.amount, key, details), key, "deposit",
+           [&] { return l.ledger.get(a.id).currency; });
   });
   auto* withdraw = app.add_subcommand("withdraw", "Withdraw AMOUNT minor units from ID to outside (exit 4 when short)");
   withdraw->add_option("id", a.id, "Account id")->required();
@@ -162,9 +182,12 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.withdraw(a.id, a.amount, key, details), key, "withdrawal");
+    CachedLedger l(db);
+    report(globals, l.ledger.withdraw(a.id, a.amount, key, details), key, "withdrawal",
+           [&] { return l.ledger.get(a.id).currency; });
   });
-  auto* transfer = app.add_subcommand("transfer", "Move AMOUNT minor units FROM -> TO (exit 4 when short)");
+  auto* transfer = app.add_subcommand(
+      "transfer", "Move AMOUNT minor units FROM -> TO and print both balances after it (exit 4 when short)");
   transfer->add_option("from", a.from, "Source account")->required();
   transfer->add_option("to", a.to, "Destination account")->required();
   transfer->add_option("amount", a.amount, amount_help)->required()->check(decimal());
@@ -174,7 +197,9 @@ void add_ledger_commands(CLI::App& app, Globals& globals) {
     const TransferDetails details = a.details.details();
     auto db = open_database(globals);
     const std::string key = a.key.empty() ? fresh_key() : a.key;
-    report(globals, CachedLedger(db).ledger.transfer(a.from, a.to, a.amount, key, details), key, "transfer");
+    CachedLedger l(db);
+    report(globals, l.ledger.transfer(a.from, a.to, a.amount, key, details), key, "transfer",
+           [&] { return l.ledger.get(a.from).currency; });
   });
 
   auto* ledger = app.add_subcommand("ledger", "Ledger maintenance");

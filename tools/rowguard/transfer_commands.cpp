@@ -166,12 +166,16 @@ nlohmann::json batch_result_json(const BatchResult& r, const BatchItem& item, st
     j["status"] = "failed";
     j["transfer_id"] = nullptr;
     j["replayed"] = false;
+    j["from_balance"] = nullptr;
+    j["to_balance"] = nullptr;
     j["error"] = {
         {"kind", std::string(to_string(*r.error))}, {"message", r.message}, {"exit_code", exit_code(*r.error)}};
   } else {
     j["status"] = std::string(to_string(r.result.status));
     j["transfer_id"] = r.result.transfer_id;
     j["replayed"] = r.result.replayed;
+    j["from_balance"] = r.result.from_balance ? nlohmann::json(*r.result.from_balance) : nlohmann::json(nullptr);
+    j["to_balance"] = r.result.to_balance ? nlohmann::json(*r.result.to_balance) : nlohmann::json(nullptr);
   }
   return j;
 }
@@ -220,7 +224,8 @@ void add_reverse_command(CLI::App& app, Globals& globals) {
     const std::int64_t refund = partial->count() ? amount : target.amount;
     report(
         globals, l.ledger.reverse(original, refund, key, refund_details), key,
-        fmt::format("reversal of {} of transfer {} ({})", format_money(refund, target.currency), target.id, original));
+        fmt::format("reversal of {} of transfer {} ({})", format_money(refund, target.currency), target.id, original),
+        [&] { return target.currency; });
   });
 }
 

@@ -1,5 +1,6 @@
 -- rowguard schema, PostgreSQL dialect. Step 011: codes, references, metadata and event times on
--- transfers and holds (TransferDetails, docs/ledger.md "Codes, references and metadata").
+-- transfers and holds (TransferDetails, docs/ledger.md "Codes, references and metadata"), and the
+-- running balance on every journal entry (docs/ledger.md "Running balances").
 --
 -- - code: the kind of payment as a team numbers them, 0 = none, 1..65535.
 -- - reference: an external id (an order number), 1 to 128 bytes, indexed for Ledger::transfers.
@@ -18,6 +19,13 @@
 -- the details now: their argument lists change, so the old ones are dropped (a function with
 -- another argument list would be an overload, left behind and still callable) and created anew,
 -- pinned and granted as before (the DO block at the end). Each stays one call, one round trip.
+--
+-- Running balances: every entry records balance_after (the account's balance after it) and
+-- account_version (the account's version after it), written by the statement that writes the
+-- entry from the account row it just updated (UPDATE ... RETURNING), so the chain
+-- balance_after = previous balance_after + amount holds per account in entry id order (ids are
+-- taken under the account's row lock). The functions return both accounts' balances after the
+-- operation (r_from_balance, r_to_balance). Existing entries are backfilled below.
 
 ALTER TABLE rowguard_transfers
   ADD COLUMN IF NOT EXISTS code integer NOT NULL DEFAULT 0,
@@ -48,6 +56,38 @@ COMMENT ON COLUMN rowguard_transfers.reference IS 'an external id, e.g. an order
 COMMENT ON COLUMN rowguard_transfers.metadata IS 'a JSON object the caller attached; NULL = none';
 COMMENT ON COLUMN rowguard_transfers.event_at IS
   'when the payment took effect outside the ledger (imported); created_at stays the database clock';
+
+ALTER TABLE rowguard_entries
+  ADD COLUMN IF NOT EXISTS balance_after bigint,
+  ADD COLUMN IF NOT EXISTS account_version bigint;
+ALTER TABLE rowguard_entries_archive
+  ADD COLUMN IF NOT EXISTS balance_after bigint,
+  ADD COLUMN IF NOT EXISTS account_version bigint;
+COMMENT ON COLUMN rowguard_entries.balance_after IS
+  'the account''s balance after this entry: the previous entry''s balance_after (or the opening) + amount';
+COMMENT ON COLUMN rowguard_entries.account_version IS
+  'the account''s version after this entry; NULL for entries written before schema step 011 (not knowable)';
+
+-- The backfill: per account, over its live and archived entries in id order, the running sum from
+-- what the account held before the oldest entry still stored: 0, or, when a DBA exported archived
+-- entries (the archive holds fewer than the opening balance counts), the opening balance minus
+-- the archived entries still there. Computed once into a temporary table, then written to both
+-- tables. The version after a backfilled entry cannot be known (holds and min_balance changes
+-- also moved it, and left no row): NULL. Measured in docs/ledger.md (1,000,000 entries).
+CREATE TEMPORARY TABLE rowguard_backfill ON COMMIT DROP AS
+SELECT u.id, CAST(COALESCE(o.balance, 0) - COALESCE(s.present, 0)
+                  + sum(u.amount) OVER (PARTITION BY u.account_id ORDER BY u.id) AS bigint) AS running
+  FROM (SELECT e.id, e.account_id, e.amount FROM rowguard_entries e
+        UNION ALL SELECT a.id, a.account_id, a.amount FROM rowguard_entries_archive a) u
+  LEFT JOIN rowguard_opening_balances o ON o.account_id = u.account_id
+  LEFT JOIN (SELECT a.account_id, sum(a.amount) AS present FROM rowguard_entries_archive a
+              GROUP BY a.account_id) s ON s.account_id = u.account_id;
+ANALYZE rowguard_backfill;
+UPDATE rowguard_entries e SET balance_after = b.running FROM rowguard_backfill b
+ WHERE b.id = e.id AND e.balance_after IS NULL;
+UPDATE rowguard_entries_archive e SET balance_after = b.running FROM rowguard_backfill b
+ WHERE b.id = e.id AND e.balance_after IS NULL;
+DROP TABLE rowguard_backfill;
 
 -- Ledger::transfers pages newest first (id DESC): each index ends in id, so a filtered page is a
 -- walk of one index range. Transfers without a code or a reference stay out of those indexes (the
@@ -84,7 +124,7 @@ RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint
                r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
                r_code integer, r_reference text, r_metadata text, r_event_at_ms bigint,
                r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
-               r_record_outcome text, r_rows bigint)
+               r_record_outcome text, r_rows bigint, r_from_balance bigint, r_to_balance bigint)
 LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 BEGIN
   RETURN QUERY
@@ -116,13 +156,13 @@ BEGIN
       FROM allowed
      WHERE a.id = p_from AND allowed.overflow = 0
        AND CAST(a.balance AS numeric) - p_amount - a.held >= a.min_balance
-    RETURNING a.id),
+    RETURNING a.id, a.balance, a.version),
   -- The credit runs only if the debit happened: never money from nowhere.
   credit AS (
     UPDATE rowguard_accounts a SET balance = a.balance + p_amount, version = a.version + 1,
            updated_at = clock_timestamp()
      WHERE a.id = p_to AND EXISTS (SELECT 1 FROM debit)
-    RETURNING a.id),
+    RETURNING a.id, a.balance, a.version),
   rec AS (
     INSERT INTO rowguard_transfers (idempotency_key, kind, from_account, to_account, amount, currency, outcome,
                                     created_at, code, reference, metadata, event_at)
@@ -134,11 +174,15 @@ BEGIN
        -- Short while holding holds: record nothing, the caller decides after closing expired ones.
        AND (EXISTS (SELECT 1 FROM debit) OR (SELECT s.held FROM src s) = 0)
     RETURNING rowguard_transfers.id, rowguard_transfers.outcome),
+  -- Each entry with the balance and version its own account row now has.
   entries AS (
-    INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at)
-    SELECT rec.id, x.account, x.amount, clock_timestamp()
-      FROM rec, (VALUES (p_from, -p_amount), (p_to, p_amount)) AS x(account, amount)
+    INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at, balance_after, account_version)
+    SELECT rec.id, x.account, x.amount, clock_timestamp(), x.balance, x.version
+      FROM rec, (SELECT d.id, -p_amount, d.balance, d.version, 1 FROM debit d
+                 UNION ALL SELECT c.id, p_amount, c.balance, c.version, 2 FROM credit c)
+                AS x(account, amount, balance, version, pos)
      WHERE rec.outcome = 'ok'
+     ORDER BY x.pos
     RETURNING 1),
   invalidated AS (
     INSERT INTO rowguard_cache AS c (key, expires_at, generation, size_bytes, created_at, updated_at)
@@ -153,7 +197,8 @@ BEGIN
          p.timeout_ms, p.code, p.reference, p.metadata, p.event_at_ms,
          (SELECT CAST(s.currency AS text) FROM src s), (SELECT CAST(d.currency AS text) FROM dst d),
          (SELECT al.overflow FROM allowed al), (SELECT r.id FROM rec r), (SELECT r.outcome FROM rec r),
-         (SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries)
+         (SELECT count(*) FROM debit) + (SELECT count(*) FROM credit) + (SELECT count(*) FROM entries),
+         (SELECT d.balance FROM debit d), (SELECT c.balance FROM credit c)
     FROM (SELECT 1 AS one) AS x LEFT JOIN prior p ON true;
 END
 $fn$;
@@ -167,7 +212,7 @@ RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint
                r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
                r_code integer, r_reference text, r_metadata text, r_event_at_ms bigint,
                r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
-               r_record_outcome text, r_rows bigint, r_verdict text)
+               r_record_outcome text, r_rows bigint, r_from_balance bigint, r_to_balance bigint, r_verdict text)
 LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 BEGIN
   RETURN QUERY
@@ -200,7 +245,7 @@ RETURNS TABLE (r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint
                r_code integer, r_reference text, r_metadata text, r_event_at_ms bigint,
                r_src_currency text, r_dst_currency text, r_overflow integer, r_record_id bigint,
                r_record_outcome text, r_rows bigint, r_item integer, r_failed integer, r_stopped integer,
-               r_sqlstate text, r_message text)
+               r_sqlstate text, r_message text, r_from_balance bigint, r_to_balance bigint)
 LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 DECLARE
   n integer := coalesce(array_length(p_key, 1), 0);
@@ -255,11 +300,22 @@ BEGIN
                CAST(i.metadata AS jsonb), rowguard_ms_to_timestamp(i.event_at)
           FROM items i JOIN rowguard_accounts a ON a.id = i.f ORDER BY i.ord
         RETURNING rowguard_transfers.id, rowguard_transfers.idempotency_key),
+      -- The accounts were updated once for the whole batch (above): each entry's balance and version
+      -- is the account's now, less what the account's later entries of this batch add. Entry ids
+      -- follow the items' order, as the running sums do.
       journal AS (
-        INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at)
-        SELECT r.id, x.account, x.amount, clock_timestamp()
-          FROM rec r JOIN items i ON i.k = r.idempotency_key,
-               LATERAL (VALUES (i.f, -i.amount), (i.t, i.amount)) AS x(account, amount)
+        INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at, balance_after, account_version)
+        SELECT j.tid, j.account, j.amount, clock_timestamp(), CAST(a.balance - j.total + j.running AS bigint),
+               a.version - j.touches + j.nth
+          FROM (SELECT r.id AS tid, x.account, x.amount, i.ord, x.pos,
+                       sum(x.amount) OVER w AS running, count(*) OVER w AS nth,
+                       sum(x.amount) OVER (PARTITION BY x.account) AS total,
+                       count(*) OVER (PARTITION BY x.account) AS touches
+                  FROM rec r JOIN items i ON i.k = r.idempotency_key,
+                       LATERAL (VALUES (i.f, -i.amount, 1), (i.t, i.amount, 2)) AS x(account, amount, pos)
+                WINDOW w AS (PARTITION BY x.account ORDER BY i.ord, x.pos)) j
+          JOIN rowguard_accounts a ON a.id = j.account
+         ORDER BY j.ord, j.pos
         RETURNING 1),
       -- As rowguard_apply_transfer writes them: keep the two alike.
       invalidated AS (
@@ -286,7 +342,9 @@ BEGIN
            CAST(NULL AS text), CAST(NULL AS text), CAST(NULL AS bigint), CAST(NULL AS bigint), CAST(NULL AS bigint),
            CAST(NULL AS integer), CAST(NULL AS text), CAST(NULL AS text), CAST(NULL AS bigint),
            CAST(r.currency AS text), CAST(r.currency AS text), 0, r.id, r.outcome, CAST(4 AS bigint),
-           CAST(i.ord - 1 AS integer), 0, 0, CAST(NULL AS text), CAST(NULL AS text)
+           CAST(i.ord - 1 AS integer), 0, 0, CAST(NULL AS text), CAST(NULL AS text),
+           (SELECT e.balance_after FROM rowguard_entries e WHERE e.transfer_id = r.id AND e.amount < 0),
+           (SELECT e.balance_after FROM rowguard_entries e WHERE e.transfer_id = r.id AND e.amount > 0)
       FROM unnest(p_key) WITH ORDINALITY AS i(k, ord) JOIN rowguard_transfers r ON r.idempotency_key = i.k
      ORDER BY i.ord;
     RETURN;
@@ -300,7 +358,7 @@ BEGIN
     IF s = e THEN
       SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
                     r_timeout_ms, r_code, r_reference, r_metadata, r_event_at_ms, r_src_currency, r_dst_currency,
-                    r_overflow, r_record_id, r_record_outcome, r_rows, verdict
+                    r_overflow, r_record_id, r_record_outcome, r_rows, r_from_balance, r_to_balance, verdict
         FROM rowguard_batch_item(p_from[j], p_to[j], p_amount[j], p_key[j], p_cache_a[j], p_cache_b[j], p_code[j],
                                  p_reference[j], CAST(p_metadata[j] AS jsonb), p_event_at[j]);
       r_item := j - 1; r_failed := CAST(verdict IS DISTINCT FROM 'ok' AS integer);
@@ -314,7 +372,8 @@ BEGIN
         WHILE j <= e LOOP
           SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
                         r_timeout_ms, r_code, r_reference, r_metadata, r_event_at_ms, r_src_currency,
-                        r_dst_currency, r_overflow, r_record_id, r_record_outcome, r_rows, verdict
+                        r_dst_currency, r_overflow, r_record_id, r_record_outcome, r_rows, r_from_balance,
+                        r_to_balance, verdict
             FROM rowguard_batch_item(p_from[j], p_to[j], p_amount[j], p_key[j], p_cache_a[j], p_cache_b[j],
                                      p_code[j], p_reference[j], CAST(p_metadata[j] AS jsonb), p_event_at[j]);
           r_item := j - 1; r_failed := CAST(verdict IS DISTINCT FROM 'ok' AS integer); r_stopped := 0;
@@ -333,7 +392,8 @@ BEGIN
         WHEN SQLSTATE 'RGB02' THEN
           SELECT * INTO r_id, r_kind, r_from, r_to, r_amount, r_outcome, r_global_txid, r_reverses, r_hold_id,
                         r_timeout_ms, r_code, r_reference, r_metadata, r_event_at_ms, r_src_currency,
-                        r_dst_currency, r_overflow, r_record_id, r_record_outcome, r_rows, verdict
+                        r_dst_currency, r_overflow, r_record_id, r_record_outcome, r_rows, r_from_balance,
+                        r_to_balance, verdict
             FROM rowguard_batch_item(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);  -- no row
           r_item := s - 1; r_failed := 0; r_stopped := 1;
           RETURN NEXT;
@@ -431,12 +491,15 @@ RETURNS TABLE (h_id bigint, h_key text, h_from text, h_to text, h_amount bigint,
                r_id bigint, r_kind text, r_from text, r_to text, r_amount bigint, r_outcome text,
                r_global_txid text, r_reverses bigint, r_hold_id bigint, r_timeout_ms bigint,
                r_code integer, r_reference text, r_metadata text, r_event_at_ms bigint,
-               r_dst_exists integer, r_overflow integer, r_short integer, r_transfer_id bigint)
+               r_dst_exists integer, r_overflow integer, r_short integer, r_transfer_id bigint,
+               r_from_balance bigint, r_to_balance bigint)
 LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 DECLARE
   v_take bigint;
   v_src_held bigint;
   v_dst_balance bigint;
+  v_from_version bigint;
+  v_to_version bigint;
 BEGIN
   SELECT h.id, h.idempotency_key, h.from_account, h.to_account, h.amount, CAST(h.currency AS text), h.state,
          h.captured, h.transfer_id,
@@ -486,16 +549,19 @@ BEGIN
   END IF;
   UPDATE rowguard_accounts a SET balance = a.balance - v_take, held = a.held - h_amount, version = a.version + 1,
          updated_at = clock_timestamp()
-   WHERE a.id = h_from;
+   WHERE a.id = h_from
+  RETURNING a.balance, a.version INTO r_from_balance, v_from_version;
   UPDATE rowguard_accounts a SET balance = a.balance + v_take, version = a.version + 1, updated_at = clock_timestamp()
-   WHERE a.id = h_to;
+   WHERE a.id = h_to
+  RETURNING a.balance, a.version INTO r_to_balance, v_to_version;
   INSERT INTO rowguard_transfers (idempotency_key, kind, from_account, to_account, amount, currency, outcome,
                                   hold_id, created_at, code, reference, metadata, event_at)
   VALUES (p_key, 'transfer', h_from, h_to, v_take, h_currency, 'ok', p_hold, clock_timestamp(), h_code, h_reference,
           CAST(h_metadata AS jsonb), rowguard_ms_to_timestamp(h_event_at_ms))
   RETURNING rowguard_transfers.id INTO r_transfer_id;
-  INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at)
-  VALUES (r_transfer_id, h_from, -v_take, clock_timestamp()), (r_transfer_id, h_to, v_take, clock_timestamp());
+  INSERT INTO rowguard_entries (transfer_id, account_id, amount, created_at, balance_after, account_version)
+  VALUES (r_transfer_id, h_from, -v_take, clock_timestamp(), r_from_balance, v_from_version),
+         (r_transfer_id, h_to, v_take, clock_timestamp(), r_to_balance, v_to_version);
   UPDATE rowguard_holds h SET state = 'captured', captured = v_take, transfer_id = r_transfer_id,
          closed_at = clock_timestamp()
    WHERE h.id = p_hold AND h.state = 'held';
@@ -567,4 +633,4 @@ BEGIN
 END
 $$;
 
-INSERT INTO rowguard_schema_version (version, name) VALUES (11, '011_transfer_details');
+INSERT INTO rowguard_schema_version (version, name) VALUES (11, '011_ledger_details');
