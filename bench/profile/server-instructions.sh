@@ -36,7 +36,9 @@ as_postgres "$pg_bin/initdb -D $work/data -A trust -U postgres --no-sync >/dev/n
 as_postgres "$pg_bin/pg_ctl -D $work/data -o '-k $work -p 28998 -c listen_addresses= -c fsync=off' -w start >/dev/null"
 psql_do() { psql -q -X -v ON_ERROR_STOP=1 -h "$work" -p 28998 -U postgres "$@"; }
 psql_do -c "CREATE DATABASE rg" postgres >/dev/null
-for f in schema/postgres/[0-9][0-9][0-9]_*.sql; do psql_do -f "$f" rg >/dev/null; done
+# Each step in one transaction, as Database::migrate applies it (step 011 relies on that for its
+# ON COMMIT DROP table).
+for f in schema/postgres/[0-9][0-9][0-9]_*.sql; do psql_do -1 -f "$f" rg >/dev/null; done
 psql_do rg >/dev/null <<'SQL'
 INSERT INTO rowguard_accounts (id, currency, balance, min_balance, version, created_at, updated_at)
 SELECT 'acct-' || g, 'EUR', 1000000000000, 0, 0, now(), now() FROM generate_series(1, 1000) g;
