@@ -5,17 +5,23 @@
 # figures do not depend on what else the machine runs.
 #
 #   bench/profile/server-instructions.sh [N [REGEX]]   N operations per variant (default 2000);
-#                                                      only the variants whose tag matches REGEX
-#                                                      (t, shed, lease, cache)
+#                                                      only the variants whose tag starts with a
+#                                                      match of REGEX (t, shed, lease, cache)
 #
 # How: a throwaway cluster (initdb, as the postgres user) gets rowguard's schema (schema/postgres/
-# 00*.sql), 1000 funded accounts and a copy of rowguard_apply_transfer without its pinned
-# search_path; then, per variant, a fresh copy of that cluster runs `postgres --single` under
+# [0-9][0-9][0-9]_*.sql), 1000 funded accounts and a copy of rowguard_apply_transfer without its
+# pinned search_path; then, per variant, a fresh copy of that cluster runs `postgres --single` under
 # `valgrind --tool=callgrind` on a script that PREPAREs the statement once and EXECUTEs it N times in
 # autocommit, and once on the PREPAREs alone: (difference) / N is the figure. A "sent as text"
 # variant PREPAREs nothing: each statement is parsed and planned on every call, as a client behind a
 # transaction-pooling PgBouncer sends it (unnamed). Needs root (su to postgres), valgrind and
 # python3. Takes about 10 minutes for N=2000 (the cache variants alone about 4).
+#
+# rowguard_apply_transfer's arguments are read from the schema (pg_proc), not written here: schema
+# steps add some (011 the details), so the calls are built from its parameter names, each with the
+# value the library sends for a transfer (src/ledger/ledger_sql.cpp calls it with every parameter,
+# src/ledger/ledger.cpp's one_statement_params fills them); a parameter the script does not know
+# stops it with its name.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n="${1:-2000}"
@@ -30,12 +36,15 @@ as_postgres "$pg_bin/initdb -D $work/data -A trust -U postgres --no-sync >/dev/n
 as_postgres "$pg_bin/pg_ctl -D $work/data -o '-k $work -p 28998 -c listen_addresses= -c fsync=off' -w start >/dev/null"
 psql_do() { psql -q -X -v ON_ERROR_STOP=1 -h "$work" -p 28998 -U postgres "$@"; }
 psql_do -c "CREATE DATABASE rg" postgres >/dev/null
-for f in schema/postgres/[0-9][0-9][0-9]_*.sql; do psql_do -f "$f" rg >/dev/null; done
+# Each step in one transaction, as Database::migrate applies it (step 011 relies on that for its
+# ON COMMIT DROP table).
+for f in schema/postgres/[0-9][0-9][0-9]_*.sql; do psql_do -1 -f "$f" rg >/dev/null; done
 psql_do rg >/dev/null <<'SQL'
 INSERT INTO rowguard_accounts (id, currency, balance, min_balance, version, created_at, updated_at)
 SELECT 'acct-' || g, 'EUR', 1000000000000, 0, 0, now(), now() FROM generate_series(1, 1000) g;
 DO $$ DECLARE d text; BEGIN
-  d := pg_get_functiondef('rowguard_apply_transfer(text,text,bigint,text,text,text)'::regprocedure);
+  -- By name alone (regproc fails if it is ever overloaded): its arguments change with the schema.
+  d := pg_get_functiondef('rowguard_apply_transfer'::regproc);
   d := replace(d, '.rowguard_apply_transfer(', '.rowguard_apply_transfer_noset(');
   EXECUTE regexp_replace(d, E'\n *SET search_path[^\n]*', '');
 END $$;
@@ -53,19 +62,37 @@ DO $$ DECLARE d text; BEGIN
   EXECUTE replace(d, '(VALUES (p_a), (p_b))', '(VALUES (p_a))');
 END $$;
 SQL
-# The function's CTE as a bare statement: its body with the parameters as $1..$5.
+# The function's CTE as a bare statement (its body with the parameters as $1..$n), and its
+# parameters as pg_get_function_identity_arguments spells them ("p_from text, p_to text, ...").
 transfer_cte="$(psql_do -At rg -c "SELECT prosrc FROM pg_proc WHERE proname = 'rowguard_apply_transfer'")"
+transfer_args="$(psql_do -At rg -c "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc
+                                    WHERE proname = 'rowguard_apply_transfer'")"
 as_postgres "$pg_bin/pg_ctl -D $work/data -w stop >/dev/null"
 
-N="$n" ONLY="$only" WORK="$work" CTE="$transfer_cte" python3 - <<'PY'
-import os, random, re
+N="$n" ONLY="$only" WORK="$work" CTE="$transfer_cte" ARGS="$transfer_args" python3 - <<'PY'
+import os, random, re, sys
 n, work = int(os.environ["N"]), os.environ["WORK"]
+# (name, type) of each of rowguard_apply_transfer's parameters, in order.
+params = [tuple(a.split(" ", 1)) for a in os.environ["ARGS"].split(", ")]
+# The value each parameter gets for transfer j from account a to b, as the library sends a transfer
+# without a cache (no keys to invalidate) and without details (code 0, the rest NULL); with_details
+# adds a code, a reference and a small JSON object.
+def transfer_values(j, a, b, with_details=False):
+    v = {"p_from": f"'acct-{a}'", "p_to": f"'acct-{b}'", "p_amount": "1", "p_key": f"'k-{j}'",
+         "p_cache_a": "NULL", "p_cache_b": "NULL", "p_code": "0", "p_reference": "NULL", "p_metadata": "NULL",
+         "p_event_at_ms": "NULL"}
+    if with_details:
+        v.update(p_code="7", p_reference=f"'order-{j}'", p_metadata=f"'{{\"channel\": \"web\", \"order\": {j}}}'")
+    return v
+unknown = [name for name, _ in params if name not in transfer_values(0, 1, 2)]
+if unknown:
+    sys.exit(f"rowguard_apply_transfer({os.environ['ARGS']}): no value for {', '.join(unknown)} "
+             "(add it to transfer_values)")
 cte = os.environ["CTE"]
 cte = cte[cte.index("WITH prior AS"):cte.rindex(";")]
 cte = re.sub(r"--[^\n]*", "", cte)
-for name, param in [("p_from", "$1"), ("p_to", "$2"), ("p_amount", "$3"), ("p_key", "$4"),
-                    ("p_cache_a", "CAST($5 AS text)"), ("p_cache_b", "CAST($5 AS text)")]:
-    cte = re.sub(r"\b%s\b" % name, param, cte)
+for i, (name, type_) in enumerate(params, 1):
+    cte = re.sub(r"\b%s\b" % name, f"CAST(${i} AS {type_})", cte)
 cte = " ".join(cte.split())
 raw = ("WITH d AS (UPDATE rowguard_accounts SET balance = balance - CAST($3 AS bigint), version = version + 1, "
        "updated_at = clock_timestamp() WHERE id = CAST($1 AS text) AND balance - CAST($3 AS bigint) >= min_balance "
@@ -78,23 +105,28 @@ raw = ("WITH d AS (UPDATE rowguard_accounts SET balance = balance - CAST($3 AS b
        "rowguard_entries (transfer_id, account_id, amount, created_at) SELECT t.id, x.a, x.m, clock_timestamp() "
        "FROM t, (VALUES (CAST($1 AS text), -CAST($3 AS bigint)), (CAST($2 AS text), CAST($3 AS bigint))) "
        "AS x(a, m) WHERE t.outcome = 'ok') SELECT id, outcome FROM t")
-sig = "PREPARE s(text, text, bigint, text, text) AS "
-transfers = {
-    "raw one-statement transfer (the bench's baseline)": sig + raw,
-    "rowguard_apply_transfer as shipped": sig + "SELECT r_record_id FROM rowguard_apply_transfer($1, $2, $3, $4, $5, $5)",
-    "the same function without its pinned search_path":
-        sig + "SELECT r_record_id FROM rowguard_apply_transfer_noset($1, $2, $3, $4, $5, $5)",
-    "the function's statement sent bare (prepared)": sig + cte,
-}
 rng = random.Random(1)
 pairs = []
 for _ in range(n):
     a = rng.randint(1, 1000)
     pairs.append((a, (a + rng.randint(1, 999) - 1) % 1000 + 1))
-variants = []
-for i, (label, prep) in enumerate(transfers.items()):
-    ops = [f"EXECUTE s('acct-{a}', 'acct-{b}', 1, 'k-{j}', NULL)" for j, (a, b) in enumerate(pairs)]
-    variants.append((f"t{i}", label, [prep], ops))
+sig = f"PREPARE s({', '.join(type_ for _, type_ in params)}) AS "
+dollars = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+def transfer_ops(with_details=False):
+    return [f"EXECUTE s({', '.join(transfer_values(j, a, b, with_details)[name] for name, _ in params)})"
+            for j, (a, b) in enumerate(pairs)]
+transfers = [
+    ("raw one-statement transfer (the bench's baseline)", "PREPARE s(text, text, bigint, text, text) AS " + raw,
+     [f"EXECUTE s('acct-{a}', 'acct-{b}', 1, 'k-{j}', NULL)" for j, (a, b) in enumerate(pairs)]),
+    ("rowguard_apply_transfer as shipped", sig + f"SELECT r_record_id FROM rowguard_apply_transfer({dollars})",
+     transfer_ops()),
+    ("the same function without its pinned search_path",
+     sig + f"SELECT r_record_id FROM rowguard_apply_transfer_noset({dollars})", transfer_ops()),
+    ("the function's statement sent bare (prepared)", sig + cte, transfer_ops()),
+    ("the function with details (code, reference, metadata)",
+     sig + f"SELECT r_record_id FROM rowguard_apply_transfer({dollars})", transfer_ops(with_details=True)),
+]
+variants = [(f"t{i}", label, [prep], o) for i, (label, prep, o) in enumerate(transfers)]
 variants.append(("shed", "ShedLock-style acquire+release pair", [
     "PREPARE u(text, bigint, text) AS UPDATE bench_shedlock SET lock_until = timezone('utc', CURRENT_TIMESTAMP) + "
     "CAST($2 AS bigint) * INTERVAL '1 millisecond', locked_at = timezone('utc', CURRENT_TIMESTAMP), locked_by = $3 "
@@ -160,7 +192,8 @@ variants.append(("cache_store_tx_text", "cache store: BEGIN, gate, statement, CO
                  [], [f"BEGIN\n{bind(gate, [gate_arg])}\n{bind(store, a)}\nCOMMIT" for a in store_args]))
 variants.append(("cache_store_fn_text", "cache store: rowguard_cache_store, as text",
                  [], [bind(store_fn, a) for a in store_args]))
-variants = [v for v in variants if re.search(os.environ["ONLY"], v[0])]
+# From the tag's start: "t" is the transfers, not every tag with a t in it.
+variants = [v for v in variants if re.match(os.environ["ONLY"], v[0])]
 with open(f"{work}/variants", "w") as index:
     for tag, label, prep, ops in variants:
         open(f"{work}/{tag}.empty", "w").write("\n".join(prep) + "\n")
