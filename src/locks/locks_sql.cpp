@@ -7,6 +7,7 @@ namespace rowguard::detail {
 LockStatements::LockStatements(const Backend& backend, const std::string& channel) {
   const Dialect& d = backend.dialect();
   const std::string t = backend.table("locks");
+  const std::string q = backend.table("lock_queue");
   const std::string now = d.now_timestamp();
   const std::string now_ms = d.now_ms();
   const bool notify = d.has_notify();
@@ -24,6 +25,8 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     // timeout: a guarded transaction left open must not make them wait forever.
     const std::size_t bound = row_lock_timeout_param ? 1 : 0;
     acquire = backend.function_call("lock_acquire", 3);
+    acquire_queued = backend.function_call("lock_acquire_queued", 5);  // schema step 010
+    queued_in_one_call = true;
     renew = backend.function_call("lock_renew", 4 + bound);
     release = backend.function_call("lock_release", 3 + bound);
   } else {
@@ -32,20 +35,39 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
     // back. The token grows on every new lease and stays for the same owner's live lease, so a
     // retried acquire gets its own token back.
+    // No row is proposed at all when the queue says no (schema step 010): a live ticket waits for
+    // the name (acquire: only the holder's own retry passes), or one is ahead of $4 (acquire_queued).
     const std::string same_live =
         fmt::format("(l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > {})", now);
-    acquire = fmt::format(
-        "INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
-        "release_reason) VALUES ($1, $2, 1, {now}, {expires_at}, NULL, 0, 0, NULL) "
-        "ON CONFLICT (name) DO UPDATE SET "
-        "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
-        "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
-        "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
-        "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
-        "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
-        "RETURNING token, {expires}, {now_ms}",
-        fmt::arg("t", t), fmt::arg("expires_at", d.timestamp_plus_ms(now, "$3")), fmt::arg("same_live", same_live),
-        fmt::arg("now", now), fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
+    const auto upsert = [&](const std::string& allowed) {
+      return fmt::format(
+          "INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
+          "release_reason) SELECT $1, $2, 1, {now}, {expires_at}, NULL, 0, 0, NULL WHERE {allowed} "
+          "ON CONFLICT (name) DO UPDATE SET "
+          "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
+          "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
+          "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
+          "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
+          "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
+          "RETURNING token, {expires}, {now_ms}",
+          fmt::arg("t", t), fmt::arg("expires_at", d.timestamp_plus_ms(now, "$3")), fmt::arg("allowed", allowed),
+          fmt::arg("same_live", same_live), fmt::arg("now", now), fmt::arg("expires", d.timestamp_to_ms("expires_at")),
+          fmt::arg("now_ms", now_ms));
+    };
+    acquire =
+        upsert(fmt::format("(NOT EXISTS (SELECT 1 FROM {q} WHERE name = $1 AND expires_at > {now}) "
+                           "OR EXISTS (SELECT 1 FROM {t} WHERE name = $1 AND owner = $2 AND expires_at > {now}))",
+                           fmt::arg("q", q), fmt::arg("t", t), fmt::arg("now", now)));
+    acquire_queued = upsert(fmt::format(
+        "NOT EXISTS (SELECT 1 FROM {} WHERE name = $1 AND id < $4 AND owner <> $2 AND expires_at > {})", q, now));
+    queue_refresh = fmt::format(
+        "UPDATE {q} SET expires_at = {until} WHERE name = $1 AND id = $2 AND owner = $3 AND expires_at > {now}",
+        fmt::arg("q", q), fmt::arg("until", d.timestamp_plus_ms(now, "$4")), fmt::arg("now", now));
+    queue_state = fmt::format(
+        "SELECT (SELECT {expires} FROM {t} WHERE name = $1 AND expires_at > {now}), {now_ms}, count(*), "
+        "min({ticket_expires}) FROM {q} WHERE name = $1 AND id < $2 AND owner <> $3 AND expires_at > {now}",
+        fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("t", t), fmt::arg("now", now),
+        fmt::arg("now_ms", now_ms), fmt::arg("ticket_expires", d.timestamp_to_ms("expires_at")), fmt::arg("q", q));
     renew = fmt::format("UPDATE {} SET expires_at = {}, renewals = renewals + 1 WHERE {} RETURNING {}", t,
                         d.timestamp_plus_ms(now, "$4"), mine, d.timestamp_to_ms("expires_at"));
     release = fmt::format(
@@ -65,6 +87,16 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
         fmt::arg("now_ms", now_ms));
   }
   if (notify) notify_release = fmt::format("SELECT 1 FROM (SELECT pg_notify('{}', $1)) AS sent", channel);
+
+  // Ticket order is id order: bigserial on PostgreSQL; on SQLite MAX(id) + 1 under the write lock,
+  // which is behind every ticket still queued.
+  prune_queue = fmt::format("DELETE FROM {} WHERE name = $1 AND (expires_at <= {} OR owner = $2)", q, now);
+  enqueue = fmt::format(
+      "INSERT INTO {q} (id, name, owner, enqueued_at, expires_at) VALUES ({id}, $1, $2, {now}, {until}) RETURNING id",
+      fmt::arg("q", q), fmt::arg("id", d.next_id(q)), fmt::arg("now", now),
+      fmt::arg("until", d.timestamp_plus_ms(now, "$3")));
+  dequeue = fmt::format("DELETE FROM {} WHERE name = $1 AND id = $2 AND owner = $3", q);
+  sweep_queue = fmt::format("DELETE FROM {} WHERE expires_at < {}", q, d.timestamp_plus_ms(now, "$1"));
 
   state = fmt::format(
       "SELECT owner, token, {}, {}, release_reason, CASE WHEN released_at IS NULL THEN 0 ELSE 1 END FROM {} "

@@ -44,6 +44,7 @@ struct LockArgs {
   int lost_exit_code = 8;
   std::string hold_at_least;
   bool nonblock = false;
+  bool fair = false;
 };
 
 // How lock run ends its lease and reports a lost one.
@@ -261,6 +262,11 @@ and --lost-exit-code values CMD never exits with (e.g. -E 75 --lost-exit-code 76
 goes to stderr): {"name", "token", "exit_code"}, plus "held_for_ms" with --hold-at-least; busy is an
 {"error": ...} object with kind lock_busy.)";
 
+constexpr const char* fair_help =
+    "Wait in line: waiters that pass --fair get the lock in the order they started waiting (as etcd's mutex and "
+    "Redisson's FairLock); one that dies holds up those behind it at most 5s. Without it: whoever tries first "
+    "once the lock frees up, but never ahead of --fair waiters";
+
 // lock run: takes the lease (busy: a's --conflict-exit-code), runs CMD under it and sets exit_status.
 void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   // Every argument is checked before the database is opened: a usage error never takes the lock.
@@ -281,7 +287,7 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   Locks locks(db);
   std::optional<Lease> held;
   try {
-    held.emplace(locks.acquire(a.name, ttl, wait));
+    held.emplace(locks.acquire(a.name, ttl, {.wait = wait, .order = a.fair ? WaitOrder::fair : WaitOrder::any}));
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::lock_busy) throw;
     // As main() reports any error, with the caller's code for busy.
@@ -323,7 +329,9 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   acquire->add_option("name", a.name, "Lock name")->required();
   acquire->add_option("--ttl", a.ttl, "Lease length (default 30s)");
   acquire->add_option("--wait", a.wait, "How long to wait for it (default 0s: fail at once)");
-  acquire->add_option("--owner", a.owner, "Owner id (default: a new random one)");
+  acquire->add_option("--owner", a.owner,
+                      "Owner id (default: a new random one); an owner that holds the lease gets its token back");
+  acquire->add_flag("--fair", a.fair, fair_help);
   acquire->callback([&globals] {
     auto db = open_database(globals);
     Locks locks(db);
@@ -331,7 +339,8 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
     const auto wait = parse_duration(a.wait);
     std::optional<std::string> owner;
     if (!a.owner.empty()) owner = a.owner;
-    Lease lease = locks.acquire(a.name, ttl, wait, {}, owner);
+    Lease lease =
+        locks.acquire(a.name, ttl, {.wait = wait, .order = a.fair ? WaitOrder::fair : WaitOrder::any, .owner = owner});
     emit(globals, {{"name", lease.name()}, {"token", lease.token()}, {"owner", lease.owner()}, {"ttl_ms", ttl.count()}},
          fmt::format("token {} owner {}", lease.token(), lease.owner()));
     lease.detach();  // it stays held for its ttl: renew or release it with --owner/--token
@@ -374,6 +383,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* wait = run->add_option("-w,--wait", a.wait, "How long to wait for the lock (default 0s)");
   run->add_flag("-n,--nonblock", a.nonblock, "Fail at once when the lock is busy (the default; as flock -n)")
       ->excludes(wait);
+  run->add_flag("--fair", a.fair, fair_help);
   run->add_option("-E,--conflict-exit-code", a.conflict_exit_code,
                   "Exit code when the lock is busy: not acquired within --wait (default 3; flock's -E)")
       ->check(CLI::Range(0, 255));

@@ -1,0 +1,16 @@
+-- rowguard schema, SQLite dialect. Step 010: fair lock queues (docs/locks.md, "Fair waiting").
+-- A waiter in fair mode whose first try found the lock busy takes a ticket (id) here and acquires
+-- only when no live ticket of another owner is ahead of its own. Its waiter moves expires_at on
+-- at every try, so a dead waiter's ticket runs out within LockOptions::queue_ttl. Ids are assigned
+-- as MAX(id) + 1 under the write lock, so a new ticket is behind every ticket still queued (an id
+-- may come back once every ticket above it is gone: statements match a ticket by owner too).
+CREATE TABLE rowguard_lock_queue (
+  id          BIGINT  PRIMARY KEY,               -- the ticket: queue order
+  name        TEXT    NOT NULL,                  -- lock name
+  owner       TEXT    NOT NULL,                  -- the waiter's owner id
+  enqueued_at BIGINT  NOT NULL,                  -- database clock, ms
+  expires_at  BIGINT  NOT NULL                   -- the ticket no longer counts from here (ms)
+);
+CREATE INDEX rowguard_lock_queue_name ON rowguard_lock_queue (name, id);
+
+INSERT INTO rowguard_schema_version (version, name) VALUES (10, '010_fair_locks');
