@@ -114,7 +114,7 @@ struct LockOptions {
   // Longest ttl a lease may ask for. Default: 24h.
   std::chrono::milliseconds max_ttl{std::chrono::hours(24)};
   // A readable owner prefix shown to DBAs; default "host:pid". A random 128-bit id always follows.
-  std::string owner_prefix;
+  std::string owner_prefix{};
   // Poll interval while waiting when no notification arrives (jittered). Default: 250ms.
   std::chrono::milliseconds poll_interval{250};
   // Longest a renew or release waits for the lease's lock row while another transaction holds it
@@ -143,9 +143,9 @@ struct AcquireOptions {
   // Default: WaitOrder::any.
   WaitOrder order = WaitOrder::any;
   // Default: a new owner id (Locks::new_owner()).
-  std::optional<std::string> owner;
+  std::optional<std::string> owner{};
   // Cancels the wait (Error(lock_busy)).
-  std::stop_token stop;
+  std::stop_token stop{};
 };
 
 // One row of `rowguard lock list`.
