@@ -91,10 +91,11 @@ TEST_CASE("locks: the same owner re-acquiring a live lease gets its token back",
   const std::string me = locks.new_owner();
   auto first = locks.try_acquire("job", 10s, me);
   REQUIRE(first);
+  const std::int64_t token = first->token();
   first->detach();  // an acquire whose reply was lost leaves no Lease behind in this process
   auto again = locks.try_acquire("job", 10s, me);  // ...and is retried
   REQUIRE(again);
-  CHECK(again->token() == first->token());
+  CHECK(again->token() == token);
   again->detach();
 }
 
