@@ -7,8 +7,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "rowguard/error.hpp"
+#include "rowguard/retry.hpp"
 #include "rowguard/transaction.hpp"
 #include "rowguard/value.hpp"
 
@@ -109,6 +111,34 @@ class Database {
   // Starts a transaction on a pooled session; it rolls back unless committed.
   Transaction begin(TxOptions options = {});
 
+  // Runs fn(tx) in a transaction of its own and commits it; on a conflict (a serialization
+  // failure, a deadlock, SQLite busy past the busy timeout, or an Error(conflict) fn throws, e.g.
+  // when a version-checked UPDATE matched no row) or a transient failure, rolls back and runs it all
+  // again in a new transaction, by the rules and under the policy the ledger uses (with_retries,
+  // rowguard/retry.hpp). Returns what fn returns.
+  //   REQUIRES fn: it may run more than once, so it has no effect outside tx (no message sent, no
+  //   call to another service, no write through another transaction, Database or Ledger) and keeps
+  //   no state from an earlier run; it throws to give up (transact rolls back). It may commit or
+  //   roll back tx itself: transact then commits nothing more.
+  // Errors: the last conflict or transient failure when the policy ran out; Error(in_doubt) when
+  // COMMIT's outcome was lost: never retried, since the transaction may have committed (make its
+  // writes idempotent, e.g. keyed, before retrying it yourself); whatever else fn throws, at once,
+  // after the rollback. Thread-safety: as begin(); fn runs on the calling thread.
+  //   const std::int64_t version = db.transact({}, [&](rowguard::Transaction& tx) {
+  //     const std::int64_t v = tx.exec("SELECT version FROM orders WHERE id = $1", {id}).one().i64(0);
+  //     if (tx.exec("UPDATE orders SET state = 'paid', version = version + 1 WHERE id = $1 AND version = $2",
+  //                 {id, v}).affected == 0)
+  //       throw rowguard::Error(rowguard::ErrorKind::conflict, "order changed meanwhile");
+  //     return v + 1;
+  //   });
+  template <class Fn>
+  auto transact(const RetryPolicy& policy, Fn&& fn) -> std::invoke_result_t<Fn&, Transaction&> {
+    return transact(policy, TxOptions{}, fn);
+  }
+  // The same, with the transaction's isolation and access mode.
+  template <class Fn>
+  auto transact(const RetryPolicy& policy, TxOptions options, Fn&& fn) -> std::invoke_result_t<Fn&, Transaction&>;
+
   PoolStats pool_stats() const;
 
  private:
@@ -117,5 +147,26 @@ class Database {
 
   std::shared_ptr<detail::Backend> backend_;
 };
+
+template <class Fn>
+auto Database::transact(const RetryPolicy& policy, TxOptions options, Fn&& fn)
+    -> std::invoke_result_t<Fn&, Transaction&> {
+  using R = std::invoke_result_t<Fn&, Transaction&>;
+  // Conflicts and transient failures only: an in-doubt COMMIT may have committed.
+  return detail::with_retries(
+      policy, detail::RetryIn::conflicts,
+      [&]() -> R {
+        Transaction tx = begin(options);  // an exception from here on rolls it back as it unwinds
+        if constexpr (std::is_void_v<R>) {
+          fn(tx);
+          if (tx.active()) tx.commit();
+        } else {
+          R result = fn(tx);
+          if (tx.active()) tx.commit();
+          return result;
+        }
+      },
+      [](const Error&) noexcept {});
+}
 
 }  // namespace rowguard

@@ -10,6 +10,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "rowguard/database.hpp"
@@ -148,6 +149,30 @@ struct AcquireOptions {
   std::stop_token stop{};
 };
 
+// How Locks::run takes, keeps and ends its lease. Every field has a default.
+struct LockRunOptions {
+  // How long run() waits for the lock, as Locks::acquire. Default: 0 (Error(lock_busy) at once
+  // when it is held, as `rowguard lock run` without --wait).
+  std::chrono::milliseconds wait{0};
+  // How run() waits, as AcquireOptions::order. Default: WaitOrder::any.
+  WaitOrder order = WaitOrder::any;
+  // Cancels the wait; once fn runs, asks it to stop through its stop_token, as a lost lease does
+  // (a service shutting down). A stop requested here is no loss: run() returns fn's result.
+  // Default: none.
+  std::stop_token stop;
+  // The lease's owner id (see Locks::acquire). Default: a new one.
+  std::optional<std::string> owner;
+  // How often the heartbeat renews the lease. Default: ttl / 3.
+  std::optional<std::chrono::milliseconds> heartbeat_interval;
+  // When fn returns, the lock stays held until at least this long after it was acquired
+  // (Lease::release_at_least, ShedLock's lockAtLeastFor). Not when fn throws or the lease was lost:
+  // the lock is then released at once. Default: released when fn returns. REQUIRES: 0..max_ttl.
+  std::optional<std::chrono::milliseconds> hold_at_least;
+  // When set, receives how long the lock stays held after run() returned (hold_at_least; zero when
+  // it was released at once). Default: nullptr.
+  std::chrono::milliseconds* held_for = nullptr;
+};
+
 // One row of `rowguard lock list`.
 struct LockInfo {
   std::string name;
@@ -157,11 +182,14 @@ struct LockInfo {
   std::int64_t acquired_at_ms = 0;
   std::int64_t expires_in_ms = 0;  // 0 when not held
   std::int64_t renewals = 0;
+  // Processes waiting that registered for a release's NOTIFY (PostgreSQL; 0 elsewhere).
   std::int64_t waiters = 0;
   std::string release_reason;  // set by force_release
   // The last lease ran out unreleased (its holder died or stopped renewing); one that ran out at
   // the end of a Lease::release_at_least window was released, and is not expired.
   bool expired = false;
+  // Fair waiters in line (WaitOrder::fair): live tickets of the name's queue, on every engine.
+  std::int64_t queued = 0;
 };
 
 // Lock rows by state at one instant, counted by one aggregate (dashboards: rowguard serve).
@@ -200,6 +228,28 @@ class Locks {
   // ends either way. Re-entrancy as try_acquire.
   //   auto lease = locks.acquire("settlement", 30s, {.wait = 2min, .order = WaitOrder::fair});
   Lease acquire(std::string_view name, std::chrono::milliseconds ttl, const AcquireOptions& options);
+
+  // Runs fn(lease, stop) while holding the lock `name`: acquires it (waiting up to options.wait),
+  // renews it in the background (Lease::start_heartbeat), requests stop on fn's stop_token when the
+  // lease is lost (taken over, force-released, expired, or not renewed before its local deadline:
+  // HeartbeatOptions::on_lost), and releases it when fn returns or throws. fn should check stop
+  // between steps and return soon after it is requested, and fence its writes with the lease
+  // (Lease::guard, a Fence with its token): stop only asks, and a lost lease may have a new holder.
+  // Returns fn's result when the lease was held until fn returned and was released.
+  // Errors: Error(lock_busy) when the lock was not acquired in time (fn did not run);
+  // Error(lock_lost) when the lease was lost while fn ran, after fn returned, whatever fn returned
+  // (its work may have overlapped another holder's); what fn throws, after the lease was released
+  // at once (an error of that release is dropped: the lease then runs out at its ttl); an error of
+  // the release after fn returned (Lease::release). Callbacks registered on the stop_token run on
+  // the lease's background thread: keep them short. Thread-safety: as acquire(); fn runs on the
+  // calling thread.
+  //   locks.run("nightly-payout", 30s, [&](const rowguard::Lease& lease, std::stop_token stop) {
+  //     while (!stop.stop_requested() && pay_next_batch(lease)) {
+  //     }
+  //   });
+  template <class Fn>
+  auto run(std::string_view name, std::chrono::milliseconds ttl, Fn&& fn, const LockRunOptions& options = {})
+      -> std::invoke_result_t<Fn&, const Lease&, std::stop_token>;
 
   // Renew or release a lease known only by (name, owner, token), e.g. from the CLI.
   void renew(std::string_view name, std::string_view owner, std::int64_t token, std::chrono::milliseconds ttl);
@@ -245,5 +295,48 @@ class Semaphore {
   std::string name_;
   int permits_;
 };
+
+namespace detail {
+// Locks::run's lease, from its acquire to its end: the part of run() that does not depend on fn
+// (src/locks/run.cpp). Thread-safety: one per run(), used from its thread; the heartbeat's
+// threads only request stop.
+class LeaseRun {
+ public:
+  // Acquires the lock and starts the heartbeat, whose on_lost requests stop.
+  LeaseRun(Locks& locks, std::string_view name, std::chrono::milliseconds ttl, const LockRunOptions& options);
+  LeaseRun(const LeaseRun&) = delete;
+  LeaseRun& operator=(const LeaseRun&) = delete;
+  // Without finish() (fn threw): releases at once, best effort, as ~Lease.
+  ~LeaseRun();
+  const Lease& lease() const noexcept { return *lease_; }
+  std::stop_token stop_token() const noexcept;
+  // After fn returned: ends the lease (hold_at_least unless it was lost), then Error(lock_lost)
+  // when it was lost while fn ran.
+  void finish();
+
+ private:
+  struct Shared;  // the stop source and the lost flag, shared with the heartbeat's on_lost
+  std::shared_ptr<Shared> shared_;
+  std::optional<Lease> lease_;
+  std::optional<std::chrono::milliseconds> hold_at_least_;
+  std::chrono::milliseconds* held_for_;
+  std::optional<std::stop_callback<std::function<void()>>> forward_stop_;  // options.stop -> shared_
+};
+}  // namespace detail
+
+template <class Fn>
+auto Locks::run(std::string_view name, std::chrono::milliseconds ttl, Fn&& fn, const LockRunOptions& options)
+    -> std::invoke_result_t<Fn&, const Lease&, std::stop_token> {
+  using R = std::invoke_result_t<Fn&, const Lease&, std::stop_token>;
+  detail::LeaseRun held(*this, name, ttl, options);  // when fn throws, its destructor releases
+  if constexpr (std::is_void_v<R>) {
+    fn(held.lease(), held.stop_token());
+    held.finish();
+  } else {
+    R result = fn(held.lease(), held.stop_token());
+    held.finish();
+    return result;
+  }
+}
 
 }  // namespace rowguard

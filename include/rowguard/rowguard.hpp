@@ -13,6 +13,7 @@
 #include "rowguard/saga.hpp"
 #include "rowguard/schema.hpp"
 #include "rowguard/standby.hpp"
+#include "rowguard/time_text.hpp"
 #include "rowguard/transaction.hpp"
 #include "rowguard/two_phase.hpp"
 #include "rowguard/value.hpp"

@@ -2,6 +2,8 @@
 -- runs it once per database, as a superuser or a role with CREATEROLE, e.g.
 --   psql -v ON_ERROR_STOP=1 -d app -f roles.sql
 -- then sets the passwords (ALTER ROLE ... PASSWORD) or maps the roles in pg_hba.conf.
+-- One run at a time per database: two runs at once (two table prefixes, say) GRANT on schema public
+-- together, and PostgreSQL fails the second with "tuple concurrently updated"; run it again then.
 --
 --   rowguard_owner  owns the tables; runs `rowguard migrate` (DDL).
 --   rowguard_app    what services connect as: DML on rowguard tables and EXECUTE on rowguard's

@@ -70,12 +70,11 @@ class Dialect {
   virtual std::string begin(const TxOptions& options) const = 0;
   // One row, one integer column: 1 when the table named $1 exists (in the search path), else 0.
   virtual std::string table_exists() const = 0;
-  // A statement that takes a lock named by the text $1 until the transaction ends, shared or
-  // exclusive, or "" where the engine needs none because its writers are serialised anyway
-  // (SQLite takes its write lock before a writing statement reads anything). Run it as a
-  // transaction's first statement: on PostgreSQL a READ COMMITTED statement's snapshot is taken
+  // A statement that takes an exclusive lock named by the text $1 until the transaction ends, or "" where the engine
+  // needs none because its writers are serialised anyway (SQLite takes its write lock before a writing statement reads
+  // anything). Run it as a transaction's first statement: on PostgreSQL a READ COMMITTED statement's snapshot is taken
   // before it starts, so only the statements after the lock see what earlier holders committed.
-  virtual std::string transaction_lock(bool /*shared*/) const { return {}; }
+  virtual std::string transaction_lock() const { return {}; }
   // One row, one bigint column: an upper bound, in ms, on how far behind its primary the data of
   // this server is, NULL when it is no streaming standby; "" where the engine has no standbys to
   // read from (SQLite). Standby reads (StandbyReads) need it on both sides.

@@ -142,18 +142,17 @@ struct Cache::Impl {
   std::int64_t sweep(std::int64_t batch);
   CacheTableStats table_stats();
 
-  // Takes the write gate as tx's first statement. A store judges a load by rows and records that
-  // deletions and prefix invalidations leave; on PostgreSQL its statement sees only what had
-  // committed when the statement began, yet its INSERT waits for, and then passes, a tombstone
-  // that a sweep in flight deletes: the sweep's record of that deletion comes too late for the
-  // statement to see, and a load that read before the invalidation would store its old value.
-  // So stores hold the gate shared and sweeps, evictions and prefix invalidations exclusive: a
-  // store's statement begins after every such change before it has committed, and every such
-  // change waits for the stores in flight. Per-key writes need no gate: they meet a store on the
-  // key's row itself.
-  void gate(Transaction& tx, bool shared) const {
-    const std::string& lock = shared ? sql.gate_shared : sql.gate_exclusive;
-    if (!lock.empty()) tx.exec(lock, {sql.gate_name});
+  // Takes the write gate, exclusive, as tx's first statement. A store judges a load by rows and
+  // records that deletions and prefix invalidations leave; on PostgreSQL its statement sees only
+  // what had committed when the statement began, yet its INSERT waits for, and then passes, a
+  // tombstone that a sweep in flight deletes: the sweep's record of that deletion comes too late
+  // for the statement to see, and a load that read before the invalidation would store its old
+  // value. So stores hold the gate shared (rowguard_cache_store takes it, schema step 010) and
+  // sweeps, evictions and prefix invalidations exclusive: a store's statement begins after every
+  // such change before it has committed, and every such change waits for the stores in flight.
+  // Per-key writes need no gate: they meet a store on the key's row itself.
+  void gate(Transaction& tx) const {
+    if (!sql.gate_exclusive.empty()) tx.exec(sql.gate_exclusive, {sql.gate_name});
   }
 
   // The in-process tier, when on: a fresh local copy of key, or nothing.
@@ -360,12 +359,12 @@ void Cache::Impl::store(const std::string& key, const Entry& seen, const std::op
                                   static_cast<std::int64_t>(took.count()),
                                   seen.read_at_ms,
                                   static_cast<std::int64_t>(options.sweep_grace.count())};
-  Result stored;
-  if (sql.gate_shared.empty()) {
-    stored = (*backend->borrow())->exec(sql.store, params);
-  } else {
+  // One statement in autocommit: it takes the write gate itself where the engine needs one.
+  Result stored = (*backend->borrow())->exec(sql.store, params);
+  if (!stored.empty() && stored.rows[0].is_null(0)) {
+    // Not judged: the server's default isolation is above READ COMMITTED, where the statement
+    // could not see what the gate's holders committed (schema/postgres/010_cache_statements.sql).
     Transaction tx = detail::DatabaseGate::begin(*backend, {});
-    gate(tx, true);
     stored = tx.exec(sql.store, params);
     tx.commit();
   }
@@ -440,7 +439,7 @@ std::int64_t Cache::invalidate_prefix(std::string_view prefix) {
   // The rows under the prefix get tombstones, and the prefix is recorded for keys without a row:
   // together, at one commit. The record comes last, so its time is after every row it covers.
   Transaction tx = detail::DatabaseGate::begin(*impl_->backend, {});
-  impl_->gate(tx, false);
+  impl_->gate(tx);
   const std::int64_t n =
       tx.exec(impl_->sql.invalidate_prefix, {std::string(prefix), static_cast<std::int64_t>(code_points(prefix))})
           .affected;
@@ -559,7 +558,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   };
   for (;;) {
     Transaction tx = detail::DatabaseGate::begin(*backend, {});
-    gate(tx, false);
+    gate(tx);
     const std::int64_t n = tx.exec(sql.sweep, {grace, batch}).affected;
     if (n > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
@@ -570,7 +569,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
   // before one of them, so their deletion is recorded like a row's.
   {
     Transaction tx = detail::DatabaseGate::begin(*backend, {});
-    gate(tx, false);
+    gate(tx);
     if (tx.exec(sql.sweep_prefixes, {grace}).affected > 0) tx.exec(sql.record_sweep, {grace});
     tx.commit();
   }
@@ -589,7 +588,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
     std::int64_t n = 0;
     {
       Transaction tx = detail::DatabaseGate::begin(*backend, {});
-      gate(tx, false);
+      gate(tx);
       n = tx.exec(sql.evict, {grace, limit}).affected;
       if (n > 0) tx.exec(sql.record_sweep, {grace});
       tx.commit();
@@ -599,7 +598,7 @@ std::int64_t Cache::Impl::sweep(std::int64_t batch) {
       // bound holds anyway: the rows go, and the eviction is recorded as an invalidation of every
       // key (the empty prefix) at the same commit, which refuses every load begun before it.
       Transaction tx = detail::DatabaseGate::begin(*backend, {});
-      gate(tx, false);
+      gate(tx);
       n = tx.exec(sql.evict_recent, {limit}).affected;
       tx.exec(sql.record_prefix, {std::string()});
       tx.commit();

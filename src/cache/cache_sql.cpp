@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "base/sql_text.hpp"
+
 namespace rowguard::detail {
 
 namespace {
@@ -10,11 +12,18 @@ namespace {
 // in flight may have read before the sweep (its store also checks updated_at, in milliseconds).
 std::string fresh_generation(const Dialect& d) { return fmt::format("({} * 1000)", d.now_ms()); }
 
+// A call of a function of schema step 010 (schema/postgres/010_cache_statements.sql) with these
+// argument expressions, marked as a write as Backend::function_call marks its calls (a lost reply
+// leaves it in doubt).
+std::string cache_function_call(const Backend& backend, std::string_view function, std::string_view args) {
+  return fmt::format("{}SELECT * FROM {}({})", writes_marker, backend.table(function), args);
+}
+
 // An upsert that leaves an expired tombstone with a higher generation for every key that
 // "SELECT key_expr <tail>" yields, so any load that began earlier cannot store afterwards. tail
 // must contain a WHERE (SQLite's upsert grammar needs one after INSERT ... SELECT). PostgreSQL's
-// transfer function and rowguard_hold_drop_cached (schema/postgres/008 and 009)
-// write the same tombstones: keep them alike.
+// functions rowguard_cache_invalidate, rowguard_apply_transfer and rowguard_hold_drop_cached
+// (schema/postgres/010, 008 and 009) write the same tombstones: keep them alike.
 std::string cache_invalidate_sql(const Backend& backend, std::string_view key_expr, std::string_view tail) {
   const auto& d = backend.dialect();
   const std::string now = d.now_timestamp();
@@ -30,6 +39,7 @@ std::string cache_invalidate_sql(const Backend& backend, std::string_view key_ex
 }  // namespace
 
 std::string cache_invalidate_two_sql(const Backend& backend) {
+  if (backend.dialect().has_server_statements()) return cache_function_call(backend, "cache_invalidate", "$1, $2");
   return cache_invalidate_sql(backend, "v.k",
                               "FROM (SELECT CAST($1 AS text) AS k UNION ALL SELECT CAST($2 AS text) AS k) v "
                               "WHERE v.k IS NOT NULL");
@@ -39,8 +49,7 @@ CacheStatements::CacheStatements(const Backend& backend) {
   const auto& d = backend.dialect();
   const std::string t = backend.table("cache");
   const std::string prefixes = backend.table("cache_prefixes");
-  gate_shared = d.transaction_lock(true);
-  gate_exclusive = d.transaction_lock(false);
+  gate_exclusive = d.transaction_lock();
   gate_name = t;
   const std::string now = d.now_timestamp();
   const std::string fresh = fresh_generation(d);
@@ -60,28 +69,39 @@ CacheStatements::CacheStatements(const Backend& backend) {
       "updated_at = excluded.updated_at",
       fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
       fmt::arg("fresh", fresh), fmt::arg("now", now));
-  // A loader's write-back ($7: the database clock of the read that began the load; $8: sweep_grace).
-  // Refused when the load began sweep_grace ago or more (the rows that could judge it may be gone),
-  // when a prefix invalidation over the key (or an eviction inside the grace) came at or after its
-  // start, and, for an existing row, unless it still has the generation the load read and was
-  // last written no later than the load's start. Sweeps and evictions keep every row for
-  // sweep_grace after its last change (or record the eviction), so every change made after the
-  // load began is still there to refuse it.
-  store = fmt::format(
-      "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, load_ms, created_at, updated_at) "
-      "SELECT $1, {v}, {exp}, {fresh}, $3, $6, {now}, {now} "
-      "WHERE CAST($7 AS bigint) > {now_ms} - CAST($8 AS bigint) AND NOT EXISTS (SELECT 1 FROM {p} p "
-      "WHERE p.invalidated_at >= {start} AND substr(CAST($1 AS text), 1, length(p.prefix)) = p.prefix) "
-      "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-      "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, load_ms = excluded.load_ms, "
-      "updated_at = excluded.updated_at WHERE c.generation = $5 AND {updated} <= CAST($7 AS bigint) "
-      "RETURNING generation",
-      fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
-      fmt::arg("fresh", fresh), fmt::arg("now", now), fmt::arg("now_ms", d.now_ms()), fmt::arg("p", prefixes),
-      fmt::arg("start", d.ms_to_timestamp("$7")), fmt::arg("updated", d.timestamp_to_ms("c.updated_at")));
-  // Invalidation leaves an expired tombstone with a higher generation, even for a key never
-  // cached, so a load that began before it cannot store afterwards.
-  invalidate = cache_invalidate_sql(backend, "CAST($1 AS text)", "WHERE 1 = 1");
+  if (d.has_server_statements()) {
+    // PostgreSQL: the functions of schema step 010 (schema/postgres/010_cache_statements.sql, which
+    // holds the same statements as below), planned once per server session, also behind a
+    // transaction pooler. The store takes the write gate itself, so it is one call in autocommit
+    // where it was a transaction of four round trips (bench/RESULTS.md, "Issue 23: cache store and
+    // invalidate as functions").
+    store =
+        cache_function_call(backend, "cache_store", fmt::format("$1, {}, $3, $4, $5, $6, $7, $8", d.blob_param("$2")));
+    invalidate = cache_function_call(backend, "cache_invalidate", "$1, NULL");
+  } else {
+    // A loader's write-back ($7: the database clock of the read that began the load; $8:
+    // sweep_grace). Refused when the load began sweep_grace ago or more (the rows that could judge
+    // it may be gone), when a prefix invalidation over the key (or an eviction inside the grace)
+    // came at or after its start, and, for an existing row, unless it still has the generation the
+    // load read and was last written no later than the load's start. Sweeps and evictions keep
+    // every row for sweep_grace after its last change (or record the eviction), so every change
+    // made after the load began is still there to refuse it.
+    store = fmt::format(
+        "INSERT INTO {t} AS c (key, value, expires_at, generation, size_bytes, load_ms, created_at, updated_at) "
+        "SELECT $1, {v}, {exp}, {fresh}, $3, $6, {now}, {now} "
+        "WHERE CAST($7 AS bigint) > {now_ms} - CAST($8 AS bigint) AND NOT EXISTS (SELECT 1 FROM {p} p "
+        "WHERE p.invalidated_at >= {start} AND substr(CAST($1 AS text), 1, length(p.prefix)) = p.prefix) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+        "expires_at = excluded.expires_at, size_bytes = excluded.size_bytes, load_ms = excluded.load_ms, "
+        "updated_at = excluded.updated_at WHERE c.generation = $5 AND {updated} <= CAST($7 AS bigint) "
+        "RETURNING generation",
+        fmt::arg("t", t), fmt::arg("v", d.blob_param("$2")), fmt::arg("exp", d.timestamp_plus_ms(now, "$4")),
+        fmt::arg("fresh", fresh), fmt::arg("now", now), fmt::arg("now_ms", d.now_ms()), fmt::arg("p", prefixes),
+        fmt::arg("start", d.ms_to_timestamp("$7")), fmt::arg("updated", d.timestamp_to_ms("c.updated_at")));
+    // Invalidation leaves an expired tombstone with a higher generation, even for a key never
+    // cached, so a load that began before it cannot store afterwards.
+    invalidate = cache_invalidate_sql(backend, "CAST($1 AS text)", "WHERE 1 = 1");
+  }
   invalidate_prefix = fmt::format(
       "UPDATE {} SET value = NULL, expires_at = {}, generation = generation + 1, size_bytes = 0, updated_at = {} "
       "WHERE substr(key, 1, $2) = $1",

@@ -20,7 +20,10 @@ struct CacheStatements {
   std::string put;
   // $1 key, $2 value or NULL, $3 size, $4 ttl ms, $5 generation read, $6 load ms, $7 database clock
   // of the read that began the load, $8 sweep_grace ms -> (generation) when stored, no row when
-  // refused (docs/cache.md, "What a load may store").
+  // refused (docs/cache.md, "What a load may store"). Sent alone, in autocommit: on PostgreSQL it
+  // is the call of rowguard_cache_store (schema step 010), which takes the write gate shared
+  // itself, and answers (NULL) without judging outside READ COMMITTED: then send it again in a
+  // READ COMMITTED transaction. SQLite needs no gate.
   std::string store;
   // $1 key: a tombstone with a higher generation, even for a key never cached.
   std::string invalidate;
@@ -41,18 +44,19 @@ struct CacheStatements {
   std::string evict_recent;
   // -> (rows, live rows, bytes)
   std::string table_stats;
-  // The write gate: a transaction-scoped lock named gate_name (the cache table), shared by stores
-  // and exclusive for sweeps, evictions and prefix invalidations (Cache::Impl::gate says why);
-  // both "" where the engine needs none (Dialect::transaction_lock).
-  std::string gate_shared, gate_exclusive, gate_name;
+  // The write gate: a transaction-scoped lock named gate_name (the cache table), exclusive for
+  // sweeps, evictions and prefix invalidations (Cache::Impl::gate says why; stores take it shared
+  // inside store); "" where the engine needs none (Dialect::transaction_lock).
+  std::string gate_exclusive, gate_name;
 
   explicit CacheStatements(const Backend& backend);
 };
 
 // $1, $2 keys, either NULL for none: the tombstones of CacheStatements::invalidate for both, in
-// one statement, for a component that drops two keys in its own transaction (the ledger's
-// accounts). Bind them in order, so PostgreSQL takes the rows' locks in one order; the keys must
-// differ. The in-process tier is the caller's to drop, at commit (Cache::forget_local).
+// one statement (on PostgreSQL the call of rowguard_cache_invalidate, schema step 010), for a
+// component that drops two keys in its own transaction (the ledger's accounts). Bind them in
+// order, so PostgreSQL takes the rows' locks in one order; the keys must differ. The in-process
+// tier is the caller's to drop, at commit (Cache::forget_local).
 std::string cache_invalidate_two_sql(const Backend& backend);
 
 }  // namespace rowguard::detail

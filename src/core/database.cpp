@@ -74,7 +74,12 @@ const Options& Database::options() const noexcept { return backend_->options(); 
 PoolStats Database::pool_stats() const { return backend_->stats(); }
 
 int Database::library_schema_version() noexcept {
-  static const int latest = static_cast<int>(detail::migrations("sqlite").size());
+  // The last step's number, not the count of steps: two branches may each reserve a number, and
+  // the one merged first leaves a gap until the other lands (migrate skips a number it lacks).
+  static const int latest = [] {
+    const auto steps = detail::migrations("sqlite");
+    return steps.empty() ? 0 : steps.back().version;
+  }();
   return latest;
 }
 
@@ -105,7 +110,7 @@ int Database::migrate() {
   for (const auto& step : steps) {
     auto session = backend.borrow();
     (*session)->begin(TxOptions{});
-    const std::string lock = backend.dialect().transaction_lock(false);  // one migrator at a time
+    const std::string lock = backend.dialect().transaction_lock();  // one migrator at a time
     if (!lock.empty()) (*session)->exec(lock, {backend.table("migrate")});
     if ((*session)->exec((*session)->dialect().table_exists(), {backend.table("schema_version")}).one().i64(0) == 0)
       (*session)->exec_script(detail::with_prefix(version_table->sql, backend.options().table_prefix));

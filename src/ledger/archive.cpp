@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include "rowguard/time_text.hpp"
+
 #include "core/database_gate.hpp"
 
 #include "ledger/ledger_impl.hpp"
@@ -12,19 +14,6 @@
 namespace rowguard {
 
 namespace {
-// Epoch ms as ISO 8601 in UTC, "2026-01-31T12:30:00.250Z", for the messages people read (the CLI
-// prints the refusal as it is).
-std::string iso_time(std::int64_t epoch_ms) {
-  using namespace std::chrono;
-  const sys_time<milliseconds> t{milliseconds{epoch_ms}};
-  const auto day_start = floor<days>(t);
-  const year_month_day date{day_start};
-  const hh_mm_ss<milliseconds> tod{t - day_start};
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", static_cast<int>(date.year()),
-                     static_cast<unsigned>(date.month()), static_cast<unsigned>(date.day()), tod.hours().count(),
-                     tod.minutes().count(), tod.seconds().count(), tod.subseconds().count());
-}
-
 // A minimum age as people write it: "30d", "36h", else milliseconds.
 std::string age(std::chrono::milliseconds a) {
   constexpr std::int64_t hour = 3'600'000, day = 24 * hour;
@@ -56,8 +45,8 @@ ArchiveReport Ledger::archive(std::int64_t cutoff_ms, const ArchiveOptions& opti
           throw Error(ErrorKind::invalid_argument,
                       fmt::format("archive cutoff {} is later than {}, the database clock {} minus min_age {}: "
                                   "recent transfers are still needed for replays and reconciliation",
-                                  iso_time(cutoff_ms), iso_time(now_ms - options.min_age.count()), iso_time(now_ms),
-                                  age(options.min_age)));
+                                  format_time(cutoff_ms), format_time(now_ms - options.min_age.count()),
+                                  format_time(now_ms), age(options.min_age)));
         ArchiveReport report;
         report.cutoff_ms = cutoff_ms;
         report.dry_run = options.dry_run;

@@ -21,14 +21,6 @@ std::string_view to_string(TransferStatus status) noexcept {
   return status == TransferStatus::ok ? "ok" : "insufficient_funds";
 }
 
-namespace detail {
-void validate(const RetryPolicy& p) {
-  if (p.attempts < 1 || p.initial_backoff.count() < 0 || p.max_backoff < p.initial_backoff || p.deadline.count() <= 0)
-    throw Error(ErrorKind::invalid_argument,
-                "RetryPolicy needs attempts >= 1, 0 <= initial_backoff <= max_backoff and a positive deadline");
-}
-}  // namespace detail
-
 Ledger::Impl::Impl(std::shared_ptr<detail::Backend> b, LedgerOptions o)
     : backend(std::move(b)),
       options(o),

@@ -18,7 +18,6 @@
 
 #include "backend/backend.hpp"
 
-#include "core/retrying.hpp"
 #include "core/standby_route.hpp"
 
 #include "ledger/ledger_sql.hpp"

@@ -619,7 +619,7 @@ std::vector<LockInfo> lock_infos(const Result& r) {
   std::vector<LockInfo> out;
   for (const auto& row : r.rows)
     out.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5), row.i64(6),
-                           row.i64(7), row.text(8), row.i64(9) != 0});
+                           row.i64(7), row.text(8), row.i64(9) != 0, row.i64(10)});
   return out;
 }
 }  // namespace

@@ -25,7 +25,7 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     // timeout: a guarded transaction left open must not make them wait forever.
     const std::size_t bound = row_lock_timeout_param ? 1 : 0;
     acquire = backend.function_call("lock_acquire", 3);
-    acquire_queued = backend.function_call("lock_acquire_queued", 5);  // schema step 010
+    acquire_queued = backend.function_call("lock_acquire_queued", 5);  // schema step 012
     queued_in_one_call = true;
     renew = backend.function_call("lock_renew", 4 + bound);
     release = backend.function_call("lock_release", 3 + bound);
@@ -35,7 +35,7 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
     // back. The token grows on every new lease and stays for the same owner's live lease, so a
     // retried acquire gets its own token back.
-    // No row is proposed at all when the queue says no (schema step 010): a live ticket waits for
+    // No row is proposed at all when the queue says no (schema step 012): a live ticket waits for
     // the name (acquire: only the holder's own retry passes), or one is ahead of $4 (acquire_queued).
     const std::string same_live =
         fmt::format("(l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > {})", now);
@@ -114,14 +114,21 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
         "UPDATE {} SET waiters = CASE WHEN waiters > 0 THEN waiters - 1 ELSE 0 END WHERE name = $1{}", t, limit("$2"));
   }
 
+  // Fair waiters in line for the row's name: one probe of the queue's (name, id) index.
+  const auto queued = [&](const std::string& at) {
+    return fmt::format(
+        "(SELECT CAST(count(*) AS bigint) FROM {q} AS w WHERE w.name = {t}.name AND w.expires_at > {at})",
+        fmt::arg("q", q), fmt::arg("t", t), fmt::arg("at", at));
+  };
   list = fmt::format(
       "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
       "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
       "CAST(waiters AS bigint), COALESCE(release_reason, ''), "
-      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} AND released_at IS NULL THEN 1 ELSE 0 END "
+      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} AND released_at IS NULL THEN 1 ELSE 0 END, {queued} "
       "FROM {t} ORDER BY name",
       fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
-      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t));
+      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t),
+      fmt::arg("queued", queued(now)));
 
   {
     const std::string at = d.ms_to_timestamp("$1");
@@ -139,12 +146,12 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     active = fmt::format(
         "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
         "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
-        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END FROM {t} "
+        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END, {queued} FROM {t} "
         "WHERE {held} OR {expired} OR waiters > 0 "
         "ORDER BY CASE WHEN {held} THEN 0 WHEN {expired} THEN 1 ELSE 2 END, "
         "CASE WHEN {held} THEN {acquired} WHEN {expired} THEN -{expires} ELSE 0 END, name LIMIT $2",
         fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
-        fmt::arg("expires", expires), fmt::arg("t", t));
+        fmt::arg("expires", expires), fmt::arg("t", t), fmt::arg("queued", queued(at)));
   }
 
   // Raising the token makes the evicted holder's guard, renew and release fail at once.

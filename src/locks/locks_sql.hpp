@@ -13,7 +13,7 @@ namespace rowguard::detail {
 struct LockStatements {
   // $1 name, $2 owner, $3 ttl ms -> (token, expires_at ms, now ms); no row when held by another.
   std::string acquire;
-  // Fair waiting (schema step 010's <prefix>lock_queue; acquire above refuses while a live ticket
+  // Fair waiting (schema step 012's <prefix>lock_queue; acquire above refuses while a live ticket
   // queues, except for its holder's own retry).
   // $1 name, $2 owner: deletes the name's tickets that ran out, and the owner's own earlier ones.
   std::string prune_queue;
@@ -23,7 +23,7 @@ struct LockStatements {
   // queued_in_one_call) drops its ticket.
   std::string dequeue;
   // A fair waiter's try: $1 name, $2 owner, $3 ttl ms, $4 ticket [, $5 queue ttl ms].
-  // queued_in_one_call (PostgreSQL, schema step 010's lock_acquire_queued): one row, (token or
+  // queued_in_one_call (PostgreSQL, schema step 012's lock_acquire_queued): one row, (token or
   // NULL, expires_at ms (the new lease's; else the live holder's, or NULL when free), now ms,
   // tickets ahead, their earliest expiry ms or NULL, 1 while the ticket lives); it drops the
   // ticket when it acquires and else moves its expiry on. Otherwise acquire_queued is acquire's
@@ -61,7 +61,7 @@ struct LockStatements {
   // a guarded transaction left open must not make them wait forever (SQLite's busy timeout
   // bounds the same wait there, without a parameter).
   bool row_lock_timeout_param = false;
-  // -> (name, owner, token, held, acquired ms, expires in ms, renewals, waiters, reason)
+  // -> (name, owner, token, held, acquired ms, expires in ms, renewals, waiters, reason, expired, queued)
   std::string list;
   // $1 at ms -> (rows, held, expired, held with waiters, waiters): one aggregate.
   std::string counts;

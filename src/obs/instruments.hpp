@@ -90,7 +90,7 @@ const TwoPhase& two_phase();
 
 void register_all();
 
-// with_retries' hooks (core/retrying.hpp): a retry of error e, and a retriable error given up on.
+// with_retries' hooks (core/retrying.cpp): a retry of error e, and a retriable error given up on.
 void count_retry(const Error& e) noexcept;
 void retries_exhausted(const Error& e, int attempts) noexcept;
 

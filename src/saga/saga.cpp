@@ -21,7 +21,6 @@
 #include "backend/backend.hpp"
 
 #include "core/database_gate.hpp"
-#include "core/retrying.hpp"
 
 #include "saga/saga_sql.hpp"
 

@@ -16,7 +16,6 @@
 #include "backend/backend.hpp"
 
 #include "core/database_gate.hpp"
-#include "core/retrying.hpp"
 
 #include "ledger/ledger_impl.hpp"
 #include "two_phase/two_phase_sql.hpp"

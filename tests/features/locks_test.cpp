@@ -1,6 +1,7 @@
 // Leases: mutual exclusion, fencing tokens, expiry, waiting, guards, fences and semaphores.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -9,6 +10,7 @@
 #include <mutex>
 #include <set>
 #include <signal.h>
+#include <stdexcept>
 #include <thread>
 #include <unistd.h>
 
@@ -241,6 +243,139 @@ TEST_CASE("locks: a heartbeat keeps a lease alive and reports its loss", "[backe
   CHECK(lost);
   CHECK(lease->state() == LeaseState::lost);
   CHECK_FALSE(lease->valid());
+}
+
+TEST_CASE("locks: run holds the lock while fn runs, returns its result and releases it, also when fn throws",
+          "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  Locks other(t.db());
+  std::int64_t token = 0;
+  const int result = locks.run("job", 10s, [&](const Lease& lease, const std::stop_token& stop) {
+    token = lease.token();
+    CHECK(lease.valid());
+    CHECK_FALSE(stop.stop_requested());
+    CHECK_FALSE(other.try_acquire("job", 10s));
+    return 7;
+  });
+  CHECK(result == 7);
+  auto next = other.try_acquire("job", 10s);  // released when fn returned
+  REQUIRE(next);
+  CHECK(next->token() > token);
+  // Busy: fn does not run.
+  bool ran = false;
+  CHECK(kind_of([&] { locks.run("job", 10s, [&](const Lease&, const std::stop_token&) { ran = true; }); }) ==
+        ErrorKind::lock_busy);
+  CHECK_FALSE(ran);
+  next->release();
+  // fn throws: released at once (no hold_at_least window), then rethrown as it was.
+  LockRunOptions hold;
+  hold.hold_at_least = 10min;
+  CHECK_THROWS_AS(
+      locks.run(
+          "job", 10s, [](const Lease&, const std::stop_token&) { throw std::runtime_error("job failed"); }, hold),
+      std::runtime_error);
+  CHECK(other.try_acquire("job", 10s));
+  // Returned normally with hold_at_least: the lock stays taken for the window.
+  std::chrono::milliseconds held_for{-1};
+  hold.held_for = &held_for;
+  locks.run(
+      "held", 10s, [](const Lease&, const std::stop_token&) {}, hold);
+  CHECK(held_for > 9min);
+  CHECK_FALSE(other.try_acquire("held", 10s));
+  hold.hold_at_least = 25h;  // longer than LockOptions::max_ttl: refused before the lock is taken
+  CHECK(kind_of([&] {
+          locks.run(
+              "unused", 10s, [](const Lease&, const std::stop_token&) {}, hold);
+        }) == ErrorKind::invalid_argument);
+  CHECK(other.try_acquire("unused", 10s));
+}
+
+TEST_CASE(
+    "locks: run requests stop when the lease is lost or cannot be renewed in time, then reports lock_lost, and "
+    "another holder takes the lock",
+    "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  Locks other(t.db());
+  LockRunOptions quick;
+  quick.heartbeat_interval = 50ms;
+  bool stopped = false;
+  std::string message;
+  const auto started = std::chrono::steady_clock::now();
+  CHECK(kind_of(
+            [&] {
+              locks.run(
+                  "evicted", 10s,
+                  [&](const Lease&, const std::stop_token& stop) {
+                    other.force_release("evicted", "test eviction");
+                    // Waits for the heartbeat's next renewal to find the lease lost (bounded).
+                    std::mutex m;
+                    std::unique_lock lock(m);
+                    std::condition_variable_any().wait_for(lock, stop, 10s, [] { return false; });
+                    stopped = stop.stop_requested();
+                    return 1;
+                  },
+                  quick);
+            },
+            &message) == ErrorKind::lock_lost);
+  INFO(message);
+  CHECK(stopped);
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  auto next = other.try_acquire("evicted", 10s);
+  CHECK(next);
+
+  // A heartbeat that cannot renew in time (here: its first renewal is due long after the ttl): the
+  // watchdog gives up at the local deadline, before the database expires the lease, and stop comes
+  // from there; run releases what is left of the lease, reports lock_lost, and the lock is free.
+  LockRunOptions stalled;
+  stalled.heartbeat_interval = 1h;
+  bool valid_at_stop = true;
+  const auto run_started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::duration stopped_after{};
+  CHECK(kind_of([&] {
+          locks.run(
+              "expiring", 400ms,
+              [&](const Lease& lease, const std::stop_token& stop) {
+                std::mutex m;
+                std::unique_lock lock(m);
+                std::condition_variable_any().wait_for(lock, stop, 10s, [] { return false; });
+                stopped_after = std::chrono::steady_clock::now() - run_started;
+                valid_at_stop = lease.valid();
+              },
+              stalled);
+        }) == ErrorKind::lock_lost);
+  CHECK_FALSE(valid_at_stop);
+  CHECK(stopped_after < 400ms);  // before the database's expiry
+  auto after_expiry = other.acquire("expiring", 10s, 5s);
+  CHECK(after_expiry.valid());
+}
+
+TEST_CASE("locks: run's stop_token follows LockRunOptions::stop too, which is no loss", "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  std::stop_source shutdown;
+  LockRunOptions options;
+  options.stop = shutdown.get_token();
+  auto stopper = std::async(std::launch::async, [&] {
+    std::this_thread::sleep_for(100ms);
+    shutdown.request_stop();
+  });
+  const bool stopped = locks.run(
+      "service", 10s,
+      [](const Lease&, const std::stop_token& stop) {
+        std::mutex m;
+        std::unique_lock lock(m);
+        std::condition_variable_any().wait_for(lock, stop, 10s, [] { return false; });
+        return stop.stop_requested();
+      },
+      options);
+  stopper.get();
+  CHECK(stopped);
+  CHECK(locks.try_acquire("service", 10s));  // released
 }
 
 TEST_CASE("locks: mutual exclusion across threads (no lost update, never two holders)", "[backend][threads]") {
@@ -1057,7 +1192,7 @@ TEST_CASE(
 }
 
 namespace {
-// Fair waiters' tickets for one lock name (schema step 010's queue), live or run out.
+// Fair waiters' tickets for one lock name (schema step 012's queue), live or run out.
 std::int64_t tickets(TestDb& t, const std::string& name) {
   const Result r =
       t.db().exec(fmt::format("SELECT count(*) FROM {}lock_queue WHERE name = $1", t.db().table_prefix()), {name});
@@ -1111,6 +1246,8 @@ TEST_CASE(
   threads.emplace_back([&] { hold(n, locks.acquire("fair", 10s, 30s)); });
   std::this_thread::sleep_for(100ms);
   CHECK_FALSE(locks.try_acquire("fair", 10s));
+  REQUIRE(locks.list().size() == 1);
+  CHECK(locks.list().at(0).queued == n);  // the fair ones: the later one waits without a ticket
   holder->release();
   for (auto& th : threads) th.join();
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4, n});
@@ -1330,6 +1467,12 @@ TEST_CASE(
                                  "-c", fmt::format("echo {} >> '{}'", who, file.string())}));
     REQUIRE(queue_reaches(t, "fair-procs", static_cast<std::int64_t>(pids.size())));
   }
+  std::string listed;
+  REQUIRE(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "list"},
+                                  &listed) == 0);
+  CHECK(nlohmann::json::parse(listed).at("queued") == 3);
+  REQUIRE(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "lock", "list"}, &listed) == 0);
+  CHECK_THAT(listed, Catch::Contains("queued 3"));
   ::kill(pids[1], SIGKILL);  // B, queued behind A
   CHECK(wait_exit(pids[1], 5s) == 128 + SIGKILL);
   const auto killed = std::chrono::steady_clock::now();

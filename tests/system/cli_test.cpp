@@ -19,6 +19,8 @@
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 
+#include "core/schema_scripts.hpp"
+
 #include "support/support.hpp"
 
 using namespace rowguard;
@@ -37,7 +39,7 @@ TEST_CASE("cli: migrate and version --check-db", "[backend][shared-db][threads]"
   REQUIRE(run_cli({"--db", t.url(), "--prefix", prefix, "--json", "migrate"}, &out) == 0);
   const auto json = nlohmann::json::parse(out);
   CHECK(json.at("schema_version") == Database::library_schema_version());
-  CHECK(json.at("applied") == Database::library_schema_version());
+  CHECK(json.at("applied") == rowguard::detail::migrations("sqlite").size());
   CHECK(t.db().schema_version() == Database::library_schema_version());
   CHECK(run_cli({"--db", t.url(), "--prefix", prefix, "version", "--check-db"}) == 0);
   t.db().exec(fmt::format("INSERT INTO {}schema_version (version, name) VALUES (999, 'future')", prefix));
@@ -150,7 +152,7 @@ TEST_CASE("cli: a database without the schema answers exit 11, and only migrate 
 }
 
 TEST_CASE("cli: durations read as durations", "[unit][cli]") {
-  using cli::format_duration;
+  using rowguard::format_duration;
   using std::chrono::milliseconds;
   CHECK(format_duration(milliseconds(0)) == "0ms");
   CHECK(format_duration(milliseconds(574)) == "574ms");
@@ -166,7 +168,7 @@ TEST_CASE("cli: durations read as durations", "[unit][cli]") {
   CHECK(format_duration(milliseconds(3 * 86'400'000LL)) == "3d");
   CHECK(format_duration(milliseconds(3 * 86'400'000LL + 4 * 3'600'000LL)) == "3d 4h");
   CHECK(format_duration(milliseconds(std::numeric_limits<std::int64_t>::min())) == "-106751991167d 7h");
-  CHECK(cli::format_time(0) == "1970-01-01T00:00:00.000Z");
+  CHECK(rowguard::format_time(0) == "1970-01-01T00:00:00.000Z");
 }
 
 TEST_CASE("cli: schema prints either dialect with any prefix", "[unit][threads]") {
@@ -1153,8 +1155,8 @@ TEST_CASE("cli: ledger transfers --since and --until bound the creation time", "
   const std::string since = "@" + std::to_string(second), until = "@" + std::to_string(third);
   // --since is inclusive, --until exclusive.
   CHECK(listed({"--since", since, "--until", until}) == std::vector<std::int64_t>{ids[1]});
-  CHECK(nlohmann::json::parse(out).at("since") == rowguard::cli::format_time(second));
-  CHECK(nlohmann::json::parse(out).at("until") == rowguard::cli::format_time(third));
+  CHECK(nlohmann::json::parse(out).at("since") == rowguard::format_time(second));
+  CHECK(nlohmann::json::parse(out).at("until") == rowguard::format_time(third));
   CHECK(listed({"--since", since}) == std::vector<std::int64_t>{ids[2], ids[1]});
   CHECK(listed({"--since", since, "--account", "b", "--entries"}) == std::vector<std::int64_t>{ids[2], ids[1]});
   CHECK(listed({"--since", since, "--limit", "1"}) == std::vector<std::int64_t>{ids[2]});
@@ -1163,7 +1165,7 @@ TEST_CASE("cli: ledger transfers --since and --until bound the creation time", "
   CHECK(listed({"--until", until}).size() == 3);  // the deposit too
   CHECK(listed({"--since", until, "--until", until}).empty());
   // ISO 8601, and durations meaning that long before now on the database clock.
-  CHECK(listed({"--since", rowguard::cli::format_time(second)}) == std::vector<std::int64_t>{ids[2], ids[1]});
+  CHECK(listed({"--since", rowguard::format_time(second)}) == std::vector<std::int64_t>{ids[2], ids[1]});
   CHECK(listed({"--since", "2000-01-01T00:00:00+02:00"}).size() == 4);
   CHECK(listed({"--since", "1h"}).size() == 4);
   CHECK(listed({"--until", "1h"}).empty());

@@ -457,7 +457,8 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK(dom.find("<script>alert") == std::string::npos);
   CHECK(dom.find("released-one") == std::string::npos);  // released locks are only counted
   // Recent transfers, newest first: the rejected one, the transfer, the deposits.
-  // Money in major units by the currency's exponent, times in ISO 8601.
+  // Money in major units by the currency's exponent, times in ISO 8601 to the millisecond and
+  // lengths of time as the CLI writes them (rowguard/time_text.hpp).
   const auto rejected =
       dom.find("<td>bob</td><td>alice</td><td class=\"n\">999.99 EUR</td><td>insufficient_funds</td>");
   const auto paid = dom.find("<td>alice</td><td>bob</td><td class=\"n\">25.00 EUR</td><td>ok</td>");
@@ -465,8 +466,8 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK(paid != std::string::npos);
   CHECK(rejected < paid);
   CHECK_THAT(dom, Catch::Contains("<td>outside</td><td>carol</td><td class=\"n\">7.00 USD</td>"));
-  CHECK(std::regex_search(dom,
-                          std::regex(R"(<td class="n">\d+</td><td>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ</td><td>deposit)")));
+  CHECK(std::regex_search(
+      dom, std::regex(R"(<td class="n">\d+</td><td>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z</td><td>deposit)")));
   CHECK_THAT(dom, Catch::Contains("<tr><td>EUR</td><td class=\"n\">2</td><td class=\"n\">100.00 EUR</td>"));
   // The expired lease says expired (never free), the held one how long it has left.
   CHECK(std::regex_search(
@@ -476,7 +477,7 @@ TEST_CASE("serve: the status page in headless Chromium shows locks, the ledger, 
   CHECK(std::regex_search(
       dom,
       std::regex(
-          R"(<td>held</td><td>[^<]*</td><td class="n">1</td><td>[^<]+</td><td class="n">[^<]+</td><td class="n">\d\d\.\d s</td>)")));
+          R"(<td>held</td><td>[^<]*</td><td class="n">1</td><td>[^<]+</td><td class="n">[^<]+</td><td class="n">\d\ds</td>)")));
   CHECK_THAT(dom, Catch::Contains("1 rows: 1 live, 0 expired; 6 bytes"));
 }
 
@@ -738,7 +739,7 @@ TEST_CASE("serve: the status page charts the last hour's transfers and locks per
   CHECK(std::regex_search(
       dom,
       std::regex(
-          R"re(<td>&lt;script&gt;alert\(1\)&lt;/script&gt;</td><td>&lt;b&gt;owner&lt;/b&gt;</td><td class="n">\d+</td><td>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ</td><td class="n">[0-9.]+ m?s</td><td>stuck &lt;job&gt;</td>)re")));
+          R"re(<td>&lt;script&gt;alert\(1\)&lt;/script&gt;</td><td>&lt;b&gt;owner&lt;/b&gt;</td><td class="n">\d+</td><td>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z</td><td class="n">[0-9.]+m?s</td><td>stuck &lt;job&gt;</td>)re")));
   CHECK_THAT(dom, Catch::Contains("<td>nightly-payout</td><td>expired</td>"));
   CHECK_THAT(dom, Catch::Contains("<td>job-a</td><td>held</td>"));
 

@@ -237,10 +237,12 @@ TEST_CASE("schema scripts: both dialects have the same steps, and prefixes repla
   const auto pg = detail::migrations("postgres");
   REQUIRE(lite.size() == pg.size());
   for (std::size_t i = 0; i < lite.size(); ++i) {
-    CHECK(lite[i].version == static_cast<int>(i + 1));
+    // Numbers grow; one may be missing while the branch that reserved it has not landed.
+    CHECK(lite[i].version > (i == 0 ? 0 : lite[i - 1].version));
     CHECK(lite[i].script->name == pg[i].script->name);
   }
-  CHECK(Database::library_schema_version() == static_cast<int>(lite.size()));
+  REQUIRE_FALSE(lite.empty());
+  CHECK(Database::library_schema_version() == lite.back().version);
   CHECK(detail::with_prefix("CREATE TABLE rowguard_locks (x_rowguard_y int); -- rowguard_ ", "app_") ==
         "CREATE TABLE app_locks (x_rowguard_y int); -- app_ ");
   for (const char* table : {"schema_version", "locks", "fences", "accounts", "transfers", "entries", "cache"}) {

@@ -2,13 +2,15 @@
 // The CLI's own value parsers and the formatters of the same values for people (times in ISO
 // 8601, durations as durations), kept apart from the commands so the fuzz targets (fuzz/) can link
 // them alone. Every message a person reads writes a time with format_time and a length of time
-// with format_duration; --json keeps the numbers too.
+// with format_duration (rowguard/time_text.hpp, shared with the library); --json keeps the numbers too.
 
 #include <chrono>
 #include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
+
+#include "rowguard/time_text.hpp"  // format_time, format_duration
 
 namespace rowguard::cli {
 
@@ -23,11 +25,5 @@ const CLI::Validator& decimal();
 // "2026-01-31T12:30:00Z", "2026-01-31T12:30:00.250Z", an offset instead of Z ("+02:00"), or
 // "@1767225600000" (epoch ms). Years 1 to 9999; Error(invalid_argument) otherwise.
 std::int64_t parse_time(const std::string& text);
-// Formats epoch ms as "2026-01-31T12:30:00.250Z" (always UTC, always milliseconds).
-std::string format_time(std::int64_t epoch_ms);
-
-// A length of time for people, in its two largest units: "574ms", "1.5s", "12s", "2m 14s", "3h",
-// "5h 2m", "3d", "3d 4h"; "-" before a negative one. Rounds down (2m 59.9s is "2m 59s").
-std::string format_duration(std::chrono::milliseconds length);
 
 }  // namespace rowguard::cli

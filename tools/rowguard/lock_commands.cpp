@@ -1,6 +1,5 @@
 // rowguard lock acquire | renew | release | run | list | force-release | sweep
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -11,6 +10,7 @@
 #include <optional>
 #include <pthread.h>
 #include <signal.h>
+#include <stop_token>
 #include <string>
 #include <termios.h>
 #include <thread>
@@ -47,12 +47,11 @@ struct LockArgs {
   bool fair = false;
 };
 
-// How lock run ends its lease and reports a lost one.
-struct RunOptions {
-  std::chrono::milliseconds ttl{0};
-  // The lease stays held until this long after it was acquired (on the database clock).
-  std::optional<std::chrono::milliseconds> hold_at_least;
-  int lost_exit_code = 8;
+// CMD could not be executed (exec failed): thrown out of Locks::run so that it releases the lease
+// at once, without --hold-at-least's window, since a command that never ran has done nothing to
+// keep others from for the window. code: the shell's exit code for it (126 or 127).
+struct CommandNotRun {
+  int code;
 };
 
 // How long CMD gets to stop: SIGTERM goes to its process group when the lease's local deadline is
@@ -100,19 +99,15 @@ int exec_failure(int report, const std::string& cmd) {
   return error;
 }
 
-// Runs CMD in a process group of its own while holding the lease; returns the exit code rowguard
-// should exit with. Every process CMD starts is in that group (unless it leaves it with setsid or
-// setpgid), so a signal to the group reaches them all, and none is left running when the lease ends.
-// on_lease_gone runs just before rowguard exits with options.lost_exit_code without unwinding (to
-// report the loss). *held_for: how long the lease stays held after rowguard exits (hold_at_least).
-int run_child(Lease& lease, const RunOptions& options, const std::vector<std::string>& command,
-              const std::function<void(const std::string&)>& on_lease_gone, std::chrono::milliseconds* held_for) {
+// Runs CMD in a process group of its own under the lease of a Locks::run (whose heartbeat
+// requests `lost` when the lease is lost) and returns CMD's exit code; CommandNotRun when CMD could
+// not be executed. Every process CMD starts is in that group (unless it leaves it with setsid or
+// setpgid), so a signal to the group reaches them all, and none is left running when the lease
+// ends. When the lease is lost, or not renewed in time, on_lease_gone(why) runs, and must not
+// return (rowguard exits with --lost-exit-code without unwinding, to report the loss).
+int run_child(const Lease& lease, const std::stop_token& lost, std::chrono::milliseconds ttl,
+              const std::vector<std::string>& command, const std::function<void(const std::string&)>& on_lease_gone) {
   using clock = std::chrono::steady_clock;
-  const auto ttl = options.ttl;
-  std::atomic<bool> lost{false};
-  HeartbeatOptions heartbeat;
-  heartbeat.on_lost = [&lost] { lost = true; };
-  lease.start_heartbeat(heartbeat);
 
   // Everything the child needs is prepared before fork(): after it, only async-signal-safe calls.
   std::vector<std::string> env_storage =
@@ -197,7 +192,7 @@ int run_child(Lease& lease, const RunOptions& options, const std::vector<std::st
     const auto now = clock::now();
     // remaining() is read after now: the estimate can only be early, never late.
     if (lease.valid()) deadline = now + lease.remaining();
-    const bool due = lost || !lease.valid() || now >= deadline - grace;
+    const bool due = lost.stop_requested() || !lease.valid() || now >= deadline - grace;
     if (due && !lease_gone) {
       lease_gone = true;
       std::cerr << "rowguard: lease on '" << lease.name() << "' " << (lease.valid() ? "not renewed in time" : "lost")
@@ -220,26 +215,13 @@ int run_child(Lease& lease, const RunOptions& options, const std::vector<std::st
     std::this_thread::sleep_until(wake);
   }
   if (terminal) give_terminal(::getpgrp());
-  if (lease_gone) {
+  if (lease_gone)
     // Nothing is left to do but let the lease expire on the database clock, and the heartbeat may
     // be stuck in a renewal on a network that stopped answering (until --network-timeout): exit
     // now rather than wait for it in the Lease's destructor.
     on_lease_gone(fmt::format("lease on '{}' was {} while the command ran", lease.name(),
                               lease.valid() ? "not renewed in time" : "lost"));
-    std::cout.flush();
-    std::_Exit(options.lost_exit_code);
-  }
-  try {
-    // A command that never ran has done nothing to keep others from for the window: the lock is
-    // free at once.
-    if (options.hold_at_least && exec_error == 0)
-      *held_for = lease.release_at_least(*options.hold_at_least);
-    else
-      lease.release();
-  } catch (const Error& e) {
-    std::cerr << "rowguard: " << e.what() << '\n';
-    return e.kind() == ErrorKind::lock_lost ? options.lost_exit_code : exit_code(e.kind());
-  }
+  if (exec_error != 0) throw CommandNotRun{child_exit_code(status)};
   return child_exit_code(status);
 }
 
@@ -271,10 +253,9 @@ constexpr const char* fair_help =
 void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   // Every argument is checked before the database is opened: a usage error never takes the lock.
   const auto ttl = parse_duration(a.ttl);
-  const auto wait = parse_duration(a.wait);
-  RunOptions options;
-  options.ttl = ttl;
-  options.lost_exit_code = a.lost_exit_code;
+  LockRunOptions options;
+  options.wait = parse_duration(a.wait);
+  options.order = a.fair ? WaitOrder::fair : WaitOrder::any;
   if (!a.hold_at_least.empty()) {
     options.hold_at_least = parse_duration(a.hold_at_least);
     const auto longest = LockOptions{}.max_ttl;
@@ -283,33 +264,45 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
                   fmt::format("--hold-at-least {} is longer than the longest lease, {}h", a.hold_at_least,
                               std::chrono::duration_cast<std::chrono::hours>(longest).count()));
   }
+  std::chrono::milliseconds held_for{0};
+  options.held_for = &held_for;
   auto db = open_database(globals);
   Locks locks(db);
-  std::optional<Lease> held;
+  std::int64_t token = 0;
+  bool started = false;  // the lease was taken: a busy lock is no longer the question
+  bool ran = false;      // CMD ran and ended: an error now is the release's
   try {
-    held.emplace(locks.acquire(a.name, ttl, {.wait = wait, .order = a.fair ? WaitOrder::fair : WaitOrder::any}));
-  } catch (const Error& e) {
-    if (e.kind() != ErrorKind::lock_busy) throw;
-    // As main() reports any error, with the caller's code for busy.
-    std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
-    emit_failure(globals, to_string(e.kind()), e.what(), a.conflict_exit_code);
-    exit_status = a.conflict_exit_code;
-    return;
-  }
-  Lease& lease = *held;
-  const std::int64_t token = lease.token();
-  std::chrono::milliseconds held_for{0};
-  {
     // With --json, CMD's output must not mix with rowguard's object.
     std::optional<StdoutToStderr> aside(std::in_place, globals.json);
-    exit_status = run_child(
-        lease, options, a.command,
-        [&](const std::string& message) {
-          aside.reset();
-          emit_failure(globals, "lock_lost", message, a.lost_exit_code);
-          flush_output();
+    exit_status = locks.run(
+        a.name, ttl,
+        [&](const Lease& lease, const std::stop_token& lost) {
+          started = true;
+          token = lease.token();
+          const int code = run_child(lease, lost, ttl, a.command, [&](const std::string& message) {
+            aside.reset();
+            emit_failure(globals, "lock_lost", message, a.lost_exit_code);
+            flush_output();
+            std::cout.flush();
+            std::_Exit(a.lost_exit_code);
+          });
+          ran = true;
+          return code;
         },
-        &held_for);
+        options);
+  } catch (const CommandNotRun& e) {
+    exit_status = e.code;
+  } catch (const Error& e) {
+    if (!started && e.kind() == ErrorKind::lock_busy) {
+      // As main() reports any error, with the caller's code for busy.
+      std::cerr << "rowguard: " << to_string(e.kind()) << ": " << e.what() << '\n';
+      emit_failure(globals, to_string(e.kind()), e.what(), a.conflict_exit_code);
+      exit_status = a.conflict_exit_code;
+      return;
+    }
+    if (!ran) throw;
+    std::cerr << "rowguard: " << e.what() << '\n';
+    exit_status = e.kind() == ErrorKind::lock_lost ? a.lost_exit_code : exit_code(e.kind());
   }
   if (globals.json) {
     nlohmann::json result{{"name", a.name}, {"token", token}, {"exit_code", exit_status}};
@@ -400,7 +393,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* list = lock->add_subcommand(
       "list",
       "Who holds what: name, state (held; expired: its lease ran out without a release; free), owner, token, "
-      "expiry, renewals, waiters");
+      "expiry, renewals, waiters (registered for a release's wake-up; PostgreSQL), queued (--fair waiters in line)");
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& l : Locks(db).list()) {
@@ -414,19 +407,20 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
             {"expires_in_ms", l.expires_in_ms},
             {"renewals", l.renewals},
             {"waiters", l.waiters},
+            {"queued", l.queued},
             {"release_reason", l.release_reason}},
-           fmt::format(
-               "{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name,
-               l.held      ? "held"
-               : l.expired ? "expired"
-                           : "free",
-               l.token,
-               l.held ? fmt::format("expires in {} by {}", format_duration(std::chrono::milliseconds(l.expires_in_ms)),
-                                    l.owner)
-               : l.expired
-                   ? fmt::format("ran out unreleased, by {} (acquired {})", l.owner, format_time(l.acquired_at_ms))
-                   : "",
-               l.renewals, l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
+           fmt::format("{:<30} {:<8} token {:<6} {} renewals {} waiters {} queued {}{}", l.name,
+                       l.held      ? "held"
+                       : l.expired ? "expired"
+                                   : "free",
+                       l.token,
+                       l.held      ? fmt::format("expires in {} by {}",
+                                                 format_duration(std::chrono::milliseconds(l.expires_in_ms)), l.owner)
+                       : l.expired ? fmt::format("ran out unreleased, by {} (acquired {})", l.owner,
+                                                 format_time(l.acquired_at_ms))
+                                   : "",
+                       l.renewals, l.waiters, l.queued,
+                       l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
     }
   });
 

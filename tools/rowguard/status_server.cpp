@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include "rowguard/metrics.hpp"
+#include "rowguard/time_text.hpp"
 
 namespace rowguard::cli {
 
@@ -111,13 +112,6 @@ std::tm utc_tm(std::int64_t ms) {
   return tm;
 }
 
-// ISO 8601 in UTC to the second: 2026-12-05T04:50:03Z.
-std::string iso_time(std::int64_t ms) {
-  const std::tm tm = utc_tm(ms);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                     tm.tm_min, tm.tm_sec);
-}
-
 // A minute since the epoch, ISO 8601 to the minute: 2026-12-05T04:31Z.
 std::string iso_minute(std::int64_t minute) {
   const std::tm tm = utc_tm(minute * 60'000);
@@ -125,15 +119,10 @@ std::string iso_minute(std::int64_t minute) {
                      tm.tm_min);
 }
 
-// A duration for people, to a precision that fits its size: 850 ms, 59.9 s, 4 min 12 s, 2 h 3 min, 3 d 4 h.
-std::string duration_text(std::int64_t ms) {
-  if (ms < 0) ms = 0;
-  if (ms < 1000) return fmt::format("{} ms", ms);
-  if (ms < 60'000) return fmt::format("{}.{} s", ms / 1000, ms % 1000 / 100);
-  const std::int64_t s = ms / 1000;
-  if (s < 3600) return fmt::format("{} min {} s", s / 60, s % 60);
-  if (s < 86'400) return fmt::format("{} h {} min", s / 3600, s % 3600 / 60);
-  return fmt::format("{} d {} h", s / 86'400, s % 86'400 / 3600);
+// A length of time between two readings of the database clock, never shown below zero (the two
+// readings may cross by a few ms).
+std::string for_people(std::int64_t ms) {
+  return format_duration(std::chrono::milliseconds(std::max<std::int64_t>(ms, 0)));
 }
 
 constexpr std::int64_t minute_ms = 60'000;
@@ -314,9 +303,9 @@ std::string locks_html(const View& view) {
         lock.held      ? "held"
         : lock.expired ? "expired"
                        : "released",
-        html_escape(lock.owner), lock.token, leased && lock.acquired_at_ms > 0 ? iso_time(lock.acquired_at_ms) : "-",
-        lock.held && lock.acquired_at_ms > 0 ? duration_text(view.now_ms - lock.acquired_at_ms) : "-",
-        lock.held      ? duration_text(lock.expires_in_ms)
+        html_escape(lock.owner), lock.token, leased && lock.acquired_at_ms > 0 ? format_time(lock.acquired_at_ms) : "-",
+        lock.held && lock.acquired_at_ms > 0 ? for_people(view.now_ms - lock.acquired_at_ms) : "-",
+        lock.held      ? for_people(lock.expires_in_ms)
         : lock.expired ? "ran out"
                        : "-",
         lock.waiters);
@@ -332,8 +321,8 @@ std::string locks_html(const View& view) {
     for (const auto& f : view.force_released)
       page += fmt::format(
           "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
-          html_escape(f.name), html_escape(f.owner), f.token, iso_time(f.released_at_ms),
-          duration_text(view.now_ms - f.released_at_ms), html_escape(f.reason));
+          html_escape(f.name), html_escape(f.owner), f.token, format_time(f.released_at_ms),
+          for_people(view.now_ms - f.released_at_ms), html_escape(f.reason));
     page += "</table>\n";
   }
   page += "</section>\n";
@@ -464,15 +453,16 @@ struct StatusServer::Impl {
                         "per minute", first_minute, series);
       page += fmt::format("<p id=\"locks-activity-summary\">{} acquisitions", acquired_total);
       if (records_waiters) page += fmt::format(", at most {} waiting at once", peak_waiting);
-      page += since_ms > 0 ? fmt::format(" since {} (sampled every {})", iso_time(since_ms),
-                                         duration_text(options.lock_sample_every.count()))
+      page += since_ms > 0 ? fmt::format(" since {} (sampled every {})", format_time(since_ms),
+                                         format_duration(options.lock_sample_every))
                            : std::string(" (no sample yet)");
       page += "</p>\n";
       if (!sample_error.empty())
         page += fmt::format("<p id=\"locks-sample-error\" class=\"bad\">the last lock sample failed: {}</p>\n",
                             html_escape(sample_error));
       page +=
-          "<p class=\"note\">The database keeps no history of lock acquisitions, so this server samples the locks "
+          "<p class=\"note\">The database keeps no history of lock acquisitions, so this server samples the "
+          "locks "
           "table while it runs: acquisitions are the fencing tokens issued between samples (one per new lease, "
           "and one per force-release), counted in the minute of the later sample; minutes before this server "
           "started have no data. ";
@@ -744,7 +734,7 @@ std::string StatusServer::status_page() {
   }
   page += fmt::format(
       "<p id=\"health\" class=\"ok\">database up &middot; schema version {} &middot; database clock {}</p>\n",
-      view.schema_version, iso_time(view.now_ms));
+      view.schema_version, format_time(view.now_ms));
 
   page += impl_->activity_html(view);
 
@@ -756,7 +746,7 @@ std::string StatusServer::status_page() {
         "<p id=\"ledger-check\" class=\"{}\">ledger check: {} ({} accounts, {} entries, checked at {})</p>\n",
         report.ok() ? "ok" : "bad",
         report.ok() ? std::string("ok") : fmt::format("{} violations", report.violations.size()), report.accounts,
-        report.entries, iso_time(view.check->taken_ms));
+        report.entries, format_time(view.check->taken_ms));
     if (!report.ok()) {
       page += "<table id=\"violations\"><tr><th>kind</th><th>account</th><th>detail</th></tr>\n";
       for (std::size_t i = 0; i < report.violations.size() && i < options.violations_shown; ++i) {
@@ -801,7 +791,7 @@ std::string StatusServer::status_page() {
     page += fmt::format(
         "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td>"
         "<td>{}</td></tr>\n",
-        t.id, iso_time(t.created_at_ms), html_escape(std::string(to_string(t.kind))),
+        t.id, format_time(t.created_at_ms), html_escape(std::string(to_string(t.kind))),
         html_escape(t.from.value_or("outside")), html_escape(t.to.value_or("outside")),
         html_escape(format_money(t.amount, t.currency)), html_escape(t.outcome));
   page += "</table></section>\n";

@@ -64,9 +64,8 @@ class PostgresDialect final : public Dialect {
   }
   // Transaction-scoped advisory locks, so they also work behind a transaction-pooling PgBouncer.
   // Wrapped so the statement returns a plain integer (SOCI cannot read a void column).
-  std::string transaction_lock(bool shared) const override {
-    return fmt::format("SELECT 1 FROM (SELECT pg_advisory_xact_lock{}(hashtextextended($1, 0))) AS named_lock",
-                       shared ? "_shared" : "");
+  std::string transaction_lock() const override {
+    return "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS named_lock";
   }
 
  private:

@@ -1,4 +1,4 @@
--- rowguard schema, SQLite dialect. Step 010: fair lock queues (docs/locks.md, "Fair waiting").
+-- rowguard schema, SQLite dialect. Step 012: fair lock queues (docs/locks.md, "Fair waiting").
 -- A waiter in fair mode whose first try found the lock busy takes a ticket (id) here and acquires
 -- only when no live ticket of another owner is ahead of its own. Its waiter moves expires_at on
 -- at every try, so a dead waiter's ticket runs out within LockOptions::queue_ttl. Ids are assigned
@@ -13,4 +13,4 @@ CREATE TABLE rowguard_lock_queue (
 );
 CREATE INDEX rowguard_lock_queue_name ON rowguard_lock_queue (name, id);
 
-INSERT INTO rowguard_schema_version (version, name) VALUES (10, '010_fair_locks');
+INSERT INTO rowguard_schema_version (version, name) VALUES (12, '012_fair_locks');

@@ -1,4 +1,4 @@
--- rowguard schema, PostgreSQL dialect. Step 010: fair lock queues (docs/locks.md, "Fair waiting").
+-- rowguard schema, PostgreSQL dialect. Step 012: fair lock queues (docs/locks.md, "Fair waiting").
 --
 -- A waiter in fair mode (AcquireOptions::order = WaitOrder::fair, `rowguard lock acquire --fair`)
 -- whose first try found the lock busy takes a ticket here, and from then on acquires only when no
@@ -122,10 +122,17 @@ END
 $fn$;
 
 -- As in step 008: pinned to this schema, EXECUTE only for the roles roles.sql grants it to. CREATE
--- OR REPLACE reset lock_acquire's settings, so it is pinned again.
+-- OR REPLACE reset lock_acquire's settings, so it is pinned again. The queue is a new table: an
+-- application role that exists already gets its DML here, as roles.sql grants it on the others
+-- (its default privileges cover only tables that rowguard_owner creates, and this step may run as
+-- another role).
 DO $$
 DECLARE f text;
 BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rowguard_app') THEN
+    GRANT SELECT, INSERT, UPDATE, DELETE ON rowguard_lock_queue TO rowguard_app;
+    GRANT USAGE, SELECT ON SEQUENCE rowguard_lock_queue_id_seq TO rowguard_app;
+  END IF;
   FOREACH f IN ARRAY ARRAY['rowguard_lock_acquire(text, text, bigint)',
                            'rowguard_lock_acquire_queued(text, text, bigint, bigint, bigint)'] LOOP
     EXECUTE format('ALTER FUNCTION %s SET search_path = %I, pg_temp', f, current_schema());
@@ -137,4 +144,4 @@ BEGIN
 END
 $$;
 
-INSERT INTO rowguard_schema_version (version, name) VALUES (10, '010_fair_locks');
+INSERT INTO rowguard_schema_version (version, name) VALUES (12, '012_fair_locks');
