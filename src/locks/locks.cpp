@@ -444,6 +444,24 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
   return acquire(name, ttl, AcquireOptions{wait, WaitOrder::any, std::move(owner), stop});
 }
 
+namespace {
+// The wait, from the first try that found the lock held until acquire returns or throws.
+struct WaitClock {
+  std::optional<std::chrono::steady_clock::time_point> since;
+  void start() {
+    if (since) return;
+    since = std::chrono::steady_clock::now();
+    detail::instruments::locks().waits.add();
+  }
+  WaitClock() = default;
+  WaitClock(const WaitClock&) = delete;
+  WaitClock& operator=(const WaitClock&) = delete;
+  ~WaitClock() {
+    if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
+  }
+};
+}  // namespace
+
 Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, const AcquireOptions& options) {
   impl_->validate_name(name);
   impl_->validate_ttl(ttl);
@@ -500,18 +518,7 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, const
     if (ok) last_failure = e.what();
     return ok;
   };
-  // The wait, from the first try that found the lock held until acquire returns or throws.
-  struct WaitClock {
-    std::optional<std::chrono::steady_clock::time_point> since;
-    void start() {
-      if (since) return;
-      since = std::chrono::steady_clock::now();
-      detail::instruments::locks().waits.add();
-    }
-    ~WaitClock() {
-      if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
-    }
-  } waited;
+  WaitClock waited;
   auto free_backoff = std::chrono::milliseconds(5);
   const Impl::Watch watch(*impl_, key);  // before the first try, so no wake-up after it is missed
   for (;;) {

@@ -4,6 +4,53 @@
 
 namespace rowguard::detail {
 
+namespace {
+// list, counts and active: what `rowguard lock list` and the status page show.
+void listing_statements(LockStatements& s, const Dialect& d, const std::string& t, const std::string& q) {
+  const std::string now = d.now_timestamp();
+  const std::string now_ms = d.now_ms();
+  // Fair waiters in line for the row's name: one probe of the queue's (name, id) index.
+  const auto queued = [&](const std::string& at) {
+    return fmt::format(
+        "(SELECT CAST(count(*) AS bigint) FROM {q} AS w WHERE w.name = {t}.name AND w.expires_at > {at})",
+        fmt::arg("q", q), fmt::arg("t", t), fmt::arg("at", at));
+  };
+  s.list = fmt::format(
+      "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
+      "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
+      "CAST(waiters AS bigint), COALESCE(release_reason, ''), "
+      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} AND released_at IS NULL THEN 1 ELSE 0 END, {queued} "
+      "FROM {t} ORDER BY name",
+      fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
+      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t),
+      fmt::arg("queued", queued(now)));
+
+  {
+    const std::string at = d.ms_to_timestamp("$1");
+    const std::string held = fmt::format("expires_at > {}", at);
+    // Ran out unreleased: the end of a release_at_least window is a release, not an expiry.
+    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {} AND released_at IS NULL", at);
+    s.counts = fmt::format(
+        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(CASE WHEN {held} AND waiters > 0 THEN 1 ELSE 0 END), 0) AS bigint), "
+        "CAST(COALESCE(SUM(waiters), 0) AS bigint) FROM {t}",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("t", t));
+    const std::string acquired = fmt::format("COALESCE({}, 0)", d.timestamp_to_ms("acquired_at"));
+    const std::string expires = d.timestamp_to_ms("expires_at");
+    s.active = fmt::format(
+        "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
+        "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
+        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END, {queued} FROM {t} "
+        "WHERE {held} OR {expired} OR waiters > 0 "
+        "ORDER BY CASE WHEN {held} THEN 0 WHEN {expired} THEN 1 ELSE 2 END, "
+        "CASE WHEN {held} THEN {acquired} WHEN {expired} THEN -{expires} ELSE 0 END, name LIMIT $2",
+        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
+        fmt::arg("expires", expires), fmt::arg("t", t), fmt::arg("queued", queued(at)));
+  }
+}
+}  // namespace
+
 LockStatements::LockStatements(const Backend& backend, const std::string& channel) {
   const Dialect& d = backend.dialect();
   const std::string t = backend.table("locks");
@@ -114,45 +161,7 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
         "UPDATE {} SET waiters = CASE WHEN waiters > 0 THEN waiters - 1 ELSE 0 END WHERE name = $1{}", t, limit("$2"));
   }
 
-  // Fair waiters in line for the row's name: one probe of the queue's (name, id) index.
-  const auto queued = [&](const std::string& at) {
-    return fmt::format(
-        "(SELECT CAST(count(*) AS bigint) FROM {q} AS w WHERE w.name = {t}.name AND w.expires_at > {at})",
-        fmt::arg("q", q), fmt::arg("t", t), fmt::arg("at", at));
-  };
-  list = fmt::format(
-      "SELECT name, COALESCE(owner, ''), token, CASE WHEN expires_at > {now} THEN 1 ELSE 0 END, "
-      "COALESCE({acquired}, 0), CASE WHEN expires_at > {now} THEN {expires} - {now_ms} ELSE 0 END, renewals, "
-      "CAST(waiters AS bigint), COALESCE(release_reason, ''), "
-      "CASE WHEN expires_at IS NOT NULL AND expires_at <= {now} AND released_at IS NULL THEN 1 ELSE 0 END, {queued} "
-      "FROM {t} ORDER BY name",
-      fmt::arg("now", now), fmt::arg("acquired", d.timestamp_to_ms("acquired_at")),
-      fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms), fmt::arg("t", t),
-      fmt::arg("queued", queued(now)));
-
-  {
-    const std::string at = d.ms_to_timestamp("$1");
-    const std::string held = fmt::format("expires_at > {}", at);
-    // Ran out unreleased: the end of a release_at_least window is a release, not an expiry.
-    const std::string expired = fmt::format("expires_at IS NOT NULL AND expires_at <= {} AND released_at IS NULL", at);
-    counts = fmt::format(
-        "SELECT count(*), CAST(COALESCE(SUM(CASE WHEN {held} THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(CASE WHEN {expired} THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(CASE WHEN {held} AND waiters > 0 THEN 1 ELSE 0 END), 0) AS bigint), "
-        "CAST(COALESCE(SUM(waiters), 0) AS bigint) FROM {t}",
-        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("t", t));
-    const std::string acquired = fmt::format("COALESCE({}, 0)", d.timestamp_to_ms("acquired_at"));
-    const std::string expires = d.timestamp_to_ms("expires_at");
-    active = fmt::format(
-        "SELECT name, COALESCE(owner, ''), token, CASE WHEN {held} THEN 1 ELSE 0 END, {acquired}, "
-        "CASE WHEN {held} THEN {expires} - CAST($1 AS bigint) ELSE 0 END, renewals, CAST(waiters AS bigint), "
-        "COALESCE(release_reason, ''), CASE WHEN {expired} THEN 1 ELSE 0 END, {queued} FROM {t} "
-        "WHERE {held} OR {expired} OR waiters > 0 "
-        "ORDER BY CASE WHEN {held} THEN 0 WHEN {expired} THEN 1 ELSE 2 END, "
-        "CASE WHEN {held} THEN {acquired} WHEN {expired} THEN -{expires} ELSE 0 END, name LIMIT $2",
-        fmt::arg("held", held), fmt::arg("expired", expired), fmt::arg("acquired", acquired),
-        fmt::arg("expires", expires), fmt::arg("t", t), fmt::arg("queued", queued(at)));
-  }
+  listing_statements(*this, d, t, q);
 
   // Raising the token makes the evicted holder's guard, renew and release fail at once.
   force_release = fmt::format(
