@@ -13,4 +13,21 @@ CREATE TABLE rowguard_lock_queue (
 );
 CREATE INDEX rowguard_lock_queue_name ON rowguard_lock_queue (name, id);
 
+-- Every live ticket's expires_at is at most its lock row's queued_until: these triggers raise it
+-- (max, so it never goes back) in the statement that inserts a ticket or moves its expiry on. So a
+-- lock whose queued_until is past has no live ticket, and a non-fair acquire reads the queue only
+-- while queued_until is in the future. A ticket for a name never locked gets the row (owner NULL,
+-- token 0, as a swept one), so the ticket always has its row.
+ALTER TABLE rowguard_locks ADD COLUMN queued_until BIGINT; -- ms; NULL: never queued for
+CREATE TRIGGER rowguard_lock_queue_inserted AFTER INSERT ON rowguard_lock_queue BEGIN
+  INSERT INTO rowguard_locks (name, queued_until) VALUES (NEW.name, NEW.expires_at)
+  ON CONFLICT (name) DO UPDATE SET queued_until = max(COALESCE(queued_until, excluded.queued_until),
+                                                      excluded.queued_until);
+END;
+CREATE TRIGGER rowguard_lock_queue_moved AFTER UPDATE OF expires_at ON rowguard_lock_queue BEGIN
+  INSERT INTO rowguard_locks (name, queued_until) VALUES (NEW.name, NEW.expires_at)
+  ON CONFLICT (name) DO UPDATE SET queued_until = max(COALESCE(queued_until, excluded.queued_until),
+                                                      excluded.queued_until);
+END;
+
 INSERT INTO rowguard_schema_version (version, name) VALUES (12, '012_fair_locks');

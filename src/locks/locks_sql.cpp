@@ -82,31 +82,40 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
     // One conditional upsert. A live lease of another owner makes the WHERE false: no row comes
     // back. The token grows on every new lease and stays for the same owner's live lease, so a
     // retried acquire gets its own token back.
-    // No row is proposed at all when the queue says no (schema step 012): a live ticket waits for
-    // the name (acquire: only the holder's own retry passes), or one is ahead of $4 (acquire_queued).
+    // The queue (schema step 012) can say no: a live ticket waits for the name (acquire: only the
+    // holder's own retry passes), or one is ahead of $4 (acquire_queued: then no row is proposed).
     const std::string same_live =
         fmt::format("(l.owner = excluded.owner AND l.expires_at IS NOT NULL AND l.expires_at > {})", now);
-    const auto upsert = [&](const std::string& allowed) {
+    const auto upsert = [&](const std::string& allowed, const std::string& also) {
+      // VALUES where no condition is needed: INSERT ... SELECT costs SQLite about 10,000 more
+      // instructions per call, in sqlite3BtreeBeginTrans (docs/locks.md, issue 25's measurement).
+      const std::string row = fmt::format("$1, $2, 1, {}, {}, NULL, 0, 0, NULL", now, d.timestamp_plus_ms(now, "$3"));
+      const std::string proposed =
+          allowed.empty() ? fmt::format("VALUES ({})", row) : fmt::format("SELECT {} WHERE {}", row, allowed);
       return fmt::format(
           "INSERT INTO {t} AS l (name, owner, token, acquired_at, expires_at, released_at, renewals, waiters, "
-          "release_reason) SELECT $1, $2, 1, {now}, {expires_at}, NULL, 0, 0, NULL WHERE {allowed} "
+          "release_reason) {proposed} "
           "ON CONFLICT (name) DO UPDATE SET "
           "token = CASE WHEN {same_live} THEN l.token ELSE l.token + 1 END, "
           "acquired_at = CASE WHEN {same_live} THEN l.acquired_at ELSE excluded.acquired_at END, "
           "renewals = CASE WHEN {same_live} THEN l.renewals ELSE 0 END, "
           "owner = excluded.owner, expires_at = excluded.expires_at, released_at = NULL, release_reason = NULL "
-          "WHERE l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner "
+          "WHERE (l.expires_at IS NULL OR l.expires_at <= {now} OR l.owner = excluded.owner){also} "
           "RETURNING token, {expires}, {now_ms}",
-          fmt::arg("t", t), fmt::arg("expires_at", d.timestamp_plus_ms(now, "$3")), fmt::arg("allowed", allowed),
-          fmt::arg("same_live", same_live), fmt::arg("now", now), fmt::arg("expires", d.timestamp_to_ms("expires_at")),
-          fmt::arg("now_ms", now_ms));
+          fmt::arg("t", t), fmt::arg("proposed", proposed), fmt::arg("also", also), fmt::arg("same_live", same_live),
+          fmt::arg("now", now), fmt::arg("expires", d.timestamp_to_ms("expires_at")), fmt::arg("now_ms", now_ms));
     };
-    acquire =
-        upsert(fmt::format("(NOT EXISTS (SELECT 1 FROM {q} WHERE name = $1 AND expires_at > {now}) "
-                           "OR EXISTS (SELECT 1 FROM {t} WHERE name = $1 AND owner = $2 AND expires_at > {now}))",
-                           fmt::arg("q", q), fmt::arg("t", t), fmt::arg("now", now)));
-    acquire_queued = upsert(fmt::format(
-        "NOT EXISTS (SELECT 1 FROM {} WHERE name = $1 AND id < $4 AND owner <> $2 AND expires_at > {})", q, now));
+    // A new row has no tickets (a ticket's insert creates or raises its row's queued_until, by a
+    // trigger of step 012), so only the conflict asks: the queue is read only while queued_until
+    // is in the future and the lease is not the caller's own (SQLite evaluates OR's operands left
+    // to right and stops at the first true one; the instruction count shows the probe skipped).
+    acquire = upsert("", fmt::format(" AND (l.queued_until IS NULL OR l.queued_until <= {now} OR {same_live} "
+                                     "OR NOT EXISTS (SELECT 1 FROM {q} WHERE name = $1 AND expires_at > {now}))",
+                                     fmt::arg("now", now), fmt::arg("same_live", same_live), fmt::arg("q", q)));
+    acquire_queued = upsert(
+        fmt::format("NOT EXISTS (SELECT 1 FROM {} WHERE name = $1 AND id < $4 AND owner <> $2 AND expires_at > {})", q,
+                    now),
+        "");
     queue_refresh = fmt::format(
         "UPDATE {q} SET expires_at = {until} WHERE name = $1 AND id = $2 AND owner = $3 AND expires_at > {now}",
         fmt::arg("q", q), fmt::arg("until", d.timestamp_plus_ms(now, "$4")), fmt::arg("now", now));
@@ -142,6 +151,19 @@ LockStatements::LockStatements(const Backend& backend, const std::string& channe
       "INSERT INTO {q} (id, name, owner, enqueued_at, expires_at) VALUES ({id}, $1, $2, {now}, {until}) RETURNING id",
       fmt::arg("q", q), fmt::arg("id", d.next_id(q)), fmt::arg("now", now),
       fmt::arg("until", d.timestamp_plus_ms(now, "$3")));
+  if (d.has_server_statements()) {
+    // The ticket's row gets queued_until raised in the same statement, with a queue_ttl to spare as
+    // rowguard_lock_acquire_queued raises it (schema step 012). NOWAIT: while a guard holds the row
+    // the waiter does not queue yet (nobody can take the row then either) and tries again. On
+    // SQLite a trigger of schema step 012 raises it.
+    enqueue = fmt::format(
+        "WITH probe AS (SELECT name FROM {t} WHERE name = $1 FOR NO KEY UPDATE NOWAIT), "
+        "mark AS (INSERT INTO {t} AS l (name, queued_until) SELECT $1, {spare} FROM (SELECT 1) AS one "
+        "LEFT JOIN probe ON true ON CONFLICT (name) DO UPDATE SET "
+        "queued_until = GREATEST(l.queued_until, excluded.queued_until) RETURNING 1) {insert}",
+        fmt::arg("t", t), fmt::arg("spare", d.timestamp_plus_ms(now, "2 * CAST($3 AS bigint)")),
+        fmt::arg("insert", enqueue));
+  }
   dequeue = fmt::format("DELETE FROM {} WHERE name = $1 AND id = $2 AND owner = $3", q);
   sweep_queue = fmt::format("DELETE FROM {} WHERE expires_at < {}", q, d.timestamp_plus_ms(now, "$1"));
 
