@@ -115,13 +115,38 @@ struct LockOptions {
   // Longest ttl a lease may ask for. Default: 24h.
   std::chrono::milliseconds max_ttl{std::chrono::hours(24)};
   // A readable owner prefix shown to DBAs; default "host:pid". A random 128-bit id always follows.
-  std::string owner_prefix;
+  std::string owner_prefix{};
   // Poll interval while waiting when no notification arrives (jittered). Default: 250ms.
   std::chrono::milliseconds poll_interval{250};
   // Longest a renew or release waits for the lease's lock row while another transaction holds it
   // (one that called Lease::guard and is still open), before Error(conflict). PostgreSQL; on SQLite
   // the database's Options::busy_timeout bounds the same wait. Default: 5s. REQUIRES: >= 1ms.
   std::chrono::milliseconds row_lock_timeout{5000};
+  // How long a fair waiter's ticket (WaitOrder::fair) lasts on the database clock unless its waiter
+  // moves it on, which it does at every try, at least every queue_ttl / 3: a waiter that died
+  // (crash, kill -9, lost connection) holds up the waiters behind it at most this long. Default:
+  // 5s. REQUIRES: >= 30ms.
+  std::chrono::milliseconds queue_ttl{5000};
+};
+
+// Who gets a lock first when several wait for it.
+//   any   whoever tries first once it frees up (the default): no queue, no extra statement
+//   fair  arrival order, as etcd's mutex and Redisson's FairLock: a waiter whose first try found
+//         the lock busy takes a ticket and acquires only when no live ticket is ahead of its own
+// Callers that do not queue (try_acquire, WaitOrder::any) never jump ahead of fair waiters: while
+// a live ticket waits for a name, only its current holder's own retry gets an answer.
+enum class WaitOrder { any, fair };
+
+// How Locks::acquire waits. Example: locks.acquire("payout", 30s, {.wait = 2min, .order = WaitOrder::fair});
+struct AcquireOptions {
+  // How long to wait. Default: 0 (one try, then Error(lock_busy)).
+  std::chrono::milliseconds wait{0};
+  // Default: WaitOrder::any.
+  WaitOrder order = WaitOrder::any;
+  // Default: a new owner id (Locks::new_owner()).
+  std::optional<std::string> owner{};
+  // Cancels the wait (Error(lock_busy)).
+  std::stop_token stop{};
 };
 
 // How Locks::run takes, keeps and ends its lease. Every field has a default.
@@ -129,6 +154,8 @@ struct LockRunOptions {
   // How long run() waits for the lock, as Locks::acquire. Default: 0 (Error(lock_busy) at once
   // when it is held, as `rowguard lock run` without --wait).
   std::chrono::milliseconds wait{0};
+  // How run() waits, as AcquireOptions::order. Default: WaitOrder::any.
+  WaitOrder order = WaitOrder::any;
   // Cancels the wait; once fn runs, asks it to stop through its stop_token, as a lost lease does
   // (a service shutting down). A stop requested here is no loss: run() returns fn's result.
   // Default: none.
@@ -155,11 +182,14 @@ struct LockInfo {
   std::int64_t acquired_at_ms = 0;
   std::int64_t expires_in_ms = 0;  // 0 when not held
   std::int64_t renewals = 0;
+  // Processes waiting that registered for a release's NOTIFY (PostgreSQL; 0 elsewhere).
   std::int64_t waiters = 0;
   std::string release_reason;  // set by force_release
   // The last lease ran out unreleased (its holder died or stopped renewing); one that ran out at
   // the end of a Lease::release_at_least window was released, and is not expired.
   bool expired = false;
+  // Fair waiters in line (WaitOrder::fair): live tickets of the name's queue, on every engine.
+  std::int64_t queued = 0;
 };
 
 // Lock rows by state at one instant, counted by one aggregate (dashboards: rowguard serve).
@@ -179,8 +209,13 @@ class Locks {
   ~Locks();
 
   // One statement; never blocks (a row held by another transaction's guard counts as busy).
-  // Returns nothing when the lock is held by someone else. An owner that already holds it gets
-  // the same token back (so an acquire whose reply was lost can be retried with the same owner).
+  // Returns nothing when the lock is held by someone else, or free while fair waiters queue for it.
+  // Leases are not re-entrant and keep no hold count: an owner whose lease on the name is still
+  // live in the database gets the same token back (so an acquire whose reply was lost can be
+  // retried with the same owner, and a restarted process can take a detached lease back), but
+  // while a Lease of this process holds (name, owner) (held or unknown; not released, lost,
+  // detached or destroyed) another acquire of it is refused with Error(invalid_argument) and
+  // changes nothing: releasing either of two Leases would end both. Pass the Lease down instead.
   std::optional<Lease> try_acquire(std::string_view name, std::chrono::milliseconds ttl,
                                    std::optional<std::string> owner = std::nullopt);
   // Waits up to `wait` (cancellable through stop). On PostgreSQL a release wakes waiters through
@@ -188,6 +223,11 @@ class Locks {
   // database clock or the jittered poll interval. Error(lock_busy) when the wait ran out.
   Lease acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
                 const std::stop_token& stop = {}, std::optional<std::string> owner = std::nullopt);
+  // The same, with the wait order (AcquireOptions). WaitOrder::fair takes a ticket when the first
+  // try finds the lock busy, then acquires in ticket order; the ticket is dropped when the wait
+  // ends either way. Re-entrancy as try_acquire.
+  //   auto lease = locks.acquire("settlement", 30s, {.wait = 2min, .order = WaitOrder::fair});
+  Lease acquire(std::string_view name, std::chrono::milliseconds ttl, const AcquireOptions& options);
 
   // Runs fn(lease, stop) while holding the lock `name`: acquires it (waiting up to options.wait),
   // renews it in the background (Lease::start_heartbeat), requests stop on fn's stop_token when the
@@ -226,7 +266,8 @@ class Locks {
   // Error(not_found) when the lock never existed.
   void force_release(std::string_view name, std::string_view reason);
   // Clears holder fields of leases expired for longer than `older_than`; never deletes a row or
-  // lowers a token. Returns the number of rows cleared.
+  // lowers a token. Returns the number of lock rows cleared. Fair waiters' tickets that ran out
+  // longer than `older_than` ago are deleted too (not counted).
   std::int64_t sweep(std::chrono::milliseconds older_than);
 
   // A new owner id: "<prefix>:<32 hex digits>".

@@ -2,7 +2,7 @@
 -- `rowguard migrate` never runs it. It converts rowguard_transfers and rowguard_entries into tables
 -- partitioned by RANGE (created_at), one partition per calendar month (UTC) plus a DEFAULT
 -- partition, and adds rowguard_create_partitions(months_ahead, since) to create further months.
--- Review it, then run it once, in one transaction, on a migrated database (schema version 11; it refuses any other):
+-- Review it, then run it once, in one transaction, on a migrated database (schema version 12; it refuses any other):
 --   rowguard schema --dialect postgres --partitioning > partitioning.sql   (or take this file)
 --   psql -1 -v ON_ERROR_STOP=1 -d app -f partitioning.sql
 -- Another table prefix: `rowguard --prefix acme_ schema --dialect postgres --partitioning` prints it
@@ -22,14 +22,15 @@
 -- * It rewrites both tables (every row is copied): plan a maintenance window, it holds ACCESS
 --   EXCLUSIVE locks on them throughout.
 
--- The layout below is schema version 11's (steps 008 to 010 added functions only, which name the
+-- The layout below is schema version 12's (steps 008 to 010 added functions only, which name the
 -- tables and find the partitioned ones; step 011 the columns code, reference, metadata and event_at
--- and their indexes, and balance_after and account_version on the entries): on another version the
--- script would drop what a later step added (or miss what an earlier one lacks), so it stops instead.
+-- and their indexes, and balance_after and account_version on the entries; step 012 the fair-lock
+-- queue and lock functions, which touch neither table): on another version the script would drop
+-- what a later step added (or miss what an earlier one lacks), so it stops instead.
 DO $$
 BEGIN
-  IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 11 THEN
-    RAISE EXCEPTION 'partitioning.sql is written for rowguard schema version 11; this database is at %',
+  IF (SELECT max(version) FROM rowguard_schema_version) IS DISTINCT FROM 12 THEN
+    RAISE EXCEPTION 'partitioning.sql is written for rowguard schema version 12; this database is at %',
       (SELECT max(version) FROM rowguard_schema_version);
   END IF;
 END

@@ -74,7 +74,11 @@ const Options& Database::options() const noexcept { return backend_->options(); 
 PoolStats Database::pool_stats() const { return backend_->stats(); }
 
 int Database::library_schema_version() noexcept {
-  static const int latest = static_cast<int>(detail::migrations("sqlite").size());
+  // The last step's number (the steps are numbered 1 to N without a gap: the unit tests check it).
+  static const int latest = [] {
+    const auto steps = detail::migrations("sqlite");
+    return steps.empty() ? 0 : steps.back().version;
+  }();
   return latest;
 }
 

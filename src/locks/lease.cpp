@@ -184,6 +184,10 @@ void report_lost(detail::LeaseData& s, std::string_view why) {
 
 }  // namespace detail
 
+Lease::State::~State() {
+  if (!held_key.empty()) detail::forget_held(held_key);
+}
+
 Lease::Lease(std::shared_ptr<State> state) : state_(std::move(state)) {}
 Lease::Lease(Lease&&) noexcept = default;
 

@@ -18,11 +18,19 @@
 namespace rowguard {
 
 struct Lease::State {
+  State() = default;
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  ~State();  // leaves the process's registry of held (name, owner) pairs
+
   std::shared_ptr<detail::LocksImpl> locks;
   std::string name;
   std::string owner;
   std::int64_t token = 0;
   std::chrono::milliseconds ttl{0};
+  // This lease's key in the process's registry of held (name, owner) pairs (re-entry refusal);
+  // empty when it is not registered.
+  std::string held_key;
 
   mutable std::mutex mutex;
   LeaseState state = LeaseState::held;

@@ -49,6 +49,8 @@ Locks::Impl::Impl(std::shared_ptr<detail::Backend> b, LockOptions o)
     throw Error(ErrorKind::invalid_argument, "LockOptions::poll_interval must be at least 1ms");
   if (options.row_lock_timeout < std::chrono::milliseconds(1))
     throw Error(ErrorKind::invalid_argument, "LockOptions::row_lock_timeout must be at least 1ms");
+  if (options.queue_ttl < std::chrono::milliseconds(30))
+    throw Error(ErrorKind::invalid_argument, "LockOptions::queue_ttl must be at least 30ms");
   validate_owner(owner_prefix);
 }
 
@@ -137,6 +139,93 @@ std::size_t detail::wake_entries() {
 }
 
 void Locks::Impl::wake(const std::string& name) { wake_key(wake_prefix + name); }
+
+namespace {
+// The (name, owner) pairs a Lease of this process holds, across every Locks: leases are not
+// re-entrant, so an acquire of a pair held here is refused instead of handing out a second Lease
+// whose release would end the first one's lease too (the database cannot tell a nested acquire from
+// a retried one, so it gives the same owner its token back). An acquire in flight reserves its pair
+// (pending), so two threads with one owner cannot both get it. An entry lives while its Lease's
+// State does, so the map is as small as the number of live Leases.
+struct HeldEntry {
+  std::weak_ptr<detail::LeaseData> lease;
+  bool pending = false;
+};
+struct HeldRegistry {
+  std::mutex mutex;
+  std::unordered_map<std::string, HeldEntry> entries;
+};
+HeldRegistry& held_registry() {
+  static HeldRegistry r;
+  return r;
+}
+
+bool managing(const detail::LeaseData& s) {
+  std::lock_guard lock(s.mutex);
+  return s.state == LeaseState::held || s.state == LeaseState::unknown;
+}
+
+// Reserves (name, owner) for one acquire: bind() hands it to the Lease made, else the destructor
+// frees it. Error(invalid_argument) when a live Lease of this process, or another acquire in
+// flight, has it.
+class HeldReservation {
+ public:
+  HeldReservation(const detail::LocksImpl& impl, std::string_view name, const std::string& owner)
+      : key_(impl.wake_prefix + std::string(name) + '\0' + owner) {
+    auto& r = held_registry();
+    std::shared_ptr<detail::LeaseData> existing;  // dropped after the mutex: it may be the last reference
+    {
+      std::lock_guard lock(r.mutex);
+      auto [it, fresh] = r.entries.try_emplace(key_);
+      if (!fresh) {
+        existing = it->second.lease.lock();
+        if (it->second.pending || (existing && managing(*existing)))
+          throw Error(ErrorKind::invalid_argument,
+                      fmt::format("lock '{}' is already held by owner '{}' through a Lease of this process (or being "
+                                  "acquired by it): leases are not re-entrant and keep no hold count; pass that Lease "
+                                  "on, or release it before acquiring again",
+                                  name, owner));
+      }
+      it->second = HeldEntry{{}, true};
+    }
+    reserved_ = true;
+  }
+  HeldReservation(const HeldReservation&) = delete;
+  HeldReservation& operator=(const HeldReservation&) = delete;
+  ~HeldReservation() {
+    if (!reserved_) return;
+    auto& r = held_registry();
+    std::lock_guard lock(r.mutex);
+    const auto it = r.entries.find(key_);
+    if (it != r.entries.end() && it->second.pending) r.entries.erase(it);
+  }
+  void bind(const std::shared_ptr<detail::LeaseData>& lease) {
+    auto& r = held_registry();
+    std::lock_guard lock(r.mutex);
+    r.entries[key_] = HeldEntry{lease, false};
+    lease->held_key = key_;
+    reserved_ = false;
+  }
+
+ private:
+  std::string key_;
+  bool reserved_ = false;
+};
+}  // namespace
+
+void detail::forget_held(const std::string& key) noexcept {
+  auto& r = held_registry();
+  std::lock_guard lock(r.mutex);
+  const auto it = r.entries.find(key);
+  // Another Lease (or acquire) of the same pair may have taken the entry over meanwhile.
+  if (it != r.entries.end() && !it->second.pending && it->second.lease.expired()) r.entries.erase(it);
+}
+
+std::size_t detail::held_entries() {
+  auto& r = held_registry();
+  std::lock_guard lock(r.mutex);
+  return r.entries.size();
+}
 
 Locks::Impl::Watch::Watch(Impl& impl, const std::string& name) : key_(impl.wake_prefix + name) {
   auto& h = hub();
@@ -235,17 +324,16 @@ std::string Locks::new_owner() const {
   return owner;
 }
 
-std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::milliseconds ttl,
-                                        std::optional<std::string> owner) {
-  impl_->validate_name(name);
-  impl_->validate_ttl(ttl);
-  if (owner) impl_->validate_owner(*owner);
-  const std::string who = owner ? *owner : new_owner();
+namespace {
+// The one-statement acquire: the token, or nothing when busy (held by another owner, its row held
+// by another transaction's guard, or fair waiters queue for it).
+std::optional<std::int64_t> acquire_statement(detail::LocksImpl& impl, const std::string& name,
+                                              const std::string& owner, std::chrono::milliseconds ttl) {
   const auto& m = detail::instruments::locks();
   const auto sent = std::chrono::steady_clock::now();
   Result r;
   try {
-    r = impl_->run(impl_->sql.acquire, {std::string(name), who, static_cast<std::int64_t>(ttl.count())});
+    r = impl.run(impl.sql.acquire, {name, owner, static_cast<std::int64_t>(ttl.count())});
   } catch (const Error& e) {
     m.acquire_seconds.observe_since(sent);
     if (e.sqlstate() == "55P03") {  // the row is held by another transaction's guard
@@ -261,23 +349,131 @@ std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::mill
     return std::nullopt;
   }
   m.acquired.add();
+  return r.rows[0].i64(0);
+}
+
+// What a fair waiter's try found.
+struct QueuedTry {
+  std::optional<std::int64_t> token;              // acquired
+  std::optional<std::int64_t> holder_expires_ms;  // else: the live holder's expiry (nothing when free)
+  std::int64_t now_ms = 0;
+  std::int64_t ahead = 0;                        // live tickets of other owners ahead
+  std::optional<std::int64_t> ahead_expires_ms;  // the earliest of their expiries
+  bool queued = true;                            // the ticket still lives (else: take a new one)
+};
+
+// A fair waiter's try with its ticket (LockStatements::acquire_queued): acquires when no live
+// ticket is ahead, dropping the ticket; else moves the ticket's expiry on and says what to wait for.
+QueuedTry queued_statement(detail::LocksImpl& impl, const std::string& name, const std::string& owner,
+                           std::chrono::milliseconds ttl, std::int64_t ticket) {
+  const auto& m = detail::instruments::locks();
+  const auto& sql = impl.sql;
+  const auto ttl_ms = static_cast<std::int64_t>(ttl.count());
+  const auto queue_ms = static_cast<std::int64_t>(impl.options.queue_ttl.count());
+  const auto sent = std::chrono::steady_clock::now();
+  QueuedTry out;
+  try {
+    if (sql.queued_in_one_call) {
+      const Result r = impl.run(sql.acquire_queued, {name, owner, ttl_ms, ticket, queue_ms});
+      const Row& row = r.one();
+      if (!row.is_null(0)) out.token = row.i64(0);
+      if (!out.token && !row.is_null(1)) out.holder_expires_ms = row.i64(1);
+      out.now_ms = row.i64(2);
+      out.ahead = row.i64(3);
+      if (!row.is_null(4)) out.ahead_expires_ms = row.i64(4);
+      out.queued = row.i64(5) != 0;
+    } else {
+      const Result r = impl.run(sql.acquire_queued, {name, owner, ttl_ms, ticket});
+      if (!r.rows.empty()) {
+        out.token = r.rows[0].i64(0);
+        try {
+          impl.run(sql.dequeue, {name, ticket, owner});
+        } catch (const Error&) {
+          // The ticket runs out at its expiry; the lease is held either way.
+        }
+      } else {
+        out.queued = impl.run(sql.queue_refresh, {name, ticket, owner, queue_ms}).affected == 1;
+        const Result s = impl.run(sql.queue_state, {name, ticket, owner});
+        const Row& row = s.one();
+        if (!row.is_null(0)) out.holder_expires_ms = row.i64(0);
+        out.now_ms = row.i64(1);
+        out.ahead = row.i64(2);
+        if (!row.is_null(3)) out.ahead_expires_ms = row.i64(3);
+      }
+    }
+  } catch (const Error&) {
+    m.acquire_seconds.observe_since(sent);
+    m.error.add();
+    throw;
+  }
+  m.acquire_seconds.observe_since(sent);
+  (out.token ? m.acquired : m.busy).add();
+  return out;
+}
+
+Lease make_lease(const std::shared_ptr<detail::LocksImpl>& impl, std::string_view name, const std::string& owner,
+                 std::int64_t token, std::chrono::milliseconds ttl, std::chrono::steady_clock::time_point sent,
+                 HeldReservation& held) {
   auto state = std::make_shared<detail::LeaseData>();
-  state->locks = impl_;
+  state->locks = impl;
   state->name = std::string(name);
-  state->owner = who;
-  state->token = r.rows[0].i64(0);
+  state->owner = owner;
+  state->token = token;
   state->ttl = ttl;
   state->deadline = detail::local_deadline(sent, ttl);
+  held.bind(state);
   return detail::LocksAccess::lease(std::move(state));
+}
+}  // namespace
+
+std::optional<Lease> Locks::try_acquire(std::string_view name, std::chrono::milliseconds ttl,
+                                        std::optional<std::string> owner) {
+  impl_->validate_name(name);
+  impl_->validate_ttl(ttl);
+  if (owner) impl_->validate_owner(*owner);
+  const std::string who = owner ? *owner : new_owner();
+  HeldReservation held(*impl_, name, who);
+  const auto sent = std::chrono::steady_clock::now();
+  const auto token = acquire_statement(*impl_, std::string(name), who, ttl);
+  if (!token) return std::nullopt;
+  return make_lease(impl_, name, who, *token, ttl, sent, held);
 }
 
 Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::chrono::milliseconds wait,
                      const std::stop_token& stop, std::optional<std::string> owner) {
+  return acquire(name, ttl, AcquireOptions{wait, WaitOrder::any, std::move(owner), stop});
+}
+
+namespace {
+// The wait, from the first try that found the lock held until acquire returns or throws.
+struct WaitClock {
+  std::optional<std::chrono::steady_clock::time_point> since;
+  void start() {
+    if (since) return;
+    since = std::chrono::steady_clock::now();
+    detail::instruments::locks().waits.add();
+  }
+  WaitClock() = default;
+  WaitClock(const WaitClock&) = delete;
+  WaitClock& operator=(const WaitClock&) = delete;
+  ~WaitClock() {
+    if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
+  }
+};
+}  // namespace
+
+Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, const AcquireOptions& options) {
   impl_->validate_name(name);
   impl_->validate_ttl(ttl);
-  if (wait < std::chrono::milliseconds::zero()) throw Error(ErrorKind::invalid_argument, "wait must not be negative");
-  if (!owner) owner = new_owner();
+  if (options.wait < std::chrono::milliseconds::zero())
+    throw Error(ErrorKind::invalid_argument, "wait must not be negative");
+  if (options.owner) impl_->validate_owner(*options.owner);
+  const std::string who = options.owner ? *options.owner : new_owner();
   const std::string key(name);
+  const std::chrono::milliseconds wait = options.wait;
+  const std::stop_token& stop = options.stop;
+  const bool fair = options.order == WaitOrder::fair;
+  HeldReservation held(*impl_, key, who);
   const auto deadline = std::chrono::steady_clock::now() + wait;
   bool registered = false;
   struct Unregister {
@@ -293,6 +489,25 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
       }
     }
   } unregister{*impl_, key, registered};
+  // A fair waiter's ticket, dropped when the wait ends without the lock (when it acquires, the
+  // acquiring statement drops it). Those queued behind may go at once then: they are woken.
+  std::optional<std::int64_t> ticket;
+  struct Dequeue {
+    Impl& impl;
+    const std::string& key;
+    const std::string& owner;
+    std::optional<std::int64_t>& ticket;
+    ~Dequeue() {
+      if (!ticket) return;
+      try {
+        if (impl.run(impl.sql.dequeue, {key, *ticket, owner}).affected == 0) return;
+        impl.wake(key);
+        if (!impl.sql.notify_release.empty()) impl.run(impl.sql.notify_release, {key});
+      } catch (...) {
+        // The ticket runs out at its expiry (LockOptions::queue_ttl).
+      }
+    }
+  } dequeue{*impl_, key, who, ticket};
 
   // A failure the wait can ride out: a conflict, a lost connection (the pool reconnects), or an
   // acquire whose reply was lost (retrying with the same owner returns the same token).
@@ -303,23 +518,23 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     if (ok) last_failure = e.what();
     return ok;
   };
-  // The wait, from the first try that found the lock held until acquire returns or throws.
-  struct WaitClock {
-    std::optional<std::chrono::steady_clock::time_point> since;
-    void start() {
-      if (since) return;
-      since = std::chrono::steady_clock::now();
-      detail::instruments::locks().waits.add();
-    }
-    ~WaitClock() {
-      if (since) detail::instruments::locks().wait_seconds.observe_since(*since);
-    }
-  } waited;
+  WaitClock waited;
+  auto free_backoff = std::chrono::milliseconds(5);
   const Impl::Watch watch(*impl_, key);  // before the first try, so no wake-up after it is missed
   for (;;) {
     const std::uint64_t seen = watch.generation();
+    std::optional<QueuedTry> queue;  // what this round's fair try found
     try {
-      if (auto lease = try_acquire(name, ttl, owner)) return std::move(*lease);
+      const auto sent = std::chrono::steady_clock::now();
+      if (ticket) {
+        queue = queued_statement(*impl_, key, who, ttl, *ticket);
+        if (queue->token) {
+          ticket.reset();  // dropped by the statement
+          return make_lease(impl_, key, who, *queue->token, ttl, sent, held);
+        }
+      } else if (const auto token = acquire_statement(*impl_, key, who, ttl)) {
+        return make_lease(impl_, key, who, *token, ttl, sent, held);
+      }
     } catch (const Error& e) {
       if (!survivable(e)) throw;
     }
@@ -331,6 +546,20 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
       throw Error(ErrorKind::lock_busy,
                   fmt::format("lock '{}' was not acquired within {} ms{}", key, wait.count(),
                               last_failure.empty() ? "" : " (last failure: " + last_failure + ")"));
+    // A fair waiter queues once its first try found the lock busy, and queues again (at the back)
+    // when its ticket ran out while it could not move it on.
+    if (fair && (!ticket || (queue && !queue->queued))) {
+      ticket.reset();
+      try {
+        impl_->run(impl_->sql.prune_queue, {key, who});
+        const Result r =
+            impl_->run(impl_->sql.enqueue, {key, who, static_cast<std::int64_t>(impl_->options.queue_ttl.count())});
+        ticket = r.one().i64(0);
+        continue;  // try with the ticket at once: nobody may be ahead
+      } catch (const Error& e) {
+        if (!survivable(e)) throw;
+      }
+    }
     const bool notified = impl_->ensure_listener();
     if (notified && !registered && !impl_->sql.add_waiter.empty()) {
       try {
@@ -343,17 +572,35 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, std::
     // Sleep until the holder's lease expires on the database clock (expiry notifies nobody), or a
     // release wakes us, or the poll interval passes (the only path without notifications).
     auto sleep = notified ? impl_->options.poll_interval * 4 : jittered(impl_->options.poll_interval);
-    Result s;
-    try {
-      s = impl_->run(impl_->sql.state, {key});
-    } catch (const Error& e) {
-      if (!survivable(e)) throw;
-    }
-    if (!s.rows.empty() && !s.rows[0].is_null(2)) {
-      const auto expires_in = std::chrono::milliseconds(std::max<std::int64_t>(0, s.rows[0].i64(2) - s.rows[0].i64(3)));
-      sleep = std::min(sleep, expires_in + std::chrono::milliseconds(1));
-    } else if (!s.rows.empty()) {
-      sleep = std::min(sleep, jittered(std::chrono::milliseconds(5)));  // free but contended: retry soon
+    const auto until = [](std::int64_t at_ms, std::int64_t now_ms) {
+      return std::chrono::milliseconds(std::max<std::int64_t>(0, at_ms - now_ms)) + std::chrono::milliseconds(1);
+    };
+    if (queue) {
+      // A fair waiter: its try said what to wait for, and its ticket must be moved on in time.
+      sleep = std::min(sleep, impl_->options.queue_ttl / 3);
+      if (queue->holder_expires_ms)
+        sleep = std::min(sleep, until(*queue->holder_expires_ms, queue->now_ms));
+      else if (queue->ahead > 0 && queue->ahead_expires_ms)  // free, but its turn is theirs: until a dead one runs out
+        sleep = std::min(sleep, until(*queue->ahead_expires_ms, queue->now_ms));
+      else
+        sleep = std::min(sleep, jittered(std::chrono::milliseconds(5)));  // free, nobody ahead: retry soon
+    } else {
+      Result s;
+      try {
+        s = impl_->run(impl_->sql.state, {key});
+      } catch (const Error& e) {
+        if (!survivable(e)) throw;
+      }
+      if (!s.rows.empty() && !s.rows[0].is_null(2)) {
+        sleep = std::min(sleep, until(s.rows[0].i64(2), s.rows[0].i64(3)));
+        free_backoff = std::chrono::milliseconds(5);
+      } else if (!s.rows.empty()) {
+        // Free but contended (another waiter got there first), or fair waiters queue for it: retry
+        // soon, then less often while it stays that way (a dead fair waiter's ticket can take
+        // LockOptions::queue_ttl to run out).
+        sleep = std::min(sleep, jittered(free_backoff));
+        free_backoff = std::min(free_backoff * 2, impl_->options.poll_interval);
+      }
     }
     sleep = std::min(
         sleep, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1));
@@ -379,7 +626,7 @@ std::vector<LockInfo> lock_infos(const Result& r) {
   std::vector<LockInfo> out;
   for (const auto& row : r.rows)
     out.push_back(LockInfo{row.text(0), row.text(1), row.i64(2), row.i64(3) != 0, row.i64(4), row.i64(5), row.i64(6),
-                           row.i64(7), row.text(8), row.i64(9) != 0});
+                           row.i64(7), row.text(8), row.i64(9) != 0, row.i64(10)});
   return out;
 }
 }  // namespace
@@ -413,7 +660,10 @@ void Locks::force_release(std::string_view name, std::string_view reason) {
 std::int64_t Locks::sweep(std::chrono::milliseconds older_than) {
   if (older_than < std::chrono::milliseconds::zero())
     throw Error(ErrorKind::invalid_argument, "sweep age must not be negative");
-  return impl_->run(impl_->sql.sweep, {static_cast<std::int64_t>(-older_than.count())}).affected;
+  const std::int64_t age = -older_than.count();
+  const std::int64_t cleared = impl_->run(impl_->sql.sweep, {age}).affected;
+  impl_->run(impl_->sql.sweep_queue, {age});  // tickets of waiters that died (a live waiter moves its own on)
+  return cleared;
 }
 
 Semaphore::Semaphore(Locks& locks, std::string name, int permits)

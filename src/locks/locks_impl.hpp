@@ -88,6 +88,12 @@ using LocksImpl = LocksAccess::Impl;
 using LeaseData = LocksAccess::LeaseData;
 // Entries in the process's map of waited-on lock names, across every Locks: for tests.
 std::size_t wake_entries();
+// A lease's State leaves the process's registry of held (name, owner) pairs when it is destroyed
+// (the Lease was destroyed, moved over or detached). Called by ~Lease::State only.
+void forget_held(const std::string& key) noexcept;
+// Entries in that registry (one per live Lease made by any Locks of the process, or acquire in
+// flight): for tests.
+std::size_t held_entries();
 }  // namespace detail
 
 }  // namespace rowguard

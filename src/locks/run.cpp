@@ -30,7 +30,8 @@ std::optional<std::chrono::milliseconds> checked_window(Locks& locks, const Lock
 
 LeaseRun::LeaseRun(Locks& locks, std::string_view name, std::chrono::milliseconds ttl, const LockRunOptions& options)
     : shared_(std::make_shared<Shared>()), hold_at_least_(checked_window(locks, options)), held_for_(options.held_for) {
-  lease_.emplace(locks.acquire(name, ttl, options.wait, options.stop, options.owner));
+  lease_.emplace(locks.acquire(
+      name, ttl, {.wait = options.wait, .order = options.order, .owner = options.owner, .stop = options.stop}));
   if (held_for_) *held_for_ = std::chrono::milliseconds::zero();
   HeartbeatOptions heartbeat;
   heartbeat.interval = options.heartbeat_interval;

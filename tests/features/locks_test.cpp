@@ -1,4 +1,5 @@
 // Leases: mutual exclusion, fencing tokens, expiry, waiting, guards, fences and semaphores.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -92,9 +93,11 @@ TEST_CASE("locks: the same owner re-acquiring a live lease gets its token back",
   const std::string me = locks.new_owner();
   auto first = locks.try_acquire("job", 10s, me);
   REQUIRE(first);
-  auto again = locks.try_acquire("job", 10s, me);  // an acquire whose reply was lost, retried
+  const std::int64_t token = first->token();
+  first->detach();  // an acquire whose reply was lost leaves no Lease behind in this process
+  auto again = locks.try_acquire("job", 10s, me);  // ...and is retried
   REQUIRE(again);
-  CHECK(again->token() == first->token());
+  CHECK(again->token() == token);
   again->detach();
 }
 
@@ -1186,4 +1189,302 @@ TEST_CASE(
   CHECK(took >= acquired + 600);
   CHECK(took <= acquired + 600 + 350);  // woken by the release to sleep until the window's end
   CHECK(b.token() == a->token() + 1);
+}
+
+namespace {
+// Fair waiters' tickets for one lock name (schema step 012's queue), live or run out.
+std::int64_t tickets(TestDb& t, const std::string& name) {
+  const Result r =
+      t.db().exec(fmt::format("SELECT count(*) FROM {}lock_queue WHERE name = $1", t.db().table_prefix()), {name});
+  return r.one().i64(0);
+}
+
+// Waits until name's queue holds `count` tickets; false after 10 s.
+bool queue_reaches(TestDb& t, const std::string& name, std::int64_t count) {
+  for (int i = 0; i < 1000; ++i) {
+    if (tickets(t, name) == count) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+}  // namespace
+
+TEST_CASE(
+    "locks: fair waiters on threads get the lock in the order they queued, with increasing tokens, and a "
+    "non-fair waiter that came later does not jump ahead of them",
+    "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto holder = locks.try_acquire("fair", 30s);
+  REQUIRE(holder);
+  constexpr int n = 5;
+  std::mutex mutex;
+  std::vector<int> order;  // who acquired, in acquisition order
+  std::vector<std::int64_t> tokens;
+  std::atomic<int> holders{0}, max_holders{0};
+  auto hold = [&](int who, Lease lease) {
+    const int now = ++holders;
+    int seen = max_holders.load();
+    while (now > seen && !max_holders.compare_exchange_weak(seen, now)) {
+    }
+    {
+      std::lock_guard lock(mutex);
+      order.push_back(who);
+      tokens.push_back(lease.token());
+    }
+    std::this_thread::sleep_for(5ms);
+    --holders;
+    lease.release();
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] { hold(i, locks.acquire("fair", 10s, {.wait = 30s, .order = WaitOrder::fair})); });
+    REQUIRE(queue_reaches(t, "fair", i + 1));  // i is queued behind every earlier one before the next starts
+  }
+  // Not fair, and later: behind every ticket, although it retries at every release.
+  threads.emplace_back([&] { hold(n, locks.acquire("fair", 10s, 30s)); });
+  std::this_thread::sleep_for(100ms);
+  CHECK_FALSE(locks.try_acquire("fair", 10s));
+  REQUIRE(locks.list().size() == 1);
+  CHECK(locks.list().at(0).queued == n);  // the fair ones: the later one waits without a ticket
+  holder->release();
+  for (auto& th : threads) th.join();
+  CHECK(order == std::vector<int>{0, 1, 2, 3, 4, n});
+  REQUIRE(tokens.size() == n + 1);
+  CHECK(tokens.front() == holder->token() + 1);
+  for (std::size_t i = 1; i < tokens.size(); ++i) CHECK(tokens[i] == tokens[i - 1] + 1);
+  CHECK(max_holders == 1);
+  CHECK(tickets(t, "fair") == 0);  // each took its ticket with it
+}
+
+TEST_CASE(
+    "locks: a fair waiter that died while queued holds up the others only until its ticket runs out, one "
+    "that gives up leaves at once, and try_acquire does not jump the queue",
+    "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db(), LockOptions{.queue_ttl = 1s});
+  auto& impl = detail::LocksAccess::impl(locks);
+  {
+    // What a waiter killed with SIGKILL leaves: a ticket nobody moves on, here with 600 ms to live.
+    impl.run(impl.sql.enqueue, {std::string("dead"), std::string("killed-owner"), std::int64_t{600}});
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_FALSE(locks.try_acquire("dead", 10s));  // the lock is free, but someone queues for it
+    auto lease = locks.acquire("dead", 10s, {.wait = 10s, .order = WaitOrder::fair});
+    const auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(waited >= 500ms);  // not before the dead ticket ran out on the database clock
+    CHECK(waited < 2500ms);  // but soon after it
+    CHECK(lease.token() == 1);
+    WARN(fmt::format("{}: a dead waiter's ticket (600 ms) held the queue up {} ms", rowguard::test::backend(),
+                     std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
+    lease.release();
+    // A non-fair blocking acquire waits behind a dead ticket too, and then gets the lock.
+    impl.run(impl.sql.enqueue, {std::string("dead"), std::string("killed-owner"), std::int64_t{300}});
+    auto plain = locks.acquire("dead", 10s, 10s);
+    CHECK(plain.token() == 2);
+  }
+  {
+    auto holder = locks.try_acquire("gives-up", 30s);
+    REQUIRE(holder);
+    auto quitter = std::async(std::launch::async, [&] {
+      return kind_of([&] { locks.acquire("gives-up", 10s, {.wait = 1500ms, .order = WaitOrder::fair}); });
+    });
+    REQUIRE(queue_reaches(t, "gives-up", 1));
+    auto patient = std::async(std::launch::async, [&] {
+      return locks.acquire("gives-up", 10s, {.wait = 20s, .order = WaitOrder::fair}).token();
+    });
+    REQUIRE(queue_reaches(t, "gives-up", 2));
+    CHECK(quitter.get() == ErrorKind::lock_busy);
+    CHECK(tickets(t, "gives-up") == 1);  // its ticket left with it
+    const auto released = std::chrono::steady_clock::now();
+    holder->release();
+    REQUIRE(patient.wait_for(5s) == std::future_status::ready);
+    CHECK(patient.get() == holder->token() + 1);
+    CHECK(std::chrono::steady_clock::now() - released < 1s);  // not held up by the ticket that left
+  }
+  CHECK(tickets(t, "gives-up") == 0);
+  // sweep deletes tickets that ran out (the dead ones above, nobody queued behind to delete them), never a live one.
+  impl.run(impl.sql.enqueue, {std::string("swept"), std::string("live-owner"), std::int64_t{60'000}});
+  locks.sweep(0ms);
+  CHECK(tickets(t, "dead") == 0);
+  CHECK(rowguard::test::rows_in(t.db(), "lock_queue") == 1);
+}
+
+TEST_CASE(
+    "locks: fair waiters with force-releases, expiries and sweeps running keep one unevicted holder at a time "
+    "and never a token twice",
+    "[backend][threads]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db(), LockOptions{.queue_ttl = 1s});
+  struct Section {
+    std::int64_t token;
+    std::chrono::steady_clock::time_point start, end;
+    bool evicted;  // force-released, or left to expire: it may overlap the next holder
+  };
+  std::mutex mutex;
+  std::vector<Section> sections;
+  std::vector<std::string> failures;  // no Catch2 assertion on the worker threads
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      try {
+        for (int i = 0; i < 6; ++i) {
+          auto lease = locks.acquire("maintained", 500ms, {.wait = 30s, .order = WaitOrder::fair});
+          Section s{lease.token(), std::chrono::steady_clock::now(), {}, false};
+          std::this_thread::sleep_for(3ms);
+          s.end = std::chrono::steady_clock::now();
+          if ((w + i) % 5 == 0) {
+            lease.detach();  // a holder that died: its lease runs out at its ttl, for the sweep to clear
+            s.evicted = true;
+          } else {
+            try {
+              lease.release();
+            } catch (const Error& e) {
+              s.evicted = e.kind() == ErrorKind::lock_lost;  // force-released meanwhile
+              if (!s.evicted) throw;
+            }
+          }
+          std::lock_guard lock(mutex);
+          sections.push_back(s);
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lock(mutex);
+        failures.emplace_back(e.what());
+      }
+    });
+  std::thread maintenance([&] {
+    for (int i = 0; !done; ++i) {
+      try {
+        if (i % 4 == 0) locks.force_release("maintained", "maintenance");
+        locks.sweep(0ms);
+      } catch (const Error& e) {
+        // not_found before the first acquire; a busy SQLite writer now and then
+        if (e.kind() != ErrorKind::not_found && e.kind() != ErrorKind::conflict) {
+          std::lock_guard lock(mutex);
+          failures.emplace_back(e.what());
+        }
+      }
+      std::this_thread::sleep_for(25ms);
+    }
+  });
+  for (auto& th : threads) th.join();
+  done = true;
+  maintenance.join();
+  for (const auto& f : failures) UNSCOPED_INFO(f);
+  CHECK(failures.empty());
+  REQUIRE(sections.size() == 24);
+  std::set<std::int64_t> distinct;
+  for (const auto& s : sections) distinct.insert(s.token);
+  CHECK(distinct.size() == sections.size());
+  std::vector<Section> kept;
+  for (const auto& s : sections)
+    if (!s.evicted) kept.push_back(s);
+  std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) { return a.start < b.start; });
+  for (std::size_t i = 1; i < kept.size(); ++i) {
+    CHECK(kept[i].token > kept[i - 1].token);
+    CHECK(kept[i].start >= kept[i - 1].end);
+  }
+  CHECK(tickets(t, "maintained") == 0);
+}
+
+TEST_CASE(
+    "locks: leases are not re-entrant: an owner whose Lease here still holds the name is refused at once and "
+    "changes nothing, and gets its token back once that Lease is gone",
+    "[backend]") {
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  const auto entries = detail::held_entries();
+  const std::string me = locks.new_owner();
+  auto first = locks.try_acquire("job", 10s, me);
+  REQUIRE(first);
+  const auto start = std::chrono::steady_clock::now();
+  std::string message;
+  CHECK(kind_of([&] { (void)locks.try_acquire("job", 10s, me); }, &message) == ErrorKind::invalid_argument);
+  CHECK_THAT(message, Catch::Contains("not re-entrant"));
+  CHECK(kind_of([&] { locks.acquire("job", 10s, 5s, {}, me); }) == ErrorKind::invalid_argument);
+  CHECK(kind_of([&] { locks.acquire("job", 10s, {.wait = 5s, .order = WaitOrder::fair, .owner = me}); }) ==
+        ErrorKind::invalid_argument);
+  CHECK(std::chrono::steady_clock::now() - start < 2s);  // refused, not waited for
+  CHECK(rowguard::test::rows_in(t.db(), "lock_queue") == 0);
+  CHECK(first->state() == LeaseState::held);
+  CHECK_NOTHROW(first->renew(10s));
+  CHECK(locks.list().at(0).token == first->token());
+  // Another owner (the default: a new one per call) is just another owner: busy.
+  CHECK_FALSE(locks.try_acquire("job", 10s));
+  // A Lease that no longer holds does not refuse: released, then taken again with a new token.
+  first->release();
+  auto second = locks.try_acquire("job", 10s, me);
+  REQUIRE(second);
+  CHECK(second->token() == first->token() + 1);
+  // Detached: no Lease of this process manages it any more; the same owner takes it back.
+  const std::int64_t token = second->token();
+  second->detach();
+  auto back = locks.try_acquire("job", 10s, me);
+  REQUIRE(back);
+  CHECK(back->token() == token);
+  back->release();
+  first.reset();
+  back.reset();
+  CHECK(detail::held_entries() == entries);  // the registry holds only live Leases
+}
+
+namespace {
+// Starts the rowguard CLI on t's database (--db, --prefix, then args) in a child process; returns its pid.
+pid_t spawn_cli(TestDb& t, const std::vector<std::string>& args) {
+  std::vector<std::string> all{ROWGUARD_CLI, "--db", t.url(), "--prefix", t.db().table_prefix()};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::execv(ROWGUARD_CLI, argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+}  // namespace
+
+TEST_CASE(
+    "locks: `lock run --fair` processes run in the order they queued, and one killed with SIGKILL while "
+    "queued holds up the rest only until its ticket runs out",
+    "[backend][shared-db][threads][cli]") {
+  if (!rowguard::test::has_cli()) return;
+  TestDb t;
+  t.db().migrate();
+  Locks locks(t.db());
+  auto holder = locks.try_acquire("fair-procs", 30s);
+  REQUIRE(holder);
+  const auto file = rowguard::test::scratch_dir() / "order";
+  std::vector<pid_t> pids;
+  for (const char* who : {"A", "B", "C"}) {
+    pids.push_back(spawn_cli(t, {"lock", "run", "fair-procs", "--fair", "--wait", "60s", "--ttl", "10s", "--", "sh",
+                                 "-c", fmt::format("echo {} >> '{}'", who, file.string())}));
+    REQUIRE(queue_reaches(t, "fair-procs", static_cast<std::int64_t>(pids.size())));
+  }
+  std::string listed;
+  REQUIRE(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "--json", "lock", "list"},
+                                  &listed) == 0);
+  CHECK(nlohmann::json::parse(listed).at("queued") == 3);
+  REQUIRE(rowguard::test::run_cli({"--db", t.url(), "--prefix", t.db().table_prefix(), "lock", "list"}, &listed) == 0);
+  CHECK_THAT(listed, Catch::Contains("queued 3"));
+  ::kill(pids[1], SIGKILL);  // B, queued behind A
+  CHECK(wait_exit(pids[1], 5s) == 128 + SIGKILL);
+  const auto killed = std::chrono::steady_clock::now();
+  holder->release();
+  CHECK(wait_exit(pids[0], 20s) == 0);
+  CHECK(wait_exit(pids[2], 20s) == 0);
+  const auto waited = std::chrono::steady_clock::now() - killed;
+  CHECK(waited < 5s + 2s);  // B's ticket lives at most LockOptions::queue_ttl (5 s) after its last try
+  WARN(fmt::format("{}: C ran {} ms after B was killed", rowguard::test::backend(),
+                   std::chrono::duration_cast<std::chrono::milliseconds>(waited).count()));
+  std::ifstream in(file);
+  std::string order((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(order == "A\nC\n");
+  CHECK(tickets(t, "fair-procs") <= 1);  // B's, run out, until the next ticket or sweep deletes it
 }

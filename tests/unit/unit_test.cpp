@@ -239,10 +239,12 @@ TEST_CASE("schema scripts: both dialects have the same steps, and prefixes repla
   const auto pg = detail::migrations("postgres");
   REQUIRE(lite.size() == pg.size());
   for (std::size_t i = 0; i < lite.size(); ++i) {
+    // 1, 2, 3, ... without a gap: a database at N has every step up to N.
     CHECK(lite[i].version == static_cast<int>(i + 1));
     CHECK(lite[i].script->name == pg[i].script->name);
   }
-  CHECK(Database::library_schema_version() == static_cast<int>(lite.size()));
+  REQUIRE_FALSE(lite.empty());
+  CHECK(Database::library_schema_version() == lite.back().version);
   CHECK(detail::with_prefix("CREATE TABLE rowguard_locks (x_rowguard_y int); -- rowguard_ ", "app_") ==
         "CREATE TABLE app_locks (x_rowguard_y int); -- app_ ");
   for (const char* table : {"schema_version", "locks", "fences", "accounts", "transfers", "entries", "cache"}) {

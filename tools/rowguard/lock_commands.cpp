@@ -44,6 +44,7 @@ struct LockArgs {
   int lost_exit_code = 8;
   std::string hold_at_least;
   bool nonblock = false;
+  bool fair = false;
 };
 
 // CMD could not be executed (exec failed): thrown out of Locks::run so that it releases the lease
@@ -243,12 +244,18 @@ and --lost-exit-code values CMD never exits with (e.g. -E 75 --lost-exit-code 76
 goes to stderr): {"name", "token", "exit_code"}, plus "held_for_ms" with --hold-at-least; busy is an
 {"error": ...} object with kind lock_busy.)";
 
+constexpr const char* fair_help =
+    "Wait in line: waiters that pass --fair get the lock in the order they started waiting (as etcd's mutex and "
+    "Redisson's FairLock); one that dies holds up those behind it at most 5s. Without it: whoever tries first "
+    "once the lock frees up, but never ahead of --fair waiters";
+
 // lock run: takes the lease (busy: a's --conflict-exit-code), runs CMD under it and sets exit_status.
 void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   // Every argument is checked before the database is opened: a usage error never takes the lock.
   const auto ttl = parse_duration(a.ttl);
   LockRunOptions options;
   options.wait = parse_duration(a.wait);
+  options.order = a.fair ? WaitOrder::fair : WaitOrder::any;
   if (!a.hold_at_least.empty()) {
     options.hold_at_least = parse_duration(a.hold_at_least);
     const auto longest = LockOptions{}.max_ttl;
@@ -315,7 +322,9 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   acquire->add_option("name", a.name, "Lock name")->required();
   acquire->add_option("--ttl", a.ttl, "Lease length (default 30s)");
   acquire->add_option("--wait", a.wait, "How long to wait for it (default 0s: fail at once)");
-  acquire->add_option("--owner", a.owner, "Owner id (default: a new random one)");
+  acquire->add_option("--owner", a.owner,
+                      "Owner id (default: a new random one); an owner that holds the lease gets its token back");
+  acquire->add_flag("--fair", a.fair, fair_help);
   acquire->callback([&globals] {
     auto db = open_database(globals);
     Locks locks(db);
@@ -323,7 +332,8 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
     const auto wait = parse_duration(a.wait);
     std::optional<std::string> owner;
     if (!a.owner.empty()) owner = a.owner;
-    Lease lease = locks.acquire(a.name, ttl, wait, {}, owner);
+    Lease lease =
+        locks.acquire(a.name, ttl, {.wait = wait, .order = a.fair ? WaitOrder::fair : WaitOrder::any, .owner = owner});
     emit(globals, {{"name", lease.name()}, {"token", lease.token()}, {"owner", lease.owner()}, {"ttl_ms", ttl.count()}},
          fmt::format("token {} owner {}", lease.token(), lease.owner()));
     lease.detach();  // it stays held for its ttl: renew or release it with --owner/--token
@@ -366,6 +376,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* wait = run->add_option("-w,--wait", a.wait, "How long to wait for the lock (default 0s)");
   run->add_flag("-n,--nonblock", a.nonblock, "Fail at once when the lock is busy (the default; as flock -n)")
       ->excludes(wait);
+  run->add_flag("--fair", a.fair, fair_help);
   run->add_option("-E,--conflict-exit-code", a.conflict_exit_code,
                   "Exit code when the lock is busy: not acquired within --wait (default 3; flock's -E)")
       ->check(CLI::Range(0, 255));
@@ -382,7 +393,7 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
   auto* list = lock->add_subcommand(
       "list",
       "Who holds what: name, state (held; expired: its lease ran out without a release; free), owner, token, "
-      "expiry, renewals, waiters");
+      "expiry, renewals, waiters (registered for a release's wake-up; PostgreSQL), queued (--fair waiters in line)");
   list->callback([&globals] {
     auto db = open_database(globals);
     for (const auto& l : Locks(db).list()) {
@@ -396,19 +407,20 @@ void add_lock_commands(CLI::App& app, Globals& globals, int& exit_status) {
             {"expires_in_ms", l.expires_in_ms},
             {"renewals", l.renewals},
             {"waiters", l.waiters},
+            {"queued", l.queued},
             {"release_reason", l.release_reason}},
-           fmt::format(
-               "{:<30} {:<8} token {:<6} {} renewals {} waiters {}{}", l.name,
-               l.held      ? "held"
-               : l.expired ? "expired"
-                           : "free",
-               l.token,
-               l.held ? fmt::format("expires in {} by {}", format_duration(std::chrono::milliseconds(l.expires_in_ms)),
-                                    l.owner)
-               : l.expired
-                   ? fmt::format("ran out unreleased, by {} (acquired {})", l.owner, format_time(l.acquired_at_ms))
-                   : "",
-               l.renewals, l.waiters, l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
+           fmt::format("{:<30} {:<8} token {:<6} {} renewals {} waiters {} queued {}{}", l.name,
+                       l.held      ? "held"
+                       : l.expired ? "expired"
+                                   : "free",
+                       l.token,
+                       l.held      ? fmt::format("expires in {} by {}",
+                                                 format_duration(std::chrono::milliseconds(l.expires_in_ms)), l.owner)
+                       : l.expired ? fmt::format("ran out unreleased, by {} (acquired {})", l.owner,
+                                                 format_time(l.acquired_at_ms))
+                                   : "",
+                       l.renewals, l.waiters, l.queued,
+                       l.release_reason.empty() ? "" : " (force-released: " + l.release_reason + ")"));
     }
   });
 
