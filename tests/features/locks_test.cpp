@@ -337,7 +337,7 @@ TEST_CASE(
   std::chrono::steady_clock::duration stopped_after{};
   CHECK(kind_of([&] {
           locks.run(
-              "expiring", 400ms,
+              "expiring", 2s,
               [&](const Lease& lease, const std::stop_token& stop) {
                 std::mutex m;
                 std::unique_lock lock(m);
@@ -348,7 +348,9 @@ TEST_CASE(
               stalled);
         }) == ErrorKind::lock_lost);
   CHECK_FALSE(valid_at_stop);
-  CHECK(stopped_after < 400ms);  // before the database's expiry
+  // Before the database's expiry: the watchdog gives up a tenth of the ttl (200 ms) early, slack
+  // enough for a loaded machine (with a 400 ms ttl and 40 ms, 446 ms was seen at load 7).
+  CHECK(stopped_after < 2s);
   auto after_expiry = other.acquire("expiring", 10s, 5s);
   CHECK(after_expiry.valid());
 }
