@@ -1,3 +1,5 @@
+#include <mutex>
+
 #include <fmt/format.h>
 #include <pqxx/connection>
 #include <pqxx/errorhandler>
@@ -23,6 +25,18 @@ class SyncReplicationWatch final : public pqxx::errorhandler {
   }
   bool seen = false;
 };
+
+// libpqxx 6.4 looks every statement's encoding up in a table it builds on first use, as a
+// function-local static. That is thread-safe, but libpqxx is not built with ThreadSanitizer, which
+// therefore cannot see the static's guard: when two threads' connections ran their first statements
+// together, it reported the table's construction and a lookup as a data race (CI of 8c75d7f,
+// concurrent migrations). Having the table built under our own std::call_once, before a session
+// runs any statement, gives every thread an order TSan can see. esc_like looks the encoding up
+// without a round trip; afterwards the once costs an atomic load per new connection.
+void build_libpqxx_encoding_table_once(const pqxx::connection_base& connection) {
+  static std::once_flag once;
+  std::call_once(once, [&] { (void)connection.esc_like(""); });
+}
 
 // One libpqxx connection. Statements run through one long-lived pqxx::nontransaction, and rowguard
 // sends BEGIN/COMMIT itself: a single statement is then one round trip (a pqxx::work would add
@@ -171,7 +185,9 @@ std::shared_ptr<Backend> open_postgres(const ParsedUrl& url, const Options& opti
     // The session's own set-up talks to the server too (libpqxx opens its transaction object), and a
     // connection can be killed between connecting and that: both fail the same way.
     try {
-      return std::make_unique<PgSession>(std::make_unique<pqxx::connection>(conninfo), dialect, secrets, pooled, doubt);
+      auto connection = std::make_unique<pqxx::connection>(conninfo);
+      build_libpqxx_encoding_table_once(*connection);
+      return std::make_unique<PgSession>(std::move(connection), dialect, secrets, pooled, doubt);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -205,6 +221,7 @@ std::shared_ptr<Backend> open_postgres(PqxxFactory make_connection, const Option
     if (!connection || !connection->is_open())
       throw Error(ErrorKind::transient, "postgres: the connection factory returned no open connection");
     try {
+      build_libpqxx_encoding_table_once(*connection);
       return std::make_unique<PgSession>(std::move(connection), dialect, Secrets(), false, doubt);
     } catch (const std::exception& e) {  // killed between the factory and the session's set-up
       throw Error(ErrorKind::transient, fmt::format("postgres: the new connection broke: {}", e.what()));
