@@ -171,6 +171,11 @@ struct LockRunOptions {
   // When set, receives how long the lock stays held after run() returned (hold_at_least; zero when
   // it was released at once). Default: nullptr.
   std::chrono::milliseconds* held_for = nullptr;
+  // When set, and fn throws: receives the error of the release that should end the lease at once,
+  // when it failed (the database unreachable, say) and the lock stays taken until its ttl runs out;
+  // left empty when the release succeeded or the lease had been lost anyway. run() rethrows fn's
+  // exception either way. Default: nullptr (the failure is only logged, at warn).
+  std::optional<Error>* release_error = nullptr;
 };
 
 // One row of `rowguard lock list`.
@@ -306,7 +311,8 @@ class LeaseRun {
   LeaseRun(Locks& locks, std::string_view name, std::chrono::milliseconds ttl, const LockRunOptions& options);
   LeaseRun(const LeaseRun&) = delete;
   LeaseRun& operator=(const LeaseRun&) = delete;
-  // Without finish() (fn threw): releases at once, best effort, as ~Lease.
+  // Without finish() (fn threw): releases at once; a failure goes to LockRunOptions::release_error
+  // and the log, never out of the destructor.
   ~LeaseRun();
   const Lease& lease() const noexcept { return *lease_; }
   std::stop_token stop_token() const noexcept;
@@ -320,6 +326,8 @@ class LeaseRun {
   std::optional<Lease> lease_;
   std::optional<std::chrono::milliseconds> hold_at_least_;
   std::chrono::milliseconds* held_for_;
+  std::optional<Error>* release_error_;
+  bool finished_ = false;
   std::optional<std::stop_callback<std::function<void()>>> forward_stop_;  // options.stop -> shared_
 };
 }  // namespace detail

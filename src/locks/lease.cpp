@@ -261,8 +261,13 @@ Lease::~Lease() {
       (void)release_at_least(*at_least);
     else
       release();
-  } catch (...) {
-    // Best effort: an unreleased lease expires at its ttl.
+  } catch (const std::exception& e) {
+    // Best effort: an unreleased lease expires at its ttl, and whoever waits for the lock waits
+    // until then, which an operator must be able to see. A lost lease was logged when it was lost.
+    const auto* error = dynamic_cast<const Error*>(&e);
+    if ((!error || error->kind() != ErrorKind::lock_lost) && detail::log_enabled(LogLevel::warn))
+      detail::log(LogLevel::warn, "locks", "lease not released: it stays taken until its ttl",
+                  {{"lock", state_->name}, {"token", std::to_string(state_->token)}, {"error", e.what()}});
   }
 }
 

@@ -6,6 +6,8 @@
 
 #include "rowguard/locks.hpp"
 
+#include "obs/logging.hpp"
+
 #include "locks/locks_impl.hpp"
 
 namespace rowguard::detail {
@@ -29,7 +31,11 @@ std::optional<std::chrono::milliseconds> checked_window(Locks& locks, const Lock
 }  // namespace
 
 LeaseRun::LeaseRun(Locks& locks, std::string_view name, std::chrono::milliseconds ttl, const LockRunOptions& options)
-    : shared_(std::make_shared<Shared>()), hold_at_least_(checked_window(locks, options)), held_for_(options.held_for) {
+    : shared_(std::make_shared<Shared>()),
+      hold_at_least_(checked_window(locks, options)),
+      held_for_(options.held_for),
+      release_error_(options.release_error) {
+  if (release_error_) release_error_->reset();
   lease_.emplace(locks.acquire(
       name, ttl, {.wait = options.wait, .order = options.order, .owner = options.owner, .stop = options.stop}));
   if (held_for_) *held_for_ = std::chrono::milliseconds::zero();
@@ -45,11 +51,29 @@ LeaseRun::LeaseRun(Locks& locks, std::string_view name, std::chrono::millisecond
     forward_stop_.emplace(options.stop, std::function<void()>([shared = shared_] { shared->stop.request_stop(); }));
 }
 
-LeaseRun::~LeaseRun() = default;
+LeaseRun::~LeaseRun() {
+  if (finished_ || !lease_ || !release_error_) return;  // otherwise ~Lease releases, and logs a failure
+  forward_stop_.reset();
+  std::optional<Error> failed;
+  try {
+    lease_->release();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::lock_lost) failed = e;  // a lost lease is not ours to release
+  } catch (const std::exception& e) {
+    failed = Error(ErrorKind::transient, e.what());
+  }
+  if (!failed) return;
+  if (log_enabled(LogLevel::warn))
+    log(LogLevel::warn, "locks", "lease not released: it stays taken until its ttl",
+        {{"lock", lease_->name()}, {"token", std::to_string(lease_->token())}, {"error", failed->what()}});
+  lease_->detach();  // one attempt, reported once: ~Lease would try and log again
+  *release_error_ = std::move(*failed);
+}
 
 std::stop_token LeaseRun::stop_token() const noexcept { return shared_->stop.get_token(); }
 
 void LeaseRun::finish() {
+  finished_ = true;
   forward_stop_.reset();
   // Read before the release: a loss after fn returned is the release's to report.
   const bool lost = shared_->lost;

@@ -330,6 +330,52 @@ TEST_CASE("metrics: a lease taken over is counted lost once and logged with its 
   REQUIRE(logs.find("lock force-released"));
 }
 
+TEST_CASE(
+    "metrics: a release the database refuses is counted and logged, the lock stays taken, and Locks::run hands "
+    "the failure to release_error",
+    "[backend][metrics]") {
+  Migrated t;
+  Locks locks(t.db());
+  CapturedLogs logs(LogLevel::warn);
+  const auto before = metrics();
+  {
+    test::RefusedUpdates refused(t.db(), "locks");
+    // Locks::run whose function throws: its release fails, fn's exception still comes out.
+    std::optional<Error> release_error;
+    LockRunOptions options;
+    options.release_error = &release_error;
+    CHECK_THROWS_WITH(
+        locks.run(
+            "metrics-unreleased", std::chrono::seconds(30),
+            [](const Lease&, const std::stop_token&) -> int { throw std::runtime_error("the job failed"); }, options),
+        "the job failed");
+    REQUIRE(release_error);
+    CHECK(release_error->kind() != ErrorKind::lock_lost);
+    CHECK_THAT(release_error->what(), Catch::Contains("refuses updates"));
+    // A Lease dropped while held: ~Lease's release fails too.
+    auto dropped = locks.try_acquire("metrics-dropped", std::chrono::seconds(30));
+    REQUIRE(dropped);
+    dropped.reset();
+  }
+  const auto after = metrics();
+  CHECK(delta(before, after, "rowguard_lock_releases_total", {{"result", "error"}}) == 2);
+  std::vector<std::string> unreleased;
+  {
+    std::lock_guard lock(logs.mutex);
+    for (const auto& [level, component, message, fields] : logs.records)
+      if (message == "lease not released: it stays taken until its ttl") {
+        CHECK(level == LogLevel::warn);
+        CHECK(component == "locks");
+        CHECK_THAT(field(fields, "error"), Catch::Contains("refuses updates"));
+        unreleased.push_back(field(fields, "lock"));
+      }
+  }
+  CHECK(unreleased == std::vector<std::string>{"metrics-unreleased", "metrics-dropped"});  // each once
+  // Both are still taken until their ttl: another owner is refused.
+  CHECK_FALSE(locks.try_acquire("metrics-unreleased", std::chrono::seconds(30)));
+  CHECK_FALSE(locks.try_acquire("metrics-dropped", std::chrono::seconds(30)));
+}
+
 TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts and retries too", "[backend][metrics]") {
   Migrated t;
   Ledger l(t.db());

@@ -132,6 +132,39 @@ std::int64_t rows_in(Database& db, const char* table) {
   return db.exec(fmt::format("SELECT count(*) FROM {}{}", db.table_prefix(), table)).one().i64(0);
 }
 
+RefusedUpdates::RefusedUpdates(Database& db, const std::string& table) : db_(db), table_(table) {
+  const std::string p = db.table_prefix();
+  if (dialect_of(db).name() == "postgres") {
+    db.exec(
+        fmt::format("CREATE FUNCTION {0}refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "RAISE EXCEPTION 'the test refuses updates of this table'; END $$",
+                    p));
+    db.exec(
+        fmt::format("CREATE TRIGGER {0}refuse_update BEFORE UPDATE ON {0}{1} FOR EACH ROW EXECUTE FUNCTION "
+                    "{0}refuse_update()",
+                    p, table));
+  } else {
+    db.exec(
+        fmt::format("CREATE TRIGGER {0}refuse_update BEFORE UPDATE ON {0}{1} BEGIN "
+                    "SELECT RAISE(ABORT, 'the test refuses updates of this table'); END",
+                    p, table));
+  }
+}
+
+RefusedUpdates::~RefusedUpdates() {
+  const std::string p = db_.table_prefix();
+  try {
+    if (dialect_of(db_).name() == "postgres") {
+      db_.exec(fmt::format("DROP TRIGGER {0}refuse_update ON {0}{1}", p, table_));
+      db_.exec(fmt::format("DROP FUNCTION {0}refuse_update()", p));
+    } else {
+      db_.exec(fmt::format("DROP TRIGGER {0}refuse_update", p));
+    }
+  } catch (const std::exception& e) {
+    FAIL_CHECK("could not drop the trigger that refuses updates: " << e.what());
+  }
+}
+
 ErrorKind kind_of(const std::function<void()>& f, std::string* message) {
   try {
     f();

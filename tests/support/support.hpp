@@ -117,6 +117,21 @@ ErrorKind kind_of(const std::function<void()>& f, std::string* message = nullptr
 // Rows in one of rowguard's tables ("locks", "cache", ...) under db's prefix.
 std::int64_t rows_in(Database& db, const char* table);
 
+// While it lives, every UPDATE of one of rowguard's tables ("locks", ...) under db's prefix fails
+// with a server error (a trigger): a release that reaches the database and is refused, on every
+// engine. Dropped with the object.
+class RefusedUpdates {
+ public:
+  RefusedUpdates(Database& db, const std::string& table);
+  ~RefusedUpdates();
+  RefusedUpdates(const RefusedUpdates&) = delete;
+  RefusedUpdates& operator=(const RefusedUpdates&) = delete;
+
+ private:
+  Database& db_;
+  std::string table_;
+};
+
 // Runs command through /bin/sh, its standard output into *output; returns its exit code (128+N
 // when signal N ended it). No Catch2 assertion inside: safe from worker threads.
 int run_command(const std::string& command, std::string* output);

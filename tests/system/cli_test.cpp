@@ -846,6 +846,20 @@ TEST_CASE(
   // Even with a window: a command that never ran keeps nobody out.
   CHECK(lock_cli(t, {"lock", "run", "cmd", "--hold-at-least", "1h", "--", "/nonexistent/command"}) == 127);
   CHECK(lock_cli(t, {"lock", "run", "cmd", "--", "true"}) == 0);  // not busy: released every time
+  // When the database refuses that release too, the caller hears of it, and the code stays 127.
+  {
+    rowguard::test::RefusedUpdates refused(t.db(), "locks");
+    CHECK(lock_cli(t, {"lock", "run", "refused", "--ttl", "1h", "--", "/nonexistent/command"}, &out, true) == 127);
+    CHECK_THAT(out, Catch::Contains("rowguard: cannot run '/nonexistent/command'") &&
+                        Catch::Contains("rowguard: the lease on 'refused' (token ") &&
+                        Catch::Contains("could not be released") &&
+                        Catch::Contains("the lock stays taken until its ttl (1h) runs out"));
+    REQUIRE(lock_cli(t, {"--json", "lock", "run", "refused-json", "--", "/nonexistent/command"}, &out) == 127);
+    CHECK(nlohmann::json::parse(out).at("released") == false);
+  }
+  CHECK(lock_cli(t, {"lock", "run", "refused", "--", "true"}) == 3);  // still taken: busy
+  CHECK(lock_cli(t, {"--json", "lock", "run", "cmd", "--", "/nonexistent/command"}, &out) == 127);
+  CHECK_FALSE(nlohmann::json::parse(out).contains("released"));  // released as usual
   REQUIRE(lock_cli(t, {"lock", "run", "--help"}, &out) == 0);
   CHECK_THAT(out, Catch::Contains("--conflict-exit-code") && Catch::Contains("--lost-exit-code") &&
                       Catch::Contains("--hold-at-least") && Catch::Contains("128+N") &&

@@ -230,7 +230,8 @@ constexpr const char* run_exit_codes = R"(Exit codes of lock run: CMD's, passed 
   CMD's own code  CMD ran and exited: its code, unchanged
   128+N           CMD died of signal N (143: SIGTERM, 137: SIGKILL)
   126             CMD was found but cannot run (permission denied, a directory); a message on stderr
-  127             CMD was not found; a message on stderr
+  127             CMD was not found; a message on stderr. The lease is released at once; if that
+                  release fails, a second message says so (the lock stays taken until its ttl)
   3               busy: the lock was not acquired within --wait (--conflict-exit-code N changes it)
   8               lost: the lease was lost or not renewed in time while CMD ran, or lost before its
                   release (--lost-exit-code N changes it); CMD's group was stopped
@@ -242,7 +243,8 @@ CMD's own 3 or 8 looks like rowguard's busy or lost: to tell them apart, pick --
 and --lost-exit-code values CMD never exits with (e.g. -E 75 --lost-exit-code 76); 126, 127 and
 128+N mean what they mean in a shell. With --json, stdout holds rowguard's one object (CMD's output
 goes to stderr): {"name", "token", "exit_code"}, plus "held_for_ms" with --hold-at-least; busy is an
-{"error": ...} object with kind lock_busy.)";
+{"error": ...} object with kind lock_busy; "released": false is added when CMD could not run and
+the release that followed failed.)";
 
 constexpr const char* fair_help =
     "Wait in line: waiters that pass --fair get the lock in the order they started waiting (as etcd's mutex and "
@@ -266,6 +268,8 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   }
   std::chrono::milliseconds held_for{0};
   options.held_for = &held_for;
+  std::optional<Error> release_error;  // CMD could not run and the release that followed failed
+  options.release_error = &release_error;
   auto db = open_database(globals);
   Locks locks(db);
   std::int64_t token = 0;
@@ -291,7 +295,12 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
         },
         options);
   } catch (const CommandNotRun& e) {
-    exit_status = e.code;
+    exit_status = e.code;  // the shell's code still: CMD not running is what the caller must hear first
+    if (release_error)
+      std::cerr << fmt::format(
+          "rowguard: the lease on '{}' (token {}) could not be released: {}; the lock stays "
+          "taken until its ttl ({}) runs out\n",
+          a.name, token, release_error->what(), format_duration(ttl));
   } catch (const Error& e) {
     if (!started && e.kind() == ErrorKind::lock_busy) {
       // As main() reports any error, with the caller's code for busy.
@@ -307,6 +316,7 @@ void run_locked(const Globals& globals, const LockArgs& a, int& exit_status) {
   if (globals.json) {
     nlohmann::json result{{"name", a.name}, {"token", token}, {"exit_code", exit_status}};
     if (options.hold_at_least) result["held_for_ms"] = held_for.count();
+    if (release_error) result["released"] = false;
     emit(globals, result, {});
   }
 }
