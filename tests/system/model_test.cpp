@@ -97,7 +97,7 @@ struct Outcome {
   bool replayed = false;
   std::int64_t id = 0;  // the transfer's id; compared on replays only (a new one is checked apart)
   // The result's balances; compared when the expected side knows them (with_balances).
-  std::optional<std::int64_t> from_balance, to_balance;
+  std::optional<std::int64_t> from_balance{}, to_balance{};
   bool balances_known = false;
   bool operator==(const Outcome& o) const {
     const bool balances =
