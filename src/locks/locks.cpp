@@ -591,13 +591,14 @@ Lease Locks::acquire(std::string_view name, std::chrono::milliseconds ttl, const
       } catch (const Error& e) {
         if (!survivable(e)) throw;
       }
-      if (!s.rows.empty() && !s.rows[0].is_null(2)) {
+      if (!s.rows.empty() && !s.rows[0].is_null(2) && s.rows[0].i64(2) > s.rows[0].i64(3)) {
         sleep = std::min(sleep, until(s.rows[0].i64(2), s.rows[0].i64(3)));
         free_backoff = std::chrono::milliseconds(5);
       } else if (!s.rows.empty()) {
-        // Free but contended (another waiter got there first), or fair waiters queue for it: retry
-        // soon, then less often while it stays that way (a dead fair waiter's ticket can take
-        // LockOptions::queue_ttl to run out).
+        // Free (released, or a lease that ran out unreleased) but contended (another waiter got
+        // there first), or fair waiters queue for it: retry soon, then less often while it stays
+        // that way (a dead fair waiter's ticket can take LockOptions::queue_ttl to run out). An
+        // expiry already past is no time to wait for: sleeping until it would retry every 1 ms.
         sleep = std::min(sleep, jittered(free_backoff));
         free_backoff = std::min(free_backoff * 2, impl_->options.poll_interval);
       }

@@ -1285,6 +1285,20 @@ TEST_CASE(
     impl.run(impl.sql.enqueue, {std::string("dead"), std::string("killed-owner"), std::int64_t{300}});
     auto plain = locks.acquire("dead", 10s, 10s);
     CHECK(plain.token() == 2);
+    // Behind a lease that ran out unreleased, too, and without polling every millisecond meanwhile
+    // (its expiry, already past, is no time to sleep until): a few statements a poll, not hundreds.
+    plain.release();
+    auto expired = locks.acquire("dead", 100ms, 10s);
+    expired.detach();
+    impl.run(impl.sql.enqueue, {std::string("dead"), std::string("killed-owner"), std::int64_t{500}});
+    std::this_thread::sleep_for(150ms);  // the lease has run out; the ticket lives on
+    const double borrows_before = metrics().value("rowguard_pool_borrows_total");
+    auto after_expiry = locks.acquire("dead", 10s, 10s);
+    const double statements = metrics().value("rowguard_pool_borrows_total") - borrows_before;
+    CHECK(after_expiry.token() == 4);
+    CHECK(statements < 100);  // about 350 ms of waiting: it was over 500 when it slept 1 ms a try
+    WARN(fmt::format("{}: a non-fair waiter behind an expired lease and a live ticket used {} statements",
+                     rowguard::test::backend(), statements));
   }
   {
     auto holder = locks.try_acquire("gives-up", 30s);
