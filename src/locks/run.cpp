@@ -85,7 +85,12 @@ void LeaseRun::finish() {
       lease_->release();
     }
   } catch (const Error&) {
-    if (!lost) throw;
+    if (!lost) {
+      // run() reports this error (the lease then runs out at its ttl): ~Lease must not try again,
+      // which would cost another wait on the error path and could make that report untrue.
+      lease_->detach();
+      throw;
+    }
     // A lost lease's release fails as lost too; the error below says when it was lost.
   }
   if (lost)

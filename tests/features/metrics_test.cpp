@@ -356,9 +356,17 @@ TEST_CASE(
     auto dropped = locks.try_acquire("metrics-dropped", std::chrono::seconds(30));
     REQUIRE(dropped);
     dropped.reset();
+    // fn returned and the release that ends the run is refused: run() throws that error, and
+    // nothing releases again behind it (one failed release each, and no log from ~Lease).
+    std::string message;
+    CHECK(
+        test::kind_of(
+            [&] { locks.run("metrics-finish", std::chrono::seconds(30), [](const Lease&, const std::stop_token&) {}); },
+            &message) != ErrorKind::lock_lost);
+    CHECK_THAT(message, Catch::Contains("refuses updates"));
   }
   const auto after = metrics();
-  CHECK(delta(before, after, "rowguard_lock_releases_total", {{"result", "error"}}) == 2);
+  CHECK(delta(before, after, "rowguard_lock_releases_total", {{"result", "error"}}) == 3);
   std::vector<std::string> unreleased;
   {
     std::lock_guard lock(logs.mutex);
@@ -374,6 +382,7 @@ TEST_CASE(
   // Both are still taken until their ttl: another owner is refused.
   CHECK_FALSE(locks.try_acquire("metrics-unreleased", std::chrono::seconds(30)));
   CHECK_FALSE(locks.try_acquire("metrics-dropped", std::chrono::seconds(30)));
+  CHECK_FALSE(locks.try_acquire("metrics-finish", std::chrono::seconds(30)));
 }
 
 TEST_CASE("metrics: ledger requests are counted by kind and outcome, conflicts and retries too", "[backend][metrics]") {
