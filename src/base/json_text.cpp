@@ -175,6 +175,10 @@ struct Parser {
     }
     digits.erase(0, first);
     while (digits.back() == '0') digits.pop_back(), ++exponent;
+    // What PostgreSQL's numeric (jsonb's numbers) holds: 131072 digits before the decimal point
+    // and 16383 after. Refused here, so that no engine stores what another refuses.
+    if (static_cast<std::int64_t>(digits.size()) + exponent > 131072 || -exponent > 16383)
+      return fail("a number beyond what PostgreSQL's numeric holds (131072 digits before the point, 16383 after)");
     if (negative) out += '-';
     out += digits;
     if (exponent != 0) out += 'e' + std::to_string(exponent);
@@ -205,11 +209,14 @@ struct Parser {
             space();
             if (i >= s.size() || s[i] != ':') return fail("a missing ':'");
             ++i;
+            space();
+            const std::size_t start = i;
             if (!value(item, depth + 1, nullptr)) return false;
             if (members.count(key)) return fail("the duplicate key \"" + key + "\"");
             if (top) {
               const char f = item.empty() ? ' ' : item[0];
-              top->members.push_back({key, item, f != '{' && f != '[' && f != 'n'});
+              top->members.push_back(
+                  {key, item, f != '{' && f != '[' && f != 'n', std::string(s.substr(start, i - start))});
             }
             members.emplace(std::move(key), std::move(item));
           } else {

@@ -225,7 +225,7 @@ TransferPage Ledger::transfers(const TransferQuery& query) {
   if (query.reference) params.emplace_back(*query.reference);
   if (containment && !members.empty()) params.emplace_back(*query.metadata);
   if (!containment)
-    for (const auto& m : members) params.insert(params.end(), {fmt::format("$.\"{}\"", m.key), m.value});
+    for (const auto& m : members) params.insert(params.end(), {fmt::format("$.\"{}\"", m.key), m.raw});
   const std::string statement = sql.transfers(filter);
   TransferPage page;
   bool missing = false;

@@ -90,11 +90,14 @@ std::string transfer_page_sql(const Dialect& d, const std::string& tr, const std
   } else {
     for (std::size_t k = 0; k < f.metadata_keys; ++k) {
       const std::string path = next(), value = next();
-      // json_extract gives true and false as 1 and 0: the types say which is which, so {"x":true}
-      // never matches {"x":1}, as in jsonb.
+      // json_extract gives true and false as 1 and 0, and an array or object as its JSON text: the
+      // types say which is which, so {"x":true} never matches {"x":1}, nor {"x":"[1]"} a stored
+      // {"x":[1]}, as in jsonb. The value is bound as the caller spelled it: SQLite reads 1230 as an
+      // INTEGER and 123e1 as a REAL, which it compares with a stored 1230 only as a double.
       w += fmt::format(
           " AND json_extract(metadata, {p}) = json_extract({v}, '$') AND "
-          "(json_type(metadata, {p}) IN ('true', 'false')) = (json_type({v}) IN ('true', 'false'))",
+          "(json_type(metadata, {p}) IN ('true', 'false')) = (json_type({v}) IN ('true', 'false')) AND "
+          "(json_type(metadata, {p}) = 'text') = (json_type({v}) = 'text')",
           fmt::arg("p", path), fmt::arg("v", value));
     }
   }

@@ -1547,6 +1547,9 @@ TEST_CASE("ledger: bad details are invalid_argument on every operation and write
       {"JSON", details(0, "", R"({"a":1,"a":2})")},
       {"JSON", details(0, "", R"({"a":"\u0000"})")},
       {"JSON", details(0, "", R"({"a":"\ud800"})")},
+      {"numeric", details(0, "", R"({"a":1e131072})")},  // PostgreSQL's numeric holds 131072 digits before the point
+      {"numeric", details(0, "", R"({"a":1e-16384})")},  // and 16383 after
+      {"numeric", details(0, "", R"({"a":[1e200000]})")},
       {"JSON object", details(0, "", "[1,2]")},
       {"JSON object", details(0, "", "\"text\"")},
       {"bytes", details(0, "", "{\"a\":\"" + std::string(max_metadata_bytes, 'x') + "\"}")},
@@ -1573,6 +1576,7 @@ TEST_CASE("ledger: bad details are invalid_argument on every operation and write
              "a", "b", 1, "edge-2",
              details(1, "ü-ref", "{\"k\":\"" + std::string(max_metadata_bytes - 10, 'x') + "\"}", 253'402'300'799'999))
             .ok());
+  CHECK(l.transfer("a", "b", 1, "edge-3", details(0, "", R"({"a":1e131071,"b":1e-16383,"c":-0.5e-16382})")).ok());
   CHECK(l.find_transfer_by_key("edge-1").details.event_at_ms == -62'135'596'800'000);
   CHECK(l.find_transfer_by_key("edge-2").details.event_at_ms == 253'402'300'799'999);
   CHECK(l.find_transfer_by_key("edge-2").details.reference == "ü-ref");
@@ -1667,6 +1671,15 @@ TEST_CASE("ledger: transfers() filters by code, reference and metadata, with the
   q = {};
   q.metadata = R"({"shop":"s9"})";
   CHECK(l.transfers(q).items.empty());
+  // The same answers on every engine: an integer beyond a double's precision (a snowflake id) is
+  // found by its own spelling, and a string never matches an array or object that reads the same.
+  REQUIRE(l.transfer("a", "c", 1, "q-big", details(0, "", R"({"id":1234567890123456780,"arr":[1,2]})")).ok());
+  q.metadata = R"({"id":1234567890123456780})";
+  CHECK(keys(q) == std::vector<std::string>{"q-big"});
+  q.metadata = R"({"id":1234567890123456781})";
+  CHECK(keys(q).empty());
+  q.metadata = R"({"arr":"[1,2]"})";
+  CHECK(keys(q).empty());
 }
 
 TEST_CASE("ledger: a transfers() filter outside its rules is invalid_argument", "[backend]") {
