@@ -1342,6 +1342,19 @@ TEST_CASE("cli: --code, --reference, --metadata and --event-at are recorded, sho
             false) == 7);
   CHECK(cli({"batch", lines_file({R"({"from": "a", "to": "b", "amount": 5, "key": "x", "code": "3"})"})}) == 2);
   CHECK(cli({"batch", lines_file({R"({"from": "a", "to": "b", "amount": 5, "key": "x", "metadata": "{}"})"})}) == 2);
+  // A line's metadata goes as the line spells it: a number beyond a double's precision keeps its
+  // digits (the same key through transfer replays), and two equal keys inside it are refused.
+  REQUIRE(
+      cli({"batch",
+           lines_file(
+               {R"({"from": "a", "to": "b", "amount": 5, "key": "bt3", "metadata": {"id": 12345678901234567890123, "s": "a,}\"]"}})"})},
+          &out, false) == 0);
+  CHECK(cli({"transfer", "a", "b", "5", "--key", "bt3", "--metadata", R"({"s":"a,}\"]","id":12345678901234567890123})"},
+            &out) == 0);
+  CHECK(nlohmann::json::parse(out).at("replayed") == true);
+  CHECK(cli({"batch",
+             lines_file({R"({"from": "a", "to": "b", "amount": 5, "key": "bt4", "metadata": {"a": 1, "a": 2}})"})},
+            &out, false) == 2);
   CHECK(cli({"batch", lines_file({R"({"from": "a", "to": "b", "amount": 5, "key": "x", "event_at": "soon"})"})}) == 2);
   // Queried.
   auto listed = [&](std::vector<std::string> args) {

@@ -69,6 +69,52 @@ std::string text_field(const nlohmann::json& j, const char* name, std::size_t li
   return it->get<std::string>();
 }
 
+// Index just past the JSON value that starts at text[i]; text is valid JSON (nlohmann parsed it).
+std::size_t value_end(std::string_view text, std::size_t i) {
+  int depth = 0;
+  do {
+    const char c = text[i];
+    if (c == '"') {
+      for (++i; text[i] != '"'; ++i)
+        if (text[i] == '\\') ++i;
+      ++i;
+    } else if (c == '{' || c == '[') {
+      ++depth, ++i;
+    } else if (c == '}' || c == ']') {
+      --depth, ++i;
+    } else if (depth > 0) {
+      ++i;  // inside: whitespace, ':', ',' and the scalars' characters
+    } else {
+      while (i < text.size() && std::string_view(",}] \t\r\n").find(text[i]) == std::string_view::npos) ++i;
+    }
+  } while (depth > 0);
+  return i;
+}
+
+// The value of the top-level member `name` of a JSON object line, as the line spells it. nlohmann's
+// dump() would spell it anew: numbers beyond a double's 17 digits rounded, and of two equal keys
+// inside it only the last kept. The library checks the text itself (duplicate keys refused).
+std::string raw_member(std::string_view text, const std::string& name) {
+  std::size_t i = text.find('{') + 1;
+  const auto space = [&] {
+    while (i < text.size() && std::string_view(" \t\r\n").find(text[i]) != std::string_view::npos) ++i;
+  };
+  while (true) {
+    space();
+    const std::size_t key_end = value_end(text, i);
+    const std::string key = nlohmann::json::parse(text.substr(i, key_end - i)).get<std::string>();  // escapes decoded
+    i = key_end;
+    space();
+    ++i;  // ':'
+    space();
+    const std::size_t end = value_end(text, i);
+    if (key == name) return std::string(text.substr(i, end - i));
+    i = end;
+    space();
+    ++i;  // ','; the member is there (the caller found it), so the '}' is never reached
+  }
+}
+
 // One line as a batch item: a JSON object of exactly the fields BatchItem has, each of its type.
 // The library checks the values themselves (ids, keys, accounts) and answers per item.
 BatchItem parse_line(const std::string& text, std::size_t line) {
@@ -125,7 +171,7 @@ BatchItem parse_line(const std::string& text, std::size_t line) {
   if (const auto metadata = j.find("metadata"); metadata != j.end()) {
     if (!metadata->is_object())
       throw bad_line(line, fmt::format("\"metadata\" must be a JSON object, got {}", metadata->dump()));
-    item.details.metadata = metadata->dump();
+    item.details.metadata = raw_member(text, "metadata");
   }
   if (j.contains("event_at")) {
     const std::string event_at = text_field(j, "event_at", line);
