@@ -94,6 +94,17 @@ void renew_lease(detail::LocksImpl& locks, const std::string& name, const std::s
   }
 }
 
+void log_unreleased(const std::string& name, std::int64_t token, const std::exception& error) noexcept {
+  const auto* e = dynamic_cast<const Error*>(&error);
+  if ((e && e->kind() == ErrorKind::lock_lost) || !log_enabled(LogLevel::warn)) return;
+  try {
+    log(LogLevel::warn, "locks", "lease not released: it stays taken until its ttl",
+        {{"lock", name}, {"token", std::to_string(token)}, {"error", error.what()}});
+  } catch (...) {
+    // Out of memory for the fields: nothing else to do in a destructor's path.
+  }
+}
+
 void release_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token) {
   const auto& m = instruments::locks();
   try {
@@ -262,12 +273,7 @@ Lease::~Lease() {
     else
       release();
   } catch (const std::exception& e) {
-    // Best effort: an unreleased lease expires at its ttl, and whoever waits for the lock waits
-    // until then, which an operator must be able to see. A lost lease was logged when it was lost.
-    const auto* error = dynamic_cast<const Error*>(&e);
-    if ((!error || error->kind() != ErrorKind::lock_lost) && detail::log_enabled(LogLevel::warn))
-      detail::log(LogLevel::warn, "locks", "lease not released: it stays taken until its ttl",
-                  {{"lock", state_->name}, {"token", std::to_string(state_->token)}, {"error", e.what()}});
+    detail::log_unreleased(state_->name, state_->token, e);  // best effort: it expires at its ttl
   }
 }
 

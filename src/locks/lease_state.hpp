@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,10 @@ std::chrono::steady_clock::time_point local_deadline(std::chrono::steady_clock::
 void renew_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token,
                  std::chrono::milliseconds ttl);
 void release_lease(detail::LocksImpl& locks, const std::string& name, const std::string& owner, std::int64_t token);
+// A release that failed with error leaves the lease taken until its ttl, and whoever waits for the
+// lock waits until then: logged at warn, for an operator to see. Not a lost lease (logged when it
+// was lost). Never throws.
+void log_unreleased(const std::string& name, std::int64_t token, const std::exception& error) noexcept;
 // Lease::release_at_least's statement: returns how long the lease stays held on the database clock
 // (zero when it was released at once, or had been released already).
 std::chrono::milliseconds release_lease_at_least(detail::LocksImpl& locks, const std::string& name,

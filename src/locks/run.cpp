@@ -6,9 +6,7 @@
 
 #include "rowguard/locks.hpp"
 
-#include "obs/logging.hpp"
-
-#include "locks/locks_impl.hpp"
+#include "locks/lease_state.hpp"
 
 namespace rowguard::detail {
 
@@ -52,22 +50,17 @@ LeaseRun::LeaseRun(Locks& locks, std::string_view name, std::chrono::millisecond
 }
 
 LeaseRun::~LeaseRun() {
-  if (finished_ || !lease_ || !release_error_) return;  // otherwise ~Lease releases, and logs a failure
+  if (finished_ || !lease_) return;
   forward_stop_.reset();
-  std::optional<Error> failed;
   try {
     lease_->release();
-  } catch (const Error& e) {
-    if (e.kind() != ErrorKind::lock_lost) failed = e;  // a lost lease is not ours to release
   } catch (const std::exception& e) {
-    failed = Error(ErrorKind::transient, e.what());
+    log_unreleased(lease_->name(), lease_->token(), e);
+    const auto* error = dynamic_cast<const Error*>(&e);
+    if (error && error->kind() == ErrorKind::lock_lost) return;  // a lost lease is not ours to release
+    lease_->detach();  // one attempt, reported once: ~Lease would try and log again
+    if (release_error_) *release_error_ = error ? *error : Error(ErrorKind::transient, e.what());
   }
-  if (!failed) return;
-  if (log_enabled(LogLevel::warn))
-    log(LogLevel::warn, "locks", "lease not released: it stays taken until its ttl",
-        {{"lock", lease_->name()}, {"token", std::to_string(lease_->token())}, {"error", failed->what()}});
-  lease_->detach();  // one attempt, reported once: ~Lease would try and log again
-  *release_error_ = std::move(*failed);
 }
 
 std::stop_token LeaseRun::stop_token() const noexcept { return shared_->stop.get_token(); }
